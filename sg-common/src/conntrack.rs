@@ -1,0 +1,386 @@
+//! Connection tracking: the table layout and the state machine, as pure
+//! functions of (entry, packet, time) so they are tested on the host.
+//!
+//! One entry serves both directions: the key orders the two endpoints, and
+//! the entry remembers which endpoint opened the flow. A flow allowed in
+//! either direction is tracked; every later packet of it, either way, passes
+//! whatever the rules say, as in EC2.
+
+use crate::{
+    flow::{Flow, icmp, proto, tcp_flags},
+    policy::Settings,
+};
+
+/// Both endpoints of a flow, lower (address, port) first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+pub const STATE_SYN_SENT: u8 = 1;
+pub const STATE_SYN_RECV: u8 = 2;
+pub const STATE_ESTABLISHED: u8 = 3;
+/// One side has sent FIN.
+pub const STATE_CLOSING: u8 = 4;
+/// Both sides sent FIN, or a RST was seen.
+pub const STATE_CLOSED: u8 = 5;
+/// Any non-TCP flow.
+pub const STATE_OPEN: u8 = 6;
+
+/// Endpoint `a` of the key opened the flow.
+pub const FLAG_ORIGIN_A: u8 = 1;
+/// The endpoint that did not open the flow has answered.
+pub const FLAG_REPLIED: u8 = 2;
+/// More than one request-response (UDP): the longer stream timeout applies.
+pub const FLAG_STREAM: u8 = 4;
+/// FIN seen from endpoint a / b.
+pub const FLAG_FIN_A: u8 = 8;
+pub const FLAG_FIN_B: u8 = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub last_seen_ns: u64,
+    pub state: u8,
+    pub flags: u8,
+    pub pad: [u8; 6],
+}
+const _: () = assert!(size_of::<CtEntry>() == 16);
+
+/// A refreshed timestamp is written back at most this often: the tracked
+/// fast path then writes nothing for most packets.
+pub const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Key of a datagram whose later fragments may follow its first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    pub seen_ns: u64,
+}
+
+impl FragKey {
+    #[inline(always)]
+    pub fn from_flow(flow: &Flow) -> Self {
+        Self {
+            src: flow.src,
+            dst: flow.dst,
+            id: flow.frag_id,
+            proto: flow.proto,
+            family: flow.family,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// The conntrack key of `flow` and whether the packet travels from endpoint
+/// `a`. TCP and UDP are keyed by ports, ICMP echo by identifier (in both port
+/// slots, so request and reply meet), everything else by addresses and
+/// protocol alone.
+#[inline(always)]
+pub fn key_of(flow: &Flow) -> (CtKey, bool) {
+    let (sport, dport) = match flow.proto {
+        proto::TCP | proto::UDP => (flow.sport, flow.dport),
+        proto::ICMP | proto::ICMPV6 if icmp::is_echo(flow.family, flow.icmp_type) => {
+            (flow.sport, flow.sport)
+        }
+        _ => (0, 0),
+    };
+    let src_first = (flow.src, sport) <= (flow.dst, dport);
+    let key = if src_first {
+        CtKey {
+            addr_a: flow.src,
+            addr_b: flow.dst,
+            port_a: sport,
+            port_b: dport,
+            proto: flow.proto,
+            family: flow.family,
+            pad: [0; 2],
+        }
+    } else {
+        CtKey {
+            addr_a: flow.dst,
+            addr_b: flow.src,
+            port_a: dport,
+            port_b: sport,
+            proto: flow.proto,
+            family: flow.family,
+            pad: [0; 2],
+        }
+    };
+    (key, src_first)
+}
+
+/// How long an entry in this state may stay idle.
+#[inline(always)]
+pub fn idle_timeout_ns(entry: &CtEntry, protocol: u8, s: &Settings) -> u64 {
+    match protocol {
+        proto::TCP => match entry.state {
+            STATE_SYN_SENT | STATE_SYN_RECV => s.tcp_syn_ns,
+            STATE_ESTABLISHED => s.tcp_established_ns,
+            STATE_CLOSING => s.tcp_closing_ns,
+            _ => s.tcp_closed_ns,
+        },
+        proto::UDP => {
+            if entry.flags & FLAG_STREAM != 0 {
+                s.udp_stream_ns
+            } else {
+                s.udp_ns
+            }
+        }
+        proto::ICMP | proto::ICMPV6 => s.icmp_ns,
+        _ => s.other_ns,
+    }
+}
+
+/// Whether `entry` still stands for a live flow at `now_ns`.
+#[inline(always)]
+pub fn is_live(entry: &CtEntry, protocol: u8, now_ns: u64, s: &Settings) -> bool {
+    now_ns.saturating_sub(entry.last_seen_ns) <= idle_timeout_ns(entry, protocol, s)
+}
+
+/// Whether a packet that finds a live `entry` is part of it. A fresh SYN
+/// on a closed TCP connection opens a new one and must be judged by the
+/// rules again.
+#[inline(always)]
+pub fn admits(entry: &CtEntry, flow: &Flow) -> bool {
+    !(flow.proto == proto::TCP
+        && entry.state == STATE_CLOSED
+        && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
+}
+
+/// The entry for a flow whose first packet the rules just allowed.
+#[inline(always)]
+pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
+    let state = if flow.proto == proto::TCP {
+        let f = flow.tcp_flags;
+        if f & tcp_flags::RST != 0 {
+            STATE_CLOSED
+        } else if f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+            STATE_SYN_SENT
+        } else {
+            // Picked up mid-stream (e.g. after the agent restarted).
+            STATE_ESTABLISHED
+        }
+    } else {
+        STATE_OPEN
+    };
+    CtEntry {
+        last_seen_ns: now_ns,
+        state,
+        flags: if from_a { FLAG_ORIGIN_A } else { 0 },
+        pad: [0; 6],
+    }
+}
+
+/// The entry after a tracked packet of it, travelling from endpoint `a`
+/// when `from_a`.
+#[inline(always)]
+pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
+    let from_origin = from_a == (entry.flags & FLAG_ORIGIN_A != 0);
+    let mut flags = entry.flags;
+    let mut state = entry.state;
+    if from_origin {
+        if flags & FLAG_REPLIED != 0 {
+            flags |= FLAG_STREAM;
+        }
+    } else {
+        flags |= FLAG_REPLIED;
+    }
+    if flow.proto == proto::TCP {
+        let f = flow.tcp_flags;
+        if f & tcp_flags::RST != 0 {
+            state = STATE_CLOSED;
+        } else {
+            if f & tcp_flags::FIN != 0 {
+                flags |= if from_a { FLAG_FIN_A } else { FLAG_FIN_B };
+            }
+            state = match state {
+                STATE_SYN_SENT if !from_origin && f & tcp_flags::SYN != 0 => STATE_SYN_RECV,
+                STATE_SYN_RECV if from_origin && f & tcp_flags::ACK != 0 => STATE_ESTABLISHED,
+                STATE_CLOSED if f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN => {
+                    STATE_SYN_SENT
+                }
+                s => s,
+            };
+            if flags & (FLAG_FIN_A | FLAG_FIN_B) == FLAG_FIN_A | FLAG_FIN_B {
+                state = STATE_CLOSED;
+            } else if flags & (FLAG_FIN_A | FLAG_FIN_B) != 0 && state != STATE_CLOSED {
+                state = STATE_CLOSING;
+            }
+        }
+    }
+    CtEntry {
+        last_seen_ns: now_ns,
+        state,
+        flags,
+        pad: [0; 6],
+    }
+}
+
+/// Whether `next` must be written back over `old`: its state changed, or
+/// the stored timestamp is more than [`REFRESH_NS`] old.
+#[inline(always)]
+pub fn needs_write(old: &CtEntry, next: &CtEntry) -> bool {
+    old.state != next.state
+        || old.flags != next.flags
+        || next.last_seen_ns.saturating_sub(old.last_seen_ns) > REFRESH_NS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FAMILY_V4, Flow};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn settings() -> Settings {
+        Settings {
+            generation: 0,
+            ready: 1,
+            tcp_syn_ns: 60 * SEC,
+            tcp_established_ns: 432_000 * SEC,
+            tcp_closing_ns: 30 * SEC,
+            tcp_closed_ns: 10 * SEC,
+            udp_ns: 30 * SEC,
+            udp_stream_ns: 180 * SEC,
+            icmp_ns: 30 * SEC,
+            other_ns: 600 * SEC,
+            fragment_ns: 30 * SEC,
+        }
+    }
+
+    fn v4(a: u8) -> [u8; 16] {
+        let mut x = [0; 16];
+        x[..4].copy_from_slice(&[10, 0, 0, a]);
+        x
+    }
+
+    fn tcp(src: u8, sport: u16, dst: u8, dport: u16, flags: u8) -> Flow {
+        Flow {
+            family: FAMILY_V4,
+            proto: proto::TCP,
+            tcp_flags: flags,
+            src: v4(src),
+            dst: v4(dst),
+            sport,
+            dport,
+            ..Flow::default()
+        }
+    }
+
+    fn udp(src: u8, sport: u16, dst: u8, dport: u16) -> Flow {
+        Flow {
+            proto: proto::UDP,
+            ..tcp(src, sport, dst, dport, 0)
+        }
+    }
+
+    #[test]
+    fn both_directions_share_one_key() {
+        let (k1, a1) = key_of(&tcp(1, 40000, 2, 80, tcp_flags::SYN));
+        let (k2, a2) = key_of(&tcp(2, 80, 1, 40000, tcp_flags::SYN | tcp_flags::ACK));
+        assert_eq!(k1, k2);
+        assert_ne!(a1, a2);
+    }
+
+    #[test]
+    fn icmp_echo_request_and_reply_share_a_key() {
+        let req = Flow {
+            family: FAMILY_V4,
+            proto: proto::ICMP,
+            src: v4(1),
+            dst: v4(2),
+            icmp_type: icmp::V4_ECHO_REQUEST,
+            sport: 77,
+            dport: 77,
+            ..Flow::default()
+        };
+        let rep = Flow {
+            src: v4(2),
+            dst: v4(1),
+            icmp_type: icmp::V4_ECHO_REPLY,
+            ..req
+        };
+        assert_eq!(key_of(&req).0, key_of(&rep).0);
+    }
+
+    #[test]
+    fn tcp_handshake_data_and_close() {
+        let s = settings();
+        let syn = tcp(1, 40000, 2, 80, tcp_flags::SYN);
+        let (_, from_a) = key_of(&syn);
+        let e = open(&syn, from_a, 0);
+        assert_eq!(e.state, STATE_SYN_SENT);
+        let synack = tcp(2, 80, 1, 40000, tcp_flags::SYN | tcp_flags::ACK);
+        let e = advance(&e, &synack, !from_a, SEC);
+        assert_eq!(e.state, STATE_SYN_RECV);
+        let ack = tcp(1, 40000, 2, 80, tcp_flags::ACK);
+        let e = advance(&e, &ack, from_a, 2 * SEC);
+        assert_eq!(e.state, STATE_ESTABLISHED);
+        assert!(is_live(&e, proto::TCP, 2 * SEC + 400_000 * SEC, &s));
+        let fin = tcp(1, 40000, 2, 80, tcp_flags::FIN | tcp_flags::ACK);
+        let e = advance(&e, &fin, from_a, 3 * SEC);
+        assert_eq!(e.state, STATE_CLOSING);
+        assert!(!is_live(&e, proto::TCP, 3 * SEC + 31 * SEC, &s));
+        let fin2 = tcp(2, 80, 1, 40000, tcp_flags::FIN | tcp_flags::ACK);
+        let e = advance(&e, &fin2, !from_a, 4 * SEC);
+        assert_eq!(e.state, STATE_CLOSED);
+        assert!(is_live(&e, proto::TCP, 13 * SEC, &s));
+        assert!(!is_live(&e, proto::TCP, 15 * SEC, &s));
+        // A new SYN on the closed tuple is judged by the rules again.
+        assert!(!admits(&e, &syn));
+        assert!(admits(&e, &ack));
+    }
+
+    #[test]
+    fn rst_closes_at_once() {
+        let syn = tcp(1, 40000, 2, 80, tcp_flags::SYN);
+        let (_, from_a) = key_of(&syn);
+        let e = open(&syn, from_a, 0);
+        let rst = tcp(2, 80, 1, 40000, tcp_flags::RST | tcp_flags::ACK);
+        assert_eq!(advance(&e, &rst, !from_a, 1).state, STATE_CLOSED);
+    }
+
+    #[test]
+    fn udp_becomes_a_stream_after_a_second_request() {
+        let s = settings();
+        let req = udp(1, 5000, 2, 53);
+        let (_, from_a) = key_of(&req);
+        let e = open(&req, from_a, 0);
+        assert!(!is_live(&e, proto::UDP, 31 * SEC, &s));
+        let e = advance(&e, &udp(2, 53, 1, 5000), !from_a, SEC);
+        assert_eq!(e.flags & FLAG_STREAM, 0);
+        let e = advance(&e, &req, from_a, 2 * SEC);
+        assert_ne!(e.flags & FLAG_STREAM, 0);
+        assert!(is_live(&e, proto::UDP, 2 * SEC + 179 * SEC, &s));
+        assert!(!is_live(&e, proto::UDP, 2 * SEC + 181 * SEC, &s));
+    }
+
+    #[test]
+    fn timestamps_are_written_back_at_most_once_a_second() {
+        let syn = tcp(1, 40000, 2, 80, tcp_flags::ACK);
+        let e = open(&syn, true, 0);
+        assert!(!needs_write(&e, &advance(&e, &syn, true, SEC / 2)));
+        assert!(needs_write(&e, &advance(&e, &syn, true, 2 * SEC)));
+    }
+}

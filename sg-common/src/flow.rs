@@ -1,0 +1,112 @@
+//! The parsed summary of one packet: what the parser hands to conntrack and
+//! policy. The kernel builds it from a frame; the agent's tests build it from
+//! a reference packet description.
+
+/// IP protocol numbers the data plane treats specially.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Not a fragment, or a whole datagram.
+pub const FRAG_NONE: u8 = 0;
+/// First fragment of a datagram: carries the transport header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no transport header, so no ports.
+pub const FRAG_LATER: u8 = 2;
+
+/// TCP flag bits as they sit in the header's 13th byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// ICMPv4 and ICMPv6 types the data plane recognises.
+pub mod icmp {
+    pub const V4_ECHO_REPLY: u8 = 0;
+    pub const V4_DEST_UNREACH: u8 = 3;
+    pub const V4_ECHO_REQUEST: u8 = 8;
+    pub const V4_TIME_EXCEEDED: u8 = 11;
+    pub const V4_PARAM_PROBLEM: u8 = 12;
+    pub const V6_DEST_UNREACH: u8 = 1;
+    pub const V6_PACKET_TOO_BIG: u8 = 2;
+    pub const V6_TIME_EXCEEDED: u8 = 3;
+    pub const V6_PARAM_PROBLEM: u8 = 4;
+    pub const V6_ECHO_REQUEST: u8 = 128;
+    pub const V6_ECHO_REPLY: u8 = 129;
+    pub const V6_ROUTER_SOLICIT: u8 = 133;
+    pub const V6_REDIRECT: u8 = 137;
+
+    /// An error that quotes the header of the packet that caused it: it
+    /// passes when that quoted packet belongs to a tracked flow.
+    #[inline(always)]
+    pub fn is_error(family: u8, ty: u8) -> bool {
+        if family == super::FAMILY_V4 {
+            matches!(ty, V4_DEST_UNREACH | V4_TIME_EXCEEDED | V4_PARAM_PROBLEM)
+        } else {
+            matches!(
+                ty,
+                V6_DEST_UNREACH | V6_PACKET_TOO_BIG | V6_TIME_EXCEEDED | V6_PARAM_PROBLEM
+            )
+        }
+    }
+
+    /// Echo request or reply: tracked by identifier.
+    #[inline(always)]
+    pub fn is_echo(family: u8, ty: u8) -> bool {
+        if family == super::FAMILY_V4 {
+            matches!(ty, V4_ECHO_REQUEST | V4_ECHO_REPLY)
+        } else {
+            matches!(ty, V6_ECHO_REQUEST | V6_ECHO_REPLY)
+        }
+    }
+
+    /// Router and neighbour discovery (router solicitation/advertisement,
+    /// neighbour solicitation/advertisement, redirect): link-local plumbing a
+    /// security group never sees.
+    #[inline(always)]
+    pub fn is_neighbour_discovery(ty: u8) -> bool {
+        (V6_ROUTER_SOLICIT..=V6_REDIRECT).contains(&ty)
+    }
+}
+
+/// One parsed packet. IPv4 addresses sit in the first four bytes of the
+/// 16-byte fields, the rest zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub family: u8,
+    pub proto: u8,
+    pub frag: u8,
+    pub tcp_flags: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP source port; ICMP echo identifier; else 0.
+    pub sport: u16,
+    /// TCP/UDP destination port; ICMP echo identifier; else 0.
+    pub dport: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// IPv4 identification or IPv6 fragment identification.
+    pub frag_id: u32,
+}
+
+impl Flow {
+    /// The value a rule's port range or ICMP type/code is matched against:
+    /// the destination port for TCP and UDP (in both directions, as AWS
+    /// matches), `type << 8 | code` for ICMP, 0 for other protocols.
+    #[inline(always)]
+    pub fn policy_port(&self) -> u16 {
+        match self.proto {
+            proto::TCP | proto::UDP => self.dport,
+            proto::ICMP | proto::ICMPV6 => u16::from(self.icmp_type) << 8 | u16::from(self.icmp_code),
+            _ => 0,
+        }
+    }
+}

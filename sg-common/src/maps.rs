@@ -1,0 +1,37 @@
+//! Map names and capacities, shared so the agent sizes and finds exactly the
+//! maps the eBPF object declares.
+//!
+//! A map whose key or value layout changes gets a new name (`..._V2`), so an
+//! old object or a tool reading a pinned map never misreads it.
+
+/// Array with one [`crate::policy::Settings`] at index 0.
+pub const SETTINGS: &str = "SG_SETTINGS";
+/// LPM trie: [`crate::policy::AddrKeyV4`] -> [`crate::policy::AddrValue`].
+pub const ADDR_V4: &str = "SG_ADDR_V4";
+/// LPM trie: [`crate::policy::AddrKeyV6`] -> [`crate::policy::AddrValue`].
+pub const ADDR_V6: &str = "SG_ADDR_V6";
+/// LPM trie: [`crate::policy::PortKey`] -> [`crate::policy::PortValue`].
+pub const PORTS: &str = "SG_PORTS";
+/// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`], TCP only.
+pub const CT_TCP: &str = "SG_CT_TCP";
+/// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`],
+/// every other protocol, kept apart so a UDP flood cannot evict TCP flows.
+pub const CT_OTHER: &str = "SG_CT_OTHER";
+/// LRU hash: [`crate::conntrack::FragKey`] -> [`crate::conntrack::FragEntry`]:
+/// datagrams whose first fragment was allowed.
+pub const FRAGS: &str = "SG_FRAGS";
+/// Per-CPU array of packet counters, indexed by [`crate::counters::index`].
+pub const COUNTERS: &str = "SG_COUNTERS";
+
+/// Upper bound of entries per address trie. LPM tries are never
+/// preallocated, so a large bound costs nothing until it is used; it holds
+/// two generations of the policy during a reload.
+pub const ADDR_MAX_ENTRIES: u32 = 1 << 20;
+/// Upper bound of entries in the port trie (two generations).
+pub const PORTS_MAX_ENTRIES: u32 = 1 << 20;
+/// Capacity of the TCP connection table (preallocated LRU).
+pub const CT_TCP_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the connection table for every other protocol.
+pub const CT_OTHER_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the fragment table.
+pub const FRAGS_MAX_ENTRIES: u32 = 8_192;

@@ -1,0 +1,163 @@
+//! The compiled policy as the kernel reads it, and the classification that
+//! reads it.
+//!
+//! Classification is two longest-prefix lookups whatever the size of the
+//! rule set:
+//!
+//! 1. the remote address, tagged with generation and direction, in an
+//!    address trie ([`AddrKeyV4`], [`AddrKeyV6`]) gives an *address class*:
+//!    the set of rules whose sources contain that address. The compiler
+//!    copies the rules of every broader prefix into each narrower one, so the
+//!    single most specific match already holds the union security groups
+//!    require;
+//! 2. the class, protocol and port (or ICMP type/code) in the port trie
+//!    ([`PortKey`]) say whether any rule of that class allows the packet.
+//!    Port ranges are stored as the prefixes that cover them.
+//!
+//! Every key carries the policy generation, so a reload fills the inactive
+//! generation and flips [`Settings::generation`]: a packet reads the
+//! generation once and is judged entirely by one policy.
+
+use crate::flow::{FAMILY_V4, Flow};
+
+pub const INGRESS: u8 = 0;
+pub const EGRESS: u8 = 1;
+
+/// Bits of an address key before the address: generation and direction.
+pub const ADDR_TAG_BITS: u32 = 32;
+/// Bits of a port key before the protocol: the class.
+pub const PORT_CLASS_BITS: u32 = 32;
+/// Bits of a port key before the port: class, protocol and a reserved byte.
+pub const PORT_PROTO_BITS: u32 = 48;
+
+/// Bit of a class id that holds the generation it was written for.
+pub const CLASS_GENERATION_BIT: u32 = 1 << 31;
+
+/// Runtime settings, at index 0 of the settings array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The generation (0 or 1) every packet is judged by.
+    pub generation: u32,
+    /// Non-zero once the agent has published a policy.
+    pub ready: u32,
+    pub tcp_syn_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub tcp_closed_ns: u64,
+    pub udp_ns: u64,
+    pub udp_stream_ns: u64,
+    pub icmp_ns: u64,
+    pub other_ns: u64,
+    pub fragment_ns: u64,
+}
+const _: () = assert!(size_of::<Settings>() == 80);
+
+/// Tag bytes of an address key.
+#[inline(always)]
+pub fn addr_tag(generation: u8, direction: u8) -> [u8; 4] {
+    [generation, direction, 0, 0]
+}
+
+/// Address trie key, IPv4. Prefix length = [`ADDR_TAG_BITS`] + prefix bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKeyV4 {
+    pub tag: [u8; 4],
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<AddrKeyV4>() == 8);
+
+/// Address trie key, IPv6. Prefix length = [`ADDR_TAG_BITS`] + prefix bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKeyV6 {
+    pub tag: [u8; 4],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<AddrKeyV6>() == 20);
+
+/// What an address trie entry maps to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrValue {
+    /// Address class, with [`CLASS_GENERATION_BIT`] set for generation 1.
+    pub class: u32,
+}
+
+/// Port trie key. Prefix length: [`PORT_CLASS_BITS`] for "every protocol",
+/// [`PORT_PROTO_BITS`] for "every port of this protocol", plus port bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// Class id, big-endian so the trie compares it most significant first.
+    pub class: [u8; 4],
+    pub proto: u8,
+    pub reserved: u8,
+    /// Destination port, or ICMP `type << 8 | code`, big-endian.
+    pub port: [u8; 2],
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+impl PortKey {
+    #[inline(always)]
+    pub fn new(class: u32, proto: u8, port: u16) -> Self {
+        Self {
+            class: class.to_be_bytes(),
+            proto,
+            reserved: 0,
+            port: port.to_be_bytes(),
+        }
+    }
+}
+
+/// The entry allows every port of its protocol (or every protocol).
+pub const PORT_FLAG_ALL_PORTS: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortValue {
+    pub flags: u32,
+}
+
+/// Longest-prefix lookups on the policy tries. The kernel implements it over
+/// its LPM maps, the agent's tests over an in-memory trie: both run
+/// [`classify`] unchanged.
+pub trait PolicyMaps {
+    /// Longest match for a full-length IPv4 key.
+    fn addr_v4(&self, key: &AddrKeyV4) -> Option<AddrValue>;
+    /// Longest match for a full-length IPv6 key.
+    fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue>;
+    /// Longest match for a full-length port key.
+    fn ports(&self, key: &PortKey) -> Option<PortValue>;
+}
+
+/// Whether the rules of `direction` in `generation` allow `flow`.
+///
+/// The remote end is the source of an inbound packet and the destination of
+/// an outbound one. A later fragment has no port: it is allowed only by a
+/// rule that allows its protocol on every port.
+#[inline(always)]
+pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+    let remote = if direction == INGRESS { &flow.src } else { &flow.dst };
+    let tag = addr_tag(generation, direction);
+    let class = if flow.family == FAMILY_V4 {
+        let key = AddrKeyV4 {
+            tag,
+            addr: [remote[0], remote[1], remote[2], remote[3]],
+        };
+        maps.addr_v4(&key)
+    } else {
+        let key = AddrKeyV6 { tag, addr: *remote };
+        maps.addr_v6(&key)
+    };
+    let Some(class) = class else {
+        return false;
+    };
+    let later_fragment = flow.frag == crate::flow::FRAG_LATER;
+    let port = if later_fragment { 0 } else { flow.policy_port() };
+    match maps.ports(&PortKey::new(class.class, flow.proto, port)) {
+        Some(v) => !later_fragment || v.flags & PORT_FLAG_ALL_PORTS != 0,
+        None => false,
+    }
+}
