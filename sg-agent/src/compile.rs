@@ -1,0 +1,289 @@
+//! Config -> the flat tables the data plane reads. Pure: no kernel here.
+//!
+//! Per instance, every distinct source prefix becomes one address-trie entry
+//! whose *class* is the set of (protocol, port interval) matchers of every
+//! rule whose source contains that prefix, broader prefixes included. That
+//! copy-down is what makes a longest-prefix match return the union that
+//! security groups require (10.0.0.0/8 tcp/22 plus 10.1.0.0/16 tcp/80 must
+//! still allow 10.1.2.3 on port 22). Classes are deduplicated, so ten
+//! thousand prefix-list entries with the same rules make one class. Each
+//! class's matchers are merged per protocol and stored as port prefixes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sg_common::policy::{
+    ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_GENERATION_BIT, PORT_CLASS_BITS,
+    PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
+};
+
+use crate::{
+    config::{ConntrackSettings, Direction, Instance, Protocol, Vpc},
+    resolve::effective_rules,
+};
+
+/// The whole compiled policy.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub instances: Vec<CompiledInstance>,
+    /// Connection-tracking timeouts (generation and ready are set when
+    /// published).
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompiledInstance {
+    pub name: String,
+    pub interface: Option<String>,
+    pub netns: Option<String>,
+    pub tables: PolicyTables,
+}
+
+/// One instance's tables, independent of generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyTables {
+    pub v4: Vec<AddrEntry<Ipv4Net>>,
+    pub v6: Vec<AddrEntry<Ipv6Net>>,
+    pub ports: Vec<PortEntry>,
+    pub classes: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrEntry<N> {
+    pub direction: u8,
+    pub net: N,
+    /// 1-based class id.
+    pub class: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    pub class: u32,
+    /// `None`: every protocol.
+    pub proto: Option<u8>,
+    /// Port prefix: value and number of significant bits (0 = every port).
+    pub port: u16,
+    pub port_bits: u8,
+}
+
+/// A class: sorted (protocol, merged port intervals); protocol `None` means
+/// every protocol and then stands alone.
+type ClassKey = Vec<(Option<u8>, Vec<(u16, u16)>)>;
+
+pub fn compile(vpc: &Vpc) -> CompiledPolicy {
+    CompiledPolicy {
+        instances: vpc
+            .instances
+            .iter()
+            .map(|inst| CompiledInstance {
+                name: inst.name.clone(),
+                interface: inst.interface.clone(),
+                netns: inst.netns.clone(),
+                tables: compile_instance(vpc, inst),
+            })
+            .collect(),
+        settings: settings(&vpc.conntrack),
+    }
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// Timeouts: AWS's adjustable ones from the file; handshakes, closing
+/// states and ICMP short, as a careful stateful firewall keeps them.
+pub fn settings(ct: &ConntrackSettings) -> Settings {
+    Settings {
+        generation: 0,
+        ready: 0,
+        tcp_syn_ns: 60 * SEC,
+        tcp_established_ns: ct.tcp_established_timeout * SEC,
+        tcp_closing_ns: 30 * SEC,
+        tcp_closed_ns: 10 * SEC,
+        udp_ns: ct.udp_timeout * SEC,
+        udp_stream_ns: ct.udp_stream_timeout * SEC,
+        icmp_ns: 30 * SEC,
+        other_ns: 600 * SEC,
+        fragment_ns: 30 * SEC,
+    }
+}
+
+/// (protocol, port interval) of one rule.
+type Matcher = (Option<u8>, (u16, u16));
+
+pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
+    // direction -> prefix -> matchers of rules naming exactly that prefix.
+    let mut by_prefix: BTreeMap<(Direction, IpNet), Vec<Matcher>> = BTreeMap::new();
+    for r in effective_rules(vpc, inst) {
+        let proto = match r.rule.protocol {
+            Protocol::All => None,
+            Protocol::Number(n) => Some(n),
+        };
+        let matcher = (proto, r.rule.ports.port_interval());
+        for net in &r.prefixes {
+            by_prefix.entry((r.direction, net.trunc())).or_default().push(matcher);
+        }
+    }
+
+    let mut classes: HashMap<ClassKey, u32> = HashMap::new();
+    let mut class_order: Vec<ClassKey> = Vec::new();
+    let mut tables = PolicyTables::default();
+    for (&(direction, net), _) in &by_prefix {
+        // Union with every broader prefix present (prefixes containing a
+        // common address are nested, so these are all of them).
+        let mut matchers: Vec<Matcher> = Vec::new();
+        for len in 0..=net.prefix_len() {
+            let Ok(wider) = IpNet::new(net.addr(), len) else { continue };
+            if let Some(m) = by_prefix.get(&(direction, wider.trunc())) {
+                matchers.extend_from_slice(m);
+            }
+        }
+        let key = class_key(matchers);
+        let class = *classes.entry(key.clone()).or_insert_with(|| {
+            class_order.push(key);
+            u32::try_from(class_order.len()).expect("fewer than 2^31 classes")
+        });
+        let d = direction.code();
+        match net {
+            IpNet::V4(net) => tables.v4.push(AddrEntry { direction: d, net, class }),
+            IpNet::V6(net) => tables.v6.push(AddrEntry { direction: d, net, class }),
+        }
+    }
+    for (i, key) in class_order.iter().enumerate() {
+        let class = u32::try_from(i + 1).expect("fewer than 2^31 classes");
+        for (proto, intervals) in key {
+            for &(lo, hi) in intervals {
+                for (port, port_bits) in port_prefixes(lo, hi) {
+                    tables.ports.push(PortEntry { class, proto: *proto, port, port_bits });
+                }
+            }
+        }
+    }
+    tables.classes = u32::try_from(class_order.len()).expect("fewer than 2^31 classes");
+    tables
+}
+
+/// Canonical form of a set of matchers: every-protocol absorbs the rest;
+/// per protocol, intervals sorted and merged.
+fn class_key(matchers: Vec<Matcher>) -> ClassKey {
+    if matchers.iter().any(|(p, _)| p.is_none()) {
+        return vec![(None, vec![(0, u16::MAX)])];
+    }
+    let mut per_proto: BTreeMap<u8, Vec<(u16, u16)>> = BTreeMap::new();
+    for (p, iv) in matchers {
+        per_proto.entry(p.expect("checked above")).or_default().push(iv);
+    }
+    per_proto
+        .into_iter()
+        .map(|(p, mut ivs)| {
+            ivs.sort_unstable();
+            let mut merged: Vec<(u16, u16)> = Vec::new();
+            for (lo, hi) in ivs {
+                match merged.last_mut() {
+                    Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+                    _ => merged.push((lo, hi)),
+                }
+            }
+            (Some(p), merged)
+        })
+        .collect()
+}
+
+/// The fewest prefixes (value, significant bits) covering `lo..=hi`.
+pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    while lo <= hi {
+        // Largest aligned block starting at lo that fits.
+        let mut size_bits = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        while lo + (1 << size_bits) - 1 > hi {
+            size_bits -= 1;
+        }
+        out.push((u16::try_from(lo).expect("within u16"), u8::try_from(16 - size_bits).expect("<= 16")));
+        lo += 1 << size_bits;
+    }
+    out
+}
+
+/// Map entries as the kernel stores them, for one generation.
+#[derive(Clone, Debug, Default)]
+pub struct KernelEntries {
+    pub v4: Vec<(u32, AddrKeyV4, AddrValue)>,
+    pub v6: Vec<(u32, AddrKeyV6, AddrValue)>,
+    pub ports: Vec<(u32, PortKey, PortValue)>,
+}
+
+/// A class id as stored for `generation`.
+pub fn tagged_class(class: u32, generation: u8) -> u32 {
+    if generation == 0 { class } else { class | CLASS_GENERATION_BIT }
+}
+
+impl PolicyTables {
+    /// The entries to write for `generation`: (prefix length, key, value).
+    pub fn kernel_entries(&self, generation: u8) -> KernelEntries {
+        KernelEntries {
+            v4: self
+                .v4
+                .iter()
+                .map(|e| {
+                    let key = AddrKeyV4 { tag: addr_tag(generation, e.direction), addr: e.net.addr().octets() };
+                    let value = AddrValue { class: tagged_class(e.class, generation) };
+                    (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
+                })
+                .collect(),
+            v6: self
+                .v6
+                .iter()
+                .map(|e| {
+                    let key = AddrKeyV6 { tag: addr_tag(generation, e.direction), addr: e.net.addr().octets() };
+                    let value = AddrValue { class: tagged_class(e.class, generation) };
+                    (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
+                })
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| {
+                    let class = tagged_class(p.class, generation);
+                    match p.proto {
+                        None => (PORT_CLASS_BITS, PortKey::new(class, 0, 0), PortValue { flags: PORT_FLAG_ALL_PORTS }),
+                        Some(proto) => {
+                            let flags = if p.port_bits == 0 { PORT_FLAG_ALL_PORTS } else { 0 };
+                            (PORT_PROTO_BITS + u32::from(p.port_bits), PortKey::new(class, proto, p.port), PortValue { flags })
+                        }
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_become_covering_prefixes() {
+        assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(port_prefixes(1024, 2047), vec![(1024, 6)]);
+        let p = port_prefixes(1, 65534);
+        assert_eq!(p.len(), 30);
+        for port in [0u32, 1, 2, 1000, 65534, 65535] {
+            let hits = p
+                .iter()
+                .filter(|&&(v, bits)| {
+                    let mask = if bits == 0 { 0 } else { u32::MAX << (16 - u32::from(bits)) & 0xffff };
+                    port & mask == u32::from(v)
+                })
+                .count();
+            assert_eq!(hits, usize::from((1..=65534).contains(&port)), "port {port}");
+        }
+    }
+
+    #[test]
+    fn class_key_merges_and_all_protocols_absorbs() {
+        let k = class_key(vec![(Some(6), (80, 80)), (Some(6), (81, 90)), (Some(6), (22, 22))]);
+        assert_eq!(k, vec![(Some(6), vec![(22, 22), (80, 90)])]);
+        let k = class_key(vec![(Some(6), (80, 80)), (None, (0, 65535))]);
+        assert_eq!(k, vec![(None, vec![(0, 65535)])]);
+    }
+}

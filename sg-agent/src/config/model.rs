@@ -1,0 +1,243 @@
+//! The rules file as the rest of the agent sees it: validated, with names
+//! resolved to indexes only where it keeps code simple. Spans point back
+//! into the file for diagnostics.
+
+use std::{net::IpAddr, ops::Range};
+
+use ipnet::IpNet;
+
+/// Byte range in the rules file.
+pub type Span = Range<usize>;
+
+/// The whole "VPC": prefix lists, security groups and instances.
+#[derive(Clone, Debug, Default)]
+pub struct Vpc {
+    pub prefix_lists: Vec<PrefixList>,
+    pub groups: Vec<SecurityGroup>,
+    pub instances: Vec<Instance>,
+    pub limits: Limits,
+    pub conntrack: ConntrackSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct PrefixList {
+    pub name: String,
+    pub entries: Vec<IpNet>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct SecurityGroup {
+    pub name: String,
+    pub description: Option<String>,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    /// The direction's number in the data plane's keys.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Ingress => sg_common::policy::INGRESS,
+            Self::Egress => sg_common::policy::EGRESS,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// One `[[security_group.ingress]]` or `[[security_group.egress]]` table.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub protocol: Protocol,
+    pub ports: Ports,
+    pub sources: Vec<SourceRef>,
+    pub description: Option<String>,
+    /// AWS's default egress rule, present because the group has no `egress` key.
+    pub implicit: bool,
+    pub span: Span,
+}
+
+/// `all` (AWS's -1) or one IP protocol number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    All,
+    Number(u8),
+}
+
+impl Protocol {
+    pub fn matches(self, proto: u8) -> bool {
+        match self {
+            Self::All => true,
+            Self::Number(n) => n == proto,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Number(1) => f.write_str("icmp"),
+            Self::Number(6) => f.write_str("tcp"),
+            Self::Number(17) => f.write_str("udp"),
+            Self::Number(58) => f.write_str("icmpv6"),
+            Self::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// What part of the protocol's space a rule allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ports {
+    /// Every port (protocol all, or a protocol without ports).
+    All,
+    /// Inclusive destination port range, TCP and UDP.
+    Range { from: u16, to: u16 },
+    /// ICMP type and code; `None` is AWS's -1, any.
+    Icmp { ty: Option<u8>, code: Option<u8> },
+}
+
+impl Ports {
+    /// The inclusive range of `Flow::policy_port` values this allows.
+    pub fn port_interval(self) -> (u16, u16) {
+        match self {
+            Self::All | Self::Icmp { ty: None, .. } => (0, u16::MAX),
+            Self::Range { from, to } => (from, to),
+            Self::Icmp {
+                ty: Some(t),
+                code: None,
+            } => (u16::from(t) << 8, u16::from(t) << 8 | 0xff),
+            Self::Icmp {
+                ty: Some(t),
+                code: Some(c),
+            } => {
+                let v = u16::from(t) << 8 | u16::from(c);
+                (v, v)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Range { from, to } if from == to => write!(f, "{from}"),
+            Self::Range { from, to } => write!(f, "{from}-{to}"),
+            Self::Icmp { ty, code } => {
+                let show = |v: &Option<u8>| v.map_or_else(|| "any".to_owned(), |v| v.to_string());
+                write!(f, "type {} code {}", show(ty), show(code))
+            }
+        }
+    }
+}
+
+/// A rule's source (ingress) or destination (egress).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Cidr(IpNet),
+    PrefixList(String),
+    Group(String),
+    /// `self = true`: the members of the rule's own group.
+    SelfGroup,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cidr(net) => write!(f, "{net}"),
+            Self::PrefixList(name) => write!(f, "prefix list {name}"),
+            Self::Group(name) => write!(f, "group {name}"),
+            Self::SelfGroup => f.write_str("self"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceRef {
+    pub source: Source,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub groups: Vec<(String, Span)>,
+    /// Enforce on this interface of this host; absent: the instance lives
+    /// elsewhere and only counts as a group member.
+    pub interface: Option<String>,
+    /// Named network namespace (`ip netns add`) holding the interface.
+    pub netns: Option<String>,
+    pub span: Span,
+}
+
+impl Instance {
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|(g, _)| g == group)
+    }
+}
+
+/// AWS's quotas, adjustable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Inbound and outbound counted separately; one per source, a prefix
+    /// list counting as its number of entries.
+    pub rules_per_group: u32,
+    pub groups_per_instance: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rules_per_group: 60,
+            groups_per_instance: 5,
+        }
+    }
+}
+
+/// Idle timeouts in seconds, named after AWS's ConnectionTrackingSpecification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    pub tcp_established_timeout: u64,
+    pub udp_timeout: u64,
+    pub udp_stream_timeout: u64,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        Self {
+            tcp_established_timeout: 432_000,
+            udp_timeout: 30,
+            udp_stream_timeout: 180,
+        }
+    }
+}
+
+impl Vpc {
+    pub fn group(&self, name: &str) -> Option<&SecurityGroup> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    pub fn prefix_list(&self, name: &str) -> Option<&PrefixList> {
+        self.prefix_lists.iter().find(|p| p.name == name)
+    }
+}

@@ -1,0 +1,597 @@
+//! TOML text -> [`Vpc`], collecting every error with its span rather than
+//! stopping at the first (serde would stop at the first).
+
+use std::{
+    net::IpAddr,
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use toml::{
+    Spanned,
+    de::{DeArray, DeTable, DeValue},
+};
+
+use super::{
+    diagnostics::{Diagnostic, did_you_mean},
+    model::{
+        ConntrackSettings, Instance, Limits, Ports, PrefixList, Protocol, Rule, SecurityGroup,
+        Source, SourceRef, Span, Vpc,
+    },
+};
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Parses `text`; returns the model (possibly partial) and the errors found.
+pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
+    let mut p = Parser { diags: Vec::new() };
+    let (root, errors) = DeTable::parse_recoverable(text);
+    for e in errors {
+        let span = e.span().unwrap_or(0..0);
+        p.diags.push(Diagnostic::new(span, format!("TOML syntax: {}", e.message().trim())));
+    }
+    let vpc = p.vpc(root.get_ref(), root.span());
+    (vpc, p.diags)
+}
+
+struct Parser {
+    diags: Vec<Diagnostic>,
+}
+
+/// Protocol names accepted besides numbers, as `/etc/protocols` spells them.
+const PROTOCOL_NAMES: &[(&str, u8)] = &[
+    ("icmp", 1),
+    ("igmp", 2),
+    ("ipip", 4),
+    ("ipencap", 4),
+    ("tcp", 6),
+    ("udp", 17),
+    ("ipv6", 41),
+    ("gre", 47),
+    ("esp", 50),
+    ("ah", 51),
+    ("icmpv6", 58),
+    ("ipv6-icmp", 58),
+    ("ospf", 89),
+    ("pim", 103),
+    ("vrrp", 112),
+    ("l2tp", 115),
+    ("sctp", 132),
+];
+
+impl Parser {
+    fn err(&mut self, span: Span, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::new(span, msg));
+    }
+
+    fn err_hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic::new(span, msg).hint(hint));
+    }
+
+    /// Reports every key of `table` not in `allowed`.
+    fn known_keys(&mut self, table: &DeTable, allowed: &[&str], what: &str) {
+        for (key, _) in table {
+            let name = key.get_ref().as_ref();
+            if !allowed.contains(&name) {
+                let hint = match did_you_mean(name, allowed.iter().copied()) {
+                    Some(s) => format!("did you mean \"{s}\"?"),
+                    None => format!("{what} takes: {}", allowed.join(", ")),
+                };
+                self.err_hint(key.span(), format!("unknown key \"{name}\" in {what}"), hint);
+            }
+        }
+    }
+
+    fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Value<'i>> {
+        table.get(key)
+    }
+
+    fn string(&mut self, v: &Value, key: &str) -> Option<String> {
+        if let Some(s) = v.get_ref().as_str() {
+            Some(s.to_owned())
+        } else {
+            let ty = v.get_ref().type_str();
+            self.err(v.span(), format!("\"{key}\" must be a string, found {ty}"));
+            None
+        }
+    }
+
+    fn opt_string(&mut self, t: &DeTable, key: &str) -> Option<String> {
+        Self::get(t, key).and_then(|v| self.string(v, key))
+    }
+
+    fn req_string(&mut self, t: &DeTable, span: &Span, key: &str, what: &str) -> Option<(String, Span)> {
+        if let Some(v) = Self::get(t, key) {
+            self.string(v, key).map(|s| (s, v.span()))
+        } else {
+            self.err(span.clone(), format!("{what} has no \"{key}\""));
+            None
+        }
+    }
+
+    fn integer(&mut self, v: &Value, key: &str) -> Option<i64> {
+        let parsed = v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
+        if parsed.is_none() {
+            let ty = v.get_ref().type_str();
+            self.err(v.span(), format!("\"{key}\" must be an integer, found {ty}"));
+        }
+        parsed
+    }
+
+    fn array<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t DeArray<'i>> {
+        let a = v.get_ref().as_array();
+        if a.is_none() {
+            let ty = v.get_ref().type_str();
+            self.err(v.span(), format!("\"{key}\" must be an array, found {ty}"));
+        }
+        a
+    }
+
+    fn string_array(&mut self, t: &DeTable, key: &str) -> Vec<(String, Span)> {
+        let Some(v) = Self::get(t, key) else {
+            return Vec::new();
+        };
+        let Some(items) = self.array(v, key) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| self.string(item, key).map(|s| (s, item.span())))
+            .collect()
+    }
+
+    /// Items of an array of tables, each with its span.
+    fn tables<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Vec<(&'t DeTable<'i>, Span)> {
+        let Some(items) = self.array(v, key) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| {
+                if let Some(t) = item.get_ref().as_table() {
+                    Some((t, item.span()))
+                } else {
+                    self.err_hint(
+                        item.span(),
+                        format!("each \"{key}\" must be a table"),
+                        format!("write it as [[{key}]]"),
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn vpc(&mut self, root: &DeTable, _span: Span) -> Vpc {
+        self.known_keys(
+            root,
+            &["prefix_list", "security_group", "instance", "limits", "conntrack"],
+            "the rules file",
+        );
+        let mut vpc = Vpc::default();
+        if let Some(v) = Self::get(root, "prefix_list") {
+            for (t, span) in self.tables(v, "prefix_list") {
+                if let Some(p) = self.prefix_list(t, span) {
+                    vpc.prefix_lists.push(p);
+                }
+            }
+        }
+        if let Some(v) = Self::get(root, "security_group") {
+            for (t, span) in self.tables(v, "security_group") {
+                if let Some(g) = self.group(t, span) {
+                    vpc.groups.push(g);
+                }
+            }
+        }
+        if let Some(v) = Self::get(root, "instance") {
+            for (t, span) in self.tables(v, "instance") {
+                if let Some(i) = self.instance(t, span) {
+                    vpc.instances.push(i);
+                }
+            }
+        }
+        if let Some(v) = Self::get(root, "limits") {
+            vpc.limits = self.limits(v);
+        }
+        if let Some(v) = Self::get(root, "conntrack") {
+            vpc.conntrack = self.conntrack(v);
+        }
+        vpc
+    }
+
+    fn prefix_list(&mut self, t: &DeTable, span: Span) -> Option<PrefixList> {
+        self.known_keys(t, &["name", "entries", "description"], "a prefix_list");
+        self.opt_string(t, "description");
+        let name = self.req_string(t, &span, "name", "this prefix_list");
+        let entries = self
+            .string_array(t, "entries")
+            .into_iter()
+            .filter_map(|(s, span)| self.cidr(&s, span, None))
+            .collect();
+        Some(PrefixList {
+            name: name?.0,
+            entries,
+            span,
+        })
+    }
+
+    /// A CIDR block; `family` 4 or 6 restricts it (with a hint to move it).
+    fn cidr(&mut self, text: &str, span: Span, family: Option<(u8, &str)>) -> Option<IpNet> {
+        let net = if let Ok(net) = IpNet::from_str(text) {
+            net
+        } else if let Ok(addr) = IpAddr::from_str(text) {
+            let len = if addr.is_ipv4() { 32 } else { 128 };
+            self.err_hint(
+                span,
+                format!("\"{text}\" is an address, not a CIDR block"),
+                format!("write {addr}/{len} for this one host"),
+            );
+            return None;
+        } else {
+            self.err_hint(
+                span,
+                format!("\"{text}\" is not a CIDR block"),
+                "write an address and a prefix length, e.g. 10.0.0.0/16 or 2001:db8::/32",
+            );
+            return None;
+        };
+        if net.network() != net.addr() {
+            let fixed = net.trunc();
+            self.err_hint(
+                span.clone(),
+                format!("{net} has host bits set"),
+                format!("did you mean {fixed}?"),
+            );
+            return None;
+        }
+        match (family, net) {
+            (Some((6, key)), IpNet::V4(_)) => {
+                self.err_hint(
+                    span,
+                    format!("{net} is an IPv4 block in {key}"),
+                    "move it to cidr_blocks",
+                );
+                None
+            }
+            (Some((4, key)), IpNet::V6(_)) => {
+                self.err_hint(
+                    span,
+                    format!("{net} is an IPv6 block in {key}"),
+                    "move it to ipv6_cidr_blocks",
+                );
+                None
+            }
+            _ => Some(net),
+        }
+    }
+
+    fn group(&mut self, t: &DeTable, span: Span) -> Option<SecurityGroup> {
+        self.known_keys(t, &["name", "description", "ingress", "egress"], "a security_group");
+        let name = self.req_string(t, &span, "name", "this security_group");
+        let description = self.opt_string(t, "description");
+        let mut ingress = Vec::new();
+        if let Some(v) = Self::get(t, "ingress") {
+            for (rt, rspan) in self.tables(v, "security_group.ingress") {
+                ingress.extend(self.rule(rt, rspan, "an ingress rule"));
+            }
+        }
+        let egress = if let Some(v) = Self::get(t, "egress") {
+            let mut rules = Vec::new();
+            for (rt, rspan) in self.tables(v, "security_group.egress") {
+                rules.extend(self.rule(rt, rspan, "an egress rule"));
+            }
+            rules
+        } else {
+            vec![default_egress(span.clone())]
+        };
+        Some(SecurityGroup {
+            name: name?.0,
+            description,
+            ingress,
+            egress,
+            span,
+        })
+    }
+
+    fn rule(&mut self, t: &DeTable, span: Span, what: &str) -> Option<Rule> {
+        self.known_keys(
+            t,
+            &[
+                "protocol",
+                "from_port",
+                "to_port",
+                "cidr_blocks",
+                "ipv6_cidr_blocks",
+                "security_groups",
+                "prefix_list_ids",
+                "self",
+                "description",
+            ],
+            what,
+        );
+        let description = self.opt_string(t, "description");
+        let protocol = match Self::get(t, "protocol") {
+            Some(v) => self.protocol(v),
+            None => {
+                self.err_hint(
+                    span.clone(),
+                    format!("{what} has no \"protocol\""),
+                    "add protocol = \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\" or a protocol number",
+                );
+                None
+            }
+        };
+        let ports = protocol.and_then(|p| self.ports(t, &span, p));
+
+        let mut sources = Vec::new();
+        for (s, sp) in self.string_array(t, "cidr_blocks") {
+            if let Some(net) = self.cidr(&s, sp.clone(), Some((4, "cidr_blocks"))) {
+                sources.push(SourceRef { source: Source::Cidr(net), span: sp });
+            }
+        }
+        for (s, sp) in self.string_array(t, "ipv6_cidr_blocks") {
+            if let Some(net) = self.cidr(&s, sp.clone(), Some((6, "ipv6_cidr_blocks"))) {
+                sources.push(SourceRef { source: Source::Cidr(net), span: sp });
+            }
+        }
+        for (s, sp) in self.string_array(t, "security_groups") {
+            sources.push(SourceRef { source: Source::Group(s), span: sp });
+        }
+        for (s, sp) in self.string_array(t, "prefix_list_ids") {
+            sources.push(SourceRef { source: Source::PrefixList(s), span: sp });
+        }
+        if let Some(v) = Self::get(t, "self") {
+            match v.get_ref().as_bool() {
+                Some(true) => sources.push(SourceRef { source: Source::SelfGroup, span: v.span() }),
+                Some(false) => {}
+                None => self.err(v.span(), "\"self\" must be true or false"),
+            }
+        }
+        let source_keys = ["cidr_blocks", "ipv6_cidr_blocks", "security_groups", "prefix_list_ids", "self"];
+        if sources.is_empty() && !source_keys.iter().any(|k| Self::get(t, k).is_some()) {
+            self.err_hint(
+                span.clone(),
+                format!("{what} has no source"),
+                "add cidr_blocks, ipv6_cidr_blocks, security_groups, prefix_list_ids or self = true",
+            );
+        }
+        Some(Rule {
+            protocol: protocol?,
+            ports: ports?,
+            sources,
+            description,
+            implicit: false,
+            span,
+        })
+    }
+
+    fn protocol(&mut self, v: &Value) -> Option<Protocol> {
+        let bad = |p: &mut Self| {
+            p.err_hint(
+                v.span(),
+                "unknown protocol",
+                "use \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\" (or \"-1\"), a name such as \"gre\", or a number 0-255",
+            );
+            None
+        };
+        let text = match v.get_ref() {
+            DeValue::String(s) => s.to_ascii_lowercase(),
+            DeValue::Integer(i) => i.as_str().to_owned(),
+            _ => return bad(self),
+        };
+        if text == "all" || text == "-1" {
+            return Some(Protocol::All);
+        }
+        if let Ok(n) = text.parse::<i64>() {
+            return match u8::try_from(n) {
+                Ok(n) => Some(Protocol::Number(n)),
+                Err(_) => {
+                    self.err_hint(v.span(), format!("protocol number {n} is out of range"), "protocol numbers go from 0 to 255; -1 means all");
+                    None
+                }
+            };
+        }
+        if let Some(&(_, n)) = PROTOCOL_NAMES.iter().find(|(name, _)| *name == text) {
+            return Some(Protocol::Number(n));
+        }
+        if let Some(s) = did_you_mean(&text, PROTOCOL_NAMES.iter().map(|(n, _)| *n).chain(["all"])) {
+            self.err_hint(v.span(), format!("unknown protocol \"{text}\""), format!("did you mean \"{s}\"?"));
+            return None;
+        }
+        bad(self)
+    }
+
+    fn ports(&mut self, t: &DeTable, span: &Span, protocol: Protocol) -> Option<Ports> {
+        let from = Self::get(t, "from_port").map(|v| (self.integer(v, "from_port"), v.span()));
+        let to = Self::get(t, "to_port").map(|v| (self.integer(v, "to_port"), v.span()));
+        if matches!(from, Some((None, _))) || matches!(to, Some((None, _))) {
+            return None;
+        }
+        let from = from.map(|(v, s)| (v.unwrap_or_default(), s));
+        let to = to.map(|(v, s)| (v.unwrap_or_default(), s));
+        match protocol {
+            Protocol::Number(6 | 17) => {
+                let (Some((f, fspan)), Some((to, tspan))) = (from, to) else {
+                    self.err_hint(
+                        span.clone(),
+                        format!("{protocol} rule needs from_port and to_port"),
+                        "for every port write from_port = 0 and to_port = 65535",
+                    );
+                    return None;
+                };
+                let mut ok = true;
+                for (v, s, k) in [(f, &fspan, "from_port"), (to, &tspan, "to_port")] {
+                    if !(0..=65535).contains(&v) {
+                        self.err_hint(s.clone(), format!("{k} {v} is out of range"), "ports go from 0 to 65535");
+                        ok = false;
+                    }
+                }
+                if ok && f > to {
+                    self.err_hint(
+                        fspan.start..tspan.end.max(fspan.end),
+                        format!("from_port {f} is greater than to_port {to}"),
+                        format!("did you mean from_port = {to}, to_port = {f}?"),
+                    );
+                    ok = false;
+                }
+                ok.then(|| Ports::Range {
+                    from: u16::try_from(f).unwrap_or_default(),
+                    to: u16::try_from(to).unwrap_or_default(),
+                })
+            }
+            Protocol::Number(1 | 58) => {
+                let ty = from.clone().map_or(Some(None), |(v, s)| self.icmp_field(v, s, "type", "from_port"));
+                let code = to.clone().map_or(Some(None), |(v, s)| self.icmp_field(v, s, "code", "to_port"));
+                let (ty, code) = (ty?, code?);
+                if ty.is_none() && code.is_some() {
+                    let s = to.map_or(span.clone(), |(_, s)| s);
+                    self.err_hint(s, "an ICMP code without a type", "set from_port (the type) too, or to_port = -1");
+                    return None;
+                }
+                Some(Ports::Icmp { ty, code })
+            }
+            _ => {
+                for &(v, ref s) in [from.as_ref(), to.as_ref()].into_iter().flatten() {
+                    if v != 0 && v != -1 {
+                        let hint = if protocol == Protocol::All {
+                            "protocol \"all\" covers every port: remove from_port and to_port, or set both to 0".to_owned()
+                        } else {
+                            format!("protocol {protocol} has no ports: remove from_port and to_port, or set both to 0")
+                        };
+                        self.err_hint(s.clone(), format!("port {v} given for protocol {protocol}"), hint);
+                        return None;
+                    }
+                }
+                Some(Ports::All)
+            }
+        }
+    }
+
+    /// An ICMP type or code: -1 (any) or 0-255.
+    fn icmp_field(&mut self, v: i64, span: Span, what: &str, key: &str) -> Option<Option<u8>> {
+        if v == -1 {
+            return Some(None);
+        }
+        if let Ok(b) = u8::try_from(v) {
+            Some(Some(b))
+        } else {
+            self.err_hint(
+                span,
+                format!("ICMP {what} {v} (in {key}) is out of range"),
+                format!("an ICMP {what} goes from 0 to 255; -1 means any"),
+            );
+            None
+        }
+    }
+
+    fn instance(&mut self, t: &DeTable, span: Span) -> Option<Instance> {
+        self.known_keys(
+            t,
+            &["name", "description", "addresses", "security_groups", "interface", "netns"],
+            "an instance",
+        );
+        self.opt_string(t, "description");
+        let name = self.req_string(t, &span, "name", "this instance");
+        let mut addresses = Vec::new();
+        for (s, sp) in self.string_array(t, "addresses") {
+            match IpAddr::from_str(&s) {
+                Ok(a) => addresses.push(a),
+                Err(_) if IpNet::from_str(&s).is_ok() => self.err_hint(
+                    sp,
+                    format!("\"{s}\" has a prefix length"),
+                    format!("addresses are host addresses: write \"{}\"", s.split('/').next().unwrap_or_default()),
+                ),
+                Err(_) => self.err_hint(sp, format!("\"{s}\" is not an IP address"), "write e.g. \"10.0.1.10\" or \"2001:db8::10\""),
+            }
+        }
+        if Self::get(t, "security_groups").is_none() {
+            self.err_hint(span.clone(), "this instance has no \"security_groups\"", "every instance needs at least one security group");
+        }
+        let groups = self.string_array(t, "security_groups");
+        let interface = self.opt_string(t, "interface");
+        let netns = self.opt_string(t, "netns");
+        if let (Some(v), None) = (Self::get(t, "netns"), &interface) {
+            self.err_hint(v.span(), "netns without interface", "name the interface inside that namespace, e.g. interface = \"eth0\"");
+        }
+        Some(Instance {
+            name: name?.0,
+            addresses,
+            groups,
+            interface,
+            netns,
+            span,
+        })
+    }
+
+    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t DeTable<'i>> {
+        let t = v.get_ref().as_table();
+        if t.is_none() {
+            self.err_hint(v.span(), format!("\"{key}\" must be a table"), format!("write it as [{key}]"));
+        }
+        t
+    }
+
+    fn bounded(&mut self, t: &DeTable, key: &str, range: std::ops::RangeInclusive<i64>, default: u64, why: &str) -> u64 {
+        let Some(v) = Self::get(t, key) else {
+            return default;
+        };
+        let Some(n) = self.integer(v, key) else {
+            return default;
+        };
+        if range.contains(&n) {
+            u64::try_from(n).unwrap_or(default)
+        } else {
+            self.err_hint(
+                v.span(),
+                format!("{key} = {n} is out of range"),
+                format!("{key} goes from {} to {}{why}", range.start(), range.end()),
+            );
+            default
+        }
+    }
+
+    fn limits(&mut self, v: &Value) -> Limits {
+        let d = Limits::default();
+        let Some(t) = self.table(v, "limits") else {
+            return d;
+        };
+        self.known_keys(t, &["rules_per_group", "groups_per_instance"], "[limits]");
+        let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Limits {
+            rules_per_group: to_u32(self.bounded(t, "rules_per_group", 1..=1_000_000, u64::from(d.rules_per_group), "")),
+            groups_per_instance: to_u32(self.bounded(t, "groups_per_instance", 1..=16, u64::from(d.groups_per_instance), " (AWS's maximum is 16)")),
+        }
+    }
+
+    fn conntrack(&mut self, v: &Value) -> ConntrackSettings {
+        let d = ConntrackSettings::default();
+        let Some(t) = self.table(v, "conntrack") else {
+            return d;
+        };
+        self.known_keys(t, &["tcp_established_timeout", "udp_timeout", "udp_stream_timeout"], "[conntrack]");
+        ConntrackSettings {
+            tcp_established_timeout: self.bounded(t, "tcp_established_timeout", 60..=432_000, d.tcp_established_timeout, " seconds, as in AWS"),
+            udp_timeout: self.bounded(t, "udp_timeout", 30..=60, d.udp_timeout, " seconds, as in AWS"),
+            udp_stream_timeout: self.bounded(t, "udp_stream_timeout", 60..=180, d.udp_stream_timeout, " seconds, as in AWS"),
+        }
+    }
+}
+
+/// AWS's default outbound rule: all traffic to 0.0.0.0/0 and ::/0.
+fn default_egress(span: Span) -> Rule {
+    let any = |s: &str| SourceRef {
+        source: Source::Cidr(s.parse().expect("constant CIDR")),
+        span: span.clone(),
+    };
+    Rule {
+        protocol: Protocol::All,
+        ports: Ports::All,
+        sources: vec![any("0.0.0.0/0"), any("::/0")],
+        description: Some("default: all outbound traffic (no egress key)".to_owned()),
+        implicit: true,
+        span: span.clone(),
+    }
+}

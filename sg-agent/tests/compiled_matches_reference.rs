@@ -1,0 +1,236 @@
+//! The compiled policy, looked up by the same `classify` the kernel runs,
+//! agrees with the reference evaluator on random configs and packets.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+use sg_agent::{
+    compile::compile,
+    config::{Direction, Instance, Ports, Protocol, Rule, SecurityGroup, Source, SourceRef, Vpc, PrefixList},
+    reference::{L4, Packet, evaluate},
+    softmaps::SoftMaps,
+};
+use sg_common::{
+    flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow},
+    policy::classify,
+};
+
+/// A small address universe so that random prefixes and packets meet.
+fn v4(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, i & 3, (i >> 2) & 1, i >> 3)
+}
+fn v6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, u16::from(i & 3), 0, 0, 0, 0, u16::from(i >> 2))
+}
+
+fn addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        3 => (0u8..32).prop_map(|i| IpAddr::V4(v4(i))),
+        1 => (0u8..16).prop_map(|i| IpAddr::V6(v6(i))),
+    ]
+}
+
+fn cidr() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        (0u8..32, prop::sample::select(vec![0u8, 8, 15, 16, 23, 24, 30, 32]))
+            .prop_map(|(i, len)| IpNet::new(IpAddr::V4(v4(i)), len).unwrap().trunc()),
+        (0u8..16, prop::sample::select(vec![0u8, 32, 48, 64, 127, 128]))
+            .prop_map(|(i, len)| IpNet::new(IpAddr::V6(v6(i)), len).unwrap().trunc()),
+    ]
+}
+
+const PORTS: [u16; 8] = [0, 1, 22, 80, 443, 1024, 3306, 65535];
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![prop::sample::select(PORTS.to_vec()), any::<u16>()]
+}
+
+fn protocol_and_ports() -> impl Strategy<Value = (Protocol, Ports)> {
+    prop_oneof![
+        Just((Protocol::All, Ports::All)),
+        (prop::sample::select(vec![6u8, 17]), port(), port()).prop_map(|(p, a, b)| (
+            Protocol::Number(p),
+            Ports::Range { from: a.min(b), to: a.max(b) }
+        )),
+        (prop::sample::select(vec![1u8, 58]), prop::option::of(0u8..12), prop::option::of(0u8..3))
+            .prop_map(|(p, ty, code)| (Protocol::Number(p), Ports::Icmp { ty, code: ty.and(code) })),
+        Just((Protocol::Number(47), Ports::All)),
+    ]
+}
+
+fn source(groups: usize) -> impl Strategy<Value = Source> {
+    prop_oneof![
+        4 => cidr().prop_map(Source::Cidr),
+        2 => (0..groups).prop_map(|g| Source::Group(format!("g{g}"))),
+        1 => Just(Source::SelfGroup),
+        1 => Just(Source::PrefixList("pl".to_owned())),
+    ]
+}
+
+fn rule(groups: usize) -> impl Strategy<Value = Rule> {
+    (protocol_and_ports(), prop::collection::vec(source(groups), 1..4)).prop_map(|((protocol, ports), sources)| Rule {
+        protocol,
+        ports,
+        sources: sources.into_iter().map(|source| SourceRef { source, span: 0..0 }).collect(),
+        description: None,
+        implicit: false,
+        span: 0..0,
+    })
+}
+
+fn vpc() -> impl Strategy<Value = Vpc> {
+    (1usize..4).prop_flat_map(|n_groups| {
+        let groups = prop::collection::vec(
+            (prop::collection::vec(rule(n_groups), 0..4), prop::option::of(prop::collection::vec(rule(n_groups), 0..3))),
+            n_groups,
+        );
+        let instances = prop::collection::vec(
+            (prop::collection::vec(addr(), 1..3), prop::collection::btree_set(0..n_groups, 1..=n_groups)),
+            1..4,
+        );
+        let prefix_list = prop::collection::vec(cidr(), 0..4);
+        (groups, instances, prefix_list).prop_map(|(groups, instances, pl)| {
+            let mut vpc = Vpc::default();
+            vpc.prefix_lists.push(PrefixList { name: "pl".to_owned(), entries: pl, span: 0..0 });
+            for (i, (ingress, egress)) in groups.into_iter().enumerate() {
+                let egress = egress.unwrap_or_else(|| {
+                    vec![Rule {
+                        protocol: Protocol::All,
+                        ports: Ports::All,
+                        sources: ["0.0.0.0/0", "::/0"]
+                            .iter()
+                            .map(|s| SourceRef { source: Source::Cidr(s.parse().unwrap()), span: 0..0 })
+                            .collect(),
+                        description: None,
+                        implicit: true,
+                        span: 0..0,
+                    }]
+                });
+                vpc.groups.push(SecurityGroup { name: format!("g{i}"), description: None, ingress, egress, span: 0..0 });
+            }
+            for (i, (addresses, groups)) in instances.into_iter().enumerate() {
+                vpc.instances.push(Instance {
+                    name: format!("i{i}"),
+                    addresses,
+                    groups: groups.into_iter().map(|g| (format!("g{g}"), 0..0)).collect(),
+                    interface: None,
+                    netns: None,
+                    span: 0..0,
+                });
+            }
+            vpc
+        })
+    })
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    (addr(), addr(), prop::sample::select(vec![1u8, 6, 17, 58, 47, 132]), port(), port(), 0u8..12, 0u8..3, prop::bool::weighted(0.15))
+        .prop_map(|(src, dst, proto, sport, dport, ty, code, later_fragment)| {
+            let l4 = if later_fragment {
+                L4::None
+            } else {
+                match proto {
+                    6 | 17 => L4::Ports { src: sport, dst: dport },
+                    1 | 58 => L4::Icmp { ty, code },
+                    _ => L4::None,
+                }
+            };
+            Packet { src, dst, proto, l4, later_fragment }
+        })
+}
+
+fn to_flow(p: &Packet) -> Option<Flow> {
+    let bytes = |a: IpAddr| match a {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    };
+    let family = match (p.src, p.dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => FAMILY_V4,
+        (IpAddr::V6(_), IpAddr::V6(_)) => FAMILY_V6,
+        _ => return None,
+    };
+    let mut flow = Flow {
+        family,
+        proto: p.proto,
+        frag: if p.later_fragment { FRAG_LATER } else { FRAG_NONE },
+        src: bytes(p.src),
+        dst: bytes(p.dst),
+        ..Flow::default()
+    };
+    match p.l4 {
+        L4::Ports { src, dst } => (flow.sport, flow.dport) = (src, dst),
+        L4::Icmp { ty, code } => (flow.icmp_type, flow.icmp_code) = (ty, code),
+        L4::None => {}
+    }
+    Some(flow)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_lookup_agrees_with_reference(
+        vpc in vpc(),
+        packets in prop::collection::vec(packet(), 8),
+        generation in 0u8..2,
+    ) {
+        let compiled = compile(&vpc);
+        for (inst, ci) in vpc.instances.iter().zip(&compiled.instances) {
+            let mut maps = SoftMaps::default();
+            maps.insert(&ci.tables.kernel_entries(generation));
+            // Another policy in the other generation, as during a reload,
+            // must never leak into this one.
+            for other in compiled.instances.iter().filter(|o| o.name != ci.name) {
+                maps.insert(&other.tables.kernel_entries(1 - generation));
+            }
+            for p in &packets {
+                let Some(flow) = to_flow(p) else { continue };
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let want = evaluate(&vpc, inst, direction, p, false).passes();
+                    let got = classify(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn broader_prefix_rules_reach_narrower_entries() {
+    // The pitfall from the brief: 10.0.0.0/8 tcp/22 plus 10.1.0.0/16 tcp/80
+    // must still allow 10.1.2.3 on port 22.
+    let text = r#"
+[[security_group]]
+name = "g"
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 22
+  to_port = 22
+  cidr_blocks = ["10.0.0.0/8"]
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 80
+  to_port = 80
+  cidr_blocks = ["10.1.0.0/16"]
+[[instance]]
+name = "i"
+addresses = ["10.9.9.9"]
+security_groups = ["g"]
+"#;
+    let vpc = sg_agent::config::from_str("t.toml".as_ref(), text).unwrap();
+    let compiled = compile(&vpc);
+    let mut maps = SoftMaps::default();
+    maps.insert(&compiled.instances[0].tables.kernel_entries(0));
+    let mut flow = Flow { family: FAMILY_V4, proto: 6, dport: 22, ..Flow::default() };
+    flow.src[..4].copy_from_slice(&[10, 1, 2, 3]);
+    assert!(classify(&maps, 0, 0, &flow), "10.1.2.3 -> tcp/22 must pass (10.0.0.0/8 rule)");
+    flow.dport = 80;
+    assert!(classify(&maps, 0, 0, &flow), "10.1.2.3 -> tcp/80 must pass (10.1.0.0/16 rule)");
+    flow.src[..4].copy_from_slice(&[10, 2, 2, 3]);
+    assert!(!classify(&maps, 0, 0, &flow), "10.2.2.3 -> tcp/80 must not pass");
+}
