@@ -11,3 +11,6 @@ pub mod compile;
 pub mod reference;
 pub mod resolve;
 pub mod softmaps;
+pub mod check;
+pub mod cli;
+pub mod agent;

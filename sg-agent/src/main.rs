@@ -1,1 +1,54 @@
-fn main(){}
+//! The `sg-agent` command: parse the command line and dispatch.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success (check: the file is valid; run: stopped by SIGINT/SIGTERM, everything detached)
+  1  the rules file is invalid, or the agent could not load or attach its programs
+  2  usage error (unknown option, missing argument)
+
+Example:
+  sg-agent check examples/seed-vpc.toml
+  sudo sg-agent run --config examples/seed-vpc.toml";
+
+/// AWS EC2 security groups on any Linux host, enforced in the kernel with
+/// XDP (inbound) and TC (outbound).
+#[derive(Debug, Parser)]
+#[command(version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a rules file and print each instance's effective rules.
+    #[command(after_help = EXIT_CODES)]
+    Check {
+        /// The rules file (TOML), e.g. examples/seed-vpc.toml.
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enforce a rules file on this host's interfaces until stopped
+    /// (as root). Reloads on SIGHUP and whenever the file changes.
+    #[command(after_help = EXIT_CODES)]
+    Run {
+        /// The rules file (TOML), e.g. examples/seed-vpc.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command {
+        Command::Check { file, json } => sg_agent::cli::check(&file, json),
+        Command::Run { config } => sg_agent::cli::run(&config),
+    }
+}

@@ -507,9 +507,6 @@ impl Parser {
                 Err(_) => self.err_hint(sp, format!("\"{s}\" is not an IP address"), "write e.g. \"10.0.1.10\" or \"2001:db8::10\""),
             }
         }
-        if Self::get(t, "security_groups").is_none() {
-            self.err_hint(span.clone(), "this instance has no \"security_groups\"", "every instance needs at least one security group");
-        }
         let groups = self.string_array(t, "security_groups");
         let interface = self.opt_string(t, "interface");
         let netns = self.opt_string(t, "netns");

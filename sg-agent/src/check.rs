@@ -1,0 +1,140 @@
+//! `sg-agent check`: each instance's effective rules, as a table or JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    config::{Direction, Vpc},
+    resolve::effective_rules,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub instances: Vec<InstanceReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceReport {
+    pub name: String,
+    pub interface: Option<String>,
+    pub netns: Option<String>,
+    pub addresses: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub inbound: Vec<RuleReport>,
+    pub outbound: Vec<RuleReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleReport {
+    pub protocol: String,
+    pub ports: String,
+    /// As written: a CIDR block, `prefix list NAME`, `group NAME` or `self`.
+    pub source: String,
+    /// What the source stands for.
+    pub addresses: Vec<String>,
+    pub group: String,
+    /// 1-based among the group's rules of this direction.
+    pub rule: usize,
+    /// AWS's default egress rule (the group has no `egress` key).
+    pub implicit: bool,
+    pub description: Option<String>,
+}
+
+pub fn report(vpc: &Vpc) -> Report {
+    let instances = vpc
+        .instances
+        .iter()
+        .map(|inst| {
+            let mut inbound = Vec::new();
+            let mut outbound = Vec::new();
+            for r in effective_rules(vpc, inst) {
+                let row = RuleReport {
+                    protocol: r.rule.protocol.to_string(),
+                    ports: r.rule.ports.to_string(),
+                    source: r.source.to_string(),
+                    addresses: r.prefixes.iter().map(ToString::to_string).collect(),
+                    group: r.group.name.clone(),
+                    rule: r.rule_number,
+                    implicit: r.rule.implicit,
+                    description: r.rule.description.clone(),
+                };
+                match r.direction {
+                    Direction::Ingress => inbound.push(row),
+                    Direction::Egress => outbound.push(row),
+                }
+            }
+            InstanceReport {
+                name: inst.name.clone(),
+                interface: inst.interface.clone(),
+                netns: inst.netns.clone(),
+                addresses: inst.addresses.iter().map(ToString::to_string).collect(),
+                security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
+                inbound,
+                outbound,
+            }
+        })
+        .collect();
+    Report { instances }
+}
+
+/// The human-readable form.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    for inst in &report.instances {
+        let place = match (&inst.netns, &inst.interface) {
+            (Some(ns), Some(i)) => format!("enforced on {i} in netns {ns}"),
+            (None, Some(i)) => format!("enforced on {i}"),
+            _ => "not on this host: group member only".to_owned(),
+        };
+        let _ = writeln!(out, "instance {} ({place})", inst.name);
+        let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
+        let _ = writeln!(out, "  security groups: {}", inst.security_groups.join(", "));
+        for (title, rows) in [("inbound", &inst.inbound), ("outbound", &inst.outbound)] {
+            if rows.is_empty() {
+                let _ = writeln!(out, "  {title}: nothing allowed");
+                continue;
+            }
+            let _ = writeln!(out, "  {title}:");
+            let header = ["PROTOCOL", "PORTS", "SOURCE", "ADDRESSES", "FROM"];
+            let cells: Vec<[String; 5]> = rows
+                .iter()
+                .map(|r| {
+                    let addrs = if r.addresses.is_empty() {
+                        "(no addresses)".to_owned()
+                    } else {
+                        r.addresses.join(", ")
+                    };
+                    [r.protocol.clone(), r.ports.clone(), r.source.clone(), addrs, if r.implicit {
+                        format!("{} (default egress)", r.group)
+                    } else {
+                        format!("{} #{}", r.group, r.rule)
+                    }]
+                })
+                .collect();
+            let mut widths = header.map(str::len);
+            for row in &cells {
+                for (w, c) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let line = |cols: [&str; 5]| {
+                let mut s = String::from("    ");
+                for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+                    if i == 4 {
+                        s.push_str(c);
+                    } else {
+                        let _ = write!(s, "{c:<w$}  ");
+                    }
+                }
+                s
+            };
+            let _ = writeln!(out, "{}", line(header));
+            for row in &cells {
+                let _ = writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]].map(String::as_str)));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
