@@ -14,3 +14,5 @@ pub mod softmaps;
 pub mod check;
 pub mod cli;
 pub mod agent;
+pub mod dataplane;
+pub mod netns;

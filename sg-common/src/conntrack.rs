@@ -79,16 +79,15 @@ pub struct FragEntry {
 }
 
 impl FragKey {
+    /// Fills the key in place for the datagram `flow` belongs to.
     #[inline(always)]
-    pub fn from_flow(flow: &Flow) -> Self {
-        Self {
-            src: flow.src,
-            dst: flow.dst,
-            id: flow.frag_id,
-            proto: flow.proto,
-            family: flow.family,
-            pad: [0; 2],
-        }
+    pub fn fill(&mut self, flow: &Flow) {
+        self.src = flow.src;
+        self.dst = flow.dst;
+        self.id = flow.frag_id;
+        self.proto = flow.proto;
+        self.family = flow.family;
+        self.pad = [0; 2];
     }
 }
 
@@ -98,6 +97,15 @@ impl FragKey {
 /// protocol alone.
 #[inline(always)]
 pub fn key_of(flow: &Flow) -> (CtKey, bool) {
+    let mut key = CtKey::default();
+    let from_a = fill_key(flow, &mut key);
+    (key, from_a)
+}
+
+/// [`key_of`] writing into `key` in place: the eBPF stack is 512 bytes and
+/// this keeps a copy off it.
+#[inline(always)]
+pub fn fill_key(flow: &Flow, key: &mut CtKey) -> bool {
     let (sport, dport) = match flow.proto {
         proto::TCP | proto::UDP => (flow.sport, flow.dport),
         proto::ICMP | proto::ICMPV6 if icmp::is_echo(flow.family, flow.icmp_type) => {
@@ -106,28 +114,21 @@ pub fn key_of(flow: &Flow) -> (CtKey, bool) {
         _ => (0, 0),
     };
     let src_first = (flow.src, sport) <= (flow.dst, dport);
-    let key = if src_first {
-        CtKey {
-            addr_a: flow.src,
-            addr_b: flow.dst,
-            port_a: sport,
-            port_b: dport,
-            proto: flow.proto,
-            family: flow.family,
-            pad: [0; 2],
-        }
+    if src_first {
+        key.addr_a = flow.src;
+        key.addr_b = flow.dst;
+        key.port_a = sport;
+        key.port_b = dport;
     } else {
-        CtKey {
-            addr_a: flow.dst,
-            addr_b: flow.src,
-            port_a: dport,
-            port_b: sport,
-            proto: flow.proto,
-            family: flow.family,
-            pad: [0; 2],
-        }
-    };
-    (key, src_first)
+        key.addr_a = flow.dst;
+        key.addr_b = flow.src;
+        key.port_a = dport;
+        key.port_b = sport;
+    }
+    key.proto = flow.proto;
+    key.family = flow.family;
+    key.pad = [0; 2];
+    src_first
 }
 
 /// How long an entry in this state may stay idle.

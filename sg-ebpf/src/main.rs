@@ -1,4 +1,50 @@
+//! sg-agent's data plane: one XDP program judging what enters an instance's
+//! interface, one TC program judging what leaves it. Each instance gets its
+//! own copy of this object, so its maps hold exactly that instance's policy
+//! and connections.
 #![no_std]
 #![no_main]
+
+mod context;
+mod maps;
+mod parse;
+mod pipeline;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use sg_common::policy::{EGRESS, INGRESS};
+
+/// Inbound: judged before the stack sees the packet; a drop is silent.
+#[xdp]
+pub fn sg_ingress(ctx: XdpContext) -> u32 {
+    if pipeline::judge(&ctx, INGRESS) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// Outbound. A pass hands the packet on to the next TC program (TCX_NEXT /
+/// TC_ACT_UNSPEC) rather than short-circuiting programs attached after us.
+#[classifier]
+pub fn sg_egress(ctx: TcContext) -> i32 {
+    context::linearize_headers(&ctx);
+    if pipeline::judge(&ctx, EGRESS) {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT as i32
+    }
+}
+
+#[cfg(not(test))]
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,1 +1,5 @@
+//! Test support: crafted frames, network-namespace topologies, traffic
+//! probes. Used by the privileged tests under tests/tests and by the demo.
 
+pub mod frames;
+pub mod kernel;

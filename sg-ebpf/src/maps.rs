@@ -1,0 +1,70 @@
+//! The object's maps. Names and sizes come from sg_common::maps, so the agent
+//! finds and sizes exactly these.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+};
+use sg_common::{
+    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
+    counters::COUNTERS_LEN,
+    flow::Flow,
+    maps as m,
+    policy::{
+        ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PORT_PROTO_BITS, PolicyMaps, PortKey,
+        PortValue, Settings,
+    },
+};
+
+#[map(name = "SG_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map(name = "SG_ADDR_V4")]
+pub static ADDR_V4: LpmTrie<AddrKeyV4, AddrValue> = LpmTrie::with_max_entries(m::ADDR_MAX_ENTRIES, 0);
+
+#[map(name = "SG_ADDR_V6")]
+pub static ADDR_V6: LpmTrie<AddrKeyV6, AddrValue> = LpmTrie::with_max_entries(m::ADDR_MAX_ENTRIES, 0);
+
+#[map(name = "SG_PORTS")]
+pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::with_max_entries(m::PORTS_MAX_ENTRIES, 0);
+
+#[map(name = "SG_CT_TCP")]
+pub static CT_TCP: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
+
+#[map(name = "SG_CT_OTHER")]
+pub static CT_OTHER: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
+
+#[map(name = "SG_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(m::FRAGS_MAX_ENTRIES, 0);
+
+#[map(name = "SG_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Working space of one packet, one per CPU (the eBPF stack is 512 bytes).
+pub struct Scratch {
+    pub flow: Flow,
+    pub inner: Flow,
+    pub ct_key: CtKey,
+    pub frag_key: FragKey,
+}
+
+#[map(name = "SG_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The policy tries, as sg_common::policy::classify reads them.
+pub struct KernelPolicy;
+
+impl PolicyMaps for KernelPolicy {
+    #[inline(always)]
+    fn addr_v4(&self, key: &AddrKeyV4) -> Option<AddrValue> {
+        ADDR_V4.get(Key::new(ADDR_TAG_BITS + 32, *key)).copied()
+    }
+    #[inline(always)]
+    fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
+        ADDR_V6.get(Key::new(ADDR_TAG_BITS + 128, *key)).copied()
+    }
+    #[inline(always)]
+    fn ports(&self, key: &PortKey) -> Option<PortValue> {
+        PORTS.get(Key::new(PORT_PROTO_BITS + 16, *key)).copied()
+    }
+}

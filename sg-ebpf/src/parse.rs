@@ -1,0 +1,331 @@
+//! A bounded cursor parser in the xdp-tools manner: each step checks its
+//! bounds against data_end, advances the cursor and says what comes next.
+//! Anything it cannot prove well-formed is reported as a drop reason.
+
+use sg_common::{
+    counters::{DROP_EXT_CHAIN, DROP_MALFORMED, DROP_UNSUPPORTED_L2, PASS_NOT_IP},
+    flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, icmp, proto},
+};
+
+use crate::context::{Packet, ptr_at};
+
+/// VLAN tags (802.1Q / 802.1ad) walked before the network header.
+pub const VLAN_MAX_DEPTH: usize = 2;
+/// IPv6 extension headers walked; a longer chain is dropped.
+pub const IPV6_EXT_MAX_CHAIN: usize = 8;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+
+#[repr(C)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+struct VlanHdr {
+    tci: [u8; 2],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    version_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// Hop-by-hop, routing, destination options and AH share this start.
+#[repr(C)]
+struct Ipv6ExtHdr {
+    next_header: u8,
+    len: u8,
+}
+
+#[repr(C)]
+struct Ipv6FragHdr {
+    next_header: u8,
+    reserved: u8,
+    offset_flags: [u8; 2],
+    id: [u8; 4],
+}
+
+/// The first 8 bytes of TCP, UDP or ICMP; TCP's flags come separately.
+#[repr(C)]
+struct L4Hdr {
+    b: [u8; 8],
+}
+
+#[repr(C)]
+struct TcpHdr {
+    ports: [u8; 4],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    off: u8,
+    flags: u8,
+}
+
+pub enum Parsed {
+    /// Not IP: the reason decides (ARP passes).
+    Verdict(u32),
+    /// An IP packet; `inner` is the packet an ICMP error quotes, when
+    /// `has_inner`.
+    Ip { has_inner: bool },
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses the frame into `flow` (and, for an ICMP error, the quoted packet
+/// into `inner`).
+#[inline(always)]
+pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Verdict(DROP_MALFORMED);
+    };
+    let mut ethertype = be16(unsafe { (*eth).proto });
+    let mut off = core::mem::size_of::<EthHdr>();
+    for _ in 0..VLAN_MAX_DEPTH {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(vlan) = ptr_at::<VlanHdr>(ctx, off) else {
+            return Parsed::Verdict(DROP_MALFORMED);
+        };
+        ethertype = be16(unsafe { (*vlan).proto });
+        off += core::mem::size_of::<VlanHdr>();
+    }
+    let l4_off = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, off, flow),
+        ETH_P_IPV6 => parse_ipv6(ctx, off, flow),
+        ETH_P_ARP => return Parsed::Verdict(PASS_NOT_IP),
+        // Anything else (more VLAN tags, PPPoE, MPLS, ...) could carry IP
+        // past the filter.
+        _ => return Parsed::Verdict(DROP_UNSUPPORTED_L2),
+    };
+    let l4_off = match l4_off {
+        Ok(o) => o,
+        Err(reason) => return Parsed::Verdict(reason),
+    };
+    if flow.frag == FRAG_LATER {
+        return Parsed::Ip { has_inner: false };
+    }
+    match parse_l4(ctx, l4_off, flow) {
+        Ok(()) => {}
+        Err(reason) => return Parsed::Verdict(reason),
+    }
+    if (flow.proto == proto::ICMP || flow.proto == proto::ICMPV6) && icmp::is_error(flow.family, flow.icmp_type) {
+        // The quoted header follows the 8-byte ICMP header. When it cannot be
+        // read the error is judged by the rules like any ICMP packet.
+        let has_inner = parse_quoted(ctx, l4_off + 8, flow.family, inner);
+        return Parsed::Ip { has_inner };
+    }
+    Parsed::Ip { has_inner: false }
+}
+
+/// IPv4 header at `off`; returns the transport header's offset.
+#[inline(always)]
+fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+    let (version_ihl, frag_off) = unsafe { ((*ip).version_ihl, be16((*ip).frag_off)) };
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
+        return Err(DROP_MALFORMED);
+    }
+    flow.family = FAMILY_V4;
+    unsafe {
+        flow.proto = (*ip).proto;
+        flow.src[..4].copy_from_slice(&(*ip).src);
+        flow.dst[..4].copy_from_slice(&(*ip).dst);
+        flow.frag_id = u32::from(be16((*ip).id));
+    }
+    let more_fragments = frag_off & 0x2000 != 0;
+    let offset = frag_off & 0x1fff;
+    flow.frag = if offset != 0 {
+        FRAG_LATER
+    } else if more_fragments {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    // Options are skipped: the transport header starts at IHL, not at 20.
+    Ok(off + ihl)
+}
+
+/// IPv6 header and extension chain at `off`; returns the transport
+/// header's offset.
+#[inline(always)]
+fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+    if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
+        return Err(DROP_MALFORMED);
+    }
+    flow.family = FAMILY_V6;
+    unsafe {
+        flow.src = (*ip).src;
+        flow.dst = (*ip).dst;
+    }
+    let mut next = unsafe { (*ip).next_header };
+    let mut off = off + core::mem::size_of::<Ipv6Hdr>();
+    flow.frag = FRAG_NONE;
+    for _ in 0..IPV6_EXT_MAX_CHAIN {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                let (n, len) = unsafe { ((*h).next_header, (*h).len) };
+                next = n;
+                off += (usize::from(len) + 1) * 8;
+            }
+            IPV6_AH => {
+                let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                let (n, len) = unsafe { ((*h).next_header, (*h).len) };
+                next = n;
+                off += (usize::from(len) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let h = ptr_at::<Ipv6FragHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                let (n, offset_flags, id) = unsafe { ((*h).next_header, be16((*h).offset_flags), (*h).id) };
+                next = n;
+                off += core::mem::size_of::<Ipv6FragHdr>();
+                flow.frag_id = u32::from_be_bytes(id);
+                if offset_flags >> 3 != 0 {
+                    flow.frag = FRAG_LATER;
+                    flow.proto = next;
+                    return Ok(off);
+                }
+                if offset_flags & 1 != 0 {
+                    flow.frag = FRAG_FIRST;
+                }
+            }
+            _ => {
+                flow.proto = next;
+                return Ok(off);
+            }
+        }
+    }
+    // Still an extension header after the bounded walk.
+    match next {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => Err(DROP_EXT_CHAIN),
+        _ => {
+            flow.proto = next;
+            Ok(off)
+        }
+    }
+}
+
+/// Ports, TCP flags, ICMP type/code/identifier.
+#[inline(always)]
+fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
+    match flow.proto {
+        proto::TCP => {
+            let h = ptr_at::<TcpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let (ports, flags) = unsafe { ((*h).ports, (*h).flags) };
+            flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            flow.tcp_flags = flags;
+        }
+        proto::UDP => {
+            let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let b = unsafe { (*h).b };
+            flow.sport = u16::from_be_bytes([b[0], b[1]]);
+            flow.dport = u16::from_be_bytes([b[2], b[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let b = unsafe { (*h).b };
+            flow.icmp_type = b[0];
+            flow.icmp_code = b[1];
+            if icmp::is_echo(flow.family, b[0]) {
+                let id = u16::from_be_bytes([b[4], b[5]]);
+                flow.sport = id;
+                flow.dport = id;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The packet an ICMP error quotes: its IP header and first 8 transport
+/// bytes. Returns false when they cannot be read.
+#[inline(always)]
+fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> bool {
+    let l4_off = if family == FAMILY_V4 {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, off) else {
+            return false;
+        };
+        let version_ihl = unsafe { (*ip).version_ihl };
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        if ihl < core::mem::size_of::<Ipv4Hdr>() {
+            return false;
+        }
+        inner.family = FAMILY_V4;
+        unsafe {
+            inner.proto = (*ip).proto;
+            inner.src[..4].copy_from_slice(&(*ip).src);
+            inner.dst[..4].copy_from_slice(&(*ip).dst);
+        }
+        off + ihl
+    } else {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, off) else {
+            return false;
+        };
+        inner.family = FAMILY_V6;
+        unsafe {
+            inner.proto = (*ip).next_header;
+            inner.src = (*ip).src;
+            inner.dst = (*ip).dst;
+        }
+        off + core::mem::size_of::<Ipv6Hdr>()
+    };
+    let Some(h) = ptr_at::<L4Hdr>(ctx, l4_off) else {
+        return false;
+    };
+    let b = unsafe { (*h).b };
+    match inner.proto {
+        proto::TCP | proto::UDP => {
+            inner.sport = u16::from_be_bytes([b[0], b[1]]);
+            inner.dport = u16::from_be_bytes([b[2], b[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            inner.icmp_type = b[0];
+            if icmp::is_echo(inner.family, b[0]) {
+                let id = u16::from_be_bytes([b[4], b[5]]);
+                inner.sport = id;
+                inner.dport = id;
+            }
+        }
+        _ => {}
+    }
+    true
+}

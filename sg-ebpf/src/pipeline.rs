@@ -1,0 +1,120 @@
+//! parse -> neighbour discovery -> fragments -> conntrack -> policy ->
+//! record, with one exit where the verdict is counted.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use sg_common::{
+    conntrack::{self, CtEntry, CtKey, FragEntry},
+    counters::{
+        self, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
+        PASS_RULE, PASS_TRACKED,
+    },
+    flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
+    policy::{Settings, classify},
+};
+
+use crate::{
+    context::Packet,
+    maps::{COUNTERS, CT_OTHER, CT_TCP, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch},
+    parse::{Parsed, parse},
+};
+
+/// Whether the packet passes; counts the reason either way.
+#[inline(always)]
+pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
+    let reason = reason(ctx, direction);
+    if let Some(c) = COUNTERS.get_ptr_mut(counters::index(direction, reason)) {
+        unsafe { *c += 1 };
+    }
+    counters::passes(reason)
+}
+
+#[inline(always)]
+fn reason(ctx: &impl Packet, direction: u8) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return DROP_NO_POLICY;
+    };
+    if settings.ready == 0 {
+        return DROP_NO_POLICY;
+    }
+    // Per-CPU scratch space: two flows and the keys do not fit the 512-byte
+    // eBPF stack beside everything else.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return DROP_NO_POLICY;
+    };
+    let Scratch { flow, inner, ct_key, frag_key } = unsafe { &mut *scratch };
+    *flow = Flow::default();
+    *inner = Flow::default();
+    let has_inner = match parse(ctx, flow, inner) {
+        Parsed::Verdict(r) => return r,
+        Parsed::Ip { has_inner } => has_inner,
+    };
+    if flow.family == FAMILY_V6 && flow.proto == proto::ICMPV6 && flow.frag != FRAG_LATER
+        && icmp::is_neighbour_discovery(flow.icmp_type)
+    {
+        return PASS_NEIGHBOUR_DISCOVERY;
+    }
+    // Read once: this packet is judged entirely by one policy generation.
+    let generation = settings.generation as u8;
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if flow.frag == FRAG_LATER {
+        frag_key.fill(flow);
+        if let Some(e) = unsafe { FRAGS.get(&*frag_key) } {
+            if now.saturating_sub(e.seen_ns) <= settings.fragment_ns {
+                return PASS_FRAGMENT;
+            }
+        }
+        return if classify(&KernelPolicy, generation, direction, flow) {
+            PASS_RULE
+        } else {
+            DROP_FRAGMENT
+        };
+    }
+
+    if has_inner && related_to_tracked(inner, ct_key, now, settings) {
+        return PASS_TRACKED;
+    }
+
+    let from_a = conntrack::fill_key(flow, ct_key);
+    let key = &*ct_key;
+    let table = if flow.proto == proto::TCP { &CT_TCP } else { &CT_OTHER };
+    let verdict = match table.get_ptr_mut(key) {
+        Some(entry)
+            if conntrack::is_live(unsafe { &*entry }, flow.proto, now, settings)
+                && conntrack::admits(unsafe { &*entry }, flow) =>
+        {
+            let old = unsafe { *entry };
+            let next = conntrack::advance(&old, flow, from_a, now);
+            if conntrack::needs_write(&old, &next) {
+                unsafe { *entry = next };
+            }
+            PASS_TRACKED
+        }
+        _ => {
+            if !classify(&KernelPolicy, generation, direction, flow) {
+                return DROP_NO_RULE;
+            }
+            let entry: CtEntry = conntrack::open(flow, from_a, now);
+            // A full table evicts its least recently used flow (LRU).
+            let _ = table.insert(key, &entry, 0);
+            PASS_RULE
+        }
+    };
+    if flow.frag == FRAG_FIRST {
+        frag_key.fill(flow);
+        let _ = FRAGS.insert(&*frag_key, &FragEntry { seen_ns: now }, 0);
+    }
+    verdict
+}
+
+/// An ICMP error passes when the packet it quotes belongs to a tracked flow
+/// (path MTU discovery, unreachable ports, traceroute).
+#[inline(always)]
+fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settings) -> bool {
+    conntrack::fill_key(inner, key);
+    let table = if inner.proto == proto::TCP { &CT_TCP } else { &CT_OTHER };
+    match unsafe { table.get(&*key) } {
+        Some(e) => conntrack::is_live(e, inner.proto, now, settings),
+        None => false,
+    }
+}
