@@ -25,8 +25,8 @@ pub fn check(file: &Path, json: bool) -> ExitCode {
 }
 
 /// `sg-agent run --config FILE`.
-pub fn run(file: &Path) -> ExitCode {
-    match crate::agent::run(file) {
+pub fn run(file: &Path, watch: bool) -> ExitCode {
+    match crate::agent::run(file, watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");

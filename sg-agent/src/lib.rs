@@ -16,3 +16,4 @@ pub mod cli;
 pub mod agent;
 pub mod dataplane;
 pub mod netns;
+pub mod summary;

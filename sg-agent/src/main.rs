@@ -41,6 +41,9 @@ enum Command {
         /// The rules file (TOML), e.g. examples/seed-vpc.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// Reload only on SIGHUP, not when the file changes.
+        #[arg(long)]
+        no_watch: bool,
     },
 }
 
@@ -49,6 +52,6 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         Command::Check { file, json } => sg_agent::cli::check(&file, json),
-        Command::Run { config } => sg_agent::cli::run(&config),
+        Command::Run { config, no_watch } => sg_agent::cli::run(&config, !no_watch),
     }
 }

@@ -3,3 +3,6 @@
 
 pub mod frames;
 pub mod kernel;
+pub mod agent;
+pub mod lab;
+pub mod probe;

@@ -1,0 +1,133 @@
+//! `sg-agent run` as a child process: its log lines, signals and exit.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The sg-agent binary of the same build profile as this test.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/sg-agent
+    let path = exe.parent().and_then(Path::parent).expect("target dir").join("sg-agent");
+    assert!(path.exists(), "{} not built: run `cargo xtask test` (it builds the workspace first)", path.display());
+    path
+}
+
+pub struct AgentProcess {
+    child: Child,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl AgentProcess {
+    /// Starts `sg-agent run --config FILE`.
+    pub fn start(config: &Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Starts `sg-agent run --config FILE` with extra arguments.
+    pub fn start_with(config: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sg-agent starts");
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[sg-agent] {line}");
+                let (lines, cv) = &*sink;
+                lines.lock().expect("log lock").push(line);
+                cv.notify_all();
+            }
+        });
+        Self { child, log }
+    }
+
+    /// Waits until a log line contains `needle`, counting only lines after
+    /// the first `skip`; returns its index.
+    pub fn wait_for(&self, needle: &str, skip: usize, timeout: Duration) -> Option<usize> {
+        let (lines, cv) = &*self.log;
+        let end = Instant::now() + timeout;
+        let mut guard = lines.lock().expect("log lock");
+        loop {
+            if let Some(i) = guard.iter().skip(skip).position(|l| l.contains(needle)) {
+                return Some(skip + i);
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            guard = cv.wait_timeout(guard, end - now).expect("log lock").0;
+        }
+    }
+
+    /// Like `wait_for`, panicking with the log when the line never comes.
+    pub fn expect_log(&self, needle: &str, skip: usize, timeout: Duration) -> usize {
+        self.wait_for(needle, skip, timeout)
+            .unwrap_or_else(|| panic!("sg-agent never logged {needle:?} within {timeout:?}; log:\n{}", self.log_text()))
+    }
+
+    pub fn log_lines(&self) -> usize {
+        self.log.0.lock().expect("log lock").len()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().expect("log lock").join("\n")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, sig).expect("signal sg-agent");
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < end, "sg-agent did not exit within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

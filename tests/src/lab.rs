@@ -1,0 +1,138 @@
+//! Network-namespace labs: named hosts on one bridge, built and torn down
+//! by RAII guards. Traffic only ever flows between namespaces the lab made:
+//! the bridge lives in the lab's own "switch" namespace, no lab namespace is
+//! linked to the root namespace, and none has a default route.
+
+use std::{
+    fs::File,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Routes every lab host gets: on-link, no default route.
+const LAB_ROUTES_V4: [&str; 3] = ["10.0.0.0/8", "203.0.113.0/24", "198.51.100.0/24"];
+const LAB_ROUTES_V6: [&str; 1] = ["2001:db8::/32"];
+
+/// Runs `ip` with `args`; panics with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("the ip command (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A prefix unique to this process and call, short enough for interface
+/// names (15 bytes).
+pub fn unique_prefix(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}{n}", std::process::id() % 100_000)
+}
+
+/// One named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Self {
+        // A leftover of a crashed run would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        Self { name: name.to_owned() }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Never panic in drop: a failing test is already unwinding.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns`; sockets it creates
+/// belong to that namespace for their whole life.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A host of the lab: a namespace whose `eth0` is a port of the lab bridge.
+pub struct Host {
+    pub name: String,
+    pub netns: Netns,
+}
+
+/// A set of hosts on one bridge, all removed on drop.
+pub struct Lab {
+    pub prefix: String,
+    pub hosts: Vec<Host>,
+    /// Dropped last: the switch namespace holding the bridge.
+    switch: Netns,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Self {
+        let prefix = unique_prefix(tag);
+        let switch = Netns::create(&format!("{prefix}-sw"));
+        ip(&["-n", &switch.name, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch.name, "link", "set", "br0", "up"]);
+        Self { prefix, hosts: Vec::new(), switch }
+    }
+
+    /// The namespace name of `host` (as the rules file must name it).
+    pub fn netns_of(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// Adds a host with these addresses (v4 and v6, without prefix length).
+    pub fn add_host(&mut self, host: &str, addresses: &[&str]) {
+        let ns = Netns::create(&self.netns_of(host));
+        let port = format!("p{}", self.hosts.len());
+        // Created inside the switch namespace with its peer straight in the
+        // host's namespace: the root namespace never sees either end.
+        ip(&["-n", &self.switch.name, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        ip(&["-n", &self.switch.name, "link", "set", &port, "master", "br0", "up"]);
+        for a in addresses {
+            if a.contains(':') {
+                ip(&["-n", &ns.name, "-6", "addr", "add", &format!("{a}/128"), "dev", "eth0", "nodad"]);
+            } else {
+                ip(&["-n", &ns.name, "addr", "add", &format!("{a}/32"), "dev", "eth0"]);
+            }
+        }
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        for r in LAB_ROUTES_V4 {
+            ip(&["-n", &ns.name, "route", "add", r, "dev", "eth0"]);
+        }
+        for r in LAB_ROUTES_V6 {
+            ip(&["-n", &ns.name, "-6", "route", "add", r, "dev", "eth0"]);
+        }
+        self.hosts.push(Host { name: host.to_owned(), netns: ns });
+    }
+
+    /// Rewrites the `netns = "sg-NAME"` lines of a rules file to this lab's
+    /// namespaces, so every test has its own.
+    pub fn localize(&self, rules: &str) -> String {
+        rules.replace("netns = \"sg-", &format!("netns = \"{}-", self.prefix))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Hosts first (their veth ends vanish with them), then the switch.
+        self.hosts.clear();
+        let _ = &self.switch;
+    }
+}
