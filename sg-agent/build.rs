@@ -1,5 +1,5 @@
 //! Builds the eBPF object (sg-ebpf) for the BPF target with aya-build; the
-//! agent embeds it from OUT_DIR. Needs the nightly toolchain with rust-src
+//! agent embeds it from `OUT_DIR`. Needs the nightly toolchain with rust-src
 //! and bpf-linker: `cargo xtask bootstrap` installs both.
 
 use anyhow::{Context as _, anyhow};

@@ -46,12 +46,19 @@ pub fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("nothing attached"),
     };
     bump_memlock_rlimit();
-    let mut agent = Agent { path: path.to_owned(), vpc: Vpc::default(), enforced: BTreeMap::new(), reloads: 0 };
+    let mut agent = Agent {
+        path: path.to_owned(),
+        vpc: Vpc::default(),
+        enforced: BTreeMap::new(),
+        reloads: 0,
+    };
     // At start any failure is fatal: dropping `agent` detaches what was
     // attached so far.
     agent.apply(vpc)?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(agent.watch(watch))?;
     let n = agent.enforced.len();
     drop(agent);
@@ -59,9 +66,12 @@ pub fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`.
 fn bump_memlock_rlimit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
@@ -80,12 +90,17 @@ impl Agent {
             .filter(|i| i.interface.is_some())
             .map(|i| (i.name.as_str(), i))
             .collect();
-        let place = |i: &CompiledInstance| (i.netns.clone(), i.interface.clone().expect("filtered"));
+        let place =
+            |i: &CompiledInstance| (i.netns.clone(), i.interface.clone().expect("filtered"));
 
         let gone: Vec<String> = self
             .enforced
             .iter()
-            .filter(|(name, e)| wanted.get(name.as_str()).is_none_or(|i| place(i) != e.place))
+            .filter(|(name, e)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|i| place(i) != e.place)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -95,7 +110,10 @@ impl Agent {
         for (name, inst) in &wanted {
             if let Some(e) = self.enforced.get_mut(*name) {
                 if e.dataplane.publish(&inst.tables, compiled.settings)? {
-                    log::info!("instance {name}: new policy in force ({} classes)", inst.tables.classes);
+                    log::info!(
+                        "instance {name}: new policy in force ({} classes)",
+                        inst.tables.classes
+                    );
                 }
                 continue;
             }
@@ -111,7 +129,13 @@ impl Agent {
                 a.xdp_mode,
                 inst.tables.classes
             );
-            self.enforced.insert((*name).to_owned(), Enforced { place: p, dataplane });
+            self.enforced.insert(
+                (*name).to_owned(),
+                Enforced {
+                    place: p,
+                    dataplane,
+                },
+            );
         }
         self.vpc = vpc;
         Ok(())
@@ -123,14 +147,18 @@ impl Agent {
         let vpc = match config::load(&self.path) {
             Ok(v) => v,
             Err(e) => {
-                log::error!("reload #{n} ({why}) rejected, the running policy stays in force:\n{e}");
+                log::error!(
+                    "reload #{n} ({why}) rejected, the running policy stays in force:\n{e}"
+                );
                 return;
             }
         };
         let changes = summary::changes(&self.vpc, &vpc);
         match self.apply(vpc) {
             Ok(()) => log::info!("reload #{n} ({why}) applied: {changes}"),
-            Err(e) => log::error!("reload #{n} ({why}) failed part-way: {e:#}; instances not updated keep their previous policy"),
+            Err(e) => log::error!(
+                "reload #{n} ({why}) failed part-way: {e:#}; instances not updated keep their previous policy"
+            ),
         }
     }
 
@@ -146,7 +174,11 @@ impl Agent {
         };
         // Only now, with signal handlers and the file watch in place, is a
         // change or a SIGHUP sure to be seen.
-        log::info!("ready: enforcing {} instance(s) from {}", self.enforced.len(), self.path.display());
+        log::info!(
+            "ready: enforcing {} instance(s) from {}",
+            self.enforced.len(),
+            self.path.display()
+        );
         loop {
             tokio::select! {
                 _ = hup.recv() => self.reload("SIGHUP"),
@@ -174,25 +206,39 @@ fn describe((netns, ifname): &Place) -> String {
 /// write a new file and rename it over the old one are seen.
 fn watch_file(path: &Path) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
     use inotify::{Inotify, WatchMask};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-    let name = path.file_name().context("the rules file path names no file")?.to_owned();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let name = path
+        .file_name()
+        .context("the rules file path names no file")?
+        .to_owned();
     let inotify = Inotify::init().context("inotify")?;
     inotify
         .watches()
-        .add(&dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::MODIFY)
+        .add(
+            &dir,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::MODIFY,
+        )
         .with_context(|| format!("watching {}", dir.display()))?;
     let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new().name("watch".into()).spawn(move || {
-        let mut inotify = inotify;
-        let mut buf = [0u8; 4096];
-        loop {
-            let Ok(events) = inotify.read_events_blocking(&mut buf) else { return };
-            for e in events {
-                if e.name == Some(name.as_os_str()) && tx.send(()).is_err() {
+    std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            let mut inotify = inotify;
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok(events) = inotify.read_events_blocking(&mut buf) else {
                     return;
+                };
+                for e in events {
+                    if e.name == Some(name.as_os_str()) && tx.send(()).is_err() {
+                        return;
+                    }
                 }
             }
-        }
-    })?;
+        })?;
     Ok(rx)
 }

@@ -89,7 +89,11 @@ pub fn render_table(report: &Report) -> String {
         };
         let _ = writeln!(out, "instance {} ({place})", inst.name);
         let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
-        let _ = writeln!(out, "  security groups: {}", inst.security_groups.join(", "));
+        let _ = writeln!(
+            out,
+            "  security groups: {}",
+            inst.security_groups.join(", ")
+        );
         for (title, rows) in [("inbound", &inst.inbound), ("outbound", &inst.outbound)] {
             if rows.is_empty() {
                 let _ = writeln!(out, "  {title}: nothing allowed");
@@ -105,11 +109,17 @@ pub fn render_table(report: &Report) -> String {
                     } else {
                         r.addresses.join(", ")
                     };
-                    [r.protocol.clone(), r.ports.clone(), r.source.clone(), addrs, if r.implicit {
-                        format!("{} (default egress)", r.group)
-                    } else {
-                        format!("{} #{}", r.group, r.rule)
-                    }]
+                    [
+                        r.protocol.clone(),
+                        r.ports.clone(),
+                        r.source.clone(),
+                        addrs,
+                        if r.implicit {
+                            format!("{} (default egress)", r.group)
+                        } else {
+                            format!("{} #{}", r.group, r.rule)
+                        },
+                    ]
                 })
                 .collect();
             let mut widths = header.map(str::len);
@@ -131,7 +141,11 @@ pub fn render_table(report: &Report) -> String {
             };
             let _ = writeln!(out, "{}", line(header));
             for row in &cells {
-                let _ = writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]].map(String::as_str)));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    line([&row[0], &row[1], &row[2], &row[3], &row[4]].map(String::as_str))
+                );
             }
         }
         out.push('\n');

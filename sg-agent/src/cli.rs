@@ -10,10 +10,18 @@ pub fn check(file: &Path, json: bool) -> ExitCode {
         Ok(vpc) => {
             let report = check::report(&vpc);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialisable")
+                );
             } else {
                 print!("{}", check::render_table(&report));
-                println!("{}: valid ({} instances, {} security groups)", file.display(), vpc.instances.len(), vpc.groups.len());
+                println!(
+                    "{}: valid ({} instances, {} security groups)",
+                    file.display(),
+                    vpc.instances.len(),
+                    vpc.groups.len()
+                );
             }
             ExitCode::SUCCESS
         }

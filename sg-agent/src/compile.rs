@@ -119,19 +119,24 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
         };
         let matcher = (proto, r.rule.ports.port_interval());
         for net in &r.prefixes {
-            by_prefix.entry((r.direction, net.trunc())).or_default().push(matcher);
+            by_prefix
+                .entry((r.direction, net.trunc()))
+                .or_default()
+                .push(matcher);
         }
     }
 
     let mut classes: HashMap<ClassKey, u32> = HashMap::new();
     let mut class_order: Vec<ClassKey> = Vec::new();
     let mut tables = PolicyTables::default();
-    for (&(direction, net), _) in &by_prefix {
+    for &(direction, net) in by_prefix.keys() {
         // Union with every broader prefix present (prefixes containing a
         // common address are nested, so these are all of them).
         let mut matchers: Vec<Matcher> = Vec::new();
         for len in 0..=net.prefix_len() {
-            let Ok(wider) = IpNet::new(net.addr(), len) else { continue };
+            let Ok(wider) = IpNet::new(net.addr(), len) else {
+                continue;
+            };
             if let Some(m) = by_prefix.get(&(direction, wider.trunc())) {
                 matchers.extend_from_slice(m);
             }
@@ -143,8 +148,16 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
         });
         let d = direction.code();
         match net {
-            IpNet::V4(net) => tables.v4.push(AddrEntry { direction: d, net, class }),
-            IpNet::V6(net) => tables.v6.push(AddrEntry { direction: d, net, class }),
+            IpNet::V4(net) => tables.v4.push(AddrEntry {
+                direction: d,
+                net,
+                class,
+            }),
+            IpNet::V6(net) => tables.v6.push(AddrEntry {
+                direction: d,
+                net,
+                class,
+            }),
         }
     }
     for (i, key) in class_order.iter().enumerate() {
@@ -152,7 +165,12 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
         for (proto, intervals) in key {
             for &(lo, hi) in intervals {
                 for (port, port_bits) in port_prefixes(lo, hi) {
-                    tables.ports.push(PortEntry { class, proto: *proto, port, port_bits });
+                    tables.ports.push(PortEntry {
+                        class,
+                        proto: *proto,
+                        port,
+                        port_bits,
+                    });
                 }
             }
         }
@@ -169,7 +187,10 @@ fn class_key(matchers: Vec<Matcher>) -> ClassKey {
     }
     let mut per_proto: BTreeMap<u8, Vec<(u16, u16)>> = BTreeMap::new();
     for (p, iv) in matchers {
-        per_proto.entry(p.expect("checked above")).or_default().push(iv);
+        per_proto
+            .entry(p.expect("checked above"))
+            .or_default()
+            .push(iv);
     }
     per_proto
         .into_iter()
@@ -193,11 +214,18 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (u32::from(lo), u32::from(hi));
     while lo <= hi {
         // Largest aligned block starting at lo that fits.
-        let mut size_bits = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        let mut size_bits = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
         while lo + (1 << size_bits) - 1 > hi {
             size_bits -= 1;
         }
-        out.push((u16::try_from(lo).expect("within u16"), u8::try_from(16 - size_bits).expect("<= 16")));
+        out.push((
+            u16::try_from(lo).expect("within u16"),
+            u8::try_from(16 - size_bits).expect("<= 16"),
+        ));
         lo += 1 << size_bits;
     }
     out
@@ -213,7 +241,11 @@ pub struct KernelEntries {
 
 /// A class id as stored for `generation`.
 pub fn tagged_class(class: u32, generation: u8) -> u32 {
-    if generation == 0 { class } else { class | CLASS_GENERATION_BIT }
+    if generation == 0 {
+        class
+    } else {
+        class | CLASS_GENERATION_BIT
+    }
 }
 
 impl PolicyTables {
@@ -224,8 +256,13 @@ impl PolicyTables {
                 .v4
                 .iter()
                 .map(|e| {
-                    let key = AddrKeyV4 { tag: addr_tag(generation, e.direction), addr: e.net.addr().octets() };
-                    let value = AddrValue { class: tagged_class(e.class, generation) };
+                    let key = AddrKeyV4 {
+                        tag: addr_tag(generation, e.direction),
+                        addr: e.net.addr().octets(),
+                    };
+                    let value = AddrValue {
+                        class: tagged_class(e.class, generation),
+                    };
                     (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
                 })
                 .collect(),
@@ -233,8 +270,13 @@ impl PolicyTables {
                 .v6
                 .iter()
                 .map(|e| {
-                    let key = AddrKeyV6 { tag: addr_tag(generation, e.direction), addr: e.net.addr().octets() };
-                    let value = AddrValue { class: tagged_class(e.class, generation) };
+                    let key = AddrKeyV6 {
+                        tag: addr_tag(generation, e.direction),
+                        addr: e.net.addr().octets(),
+                    };
+                    let value = AddrValue {
+                        class: tagged_class(e.class, generation),
+                    };
                     (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
                 })
                 .collect(),
@@ -244,10 +286,24 @@ impl PolicyTables {
                 .map(|p| {
                     let class = tagged_class(p.class, generation);
                     match p.proto {
-                        None => (PORT_CLASS_BITS, PortKey::new(class, 0, 0), PortValue { flags: PORT_FLAG_ALL_PORTS }),
+                        None => (
+                            PORT_CLASS_BITS,
+                            PortKey::new(class, 0, 0),
+                            PortValue {
+                                flags: PORT_FLAG_ALL_PORTS,
+                            },
+                        ),
                         Some(proto) => {
-                            let flags = if p.port_bits == 0 { PORT_FLAG_ALL_PORTS } else { 0 };
-                            (PORT_PROTO_BITS + u32::from(p.port_bits), PortKey::new(class, proto, p.port), PortValue { flags })
+                            let flags = if p.port_bits == 0 {
+                                PORT_FLAG_ALL_PORTS
+                            } else {
+                                0
+                            };
+                            (
+                                PORT_PROTO_BITS + u32::from(p.port_bits),
+                                PortKey::new(class, proto, p.port),
+                                PortValue { flags },
+                            )
                         }
                     }
                 })
@@ -271,17 +327,29 @@ mod tests {
             let hits = p
                 .iter()
                 .filter(|&&(v, bits)| {
-                    let mask = if bits == 0 { 0 } else { u32::MAX << (16 - u32::from(bits)) & 0xffff };
+                    let mask = if bits == 0 {
+                        0
+                    } else {
+                        u32::MAX << (16 - u32::from(bits)) & 0xffff
+                    };
                     port & mask == u32::from(v)
                 })
                 .count();
-            assert_eq!(hits, usize::from((1..=65534).contains(&port)), "port {port}");
+            assert_eq!(
+                hits,
+                usize::from((1..=65534).contains(&port)),
+                "port {port}"
+            );
         }
     }
 
     #[test]
     fn class_key_merges_and_all_protocols_absorbs() {
-        let k = class_key(vec![(Some(6), (80, 80)), (Some(6), (81, 90)), (Some(6), (22, 22))]);
+        let k = class_key(vec![
+            (Some(6), (80, 80)),
+            (Some(6), (81, 90)),
+            (Some(6), (22, 22)),
+        ]);
         assert_eq!(k, vec![(Some(6), vec![(22, 22), (80, 90)])]);
         let k = class_key(vec![(Some(6), (80, 80)), (None, (0, 65535))]);
         assert_eq!(k, vec![(None, vec![(0, 65535)])]);

@@ -10,8 +10,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use sg_common::{
-    counters,
-    maps as m,
+    counters, maps as m,
     policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings},
 };
 
@@ -34,12 +33,12 @@ const GRACE: Duration = Duration::from_millis(10);
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("loading the eBPF object failed: {0} (run as root on a kernel with BPF, BTF and XDP)")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("eBPF program {name}: {source}")]
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {name}: {source}")]
     Map {
@@ -52,12 +51,16 @@ pub enum DataplaneError {
         ifname: String,
         netns: Option<String>,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error("the policy needs {needed} {what} entries, more than the {limit} this build holds")]
-    TooLarge { what: &'static str, needed: usize, limit: u32 },
+    TooLarge {
+        what: &'static str,
+        needed: usize,
+        limit: u32,
+    },
 }
 
 /// Where the programs are attached and how.
@@ -89,17 +92,30 @@ impl Dataplane {
     /// nothing is attached and every packet would be dropped until a policy
     /// is published.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
-            let program = ebpf.program_mut(name).expect("the object defines both programs");
+            let program = ebpf
+                .program_mut(name)
+                .expect("the object defines both programs");
             let result = if name == INGRESS_PROGRAM {
                 <&mut Xdp>::try_from(program).and_then(Xdp::load)
             } else {
                 <&mut SchedClassifier>::try_from(program).and_then(SchedClassifier::load)
             };
-            result.map_err(|source| DataplaneError::Program { name, source })?;
+            result.map_err(|source| DataplaneError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         }
-        Ok(Self { ebpf, generation: None, written: [None, None], tables: None, attachment: None })
+        Ok(Self {
+            ebpf,
+            generation: None,
+            written: [None, None],
+            tables: None,
+            attachment: None,
+        })
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -107,11 +123,17 @@ impl Dataplane {
     }
 
     pub fn ingress(&self) -> &Xdp {
-        self.ebpf.program(INGRESS_PROGRAM).and_then(|p| p.try_into().ok()).expect("XDP program")
+        self.ebpf
+            .program(INGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("XDP program")
     }
 
     pub fn egress(&self) -> &SchedClassifier {
-        self.ebpf.program(EGRESS_PROGRAM).and_then(|p| p.try_into().ok()).expect("TC program")
+        self.ebpf
+            .program(EGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("TC program")
     }
 
     /// The tables in force, if any.
@@ -124,8 +146,18 @@ impl Dataplane {
     /// every packet reads first, then the old generation is deleted. A
     /// packet is judged entirely by the old policy or entirely by the new.
     /// Returns false when nothing changed.
-    pub fn publish(&mut self, tables: &PolicyTables, settings: Settings) -> Result<bool, DataplaneError> {
-        let timeouts_same = self.current_settings().is_some_and(|s| Settings { generation: 0, ready: 0, ..s } == settings);
+    pub fn publish(
+        &mut self,
+        tables: &PolicyTables,
+        settings: Settings,
+    ) -> Result<bool, DataplaneError> {
+        let timeouts_same = self.current_settings().is_some_and(|s| {
+            Settings {
+                generation: 0,
+                ready: 0,
+                ..s
+            } == settings
+        });
         if self.tables.as_ref() == Some(tables) && timeouts_same {
             return Ok(false);
         }
@@ -141,15 +173,28 @@ impl Dataplane {
             ("port", entries.ports.len(), m::PORTS_MAX_ENTRIES / 2),
         ] {
             if needed > limit as usize {
-                return Err(DataplaneError::TooLarge { what, needed, limit });
+                return Err(DataplaneError::TooLarge {
+                    what,
+                    needed,
+                    limit,
+                });
             }
         }
         self.written[usize::from(next)] = Some(entries.clone());
         self.insert(&entries)?;
         let mut array: Array<&mut MapData, Settings> =
-            Array::try_from(self.ebpf.map_mut(m::SETTINGS).expect("settings map")).map_err(map_err(m::SETTINGS))?;
+            Array::try_from(self.ebpf.map_mut(m::SETTINGS).expect("settings map"))
+                .map_err(map_err(m::SETTINGS))?;
         array
-            .set(0, Settings { generation: u32::from(next), ready: 1, ..settings }, 0)
+            .set(
+                0,
+                Settings {
+                    generation: u32::from(next),
+                    ready: 1,
+                    ..settings
+                },
+                0,
+            )
             .map_err(map_err(m::SETTINGS))?;
         if let Some(previous) = self.generation {
             std::thread::sleep(GRACE);
@@ -169,36 +214,46 @@ impl Dataplane {
 
     fn insert(&mut self, e: &KernelEntries) -> Result<(), DataplaneError> {
         let mut v4: LpmTrie<&mut MapData, AddrKeyV4, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V4).expect("map")).map_err(map_err(m::ADDR_V4))?;
+            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V4).expect("map"))
+                .map_err(map_err(m::ADDR_V4))?;
         for (len, key, value) in &e.v4 {
-            v4.insert(&Key::new(*len, *key), value, 0).map_err(map_err(m::ADDR_V4))?;
+            v4.insert(&Key::new(*len, *key), value, 0)
+                .map_err(map_err(m::ADDR_V4))?;
         }
         let mut v6: LpmTrie<&mut MapData, AddrKeyV6, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V6).expect("map")).map_err(map_err(m::ADDR_V6))?;
+            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V6).expect("map"))
+                .map_err(map_err(m::ADDR_V6))?;
         for (len, key, value) in &e.v6 {
-            v6.insert(&Key::new(*len, *key), value, 0).map_err(map_err(m::ADDR_V6))?;
+            v6.insert(&Key::new(*len, *key), value, 0)
+                .map_err(map_err(m::ADDR_V6))?;
         }
         let mut ports: LpmTrie<&mut MapData, PortKey, PortValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::PORTS).expect("map")).map_err(map_err(m::PORTS))?;
+            LpmTrie::try_from(self.ebpf.map_mut(m::PORTS).expect("map"))
+                .map_err(map_err(m::PORTS))?;
         for (len, key, value) in &e.ports {
-            ports.insert(&Key::new(*len, *key), value, 0).map_err(map_err(m::PORTS))?;
+            ports
+                .insert(&Key::new(*len, *key), value, 0)
+                .map_err(map_err(m::PORTS))?;
         }
         Ok(())
     }
 
     fn delete(&mut self, e: &KernelEntries) -> Result<(), DataplaneError> {
         let mut v4: LpmTrie<&mut MapData, AddrKeyV4, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V4).expect("map")).map_err(map_err(m::ADDR_V4))?;
+            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V4).expect("map"))
+                .map_err(map_err(m::ADDR_V4))?;
         for (len, key, _) in &e.v4 {
             let _ = v4.remove(&Key::new(*len, *key));
         }
         let mut v6: LpmTrie<&mut MapData, AddrKeyV6, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V6).expect("map")).map_err(map_err(m::ADDR_V6))?;
+            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V6).expect("map"))
+                .map_err(map_err(m::ADDR_V6))?;
         for (len, key, _) in &e.v6 {
             let _ = v6.remove(&Key::new(*len, *key));
         }
         let mut ports: LpmTrie<&mut MapData, PortKey, PortValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::PORTS).expect("map")).map_err(map_err(m::PORTS))?;
+            LpmTrie::try_from(self.ebpf.map_mut(m::PORTS).expect("map"))
+                .map_err(map_err(m::PORTS))?;
         for (len, key, _) in &e.ports {
             let _ = ports.remove(&Key::new(*len, *key));
         }
@@ -208,34 +263,57 @@ impl Dataplane {
     /// Attaches XDP to the interface's ingress (native mode where the driver
     /// has it, generic otherwise) and TC to its egress (TCX on kernels that
     /// have it), inside `netns` when given.
-    pub fn attach(&mut self, ifname: &str, netns: Option<&str>) -> Result<&Attachment, DataplaneError> {
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        netns: Option<&str>,
+    ) -> Result<&Attachment, DataplaneError> {
         let _guard = NetnsGuard::enter_opt(netns)?;
-        let attach_err = |source| DataplaneError::Attach { ifname: ifname.to_owned(), netns: netns.map(str::to_owned), source };
-        let xdp: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).and_then(|p| p.try_into().ok()).expect("XDP program");
-        let xdp_mode = match xdp.attach(ifname, XdpMode::Driver) {
-            Ok(_) => "driver",
-            Err(_) => {
-                xdp.attach(ifname, XdpMode::Skb).map_err(attach_err)?;
-                "generic"
-            }
+        let attach_err = |source| DataplaneError::Attach {
+            ifname: ifname.to_owned(),
+            netns: netns.map(str::to_owned),
+            source: Box::new(source),
+        };
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(INGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("XDP program");
+        let xdp_mode = if xdp.attach(ifname, XdpMode::Driver).is_ok() {
+            "driver"
+        } else {
+            xdp.attach(ifname, XdpMode::Skb).map_err(attach_err)?;
+            "generic"
         };
         // Legacy (pre-TCX) kernels need the clsact qdisc; it may exist already.
         let _ = tc::qdisc_add_clsact(ifname);
-        let tc: &mut SchedClassifier = self.ebpf.program_mut(EGRESS_PROGRAM).and_then(|p| p.try_into().ok()).expect("TC program");
-        tc.attach(ifname, TcAttachType::Egress).map_err(attach_err)?;
-        self.attachment = Some(Attachment { ifname: ifname.to_owned(), netns: netns.map(str::to_owned), xdp_mode });
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(EGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("TC program");
+        tc.attach(ifname, TcAttachType::Egress)
+            .map_err(attach_err)?;
+        self.attachment = Some(Attachment {
+            ifname: ifname.to_owned(),
+            netns: netns.map(str::to_owned),
+            xdp_mode,
+        });
         Ok(self.attachment.as_ref().expect("just set"))
     }
 
     /// Per-direction packet counts by reason, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(u8, &'static str, u64)>, DataplaneError> {
         let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(m::COUNTERS).expect("map")).map_err(map_err(m::COUNTERS))?;
+            PerCpuArray::try_from(self.ebpf.map(m::COUNTERS).expect("map"))
+                .map_err(map_err(m::COUNTERS))?;
         let mut out = Vec::new();
         for direction in [0u8, 1] {
             for (reason, name) in counters::NAMES.iter().enumerate() {
                 let reason = u32::try_from(reason).expect("few reasons");
-                let values = array.get(&counters::index(direction, reason), 0).map_err(map_err(m::COUNTERS))?;
+                let values = array
+                    .get(&counters::index(direction, reason), 0)
+                    .map_err(map_err(m::COUNTERS))?;
                 out.push((direction, *name, values.iter().sum()));
             }
         }

@@ -6,14 +6,14 @@
 //! objects, maps, attachments) -> `agent` (watch and reload).
 //! [`reference`] is the plain-Rust oracle every fast path is tested against.
 
-pub mod config;
+pub mod agent;
+pub mod check;
+pub mod cli;
 pub mod compile;
+pub mod config;
+pub mod dataplane;
+pub mod netns;
 pub mod reference;
 pub mod resolve;
 pub mod softmaps;
-pub mod check;
-pub mod cli;
-pub mod agent;
-pub mod dataplane;
-pub mod netns;
 pub mod summary;

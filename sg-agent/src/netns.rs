@@ -30,8 +30,14 @@ impl NetnsGuard {
     pub fn enter(name: &str) -> Result<Self, NetnsError> {
         let original = File::open("/proc/thread-self/ns/net").map_err(NetnsError::Own)?;
         let path = PathBuf::from("/run/netns").join(name);
-        let target = File::open(&path).map_err(|_| NetnsError::NotFound { name: name.to_owned(), path: path.clone() })?;
-        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { name: name.to_owned(), source })?;
+        let target = File::open(&path).map_err(|_| NetnsError::NotFound {
+            name: name.to_owned(),
+            path: path.clone(),
+        })?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(Self { original })
     }
 

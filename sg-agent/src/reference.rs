@@ -11,8 +11,14 @@ use crate::config::{Direction, Instance, Ports, Protocol, Source, Vpc};
 pub enum L4 {
     /// A protocol without ports, or a later fragment.
     None,
-    Ports { src: u16, dst: u16 },
-    Icmp { ty: u8, code: u8 },
+    Ports {
+        src: u16,
+        dst: u16,
+    },
+    Icmp {
+        ty: u8,
+        code: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +55,13 @@ impl Decision {
 }
 
 /// Whether `instance` lets `packet` pass in `direction`, and why.
-pub fn evaluate(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packet, tracked: bool) -> Decision {
+pub fn evaluate(
+    vpc: &Vpc,
+    instance: &Instance,
+    direction: Direction,
+    packet: &Packet,
+    tracked: bool,
+) -> Decision {
     if tracked {
         return Decision::Tracked;
     }
@@ -61,7 +73,9 @@ pub fn evaluate(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &P
     // address and protocol; the fragment passes if together they cover all.
     let mut fragment_cover: Vec<(u16, u16)> = Vec::new();
     for (group_name, _) in &instance.groups {
-        let Some(group) = vpc.group(group_name) else { continue };
+        let Some(group) = vpc.group(group_name) else {
+            continue;
+        };
         let rules = match direction {
             Direction::Ingress => &group.ingress,
             Direction::Egress => &group.egress,
@@ -70,7 +84,11 @@ pub fn evaluate(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &P
             if !rule.protocol.matches(packet.proto) {
                 continue;
             }
-            if !rule.sources.iter().any(|s| source_contains(vpc, &group.name, &s.source, remote)) {
+            if !rule
+                .sources
+                .iter()
+                .any(|s| source_contains(vpc, &group.name, &s.source, remote))
+            {
                 continue;
             }
             let found = RuleRef {

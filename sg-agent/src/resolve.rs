@@ -32,7 +32,10 @@ pub fn members(vpc: &Vpc, group: &str) -> Vec<IpNet> {
 pub fn resolve_source(vpc: &Vpc, group: &str, source: &Source) -> Vec<IpNet> {
     match source {
         Source::Cidr(net) => vec![*net],
-        Source::PrefixList(name) => vpc.prefix_list(name).map(|p| p.entries.clone()).unwrap_or_default(),
+        Source::PrefixList(name) => vpc
+            .prefix_list(name)
+            .map(|p| p.entries.clone())
+            .unwrap_or_default(),
         Source::Group(name) => members(vpc, name),
         Source::SelfGroup => members(vpc, group),
     }
@@ -43,8 +46,13 @@ pub fn resolve_source(vpc: &Vpc, group: &str, source: &Source) -> Vec<IpNet> {
 pub fn effective_rules<'a>(vpc: &'a Vpc, instance: &Instance) -> Vec<EffectiveRule<'a>> {
     let mut out = Vec::new();
     for (name, _) in &instance.groups {
-        let Some(group) = vpc.group(name) else { continue };
-        for (direction, rules) in [(Direction::Ingress, &group.ingress), (Direction::Egress, &group.egress)] {
+        let Some(group) = vpc.group(name) else {
+            continue;
+        };
+        for (direction, rules) in [
+            (Direction::Ingress, &group.ingress),
+            (Direction::Egress, &group.egress),
+        ] {
             for (i, rule) in rules.iter().enumerate() {
                 for s in &rule.sources {
                     out.push(EffectiveRule {

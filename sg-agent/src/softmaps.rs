@@ -32,22 +32,25 @@ fn masked(bytes: &[u8], bits: u32) -> Vec<u8> {
 
 impl<V: Copy> Trie<V> {
     fn insert(&mut self, prefix_len: u32, key: &[u8], value: V) {
-        self.entries.insert((prefix_len, masked(key, prefix_len)), value);
+        self.entries
+            .insert((prefix_len, masked(key, prefix_len)), value);
     }
 
     fn longest_match(&self, key: &[u8]) -> Option<V> {
         let max = u32::try_from(key.len()).expect("short key") * 8;
-        (0..=max).rev().find_map(|len| self.entries.get(&(len, masked(key, len))).copied())
+        (0..=max)
+            .rev()
+            .find_map(|len| self.entries.get(&(len, masked(key, len))).copied())
     }
 }
 
-fn v4_bytes(k: &AddrKeyV4) -> Vec<u8> {
+fn v4_bytes(k: AddrKeyV4) -> Vec<u8> {
     [&k.tag[..], &k.addr[..]].concat()
 }
 fn v6_bytes(k: &AddrKeyV6) -> Vec<u8> {
     [&k.tag[..], &k.addr[..]].concat()
 }
-fn port_bytes(k: &PortKey) -> Vec<u8> {
+fn port_bytes(k: PortKey) -> Vec<u8> {
     [&k.class[..], &[k.proto, k.reserved], &k.port[..]].concat()
 }
 
@@ -62,25 +65,25 @@ pub struct SoftMaps {
 impl SoftMaps {
     pub fn insert(&mut self, e: &KernelEntries) {
         for (len, k, v) in &e.v4 {
-            self.v4.insert(*len, &v4_bytes(k), *v);
+            self.v4.insert(*len, &v4_bytes(*k), *v);
         }
         for (len, k, v) in &e.v6 {
             self.v6.insert(*len, &v6_bytes(k), *v);
         }
         for (len, k, v) in &e.ports {
-            self.ports.insert(*len, &port_bytes(k), *v);
+            self.ports.insert(*len, &port_bytes(*k), *v);
         }
     }
 }
 
 impl PolicyMaps for SoftMaps {
     fn addr_v4(&self, key: &AddrKeyV4) -> Option<AddrValue> {
-        self.v4.longest_match(&v4_bytes(key))
+        self.v4.longest_match(&v4_bytes(*key))
     }
     fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
         self.v6.longest_match(&v6_bytes(key))
     }
     fn ports(&self, key: &PortKey) -> Option<PortValue> {
-        self.ports.longest_match(&port_bytes(key))
+        self.ports.longest_match(&port_bytes(*key))
     }
 }

@@ -6,19 +6,32 @@ use crate::config::{Vpc, rule_count};
 
 /// E.g. `groups +1 -0 ~2, rules 12 -> 14, members +1 -0, interfaces +0 -0`.
 pub fn changes(old: &Vpc, new: &Vpc) -> String {
-    let names = |v: &Vpc| v.groups.iter().map(|g| g.name.clone()).collect::<BTreeSet<_>>();
+    let names = |v: &Vpc| {
+        v.groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect::<BTreeSet<_>>()
+    };
     let (og, ng) = (names(old), names(new));
     let changed = og
         .intersection(&ng)
         .filter(|n| {
-            let (a, b) = (old.group(n).expect("present"), new.group(n).expect("present"));
-            format!("{:?}{:?}", strip(&a.ingress), strip(&a.egress)) != format!("{:?}{:?}", strip(&b.ingress), strip(&b.egress))
+            let (a, b) = (
+                old.group(n).expect("present"),
+                new.group(n).expect("present"),
+            );
+            format!("{:?}{:?}", strip(&a.ingress), strip(&a.egress))
+                != format!("{:?}{:?}", strip(&b.ingress), strip(&b.egress))
         })
         .count();
     let members = |v: &Vpc| {
         v.instances
             .iter()
-            .flat_map(|i| i.groups.iter().map(move |(g, _)| (i.name.clone(), g.clone(), i.addresses.clone())))
+            .flat_map(|i| {
+                i.groups
+                    .iter()
+                    .map(move |(g, _)| (i.name.clone(), g.clone(), i.addresses.clone()))
+            })
             .collect::<BTreeSet<_>>()
     };
     let (om, nm) = (members(old), members(new));
@@ -30,7 +43,11 @@ pub fn changes(old: &Vpc, new: &Vpc) -> String {
     };
     let (oi, ni) = (ifaces(old), ifaces(new));
     let rules = |v: &Vpc| -> usize {
-        v.groups.iter().flat_map(|g| g.ingress.iter().chain(&g.egress)).map(|r| rule_count(v, r)).sum()
+        v.groups
+            .iter()
+            .flat_map(|g| g.ingress.iter().chain(&g.egress))
+            .map(|r| rule_count(v, r))
+            .sum()
     };
     format!(
         "groups +{} -{} ~{changed}, rules {} -> {}, memberships +{} -{}, interfaces +{} -{}",

@@ -7,7 +7,10 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use sg_agent::{
     compile::compile,
-    config::{Direction, Instance, Ports, Protocol, Rule, SecurityGroup, Source, SourceRef, Vpc, PrefixList},
+    config::{
+        Direction, Instance, Ports, PrefixList, Protocol, Rule, SecurityGroup, Source, SourceRef,
+        Vpc,
+    },
     reference::{L4, Packet, evaluate},
     softmaps::SoftMaps,
 };
@@ -21,7 +24,16 @@ fn v4(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, i & 3, (i >> 2) & 1, i >> 3)
 }
 fn v6(i: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, u16::from(i & 3), 0, 0, 0, 0, u16::from(i >> 2))
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        u16::from(i & 3),
+        0,
+        0,
+        0,
+        0,
+        u16::from(i >> 2),
+    )
 }
 
 fn addr() -> impl Strategy<Value = IpAddr> {
@@ -33,9 +45,15 @@ fn addr() -> impl Strategy<Value = IpAddr> {
 
 fn cidr() -> impl Strategy<Value = IpNet> {
     prop_oneof![
-        (0u8..32, prop::sample::select(vec![0u8, 8, 15, 16, 23, 24, 30, 32]))
+        (
+            0u8..32,
+            prop::sample::select(vec![0u8, 8, 15, 16, 23, 24, 30, 32])
+        )
             .prop_map(|(i, len)| IpNet::new(IpAddr::V4(v4(i)), len).unwrap().trunc()),
-        (0u8..16, prop::sample::select(vec![0u8, 32, 48, 64, 127, 128]))
+        (
+            0u8..16,
+            prop::sample::select(vec![0u8, 32, 48, 64, 127, 128])
+        )
             .prop_map(|(i, len)| IpNet::new(IpAddr::V6(v6(i)), len).unwrap().trunc()),
     ]
 }
@@ -51,10 +69,23 @@ fn protocol_and_ports() -> impl Strategy<Value = (Protocol, Ports)> {
         Just((Protocol::All, Ports::All)),
         (prop::sample::select(vec![6u8, 17]), port(), port()).prop_map(|(p, a, b)| (
             Protocol::Number(p),
-            Ports::Range { from: a.min(b), to: a.max(b) }
+            Ports::Range {
+                from: a.min(b),
+                to: a.max(b)
+            }
         )),
-        (prop::sample::select(vec![1u8, 58]), prop::option::of(0u8..12), prop::option::of(0u8..3))
-            .prop_map(|(p, ty, code)| (Protocol::Number(p), Ports::Icmp { ty, code: ty.and(code) })),
+        (
+            prop::sample::select(vec![1u8, 58]),
+            prop::option::of(0u8..12),
+            prop::option::of(0u8..3)
+        )
+            .prop_map(|(p, ty, code)| (
+                Protocol::Number(p),
+                Ports::Icmp {
+                    ty,
+                    code: ty.and(code)
+                }
+            )),
         Just((Protocol::Number(47), Ports::All)),
     ]
 }
@@ -69,30 +100,47 @@ fn source(groups: usize) -> impl Strategy<Value = Source> {
 }
 
 fn rule(groups: usize) -> impl Strategy<Value = Rule> {
-    (protocol_and_ports(), prop::collection::vec(source(groups), 1..4)).prop_map(|((protocol, ports), sources)| Rule {
-        protocol,
-        ports,
-        sources: sources.into_iter().map(|source| SourceRef { source, span: 0..0 }).collect(),
-        description: None,
-        implicit: false,
-        span: 0..0,
-    })
+    (
+        protocol_and_ports(),
+        prop::collection::vec(source(groups), 1..4),
+    )
+        .prop_map(|((protocol, ports), sources)| Rule {
+            protocol,
+            ports,
+            sources: sources
+                .into_iter()
+                .map(|source| SourceRef { source, span: 0..0 })
+                .collect(),
+            description: None,
+            implicit: false,
+            span: 0..0,
+        })
 }
 
 fn vpc() -> impl Strategy<Value = Vpc> {
     (1usize..4).prop_flat_map(|n_groups| {
         let groups = prop::collection::vec(
-            (prop::collection::vec(rule(n_groups), 0..4), prop::option::of(prop::collection::vec(rule(n_groups), 0..3))),
+            (
+                prop::collection::vec(rule(n_groups), 0..4),
+                prop::option::of(prop::collection::vec(rule(n_groups), 0..3)),
+            ),
             n_groups,
         );
         let instances = prop::collection::vec(
-            (prop::collection::vec(addr(), 1..3), prop::collection::btree_set(0..n_groups, 1..=n_groups)),
+            (
+                prop::collection::vec(addr(), 1..3),
+                prop::collection::btree_set(0..n_groups, 1..=n_groups),
+            ),
             1..4,
         );
         let prefix_list = prop::collection::vec(cidr(), 0..4);
         (groups, instances, prefix_list).prop_map(|(groups, instances, pl)| {
             let mut vpc = Vpc::default();
-            vpc.prefix_lists.push(PrefixList { name: "pl".to_owned(), entries: pl, span: 0..0 });
+            vpc.prefix_lists.push(PrefixList {
+                name: "pl".to_owned(),
+                entries: pl,
+                span: 0..0,
+            });
             for (i, (ingress, egress)) in groups.into_iter().enumerate() {
                 let egress = egress.unwrap_or_else(|| {
                     vec![Rule {
@@ -100,20 +148,32 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         ports: Ports::All,
                         sources: ["0.0.0.0/0", "::/0"]
                             .iter()
-                            .map(|s| SourceRef { source: Source::Cidr(s.parse().unwrap()), span: 0..0 })
+                            .map(|s| SourceRef {
+                                source: Source::Cidr(s.parse().unwrap()),
+                                span: 0..0,
+                            })
                             .collect(),
                         description: None,
                         implicit: true,
                         span: 0..0,
                     }]
                 });
-                vpc.groups.push(SecurityGroup { name: format!("g{i}"), description: None, ingress, egress, span: 0..0 });
+                vpc.groups.push(SecurityGroup {
+                    name: format!("g{i}"),
+                    description: None,
+                    ingress,
+                    egress,
+                    span: 0..0,
+                });
             }
             for (i, (addresses, groups)) in instances.into_iter().enumerate() {
                 vpc.instances.push(Instance {
                     name: format!("i{i}"),
                     addresses,
-                    groups: groups.into_iter().map(|g| (format!("g{g}"), 0..0)).collect(),
+                    groups: groups
+                        .into_iter()
+                        .map(|g| (format!("g{g}"), 0..0))
+                        .collect(),
                     interface: None,
                     netns: None,
                     span: 0..0,
@@ -125,19 +185,39 @@ fn vpc() -> impl Strategy<Value = Vpc> {
 }
 
 fn packet() -> impl Strategy<Value = Packet> {
-    (addr(), addr(), prop::sample::select(vec![1u8, 6, 17, 58, 47, 132]), port(), port(), 0u8..12, 0u8..3, prop::bool::weighted(0.15))
-        .prop_map(|(src, dst, proto, sport, dport, ty, code, later_fragment)| {
-            let l4 = if later_fragment {
-                L4::None
-            } else {
-                match proto {
-                    6 | 17 => L4::Ports { src: sport, dst: dport },
-                    1 | 58 => L4::Icmp { ty, code },
-                    _ => L4::None,
+    (
+        addr(),
+        addr(),
+        prop::sample::select(vec![1u8, 6, 17, 58, 47, 132]),
+        port(),
+        port(),
+        0u8..12,
+        0u8..3,
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(
+            |(src, dst, proto, sport, dport, ty, code, later_fragment)| {
+                let l4 = if later_fragment {
+                    L4::None
+                } else {
+                    match proto {
+                        6 | 17 => L4::Ports {
+                            src: sport,
+                            dst: dport,
+                        },
+                        1 | 58 => L4::Icmp { ty, code },
+                        _ => L4::None,
+                    }
+                };
+                Packet {
+                    src,
+                    dst,
+                    proto,
+                    l4,
+                    later_fragment,
                 }
-            };
-            Packet { src, dst, proto, l4, later_fragment }
-        })
+            },
+        )
 }
 
 fn to_flow(p: &Packet) -> Option<Flow> {
@@ -157,7 +237,11 @@ fn to_flow(p: &Packet) -> Option<Flow> {
     let mut flow = Flow {
         family,
         proto: p.proto,
-        frag: if p.later_fragment { FRAG_LATER } else { FRAG_NONE },
+        frag: if p.later_fragment {
+            FRAG_LATER
+        } else {
+            FRAG_NONE
+        },
         src: bytes(p.src),
         dst: bytes(p.dst),
         ..Flow::default()
@@ -226,11 +310,25 @@ security_groups = ["g"]
     let compiled = compile(&vpc);
     let mut maps = SoftMaps::default();
     maps.insert(&compiled.instances[0].tables.kernel_entries(0));
-    let mut flow = Flow { family: FAMILY_V4, proto: 6, dport: 22, ..Flow::default() };
+    let mut flow = Flow {
+        family: FAMILY_V4,
+        proto: 6,
+        dport: 22,
+        ..Flow::default()
+    };
     flow.src[..4].copy_from_slice(&[10, 1, 2, 3]);
-    assert!(classify(&maps, 0, 0, &flow), "10.1.2.3 -> tcp/22 must pass (10.0.0.0/8 rule)");
+    assert!(
+        classify(&maps, 0, 0, &flow),
+        "10.1.2.3 -> tcp/22 must pass (10.0.0.0/8 rule)"
+    );
     flow.dport = 80;
-    assert!(classify(&maps, 0, 0, &flow), "10.1.2.3 -> tcp/80 must pass (10.1.0.0/16 rule)");
+    assert!(
+        classify(&maps, 0, 0, &flow),
+        "10.1.2.3 -> tcp/80 must pass (10.1.0.0/16 rule)"
+    );
     flow.src[..4].copy_from_slice(&[10, 2, 2, 3]);
-    assert!(!classify(&maps, 0, 0, &flow), "10.2.2.3 -> tcp/80 must not pass");
+    assert!(
+        !classify(&maps, 0, 0, &flow),
+        "10.2.2.3 -> tcp/80 must not pass"
+    );
 }

@@ -16,7 +16,7 @@ pub const DROP_MALFORMED: u32 = 6;
 pub const DROP_EXT_CHAIN: u32 = 7;
 /// A later fragment with no allowed first fragment.
 pub const DROP_FRAGMENT: u32 = 8;
-/// Link-layer protocol that could carry IP past the filter (PPPoE, MPLS...).
+/// Link-layer protocol that could carry IP past the filter (`PPPoE`, MPLS...).
 pub const DROP_UNSUPPORTED_L2: u32 = 9;
 /// Settings missing: the agent has not published a policy.
 pub const DROP_NO_POLICY: u32 = 10;

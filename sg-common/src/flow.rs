@@ -28,7 +28,7 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-/// ICMPv4 and ICMPv6 types the data plane recognises.
+/// `ICMPv4` and `ICMPv6` types the data plane recognises.
 pub mod icmp {
     pub const V4_ECHO_REPLY: u8 = 0;
     pub const V4_DEST_UNREACH: u8 = 3;
@@ -105,7 +105,9 @@ impl Flow {
     pub fn policy_port(&self) -> u16 {
         match self.proto {
             proto::TCP | proto::UDP => self.dport,
-            proto::ICMP | proto::ICMPV6 => u16::from(self.icmp_type) << 8 | u16::from(self.icmp_code),
+            proto::ICMP | proto::ICMPV6 => {
+                u16::from(self.icmp_type) << 8 | u16::from(self.icmp_code)
+            }
             _ => 0,
         }
     }

@@ -7,6 +7,10 @@
 //! them through thin map adapters; the agent's tests call the very same code
 //! through in-memory adapters and compare it with the reference evaluator.
 #![no_std]
+#![expect(
+    clippy::inline_always,
+    reason = "the kernel side calls these from eBPF programs, where the verifier needs them inlined"
+)]
 
 #[cfg(test)]
 extern crate std;

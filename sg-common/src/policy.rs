@@ -139,7 +139,11 @@ pub trait PolicyMaps {
 /// rule that allows its protocol on every port.
 #[inline(always)]
 pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
-    let remote = if direction == INGRESS { &flow.src } else { &flow.dst };
+    let remote = if direction == INGRESS {
+        &flow.src
+    } else {
+        &flow.dst
+    };
     let tag = addr_tag(generation, direction);
     let class = if flow.family == FAMILY_V4 {
         let key = AddrKeyV4 {
@@ -155,7 +159,11 @@ pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &F
         return false;
     };
     let later_fragment = flow.frag == crate::flow::FRAG_LATER;
-    let port = if later_fragment { 0 } else { flow.policy_port() };
+    let port = if later_fragment {
+        0
+    } else {
+        flow.policy_port()
+    };
     match maps.ports(&PortKey::new(class.class, flow.proto, port)) {
         Some(v) => !later_fragment || v.flags & PORT_FLAG_ALL_PORTS != 0,
         None => false,

@@ -20,22 +20,27 @@ use sg_common::{
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map(name = "SG_ADDR_V4")]
-pub static ADDR_V4: LpmTrie<AddrKeyV4, AddrValue> = LpmTrie::with_max_entries(m::ADDR_MAX_ENTRIES, 0);
+pub static ADDR_V4: LpmTrie<AddrKeyV4, AddrValue> =
+    LpmTrie::with_max_entries(m::ADDR_MAX_ENTRIES, 0);
 
 #[map(name = "SG_ADDR_V6")]
-pub static ADDR_V6: LpmTrie<AddrKeyV6, AddrValue> = LpmTrie::with_max_entries(m::ADDR_MAX_ENTRIES, 0);
+pub static ADDR_V6: LpmTrie<AddrKeyV6, AddrValue> =
+    LpmTrie::with_max_entries(m::ADDR_MAX_ENTRIES, 0);
 
 #[map(name = "SG_PORTS")]
 pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::with_max_entries(m::PORTS_MAX_ENTRIES, 0);
 
 #[map(name = "SG_CT_TCP")]
-pub static CT_TCP: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
+pub static CT_TCP: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
 
 #[map(name = "SG_CT_OTHER")]
-pub static CT_OTHER: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
+pub static CT_OTHER: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
 
 #[map(name = "SG_FRAGS")]
-pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(m::FRAGS_MAX_ENTRIES, 0);
+pub static FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(m::FRAGS_MAX_ENTRIES, 0);
 
 #[map(name = "SG_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);

@@ -144,7 +144,9 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
         Ok(()) => {}
         Err(reason) => return Parsed::Verdict(reason),
     }
-    if (flow.proto == proto::ICMP || flow.proto == proto::ICMPV6) && icmp::is_error(flow.family, flow.icmp_type) {
+    if (flow.proto == proto::ICMP || flow.proto == proto::ICMPV6)
+        && icmp::is_error(flow.family, flow.icmp_type)
+    {
         // The quoted header follows the 8-byte ICMP header. When it cannot be
         // read the error is judged by the rules like any ICMP packet.
         let has_inner = parse_quoted(ctx, l4_off + 8, flow.family, inner);
@@ -214,7 +216,8 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
             }
             IPV6_FRAGMENT => {
                 let h = ptr_at::<Ipv6FragHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
-                let (n, offset_flags, id) = unsafe { ((*h).next_header, be16((*h).offset_flags), (*h).id) };
+                let (n, offset_flags, id) =
+                    unsafe { ((*h).next_header, be16((*h).offset_flags), (*h).id) };
                 next = n;
                 off += core::mem::size_of::<Ipv6FragHdr>();
                 flow.frag_id = u32::from_be_bytes(id);

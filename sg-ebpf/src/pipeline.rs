@@ -41,14 +41,21 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return DROP_NO_POLICY;
     };
-    let Scratch { flow, inner, ct_key, frag_key } = unsafe { &mut *scratch };
+    let Scratch {
+        flow,
+        inner,
+        ct_key,
+        frag_key,
+    } = unsafe { &mut *scratch };
     *flow = Flow::default();
     *inner = Flow::default();
     let has_inner = match parse(ctx, flow, inner) {
         Parsed::Verdict(r) => return r,
         Parsed::Ip { has_inner } => has_inner,
     };
-    if flow.family == FAMILY_V6 && flow.proto == proto::ICMPV6 && flow.frag != FRAG_LATER
+    if flow.family == FAMILY_V6
+        && flow.proto == proto::ICMPV6
+        && flow.frag != FRAG_LATER
         && icmp::is_neighbour_discovery(flow.icmp_type)
     {
         return PASS_NEIGHBOUR_DISCOVERY;
@@ -77,7 +84,11 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
 
     let from_a = conntrack::fill_key(flow, ct_key);
     let key = &*ct_key;
-    let table = if flow.proto == proto::TCP { &CT_TCP } else { &CT_OTHER };
+    let table = if flow.proto == proto::TCP {
+        &CT_TCP
+    } else {
+        &CT_OTHER
+    };
     let verdict = match table.get_ptr_mut(key) {
         Some(entry)
             if conntrack::is_live(unsafe { &*entry }, flow.proto, now, settings)
@@ -112,7 +123,11 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
 #[inline(always)]
 fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settings) -> bool {
     conntrack::fill_key(inner, key);
-    let table = if inner.proto == proto::TCP { &CT_TCP } else { &CT_OTHER };
+    let table = if inner.proto == proto::TCP {
+        &CT_TCP
+    } else {
+        &CT_OTHER
+    };
     match unsafe { table.get(&*key) } {
         Some(e) => conntrack::is_live(e, inner.proto, now, settings),
         None => false,

@@ -10,10 +10,18 @@ use std::{
 
 /// The sg-agent binary of the same build profile as this test.
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/sg-agent
-    let path = exe.parent().and_then(Path::parent).expect("target dir").join("sg-agent");
-    assert!(path.exists(), "{} not built: run `cargo xtask test` (it builds the workspace first)", path.display());
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests live in target/<profile>/deps, binaries in target/<profile>.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("profile dir");
+    }
+    let path = dir.join("sg-agent");
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo xtask test` (it builds the workspace first)",
+        path.display()
+    );
     path
 }
 
@@ -75,8 +83,12 @@ impl AgentProcess {
 
     /// Like `wait_for`, panicking with the log when the line never comes.
     pub fn expect_log(&self, needle: &str, skip: usize, timeout: Duration) -> usize {
-        self.wait_for(needle, skip, timeout)
-            .unwrap_or_else(|| panic!("sg-agent never logged {needle:?} within {timeout:?}; log:\n{}", self.log_text()))
+        self.wait_for(needle, skip, timeout).unwrap_or_else(|| {
+            panic!(
+                "sg-agent never logged {needle:?} within {timeout:?}; log:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     pub fn log_lines(&self) -> usize {
@@ -105,7 +117,10 @@ impl AgentProcess {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < end, "sg-agent did not exit within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < end,
+                "sg-agent did not exit within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,4 +1,4 @@
-//! Crafted Ethernet frames for BPF_PROG_TEST_RUN: exactly the bytes a wire
+//! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`: exactly the bytes a wire
 //! would carry, including the awkward ones (IPv4 options, IPv6 extension
 //! chains, VLAN tags, fragments, truncation).
 
@@ -15,11 +15,25 @@ pub const ACK: u8 = 0x10;
 /// The transport part of a packet.
 #[derive(Clone, Debug)]
 pub enum Transport {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    Icmp { ty: u8, code: u8, rest: [u8; 4] },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+    },
     /// Raw bytes under another protocol number.
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Transport {
@@ -27,14 +41,24 @@ impl Transport {
         match self {
             Self::Tcp { .. } => TCP,
             Self::Udp { .. } => UDP,
-            Self::Icmp { .. } => if v6 { ICMPV6 } else { ICMP },
+            Self::Icmp { .. } => {
+                if v6 {
+                    ICMPV6
+                } else {
+                    ICMP
+                }
+            }
             Self::Raw { proto, .. } => *proto,
         }
     }
 
     pub fn bytes(&self) -> Vec<u8> {
         match self {
-            Self::Tcp { sport, dport, flags } => {
+            Self::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut b = vec![0u8; 20];
                 b[0..2].copy_from_slice(&sport.to_be_bytes());
                 b[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -95,10 +119,10 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: &Transport, shape: &Shape) -> Vec<u8>
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             f.extend_from_slice(&0x86ddu16.to_be_bytes());
             let (ext, first) = ipv6_ext(&shape.ipv6_ext, l4.proto(true), shape.fragment);
-            if let Some((offset, _)) = shape.fragment {
-                if offset > 0 {
-                    payload = vec![0xab; 16];
-                }
+            if let Some((offset, _)) = shape.fragment
+                && offset > 0
+            {
+                payload = vec![0xab; 16];
             }
             f.extend_from_slice(&ipv6_header(s, d, first, ext.len() + payload.len()));
             f.extend_from_slice(&ext);
@@ -129,7 +153,7 @@ fn ipv4_header(s: Ipv4Addr, d: Ipv4Addr, proto: u8, payload: usize, shape: &Shap
     h[16..20].copy_from_slice(&d.octets());
     for (i, b) in h[20..].iter_mut().enumerate() {
         // NOP options, ending with End of Options.
-        *b = if i + 1 == shape.ipv4_options { 0 } else { 1 };
+        *b = u8::from(i + 1 != shape.ipv4_options);
     }
     h
 }

@@ -1,4 +1,4 @@
-//! Running the loaded programs on crafted frames through BPF_PROG_TEST_RUN.
+//! Running the loaded programs on crafted frames through `BPF_PROG_TEST_RUN`.
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use sg_agent::{
@@ -9,7 +9,7 @@ use sg_agent::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-/// TC_ACT_UNSPEC: pass on to the next program.
+/// `TC_ACT_UNSPEC`: pass on to the next program.
 const TC_NEXT: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 
@@ -23,16 +23,22 @@ pub fn require_root() {
 
 /// Parses a rules file given as text; panics with the diagnostics.
 pub fn vpc(text: &str) -> Vpc {
-    config::from_str("test.toml".as_ref(), text).unwrap_or_else(|d| panic!("test config invalid:\n{d}"))
+    config::from_str("test.toml".as_ref(), text)
+        .unwrap_or_else(|d| panic!("test config invalid:\n{d}"))
 }
 
 /// A fresh data plane holding `instance`'s compiled policy, not attached.
 pub fn dataplane_for(vpc: &Vpc, instance: &str) -> Dataplane {
     require_root();
     let compiled = compile(vpc);
-    let inst = compiled.instances.iter().find(|i| i.name == instance).expect("instance in config");
+    let inst = compiled
+        .instances
+        .iter()
+        .find(|i| i.name == instance)
+        .expect("instance in config");
     let mut dp = Dataplane::load().expect("eBPF object loads and passes the verifier");
-    dp.publish(&inst.tables, compiled.settings).expect("policy published");
+    dp.publish(&inst.tables, compiled.settings)
+        .expect("policy published");
     dp
 }
 
@@ -40,7 +46,10 @@ pub fn dataplane_for(vpc: &Vpc, instance: &str) -> Dataplane {
 pub fn xdp_passes(dp: &Dataplane, frame: &[u8]) -> bool {
     let r = dp
         .ingress()
-        .test_run(TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        })
         .expect("BPF_PROG_TEST_RUN on XDP");
     match r.return_value {
         XDP_PASS => true,
@@ -53,7 +62,10 @@ pub fn xdp_passes(dp: &Dataplane, frame: &[u8]) -> bool {
 pub fn tc_passes(dp: &Dataplane, frame: &[u8]) -> bool {
     let r = dp
         .egress()
-        .test_run(TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        })
         .expect("BPF_PROG_TEST_RUN on TC");
     match r.return_value {
         TC_NEXT => true,

@@ -17,7 +17,10 @@ const LAB_ROUTES_V6: [&str; 1] = ["2001:db8::/32"];
 
 /// Runs `ip` with `args`; panics with its stderr on failure.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("the ip command (iproute2) runs");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command (iproute2) runs");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -45,14 +48,18 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         ip(&["netns", "add", name]);
         ip(&["-n", name, "link", "set", "lo", "up"]);
-        Self { name: name.to_owned() }
+        Self {
+            name: name.to_owned(),
+        }
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Never panic in drop: a failing test is already unwinding.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -89,7 +96,11 @@ impl Lab {
         let switch = Netns::create(&format!("{prefix}-sw"));
         ip(&["-n", &switch.name, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &switch.name, "link", "set", "br0", "up"]);
-        Self { prefix, hosts: Vec::new(), switch }
+        Self {
+            prefix,
+            hosts: Vec::new(),
+            switch,
+        }
     }
 
     /// The namespace name of `host` (as the rules file must name it).
@@ -103,13 +114,53 @@ impl Lab {
         let port = format!("p{}", self.hosts.len());
         // Created inside the switch namespace with its peer straight in the
         // host's namespace: the root namespace never sees either end.
-        ip(&["-n", &self.switch.name, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
-        ip(&["-n", &self.switch.name, "link", "set", &port, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &self.switch.name,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch.name,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
         for a in addresses {
             if a.contains(':') {
-                ip(&["-n", &ns.name, "-6", "addr", "add", &format!("{a}/128"), "dev", "eth0", "nodad"]);
+                ip(&[
+                    "-n",
+                    &ns.name,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
             } else {
-                ip(&["-n", &ns.name, "addr", "add", &format!("{a}/32"), "dev", "eth0"]);
+                ip(&[
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{a}/32"),
+                    "dev",
+                    "eth0",
+                ]);
             }
         }
         ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
@@ -119,7 +170,10 @@ impl Lab {
         for r in LAB_ROUTES_V6 {
             ip(&["-n", &ns.name, "-6", "route", "add", r, "dev", "eth0"]);
         }
-        self.hosts.push(Host { name: host.to_owned(), netns: ns });
+        self.hosts.push(Host {
+            name: host.to_owned(),
+            netns: ns,
+        });
     }
 
     /// Rewrites the `netns = "sg-NAME"` lines of a rules file to this lab's

@@ -1,8 +1,9 @@
 //! Test support: crafted frames, network-namespace topologies, traffic
 //! probes. Used by the privileged tests under tests/tests and by the demo.
 
+pub mod agent;
 pub mod frames;
 pub mod kernel;
-pub mod agent;
 pub mod lab;
 pub mod probe;
+pub mod seed;

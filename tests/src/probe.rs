@@ -56,15 +56,20 @@ impl Servers {
         for &port in tcp_ports {
             let listener = in_netns(ns, move || {
                 // [::] is dual-stack: one listener for v4 and v6.
-                TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("listen on tcp/{port}: {e}"))
+                TcpListener::bind(("::", port))
+                    .unwrap_or_else(|e| panic!("listen on tcp/{port}: {e}"))
             });
             listener.set_nonblocking(true).expect("nonblocking");
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || serve_tcp(&listener, &stop)));
         }
         for &port in udp_ports {
-            let socket = in_netns(ns, move || UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp/{port}: {e}")));
-            socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            let socket = in_netns(ns, move || {
+                UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp/{port}: {e}"))
+            });
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || serve_udp(&socket, &stop)));
         }
@@ -97,7 +102,9 @@ fn serve_tcp(listener: &TcpListener, stop: &AtomicBool) {
                     }
                 });
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -113,9 +120,14 @@ fn serve_udp(socket: &UdpSocket, stop: &AtomicBool) {
 }
 
 fn bound_socket(from: IpAddr, to: SocketAddr, ty: Type, proto: Protocol) -> Socket {
-    let domain = if to.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if to.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let s = Socket::new(domain, ty, Some(proto)).expect("socket");
-    s.bind(&SockAddr::from(SocketAddr::new(from, 0))).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    s.bind(&SockAddr::from(SocketAddr::new(from, 0)))
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
     s
 }
 
@@ -131,7 +143,8 @@ fn classify(e: &std::io::Error) -> Outcome {
 pub fn tcp_open(ns: &str, from: IpAddr, to: SocketAddr) -> Result<TcpStream, Outcome> {
     in_netns(ns, move || {
         let s = bound_socket(from, to, Type::STREAM, Protocol::TCP);
-        s.connect_timeout(&SockAddr::from(to), PROBE_TIMEOUT).map_err(|e| classify(&e))?;
+        s.connect_timeout(&SockAddr::from(to), PROBE_TIMEOUT)
+            .map_err(|e| classify(&e))?;
         let mut stream: TcpStream = s.into();
         echo(&mut stream).map(|()| stream)
     })
@@ -139,11 +152,17 @@ pub fn tcp_open(ns: &str, from: IpAddr, to: SocketAddr) -> Result<TcpStream, Out
 
 /// One request-response on an open stream.
 pub fn echo(stream: &mut TcpStream) -> Result<(), Outcome> {
-    stream.set_read_timeout(Some(PROBE_TIMEOUT)).expect("timeout");
+    stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .expect("timeout");
     stream.write_all(b"ping\n").map_err(|e| classify(&e))?;
     let mut buf = [0u8; 5];
     stream.read_exact(&mut buf).map_err(|e| classify(&e))?;
-    if &buf == b"ping\n" { Ok(()) } else { Err(Outcome::Refused) }
+    if &buf == b"ping\n" {
+        Ok(())
+    } else {
+        Err(Outcome::Refused)
+    }
 }
 
 /// `tcp_open`, reduced to its outcome.
@@ -173,10 +192,27 @@ pub fn udp(ns: &str, from: IpAddr, to: SocketAddr) -> Outcome {
 /// reply comes back within the probe time-out.
 pub fn ping(ns: &str, from: IpAddr, to: IpAddr) -> Outcome {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-n", "-c", "1", "-W", "1", "-I", &from.to_string(), &to.to_string()])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            &from.to_string(),
+            &to.to_string(),
+        ])
         .output()
         .expect("ping (iputils-ping) runs");
-    if out.status.success() { Outcome::Connected } else { Outcome::TimedOut }
+    if out.status.success() {
+        Outcome::Connected
+    } else {
+        Outcome::TimedOut
+    }
 }
 
 /// Polls `f` until it returns true or `deadline` passes.

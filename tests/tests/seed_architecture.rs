@@ -3,106 +3,19 @@
 //! enforced by a real `sg-agent run` on examples/seed-vpc.toml, probed with
 //! real connections.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    time::Duration,
-};
+use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sys::signal::Signal;
 use sg_tests::{
     agent::AgentProcess,
-    kernel::require_root,
-    lab::{Lab, in_netns},
-    probe::{Outcome, Servers, echo, eventually, ping, tcp, tcp_open, udp},
+    lab::in_netns,
+    probe::{Outcome, echo, eventually, ping, tcp, tcp_open, udp},
+    seed::{
+        ADMIN, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, RELOAD, SEED, START, SeedLab, at,
+        ip, seed_without_alb_ingress, start_agent,
+    },
 };
-
-const SEED: &str = include_str!("../../examples/seed-vpc.toml");
-
-const ADMIN: &str = "203.0.113.5";
-const ADMIN6: &str = "2001:db8:ff::5";
-const OUTSIDER: &str = "198.51.100.7";
-const OUTSIDER6: &str = "2001:db8:0:9::7";
-const ALB: &str = "10.0.0.10";
-const ALB6: &str = "2001:db8:0:1::10";
-const BASTION: &str = "10.0.0.20";
-const APP: &str = "10.0.1.10";
-const RDS: &str = "10.0.2.10";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn at(addr: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip(addr), port)
-}
-
-/// The lab, its rules file and its servers.
-struct SeedLab {
-    lab: Lab,
-    config: PathBuf,
-    _servers: Vec<Servers>,
-}
-
-impl SeedLab {
-    /// The seed's hosts plus `extra_hosts`; `rules` is written with this
-    /// lab's namespace names.
-    fn new(tag: &str, rules: &str, extra_hosts: &[(&str, &[&str], &[u16], &[u16])]) -> Self {
-        require_root();
-        let mut lab = Lab::new(tag);
-        let mut hosts: Vec<(&str, &[&str], &[u16], &[u16])> = vec![
-            ("internet", &[ADMIN, OUTSIDER, ADMIN6, OUTSIDER6], &[80, 443], &[53]),
-            ("alb", &[ALB, ALB6], &[80, 8080], &[]),
-            ("bastion", &[BASTION], &[22], &[]),
-            ("app-1", &[APP], &[22, 80], &[]),
-            ("rds", &[RDS], &[3306], &[]),
-        ];
-        hosts.extend_from_slice(extra_hosts);
-        let mut servers = Vec::new();
-        for (name, addrs, tcp_ports, udp_ports) in hosts {
-            lab.add_host(name, addrs);
-            servers.push(Servers::start(&lab.netns_of(name), tcp_ports, udp_ports));
-        }
-        let dir = std::env::temp_dir().join(format!("sg-tests-{}", lab.prefix));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("vpc.toml");
-        std::fs::write(&config, lab.localize(rules)).expect("write rules");
-        Self { lab, config, _servers: servers }
-    }
-
-    fn ns(&self, host: &str) -> String {
-        self.lab.netns_of(host)
-    }
-
-    fn tcp(&self, host: &str, from: &str, to: &str, port: u16) -> Outcome {
-        tcp(&self.ns(host), ip(from), at(to, port))
-    }
-
-    /// Rewrites the rules file as an editor does: a new file renamed over.
-    fn rewrite(&self, rules: &str) {
-        let tmp = self.config.with_extension("toml.tmp");
-        std::fs::write(&tmp, self.lab.localize(rules)).expect("write");
-        std::fs::rename(&tmp, &self.config).expect("rename");
-    }
-}
-
-impl Drop for SeedLab {
-    fn drop(&mut self) {
-        if let Some(dir) = self.config.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-const START: Duration = Duration::from_secs(20);
-const RELOAD: Duration = Duration::from_secs(5);
-
-fn start_agent(lab: &SeedLab) -> AgentProcess {
-    let agent = AgentProcess::start(&lab.config);
-    agent.expect_log("ready: enforcing", 0, START);
-    agent
-}
 
 /// Runs named cases, reporting every mismatch rather than the first.
 #[derive(Default)]
@@ -117,12 +30,19 @@ impl Cases {
         let status = if got == want { "ok" } else { "FAILED" };
         eprintln!("case {name}: {got} (expected {want}) ... {status}");
         if got != want {
-            self.failures.push(format!("{name}: {got}, expected {want}"));
+            self.failures
+                .push(format!("{name}: {got}, expected {want}"));
         }
     }
 
     fn finish(self) {
-        assert!(self.failures.is_empty(), "{} of {} cases failed:\n{}", self.failures.len(), self.count, self.failures.join("\n"));
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            self.failures.len(),
+            self.count,
+            self.failures.join("\n")
+        );
     }
 }
 
@@ -133,20 +53,64 @@ fn seed_reachability_matrix() {
     let lab = SeedLab::new("sgm", SEED, &[]);
     // Before the agent: everything is reachable, so the blocks below are
     // the agent's doing.
-    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), Connected, "lab wiring: internet -> app:80 without the agent");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "lab wiring: internet -> app:80 without the agent"
+    );
     let agent = start_agent(&lab);
     let mut c = Cases::default();
-    c.check("internet -> alb:80 (v4)", lab.tcp("internet", OUTSIDER, ALB, 80), Connected);
-    c.check("internet -> alb:80 (v6)", lab.tcp("internet", OUTSIDER6, ALB6, 80), Connected);
-    c.check("internet -> alb:8080, a listener without a rule", lab.tcp("internet", OUTSIDER, ALB, 8080), TimedOut);
-    c.check("internet -> app:80", lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
-    c.check("alb -> app:80 (group reference)", lab.tcp("alb", ALB, APP, 80), Connected);
+    c.check(
+        "internet -> alb:80 (v4)",
+        lab.tcp("internet", OUTSIDER, ALB, 80),
+        Connected,
+    );
+    c.check(
+        "internet -> alb:80 (v6)",
+        lab.tcp("internet", OUTSIDER6, ALB6, 80),
+        Connected,
+    );
+    c.check(
+        "internet -> alb:8080, a listener without a rule",
+        lab.tcp("internet", OUTSIDER, ALB, 8080),
+        TimedOut,
+    );
+    c.check(
+        "internet -> app:80",
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+    );
+    c.check(
+        "alb -> app:80 (group reference)",
+        lab.tcp("alb", ALB, APP, 80),
+        Connected,
+    );
     c.check("alb -> app:22", lab.tcp("alb", ALB, APP, 22), TimedOut);
-    c.check("bastion -> app:22 (group reference)", lab.tcp("bastion", BASTION, APP, 22), Connected);
-    c.check("admin -> bastion:22 (prefix list)", lab.tcp("internet", ADMIN, BASTION, 22), Connected);
-    c.check("other internet address -> bastion:22", lab.tcp("internet", OUTSIDER, BASTION, 22), TimedOut);
-    c.check("app -> rds:3306 (group reference)", lab.tcp("app-1", APP, RDS, 3306), Connected);
-    c.check("bastion -> rds:3306", lab.tcp("bastion", BASTION, RDS, 3306), TimedOut);
+    c.check(
+        "bastion -> app:22 (group reference)",
+        lab.tcp("bastion", BASTION, APP, 22),
+        Connected,
+    );
+    c.check(
+        "admin -> bastion:22 (prefix list)",
+        lab.tcp("internet", ADMIN, BASTION, 22),
+        Connected,
+    );
+    c.check(
+        "other internet address -> bastion:22",
+        lab.tcp("internet", OUTSIDER, BASTION, 22),
+        TimedOut,
+    );
+    c.check(
+        "app -> rds:3306 (group reference)",
+        lab.tcp("app-1", APP, RDS, 3306),
+        Connected,
+    );
+    c.check(
+        "bastion -> rds:3306",
+        lab.tcp("bastion", BASTION, RDS, 3306),
+        TimedOut,
+    );
     c.finish();
     assert_eq!(agent.terminate().code(), Some(0));
 }
@@ -195,30 +159,78 @@ fn stateful_egress_udp_and_icmp() {
     let lab = SeedLab::new("sgs", &rules, &[("worker", &[WORKER], &[22], &[53])]);
     let agent = start_agent(&lab);
     let mut c = Cases::default();
-    c.check("app -> internet:443: reply passes app's ingress", lab.tcp("app-1", APP, OUTSIDER, 443), Connected);
-    c.check("bastion -> internet:443: reply passes bastion's ingress", lab.tcp("bastion", BASTION, OUTSIDER, 443), Connected);
-    c.check("alb -> internet:80 over v6: reply passes", tcp(&lab.ns("alb"), ip(ALB6), at(OUTSIDER6, 80)), Connected);
-    c.check("worker -> internet:80: allowed by its egress rule", lab.tcp("worker", WORKER, OUTSIDER, 80), Connected);
-    c.check("worker -> internet:443: not in its egress rules", lab.tcp("worker", WORKER, OUTSIDER, 443), TimedOut);
-    c.check("worker -> internet:80 at an address outside the rule", lab.tcp("worker", WORKER, ADMIN, 80), TimedOut);
-    c.check("admin -> worker:22: the reply leaves though egress refuses it", lab.tcp("internet", ADMIN, WORKER, 22), Connected);
-    c.check("admin -> worker udp/53: echo leaves though egress refuses udp", udp(&lab.ns("internet"), ip(ADMIN), at(WORKER, 53)), Connected);
-    c.check("outsider -> worker udp/53: not in the rule's CIDR", udp(&lab.ns("internet"), ip(OUTSIDER), at(WORKER, 53)), TimedOut);
-    c.check("worker -> internet udp/53: egress refuses", udp(&lab.ns("worker"), ip(WORKER), at(OUTSIDER, 53)), TimedOut);
-    c.check("admin pings worker: allowed by an ICMP type rule", ping(&lab.ns("internet"), ip(ADMIN), ip(WORKER)), Connected);
-    c.check("outsider pings worker: no rule", ping(&lab.ns("internet"), ip(OUTSIDER), ip(WORKER)), TimedOut);
-    c.check("app pings the internet: the echo reply passes app's ingress", ping(&lab.ns("app-1"), ip(APP), ip(OUTSIDER)), Connected);
-    c.check("internet pings app: no ICMP rule", ping(&lab.ns("internet"), ip(OUTSIDER), ip(APP)), TimedOut);
+    c.check(
+        "app -> internet:443: reply passes app's ingress",
+        lab.tcp("app-1", APP, OUTSIDER, 443),
+        Connected,
+    );
+    c.check(
+        "bastion -> internet:443: reply passes bastion's ingress",
+        lab.tcp("bastion", BASTION, OUTSIDER, 443),
+        Connected,
+    );
+    c.check(
+        "alb -> internet:80 over v6: reply passes",
+        tcp(&lab.ns("alb"), ip(ALB6), at(OUTSIDER6, 80)),
+        Connected,
+    );
+    c.check(
+        "worker -> internet:80: allowed by its egress rule",
+        lab.tcp("worker", WORKER, OUTSIDER, 80),
+        Connected,
+    );
+    c.check(
+        "worker -> internet:443: not in its egress rules",
+        lab.tcp("worker", WORKER, OUTSIDER, 443),
+        TimedOut,
+    );
+    c.check(
+        "worker -> internet:80 at an address outside the rule",
+        lab.tcp("worker", WORKER, ADMIN, 80),
+        TimedOut,
+    );
+    c.check(
+        "admin -> worker:22: the reply leaves though egress refuses it",
+        lab.tcp("internet", ADMIN, WORKER, 22),
+        Connected,
+    );
+    c.check(
+        "admin -> worker udp/53: echo leaves though egress refuses udp",
+        udp(&lab.ns("internet"), ip(ADMIN), at(WORKER, 53)),
+        Connected,
+    );
+    c.check(
+        "outsider -> worker udp/53: not in the rule's CIDR",
+        udp(&lab.ns("internet"), ip(OUTSIDER), at(WORKER, 53)),
+        TimedOut,
+    );
+    c.check(
+        "worker -> internet udp/53: egress refuses",
+        udp(&lab.ns("worker"), ip(WORKER), at(OUTSIDER, 53)),
+        TimedOut,
+    );
+    c.check(
+        "admin pings worker: allowed by an ICMP type rule",
+        ping(&lab.ns("internet"), ip(ADMIN), ip(WORKER)),
+        Connected,
+    );
+    c.check(
+        "outsider pings worker: no rule",
+        ping(&lab.ns("internet"), ip(OUTSIDER), ip(WORKER)),
+        TimedOut,
+    );
+    c.check(
+        "app pings the internet: the echo reply passes app's ingress",
+        ping(&lab.ns("app-1"), ip(APP), ip(OUTSIDER)),
+        Connected,
+    );
+    c.check(
+        "internet pings app: no ICMP rule",
+        ping(&lab.ns("internet"), ip(OUTSIDER), ip(APP)),
+        TimedOut,
+    );
     c.finish();
     assert_eq!(agent.terminate().code(), Some(0));
-}
-
-/// The seed's experiment: the ALB's inbound rule removed and put back.
-fn seed_without_alb_ingress() -> String {
-    let start = SEED.find("  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 80").expect("ALB rule");
-    let end = SEED[start..].find("description = \"HTTP from the internet\"\n").expect("rule end") + start;
-    let end = end + "description = \"HTTP from the internet\"\n".len();
-    format!("{}{}", &SEED[..start], &SEED[end..])
 }
 
 #[test]
@@ -226,16 +238,23 @@ fn reload_on_file_change_keeps_established_connections() {
     let lab = SeedLab::new("sgr", SEED, &[]);
     let agent = start_agent(&lab);
     let internet = lab.ns("internet");
-    let mut established = tcp_open(&internet, ip(OUTSIDER), at(ALB, 80)).expect("internet -> alb:80 before the reload");
+    let mut established = tcp_open(&internet, ip(OUTSIDER), at(ALB, 80))
+        .expect("internet -> alb:80 before the reload");
 
     let mark = agent.log_lines();
     lab.rewrite(&seed_without_alb_ingress());
     agent.expect_log("reload #1 (file changed) applied", mark, RELOAD);
     assert!(
-        eventually(Duration::from_secs(2), || lab.tcp("internet", OUTSIDER, ALB, 80) == TimedOut),
+        eventually(Duration::from_secs(2), || lab
+            .tcp("internet", OUTSIDER, ALB, 80)
+            == TimedOut),
         "new connections to alb:80 must time out once the rule is gone"
     );
-    assert_eq!(echo(&mut established), Ok(()), "a connection tracked before the reload keeps working");
+    assert_eq!(
+        echo(&mut established),
+        Ok(()),
+        "a connection tracked before the reload keeps working"
+    );
     assert_eq!(lab.tcp("internet", OUTSIDER6, ALB6, 80), TimedOut, "v6 too");
 
     // Put the rule back, this time writing the file in place.
@@ -243,10 +262,16 @@ fn reload_on_file_change_keeps_established_connections() {
     std::fs::write(&lab.config, lab.lab.localize(SEED)).expect("restore");
     agent.expect_log("applied", mark, RELOAD);
     assert!(
-        eventually(Duration::from_secs(2), || lab.tcp("internet", OUTSIDER, ALB, 80) == Connected),
+        eventually(Duration::from_secs(2), || lab
+            .tcp("internet", OUTSIDER, ALB, 80)
+            == Connected),
         "restoring the rule reopens alb:80"
     );
-    assert_eq!(echo(&mut established), Ok(()), "and the old connection is still alive");
+    assert_eq!(
+        echo(&mut established),
+        Ok(()),
+        "and the old connection is still alive"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
@@ -261,16 +286,37 @@ fn sighup_applies_a_membership_change() {
     let lab = SeedLab::new("sgh", &extra("\"spare\""), &[("alb-2", &[ALB2], &[], &[])]);
     let agent = AgentProcess::start_with(&lab.config, &["--no-watch"]);
     agent.expect_log("ready: enforcing", 0, START);
-    assert_eq!(lab.tcp("alb-2", ALB2, APP, 80), TimedOut, "alb-2 is not yet in the ALB's group");
+    assert_eq!(
+        lab.tcp("alb-2", ALB2, APP, 80),
+        TimedOut,
+        "alb-2 is not yet in the ALB's group"
+    );
 
-    std::fs::write(&lab.config, lab.lab.localize(&extra("\"spare\", \"instagram-elb-security-group\""))).expect("write");
+    std::fs::write(
+        &lab.config,
+        lab.lab
+            .localize(&extra("\"spare\", \"instagram-elb-security-group\"")),
+    )
+    .expect("write");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.tcp("alb-2", ALB2, APP, 80), TimedOut, "--no-watch: nothing changes before SIGHUP");
+    assert_eq!(
+        lab.tcp("alb-2", ALB2, APP, 80),
+        TimedOut,
+        "--no-watch: nothing changes before SIGHUP"
+    );
     let mark = agent.log_lines();
     agent.signal(Signal::SIGHUP);
     agent.expect_log("reload #1 (SIGHUP) applied", mark, RELOAD);
-    assert_eq!(lab.tcp("alb-2", ALB2, APP, 80), Connected, "a new member of the referenced group reaches app:80");
-    assert_eq!(lab.tcp("alb-2", ALB2, APP, 22), TimedOut, "but only where that group is referenced");
+    assert_eq!(
+        lab.tcp("alb-2", ALB2, APP, 80),
+        Connected,
+        "a new member of the referenced group reaches app:80"
+    );
+    assert_eq!(
+        lab.tcp("alb-2", ALB2, APP, 22),
+        TimedOut,
+        "but only where that group is referenced"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
@@ -279,25 +325,60 @@ fn invalid_file_on_reload_keeps_the_running_policy() {
     let lab = SeedLab::new("sgi", SEED, &[]);
     let mut agent = start_agent(&lab);
     let mark = agent.log_lines();
-    lab.rewrite(&SEED.replace("security_groups = [\"instagram-elb-security-group\"]", "security_groups = [\"instagram-elb-sg\"]"));
+    lab.rewrite(&SEED.replace(
+        "security_groups = [\"instagram-elb-security-group\"]",
+        "security_groups = [\"instagram-elb-sg\"]",
+    ));
     agent.expect_log("rejected, the running policy stays in force", mark, RELOAD);
-    agent.expect_log("did you mean \"instagram-elb-security-group\"?", mark, RELOAD);
+    agent.expect_log(
+        "did you mean \"instagram-elb-security-group\"?",
+        mark,
+        RELOAD,
+    );
     assert!(agent.running(), "the agent keeps running");
-    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), Connected, "old policy: alb:80 open");
-    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 8080), TimedOut, "old policy: alb:8080 closed");
-    assert_eq!(lab.tcp("alb", ALB, APP, 80), Connected, "old policy: group reference intact");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 80),
+        Connected,
+        "old policy: alb:80 open"
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 8080),
+        TimedOut,
+        "old policy: alb:8080 closed"
+    );
+    assert_eq!(
+        lab.tcp("alb", ALB, APP, 80),
+        Connected,
+        "old policy: group reference intact"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
 #[test]
 fn invalid_file_at_start_exits_1_and_attaches_nothing() {
-    let lab = SeedLab::new("sgx", &SEED.replace("10.0.0.0/8", "10.0.0.1/8").replace("203.0.113.0/28", "203.0.113.1/28"), &[]);
+    let lab = SeedLab::new(
+        "sgx",
+        &SEED
+            .replace("10.0.0.0/8", "10.0.0.1/8")
+            .replace("203.0.113.0/28", "203.0.113.1/28"),
+        &[],
+    );
     let mut agent = AgentProcess::start(&lab.config);
     let status = agent.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(1), "log:\n{}", agent.log_text());
-    assert!(agent.log_text().contains("203.0.113.1/28 has host bits set"), "log:\n{}", agent.log_text());
+    assert!(
+        agent
+            .log_text()
+            .contains("203.0.113.1/28 has host bits set"),
+        "log:\n{}",
+        agent.log_text()
+    );
     assert!(agent.log_text().contains("nothing attached"));
-    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), Connected, "nothing attached: app:80 still reachable");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "nothing attached: app:80 still reachable"
+    );
 }
 
 #[test]
@@ -308,18 +389,35 @@ fn sigterm_leaves_no_program_attached() {
     let mut ids = Vec::new();
     for h in hosts {
         let progs = attached_programs(&lab.ns(h));
-        assert_eq!(progs.len(), 2, "{h}: one XDP and one TC program attached, found {progs:?}");
+        assert_eq!(
+            progs.len(),
+            2,
+            "{h}: one XDP and one TC program attached, found {progs:?}"
+        );
         ids.extend(progs);
     }
     assert_eq!(agent.terminate().code(), Some(0));
     for h in hosts {
-        assert!(attached_programs(&lab.ns(h)).is_empty(), "{h}: programs left attached after SIGTERM");
+        assert!(
+            attached_programs(&lab.ns(h)).is_empty(),
+            "{h}: programs left attached after SIGTERM"
+        );
     }
     for id in ids {
-        let out = std::process::Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().expect("bpftool runs");
-        assert!(!out.status.success(), "program {id} still loaded after SIGTERM");
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool runs");
+        assert!(
+            !out.status.success(),
+            "program {id} still loaded after SIGTERM"
+        );
     }
-    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), Connected, "no filtering left behind");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "no filtering left behind"
+    );
 }
 
 /// IDs of the XDP program (from `bpftool net show`) and the TCX egress
@@ -327,18 +425,40 @@ fn sigterm_leaves_no_program_attached() {
 /// attached to eth0 in `ns`.
 fn attached_programs(ns: &str) -> Vec<u64> {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0"])
+        .args([
+            "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0",
+        ])
         .output()
         .expect("bpftool runs");
-    assert!(out.status.success(), "bpftool net show: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool net show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let xdp = text.split("\"xdp\":").nth(1).and_then(|rest| rest.split(']').next()).unwrap_or_default().to_owned();
+    let xdp = text
+        .split("\"xdp\":")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_default()
+        .to_owned();
     let mut ids: Vec<u64> = xdp
         .match_indices("\"id\":")
-        .filter_map(|(i, _)| xdp[i + 5..].split(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty())?.parse().ok())
+        .filter_map(|(i, _)| {
+            xdp[i + 5..]
+                .split(|c: char| !c.is_ascii_digit())
+                .find(|s| !s.is_empty())?
+                .parse()
+                .ok()
+        })
         .collect();
     let tcx = in_netns(ns, || {
-        SchedClassifier::query_tcx("eth0", TcAttachType::Egress).expect("TCX query").1.iter().map(|p| u64::from(p.id())).collect::<Vec<_>>()
+        SchedClassifier::query_tcx("eth0", TcAttachType::Egress)
+            .expect("TCX query")
+            .1
+            .iter()
+            .map(|p| u64::from(p.id()))
+            .collect::<Vec<_>>()
     });
     ids.extend(tcx);
     ids

@@ -1,1 +1,163 @@
-fn main(){}
+//! `cargo xtask`: the project's automation. Plain std, so it builds before
+//! anything else is installed, and installs the rest.
+
+mod bootstrap;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "sg-agent's build, test, demo and benchmark automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what is missing: rust-src for nightly, bpf-linker 0.10.1, and
+    /// the Debian packages the tests, demo and benchmarks use.
+    Bootstrap,
+    /// Run every test: unit, property, eBPF verdicts through
+    /// `BPF_PROG_TEST_RUN` and the network-namespace suite, in debug and
+    /// release builds (as root).
+    Test {
+        /// Only the debug build (quicker; CI runs both).
+        #[arg(long)]
+        debug_only: bool,
+    },
+    /// Build the seed architecture in network namespaces, enforce
+    /// examples/seed-vpc.toml, print who reaches whom, replay the seed's
+    /// experiment and tear it all down (as root).
+    Demo,
+    /// Measure sg-agent against nftables and iptables and write
+    /// BENCHMARKS.md (as root).
+    Bench {
+        /// A short run that proves the harness works (CI); asserts no timings.
+        #[arg(long)]
+        smoke: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(&Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: &Cmd) -> anyhow::Result<()> {
+    match *cmd {
+        Cmd::Bootstrap => bootstrap::all(),
+        Cmd::Test { debug_only } => test(debug_only),
+        Cmd::Demo => {
+            require_root("the demo creates network namespaces and attaches eBPF programs")?;
+            bootstrap::all()?;
+            cargo(&[
+                "run",
+                "--release",
+                "--package",
+                "sg-tests",
+                "--bin",
+                "sg-demo",
+            ])
+        }
+        Cmd::Bench { smoke } => {
+            require_root("the benchmarks load eBPF programs and create network namespaces")?;
+            bootstrap::all()?;
+            let mut args = vec![
+                "run",
+                "--release",
+                "--package",
+                "sg-tests",
+                "--bin",
+                "sg-bench",
+                "--",
+            ];
+            if smoke {
+                args.push("--smoke");
+            }
+            cargo(&args)
+        }
+    }
+}
+
+fn test(debug_only: bool) -> anyhow::Result<()> {
+    require_root(
+        "the privileged tests load eBPF programs and create network namespaces; they are never skipped",
+    )?;
+    bootstrap::all()?;
+    let profiles: &[&[&str]] = if debug_only {
+        &[&[]]
+    } else {
+        &[&[], &["--release"]]
+    };
+    for profile in profiles {
+        let name = if profile.is_empty() {
+            "debug"
+        } else {
+            "release"
+        };
+        step(&format!("tests, {name} build"));
+        // The network tests start the sg-agent binary of the same profile.
+        cargo(&[&["build"], *profile].concat())?;
+        // Unit and property tests in parallel; the privileged suite one test
+        // at a time, since kernel state is shared.
+        cargo(
+            &[
+                &["test"],
+                *profile,
+                &[
+                    "--package",
+                    "sg-common",
+                    "--package",
+                    "sg-agent",
+                    "--package",
+                    "xtask",
+                ],
+            ]
+            .concat(),
+        )?;
+        cargo(
+            &[
+                &["test"],
+                *profile,
+                &["--package", "sg-tests", "--", "--test-threads=1"],
+            ]
+            .concat(),
+        )?;
+    }
+    Ok(())
+}
+
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("run as root: {why} (e.g. sudo -E cargo xtask ...)");
+    }
+    Ok(())
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

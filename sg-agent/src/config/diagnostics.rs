@@ -1,4 +1,4 @@
-//! Errors in a rules file: where (file:line:col), what, and what to do.
+//! Errors in a rules file: where (<file:line:col>), what, and what to do.
 
 use std::{fmt, ops::Range, path::PathBuf};
 
@@ -54,7 +54,12 @@ impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for d in &self.items {
             let (line, col) = line_col(&self.source, d.span.start);
-            writeln!(f, "{}:{line}:{col}: error: {}", self.path.display(), d.message)?;
+            writeln!(
+                f,
+                "{}:{line}:{col}: error: {}",
+                self.path.display(),
+                d.message
+            )?;
             if let Some(text) = self.source.lines().nth(line - 1) {
                 let width = text
                     .get(col - 1..)
@@ -82,7 +87,10 @@ impl fmt::Display for Diagnostics {
 
 /// The closest of `candidates` to `name`, if it is close enough to be a
 /// plausible typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))
@@ -120,12 +128,18 @@ mod tests {
 
     #[test]
     fn suggestions_find_typos_not_strangers() {
-        let names = ["instagram-elb-security-group", "instagram-rds-security-group"];
+        let names = [
+            "instagram-elb-security-group",
+            "instagram-rds-security-group",
+        ];
         assert_eq!(
             did_you_mean("instagram-elb-sg", names),
             Some("instagram-elb-security-group")
         );
         assert_eq!(did_you_mean("zzz", names), None);
-        assert_eq!(did_you_mean("cidr_block", ["cidr_blocks", "self"]), Some("cidr_blocks"));
+        assert_eq!(
+            did_you_mean("cidr_block", ["cidr_blocks", "self"]),
+            Some("cidr_blocks")
+        );
     }
 }

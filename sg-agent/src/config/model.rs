@@ -210,7 +210,7 @@ impl Default for Limits {
     }
 }
 
-/// Idle timeouts in seconds, named after AWS's ConnectionTrackingSpecification.
+/// Idle timeouts in seconds, named after AWS's `ConnectionTrackingSpecification`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConntrackSettings {
     pub tcp_established_timeout: u64,

@@ -1,10 +1,7 @@
 //! TOML text -> [`Vpc`], collecting every error with its span rather than
 //! stopping at the first (serde would stop at the first).
 
-use std::{
-    net::IpAddr,
-    str::FromStr,
-};
+use std::{net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
 use toml::{
@@ -28,7 +25,10 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
     let (root, errors) = DeTable::parse_recoverable(text);
     for e in errors {
         let span = e.span().unwrap_or(0..0);
-        p.diags.push(Diagnostic::new(span, format!("TOML syntax: {}", e.message().trim())));
+        p.diags.push(Diagnostic::new(
+            span,
+            format!("TOML syntax: {}", e.message().trim()),
+        ));
     }
     let vpc = p.vpc(root.get_ref(), root.span());
     (vpc, p.diags)
@@ -77,7 +77,11 @@ impl Parser {
                     Some(s) => format!("did you mean \"{s}\"?"),
                     None => format!("{what} takes: {}", allowed.join(", ")),
                 };
-                self.err_hint(key.span(), format!("unknown key \"{name}\" in {what}"), hint);
+                self.err_hint(
+                    key.span(),
+                    format!("unknown key \"{name}\" in {what}"),
+                    hint,
+                );
             }
         }
     }
@@ -100,7 +104,13 @@ impl Parser {
         Self::get(t, key).and_then(|v| self.string(v, key))
     }
 
-    fn req_string(&mut self, t: &DeTable, span: &Span, key: &str, what: &str) -> Option<(String, Span)> {
+    fn req_string(
+        &mut self,
+        t: &DeTable,
+        span: &Span,
+        key: &str,
+        what: &str,
+    ) -> Option<(String, Span)> {
         if let Some(v) = Self::get(t, key) {
             self.string(v, key).map(|s| (s, v.span()))
         } else {
@@ -116,7 +126,10 @@ impl Parser {
             .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
         if parsed.is_none() {
             let ty = v.get_ref().type_str();
-            self.err(v.span(), format!("\"{key}\" must be an integer, found {ty}"));
+            self.err(
+                v.span(),
+                format!("\"{key}\" must be an integer, found {ty}"),
+            );
         }
         parsed
     }
@@ -168,7 +181,13 @@ impl Parser {
     fn vpc(&mut self, root: &DeTable, _span: Span) -> Vpc {
         self.known_keys(
             root,
-            &["prefix_list", "security_group", "instance", "limits", "conntrack"],
+            &[
+                "prefix_list",
+                "security_group",
+                "instance",
+                "limits",
+                "conntrack",
+            ],
             "the rules file",
         );
         let mut vpc = Vpc::default();
@@ -218,25 +237,28 @@ impl Parser {
         })
     }
 
-    /// A CIDR block; `family` 4 or 6 restricts it (with a hint to move it).
-    fn cidr(&mut self, text: &str, span: Span, family: Option<(u8, &str)>) -> Option<IpNet> {
-        let net = if let Ok(net) = IpNet::from_str(text) {
-            net
-        } else if let Ok(addr) = IpAddr::from_str(text) {
+    fn not_a_cidr(&mut self, text: &str, span: Span) -> Option<IpNet> {
+        if let Ok(addr) = IpAddr::from_str(text) {
             let len = if addr.is_ipv4() { 32 } else { 128 };
             self.err_hint(
                 span,
                 format!("\"{text}\" is an address, not a CIDR block"),
                 format!("write {addr}/{len} for this one host"),
             );
-            return None;
         } else {
             self.err_hint(
                 span,
                 format!("\"{text}\" is not a CIDR block"),
                 "write an address and a prefix length, e.g. 10.0.0.0/16 or 2001:db8::/32",
             );
-            return None;
+        }
+        None
+    }
+
+    /// A CIDR block; `family` 4 or 6 restricts it (with a hint to move it).
+    fn cidr(&mut self, text: &str, span: Span, family: Option<(u8, &str)>) -> Option<IpNet> {
+        let Ok(net) = IpNet::from_str(text) else {
+            return self.not_a_cidr(text, span);
         };
         if net.network() != net.addr() {
             let fixed = net.trunc();
@@ -269,7 +291,11 @@ impl Parser {
     }
 
     fn group(&mut self, t: &DeTable, span: Span) -> Option<SecurityGroup> {
-        self.known_keys(t, &["name", "description", "ingress", "egress"], "a security_group");
+        self.known_keys(
+            t,
+            &["name", "description", "ingress", "egress"],
+            "a security_group",
+        );
         let name = self.req_string(t, &span, "name", "this security_group");
         let description = self.opt_string(t, "description");
         let mut ingress = Vec::new();
@@ -313,44 +339,64 @@ impl Parser {
             what,
         );
         let description = self.opt_string(t, "description");
-        let protocol = match Self::get(t, "protocol") {
-            Some(v) => self.protocol(v),
-            None => {
-                self.err_hint(
-                    span.clone(),
-                    format!("{what} has no \"protocol\""),
-                    "add protocol = \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\" or a protocol number",
-                );
-                None
-            }
+        let protocol = if let Some(v) = Self::get(t, "protocol") {
+            self.protocol(v)
+        } else {
+            self.err_hint(
+                span.clone(),
+                format!("{what} has no \"protocol\""),
+                "add protocol = \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\" or a protocol number",
+            );
+            None
         };
         let ports = protocol.and_then(|p| self.ports(t, &span, p));
 
         let mut sources = Vec::new();
         for (s, sp) in self.string_array(t, "cidr_blocks") {
             if let Some(net) = self.cidr(&s, sp.clone(), Some((4, "cidr_blocks"))) {
-                sources.push(SourceRef { source: Source::Cidr(net), span: sp });
+                sources.push(SourceRef {
+                    source: Source::Cidr(net),
+                    span: sp,
+                });
             }
         }
         for (s, sp) in self.string_array(t, "ipv6_cidr_blocks") {
             if let Some(net) = self.cidr(&s, sp.clone(), Some((6, "ipv6_cidr_blocks"))) {
-                sources.push(SourceRef { source: Source::Cidr(net), span: sp });
+                sources.push(SourceRef {
+                    source: Source::Cidr(net),
+                    span: sp,
+                });
             }
         }
         for (s, sp) in self.string_array(t, "security_groups") {
-            sources.push(SourceRef { source: Source::Group(s), span: sp });
+            sources.push(SourceRef {
+                source: Source::Group(s),
+                span: sp,
+            });
         }
         for (s, sp) in self.string_array(t, "prefix_list_ids") {
-            sources.push(SourceRef { source: Source::PrefixList(s), span: sp });
+            sources.push(SourceRef {
+                source: Source::PrefixList(s),
+                span: sp,
+            });
         }
         if let Some(v) = Self::get(t, "self") {
             match v.get_ref().as_bool() {
-                Some(true) => sources.push(SourceRef { source: Source::SelfGroup, span: v.span() }),
+                Some(true) => sources.push(SourceRef {
+                    source: Source::SelfGroup,
+                    span: v.span(),
+                }),
                 Some(false) => {}
                 None => self.err(v.span(), "\"self\" must be true or false"),
             }
         }
-        let source_keys = ["cidr_blocks", "ipv6_cidr_blocks", "security_groups", "prefix_list_ids", "self"];
+        let source_keys = [
+            "cidr_blocks",
+            "ipv6_cidr_blocks",
+            "security_groups",
+            "prefix_list_ids",
+            "self",
+        ];
         if sources.is_empty() && !source_keys.iter().any(|k| Self::get(t, k).is_some()) {
             self.err_hint(
                 span.clone(),
@@ -386,19 +432,27 @@ impl Parser {
             return Some(Protocol::All);
         }
         if let Ok(n) = text.parse::<i64>() {
-            return match u8::try_from(n) {
-                Ok(n) => Some(Protocol::Number(n)),
-                Err(_) => {
-                    self.err_hint(v.span(), format!("protocol number {n} is out of range"), "protocol numbers go from 0 to 255; -1 means all");
-                    None
-                }
+            return if let Ok(n) = u8::try_from(n) {
+                Some(Protocol::Number(n))
+            } else {
+                self.err_hint(
+                    v.span(),
+                    format!("protocol number {n} is out of range"),
+                    "protocol numbers go from 0 to 255; -1 means all",
+                );
+                None
             };
         }
         if let Some(&(_, n)) = PROTOCOL_NAMES.iter().find(|(name, _)| *name == text) {
             return Some(Protocol::Number(n));
         }
-        if let Some(s) = did_you_mean(&text, PROTOCOL_NAMES.iter().map(|(n, _)| *n).chain(["all"])) {
-            self.err_hint(v.span(), format!("unknown protocol \"{text}\""), format!("did you mean \"{s}\"?"));
+        if let Some(s) = did_you_mean(&text, PROTOCOL_NAMES.iter().map(|(n, _)| *n).chain(["all"]))
+        {
+            self.err_hint(
+                v.span(),
+                format!("unknown protocol \"{text}\""),
+                format!("did you mean \"{s}\"?"),
+            );
             return None;
         }
         bad(self)
@@ -425,7 +479,11 @@ impl Parser {
                 let mut ok = true;
                 for (v, s, k) in [(f, &fspan, "from_port"), (to, &tspan, "to_port")] {
                     if !(0..=65535).contains(&v) {
-                        self.err_hint(s.clone(), format!("{k} {v} is out of range"), "ports go from 0 to 65535");
+                        self.err_hint(
+                            s.clone(),
+                            format!("{k} {v} is out of range"),
+                            "ports go from 0 to 65535",
+                        );
                         ok = false;
                     }
                 }
@@ -443,12 +501,23 @@ impl Parser {
                 })
             }
             Protocol::Number(1 | 58) => {
-                let ty = from.clone().map_or(Some(None), |(v, s)| self.icmp_field(v, s, "type", "from_port"));
-                let code = to.clone().map_or(Some(None), |(v, s)| self.icmp_field(v, s, "code", "to_port"));
-                let (ty, code) = (ty?, code?);
+                // Absent means -1, any.
+                let ty = from.clone().map_or(Ok(None), |(v, s)| {
+                    self.icmp_field(v, s, "type", "from_port")
+                });
+                let code = to
+                    .clone()
+                    .map_or(Ok(None), |(v, s)| self.icmp_field(v, s, "code", "to_port"));
+                let (Ok(ty), Ok(code)) = (ty, code) else {
+                    return None;
+                };
                 if ty.is_none() && code.is_some() {
                     let s = to.map_or(span.clone(), |(_, s)| s);
-                    self.err_hint(s, "an ICMP code without a type", "set from_port (the type) too, or to_port = -1");
+                    self.err_hint(
+                        s,
+                        "an ICMP code without a type",
+                        "set from_port (the type) too, or to_port = -1",
+                    );
                     return None;
                 }
                 Some(Ports::Icmp { ty, code })
@@ -459,9 +528,15 @@ impl Parser {
                         let hint = if protocol == Protocol::All {
                             "protocol \"all\" covers every port: remove from_port and to_port, or set both to 0".to_owned()
                         } else {
-                            format!("protocol {protocol} has no ports: remove from_port and to_port, or set both to 0")
+                            format!(
+                                "protocol {protocol} has no ports: remove from_port and to_port, or set both to 0"
+                            )
                         };
-                        self.err_hint(s.clone(), format!("port {v} given for protocol {protocol}"), hint);
+                        self.err_hint(
+                            s.clone(),
+                            format!("port {v} given for protocol {protocol}"),
+                            hint,
+                        );
                         return None;
                     }
                 }
@@ -470,27 +545,34 @@ impl Parser {
         }
     }
 
-    /// An ICMP type or code: -1 (any) or 0-255.
-    fn icmp_field(&mut self, v: i64, span: Span, what: &str, key: &str) -> Option<Option<u8>> {
+    /// An ICMP type or code: -1 (any, `None`) or 0-255; `Err` once reported.
+    fn icmp_field(&mut self, v: i64, span: Span, what: &str, key: &str) -> Result<Option<u8>, ()> {
         if v == -1 {
-            return Some(None);
+            return Ok(None);
         }
         if let Ok(b) = u8::try_from(v) {
-            Some(Some(b))
+            Ok(Some(b))
         } else {
             self.err_hint(
                 span,
                 format!("ICMP {what} {v} (in {key}) is out of range"),
                 format!("an ICMP {what} goes from 0 to 255; -1 means any"),
             );
-            None
+            Err(())
         }
     }
 
     fn instance(&mut self, t: &DeTable, span: Span) -> Option<Instance> {
         self.known_keys(
             t,
-            &["name", "description", "addresses", "security_groups", "interface", "netns"],
+            &[
+                "name",
+                "description",
+                "addresses",
+                "security_groups",
+                "interface",
+                "netns",
+            ],
             "an instance",
         );
         self.opt_string(t, "description");
@@ -502,16 +584,27 @@ impl Parser {
                 Err(_) if IpNet::from_str(&s).is_ok() => self.err_hint(
                     sp,
                     format!("\"{s}\" has a prefix length"),
-                    format!("addresses are host addresses: write \"{}\"", s.split('/').next().unwrap_or_default()),
+                    format!(
+                        "addresses are host addresses: write \"{}\"",
+                        s.split('/').next().unwrap_or_default()
+                    ),
                 ),
-                Err(_) => self.err_hint(sp, format!("\"{s}\" is not an IP address"), "write e.g. \"10.0.1.10\" or \"2001:db8::10\""),
+                Err(_) => self.err_hint(
+                    sp,
+                    format!("\"{s}\" is not an IP address"),
+                    "write e.g. \"10.0.1.10\" or \"2001:db8::10\"",
+                ),
             }
         }
         let groups = self.string_array(t, "security_groups");
         let interface = self.opt_string(t, "interface");
         let netns = self.opt_string(t, "netns");
         if let (Some(v), None) = (Self::get(t, "netns"), &interface) {
-            self.err_hint(v.span(), "netns without interface", "name the interface inside that namespace, e.g. interface = \"eth0\"");
+            self.err_hint(
+                v.span(),
+                "netns without interface",
+                "name the interface inside that namespace, e.g. interface = \"eth0\"",
+            );
         }
         Some(Instance {
             name: name?.0,
@@ -526,12 +619,23 @@ impl Parser {
     fn table<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t DeTable<'i>> {
         let t = v.get_ref().as_table();
         if t.is_none() {
-            self.err_hint(v.span(), format!("\"{key}\" must be a table"), format!("write it as [{key}]"));
+            self.err_hint(
+                v.span(),
+                format!("\"{key}\" must be a table"),
+                format!("write it as [{key}]"),
+            );
         }
         t
     }
 
-    fn bounded(&mut self, t: &DeTable, key: &str, range: std::ops::RangeInclusive<i64>, default: u64, why: &str) -> u64 {
+    fn bounded(
+        &mut self,
+        t: &DeTable,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: u64,
+        why: &str,
+    ) -> u64 {
         let Some(v) = Self::get(t, key) else {
             return default;
         };
@@ -558,8 +662,20 @@ impl Parser {
         self.known_keys(t, &["rules_per_group", "groups_per_instance"], "[limits]");
         let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         Limits {
-            rules_per_group: to_u32(self.bounded(t, "rules_per_group", 1..=1_000_000, u64::from(d.rules_per_group), "")),
-            groups_per_instance: to_u32(self.bounded(t, "groups_per_instance", 1..=16, u64::from(d.groups_per_instance), " (AWS's maximum is 16)")),
+            rules_per_group: to_u32(self.bounded(
+                t,
+                "rules_per_group",
+                1..=1_000_000,
+                u64::from(d.rules_per_group),
+                "",
+            )),
+            groups_per_instance: to_u32(self.bounded(
+                t,
+                "groups_per_instance",
+                1..=16,
+                u64::from(d.groups_per_instance),
+                " (AWS's maximum is 16)",
+            )),
         }
     }
 
@@ -568,16 +684,42 @@ impl Parser {
         let Some(t) = self.table(v, "conntrack") else {
             return d;
         };
-        self.known_keys(t, &["tcp_established_timeout", "udp_timeout", "udp_stream_timeout"], "[conntrack]");
+        self.known_keys(
+            t,
+            &[
+                "tcp_established_timeout",
+                "udp_timeout",
+                "udp_stream_timeout",
+            ],
+            "[conntrack]",
+        );
         ConntrackSettings {
-            tcp_established_timeout: self.bounded(t, "tcp_established_timeout", 60..=432_000, d.tcp_established_timeout, " seconds, as in AWS"),
-            udp_timeout: self.bounded(t, "udp_timeout", 30..=60, d.udp_timeout, " seconds, as in AWS"),
-            udp_stream_timeout: self.bounded(t, "udp_stream_timeout", 60..=180, d.udp_stream_timeout, " seconds, as in AWS"),
+            tcp_established_timeout: self.bounded(
+                t,
+                "tcp_established_timeout",
+                60..=432_000,
+                d.tcp_established_timeout,
+                " seconds, as in AWS",
+            ),
+            udp_timeout: self.bounded(
+                t,
+                "udp_timeout",
+                30..=60,
+                d.udp_timeout,
+                " seconds, as in AWS",
+            ),
+            udp_stream_timeout: self.bounded(
+                t,
+                "udp_stream_timeout",
+                60..=180,
+                d.udp_stream_timeout,
+                " seconds, as in AWS",
+            ),
         }
     }
 }
 
-/// AWS's default outbound rule: all traffic to 0.0.0.0/0 and ::/0.
+/// AWS's default outbound rule: all traffic to 0.0.0.0/0 and `::/0`.
 fn default_egress(span: Span) -> Rule {
     let any = |s: &str| SourceRef {
         source: Source::Cidr(s.parse().expect("constant CIDR")),

@@ -10,9 +10,25 @@ use super::{
 
 pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    unique(&mut out, "prefix list", vpc.prefix_lists.iter().map(|p| (p.name.as_str(), p.span.clone())));
-    unique(&mut out, "security group", vpc.groups.iter().map(|g| (g.name.as_str(), g.span.clone())));
-    unique(&mut out, "instance", vpc.instances.iter().map(|i| (i.name.as_str(), i.span.clone())));
+    unique(
+        &mut out,
+        "prefix list",
+        vpc.prefix_lists
+            .iter()
+            .map(|p| (p.name.as_str(), p.span.clone())),
+    );
+    unique(
+        &mut out,
+        "security group",
+        vpc.groups.iter().map(|g| (g.name.as_str(), g.span.clone())),
+    );
+    unique(
+        &mut out,
+        "instance",
+        vpc.instances
+            .iter()
+            .map(|i| (i.name.as_str(), i.span.clone())),
+    );
 
     let group_names: Vec<&str> = vpc.groups.iter().map(|g| g.name.as_str()).collect();
     let list_names: Vec<&str> = vpc.prefix_lists.iter().map(|p| p.name.as_str()).collect();
@@ -42,13 +58,24 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
         }
     }
 
+    instances(vpc, &group_names, &mut out);
+    out.sort_by_key(|d| d.span.start);
+    out
+}
+
+/// Per instance: its groups (known, not repeated, within the limit), its
+/// addresses (present, not another's) and its interface (not another's).
+fn instances(vpc: &Vpc, group_names: &[&str], out: &mut Vec<Diagnostic>) {
     let mut address_owner: HashMap<std::net::IpAddr, &str> = HashMap::new();
     for inst in &vpc.instances {
         let limit = vpc.limits.groups_per_instance as usize;
         if inst.groups.is_empty() {
             out.push(
-                Diagnostic::new(inst.span.clone(), format!("instance \"{}\" has no security group", inst.name))
-                    .hint("every instance needs at least one security group"),
+                Diagnostic::new(
+                    inst.span.clone(),
+                    format!("instance \"{}\" has no security group", inst.name),
+                )
+                .hint("every instance needs at least one security group"),
             );
         }
         if inst.groups.len() > limit {
@@ -56,7 +83,11 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
             out.push(
                 Diagnostic::new(
                     span,
-                    format!("instance \"{}\" has {} security groups, more than the limit of {limit}", inst.name, inst.groups.len()),
+                    format!(
+                        "instance \"{}\" has {} security groups, more than the limit of {limit}",
+                        inst.name,
+                        inst.groups.len()
+                    ),
                 )
                 .hint("raise [limits] groups_per_instance (AWS allows up to 16) or merge groups"),
             );
@@ -64,41 +95,54 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
         let mut seen = HashSet::new();
         for (g, span) in &inst.groups {
             if !seen.insert(g.as_str()) {
-                out.push(Diagnostic::new(span.clone(), format!("security group \"{g}\" is attached twice")).hint("remove the repeat"));
+                out.push(
+                    Diagnostic::new(
+                        span.clone(),
+                        format!("security group \"{g}\" is attached twice"),
+                    )
+                    .hint("remove the repeat"),
+                );
             } else if !group_names.contains(&g.as_str()) {
-                out.push(unknown(span.clone(), "security group", g, &group_names));
+                out.push(unknown(span.clone(), "security group", g, group_names));
             }
         }
         if inst.addresses.is_empty() {
             out.push(
-                Diagnostic::new(inst.span.clone(), format!("instance \"{}\" has no addresses", inst.name))
-                    .hint("add addresses = [\"10.0.1.10\"]: group references resolve to them"),
+                Diagnostic::new(
+                    inst.span.clone(),
+                    format!("instance \"{}\" has no addresses", inst.name),
+                )
+                .hint("add addresses = [\"10.0.1.10\"]: group references resolve to them"),
             );
         }
         for a in &inst.addresses {
-            if let Some(other) = address_owner.insert(*a, &inst.name) {
-                if other != inst.name {
-                    out.push(
-                        Diagnostic::new(inst.span.clone(), format!("address {a} of instance \"{}\" is also instance \"{other}\"'s", inst.name))
-                            .hint("each address belongs to one instance"),
-                    );
-                }
+            if let Some(other) = address_owner.insert(*a, &inst.name)
+                && other != inst.name
+            {
+                out.push(
+                    Diagnostic::new(
+                        inst.span.clone(),
+                        format!(
+                            "address {a} of instance \"{}\" is also instance \"{other}\"'s",
+                            inst.name
+                        ),
+                    )
+                    .hint("each address belongs to one instance"),
+                );
             }
         }
     }
     let mut interfaces = HashMap::new();
     for inst in &vpc.instances {
-        if let Some(ifname) = &inst.interface {
-            if let Some(other) = interfaces.insert((inst.netns.clone(), ifname.clone()), &inst.name) {
-                out.push(
+        if let Some(ifname) = &inst.interface
+            && let Some(other) = interfaces.insert((inst.netns.clone(), ifname.clone()), &inst.name)
+        {
+            out.push(
                     Diagnostic::new(inst.span.clone(), format!("interface {ifname} is already instance \"{other}\"'s"))
                         .hint("each interface enforces one instance; give this one its own interface or netns"),
                 );
-            }
         }
     }
-    out.sort_by_key(|d| d.span.start);
-    out
 }
 
 /// How AWS counts a rule against the quota: one per source, a prefix list
@@ -143,7 +187,10 @@ fn unique<'a>(out: &mut Vec<Diagnostic>, what: &str, items: impl Iterator<Item =
     let mut first: HashMap<&str, Span> = HashMap::new();
     for (name, span) in items {
         if first.contains_key(name) {
-            out.push(Diagnostic::new(span, format!("{what} \"{name}\" is defined twice")).hint(format!("{what} names are unique; rename one")));
+            out.push(
+                Diagnostic::new(span, format!("{what} \"{name}\" is defined twice"))
+                    .hint(format!("{what} names are unique; rename one")),
+            );
         } else {
             first.insert(name, span);
         }
