@@ -16,12 +16,12 @@ use tokio::{
 use crate::{
     compile::{CompiledInstance, compile},
     config::{self, ConfigError, Vpc},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, XdpAttachMode},
     summary,
 };
 
 /// Bursts of file events within this window make one reload.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Where an instance is enforced; a change means detach and attach anew.
 type Place = (Option<String>, String);
@@ -37,9 +37,10 @@ struct Agent {
     vpc: Vpc,
     enforced: BTreeMap<String, Enforced>,
     reloads: u64,
+    xdp_mode: XdpAttachMode,
 }
 
-pub fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
+pub fn run(path: &Path, watch: bool, xdp_mode: XdpAttachMode) -> anyhow::Result<()> {
     let vpc = match config::load(path) {
         Ok(v) => v,
         Err(ConfigError::Invalid(d)) => anyhow::bail!("{d}\nnothing attached"),
@@ -51,6 +52,7 @@ pub fn run(path: &Path, watch: bool) -> anyhow::Result<()> {
         vpc: Vpc::default(),
         enforced: BTreeMap::new(),
         reloads: 0,
+        xdp_mode,
     };
     // At start any failure is fatal: dropping `agent` detaches what was
     // attached so far.
@@ -121,7 +123,7 @@ impl Agent {
             dataplane.publish(&inst.tables, compiled.settings)?;
             let p = place(inst);
             let a = dataplane
-                .attach(&p.1, p.0.as_deref())
+                .attach(&p.1, p.0.as_deref(), self.xdp_mode)
                 .with_context(|| format!("instance {name}"))?;
             log::info!(
                 "attached instance {name} to {}: XDP ingress ({} mode), TC egress; {} address classes",
@@ -142,6 +144,7 @@ impl Agent {
     }
 
     fn reload(&mut self, why: &str) {
+        let started = std::time::Instant::now();
         self.reloads += 1;
         let n = self.reloads;
         let vpc = match config::load(&self.path) {
@@ -155,7 +158,10 @@ impl Agent {
         };
         let changes = summary::changes(&self.vpc, &vpc);
         match self.apply(vpc) {
-            Ok(()) => log::info!("reload #{n} ({why}) applied: {changes}"),
+            Ok(()) => log::info!(
+                "reload #{n} ({why}) applied in {} ms: {changes}",
+                started.elapsed().as_millis()
+            ),
             Err(e) => log::error!(
                 "reload #{n} ({why}) failed part-way: {e:#}; instances not updated keep their previous policy"
             ),

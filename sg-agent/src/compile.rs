@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sg_common::flow::addr_from_octets;
 use sg_common::policy::{
     ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_GENERATION_BIT, PORT_CLASS_BITS,
     PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
@@ -258,7 +259,7 @@ impl PolicyTables {
                 .map(|e| {
                     let key = AddrKeyV4 {
                         tag: addr_tag(generation, e.direction),
-                        addr: e.net.addr().octets(),
+                        addr: u32::from_ne_bytes(e.net.addr().octets()),
                     };
                     let value = AddrValue {
                         class: tagged_class(e.class, generation),
@@ -272,7 +273,7 @@ impl PolicyTables {
                 .map(|e| {
                     let key = AddrKeyV6 {
                         tag: addr_tag(generation, e.direction),
-                        addr: e.net.addr().octets(),
+                        addr: addr_from_octets(&e.net.addr().octets()),
                     };
                     let value = AddrValue {
                         class: tagged_class(e.class, generation),

@@ -22,6 +22,11 @@ use crate::{
 /// The eBPF object built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
 
+/// An XDP program that only passes: the floor the benchmarks measure
+/// against. Never attached by the agent.
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-floor"));
+pub const FLOOR_PROGRAM: &str = "sg_floor";
+
 pub const INGRESS_PROGRAM: &str = "sg_ingress";
 pub const EGRESS_PROGRAM: &str = "sg_egress";
 
@@ -61,6 +66,16 @@ pub enum DataplaneError {
         needed: usize,
         limit: u32,
     },
+}
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver where it has XDP support, generic otherwise.
+    #[default]
+    Native,
+    /// Generic (skb) mode, after the kernel has built the skb.
+    Generic,
 }
 
 /// Where the programs are attached and how.
@@ -267,6 +282,7 @@ impl Dataplane {
         &mut self,
         ifname: &str,
         netns: Option<&str>,
+        mode: XdpAttachMode,
     ) -> Result<&Attachment, DataplaneError> {
         let _guard = NetnsGuard::enter_opt(netns)?;
         let attach_err = |source| DataplaneError::Attach {
@@ -279,12 +295,13 @@ impl Dataplane {
             .program_mut(INGRESS_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("XDP program");
-        let xdp_mode = if xdp.attach(ifname, XdpMode::Driver).is_ok() {
-            "driver"
-        } else {
-            xdp.attach(ifname, XdpMode::Skb).map_err(attach_err)?;
-            "generic"
-        };
+        let xdp_mode =
+            if mode == XdpAttachMode::Native && xdp.attach(ifname, XdpMode::Driver).is_ok() {
+                "driver"
+            } else {
+                xdp.attach(ifname, XdpMode::Skb).map_err(attach_err)?;
+                "generic"
+            };
         // Legacy (pre-TCX) kernels need the clsact qdisc; it may exist already.
         let _ = tc::qdisc_add_clsact(ifname);
         let tc: &mut SchedClassifier = self

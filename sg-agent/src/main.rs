@@ -2,7 +2,14 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use sg_agent::dataplane::XdpAttachMode;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    Native,
+    Generic,
+}
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -44,6 +51,11 @@ enum Command {
         /// Reload only on SIGHUP, not when the file changes.
         #[arg(long)]
         no_watch: bool,
+        /// Where XDP runs: `native` in the driver where it has XDP support
+        /// (generic otherwise), or `generic` after the kernel has built the
+        /// packet (keeps GRO on veth; see BENCHMARKS.md).
+        #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+        xdp_mode: XdpModeArg,
     },
 }
 
@@ -52,6 +64,17 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         Command::Check { file, json } => sg_agent::cli::check(&file, json),
-        Command::Run { config, no_watch } => sg_agent::cli::run(&config, !no_watch),
+        Command::Run {
+            config,
+            no_watch,
+            xdp_mode,
+        } => sg_agent::cli::run(
+            &config,
+            !no_watch,
+            match xdp_mode {
+                XdpModeArg::Native => XdpAttachMode::Native,
+                XdpModeArg::Generic => XdpAttachMode::Generic,
+            },
+        ),
     }
 }

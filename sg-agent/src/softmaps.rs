@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use sg_common::flow::addr_octets;
 use sg_common::policy::{AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue};
 
 use crate::compile::KernelEntries;
@@ -45,10 +46,10 @@ impl<V: Copy> Trie<V> {
 }
 
 fn v4_bytes(k: AddrKeyV4) -> Vec<u8> {
-    [&k.tag[..], &k.addr[..]].concat()
+    [&k.tag[..], &k.addr.to_ne_bytes()[..]].concat()
 }
 fn v6_bytes(k: &AddrKeyV6) -> Vec<u8> {
-    [&k.tag[..], &k.addr[..]].concat()
+    [&k.tag[..], &addr_octets(&k.addr)[..]].concat()
 }
 fn port_bytes(k: PortKey) -> Vec<u8> {
     [&k.class[..], &[k.proto, k.reserved], &k.port[..]].concat()

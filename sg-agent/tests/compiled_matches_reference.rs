@@ -15,7 +15,7 @@ use sg_agent::{
     softmaps::SoftMaps,
 };
 use sg_common::{
-    flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow},
+    flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
     policy::classify,
 };
 
@@ -222,12 +222,8 @@ fn packet() -> impl Strategy<Value = Packet> {
 
 fn to_flow(p: &Packet) -> Option<Flow> {
     let bytes = |a: IpAddr| match a {
-        IpAddr::V4(a) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&a.octets());
-            b
-        }
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => addr_from_octets(&a.octets()),
+        IpAddr::V6(a) => addr_from_octets(&a.octets()),
     };
     let family = match (p.src, p.dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => FAMILY_V4,
@@ -316,7 +312,7 @@ security_groups = ["g"]
         dport: 22,
         ..Flow::default()
     };
-    flow.src[..4].copy_from_slice(&[10, 1, 2, 3]);
+    flow.src = addr_from_octets(&[10, 1, 2, 3]);
     assert!(
         classify(&maps, 0, 0, &flow),
         "10.1.2.3 -> tcp/22 must pass (10.0.0.0/8 rule)"
@@ -326,7 +322,7 @@ security_groups = ["g"]
         classify(&maps, 0, 0, &flow),
         "10.1.2.3 -> tcp/80 must pass (10.1.0.0/16 rule)"
     );
-    flow.src[..4].copy_from_slice(&[10, 2, 2, 3]);
+    flow.src = addr_from_octets(&[10, 2, 2, 3]);
     assert!(
         !classify(&maps, 0, 0, &flow),
         "10.2.2.3 -> tcp/80 must not pass"

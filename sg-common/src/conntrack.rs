@@ -7,7 +7,7 @@
 //! whatever the rules say, as in EC2.
 
 use crate::{
-    flow::{Flow, icmp, proto, tcp_flags},
+    flow::{Addr, Flow, icmp, proto, tcp_flags},
     policy::Settings,
 };
 
@@ -15,13 +15,13 @@ use crate::{
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
-    pub addr_a: [u8; 16],
-    pub addr_b: [u8; 16],
+    pub addr_a: Addr,
+    pub addr_b: Addr,
     pub port_a: u16,
     pub port_b: u16,
     pub proto: u8,
     pub family: u8,
-    pub pad: [u8; 2],
+    pub pad: u16,
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
@@ -51,7 +51,10 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     pub state: u8,
     pub flags: u8,
-    pub pad: [u8; 6],
+    /// Padding as integers, not byte arrays: clearing a byte array becomes
+    /// a byte loop in eBPF.
+    pub pad16: u16,
+    pub pad32: u32,
 }
 const _: () = assert!(size_of::<CtEntry>() == 16);
 
@@ -63,12 +66,12 @@ pub const REFRESH_NS: u64 = 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub id: u32,
     pub proto: u8,
     pub family: u8,
-    pub pad: [u8; 2],
+    pub pad: u16,
 }
 const _: () = assert!(size_of::<FragKey>() == 40);
 
@@ -87,7 +90,7 @@ impl FragKey {
         self.id = flow.frag_id;
         self.proto = flow.proto;
         self.family = flow.family;
-        self.pad = [0; 2];
+        self.pad = 0;
     }
 }
 
@@ -113,7 +116,7 @@ pub fn fill_key(flow: &Flow, key: &mut CtKey) -> bool {
         }
         _ => (0, 0),
     };
-    let src_first = (flow.src, sport) <= (flow.dst, dport);
+    let src_first = endpoint_le(&flow.src, sport, &flow.dst, dport);
     if src_first {
         key.addr_a = flow.src;
         key.addr_b = flow.dst;
@@ -127,8 +130,28 @@ pub fn fill_key(flow: &Flow, key: &mut CtKey) -> bool {
     }
     key.proto = flow.proto;
     key.family = flow.family;
-    key.pad = [0; 2];
+    key.pad = 0;
     src_first
+}
+
+/// A total order on (address, port) endpoints; any order serves, as long as
+/// both directions of a flow compute the same one. Word by word, unrolled:
+/// an array comparison would become a byte loop in eBPF.
+#[inline(always)]
+fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
+    if a[0] != b[0] {
+        return a[0] < b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] < b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] < b[2];
+    }
+    if a[3] != b[3] {
+        return a[3] < b[3];
+    }
+    a_port <= b_port
 }
 
 /// How long an entry in this state may stay idle.
@@ -153,10 +176,11 @@ pub fn idle_timeout_ns(entry: &CtEntry, protocol: u8, s: &Settings) -> u64 {
     }
 }
 
-/// Whether `entry` still stands for a live flow at `now_ns`.
+/// Whether `entry` still stands for a live flow at `now_ns`: idle for less
+/// than its timeout (a timeout of zero expires everything at once).
 #[inline(always)]
 pub fn is_live(entry: &CtEntry, protocol: u8, now_ns: u64, s: &Settings) -> bool {
-    now_ns.saturating_sub(entry.last_seen_ns) <= idle_timeout_ns(entry, protocol, s)
+    now_ns.saturating_sub(entry.last_seen_ns) < idle_timeout_ns(entry, protocol, s)
 }
 
 /// Whether a packet that finds a live `entry` is part of it. A fresh SYN
@@ -189,7 +213,8 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
         last_seen_ns: now_ns,
         state,
         flags: if from_a { FLAG_ORIGIN_A } else { 0 },
-        pad: [0; 6],
+        pad16: 0,
+        pad32: 0,
     }
 }
 
@@ -234,7 +259,8 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
         last_seen_ns: now_ns,
         state,
         flags,
-        pad: [0; 6],
+        pad16: 0,
+        pad32: 0,
     }
 }
 
@@ -270,10 +296,8 @@ mod tests {
         }
     }
 
-    fn v4(a: u8) -> [u8; 16] {
-        let mut x = [0; 16];
-        x[..4].copy_from_slice(&[10, 0, 0, a]);
-        x
+    fn v4(a: u8) -> crate::flow::Addr {
+        crate::flow::addr_from_octets(&[10, 0, 0, a])
     }
 
     fn tcp(src: u8, sport: u16, dst: u8, dport: u16, flags: u8) -> Flow {

@@ -77,25 +77,53 @@ pub mod icmp {
     }
 }
 
-/// One parsed packet. IPv4 addresses sit in the first four bytes of the
-/// 16-byte fields, the rest zero.
+/// An IPv4 or IPv6 address as it sits in the packet (network byte order),
+/// held in 32-bit words: the eBPF side copies, clears and compares it a word
+/// at a time instead of a byte at a time. IPv4 uses the first word.
+pub type Addr = [u32; 4];
+
+/// The address bytes of `a`, as on the wire.
+pub fn addr_octets(a: &Addr) -> [u8; 16] {
+    let mut out = [0; 16];
+    for (chunk, w) in out.chunks_exact_mut(4).zip(a) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
+/// `Addr` from wire bytes (IPv4: 4 bytes, the rest zero).
+pub fn addr_from_octets(bytes: &[u8]) -> Addr {
+    let mut out = [0u32; 4];
+    for (w, chunk) in out.iter_mut().zip(bytes.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u32::from_ne_bytes(b);
+    }
+    out
+}
+
+/// One parsed packet. `#[repr(C)]` and word-aligned, so clearing and
+/// copying it compile to word stores in eBPF.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    pub family: u8,
-    pub proto: u8,
-    pub frag: u8,
-    pub tcp_flags: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     /// TCP/UDP source port; ICMP echo identifier; else 0.
     pub sport: u16,
     /// TCP/UDP destination port; ICMP echo identifier; else 0.
     pub dport: u16,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
     /// IPv4 identification or IPv6 fragment identification.
     pub frag_id: u32,
+    pub family: u8,
+    pub proto: u8,
+    pub frag: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub pad: u16,
 }
+const _: () = assert!(size_of::<Flow>() == 48);
 
 impl Flow {
     /// The value a rule's port range or ICMP type/code is matched against:

@@ -18,7 +18,7 @@
 //! generation and flips [`Settings::generation`]: a packet reads the
 //! generation once and is judged entirely by one policy.
 
-use crate::flow::{FAMILY_V4, Flow};
+use crate::flow::{Addr, FAMILY_V4, Flow};
 
 pub const INGRESS: u8 = 0;
 pub const EGRESS: u8 = 1;
@@ -64,7 +64,8 @@ pub fn addr_tag(generation: u8, direction: u8) -> [u8; 4] {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKeyV4 {
     pub tag: [u8; 4],
-    pub addr: [u8; 4],
+    /// Network byte order, as in the packet.
+    pub addr: u32,
 }
 const _: () = assert!(size_of::<AddrKeyV4>() == 8);
 
@@ -73,7 +74,8 @@ const _: () = assert!(size_of::<AddrKeyV4>() == 8);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKeyV6 {
     pub tag: [u8; 4],
-    pub addr: [u8; 16],
+    /// Network byte order, as in the packet.
+    pub addr: Addr,
 }
 const _: () = assert!(size_of::<AddrKeyV6>() == 20);
 
@@ -148,7 +150,7 @@ pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &F
     let class = if flow.family == FAMILY_V4 {
         let key = AddrKeyV4 {
             tag,
-            addr: [remote[0], remote[1], remote[2], remote[3]],
+            addr: remote[0],
         };
         maps.addr_v4(&key)
     } else {

@@ -4,7 +4,7 @@
 
 use sg_common::{
     counters::{DROP_EXT_CHAIN, DROP_MALFORMED, DROP_UNSUPPORTED_L2, PASS_NOT_IP},
-    flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, icmp, proto},
+    flow::{Addr, FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, icmp, proto},
 };
 
 use crate::context::{Packet, ptr_at};
@@ -39,6 +39,8 @@ struct VlanHdr {
     proto: [u8; 2],
 }
 
+/// Fields are byte arrays (alignment 1): the verifier and the CPU read the
+/// unaligned packet safely, and addresses are copied out word-wise.
 #[repr(C)]
 struct Ipv4Hdr {
     version_ihl: u8,
@@ -51,6 +53,22 @@ struct Ipv4Hdr {
     check: [u8; 2],
     src: [u8; 4],
     dst: [u8; 4],
+}
+
+#[inline(always)]
+fn word(b: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(b)
+}
+
+/// An IPv6 address from the packet into an `Addr`, four word copies.
+#[inline(always)]
+fn addr6(b: &[u8; 16]) -> Addr {
+    [
+        word([b[0], b[1], b[2], b[3]]),
+        word([b[4], b[5], b[6], b[7]]),
+        word([b[8], b[9], b[10], b[11]]),
+        word([b[12], b[13], b[14], b[15]]),
+    ]
 }
 
 #[repr(C)]
@@ -110,6 +128,14 @@ fn be16(b: [u8; 2]) -> u16 {
 /// into `inner`).
 #[inline(always)]
 pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
+    // Fields not every protocol sets; addresses, family, protocol and
+    // fragment state are always written by the network-layer parser.
+    flow.sport = 0;
+    flow.dport = 0;
+    flow.frag_id = 0;
+    flow.tcp_flags = 0;
+    flow.icmp_type = 0;
+    flow.icmp_code = 0;
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Verdict(DROP_MALFORMED);
     };
@@ -149,6 +175,11 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
     {
         // The quoted header follows the 8-byte ICMP header. When it cannot be
         // read the error is judged by the rules like any ICMP packet.
+        // Cleared only here: most packets never need it.
+        inner.sport = 0;
+        inner.dport = 0;
+        inner.frag = FRAG_NONE;
+        inner.icmp_type = 0;
         let has_inner = parse_quoted(ctx, l4_off + 8, flow.family, inner);
         return Parsed::Ip { has_inner };
     }
@@ -167,8 +198,8 @@ fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
     flow.family = FAMILY_V4;
     unsafe {
         flow.proto = (*ip).proto;
-        flow.src[..4].copy_from_slice(&(*ip).src);
-        flow.dst[..4].copy_from_slice(&(*ip).dst);
+        flow.src = [word((*ip).src), 0, 0, 0];
+        flow.dst = [word((*ip).dst), 0, 0, 0];
         flow.frag_id = u32::from(be16((*ip).id));
     }
     let more_fragments = frag_off & 0x2000 != 0;
@@ -194,8 +225,8 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
     }
     flow.family = FAMILY_V6;
     unsafe {
-        flow.src = (*ip).src;
-        flow.dst = (*ip).dst;
+        flow.src = addr6(&(*ip).src);
+        flow.dst = addr6(&(*ip).dst);
     }
     let mut next = unsafe { (*ip).next_header };
     let mut off = off + core::mem::size_of::<Ipv6Hdr>();
@@ -295,8 +326,8 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         inner.family = FAMILY_V4;
         unsafe {
             inner.proto = (*ip).proto;
-            inner.src[..4].copy_from_slice(&(*ip).src);
-            inner.dst[..4].copy_from_slice(&(*ip).dst);
+            inner.src = [word((*ip).src), 0, 0, 0];
+            inner.dst = [word((*ip).dst), 0, 0, 0];
         }
         off + ihl
     } else {
@@ -306,8 +337,8 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         inner.family = FAMILY_V6;
         unsafe {
             inner.proto = (*ip).next_header;
-            inner.src = (*ip).src;
-            inner.dst = (*ip).dst;
+            inner.src = addr6(&(*ip).src);
+            inner.dst = addr6(&(*ip).dst);
         }
         off + core::mem::size_of::<Ipv6Hdr>()
     };

@@ -1,7 +1,7 @@
 //! parse -> neighbour discovery -> fragments -> conntrack -> policy ->
 //! record, with one exit where the verdict is counted.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
@@ -47,8 +47,8 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
         ct_key,
         frag_key,
     } = unsafe { &mut *scratch };
-    *flow = Flow::default();
-    *inner = Flow::default();
+    // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
+    // parser writes every field that is read for the packet it finds.
     let has_inner = match parse(ctx, flow, inner) {
         Parsed::Verdict(r) => return r,
         Parsed::Ip { has_inner } => has_inner,
@@ -62,7 +62,9 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
     }
     // Read once: this packet is judged entirely by one policy generation.
     let generation = settings.generation as u8;
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (jiffy resolution) is plenty for idle timeouts of
+    // seconds and costs far less per packet than the precise one.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     if flow.frag == FRAG_LATER {
         frag_key.fill(flow);

@@ -104,6 +104,10 @@ impl AgentProcess {
         nix::sys::signal::kill(pid, sig).expect("signal sg-agent");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()

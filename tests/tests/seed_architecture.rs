@@ -243,7 +243,7 @@ fn reload_on_file_change_keeps_established_connections() {
 
     let mark = agent.log_lines();
     lab.rewrite(&seed_without_alb_ingress());
-    agent.expect_log("reload #1 (file changed) applied", mark, RELOAD);
+    agent.expect_log("reload #1 (file changed) applied in", mark, RELOAD);
     assert!(
         eventually(Duration::from_secs(2), || lab
             .tcp("internet", OUTSIDER, ALB, 80)
@@ -306,7 +306,7 @@ fn sighup_applies_a_membership_change() {
     );
     let mark = agent.log_lines();
     agent.signal(Signal::SIGHUP);
-    agent.expect_log("reload #1 (SIGHUP) applied", mark, RELOAD);
+    agent.expect_log("reload #1 (SIGHUP) applied in", mark, RELOAD);
     assert_eq!(
         lab.tcp("alb-2", ALB2, APP, 80),
         Connected,

@@ -1,0 +1,449 @@
+//! Measurement 2: end to end between two network namespaces over a veth
+//! pair, the same policy enforced four ways: nothing, sg-agent, the
+//! nftables ruleset an administrator would write, and the iptables one.
+
+use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
+
+use sg_agent::{
+    config::{Direction, Ports, Protocol, Vpc},
+    resolve::effective_rules,
+};
+
+use super::{
+    policies::{CLIENT_V4, SERVER_V4, Shape, rules_file},
+    stats::Stat,
+};
+use crate::{
+    agent::AgentProcess,
+    lab::{Netns, ip, unique_prefix},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    SgAgent,
+    Nftables,
+    Iptables,
+}
+
+impl Filter {
+    pub const ALL: [Self; 4] = [Self::None, Self::SgAgent, Self::Nftables, Self::Iptables];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "no filter",
+            Self::SgAgent => "sg-agent (XDP + TC)",
+            Self::Nftables => "nftables (sets, ct state)",
+            Self::Iptables => "iptables (one rule per source)",
+        }
+    }
+}
+
+pub struct Config {
+    pub flood_secs: u64,
+    pub iperf_secs: u64,
+    pub runs: usize,
+}
+
+pub struct Row {
+    pub filter: Filter,
+    pub rules: usize,
+    /// Disallowed UDP packets absorbed per second.
+    pub flood_pps: Stat,
+    /// CPU time (all cores, busy) per absorbed packet, ns.
+    pub cpu_ns: Stat,
+    /// TCP throughput of an allowed flow, Gbit/s.
+    pub tcp_gbps: Stat,
+    /// The agent's resident set while enforcing (sg-agent only), KiB.
+    pub agent_rss_kib: Option<u64>,
+}
+
+/// Two namespaces joined by one veth pair: "gen" (the client, 198.51.100.7)
+/// and "sink" (the instance, 10.0.0.1). Neither has a default route.
+pub struct Pair {
+    pub gen_ns: Netns,
+    pub sink_ns: Netns,
+}
+
+impl Pair {
+    pub fn new() -> Self {
+        let prefix = unique_prefix("sgbe");
+        let gen_ns = Netns::create(&format!("{prefix}-gen"));
+        let sink_ns = Netns::create(&format!("{prefix}-sink"));
+        ip(&[
+            "-n",
+            &gen_ns.name,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &sink_ns.name,
+        ]);
+        for (ns, addr, route) in [
+            (&gen_ns, CLIENT_V4, "10.0.0.0/8"),
+            (&sink_ns, SERVER_V4, "198.51.100.0/24"),
+        ] {
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns.name, "route", "add", route, "dev", "eth0"]);
+        }
+        Self { gen_ns, sink_ns }
+    }
+
+    fn mac(ns: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", ns, "link", "show", "eth0"])
+            .output()
+            .expect("ip");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("MAC")
+            .to_owned()
+    }
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn sh(ns: &str, script: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", script])
+        .output()
+        .expect("sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "in {ns}: {script}\n{text}");
+    text
+}
+
+/// The instance's inbound TCP/UDP rules as (protocol, CIDR, from, to),
+/// without those a broader block with the same protocol and ports already
+/// covers (nftables refuses overlapping interval elements; iptables would
+/// never reach them).
+fn tcp_udp_rules(vpc: &Vpc) -> Vec<(&'static str, String, u16, u16)> {
+    let inst = vpc.instance("bench").expect("bench instance");
+    let mut rules: Vec<(&'static str, ipnet::IpNet, u16, u16)> = effective_rules(vpc, inst)
+        .into_iter()
+        .filter(|r| r.direction == Direction::Ingress)
+        .flat_map(|r| {
+            let proto = match r.rule.protocol {
+                Protocol::Number(6) => "tcp",
+                Protocol::Number(17) => "udp",
+                _ => return Vec::new(),
+            };
+            let Ports::Range { from, to } = r.rule.ports else {
+                return Vec::new();
+            };
+            r.prefixes
+                .iter()
+                .filter(|p| p.addr().is_ipv4())
+                .map(|p| (proto, *p, from, to))
+                .collect()
+        })
+        .collect();
+    rules.sort_by_key(|r| r.1.prefix_len());
+    let mut seen = std::collections::HashSet::new();
+    rules
+        .into_iter()
+        .filter(|&(proto, net, f, t)| {
+            let covered = (0..=net.prefix_len()).any(|len| {
+                let wider = ipnet::IpNet::new(net.addr(), len).expect("valid").trunc();
+                seen.contains(&(proto, wider, f, t))
+            });
+            seen.insert((proto, net, f, t));
+            !covered
+        })
+        .map(|(proto, net, f, t)| (proto, net.to_string(), f, t))
+        .collect()
+}
+
+/// What a Linux administrator writes to emulate the group: conntrack first,
+/// a per-instance chain, one concatenated (address . port) set per protocol.
+pub fn nft_ruleset(vpc: &Vpc) -> String {
+    let rules = tcp_udp_rules(vpc);
+    let mut out = String::from("table inet sg_bench {\n");
+    for proto in ["tcp", "udp"] {
+        let elems: Vec<String> = rules
+            .iter()
+            .filter(|r| r.0 == proto)
+            .map(|(_, cidr, f, t)| {
+                if f == t {
+                    format!("{cidr} . {f}")
+                } else {
+                    format!("{cidr} . {f}-{t}")
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  set {proto}_allow {{\n    type ipv4_addr . inet_service\n    flags interval"
+        );
+        if !elems.is_empty() {
+            let _ = writeln!(out, "    elements = {{ {} }}", elems.join(", "));
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str(
+        "  chain instance_bench {\n    ip saddr . tcp dport @tcp_allow accept\n    ip saddr . udp dport @udp_allow accept\n    counter drop\n  }\n\
+         \x20 chain input {\n    type filter hook input priority 0; policy accept;\n    iifname \"lo\" accept\n    ct state established,related accept\n    iifname \"eth0\" jump instance_bench\n  }\n}\n",
+    );
+    out
+}
+
+/// The iptables equivalent: conntrack match, one rule per source.
+pub fn iptables_ruleset(vpc: &Vpc) -> String {
+    let mut out = String::from(
+        "*filter\n:INPUT ACCEPT [0:0]\n:SG-BENCH - [0:0]\n-A INPUT -i lo -j ACCEPT\n-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n-A INPUT -i eth0 -j SG-BENCH\n",
+    );
+    for (proto, cidr, f, t) in tcp_udp_rules(vpc) {
+        let ports = if f == t {
+            f.to_string()
+        } else {
+            format!("{f}:{t}")
+        };
+        let _ = writeln!(
+            out,
+            "-A SG-BENCH -s {cidr} -p {proto} --dport {ports} -j ACCEPT"
+        );
+    }
+    out.push_str("-A SG-BENCH -j DROP\nCOMMIT\n");
+    out
+}
+
+fn busy_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    cpu.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .take(6)
+        .sum()
+}
+
+fn rx_packets(ns: &str) -> u64 {
+    sh(ns, "cat /sys/class/net/eth0/statistics/rx_packets")
+        .trim()
+        .parse()
+        .expect("rx_packets")
+}
+
+/// A flood of disallowed UDP (to port 9) from gen for `secs` seconds,
+/// bounded by a packet count too; returns (packets absorbed per second, CPU
+/// ns per packet).
+fn flood(pair: &Pair, secs: u64) -> (f64, f64) {
+    let conf = std::env::temp_dir().join(format!("{}-flood.cfg", pair.gen_ns.name));
+    let cfg = format!(
+        "{{\n  eth(da={}, sa={}, type=0x0800),\n  ipv4(saddr={CLIENT_V4}, daddr={SERVER_V4}, proto=17, ttl=64),\n  udp(sp=12345, dp=9),\n  fill(0x41, 18)\n}}\n",
+        Pair::mac(&pair.sink_ns.name),
+        Pair::mac(&pair.gen_ns.name)
+    );
+    std::fs::write(&conf, cfg).expect("trafgen config");
+    let rx0 = rx_packets(&pair.sink_ns.name);
+    let cpu0 = busy_jiffies();
+    let start = std::time::Instant::now();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.gen_ns.name,
+            "timeout",
+            "-s",
+            "INT",
+            &secs.to_string(),
+            "trafgen",
+            "-o",
+            "eth0",
+            "-c",
+        ])
+        .arg(&conf)
+        .args(["-P", "1", "-n", "100000000", "-q"])
+        .output()
+        .expect("trafgen runs");
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&conf);
+    assert!(
+        out.status.success() || out.status.code() == Some(124),
+        "trafgen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packets = rx_packets(&pair.sink_ns.name) - rx0;
+    let clk_tck = 100.0; // USER_HZ: /proc/stat counts in 1/100 s.
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_ns = (busy_jiffies() - cpu0) as f64 / clk_tck * 1e9;
+    #[allow(clippy::cast_precision_loss)]
+    let p = packets as f64;
+    (p / elapsed, cpu_ns / p.max(1.0))
+}
+
+/// iperf3, one TCP stream gen -> sink:5201 (allowed by every policy).
+fn iperf(pair: &Pair, secs: u64) -> f64 {
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.sink_ns.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5201",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.gen_ns.name,
+            "iperf3",
+            "-c",
+            SERVER_V4,
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .output()
+        .expect("iperf3 client");
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 JSON: {e}\n{text}"));
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 result: {text}"))
+        / 1e9
+}
+
+/// Installs `filter` on the sink for the policy with `fillers` filler rules;
+/// returns the agent process when it is sg-agent.
+fn install(
+    filter: Filter,
+    pair: &Pair,
+    fillers: usize,
+    dir: &std::path::Path,
+) -> (Option<AgentProcess>, usize) {
+    let text = rules_file(
+        fillers,
+        Shape::OneGroup,
+        true,
+        Some((&pair.sink_ns.name, "eth0")),
+    );
+    let vpc = sg_agent::config::from_str("bench.toml".as_ref(), &text).expect("bench policy valid");
+    let rules = vpc
+        .groups
+        .iter()
+        .flat_map(|g| &g.ingress)
+        .map(|r| sg_agent::config::rule_count(&vpc, r))
+        .sum();
+    let sink = &pair.sink_ns.name;
+    match filter {
+        Filter::None => (None, rules),
+        Filter::SgAgent => {
+            let path = dir.join("bench.toml");
+            std::fs::write(&path, &text).expect("write rules");
+            let agent = AgentProcess::start(&path);
+            agent.expect_log("ready: enforcing", 0, Duration::from_secs(60));
+            (Some(agent), rules)
+        }
+        Filter::Nftables => {
+            let path = dir.join("ruleset.nft");
+            std::fs::write(&path, nft_ruleset(&vpc)).expect("write nft");
+            sh(sink, &format!("nft -f {}", path.display()));
+            (None, rules)
+        }
+        Filter::Iptables => {
+            let path = dir.join("rules.v4");
+            std::fs::write(&path, iptables_ruleset(&vpc)).expect("write iptables");
+            sh(sink, &format!("iptables-restore < {}", path.display()));
+            (None, rules)
+        }
+    }
+}
+
+pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let dir: PathBuf = std::env::temp_dir().join(unique_prefix("sgbench-e2e"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for &fillers in sizes {
+        for filter in Filter::ALL {
+            // A fresh pair per filter: no state carries over.
+            let pair = Pair::new();
+            let (agent, rules) = install(filter, &pair, fillers, &dir);
+            let mut pps = Vec::new();
+            let mut cpu = Vec::new();
+            let mut gbps = Vec::new();
+            for _ in 0..cfg.runs {
+                let (p, c) = flood(&pair, cfg.flood_secs);
+                pps.push(p);
+                cpu.push(c);
+                gbps.push(iperf(&pair, cfg.iperf_secs));
+            }
+            let agent_rss_kib = agent.as_ref().map(|a| rss_kib(a.pid()));
+            if let Some(a) = agent {
+                assert_eq!(a.terminate().code(), Some(0), "agent exit");
+            }
+            eprintln!(
+                "e2e {} rules={rules}: {:.0} pps, {:.1} Gbit/s",
+                filter.name(),
+                Stat::of(&pps).median,
+                Stat::of(&gbps).median
+            );
+            rows.push(Row {
+                filter,
+                rules,
+                flood_pps: Stat::of(&pps),
+                cpu_ns: Stat::of(&cpu),
+                tcp_gbps: Stat::of(&gbps),
+                agent_rss_kib,
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
+}
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}

@@ -1,0 +1,300 @@
+//! Measurement 1: the in-kernel cost per packet through BPF_PROG_TEST_RUN,
+//! with the real ingress ifindex in ctx_in.
+
+use std::{fmt::Write as _, net::IpAddr, process::Command};
+
+use aya::{
+    EbpfLoader,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use sg_agent::{
+    compile::compile,
+    config::{self, Vpc, rule_count},
+    dataplane::{Dataplane, FLOOR_OBJECT, FLOOR_PROGRAM},
+    netns::NetnsGuard,
+};
+use sg_common::policy::Settings;
+
+use super::{
+    policies::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Shape, rules_file},
+    stats::Stat,
+};
+use crate::{
+    frames::{ACK, SYN, Shape as FrameShape, Transport, frame},
+    lab::{Netns, ip, unique_prefix},
+};
+
+/// The policies measured: label, filler rules, how they are spread.
+pub const POLICIES: &[(&str, usize, Shape)] = &[
+    ("base rules only", 0, Shape::OneGroup),
+    ("one full group", 57, Shape::OneGroup),
+    ("five full groups", 297, Shape::Groups),
+    ("1,000 via a prefix list", 1_000, Shape::PrefixList),
+    ("10,000 via a prefix list", 10_000, Shape::PrefixList),
+    ("10,000 over 16 groups", 10_000, Shape::Groups),
+];
+
+pub struct Settings2 {
+    pub repeat: u32,
+    pub runs: usize,
+}
+
+pub struct Row {
+    pub policy: String,
+    pub rules: usize,
+    pub family: &'static str,
+    pub path: &'static str,
+    pub ns: Stat,
+}
+
+pub struct Report {
+    pub ifindex: u32,
+    pub floor: Stat,
+    pub rows: Vec<Row>,
+    /// xdp-filter on the same frames: (frame, its verdict, cost).
+    pub peer: Vec<(&'static str, Stat)>,
+    pub repeat: u32,
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
+
+fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
+    let len = u32::try_from(len).expect("short frame");
+    [0u32, len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
+fn run(prog: &Xdp, data: &[u8], ctx: &[u8], repeat: u32) -> (u32, f64) {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(data),
+            ctx_in: Some(ctx),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    (r.return_value, r.duration.as_secs_f64() * 1e9)
+}
+
+fn counter(dp: &Dataplane, name: &str) -> u64 {
+    dp.counters()
+        .expect("counters")
+        .iter()
+        .filter(|(d, n, _)| *d == 0 && *n == name)
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Timeouts of zero: every entry is stale the next nanosecond, so each
+/// repetition of the same packet takes the new-flow path (connection-table
+/// lookup, classification, insertion) instead of becoming tracked.
+fn always_new(s: Settings) -> Settings {
+    Settings {
+        tcp_syn_ns: 0,
+        tcp_established_ns: 0,
+        tcp_closing_ns: 0,
+        tcp_closed_ns: 0,
+        udp_ns: 0,
+        udp_stream_ns: 0,
+        icmp_ns: 0,
+        other_ns: 0,
+        ..s
+    }
+}
+
+pub fn measure(cfg: &Settings2) -> Report {
+    let prefix = unique_prefix("sgbk");
+    let ns = Netns::create(&prefix);
+    ip(&[
+        "-n", &ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+    ]);
+    ip(&["-n", &ns.name, "link", "set", "v0", "up"]);
+    ip(&["-n", &ns.name, "link", "set", "v1", "up"]);
+    // ctx_in's ingress ifindex is resolved in the caller's namespace.
+    let _inside = NetnsGuard::enter(&ns.name).expect("enter bench netns");
+    let ifindex = nix::net::if_::if_nametoindex("v0").expect("v0 exists");
+
+    let frames = |v6: bool| {
+        let (c, s) = if v6 {
+            (CLIENT_V6, SERVER_V6)
+        } else {
+            (CLIENT_V4, SERVER_V4)
+        };
+        let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
+        let f = |t: Transport| frame(c, s, &t, &FrameShape::default());
+        (
+            f(Transport::Tcp {
+                sport: 40000,
+                dport: 80,
+                flags: SYN,
+            }),
+            f(Transport::Tcp {
+                sport: 40001,
+                dport: 80,
+                flags: ACK,
+            }),
+            f(Transport::Tcp {
+                sport: 40002,
+                dport: 81,
+                flags: SYN,
+            }),
+        )
+    };
+
+    let mut floor_obj = EbpfLoader::new()
+        .load(FLOOR_OBJECT)
+        .expect("floor object loads");
+    let floor: &mut Xdp = floor_obj
+        .program_mut(FLOOR_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .expect("floor program");
+    floor.load().expect("floor program verifies");
+    let (new4, _, _) = frames(false);
+    let ctx = xdp_md(ifindex, new4.len());
+    let floor = Stat::of(
+        &(0..cfg.runs)
+            .map(|_| run(floor, &new4, &ctx, cfg.repeat).1)
+            .collect::<Vec<_>>(),
+    );
+
+    let mut rows = Vec::new();
+    for &(label, fillers, shape) in POLICIES {
+        let vpc: Vpc = config::from_str(
+            "bench.toml".as_ref(),
+            &rules_file(fillers, shape, false, None),
+        )
+        .expect("bench policy valid");
+        let rules = vpc
+            .groups
+            .iter()
+            .flat_map(|g| &g.ingress)
+            .map(|r| rule_count(&vpc, r))
+            .sum();
+        let compiled = compile(&vpc);
+        let tables = &compiled.instances[0].tables;
+        let mut dp = Dataplane::load().expect("load");
+        for v6 in [false, true] {
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            let (new, tracked, dropped) = frames(v6);
+            let ctx = xdp_md(ifindex, new.len());
+            let mut measure_path = |dp: &Dataplane,
+                                    path: &'static str,
+                                    data: &[u8],
+                                    verdict: u32,
+                                    reason: &str| {
+                let samples: Vec<f64> = (0..cfg.runs)
+                    .map(|_| {
+                        let before = counter(dp, reason);
+                        let (ret, ns) = run(dp.ingress(), data, &ctx, cfg.repeat);
+                        let taken = counter(dp, reason) - before;
+                        assert_eq!(ret, verdict, "{label} {family} {path}: verdict");
+                        assert_eq!(
+                            taken,
+                            u64::from(cfg.repeat),
+                            "{label} {family} {path}: every repetition must take the {reason} path"
+                        );
+                        ns
+                    })
+                    .collect();
+                rows.push(Row {
+                    policy: label.to_owned(),
+                    rules,
+                    family,
+                    path,
+                    ns: Stat::of(&samples),
+                });
+            };
+            dp.publish(tables, always_new(compiled.settings))
+                .expect("publish");
+            measure_path(&dp, "new flow allowed", &new, XDP_PASS, "pass_rule");
+            dp.publish(tables, compiled.settings).expect("publish");
+            run(dp.ingress(), &tracked, &ctx, 1);
+            measure_path(&dp, "tracked", &tracked, XDP_PASS, "pass_tracked");
+            measure_path(&dp, "dropped", &dropped, XDP_DROP, "drop_no_rule");
+        }
+    }
+    drop(_inside);
+    let peer = xdp_filter(&ns.name, &frames(false), ifindex, cfg);
+    Report {
+        ifindex,
+        floor,
+        rows,
+        peer,
+        repeat: cfg.repeat,
+    }
+}
+
+/// xdp-filter (xdp-tools) in allow mode with a port rule (tcp/udp 80) and
+/// an address rule, loaded natively on the same veth, run on the same IPv4
+/// frames with `bpftool prog run`. It runs in a shell of its own mount
+/// namespace, where bpffs is mounted for libxdp.
+fn xdp_filter(
+    ns: &str,
+    frames: &(Vec<u8>, Vec<u8>, Vec<u8>),
+    ifindex: u32,
+    cfg: &Settings2,
+) -> Vec<(&'static str, Stat)> {
+    let dir = std::env::temp_dir().join(format!("{ns}-xdpfilter"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (_, tracked, dropped) = frames;
+    let cases: [(&str, &[u8]); 2] = [
+        ("tcp/80: port rule hit, XDP_DROP", tracked),
+        ("tcp/81: no rule hit, XDP_PASS", dropped),
+    ];
+    let mut script = String::from(
+        "set -e\nmount -t bpf bpf /sys/fs/bpf\nxdp-filter load -p allow v0 >/dev/null\nxdp-filter port 80 >/dev/null\nxdp-filter ip 203.0.113.9 >/dev/null\n\
+         id=$(bpftool -j net show dev v0 | grep -o '\"id\":[0-9]*' | head -1 | cut -d: -f2)\n",
+    );
+    for (i, (_, data)) in cases.iter().enumerate() {
+        let d = dir.join(format!("frame{i}"));
+        let c = dir.join(format!("ctx{i}"));
+        std::fs::write(&d, data).expect("frame file");
+        std::fs::write(&c, xdp_md(ifindex, data.len())).expect("ctx file");
+        for _ in 0..cfg.runs {
+            let _ = writeln!(
+                script,
+                "echo case{i}; bpftool prog run id $id data_in {} ctx_in {} repeat {}",
+                d.display(),
+                c.display(),
+                cfg.repeat
+            );
+        }
+    }
+    script.push_str("xdp-filter unload v0 >/dev/null\n");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &script])
+        .output()
+        .expect("sh runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "xdp-filter measurement failed:\n{text}"
+    );
+    let mut samples = vec![Vec::new(); cases.len()];
+    let mut current = 0;
+    for line in text.lines() {
+        if let Some(i) = line.strip_prefix("case") {
+            current = i.trim().parse().expect("case index");
+        } else if let Some(rest) = line.split("duration (average): ").nth(1) {
+            let ns: f64 = rest
+                .trim_end_matches("ns")
+                .trim()
+                .parse()
+                .expect("duration");
+            samples[current].push(ns);
+        }
+    }
+    cases
+        .iter()
+        .zip(samples)
+        .map(|((name, _), s)| (*name, Stat::of(&s)))
+        .collect()
+}
