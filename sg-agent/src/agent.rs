@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Bursts of file events within this window make one reload.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Where an instance is enforced; a change means detach and attach anew.
 type Place = (Option<String>, String);
@@ -38,9 +38,25 @@ struct Agent {
     enforced: BTreeMap<String, Enforced>,
     reloads: u64,
     xdp_mode: XdpAttachMode,
+    ebpf_log: bool,
 }
 
-pub fn run(path: &Path, watch: bool, xdp_mode: XdpAttachMode) -> anyhow::Result<()> {
+/// How the agent runs, from the command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Reload when the file changes (SIGHUP always reloads).
+    pub watch: bool,
+    pub xdp_mode: XdpAttachMode,
+    /// Forward the eBPF programs' debug records (one per dropped packet).
+    pub ebpf_log: bool,
+}
+
+pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
+    let Options {
+        watch,
+        xdp_mode,
+        ebpf_log,
+    } = opts;
     let vpc = match config::load(path) {
         Ok(v) => v,
         Err(ConfigError::Invalid(d)) => anyhow::bail!("{d}\nnothing attached"),
@@ -53,6 +69,7 @@ pub fn run(path: &Path, watch: bool, xdp_mode: XdpAttachMode) -> anyhow::Result<
         enforced: BTreeMap::new(),
         reloads: 0,
         xdp_mode,
+        ebpf_log,
     };
     // At start any failure is fatal: dropping `agent` detaches what was
     // attached so far.
@@ -85,7 +102,9 @@ impl Agent {
     /// moved), swaps each remaining instance's policy atomically, attaches
     /// new ones.
     fn apply(&mut self, vpc: Vpc) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let compiled = compile(&vpc);
+        log::debug!("compiled in {} ms", started.elapsed().as_millis());
         let wanted: BTreeMap<&str, &CompiledInstance> = compiled
             .instances
             .iter()
@@ -119,7 +138,7 @@ impl Agent {
                 }
                 continue;
             }
-            let mut dataplane = Dataplane::load()?;
+            let mut dataplane = Dataplane::load_logging(self.ebpf_log)?;
             dataplane.publish(&inst.tables, compiled.settings)?;
             let p = place(inst);
             let a = dataplane
@@ -156,12 +175,19 @@ impl Agent {
                 return;
             }
         };
-        let changes = summary::changes(&self.vpc, &vpc);
+        log::debug!(
+            "reload #{n}: parsed and validated in {} ms",
+            started.elapsed().as_millis()
+        );
+        let old = self.vpc.clone();
         match self.apply(vpc) {
-            Ok(()) => log::info!(
-                "reload #{n} ({why}) applied in {} ms: {changes}",
-                started.elapsed().as_millis()
-            ),
+            Ok(()) => {
+                let took = started.elapsed().as_millis();
+                // Summarised after the swap: the log line never delays
+                // enforcement.
+                let changes = summary::changes(&old, &self.vpc);
+                log::info!("reload #{n} ({why}) applied in {took} ms: {changes}");
+            }
             Err(e) => log::error!(
                 "reload #{n} ({why}) failed part-way: {e:#}; instances not updated keep their previous policy"
             ),
@@ -185,8 +211,15 @@ impl Agent {
             self.enforced.len(),
             self.path.display()
         );
+        // Only ticks when --ebpf-log asked for the eBPF side's records.
+        let mut log_tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
+                _ = log_tick.tick(), if self.ebpf_log => {
+                    for e in self.enforced.values_mut() {
+                        e.dataplane.flush_logs();
+                    }
+                }
                 _ = hup.recv() => self.reload("SIGHUP"),
                 _ = int.recv() => return Ok(()),
                 _ = term.recv() => return Ok(()),
@@ -209,7 +242,8 @@ fn describe((netns, ifname): &Place) -> String {
 }
 
 /// Events for `path`, watched through its directory so that editors that
-/// write a new file and rename it over the old one are seen.
+/// write a new file and rename it over the old one are seen: a rename into
+/// place, or a writer closing the file (never mid-write).
 fn watch_file(path: &Path) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
     use inotify::{Inotify, WatchMask};
     let dir = path
@@ -224,10 +258,7 @@ fn watch_file(path: &Path) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
     let inotify = Inotify::init().context("inotify")?;
     inotify
         .watches()
-        .add(
-            &dir,
-            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::MODIFY,
-        )
+        .add(&dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)
         .with_context(|| format!("watching {}", dir.display()))?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()

@@ -33,8 +33,8 @@ pub fn check(file: &Path, json: bool) -> ExitCode {
 }
 
 /// `sg-agent run --config FILE`.
-pub fn run(file: &Path, watch: bool, xdp_mode: crate::dataplane::XdpAttachMode) -> ExitCode {
-    match crate::agent::run(file, watch, xdp_mode) {
+pub fn run(file: &Path, opts: crate::agent::Options) -> ExitCode {
+    match crate::agent::run(file, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");

@@ -9,10 +9,7 @@ use aya::{
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
-use sg_common::{
-    counters, maps as m,
-    policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings},
-};
+use sg_common::{counters, maps as m, policy::Settings};
 
 use crate::{
     compile::{KernelEntries, PolicyTables},
@@ -60,6 +57,8 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error("reading the eBPF side's log: {0}")]
+    Log(#[source] Box<aya_log::Error>),
     #[error("the policy needs {needed} {what} entries, more than the {limit} this build holds")]
     TooLarge {
         what: &'static str,
@@ -89,6 +88,8 @@ pub struct Attachment {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Reads the eBPF side's aya-log records when loaded with logging on.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Generation in force, once published.
     generation: Option<u8>,
     /// What each generation holds in the maps, so it can be deleted.
@@ -96,6 +97,39 @@ pub struct Dataplane {
     /// The tables in force.
     tables: Option<PolicyTables>,
     pub attachment: Option<Attachment>,
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Insert,
+    Delete,
+}
+
+/// Inserts or deletes `entries` (prefix length, key, value) in one trie.
+fn apply_to_trie<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[(u32, K, V)],
+    op: Op,
+) -> Result<(), DataplaneError> {
+    let map = ebpf
+        .map_mut(name)
+        .expect("the object defines every policy map");
+    let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    for (len, key, value) in entries {
+        let key = Key::new(*len, *key);
+        let result = match op {
+            Op::Insert => trie.insert(&key, value, 0),
+            Op::Delete => trie.remove(&key),
+        };
+        match result {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if matches!(op, Op::Delete) && e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -107,7 +141,21 @@ impl Dataplane {
     /// nothing is attached and every packet would be dropped until a policy
     /// is published.
     pub fn load() -> Result<Self, DataplaneError> {
+        Self::load_logging(false)
+    }
+
+    /// [`Dataplane::load`], with the eBPF side's debug records (one per
+    /// dropped packet, with its reason) forwarded to the `log` crate when
+    /// `ebpf_log`. Without it the log statements are compiled out by the
+    /// verifier: they cost nothing on the per-packet path.
+    pub fn load_logging(ebpf_log: bool) -> Result<Self, DataplaneError> {
+        let level = if ebpf_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
@@ -124,8 +172,17 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         }
+        let logger = if ebpf_log {
+            Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .map_err(|e| DataplaneError::Log(Box::new(e)))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
+            logger,
             generation: None,
             written: [None, None],
             tables: None,
@@ -135,6 +192,12 @@ impl Dataplane {
 
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
+    }
+
+    /// The maps and programs, for tools that read or fill maps directly
+    /// (the benchmarks fill the connection table to its capacity).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     pub fn ingress(&self) -> &Xdp {
@@ -149,6 +212,13 @@ impl Dataplane {
             .program(EGRESS_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("TC program")
+    }
+
+    /// Forwards the eBPF side's pending log records, if logging is on.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
     }
 
     /// The tables in force, if any.
@@ -178,9 +248,7 @@ impl Dataplane {
         }
         let next = self.generation.map_or(0, |g| 1 - g);
         // Leftovers of an interrupted publish.
-        if let Some(old) = self.written[usize::from(next)].take() {
-            self.delete(&old)?;
-        }
+        self.forget_generation(next)?;
         let entries = tables.kernel_entries(next);
         for (what, needed, limit) in [
             ("IPv4 address", entries.v4.len(), m::ADDR_MAX_ENTRIES / 2),
@@ -195,8 +263,16 @@ impl Dataplane {
                 });
             }
         }
+        let started = std::time::Instant::now();
         self.written[usize::from(next)] = Some(entries.clone());
         self.insert(&entries)?;
+        log::debug!(
+            "wrote {} + {} + {} entries in {} ms",
+            entries.v4.len(),
+            entries.v6.len(),
+            entries.ports.len(),
+            started.elapsed().as_millis()
+        );
         let mut array: Array<&mut MapData, Settings> =
             Array::try_from(self.ebpf.map_mut(m::SETTINGS).expect("settings map"))
                 .map_err(map_err(m::SETTINGS))?;
@@ -211,15 +287,26 @@ impl Dataplane {
                 0,
             )
             .map_err(map_err(m::SETTINGS))?;
-        if let Some(previous) = self.generation {
-            std::thread::sleep(GRACE);
-            if let Some(old) = self.written[usize::from(previous)].take() {
-                self.delete(&old)?;
-            }
-        }
-        self.generation = Some(next);
+        // Flipped: from here on every packet is judged by `next`.
+        let previous = self.generation.replace(next);
         self.tables = Some(tables.clone());
+        if let Some(previous) = previous {
+            std::thread::sleep(GRACE);
+            self.forget_generation(previous)?;
+        }
         Ok(true)
+    }
+
+    /// Deletes what generation `g` holds; on failure remembers it, so the
+    /// next publish deletes it before reusing the generation.
+    fn forget_generation(&mut self, g: u8) -> Result<(), DataplaneError> {
+        if let Some(old) = self.written[usize::from(g)].take()
+            && let Err(e) = self.delete(&old)
+        {
+            self.written[usize::from(g)] = Some(old);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn current_settings(&self) -> Option<Settings> {
@@ -228,51 +315,20 @@ impl Dataplane {
     }
 
     fn insert(&mut self, e: &KernelEntries) -> Result<(), DataplaneError> {
-        let mut v4: LpmTrie<&mut MapData, AddrKeyV4, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V4).expect("map"))
-                .map_err(map_err(m::ADDR_V4))?;
-        for (len, key, value) in &e.v4 {
-            v4.insert(&Key::new(*len, *key), value, 0)
-                .map_err(map_err(m::ADDR_V4))?;
-        }
-        let mut v6: LpmTrie<&mut MapData, AddrKeyV6, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V6).expect("map"))
-                .map_err(map_err(m::ADDR_V6))?;
-        for (len, key, value) in &e.v6 {
-            v6.insert(&Key::new(*len, *key), value, 0)
-                .map_err(map_err(m::ADDR_V6))?;
-        }
-        let mut ports: LpmTrie<&mut MapData, PortKey, PortValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::PORTS).expect("map"))
-                .map_err(map_err(m::PORTS))?;
-        for (len, key, value) in &e.ports {
-            ports
-                .insert(&Key::new(*len, *key), value, 0)
-                .map_err(map_err(m::PORTS))?;
-        }
-        Ok(())
+        self.each_trie(e, Op::Insert)
     }
 
+    /// Deletes one generation's entries. Every one must go (a stale entry
+    /// would come back into force at the next flip); one already absent is
+    /// fine.
     fn delete(&mut self, e: &KernelEntries) -> Result<(), DataplaneError> {
-        let mut v4: LpmTrie<&mut MapData, AddrKeyV4, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V4).expect("map"))
-                .map_err(map_err(m::ADDR_V4))?;
-        for (len, key, _) in &e.v4 {
-            let _ = v4.remove(&Key::new(*len, *key));
-        }
-        let mut v6: LpmTrie<&mut MapData, AddrKeyV6, AddrValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::ADDR_V6).expect("map"))
-                .map_err(map_err(m::ADDR_V6))?;
-        for (len, key, _) in &e.v6 {
-            let _ = v6.remove(&Key::new(*len, *key));
-        }
-        let mut ports: LpmTrie<&mut MapData, PortKey, PortValue> =
-            LpmTrie::try_from(self.ebpf.map_mut(m::PORTS).expect("map"))
-                .map_err(map_err(m::PORTS))?;
-        for (len, key, _) in &e.ports {
-            let _ = ports.remove(&Key::new(*len, *key));
-        }
-        Ok(())
+        self.each_trie(e, Op::Delete)
+    }
+
+    fn each_trie(&mut self, e: &KernelEntries, op: Op) -> Result<(), DataplaneError> {
+        apply_to_trie(&mut self.ebpf, m::ADDR_V4, &e.v4, op)?;
+        apply_to_trie(&mut self.ebpf, m::ADDR_V6, &e.v6, op)?;
+        apply_to_trie(&mut self.ebpf, m::PORTS, &e.ports, op)
     }
 
     /// Attaches XDP to the interface's ingress (native mode where the driver

@@ -56,24 +56,40 @@ enum Command {
         /// packet (keeps GRO on veth; see BENCHMARKS.md).
         #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
         xdp_mode: XdpModeArg,
+        /// Log every packet the eBPF programs drop, with its reason (debug
+        /// level, through aya-log). Off by default: then the log statements
+        /// are removed from the programs at load time.
+        #[arg(long)]
+        ebpf_log: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if matches!(cli.command, Command::Run { ebpf_log: true, .. }) {
+        // The eBPF side's records carry its module path (sg_ebpf::...) as
+        // target; --ebpf-log shows them whatever RUST_LOG says.
+        logger.filter_module("sg_ebpf", log::LevelFilter::Debug);
+    }
+    logger.init();
     match cli.command {
         Command::Check { file, json } => sg_agent::cli::check(&file, json),
         Command::Run {
             config,
             no_watch,
             xdp_mode,
+            ebpf_log,
         } => sg_agent::cli::run(
             &config,
-            !no_watch,
-            match xdp_mode {
-                XdpModeArg::Native => XdpAttachMode::Native,
-                XdpModeArg::Generic => XdpAttachMode::Generic,
+            sg_agent::agent::Options {
+                watch: !no_watch,
+                xdp_mode: match xdp_mode {
+                    XdpModeArg::Native => XdpAttachMode::Native,
+                    XdpModeArg::Generic => XdpAttachMode::Generic,
+                },
+                ebpf_log,
             },
         ),
     }

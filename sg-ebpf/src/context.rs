@@ -1,9 +1,13 @@
 //! One packet abstraction for XDP and TC, so parsing and judging are written
 //! once (as Cilium writes its library against one buffer type).
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    EbpfContext,
+    programs::{TcContext, XdpContext},
+};
 
-pub trait Packet {
+/// A packet buffer; an eBPF context too, so aya-log can write records.
+pub trait Packet: EbpfContext {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
 }

@@ -39,7 +39,7 @@ pub fn sg_egress(ctx: TcContext) -> i32 {
     if pipeline::judge(&ctx, EGRESS) {
         TC_ACT_UNSPEC
     } else {
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     }
 }
 

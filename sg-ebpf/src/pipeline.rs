@@ -2,6 +2,7 @@
 //! record, with one exit where the verdict is counted.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_log_ebpf::debug;
 use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
@@ -25,7 +26,14 @@ pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
     if let Some(c) = COUNTERS.get_ptr_mut(counters::index(direction, reason)) {
         unsafe { *c += 1 };
     }
-    counters::passes(reason)
+    let passes = counters::passes(reason);
+    if !passes {
+        // Off unless the agent runs with --ebpf-log: it loads the object
+        // with AYA_LOG_LEVEL (a read-only global) at 0 otherwise, and the
+        // verifier removes this branch altogether.
+        debug!(ctx, "dropped (direction {}, reason {})", direction, reason);
+    }
+    passes
 }
 
 #[inline(always)]
@@ -68,10 +76,10 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
 
     if flow.frag == FRAG_LATER {
         frag_key.fill(flow);
-        if let Some(e) = unsafe { FRAGS.get(&*frag_key) } {
-            if now.saturating_sub(e.seen_ns) <= settings.fragment_ns {
-                return PASS_FRAGMENT;
-            }
+        if let Some(e) = unsafe { FRAGS.get(*frag_key) }
+            && now.saturating_sub(e.seen_ns) <= settings.fragment_ns
+        {
+            return PASS_FRAGMENT;
         }
         return if classify(&KernelPolicy, generation, direction, flow) {
             PASS_RULE
@@ -109,13 +117,13 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
             }
             let entry: CtEntry = conntrack::open(flow, from_a, now);
             // A full table evicts its least recently used flow (LRU).
-            let _ = table.insert(key, &entry, 0);
+            let _ = table.insert(key, entry, 0);
             PASS_RULE
         }
     };
     if flow.frag == FRAG_FIRST {
         frag_key.fill(flow);
-        let _ = FRAGS.insert(&*frag_key, &FragEntry { seen_ns: now }, 0);
+        let _ = FRAGS.insert(*frag_key, FragEntry { seen_ns: now }, 0);
     }
     verdict
 }
@@ -130,7 +138,7 @@ fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settin
     } else {
         &CT_OTHER
     };
-    match unsafe { table.get(&*key) } {
+    match unsafe { table.get(*key) } {
         Some(e) => conntrack::is_live(e, inner.proto, now, settings),
         None => false,
     }

@@ -38,11 +38,16 @@ impl AgentProcess {
 
     /// Starts `sg-agent run --config FILE` with extra arguments.
     pub fn start_with(config: &Path, args: &[&str]) -> Self {
+        Self::start_logging(config, args, "info")
+    }
+
+    /// Starts the agent with `RUST_LOG=level`.
+    pub fn start_logging(config: &Path, args: &[&str], level: &str) -> Self {
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -463,3 +463,24 @@ fn attached_programs(ns: &str) -> Vec<u64> {
     ids.extend(tcx);
     ids
 }
+
+#[test]
+fn ebpf_log_reports_drops_only_when_asked() {
+    let lab = SeedLab::new("sgl", SEED, &[]);
+    let quiet = start_agent(&lab);
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !quiet.log_text().contains("dropped (direction"),
+        "no per-packet log by default:\n{}",
+        quiet.log_text()
+    );
+    assert_eq!(quiet.terminate().code(), Some(0));
+
+    let agent = AgentProcess::start_with(&lab.config, &["--ebpf-log"]);
+    agent.expect_log("ready: enforcing", 0, START);
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    // Inbound (direction 0), no rule (reason 5: sg_common::counters::DROP_NO_RULE).
+    agent.expect_log("dropped (direction 0, reason 5)", 0, Duration::from_secs(3));
+    assert_eq!(agent.terminate().code(), Some(0));
+}

@@ -21,22 +21,50 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     None,
+    /// An XDP program that only passes, attached natively: what attaching
+    /// any XDP program to a veth costs.
+    FloorNative,
+    FloorGeneric,
     SgAgent,
+    SgAgentGeneric,
     Nftables,
     Iptables,
 }
 
 impl Filter {
-    pub const ALL: [Self; 4] = [Self::None, Self::SgAgent, Self::Nftables, Self::Iptables];
+    pub const ALL: [Self; 7] = [
+        Self::None,
+        Self::FloorNative,
+        Self::FloorGeneric,
+        Self::SgAgent,
+        Self::SgAgentGeneric,
+        Self::Nftables,
+        Self::Iptables,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "no filter",
-            Self::SgAgent => "sg-agent (XDP + TC)",
+            Self::FloorNative => "XDP_PASS program, native",
+            Self::FloorGeneric => "XDP_PASS program, generic",
+            Self::SgAgent => "sg-agent, XDP native (default)",
+            Self::SgAgentGeneric => "sg-agent, --xdp-mode generic",
             Self::Nftables => "nftables (sets, ct state)",
-            Self::Iptables => "iptables (one rule per source)",
+            Self::Iptables => "iptables-nft (rule per source)",
         }
     }
+
+    /// Whether its cost depends on the policy size.
+    pub fn enforces_policy(self) -> bool {
+        !matches!(self, Self::None | Self::FloorNative | Self::FloorGeneric)
+    }
+}
+
+/// What is installed on the sink; dropped (detached) when done.
+enum Installed {
+    Nothing,
+    Agent(AgentProcess),
+    Floor(aya::Ebpf),
 }
 
 pub struct Config {
@@ -271,36 +299,46 @@ fn flood(pair: &Pair, secs: u64) -> (f64, f64) {
     let rx0 = rx_packets(&pair.sink_ns.name);
     let cpu0 = busy_jiffies();
     let start = std::time::Instant::now();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.gen_ns.name,
-            "timeout",
-            "-s",
-            "INT",
-            &secs.to_string(),
-            "trafgen",
-            "-o",
-            "eth0",
-            "-c",
-        ])
-        .arg(&conf)
-        .args(["-P", "1", "-n", "100000000", "-q"])
-        .output()
-        .expect("trafgen runs");
+    // trafgen gives up when the veth's ring pushes back (EAGAIN); restart it
+    // until the time is up (bounded in restarts too).
+    for _ in 0..10_000 {
+        let left = secs.saturating_sub(start.elapsed().as_secs());
+        if left == 0 {
+            break;
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pair.gen_ns.name,
+                "timeout",
+                "-s",
+                "INT",
+                &left.to_string(),
+                "trafgen",
+                "-o",
+                "eth0",
+                "-c",
+            ])
+            .arg(&conf)
+            .args(["-P", "1", "-n", "100000000", "-q"])
+            .output()
+            .expect("trafgen runs");
+        if !(out.status.success() || out.status.code() == Some(124)) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("Resource temporarily unavailable"),
+                "trafgen: {err}"
+            );
+        }
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&conf);
-    assert!(
-        out.status.success() || out.status.code() == Some(124),
-        "trafgen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let packets = rx_packets(&pair.sink_ns.name) - rx0;
     let clk_tck = 100.0; // USER_HZ: /proc/stat counts in 1/100 s.
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     let cpu_ns = (busy_jiffies() - cpu0) as f64 / clk_tck * 1e9;
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     let p = packets as f64;
     (p / elapsed, cpu_ns / p.max(1.0))
 }
@@ -357,7 +395,7 @@ fn install(
     pair: &Pair,
     fillers: usize,
     dir: &std::path::Path,
-) -> (Option<AgentProcess>, usize) {
+) -> (Installed, usize) {
     let text = rules_file(
         fillers,
         Shape::OneGroup,
@@ -373,25 +411,48 @@ fn install(
         .sum();
     let sink = &pair.sink_ns.name;
     match filter {
-        Filter::None => (None, rules),
-        Filter::SgAgent => {
+        Filter::None => (Installed::Nothing, rules),
+        Filter::FloorNative | Filter::FloorGeneric => {
+            let _inside = sg_agent::netns::NetnsGuard::enter(sink).expect("enter sink");
+            let mut ebpf = aya::EbpfLoader::new()
+                .load(sg_agent::dataplane::FLOOR_OBJECT)
+                .expect("floor loads");
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(sg_agent::dataplane::FLOOR_PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .expect("floor");
+            prog.load().expect("floor verifies");
+            let mode = if filter == Filter::FloorNative {
+                aya::programs::XdpMode::Driver
+            } else {
+                aya::programs::XdpMode::Skb
+            };
+            prog.attach("eth0", mode).expect("attach floor");
+            (Installed::Floor(ebpf), 0)
+        }
+        Filter::SgAgent | Filter::SgAgentGeneric => {
             let path = dir.join("bench.toml");
             std::fs::write(&path, &text).expect("write rules");
-            let agent = AgentProcess::start(&path);
-            agent.expect_log("ready: enforcing", 0, Duration::from_secs(60));
-            (Some(agent), rules)
+            let mode = if filter == Filter::SgAgent {
+                "native"
+            } else {
+                "generic"
+            };
+            let agent = AgentProcess::start_with(&path, &["--xdp-mode", mode]);
+            agent.expect_log("ready: enforcing", 0, Duration::from_mins(1));
+            (Installed::Agent(agent), rules)
         }
         Filter::Nftables => {
             let path = dir.join("ruleset.nft");
             std::fs::write(&path, nft_ruleset(&vpc)).expect("write nft");
             sh(sink, &format!("nft -f {}", path.display()));
-            (None, rules)
+            (Installed::Nothing, rules)
         }
         Filter::Iptables => {
             let path = dir.join("rules.v4");
             std::fs::write(&path, iptables_ruleset(&vpc)).expect("write iptables");
             sh(sink, &format!("iptables-restore < {}", path.display()));
-            (None, rules)
+            (Installed::Nothing, rules)
         }
     }
 }
@@ -400,11 +461,14 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
     let mut rows = Vec::new();
     let dir: PathBuf = std::env::temp_dir().join(unique_prefix("sgbench-e2e"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    for &fillers in sizes {
+    for (i, &fillers) in sizes.iter().enumerate() {
         for filter in Filter::ALL {
+            if i > 0 && !filter.enforces_policy() {
+                continue;
+            }
             // A fresh pair per filter: no state carries over.
             let pair = Pair::new();
-            let (agent, rules) = install(filter, &pair, fillers, &dir);
+            let (installed, rules) = install(filter, &pair, fillers, &dir);
             let mut pps = Vec::new();
             let mut cpu = Vec::new();
             let mut gbps = Vec::new();
@@ -414,10 +478,18 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
                 cpu.push(c);
                 gbps.push(iperf(&pair, cfg.iperf_secs));
             }
-            let agent_rss_kib = agent.as_ref().map(|a| rss_kib(a.pid()));
-            if let Some(a) = agent {
-                assert_eq!(a.terminate().code(), Some(0), "agent exit");
-            }
+            let agent_rss_kib = match installed {
+                Installed::Agent(a) => {
+                    let rss = rss_kib(a.pid());
+                    assert_eq!(a.terminate().code(), Some(0), "agent exit");
+                    Some(rss)
+                }
+                Installed::Floor(ebpf) => {
+                    drop(ebpf);
+                    None
+                }
+                Installed::Nothing => None,
+            };
             eprintln!(
                 "e2e {} rules={rules}: {:.0} pps, {:.1} Gbit/s",
                 filter.name(),
@@ -438,7 +510,7 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
     rows
 }
 
-/// VmRSS of a process, KiB.
+/// `VmRSS` of a process, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status

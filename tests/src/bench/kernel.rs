@@ -1,5 +1,5 @@
-//! Measurement 1: the in-kernel cost per packet through BPF_PROG_TEST_RUN,
-//! with the real ingress ifindex in ctx_in.
+//! Measurement 1: the in-kernel cost per packet through `BPF_PROG_TEST_RUN`,
+//! with the real ingress ifindex in `ctx_in`.
 
 use std::{fmt::Write as _, net::IpAddr, process::Command};
 
@@ -34,7 +34,7 @@ pub const POLICIES: &[(&str, usize, Shape)] = &[
     ("10,000 over 16 groups", 10_000, Shape::Groups),
 ];
 
-pub struct Settings2 {
+pub struct Config {
     pub repeat: u32,
     pub runs: usize,
 }
@@ -105,7 +105,8 @@ fn always_new(s: Settings) -> Settings {
     }
 }
 
-pub fn measure(cfg: &Settings2) -> Report {
+#[expect(clippy::too_many_lines, reason = "one measurement, read top to bottom")]
+pub fn measure(cfg: &Config) -> Report {
     let prefix = unique_prefix("sgbk");
     let ns = Netns::create(&prefix);
     ip(&[
@@ -114,7 +115,7 @@ pub fn measure(cfg: &Settings2) -> Report {
     ip(&["-n", &ns.name, "link", "set", "v0", "up"]);
     ip(&["-n", &ns.name, "link", "set", "v1", "up"]);
     // ctx_in's ingress ifindex is resolved in the caller's namespace.
-    let _inside = NetnsGuard::enter(&ns.name).expect("enter bench netns");
+    let inside = NetnsGuard::enter(&ns.name).expect("enter bench netns");
     let ifindex = nix::net::if_::if_nametoindex("v0").expect("v0 exists");
 
     let frames = |v6: bool| {
@@ -180,12 +181,9 @@ pub fn measure(cfg: &Settings2) -> Report {
             let family = if v6 { "IPv6" } else { "IPv4" };
             let (new, tracked, dropped) = frames(v6);
             let ctx = xdp_md(ifindex, new.len());
-            let mut measure_path = |dp: &Dataplane,
-                                    path: &'static str,
-                                    data: &[u8],
-                                    verdict: u32,
-                                    reason: &str| {
-                let samples: Vec<f64> = (0..cfg.runs)
+            let mut measure_path =
+                |dp: &Dataplane, path: &'static str, data: &[u8], verdict: u32, reason: &str| {
+                    let samples: Vec<f64> = (0..cfg.runs)
                     .map(|_| {
                         let before = counter(dp, reason);
                         let (ret, ns) = run(dp.ingress(), data, &ctx, cfg.repeat);
@@ -199,14 +197,14 @@ pub fn measure(cfg: &Settings2) -> Report {
                         ns
                     })
                     .collect();
-                rows.push(Row {
-                    policy: label.to_owned(),
-                    rules,
-                    family,
-                    path,
-                    ns: Stat::of(&samples),
-                });
-            };
+                    rows.push(Row {
+                        policy: label.to_owned(),
+                        rules,
+                        family,
+                        path,
+                        ns: Stat::of(&samples),
+                    });
+                };
             dp.publish(tables, always_new(compiled.settings))
                 .expect("publish");
             measure_path(&dp, "new flow allowed", &new, XDP_PASS, "pass_rule");
@@ -216,7 +214,7 @@ pub fn measure(cfg: &Settings2) -> Report {
             measure_path(&dp, "dropped", &dropped, XDP_DROP, "drop_no_rule");
         }
     }
-    drop(_inside);
+    drop(inside);
     let peer = xdp_filter(&ns.name, &frames(false), ifindex, cfg);
     Report {
         ifindex,
@@ -235,7 +233,7 @@ fn xdp_filter(
     ns: &str,
     frames: &(Vec<u8>, Vec<u8>, Vec<u8>),
     ifindex: u32,
-    cfg: &Settings2,
+    cfg: &Config,
 ) -> Vec<(&'static str, Stat)> {
     let dir = std::env::temp_dir().join(format!("{ns}-xdpfilter"));
     std::fs::create_dir_all(&dir).expect("temp dir");

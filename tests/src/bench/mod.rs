@@ -4,5 +4,8 @@
 
 pub mod e2e;
 pub mod kernel;
+pub mod memory;
 pub mod policies;
+pub mod reload;
+pub mod report;
 pub mod stats;

@@ -34,7 +34,7 @@ impl Rng {
 }
 
 /// `n` distinct CIDR blocks away from the benchmark's addresses: IPv4 in
-/// 10.64.0.0/10 (every fourth one IPv6, in 2001:db8:8000::/33).
+/// 10.64.0.0/10 (every fourth one IPv6, in `2001:db8:8000::/33`).
 pub fn filler_cidrs(n: usize, v4_only: bool) -> Vec<String> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut seen = std::collections::HashSet::new();
@@ -42,12 +42,12 @@ pub fn filler_cidrs(n: usize, v4_only: bool) -> Vec<String> {
     while out.len() < n {
         let r = rng.next();
         let cidr = if v4_only || out.len() % 4 != 3 {
-            let len = 16 + (r % 17) as u32;
-            let addr = 0x0a40_0000u32 | ((r >> 8) as u32 & 0x003f_ffff);
+            let len = 16 + u32::try_from(r % 17).expect("small");
+            let addr = 0x0a40_0000u32 | (u32::try_from((r >> 8) & 0x003f_ffff).expect("22 bits"));
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             format!("{}/{len}", std::net::Ipv4Addr::from(addr & mask))
         } else {
-            let len = 48 + (r % 81) as u32;
+            let len = 48 + u32::try_from(r % 81).expect("small");
             let addr = (0x2001_0db8_8000u128 << 80)
                 | (u128::from(r) << 16 | u128::from(rng.next() & 0xffff)) & ((1u128 << 95) - 1);
             let mask = u128::MAX << (128 - len);
@@ -77,6 +77,17 @@ pub fn rules_file(
     v4_only: bool,
     place: Option<(&str, &str)>,
 ) -> String {
+    rules_file_with(fillers, shape, v4_only, place, "")
+}
+
+/// `rules_file` with `extra` (ingress rule tables) added to the base group.
+pub fn rules_file_with(
+    fillers: usize,
+    shape: Shape,
+    v4_only: bool,
+    place: Option<(&str, &str)>,
+    extra: &str,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -101,6 +112,7 @@ pub fn rules_file(
         out,
         "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 5201\n  to_port = 5201\n  cidr_blocks = [\"198.51.100.0/24\"]"
     );
+    out.push_str(extra);
     match shape {
         Shape::PrefixList => {
             if !cidrs.is_empty() {
@@ -127,7 +139,11 @@ pub fn rules_file(
                     let _ = writeln!(out, "\n[[security_group]]\nname = \"{g}\"");
                     groups.push(g);
                 }
-                let proto = if rng.next() % 3 == 0 { "udp" } else { "tcp" };
+                let proto = if rng.next().is_multiple_of(3) {
+                    "udp"
+                } else {
+                    "tcp"
+                };
                 let port = u16::try_from(1 + rng.next() % 65_000).expect("fits");
                 let key = if cidr.contains(':') {
                     "ipv6_cidr_blocks"

@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: runs every measurement and writes BENCHMARKS.md.
+//! `cargo xtask bench`: runs every measurement in one go and writes
+//! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
+//! `--only kernel|e2e|reload|memory` runs one part and prints it.
 
-use sg_tests::bench::{e2e, kernel};
+use sg_tests::bench::{e2e, kernel, memory, reload, report};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -10,58 +12,90 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    if only.as_deref().is_none_or(|o| o == "kernel") {
-        let cfg = if smoke {
-            kernel::Settings2 {
-                repeat: 10_000,
-                runs: 1,
-            }
-        } else {
-            kernel::Settings2 {
-                repeat: 1_000_000,
-                runs: 5,
-            }
-        };
-        let k = kernel::measure(&cfg);
-        println!("floor {}", k.floor.show(1));
-        for r in &k.rows {
-            println!(
-                "{:<28} {:>6} {} {:<18} {}",
-                r.policy,
-                r.rules,
-                r.family,
-                r.path,
-                r.ns.show(1)
-            );
+    let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
+
+    let kcfg = if smoke {
+        kernel::Config {
+            repeat: 10_000,
+            runs: 1,
         }
-        for (n, s) in &k.peer {
-            println!("xdp-filter {n}: {}", s.show(1));
+    } else {
+        kernel::Config {
+            repeat: 1_000_000,
+            runs: 5,
         }
-    }
-    if only.as_deref().is_none_or(|o| o == "e2e") {
-        let cfg = if smoke {
-            e2e::Config {
-                flood_secs: 1,
-                iperf_secs: 1,
-                runs: 1,
-            }
-        } else {
-            e2e::Config {
-                flood_secs: 5,
-                iperf_secs: 5,
-                runs: 3,
-            }
-        };
-        for r in e2e::measure(&cfg, &[57, 9_997]) {
+    };
+    let ecfg = if smoke {
+        e2e::Config {
+            flood_secs: 1,
+            iperf_secs: 1,
+            runs: 1,
+        }
+    } else {
+        e2e::Config {
+            flood_secs: 4,
+            iperf_secs: 4,
+            runs: 3,
+        }
+    };
+    let sizes = [57, 9_997];
+
+    eprintln!("==> 1. in-kernel cost");
+    let kernel = part("kernel").then(|| kernel::measure(&kcfg));
+    eprintln!("==> 2. end to end");
+    let e2e_rows = if part("e2e") {
+        e2e::measure(&ecfg, &sizes)
+    } else {
+        Vec::new()
+    };
+    eprintln!("==> 3. reload");
+    let reload_rows = if part("reload") {
+        reload::measure(&[57, 997, 9_997], if smoke { 1 } else { 5 })
+    } else {
+        Vec::new()
+    };
+    eprintln!("==> 4. memory");
+    let memory = if part("memory") {
+        memory::measure(true)
+    } else {
+        Vec::new()
+    };
+
+    let Some(kernel) = kernel else {
+        for r in &e2e_rows {
             println!(
-                "{:<32} {:>6} flood {} pps cpu {} ns/pkt tcp {} Gbit/s rss {:?}",
+                "{} {} flood {} tcp {}",
                 r.filter.name(),
                 r.rules,
                 r.flood_pps.show(0),
-                r.cpu_ns.show(0),
-                r.tcp_gbps.show(2),
-                r.agent_rss_kib
+                r.tcp_gbps.show(2)
             );
         }
-    }
+        for r in &reload_rows {
+            println!(
+                "reload {} rules {} ms start {} ms",
+                r.rules,
+                r.reload_ms.show(1),
+                r.start_ms.show(1)
+            );
+        }
+        return;
+    };
+    let all = report::All {
+        kernel,
+        e2e: e2e_rows,
+        e2e_cfg: (ecfg.flood_secs, ecfg.iperf_secs, ecfg.runs),
+        reload: reload_rows,
+        memory,
+        smoke,
+    };
+    let text = report::render(&all);
+    let path = if smoke {
+        "target/BENCHMARKS.smoke.md"
+    } else {
+        "BENCHMARKS.md"
+    };
+    std::fs::write(path, &text).expect("write the report");
+    println!("{text}");
+    eprintln!("wrote {path}");
 }
