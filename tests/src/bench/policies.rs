@@ -18,6 +18,9 @@ pub enum Shape {
     Groups,
     /// One rule whose source is a prefix list of the filler CIDRs.
     PrefixList,
+    /// As `Groups`, but every filler rule on tcp/443: as many address
+    /// prefixes, one class. The control experiment for trie depth.
+    GroupsOnePort,
 }
 
 /// A small deterministic generator (xorshift), so every run sees the same
@@ -128,13 +131,13 @@ pub fn rules_file_with(
                 );
             }
         }
-        Shape::OneGroup | Shape::Groups => {
+        Shape::OneGroup | Shape::Groups | Shape::GroupsOnePort => {
             // Groups: 60 per group (AWS's default), more when 15 groups
             // would not hold them (an instance has at most 16).
             let per_group = fillers.div_ceil(15).max(60);
             for (i, cidr) in cidrs.iter().enumerate() {
                 // OneGroup: the fillers follow the base rules in bench-base.
-                if shape == Shape::Groups && i % per_group == 0 {
+                if shape != Shape::OneGroup && i % per_group == 0 {
                     let g = format!("bench-{}", groups.len());
                     let _ = writeln!(out, "\n[[security_group]]\nname = \"{g}\"");
                     groups.push(g);
@@ -145,6 +148,7 @@ pub fn rules_file_with(
                     "tcp"
                 };
                 let port = u16::try_from(1 + rng.next() % 65_000).expect("fits");
+                let (proto, port) = if shape == Shape::GroupsOnePort { ("tcp", 443) } else { (proto, port) };
                 let key = if cidr.contains(':') {
                     "ipv6_cidr_blocks"
                 } else {
