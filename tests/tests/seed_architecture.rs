@@ -484,3 +484,71 @@ fn ebpf_log_reports_drops_only_when_asked() {
     agent.expect_log("dropped (direction 0, reason 5)", 0, Duration::from_secs(3));
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+#[test]
+fn reload_attaches_new_instances_and_detaches_removed_ones() {
+    // The seed without its database instance: rds's namespace exists but
+    // nothing enforces there yet.
+    let without_rds = SEED
+        .split("[[instance]]\nname = \"rds\"")
+        .next()
+        .expect("rds instance")
+        .to_owned();
+    let lab = SeedLab::new("sga", &without_rds, &[]);
+    let agent = start_agent(&lab);
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, RDS, 3306),
+        Connected,
+        "rds not enforced yet"
+    );
+    assert!(attached_programs(&lab.ns("rds")).is_empty());
+
+    let mark = agent.log_lines();
+    lab.rewrite(SEED);
+    agent.expect_log("applied in", mark, RELOAD);
+    assert!(
+        agent.log_text().contains("attached instance rds"),
+        "log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        attached_programs(&lab.ns("rds")).len(),
+        2,
+        "rds now has its XDP and TC programs"
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, RDS, 3306),
+        TimedOut,
+        "rds now enforced"
+    );
+    assert_eq!(
+        lab.tcp("app-1", APP, RDS, 3306),
+        Connected,
+        "and its rule works"
+    );
+
+    // Remove the ALB instance: it is detached and filters nothing.
+    let without_alb = SEED.replace(
+        "[[instance]]\nname = \"alb\"\nnetns = \"sg-alb\"\ninterface = \"eth0\"\naddresses = [\"10.0.0.10\", \"2001:db8:0:1::10\"]\nsecurity_groups = [\"instagram-elb-security-group\"]\n",
+        "",
+    );
+    assert_ne!(without_alb, SEED, "the ALB instance was found in the seed");
+    let mark = agent.log_lines();
+    lab.rewrite(&without_alb);
+    agent.expect_log("applied in", mark, RELOAD);
+    assert!(
+        attached_programs(&lab.ns("alb")).is_empty(),
+        "alb's programs detached"
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 8080),
+        Connected,
+        "alb no longer filtered"
+    );
+    assert_eq!(
+        lab.tcp("alb", ALB, APP, 80),
+        TimedOut,
+        "and no longer a member that app-1's rule admits"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}

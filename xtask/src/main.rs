@@ -92,47 +92,94 @@ fn test(debug_only: bool) -> anyhow::Result<()> {
         "the privileged tests load eBPF programs and create network namespaces; they are never skipped",
     )?;
     bootstrap::all()?;
-    let profiles: &[&[&str]] = if debug_only {
-        &[&[]]
+    let profiles: &[(&str, &[&str])] = if debug_only {
+        &[("debug", &[])]
     } else {
-        &[&[], &["--release"]]
+        &[("debug", &[]), ("release", &["--release"])]
     };
-    for profile in profiles {
-        let name = if profile.is_empty() {
-            "debug"
-        } else {
-            "release"
-        };
+    let mut totals = Totals::default();
+    for &(name, profile) in profiles {
         step(&format!("tests, {name} build"));
         // The network tests start the sg-agent binary of the same profile.
-        cargo(&[&["build"], *profile].concat())?;
+        cargo(&[&["build"], profile].concat())?;
         // Unit and property tests in parallel; the privileged suite one test
         // at a time, since kernel state is shared.
-        cargo(
+        let unit = [
+            &["test"],
+            profile,
             &[
-                &["test"],
-                *profile,
-                &[
-                    "--package",
-                    "sg-common",
-                    "--package",
-                    "sg-agent",
-                    "--package",
-                    "xtask",
-                ],
-            ]
-            .concat(),
-        )?;
-        cargo(
-            &[
-                &["test"],
-                *profile,
-                &["--package", "sg-tests", "--", "--test-threads=1"],
-            ]
-            .concat(),
-        )?;
+                "--package",
+                "sg-common",
+                "--package",
+                "sg-agent",
+                "--package",
+                "xtask",
+            ],
+        ]
+        .concat();
+        let privileged = [
+            &["test"],
+            profile,
+            &["--package", "sg-tests", "--", "--test-threads=1"],
+        ]
+        .concat();
+        for args in [unit, privileged] {
+            cargo_test(&args, &mut totals)?;
+        }
+    }
+    // One closing line over every test binary of every build.
+    println!(
+        "\nxtask test: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// `cargo test ARGS` with its output passed through as it comes and its
+/// `test result:` lines added up.
+fn cargo_test(args: &[&str], totals: &mut Totals) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo}"))?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            totals.passed += count(rest, " passed");
+            totals.failed += count(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// The number before `word` in `ok. 4 passed; 0 failed; ...`.
+fn count(result: &str, word: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 pub fn step(what: &str) {
@@ -160,4 +207,15 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_read_from_test_result_lines() {
+        let line =
+            "ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(super::count(line, " passed"), 12);
+        assert_eq!(super::count(line, " failed"), 3);
+    }
 }

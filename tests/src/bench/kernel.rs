@@ -32,7 +32,11 @@ pub const POLICIES: &[(&str, usize, Shape)] = &[
     ("1,000 via a prefix list", 1_000, Shape::PrefixList),
     ("10,000 via a prefix list", 10_000, Shape::PrefixList),
     ("10,000 over 16 groups", 10_000, Shape::Groups),
-    ("10,000 over 16 groups, one port", 10_000, Shape::GroupsOnePort),
+    (
+        "10,000 over 16 groups, one port",
+        10_000,
+        Shape::GroupsOnePort,
+    ),
 ];
 
 pub struct Config {

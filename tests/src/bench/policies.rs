@@ -148,7 +148,11 @@ pub fn rules_file_with(
                     "tcp"
                 };
                 let port = u16::try_from(1 + rng.next() % 65_000).expect("fits");
-                let (proto, port) = if shape == Shape::GroupsOnePort { ("tcp", 443) } else { (proto, port) };
+                let (proto, port) = if shape == Shape::GroupsOnePort {
+                    ("tcp", 443)
+                } else {
+                    (proto, port)
+                };
                 let key = if cidr.contains(':') {
                     "ipv6_cidr_blocks"
                 } else {
