@@ -44,6 +44,19 @@ pub struct Config {
     pub runs: usize,
 }
 
+/// One measured cell: a policy, a family, a path.
+struct Cell {
+    policy: &'static str,
+    rules: usize,
+    family: &'static str,
+    path: &'static str,
+    dp: std::rc::Rc<Dataplane>,
+    data: Vec<u8>,
+    verdict: u32,
+    reason: &'static str,
+    samples: Vec<f64>,
+}
+
 pub struct Row {
     pub policy: String,
     pub rules: usize,
@@ -158,67 +171,107 @@ pub fn measure(cfg: &Config) -> Report {
         .and_then(|p| p.try_into().ok())
         .expect("floor program");
     floor.load().expect("floor program verifies");
-    let (new4, _, _) = frames(false);
-    let ctx = xdp_md(ifindex, new4.len());
-    let floor = Stat::of(
-        &(0..cfg.runs)
-            .map(|_| run(floor, &new4, &ctx, cfg.repeat).1)
-            .collect::<Vec<_>>(),
-    );
+    let floor: &Xdp = floor;
 
-    let mut rows = Vec::new();
-    for &(label, fillers, shape) in POLICIES {
-        let vpc: Vpc = config::from_str(
-            "bench.toml".as_ref(),
-            &rules_file(fillers, shape, false, None),
-        )
-        .expect("bench policy valid");
-        let rules = vpc
-            .groups
-            .iter()
-            .flat_map(|g| &g.ingress)
-            .map(|r| rule_count(&vpc, r))
-            .sum();
-        let compiled = compile(&vpc);
-        let tables = &compiled.instances[0].tables;
-        let mut dp = Dataplane::load().expect("load");
-        for v6 in [false, true] {
-            let family = if v6 { "IPv6" } else { "IPv4" };
-            let (new, tracked, dropped) = frames(v6);
-            let ctx = xdp_md(ifindex, new.len());
-            let mut measure_path =
-                |dp: &Dataplane, path: &'static str, data: &[u8], verdict: u32, reason: &str| {
-                    let samples: Vec<f64> = (0..cfg.runs)
-                    .map(|_| {
-                        let before = counter(dp, reason);
-                        let (ret, ns) = run(dp.ingress(), data, &ctx, cfg.repeat);
-                        let taken = counter(dp, reason) - before;
-                        assert_eq!(ret, verdict, "{label} {family} {path}: verdict");
-                        assert_eq!(
-                            taken,
-                            u64::from(cfg.repeat),
-                            "{label} {family} {path}: every repetition must take the {reason} path"
-                        );
-                        ns
-                    })
-                    .collect();
-                    rows.push(Row {
-                        policy: label.to_owned(),
-                        rules,
-                        family,
-                        path,
-                        ns: Stat::of(&samples),
-                    });
-                };
-            dp.publish(tables, always_new(compiled.settings))
+    // Every policy loaded twice: once with zero timeouts (the new-flow
+    // path) and once as configured (tracked and dropped), all before any
+    // measurement, so that the runs below interleave every cell and a slow
+    // moment of this shared machine spreads over all of them.
+    let cells: Vec<Cell> = POLICIES
+        .iter()
+        .flat_map(|&(label, fillers, shape)| {
+            let vpc: Vpc = config::from_str(
+                "bench.toml".as_ref(),
+                &rules_file(fillers, shape, false, None),
+            )
+            .expect("bench policy valid");
+            let rules: usize = vpc
+                .groups
+                .iter()
+                .flat_map(|g| &g.ingress)
+                .map(|r| rule_count(&vpc, r))
+                .sum();
+            let compiled = compile(&vpc);
+            let tables = &compiled.instances[0].tables;
+            let mut fresh = Dataplane::load().expect("load");
+            fresh
+                .publish(tables, always_new(compiled.settings))
                 .expect("publish");
-            measure_path(&dp, "new flow allowed", &new, XDP_PASS, "pass_rule");
-            dp.publish(tables, compiled.settings).expect("publish");
-            run(dp.ingress(), &tracked, &ctx, 1);
-            measure_path(&dp, "tracked", &tracked, XDP_PASS, "pass_tracked");
-            measure_path(&dp, "dropped", &dropped, XDP_DROP, "drop_no_rule");
+            let mut normal = Dataplane::load().expect("load");
+            normal.publish(tables, compiled.settings).expect("publish");
+            let fresh = std::rc::Rc::new(fresh);
+            let normal = std::rc::Rc::new(normal);
+            [false, true].into_iter().flat_map(move |v6| {
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                let (new, tracked, dropped) = frames(v6);
+                // The tracked flow's first packet, so that it is tracked.
+                let ctx = xdp_md(ifindex, tracked.len());
+                run(normal.ingress(), &tracked, &ctx, 1);
+                [
+                    (
+                        "new flow allowed",
+                        fresh.clone(),
+                        new,
+                        XDP_PASS,
+                        "pass_rule",
+                    ),
+                    ("tracked", normal.clone(), tracked, XDP_PASS, "pass_tracked"),
+                    ("dropped", normal.clone(), dropped, XDP_DROP, "drop_no_rule"),
+                ]
+                .into_iter()
+                .map(move |(path, dp, data, verdict, reason)| Cell {
+                    policy: label,
+                    rules,
+                    family,
+                    path,
+                    dp,
+                    data,
+                    verdict,
+                    reason,
+                    samples: Vec::new(),
+                })
+            })
+        })
+        .collect();
+    let mut cells = cells;
+    let (new4, _, _) = frames(false);
+    let floor_ctx = xdp_md(ifindex, new4.len());
+    let mut floor_samples = Vec::new();
+    for _ in 0..cfg.runs {
+        floor_samples.push(run(floor, &new4, &floor_ctx, cfg.repeat).1);
+        for c in &mut cells {
+            let ctx = xdp_md(ifindex, c.data.len());
+            let before = counter(&c.dp, c.reason);
+            let (ret, ns) = run(c.dp.ingress(), &c.data, &ctx, cfg.repeat);
+            let taken = counter(&c.dp, c.reason) - before;
+            assert_eq!(
+                ret, c.verdict,
+                "{} {} {}: verdict",
+                c.policy, c.family, c.path
+            );
+            assert_eq!(
+                taken,
+                u64::from(cfg.repeat),
+                "{} {} {}: every repetition must take the {} path",
+                c.policy,
+                c.family,
+                c.path,
+                c.reason
+            );
+            c.samples.push(ns);
         }
     }
+    let floor = Stat::of(&floor_samples);
+    let rows = cells
+        .iter()
+        .map(|c| Row {
+            policy: c.policy.to_owned(),
+            rules: c.rules,
+            family: c.family,
+            path: c.path,
+            ns: Stat::of(&c.samples),
+        })
+        .collect();
     drop(inside);
     let peer = xdp_filter(&ns.name, &frames(false), ifindex, cfg);
     Report {

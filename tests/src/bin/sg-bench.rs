@@ -22,7 +22,7 @@ fn main() {
     } else {
         kernel::Config {
             repeat: 1_000_000,
-            runs: 5,
+            runs: 7,
         }
     };
     let ecfg = if smoke {
