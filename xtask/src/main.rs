@@ -58,6 +58,8 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         Cmd::Demo => {
             require_root("the demo creates network namespaces and attaches eBPF programs")?;
             bootstrap::all()?;
+            // The demo runs the real sg-agent binary beside it.
+            cargo(&["build", "--release", "--package", "sg-agent"])?;
             cargo(&[
                 "run",
                 "--release",
@@ -70,6 +72,8 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         Cmd::Bench { smoke } => {
             require_root("the benchmarks load eBPF programs and create network namespaces")?;
             bootstrap::all()?;
+            // The benchmarks run the real sg-agent binary beside them.
+            cargo(&["build", "--release", "--package", "sg-agent"])?;
             let mut args = vec![
                 "run",
                 "--release",
