@@ -249,9 +249,26 @@ pub fn tagged_class(class: u32, generation: u8) -> u32 {
     }
 }
 
+/// What a class allows: its port entries without the class id, sorted. Two
+/// classes with the same content are the same class.
+pub type ClassContent = Vec<(Option<u8>, u16, u8)>;
+
 impl PolicyTables {
-    /// The entries to write for `generation`: (prefix length, key, value).
+    /// The entries to write for `generation`, class ids tagged with the
+    /// generation: (prefix length, key, value).
     pub fn kernel_entries(&self, generation: u8) -> KernelEntries {
+        let mut e = self.address_entries(generation, |c| tagged_class(c, generation));
+        for (class, content) in self.class_contents() {
+            e.ports
+                .extend(port_entries(tagged_class(class, generation), &content));
+        }
+        e
+    }
+
+    /// The address-trie entries for `generation`, each class id mapped by
+    /// `class_id` (the data plane keeps ids stable across reloads).
+    pub fn address_entries(&self, generation: u8, class_id: impl Fn(u32) -> u32) -> KernelEntries {
+        let prefix_len = |bits: u8| ADDR_TAG_BITS + u32::from(bits);
         KernelEntries {
             v4: self
                 .v4
@@ -261,10 +278,13 @@ impl PolicyTables {
                         tag: addr_tag(generation, e.direction),
                         addr: u32::from_ne_bytes(e.net.addr().octets()),
                     };
-                    let value = AddrValue {
-                        class: tagged_class(e.class, generation),
-                    };
-                    (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
+                    (
+                        prefix_len(e.net.prefix_len()),
+                        key,
+                        AddrValue {
+                            class: class_id(e.class),
+                        },
+                    )
                 })
                 .collect(),
             v6: self
@@ -275,42 +295,60 @@ impl PolicyTables {
                         tag: addr_tag(generation, e.direction),
                         addr: addr_from_octets(&e.net.addr().octets()),
                     };
-                    let value = AddrValue {
-                        class: tagged_class(e.class, generation),
-                    };
-                    (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
+                    (
+                        prefix_len(e.net.prefix_len()),
+                        key,
+                        AddrValue {
+                            class: class_id(e.class),
+                        },
+                    )
                 })
                 .collect(),
-            ports: self
-                .ports
-                .iter()
-                .map(|p| {
-                    let class = tagged_class(p.class, generation);
-                    match p.proto {
-                        None => (
-                            PORT_CLASS_BITS,
-                            PortKey::new(class, 0, 0),
-                            PortValue {
-                                flags: PORT_FLAG_ALL_PORTS,
-                            },
-                        ),
-                        Some(proto) => {
-                            let flags = if p.port_bits == 0 {
-                                PORT_FLAG_ALL_PORTS
-                            } else {
-                                0
-                            };
-                            (
-                                PORT_PROTO_BITS + u32::from(p.port_bits),
-                                PortKey::new(class, proto, p.port),
-                                PortValue { flags },
-                            )
-                        }
-                    }
-                })
-                .collect(),
+            ports: Vec::new(),
         }
     }
+
+    /// Each class's content, by the class id these tables use.
+    pub fn class_contents(&self) -> BTreeMap<u32, ClassContent> {
+        let mut out: BTreeMap<u32, ClassContent> = BTreeMap::new();
+        for p in &self.ports {
+            out.entry(p.class)
+                .or_default()
+                .push((p.proto, p.port, p.port_bits));
+        }
+        for content in out.values_mut() {
+            content.sort_unstable();
+        }
+        out
+    }
+}
+
+/// The port-trie entries of one class stored under id `class`.
+pub fn port_entries(class: u32, content: &ClassContent) -> Vec<(u32, PortKey, PortValue)> {
+    content
+        .iter()
+        .map(|&(proto, port, port_bits)| match proto {
+            None => (
+                PORT_CLASS_BITS,
+                PortKey::new(class, 0, 0),
+                PortValue {
+                    flags: PORT_FLAG_ALL_PORTS,
+                },
+            ),
+            Some(proto) => {
+                let flags = if port_bits == 0 {
+                    PORT_FLAG_ALL_PORTS
+                } else {
+                    0
+                };
+                (
+                    PORT_PROTO_BITS + u32::from(port_bits),
+                    PortKey::new(class, proto, port),
+                    PortValue { flags },
+                )
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,17 +2,23 @@
 //! hold exactly its policy and its connections), the policy writer that
 //! swaps whole generations, and the XDP/TC attachments.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
-use sg_common::{counters, maps as m, policy::Settings};
+use sg_common::{
+    counters, maps as m,
+    policy::{CLASS_GENERATION_BIT, Settings},
+};
 
 use crate::{
-    compile::{KernelEntries, PolicyTables},
+    compile::{ClassContent, KernelEntries, PolicyTables, port_entries},
     netns::{NetnsError, NetnsGuard},
 };
 
@@ -92,8 +98,17 @@ pub struct Dataplane {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Generation in force, once published.
     generation: Option<u8>,
-    /// What each generation holds in the maps, so it can be deleted.
-    written: [Option<KernelEntries>; 2],
+    /// The address entries each generation holds, so they can be deleted.
+    addresses: [Option<KernelEntries>; 2],
+    /// The classes each generation refers to.
+    generation_classes: [BTreeSet<u32>; 2],
+    /// Stable class ids. A class's port entries are written once, under an
+    /// id no generation tag changes, and stay as they are while any
+    /// generation refers to them: a reload writes only the classes it adds
+    /// and deletes only those nothing refers to any more.
+    class_ids: HashMap<ClassContent, u32>,
+    class_contents: HashMap<u32, ClassContent>,
+    next_class: u32,
     /// The tables in force.
     tables: Option<PolicyTables>,
     pub attachment: Option<Attachment>,
@@ -184,7 +199,11 @@ impl Dataplane {
             ebpf,
             logger,
             generation: None,
-            written: [None, None],
+            addresses: [None, None],
+            generation_classes: [BTreeSet::new(), BTreeSet::new()],
+            class_ids: HashMap::new(),
+            class_contents: HashMap::new(),
+            next_class: 1,
             tables: None,
             attachment: None,
         })
@@ -249,11 +268,32 @@ impl Dataplane {
         let next = self.generation.map_or(0, |g| 1 - g);
         // Leftovers of an interrupted publish.
         self.forget_generation(next)?;
-        let entries = tables.kernel_entries(next);
+        let started = std::time::Instant::now();
+
+        // Classes: reuse the ids of those already in the maps, write the new.
+        let mut local_to_id = HashMap::new();
+        let mut new_classes = KernelEntries::default();
+        for (local, content) in tables.class_contents() {
+            let id = if let Some(&id) = self.class_ids.get(&content) {
+                id
+            } else {
+                let id = self.next_class;
+                assert!(id < CLASS_GENERATION_BIT, "class ids exhausted");
+                self.next_class += 1;
+                new_classes.ports.extend(port_entries(id, &content));
+                self.class_ids.insert(content.clone(), id);
+                self.class_contents.insert(id, content);
+                id
+            };
+            self.generation_classes[usize::from(next)].insert(id);
+            local_to_id.insert(local, id);
+        }
+        let addresses = tables.address_entries(next, |c| local_to_id[&c]);
+        let live_ports: usize = self.class_contents.values().map(Vec::len).sum();
         for (what, needed, limit) in [
-            ("IPv4 address", entries.v4.len(), m::ADDR_MAX_ENTRIES / 2),
-            ("IPv6 address", entries.v6.len(), m::ADDR_MAX_ENTRIES / 2),
-            ("port", entries.ports.len(), m::PORTS_MAX_ENTRIES / 2),
+            ("IPv4 address", addresses.v4.len(), m::ADDR_MAX_ENTRIES / 2),
+            ("IPv6 address", addresses.v6.len(), m::ADDR_MAX_ENTRIES / 2),
+            ("port", live_ports, m::PORTS_MAX_ENTRIES),
         ] {
             if needed > limit as usize {
                 return Err(DataplaneError::TooLarge {
@@ -263,14 +303,15 @@ impl Dataplane {
                 });
             }
         }
-        let started = std::time::Instant::now();
-        self.written[usize::from(next)] = Some(entries.clone());
-        self.insert(&entries)?;
+        self.insert(&new_classes)?;
+        self.addresses[usize::from(next)] = Some(addresses.clone());
+        self.insert(&addresses)?;
         log::debug!(
-            "wrote {} + {} + {} entries in {} ms",
-            entries.v4.len(),
-            entries.v6.len(),
-            entries.ports.len(),
+            "wrote {} + {} address entries and {} port entries of {} new classes in {} ms",
+            addresses.v4.len(),
+            addresses.v6.len(),
+            new_classes.ports.len(),
+            self.generation_classes[usize::from(next)].len(),
             started.elapsed().as_millis()
         );
         let mut array: Array<&mut MapData, Settings> =
@@ -297,15 +338,35 @@ impl Dataplane {
         Ok(true)
     }
 
-    /// Deletes what generation `g` holds; on failure remembers it, so the
-    /// next publish deletes it before reusing the generation.
+    /// Deletes what generation `g` holds: its address entries, and the
+    /// classes the other generation does not share. On failure the
+    /// bookkeeping stays, so the next publish deletes them before reusing
+    /// the generation.
     fn forget_generation(&mut self, g: u8) -> Result<(), DataplaneError> {
-        if let Some(old) = self.written[usize::from(g)].take()
+        let g = usize::from(g);
+        if let Some(old) = self.addresses[g].take()
             && let Err(e) = self.delete(&old)
         {
-            self.written[usize::from(g)] = Some(old);
+            self.addresses[g] = Some(old);
             return Err(e);
         }
+        let unused: Vec<u32> = self.generation_classes[g]
+            .difference(&self.generation_classes[1 - g])
+            .copied()
+            .collect();
+        let mut ports = KernelEntries::default();
+        for id in &unused {
+            if let Some(content) = self.class_contents.get(id) {
+                ports.ports.extend(port_entries(*id, content));
+            }
+        }
+        self.delete(&ports)?;
+        for id in unused {
+            if let Some(content) = self.class_contents.remove(&id) {
+                self.class_ids.remove(&content);
+            }
+        }
+        self.generation_classes[g].clear();
         Ok(())
     }
 

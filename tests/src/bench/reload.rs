@@ -199,11 +199,11 @@ pub fn measure(sizes: &[usize], runs: usize) -> Vec<Row> {
             let opened = switch_time(&sent, TOGGLED, true).expect("the toggled port opened");
             reload_ms.push(opened.saturating_duration_since(changed).as_secs_f64() * 1e3);
             agent_side.push(logged_ms(&agent, line, line, "applied in "));
-            for (p, needle) in
-                phases
-                    .iter_mut()
-                    .zip(["parsed and validated in ", "compiled in ", "entries in "])
-            {
+            for (p, needle) in phases.iter_mut().zip([
+                "parsed and validated in ",
+                "compiled in ",
+                "new classes in ",
+            ]) {
                 p.push(logged_ms(&agent, mark, line, needle));
             }
             // Misjudged meanwhile: leave out the last 10 ms, still in flight.
