@@ -14,9 +14,11 @@
 //!    ([`PortKey`]) say whether any rule of that class allows the packet.
 //!    Port ranges are stored as the prefixes that cover them.
 //!
-//! Every key carries the policy generation, so a reload fills the inactive
-//! generation and flips [`Settings::generation`]: a packet reads the
-//! generation once and is judged entirely by one policy.
+//! Every address key carries the policy generation, so a reload fills the
+//! inactive generation and flips [`Settings::generation`]: a packet reads
+//! the generation once and is judged entirely by one policy. A class's port
+//! entries never change while a generation refers to it (the agent gives
+//! classes stable ids), so the port trie needs no generation of its own.
 
 use crate::flow::{Addr, FAMILY_V4, Flow};
 
@@ -30,7 +32,9 @@ pub const PORT_CLASS_BITS: u32 = 32;
 /// Bits of a port key before the port: class, protocol and a reserved byte.
 pub const PORT_PROTO_BITS: u32 = 48;
 
-/// Bit of a class id that holds the generation it was written for.
+/// Bit of a class id reserved for a generation tag: the agent's stable ids
+/// stay below it, and `compile::PolicyTables::kernel_entries` (used by the
+/// tests to fill both generations independently) sets it for generation 1.
 pub const CLASS_GENERATION_BIT: u32 = 1 << 31;
 
 /// Runtime settings, at index 0 of the settings array.
@@ -83,7 +87,7 @@ const _: () = assert!(size_of::<AddrKeyV6>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddrValue {
-    /// Address class, with [`CLASS_GENERATION_BIT`] set for generation 1.
+    /// Address class: the key of this class's entries in the port trie.
     pub class: u32,
 }
 
