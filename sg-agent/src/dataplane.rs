@@ -240,11 +240,6 @@ impl Dataplane {
         }
     }
 
-    /// The tables in force, if any.
-    pub fn tables(&self) -> Option<&PolicyTables> {
-        self.tables.as_ref()
-    }
-
     /// Makes `tables` the policy in force, atomically: they are written
     /// under the inactive generation, one 4-byte write flips the generation
     /// every packet reads first, then the old generation is deleted. A

@@ -2,6 +2,7 @@
 //! record, with one exit where the verdict is counted.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::maps::LruHashMap;
 use aya_log_ebpf::debug;
 use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
@@ -94,11 +95,7 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
 
     let from_a = conntrack::fill_key(flow, ct_key);
     let key = &*ct_key;
-    let table = if flow.proto == proto::TCP {
-        &CT_TCP
-    } else {
-        &CT_OTHER
-    };
+    let table = ct_table(flow.proto);
     let verdict = match table.get_ptr_mut(key) {
         Some(entry)
             if conntrack::is_live(unsafe { &*entry }, flow.proto, now, settings)
@@ -128,16 +125,23 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
     verdict
 }
 
+/// TCP flows have a table of their own, so a flood of anything else cannot
+/// evict them.
+#[inline(always)]
+fn ct_table(protocol: u8) -> &'static LruHashMap<CtKey, CtEntry> {
+    if protocol == proto::TCP {
+        &CT_TCP
+    } else {
+        &CT_OTHER
+    }
+}
+
 /// An ICMP error passes when the packet it quotes belongs to a tracked flow
 /// (path MTU discovery, unreachable ports, traceroute).
 #[inline(always)]
 fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settings) -> bool {
     conntrack::fill_key(inner, key);
-    let table = if inner.proto == proto::TCP {
-        &CT_TCP
-    } else {
-        &CT_OTHER
-    };
+    let table = ct_table(inner.proto);
     match unsafe { table.get(*key) } {
         Some(e) => conntrack::is_live(e, inner.proto, now, settings),
         None => false,

@@ -12,8 +12,34 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 /// Routes every lab host gets: on-link, no default route.
-const LAB_ROUTES_V4: [&str; 3] = ["10.0.0.0/8", "203.0.113.0/24", "198.51.100.0/24"];
-const LAB_ROUTES_V6: [&str; 1] = ["2001:db8::/32"];
+const LAB_ROUTES: [&str; 4] = [
+    "10.0.0.0/8",
+    "203.0.113.0/24",
+    "198.51.100.0/24",
+    "2001:db8::/32",
+];
+
+/// Gives `eth0` in `ns` host addresses (/32, /128; no duplicate address
+/// detection), brings it up and adds on-link `routes`: never a default route.
+pub fn bring_up_eth0(ns: &str, addresses: &[&str], routes: &[&str]) {
+    for a in addresses {
+        let (family, host) = if a.contains(':') {
+            ("-6", format!("{a}/128"))
+        } else {
+            ("-4", format!("{a}/32"))
+        };
+        let mut args = vec!["-n", ns, family, "addr", "add", &host, "dev", "eth0"];
+        if family == "-6" {
+            args.push("nodad");
+        }
+        ip(&args);
+    }
+    ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    for r in routes {
+        let family = if r.contains(':') { "-6" } else { "-4" };
+        ip(&["-n", ns, family, "route", "add", r, "dev", "eth0"]);
+    }
+}
 
 /// Runs `ip` with `args`; panics with its stderr on failure.
 pub fn ip(args: &[&str]) {
@@ -86,7 +112,8 @@ pub struct Host {
 pub struct Lab {
     pub prefix: String,
     pub hosts: Vec<Host>,
-    /// Dropped last: the switch namespace holding the bridge.
+    /// Declared last, so dropped last (after the hosts, whose veth ends
+    /// vanish with them): the switch namespace holding the bridge.
     switch: Netns,
 }
 
@@ -138,38 +165,7 @@ impl Lab {
             "br0",
             "up",
         ]);
-        for a in addresses {
-            if a.contains(':') {
-                ip(&[
-                    "-n",
-                    &ns.name,
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{a}/128"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ]);
-            } else {
-                ip(&[
-                    "-n",
-                    &ns.name,
-                    "addr",
-                    "add",
-                    &format!("{a}/32"),
-                    "dev",
-                    "eth0",
-                ]);
-            }
-        }
-        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
-        for r in LAB_ROUTES_V4 {
-            ip(&["-n", &ns.name, "route", "add", r, "dev", "eth0"]);
-        }
-        for r in LAB_ROUTES_V6 {
-            ip(&["-n", &ns.name, "-6", "route", "add", r, "dev", "eth0"]);
-        }
+        bring_up_eth0(&ns.name, addresses, &LAB_ROUTES);
         self.hosts.push(Host {
             name: host.to_owned(),
             netns: ns,
@@ -180,13 +176,5 @@ impl Lab {
     /// namespaces, so every test has its own.
     pub fn localize(&self, rules: &str) -> String {
         rules.replace("netns = \"sg-", &format!("netns = \"{}-", self.prefix))
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Hosts first (their veth ends vanish with them), then the switch.
-        self.hosts.clear();
-        let _ = &self.switch;
     }
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     agent::AgentProcess,
-    lab::{Netns, ip, unique_prefix},
+    lab::{Netns, bring_up_eth0, ip, unique_prefix},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,22 +112,8 @@ impl Pair {
             "netns",
             &sink_ns.name,
         ]);
-        for (ns, addr, route) in [
-            (&gen_ns, CLIENT_V4, "10.0.0.0/8"),
-            (&sink_ns, SERVER_V4, "198.51.100.0/24"),
-        ] {
-            ip(&[
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{addr}/32"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns.name, "route", "add", route, "dev", "eth0"]);
-        }
+        bring_up_eth0(&gen_ns.name, &[CLIENT_V4], &["10.0.0.0/8"]);
+        bring_up_eth0(&sink_ns.name, &[SERVER_V4], &["198.51.100.0/24"]);
         Self { gen_ns, sink_ns }
     }
 
