@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sg_common::flow::addr_from_octets;
 use sg_common::policy::{
-    ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_GENERATION_BIT, PORT_CLASS_BITS,
-    PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
+    ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, CLASS_GENERATION_BIT,
+    PORT_CLASS_BITS, PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
+    class_trie_bit,
 };
 
 use crate::{
@@ -237,7 +238,65 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 pub struct KernelEntries {
     pub v4: Vec<(u32, AddrKeyV4, AddrValue)>,
     pub v6: Vec<(u32, AddrKeyV6, AddrValue)>,
+    /// Port trie: ranges, whole protocols, all traffic.
     pub ports: Vec<(u32, PortKey, PortValue)>,
+    /// Port hash: single ports.
+    pub port_exact: Vec<(PortKey, PortValue)>,
+}
+
+impl KernelEntries {
+    /// Adds the port entries of one class stored under id `class`: single
+    /// ports to the hash, everything else to the trie.
+    pub fn add_class(&mut self, class: u32, content: &ClassContent) {
+        for &(proto, port, port_bits) in content {
+            match proto {
+                None => self.ports.push((
+                    PORT_CLASS_BITS,
+                    PortKey::new(class, 0, 0),
+                    PortValue {
+                        flags: PORT_FLAG_ALL_PORTS,
+                    },
+                )),
+                Some(proto) if port_bits == 16 => self
+                    .port_exact
+                    .push((PortKey::new(class, proto, port), PortValue { flags: 0 })),
+                Some(proto) => {
+                    let flags = if port_bits == 0 {
+                        PORT_FLAG_ALL_PORTS
+                    } else {
+                        0
+                    };
+                    self.ports.push((
+                        PORT_PROTO_BITS + u32::from(port_bits),
+                        PortKey::new(class, proto, port),
+                        PortValue { flags },
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// What the kernel needs to know of a class beyond its id: whether it allows
+/// everything, and for which protocols the port trie holds entries (the
+/// others need only the exact-match lookup).
+pub fn class_flags(content: &ClassContent) -> u32 {
+    content
+        .iter()
+        .map(|&(proto, _, port_bits)| match proto {
+            None => CLASS_ALL_PROTOCOLS,
+            Some(_) if port_bits == 16 => 0,
+            Some(p) => class_trie_bit(p),
+        })
+        .fold(0, |a, b| a | b)
+}
+
+/// The address-trie value of a class stored under id `class`.
+pub fn class_value(class: u32, content: &ClassContent) -> AddrValue {
+    AddrValue {
+        class,
+        flags: class_flags(content),
+    }
 }
 
 /// A class id as stored for `generation`.
@@ -257,17 +316,24 @@ impl PolicyTables {
     /// The entries to write for `generation`, class ids tagged with the
     /// generation: (prefix length, key, value).
     pub fn kernel_entries(&self, generation: u8) -> KernelEntries {
-        let mut e = self.address_entries(generation, |c| tagged_class(c, generation));
-        for (class, content) in self.class_contents() {
-            e.ports
-                .extend(port_entries(tagged_class(class, generation), &content));
+        let contents = self.class_contents();
+        let mut e = self.address_entries(generation, |c| {
+            class_value(tagged_class(c, generation), &contents[&c])
+        });
+        for (class, content) in &contents {
+            e.add_class(tagged_class(*class, generation), content);
         }
         e
     }
 
-    /// The address-trie entries for `generation`, each class id mapped by
-    /// `class_id` (the data plane keeps ids stable across reloads).
-    pub fn address_entries(&self, generation: u8, class_id: impl Fn(u32) -> u32) -> KernelEntries {
+    /// The address-trie entries for `generation`, each class mapped to its
+    /// value by `class_value` (the data plane keeps ids stable across
+    /// reloads).
+    pub fn address_entries(
+        &self,
+        generation: u8,
+        class_value: impl Fn(u32) -> AddrValue,
+    ) -> KernelEntries {
         let prefix_len = |bits: u8| ADDR_TAG_BITS + u32::from(bits);
         KernelEntries {
             v4: self
@@ -278,13 +344,7 @@ impl PolicyTables {
                         tag: addr_tag(generation, e.direction),
                         addr: u32::from_ne_bytes(e.net.addr().octets()),
                     };
-                    (
-                        prefix_len(e.net.prefix_len()),
-                        key,
-                        AddrValue {
-                            class: class_id(e.class),
-                        },
-                    )
+                    (prefix_len(e.net.prefix_len()), key, class_value(e.class))
                 })
                 .collect(),
             v6: self
@@ -295,16 +355,11 @@ impl PolicyTables {
                         tag: addr_tag(generation, e.direction),
                         addr: addr_from_octets(&e.net.addr().octets()),
                     };
-                    (
-                        prefix_len(e.net.prefix_len()),
-                        key,
-                        AddrValue {
-                            class: class_id(e.class),
-                        },
-                    )
+                    (prefix_len(e.net.prefix_len()), key, class_value(e.class))
                 })
                 .collect(),
             ports: Vec::new(),
+            port_exact: Vec::new(),
         }
     }
 
@@ -321,34 +376,6 @@ impl PolicyTables {
         }
         out
     }
-}
-
-/// The port-trie entries of one class stored under id `class`.
-pub fn port_entries(class: u32, content: &ClassContent) -> Vec<(u32, PortKey, PortValue)> {
-    content
-        .iter()
-        .map(|&(proto, port, port_bits)| match proto {
-            None => (
-                PORT_CLASS_BITS,
-                PortKey::new(class, 0, 0),
-                PortValue {
-                    flags: PORT_FLAG_ALL_PORTS,
-                },
-            ),
-            Some(proto) => {
-                let flags = if port_bits == 0 {
-                    PORT_FLAG_ALL_PORTS
-                } else {
-                    0
-                };
-                (
-                    PORT_PROTO_BITS + u32::from(port_bits),
-                    PortKey::new(class, proto, port),
-                    PortValue { flags },
-                )
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

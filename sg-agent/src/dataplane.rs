@@ -18,7 +18,7 @@ use sg_common::{
 };
 
 use crate::{
-    compile::{ClassContent, KernelEntries, PolicyTables, port_entries},
+    compile::{ClassContent, KernelEntries, PolicyTables, class_value},
     netns::{NetnsError, NetnsGuard},
 };
 
@@ -133,18 +133,57 @@ fn apply_to_trie<K: aya::Pod, V: aya::Pod>(
     let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
     for (len, key, value) in entries {
         let key = Key::new(*len, *key);
-        let result = match op {
-            Op::Insert => trie.insert(&key, value, 0),
-            Op::Delete => trie.remove(&key),
-        };
-        match result {
-            Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if matches!(op, Op::Delete) && e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
+        applied(
+            name,
+            op,
+            match op {
+                Op::Insert => trie.insert(&key, value, 0),
+                Op::Delete => trie.remove(&key),
+            },
+        )?;
     }
     Ok(())
+}
+
+fn apply_to_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[(K, V)],
+    op: Op,
+) -> Result<(), DataplaneError> {
+    let map = ebpf
+        .map_mut(name)
+        .expect("the object defines every policy map");
+    let mut hash: aya::maps::HashMap<&mut MapData, K, V> =
+        aya::maps::HashMap::try_from(map).map_err(map_err(name))?;
+    for (key, value) in entries {
+        applied(
+            name,
+            op,
+            match op {
+                Op::Insert => hash.insert(key, value, 0),
+                Op::Delete => hash.remove(key),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// One entry written or deleted; deleting one already absent is fine.
+fn applied(
+    name: &'static str,
+    op: Op,
+    result: Result<(), aya::maps::MapError>,
+) -> Result<(), DataplaneError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if matches!(op, Op::Delete) && e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(map_err(name)(e)),
+    }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -275,7 +314,7 @@ impl Dataplane {
                 let id = self.next_class;
                 assert!(id < CLASS_GENERATION_BIT, "class ids exhausted");
                 self.next_class += 1;
-                new_classes.ports.extend(port_entries(id, &content));
+                new_classes.add_class(id, &content);
                 self.class_ids.insert(content.clone(), id);
                 self.class_contents.insert(id, content);
                 id
@@ -283,7 +322,10 @@ impl Dataplane {
             self.generation_classes[usize::from(next)].insert(id);
             local_to_id.insert(local, id);
         }
-        let addresses = tables.address_entries(next, |c| local_to_id[&c]);
+        let addresses = tables.address_entries(next, |c| {
+            let id = local_to_id[&c];
+            class_value(id, &self.class_contents[&id])
+        });
         let live_ports: usize = self.class_contents.values().map(Vec::len).sum();
         for (what, needed, limit) in [
             ("IPv4 address", addresses.v4.len(), m::ADDR_MAX_ENTRIES / 2),
@@ -305,7 +347,7 @@ impl Dataplane {
             "wrote {} + {} address entries and {} port entries of {} new classes in {} ms",
             addresses.v4.len(),
             addresses.v6.len(),
-            new_classes.ports.len(),
+            new_classes.ports.len() + new_classes.port_exact.len(),
             self.generation_classes[usize::from(next)].len(),
             started.elapsed().as_millis()
         );
@@ -352,7 +394,7 @@ impl Dataplane {
         let mut ports = KernelEntries::default();
         for id in &unused {
             if let Some(content) = self.class_contents.get(id) {
-                ports.ports.extend(port_entries(*id, content));
+                ports.add_class(*id, content);
             }
         }
         self.delete(&ports)?;
@@ -384,7 +426,8 @@ impl Dataplane {
     fn each_trie(&mut self, e: &KernelEntries, op: Op) -> Result<(), DataplaneError> {
         apply_to_trie(&mut self.ebpf, m::ADDR_V4, &e.v4, op)?;
         apply_to_trie(&mut self.ebpf, m::ADDR_V6, &e.v6, op)?;
-        apply_to_trie(&mut self.ebpf, m::PORTS, &e.ports, op)
+        apply_to_trie(&mut self.ebpf, m::PORTS, &e.ports, op)?;
+        apply_to_hash(&mut self.ebpf, m::PORT_EXACT, &e.port_exact, op)
     }
 
     /// Attaches XDP to the interface's ingress (native mode where the driver

@@ -1,4 +1,4 @@
-//! The policy tries in memory, with the kernel's longest-prefix-match
+//! The policy maps in memory, with the kernel's longest-prefix-match
 //! semantics, so [`sg_common::policy::classify`] runs on the host unchanged.
 
 use std::collections::HashMap;
@@ -55,12 +55,13 @@ fn port_bytes(k: PortKey) -> Vec<u8> {
     [&k.class[..], &[k.proto, k.reserved], &k.port[..]].concat()
 }
 
-/// All three policy tries.
+/// The three policy tries and the port hash.
 #[derive(Debug, Default)]
 pub struct SoftMaps {
     v4: Trie<AddrValue>,
     v6: Trie<AddrValue>,
     ports: Trie<PortValue>,
+    port_exact: HashMap<PortKey, PortValue>,
 }
 
 impl SoftMaps {
@@ -74,6 +75,7 @@ impl SoftMaps {
         for (len, k, v) in &e.ports {
             self.ports.insert(*len, &port_bytes(*k), *v);
         }
+        self.port_exact.extend(e.port_exact.iter().copied());
     }
 }
 
@@ -83,6 +85,9 @@ impl PolicyMaps for SoftMaps {
     }
     fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
         self.v6.longest_match(&v6_bytes(key))
+    }
+    fn port_exact(&self, key: &PortKey) -> Option<PortValue> {
+        self.port_exact.get(key).copied()
     }
     fn ports(&self, key: &PortKey) -> Option<PortValue> {
         self.ports.longest_match(&port_bytes(*key))

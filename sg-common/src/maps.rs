@@ -10,8 +10,12 @@ pub const SETTINGS: &str = "SG_SETTINGS";
 pub const ADDR_V4: &str = "SG_ADDR_V4";
 /// LPM trie: [`crate::policy::AddrKeyV6`] -> [`crate::policy::AddrValue`].
 pub const ADDR_V6: &str = "SG_ADDR_V6";
-/// LPM trie: [`crate::policy::PortKey`] -> [`crate::policy::PortValue`].
+/// LPM trie: [`crate::policy::PortKey`] -> [`crate::policy::PortValue`]:
+/// port ranges, whole protocols, all traffic.
 pub const PORTS: &str = "SG_PORTS";
+/// Hash (not preallocated): [`crate::policy::PortKey`] ->
+/// [`crate::policy::PortValue`], single ports.
+pub const PORT_EXACT: &str = "SG_PORT_EXACT";
 /// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`], TCP only.
 pub const CT_TCP: &str = "SG_CT_TCP";
 /// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`],
@@ -29,6 +33,9 @@ pub const COUNTERS: &str = "SG_COUNTERS";
 pub const ADDR_MAX_ENTRIES: u32 = 1 << 20;
 /// Upper bound of entries in the port trie (two generations).
 pub const PORTS_MAX_ENTRIES: u32 = 1 << 20;
+/// Upper bound of entries in the port hash (two generations). Created with
+/// `BPF_F_NO_PREALLOC`, so like the tries it costs only what it holds.
+pub const PORT_EXACT_MAX_ENTRIES: u32 = 1 << 20;
 /// Capacity of the TCP connection table (preallocated LRU).
 pub const CT_TCP_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of the connection table for every other protocol.

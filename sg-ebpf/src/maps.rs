@@ -2,8 +2,9 @@
 //! finds and sizes exactly these.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use sg_common::{
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
@@ -29,6 +30,11 @@ pub static ADDR_V6: LpmTrie<AddrKeyV6, AddrValue> =
 
 #[map(name = "SG_PORTS")]
 pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::with_max_entries(m::PORTS_MAX_ENTRIES, 0);
+
+/// Single ports: one exact lookup however many there are.
+#[map(name = "SG_PORT_EXACT")]
+pub static PORT_EXACT: HashMap<PortKey, PortValue> =
+    HashMap::with_max_entries(m::PORT_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SG_CT_TCP")]
 pub static CT_TCP: LruHashMap<CtKey, CtEntry> =
@@ -67,6 +73,10 @@ impl PolicyMaps for KernelPolicy {
     #[inline(always)]
     fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
         ADDR_V6.get(Key::new(ADDR_TAG_BITS + 128, *key)).copied()
+    }
+    #[inline(always)]
+    fn port_exact(&self, key: &PortKey) -> Option<PortValue> {
+        unsafe { PORT_EXACT.get(key) }.copied()
     }
     #[inline(always)]
     fn ports(&self, key: &PortKey) -> Option<PortValue> {

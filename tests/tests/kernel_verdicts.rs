@@ -756,18 +756,25 @@ fn echo_replies_to_own_pings_pass() {
 }
 
 /// Entries in one of the loaded object's tries.
-fn trie_len<K: aya::Pod>(dp: &sg_agent::dataplane::Dataplane, name: &str) -> usize {
+fn trie_len<K: aya::Pod, V: aya::Pod>(dp: &sg_agent::dataplane::Dataplane, name: &str) -> usize {
     let map = dp.ebpf().map(name).expect("map exists");
-    let trie: aya::maps::LpmTrie<&aya::maps::MapData, K, u32> =
+    let trie: aya::maps::LpmTrie<&aya::maps::MapData, K, V> =
         aya::maps::LpmTrie::try_from(map).expect("LPM trie");
     trie.keys().count()
+}
+
+fn hash_len<K: aya::Pod, V: aya::Pod>(dp: &sg_agent::dataplane::Dataplane, name: &str) -> usize {
+    let map = dp.ebpf().map(name).expect("map exists");
+    let hash: aya::maps::HashMap<&aya::maps::MapData, K, V> =
+        aya::maps::HashMap::try_from(map).expect("hash map");
+    hash.keys().count()
 }
 
 #[test]
 fn reloads_swap_whole_policies_and_leave_no_stale_entries() {
     use sg_common::{
         maps as m,
-        policy::{AddrKeyV4, PortKey},
+        policy::{AddrKeyV4, AddrValue, PortKey, PortValue},
     };
     let a = vpc(CONFIG);
     let b = vpc(&CONFIG.replace(
@@ -817,14 +824,27 @@ fn reloads_swap_whole_policies_and_leave_no_stale_entries() {
         let classes: std::collections::BTreeSet<_> =
             tables.class_contents().into_values().collect();
         assert_eq!(
-            trie_len::<AddrKeyV4>(&dp, m::ADDR_V4),
+            trie_len::<AddrKeyV4, AddrValue>(&dp, m::ADDR_V4),
             tables.v4.len(),
             "round {round}: IPv4 address entries"
         );
+        let mut expected = sg_agent::compile::KernelEntries::default();
+        for (id, content) in classes.iter().enumerate() {
+            expected.add_class(u32::try_from(id).unwrap(), content);
+        }
+        assert!(
+            !expected.port_exact.is_empty(),
+            "the policies have single ports"
+        );
         assert_eq!(
-            trie_len::<PortKey>(&dp, m::PORTS),
-            classes.iter().map(Vec::len).sum::<usize>(),
-            "round {round}: port entries"
+            trie_len::<PortKey, PortValue>(&dp, m::PORTS),
+            expected.ports.len(),
+            "round {round}: port trie entries"
+        );
+        assert_eq!(
+            hash_len::<PortKey, PortValue>(&dp, m::PORT_EXACT),
+            expected.port_exact.len(),
+            "round {round}: port hash entries"
         );
     }
     assert!(

@@ -233,11 +233,21 @@ pub fn measure(cfg: &Config) -> Report {
             })
         })
         .collect();
+    // `SG_BENCH_CELL=policy/family/path` (substrings) keeps the matching
+    // cells only: for profiling one path with `perf record`.
     let mut cells = cells;
+    if let Ok(only) = std::env::var("SG_BENCH_CELL") {
+        cells.retain(|c| format!("{}/{}/{}", c.policy, c.family, c.path).contains(&only));
+    }
     let (new4, _, _) = frames(false);
     let floor_ctx = xdp_md(ifindex, new4.len());
     let mut floor_samples = Vec::new();
-    for _ in 0..cfg.runs {
+    let runs = if std::env::var_os("SG_BENCH_CELL").is_some() {
+        cfg.runs * 10
+    } else {
+        cfg.runs
+    };
+    for _ in 0..runs {
         floor_samples.push(run(floor, &new4, &floor_ctx, cfg.repeat).1);
         for c in &mut cells {
             let ctx = xdp_md(ifindex, c.data.len());
