@@ -16,7 +16,7 @@ use tokio::{
 use crate::{
     compile::{CompiledInstance, compile},
     config::{self, ConfigError, Vpc},
-    dataplane::{Dataplane, XdpAttachMode},
+    dataplane::{Dataplane, IngressHook},
     summary,
 };
 
@@ -37,7 +37,7 @@ struct Agent {
     vpc: Vpc,
     enforced: BTreeMap<String, Enforced>,
     reloads: u64,
-    xdp_mode: XdpAttachMode,
+    ingress: IngressHook,
     ebpf_log: bool,
 }
 
@@ -46,7 +46,7 @@ struct Agent {
 pub struct Options {
     /// Reload when the file changes (SIGHUP always reloads).
     pub watch: bool,
-    pub xdp_mode: XdpAttachMode,
+    pub ingress: IngressHook,
     /// Forward the eBPF programs' debug records (one per dropped packet).
     pub ebpf_log: bool,
 }
@@ -54,7 +54,7 @@ pub struct Options {
 pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
     let Options {
         watch,
-        xdp_mode,
+        ingress,
         ebpf_log,
     } = opts;
     let vpc = match config::load(path) {
@@ -68,7 +68,7 @@ pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
         vpc: Vpc::default(),
         enforced: BTreeMap::new(),
         reloads: 0,
-        xdp_mode,
+        ingress,
         ebpf_log,
     };
     // At start any failure is fatal: dropping `agent` detaches what was
@@ -142,12 +142,12 @@ impl Agent {
             dataplane.publish(&inst.tables, compiled.settings)?;
             let p = place(inst);
             let a = dataplane
-                .attach(&p.1, p.0.as_deref(), self.xdp_mode)
+                .attach(&p.1, p.0.as_deref(), self.ingress)
                 .with_context(|| format!("instance {name}"))?;
             log::info!(
-                "attached instance {name} to {}: XDP ingress ({} mode), TC egress; {} address classes",
+                "attached instance {name} to {}: {} ingress, TC egress; {} address classes",
                 describe(&p),
-                a.xdp_mode,
+                a.ingress,
                 inst.tables.classes
             );
             self.enforced.insert(

@@ -32,6 +32,8 @@ pub const FLOOR_PROGRAM: &str = "sg_floor";
 
 pub const INGRESS_PROGRAM: &str = "sg_ingress";
 pub const EGRESS_PROGRAM: &str = "sg_egress";
+/// The same inbound judgement as a TC program, for `IngressHook::Tc`.
+pub const INGRESS_TC_PROGRAM: &str = "sg_ingress_tc";
 
 /// How long a reload waits between flipping the generation and deleting the
 /// old one. XDP and TC programs run to completion within microseconds under
@@ -73,14 +75,21 @@ pub enum DataplaneError {
     },
 }
 
-/// How to attach the XDP program.
+/// Where inbound packets are judged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum XdpAttachMode {
-    /// In the driver where it has XDP support, generic otherwise.
+pub enum IngressHook {
+    /// XDP in the driver where it has XDP support, generic otherwise: the
+    /// earliest and cheapest point, before the kernel builds an skb.
     #[default]
-    Native,
-    /// Generic (skb) mode, after the kernel has built the skb.
-    Generic,
+    XdpNative,
+    /// XDP in generic (skb) mode, after the kernel has built the skb.
+    XdpGeneric,
+    /// TC ingress (TCX), after GRO. On veth, native XDP copies every packet
+    /// and generic XDP linearises GRO'd ones, which costs a bulk TCP flow
+    /// most (native) or some (generic) of its throughput; TC sees the
+    /// packets as the stack does and costs it next to nothing. Dropping a
+    /// flood costs more than with XDP, since each packet is an skb by then.
+    Tc,
 }
 
 /// Where the programs are attached and how.
@@ -88,8 +97,8 @@ pub enum XdpAttachMode {
 pub struct Attachment {
     pub ifname: String,
     pub netns: Option<String>,
-    /// "driver" (native) or "generic" (skb).
-    pub xdp_mode: &'static str,
+    /// "XDP (driver mode)", "XDP (generic mode)" or "TC".
+    pub ingress: &'static str,
 }
 
 pub struct Dataplane {
@@ -212,10 +221,10 @@ impl Dataplane {
             .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM, INGRESS_TC_PROGRAM] {
             let program = ebpf
                 .program_mut(name)
-                .expect("the object defines both programs");
+                .expect("the object defines every program");
             let result = if name == INGRESS_PROGRAM {
                 <&mut Xdp>::try_from(program).and_then(Xdp::load)
             } else {
@@ -263,6 +272,14 @@ impl Dataplane {
             .program(INGRESS_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("XDP program")
+    }
+
+    /// The inbound judgement as a TC program (`IngressHook::Tc`).
+    pub fn ingress_tc(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(INGRESS_TC_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("TC program")
     }
 
     pub fn egress(&self) -> &SchedClassifier {
@@ -437,7 +454,7 @@ impl Dataplane {
         &mut self,
         ifname: &str,
         netns: Option<&str>,
-        mode: XdpAttachMode,
+        hook: IngressHook,
     ) -> Result<&Attachment, DataplaneError> {
         let _guard = NetnsGuard::enter_opt(netns)?;
         let attach_err = |source| DataplaneError::Attach {
@@ -445,33 +462,48 @@ impl Dataplane {
             netns: netns.map(str::to_owned),
             source: Box::new(source),
         };
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("XDP program");
-        let xdp_mode =
-            if mode == XdpAttachMode::Native && xdp.attach(ifname, XdpMode::Driver).is_ok() {
-                "driver"
-            } else {
-                xdp.attach(ifname, XdpMode::Skb).map_err(attach_err)?;
-                "generic"
-            };
         // Legacy (pre-TCX) kernels need the clsact qdisc; it may exist already.
         let _ = tc::qdisc_add_clsact(ifname);
-        let tc: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(EGRESS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("TC program");
-        tc.attach(ifname, TcAttachType::Egress)
+        if hook == IngressHook::Tc {
+            self.classifier(INGRESS_TC_PROGRAM)
+                .attach(ifname, TcAttachType::Ingress)
+                .map_err(attach_err)?;
+        }
+        let ingress = match hook {
+            IngressHook::Tc => "TC",
+            IngressHook::XdpNative if self.xdp().attach(ifname, XdpMode::Driver).is_ok() => {
+                "XDP (driver mode)"
+            }
+            IngressHook::XdpNative | IngressHook::XdpGeneric => {
+                self.xdp()
+                    .attach(ifname, XdpMode::Skb)
+                    .map_err(attach_err)?;
+                "XDP (generic mode)"
+            }
+        };
+        self.classifier(EGRESS_PROGRAM)
+            .attach(ifname, TcAttachType::Egress)
             .map_err(attach_err)?;
         self.attachment = Some(Attachment {
             ifname: ifname.to_owned(),
             netns: netns.map(str::to_owned),
-            xdp_mode,
+            ingress,
         });
         Ok(self.attachment.as_ref().expect("just set"))
+    }
+
+    fn xdp(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(INGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("XDP program")
+    }
+
+    fn classifier(&mut self, name: &str) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("TC program")
     }
 
     /// Per-direction packet counts by reason, summed over CPUs.

@@ -3,12 +3,18 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sg_agent::dataplane::XdpAttachMode;
+use sg_agent::dataplane::IngressHook;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum XdpModeArg {
     Native,
     Generic,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum IngressHookArg {
+    Xdp,
+    Tc,
 }
 
 const EXIT_CODES: &str = "\
@@ -56,6 +62,12 @@ enum Command {
         /// packet (keeps GRO on veth; see BENCHMARKS.md).
         #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
         xdp_mode: XdpModeArg,
+        /// Where inbound packets are judged: `xdp` (the default), or `tc`
+        /// ingress, after GRO. On veth, `tc` keeps a bulk TCP flow's
+        /// throughput that XDP costs; XDP drops a flood for less CPU (see
+        /// BENCHMARKS.md).
+        #[arg(long, value_enum, default_value_t = IngressHookArg::Xdp)]
+        ingress_hook: IngressHookArg,
         /// Log every packet the eBPF programs drop, with its reason (debug
         /// level, through aya-log). Off by default: then the log statements
         /// are removed from the programs at load time.
@@ -80,14 +92,16 @@ fn main() -> ExitCode {
             config,
             no_watch,
             xdp_mode,
+            ingress_hook,
             ebpf_log,
         } => sg_agent::cli::run(
             &config,
             sg_agent::agent::Options {
                 watch: !no_watch,
-                xdp_mode: match xdp_mode {
-                    XdpModeArg::Native => XdpAttachMode::Native,
-                    XdpModeArg::Generic => XdpAttachMode::Generic,
+                ingress: match (ingress_hook, xdp_mode) {
+                    (IngressHookArg::Tc, _) => IngressHook::Tc,
+                    (IngressHookArg::Xdp, XdpModeArg::Native) => IngressHook::XdpNative,
+                    (IngressHookArg::Xdp, XdpModeArg::Generic) => IngressHook::XdpGeneric,
                 },
                 ebpf_log,
             },

@@ -11,7 +11,7 @@ use crate::{
     policy::Settings,
 };
 
-/// Both endpoints of a flow, lower (address, port) first.
+/// Both endpoints of an IPv6 flow, lower (address, port) first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -24,6 +24,62 @@ pub struct CtKey {
     pub pad: u16,
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
+
+/// Both endpoints of an IPv4 flow, lower (address, port) first. IPv4 flows
+/// have tables of their own with this 16-byte key: the kernel hashes and
+/// compares every key byte on every lookup, and 40 bytes cost a tracked
+/// packet about 10 ns more than 16 do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyV4 {
+    pub addr_a: u32,
+    pub addr_b: u32,
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub pad8: u8,
+    pub pad16: u16,
+}
+const _: () = assert!(size_of::<CtKeyV4>() == 16);
+
+/// A connection-table key: filled in place from a packet's flow.
+pub trait FlowKey: Copy {
+    /// Fills the key for `flow`; returns whether the packet travels from
+    /// endpoint `a`.
+    fn fill(&mut self, flow: &Flow) -> bool;
+}
+
+impl FlowKey for CtKey {
+    #[inline(always)]
+    fn fill(&mut self, flow: &Flow) -> bool {
+        fill_key(flow, self)
+    }
+}
+
+impl FlowKey for CtKeyV4 {
+    #[inline(always)]
+    fn fill(&mut self, flow: &Flow) -> bool {
+        let (sport, dport) = key_ports(flow);
+        // The same order as the IPv6 key's (an IPv4 address is word 0 of
+        // an `Addr`, the other words zero), so either key type serves.
+        let src_first = endpoint_le(&flow.src, sport, &flow.dst, dport);
+        if src_first {
+            self.addr_a = flow.src[0];
+            self.addr_b = flow.dst[0];
+            self.port_a = sport;
+            self.port_b = dport;
+        } else {
+            self.addr_a = flow.dst[0];
+            self.addr_b = flow.src[0];
+            self.port_a = dport;
+            self.port_b = sport;
+        }
+        self.proto = flow.proto;
+        self.pad8 = 0;
+        self.pad16 = 0;
+        src_first
+    }
+}
 
 pub const STATE_SYN_SENT: u8 = 1;
 pub const STATE_SYN_RECV: u8 = 2;
@@ -109,13 +165,7 @@ pub fn key_of(flow: &Flow) -> (CtKey, bool) {
 /// this keeps a copy off it.
 #[inline(always)]
 pub fn fill_key(flow: &Flow, key: &mut CtKey) -> bool {
-    let (sport, dport) = match flow.proto {
-        proto::TCP | proto::UDP => (flow.sport, flow.dport),
-        proto::ICMP | proto::ICMPV6 if icmp::is_echo(flow.family, flow.icmp_type) => {
-            (flow.sport, flow.sport)
-        }
-        _ => (0, 0),
-    };
+    let (sport, dport) = key_ports(flow);
     let src_first = endpoint_le(&flow.src, sport, &flow.dst, dport);
     if src_first {
         key.addr_a = flow.src;
@@ -132,6 +182,19 @@ pub fn fill_key(flow: &Flow, key: &mut CtKey) -> bool {
     key.family = flow.family;
     key.pad = 0;
     src_first
+}
+
+/// The key's ports: TCP and UDP ports, an ICMP echo's identifier in both
+/// slots (so request and reply meet), nothing for any other protocol.
+#[inline(always)]
+fn key_ports(flow: &Flow) -> (u16, u16) {
+    match flow.proto {
+        proto::TCP | proto::UDP => (flow.sport, flow.dport),
+        proto::ICMP | proto::ICMPV6 if icmp::is_echo(flow.family, flow.icmp_type) => {
+            (flow.sport, flow.sport)
+        }
+        _ => (0, 0),
+    }
 }
 
 /// A total order on (address, port) endpoints; any order serves, as long as
@@ -326,6 +389,29 @@ mod tests {
         let (k2, a2) = key_of(&tcp(2, 80, 1, 40000, tcp_flags::SYN | tcp_flags::ACK));
         assert_eq!(k1, k2);
         assert_ne!(a1, a2);
+    }
+
+    #[test]
+    fn ipv4_key_agrees_with_the_wide_key() {
+        for (fwd, back) in [
+            (tcp(1, 40000, 2, 80, 0), tcp(2, 80, 1, 40000, 0)),
+            (tcp(9, 80, 2, 80, 0), tcp(2, 80, 9, 80, 0)),
+            (udp(3, 5, 3, 6), udp(3, 6, 3, 5)),
+        ] {
+            let (mut k1, mut k2) = (CtKeyV4::default(), CtKeyV4::default());
+            let a1 = k1.fill(&fwd);
+            let a2 = k2.fill(&back);
+            assert_eq!(k1, k2, "both directions share one key");
+            assert_ne!(a1, a2);
+            assert_eq!(a1, key_of(&fwd).1, "same endpoint order as the wide key");
+            assert_eq!(
+                (k1.addr_a, k1.addr_b, k1.port_a, k1.port_b),
+                {
+                    let w = key_of(&fwd).0;
+                    (w.addr_a[0], w.addr_b[0], w.port_a, w.port_b)
+                }
+            );
+        }
     }
 
     #[test]

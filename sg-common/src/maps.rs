@@ -16,11 +16,19 @@ pub const PORTS: &str = "SG_PORTS";
 /// Hash (not preallocated): [`crate::policy::PortKey`] ->
 /// [`crate::policy::PortValue`], single ports.
 pub const PORT_EXACT: &str = "SG_PORT_EXACT";
-/// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`], TCP only.
-pub const CT_TCP: &str = "SG_CT_TCP";
+/// LRU hash: [`crate::conntrack::CtKeyV4`] -> [`crate::conntrack::CtEntry`],
+/// IPv4 TCP flows.
+pub const CT_TCP4: &str = "SG_CT_TCP4";
+/// LRU hash: [`crate::conntrack::CtKeyV4`] -> [`crate::conntrack::CtEntry`],
+/// IPv4 flows of every other protocol, kept apart so a UDP flood cannot
+/// evict TCP flows.
+pub const CT_OTHER4: &str = "SG_CT_OTHER4";
 /// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`],
-/// every other protocol, kept apart so a UDP flood cannot evict TCP flows.
-pub const CT_OTHER: &str = "SG_CT_OTHER";
+/// IPv6 TCP flows.
+pub const CT_TCP6: &str = "SG_CT_TCP6";
+/// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`],
+/// IPv6 flows of every other protocol.
+pub const CT_OTHER6: &str = "SG_CT_OTHER6";
 /// LRU hash: [`crate::conntrack::FragKey`] -> [`crate::conntrack::FragEntry`]:
 /// datagrams whose first fragment was allowed.
 pub const FRAGS: &str = "SG_FRAGS";
@@ -36,9 +44,9 @@ pub const PORTS_MAX_ENTRIES: u32 = 1 << 20;
 /// Upper bound of entries in the port hash (two generations). Created with
 /// `BPF_F_NO_PREALLOC`, so like the tries it costs only what it holds.
 pub const PORT_EXACT_MAX_ENTRIES: u32 = 1 << 20;
-/// Capacity of the TCP connection table (preallocated LRU).
+/// Capacity of each TCP connection table, IPv4 and IPv6 (preallocated LRU).
 pub const CT_TCP_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of the connection table for every other protocol.
+/// Capacity of each connection table for every other protocol.
 pub const CT_OTHER_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of the fragment table.
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;

@@ -19,6 +19,7 @@ pod!(
     policy::PortKey,
     policy::PortValue,
     conntrack::CtKey,
+    conntrack::CtKeyV4,
     conntrack::CtEntry,
     conntrack::FragKey,
     conntrack::FragEntry,

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use sg_common::{
-    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
+    conntrack::{CtEntry, CtKey, CtKeyV4, FragEntry, FragKey},
     counters::COUNTERS_LEN,
     flow::Flow,
     maps as m,
@@ -36,12 +36,20 @@ pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::with_max_entries(m::POR
 pub static PORT_EXACT: HashMap<PortKey, PortValue> =
     HashMap::with_max_entries(m::PORT_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "SG_CT_TCP")]
-pub static CT_TCP: LruHashMap<CtKey, CtEntry> =
+#[map(name = "SG_CT_TCP4")]
+pub static CT_TCP4: LruHashMap<CtKeyV4, CtEntry> =
     LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
 
-#[map(name = "SG_CT_OTHER")]
-pub static CT_OTHER: LruHashMap<CtKey, CtEntry> =
+#[map(name = "SG_CT_OTHER4")]
+pub static CT_OTHER4: LruHashMap<CtKeyV4, CtEntry> =
+    LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
+
+#[map(name = "SG_CT_TCP6")]
+pub static CT_TCP6: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
+
+#[map(name = "SG_CT_OTHER6")]
+pub static CT_OTHER6: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
 
 #[map(name = "SG_FRAGS")]
@@ -56,6 +64,7 @@ pub struct Scratch {
     pub flow: Flow,
     pub inner: Flow,
     pub ct_key: CtKey,
+    pub ct_key4: CtKeyV4,
     pub frag_key: FragKey,
 }
 

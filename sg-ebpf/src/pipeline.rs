@@ -5,18 +5,21 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_ebpf::maps::LruHashMap;
 use aya_log_ebpf::debug;
 use sg_common::{
-    conntrack::{self, CtEntry, CtKey, FragEntry},
+    conntrack::{self, CtEntry, FlowKey, FragEntry},
     counters::{
         self, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
         PASS_RULE, PASS_TRACKED,
     },
-    flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
+    flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
     policy::{Settings, classify},
 };
 
 use crate::{
     context::Packet,
-    maps::{COUNTERS, CT_OTHER, CT_TCP, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch},
+    maps::{
+        COUNTERS, CT_OTHER4, CT_OTHER6, CT_TCP4, CT_TCP6, FRAGS, KernelPolicy, SCRATCH, SETTINGS,
+        Scratch,
+    },
     parse::{Parsed, parse},
 };
 
@@ -54,6 +57,7 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
         flow,
         inner,
         ct_key,
+        ct_key4,
         frag_key,
     } = unsafe { &mut *scratch };
     // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
@@ -89,14 +93,45 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
         };
     }
 
-    if has_inner && related_to_tracked(inner, ct_key, now, settings) {
-        return PASS_TRACKED;
+    if has_inner {
+        let related = if inner.family == FAMILY_V4 {
+            related_to_tracked(ct_table_v4(inner.proto), inner, ct_key4, now, settings)
+        } else {
+            related_to_tracked(ct_table_v6(inner.proto), inner, ct_key, now, settings)
+        };
+        if related {
+            return PASS_TRACKED;
+        }
     }
 
-    let from_a = conntrack::fill_key(flow, ct_key);
-    let key = &*ct_key;
-    let table = ct_table(flow.proto);
-    let verdict = match table.get_ptr_mut(key) {
+    let verdict = if flow.family == FAMILY_V4 {
+        track(ct_table_v4(flow.proto), flow, ct_key4, now, settings, generation, direction)
+    } else {
+        track(ct_table_v6(flow.proto), flow, ct_key, now, settings, generation, direction)
+    };
+    if flow.frag == FRAG_FIRST && counters::passes(verdict) {
+        frag_key.fill(flow);
+        let _ = FRAGS.insert(*frag_key, FragEntry { seen_ns: now }, 0);
+    }
+    verdict
+}
+
+/// The connection table's verdict, or the rules' for a flow it does not
+/// hold: a tracked flow passes and its entry advances; a new flow the rules
+/// allow gets an entry.
+#[inline(always)]
+fn track<K: FlowKey>(
+    table: &LruHashMap<K, CtEntry>,
+    flow: &Flow,
+    key: &mut K,
+    now: u64,
+    settings: &Settings,
+    generation: u8,
+    direction: u8,
+) -> u32 {
+    let from_a = key.fill(flow);
+    let key = &*key;
+    match table.get_ptr_mut(key) {
         Some(entry)
             if conntrack::is_live(unsafe { &*entry }, flow.proto, now, settings)
                 && conntrack::admits(unsafe { &*entry }, flow) =>
@@ -117,31 +152,40 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
             let _ = table.insert(key, entry, 0);
             PASS_RULE
         }
-    };
-    if flow.frag == FRAG_FIRST {
-        frag_key.fill(flow);
-        let _ = FRAGS.insert(*frag_key, FragEntry { seen_ns: now }, 0);
     }
-    verdict
 }
 
-/// TCP flows have a table of their own, so a flood of anything else cannot
-/// evict them.
+/// TCP flows have tables of their own, so a flood of anything else cannot
+/// evict them; IPv4 flows have tables with a shorter key.
 #[inline(always)]
-fn ct_table(protocol: u8) -> &'static LruHashMap<CtKey, CtEntry> {
+fn ct_table_v4(protocol: u8) -> &'static LruHashMap<conntrack::CtKeyV4, CtEntry> {
     if protocol == proto::TCP {
-        &CT_TCP
+        &CT_TCP4
     } else {
-        &CT_OTHER
+        &CT_OTHER4
+    }
+}
+
+#[inline(always)]
+fn ct_table_v6(protocol: u8) -> &'static LruHashMap<conntrack::CtKey, CtEntry> {
+    if protocol == proto::TCP {
+        &CT_TCP6
+    } else {
+        &CT_OTHER6
     }
 }
 
 /// An ICMP error passes when the packet it quotes belongs to a tracked flow
 /// (path MTU discovery, unreachable ports, traceroute).
 #[inline(always)]
-fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settings) -> bool {
-    conntrack::fill_key(inner, key);
-    let table = ct_table(inner.proto);
+fn related_to_tracked<K: FlowKey>(
+    table: &LruHashMap<K, CtEntry>,
+    inner: &Flow,
+    key: &mut K,
+    now: u64,
+    settings: &Settings,
+) -> bool {
+    key.fill(inner);
     match unsafe { table.get(*key) } {
         Some(e) => conntrack::is_live(e, inner.proto, now, settings),
         None => false,

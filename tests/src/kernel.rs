@@ -60,8 +60,16 @@ pub fn xdp_passes(dp: &Dataplane, frame: &[u8]) -> bool {
 
 /// Egress verdict of the TC program on `frame`: true for pass.
 pub fn tc_passes(dp: &Dataplane, frame: &[u8]) -> bool {
-    let r = dp
-        .egress()
+    classifier_passes(dp.egress(), frame)
+}
+
+/// Ingress verdict of the TC ingress program (`--ingress-hook tc`).
+pub fn tc_ingress_passes(dp: &Dataplane, frame: &[u8]) -> bool {
+    classifier_passes(dp.ingress_tc(), frame)
+}
+
+fn classifier_passes(prog: &aya::programs::SchedClassifier, frame: &[u8]) -> bool {
+    let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             ..TestRunOptions::default()

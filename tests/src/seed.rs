@@ -107,7 +107,12 @@ pub const START: Duration = Duration::from_secs(20);
 pub const RELOAD: Duration = Duration::from_secs(5);
 
 pub fn start_agent(lab: &SeedLab) -> AgentProcess {
-    let agent = AgentProcess::start(&lab.config);
+    start_agent_with(lab, &[])
+}
+
+/// [`start_agent`] with extra `sg-agent run` arguments.
+pub fn start_agent_with(lab: &SeedLab, args: &[&str]) -> AgentProcess {
+    let agent = AgentProcess::start_with(&lab.config, args);
     agent.expect_log("ready: enforcing", 0, START);
     agent
 }

@@ -13,7 +13,7 @@ use sg_tests::{
     probe::{Outcome, echo, eventually, ping, tcp, tcp_open, udp},
     seed::{
         ADMIN, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, RELOAD, SEED, START, SeedLab, at,
-        ip, seed_without_alb_ingress, start_agent,
+        ip, seed_without_alb_ingress, start_agent, start_agent_with,
     },
 };
 
@@ -50,7 +50,18 @@ use Outcome::{Connected, TimedOut};
 
 #[test]
 fn seed_reachability_matrix() {
-    let lab = SeedLab::new("sgm", SEED, &[]);
+    reachability_matrix("sgm", &[]);
+}
+
+/// The same matrix judged at TC ingress instead of XDP: nothing attached at
+/// XDP, one TCX program at each of ingress and egress.
+#[test]
+fn seed_reachability_matrix_at_tc_ingress() {
+    reachability_matrix("sgi", &["--ingress-hook", "tc"]);
+}
+
+fn reachability_matrix(prefix: &str, args: &[&str]) {
+    let lab = SeedLab::new(prefix, SEED, &[]);
     // Before the agent: everything is reachable, so the blocks below are
     // the agent's doing.
     assert_eq!(
@@ -58,7 +69,16 @@ fn seed_reachability_matrix() {
         Connected,
         "lab wiring: internet -> app:80 without the agent"
     );
-    let agent = start_agent(&lab);
+    let agent = start_agent_with(&lab, args);
+    let tc_ingress = args.contains(&"tc");
+    for h in ["alb", "bastion", "app-1", "rds"] {
+        let (xdp, ingress, egress) = attached(&lab.ns(h));
+        assert_eq!(
+            (xdp.len(), ingress.len(), egress.len()),
+            if tc_ingress { (0, 1, 1) } else { (1, 0, 1) },
+            "{h}: programs attached at XDP, TC ingress, TC egress"
+        );
+    }
     let mut c = Cases::default();
     c.check(
         "internet -> alb:80 (v4)",
@@ -418,10 +438,19 @@ fn sigterm_leaves_no_program_attached() {
     );
 }
 
-/// IDs of the XDP program (from `bpftool net show`) and the TCX egress
-/// programs (from the kernel's TCX query: Debian 12's bpftool predates TCX)
-/// attached to eth0 in `ns`.
+/// IDs of every program attached to eth0 in `ns`: XDP, TC ingress and TC
+/// egress.
 fn attached_programs(ns: &str) -> Vec<u64> {
+    let (mut ids, ingress, egress) = attached(ns);
+    ids.extend(ingress);
+    ids.extend(egress);
+    ids
+}
+
+/// IDs of the XDP program (from `bpftool net show`) and of the TCX ingress
+/// and egress programs (from the kernel's TCX query: Debian 12's bpftool
+/// predates TCX) attached to eth0 in `ns`.
+fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     let out = std::process::Command::new("ip")
         .args([
             "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0",
@@ -440,7 +469,7 @@ fn attached_programs(ns: &str) -> Vec<u64> {
         .and_then(|rest| rest.split(']').next())
         .unwrap_or_default()
         .to_owned();
-    let mut ids: Vec<u64> = xdp
+    let xdp: Vec<u64> = xdp
         .match_indices("\"id\":")
         .filter_map(|(i, _)| {
             xdp[i + 5..]
@@ -450,16 +479,17 @@ fn attached_programs(ns: &str) -> Vec<u64> {
                 .ok()
         })
         .collect();
-    let tcx = in_netns(ns, || {
-        SchedClassifier::query_tcx("eth0", TcAttachType::Egress)
-            .expect("TCX query")
-            .1
-            .iter()
-            .map(|p| u64::from(p.id()))
-            .collect::<Vec<_>>()
-    });
-    ids.extend(tcx);
-    ids
+    let tcx = |at| {
+        in_netns(ns, move || {
+            SchedClassifier::query_tcx("eth0", at)
+                .expect("TCX query")
+                .1
+                .iter()
+                .map(|p| u64::from(p.id()))
+                .collect::<Vec<_>>()
+        })
+    };
+    (xdp, tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
 }
 
 #[test]

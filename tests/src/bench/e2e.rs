@@ -27,17 +27,19 @@ pub enum Filter {
     FloorGeneric,
     SgAgent,
     SgAgentGeneric,
+    SgAgentTc,
     Nftables,
     Iptables,
 }
 
 impl Filter {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::None,
         Self::FloorNative,
         Self::FloorGeneric,
         Self::SgAgent,
         Self::SgAgentGeneric,
+        Self::SgAgentTc,
         Self::Nftables,
         Self::Iptables,
     ];
@@ -49,6 +51,7 @@ impl Filter {
             Self::FloorGeneric => "XDP_PASS program, generic",
             Self::SgAgent => "sg-agent, XDP native (default)",
             Self::SgAgentGeneric => "sg-agent, --xdp-mode generic",
+            Self::SgAgentTc => "sg-agent, --ingress-hook tc",
             Self::Nftables => "nftables (sets, ct state)",
             Self::Iptables => "iptables-nft (rule per source)",
         }
@@ -416,15 +419,15 @@ fn install(
             prog.attach("eth0", mode).expect("attach floor");
             (Installed::Floor(ebpf), 0)
         }
-        Filter::SgAgent | Filter::SgAgentGeneric => {
+        Filter::SgAgent | Filter::SgAgentGeneric | Filter::SgAgentTc => {
             let path = dir.join("bench.toml");
             std::fs::write(&path, &text).expect("write rules");
-            let mode = if filter == Filter::SgAgent {
-                "native"
-            } else {
-                "generic"
+            let args: &[&str] = match filter {
+                Filter::SgAgent => &["--xdp-mode", "native"],
+                Filter::SgAgentGeneric => &["--xdp-mode", "generic"],
+                _ => &["--ingress-hook", "tc"],
             };
-            let agent = AgentProcess::start_with(&path, &["--xdp-mode", mode]);
+            let agent = AgentProcess::start_with(&path, args);
             agent.expect_log("ready: enforcing", 0, Duration::from_mins(1));
             (Installed::Agent(agent), rules)
         }

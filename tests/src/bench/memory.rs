@@ -6,7 +6,7 @@ use std::process::Command;
 use aya::maps::{HashMap, MapData};
 use sg_agent::{compile::compile, dataplane::Dataplane};
 use sg_common::{
-    conntrack::{CtEntry, CtKey},
+    conntrack::{CtEntry, CtKeyV4},
     maps as m,
 };
 
@@ -80,7 +80,7 @@ pub fn measure(fill: bool) -> Vec<Report> {
             .zip(after)
             .map(
                 |((_, name, max, bytes_empty), (_, _, _, bytes_full))| MapRow {
-                    entries_full: if name == m::CT_TCP { flows } else { 0 },
+                    entries_full: if name == m::CT_TCP4 { flows } else { 0 },
                     name,
                     max_entries: max,
                     bytes_empty,
@@ -93,20 +93,20 @@ pub fn measure(fill: bool) -> Vec<Report> {
     reports
 }
 
-/// Inserts distinct TCP flows until the table holds its capacity.
+/// Inserts distinct IPv4 TCP flows until the table holds its capacity.
 fn fill_conntrack(dp: &mut Dataplane) -> u64 {
-    let map = dp.ebpf_mut().map_mut(m::CT_TCP).expect("CT_TCP");
-    let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
+    let map = dp.ebpf_mut().map_mut(m::CT_TCP4).expect("CT_TCP4");
+    let mut table: HashMap<&mut MapData, CtKeyV4, CtEntry> =
         HashMap::try_from(map).expect("hash map");
     for i in 0..m::CT_TCP_MAX_ENTRIES {
-        let key = CtKey {
-            addr_a: [i, 0, 0, 0],
-            addr_b: [0x0100_000a, 0, 0, 0],
+        let key = CtKeyV4 {
+            addr_a: i,
+            addr_b: 0x0100_000a,
             port_a: 40000,
             port_b: 80,
             proto: 6,
-            family: 4,
-            pad: 0,
+            pad8: 0,
+            pad16: 0,
         };
         let entry = CtEntry {
             last_seen_ns: 1,

@@ -192,7 +192,7 @@ pub fn render(all: &All) -> String {
     let _ = writeln!(
         out,
         "\n## 2. End to end: two namespaces over a veth pair\n\n\
-         A client namespace and an instance namespace joined by one veth pair; the same policy enforced four ways on the instance. \
+         A client namespace and an instance namespace joined by one veth pair; the same policy enforced several ways on the instance (sg-agent at each of its ingress hooks). \
          *Flood*: trafgen (netsniff-ng, one process) sends UDP to a port no rule allows for {flood} s; *absorbed* is the instance veth's rx_packets over that time; \
          *CPU* is the whole machine's busy time (/proc/stat) per absorbed packet, generator included. *TCP*: iperf3, one stream for {iperf} s to an allowed port. {runs} runs each.\n\n\
          The nftables ruleset is what an administrator would write: `ct state established,related accept`, a per-instance chain, one `ip saddr . dport` interval set per protocol. \
@@ -232,26 +232,36 @@ pub fn render(all: &All) -> String {
             .map(|r| (r.flood_pps.median, r.tcp_gbps.median))
     };
     let _ = writeln!(out, "\n| target | measured | |\n|---|---|---|");
-    if let (Some(sg), Some(ipt), Some(nft)) = (
-        at(e2e::Filter::SgAgent, true),
+    let sg_agents = [
+        e2e::Filter::SgAgent,
+        e2e::Filter::SgAgentGeneric,
+        e2e::Filter::SgAgentTc,
+    ];
+    if let (Some(ipt), Some(nft)) = (
         at(e2e::Filter::Iptables, true),
         at(e2e::Filter::Nftables, true),
     ) {
-        let _ = writeln!(
-            out,
-            "| flood at 10,000 rules >= 20x iptables | {:.1}x | {} |",
-            sg.0 / ipt.0,
-            verdict(sg.0 / ipt.0 >= 20.0)
-        );
-        let _ = writeln!(
-            out,
-            "| flood at 10,000 rules >= 2x nftables | {:.2}x | {} |",
-            sg.0 / nft.0,
-            verdict(sg.0 / nft.0 >= 2.0)
-        );
+        for f in sg_agents {
+            if let Some(sg) = at(f, true) {
+                let _ = writeln!(
+                    out,
+                    "| {}: flood at 10,000 rules >= 20x iptables | {:.1}x | {} |",
+                    f.name(),
+                    sg.0 / ipt.0,
+                    verdict(sg.0 / ipt.0 >= 20.0)
+                );
+                let _ = writeln!(
+                    out,
+                    "| {}: flood at 10,000 rules >= 2x nftables | {:.2}x | {} |",
+                    f.name(),
+                    sg.0 / nft.0,
+                    verdict(sg.0 / nft.0 >= 2.0)
+                );
+            }
+        }
     }
     for big in [false, true] {
-        for f in [e2e::Filter::SgAgent, e2e::Filter::SgAgentGeneric] {
+        for f in sg_agents {
             if let Some(sg) = at(f, big) {
                 let p = sg.1 / none;
                 let _ = writeln!(
@@ -331,8 +341,8 @@ pub fn render(all: &All) -> String {
     let _ = writeln!(
         out,
         "\n## 4. Memory\n\n\
-         BPF maps of one instance's object (`bytes_memlock` from `bpftool map show`) at 10,000 rules, with the TCP connection table empty and then filled from user space to its capacity \
-         ({} flows; the table for other protocols holds {}, the fragment table {}). The connection tables are preallocated LRU hashes: their memory is the same empty or full. \
+         BPF maps of one instance's object (`bytes_memlock` from `bpftool map show`) at 10,000 rules, with the IPv4 TCP connection table empty and then filled from user space to its capacity \
+         ({} flows; so does the IPv6 TCP table; each table for other protocols holds {}, the fragment table {}). The connection tables are preallocated LRU hashes: their memory is the same empty or full. \
          The tries are not preallocated and hold two generations only during a reload. The agent's resident set is in the end-to-end table.\n",
         sg_common::maps::CT_TCP_MAX_ENTRIES,
         sg_common::maps::CT_OTHER_MAX_ENTRIES,
