@@ -105,6 +105,7 @@ pub fn settings(ct: &ConntrackSettings) -> Settings {
         icmp_ns: 30 * SEC,
         other_ns: 600 * SEC,
         fragment_ns: 30 * SEC,
+        ns_per_tick: 0,
     }
 }
 

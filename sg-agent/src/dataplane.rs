@@ -195,6 +195,21 @@ fn applied(
     }
 }
 
+/// The kernel's tick (one jiffy) in nanoseconds: the resolution of the
+/// coarse clocks, which is `TICK_NSEC`.
+fn tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid, writable timespec.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) } == 0;
+    let ns = u64::try_from(res.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(res.tv_nsec).unwrap_or(0);
+    // 0 makes the programs fall back to the coarse clock.
+    if ok { ns } else { 0 }
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
@@ -310,6 +325,7 @@ impl Dataplane {
             Settings {
                 generation: 0,
                 ready: 0,
+                ns_per_tick: settings.ns_per_tick,
                 ..s
             } == settings
         });
@@ -377,6 +393,7 @@ impl Dataplane {
                 Settings {
                     generation: u32::from(next),
                     ready: 1,
+                    ns_per_tick: tick_ns(),
                     ..settings
                 },
                 0,

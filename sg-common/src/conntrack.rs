@@ -356,6 +356,7 @@ mod tests {
             icmp_ns: 30 * SEC,
             other_ns: 600 * SEC,
             fragment_ns: 30 * SEC,
+            ns_per_tick: 0,
         }
     }
 
@@ -404,13 +405,10 @@ mod tests {
             assert_eq!(k1, k2, "both directions share one key");
             assert_ne!(a1, a2);
             assert_eq!(a1, key_of(&fwd).1, "same endpoint order as the wide key");
-            assert_eq!(
-                (k1.addr_a, k1.addr_b, k1.port_a, k1.port_b),
-                {
-                    let w = key_of(&fwd).0;
-                    (w.addr_a[0], w.addr_b[0], w.port_a, w.port_b)
-                }
-            );
+            assert_eq!((k1.addr_a, k1.addr_b, k1.port_a, k1.port_b), {
+                let w = key_of(&fwd).0;
+                (w.addr_a[0], w.addr_b[0], w.port_a, w.port_b)
+            });
         }
     }
 

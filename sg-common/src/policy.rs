@@ -58,8 +58,14 @@ pub struct Settings {
     pub icmp_ns: u64,
     pub other_ns: u64,
     pub fragment_ns: u64,
+    /// Nanoseconds per jiffy (the kernel's tick), set by the data plane when
+    /// it publishes: the programs tell time as `bpf_jiffies64() *
+    /// ns_per_tick`, a plain load where the coarse clock costs a helper that
+    /// reads the timekeeper (6% of a tracked packet). Both have the tick's
+    /// resolution. Zero: the programs use the coarse clock.
+    pub ns_per_tick: u64,
 }
-const _: () = assert!(size_of::<Settings>() == 80);
+const _: () = assert!(size_of::<Settings>() == 88);
 
 /// Tag bytes of an address key.
 #[inline(always)]

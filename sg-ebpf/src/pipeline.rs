@@ -1,7 +1,7 @@
 //! parse -> neighbour discovery -> fragments -> conntrack -> policy ->
 //! record, with one exit where the verdict is counted.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use aya_ebpf::maps::LruHashMap;
 use aya_log_ebpf::debug;
 use sg_common::{
@@ -75,9 +75,13 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
     }
     // Read once: this packet is judged entirely by one policy generation.
     let generation = settings.generation as u8;
-    // The coarse clock (jiffy resolution) is plenty for idle timeouts of
-    // seconds and costs far less per packet than the precise one.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // A clock of jiffy resolution is plenty for idle timeouts of seconds;
+    // jiffies cost less per packet than even the coarse clock.
+    let now = if settings.ns_per_tick != 0 {
+        unsafe { bpf_jiffies64() }.wrapping_mul(settings.ns_per_tick)
+    } else {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    };
 
     if flow.frag == FRAG_LATER {
         frag_key.fill(flow);
@@ -105,9 +109,25 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
     }
 
     let verdict = if flow.family == FAMILY_V4 {
-        track(ct_table_v4(flow.proto), flow, ct_key4, now, settings, generation, direction)
+        track(
+            ct_table_v4(flow.proto),
+            flow,
+            ct_key4,
+            now,
+            settings,
+            generation,
+            direction,
+        )
     } else {
-        track(ct_table_v6(flow.proto), flow, ct_key, now, settings, generation, direction)
+        track(
+            ct_table_v6(flow.proto),
+            flow,
+            ct_key,
+            now,
+            settings,
+            generation,
+            direction,
+        )
     };
     if flow.frag == FRAG_FIRST && counters::passes(verdict) {
         frag_key.fill(flow);

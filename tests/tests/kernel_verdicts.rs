@@ -894,3 +894,36 @@ fn reloads_swap_whole_policies_and_leave_no_stale_entries() {
         "the same policy again writes nothing"
     );
 }
+
+/// Idle timeouts in real time: the programs tell time from jiffies scaled
+/// by the tick the agent measured, so a flow idle for longer than its
+/// timeout is forgotten and one idle for less is not. (A clock off by a
+/// factor of a thousand either way fails one of the two.)
+#[test]
+fn idle_flows_expire_in_real_time() {
+    let vpc = vpc(CONFIG);
+    let compiled = sg_agent::compile::compile(&vpc);
+    let tables = &compiled.instances[0].tables;
+    let (me, peer) = (ip("10.0.0.1"), ip("198.51.100.9"));
+    for (timeout_ms, idle_ms, alive) in [(3_000, 100, true), (200, 600, false)] {
+        let mut dp = sg_agent::dataplane::Dataplane::load().expect("load");
+        let settings = sg_common::policy::Settings {
+            tcp_syn_ns: timeout_ms * 1_000_000,
+            ..compiled.settings
+        };
+        dp.publish(tables, settings).expect("publish");
+        assert!(tc_passes(
+            &dp,
+            &frame(me, peer, &tcp(40500, 443, SYN), &Shape::default())
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(idle_ms));
+        assert_eq!(
+            xdp_passes(
+                &dp,
+                &frame(peer, me, &tcp(443, 40500, SYN | ACK), &Shape::default())
+            ),
+            alive,
+            "a half-open flow idle for {idle_ms} ms with a {timeout_ms} ms timeout"
+        );
+    }
+}

@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "/usr/sbin/iptables"),
     ("iperf3", "/usr/bin/iperf3"),
     ("netsniff-ng", "/usr/sbin/trafgen"),
+    ("linux-perf", "/usr/bin/perf"),
 ];
 
 pub fn all() -> anyhow::Result<()> {

@@ -177,8 +177,15 @@ pub fn measure(cfg: &Config) -> Report {
     // path) and once as configured (tracked and dropped), all before any
     // measurement, so that the runs below interleave every cell and a slow
     // moment of this shared machine spreads over all of them.
+    // `SG_BENCH_CELL=policy/family/path` measures that one cell alone, ten
+    // times the runs and without the peer: for `perf record` (profile.rs).
+    let only = std::env::var("SG_BENCH_CELL").ok();
     let cells: Vec<Cell> = POLICIES
         .iter()
+        .filter(|(label, _, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split('/').next() == Some(*label))
+        })
         .flat_map(|&(label, fillers, shape)| {
             let vpc: Vpc = config::from_str(
                 "bench.toml".as_ref(),
@@ -233,16 +240,15 @@ pub fn measure(cfg: &Config) -> Report {
             })
         })
         .collect();
-    // `SG_BENCH_CELL=policy/family/path` (substrings) keeps the matching
-    // cells only: for profiling one path with `perf record`.
     let mut cells = cells;
-    if let Ok(only) = std::env::var("SG_BENCH_CELL") {
-        cells.retain(|c| format!("{}/{}/{}", c.policy, c.family, c.path).contains(&only));
+    if let Some(only) = &only {
+        cells.retain(|c| format!("{}/{}/{}", c.policy, c.family, c.path) == *only);
+        assert!(!cells.is_empty(), "SG_BENCH_CELL={only}: no such cell");
     }
     let (new4, _, _) = frames(false);
     let floor_ctx = xdp_md(ifindex, new4.len());
     let mut floor_samples = Vec::new();
-    let runs = if std::env::var_os("SG_BENCH_CELL").is_some() {
+    let runs = if only.is_some() {
         cfg.runs * 10
     } else {
         cfg.runs
@@ -283,7 +289,11 @@ pub fn measure(cfg: &Config) -> Report {
         })
         .collect();
     drop(inside);
-    let peer = xdp_filter(&ns.name, &frames(false), ifindex, cfg);
+    let peer = if only.is_some() {
+        Vec::new()
+    } else {
+        xdp_filter(&ns.name, &frames(false), ifindex, cfg)
+    };
     Report {
         ifindex,
         floor,

@@ -6,6 +6,7 @@ pub mod e2e;
 pub mod kernel;
 pub mod memory;
 pub mod policies;
+pub mod profile;
 pub mod reload;
 pub mod report;
 pub mod stats;

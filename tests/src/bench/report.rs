@@ -2,10 +2,11 @@
 
 use std::{fmt::Write as _, process::Command};
 
-use super::{e2e, kernel, memory, reload};
+use super::{e2e, kernel, memory, profile, reload};
 
 pub struct All {
     pub kernel: kernel::Report,
+    pub profiles: Vec<profile::Profile>,
     pub e2e: Vec<e2e::Row>,
     pub e2e_cfg: (u64, u64, usize),
     pub reload: Vec<reload::Row>,
@@ -186,6 +187,8 @@ pub fn render(all: &All) -> String {
             verdict(m < peer)
         );
     }
+
+    render_profiles(&mut out, all);
 
     // 2. End to end.
     let (flood, iperf, runs) = all.e2e_cfg;
@@ -381,6 +384,50 @@ pub fn render(all: &All) -> String {
     }
     out.push_str(FINDINGS);
     out
+}
+
+/// The perf attribution of the smallest policy's IPv4 paths: each group's
+/// share of the samples, and that share of the path's median from the table
+/// above (perf's own overhead inflates absolute times while it records).
+fn render_profiles(out: &mut String, all: &All) {
+    if all.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Where the time goes\n\n\
+         `perf record -a -e cpu-clock -F 10000` over each path measured on its own (the *base rules only* policy, IPv4, {} samples or more per path), kernel symbols grouped by what they do; \
+         loading and verifying the programs, idle time and user space are left out. Each cell: share of the path's samples, and that share of the path's median above.\n",
+        all.profiles.iter().map(|p| p.samples).min().unwrap_or(0)
+    );
+    let _ = write!(out, "| where |");
+    for p in &all.profiles {
+        let _ = write!(out, " {} |", p.path);
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in &all.profiles {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    let median = |path: &str| {
+        all.kernel
+            .rows
+            .iter()
+            .find(|r| r.policy == "base rules only" && r.family == "IPv4" && r.path == path)
+            .map_or(f64::NAN, |r| r.ns.median)
+    };
+    for (i, group) in profile::GROUPS.iter().enumerate() {
+        let _ = write!(out, "| {group} |");
+        for p in &all.profiles {
+            let _ = write!(
+                out,
+                " {:.0}% ({:.0} ns) |",
+                p.shares[i] * 100.0,
+                p.shares[i] * median(p.path)
+            );
+        }
+        out.push('\n');
+    }
 }
 
 /// What the figures above mean, and what was changed because of them. Only

@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
-//! `--only kernel|e2e|reload|memory` runs one part and prints it.
+//! `--only kernel|profile|e2e|reload|memory` runs one part and prints it.
 
-use sg_tests::bench::{e2e, kernel, memory, reload, report};
+use sg_tests::bench::{e2e, kernel, memory, profile, reload, report};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -42,6 +42,12 @@ fn main() {
 
     eprintln!("==> 1. in-kernel cost");
     let kernel = part("kernel").then(|| kernel::measure(&kcfg));
+    eprintln!("==> 1b. where the in-kernel time goes (perf)");
+    let profiles = if part("profile") && std::env::var_os("SG_BENCH_CELL").is_none() {
+        profile::measure(smoke)
+    } else {
+        Vec::new()
+    };
     eprintln!("==> 2. end to end");
     let e2e_rows = if part("e2e") {
         e2e::measure(&ecfg, &sizes)
@@ -62,27 +68,12 @@ fn main() {
     };
 
     let Some(kernel) = kernel else {
-        for r in &e2e_rows {
-            println!(
-                "{} {} flood {} tcp {}",
-                r.filter.name(),
-                r.rules,
-                r.flood_pps.show(0),
-                r.tcp_gbps.show(2)
-            );
-        }
-        for r in &reload_rows {
-            println!(
-                "reload {} rules {} ms start {} ms",
-                r.rules,
-                r.reload_ms.show(1),
-                r.start_ms.show(1)
-            );
-        }
+        print_parts(&profiles, &e2e_rows, &reload_rows);
         return;
     };
     let all = report::All {
         kernel,
+        profiles,
         e2e: e2e_rows,
         e2e_cfg: (ecfg.flood_secs, ecfg.iperf_secs, ecfg.runs),
         reload: reload_rows,
@@ -98,4 +89,31 @@ fn main() {
     std::fs::write(path, &text).expect("write the report");
     println!("{text}");
     eprintln!("wrote {path}");
+}
+
+/// `--only` without the kernel part: what was measured, without a report.
+fn print_parts(profiles: &[profile::Profile], e2e_rows: &[e2e::Row], reload_rows: &[reload::Row]) {
+    for p in profiles {
+        println!("profile {} ({} samples):", p.path, p.samples);
+        for (g, share) in profile::GROUPS.iter().zip(p.shares) {
+            println!("  {:5.1}% {g}", share * 100.0);
+        }
+    }
+    for r in e2e_rows {
+        println!(
+            "{} {} flood {} tcp {}",
+            r.filter.name(),
+            r.rules,
+            r.flood_pps.show(0),
+            r.tcp_gbps.show(2)
+        );
+    }
+    for r in reload_rows {
+        println!(
+            "reload {} rules {} ms start {} ms",
+            r.rules,
+            r.reload_ms.show(1),
+            r.start_ms.show(1)
+        );
+    }
 }
