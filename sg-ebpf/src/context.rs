@@ -64,3 +64,49 @@ pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*const T> {
     }
     Some((start + offset) as *const T)
 }
+
+/// Four packet bytes as they sit (no byte-order change), in one load.
+///
+/// Packet headers are not aligned (the IP header starts 14 bytes into the
+/// frame), and Rust reads a `[u8; 4]` field as four byte loads joined by
+/// three shifts and three ors: for the eight words of two IPv6 addresses that
+/// was the largest part of the parser. An eBPF load may be unaligned: the
+/// verifier permits it where the CPU handles it (x86, arm64) and checks the
+/// alignment elsewhere, refusing the program at load time rather than
+/// letting it misread. Inline assembly states exactly that one instruction,
+/// which a Rust read of a misaligned `u32` could not.
+///
+/// # Safety
+/// `p .. p + 4` must lie inside the packet, checked against `data_end` on
+/// this very pointer (see [`ptr_at`]).
+#[inline(always)]
+pub unsafe fn load_u32(p: *const u8) -> u32 {
+    let v: u64;
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u32 *)({p} + 0)",
+            p = in(reg) p,
+            v = lateout(reg) v,
+            options(nostack, readonly),
+        );
+    }
+    v as u32
+}
+
+/// A big-endian 16-bit packet field, in one load (see [`load_u32`]).
+///
+/// # Safety
+/// As for [`load_u32`], for `p .. p + 2`.
+#[inline(always)]
+pub unsafe fn load_be16(p: *const u8) -> u16 {
+    let v: u64;
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u16 *)({p} + 0)",
+            p = in(reg) p,
+            v = lateout(reg) v,
+            options(nostack, readonly),
+        );
+    }
+    u16::from_be(v as u16)
+}

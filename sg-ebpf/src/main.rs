@@ -4,6 +4,8 @@
 //! and connections.
 #![no_std]
 #![no_main]
+// Inline assembly for single-instruction unaligned packet loads (context.rs).
+#![feature(asm_experimental_arch)]
 
 mod context;
 mod maps;

@@ -7,7 +7,9 @@ use sg_common::{
     flow::{Addr, FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, icmp, proto},
 };
 
-use crate::context::{Packet, ptr_at};
+use core::ptr::addr_of;
+
+use crate::context::{Packet, load_be16, load_u32, ptr_at};
 
 /// VLAN tags (802.1Q / 802.1ad) walked before the network header.
 pub const VLAN_MAX_DEPTH: usize = 2;
@@ -39,8 +41,9 @@ struct VlanHdr {
     proto: [u8; 2],
 }
 
-/// Fields are byte arrays (alignment 1): the verifier and the CPU read the
-/// unaligned packet safely, and addresses are copied out word-wise.
+/// Fields are byte arrays (alignment 1), as the packet is not aligned;
+/// multi-byte fields are read with single unaligned loads (`load_u32`,
+/// `load_be16`).
 #[repr(C)]
 struct Ipv4Hdr {
     version_ihl: u8,
@@ -55,20 +58,39 @@ struct Ipv4Hdr {
     dst: [u8; 4],
 }
 
+/// An IPv4 address from the packet, in network byte order.
+///
+/// # Safety
+/// `b` points into the packet, bounds-checked with its header.
 #[inline(always)]
-fn word(b: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(b)
+unsafe fn addr4(b: *const [u8; 4]) -> u32 {
+    unsafe { load_u32(b.cast()) }
 }
 
-/// An IPv6 address from the packet into an `Addr`, four word copies.
+/// An IPv6 address from the packet into an `Addr`: four word loads.
+///
+/// # Safety
+/// As for [`addr4`].
 #[inline(always)]
-fn addr6(b: &[u8; 16]) -> Addr {
-    [
-        word([b[0], b[1], b[2], b[3]]),
-        word([b[4], b[5], b[6], b[7]]),
-        word([b[8], b[9], b[10], b[11]]),
-        word([b[12], b[13], b[14], b[15]]),
-    ]
+unsafe fn addr6(b: *const [u8; 16]) -> Addr {
+    let p: *const u8 = b.cast();
+    unsafe {
+        [
+            load_u32(p),
+            load_u32(p.add(4)),
+            load_u32(p.add(8)),
+            load_u32(p.add(12)),
+        ]
+    }
+}
+
+/// A big-endian 16-bit field of the packet.
+///
+/// # Safety
+/// As for [`addr4`].
+#[inline(always)]
+unsafe fn field16(b: *const [u8; 2]) -> u16 {
+    unsafe { load_be16(b.cast()) }
 }
 
 #[repr(C)]
@@ -96,15 +118,28 @@ struct Ipv6FragHdr {
     id: [u8; 4],
 }
 
-/// The first 8 bytes of TCP, UDP or ICMP; TCP's flags come separately.
+/// The first 8 bytes of TCP or UDP: what an ICMP error quotes.
 #[repr(C)]
 struct L4Hdr {
-    b: [u8; 8],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    rest: [u8; 4],
+}
+
+/// The first 8 bytes of ICMP / `ICMPv6`.
+#[repr(C)]
+struct IcmpHdr {
+    ty: u8,
+    code: u8,
+    check: [u8; 2],
+    id: [u8; 2],
+    seq: [u8; 2],
 }
 
 #[repr(C)]
 struct TcpHdr {
-    ports: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
     seq: [u8; 4],
     ack: [u8; 4],
     off: u8,
@@ -117,11 +152,6 @@ pub enum Parsed {
     /// An IP packet; `inner` is the packet an ICMP error quotes, when
     /// `has_inner`.
     Ip { has_inner: bool },
-}
-
-#[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
 }
 
 /// Parses the frame into `flow` (and, for an ICMP error, the quoted packet
@@ -139,7 +169,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Verdict(DROP_MALFORMED);
     };
-    let mut ethertype = be16(unsafe { (*eth).proto });
+    let mut ethertype = unsafe { field16(addr_of!((*eth).proto)) };
     let mut off = core::mem::size_of::<EthHdr>();
     for _ in 0..VLAN_MAX_DEPTH {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
@@ -148,7 +178,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
         let Some(vlan) = ptr_at::<VlanHdr>(ctx, off) else {
             return Parsed::Verdict(DROP_MALFORMED);
         };
-        ethertype = be16(unsafe { (*vlan).proto });
+        ethertype = unsafe { field16(addr_of!((*vlan).proto)) };
         off += core::mem::size_of::<VlanHdr>();
     }
     let l4_off = match ethertype {
@@ -190,7 +220,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
 #[inline(always)]
 fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
-    let (version_ihl, frag_off) = unsafe { ((*ip).version_ihl, be16((*ip).frag_off)) };
+    let (version_ihl, frag_off) = unsafe { ((*ip).version_ihl, field16(addr_of!((*ip).frag_off))) };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
         return Err(DROP_MALFORMED);
@@ -198,9 +228,9 @@ fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
     flow.family = FAMILY_V4;
     unsafe {
         flow.proto = (*ip).proto;
-        flow.src = [word((*ip).src), 0, 0, 0];
-        flow.dst = [word((*ip).dst), 0, 0, 0];
-        flow.frag_id = u32::from(be16((*ip).id));
+        flow.src = [addr4(addr_of!((*ip).src)), 0, 0, 0];
+        flow.dst = [addr4(addr_of!((*ip).dst)), 0, 0, 0];
+        flow.frag_id = u32::from(field16(addr_of!((*ip).id)));
     }
     let more_fragments = frag_off & 0x2000 != 0;
     let offset = frag_off & 0x1fff;
@@ -225,8 +255,8 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
     }
     flow.family = FAMILY_V6;
     unsafe {
-        flow.src = addr6(&(*ip).src);
-        flow.dst = addr6(&(*ip).dst);
+        flow.src = addr6(addr_of!((*ip).src));
+        flow.dst = addr6(addr_of!((*ip).dst));
     }
     let mut next = unsafe { (*ip).next_header };
     let mut off = off + core::mem::size_of::<Ipv6Hdr>();
@@ -247,11 +277,16 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
             }
             IPV6_FRAGMENT => {
                 let h = ptr_at::<Ipv6FragHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
-                let (n, offset_flags, id) =
-                    unsafe { ((*h).next_header, be16((*h).offset_flags), (*h).id) };
+                let (n, offset_flags, id) = unsafe {
+                    (
+                        (*h).next_header,
+                        field16(addr_of!((*h).offset_flags)),
+                        u32::from_be(load_u32(addr_of!((*h).id).cast())),
+                    )
+                };
                 next = n;
                 off += core::mem::size_of::<Ipv6FragHdr>();
-                flow.frag_id = u32::from_be_bytes(id);
+                flow.frag_id = id;
                 if offset_flags >> 3 != 0 {
                     flow.frag = FRAG_LATER;
                     flow.proto = next;
@@ -283,24 +318,26 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
     match flow.proto {
         proto::TCP => {
             let h = ptr_at::<TcpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
-            let (ports, flags) = unsafe { ((*h).ports, (*h).flags) };
-            flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
-            flow.tcp_flags = flags;
+            unsafe {
+                flow.sport = field16(addr_of!((*h).sport));
+                flow.dport = field16(addr_of!((*h).dport));
+                flow.tcp_flags = (*h).flags;
+            }
         }
         proto::UDP => {
             let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
-            let b = unsafe { (*h).b };
-            flow.sport = u16::from_be_bytes([b[0], b[1]]);
-            flow.dport = u16::from_be_bytes([b[2], b[3]]);
+            unsafe {
+                flow.sport = field16(addr_of!((*h).sport));
+                flow.dport = field16(addr_of!((*h).dport));
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
-            let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
-            let b = unsafe { (*h).b };
-            flow.icmp_type = b[0];
-            flow.icmp_code = b[1];
-            if icmp::is_echo(flow.family, b[0]) {
-                let id = u16::from_be_bytes([b[4], b[5]]);
+            let h = ptr_at::<IcmpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let (ty, code) = unsafe { ((*h).ty, (*h).code) };
+            flow.icmp_type = ty;
+            flow.icmp_code = code;
+            if icmp::is_echo(flow.family, ty) {
+                let id = unsafe { field16(addr_of!((*h).id)) };
                 flow.sport = id;
                 flow.dport = id;
             }
@@ -326,8 +363,8 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         inner.family = FAMILY_V4;
         unsafe {
             inner.proto = (*ip).proto;
-            inner.src = [word((*ip).src), 0, 0, 0];
-            inner.dst = [word((*ip).dst), 0, 0, 0];
+            inner.src = [addr4(addr_of!((*ip).src)), 0, 0, 0];
+            inner.dst = [addr4(addr_of!((*ip).dst)), 0, 0, 0];
         }
         off + ihl
     } else {
@@ -337,24 +374,33 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         inner.family = FAMILY_V6;
         unsafe {
             inner.proto = (*ip).next_header;
-            inner.src = addr6(&(*ip).src);
-            inner.dst = addr6(&(*ip).dst);
+            inner.src = addr6(addr_of!((*ip).src));
+            inner.dst = addr6(addr_of!((*ip).dst));
         }
         off + core::mem::size_of::<Ipv6Hdr>()
     };
-    let Some(h) = ptr_at::<L4Hdr>(ctx, l4_off) else {
+    // TCP, UDP and ICMP headers all have 8 bytes here.
+    if ptr_at::<L4Hdr>(ctx, l4_off).is_none() {
         return false;
-    };
-    let b = unsafe { (*h).b };
+    }
     match inner.proto {
         proto::TCP | proto::UDP => {
-            inner.sport = u16::from_be_bytes([b[0], b[1]]);
-            inner.dport = u16::from_be_bytes([b[2], b[3]]);
+            let Some(h) = ptr_at::<L4Hdr>(ctx, l4_off) else {
+                return false;
+            };
+            unsafe {
+                inner.sport = field16(addr_of!((*h).sport));
+                inner.dport = field16(addr_of!((*h).dport));
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
-            inner.icmp_type = b[0];
-            if icmp::is_echo(inner.family, b[0]) {
-                let id = u16::from_be_bytes([b[4], b[5]]);
+            let Some(h) = ptr_at::<IcmpHdr>(ctx, l4_off) else {
+                return false;
+            };
+            let ty = unsafe { (*h).ty };
+            inner.icmp_type = ty;
+            if icmp::is_echo(inner.family, ty) {
+                let id = unsafe { field16(addr_of!((*h).id)) };
                 inner.sport = id;
                 inner.dport = id;
             }
