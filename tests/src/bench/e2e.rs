@@ -83,6 +83,9 @@ pub struct Row {
     pub flood_pps: Stat,
     /// CPU time (all cores, busy) per absorbed packet, ns.
     pub cpu_ns: Stat,
+    /// Of it, the time in softirq context (the receive path: veth's NAPI or
+    /// backlog, XDP, TC, netfilter) per absorbed packet, ns.
+    pub softirq_ns: Stat,
     /// TCP throughput of an allowed flow, Gbit/s.
     pub tcp_gbps: Stat,
     /// The agent's resident set while enforcing (sg-agent only), KiB.
@@ -248,7 +251,8 @@ pub fn iptables_ruleset(vpc: &Vpc) -> String {
     out
 }
 
-fn busy_jiffies() -> u64 {
+/// Jiffies of all cores since boot: (busy, of which softirq).
+fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     let cpu: Vec<u64> = stat
         .lines()
@@ -259,12 +263,14 @@ fn busy_jiffies() -> u64 {
         .filter_map(|v| v.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal: all but idle and iowait.
-    cpu.iter()
+    let busy = cpu
+        .iter()
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, v)| v)
         .take(6)
-        .sum()
+        .sum();
+    (busy, cpu[6])
 }
 
 fn rx_packets(ns: &str) -> u64 {
@@ -277,7 +283,8 @@ fn rx_packets(ns: &str) -> u64 {
 /// A flood of disallowed UDP (to port 9) from gen for `secs` seconds,
 /// bounded by a packet count too; returns (packets absorbed per second, CPU
 /// ns per packet).
-fn flood(pair: &Pair, secs: u64) -> (f64, f64) {
+/// Packets absorbed per second, and busy and softirq CPU ns per packet.
+fn flood(pair: &Pair, secs: u64) -> (f64, f64, f64) {
     let conf = std::env::temp_dir().join(format!("{}-flood.cfg", pair.gen_ns.name));
     let cfg = format!(
         "{{\n  eth(da={}, sa={}, type=0x0800),\n  ipv4(saddr={CLIENT_V4}, daddr={SERVER_V4}, proto=17, ttl=64),\n  udp(sp=12345, dp=9),\n  fill(0x41, 18)\n}}\n",
@@ -286,7 +293,7 @@ fn flood(pair: &Pair, secs: u64) -> (f64, f64) {
     );
     std::fs::write(&conf, cfg).expect("trafgen config");
     let rx0 = rx_packets(&pair.sink_ns.name);
-    let cpu0 = busy_jiffies();
+    let cpu0 = cpu_jiffies();
     let start = std::time::Instant::now();
     // trafgen gives up when the veth's ring pushes back (EAGAIN); restart it
     // until the time is up (bounded in restarts too).
@@ -326,10 +333,15 @@ fn flood(pair: &Pair, secs: u64) -> (f64, f64) {
     let packets = rx_packets(&pair.sink_ns.name) - rx0;
     let clk_tck = 100.0; // USER_HZ: /proc/stat counts in 1/100 s.
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    let cpu_ns = (busy_jiffies() - cpu0) as f64 / clk_tck * 1e9;
+    let ns = |jiffies: u64| jiffies as f64 / clk_tck * 1e9;
+    let cpu1 = cpu_jiffies();
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     let p = packets as f64;
-    (p / elapsed, cpu_ns / p.max(1.0))
+    (
+        p / elapsed,
+        ns(cpu1.0 - cpu0.0) / p.max(1.0),
+        ns(cpu1.1 - cpu0.1) / p.max(1.0),
+    )
 }
 
 /// iperf3, one TCP stream gen -> sink:5201 (allowed by every policy).
@@ -446,28 +458,67 @@ fn install(
     }
 }
 
+/// One configuration under measurement: a filter at a policy size, on a
+/// namespace pair of its own.
+struct Setup {
+    filter: Filter,
+    rules: usize,
+    pair: Pair,
+    installed: Installed,
+    pps: Vec<f64>,
+    cpu: Vec<f64>,
+    softirq: Vec<f64>,
+    gbps: Vec<f64>,
+}
+
+/// Every configuration is installed side by side first, each on a pair of
+/// its own (no state carries over), then measured in turns, run after run:
+/// a slow moment of this shared machine spreads over all of them instead of
+/// landing on one, so the ratios compare like with like.
 pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
-    let mut rows = Vec::new();
     let dir: PathBuf = std::env::temp_dir().join(unique_prefix("sgbench-e2e"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut setups: Vec<Setup> = Vec::new();
     for (i, &fillers) in sizes.iter().enumerate() {
         for filter in Filter::ALL {
             if i > 0 && !filter.enforces_policy() {
                 continue;
             }
-            // A fresh pair per filter: no state carries over.
+            let own_dir = dir.join(setups.len().to_string());
+            std::fs::create_dir_all(&own_dir).expect("temp dir");
             let pair = Pair::new();
-            let (installed, rules) = install(filter, &pair, fillers, &dir);
-            let mut pps = Vec::new();
-            let mut cpu = Vec::new();
-            let mut gbps = Vec::new();
-            for _ in 0..cfg.runs {
-                let (p, c) = flood(&pair, cfg.flood_secs);
-                pps.push(p);
-                cpu.push(c);
-                gbps.push(iperf(&pair, cfg.iperf_secs));
-            }
-            let agent_rss_kib = match installed {
+            let (installed, rules) = install(filter, &pair, fillers, &own_dir);
+            setups.push(Setup {
+                filter,
+                rules,
+                pair,
+                installed,
+                pps: Vec::new(),
+                cpu: Vec::new(),
+                softirq: Vec::new(),
+                gbps: Vec::new(),
+            });
+        }
+    }
+    for run in 1..=cfg.runs {
+        for s in &mut setups {
+            let (p, c, si) = flood(&s.pair, cfg.flood_secs);
+            s.pps.push(p);
+            s.cpu.push(c);
+            s.softirq.push(si);
+            s.gbps.push(iperf(&s.pair, cfg.iperf_secs));
+            eprintln!(
+                "e2e run {run}/{}: {} rules={}: {p:.0} pps, {:.1} Gbit/s",
+                cfg.runs,
+                s.filter.name(),
+                s.rules,
+                s.gbps.last().copied().unwrap_or_default()
+            );
+        }
+    }
+    let rows = setups
+        .into_iter()
+        .map(|s| {
+            let agent_rss_kib = match s.installed {
                 Installed::Agent(a) => {
                     let rss = rss_kib(a.pid());
                     assert_eq!(a.terminate().code(), Some(0), "agent exit");
@@ -479,22 +530,18 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
                 }
                 Installed::Nothing => None,
             };
-            eprintln!(
-                "e2e {} rules={rules}: {:.0} pps, {:.1} Gbit/s",
-                filter.name(),
-                Stat::of(&pps).median,
-                Stat::of(&gbps).median
-            );
-            rows.push(Row {
-                filter,
-                rules,
-                flood_pps: Stat::of(&pps),
-                cpu_ns: Stat::of(&cpu),
-                tcp_gbps: Stat::of(&gbps),
+            drop(s.pair);
+            Row {
+                filter: s.filter,
+                rules: s.rules,
+                flood_pps: Stat::of(&s.pps),
+                cpu_ns: Stat::of(&s.cpu),
+                softirq_ns: Stat::of(&s.softirq),
+                tcp_gbps: Stat::of(&s.gbps),
                 agent_rss_kib,
-            });
-        }
-    }
+            }
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&dir);
     rows
 }

@@ -20,7 +20,7 @@ pub const GROUPS: [&str; 7] = [
     "hash tables: hashing, bucket walk, key compare",
     "LPM trie lookups",
     "LRU insertion: free lists, bucket lock",
-    "coarse clock",
+    "clock (bpf_jiffies64)",
     "other kernel code",
 ];
 
@@ -50,7 +50,10 @@ fn group_of(symbol: &str) -> usize {
         2
     } else if symbol.starts_with("trie_") {
         3
-    } else if symbol.contains("ktime_get_coarse") || symbol == "set_normalized_timespec64" {
+    } else if symbol == "bpf_jiffies64"
+        || symbol.contains("ktime_get_coarse")
+        || symbol == "set_normalized_timespec64"
+    {
         5
     } else {
         6

@@ -197,13 +197,13 @@ pub fn render(all: &All) -> String {
         "\n## 2. End to end: two namespaces over a veth pair\n\n\
          A client namespace and an instance namespace joined by one veth pair; the same policy enforced several ways on the instance (sg-agent at each of its ingress hooks). \
          *Flood*: trafgen (netsniff-ng, one process) sends UDP to a port no rule allows for {flood} s; *absorbed* is the instance veth's rx_packets over that time; \
-         *CPU* is the whole machine's busy time (/proc/stat) per absorbed packet, generator included. *TCP*: iperf3, one stream for {iperf} s to an allowed port. {runs} runs each.\n\n\
+         *CPU* is the whole machine's busy time (/proc/stat) per absorbed packet, generator included; *softirq* is the part of it spent in softirq context, which is where the receive path runs (veth's NAPI or backlog, XDP, TC, netfilter), tick-sampled. *TCP*: iperf3, one stream for {iperf} s to an allowed port. Every configuration is set up side by side on a namespace pair of its own, then each is measured in turn, {runs} rounds.\n\n\
          The nftables ruleset is what an administrator would write: `ct state established,related accept`, a per-instance chain, one `ip saddr . dport` interval set per protocol. \
          The iptables ruleset: conntrack match, one rule per source (Debian's `iptables`, nf_tables backend). The XDP_PASS rows attach a program that does nothing, to show what attaching any XDP program to a veth costs.\n"
     );
     let _ = writeln!(
         out,
-        "| filter | rules | flood absorbed (packets/s) | CPU ns/packet | TCP Gbit/s | TCP vs no filter | agent RSS |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| filter | rules | flood absorbed (packets/s) | CPU ns/packet | of it softirq ns/packet | TCP Gbit/s | TCP vs no filter | agent RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let none = all
         .e2e
@@ -213,7 +213,7 @@ pub fn render(all: &All) -> String {
     for r in &all.e2e {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.0}% | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0}% | {} |",
             r.filter.name(),
             if r.filter.enforces_policy() {
                 r.rules.to_string()
@@ -222,6 +222,7 @@ pub fn render(all: &All) -> String {
             },
             r.flood_pps.show(0),
             r.cpu_ns.show(0),
+            r.softirq_ns.show(0),
             r.tcp_gbps.show(2),
             r.tcp_gbps.median / none * 100.0,
             r.agent_rss_kib
@@ -442,6 +443,6 @@ What the tables show, and what was changed because of them. Mechanisms only here
 - **Clock and key size (changed): the tracked path.** The perf table attributes each path. Two changes came from it: the programs tell time from `bpf_jiffies64()` scaled by the tick (which the agent reads with `clock_getres` on the coarse clock) instead of calling `bpf_ktime_get_coarse_ns`, which reads the timekeeper under a sequence lock; and IPv4 flows have connection tables with a 16-byte key instead of the 40-byte key IPv6 needs, since the kernel hashes and compares every key byte on each lookup. What remains of a tracked packet is the test-run loop itself (the floor), the program's own instructions (parsing, with addresses read a byte at a time because packet headers are not aligned, and the state machine) and one hash lookup: there is no per-rule cost left to remove, and 2x the floor would leave about one hash lookup and nothing else.
 - **New flows: the LRU insertion.** A first packet adds an entry to a preallocated LRU hash: the kernel pops a node from its free lists, takes the bucket lock and links it. The perf table shows this insertion is most of the path; `BPF_F_NO_COMMON_LRU` (per-CPU LRU lists) was measured and was slower. The insertion is what stateful filtering costs; 4x the floor would leave no room for it.
 - **veth and native XDP: TCP throughput, and the TC ingress hook (added).** The *XDP_PASS program, native* row attaches a program that does nothing and loses most of the TCP throughput on its own: to give XDP a writable buffer, veth copies every packet into its own pages, and TCP's packets are clones of what the sender keeps for retransmission. Declaring the program frags-aware keeps GSO-sized packets whole but does not avoid the copy; generic mode must still un-share the cloned buffers. So `--ingress-hook tc` now runs the same pipeline at TC ingress (TCX), after GRO, where the packets are the stack's own skbs: no copy. On veth it is the choice for bulk TCP and, since veth's XDP path also costs its flood rate, for floods too; on a physical NIC native XDP has no such copy (not measured: no NIC here).
-- **Flood rate on a 2-core VM: why 2x nftables is missed.** On veth the receiving side runs on the sending CPU (veth hands each packet to its peer in the sender's context), so the generator (trafgen, one process) and the filter share one core and the absorbed rate is bounded by the generator's own cost per packet as much as by the filter's; the CPU column (busy time per packet, generator included) shows the same ordering. xdp-trafficgen, which sends far more cheaply, fails to load on this kernel (its tracepoint program finds no BTF for `xdp_redirect_map_err`). iptables evaluates its rules one by one for every packet that matches none of them, which is why it collapses at 10,000 rules while the sets of nftables and the maps of sg-agent do not.
+- **Flood rate on a 2-core VM: why 2x nftables is missed, and what the receive path costs.** On veth the receiving side runs on the sending CPU (veth hands each packet to its peer in the sender's context), so the generator (trafgen, one process) and the filter share one core, and the absorbed rate is bounded by the generator's own cost per packet as much as by the filter's. The softirq column isolates the receive path, where XDP, TC and netfilter run: there sg-agent costs a fraction of what nftables costs per packet. With native XDP that includes the copy veth makes of every packet to give XDP a buffer of its own (the generator's packets lack XDP's headroom), which is why on veth TC ingress drops a flood for less than XDP does. xdp-trafficgen, which would send far more cheaply, fails to load on this kernel (its tracepoint program finds no BTF for `xdp_redirect_map_err`), and the kernel has no pktgen. iptables evaluates its rules one by one for every packet that matches none of them, which is why it collapses at 10,000 rules while the sets of nftables and the maps of sg-agent do not.
 - **Reload of 10,000 rules (changed).** The first version wrote every trie entry of the new generation on each reload; at 10,000 rules that missed 200 ms, mostly in writing the port trie (one syscall per entry; LPM tries have no batch update). Classes now keep stable ids across generations and their port entries are written once and deleted when nothing refers to them, so a reload writes the address entries and only the classes it adds; the phase table shows what remains: parsing, compiling and the address entries. The swap itself is one 4-byte write, and no datagram was misjudged during any reload.
 ";

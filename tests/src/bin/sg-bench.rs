@@ -35,7 +35,7 @@ fn main() {
         e2e::Config {
             flood_secs: 4,
             iperf_secs: 4,
-            runs: 3,
+            runs: 5,
         }
     };
     let sizes = [57, 9_997];
@@ -101,10 +101,12 @@ fn print_parts(profiles: &[profile::Profile], e2e_rows: &[e2e::Row], reload_rows
     }
     for r in e2e_rows {
         println!(
-            "{} {} flood {} tcp {}",
+            "{} {} flood {} cpu {} softirq {} tcp {}",
             r.filter.name(),
             r.rules,
             r.flood_pps.show(0),
+            r.cpu_ns.show(0),
+            r.softirq_ns.show(0),
             r.tcp_gbps.show(2)
         );
     }
