@@ -7,7 +7,8 @@
 //! security groups require (10.0.0.0/8 tcp/22 plus 10.1.0.0/16 tcp/80 must
 //! still allow 10.1.2.3 on port 22). Classes are deduplicated, so ten
 //! thousand prefix-list entries with the same rules make one class. Each
-//! class's matchers are merged per protocol and stored as port prefixes.
+//! class's matchers are merged per protocol: single ports go to the port
+//! hash, ranges (as covering prefixes) and whole protocols to the port trie.
 
 use std::collections::{BTreeMap, HashMap};
 
