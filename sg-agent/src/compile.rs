@@ -279,6 +279,15 @@ impl KernelEntries {
     }
 }
 
+/// How many port-trie and port-hash entries a class takes.
+pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
+    let exact = content
+        .iter()
+        .filter(|&&(proto, _, bits)| proto.is_some() && bits == 16)
+        .count();
+    (content.len() - exact, exact)
+}
+
 /// What the kernel needs to know of a class beyond its id: whether it allows
 /// everything, and for which protocols the port trie holds entries (the
 /// others need only the exact-match lookup).
@@ -383,6 +392,25 @@ impl PolicyTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_counts_match_the_entries_written() {
+        let content: ClassContent = vec![
+            (None, 0, 0),
+            (Some(6), 80, 16),
+            (Some(6), 1024, 6),
+            (Some(17), 0, 0),
+            (Some(1), 0x0800, 16),
+        ];
+        let mut e = KernelEntries::default();
+        e.add_class(7, &content);
+        assert_eq!(entry_counts(&content), (e.ports.len(), e.port_exact.len()));
+        assert_eq!(entry_counts(&content), (3, 2));
+        assert_eq!(
+            class_flags(&content),
+            CLASS_ALL_PROTOCOLS | class_trie_bit(6) | class_trie_bit(17)
+        );
+    }
 
     #[test]
     fn port_ranges_become_covering_prefixes() {

@@ -18,7 +18,7 @@ use sg_common::{
 };
 
 use crate::{
-    compile::{ClassContent, KernelEntries, PolicyTables, class_value},
+    compile::{ClassContent, KernelEntries, PolicyTables, class_value, entry_counts},
     netns::{NetnsError, NetnsGuard},
 };
 
@@ -103,6 +103,8 @@ pub struct Attachment {
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Whether the TC ingress program has been loaded (verified).
+    ingress_tc_loaded: bool,
     /// Reads the eBPF side's aya-log records when loaded with logging on.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Generation in force, once published.
@@ -236,7 +238,9 @@ impl Dataplane {
             .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM, INGRESS_TC_PROGRAM] {
+        // The TC ingress program is verified only when it is wanted
+        // (`load_ingress_tc`): verification is most of the time to start.
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             let program = ebpf
                 .program_mut(name)
                 .expect("the object defines every program");
@@ -261,6 +265,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             logger,
+            ingress_tc_loaded: false,
             generation: None,
             addresses: [None, None],
             generation_classes: [BTreeSet::new(), BTreeSet::new()],
@@ -289,7 +294,23 @@ impl Dataplane {
             .expect("XDP program")
     }
 
-    /// The inbound judgement as a TC program (`IngressHook::Tc`).
+    /// Loads the TC ingress program into the kernel (once): `attach` does
+    /// it for `IngressHook::Tc`, tests before running it.
+    pub fn load_ingress_tc(&mut self) -> Result<(), DataplaneError> {
+        if !self.ingress_tc_loaded {
+            self.classifier(INGRESS_TC_PROGRAM)
+                .load()
+                .map_err(|source| DataplaneError::Program {
+                    name: INGRESS_TC_PROGRAM,
+                    source: Box::new(source),
+                })?;
+            self.ingress_tc_loaded = true;
+        }
+        Ok(())
+    }
+
+    /// The inbound judgement as a TC program (`IngressHook::Tc`), once
+    /// loaded with [`Dataplane::load_ingress_tc`].
     pub fn ingress_tc(&self) -> &SchedClassifier {
         self.ebpf
             .program(INGRESS_TC_PROGRAM)
@@ -359,11 +380,16 @@ impl Dataplane {
             let id = local_to_id[&c];
             class_value(id, &self.class_contents[&id])
         });
-        let live_ports: usize = self.class_contents.values().map(Vec::len).sum();
+        let (live_ranges, live_single) = self
+            .class_contents
+            .values()
+            .map(entry_counts)
+            .fold((0, 0), |(r, s), (a, b)| (r + a, s + b));
         for (what, needed, limit) in [
             ("IPv4 address", addresses.v4.len(), m::ADDR_MAX_ENTRIES / 2),
             ("IPv6 address", addresses.v6.len(), m::ADDR_MAX_ENTRIES / 2),
-            ("port", live_ports, m::PORTS_MAX_ENTRIES),
+            ("port range", live_ranges, m::PORTS_MAX_ENTRIES),
+            ("single port", live_single, m::PORT_EXACT_MAX_ENTRIES),
         ] {
             if needed > limit as usize {
                 return Err(DataplaneError::TooLarge {
@@ -482,6 +508,7 @@ impl Dataplane {
         // Legacy (pre-TCX) kernels need the clsact qdisc; it may exist already.
         let _ = tc::qdisc_add_clsact(ifname);
         if hook == IngressHook::Tc {
+            self.load_ingress_tc()?;
             self.classifier(INGRESS_TC_PROGRAM)
                 .attach(ifname, TcAttachType::Ingress)
                 .map_err(attach_err)?;

@@ -42,8 +42,11 @@ pub const ADDR_MAX_ENTRIES: u32 = 1 << 20;
 /// Upper bound of entries in the port trie (two generations).
 pub const PORTS_MAX_ENTRIES: u32 = 1 << 20;
 /// Upper bound of entries in the port hash (two generations). Created with
-/// `BPF_F_NO_PREALLOC`, so like the tries it costs only what it holds.
-pub const PORT_EXACT_MAX_ENTRIES: u32 = 1 << 20;
+/// `BPF_F_NO_PREALLOC`, so its entries cost only what it holds, but its
+/// bucket array (16 bytes per entry of capacity) is allocated up front:
+/// 2 MiB here. Ten thousand rules over sixteen groups, each on its own port,
+/// need about fifty thousand entries per generation.
+pub const PORT_EXACT_MAX_ENTRIES: u32 = 1 << 17;
 /// Capacity of each TCP connection table, IPv4 and IPv6 (preallocated LRU).
 pub const CT_TCP_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of each connection table for every other protocol.

@@ -142,7 +142,10 @@ fn ingress_verdicts_match_the_reference() {
     let dp = dataplane_for(&vpc(CONFIG), "web");
     // The TC ingress program on a data plane of its own: each sees every
     // frame as a first packet.
-    let dp_tc = dataplane_for(&vpc(CONFIG), "web");
+    let mut dp_tc = dataplane_for(&vpc(CONFIG), "web");
+    dp_tc
+        .load_ingress_tc()
+        .expect("TC ingress program verifies");
     let mut cases = vec![
         case(
             "v4 tcp/80 from anywhere",
