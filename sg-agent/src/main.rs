@@ -63,9 +63,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
         xdp_mode: XdpModeArg,
         /// Where inbound packets are judged: `xdp` (the default), or `tc`
-        /// ingress, after GRO. On veth, `tc` keeps a bulk TCP flow's
-        /// throughput that XDP costs; XDP drops a flood for less CPU (see
-        /// BENCHMARKS.md).
+        /// ingress, after GRO. On veth, `tc` keeps the bulk TCP throughput
+        /// that XDP costs there, and drops a flood for less CPU too; on a
+        /// physical NIC, XDP drops earliest (see BENCHMARKS.md).
         #[arg(long, value_enum, default_value_t = IngressHookArg::Xdp)]
         ingress_hook: IngressHookArg,
         /// Log every packet the eBPF programs drop, with its reason (debug
