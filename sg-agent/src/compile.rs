@@ -259,7 +259,7 @@ impl KernelEntries {
                         flags: PORT_FLAG_ALL_PORTS,
                     },
                 )),
-                Some(proto) if port_bits == 16 => self
+                Some(proto) if is_single_port(port_bits) => self
                     .port_exact
                     .push((PortKey::new(class, proto, port), PortValue { flags: 0 })),
                 Some(proto) => {
@@ -279,11 +279,17 @@ impl KernelEntries {
     }
 }
 
+/// A protocol's matcher of one whole port (or ICMP type and code) goes to
+/// the port hash; every other matcher to the port trie.
+fn is_single_port(port_bits: u8) -> bool {
+    port_bits == 16
+}
+
 /// How many port-trie and port-hash entries a class takes.
 pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
     let exact = content
         .iter()
-        .filter(|&&(proto, _, bits)| proto.is_some() && bits == 16)
+        .filter(|&&(proto, _, bits)| proto.is_some() && is_single_port(bits))
         .count();
     (content.len() - exact, exact)
 }
@@ -296,7 +302,7 @@ pub fn class_flags(content: &ClassContent) -> u32 {
         .iter()
         .map(|&(proto, _, port_bits)| match proto {
             None => CLASS_ALL_PROTOCOLS,
-            Some(_) if port_bits == 16 => 0,
+            Some(_) if is_single_port(port_bits) => 0,
             Some(p) => class_trie_bit(p),
         })
         .fold(0, |a, b| a | b)

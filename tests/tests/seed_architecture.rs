@@ -57,7 +57,7 @@ fn seed_reachability_matrix() {
 /// XDP, one TCX program at each of ingress and egress.
 #[test]
 fn seed_reachability_matrix_at_tc_ingress() {
-    reachability_matrix("sgi", &["--ingress-hook", "tc"]);
+    reachability_matrix("sgc", &["--ingress-hook", "tc"]);
 }
 
 fn reachability_matrix(prefix: &str, args: &[&str]) {

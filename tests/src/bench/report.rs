@@ -246,20 +246,16 @@ pub fn render(all: &All) -> String {
         at(e2e::Filter::Nftables, true),
     ) {
         for f in sg_agents {
-            if let Some(sg) = at(f, true) {
+            let Some(sg) = at(f, true) else { continue };
+            for (peer, name, factor, digits) in
+                [(ipt, "iptables", 20.0, 1), (nft, "nftables", 2.0, 2)]
+            {
+                let ratio = sg.0 / peer.0;
                 let _ = writeln!(
                     out,
-                    "| {}: flood at 10,000 rules >= 20x iptables | {:.1}x | {} |",
+                    "| {}: flood at 10,000 rules >= {factor}x {name} | {ratio:.digits$}x | {} |",
                     f.name(),
-                    sg.0 / ipt.0,
-                    verdict(sg.0 / ipt.0 >= 20.0)
-                );
-                let _ = writeln!(
-                    out,
-                    "| {}: flood at 10,000 rules >= 2x nftables | {:.2}x | {} |",
-                    f.name(),
-                    sg.0 / nft.0,
-                    verdict(sg.0 / nft.0 >= 2.0)
+                    verdict(ratio >= factor)
                 );
             }
         }
