@@ -1,5 +1,10 @@
-//! Why a packet passed or was dropped: a stable, numbered ABI. A retired
-//! reason keeps its number as a placeholder; new ones are appended.
+//! Why a packet passed or was dropped: a stable, numbered ABI.
+//!
+//! A reason keeps its number for ever: a new one takes [`CODES`] (and
+//! [`CODES`] grows), a retired one stays in [`NAMES`] as a `retired_N`
+//! placeholder (as Cilium keeps its drop codes). Whether a reason passes is
+//! written down per code in [`PASS_MASK`], never inferred from the order
+//! of the numbers.
 
 pub const PASS_TRACKED: u32 = 0;
 pub const PASS_RULE: u32 = 1;
@@ -10,7 +15,8 @@ pub const PASS_NEIGHBOUR_DISCOVERY: u32 = 3;
 /// A later fragment of a datagram whose first fragment passed.
 pub const PASS_FRAGMENT: u32 = 4;
 pub const DROP_NO_RULE: u32 = 5;
-/// Truncated header, bad IHL, bad IPv6 payload.
+/// Truncated Ethernet, VLAN, IP or transport header, or an IPv4 header
+/// whose IHL is below 5 or whose version is not 4.
 pub const DROP_MALFORMED: u32 = 6;
 /// IPv6 extension-header chain longer than the parser walks.
 pub const DROP_EXT_CHAIN: u32 = 7;
@@ -21,11 +27,16 @@ pub const DROP_UNSUPPORTED_L2: u32 = 9;
 /// Settings missing: the agent has not published a policy.
 pub const DROP_NO_POLICY: u32 = 10;
 
-/// Reasons per direction; the counters array holds two such blocks.
+/// One past the highest code in use: the number of the next new reason.
+pub const CODES: u32 = 11;
+
+/// Room for reasons per direction; the counters array holds two blocks.
 pub const REASONS: u32 = 16;
 pub const COUNTERS_LEN: u32 = 2 * REASONS;
+const _: () = assert!(CODES <= REASONS);
 
-pub const NAMES: [&str; 11] = [
+/// Each code's name, by code (the names the counters are reported under).
+pub const NAMES: [&str; CODES as usize] = [
     "pass_tracked",
     "pass_rule",
     "pass_not_ip",
@@ -39,14 +50,57 @@ pub const NAMES: [&str; 11] = [
     "drop_no_policy",
 ];
 
+/// Bit `code` set: that reason lets the packet through; clear: it drops it.
+pub const PASS_MASK: u32 = 1 << PASS_TRACKED
+    | 1 << PASS_RULE
+    | 1 << PASS_NOT_IP
+    | 1 << PASS_NEIGHBOUR_DISCOVERY
+    | 1 << PASS_FRAGMENT;
+// Every passing code is a code in use.
+const _: () = assert!(PASS_MASK >> CODES == 0);
+// Names and kinds agree: `pass_*` exactly for the codes in the mask.
+const _: () = {
+    let mut code = 0;
+    while code < CODES as usize {
+        let name = NAMES[code].as_bytes();
+        let named_pass = name.len() > 5
+            && name[0] == b'p'
+            && name[1] == b'a'
+            && name[2] == b's'
+            && name[3] == b's'
+            && name[4] == b'_';
+        assert!(named_pass == (PASS_MASK >> code & 1 == 1));
+        code += 1;
+    }
+};
+
 /// Whether a reason lets the packet through.
 #[inline(always)]
 pub fn passes(reason: u32) -> bool {
-    reason <= PASS_FRAGMENT
+    PASS_MASK >> (reason & 31) & 1 != 0
 }
 
 /// Index into the counters array.
 #[inline(always)]
 pub fn index(direction: u8, reason: u32) -> u32 {
     u32::from(direction) * REASONS + reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_and_drop_are_read_from_the_mask() {
+        let passing: [u32; 5] = [
+            PASS_TRACKED,
+            PASS_RULE,
+            PASS_NOT_IP,
+            PASS_NEIGHBOUR_DISCOVERY,
+            PASS_FRAGMENT,
+        ];
+        for code in 0..REASONS {
+            assert_eq!(passes(code), passing.contains(&code), "code {code}");
+        }
+    }
 }
