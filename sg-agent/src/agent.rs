@@ -7,18 +7,46 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
 
 use crate::{
-    compile::{CompiledInstance, compile},
     config::{self, ConfigError, Vpc},
-    dataplane::{Dataplane, IngressHook},
-    summary,
+    dataplane::{Dataplane, DataplaneError, IngressHook},
+    policy::{
+        compile::{CompiledInstance, compile},
+        summary,
+    },
+    source::watch::{WatchError, watch_file},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The rules file at start; its diagnostics say where.
+    #[error("{0}\nnothing attached")]
+    Config(ConfigError),
+    #[error("instance {instance}: {source}")]
+    Instance {
+        instance: String,
+        #[source]
+        source: DataplaneError,
+    },
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("starting the event loop: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn on_instance(name: &str) -> impl FnOnce(DataplaneError) -> AgentError {
+    move |source| AgentError::Instance {
+        instance: name.to_owned(),
+        source,
+    }
+}
 
 /// Bursts of file events within this window make one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -51,18 +79,13 @@ pub struct Options {
     pub ebpf_log: bool,
 }
 
-pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
+pub fn run(path: &Path, opts: Options) -> Result<(), AgentError> {
     let Options {
         watch,
         ingress,
         ebpf_log,
     } = opts;
-    let vpc = match config::load(path) {
-        Ok(v) => v,
-        Err(ConfigError::Invalid(d)) => anyhow::bail!("{d}\nnothing attached"),
-        Err(e) => return Err(e).context("nothing attached"),
-    };
-    bump_memlock_rlimit();
+    let vpc = config::load(path).map_err(AgentError::Config)?;
     let mut agent = Agent {
         path: path.to_owned(),
         vpc: Vpc::default(),
@@ -77,7 +100,8 @@ pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(AgentError::Runtime)?;
     runtime.block_on(agent.watch(watch))?;
     let n = agent.enforced.len();
     drop(agent);
@@ -85,23 +109,11 @@ pub fn run(path: &Path, opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`.
-fn bump_memlock_rlimit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
-    }
-}
-
 impl Agent {
     /// Makes `vpc` the policy in force: detaches instances that left (or
     /// moved), swaps each remaining instance's policy atomically, attaches
     /// new ones.
-    fn apply(&mut self, vpc: Vpc) -> anyhow::Result<()> {
+    fn apply(&mut self, vpc: Vpc) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
         let compiled = compile(&vpc);
         log::debug!("compiled in {} ms", started.elapsed().as_millis());
@@ -130,7 +142,10 @@ impl Agent {
         }
         for (name, inst) in &wanted {
             if let Some(e) = self.enforced.get_mut(*name) {
-                if e.dataplane.publish(&inst.tables, compiled.settings)? {
+                if e.dataplane
+                    .publish(&inst.tables, compiled.settings)
+                    .map_err(on_instance(name))?
+                {
                     log::info!(
                         "instance {name}: new policy in force ({} classes)",
                         inst.tables.classes
@@ -138,12 +153,15 @@ impl Agent {
                 }
                 continue;
             }
-            let mut dataplane = Dataplane::load_logging(self.ebpf_log)?;
-            dataplane.publish(&inst.tables, compiled.settings)?;
+            let mut dataplane =
+                Dataplane::load_logging(self.ebpf_log).map_err(on_instance(name))?;
+            dataplane
+                .publish(&inst.tables, compiled.settings)
+                .map_err(on_instance(name))?;
             let p = place(inst);
             let a = dataplane
                 .attach(&p.1, p.0.as_deref(), self.ingress)
-                .with_context(|| format!("instance {name}"))?;
+                .map_err(on_instance(name))?;
             log::info!(
                 "attached instance {name} to {}: {} ingress, TC egress; {} address classes",
                 describe(&p),
@@ -189,15 +207,16 @@ impl Agent {
                 log::info!("reload #{n} ({why}) applied in {took} ms: {changes}");
             }
             Err(e) => log::error!(
-                "reload #{n} ({why}) failed part-way: {e:#}; instances not updated keep their previous policy"
+                "reload #{n} ({why}) failed part-way: {}; instances not updated keep their previous policy",
+                crate::cli::error_chain(&e)
             ),
         }
     }
 
-    async fn watch(&mut self, watch_file_changes: bool) -> anyhow::Result<()> {
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
+    async fn watch(&mut self, watch_file_changes: bool) -> Result<(), AgentError> {
+        let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
         let (_keep, mut changes) = if watch_file_changes {
             (None, watch_file(&self.path)?)
         } else {
@@ -239,43 +258,4 @@ fn describe((netns, ifname): &Place) -> String {
         Some(ns) => format!("{ifname} in netns {ns}"),
         None => ifname.clone(),
     }
-}
-
-/// Events for `path`, watched through its directory so that editors that
-/// write a new file and rename it over the old one are seen: a rename into
-/// place, or a writer closing the file (never mid-write).
-fn watch_file(path: &Path) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
-    use inotify::{Inotify, WatchMask};
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let name = path
-        .file_name()
-        .context("the rules file path names no file")?
-        .to_owned();
-    let inotify = Inotify::init().context("inotify")?;
-    inotify
-        .watches()
-        .add(&dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)
-        .with_context(|| format!("watching {}", dir.display()))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("watch".into())
-        .spawn(move || {
-            let mut inotify = inotify;
-            let mut buf = [0u8; 4096];
-            loop {
-                let Ok(events) = inotify.read_events_blocking(&mut buf) else {
-                    return;
-                };
-                for e in events {
-                    if e.name == Some(name.as_os_str()) && tx.send(()).is_err() {
-                        return;
-                    }
-                }
-            }
-        })?;
-    Ok(rx)
 }

@@ -1,19 +1,16 @@
 //! sg-agent: AWS EC2 security groups on any Linux host.
 //!
 //! The pipeline, one module per step: [`config`] (the rules file, parsed and
-//! validated) -> [`resolve`] (each instance's effective rules) ->
-//! [`compile`] (the flat tables the data plane reads) -> `loader` (eBPF
-//! objects, maps, attachments) -> `agent` (watch and reload).
-//! [`reference`] is the plain-Rust oracle every fast path is tested against.
+//! validated) -> [`policy`] (each instance's effective rules, compiled to
+//! flat tables and encoded as map changes) -> [`dataplane`] (eBPF objects,
+//! maps, attachments) -> [`agent`] (start, reload, stop), with [`source`]
+//! telling it when the rules changed. [`cli`] holds the command line, one
+//! file per verb. `policy::reference` is the plain-Rust oracle every fast
+//! path is tested against.
 
 pub mod agent;
-pub mod check;
 pub mod cli;
-pub mod compile;
 pub mod config;
 pub mod dataplane;
-pub mod netns;
-pub mod reference;
-pub mod resolve;
-pub mod softmaps;
-pub mod summary;
+pub mod policy;
+pub mod source;

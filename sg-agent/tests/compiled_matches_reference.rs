@@ -1,18 +1,23 @@
-//! The compiled policy, looked up by the same `classify` the kernel runs,
-//! agrees with the reference evaluator on random configs and packets.
+//! The compiled policy, written by the production reload path
+//! (`policy::encode::publish`) into in-memory maps and looked up by the same
+//! `classify` the kernel runs, agrees with the reference evaluator on random
+//! configs and packets, after swaps between policies too.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use proptest::prelude::*;
 use sg_agent::{
-    compile::compile,
     config::{
         Direction, Instance, Ports, PrefixList, Protocol, Rule, SecurityGroup, Source, SourceRef,
         Vpc,
     },
-    reference::{L4, Packet, evaluate},
-    softmaps::SoftMaps,
+    policy::{
+        compile::{PolicyTables, compile},
+        encode::{PolicyEncoder, publish},
+        reference::{L4, Packet, evaluate},
+        softmaps::SoftMaps,
+    },
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
@@ -250,6 +255,14 @@ fn to_flow(p: &Packet) -> Option<Flow> {
     Some(flow)
 }
 
+/// Publishes `tables` through the production reload path; returns the
+/// generation in force.
+fn swap_to(encoder: &mut PolicyEncoder, maps: &mut SoftMaps, tables: &PolicyTables) -> u8 {
+    let settings = compile(&Vpc::default()).settings;
+    publish(encoder, maps, tables, settings).expect("fits the maps");
+    u8::try_from(maps.settings().generation).expect("0 or 1")
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
@@ -257,17 +270,24 @@ proptest! {
     fn compiled_lookup_agrees_with_reference(
         vpc in vpc(),
         packets in prop::collection::vec(packet(), 8),
-        generation in 0u8..2,
+        swaps in 0usize..3,
     ) {
         let compiled = compile(&vpc);
-        for (inst, ci) in vpc.instances.iter().zip(&compiled.instances) {
+        for (i, (inst, ci)) in vpc.instances.iter().zip(&compiled.instances).enumerate() {
+            // As a reload does: other policies first (another instance's,
+            // sharing some classes), then this one; every swap must leave
+            // nothing of the policy it replaced.
             let mut maps = SoftMaps::default();
-            maps.insert(&ci.tables.kernel_entries(generation));
-            // Another policy in the other generation, as during a reload,
-            // must never leak into this one.
-            for other in compiled.instances.iter().filter(|o| o.name != ci.name) {
-                maps.insert(&other.tables.kernel_entries(1 - generation));
+            let mut encoder = PolicyEncoder::default();
+            for s in 0..swaps {
+                let other = &compiled.instances[(i + s + 1) % compiled.instances.len()];
+                swap_to(&mut encoder, &mut maps, &other.tables);
             }
+            let generation = swap_to(&mut encoder, &mut maps, &ci.tables);
+            prop_assert_eq!(
+                maps.address_entries_of(1 - generation), 0,
+                "the old generation's address entries are deleted"
+            );
             for p in &packets {
                 let Some(flow) = to_flow(p) else { continue };
                 for direction in [Direction::Ingress, Direction::Egress] {
@@ -276,6 +296,9 @@ proptest! {
                     prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
                 }
             }
+            // Swapping to an empty policy leaves no port entry behind.
+            swap_to(&mut encoder, &mut maps, &PolicyTables::default());
+            prop_assert_eq!(maps.port_entries(), 0, "classes nothing refers to are deleted");
         }
     }
 }
@@ -305,7 +328,9 @@ security_groups = ["g"]
     let vpc = sg_agent::config::from_str("t.toml".as_ref(), text).unwrap();
     let compiled = compile(&vpc);
     let mut maps = SoftMaps::default();
-    maps.insert(&compiled.instances[0].tables.kernel_entries(0));
+    let mut encoder = PolicyEncoder::default();
+    let generation = swap_to(&mut encoder, &mut maps, &compiled.instances[0].tables);
+    assert_eq!(generation, 0);
     let mut flow = Flow {
         family: FAMILY_V4,
         proto: 6,

@@ -36,11 +36,6 @@ pub const PORT_CLASS_BITS: u32 = 32;
 /// Bits of a port key before the port: class, protocol and a reserved byte.
 pub const PORT_PROTO_BITS: u32 = 48;
 
-/// Bit of a class id reserved for a generation tag: the agent's stable ids
-/// stay below it, and `compile::PolicyTables::kernel_entries` (used by the
-/// tests to fill both generations independently) sets it for generation 1.
-pub const CLASS_GENERATION_BIT: u32 = 1 << 31;
-
 /// Runtime settings, at index 0 of the settings array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

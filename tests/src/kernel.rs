@@ -2,9 +2,9 @@
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use sg_agent::{
-    compile::compile,
     config::{self, Vpc},
     dataplane::Dataplane,
+    policy::compile::compile,
 };
 
 const XDP_DROP: u32 = 1;

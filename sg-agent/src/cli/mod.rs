@@ -1,44 +1,66 @@
-//! The verbs behind the command line, returning the documented exit codes.
+//! The `sg-agent` command line: one file per verb, each with its clap
+//! arguments beside the code that runs it. `main` parses and dispatches.
 
-use std::{path::Path, process::ExitCode};
+mod check;
+mod run;
 
-use crate::{check, config};
+use std::process::ExitCode;
 
-/// `sg-agent check FILE`.
-pub fn check(file: &Path, json: bool) -> ExitCode {
-    match config::load(file) {
-        Ok(vpc) => {
-            let report = check::report(&vpc);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("serialisable")
-                );
-            } else {
-                print!("{}", check::render_table(&report));
-                println!(
-                    "{}: valid ({} instances, {} security groups)",
-                    file.display(),
-                    vpc.instances.len(),
-                    vpc.groups.len()
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success (check: the file is valid; run: stopped by SIGINT/SIGTERM, everything detached)
+  1  the rules file is invalid, or the agent could not load or attach its programs
+  2  usage error (unknown option, missing argument)
+
+Example:
+  sg-agent check examples/seed-vpc.toml
+  sudo sg-agent run --config examples/seed-vpc.toml";
+
+/// AWS EC2 security groups on any Linux host, enforced in the kernel with
+/// XDP (inbound) and TC (outbound).
+#[derive(Debug, Parser)]
+#[command(name = "sg-agent", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a rules file and print each instance's effective rules.
+    #[command(after_help = EXIT_CODES)]
+    Check(check::CheckArgs),
+    /// Enforce a rules file on this host's interfaces until stopped
+    /// (as root). Reloads on SIGHUP and whenever the file changes.
+    #[command(after_help = EXIT_CODES)]
+    Run(run::RunArgs),
+}
+
+/// The whole command: parse, set up logging, run the verb.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Command::Run(args) = &cli.command {
+        args.configure_logger(&mut logger);
+    }
+    logger.init();
+    match cli.command {
+        Command::Check(args) => check::check(&args),
+        Command::Run(args) => run::run(&args),
     }
 }
 
-/// `sg-agent run --config FILE`.
-pub fn run(file: &Path, opts: crate::agent::Options) -> ExitCode {
-    match crate::agent::run(file, opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e:#}");
-            ExitCode::from(1)
-        }
+/// An error and its causes, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
     }
+    out
 }

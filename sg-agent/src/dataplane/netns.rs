@@ -1,7 +1,7 @@
 //! Entering a named network namespace (`ip netns add NAME`) for the current
 //! thread, and coming back.
 
-use std::{fs::File, path::PathBuf};
+use std::{fs::File, marker::PhantomData, path::PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -21,8 +21,13 @@ pub enum NetnsError {
 
 /// While alive, the current thread is in another network namespace; dropping
 /// it returns the thread to the namespace it was in.
+///
+/// A namespace belongs to a thread (`setns` moves only the caller), so the
+/// guard is neither `Send` nor `Sync`: it must be dropped on the thread
+/// that entered.
 pub struct NetnsGuard {
     original: File,
+    _thread_bound: PhantomData<*const ()>,
 }
 
 impl NetnsGuard {
@@ -38,7 +43,10 @@ impl NetnsGuard {
             name: name.to_owned(),
             source,
         })?;
-        Ok(Self { original })
+        Ok(Self {
+            original,
+            _thread_bound: PhantomData,
+        })
     }
 
     /// Enters `name` when given; stays put otherwise.
@@ -51,8 +59,14 @@ impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if let Err(e) = setns(&self.original, CloneFlags::CLONE_NEWNET) {
             // Staying in the wrong namespace would make every later attach
-            // land on the wrong interface: better to stop.
-            panic!("cannot return to the original network namespace: {e}");
+            // land on the wrong interface: better to stop this thread. A
+            // thread already unwinding is stopping anyway, and a second
+            // panic would abort the whole process.
+            if std::thread::panicking() {
+                log::error!("cannot return to the original network namespace: {e}");
+            } else {
+                panic!("cannot return to the original network namespace: {e}");
+            }
         }
     }
 }

@@ -9,20 +9,18 @@
 //! thousand prefix-list entries with the same rules make one class. Each
 //! class's matchers are merged per protocol: single ports go to the port
 //! hash, ranges (as covering prefixes) and whole protocols to the port trie.
+//!
+//! The tables carry no generation and no kernel class ids: [`super::encode`]
+//! turns them into map entries, given what the maps already hold.
 
 use std::collections::{BTreeMap, HashMap};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use sg_common::flow::addr_from_octets;
-use sg_common::policy::{
-    ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, CLASS_GENERATION_BIT,
-    PORT_CLASS_BITS, PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
-    class_trie_bit,
-};
+use sg_common::policy::Settings;
 
 use crate::{
     config::{ConntrackSettings, Direction, Instance, Protocol, Vpc},
-    resolve::effective_rules,
+    policy::resolve::effective_rules,
 };
 
 /// The whole compiled policy.
@@ -55,7 +53,7 @@ pub struct PolicyTables {
 pub struct AddrEntry<N> {
     pub direction: u8,
     pub net: N,
-    /// 1-based class id.
+    /// 1-based class number, local to these tables ([`PolicyTables::class_contents`]).
     pub class: u32,
 }
 
@@ -235,152 +233,12 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     out
 }
 
-/// Map entries as the kernel stores them, for one generation.
-#[derive(Clone, Debug, Default)]
-pub struct KernelEntries {
-    pub v4: Vec<(u32, AddrKeyV4, AddrValue)>,
-    pub v6: Vec<(u32, AddrKeyV6, AddrValue)>,
-    /// Port trie: ranges, whole protocols, all traffic.
-    pub ports: Vec<(u32, PortKey, PortValue)>,
-    /// Port hash: single ports.
-    pub port_exact: Vec<(PortKey, PortValue)>,
-}
-
-impl KernelEntries {
-    /// Adds the port entries of one class stored under id `class`: single
-    /// ports to the hash, everything else to the trie.
-    pub fn add_class(&mut self, class: u32, content: &ClassContent) {
-        for &(proto, port, port_bits) in content {
-            match proto {
-                None => self.ports.push((
-                    PORT_CLASS_BITS,
-                    PortKey::new(class, 0, 0),
-                    PortValue {
-                        flags: PORT_FLAG_ALL_PORTS,
-                    },
-                )),
-                Some(proto) if is_single_port(port_bits) => self
-                    .port_exact
-                    .push((PortKey::new(class, proto, port), PortValue { flags: 0 })),
-                Some(proto) => {
-                    let flags = if port_bits == 0 {
-                        PORT_FLAG_ALL_PORTS
-                    } else {
-                        0
-                    };
-                    self.ports.push((
-                        PORT_PROTO_BITS + u32::from(port_bits),
-                        PortKey::new(class, proto, port),
-                        PortValue { flags },
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// A protocol's matcher of one whole port (or ICMP type and code) goes to
-/// the port hash; every other matcher to the port trie.
-fn is_single_port(port_bits: u8) -> bool {
-    port_bits == 16
-}
-
-/// How many port-trie and port-hash entries a class takes.
-pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
-    let exact = content
-        .iter()
-        .filter(|&&(proto, _, bits)| proto.is_some() && is_single_port(bits))
-        .count();
-    (content.len() - exact, exact)
-}
-
-/// What the kernel needs to know of a class beyond its id: whether it allows
-/// everything, and for which protocols the port trie holds entries (the
-/// others need only the exact-match lookup).
-pub fn class_flags(content: &ClassContent) -> u32 {
-    content
-        .iter()
-        .map(|&(proto, _, port_bits)| match proto {
-            None => CLASS_ALL_PROTOCOLS,
-            Some(_) if is_single_port(port_bits) => 0,
-            Some(p) => class_trie_bit(p),
-        })
-        .fold(0, |a, b| a | b)
-}
-
-/// The address-trie value of a class stored under id `class`.
-pub fn class_value(class: u32, content: &ClassContent) -> AddrValue {
-    AddrValue {
-        class,
-        flags: class_flags(content),
-    }
-}
-
-/// A class id as stored for `generation`.
-pub fn tagged_class(class: u32, generation: u8) -> u32 {
-    if generation == 0 {
-        class
-    } else {
-        class | CLASS_GENERATION_BIT
-    }
-}
-
 /// What a class allows: its port entries without the class id, sorted. Two
 /// classes with the same content are the same class.
 pub type ClassContent = Vec<(Option<u8>, u16, u8)>;
 
 impl PolicyTables {
-    /// The entries to write for `generation`, class ids tagged with the
-    /// generation: (prefix length, key, value).
-    pub fn kernel_entries(&self, generation: u8) -> KernelEntries {
-        let contents = self.class_contents();
-        let mut e = self.address_entries(generation, |c| {
-            class_value(tagged_class(c, generation), &contents[&c])
-        });
-        for (class, content) in &contents {
-            e.add_class(tagged_class(*class, generation), content);
-        }
-        e
-    }
-
-    /// The address-trie entries for `generation`, each class mapped to its
-    /// value by `class_value` (the data plane keeps ids stable across
-    /// reloads).
-    pub fn address_entries(
-        &self,
-        generation: u8,
-        class_value: impl Fn(u32) -> AddrValue,
-    ) -> KernelEntries {
-        let prefix_len = |bits: u8| ADDR_TAG_BITS + u32::from(bits);
-        KernelEntries {
-            v4: self
-                .v4
-                .iter()
-                .map(|e| {
-                    let key = AddrKeyV4 {
-                        tag: addr_tag(generation, e.direction),
-                        addr: u32::from_ne_bytes(e.net.addr().octets()),
-                    };
-                    (prefix_len(e.net.prefix_len()), key, class_value(e.class))
-                })
-                .collect(),
-            v6: self
-                .v6
-                .iter()
-                .map(|e| {
-                    let key = AddrKeyV6 {
-                        tag: addr_tag(generation, e.direction),
-                        addr: addr_from_octets(&e.net.addr().octets()),
-                    };
-                    (prefix_len(e.net.prefix_len()), key, class_value(e.class))
-                })
-                .collect(),
-            ports: Vec::new(),
-            port_exact: Vec::new(),
-        }
-    }
-
-    /// Each class's content, by the class id these tables use.
+    /// Each class's content, by the class number these tables use.
     pub fn class_contents(&self) -> BTreeMap<u32, ClassContent> {
         let mut out: BTreeMap<u32, ClassContent> = BTreeMap::new();
         for p in &self.ports {
@@ -398,25 +256,6 @@ impl PolicyTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entry_counts_match_the_entries_written() {
-        let content: ClassContent = vec![
-            (None, 0, 0),
-            (Some(6), 80, 16),
-            (Some(6), 1024, 6),
-            (Some(17), 0, 0),
-            (Some(1), 0x0800, 16),
-        ];
-        let mut e = KernelEntries::default();
-        e.add_class(7, &content);
-        assert_eq!(entry_counts(&content), (e.ports.len(), e.port_exact.len()));
-        assert_eq!(entry_counts(&content), (3, 2));
-        assert_eq!(
-            class_flags(&content),
-            CLASS_ALL_PROTOCOLS | class_trie_bit(6) | class_trie_bit(17)
-        );
-    }
 
     #[test]
     fn port_ranges_become_covering_prefixes() {

@@ -1,4 +1,4 @@
-//! `sg-agent check`: each instance's effective rules, as a table or JSON.
+//! What `sg-agent check` shows: each instance's effective rules, as a table or JSON.
 
 use std::fmt::Write as _;
 
@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Direction, Vpc},
-    resolve::effective_rules,
+    policy::resolve::effective_rules,
 };
 
 #[derive(Debug, Serialize)]

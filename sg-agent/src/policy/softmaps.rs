@@ -1,12 +1,16 @@
 //! The policy maps in memory, with the kernel's longest-prefix-match
-//! semantics, so [`sg_common::policy::classify`] runs on the host unchanged.
+//! semantics, so [`sg_common::policy::classify`] runs on the host unchanged
+//! and the production reload path ([`super::encode::publish`]) can be
+//! driven against it.
 
 use std::collections::HashMap;
 
 use sg_common::flow::addr_octets;
-use sg_common::policy::{AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue};
+use sg_common::policy::{
+    AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue, Settings,
+};
 
-use crate::compile::KernelEntries;
+use super::encode::{KernelEntries, PolicyStore, TooLarge};
 
 /// One LPM trie: entries by (prefix length, masked key bytes).
 #[derive(Debug, Default)]
@@ -37,6 +41,10 @@ impl<V: Copy> Trie<V> {
             .insert((prefix_len, masked(key, prefix_len)), value);
     }
 
+    fn remove(&mut self, prefix_len: u32, key: &[u8]) {
+        self.entries.remove(&(prefix_len, masked(key, prefix_len)));
+    }
+
     fn longest_match(&self, key: &[u8]) -> Option<V> {
         let max = u32::try_from(key.len()).expect("short key") * 8;
         (0..=max)
@@ -55,16 +63,34 @@ fn port_bytes(k: PortKey) -> Vec<u8> {
     [&k.class[..], &[k.proto, k.reserved], &k.port[..]].concat()
 }
 
-/// The three policy tries and the port hash.
+/// The three policy tries, the port hash and the settings.
 #[derive(Debug, Default)]
 pub struct SoftMaps {
     v4: Trie<AddrValue>,
     v6: Trie<AddrValue>,
     ports: Trie<PortValue>,
     port_exact: HashMap<PortKey, PortValue>,
+    settings: Settings,
 }
 
 impl SoftMaps {
+    /// The settings last written (generation in force, timeouts).
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Address entries whose key is tagged with `generation`.
+    pub fn address_entries_of(&self, generation: u8) -> usize {
+        let tagged = |(_, key): &&(u32, Vec<u8>)| key[0] == generation;
+        self.v4.entries.keys().filter(tagged).count()
+            + self.v6.entries.keys().filter(tagged).count()
+    }
+
+    /// Entries in the port trie and the port hash.
+    pub fn port_entries(&self) -> usize {
+        self.ports.entries.len() + self.port_exact.len()
+    }
+
     pub fn insert(&mut self, e: &KernelEntries) {
         for (len, k, v) in &e.v4 {
             self.v4.insert(*len, &v4_bytes(*k), *v);
@@ -76,6 +102,37 @@ impl SoftMaps {
             self.ports.insert(*len, &port_bytes(*k), *v);
         }
         self.port_exact.extend(e.port_exact.iter().copied());
+    }
+
+    pub fn delete(&mut self, e: &KernelEntries) {
+        for (len, k, _) in &e.v4 {
+            self.v4.remove(*len, &v4_bytes(*k));
+        }
+        for (len, k, _) in &e.v6 {
+            self.v6.remove(*len, &v6_bytes(k));
+        }
+        for (len, k, _) in &e.ports {
+            self.ports.remove(*len, &port_bytes(*k));
+        }
+        for (k, _) in &e.port_exact {
+            self.port_exact.remove(k);
+        }
+    }
+}
+
+impl PolicyStore for SoftMaps {
+    type Error = TooLarge;
+    fn insert(&mut self, entries: &KernelEntries) -> Result<(), TooLarge> {
+        SoftMaps::insert(self, entries);
+        Ok(())
+    }
+    fn delete(&mut self, entries: &KernelEntries) -> Result<(), TooLarge> {
+        SoftMaps::delete(self, entries);
+        Ok(())
+    }
+    fn set_settings(&mut self, settings: Settings) -> Result<(), TooLarge> {
+        self.settings = settings;
+        Ok(())
     }
 }
 

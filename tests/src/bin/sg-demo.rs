@@ -9,7 +9,7 @@ use std::{
 
 use sg_agent::{
     config::{Direction, Vpc},
-    reference::{L4, Packet, evaluate},
+    policy::reference::{L4, Packet, evaluate},
 };
 use sg_tests::{
     lab::in_netns,

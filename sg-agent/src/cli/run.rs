@@ -1,0 +1,77 @@
+//! `sg-agent run --config FILE`: enforce until stopped.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::ValueEnum;
+
+use crate::{agent, dataplane::IngressHook};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum IngressHookArg {
+    Xdp,
+    Tc,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The rules file (TOML), e.g. examples/seed-vpc.toml.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Reload only on SIGHUP, not when the file changes.
+    #[arg(long)]
+    no_watch: bool,
+    /// Where XDP runs: `native` in the driver where it has XDP support
+    /// (generic otherwise), or `generic` after the kernel has built the
+    /// packet (keeps GRO on veth; see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    xdp_mode: XdpModeArg,
+    /// Where inbound packets are judged: `xdp` (the default), or `tc`
+    /// ingress, after GRO. On veth, `tc` keeps the bulk TCP throughput
+    /// that XDP costs there, and drops a flood for less CPU too; on a
+    /// physical NIC, XDP drops earliest (see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = IngressHookArg::Xdp)]
+    ingress_hook: IngressHookArg,
+    /// Log every packet the eBPF programs drop, with its reason (debug
+    /// level, through aya-log). Off by default: then the log statements
+    /// are removed from the programs at load time.
+    #[arg(long)]
+    ebpf_log: bool,
+}
+
+impl RunArgs {
+    /// The eBPF side's records carry its module path (`sg_ebpf::...`) as
+    /// target; `--ebpf-log` shows them whatever `RUST_LOG` says.
+    pub fn configure_logger(&self, logger: &mut env_logger::Builder) {
+        if self.ebpf_log {
+            logger.filter_module("sg_ebpf", log::LevelFilter::Debug);
+        }
+    }
+
+    fn options(&self) -> agent::Options {
+        agent::Options {
+            watch: !self.no_watch,
+            ingress: match (self.ingress_hook, self.xdp_mode) {
+                (IngressHookArg::Tc, _) => IngressHook::Tc,
+                (IngressHookArg::Xdp, XdpModeArg::Native) => IngressHook::XdpNative,
+                (IngressHookArg::Xdp, XdpModeArg::Generic) => IngressHook::XdpGeneric,
+            },
+            ebpf_log: self.ebpf_log,
+        }
+    }
+}
+
+pub fn run(args: &RunArgs) -> ExitCode {
+    match agent::run(&args.config, args.options()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{}", super::error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! What can go wrong between the compiled policy and the kernel.
+
+use super::netns::NetnsError;
+use crate::policy::encode::TooLarge;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object failed: {0} (run as root on a kernel with BPF, BTF and XDP)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "this sg-agent was built with AYA_BUILD_SKIP=1 and holds no eBPF object: rebuild it \
+         without AYA_BUILD_SKIP (after `cargo xtask bootstrap`)"
+    )]
+    NoObject,
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("adding the clsact qdisc to {ifname}: {source}")]
+    Qdisc {
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::tc::TcError>,
+    },
+    #[error("attaching to {ifname}{}: {source}", netns.as_deref().map(|n| format!(" in netns {n}")).unwrap_or_default())]
+    Attach {
+        ifname: String,
+        netns: Option<String>,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("reading the eBPF side's log: {0}")]
+    Log(#[source] Box<aya_log::Error>),
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+}
+
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}

@@ -1,0 +1,449 @@
+//! The kernel encoding of a policy, and the exact map changes that swap one
+//! policy for another. Pure: what is in the maps is tracked here, the data
+//! plane (or the in-memory maps of the tests) only applies the changes.
+//!
+//! Every address key carries a generation (0 or 1). A swap fills the
+//! inactive generation, flips the one value every packet reads first
+//! ([`Settings::generation`]), waits for packets in flight to finish, then
+//! deletes the old generation: a packet is judged entirely by one policy.
+//!
+//! Port entries carry no generation. Classes get *stable ids* instead: a
+//! class's port entries are written once, under an id that no reload
+//! changes, and stay as they are while any generation refers to them. A
+//! reload therefore writes only the classes it adds and deletes only those
+//! that nothing refers to any more.
+
+use std::collections::{BTreeSet, HashMap};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use sg_common::{
+    flow::addr_from_octets,
+    maps as m,
+    policy::{
+        ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, PORT_CLASS_BITS,
+        PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
+        class_trie_bit,
+    },
+};
+
+use super::compile::{AddrEntry, ClassContent, PolicyTables};
+
+/// Map entries as the kernel stores them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelEntries {
+    /// Address tries: (prefix length, key, value).
+    pub v4: Vec<(u32, AddrKeyV4, AddrValue)>,
+    pub v6: Vec<(u32, AddrKeyV6, AddrValue)>,
+    /// Port trie: ranges, whole protocols, all traffic.
+    pub ports: Vec<(u32, PortKey, PortValue)>,
+    /// Port hash: single ports.
+    pub port_exact: Vec<(PortKey, PortValue)>,
+}
+
+impl KernelEntries {
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty()
+            && self.v6.is_empty()
+            && self.ports.is_empty()
+            && self.port_exact.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.ports.len() + self.port_exact.len()
+    }
+
+    /// Adds the port entries of one class stored under id `class`: single
+    /// ports to the hash, everything else to the trie.
+    pub fn add_class(&mut self, class: u32, content: &ClassContent) {
+        for &(proto, port, port_bits) in content {
+            match proto {
+                None => self.ports.push((
+                    PORT_CLASS_BITS,
+                    PortKey::new(class, 0, 0),
+                    PortValue {
+                        flags: PORT_FLAG_ALL_PORTS,
+                    },
+                )),
+                Some(proto) if is_single_port(port_bits) => self
+                    .port_exact
+                    .push((PortKey::new(class, proto, port), PortValue { flags: 0 })),
+                Some(proto) => {
+                    let flags = if port_bits == 0 {
+                        PORT_FLAG_ALL_PORTS
+                    } else {
+                        0
+                    };
+                    self.ports.push((
+                        PORT_PROTO_BITS + u32::from(port_bits),
+                        PortKey::new(class, proto, port),
+                        PortValue { flags },
+                    ));
+                }
+            }
+        }
+    }
+
+    fn extend(&mut self, other: Self) {
+        self.v4.extend(other.v4);
+        self.v6.extend(other.v6);
+        self.ports.extend(other.ports);
+        self.port_exact.extend(other.port_exact);
+    }
+}
+
+/// A protocol's matcher of one whole port (or ICMP type and code) goes to
+/// the port hash; every other matcher to the port trie.
+fn is_single_port(port_bits: u8) -> bool {
+    port_bits == 16
+}
+
+/// How many port-trie and port-hash entries a class takes.
+pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
+    let exact = content
+        .iter()
+        .filter(|&&(proto, _, bits)| proto.is_some() && is_single_port(bits))
+        .count();
+    (content.len() - exact, exact)
+}
+
+/// What the kernel needs to know of a class beyond its id: whether it allows
+/// everything, and for which protocols the port trie holds entries (the
+/// others need only the exact-match lookup).
+pub fn class_flags(content: &ClassContent) -> u32 {
+    content
+        .iter()
+        .map(|&(proto, _, port_bits)| match proto {
+            None => CLASS_ALL_PROTOCOLS,
+            Some(_) if is_single_port(port_bits) => 0,
+            Some(p) => class_trie_bit(p),
+        })
+        .fold(0, |a, b| a | b)
+}
+
+fn v4_entry(
+    generation: u8,
+    e: &AddrEntry<Ipv4Net>,
+    value: AddrValue,
+) -> (u32, AddrKeyV4, AddrValue) {
+    let key = AddrKeyV4 {
+        tag: addr_tag(generation, e.direction),
+        addr: u32::from_ne_bytes(e.net.addr().octets()),
+    };
+    (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
+}
+
+fn v6_entry(
+    generation: u8,
+    e: &AddrEntry<Ipv6Net>,
+    value: AddrValue,
+) -> (u32, AddrKeyV6, AddrValue) {
+    let key = AddrKeyV6 {
+        tag: addr_tag(generation, e.direction),
+        addr: addr_from_octets(&e.net.addr().octets()),
+    };
+    (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
+}
+
+/// A policy too large for the maps: the numbers, so the user can see how
+/// far over it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the policy needs {needed} {what} entries, more than the {limit} this build holds")]
+pub struct TooLarge {
+    pub what: &'static str,
+    pub needed: usize,
+    pub limit: u32,
+}
+
+/// The changes of one swap, in the order they must be applied:
+/// 1. delete [`Swap::clear`] (leftovers of an interrupted swap in the
+///    generation about to be filled; deleting an absent entry is fine);
+/// 2. insert [`Swap::fill`];
+/// 3. write [`Swap::settings`]: the flip, reported with
+///    [`PolicyEncoder::flipped`];
+/// 4. after a grace period for packets in flight, delete [`Swap::retire`]
+///    and report it with [`PolicyEncoder::retired`].
+#[derive(Clone, Debug)]
+pub struct Swap {
+    pub generation: u8,
+    pub clear: KernelEntries,
+    pub fill: KernelEntries,
+    pub settings: Settings,
+    pub retire: KernelEntries,
+}
+
+/// What one instance's policy maps hold, as far as this agent wrote them:
+/// turns (what the maps hold, new tables) into the exact inserts and
+/// deletes of a [`Swap`].
+#[derive(Debug)]
+pub struct PolicyEncoder {
+    /// Generation in force, once a swap has flipped.
+    generation: Option<u8>,
+    /// The address entries each generation may hold.
+    addresses: [KernelEntries; 2],
+    /// The classes each generation refers to.
+    generation_classes: [BTreeSet<u32>; 2],
+    class_ids: HashMap<ClassContent, u32>,
+    class_contents: HashMap<u32, ClassContent>,
+    next_class: u32,
+    /// Tables and settings in force.
+    in_force: Option<(PolicyTables, Settings)>,
+    /// Those of the swap being applied, in force once it has flipped.
+    pending: Option<(PolicyTables, Settings)>,
+}
+
+impl Default for PolicyEncoder {
+    fn default() -> Self {
+        Self {
+            generation: None,
+            addresses: [KernelEntries::default(), KernelEntries::default()],
+            generation_classes: [BTreeSet::new(), BTreeSet::new()],
+            class_ids: HashMap::new(),
+            class_contents: HashMap::new(),
+            next_class: 1,
+            in_force: None,
+            pending: None,
+        }
+    }
+}
+
+/// Settings equal but for what the swap itself sets.
+fn same_settings(a: &Settings, b: &Settings) -> bool {
+    Settings {
+        generation: 0,
+        ready: 0,
+        ..*a
+    } == Settings {
+        generation: 0,
+        ready: 0,
+        ..*b
+    }
+}
+
+impl PolicyEncoder {
+    /// The generation in force, if a policy has been published.
+    pub fn generation(&self) -> Option<u8> {
+        self.generation
+    }
+
+    /// The tables in force, if any.
+    pub fn tables(&self) -> Option<&PolicyTables> {
+        self.in_force.as_ref().map(|(t, _)| t)
+    }
+
+    /// The swap that puts `tables` and `settings` in force, or `None` when
+    /// they already are. The bookkeeping assumes the swap's entries are in
+    /// the maps from here on, whether or not it is applied in full: a swap
+    /// that fails part-way is cleared by the next one's [`Swap::clear`].
+    pub fn swap(
+        &mut self,
+        tables: &PolicyTables,
+        settings: Settings,
+    ) -> Result<Option<Swap>, TooLarge> {
+        if self
+            .in_force
+            .as_ref()
+            .is_some_and(|(t, s)| t == tables && same_settings(s, &settings))
+        {
+            return Ok(None);
+        }
+        let next = self.generation.map_or(0, |g| 1 - g);
+        self.check_size(tables, next)?;
+        let clear = self.forget(next);
+
+        // Classes: reuse the ids of those already in the maps, add the new.
+        let mut fill = KernelEntries::default();
+        let mut values = HashMap::new();
+        for (local, content) in tables.class_contents() {
+            let id = if let Some(&id) = self.class_ids.get(&content) {
+                id
+            } else {
+                let id = self.next_class;
+                self.next_class = id.checked_add(1).expect("fewer than 2^32 classes ever");
+                fill.add_class(id, &content);
+                self.class_ids.insert(content.clone(), id);
+                self.class_contents.insert(id, content.clone());
+                id
+            };
+            self.generation_classes[usize::from(next)].insert(id);
+            values.insert(
+                local,
+                AddrValue {
+                    class: id,
+                    flags: class_flags(&content),
+                },
+            );
+        }
+        let addresses = KernelEntries {
+            v4: tables
+                .v4
+                .iter()
+                .map(|e| v4_entry(next, e, values[&e.class]))
+                .collect(),
+            v6: tables
+                .v6
+                .iter()
+                .map(|e| v6_entry(next, e, values[&e.class]))
+                .collect(),
+            ..KernelEntries::default()
+        };
+        fill.extend(addresses.clone());
+        self.addresses[usize::from(next)] = addresses;
+
+        let retire = self
+            .generation
+            .map(|g| self.retiring(g))
+            .unwrap_or_default();
+        self.pending = Some((tables.clone(), settings));
+        Ok(Some(Swap {
+            generation: next,
+            clear,
+            fill,
+            settings: Settings {
+                generation: u32::from(next),
+                ready: 1,
+                ..settings
+            },
+            retire,
+        }))
+    }
+
+    /// The swap's settings are written: its generation is in force.
+    pub fn flipped(&mut self, swap: &Swap) {
+        self.generation = Some(swap.generation);
+        self.in_force = self.pending.take();
+    }
+
+    /// The old generation's entries are gone from the maps: forget them.
+    /// Until this is called they are deleted again by the next swap.
+    pub fn retired(&mut self, swap: &Swap) {
+        let _ = self.forget(1 - swap.generation);
+    }
+
+    /// The entries of generation `g` that would have to go: its address
+    /// entries, and the classes the other generation does not share.
+    fn retiring(&self, g: u8) -> KernelEntries {
+        let g = usize::from(g);
+        let mut out = self.addresses[g].clone();
+        for id in self.generation_classes[g].difference(&self.generation_classes[1 - g]) {
+            if let Some(content) = self.class_contents.get(id) {
+                out.add_class(*id, content);
+            }
+        }
+        out
+    }
+
+    /// Forgets what generation `g` holds and returns it, to be deleted.
+    fn forget(&mut self, g: u8) -> KernelEntries {
+        let entries = self.retiring(g);
+        let g = usize::from(g);
+        let unused: Vec<u32> = self.generation_classes[g]
+            .difference(&self.generation_classes[1 - g])
+            .copied()
+            .collect();
+        for id in unused {
+            if let Some(content) = self.class_contents.remove(&id) {
+                self.class_ids.remove(&content);
+            }
+        }
+        self.generation_classes[g].clear();
+        self.addresses[g] = KernelEntries::default();
+        entries
+    }
+
+    /// Refuses tables that, beside the generation in force, would not fit
+    /// the maps.
+    fn check_size(&self, tables: &PolicyTables, next: u8) -> Result<(), TooLarge> {
+        let other = usize::from(1 - next);
+        let mut live: BTreeSet<&ClassContent> = self.generation_classes[other]
+            .iter()
+            .filter_map(|id| self.class_contents.get(id))
+            .collect();
+        let contents = tables.class_contents();
+        live.extend(contents.values());
+        let (ranges, single) = live
+            .iter()
+            .map(|c| entry_counts(c))
+            .fold((0, 0), |(r, s), (a, b)| (r + a, s + b));
+        for (what, needed, limit) in [
+            ("IPv4 address", tables.v4.len(), m::ADDR_MAX_ENTRIES / 2),
+            ("IPv6 address", tables.v6.len(), m::ADDR_MAX_ENTRIES / 2),
+            ("port range", ranges, m::PORTS_MAX_ENTRIES),
+            ("single port", single, m::PORT_EXACT_MAX_ENTRIES),
+        ] {
+            if needed > limit as usize {
+                return Err(TooLarge {
+                    what,
+                    needed,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a swap's changes go: the kernel's maps, or the in-memory maps of
+/// the tests. The same [`publish`] drives both.
+pub trait PolicyStore {
+    type Error;
+    fn insert(&mut self, entries: &KernelEntries) -> Result<(), Self::Error>;
+    /// Deletes every entry; one already absent is fine.
+    fn delete(&mut self, entries: &KernelEntries) -> Result<(), Self::Error>;
+    /// Writes the settings: the flip.
+    fn set_settings(&mut self, settings: Settings) -> Result<(), Self::Error>;
+    /// Waits until no packet can still be judged by the old generation.
+    fn grace(&mut self) {}
+}
+
+/// Makes `tables` the policy in force in `store`, atomically for every
+/// packet. Returns false when they already were.
+pub fn publish<S: PolicyStore>(
+    encoder: &mut PolicyEncoder,
+    store: &mut S,
+    tables: &PolicyTables,
+    settings: Settings,
+) -> Result<bool, S::Error>
+where
+    S::Error: From<TooLarge>,
+{
+    let Some(swap) = encoder.swap(tables, settings)? else {
+        return Ok(false);
+    };
+    store.delete(&swap.clear)?;
+    store.insert(&swap.fill)?;
+    store.set_settings(swap.settings)?;
+    // Flipped: from here on every packet is judged by `swap.generation`.
+    encoder.flipped(&swap);
+    if !swap.retire.is_empty() {
+        store.grace();
+        store.delete(&swap.retire)?;
+    }
+    encoder.retired(&swap);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use sg_common::policy::class_trie_bit;
+
+    use super::*;
+
+    #[test]
+    fn entry_counts_match_the_entries_written() {
+        let content: ClassContent = vec![
+            (None, 0, 0),
+            (Some(6), 80, 16),
+            (Some(6), 1024, 6),
+            (Some(17), 0, 0),
+            (Some(1), 0x0800, 16),
+        ];
+        let mut e = KernelEntries::default();
+        e.add_class(7, &content);
+        assert_eq!(entry_counts(&content), (e.ports.len(), e.port_exact.len()));
+        assert_eq!(entry_counts(&content), (3, 2));
+        assert_eq!(
+            class_flags(&content),
+            CLASS_ALL_PROTOCOLS | class_trie_bit(6) | class_trie_bit(17)
+        );
+    }
+}
