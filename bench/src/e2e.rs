@@ -6,14 +6,14 @@ use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
 
 use sg_agent::{
     config::{Direction, Ports, Protocol, Vpc},
-    resolve::effective_rules,
+    policy::resolve::effective_rules,
 };
 
 use super::{
     policies::{CLIENT_V4, SERVER_V4, Shape, rules_file},
     stats::Stat,
 };
-use crate::{
+use sg_tests::{
     agent::AgentProcess,
     lab::{Netns, bring_up_eth0, ip, unique_prefix},
 };
@@ -414,12 +414,12 @@ fn install(
     match filter {
         Filter::None => (Installed::Nothing, rules),
         Filter::FloorNative | Filter::FloorGeneric => {
-            let _inside = sg_agent::netns::NetnsGuard::enter(sink).expect("enter sink");
+            let _inside = sg_agent::dataplane::netns::NetnsGuard::enter(sink).expect("enter sink");
             let mut ebpf = aya::EbpfLoader::new()
-                .load(sg_agent::dataplane::FLOOR_OBJECT)
+                .load(crate::floor::OBJECT)
                 .expect("floor loads");
             let prog: &mut aya::programs::Xdp = ebpf
-                .program_mut(sg_agent::dataplane::FLOOR_PROGRAM)
+                .program_mut(crate::floor::PROGRAM)
                 .and_then(|p| p.try_into().ok())
                 .expect("floor");
             prog.load().expect("floor verifies");

@@ -8,10 +8,9 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use sg_agent::{
-    compile::compile,
     config::{self, Vpc, rule_count},
-    dataplane::{Dataplane, FLOOR_OBJECT, FLOOR_PROGRAM},
-    netns::NetnsGuard,
+    dataplane::{Dataplane, netns::NetnsGuard},
+    policy::compile::compile,
 };
 use sg_common::policy::Settings;
 
@@ -19,7 +18,7 @@ use super::{
     policies::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Shape, rules_file},
     stats::Stat,
 };
-use crate::{
+use sg_tests::{
     frames::{ACK, SYN, Shape as FrameShape, Transport, frame},
     lab::{Netns, ip, unique_prefix},
 };
@@ -97,13 +96,9 @@ fn run(prog: &Xdp, data: &[u8], ctx: &[u8], repeat: u32) -> (u32, f64) {
     (r.return_value, r.duration.as_secs_f64() * 1e9)
 }
 
+/// Inbound packets counted under reason `name`.
 fn counter(dp: &Dataplane, name: &str) -> u64 {
-    dp.counters()
-        .expect("counters")
-        .iter()
-        .filter(|(d, n, _)| *d == 0 && *n == name)
-        .map(|(_, _, v)| v)
-        .sum()
+    dp.counters().expect("counters").ingress.get(name)
 }
 
 /// Timeouts of zero: every entry is stale the next nanosecond, so each
@@ -164,10 +159,10 @@ pub fn measure(cfg: &Config) -> Report {
     };
 
     let mut floor_obj = EbpfLoader::new()
-        .load(FLOOR_OBJECT)
+        .load(crate::floor::OBJECT)
         .expect("floor object loads");
     let floor: &mut Xdp = floor_obj
-        .program_mut(FLOOR_PROGRAM)
+        .program_mut(crate::floor::PROGRAM)
         .and_then(|p| p.try_into().ok())
         .expect("floor program");
     floor.load().expect("floor program verifies");

@@ -1,8 +1,21 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
 //! `--only kernel|profile|e2e|reload|memory` runs one part and prints it.
+//!
+//! A benchmark, never a test: it asserts that each measurement took the
+//! path it claims, never a timing. sg-agent is measured against its floor
+//! (an XDP program that only passes, built from `bench/floor` and embedded
+//! here, never in the agent), a peer XDP program, nftables and iptables.
 
-use sg_tests::bench::{e2e, kernel, memory, profile, reload, report};
+mod e2e;
+mod floor;
+mod kernel;
+mod memory;
+mod policies;
+mod profile;
+mod reload;
+mod report;
+mod stats;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

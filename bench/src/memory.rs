@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use aya::maps::{HashMap, MapData};
-use sg_agent::{compile::compile, dataplane::Dataplane};
+use sg_agent::{dataplane::Dataplane, policy::compile::compile};
 use sg_common::{
     conntrack::{CtEntry, CtKeyV4},
     maps as m,

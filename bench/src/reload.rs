@@ -18,7 +18,7 @@ use super::{
     policies::{CLIENT_V4, SERVER_V4, Shape, rules_file_with},
     stats::Stat,
 };
-use crate::{agent::AgentProcess, lab::in_netns, lab::unique_prefix, probe::Servers};
+use sg_tests::{agent::AgentProcess, lab::in_netns, lab::unique_prefix, probe::Servers};
 
 /// Toggled by the reload; allowed by both policies; allowed by neither.
 const TOGGLED: u16 = 7000;

@@ -2,7 +2,6 @@
 //! probes. Used by the privileged tests under tests/tests and by the demo.
 
 pub mod agent;
-pub mod bench;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

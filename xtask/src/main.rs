@@ -78,8 +78,6 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
                 "run",
                 "--release",
                 "--package",
-                "sg-tests",
-                "--bin",
                 "sg-bench",
                 "--",
             ];
