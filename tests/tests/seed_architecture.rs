@@ -462,23 +462,13 @@ fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
         "bpftool net show: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let xdp = text
-        .split("\"xdp\":")
-        .nth(1)
-        .and_then(|rest| rest.split(']').next())
-        .unwrap_or_default()
-        .to_owned();
-    let xdp: Vec<u64> = xdp
-        .match_indices("\"id\":")
-        .filter_map(|(i, _)| {
-            xdp[i + 5..]
-                .split(|c: char| !c.is_ascii_digit())
-                .find(|s| !s.is_empty())?
-                .parse()
-                .ok()
-        })
-        .collect();
+    // [{"xdp": [{"devname": .., "ifindex": .., "mode": .., "id": N}], "tc": [..], ..}]
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
+    let xdp: Vec<u64> = json[0]["xdp"]
+        .as_array()
+        .map(|progs| progs.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default();
     let tcx = |at| {
         in_netns(ns, move || {
             SchedClassifier::query_tcx("eth0", at)
@@ -492,19 +482,12 @@ fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     (xdp, tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
 }
 
+/// With `--ebpf-log`, a dropped packet is logged with its direction and
+/// reason. (Without it the statements are not in the loaded program at all:
+/// `kernel_verdicts`' `logging` module checks that on the programs.)
 #[test]
-fn ebpf_log_reports_drops_only_when_asked() {
+fn ebpf_log_reports_drops_when_asked() {
     let lab = SeedLab::new("sgl", SEED, &[]);
-    let quiet = start_agent(&lab);
-    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !quiet.log_text().contains("dropped (direction"),
-        "no per-packet log by default:\n{}",
-        quiet.log_text()
-    );
-    assert_eq!(quiet.terminate().code(), Some(0));
-
     let agent = AgentProcess::start_with(&lab.config, &["--ebpf-log"]);
     agent.expect_log("ready: enforcing", 0, START);
     assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);

@@ -1,0 +1,238 @@
+//! Connection tracking: replies in both directions, ICMP errors about
+//! tracked flows, echo by identifier, idle timeouts in real time.
+
+use sg_agent::config::Direction;
+use sg_tests::{
+    frames::{ACK, SYN, Shape, Transport, frame},
+    kernel::{dataplane_for, tc_passes, vpc, xdp_passes},
+};
+
+use crate::{CONFIG, ip, reference, tcp};
+
+#[test]
+fn replies_to_tracked_flows_pass_both_ways() {
+    let dp = dataplane_for(&vpc(CONFIG), "web");
+    let (me, peer) = ("10.0.0.1", "198.51.100.9");
+    let out = frame(ip(me), ip(peer), &tcp(40000, 443, SYN), &Shape::default());
+    let reply = frame(
+        ip(peer),
+        ip(me),
+        &tcp(443, 40000, SYN | ACK),
+        &Shape::default(),
+    );
+    assert!(
+        !reference(
+            Direction::Ingress,
+            peer,
+            me,
+            &tcp(443, 40000, SYN | ACK),
+            false,
+            false
+        ),
+        "rules alone refuse the reply"
+    );
+    assert!(
+        !xdp_passes(&dp, &reply),
+        "a reply before any request is not a reply"
+    );
+    assert!(
+        !tc_passes(
+            &dp,
+            &frame(ip(me), ip(peer), &tcp(40000, 80, SYN), &Shape::default())
+        ),
+        "egress tcp/80: no egress rule"
+    );
+    assert!(
+        tc_passes(&dp, &out),
+        "egress tcp/443 allowed by the egress rule"
+    );
+    assert!(xdp_passes(&dp, &reply), "its reply is tracked");
+    let other = frame(
+        ip(peer),
+        ip(me),
+        &tcp(443, 40001, SYN | ACK),
+        &Shape::default(),
+    );
+    assert!(!xdp_passes(&dp, &other), "another port is another flow");
+
+    // Inbound allowed flow: its replies leave although egress allows only 443.
+    let inbound = frame(
+        ip("203.0.113.5"),
+        ip(me),
+        &tcp(50000, 80, SYN),
+        &Shape::default(),
+    );
+    let answer = frame(
+        ip(me),
+        ip("203.0.113.5"),
+        &tcp(80, 50000, SYN | ACK),
+        &Shape::default(),
+    );
+    assert!(
+        !tc_passes(&dp, &answer),
+        "egress rules alone refuse the answer"
+    );
+    assert!(xdp_passes(&dp, &inbound));
+    assert!(
+        tc_passes(&dp, &answer),
+        "the answer of a tracked inbound flow leaves"
+    );
+}
+
+/// IPv6 flows live in tables of their own (IPv4 has a shorter key): the
+/// same stateful behaviour there.
+#[test]
+fn ipv6_replies_to_tracked_flows_pass() {
+    let dp = dataplane_for(&vpc(CONFIG), "web");
+    let (me, peer) = ("2001:db8::1", "2001:db8:7::5");
+    let inbound = frame(ip(peer), ip(me), &tcp(50000, 80, SYN), &Shape::default());
+    let answer = frame(
+        ip(me),
+        ip(peer),
+        &tcp(80, 50000, SYN | ACK),
+        &Shape::default(),
+    );
+    let elsewhere = frame(
+        ip(me),
+        ip(peer),
+        &tcp(80, 50001, SYN | ACK),
+        &Shape::default(),
+    );
+    assert!(
+        !tc_passes(&dp, &answer),
+        "no IPv6 egress rule: the answer alone is refused"
+    );
+    assert!(xdp_passes(&dp, &inbound), "tcp/80 from ::/0");
+    assert!(
+        tc_passes(&dp, &answer),
+        "the answer of a tracked inbound IPv6 flow leaves"
+    );
+    assert!(!tc_passes(&dp, &elsewhere), "another port is another flow");
+}
+
+#[test]
+fn icmp_errors_pass_only_for_tracked_flows() {
+    let dp = dataplane_for(&vpc(CONFIG), "web");
+    let (me, peer, router) = ("10.0.0.1", "198.51.100.9", "203.0.113.99");
+    assert!(tc_passes(
+        &dp,
+        &frame(ip(me), ip(peer), &tcp(40100, 443, SYN), &Shape::default())
+    ));
+    // Fragmentation needed, quoting our own SYN.
+    let quoted = |sport: u16| {
+        let mut q =
+            frame(ip(me), ip(peer), &tcp(sport, 443, SYN), &Shape::default())[14..].to_vec();
+        q.truncate(28);
+        q
+    };
+    let icmp = |sport: u16| {
+        let mut bytes = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        bytes.extend_from_slice(&quoted(sport));
+        frame(
+            ip(router),
+            ip(me),
+            &Transport::Raw { proto: 1, bytes },
+            &Shape::default(),
+        )
+    };
+    assert!(
+        xdp_passes(&dp, &icmp(40100)),
+        "frag-needed about a tracked flow passes (PMTU discovery)"
+    );
+    assert!(
+        !xdp_passes(&dp, &icmp(40101)),
+        "frag-needed about an unknown flow is dropped"
+    );
+}
+
+#[test]
+fn echo_replies_to_own_pings_pass() {
+    let dp = dataplane_for(&vpc(CONFIG), "web");
+    let (me, peer) = ("10.0.0.1", "198.51.100.9");
+    let reply = frame(
+        ip(peer),
+        ip(me),
+        &Transport::Icmp {
+            ty: 0,
+            code: 0,
+            rest: [0, 42, 0, 1],
+        },
+        &Shape::default(),
+    );
+    assert!(
+        !xdp_passes(&dp, &reply),
+        "an unsolicited echo reply is dropped"
+    );
+    // Egress: only tcp/443 is allowed, so the ping itself is refused ...
+    let ping = frame(
+        ip(me),
+        ip(peer),
+        &Transport::Icmp {
+            ty: 8,
+            code: 0,
+            rest: [0, 42, 0, 1],
+        },
+        &Shape::default(),
+    );
+    assert!(!tc_passes(&dp, &ping));
+    // ... but a ping that was let out (here: an inbound ping, tracked by its
+    // identifier) gets its reply.
+    let inbound_ping = frame(
+        ip("10.5.5.5"),
+        ip(me),
+        &Transport::Icmp {
+            ty: 8,
+            code: 0,
+            rest: [0, 43, 0, 1],
+        },
+        &Shape::default(),
+    );
+    let inbound_reply = frame(
+        ip(me),
+        ip("10.5.5.5"),
+        &Transport::Icmp {
+            ty: 0,
+            code: 0,
+            rest: [0, 43, 0, 1],
+        },
+        &Shape::default(),
+    );
+    assert!(xdp_passes(&dp, &inbound_ping));
+    assert!(
+        tc_passes(&dp, &inbound_reply),
+        "echo reply of a tracked echo leaves"
+    );
+}
+
+/// Idle timeouts in real time: the programs tell time from jiffies scaled
+/// by the tick the agent measured, so a flow idle for longer than its
+/// timeout is forgotten and one idle for less is not. (A clock off by a
+/// factor of a thousand either way fails one of the two.)
+#[test]
+fn idle_flows_expire_in_real_time() {
+    let vpc = vpc(CONFIG);
+    let compiled = sg_agent::policy::compile::compile(&vpc);
+    let tables = &compiled.instances[0].tables;
+    let (me, peer) = (ip("10.0.0.1"), ip("198.51.100.9"));
+    for (timeout_ms, idle_ms, alive) in [(3_000, 100, true), (200, 600, false)] {
+        let mut dp = sg_agent::dataplane::Dataplane::load().expect("load");
+        let settings = sg_common::policy::Settings {
+            tcp_syn_ns: timeout_ms * 1_000_000,
+            ..compiled.settings
+        };
+        dp.publish(tables, settings).expect("publish");
+        assert!(tc_passes(
+            &dp,
+            &frame(me, peer, &tcp(40500, 443, SYN), &Shape::default())
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(idle_ms));
+        assert_eq!(
+            xdp_passes(
+                &dp,
+                &frame(peer, me, &tcp(443, 40500, SYN | ACK), &Shape::default())
+            ),
+            alive,
+            "a half-open flow idle for {idle_ms} ms with a {timeout_ms} ms timeout"
+        );
+    }
+}
