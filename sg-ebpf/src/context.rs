@@ -45,13 +45,20 @@ pub fn linearize_headers(ctx: &TcContext) {
     let linear = ctx.data_end().saturating_sub(ctx.data());
     let len = ctx.len();
     let want = if len < PULL_LEN { len } else { PULL_LEN };
-    if (linear as u32) < want {
+    // A linear part longer than 4 GiB does not exist; `as` keeps the
+    // comparison one instruction.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an skb's linear part is far below 4 GiB"
+    )]
+    let linear = linear as u32;
+    if linear < want {
         // On failure the parser sees a short packet and judges it as such.
         let _ = ctx.pull_data(want);
     }
 }
 
-/// A pointer to a `T` at `offset`, or `None` when it would cross data_end.
+/// A pointer to a `T` at `offset`, or `None` when it would cross `data_end`.
 /// Every header read goes through here.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*const T> {
@@ -82,6 +89,7 @@ pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*const T> {
 #[inline(always)]
 pub unsafe fn load_u32(p: *const u8) -> u32 {
     let v: u64;
+    // SAFETY: one 4-byte load at `p`, inside the packet by the caller's contract; the instruction only reads.
     unsafe {
         core::arch::asm!(
             "{v} = *(u32 *)({p} + 0)",
@@ -90,7 +98,12 @@ pub unsafe fn load_u32(p: *const u8) -> u32 {
             options(nostack, readonly),
         );
     }
-    v as u32
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a 32-bit load zero-extends into the 64-bit register"
+    )]
+    let v = v as u32;
+    v
 }
 
 /// A big-endian 16-bit packet field, in one load (see [`load_u32`]).
@@ -100,6 +113,7 @@ pub unsafe fn load_u32(p: *const u8) -> u32 {
 #[inline(always)]
 pub unsafe fn load_be16(p: *const u8) -> u16 {
     let v: u64;
+    // SAFETY: one 2-byte load at `p`, inside the packet by the caller's contract; the instruction only reads.
     unsafe {
         core::arch::asm!(
             "{v} = *(u16 *)({p} + 0)",
@@ -108,5 +122,10 @@ pub unsafe fn load_be16(p: *const u8) -> u16 {
             options(nostack, readonly),
         );
     }
-    u16::from_be(v as u16)
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a 16-bit load zero-extends into the 64-bit register"
+    )]
+    let v = v as u16;
+    u16::from_be(v)
 }

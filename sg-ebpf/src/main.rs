@@ -6,6 +6,11 @@
 #![no_main]
 // Inline assembly for single-instruction unaligned packet loads (context.rs).
 #![feature(asm_experimental_arch)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![expect(
+    clippy::inline_always,
+    reason = "the verifier needs these helpers inlined into the programs: a call boundary loses the bounds it has proved"
+)]
 
 mod context;
 mod maps;
@@ -25,6 +30,10 @@ use sg_common::policy::{EGRESS, INGRESS};
 /// GSO/GRO on the path and TCP throughput falls to a quarter. The parser
 /// only reads headers, which sit in the first buffer.
 #[xdp(frags)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros pass the context by value"
+)]
 pub fn sg_ingress(ctx: XdpContext) -> u32 {
     if pipeline::judge(&ctx, INGRESS) {
         xdp_action::XDP_PASS
@@ -37,6 +46,10 @@ pub fn sg_ingress(ctx: XdpContext) -> u32 {
 /// same judgement, after GRO, on the packets as the stack sees them. On veth
 /// this keeps a bulk TCP flow's throughput, which XDP there does not.
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros pass the context by value"
+)]
 pub fn sg_ingress_tc(ctx: TcContext) -> i32 {
     context::linearize_headers(&ctx);
     if pipeline::judge(&ctx, INGRESS) {
@@ -46,9 +59,13 @@ pub fn sg_ingress_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// Outbound. A pass hands the packet on to the next TC program (TCX_NEXT /
-/// TC_ACT_UNSPEC) rather than short-circuiting programs attached after us.
+/// Outbound. A pass hands the packet on to the next TC program (`TCX_NEXT` /
+/// `TC_ACT_UNSPEC`) rather than short-circuiting programs attached after us.
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros pass the context by value"
+)]
 pub fn sg_egress(ctx: TcContext) -> i32 {
     context::linearize_headers(&ctx);
     if pipeline::judge(&ctx, EGRESS) {

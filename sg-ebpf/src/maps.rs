@@ -1,4 +1,4 @@
-//! The object's maps. Names and sizes come from sg_common::maps, so the agent
+//! The object's maps. Names and sizes come from `sg_common::maps`, so the agent
 //! finds and sizes exactly these.
 
 use aya_ebpf::{
@@ -71,7 +71,7 @@ pub struct Scratch {
 #[map(name = "SG_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// The policy tries, as sg_common::policy::classify reads them.
+/// The policy tries, as `sg_common::policy::classify` reads them.
 pub struct KernelPolicy;
 
 impl PolicyMaps for KernelPolicy {
@@ -85,6 +85,7 @@ impl PolicyMaps for KernelPolicy {
     }
     #[inline(always)]
     fn port_exact(&self, key: &PortKey) -> Option<PortValue> {
+        // SAFETY: the value is copied out at once. Port entries are deleted only after the grace period that follows a generation flip, so no lookup in flight meets a freed one.
         unsafe { PORT_EXACT.get(key) }.copied()
     }
     #[inline(always)]

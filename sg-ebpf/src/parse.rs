@@ -1,5 +1,5 @@
 //! A bounded cursor parser in the xdp-tools manner: each step checks its
-//! bounds against data_end, advances the cursor and says what comes next.
+//! bounds against `data_end`, advances the cursor and says what comes next.
 //! Anything it cannot prove well-formed is reported as a drop reason.
 
 use sg_common::{
@@ -64,6 +64,7 @@ struct Ipv4Hdr {
 /// `b` points into the packet, bounds-checked with its header.
 #[inline(always)]
 unsafe fn addr4(b: *const [u8; 4]) -> u32 {
+    // SAFETY: `b` lies inside the packet (this function's contract).
     unsafe { load_u32(b.cast()) }
 }
 
@@ -74,6 +75,7 @@ unsafe fn addr4(b: *const [u8; 4]) -> u32 {
 #[inline(always)]
 unsafe fn addr6(b: *const [u8; 16]) -> Addr {
     let p: *const u8 = b.cast();
+    // SAFETY: `b .. b + 16` lies inside the packet (this function's contract).
     unsafe {
         [
             load_u32(p),
@@ -90,6 +92,7 @@ unsafe fn addr6(b: *const [u8; 16]) -> Addr {
 /// As for [`addr4`].
 #[inline(always)]
 unsafe fn field16(b: *const [u8; 2]) -> u16 {
+    // SAFETY: `b` lies inside the packet (this function's contract).
     unsafe { load_be16(b.cast()) }
 }
 
@@ -169,6 +172,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Verdict(DROP_MALFORMED);
     };
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     let mut ethertype = unsafe { field16(addr_of!((*eth).proto)) };
     let mut off = core::mem::size_of::<EthHdr>();
     for _ in 0..VLAN_MAX_DEPTH {
@@ -178,6 +182,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
         let Some(vlan) = ptr_at::<VlanHdr>(ctx, off) else {
             return Parsed::Verdict(DROP_MALFORMED);
         };
+        // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         ethertype = unsafe { field16(addr_of!((*vlan).proto)) };
         off += core::mem::size_of::<VlanHdr>();
     }
@@ -220,12 +225,14 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
 #[inline(always)]
 fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     let (version_ihl, frag_off) = unsafe { ((*ip).version_ihl, field16(addr_of!((*ip).frag_off))) };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
         return Err(DROP_MALFORMED);
     }
     flow.family = FAMILY_V4;
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     unsafe {
         flow.proto = (*ip).proto;
         flow.src = [addr4(addr_of!((*ip).src)), 0, 0, 0];
@@ -250,14 +257,17 @@ fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
 #[inline(always)]
 fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
         return Err(DROP_MALFORMED);
     }
     flow.family = FAMILY_V6;
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     unsafe {
         flow.src = addr6(addr_of!((*ip).src));
         flow.dst = addr6(addr_of!((*ip).dst));
     }
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     let mut next = unsafe { (*ip).next_header };
     let mut off = off + core::mem::size_of::<Ipv6Hdr>();
     flow.frag = FRAG_NONE;
@@ -265,18 +275,21 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, len) = unsafe { ((*h).next_header, (*h).len) };
                 next = n;
                 off += (usize::from(len) + 1) * 8;
             }
             IPV6_AH => {
                 let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, len) = unsafe { ((*h).next_header, (*h).len) };
                 next = n;
                 off += (usize::from(len) + 2) * 4;
             }
             IPV6_FRAGMENT => {
                 let h = ptr_at::<Ipv6FragHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, offset_flags, id) = unsafe {
                     (
                         (*h).next_header,
@@ -318,6 +331,7 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
     match flow.proto {
         proto::TCP => {
             let h = ptr_at::<TcpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
                 flow.sport = field16(addr_of!((*h).sport));
                 flow.dport = field16(addr_of!((*h).dport));
@@ -326,6 +340,7 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
         }
         proto::UDP => {
             let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
                 flow.sport = field16(addr_of!((*h).sport));
                 flow.dport = field16(addr_of!((*h).dport));
@@ -333,10 +348,12 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
         }
         proto::ICMP | proto::ICMPV6 => {
             let h = ptr_at::<IcmpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             let (ty, code) = unsafe { ((*h).ty, (*h).code) };
             flow.icmp_type = ty;
             flow.icmp_code = code;
             if icmp::is_echo(flow.family, ty) {
+                // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let id = unsafe { field16(addr_of!((*h).id)) };
                 flow.sport = id;
                 flow.dport = id;
@@ -355,12 +372,14 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, off) else {
             return false;
         };
+        // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         let version_ihl = unsafe { (*ip).version_ihl };
         let ihl = usize::from(version_ihl & 0x0f) * 4;
         if ihl < core::mem::size_of::<Ipv4Hdr>() {
             return false;
         }
         inner.family = FAMILY_V4;
+        // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         unsafe {
             inner.proto = (*ip).proto;
             inner.src = [addr4(addr_of!((*ip).src)), 0, 0, 0];
@@ -372,6 +391,7 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
             return false;
         };
         inner.family = FAMILY_V6;
+        // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         unsafe {
             inner.proto = (*ip).next_header;
             inner.src = addr6(addr_of!((*ip).src));
@@ -388,6 +408,7 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
             let Some(h) = ptr_at::<L4Hdr>(ctx, l4_off) else {
                 return false;
             };
+            // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
                 inner.sport = field16(addr_of!((*h).sport));
                 inner.dport = field16(addr_of!((*h).dport));
@@ -397,9 +418,11 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
             let Some(h) = ptr_at::<IcmpHdr>(ctx, l4_off) else {
                 return false;
             };
+            // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             let ty = unsafe { (*h).ty };
             inner.icmp_type = ty;
             if icmp::is_echo(inner.family, ty) {
+                // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let id = unsafe { field16(addr_of!((*h).id)) };
                 inner.sport = id;
                 inner.dport = id;

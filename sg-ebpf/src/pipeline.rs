@@ -28,6 +28,7 @@ use crate::{
 pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
     let reason = reason(ctx, direction);
     if let Some(c) = COUNTERS.get_ptr_mut(counters::index(direction, reason)) {
+        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU (XDP and TC run in softirq context with preemption off), so nothing else writes it meanwhile.
         unsafe { *c += 1 };
     }
     let passes = counters::passes(reason);
@@ -59,6 +60,7 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
         ct_key,
         ct_key4,
         frag_key,
+        // SAFETY: this CPU's scratch slot, valid for the whole run. Programs do not nest on a CPU (XDP and TC run in softirq context with preemption off, and no program of this object interrupts another on its CPU), so this packet has it alone until it returns.
     } = unsafe { &mut *scratch };
     // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
     // parser writes every field that is read for the packet it finds.
@@ -74,17 +76,24 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
         return PASS_NEIGHBOUR_DISCOVERY;
     }
     // Read once: this packet is judged entirely by one policy generation.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the agent writes only 0 or 1"
+    )]
     let generation = settings.generation as u8;
     // A clock of jiffy resolution is plenty for idle timeouts of seconds;
     // jiffies cost less per packet than even the coarse clock.
     let now = if settings.ns_per_tick != 0 {
+        // SAFETY: a helper without arguments.
         unsafe { bpf_jiffies64() }.wrapping_mul(settings.ns_per_tick)
     } else {
+        // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_coarse_ns() }
     };
 
     if flow.frag == FRAG_LATER {
         frag_key.fill(flow);
+        // SAFETY: the entry is read at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
         if let Some(e) = unsafe { FRAGS.get(*frag_key) }
             && now.saturating_sub(e.seen_ns) <= settings.fragment_ns
         {
@@ -153,12 +162,15 @@ fn track<K: FlowKey>(
     let key = &*key;
     match table.get_ptr_mut(key) {
         Some(entry)
+            // SAFETY: `entry` points at a live value of the table: values are freed only after an RCU grace period, which cannot end while this program runs. Another CPU may update the same flow meanwhile; the race costs at most one state update, never memory safety.
             if conntrack::is_live(unsafe { &*entry }, flow.proto, now, settings)
                 && conntrack::admits(unsafe { &*entry }, flow) =>
         {
+            // SAFETY: as above.
             let old = unsafe { *entry };
             let next = conntrack::advance(&old, flow, from_a, now);
             if conntrack::needs_write(&old, &next) {
+                // SAFETY: as above.
                 unsafe { *entry = next };
             }
             PASS_TRACKED
@@ -206,6 +218,7 @@ fn related_to_tracked<K: FlowKey>(
     settings: &Settings,
 ) -> bool {
     key.fill(inner);
+    // SAFETY: the entry is read at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
     match unsafe { table.get(*key) } {
         Some(e) => conntrack::is_live(e, inner.proto, now, settings),
         None => false,
