@@ -281,9 +281,8 @@ fn rx_packets(ns: &str) -> u64 {
 }
 
 /// A flood of disallowed UDP (to port 9) from gen for `secs` seconds,
-/// bounded by a packet count too; returns (packets absorbed per second, CPU
-/// ns per packet).
-/// Packets absorbed per second, and busy and softirq CPU ns per packet.
+/// bounded by a packet count too; returns packets absorbed per second, and
+/// busy and softirq CPU ns per packet.
 fn flood(pair: &Pair, secs: u64) -> (f64, f64, f64) {
     let conf = std::env::temp_dir().join(format!("{}-flood.cfg", pair.gen_ns.name));
     let cfg = format!(
@@ -390,7 +389,8 @@ fn iperf(pair: &Pair, secs: u64) -> f64 {
 }
 
 /// Installs `filter` on the sink for the policy with `fillers` filler rules;
-/// returns the agent process when it is sg-agent.
+/// returns what to keep alive while it is measured (the agent process when
+/// it is sg-agent) and the number of rules.
 fn install(
     filter: Filter,
     pair: &Pair,

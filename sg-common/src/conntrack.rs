@@ -487,9 +487,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_written_back_at_most_once_a_second() {
-        let syn = tcp(1, 40000, 2, 80, tcp_flags::ACK);
-        let e = open(&syn, true, 0);
-        assert!(!needs_write(&e, &advance(&e, &syn, true, SEC / 2)));
-        assert!(needs_write(&e, &advance(&e, &syn, true, 2 * SEC)));
+        let ack = tcp(1, 40000, 2, 80, tcp_flags::ACK);
+        let e = open(&ack, true, 0);
+        assert!(!needs_write(&e, &advance(&e, &ack, true, SEC / 2)));
+        assert!(needs_write(&e, &advance(&e, &ack, true, 2 * SEC)));
     }
 }

@@ -34,10 +34,10 @@ pub fn at(addr: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip(addr), port)
 }
 
-/// The lab, its rules file and its servers.
 /// A host: name, addresses, TCP ports and UDP ports it serves.
 pub type HostSpec<'a> = (&'a str, &'a [&'a str], &'a [u16], &'a [u16]);
 
+/// The lab, its rules file and its servers.
 pub struct SeedLab {
     pub lab: Lab,
     pub config: PathBuf,

@@ -1,5 +1,6 @@
-//! `cargo xtask`: the project's automation. Plain std, so it builds before
-//! anything else is installed, and installs the rest.
+//! `cargo xtask`: the project's automation. It needs only stable cargo and
+//! a few small crates (clap, anyhow), so it builds before anything else is
+//! installed, and installs the rest.
 
 mod bootstrap;
 
@@ -32,6 +33,9 @@ enum Cmd {
     /// examples/seed-vpc.toml, print who reaches whom, replay the seed's
     /// experiment and tear it all down (as root).
     Demo,
+    /// Check formatting and lints: `cargo fmt --check` and clippy (no
+    /// warnings) on the workspace, and on the eBPF crates for the BPF target.
+    Lint,
     /// Measure sg-agent against nftables and iptables and write
     /// BENCHMARKS.md (as root).
     Bench {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
 fn run(cmd: &Cmd) -> anyhow::Result<()> {
     match *cmd {
         Cmd::Bootstrap => bootstrap::all(),
+        Cmd::Lint => lint(),
         Cmd::Test { debug_only } => test(debug_only),
         Cmd::Demo => {
             require_root("the demo creates network namespaces and attaches eBPF programs")?;
@@ -74,19 +79,52 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
             bootstrap::all()?;
             // The benchmarks run the real sg-agent binary beside them.
             cargo(&["build", "--release", "--package", "sg-agent"])?;
-            let mut args = vec![
-                "run",
-                "--release",
-                "--package",
-                "sg-bench",
-                "--",
-            ];
+            let mut args = vec!["run", "--release", "--package", "sg-bench", "--"];
             if smoke {
                 args.push("--smoke");
             }
             cargo(&args)
         }
     }
+}
+
+/// The eBPF crates: built for the BPF target with the nightly toolchain
+/// (their `.cargo/config.toml` says so), so linted from their own folders.
+const EBPF_CRATES: [&str; 2] = ["sg-ebpf", "bench/floor"];
+
+fn lint() -> anyhow::Result<()> {
+    step("cargo fmt --check (every crate of the workspace)");
+    cargo(&["fmt", "--all", "--check"])?;
+    step("clippy on the host crates, every target");
+    let mut args = vec!["clippy", "--workspace", "--all-targets"];
+    for krate in ["sg-ebpf", "sg-bench-floor"] {
+        args.extend(["--exclude", krate]);
+    }
+    args.extend(["--", "-D", "warnings"]);
+    cargo(&args)?;
+    for dir in EBPF_CRATES {
+        step(&format!("clippy on {dir} (BPF target, nightly)"));
+        let status = Command::new("cargo")
+            .args(["+nightly", "clippy", "--", "-D", "warnings"])
+            .current_dir(workspace_root().join(dir))
+            // rustup picks the toolchain from `+nightly` only when cargo is
+            // its proxy, not the stable cargo xtask runs under.
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .status()
+            .context("running cargo +nightly clippy")?;
+        if !status.success() {
+            bail!("clippy found problems in {dir} ({status})");
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 fn test(debug_only: bool) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! The benchmark floor: an XDP program that passes everything. Measured with
-//! BPF_PROG_TEST_RUN beside sg-agent's programs, it shows what the test
+//! `BPF_PROG_TEST_RUN` beside sg-agent's programs, it shows what the test
 //! harness and the XDP entry cost on their own.
 #![no_std]
 #![no_main]

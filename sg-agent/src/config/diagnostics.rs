@@ -42,14 +42,6 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-impl Diagnostics {
-    /// `file:line:col` of one diagnostic.
-    pub fn location(&self, d: &Diagnostic) -> String {
-        let (line, col) = line_col(&self.source, d.span.start);
-        format!("{}:{line}:{col}", self.path.display())
-    }
-}
-
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for d in &self.items {

@@ -1,5 +1,5 @@
-//! The rules file as the rest of the agent sees it: validated, with names
-//! resolved to indexes only where it keeps code simple. Spans point back
+//! The rules file as the rest of the agent sees it: validated, names kept as
+//! written (groups and prefix lists are looked up by name). Spans point back
 //! into the file for diagnostics.
 
 use std::{net::IpAddr, ops::Range};

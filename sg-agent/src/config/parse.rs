@@ -30,7 +30,7 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
             format!("TOML syntax: {}", e.message().trim()),
         ));
     }
-    let vpc = p.vpc(root.get_ref(), root.span());
+    let vpc = p.vpc(root.get_ref());
     (vpc, p.diags)
 }
 
@@ -178,7 +178,7 @@ impl Parser {
             .collect()
     }
 
-    fn vpc(&mut self, root: &DeTable, _span: Span) -> Vpc {
+    fn vpc(&mut self, root: &DeTable) -> Vpc {
         self.known_keys(
             root,
             &[

@@ -77,6 +77,10 @@ fn gre() -> Transport {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of cases reads best in one place"
+)]
 fn cases() -> Vec<Case> {
     vec![
         case("v4 tcp/80 from anywhere", OUTSIDE, WEB, tcp(40000, 80, SYN)),
