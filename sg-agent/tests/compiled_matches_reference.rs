@@ -1,7 +1,8 @@
 //! The compiled policy, written by the production reload path
 //! (`policy::encode::publish`) into in-memory maps and looked up by the same
 //! `classify` the kernel runs, agrees with the reference evaluator on random
-//! configs and packets, after swaps between policies too.
+//! configs and packets, after swaps between policies and after a restart
+//! that adopts the maps as it finds them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -294,6 +295,19 @@ proptest! {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let got = classify(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
+                }
+            }
+            // A restart: a new agent adopts the maps as they are (it knows
+            // them only by their entries) and publishes the same policy.
+            let mut encoder = PolicyEncoder::adopt(Some(maps.settings()), &maps.entries());
+            let generation = swap_to(&mut encoder, &mut maps, &ci.tables);
+            prop_assert_eq!(maps.address_entries_of(1 - generation), 0, "after adoption too");
+            for p in &packets {
+                let Some(flow) = to_flow(p) else { continue };
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let want = evaluate(&vpc, inst, direction, p, false).passes();
+                    let got = classify(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(got, want, "adopted: instance {} {:?} packet {:?}", inst.name, direction, p);
                 }
             }
             // Swapping to an empty policy leaves no port entry behind.

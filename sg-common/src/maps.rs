@@ -53,3 +53,56 @@ pub const CT_TCP_MAX_ENTRIES: u32 = 65_536;
 pub const CT_OTHER_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of the fragment table.
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
+
+/// What the kernel knows of a map's layout: enough to refuse a pinned map
+/// of another layout before a program misreads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn size<T>() -> u32 {
+    // Every map type here is far below 4 GiB.
+    #[expect(clippy::cast_possible_truncation, reason = "map types are small")]
+    let n = core::mem::size_of::<T>() as u32;
+    n
+}
+
+/// An LPM trie's key: a 4-byte prefix length, then the data.
+const fn lpm<T>() -> u32 {
+    4 + size::<T>()
+}
+
+/// The maps that outlive the agent (pinned per instance): policy, settings,
+/// connection and fragment tables, counters. The per-packet scratch space
+/// and aya-log's buffer belong to one process and are not pinned.
+pub const PINNED: [Layout; 11] = {
+    use crate::{
+        conntrack::{CtEntry, CtKey, CtKeyV4, FragEntry, FragKey},
+        policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings},
+    };
+    const fn l(name: &'static str, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
+        Layout {
+            name,
+            key_size,
+            value_size,
+            max_entries,
+        }
+    }
+    [
+        l(SETTINGS, 4, size::<Settings>(), 1),
+        l(ADDR_V4, lpm::<AddrKeyV4>(), size::<AddrValue>(), ADDR_MAX_ENTRIES),
+        l(ADDR_V6, lpm::<AddrKeyV6>(), size::<AddrValue>(), ADDR_MAX_ENTRIES),
+        l(PORTS, lpm::<PortKey>(), size::<PortValue>(), PORTS_MAX_ENTRIES),
+        l(PORT_EXACT, size::<PortKey>(), size::<PortValue>(), PORT_EXACT_MAX_ENTRIES),
+        l(CT_TCP4, size::<CtKeyV4>(), size::<CtEntry>(), CT_TCP_MAX_ENTRIES),
+        l(CT_OTHER4, size::<CtKeyV4>(), size::<CtEntry>(), CT_OTHER_MAX_ENTRIES),
+        l(CT_TCP6, size::<CtKey>(), size::<CtEntry>(), CT_TCP_MAX_ENTRIES),
+        l(CT_OTHER6, size::<CtKey>(), size::<CtEntry>(), CT_OTHER_MAX_ENTRIES),
+        l(FRAGS, size::<FragKey>(), size::<FragEntry>(), FRAGS_MAX_ENTRIES),
+        l(COUNTERS, 4, 8, crate::counters::COUNTERS_LEN),
+    ]
+};

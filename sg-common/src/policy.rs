@@ -146,6 +146,15 @@ impl PortKey {
             port: port.to_be_bytes(),
         }
     }
+
+    /// (class, protocol, port), as [`PortKey::new`] took them.
+    pub fn parts(&self) -> (u32, u8, u16) {
+        (
+            u32::from_be_bytes(self.class),
+            self.proto,
+            u16::from_be_bytes(self.port),
+        )
+    }
 }
 
 /// The entry allows every port of its protocol (or every protocol).

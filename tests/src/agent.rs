@@ -4,7 +4,10 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -25,9 +28,42 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// A state directory (pinned maps and links) of the test's own, under
+/// /sys/fs/bpf, removed on drop whatever the agents did: a killed agent
+/// leaves its instances enforced there.
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self {
+            path: PathBuf::from(format!("/sys/fs/bpf/sg-test-{}-{n}", std::process::id())),
+        }
+    }
+}
+
+impl Default for StateDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        // Unpinning detaches the links and frees the maps.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 pub struct AgentProcess {
     child: Child,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// The state directory, when this agent owns it (dropped after the
+    /// child is killed).
+    _state: Option<StateDir>,
 }
 
 impl AgentProcess {
@@ -41,11 +77,23 @@ impl AgentProcess {
         Self::start_logging(config, args, "info")
     }
 
-    /// Starts the agent with `RUST_LOG=level`.
+    /// Starts the agent with `RUST_LOG=level`, with a state directory of
+    /// its own.
     pub fn start_logging(config: &Path, args: &[&str], level: &str) -> Self {
+        let state = StateDir::new();
+        let mut agent = Self::start_in(&state, config, args, level);
+        agent._state = Some(state);
+        agent
+    }
+
+    /// Starts the agent on a state directory the caller keeps (to restart
+    /// an agent on the state the previous one left).
+    pub fn start_in(state: &StateDir, config: &Path, args: &[&str], level: &str) -> Self {
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
+            .arg("--state-dir")
+            .arg(&state.path)
             .args(args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
@@ -65,7 +113,11 @@ impl AgentProcess {
                 cv.notify_all();
             }
         });
-        Self { child, log }
+        Self {
+            child,
+            log,
+            _state: None,
+        }
     }
 
     /// Waits until a log line contains `needle`, counting only lines after
@@ -132,6 +184,12 @@ impl AgentProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, as the OOM killer does: no chance to clean up.
+    pub fn kill9(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
     }
 
     /// Waits (bounded) for the process to exit on its own.

@@ -106,6 +106,8 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 pub struct Host {
     pub name: String,
     pub netns: Netns,
+    addresses: Vec<String>,
+    port: String,
 }
 
 /// A set of hosts on one bridge, all removed on drop.
@@ -139,6 +141,31 @@ impl Lab {
     pub fn add_host(&mut self, host: &str, addresses: &[&str]) {
         let ns = Netns::create(&self.netns_of(host));
         let port = format!("p{}", self.hosts.len());
+        self.link_host(&ns.name, &port, addresses);
+        self.hosts.push(Host {
+            name: host.to_owned(),
+            netns: ns,
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            port,
+        });
+    }
+
+    /// Deletes `host`'s eth0 and makes a new one, as a VM reboot or a
+    /// container restart does: same name and addresses, a new interface
+    /// (another ifindex) with nothing attached.
+    pub fn recreate_eth0(&self, host: &str) {
+        let h = self
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        // Deleting one end of a veth pair deletes both.
+        ip(&["-n", &self.switch.name, "link", "del", &h.port]);
+        let addresses: Vec<&str> = h.addresses.iter().map(String::as_str).collect();
+        self.link_host(&h.netns.name, &h.port, &addresses);
+    }
+
+    fn link_host(&self, ns: &str, port: &str, addresses: &[&str]) {
         // Created inside the switch namespace with its peer straight in the
         // host's namespace: the root namespace never sees either end.
         ip(&[
@@ -146,30 +173,26 @@ impl Lab {
             &self.switch.name,
             "link",
             "add",
-            &port,
+            port,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            &ns.name,
+            ns,
         ]);
         ip(&[
             "-n",
             &self.switch.name,
             "link",
             "set",
-            &port,
+            port,
             "master",
             "br0",
             "up",
         ]);
-        bring_up_eth0(&ns.name, addresses, &LAB_ROUTES);
-        self.hosts.push(Host {
-            name: host.to_owned(),
-            netns: ns,
-        });
+        bring_up_eth0(ns, addresses, &LAB_ROUTES);
     }
 
     /// Rewrites the `netns = "sg-NAME"` lines of a rules file to this lab's

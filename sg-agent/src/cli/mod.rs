@@ -2,6 +2,7 @@
 //! arguments beside the code that runs it. `main` parses and dispatches.
 
 mod check;
+mod detach;
 mod run;
 
 use std::process::ExitCode;
@@ -10,8 +11,10 @@ use clap::{Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  success (check: the file is valid; run: stopped by SIGINT/SIGTERM, everything detached)
-  1  the rules file is invalid, or the agent could not load or attach its programs
+  0  success (check: the file is valid; run: stopped by SIGINT/SIGTERM, everything
+     detached unless --keep-on-exit; detach: the pinned state is gone)
+  1  the rules file is invalid or enforces no instance (run, without --allow-empty),
+     the state directory cannot be used, or an instance's programs could not be loaded
   2  usage error (unknown option, missing argument)
 
 Example:
@@ -36,6 +39,10 @@ enum Command {
     /// (as root). Reloads on SIGHUP and whenever the file changes.
     #[command(after_help = EXIT_CODES)]
     Run(run::RunArgs),
+    /// Detach and remove what an agent left pinned (killed, or stopped
+    /// with --keep-on-exit), as root.
+    #[command(after_help = EXIT_CODES)]
+    Detach(detach::DetachArgs),
 }
 
 /// The whole command: parse, set up logging, run the verb.
@@ -50,6 +57,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check::check(&args),
         Command::Run(args) => run::run(&args),
+        Command::Detach(args) => detach::detach(&args),
     }
 }
 

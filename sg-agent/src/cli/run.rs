@@ -42,6 +42,21 @@ pub struct RunArgs {
     /// are removed from the programs at load time.
     #[arg(long)]
     ebpf_log: bool,
+    /// Where each instance's maps and links are pinned (on bpffs, mounted
+    /// on /sys/fs/bpf if nothing is). State found there is adopted:
+    /// enforcement and connection tables carry over a restart.
+    #[arg(long, default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// On SIGINT/SIGTERM leave every instance enforced and pinned, for the
+    /// next sg-agent to adopt (restarts and upgrades without a gap).
+    /// Without it, stopping detaches everything and leaves nothing pinned.
+    #[arg(long)]
+    keep_on_exit: bool,
+    /// Accept a rules file that enforces no instance (by default such a
+    /// file is refused: an empty or half-written file would otherwise
+    /// unfilter every interface).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 impl RunArgs {
@@ -62,6 +77,9 @@ impl RunArgs {
                 (IngressHookArg::Xdp, XdpModeArg::Generic) => IngressHook::XdpGeneric,
             },
             ebpf_log: self.ebpf_log,
+            state_dir: self.state_dir.clone(),
+            keep_on_exit: self.keep_on_exit,
+            allow_empty: self.allow_empty,
         }
     }
 }

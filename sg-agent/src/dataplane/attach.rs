@@ -1,13 +1,24 @@
-//! Putting an instance's programs on its interface.
+//! Putting an instance's programs on its interface, through BPF links that
+//! are pinned (so they outlive the agent) and adopted by the next agent
+//! (`BPF_LINK_UPDATE` swaps the program on a live link: no gap).
 
-use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode,
-    tc::{self, TcError},
+use std::path::PathBuf;
+
+use aya::{
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, SchedClassifierLink, TcError},
+        xdp::XdpLink,
+    },
+    util::KernelVersion,
 };
 
 use super::{
     Dataplane, DataplaneError, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM,
-    netns::NetnsGuard, program,
+    netns::NetnsGuard,
+    pins::{Hook, InstancePins, PlaceId, place_here},
+    program,
 };
 
 /// Where inbound packets are judged.
@@ -33,14 +44,52 @@ pub enum IngressHook {
 pub struct Attachment {
     pub ifname: String,
     pub netns: Option<String>,
+    /// The namespace and interface identity when attached.
+    pub place: PlaceId,
     /// "XDP (driver mode)", "XDP (generic mode)" or "TC".
     pub ingress: &'static str,
+    /// Whether links left by an earlier agent were adopted (their program
+    /// replaced in place) rather than attached anew.
+    pub adopted: bool,
+}
+
+/// A link this data plane holds: dropping it closes its descriptor, which
+/// detaches the program unless the link is pinned.
+pub(super) struct HeldLink {
+    hook: Hook,
+    place: PlaceId,
+    pin: Option<PathBuf>,
+    _link: FdLink,
+}
+
+impl HeldLink {
+    pub(super) fn moved_to(&mut self, pins: &InstancePins) {
+        if self.pin.is_some() {
+            self.pin = Some(pins.link(self.hook, self.place));
+        }
+    }
+
+    /// Unpins (if pinned) and drops: the program is detached.
+    fn detach(self) {
+        if let Some(pin) = &self.pin
+            && let Err(e) = std::fs::remove_file(pin)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("removing the pin {}: {e}", pin.display());
+        }
+    }
+}
+
+fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
 impl Dataplane {
     /// Attaches the inbound program (XDP or TC ingress, as `hook` says) and
-    /// TC egress (TCX on kernels that have it) to `ifname`, inside `netns`
-    /// when given.
+    /// TC egress to `ifname`, inside `netns` when given. Links pinned there
+    /// by an earlier agent are adopted: their program is replaced in place.
+    /// Links this data plane held elsewhere (the instance moved) are
+    /// detached only once the new ones are in place.
     pub fn attach(
         &mut self,
         ifname: &str,
@@ -48,58 +97,249 @@ impl Dataplane {
         hook: IngressHook,
     ) -> Result<&Attachment, DataplaneError> {
         let _guard = NetnsGuard::enter_opt(netns)?;
+        let place = place_here(ifname).map_err(|source| DataplaneError::Interface {
+            ifname: ifname.to_owned(),
+            netns: netns.map(str::to_owned),
+            source,
+        })?;
         let attach_err = |source| DataplaneError::Attach {
             ifname: ifname.to_owned(),
             netns: netns.map(str::to_owned),
             source: Box::new(source),
         };
         // Kernels without TCX attach classifiers under the clsact qdisc.
-        match tc::qdisc_add_clsact(ifname) {
-            Ok(()) => {}
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(source) => {
-                return Err(DataplaneError::Qdisc {
-                    ifname: ifname.to_owned(),
-                    source: Box::new(source),
-                });
+        if !tcx_available() {
+            match tc::qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => {
+                    return Err(DataplaneError::Qdisc {
+                        ifname: ifname.to_owned(),
+                        source: Box::new(source),
+                    });
+                }
             }
         }
-        if hook == IngressHook::Tc {
-            self.load_ingress_tc()?;
-            program::<SchedClassifier>(&mut self.ebpf, INGRESS_TC_PROGRAM)
-                .attach(ifname, TcAttachType::Ingress)
-                .map_err(attach_err)?;
-        }
+        let mut adopted = false;
         let ingress = match hook {
-            IngressHook::Tc => "TC",
+            IngressHook::Tc => {
+                self.load_ingress_tc()?;
+                adopted |= self.link(Hook::TcIngress, place, ifname).map_err(attach_err)?;
+                "TC"
+            }
+            IngressHook::XdpGeneric => {
+                self.drop_other_xdp(Hook::XdpGeneric, place);
+                adopted |= self.link(Hook::XdpGeneric, place, ifname).map_err(attach_err)?;
+                "XDP (generic mode)"
+            }
             IngressHook::XdpNative => {
-                match program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM)
-                    .attach(ifname, XdpMode::Driver)
-                {
-                    Ok(_) => "XDP (driver mode)",
-                    Err(e) => {
-                        log::info!("{ifname}: native XDP not available ({e}); using generic XDP");
-                        self.attach_generic_xdp(ifname).map_err(attach_err)?
+                // An earlier agent that fell back to generic mode left that.
+                let generic_pinned = self
+                    .pins
+                    .as_ref()
+                    .is_some_and(|p| p.link(Hook::XdpGeneric, place).exists());
+                if generic_pinned && !self.holds(Hook::XdpNative, place) {
+                    adopted |= self.link(Hook::XdpGeneric, place, ifname).map_err(attach_err)?;
+                    "XDP (generic mode)"
+                } else {
+                    match self.link(Hook::XdpNative, place, ifname) {
+                        Ok(a) => {
+                            adopted |= a;
+                            "XDP (driver mode)"
+                        }
+                        Err(e) => {
+                            log::info!(
+                                "{ifname}: native XDP not available ({e}); using generic XDP"
+                            );
+                            adopted |=
+                                self.link(Hook::XdpGeneric, place, ifname).map_err(attach_err)?;
+                            "XDP (generic mode)"
+                        }
                     }
                 }
             }
-            IngressHook::XdpGeneric => self.attach_generic_xdp(ifname).map_err(attach_err)?,
         };
-        program::<SchedClassifier>(&mut self.ebpf, EGRESS_PROGRAM)
-            .attach(ifname, TcAttachType::Egress)
-            .map_err(attach_err)?;
+        adopted |= self.link(Hook::TcEgress, place, ifname).map_err(attach_err)?;
+        let ingress_hook = match ingress {
+            "TC" => Hook::TcIngress,
+            "XDP (driver mode)" => Hook::XdpNative,
+            _ => Hook::XdpGeneric,
+        };
+        self.retain_links(&[(ingress_hook, place), (Hook::TcEgress, place)]);
         Ok(self.attachment.insert(Attachment {
             ifname: ifname.to_owned(),
             netns: netns.map(str::to_owned),
+            place,
             ingress,
+            adopted,
         }))
     }
 
-    fn attach_generic_xdp(
+    fn holds(&self, hook: Hook, place: PlaceId) -> bool {
+        self.links.iter().any(|l| l.hook == hook && l.place == place)
+    }
+
+    /// Puts `hook`'s program on the interface at `place` (the current
+    /// thread is in its namespace): nothing to do if held already; a link
+    /// pinned there is adopted (its program replaced in place, returns
+    /// true); otherwise a new link, pinned when this data plane pins.
+    fn link(
         &mut self,
+        hook: Hook,
+        place: PlaceId,
         ifname: &str,
-    ) -> Result<&'static str, aya::programs::ProgramError> {
-        program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM).attach(ifname, XdpMode::Skb)?;
-        Ok("XDP (generic mode)")
+    ) -> Result<bool, aya::programs::ProgramError> {
+        if self.holds(hook, place) {
+            return Ok(false);
+        }
+        let pin = self.pins.as_ref().map(|p| p.link(hook, place));
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            match self.adopt_link(hook, pin) {
+                Ok(link) => {
+                    self.links.push(HeldLink {
+                        hook,
+                        place,
+                        pin: Some(pin.clone()),
+                        _link: link,
+                    });
+                    return Ok(true);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{ifname}: the link pinned at {} cannot be adopted ({e}); attaching anew",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let link = self.new_link(hook, ifname)?;
+        let link = match &pin {
+            Some(path) => match link.pin(path) {
+                Ok(pinned) => FdLink::from(pinned),
+                Err(e) => {
+                    // Attached, but it would not outlive the agent: say so.
+                    log::error!(
+                        "{ifname}: pinning the link at {} failed ({e}); it detaches when sg-agent exits",
+                        path.display()
+                    );
+                    return Err(aya::programs::ProgramError::IOError(std::io::Error::other(
+                        e.to_string(),
+                    )));
+                }
+            },
+            None => link,
+        };
+        self.links.push(HeldLink {
+            hook,
+            place,
+            pin,
+            _link: link,
+        });
+        Ok(false)
+    }
+
+    fn new_link(&mut self, hook: Hook, ifname: &str) -> Result<FdLink, aya::programs::ProgramError> {
+        let invalid = |e: LinkError| {
+            aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))
+        };
+        match hook {
+            Hook::XdpNative | Hook::XdpGeneric => {
+                let mode = if hook == Hook::XdpNative {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                let xdp = program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM);
+                let id = xdp.attach(ifname, mode)?;
+                FdLink::try_from(xdp.take_link(id)?).map_err(invalid)
+            }
+            Hook::TcIngress | Hook::TcEgress => {
+                let (name, at) = if hook == Hook::TcIngress {
+                    (INGRESS_TC_PROGRAM, TcAttachType::Ingress)
+                } else {
+                    (EGRESS_PROGRAM, TcAttachType::Egress)
+                };
+                let tc = program::<SchedClassifier>(&mut self.ebpf, name);
+                let id = tc.attach(ifname, at)?;
+                FdLink::try_from(tc.take_link(id)?).map_err(invalid)
+            }
+        }
+    }
+
+    /// Replaces the program on the link pinned at `pin` with ours.
+    fn adopt_link(
+        &mut self,
+        hook: Hook,
+        pin: &std::path::Path,
+    ) -> Result<FdLink, Box<dyn std::error::Error>> {
+        let link = FdLink::from(PinnedLink::from_pin(pin)?);
+        match hook {
+            Hook::XdpNative | Hook::XdpGeneric => {
+                let xdp = program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM);
+                let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
+                Ok(FdLink::try_from(xdp.take_link(id)?)?)
+            }
+            Hook::TcIngress | Hook::TcEgress => {
+                let name = if hook == Hook::TcIngress {
+                    INGRESS_TC_PROGRAM
+                } else {
+                    EGRESS_PROGRAM
+                };
+                let tc = program::<SchedClassifier>(&mut self.ebpf, name);
+                let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+                Ok(FdLink::try_from(tc.take_link(id)?)?)
+            }
+        }
+    }
+
+    /// Before attaching XDP in one mode where a link of the other mode sits
+    /// (the operator changed `--xdp-mode`): an interface takes one XDP
+    /// program, so the old one must go first. The gap is logged.
+    fn drop_other_xdp(&mut self, keep: Hook, place: PlaceId) {
+        let other = if keep == Hook::XdpNative {
+            Hook::XdpGeneric
+        } else {
+            Hook::XdpNative
+        };
+        let held = self.links.iter().position(|l| l.hook == other && l.place == place);
+        let pinned = self.pins.as_ref().map(|p| p.link(other, place)).filter(|p| p.exists());
+        if held.is_some() || pinned.is_some() {
+            log::warn!("switching XDP mode: the interface is unfiltered inbound until the new program is attached");
+        }
+        if let Some(i) = held {
+            self.links.swap_remove(i).detach();
+        }
+        if let Some(p) = pinned {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Detaches every link held or pinned for this instance except `keep`:
+    /// the other hook after a change of `--ingress-hook`, the old place
+    /// after a move, links of an interface that was recreated.
+    fn retain_links(&mut self, keep: &[(Hook, PlaceId)]) {
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|l| keep.contains(&(l.hook, l.place)));
+        self.links = kept;
+        for link in gone {
+            link.detach();
+        }
+        if let Some(pins) = &self.pins {
+            for (path, hook, place) in pins.links() {
+                if !keep.contains(&(hook, place)) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+
+    /// Whether the interface this data plane is attached to is still the
+    /// one it attached to (same namespace and interface identity).
+    pub fn attached_place_current(&self) -> Option<bool> {
+        let a = self.attachment.as_ref()?;
+        let _guard = NetnsGuard::enter_opt(a.netns.as_deref()).ok()?;
+        Some(place_here(&a.ifname).is_ok_and(|p| p == a.place))
     }
 }

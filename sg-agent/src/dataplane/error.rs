@@ -43,6 +43,32 @@ pub enum DataplaneError {
     Log(#[source] Box<aya_log::Error>),
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
+    #[error(transparent)]
+    Pin(super::pins::PinError),
+    #[error(
+        "the map pinned at {} has another layout (key, value, entries: {found:?}, this build: \
+         {want:?}); remove it with `sg-agent detach` (its entries are lost) or run the sg-agent \
+         that pinned it",
+        path.display()
+    )]
+    PinnedLayout {
+        path: std::path::PathBuf,
+        found: (u32, u32, u32),
+        want: (u32, u32, u32),
+    },
+    #[error("pinning a link at {}: {source}", path.display())]
+    PinLink {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{ifname}{}: {source}", netns.as_deref().map(|n| format!(" in netns {n}")).unwrap_or_default())]
+    Interface {
+        ifname: String,
+        netns: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {

@@ -11,18 +11,20 @@ pub mod attach;
 pub mod counters;
 mod error;
 pub mod netns;
+pub mod pins;
 mod policy_maps;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::Map,
+    maps::{Map, MapInfo},
     programs::{SchedClassifier, Xdp},
 };
-use sg_common::policy::Settings;
+use sg_common::{maps as m, policy::Settings};
 
 pub use attach::{Attachment, IngressHook};
 pub use counters::{Counters, ReasonCounts};
 pub use error::DataplaneError;
+pub use pins::{InstancePins, StateDir};
 
 use crate::policy::{
     compile::PolicyTables,
@@ -46,6 +48,14 @@ pub struct Dataplane {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// What the policy maps hold.
     encoder: PolicyEncoder,
+    /// Where the maps and links are pinned; `None`: they live as long as
+    /// this value (tests, benchmarks).
+    pins: Option<InstancePins>,
+    /// Whether the maps were found pinned (a restart): they kept their
+    /// connections and policy.
+    adopted: bool,
+    /// The links this value holds, with where they are pinned.
+    links: Vec<attach::HeldLink>,
     pub attachment: Option<Attachment>,
 }
 
@@ -62,6 +72,18 @@ impl Dataplane {
     /// `ebpf_log`. Without it the log statements are compiled out by the
     /// verifier: they cost nothing on the per-packet path.
     pub fn load_logging(ebpf_log: bool) -> Result<Self, DataplaneError> {
+        Self::load_with(ebpf_log, None)
+    }
+
+    /// Loads the object with its maps pinned under `pins`: maps already
+    /// pinned there (by an agent that ran before) are adopted with their
+    /// entries: connection tables, counters and the policy in force, which
+    /// keeps judging packets until the next publish swaps it.
+    pub fn load_pinned(pins: InstancePins, ebpf_log: bool) -> Result<Self, DataplaneError> {
+        Self::load_with(ebpf_log, Some(pins))
+    }
+
+    fn load_with(ebpf_log: bool, pins: Option<InstancePins>) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -70,8 +92,21 @@ impl Dataplane {
         } else {
             0
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, true);
+        let mut adopted = false;
+        if let Some(pins) = &pins {
+            pins.create().map_err(DataplaneError::Pin)?;
+            for layout in &m::PINNED {
+                let path = pins.map(layout.name);
+                if path.exists() {
+                    check_layout(&path, layout)?;
+                    adopted |= layout.name == m::SETTINGS;
+                }
+                loader.map_pin_path(layout.name, path);
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         // The TC ingress program is verified only when it is wanted
@@ -96,13 +131,58 @@ impl Dataplane {
         } else {
             None
         };
+        let encoder = if adopted {
+            let found = policy_maps::read_all(&ebpf)?;
+            log::debug!(
+                "adopted pinned policy maps ({} entries, generation {:?})",
+                found.1.len(),
+                found.0.map(|s| s.generation)
+            );
+            PolicyEncoder::adopt(found.0, &found.1)
+        } else {
+            PolicyEncoder::default()
+        };
         Ok(Self {
             ebpf,
             logger,
             ingress_tc_loaded: false,
-            encoder: PolicyEncoder::default(),
+            encoder,
+            pins,
+            adopted,
+            links: Vec::new(),
             attachment: None,
         })
+    }
+
+    /// Whether the maps were found pinned and adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pins(&self) -> Option<&InstancePins> {
+        self.pins.as_ref()
+    }
+
+    /// Moves the pins to another instance's name (a rename in the rules
+    /// file); nothing is detached.
+    pub fn rename_pins(&mut self, to: &InstancePins) -> Result<(), DataplaneError> {
+        if let Some(pins) = &mut self.pins {
+            pins.rename(to).map_err(DataplaneError::Pin)?;
+            for link in &mut self.links {
+                link.moved_to(pins);
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the programs and removes every pin: nothing of this
+    /// instance stays in the kernel once this value is dropped.
+    pub fn unpin(mut self) -> Result<(), DataplaneError> {
+        self.links.clear();
+        match self.pins.take() {
+            Some(pins) => pins.remove().map_err(DataplaneError::Pin),
+            None => Ok(()),
+        }
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -187,6 +267,23 @@ impl Dataplane {
         }
         Ok(changed)
     }
+}
+
+/// Refuses a pinned map of another layout than this build's.
+fn check_layout(path: &std::path::Path, want: &m::Layout) -> Result<(), DataplaneError> {
+    let info = MapInfo::from_pin(path).map_err(|source| DataplaneError::Map {
+        name: want.name,
+        source,
+    })?;
+    let found = (info.key_size(), info.value_size(), info.max_entries());
+    if found != (want.key_size, want.value_size, want.max_entries) {
+        return Err(DataplaneError::PinnedLayout {
+            path: path.to_owned(),
+            found,
+            want: (want.key_size, want.value_size, want.max_entries),
+        });
+    }
+    Ok(())
 }
 
 /// A program of the object, by name, as its type.

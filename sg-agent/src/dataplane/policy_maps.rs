@@ -7,7 +7,10 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
-use sg_common::{maps as m, policy::Settings};
+use sg_common::{
+    maps as m,
+    policy::{PortValue, Settings},
+};
 
 use super::{DataplaneError, error::map_err};
 use crate::policy::encode::{KernelEntries, PolicyStore};
@@ -122,6 +125,46 @@ fn applied(name: &'static str, op: Op, result: Result<(), MapError>) -> Result<(
         }
         Err(e) => Err(map_err(name)(e)),
     }
+}
+
+/// Everything the policy maps hold: the settings (if a policy was
+/// published) and every entry, as a restarted agent finds pinned maps.
+pub(super) fn read_all(ebpf: &Ebpf) -> Result<(Option<Settings>, KernelEntries), DataplaneError> {
+    let map = |name| {
+        ebpf.map(name)
+            .unwrap_or_else(|| panic!("the object defines map {name}"))
+    };
+    let settings: Array<&MapData, Settings> =
+        Array::try_from(map(m::SETTINGS)).map_err(map_err(m::SETTINGS))?;
+    let settings = settings
+        .get(&0, 0)
+        .ok()
+        .filter(|s| s.ready != 0);
+    let mut found = KernelEntries::default();
+    found.v4 = read_trie(map(m::ADDR_V4), m::ADDR_V4)?;
+    found.v6 = read_trie(map(m::ADDR_V6), m::ADDR_V6)?;
+    found.ports = read_trie(map(m::PORTS), m::PORTS)?;
+    let hash: HashMap<&MapData, _, PortValue> =
+        HashMap::try_from(map(m::PORT_EXACT)).map_err(map_err(m::PORT_EXACT))?;
+    for entry in hash.iter() {
+        found
+            .port_exact
+            .push(entry.map_err(map_err(m::PORT_EXACT))?);
+    }
+    Ok((settings, found))
+}
+
+fn read_trie<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::Map,
+    name: &'static str,
+) -> Result<Vec<(u32, K, V)>, DataplaneError> {
+    let trie: LpmTrie<&MapData, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    trie.iter()
+        .map(|e| {
+            let (key, value) = e.map_err(map_err(name))?;
+            Ok((key.prefix_len(), key.data(), value))
+        })
+        .collect()
 }
 
 /// The kernel's tick (one jiffy) in nanoseconds: the resolution of the

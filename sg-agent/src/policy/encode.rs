@@ -220,6 +220,71 @@ fn same_settings(a: &Settings, b: &Settings) -> bool {
 }
 
 impl PolicyEncoder {
+    /// The bookkeeping of maps that already hold entries (pinned maps
+    /// adopted after a restart), rebuilt from the entries themselves: class
+    /// contents from the port entries, generations from the address tags.
+    /// The next swap fills the generation not in force, deleting what was
+    /// there and every class nothing refers to; the generation in force
+    /// keeps judging packets until the flip.
+    pub fn adopt(settings: Option<Settings>, found: &KernelEntries) -> Self {
+        let mut encoder = Self::default();
+        let in_force = settings
+            .filter(|s| s.ready != 0)
+            .and_then(|s| u8::try_from(s.generation).ok())
+            .filter(|g| *g < 2);
+        encoder.generation = in_force;
+        // Without a generation in force everything is leftovers: keep it
+        // all under generation 0, which the first swap clears.
+        let slot = |tag: u8| match in_force {
+            Some(_) => usize::from(tag & 1),
+            None => 0,
+        };
+        let mut contents: std::collections::BTreeMap<u32, ClassContent> =
+            std::collections::BTreeMap::new();
+        for &(len, key, _) in &found.ports {
+            let (class, proto, port) = key.parts();
+            let content = contents.entry(class).or_default();
+            if len == PORT_CLASS_BITS {
+                content.push((None, 0, 0));
+            } else {
+                let bits = u8::try_from(len.saturating_sub(PORT_PROTO_BITS)).unwrap_or(16);
+                content.push((Some(proto), port, bits));
+            }
+        }
+        for &(key, _) in &found.port_exact {
+            let (class, proto, port) = key.parts();
+            contents
+                .entry(class)
+                .or_default()
+                .push((Some(proto), port, 16));
+        }
+        let mut referenced = BTreeSet::new();
+        for &(len, key, value) in &found.v4 {
+            let g = slot(key.tag[0]);
+            encoder.addresses[g].v4.push((len, key, value));
+            encoder.generation_classes[g].insert(value.class);
+            referenced.insert(value.class);
+        }
+        for &(len, key, value) in &found.v6 {
+            let g = slot(key.tag[0]);
+            encoder.addresses[g].v6.push((len, key, value));
+            encoder.generation_classes[g].insert(value.class);
+            referenced.insert(value.class);
+        }
+        let spare = in_force.map_or(0, |g| usize::from(1 - g));
+        for (id, mut content) in contents {
+            content.sort_unstable();
+            if !referenced.contains(&id) {
+                // Referred to by nothing: cleared with the spare generation.
+                encoder.generation_classes[spare].insert(id);
+            }
+            encoder.next_class = encoder.next_class.max(id.saturating_add(1));
+            encoder.class_ids.insert(content.clone(), id);
+            encoder.class_contents.insert(id, content);
+        }
+        encoder
+    }
+
     /// The generation in force, if a policy has been published.
     pub fn generation(&self) -> Option<u8> {
         self.generation

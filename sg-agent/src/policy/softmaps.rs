@@ -71,6 +71,16 @@ pub struct SoftMaps {
     ports: Trie<PortValue>,
     port_exact: HashMap<PortKey, PortValue>,
     settings: Settings,
+    /// Every entry as written, so the maps can be read back whole as the
+    /// agent reads pinned maps after a restart.
+    written: Written,
+}
+
+#[derive(Debug, Default)]
+struct Written {
+    v4: HashMap<(u32, AddrKeyV4), AddrValue>,
+    v6: HashMap<(u32, AddrKeyV6), AddrValue>,
+    ports: HashMap<(u32, PortKey), PortValue>,
 }
 
 impl SoftMaps {
@@ -94,25 +104,56 @@ impl SoftMaps {
     pub fn insert(&mut self, e: &KernelEntries) {
         for (len, k, v) in &e.v4 {
             self.v4.insert(*len, &v4_bytes(*k), *v);
+            self.written.v4.insert((*len, *k), *v);
         }
         for (len, k, v) in &e.v6 {
             self.v6.insert(*len, &v6_bytes(k), *v);
+            self.written.v6.insert((*len, *k), *v);
         }
         for (len, k, v) in &e.ports {
             self.ports.insert(*len, &port_bytes(*k), *v);
+            self.written.ports.insert((*len, *k), *v);
         }
         self.port_exact.extend(e.port_exact.iter().copied());
+    }
+
+    /// Every entry the maps hold, as the agent reads pinned maps back.
+    pub fn entries(&self) -> KernelEntries {
+        KernelEntries {
+            v4: self
+                .written
+                .v4
+                .iter()
+                .map(|(&(l, k), &v)| (l, k, v))
+                .collect(),
+            v6: self
+                .written
+                .v6
+                .iter()
+                .map(|(&(l, k), &v)| (l, k, v))
+                .collect(),
+            ports: self
+                .written
+                .ports
+                .iter()
+                .map(|(&(l, k), &v)| (l, k, v))
+                .collect(),
+            port_exact: self.port_exact.iter().map(|(&k, &v)| (k, v)).collect(),
+        }
     }
 
     pub fn delete(&mut self, e: &KernelEntries) {
         for (len, k, _) in &e.v4 {
             self.v4.remove(*len, &v4_bytes(*k));
+            self.written.v4.remove(&(*len, *k));
         }
         for (len, k, _) in &e.v6 {
             self.v6.remove(*len, &v6_bytes(k));
+            self.written.v6.remove(&(*len, *k));
         }
         for (len, k, _) in &e.ports {
             self.ports.remove(*len, &port_bytes(*k));
+            self.written.ports.remove(&(*len, *k));
         }
         for (k, _) in &e.port_exact {
             self.port_exact.remove(k);

@@ -1,0 +1,43 @@
+//! `sg-agent detach`: remove the pinned state an agent left behind.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::agent;
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct DetachArgs {
+    /// The instance whose programs and maps to remove.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Every instance under the state directory.
+    #[arg(long)]
+    all: bool,
+    /// The state directory the agent ran with.
+    #[arg(long, default_value = crate::dataplane::pins::DEFAULT_STATE_DIR, group = "dir")]
+    state_dir: PathBuf,
+}
+
+pub fn detach(args: &DetachArgs) -> ExitCode {
+    let instance = if args.all {
+        None
+    } else {
+        args.instance.as_deref()
+    };
+    match agent::detach(&args.state_dir, instance) {
+        Ok(done) if done.is_empty() => {
+            println!("nothing pinned under {}", args.state_dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(done) => {
+            for name in done {
+                println!("detached {name}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! State that outlives the agent, on bpffs: each instance's maps and links
+//! are pinned under `<state dir>/<instance>/`, so a killed agent leaves the
+//! programs attached and the connection tables in place (a firewall fails
+//! closed), and the next agent adopts them (as Cilium keeps its maps and
+//! bpfman its links across restarts).
+//!
+//! A map is pinned under its name, which changes with its layout (see
+//! `sg_common::maps`); a pinned map of another layout is refused before any
+//! program reads it. A link is pinned under the place it is attached to:
+//! `link-<hook>@<netns inode>_<ifindex>` (bpffs refuses dots in names), so a
+//! link whose interface (or whole namespace) was deleted and recreated is
+//! told apart from a live one.
+
+use std::{
+    fs,
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use sg_common::maps as m;
+
+/// Where the agent pins its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/sg-agent";
+const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "the state directory {} is not on a BPF filesystem: give --state-dir a path under {BPFFS}",
+        .0.display()
+    )]
+    NotBpffs(PathBuf),
+    #[error("mounting bpffs on {BPFFS}: {0} (sg-agent must run as root)")]
+    Mount(#[source] nix::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
+    move |source| PinError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where an attachment is: a network namespace (by inode) and an interface
+/// index in it. Both change when the namespace or interface is recreated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PlaceId {
+    pub netns_inode: u64,
+    pub ifindex: u32,
+}
+
+/// Which program a link attaches, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    XdpNative,
+    XdpGeneric,
+    TcIngress,
+    TcEgress,
+}
+
+impl Hook {
+    const ALL: [Self; 4] = [Self::XdpNative, Self::XdpGeneric, Self::TcIngress, Self::TcEgress];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::XdpNative => "xdp-native",
+            Self::XdpGeneric => "xdp-generic",
+            Self::TcIngress => "tc-ingress",
+            Self::TcEgress => "tc-egress",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+/// The state directory: one subdirectory per instance.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating it) the state directory, mounting bpffs on
+    /// /sys/fs/bpf first if nothing is mounted there.
+    pub fn open(root: &Path) -> Result<Self, PinError> {
+        if root.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
+            nix::mount::mount(
+                Some("bpf"),
+                BPFFS,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(PinError::Mount)?;
+            log::info!("mounted bpffs on {BPFFS}");
+        }
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        if !is_bpffs(root) {
+            return Err(PinError::NotBpffs(root.to_owned()));
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn instance(&self, name: &str) -> InstancePins {
+        InstancePins {
+            dir: self.root.join(name),
+        }
+    }
+
+    /// The instances that have pinned state.
+    pub fn instances(&self) -> Result<Vec<String>, PinError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let entry = entry.map_err(io_err(&self.root))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// One instance's pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstancePins {
+    dir: PathBuf,
+}
+
+impl InstancePins {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    pub fn create(&self) -> Result<(), PinError> {
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn link(&self, hook: Hook, place: PlaceId) -> PathBuf {
+        self.dir.join(format!(
+            "link-{}@{}_{}",
+            hook.as_str(),
+            place.netns_inode,
+            place.ifindex
+        ))
+    }
+
+    /// The links pinned here: (path, hook, place).
+    pub fn links(&self) -> Vec<(PathBuf, Hook, PlaceId)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (hook, place) = name.strip_prefix("link-")?.split_once('@')?;
+                let (ns, ifindex) = place.split_once('_')?;
+                Some((
+                    e.path(),
+                    Hook::parse(hook)?,
+                    PlaceId {
+                        netns_inode: ns.parse().ok()?,
+                        ifindex: ifindex.parse().ok()?,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Pinned maps whose name is not one this build pins (a layout that
+    /// changed, or a map that went): their entries are lost.
+    pub fn foreign_maps(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("link-") && !m::PINNED.iter().any(|l| l.name == n))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Moves the pins to another instance name (a rename in the rules
+    /// file): the links stay attached throughout.
+    pub fn rename(&mut self, to: &InstancePins) -> Result<(), PinError> {
+        fs::rename(&self.dir, &to.dir).map_err(io_err(&self.dir))?;
+        self.dir.clone_from(&to.dir);
+        Ok(())
+    }
+
+    /// Unpins everything: links whose last holder is gone detach, maps
+    /// whose last holder is gone are freed.
+    pub fn remove(&self) -> Result<(), PinError> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The place of `ifname` in the current thread's network namespace.
+pub fn place_here(ifname: &str) -> io::Result<PlaceId> {
+    let netns_inode = fs::metadata("/proc/thread-self/ns/net")?.ino();
+    let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)?;
+    Ok(PlaceId {
+        netns_inode,
+        ifindex,
+    })
+}
