@@ -28,7 +28,8 @@ use tokio::{
 use crate::{
     config::{self, ConfigError, Vpc},
     dataplane::{
-        Dataplane, DataplaneError, IngressHook, StateDir, netns::NetnsGuard,
+        Dataplane, DataplaneError, IngressHook, StateDir,
+        netns::NetnsGuard,
         pins::{PinError, place_here},
     },
     policy::{
@@ -81,6 +82,10 @@ fn on_instance(name: &str) -> impl FnOnce(DataplaneError) -> AgentError + '_ {
 
 /// How the agent runs, from the command line.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
 pub struct Options {
     /// Reload when the file changes (SIGHUP always reloads).
     pub watch: bool,
@@ -209,7 +214,10 @@ pub fn run(path: &Path, opts: Options) -> Result<(), AgentError> {
 }
 
 fn enforced_count(vpc: &Vpc) -> usize {
-    vpc.instances.iter().filter(|i| i.interface.is_some()).count()
+    vpc.instances
+        .iter()
+        .filter(|i| i.interface.is_some())
+        .count()
 }
 
 /// What a prepared change does to one instance.
@@ -277,7 +285,7 @@ impl Agent {
                         // Nothing has changed yet: drop what was prepared.
                         for (n, step) in steps {
                             if let Step::New(dp) = step {
-                                self.forget_prepared(&n, *dp);
+                                Self::forget_prepared(&n, *dp);
                             }
                         }
                         return Err(e);
@@ -353,7 +361,7 @@ impl Agent {
 
     /// Drops a prepared data plane of a change that is abandoned. Pins an
     /// earlier agent left stay (they still enforce); new ones go.
-    fn forget_prepared(&self, name: &str, dp: Dataplane) {
+    fn forget_prepared(name: &str, dp: Dataplane) {
         if dp.adopted() {
             drop(dp);
         } else if let Err(e) = dp.unpin() {
@@ -372,8 +380,7 @@ impl Agent {
         match step {
             Step::Publish => {
                 let e = self.enforced.get_mut(name).expect("enforced");
-                if e
-                    .dataplane
+                if e.dataplane
                     .publish(&inst.tables, settings)
                     .map_err(on_instance(name))?
                 {
@@ -417,7 +424,7 @@ impl Agent {
                 );
             }
             Step::New(dp) => {
-                self.attach_new(name, place, *dp)?;
+                self.attach_new(name, place, *dp);
             }
             Step::Wait(why) => {
                 self.wait_for(name, place, why);
@@ -426,7 +433,7 @@ impl Agent {
         Ok(())
     }
 
-    fn attach_new(&mut self, name: &str, place: &Place, mut dp: Dataplane) -> Result<(), AgentError> {
+    fn attach_new(&mut self, name: &str, place: &Place, mut dp: Dataplane) {
         let maps_adopted = dp.adopted();
         let result = dp
             .attach(&place.1, place.0.as_deref(), self.opts.ingress)
@@ -451,7 +458,6 @@ impl Agent {
                         lost_since: None,
                     },
                 );
-                Ok(())
             }
             Err(e) => {
                 let why = crate::cli::error_chain(&e);
@@ -459,7 +465,6 @@ impl Agent {
                     let _ = dp.unpin();
                 }
                 self.wait_for(name, place, why);
-                Ok(())
             }
         }
     }
@@ -517,17 +522,16 @@ impl Agent {
                 Some(true) => {}
                 state => {
                     let since = *e.lost_since.get_or_insert_with(Instant::now);
-                    match e.dataplane.attach(&e.place.1, e.place.0.as_deref(), ingress) {
+                    match e
+                        .dataplane
+                        .attach(&e.place.1, e.place.0.as_deref(), ingress)
+                    {
                         Ok(_) => {
                             log::error!(
                                 "instance {name}: {} was {}; programs attached again, the \
                                  interface was unprotected for at most {} ms",
                                 describe(&e.place),
-                                if state.is_none() {
-                                    "gone"
-                                } else {
-                                    "recreated"
-                                },
+                                if state.is_none() { "gone" } else { "recreated" },
                                 since.elapsed().as_millis() + RECONCILE.as_millis()
                             );
                             e.lost_since = None;
@@ -563,7 +567,7 @@ impl Agent {
             }
             match self.prepare_new(&name, inst, compiled.settings) {
                 Ok(dp) => {
-                    let _ = self.attach_new(&name, &place, dp);
+                    self.attach_new(&name, &place, dp);
                 }
                 Err(e) => self.wait_for(&name, &place, crate::cli::error_chain(&e)),
             }
@@ -616,12 +620,12 @@ impl Agent {
         mut signals: Signals,
         changes: Option<mpsc::UnboundedReceiver<()>>,
     ) -> Result<(), AgentError> {
-        let (_keep, mut changes) = match changes {
-            Some(rx) => (None, rx),
-            None => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (Some(tx), rx)
-            }
+        // Without a watch, a channel that never delivers.
+        let (_keep, mut changes) = if let Some(rx) = changes {
+            (None, rx)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), rx)
         };
         log::info!(
             "ready: enforcing {} instance(s) from {}{}",
@@ -679,7 +683,10 @@ impl Agent {
         }
         for (name, e) in std::mem::take(&mut self.enforced) {
             if let Err(err) = e.dataplane.unpin() {
-                log::error!("detaching instance {name}: {}", crate::cli::error_chain(&err));
+                log::error!(
+                    "detaching instance {name}: {}",
+                    crate::cli::error_chain(&err)
+                );
             }
         }
         let _ = std::fs::remove_dir(self.state.root());

@@ -100,3 +100,24 @@ fn usage_errors_exit_2() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A FIFO renamed over the rules file must not block the agent (it would
+/// then answer no signal): it is refused at once, as is a directory.
+#[test]
+fn only_regular_files_are_read() {
+    let dir = std::env::temp_dir().join(format!("sg-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("rules.toml");
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let err = sg_agent::config::load(&fifo).expect_err("a FIFO is not a rules file");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        err.to_string().contains("not a regular file (a FIFO)"),
+        "{err}"
+    );
+    let err = sg_agent::config::load(&dir).expect_err("nor is a directory");
+    assert!(err.to_string().contains("a directory"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

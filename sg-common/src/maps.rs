@@ -94,15 +94,60 @@ pub const PINNED: [Layout; 11] = {
     }
     [
         l(SETTINGS, 4, size::<Settings>(), 1),
-        l(ADDR_V4, lpm::<AddrKeyV4>(), size::<AddrValue>(), ADDR_MAX_ENTRIES),
-        l(ADDR_V6, lpm::<AddrKeyV6>(), size::<AddrValue>(), ADDR_MAX_ENTRIES),
-        l(PORTS, lpm::<PortKey>(), size::<PortValue>(), PORTS_MAX_ENTRIES),
-        l(PORT_EXACT, size::<PortKey>(), size::<PortValue>(), PORT_EXACT_MAX_ENTRIES),
-        l(CT_TCP4, size::<CtKeyV4>(), size::<CtEntry>(), CT_TCP_MAX_ENTRIES),
-        l(CT_OTHER4, size::<CtKeyV4>(), size::<CtEntry>(), CT_OTHER_MAX_ENTRIES),
-        l(CT_TCP6, size::<CtKey>(), size::<CtEntry>(), CT_TCP_MAX_ENTRIES),
-        l(CT_OTHER6, size::<CtKey>(), size::<CtEntry>(), CT_OTHER_MAX_ENTRIES),
-        l(FRAGS, size::<FragKey>(), size::<FragEntry>(), FRAGS_MAX_ENTRIES),
+        l(
+            ADDR_V4,
+            lpm::<AddrKeyV4>(),
+            size::<AddrValue>(),
+            ADDR_MAX_ENTRIES,
+        ),
+        l(
+            ADDR_V6,
+            lpm::<AddrKeyV6>(),
+            size::<AddrValue>(),
+            ADDR_MAX_ENTRIES,
+        ),
+        l(
+            PORTS,
+            lpm::<PortKey>(),
+            size::<PortValue>(),
+            PORTS_MAX_ENTRIES,
+        ),
+        l(
+            PORT_EXACT,
+            size::<PortKey>(),
+            size::<PortValue>(),
+            PORT_EXACT_MAX_ENTRIES,
+        ),
+        l(
+            CT_TCP4,
+            size::<CtKeyV4>(),
+            size::<CtEntry>(),
+            CT_TCP_MAX_ENTRIES,
+        ),
+        l(
+            CT_OTHER4,
+            size::<CtKeyV4>(),
+            size::<CtEntry>(),
+            CT_OTHER_MAX_ENTRIES,
+        ),
+        l(
+            CT_TCP6,
+            size::<CtKey>(),
+            size::<CtEntry>(),
+            CT_TCP_MAX_ENTRIES,
+        ),
+        l(
+            CT_OTHER6,
+            size::<CtKey>(),
+            size::<CtEntry>(),
+            CT_OTHER_MAX_ENTRIES,
+        ),
+        l(
+            FRAGS,
+            size::<FragKey>(),
+            size::<FragEntry>(),
+            FRAGS_MAX_ENTRIES,
+        ),
         l(COUNTERS, 4, 8, crate::counters::COUNTERS_LEN),
     ]
 };

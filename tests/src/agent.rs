@@ -63,7 +63,7 @@ pub struct AgentProcess {
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     /// The state directory, when this agent owns it (dropped after the
     /// child is killed).
-    _state: Option<StateDir>,
+    owned_state: Option<StateDir>,
 }
 
 impl AgentProcess {
@@ -82,7 +82,7 @@ impl AgentProcess {
     pub fn start_logging(config: &Path, args: &[&str], level: &str) -> Self {
         let state = StateDir::new();
         let mut agent = Self::start_in(&state, config, args, level);
-        agent._state = Some(state);
+        agent.owned_state = Some(state);
         agent
     }
 
@@ -116,7 +116,7 @@ impl AgentProcess {
         Self {
             child,
             log,
-            _state: None,
+            owned_state: None,
         }
     }
 

@@ -163,6 +163,11 @@ impl Lab {
         ip(&["-n", &self.switch.name, "link", "del", &h.port]);
         let addresses: Vec<&str> = h.addresses.iter().map(String::as_str).collect();
         self.link_host(&h.netns.name, &h.port, &addresses);
+        // The new interface has a new MAC address: the other hosts forget
+        // the old one (a booting VM's gratuitous ARP does the same).
+        for other in &self.hosts {
+            ip(&["-n", &other.netns.name, "neigh", "flush", "all"]);
+        }
     }
 
     fn link_host(&self, ns: &str, port: &str, addresses: &[&str]) {

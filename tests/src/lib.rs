@@ -2,6 +2,7 @@
 //! probes. Used by the privileged tests under tests/tests and by the demo.
 
 pub mod agent;
+pub mod attached;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

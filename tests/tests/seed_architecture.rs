@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sys::signal::Signal;
 use sg_tests::{
     agent::AgentProcess,
-    lab::in_netns,
+    attached::{attached, attached_programs},
     probe::{Outcome, echo, eventually, ping, tcp, tcp_open, udp},
     seed::{
         ADMIN, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, RELOAD, SEED, START, SeedLab, at,
@@ -436,50 +435,6 @@ fn sigterm_leaves_no_program_attached() {
         Connected,
         "no filtering left behind"
     );
-}
-
-/// IDs of every program attached to eth0 in `ns`: XDP, TC ingress and TC
-/// egress.
-fn attached_programs(ns: &str) -> Vec<u64> {
-    let (mut ids, ingress, egress) = attached(ns);
-    ids.extend(ingress);
-    ids.extend(egress);
-    ids
-}
-
-/// IDs of the XDP program (from `bpftool net show`) and of the TCX ingress
-/// and egress programs (from the kernel's TCX query: Debian 12's bpftool
-/// predates TCX) attached to eth0 in `ns`.
-fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0",
-        ])
-        .output()
-        .expect("bpftool runs");
-    assert!(
-        out.status.success(),
-        "bpftool net show: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // [{"xdp": [{"devname": .., "ifindex": .., "mode": .., "id": N}], "tc": [..], ..}]
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
-    let xdp: Vec<u64> = json[0]["xdp"]
-        .as_array()
-        .map(|progs| progs.iter().filter_map(|p| p["id"].as_u64()).collect())
-        .unwrap_or_default();
-    let tcx = |at| {
-        in_netns(ns, move || {
-            SchedClassifier::query_tcx("eth0", at)
-                .expect("TCX query")
-                .1
-                .iter()
-                .map(|p| u64::from(p.id()))
-                .collect::<Vec<_>>()
-        })
-    };
-    (xdp, tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
 }
 
 /// With `--ebpf-log`, a dropped packet is logged with its direction and

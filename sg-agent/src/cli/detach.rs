@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use crate::agent;
 
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["instance", "all"])))]
 pub struct DetachArgs {
     /// The instance whose programs and maps to remove.
     #[arg(long)]
@@ -14,7 +14,7 @@ pub struct DetachArgs {
     #[arg(long)]
     all: bool,
     /// The state directory the agent ran with.
-    #[arg(long, default_value = crate::dataplane::pins::DEFAULT_STATE_DIR, group = "dir")]
+    #[arg(long, default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 

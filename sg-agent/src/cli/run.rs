@@ -19,6 +19,10 @@ enum IngressHookArg {
 }
 
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
 pub struct RunArgs {
     /// The rules file (TOML), e.g. examples/seed-vpc.toml.
     #[arg(long, short)]

@@ -124,12 +124,16 @@ impl Dataplane {
         let ingress = match hook {
             IngressHook::Tc => {
                 self.load_ingress_tc()?;
-                adopted |= self.link(Hook::TcIngress, place, ifname).map_err(attach_err)?;
+                adopted |= self
+                    .link(Hook::TcIngress, place, ifname)
+                    .map_err(attach_err)?;
                 "TC"
             }
             IngressHook::XdpGeneric => {
                 self.drop_other_xdp(Hook::XdpGeneric, place);
-                adopted |= self.link(Hook::XdpGeneric, place, ifname).map_err(attach_err)?;
+                adopted |= self
+                    .link(Hook::XdpGeneric, place, ifname)
+                    .map_err(attach_err)?;
                 "XDP (generic mode)"
             }
             IngressHook::XdpNative => {
@@ -139,7 +143,9 @@ impl Dataplane {
                     .as_ref()
                     .is_some_and(|p| p.link(Hook::XdpGeneric, place).exists());
                 if generic_pinned && !self.holds(Hook::XdpNative, place) {
-                    adopted |= self.link(Hook::XdpGeneric, place, ifname).map_err(attach_err)?;
+                    adopted |= self
+                        .link(Hook::XdpGeneric, place, ifname)
+                        .map_err(attach_err)?;
                     "XDP (generic mode)"
                 } else {
                     match self.link(Hook::XdpNative, place, ifname) {
@@ -151,15 +157,18 @@ impl Dataplane {
                             log::info!(
                                 "{ifname}: native XDP not available ({e}); using generic XDP"
                             );
-                            adopted |=
-                                self.link(Hook::XdpGeneric, place, ifname).map_err(attach_err)?;
+                            adopted |= self
+                                .link(Hook::XdpGeneric, place, ifname)
+                                .map_err(attach_err)?;
                             "XDP (generic mode)"
                         }
                     }
                 }
             }
         };
-        adopted |= self.link(Hook::TcEgress, place, ifname).map_err(attach_err)?;
+        adopted |= self
+            .link(Hook::TcEgress, place, ifname)
+            .map_err(attach_err)?;
         let ingress_hook = match ingress {
             "TC" => Hook::TcIngress,
             "XDP (driver mode)" => Hook::XdpNative,
@@ -176,7 +185,9 @@ impl Dataplane {
     }
 
     fn holds(&self, hook: Hook, place: PlaceId) -> bool {
-        self.links.iter().any(|l| l.hook == hook && l.place == place)
+        self.links
+            .iter()
+            .any(|l| l.hook == hook && l.place == place)
     }
 
     /// Puts `hook`'s program on the interface at `place` (the current
@@ -239,7 +250,11 @@ impl Dataplane {
         Ok(false)
     }
 
-    fn new_link(&mut self, hook: Hook, ifname: &str) -> Result<FdLink, aya::programs::ProgramError> {
+    fn new_link(
+        &mut self,
+        hook: Hook,
+        ifname: &str,
+    ) -> Result<FdLink, aya::programs::ProgramError> {
         let invalid = |e: LinkError| {
             aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))
         };
@@ -302,10 +317,19 @@ impl Dataplane {
         } else {
             Hook::XdpNative
         };
-        let held = self.links.iter().position(|l| l.hook == other && l.place == place);
-        let pinned = self.pins.as_ref().map(|p| p.link(other, place)).filter(|p| p.exists());
+        let held = self
+            .links
+            .iter()
+            .position(|l| l.hook == other && l.place == place);
+        let pinned = self
+            .pins
+            .as_ref()
+            .map(|p| p.link(other, place))
+            .filter(|p| p.exists());
         if held.is_some() || pinned.is_some() {
-            log::warn!("switching XDP mode: the interface is unfiltered inbound until the new program is attached");
+            log::warn!(
+                "switching XDP mode: the interface is unfiltered inbound until the new program is attached"
+            );
         }
         if let Some(i) = held {
             self.links.swap_remove(i).detach();

@@ -12,8 +12,7 @@
 //! told apart from a live one.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -66,7 +65,12 @@ pub enum Hook {
 }
 
 impl Hook {
-    const ALL: [Self; 4] = [Self::XdpNative, Self::XdpGeneric, Self::TcIngress, Self::TcEgress];
+    const ALL: [Self; 4] = [
+        Self::XdpNative,
+        Self::XdpGeneric,
+        Self::TcIngress,
+        Self::TcEgress,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -137,7 +141,8 @@ impl StateDir {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// One instance's pins.

@@ -136,17 +136,16 @@ pub(super) fn read_all(ebpf: &Ebpf) -> Result<(Option<Settings>, KernelEntries),
     };
     let settings: Array<&MapData, Settings> =
         Array::try_from(map(m::SETTINGS)).map_err(map_err(m::SETTINGS))?;
-    let settings = settings
-        .get(&0, 0)
-        .ok()
-        .filter(|s| s.ready != 0);
-    let mut found = KernelEntries::default();
-    found.v4 = read_trie(map(m::ADDR_V4), m::ADDR_V4)?;
-    found.v6 = read_trie(map(m::ADDR_V6), m::ADDR_V6)?;
-    found.ports = read_trie(map(m::PORTS), m::PORTS)?;
+    let settings = settings.get(&0, 0).ok().filter(|s| s.ready != 0);
+    let mut found = KernelEntries {
+        v4: read_trie(map(m::ADDR_V4), m::ADDR_V4)?,
+        v6: read_trie(map(m::ADDR_V6), m::ADDR_V6)?,
+        ports: read_trie(map(m::PORTS), m::PORTS)?,
+        port_exact: Vec::new(),
+    };
     let hash: HashMap<&MapData, _, PortValue> =
         HashMap::try_from(map(m::PORT_EXACT)).map_err(map_err(m::PORT_EXACT))?;
-    for entry in hash.iter() {
+    for entry in &hash {
         found
             .port_exact
             .push(entry.map_err(map_err(m::PORT_EXACT))?);

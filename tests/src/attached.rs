@@ -1,0 +1,51 @@
+//! What is attached to an interface, read from the kernel: the XDP program
+//! (from `bpftool -j net show`) and the TCX programs (from the kernel's TCX
+//! query: Debian 12's bpftool predates TCX).
+
+use aya::programs::{SchedClassifier, TcAttachType};
+
+use crate::lab::in_netns;
+
+/// IDs of every program attached to eth0 in `ns`: XDP, TC ingress and TC
+/// egress.
+pub fn attached_programs(ns: &str) -> Vec<u64> {
+    let (mut ids, ingress, egress) = attached(ns);
+    ids.extend(ingress);
+    ids.extend(egress);
+    ids
+}
+
+/// IDs of the XDP program (from `bpftool net show`) and of the TCX ingress
+/// and egress programs (from the kernel's TCX query: Debian 12's bpftool
+/// predates TCX) attached to eth0 in `ns`.
+pub fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0",
+        ])
+        .output()
+        .expect("bpftool runs");
+    assert!(
+        out.status.success(),
+        "bpftool net show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // [{"xdp": [{"devname": .., "ifindex": .., "mode": .., "id": N}], "tc": [..], ..}]
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
+    let xdp: Vec<u64> = json[0]["xdp"]
+        .as_array()
+        .map(|progs| progs.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default();
+    let tcx = |at| {
+        in_netns(ns, move || {
+            SchedClassifier::query_tcx("eth0", at)
+                .expect("TCX query")
+                .1
+                .iter()
+                .map(|p| u64::from(p.id()))
+                .collect::<Vec<_>>()
+        })
+    };
+    (xdp, tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
+}
