@@ -47,6 +47,8 @@ fn run(cmd: &mut Command, hint: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// rust-src (the eBPF crates build core from source) and clippy (`cargo
+/// xtask lint` lints them with nightly) for the nightly toolchain.
 fn rust_src() -> anyhow::Result<()> {
     let installed = quiet(Command::new("rustup").args([
         "component",
@@ -56,14 +58,17 @@ fn rust_src() -> anyhow::Result<()> {
         "--installed",
     ]))
     .context("no nightly toolchain: install it with `rustup toolchain install nightly`")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            continue;
+        }
+        step(&format!("installing {component} for the nightly toolchain"));
+        run(
+            Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]),
+            &format!("run `rustup component add {component} --toolchain nightly` by hand"),
+        )?;
     }
-    step("installing rust-src for the nightly toolchain (the eBPF crate builds core from source)");
-    run(
-        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-        "run `rustup component add rust-src --toolchain nightly` by hand",
-    )
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
