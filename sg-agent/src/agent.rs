@@ -323,15 +323,15 @@ impl Agent {
         self.pending.retain(|n, _| wanted.contains_key(n));
         self.vpc = vpc;
         self.compiled = Some(compiled);
-        if failures.is_empty() {
-            Ok(())
-        } else {
+        // A failed switch leaves that instance as it was (each switch is
+        // atomic); the others are in force, so the reload itself stands.
+        if !failures.is_empty() {
             log::error!(
                 "instances not updated, keeping their previous policy: {}",
                 failures.join(", ")
             );
-            Ok(())
         }
+        Ok(())
     }
 
     /// Loads a new instance's object (adopting what an earlier agent pinned
