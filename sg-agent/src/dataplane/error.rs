@@ -56,12 +56,6 @@ pub enum DataplaneError {
         found: (u32, u32, u32),
         want: (u32, u32, u32),
     },
-    #[error("pinning a link at {}: {source}", path.display())]
-    PinLink {
-        path: std::path::PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     #[error("{ifname}{}: {source}", netns.as_deref().map(|n| format!(" in netns {n}")).unwrap_or_default())]
     Interface {
         ifname: String,

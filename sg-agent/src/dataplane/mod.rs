@@ -159,10 +159,6 @@ impl Dataplane {
         self.adopted
     }
 
-    pub fn pins(&self) -> Option<&InstancePins> {
-        self.pins.as_ref()
-    }
-
     /// Moves the pins to another instance's name (a rename in the rules
     /// file); nothing is detached.
     pub fn rename_pins(&mut self, to: &InstancePins) -> Result<(), DataplaneError> {
@@ -236,11 +232,6 @@ impl Dataplane {
         if let Some(l) = &mut self.logger {
             l.flush();
         }
-    }
-
-    /// The tables in force, once a policy is published.
-    pub fn tables(&self) -> Option<&PolicyTables> {
-        self.encoder.tables()
     }
 
     /// Makes `tables` the policy in force, atomically: every packet is

@@ -17,8 +17,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sg_common::maps as m;
-
 /// Where the agent pins its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/sg-agent";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -152,10 +150,6 @@ pub struct InstancePins {
 }
 
 impl InstancePins {
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
     }
@@ -199,21 +193,6 @@ impl InstancePins {
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    /// Pinned maps whose name is not one this build pins (a layout that
-    /// changed, or a map that went): their entries are lost.
-    pub fn foreign_maps(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("link-") && !m::PINNED.iter().any(|l| l.name == n))
-            .collect();
-        out.sort();
         out
     }
 

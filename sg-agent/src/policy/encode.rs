@@ -285,16 +285,6 @@ impl PolicyEncoder {
         encoder
     }
 
-    /// The generation in force, if a policy has been published.
-    pub fn generation(&self) -> Option<u8> {
-        self.generation
-    }
-
-    /// The tables in force, if any.
-    pub fn tables(&self) -> Option<&PolicyTables> {
-        self.in_force.as_ref().map(|(t, _)| t)
-    }
-
     /// The swap that puts `tables` and `settings` in force, or `None` when
     /// they already are. The bookkeeping assumes the swap's entries are in
     /// the maps from here on, whether or not it is applied in full: a swap
