@@ -30,9 +30,13 @@ pub const DROP_NO_POLICY: u32 = 10;
 /// One past the highest code in use: the number of the next new reason.
 pub const CODES: u32 = 11;
 
-/// Room for reasons per direction; the counters array holds two blocks.
+/// Room for reasons per direction.
 pub const REASONS: u32 = 16;
-pub const COUNTERS_LEN: u32 = 2 * REASONS;
+/// The counters array holds a block of reasons per policy generation and
+/// direction: a packet is counted under the generation that judged it, so
+/// a reload can be checked packet by packet (every packet judged by the
+/// old policy or the new, never a mix), not by sampling.
+pub const COUNTERS_LEN: u32 = 2 * 2 * REASONS;
 const _: () = assert!(CODES <= REASONS);
 
 /// Each code's name, by code (the names the counters are reported under).
@@ -80,10 +84,11 @@ pub fn passes(reason: u32) -> bool {
     PASS_MASK >> (reason & 31) & 1 != 0
 }
 
-/// Index into the counters array.
+/// Index into the counters array. Packets dropped before a generation is
+/// known (no policy published yet) count under generation 0.
 #[inline(always)]
-pub fn index(direction: u8, reason: u32) -> u32 {
-    u32::from(direction) * REASONS + reason
+pub fn index(generation: u8, direction: u8, reason: u32) -> u32 {
+    (u32::from(generation & 1) * 2 + u32::from(direction & 1)) * REASONS + reason
 }
 
 #[cfg(test)]

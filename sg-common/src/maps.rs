@@ -32,8 +32,27 @@ pub const CT_OTHER6: &str = "SG_CT_OTHER6";
 /// LRU hash: [`crate::conntrack::FragKey`] -> [`crate::conntrack::FragEntry`]:
 /// datagrams whose first fragment was allowed.
 pub const FRAGS: &str = "SG_FRAGS";
-/// Per-CPU array of packet counters, indexed by [`crate::counters::index`].
-pub const COUNTERS: &str = "SG_COUNTERS";
+/// Per-CPU array of packet counters, indexed by [`crate::counters::index`]
+/// (`_V2`: by policy generation too).
+pub const COUNTERS: &str = "SG_COUNTERS_V2";
+/// The maps that hold the policy: always refilled from the rules file, so
+/// one pinned with another layout is replaced at no loss (all together:
+/// the settings say which generation the others hold).
+pub const POLICY: [&str; 5] = [SETTINGS, ADDR_V4, ADDR_V6, PORTS, PORT_EXACT];
+
+/// What is lost when a pinned map of this name is replaced rather than
+/// adopted (another layout, or an earlier version's name).
+pub fn lost_with(name: &str) -> &'static str {
+    if name.starts_with("SG_CT_") {
+        "its tracked connections (they must be opened again, or be allowed by a rule)"
+    } else if name.starts_with("SG_FRAGS") {
+        "fragments in flight"
+    } else if name.starts_with("SG_COUNTERS") {
+        "its packet counts"
+    } else {
+        "nothing (the policy is filled again from the rules file)"
+    }
+}
 
 /// Upper bound of entries per address trie. LPM tries are never
 /// preallocated, so a large bound costs nothing until it is used; it holds

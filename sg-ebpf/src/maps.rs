@@ -56,7 +56,7 @@ pub static CT_OTHER6: LruHashMap<CtKey, CtEntry> =
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(m::FRAGS_MAX_ENTRIES, 0);
 
-#[map(name = "SG_COUNTERS")]
+#[map(name = "SG_COUNTERS_V2")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 /// Working space of one packet, one per CPU (the eBPF stack is 512 bytes).

@@ -23,11 +23,24 @@ use crate::{
     parse::{Parsed, parse},
 };
 
-/// Whether the packet passes; counts the reason either way.
+/// Whether the packet passes; counts the reason either way, under the
+/// policy generation that judged it.
 #[inline(always)]
 pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
-    let reason = reason(ctx, direction);
-    if let Some(c) = COUNTERS.get_ptr_mut(counters::index(direction, reason)) {
+    let (reason, generation) = match SETTINGS.get(0) {
+        Some(settings) if settings.ready != 0 => {
+            // Read once: this packet is judged entirely by one policy
+            // generation, and counted under it.
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "the agent writes only 0 or 1"
+            )]
+            let generation = settings.generation as u8;
+            (reason(ctx, direction, settings, generation), generation)
+        }
+        _ => (DROP_NO_POLICY, 0),
+    };
+    if let Some(c) = COUNTERS.get_ptr_mut(counters::index(generation, direction, reason)) {
         // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU (XDP and TC run in softirq context with preemption off), so nothing else writes it meanwhile.
         unsafe { *c += 1 };
     }
@@ -42,13 +55,7 @@ pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
 }
 
 #[inline(always)]
-fn reason(ctx: &impl Packet, direction: u8) -> u32 {
-    let Some(settings) = SETTINGS.get(0) else {
-        return DROP_NO_POLICY;
-    };
-    if settings.ready == 0 {
-        return DROP_NO_POLICY;
-    }
+fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8) -> u32 {
     // Per-CPU scratch space: two flows and the keys do not fit the 512-byte
     // eBPF stack beside everything else.
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -75,12 +82,6 @@ fn reason(ctx: &impl Packet, direction: u8) -> u32 {
     {
         return PASS_NEIGHBOUR_DISCOVERY;
     }
-    // Read once: this packet is judged entirely by one policy generation.
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the agent writes only 0 or 1"
-    )]
-    let generation = settings.generation as u8;
     // A clock of jiffy resolution is plenty for idle timeouts of seconds;
     // jiffies cost less per packet than even the coarse clock.
     let now = if settings.ns_per_tick != 0 {

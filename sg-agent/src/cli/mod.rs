@@ -14,7 +14,9 @@ Exit status:
   0  success (check: the file is valid; run: stopped by SIGINT/SIGTERM, everything
      detached unless --keep-on-exit; detach: the pinned state is gone)
   1  the rules file is invalid or enforces no instance (run, without --allow-empty),
-     the state directory cannot be used, or an instance's programs could not be loaded
+     the state directory cannot be used, or an instance's programs could not be loaded;
+     run: a reload in progress could not be abandoned within 1 s of SIGINT/SIGTERM
+     (every instance is left enforced and pinned, as with --keep-on-exit)
   2  usage error (unknown option, missing argument)
 
 Example:
@@ -47,6 +49,9 @@ enum Command {
 
 /// The whole command: parse, set up logging, run the verb.
 pub fn main() -> ExitCode {
+    // Before anything else: a SIGHUP while `run` starts is a reload, not a
+    // death. Other verbs let them go at once.
+    let held = crate::agent::HeldSignals::hold();
     let cli = Cli::parse();
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
@@ -55,9 +60,15 @@ pub fn main() -> ExitCode {
     }
     logger.init();
     match cli.command {
-        Command::Check(args) => check::check(&args),
-        Command::Run(args) => run::run(&args),
-        Command::Detach(args) => detach::detach(&args),
+        Command::Run(args) => run::run(&args, held),
+        Command::Check(args) => {
+            drop(held);
+            check::check(&args)
+        }
+        Command::Detach(args) => {
+            drop(held);
+            detach::detach(&args)
+        }
     }
 }
 

@@ -88,8 +88,8 @@ impl RunArgs {
     }
 }
 
-pub fn run(args: &RunArgs) -> ExitCode {
-    match agent::run(&args.config, args.options()) {
+pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
+    match agent::run(&args.config, args.options(), held) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{}", super::error_chain(&e));

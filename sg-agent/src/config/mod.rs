@@ -51,11 +51,68 @@ pub fn from_str(path: &Path, text: &str) -> Result<Vpc, Box<Diagnostics>> {
 /// what was read is what is validated and returned. Only a regular file is
 /// read: a FIFO or a device is refused without blocking on it.
 pub fn load(path: &Path) -> Result<Vpc, ConfigError> {
-    let text = read_regular(path)?;
-    from_str(path, &text).map_err(|d| ConfigError::Invalid(*d))
+    let file = read(path)?;
+    from_str(path, &file.text).map_err(|d| ConfigError::Invalid(*d))
 }
 
-fn read_regular(path: &Path) -> Result<String, ConfigError> {
+/// The bytes of a rules file as read, with what identifies them: the
+/// agent compares the stamp with the path's to notice a change it was not
+/// told of, and the digest to skip a "change" that changed nothing.
+#[derive(Clone, Debug)]
+pub struct RulesFile {
+    pub text: String,
+    pub stamp: FileStamp,
+    /// SHA-256 of `text`.
+    pub sha256: [u8; 32],
+}
+
+impl RulesFile {
+    pub fn sha256_hex(&self) -> String {
+        use std::fmt::Write as _;
+        self.sha256.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
+/// What tells one version of a file from another without reading it:
+/// device and inode (a file renamed over it, a symlink swapped), size, and
+/// the modification and change times (a rewrite in place; the change time
+/// cannot be set back by a writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of what `path` names now (following symlinks), if anything.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of(&m))
+    }
+}
+
+/// Reads a rules file once: a regular file only (a FIFO or a device is
+/// refused without blocking on it), stamped from the open file itself so
+/// the stamp describes exactly the bytes read.
+pub fn read(path: &Path) -> Result<RulesFile, ConfigError> {
+    use sha2::Digest as _;
     use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
     let read_err = |source| ConfigError::Read {
         path: path.to_owned(),
@@ -67,7 +124,8 @@ fn read_regular(path: &Path) -> Result<String, ConfigError> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(read_err)?;
-    let kind = file.metadata().map_err(read_err)?.file_type();
+    let meta = file.metadata().map_err(read_err)?;
+    let kind = meta.file_type();
     if !kind.is_file() {
         use std::os::unix::fs::FileTypeExt as _;
         let kind = if kind.is_fifo() {
@@ -88,5 +146,10 @@ fn read_regular(path: &Path) -> Result<String, ConfigError> {
     }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(read_err)?;
-    Ok(text)
+    let sha256 = sha2::Sha256::digest(text.as_bytes()).into();
+    Ok(RulesFile {
+        text,
+        stamp: FileStamp::of(&meta),
+        sha256,
+    })
 }

@@ -175,6 +175,7 @@ impl Dataplane {
             _ => Hook::XdpGeneric,
         };
         self.retain_links(&[(ingress_hook, place), (Hook::TcEgress, place)]);
+        self.remove_foreign_pins();
         Ok(self.attachment.insert(Attachment {
             ifname: ifname.to_owned(),
             netns: netns.map(str::to_owned),
@@ -182,6 +183,29 @@ impl Dataplane {
             ingress,
             adopted,
         }))
+    }
+
+    /// Once this build's programs are on the links, maps an earlier version
+    /// pinned under other names are used by nothing: unpinned, with what
+    /// was lost.
+    fn remove_foreign_pins(&self) {
+        let Some(pins) = &self.pins else {
+            return;
+        };
+        for path in pins.foreign() {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::warn!(
+                    "{}: a map of an earlier sg-agent, not used by this one: removed, losing {}",
+                    path.display(),
+                    sg_common::maps::lost_with(&name)
+                ),
+                Err(e) => log::warn!("{}: {e}", path.display()),
+            }
+        }
     }
 
     fn holds(&self, hook: Hook, place: PlaceId) -> bool {

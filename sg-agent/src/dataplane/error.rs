@@ -45,17 +45,6 @@ pub enum DataplaneError {
     TooLarge(#[from] TooLarge),
     #[error(transparent)]
     Pin(super::pins::PinError),
-    #[error(
-        "the map pinned at {} has another layout (key, value, entries: {found:?}, this build: \
-         {want:?}); remove it with `sg-agent detach` (its entries are lost) or run the sg-agent \
-         that pinned it",
-        path.display()
-    )]
-    PinnedLayout {
-        path: std::path::PathBuf,
-        found: (u32, u32, u32),
-        want: (u32, u32, u32),
-    },
     #[error("{ifname}{}: {source}", netns.as_deref().map(|n| format!(" in netns {n}")).unwrap_or_default())]
     Interface {
         ifname: String,

@@ -97,12 +97,10 @@ impl Dataplane {
         let mut adopted = false;
         if let Some(pins) = &pins {
             pins.create().map_err(DataplaneError::Pin)?;
+            replace_other_layouts(pins)?;
             for layout in &m::PINNED {
                 let path = pins.map(layout.name);
-                if path.exists() {
-                    check_layout(&path, layout)?;
-                    adopted |= layout.name == m::SETTINGS;
-                }
+                adopted |= layout.name == m::SETTINGS && path.exists();
                 loader.map_pin_path(layout.name, path);
             }
         }
@@ -260,19 +258,45 @@ impl Dataplane {
     }
 }
 
-/// Refuses a pinned map of another layout than this build's.
-fn check_layout(path: &std::path::Path, want: &m::Layout) -> Result<(), DataplaneError> {
-    let info = MapInfo::from_pin(path).map_err(|source| DataplaneError::Map {
-        name: want.name,
-        source,
-    })?;
-    let found = (info.key_size(), info.value_size(), info.max_entries());
-    if found != (want.key_size, want.value_size, want.max_entries) {
-        return Err(DataplaneError::PinnedLayout {
-            path: path.to_owned(),
-            found,
-            want: (want.key_size, want.value_size, want.max_entries),
-        });
+/// Unpins maps pinned with another layout than this build's (a build
+/// that changed a map without renaming it), saying what is lost with each,
+/// so the object creates them anew. The programs on adopted links keep
+/// the old maps until they are replaced. The policy maps go together: the
+/// settings say which generation the others hold.
+fn replace_other_layouts(pins: &InstancePins) -> Result<(), DataplaneError> {
+    let mut other = Vec::new();
+    for layout in &m::PINNED {
+        let path = pins.map(layout.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| DataplaneError::Map {
+            name: layout.name,
+            source,
+        })?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        let want = (layout.key_size, layout.value_size, layout.max_entries);
+        if found != want {
+            log::warn!(
+                "{}: pinned with another layout (key, value, entries: {found:?}; this build: \
+                 {want:?}): replaced, losing {}",
+                path.display(),
+                m::lost_with(layout.name)
+            );
+            other.push(layout.name);
+        }
+    }
+    if other.iter().any(|n| m::POLICY.contains(n)) {
+        other.extend(m::POLICY);
+    }
+    for name in other {
+        let path = pins.map(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DataplaneError::Pin(pins::PinError::Io { path, source: e }));
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! bpfman its links across restarts).
 //!
 //! A map is pinned under its name, which changes with its layout (see
-//! `sg_common::maps`); a pinned map of another layout is refused before any
-//! program reads it. A link is pinned under the place it is attached to:
+//! `sg_common::maps`). A pinned map of another layout is replaced before
+//! any program reads it, and a pin of a name this build does not use (an
+//! earlier version's map) is removed once the new programs are attached;
+//! both are logged with what was lost. A link is pinned under the place it is attached to:
 //! `link-<hook>@<netns inode>_<ifindex>` (bpffs refuses dots in names), so a
 //! link whose interface (or whole namespace) was deleted and recreated is
 //! told apart from a live one.
@@ -193,6 +195,26 @@ impl InstancePins {
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Pins that are neither a link nor a map of this build: maps of an
+    /// earlier version, which its programs used until they were replaced.
+    pub fn foreign(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with("link-")
+                    && !sg_common::maps::PINNED.iter().any(|l| l.name == name)
+            })
+            .map(|e| e.path())
+            .collect();
+        out.sort();
         out
     }
 

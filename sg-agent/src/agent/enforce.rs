@@ -1,5 +1,4 @@
-//! `sg-agent run`: enforce the rules file until told to stop, and never let
-//! enforcement lapse.
+//! The enforcement thread: every instance's data plane, and the work on it.
 //!
 //! * Each instance's maps and links are pinned ([`crate::dataplane::pins`]):
 //!   a killed agent leaves its instances enforced, and the next one adopts
@@ -8,27 +7,23 @@
 //!   found, every new object loaded and filled) before anything changes;
 //!   then each instance switches atomically, moved instances are attached at
 //!   their new place before their old links go, and removed instances are
-//!   detached last.
+//!   detached last. A stop asked for while a change is prepared abandons it.
 //! * A reconcile tick re-attaches instances whose interface (or namespace)
 //!   was recreated, attaches instances whose interface appeared, and polls
-//!   the rules file (inode, size, mtime) in case inotify missed a change.
+//!   the rules file in case the watch missed a change.
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::{atomic::Ordering, mpsc::Receiver},
     time::{Duration, Instant},
 };
 
-use tokio::{
-    signal::unix::{Signal, SignalKind, signal},
-    sync::mpsc,
-};
-
+use super::{AgentError, Command, Options, RECONCILE, StopFlag};
 use crate::{
-    config::{self, ConfigError, Vpc},
+    config::{self, FileStamp, RulesFile, Vpc},
     dataplane::{
-        Dataplane, DataplaneError, IngressHook, StateDir,
+        Dataplane, DataplaneError, StateDir,
         netns::NetnsGuard,
         pins::{PinError, place_here},
     },
@@ -36,69 +31,16 @@ use crate::{
         compile::{CompiledInstance, CompiledPolicy, compile},
         summary,
     },
-    source::watch::{WatchError, watch_file},
 };
 
-/// Bursts of file events within this window make one reload.
-const DEBOUNCE: Duration = Duration::from_millis(20);
-/// How often interfaces and the rules file are checked.
-const RECONCILE: Duration = Duration::from_millis(250);
 /// Retries of an instance that could not be enforced back off up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// The rules file at start; its diagnostics say where.
-    #[error("{0}\nnothing attached")]
-    Config(ConfigError),
-    #[error(
-        "{} enforces no instance (no [[instance]] with an `interface`): refused, since it would \
-         leave every interface unfiltered; pass --allow-empty if that is what you want",
-        .0.display()
-    )]
-    Empty(PathBuf),
-    #[error("instance {instance}: {source}")]
-    Instance {
-        instance: String,
-        #[source]
-        source: DataplaneError,
-    },
-    #[error(transparent)]
-    State(#[from] PinError),
-    #[error(transparent)]
-    Watch(#[from] WatchError),
-    #[error("installing signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
-    #[error("starting the event loop: {0}")]
-    Runtime(#[source] std::io::Error),
-}
 
 fn on_instance(name: &str) -> impl FnOnce(DataplaneError) -> AgentError + '_ {
     move |source| AgentError::Instance {
         instance: name.to_owned(),
         source,
     }
-}
-
-/// How the agent runs, from the command line.
-#[derive(Clone, Debug)]
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "independent command-line switches"
-)]
-pub struct Options {
-    /// Reload when the file changes (SIGHUP always reloads).
-    pub watch: bool,
-    pub ingress: IngressHook,
-    /// Forward the eBPF programs' debug records (one per dropped packet).
-    pub ebpf_log: bool,
-    /// Where maps and links are pinned.
-    pub state_dir: PathBuf,
-    /// On SIGINT/SIGTERM leave everything attached and pinned (for
-    /// restarts and upgrades without a gap).
-    pub keep_on_exit: bool,
-    /// Accept a rules file that enforces no instance.
-    pub allow_empty: bool,
 }
 
 /// Where an instance is enforced: (netns, interface).
@@ -132,85 +74,68 @@ struct Pending {
 }
 
 /// Everything the agent enforces, by instance name.
-struct Agent {
+struct Agent<'a> {
     path: PathBuf,
     opts: Options,
     state: StateDir,
+    stop: &'a StopFlag,
     vpc: Vpc,
     compiled: Option<CompiledPolicy>,
     enforced: BTreeMap<String, Enforced>,
     pending: BTreeMap<String, Pending>,
     reloads: u64,
-    file_stamp: Option<FileStamp>,
+    /// The stamp of the file as last read (applied or not), or of the path
+    /// when it could not be read: polling compares the path's with it.
+    seen: Option<FileStamp>,
+    /// The digest of the file in force.
+    in_force: [u8; 32],
+    /// How many times an enforced instance was found with nothing attached
+    /// (its interface or namespace recreated).
+    lapses: u64,
 }
 
-/// What polling compares to tell the rules file changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
-
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-    })
-}
-
-struct Signals {
-    hup: Signal,
-    int: Signal,
-    term: Signal,
-}
-
-pub fn run(path: &Path, opts: Options) -> Result<(), AgentError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AgentError::Runtime)?;
-    runtime.block_on(async {
-        // Before anything is loaded: a SIGHUP or SIGTERM during start-up is
-        // queued, not fatal.
-        let signals = Signals {
-            hup: signal(SignalKind::hangup()).map_err(AgentError::Signals)?,
-            int: signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
-            term: signal(SignalKind::terminate()).map_err(AgentError::Signals)?,
-        };
-        // The watch too: a change made during start-up is not missed.
-        let changes = if opts.watch {
-            Some(watch_file(path)?)
-        } else {
-            None
-        };
-        let file_stamp = file_stamp(path);
-        let vpc = config::load(path).map_err(AgentError::Config)?;
-        if !opts.allow_empty && enforced_count(&vpc) == 0 {
-            return Err(AgentError::Empty(path.to_owned()));
+/// Starts enforcing `path`, then serves the signal loop's commands until
+/// told to stop.
+pub(super) fn run(
+    path: &Path,
+    opts: Options,
+    queue: &Receiver<Command>,
+    stop: &StopFlag,
+) -> Result<(), AgentError> {
+    let file = config::read(path).map_err(AgentError::Config)?;
+    let vpc = config::from_str(path, &file.text)
+        .map_err(|d| AgentError::Config(config::ConfigError::Invalid(*d)))?;
+    if !opts.allow_empty && enforced_count(&vpc) == 0 {
+        return Err(AgentError::Empty(path.to_owned()));
+    }
+    let state = StateDir::open(&opts.state_dir)?;
+    let mut agent = Agent {
+        path: path.to_owned(),
+        opts,
+        state,
+        stop,
+        vpc: Vpc::default(),
+        compiled: None,
+        enforced: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        reloads: 0,
+        seen: Some(file.stamp),
+        in_force: file.sha256,
+        lapses: 0,
+    };
+    match agent.apply(vpc) {
+        Ok(()) => {}
+        Err(AgentError::Stopping) => {
+            log::info!("stopped during start-up, before anything was attached");
+            agent.stop();
+            return Ok(());
         }
-        let state = StateDir::open(&opts.state_dir)?;
-        let mut agent = Agent {
-            path: path.to_owned(),
-            opts,
-            state,
-            vpc: Vpc::default(),
-            compiled: None,
-            enforced: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            reloads: 0,
-            file_stamp,
-        };
-        agent.apply(vpc)?;
-        agent.detach_unknown_pins();
-        let result = agent.watch(signals, changes).await;
-        agent.stop();
-        result
-    })
+        Err(e) => return Err(e),
+    }
+    agent.detach_unknown_pins();
+    agent.log_ready(&file);
+    agent.serve(queue);
+    Ok(())
 }
 
 fn enforced_count(vpc: &Vpc) -> usize {
@@ -236,7 +161,7 @@ enum Step {
     Wait(String),
 }
 
-impl Agent {
+impl Agent<'_> {
     /// Makes `vpc` the policy in force. Everything is prepared first (new
     /// objects loaded and filled, places checked); a failure there changes
     /// nothing. Then each instance switches atomically, and removed
@@ -245,6 +170,9 @@ impl Agent {
         let started = Instant::now();
         let compiled = compile(&vpc);
         log::debug!("compiled in {} ms", started.elapsed().as_millis());
+        if self.stopping() {
+            return Err(AgentError::Stopping);
+        }
         let wanted: BTreeMap<String, (&CompiledInstance, Place)> = compiled
             .instances
             .iter()
@@ -279,7 +207,14 @@ impl Agent {
             } else if let Err(why) = place_exists(place) {
                 Step::Wait(why)
             } else {
-                match self.prepare_new(name, inst, compiled.settings) {
+                // Loading an object is the long part of preparing: a stop
+                // asked for meanwhile abandons the change here.
+                let prepared = if self.stopping() {
+                    Err(AgentError::Stopping)
+                } else {
+                    self.prepare_new(name, inst, compiled.settings)
+                };
+                match prepared {
                     Ok(dp) => Step::New(Box::new(dp)),
                     Err(e) => {
                         // Nothing has changed yet: drop what was prepared.
@@ -517,10 +452,14 @@ impl Agent {
     /// not enforced, and reloads if the file changed unseen.
     fn reconcile(&mut self) {
         let ingress = self.opts.ingress;
+        let lapses = &mut self.lapses;
         for (name, e) in &mut self.enforced {
             match e.dataplane.attached_place_current() {
                 Some(true) => {}
                 state => {
+                    if e.lost_since.is_none() {
+                        *lapses += 1;
+                    }
                     let since = *e.lost_since.get_or_insert_with(Instant::now);
                     match e
                         .dataplane
@@ -529,10 +468,12 @@ impl Agent {
                         Ok(_) => {
                             log::error!(
                                 "instance {name}: {} was {}; programs attached again, the \
-                                 interface was unprotected for at most {} ms",
+                                 interface was unprotected for at most {} ms (lapse {} since \
+                                 start)",
                                 describe(&e.place),
                                 if state.is_none() { "gone" } else { "recreated" },
-                                since.elapsed().as_millis() + RECONCILE.as_millis()
+                                since.elapsed().as_millis() + RECONCILE.as_millis(),
+                                *lapses
                             );
                             e.lost_since = None;
                         }
@@ -574,12 +515,35 @@ impl Agent {
         }
     }
 
-    fn reload(&mut self, why: &str) {
+    fn stopping(&self) -> bool {
+        self.stop.asked.load(Ordering::SeqCst)
+    }
+
+    /// Reads the file once and applies what was read. A change of stamp
+    /// whose bytes are those in force is no change, unless `forced`
+    /// (SIGHUP: apply again, retrying what is not enforced).
+    fn reload(&mut self, why: &str, forced: bool) {
         let started = Instant::now();
+        let file = match config::read(&self.path) {
+            Ok(file) => file,
+            Err(e) => {
+                self.seen = FileStamp::of_path(&self.path);
+                self.reloads += 1;
+                log::error!(
+                    "reload #{} ({why}) rejected, the running policy stays in force: {e}",
+                    self.reloads
+                );
+                return;
+            }
+        };
+        self.seen = Some(file.stamp);
+        if !forced && file.sha256 == self.in_force {
+            log::debug!("{why}: same content as the policy in force, nothing to do");
+            return;
+        }
         self.reloads += 1;
         let n = self.reloads;
-        self.file_stamp = file_stamp(&self.path);
-        let vpc = match config::load(&self.path) {
+        let vpc = match config::from_str(&self.path, &file.text) {
             Ok(v) => v,
             Err(e) => {
                 log::error!(
@@ -602,11 +566,15 @@ impl Agent {
         let old = self.vpc.clone();
         match self.apply(vpc) {
             Ok(()) => {
+                self.in_force = file.sha256;
                 let took = started.elapsed().as_millis();
                 // Summarised after the swap: the log line never delays
                 // enforcement.
                 let changes = summary::changes(&old, &self.vpc);
                 log::info!("reload #{n} ({why}) applied in {took} ms: {changes}");
+            }
+            Err(AgentError::Stopping) => {
+                log::info!("reload #{n} ({why}) abandoned to stop: nothing changed");
             }
             Err(e) => log::error!(
                 "reload #{n} ({why}) rejected, nothing changed: {}",
@@ -615,22 +583,12 @@ impl Agent {
         }
     }
 
-    async fn watch(
-        &mut self,
-        mut signals: Signals,
-        changes: Option<mpsc::UnboundedReceiver<()>>,
-    ) -> Result<(), AgentError> {
-        // Without a watch, a channel that never delivers.
-        let (_keep, mut changes) = if let Some(rx) = changes {
-            (None, rx)
-        } else {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), rx)
-        };
+    fn log_ready(&self, file: &RulesFile) {
         log::info!(
-            "ready: enforcing {} instance(s) from {}{}",
+            "ready: enforcing {} instance(s) from {} (sha256 {}){}",
             self.enforced.len(),
             self.path.display(),
+            &file.sha256_hex()[..12],
             if self.pending.is_empty() {
                 String::new()
             } else {
@@ -640,39 +598,51 @@ impl Agent {
                 )
             }
         );
-        // Only ticks when --ebpf-log asked for the eBPF side's records.
-        let mut log_tick = tokio::time::interval(Duration::from_millis(100));
-        let mut reconcile = tokio::time::interval(RECONCILE);
-        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = log_tick.tick(), if self.opts.ebpf_log => {
-                    for e in self.enforced.values_mut() {
-                        e.dataplane.flush_logs();
+    }
+
+    /// Serves the signal loop's commands until it asks to stop. Commands
+    /// that queued up while one ran are taken together: one reload, one
+    /// tick.
+    fn serve(&mut self, queue: &Receiver<Command>) {
+        while let Ok(first) = queue.recv() {
+            let mut reload: Option<(&'static str, bool)> = None;
+            let (mut tick, mut flush, mut stop) = (false, false, false);
+            for command in std::iter::once(first).chain(queue.try_iter()) {
+                match command {
+                    Command::Reload { why, forced } => {
+                        let f = reload.is_some_and(|(_, f)| f);
+                        reload = Some((why, forced || f));
                     }
+                    Command::Tick => tick = true,
+                    Command::FlushLogs => flush = true,
+                    Command::Stop => stop = true,
                 }
-                _ = signals.hup.recv() => self.reload("SIGHUP"),
-                _ = signals.int.recv() => return Ok(()),
-                _ = signals.term.recv() => return Ok(()),
-                Some(()) = changes.recv() => {
-                    // Debounce: editors write, rename and chmod in bursts.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while changes.try_recv().is_ok() {}
-                    self.reload("file changed");
+            }
+            if stop || self.stopping() {
+                break;
+            }
+            if let Some((why, forced)) = reload {
+                self.reload(why, forced);
+            }
+            if tick {
+                self.reconcile();
+                if self.opts.watch && FileStamp::of_path(&self.path) != self.seen {
+                    self.reload("file changed (seen by polling)", false);
                 }
-                _ = reconcile.tick() => {
-                    self.reconcile();
-                    if self.opts.watch && file_stamp(&self.path) != self.file_stamp {
-                        self.reload("file changed (seen by polling)");
-                    }
+            }
+            if flush {
+                for e in self.enforced.values_mut() {
+                    e.dataplane.flush_logs();
                 }
             }
         }
+        self.stop();
     }
 
     /// On SIGINT/SIGTERM: detach and unpin everything, unless
     /// `--keep-on-exit` leaves it all enforced for the next agent.
     fn stop(&mut self) {
+        self.stop.begun.notify_one();
         let n = self.enforced.len();
         if self.opts.keep_on_exit {
             log::info!(

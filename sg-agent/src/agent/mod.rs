@@ -1,0 +1,250 @@
+//! `sg-agent run`: enforce the rules file until told to stop, and never let
+//! enforcement lapse.
+//!
+//! Two threads. This one is the signal loop: it owns the signal handlers,
+//! the file watch and the timers, and only sends commands. The enforcement
+//! thread ([`enforce`]) owns every instance's data plane and does the work:
+//! start-up, reloads, reconciliation. So a reload, however long, never
+//! keeps SIGTERM waiting: the signal loop answers at once, and the
+//! enforcement thread abandons a reload still being prepared (nothing has
+//! changed until it is prepared in full) and stops.
+
+mod enforce;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc,
+    },
+    time::Duration,
+};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal, pthread_sigmask};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::ConfigError,
+    dataplane::{DataplaneError, IngressHook, pins::PinError},
+};
+
+pub use enforce::detach;
+
+/// Bursts of file events within this window make one reload.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How often interfaces and the rules file are checked.
+const RECONCILE: Duration = Duration::from_millis(250);
+/// How long SIGINT/SIGTERM may wait for a reload in progress to be
+/// abandoned before the agent exits anyway, leaving everything enforced.
+const STOP_DEADLINE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The rules file at start; its diagnostics say where.
+    #[error("{0}\nnothing attached")]
+    Config(ConfigError),
+    #[error(
+        "{} enforces no instance (no [[instance]] with an `interface`): refused, since it would \
+         leave every interface unfiltered; pass --allow-empty if that is what you want",
+        .0.display()
+    )]
+    Empty(PathBuf),
+    #[error("instance {instance}: {source}")]
+    Instance {
+        instance: String,
+        #[source]
+        source: DataplaneError,
+    },
+    #[error(transparent)]
+    State(#[from] PinError),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("starting the {0}: {1}")]
+    Start(&'static str, #[source] std::io::Error),
+    /// A stop was asked for while a change was being prepared: it was
+    /// abandoned, nothing changed.
+    #[error("stopping: the change being prepared was abandoned, nothing changed")]
+    Stopping,
+    #[error(
+        "the reload in progress was not abandoned within {} ms of the signal: exiting with every \
+         instance left enforced and pinned under {}; `sg-agent detach --all` removes them, the \
+         next `sg-agent run` adopts them",
+        STOP_DEADLINE.as_millis(),
+        .0.display()
+    )]
+    StopDeadline(PathBuf),
+    #[error(
+        "the enforcement thread panicked: every instance it had attached stays enforced and \
+         pinned under {}; start sg-agent again to adopt them",
+        .0.display()
+    )]
+    Panicked(PathBuf),
+}
+
+/// How the agent runs, from the command line.
+#[derive(Clone, Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
+pub struct Options {
+    /// Reload when the file changes (SIGHUP always reloads).
+    pub watch: bool,
+    pub ingress: IngressHook,
+    /// Forward the eBPF programs' debug records (one per dropped packet).
+    pub ebpf_log: bool,
+    /// Where maps and links are pinned.
+    pub state_dir: PathBuf,
+    /// On SIGINT/SIGTERM leave everything attached and pinned (for
+    /// restarts and upgrades without a gap).
+    pub keep_on_exit: bool,
+    /// Accept a rules file that enforces no instance.
+    pub allow_empty: bool,
+}
+
+/// SIGHUP, SIGINT and SIGTERM held blocked from the first line of `main`
+/// until the agent's handlers exist: one that arrives during start-up is
+/// delivered to them then (a SIGHUP is a reload, not a death). Dropping
+/// this value unblocks them.
+pub struct HeldSignals(SigSet);
+
+impl HeldSignals {
+    pub fn hold() -> Self {
+        let mut set = SigSet::empty();
+        for s in [NixSignal::SIGHUP, NixSignal::SIGINT, NixSignal::SIGTERM] {
+            set.add(s);
+        }
+        // Cannot fail with a valid `how`; if it did, the window is the
+        // default one, so there is nothing better to do than go on.
+        let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+        Self(set)
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&self.0), None);
+    }
+}
+
+/// What the signal loop asks of the enforcement thread.
+#[derive(Debug)]
+enum Command {
+    Reload {
+        why: &'static str,
+        forced: bool,
+    },
+    /// Reconcile with the kernel and poll the rules file.
+    Tick,
+    /// Forward the eBPF side's log records.
+    FlushLogs,
+    Stop,
+}
+
+/// Shared between the two threads: the stop request, and the enforcement
+/// thread's answer that it is stopping.
+struct StopFlag {
+    asked: AtomicBool,
+    begun: tokio::sync::Notify,
+}
+
+pub fn run(path: &Path, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Start("event loop", e))?;
+    runtime.block_on(signal_loop(path, opts, held))
+}
+
+async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
+    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    // Signals that came during start-up reach the handlers now.
+    drop(held);
+
+    // The watch starts before the file is first read: a change made during
+    // start-up is not missed. Without inotify, the tick polls the file.
+    let mut changes = if opts.watch {
+        match crate::source::watch::watch_file(path) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                log::warn!(
+                    "{}: the rules file is polled every {} ms instead",
+                    crate::cli::error_chain(&e),
+                    RECONCILE.as_millis()
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let stop = Arc::new(StopFlag {
+        asked: AtomicBool::new(false),
+        begun: tokio::sync::Notify::new(),
+    });
+    let (commands, queue) = std_mpsc::channel();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel();
+    let state_dir = opts.state_dir.clone();
+    let ebpf_log = opts.ebpf_log;
+    {
+        let path = path.to_owned();
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("enforce".into())
+            .spawn(move || {
+                let result = enforce::run(&path, opts, &queue, &stop);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| AgentError::Start("enforcement thread", e))?;
+    }
+    let send = |c: Command| {
+        // The enforcement thread only goes away by returning, which `done`
+        // reports.
+        let _ = commands.send(c);
+    };
+
+    let mut log_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut reconcile = tokio::time::interval(RECONCILE);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let signal_name = loop {
+        tokio::select! {
+            result = &mut done => {
+                // Start-up failed (or the thread panicked).
+                return result.unwrap_or_else(|_| Err(AgentError::Panicked(state_dir)));
+            }
+            _ = hup.recv() => send(Command::Reload { why: "SIGHUP", forced: true }),
+            _ = int.recv() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
+            event = async { changes.as_mut()?.recv().await }, if changes.is_some() => {
+                let Some(rx) = changes.as_mut().filter(|_| event.is_some()) else {
+                    // The watch thread ended (and said why): the tick polls.
+                    changes = None;
+                    continue;
+                };
+                // Debounce: editors write, rename and chmod in bursts.
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                send(Command::Reload { why: "file changed", forced: false });
+            }
+            _ = reconcile.tick() => send(Command::Tick),
+            _ = log_tick.tick(), if ebpf_log => send(Command::FlushLogs),
+        }
+    };
+    log::info!("{signal_name}: stopping");
+    stop.asked.store(true, Ordering::SeqCst);
+    send(Command::Stop);
+    tokio::select! {
+        result = &mut done => {
+            return result.unwrap_or_else(|_| Err(AgentError::Panicked(state_dir)));
+        }
+        () = stop.begun.notified() => {}
+        () = tokio::time::sleep(STOP_DEADLINE) => return Err(AgentError::StopDeadline(state_dir)),
+    }
+    // Stopping is bounded work (detaching and unpinning); let it finish.
+    done.await
+        .unwrap_or_else(|_| Err(AgentError::Panicked(state_dir)))
+}
