@@ -89,6 +89,16 @@ impl AgentProcess {
     /// Starts the agent on a state directory the caller keeps (to restart
     /// an agent on the state the previous one left).
     pub fn start_in(state: &StateDir, config: &Path, args: &[&str], level: &str) -> Self {
+        Self::spawn(state, config, args, level, true)
+    }
+
+    /// [`AgentProcess::start_in`] without echoing the agent's log to stderr
+    /// (it is still kept): for harnesses whose agents log per packet.
+    pub fn start_quiet_in(state: &StateDir, config: &Path, args: &[&str]) -> Self {
+        Self::spawn(state, config, args, "info", false)
+    }
+
+    fn spawn(state: &StateDir, config: &Path, args: &[&str], level: &str, echo: bool) -> Self {
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
@@ -107,7 +117,9 @@ impl AgentProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                eprintln!("[sg-agent] {line}");
+                if echo {
+                    eprintln!("[sg-agent] {line}");
+                }
                 let (lines, cv) = &*sink;
                 lines.lock().expect("log lock").push(line);
                 cv.notify_all();

@@ -155,6 +155,16 @@ fn ipv4_header(s: Ipv4Addr, d: Ipv4Addr, proto: u8, payload: usize, shape: &Shap
         // NOP options, ending with End of Options.
         *b = u8::from(i + 1 != shape.ipv4_options);
     }
+    // A valid header checksum: the programs do not read it, but a bridge
+    // with br_netfilter drops frames whose checksum is wrong.
+    let sum = h
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    let folded = u16::try_from(folded).expect("folded twice: 16 bits");
+    h[10..12].copy_from_slice(&(!folded).to_be_bytes());
     h
 }
 

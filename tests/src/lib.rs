@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod attached;
+pub mod chaos;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

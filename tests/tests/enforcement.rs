@@ -3,15 +3,18 @@
 //! applied, an empty file, an instance whose namespace comes later), each
 //! under a real `sg-agent run` on the seed architecture.
 
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
 
 use sg_tests::{
     agent::{AgentProcess, StateDir, binary},
     attached::attached_programs,
     probe::{Outcome::*, echo, eventually, tcp_open},
     seed::{
-        ALB, APP, OUTSIDER, RELOAD, SEED, START, SeedLab, at, ip, seed_without_alb_ingress,
-        start_agent,
+        ALB, APP, HostSpec, OUTSIDER, RELOAD, SEED, START, SeedLab, at, ip,
+        seed_without_alb_ingress, start_agent,
     },
 };
 
@@ -265,5 +268,246 @@ fn an_instance_whose_namespace_comes_later_is_waited_for() {
     lab.lab.add_host("late", &[LATE]);
     agent.expect_log("attached instance late", mark, Duration::from_secs(10));
     assert_eq!(attached_programs(&lab.ns("late")).len(), 2);
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_sighup_during_start_up_is_a_reload_not_a_death() {
+    let lab = SeedLab::new("seh", SEED, &[]);
+    let mut agent = AgentProcess::start(&lab.config);
+    // The first line is logged before any handler exists: SIGHUP from
+    // then on, until the agent is ready.
+    agent.expect_log("starting:", 0, START);
+    let mut sent = 0;
+    while agent
+        .wait_for("ready: enforcing", 0, Duration::ZERO)
+        .is_none()
+        && sent < 500
+    {
+        agent.signal(nix::sys::signal::Signal::SIGHUP);
+        sent += 1;
+        assert!(
+            agent.running(),
+            "SIGHUP #{sent} during start-up killed the agent; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    agent.expect_log("ready: enforcing", 0, START);
+    agent.expect_log("(SIGHUP) applied in", 0, RELOAD);
+    assert!(agent.running());
+    eprintln!("{sent} SIGHUPs during start-up");
+    assert_enforced(&lab, "after SIGHUPs during start-up");
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+#[test]
+fn sigterm_during_a_long_start_up_is_answered_at_once() {
+    const EXTRA: usize = 24;
+    let names: Vec<String> = (0..EXTRA).map(|i| format!("extra-{i}")).collect();
+    let addrs: Vec<[String; 1]> = (0..EXTRA).map(|i| [format!("10.0.3.{}", i + 10)]).collect();
+    let addr_refs: Vec<[&str; 1]> = addrs.iter().map(|[a]| [a.as_str()]).collect();
+    let hosts: Vec<HostSpec> = names
+        .iter()
+        .zip(&addr_refs)
+        .map(|(n, a)| (n.as_str(), &a[..], &[][..], &[][..]))
+        .collect();
+    let mut rules = SEED.to_owned();
+    for (n, [a]) in names.iter().zip(&addrs) {
+        let _ = write!(
+            rules,
+            "\n[[instance]]\nname = \"{n}\"\nnetns = \"sg-{n}\"\ninterface = \"eth0\"\naddresses = [\"{a}\"]\nsecurity_groups = [\"instagram-server-security-group\"]\n"
+        );
+    }
+    let lab = SeedLab::new("set", &rules, &hosts);
+
+    // How long a whole start-up takes here, for comparison.
+    let state = StateDir::new();
+    let started = Instant::now();
+    let agent = AgentProcess::start_in(&state, &lab.config, &[], "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    let full = started.elapsed();
+    assert_eq!(agent.terminate().code(), Some(0));
+
+    let mut agent = AgentProcess::start_in(&state, &lab.config, &[], "info");
+    agent.expect_log("starting:", 0, START);
+    std::thread::sleep(full / 4);
+    let signalled = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    let took = signalled.elapsed();
+    eprintln!(
+        "a full start-up of {} instances took {} ms; SIGTERM a quarter in was answered in {} ms",
+        EXTRA + 5,
+        full.as_millis(),
+        took.as_millis()
+    );
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("stopped during start-up"),
+        "the start-up was abandoned, not finished; log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(1) + Duration::from_millis(500),
+        "answered within the deadline (1 s, plus the exit): {took:?}"
+    );
+    for host in ["alb", "app-1", "extra-0"] {
+        assert!(
+            attached_programs(&lab.ns(host)).is_empty(),
+            "{host}: nothing left attached"
+        );
+    }
+    assert!(!state.path.exists(), "nothing left pinned");
+}
+
+/// Kubernetes mounts a `ConfigMap` as `rules.toml -> ..data/rules.toml`,
+/// `..data -> ..<timestamp>`, and updates it by renaming a new `..data`
+/// symlink over the old one; other tools replace the whole directory.
+#[test]
+fn the_watch_follows_symlink_swaps_and_a_replaced_directory() {
+    let lab = SeedLab::new("sey", SEED, &[]);
+    let root = lab.config.parent().expect("lab dir").join("mount");
+    let version = |n: u32, rules: &str| {
+        let dir = root.join(format!("..v{n}"));
+        std::fs::create_dir_all(&dir).expect("version dir");
+        std::fs::write(dir.join("rules.toml"), lab.lab.localize(rules)).expect("write");
+        let tmp = root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("..v{n}"), &tmp).expect("symlink");
+        std::fs::rename(&tmp, root.join("..data")).expect("swap ..data");
+    };
+    version(1, SEED);
+    let path = root.join("rules.toml");
+    std::os::unix::fs::symlink("..data/rules.toml", &path).expect("symlink");
+    let agent = AgentProcess::start(&path);
+    agent.expect_log("ready: enforcing", 0, START);
+
+    let mark = agent.log_lines();
+    version(2, &seed_without_alb_ingress());
+    let line = agent.expect_log("applied in", mark, RELOAD);
+    assert!(
+        agent
+            .log_text()
+            .lines()
+            .nth(line)
+            .unwrap()
+            .contains("(file changed)"),
+        "the swap is seen by the watch, not only by polling:\n{}",
+        agent.log_text()
+    );
+    assert!(eventually(Duration::from_secs(2), || lab
+        .tcp("internet", OUTSIDER, ALB, 80)
+        == TimedOut));
+
+    // An event that changes nothing (a touch) is no reload.
+    let mark = agent.log_lines();
+    std::fs::File::options()
+        .append(true)
+        .open(root.join("..v2/rules.toml"))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .expect("touch");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        agent.wait_for("reload #", mark, Duration::ZERO),
+        None,
+        "same bytes, no reload:\n{}",
+        agent.log_text()
+    );
+
+    // The whole directory replaced: moved away, a new one put in place.
+    let mark = agent.log_lines();
+    let old = root.with_extension("old");
+    std::fs::rename(&root, &old).expect("move the directory away");
+    std::fs::create_dir_all(&root).expect("new directory");
+    std::fs::write(&path, lab.lab.localize(SEED)).expect("write into it");
+    agent.expect_log("applied in", mark, RELOAD);
+    assert!(eventually(Duration::from_secs(2), || lab
+        .tcp("internet", OUTSIDER, ALB, 80)
+        == Connected));
+    // And the new directory is watched: an edit there is seen by inotify.
+    let mark = agent.log_lines();
+    let tmp = root.join("rules.toml.tmp");
+    std::fs::write(&tmp, lab.lab.localize(&seed_without_alb_ingress())).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename over");
+    let line = agent.expect_log("applied in", mark, RELOAD);
+    assert!(
+        agent
+            .log_text()
+            .lines()
+            .nth(line)
+            .unwrap()
+            .contains("(file changed)"),
+        "the new directory is watched:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(old);
+}
+
+/// What an earlier sg-agent left pinned under names or layouts this build
+/// does not use: replaced, and said so, never refused.
+#[test]
+fn pinned_maps_of_another_version_are_replaced_and_logged() {
+    let lab = SeedLab::new("sev", SEED, &[]);
+    let state = StateDir::new();
+    let dir = state.path.join("app-1");
+    std::fs::create_dir_all(&dir).expect("instance dir");
+    let bpftool = |args: &[&str]| {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool runs");
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+    };
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    // The counters' name before they were kept per generation.
+    bpftool(&[
+        "map",
+        "create",
+        &path("SG_COUNTERS"),
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "32",
+        "name",
+        "SG_COUNTERS",
+    ]);
+    // A connection table under this build's name but another layout.
+    bpftool(&[
+        "map",
+        "create",
+        &path("SG_CT_TCP4"),
+        "type",
+        "lru_hash",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        "16",
+        "name",
+        "SG_CT_TCP4",
+    ]);
+    let agent = start_in(&state, &lab);
+    let log = agent.log_text();
+    assert!(
+        log.contains("SG_CT_TCP4: pinned with another layout")
+            && log.contains("losing its tracked connections"),
+        "the replaced table is named with what was lost:\n{log}"
+    );
+    assert!(
+        log.contains("SG_COUNTERS: a map of an earlier sg-agent"),
+        "the earlier version's map is named:\n{log}"
+    );
+    assert!(!dir.join("SG_COUNTERS").exists(), "and unpinned");
+    assert!(dir.join(sg_common::maps::COUNTERS).exists());
+    assert_enforced(&lab, "after replacing the maps");
     assert_eq!(agent.terminate().code(), Some(0));
 }

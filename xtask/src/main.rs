@@ -43,6 +43,16 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
     },
+    /// Inject every fault (kill -9, restart, upgrade, rename, failed reload,
+    /// empty file, interface recreated, reloads under a flood) under live
+    /// traffic, measure what enforcement lost and write RELIABILITY.md (as
+    /// root). Fails when a figure misses its limit.
+    Chaos {
+        /// The short form CI runs: fewer reloads and connections, the
+        /// report printed instead of written.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +83,29 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
                 "--bin",
                 "sg-demo",
             ])
+        }
+        Cmd::Chaos { smoke } => {
+            require_root("the chaos suite creates network namespaces and attaches eBPF programs")?;
+            bootstrap::all()?;
+            // The suite runs the real sg-agent binary beside it.
+            cargo(&["build", "--release", "--package", "sg-agent"])?;
+            let out = workspace_root().join("RELIABILITY.md");
+            let out = out.to_string_lossy();
+            let mut args = vec![
+                "run",
+                "--release",
+                "--package",
+                "sg-tests",
+                "--bin",
+                "sg-chaos",
+                "--",
+            ];
+            if smoke {
+                args.push("--smoke");
+            } else {
+                args.extend(["--out", &out]);
+            }
+            cargo(&args)
         }
         Cmd::Bench { smoke } => {
             require_root("the benchmarks load eBPF programs and create network namespaces")?;

@@ -89,6 +89,11 @@ impl RunArgs {
 }
 
 pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
+    log::info!(
+        "starting: rules file {}, state under {}",
+        args.config.display(),
+        args.state_dir.display()
+    );
     match agent::run(&args.config, args.options(), held) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

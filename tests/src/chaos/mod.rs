@@ -1,0 +1,693 @@
+//! `cargo xtask chaos`: every fault an operator meets, injected under live
+//! traffic in network namespaces, with what enforcement lost measured:
+//!
+//! * how long a blocked port answered, by a prober that sends a numbered
+//!   datagram every millisecond to a port no rule allows and counts those
+//!   that arrive (one arrival = one millisecond unprotected);
+//! * how many tracked connections died: TCP connections whose rule was
+//!   removed before the faults, so only the connection table keeps them;
+//! * packets misjudged while reloads alternate two policies under a flood
+//!   of fresh flows that one policy allows and the other does not, counted
+//!   in the kernel per policy generation (every packet, not a sample).
+
+mod traffic;
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use sg_common::counters::{DROP_NO_RULE, PASS_RULE};
+use traffic::{Flood, LeakProbe, Target, mac_of, pinned_counters};
+
+use crate::{
+    agent::{AgentProcess, StateDir},
+    attached::attached_programs,
+    kernel::require_root,
+    lab::Lab,
+    probe::{Outcome, Servers, echo, tcp, tcp_open},
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 5, 1);
+const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 6, 1);
+const S2: Ipv4Addr = Ipv4Addr::new(10, 0, 6, 2);
+/// Served on S1, allowed by no rule: the prober's target.
+const BLOCKED: u16 = 5002;
+/// The flood's port, allowed from the flood's sources by one policy.
+const FLOOD_PORT: u16 = 5001;
+const FLOOD_NET: [u8; 2] = [10, 9];
+const START: Duration = Duration::from_mins(1);
+const APPLY: Duration = Duration::from_secs(10);
+
+/// How much of the suite to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Reloads alternating the two policies under the flood.
+    pub reloads: usize,
+    /// Tracked connections kept open across the faults.
+    pub connections: usize,
+    /// Flood rate, packets per second over both targets.
+    pub flood_pps: u64,
+}
+
+impl Options {
+    pub const FULL: Self = Self {
+        reloads: 1000,
+        connections: 32,
+        flood_pps: 20_000,
+    };
+    /// The form CI runs.
+    pub const SMOKE: Self = Self {
+        reloads: 60,
+        connections: 8,
+        flood_pps: 10_000,
+    };
+}
+
+/// One fault, measured.
+#[derive(Debug)]
+pub struct Fault {
+    pub name: &'static str,
+    pub how: &'static str,
+    /// How long the prober ran, and how many of its datagrams arrived.
+    pub window: Duration,
+    pub sent: u64,
+    pub leaked: u64,
+    /// The most the blocked port may answer, in milliseconds.
+    pub limit_ms: u64,
+    /// Tracked connections dead afterwards (of those alive before), and
+    /// whether any may die.
+    pub lost: usize,
+    pub lost_allowed: bool,
+}
+
+impl Fault {
+    fn leaked_ms(&self) -> u64 {
+        self.leaked * PROBE_MS
+    }
+
+    fn passed(&self) -> bool {
+        self.leaked_ms() <= self.limit_ms && (self.lost_allowed || self.lost == 0)
+    }
+}
+
+const PROBE_MS: u64 = 1;
+
+#[derive(Debug, Default)]
+pub struct FloodResult {
+    pub reloads: usize,
+    pub took: Duration,
+    pub sent: u64,
+    /// Packets the programs judged by the flood's rules, per instance and
+    /// generation: (allowed-by-generation, passed by rule, dropped no rule).
+    pub judged: Vec<(String, u8, bool, u64, u64)>,
+    pub misjudged: u64,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub options: Options,
+    /// The prober with nothing attached: it must see the port answer.
+    pub control: Fault,
+    pub faults: Vec<Fault>,
+    pub flood: FloodResult,
+    pub connections: usize,
+}
+
+impl Report {
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.control.leaked * 2 < self.control.sent {
+            out.push(format!(
+                "the control failed: with nothing attached only {} of {} probes arrived, so the \
+                 prober cannot be trusted",
+                self.control.leaked, self.control.sent
+            ));
+        }
+        for f in &self.faults {
+            if !f.passed() {
+                out.push(format!(
+                    "{}: the blocked port answered {} ms (limit {} ms), {} tracked connections lost",
+                    f.name,
+                    f.leaked_ms(),
+                    f.limit_ms,
+                    f.lost
+                ));
+            }
+        }
+        if self.flood.misjudged > 0 {
+            out.push(format!(
+                "{} packets misjudged during {} reloads",
+                self.flood.misjudged, self.flood.reloads
+            ));
+        }
+        if self.flood.judged.iter().any(|j| j.3 + j.4 == 0) {
+            out.push("a generation judged no flood packet: the flood measured nothing".into());
+        }
+        out
+    }
+
+    /// RELIABILITY.md.
+    pub fn markdown(&self, smoke: bool) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Reliability\n");
+        let _ = writeln!(
+            s,
+            "Written by `cargo xtask chaos`{} on this machine ({}), from one run. Every fault is \
+             injected under live traffic in network namespaces against the real `sg-agent run` \
+             (release build), the real kernel and pinned state under /sys/fs/bpf.\n",
+            if smoke { " --smoke" } else { "" },
+            machine()
+        );
+        let _ = writeln!(s, "## Faults\n");
+        let _ = writeln!(
+            s,
+            "| fault | what is done | blocked port answered | limit | tracked connections lost | |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---|");
+        let row = |s: &mut String, f: &Fault| {
+            let control = f.limit_ms == u64::MAX;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} ms (of {} ms probed) | {} | {} | {} |",
+                f.name,
+                f.how,
+                f.leaked_ms(),
+                f.window.as_millis(),
+                if control {
+                    "(control)".to_owned()
+                } else {
+                    format!("{} ms", f.limit_ms)
+                },
+                if control {
+                    "(none open yet)".to_owned()
+                } else {
+                    format!(
+                        "{} of {}{}",
+                        f.lost,
+                        self.connections,
+                        if f.lost_allowed { " (reported)" } else { "" }
+                    )
+                },
+                if f.limit_ms == u64::MAX {
+                    "the prober works"
+                } else if f.passed() {
+                    "met"
+                } else {
+                    "**NOT MET**"
+                }
+            );
+        };
+        row(&mut s, &self.control);
+        for f in &self.faults {
+            row(&mut s, f);
+        }
+        let fl = &self.flood;
+        let _ = writeln!(s, "\n## Reloads under a flood\n");
+        let _ = writeln!(
+            s,
+            "{} reloads alternating two policies in {:.1} s ({} ms per reload, each applied \
+             before the next), under a flood of {} fresh UDP flows ({} per second asked). \
+             **Packets misjudged: {}.**\n",
+            fl.reloads,
+            fl.took.as_secs_f64(),
+            fl.took.as_millis() / fl.reloads.max(1) as u128,
+            fl.sent,
+            self.options.flood_pps,
+            fl.misjudged
+        );
+        let _ = writeln!(
+            s,
+            "| instance | generation | its policy lets the flood in | passed by a rule | dropped, no rule |"
+        );
+        let _ = writeln!(s, "|---|---:|---|---:|---:|");
+        for (name, g, allows, pass, drop) in &fl.judged {
+            let _ = writeln!(
+                s,
+                "| {name} | {g} | {} | {pass} | {drop} |",
+                if *allows { "yes" } else { "no" }
+            );
+        }
+        s.push_str(METHOD);
+        s
+    }
+}
+
+const METHOD: &str = "
+## Method
+
+* **Blocked port answered.** A prober in the client's namespace sends a
+  numbered UDP datagram every millisecond to a port of S1 that no rule
+  allows, from before the fault until the agent says it is done; a receiver
+  bound to that port in S1's namespace counts arrivals. Each arrival is a
+  millisecond during which the port answered. The control row runs the same
+  prober before any agent has started: most datagrams must arrive, or the
+  prober could not see a lapse.
+* **Tracked connections lost.** TCP connections from the client to S1:80 are
+  opened while a rule allows them; the rule is then removed, so only the
+  connection table keeps them (as AWS keeps tracked connections). After each
+  fault, each connection must still echo a message.
+* **Faults.** *kill -9*: SIGKILL, a second with no agent, then a new agent
+  on the same state directory. *restart*: SIGTERM with `--keep-on-exit`,
+  then a new agent. *upgrade*, *downgrade*: the same, the new agent loading
+  a different program (`--ebpf-log` keeps the log statements the default
+  build removes), which replaces the old one on the pinned links with
+  `BPF_LINK_UPDATE`. *rename*: the instance renamed in the rules file.
+  *failed reload*: a file that moves the instance to a namespace that does
+  not exist. *empty file*: the file truncated to nothing. *interface
+  recreated*: S1's eth0 deleted and made again (a new ifindex, nothing
+  attached), as a VM reboot does; the agent's reconcile tick (every 250 ms)
+  attaches it again, and the limit is one second.
+* **Reloads under a flood.** Two servers and two policies: policy A allows
+  the flood's sources to S1's port and not S2's, policy B the reverse. A
+  packet socket in the client's namespace writes UDP frames to both, each
+  from a source address and port not used before (a new flow, judged by the
+  rules and never by the connection table). The rules file is rewritten
+  alternately to A and B, each reload applied (logged) before the next. The
+  programs count every packet under the policy generation that judged it
+  (`SG_COUNTERS_V2`); which generation holds A is read from the counters
+  before the first reload. A packet is misjudged if the generation that
+  judged it holds the policy allowing it and it was dropped for want of a
+  rule, or holds the policy refusing it and a rule passed it. The count can
+  fail: with the swap changed by hand to flip the generation before filling
+  it, the smoke form (60 reloads) counted 1,687 misjudged packets.
+";
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("Linux {}, {cpus} CPUs", kernel.trim())
+}
+
+/// The rules: S1 and S2 serve HTTP to the client (`web`, while `web_rule`),
+/// and one of them takes the flood (`flood-ok`).
+fn rules(s1: &str, s1_flood: bool, s1_netns: &str, web_rule: bool) -> String {
+    let web = if web_rule {
+        "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 80\n  to_port = 80\n  cidr_blocks = [\"10.0.5.1/32\"]\n"
+    } else {
+        ""
+    };
+    let groups = |flood: bool| {
+        if flood {
+            "[\"web\", \"flood-ok\"]"
+        } else {
+            "[\"web\"]"
+        }
+    };
+    format!(
+        "[[security_group]]\nname = \"web\"\ndescription = \"HTTP from the client\"\n{web}\n\
+         [[security_group]]\nname = \"flood-ok\"\n  [[security_group.ingress]]\n  protocol = \"udp\"\n  from_port = {FLOOD_PORT}\n  to_port = {FLOOD_PORT}\n  cidr_blocks = [\"10.9.0.0/16\"]\n\n\
+         [[instance]]\nname = \"{s1}\"\nnetns = \"{s1_netns}\"\ninterface = \"eth0\"\naddresses = [\"{S1}\"]\nsecurity_groups = {}\n\n\
+         [[instance]]\nname = \"s2\"\nnetns = \"sg-s2\"\ninterface = \"eth0\"\naddresses = [\"{S2}\"]\nsecurity_groups = {}\n",
+        groups(s1_flood),
+        groups(!s1_flood)
+    )
+}
+
+/// Turns IPv6 off for `scope` (an interface, `all` or `default`) in `ns`:
+/// no multicast listener reports or router solicitations reach the
+/// programs beside the flood (an interface that comes up sends them). Not
+/// `all` in a host's namespace: that turns it off for interfaces made later
+/// too, to which the lab gives IPv6 routes.
+fn ipv4_only(ns: &str, scope: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .arg(format!("net.ipv6.conf.{scope}.disable_ipv6=1"))
+        .output()
+        .expect("sysctl runs");
+    assert!(out.status.success(), "disable IPv6 in {ns}: {out:?}");
+}
+
+struct Chaos {
+    lab: Lab,
+    config: std::path::PathBuf,
+    state: StateDir,
+    agent: Option<AgentProcess>,
+    held: Vec<TcpStream>,
+    s1_name: String,
+}
+
+impl Chaos {
+    fn write(&self, rules: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, self.lab.localize(rules)).expect("write rules");
+        std::fs::rename(&tmp, &self.config).expect("rename rules");
+    }
+
+    fn agent(&self) -> &AgentProcess {
+        self.agent.as_ref().expect("an agent runs")
+    }
+
+    fn start_agent(&mut self, extra: &[&str]) {
+        let mut args = vec!["--keep-on-exit"];
+        args.extend_from_slice(extra);
+        let agent = AgentProcess::start_quiet_in(&self.state, &self.config, &args);
+        agent.expect_log("ready: enforcing", 0, START);
+        self.agent = Some(agent);
+    }
+
+    /// Writes `rules` and waits until the agent logs `needle` about it.
+    fn reload(&self, rules: &str, needle: &str) {
+        let mark = self.agent().log_lines();
+        self.write(rules);
+        self.agent().expect_log(needle, mark, APPLY);
+    }
+
+    fn ns(&self, host: &str) -> String {
+        self.lab.netns_of(host)
+    }
+
+    fn tracked_lost(&mut self) -> usize {
+        self.held
+            .iter_mut()
+            .map(echo)
+            .filter(Result::is_err)
+            .count()
+    }
+
+    /// Runs `fault` under the prober and counts tracked connections lost.
+    fn measure(
+        &mut self,
+        name: &'static str,
+        how: &'static str,
+        limit_ms: u64,
+        lost_allowed: bool,
+        fault: impl FnOnce(&mut Self),
+    ) -> Fault {
+        eprintln!("chaos: {name}");
+        let probe = LeakProbe::start(
+            &self.ns("client"),
+            CLIENT,
+            &self.ns("s1"),
+            SocketAddr::new(IpAddr::V4(S1), BLOCKED),
+            Duration::from_mins(1),
+        );
+        // Some probes before the fault, to see the port closed.
+        std::thread::sleep(Duration::from_millis(100));
+        fault(self);
+        std::thread::sleep(Duration::from_millis(100));
+        let (sent, leaked, window) = probe.finish();
+        let lost = self.tracked_lost();
+        let f = Fault {
+            name,
+            how,
+            window,
+            sent,
+            leaked,
+            limit_ms,
+            lost,
+            lost_allowed,
+        };
+        eprintln!(
+            "chaos: {name}: blocked port answered {} ms of {} ms, {lost} tracked connections lost",
+            f.leaked_ms(),
+            window.as_millis()
+        );
+        f
+    }
+}
+
+/// Runs the whole suite once.
+#[expect(clippy::too_many_lines, reason = "one fault after another, in order")]
+pub fn run(options: Options) -> Report {
+    require_root();
+    let mut lab = Lab::new("ch");
+    lab.add_host("client", &[&CLIENT.to_string()]);
+    lab.add_host("s1", &[&S1.to_string()]);
+    lab.add_host("s2", &[&S2.to_string()]);
+    // IPv4 only: no IPv6 multicast listener reports or router solicitations
+    // that the programs would judge beside the flood (an interface that
+    // comes up sends them).
+    for host in ["client", "s1", "s2"] {
+        ipv4_only(&lab.netns_of(host), "eth0");
+    }
+    // The bridge's ports too, those made later included (the lab gives
+    // the switch no IPv6 routes).
+    for scope in ["all", "default"] {
+        ipv4_only(&lab.netns_of("sw"), scope);
+    }
+    let _servers = [
+        Servers::start(&lab.netns_of("s1"), &[80], &[]),
+        Servers::start(&lab.netns_of("s2"), &[80], &[]),
+    ];
+    // The flood's port is bound (and never read) so the servers answer no
+    // datagram with an ICMP error.
+    let _sinks: Vec<std::net::UdpSocket> = ["s1", "s2"]
+        .iter()
+        .map(|h| {
+            let addr = SocketAddr::new(IpAddr::V4(if *h == "s1" { S1 } else { S2 }), FLOOD_PORT);
+            crate::lab::in_netns(&lab.netns_of(h), move || {
+                std::net::UdpSocket::bind(addr).expect("bind the flood's port")
+            })
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("sg-chaos-{}", lab.prefix));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut c = Chaos {
+        config: dir.join("vpc.toml"),
+        lab,
+        state: StateDir::new(),
+        agent: None,
+        held: Vec::new(),
+        s1_name: "s1".to_owned(),
+    };
+    let s1_ns = "sg-s1".to_owned();
+    c.write(&rules("s1", true, &s1_ns, true));
+
+    let control = c.measure(
+        "control: no agent",
+        "the prober alone, nothing attached",
+        u64::MAX,
+        true,
+        |_| std::thread::sleep(Duration::from_millis(300)),
+    );
+
+    c.start_agent(&[]);
+    for _ in 0..options.connections {
+        let conn = tcp_open(
+            &c.ns("client"),
+            CLIENT.into(),
+            SocketAddr::new(S1.into(), 80),
+        )
+        .expect("client -> s1:80 while its rule is in force");
+        c.held.push(conn);
+    }
+    c.reload(&rules("s1", true, &s1_ns, false), "applied in");
+    assert_eq!(
+        tcp(
+            &c.ns("client"),
+            CLIENT.into(),
+            SocketAddr::new(S1.into(), 80)
+        ),
+        Outcome::TimedOut,
+        "with its rule gone, a new connection to s1:80 is refused"
+    );
+    assert_eq!(
+        c.tracked_lost(),
+        0,
+        "tracked connections outlive their rule"
+    );
+
+    let mut faults = Vec::new();
+    faults.push(c.measure(
+        "kill -9",
+        "SIGKILL, 1 s without an agent, a new agent adopts",
+        0,
+        false,
+        |c| {
+            c.agent.take().expect("agent").kill9();
+            std::thread::sleep(Duration::from_secs(1));
+            c.start_agent(&[]);
+        },
+    ));
+    faults.push(c.measure(
+        "restart",
+        "SIGTERM with --keep-on-exit, a new agent adopts",
+        0,
+        false,
+        |c| {
+            let status = c.agent.take().expect("agent").terminate();
+            assert!(status.success());
+            c.start_agent(&[]);
+        },
+    ));
+    let before = attached_programs(&c.ns("s1"));
+    faults.push(c.measure(
+        "upgrade",
+        "a new agent with another program (BPF_LINK_UPDATE on the pinned links)",
+        0,
+        false,
+        |c| {
+            assert!(c.agent.take().expect("agent").terminate().success());
+            c.start_agent(&["--ebpf-log"]);
+        },
+    ));
+    assert_ne!(
+        before,
+        attached_programs(&c.ns("s1")),
+        "the upgrade replaced the programs"
+    );
+    faults.push(c.measure(
+        "downgrade",
+        "back to the default program, the same way",
+        0,
+        false,
+        |c| {
+            assert!(c.agent.take().expect("agent").terminate().success());
+            c.start_agent(&[]);
+        },
+    ));
+    faults.push(c.measure(
+        "rename",
+        "the instance renamed in the rules file",
+        0,
+        false,
+        |c| {
+            c.reload(
+                &rules("s1-renamed", true, &s1_ns, false),
+                "renamed instance",
+            );
+            "s1-renamed".clone_into(&mut c.s1_name);
+        },
+    ));
+    let s1 = c.s1_name.clone();
+    faults.push(c.measure(
+        "failed reload",
+        "a file moving the instance to a namespace that does not exist",
+        0,
+        false,
+        |c| c.reload(&rules(&s1, true, "sg-nowhere", false), "cannot move to"),
+    ));
+    faults.push(c.measure(
+        "empty file",
+        "the rules file truncated to nothing",
+        0,
+        false,
+        |c| {
+            let mark = c.agent().log_lines();
+            std::fs::write(&c.config, "").expect("truncate");
+            c.agent()
+                .expect_log("rejected, the running policy stays in force", mark, APPLY);
+        },
+    ));
+    c.reload(&rules(&s1, true, &s1_ns, false), "applied in");
+    faults.push(c.measure(
+        "interface recreated",
+        "S1's eth0 deleted and made again (new ifindex)",
+        1000,
+        true,
+        |c| {
+            let mark = c.agent().log_lines();
+            c.lab.recreate_eth0("s1");
+            ipv4_only(&c.ns("s1"), "eth0");
+            c.agent().expect_log("programs attached again", mark, APPLY);
+        },
+    ));
+
+    let flood = flood(&mut c, &s1, &s1_ns, options);
+    if let Some(agent) = c.agent.take() {
+        let _ = agent.terminate();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Report {
+        options,
+        control,
+        faults,
+        flood,
+        connections: options.connections,
+    }
+}
+
+/// Reloads alternating A (S1 takes the flood) and B (S2 does) under the
+/// flood; every packet judged is checked against the policy of the
+/// generation that judged it.
+fn flood(c: &mut Chaos, s1: &str, s1_ns: &str, options: Options) -> FloodResult {
+    eprintln!("chaos: {} reloads under a flood", options.reloads);
+    // Policy A is in force (the faults ran under it).
+    let policy = |a: bool| rules(s1, a, s1_ns, false);
+    let counters = |instance: &str| {
+        pinned_counters(&c.state.path.join(instance).join(sg_common::maps::COUNTERS))
+    };
+    let instances = [s1.to_owned(), "s2".to_owned()];
+    let before: Vec<_> = instances.iter().map(|i| counters(i)).collect();
+    let targets = vec![
+        Target {
+            addr: S1,
+            port: FLOOD_PORT,
+            mac: mac_of(&c.ns("s1")),
+        },
+        Target {
+            addr: S2,
+            port: FLOOD_PORT,
+            mac: mac_of(&c.ns("s2")),
+        },
+    ];
+    let flood = Flood::start(
+        &c.ns("client"),
+        targets,
+        FLOOD_NET,
+        options.flood_pps,
+        Duration::from_mins(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    eprintln!("chaos: flood sent {} frames so far", flood.sent());
+    // Before any reload, all the flood is judged by the generation that
+    // holds A: that is where each instance keeps A.
+    let a_generation: Vec<u8> = instances
+        .iter()
+        .zip(&before)
+        .map(|(i, b)| {
+            let now = counters(i);
+            let judged = |g: usize| -> u64 {
+                now[g][0][PASS_RULE as usize] + now[g][0][DROP_NO_RULE as usize]
+                    - b[g][0][PASS_RULE as usize]
+                    - b[g][0][DROP_NO_RULE as usize]
+            };
+            assert!(
+                judged(0) + judged(1) > 0,
+                "{i}: the flood reaches the instance (counters now {:?}, before {:?})",
+                now[0][0],
+                b[0][0]
+            );
+            u8::from(judged(1) > judged(0))
+        })
+        .collect();
+    let started = Instant::now();
+    for n in 0..options.reloads {
+        c.reload(&policy(n % 2 == 1), "applied in");
+    }
+    let took = started.elapsed();
+    let sent = flood.finish();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut result = FloodResult {
+        reloads: options.reloads,
+        took,
+        sent,
+        ..FloodResult::default()
+    };
+    for (k, i) in instances.iter().enumerate() {
+        let now = counters(i);
+        for g in 0..2u8 {
+            let gi = usize::from(g);
+            let pass = now[gi][0][PASS_RULE as usize] - before[k][gi][0][PASS_RULE as usize];
+            let drop = now[gi][0][DROP_NO_RULE as usize] - before[k][gi][0][DROP_NO_RULE as usize];
+            // A lets the flood into S1 (k = 0), B into S2.
+            let holds_a = g == a_generation[k];
+            let allows = holds_a == (k == 0);
+            result.misjudged += if allows { drop } else { pass };
+            result.judged.push((i.clone(), g, allows, pass, drop));
+        }
+    }
+    result
+}
+
+/// Writes the report where asked (RELIABILITY.md for a full run).
+pub fn write_report(report: &Report, smoke: bool, out: Option<&Path>) {
+    let text = report.markdown(smoke);
+    match out {
+        Some(path) => std::fs::write(path, &text).expect("write the report"),
+        None => println!("{text}"),
+    }
+}
