@@ -1,7 +1,8 @@
 //! The compiled policy, written by the production reload path
 //! (`policy::encode::publish`) into in-memory maps and looked up by the same
 //! `classify` the kernel runs, agrees with the reference evaluator on random
-//! configs and packets, after swaps between policies and after a restart
+//! configs and packets (whether they pass, and whether their flow goes
+//! untracked), after swaps between policies and after a restart
 //! that adopts the maps as it finds them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,13 +17,13 @@ use sg_agent::{
     policy::{
         compile::{PolicyTables, compile},
         encode::{PolicyEncoder, publish},
-        reference::{L4, Packet, evaluate},
+        reference::{self, L4, Packet, evaluate},
         softmaps::SoftMaps,
     },
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
-    policy::classify,
+    policy::{classify, untracked},
 };
 
 /// A small address universe so that random prefixes and packets meet.
@@ -295,6 +296,9 @@ proptest! {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let got = classify(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
+                    let want = reference::untracked(&vpc, inst, direction, p);
+                    let got = untracked(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(got, want, "untracked? instance {} {:?} packet {:?}", inst.name, direction, p);
                 }
             }
             // A restart: a new agent adopts the maps as they are (it knows
@@ -308,6 +312,9 @@ proptest! {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let got = classify(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(got, want, "adopted: instance {} {:?} packet {:?}", inst.name, direction, p);
+                    let want = reference::untracked(&vpc, inst, direction, p);
+                    let got = untracked(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(got, want, "adopted, untracked? instance {} {:?} packet {:?}", inst.name, direction, p);
                 }
             }
             // Swapping to an empty policy leaves no port entry behind.

@@ -26,9 +26,13 @@ pub const DROP_FRAGMENT: u32 = 8;
 pub const DROP_UNSUPPORTED_L2: u32 = 9;
 /// Settings missing: the agent has not published a policy.
 pub const DROP_NO_POLICY: u32 = 10;
+/// A TCP or UDP packet of an untracked flow (AWS: allowed by a rule for
+/// the whole address space, with every port open the other way), passed
+/// by the rules with no connection-table entry.
+pub const PASS_UNTRACKED: u32 = 11;
 
 /// One past the highest code in use: the number of the next new reason.
-pub const CODES: u32 = 11;
+pub const CODES: u32 = 12;
 
 /// Room for reasons per direction.
 pub const REASONS: u32 = 16;
@@ -52,6 +56,7 @@ pub const NAMES: [&str; CODES as usize] = [
     "drop_fragment",
     "drop_unsupported_l2",
     "drop_no_policy",
+    "pass_untracked",
 ];
 
 /// Bit `code` set: that reason lets the packet through; clear: it drops it.
@@ -59,7 +64,8 @@ pub const PASS_MASK: u32 = 1 << PASS_TRACKED
     | 1 << PASS_RULE
     | 1 << PASS_NOT_IP
     | 1 << PASS_NEIGHBOUR_DISCOVERY
-    | 1 << PASS_FRAGMENT;
+    | 1 << PASS_FRAGMENT
+    | 1 << PASS_UNTRACKED;
 // Every passing code is a code in use.
 const _: () = assert!(PASS_MASK >> CODES == 0);
 // Names and kinds agree: `pass_*` exactly for the codes in the mask.
@@ -97,12 +103,13 @@ mod tests {
 
     #[test]
     fn pass_and_drop_are_read_from_the_mask() {
-        let passing: [u32; 5] = [
+        let passing: [u32; 6] = [
             PASS_TRACKED,
             PASS_RULE,
             PASS_NOT_IP,
             PASS_NEIGHBOUR_DISCOVERY,
             PASS_FRAGMENT,
+            PASS_UNTRACKED,
         ];
         for code in 0..REASONS {
             assert_eq!(passes(code), passing.contains(&code), "code {code}");

@@ -108,6 +108,12 @@ pub const CLASS_TRIE_UDP: u32 = 1 << 2;
 pub const CLASS_TRIE_ICMP: u32 = 1 << 3;
 pub const CLASS_TRIE_ICMPV6: u32 = 1 << 4;
 pub const CLASS_TRIE_OTHER: u32 = 1 << 5;
+/// On a whole-address-space entry (`0.0.0.0/0` or `::/0`) only: the other
+/// direction allows every TCP (UDP) port to the whole address space of
+/// this family, so the TCP (UDP) flows this entry's rules allow are not
+/// tracked (AWS "untracked flows").
+pub const CLASS_REVERSE_OPEN_TCP: u32 = 1 << 6;
+pub const CLASS_REVERSE_OPEN_UDP: u32 = 1 << 7;
 
 /// The `CLASS_TRIE_*` bit of `protocol`.
 #[inline(always)]
@@ -174,6 +180,9 @@ pub trait PolicyMaps {
     fn addr_v4(&self, key: &AddrKeyV4) -> Option<AddrValue>;
     /// Longest match for a full-length IPv6 key.
     fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue>;
+    /// The entry of the whole address space (a /0) under `tag`, if any:
+    /// the rules whose source is all of `family`'s addresses.
+    fn whole_space(&self, family: u8, tag: [u8; 4]) -> Option<AddrValue>;
     /// Exact match in the port hash.
     fn port_exact(&self, key: &PortKey) -> Option<PortValue>;
     /// Longest match for a full-length port key in the port trie.
@@ -206,26 +215,81 @@ pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &F
     let Some(class) = class else {
         return false;
     };
-    if class.flags & CLASS_ALL_PROTOCOLS != 0 {
-        return true;
-    }
     let later_fragment = flow.frag == crate::flow::FRAG_LATER;
     let port = if later_fragment {
         0
     } else {
         flow.policy_port()
     };
-    let key = PortKey::new(class.class, flow.proto, port);
+    class_allows(maps, class, flow.proto, port, later_fragment)
+}
+
+/// Whether an address class allows `proto` on `port` (`later_fragment`:
+/// a fragment without ports, allowed only by an "every port" entry).
+#[inline(always)]
+fn class_allows<M: PolicyMaps>(
+    maps: &M,
+    class: AddrValue,
+    proto: u8,
+    port: u16,
+    later_fragment: bool,
+) -> bool {
+    if class.flags & CLASS_ALL_PROTOCOLS != 0 {
+        return true;
+    }
+    let key = PortKey::new(class.class, proto, port);
     // A later fragment has no port: only an "every port" entry (in the trie)
     // can allow it.
     if !later_fragment && maps.port_exact(&key).is_some() {
         return true;
     }
-    if class.flags & class_trie_bit(flow.proto) == 0 {
+    if class.flags & class_trie_bit(proto) == 0 {
         return false;
     }
     match maps.ports(&key) {
         Some(v) => !later_fragment || v.flags & PORT_FLAG_ALL_PORTS != 0,
         None => false,
     }
+}
+
+/// Whether a new TCP or UDP flow that the rules of `direction` allow goes
+/// untracked (no connection-table entry), as AWS decides: a rule whose
+/// source (destination) is the whole address space allows it, and the
+/// other direction allows every port of its protocol to the whole address
+/// space. Then each of its packets is judged by the rules of its direction,
+/// so removing the rule cuts the flow at once.
+///
+/// A packet is also untracked when it answers such a flow of the other
+/// direction (its reverse would be untracked there): it needs no entry,
+/// since this direction's rules allow every port of its protocol anyway.
+/// (An outbound connection from such a flow's own port, say from port 80
+/// of a web server, is taken for an answer too: it passes by the rules
+/// either way.) ICMP and other protocols are always tracked.
+#[inline(always)]
+pub fn untracked<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+    let open_bit = match flow.proto {
+        crate::flow::proto::TCP => CLASS_REVERSE_OPEN_TCP,
+        crate::flow::proto::UDP => CLASS_REVERSE_OPEN_UDP,
+        _ => return false,
+    };
+    if flow.frag == crate::flow::FRAG_LATER {
+        return false;
+    }
+    // A flow of this direction, allowed by a whole-space rule.
+    if let Some(whole) = maps.whole_space(flow.family, addr_tag(generation, direction))
+        && whole.flags & open_bit != 0
+        && class_allows(maps, whole, flow.proto, flow.dport, false)
+    {
+        return true;
+    }
+    // The answer of such a flow of the other direction: reversed, its
+    // destination port is this packet's source port.
+    let other = direction ^ 1;
+    if let Some(whole) = maps.whole_space(flow.family, addr_tag(generation, other))
+        && whole.flags & open_bit != 0
+        && class_allows(maps, whole, flow.proto, flow.sport, false)
+    {
+        return true;
+    }
+    false
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use sg_common::{
     conntrack::{CtEntry, CtKey, CtKeyV4, FragEntry, FragKey},
     counters::COUNTERS_LEN,
-    flow::Flow,
+    flow::{FAMILY_V4, Flow},
     maps as m,
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PORT_PROTO_BITS, PolicyMaps, PortKey,
@@ -82,6 +82,19 @@ impl PolicyMaps for KernelPolicy {
     #[inline(always)]
     fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
         ADDR_V6.get(Key::new(ADDR_TAG_BITS + 128, *key)).copied()
+    }
+    #[inline(always)]
+    fn whole_space(&self, family: u8, tag: [u8; 4]) -> Option<AddrValue> {
+        // A match no longer than the tag: only a /0 entry has one.
+        if family == FAMILY_V4 {
+            ADDR_V4
+                .get(Key::new(ADDR_TAG_BITS, AddrKeyV4 { tag, addr: 0 }))
+                .copied()
+        } else {
+            ADDR_V6
+                .get(Key::new(ADDR_TAG_BITS, AddrKeyV6 { tag, addr: [0; 4] }))
+                .copied()
+        }
     }
     #[inline(always)]
     fn port_exact(&self, key: &PortKey) -> Option<PortValue> {

@@ -8,10 +8,10 @@ use sg_common::{
     conntrack::{self, CtEntry, FlowKey, FragEntry},
     counters::{
         self, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
-        PASS_RULE, PASS_TRACKED,
+        PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
     flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
-    policy::{Settings, classify},
+    policy::{self, Settings, classify},
 };
 
 use crate::{
@@ -179,6 +179,11 @@ fn track<K: FlowKey>(
         _ => {
             if !classify(&KernelPolicy, generation, direction, flow) {
                 return DROP_NO_RULE;
+            }
+            // AWS tracks no flow that a whole-space rule allows with every
+            // port open the other way: judged by the rules, packet by packet.
+            if policy::untracked(&KernelPolicy, generation, direction, flow) {
+                return PASS_UNTRACKED;
             }
             let entry: CtEntry = conntrack::open(flow, from_a, now);
             // A full table evicts its least recently used flow (LRU).

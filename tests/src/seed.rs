@@ -129,3 +129,11 @@ pub fn seed_without_alb_ingress() -> String {
     let end = end + "description = \"HTTP from the internet\"\n".len();
     format!("{}{}", &SEED[..start], &SEED[end..])
 }
+
+/// The bastion's only inbound rule (SSH from the admins' prefix list, a
+/// narrow source: its connections are tracked) removed.
+pub fn seed_without_bastion_ingress(rules: &str) -> String {
+    let rule = "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  prefix_list_ids = [\"admins\"]\n";
+    assert!(rules.contains(rule), "the bastion's SSH rule");
+    rules.replace(rule, "")
+}

@@ -13,8 +13,8 @@ use sg_tests::{
     attached::attached_programs,
     probe::{Outcome::*, echo, eventually, tcp_open},
     seed::{
-        ALB, APP, HostSpec, OUTSIDER, RELOAD, SEED, START, SeedLab, at, ip,
-        seed_without_alb_ingress, start_agent,
+        ADMIN, ALB, APP, BASTION, HostSpec, OUTSIDER, RELOAD, SEED, START, SeedLab, at, ip,
+        seed_without_alb_ingress, seed_without_bastion_ingress, start_agent,
     },
 };
 
@@ -83,17 +83,19 @@ fn restart_adopts_enforcement_and_tracked_connections() {
     let state = StateDir::new();
     let agent = start_in(&state, &lab);
     let internet = lab.ns("internet");
+    // From the admins' /28: a tracked connection (one from 0.0.0.0/0 with
+    // all traffic out would be untracked, and end with its rule).
     let mut held =
-        tcp_open(&internet, ip(OUTSIDER), at(ALB, 80)).expect("internet -> alb:80 while allowed");
+        tcp_open(&internet, ip(ADMIN), at(BASTION, 22)).expect("admin -> bastion:22 while allowed");
     // The rule that allowed it goes: the connection lives on, tracked.
     let mark = agent.log_lines();
-    lab.rewrite(&seed_without_alb_ingress());
+    lab.rewrite(&seed_without_bastion_ingress(SEED));
     agent.expect_log("applied in", mark, RELOAD);
     assert!(eventually(Duration::from_secs(2), || lab
-        .tcp("internet", OUTSIDER, ALB, 80)
+        .tcp("internet", ADMIN, BASTION, 22)
         == TimedOut));
     assert_eq!(echo(&mut held), Ok(()), "tracked before the kill");
-    let programs_before = attached_programs(&lab.ns("alb"));
+    let programs_before = attached_programs(&lab.ns("bastion"));
 
     agent.kill9();
     assert_eq!(echo(&mut held), Ok(()), "tracked while no agent runs");
@@ -111,12 +113,12 @@ fn restart_adopts_enforcement_and_tracked_connections() {
         "a connection tracked before the restart, its rule since removed, survives it"
     );
     assert_eq!(
-        lab.tcp("internet", OUTSIDER, ALB, 80),
+        lab.tcp("internet", ADMIN, BASTION, 22),
         TimedOut,
         "new connections still refused"
     );
     assert_enforced(&lab, "after the restart");
-    let programs_after = attached_programs(&lab.ns("alb"));
+    let programs_after = attached_programs(&lab.ns("bastion"));
     assert_eq!(programs_after.len(), 2);
     assert_ne!(
         programs_before, programs_after,

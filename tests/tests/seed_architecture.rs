@@ -12,7 +12,7 @@ use sg_tests::{
     probe::{Outcome, echo, eventually, ping, tcp, tcp_open, udp},
     seed::{
         ADMIN, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, RELOAD, SEED, START, SeedLab, at,
-        ip, seed_without_alb_ingress, start_agent, start_agent_with,
+        ip, seed_without_alb_ingress, seed_without_bastion_ingress, start_agent, start_agent_with,
     },
 };
 
@@ -253,15 +253,19 @@ fn stateful_egress_udp_and_icmp() {
 }
 
 #[test]
-fn reload_on_file_change_keeps_established_connections() {
+fn reload_cuts_untracked_connections_and_keeps_tracked_ones() {
     let lab = SeedLab::new("sgr", SEED, &[]);
     let agent = start_agent(&lab);
     let internet = lab.ns("internet");
-    let mut established = tcp_open(&internet, ip(OUTSIDER), at(ALB, 80))
+    // The ALB's HTTP rule is from 0.0.0.0/0 and its group keeps AWS's
+    // default egress (all traffic to 0.0.0.0/0): AWS does not track these
+    // flows. The bastion's SSH rule is from the admins' /28: tracked.
+    let mut untracked = tcp_open(&internet, ip(OUTSIDER), at(ALB, 80))
         .expect("internet -> alb:80 before the reload");
+    let mut tracked = tcp_open(&internet, ip(ADMIN), at(BASTION, 22)).expect("admin -> bastion:22");
 
     let mark = agent.log_lines();
-    lab.rewrite(&seed_without_alb_ingress());
+    lab.rewrite(&seed_without_bastion_ingress(&seed_without_alb_ingress()));
     agent.expect_log("reload #1 (file changed) applied in", mark, RELOAD);
     assert!(
         eventually(Duration::from_secs(2), || lab
@@ -270,13 +274,19 @@ fn reload_on_file_change_keeps_established_connections() {
         "new connections to alb:80 must time out once the rule is gone"
     );
     assert_eq!(
-        echo(&mut established),
-        Ok(()),
-        "a connection tracked before the reload keeps working"
+        echo(&mut untracked),
+        Err(TimedOut),
+        "an untracked connection is cut as soon as its rule goes (AWS)"
     );
+    assert_eq!(
+        echo(&mut tracked),
+        Ok(()),
+        "a tracked connection keeps working after its rule is gone (AWS)"
+    );
+    assert_eq!(lab.tcp("internet", ADMIN, BASTION, 22), TimedOut);
     assert_eq!(lab.tcp("internet", OUTSIDER6, ALB6, 80), TimedOut, "v6 too");
 
-    // Put the rule back, this time writing the file in place.
+    // Put the rules back, this time writing the file in place.
     let mark = agent.log_lines();
     std::fs::write(&lab.config, lab.lab.localize(SEED)).expect("restore");
     agent.expect_log("applied", mark, RELOAD);
@@ -287,9 +297,9 @@ fn reload_on_file_change_keeps_established_connections() {
         "restoring the rule reopens alb:80"
     );
     assert_eq!(
-        echo(&mut established),
+        echo(&mut tracked),
         Ok(()),
-        "and the old connection is still alive"
+        "and the tracked connection is still alive"
     );
     assert_eq!(agent.terminate().code(), Some(0));
 }

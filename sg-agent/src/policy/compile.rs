@@ -55,6 +55,9 @@ pub struct AddrEntry<N> {
     pub net: N,
     /// 1-based class number, local to these tables ([`PolicyTables::class_contents`]).
     pub class: u32,
+    /// Flags of this entry beside its class's: `CLASS_REVERSE_OPEN_*` on a
+    /// whole-address-space entry.
+    pub flags: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,16 +152,23 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
             u32::try_from(class_order.len()).expect("fewer than 2^31 classes")
         });
         let d = direction.code();
+        let flags = if net.prefix_len() == 0 {
+            reverse_open(&by_prefix, direction, net)
+        } else {
+            0
+        };
         match net {
             IpNet::V4(net) => tables.v4.push(AddrEntry {
                 direction: d,
                 net,
                 class,
+                flags,
             }),
             IpNet::V6(net) => tables.v6.push(AddrEntry {
                 direction: d,
                 net,
                 class,
+                flags,
             }),
         }
     }
@@ -179,6 +189,38 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
     }
     tables.classes = u32::try_from(class_order.len()).expect("fewer than 2^31 classes");
     tables
+}
+
+/// The `CLASS_REVERSE_OPEN_*` flags of the whole-space entry `whole` of
+/// `direction`: whether the other direction has a rule for the whole
+/// address space of that family allowing every port of TCP (UDP), or all
+/// traffic. Then what `whole`'s rules allow of that protocol is untracked.
+fn reverse_open(
+    by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>,
+    direction: Direction,
+    whole: IpNet,
+) -> u32 {
+    use sg_common::policy::{CLASS_REVERSE_OPEN_TCP, CLASS_REVERSE_OPEN_UDP};
+    let other = match direction {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
+    };
+    let Some(matchers) = by_prefix.get(&(other, whole)) else {
+        return 0;
+    };
+    let open = |proto: u8| {
+        matchers
+            .iter()
+            .any(|&(p, iv)| p.is_none() || (p == Some(proto) && iv == (0, u16::MAX)))
+    };
+    let mut flags = 0;
+    if open(sg_common::flow::proto::TCP) {
+        flags |= CLASS_REVERSE_OPEN_TCP;
+    }
+    if open(sg_common::flow::proto::UDP) {
+        flags |= CLASS_REVERSE_OPEN_UDP;
+    }
+    flags
 }
 
 /// Canonical form of a set of matchers: every-protocol absorbs the rest;

@@ -109,6 +109,14 @@ pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
 /// What the kernel needs to know of a class beyond its id: whether it allows
 /// everything, and for which protocols the port trie holds entries (the
 /// others need only the exact-match lookup).
+/// A class's value with an entry's own flags added.
+fn with_flags(value: AddrValue, flags: u32) -> AddrValue {
+    AddrValue {
+        flags: value.flags | flags,
+        ..value
+    }
+}
+
 pub fn class_flags(content: &ClassContent) -> u32 {
     content
         .iter()
@@ -332,12 +340,12 @@ impl PolicyEncoder {
             v4: tables
                 .v4
                 .iter()
-                .map(|e| v4_entry(next, e, values[&e.class]))
+                .map(|e| v4_entry(next, e, with_flags(values[&e.class], e.flags)))
                 .collect(),
             v6: tables
                 .v6
                 .iter()
-                .map(|e| v6_entry(next, e, values[&e.class]))
+                .map(|e| v6_entry(next, e, with_flags(values[&e.class], e.flags)))
                 .collect(),
             ..KernelEntries::default()
         };

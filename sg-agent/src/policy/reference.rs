@@ -112,6 +112,133 @@ pub fn evaluate(
     Decision::Denied
 }
 
+/// Whether a new flow that `direction`'s rules allow goes untracked, in
+/// AWS's words ("Security group connection tracking"): "If a security group
+/// rule permits TCP or UDP flows for all traffic (`0.0.0.0/0` or `::/0`) and
+/// there is a corresponding rule in the other direction that permits all
+/// response traffic (`0.0.0.0/0` or `::/0`) for all ports (0-65535), then that
+/// flow of traffic is not tracked." ICMP and other protocols always are.
+///
+/// A packet that answers such a flow of the other direction is untracked
+/// too: reversed, it would be that flow.
+pub fn untracked(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packet) -> bool {
+    let reversed = Packet {
+        src: packet.dst,
+        dst: packet.src,
+        l4: match packet.l4 {
+            L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
+            other => other,
+        },
+        ..*packet
+    };
+    untracked_flow(vpc, instance, direction, packet)
+        || untracked_flow(vpc, instance, other(direction), &reversed)
+}
+
+fn untracked_flow(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packet) -> bool {
+    use sg_common::flow::proto::{TCP, UDP};
+    if !matches!(packet.proto, TCP | UDP) || packet.later_fragment {
+        return false;
+    }
+    let v6 = packet.src.is_ipv6();
+    let rules_of = |d: Direction| {
+        instance
+            .groups
+            .iter()
+            .filter_map(|(g, _)| vpc.group(g))
+            .flat_map(move |g| match d {
+                Direction::Ingress => g.ingress.iter(),
+                Direction::Egress => g.egress.iter(),
+            })
+    };
+    let whole_space = |rule: &crate::config::Rule| {
+        rule.sources
+            .iter()
+            .any(|s| is_whole_space(vpc, &s.source, v6))
+    };
+    let allowed_by_whole_space = rules_of(direction).any(|rule| {
+        rule.protocol.matches(packet.proto)
+            && whole_space(rule)
+            && ports_match(rule.protocol, rule.ports, packet)
+    });
+    let other_way_open = rules_of(other(direction)).any(|rule| {
+        whole_space(rule)
+            && (rule.protocol == Protocol::All
+                || (rule.protocol.matches(packet.proto)
+                    && rule.ports.port_interval() == (0, u16::MAX)))
+    });
+    allowed_by_whole_space && other_way_open
+}
+
+/// The flows of one rule (for one of its sources) that go untracked on
+/// `instance`, as "tcp/IPv4", "udp/IPv6"...: empty when all it allows is
+/// tracked. What `sg-agent check` shows per rule.
+pub fn untracked_kinds(
+    vpc: &Vpc,
+    instance: &Instance,
+    direction: Direction,
+    rule: &crate::config::Rule,
+    source: &Source,
+) -> Vec<&'static str> {
+    use sg_common::flow::proto::{TCP, UDP};
+    let mut out = Vec::new();
+    for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
+        if !is_whole_space(vpc, source, v6) {
+            continue;
+        }
+        let any = if v6 { "::".parse() } else { "0.0.0.0".parse() };
+        let any: IpAddr = any.expect("an address");
+        for (proto, name) in [(TCP, "tcp"), (UDP, "udp")] {
+            if !rule.protocol.matches(proto) {
+                continue;
+            }
+            // Any port the rule allows: its interval's first.
+            let port = rule.ports.port_interval().0;
+            let l4 = L4::Ports {
+                src: u16::MAX,
+                dst: port,
+            };
+            let (src, dst) = (any, any);
+            let packet = Packet {
+                src,
+                dst,
+                proto,
+                l4,
+                later_fragment: false,
+            };
+            if untracked_flow(vpc, instance, direction, &packet) {
+                out.push(match (name, family) {
+                    ("tcp", "IPv4") => "tcp/IPv4",
+                    ("tcp", _) => "tcp/IPv6",
+                    (_, "IPv4") => "udp/IPv4",
+                    _ => "udp/IPv6",
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A source that is the whole address space of one family: `0.0.0.0/0` or
+/// `::/0`, written as a CIDR block or as an entry of a prefix list.
+fn is_whole_space(vpc: &Vpc, source: &Source, v6: bool) -> bool {
+    let whole = |net: &ipnet::IpNet| net.prefix_len() == 0 && net.addr().is_ipv6() == v6;
+    match source {
+        Source::Cidr(net) => whole(net),
+        Source::PrefixList(name) => vpc
+            .prefix_list(name)
+            .is_some_and(|p| p.entries.iter().any(whole)),
+        Source::Group(_) | Source::SelfGroup => false,
+    }
+}
+
+fn other(direction: Direction) -> Direction {
+    match direction {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
+    }
+}
+
 fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr: IpAddr) -> bool {
     let member_of = |group: &str| {
         vpc.instances

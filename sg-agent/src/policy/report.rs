@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    config::{Direction, Vpc},
-    policy::resolve::effective_rules,
+    config::{Direction, Protocol, Rule, Vpc},
+    policy::{reference, resolve::effective_rules},
 };
 
 #[derive(Debug, Serialize)]
@@ -39,6 +39,13 @@ pub struct RuleReport {
     /// AWS's default egress rule (the group has no `egress` key).
     pub implicit: bool,
     pub description: Option<String>,
+    /// `tracked`, `untracked` or `partly untracked`: whether the flows this
+    /// rule allows get a connection-table entry (AWS tracks no TCP or UDP
+    /// flow allowed from the whole address space when every port is open
+    /// to it the other way; such a flow is cut as soon as its rule goes).
+    pub tracking: &'static str,
+    /// Which of its flows are untracked: `tcp/IPv4`, `udp/IPv6`...
+    pub untracked: Vec<&'static str>,
 }
 
 pub fn report(vpc: &Vpc) -> Report {
@@ -49,6 +56,8 @@ pub fn report(vpc: &Vpc) -> Report {
             let mut inbound = Vec::new();
             let mut outbound = Vec::new();
             for r in effective_rules(vpc, inst) {
+                let untracked =
+                    reference::untracked_kinds(vpc, inst, r.direction, r.rule, r.source);
                 let row = RuleReport {
                     protocol: r.rule.protocol.to_string(),
                     ports: r.rule.ports.to_string(),
@@ -58,6 +67,8 @@ pub fn report(vpc: &Vpc) -> Report {
                     rule: r.rule_number,
                     implicit: r.rule.implicit,
                     description: r.rule.description.clone(),
+                    tracking: tracking(r.rule, &r.prefixes, &untracked),
+                    untracked,
                 };
                 match r.direction {
                     Direction::Ingress => inbound.push(row),
@@ -76,6 +87,25 @@ pub fn report(vpc: &Vpc) -> Report {
         })
         .collect();
     Report { instances }
+}
+
+/// `untracked` when every flow the rule allows is (a TCP or UDP rule whose
+/// addresses are all whole address spaces), `partly untracked` when some
+/// are, `tracked` otherwise.
+fn tracking(rule: &Rule, prefixes: &[ipnet::IpNet], untracked: &[&str]) -> &'static str {
+    if untracked.is_empty() {
+        return "tracked";
+    }
+    let single_protocol = matches!(
+        rule.protocol,
+        Protocol::Number(sg_common::flow::proto::TCP | sg_common::flow::proto::UDP)
+    );
+    let all_whole = prefixes.iter().all(|p| p.prefix_len() == 0);
+    if single_protocol && all_whole && untracked.len() == prefixes.len() {
+        "untracked"
+    } else {
+        "partly untracked"
+    }
 }
 
 /// The human-readable form.
@@ -100,8 +130,15 @@ pub fn render_table(report: &Report) -> String {
                 continue;
             }
             let _ = writeln!(out, "  {title}:");
-            let header = ["PROTOCOL", "PORTS", "SOURCE", "ADDRESSES", "FROM"];
-            let cells: Vec<[String; 5]> = rows
+            let header = [
+                "PROTOCOL",
+                "PORTS",
+                "SOURCE",
+                "ADDRESSES",
+                "TRACKING",
+                "FROM",
+            ];
+            let cells: Vec<[String; 6]> = rows
                 .iter()
                 .map(|r| {
                     let addrs = if r.addresses.is_empty() {
@@ -114,6 +151,11 @@ pub fn render_table(report: &Report) -> String {
                         r.ports.clone(),
                         r.source.clone(),
                         addrs,
+                        if r.tracking == "partly untracked" {
+                            format!("untracked: {}", r.untracked.join(", "))
+                        } else {
+                            r.tracking.to_owned()
+                        },
                         if r.implicit {
                             format!("{} (default egress)", r.group)
                         } else {
@@ -128,10 +170,10 @@ pub fn render_table(report: &Report) -> String {
                     *w = (*w).max(c.len());
                 }
             }
-            let line = |cols: [&str; 5]| {
+            let line = |cols: [&str; 6]| {
                 let mut s = String::from("    ");
                 for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
-                    if i == 4 {
+                    if i == 5 {
                         s.push_str(c);
                     } else {
                         let _ = write!(s, "{c:<w$}  ");
@@ -144,7 +186,9 @@ pub fn render_table(report: &Report) -> String {
                 let _ = writeln!(
                     out,
                     "{}",
-                    line([&row[0], &row[1], &row[2], &row[3], &row[4]].map(String::as_str))
+                    line(
+                        [&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]].map(String::as_str)
+                    )
                 );
             }
         }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sg_common::flow::addr_octets;
 use sg_common::policy::{
-    AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue, Settings,
+    ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue, Settings,
 };
 
 use super::encode::{KernelEntries, PolicyStore, TooLarge};
@@ -183,6 +183,17 @@ impl PolicyMaps for SoftMaps {
     }
     fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
         self.v6.longest_match(&v6_bytes(key))
+    }
+    fn whole_space(&self, family: u8, tag: [u8; 4]) -> Option<AddrValue> {
+        let (trie, zeros) = if family == sg_common::flow::FAMILY_V4 {
+            (&self.v4, 4)
+        } else {
+            (&self.v6, 16)
+        };
+        let key = [&tag[..], &vec![0u8; zeros]].concat();
+        trie.entries
+            .get(&(ADDR_TAG_BITS, masked(&key, ADDR_TAG_BITS)))
+            .copied()
     }
     fn port_exact(&self, key: &PortKey) -> Option<PortValue> {
         self.port_exact.get(key).copied()

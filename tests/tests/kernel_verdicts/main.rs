@@ -4,13 +4,15 @@
 //! [`frame_table`]: one table of frames (well-formed, odd and malformed)
 //! through the inbound programs; [`conntrack`]: replies, ICMP errors and
 //! idle timeouts; [`fragments`]; [`reloads`]: whole-policy swaps;
-//! [`logging`]: no log statement in the programs unless asked for.
+//! [`logging`]: no log statement in the programs unless asked for;
+//! [`untracked`]: AWS's untracked flows.
 
 mod conntrack;
 mod fragments;
 mod frame_table;
 mod logging;
 mod reloads;
+mod untracked;
 
 use std::net::IpAddr;
 

@@ -1,0 +1,263 @@
+//! Untracked flows, as AWS's "Security group connection tracking" page
+//! works its example: inbound TCP 22 from 203.0.113.1/32, TCP 80 from
+//! `0.0.0.0/0` and `::/0`, ICMP from `0.0.0.0/0`; outbound all traffic to
+//! `0.0.0.0/0` and `::/0`. Port 22 is tracked, port 80 is not, ICMP always is;
+//! without the IPv4 outbound rule every IPv4 flow is tracked.
+
+use sg_agent::{
+    config::Direction,
+    dataplane::Dataplane,
+    policy::{
+        compile::compile,
+        reference::{Packet, untracked},
+    },
+};
+use sg_tests::{
+    frames::{ACK, SYN, Shape, Transport, frame},
+    kernel::{dataplane_for, tc_passes, vpc, xdp_passes},
+};
+
+use crate::{ip, tcp};
+
+const EXAMPLE: &str = r#"
+[[security_group]]
+name = "web"
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 22
+  to_port = 22
+  cidr_blocks = ["203.0.113.1/32"]
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 80
+  to_port = 80
+  cidr_blocks = ["0.0.0.0/0"]
+  ipv6_cidr_blocks = ["::/0"]
+  [[security_group.ingress]]
+  protocol = "icmp"
+  from_port = -1
+  to_port = -1
+  cidr_blocks = ["0.0.0.0/0"]
+  [[security_group.egress]]
+  protocol = "-1"
+  cidr_blocks = ["0.0.0.0/0"]
+  [[security_group.egress]]
+  protocol = "-1"
+  ipv6_cidr_blocks = ["::/0"]
+
+[[instance]]
+name = "web"
+addresses = ["10.0.0.1", "2001:db8::1"]
+security_groups = ["web"]
+"#;
+
+/// The same without the IPv4 outbound rule.
+fn without_ipv4_egress() -> String {
+    EXAMPLE.replace(
+        "  [[security_group.egress]]\n  protocol = \"-1\"\n  cidr_blocks = [\"0.0.0.0/0\"]\n",
+        "",
+    )
+}
+
+/// The example with the inbound port 80 and port 22 rules gone.
+fn without_inbound_rules() -> String {
+    let start = EXAMPLE.find("  [[security_group.ingress]]").unwrap();
+    let end = EXAMPLE
+        .find("  [[security_group.ingress]]\n  protocol = \"icmp\"")
+        .unwrap();
+    format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..])
+}
+
+fn counted(dp: &Dataplane, reason: &str) -> u64 {
+    dp.counters().expect("counters").ingress.get(reason)
+}
+
+/// Sends `frame` inbound and says how the programs passed it.
+fn inbound(dp: &Dataplane, frame: &[u8]) -> &'static str {
+    let (tracked, rule, untracked) = (
+        counted(dp, "pass_tracked"),
+        counted(dp, "pass_rule"),
+        counted(dp, "pass_untracked"),
+    );
+    if !xdp_passes(dp, frame) {
+        return "dropped";
+    }
+    if counted(dp, "pass_untracked") > untracked {
+        "untracked"
+    } else if counted(dp, "pass_rule") > rule {
+        "new tracked flow"
+    } else if counted(dp, "pass_tracked") > tracked {
+        "tracked"
+    } else {
+        "passed otherwise"
+    }
+}
+
+fn packet(src: &str, dst: &str, l4: &Transport) -> Packet {
+    let (proto, l4) = match *l4 {
+        Transport::Tcp { sport, dport, .. } => (
+            6,
+            sg_agent::policy::reference::L4::Ports {
+                src: sport,
+                dst: dport,
+            },
+        ),
+        _ => unreachable!("TCP only here"),
+    };
+    Packet {
+        src: ip(src),
+        dst: ip(dst),
+        proto,
+        l4,
+        later_fragment: false,
+    }
+}
+
+#[test]
+fn aws_worked_example_port_80_untracked_port_22_tracked() {
+    let example = vpc(EXAMPLE);
+    let inst = &example.instances[0];
+    let dp = dataplane_for(&example, "web");
+    let me = "10.0.0.1";
+    let (admin, anyone) = ("203.0.113.1", "198.51.100.7");
+
+    let ssh = tcp(50022, 22, SYN);
+    let http = tcp(50080, 80, SYN);
+    // The reference evaluator says so first.
+    assert!(!untracked(
+        &example,
+        inst,
+        Direction::Ingress,
+        &packet(admin, me, &ssh)
+    ));
+    assert!(untracked(
+        &example,
+        inst,
+        Direction::Ingress,
+        &packet(anyone, me, &http)
+    ));
+    // And the kernel agrees.
+    assert_eq!(
+        inbound(&dp, &frame(ip(admin), ip(me), &ssh, &Shape::default())),
+        "new tracked flow",
+        "ssh from a /32 is tracked"
+    );
+    assert_eq!(
+        inbound(&dp, &frame(ip(anyone), ip(me), &http, &Shape::default())),
+        "untracked",
+        "http from 0.0.0.0/0 with all traffic out is untracked"
+    );
+    // Its answer leaves by the outbound rule, and makes no entry either.
+    let answer = frame(
+        ip(me),
+        ip(anyone),
+        &tcp(80, 50080, SYN | ACK),
+        &Shape::default(),
+    );
+    let untracked_out = dp.counters().unwrap().egress.get("pass_untracked");
+    assert!(tc_passes(&dp, &answer));
+    assert_eq!(
+        dp.counters().unwrap().egress.get("pass_untracked"),
+        untracked_out + 1,
+        "the answer of an untracked flow is untracked"
+    );
+    // ICMP is always tracked.
+    let ping = frame(
+        ip(anyone),
+        ip(me),
+        &Transport::Icmp {
+            ty: 8,
+            code: 0,
+            rest: [0, 7, 0, 1],
+        },
+        &Shape::default(),
+    );
+    assert_eq!(
+        inbound(&dp, &ping),
+        "new tracked flow",
+        "ICMP is always tracked"
+    );
+    // IPv6 port 80 alike.
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(
+                ip("2001:db8:9::7"),
+                ip("2001:db8::1"),
+                &http,
+                &Shape::default()
+            )
+        ),
+        "untracked"
+    );
+}
+
+#[test]
+fn without_the_ipv4_outbound_rule_ipv4_port_80_is_tracked() {
+    let narrowed = vpc(&without_ipv4_egress());
+    let inst = &narrowed.instances[0];
+    let dp = dataplane_for(&narrowed, "web");
+    let http = tcp(50081, 80, SYN);
+    assert!(!untracked(
+        &narrowed,
+        inst,
+        Direction::Ingress,
+        &packet("198.51.100.7", "10.0.0.1", &http)
+    ));
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(ip("198.51.100.7"), ip("10.0.0.1"), &http, &Shape::default())
+        ),
+        "new tracked flow"
+    );
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(
+                ip("2001:db8:9::7"),
+                ip("2001:db8::1"),
+                &http,
+                &Shape::default()
+            )
+        ),
+        "untracked",
+        "the IPv6 outbound rule still makes IPv6 port 80 untracked"
+    );
+}
+
+/// AWS: "An untracked flow of traffic is immediately interrupted if the
+/// rule that enables the flow is removed or modified"; a tracked one is
+/// not.
+#[test]
+fn removing_the_rule_cuts_untracked_flows_at_once_not_tracked_ones() {
+    let example = vpc(EXAMPLE);
+    let mut dp = dataplane_for(&example, "web");
+    let me = "10.0.0.1";
+    let (admin, anyone) = ("203.0.113.1", "198.51.100.7");
+    for (src, sport, dport) in [(admin, 50122, 22), (anyone, 50180, 80)] {
+        assert!(xdp_passes(
+            &dp,
+            &frame(ip(src), ip(me), &tcp(sport, dport, SYN), &Shape::default())
+        ));
+    }
+    let narrowed = compile(&vpc(&without_inbound_rules()));
+    dp.publish(&narrowed.instances[0].tables, narrowed.settings)
+        .expect("publish");
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(ip(admin), ip(me), &tcp(50122, 22, ACK), &Shape::default())
+        ),
+        "tracked",
+        "the ssh connection outlives its rule"
+    );
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(ip(anyone), ip(me), &tcp(50180, 80, ACK), &Shape::default())
+        ),
+        "dropped",
+        "the http connection ends with its rule"
+    );
+}
