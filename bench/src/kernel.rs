@@ -15,7 +15,7 @@ use sg_agent::{
 use sg_common::policy::Settings;
 
 use super::{
-    policies::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Shape, rules_file},
+    policies::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Shape, rules_file_with},
     stats::Stat,
 };
 use sg_tests::{
@@ -118,6 +118,10 @@ fn always_new(s: Settings) -> Settings {
     }
 }
 
+/// The port of the untracked new-flow path, and its rule.
+const UNTRACKED_PORT: u16 = 8080;
+const UNTRACKED_RULE: &str = "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 8080\n  to_port = 8080\n  cidr_blocks = [\"0.0.0.0/0\"]\n  ipv6_cidr_blocks = [\"::/0\"]\n";
+
 #[expect(clippy::too_many_lines, reason = "one measurement, read top to bottom")]
 pub fn measure(cfg: &Config) -> Report {
     let prefix = unique_prefix("sgbk");
@@ -158,6 +162,28 @@ pub fn measure(cfg: &Config) -> Report {
         )
     };
 
+    // A new flow AWS leaves untracked: tcp/8080 is allowed from the whole
+    // address space, and the base group keeps the default all-traffic
+    // egress, so no connection-table entry is made for it.
+    let untracked_frame = |v6: bool| {
+        let (c, s) = if v6 {
+            (CLIENT_V6, SERVER_V6)
+        } else {
+            (CLIENT_V4, SERVER_V4)
+        };
+        let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
+        frame(
+            c,
+            s,
+            &Transport::Tcp {
+                sport: 40003,
+                dport: UNTRACKED_PORT,
+                flags: SYN,
+            },
+            &FrameShape::default(),
+        )
+    };
+
     let mut floor_obj = EbpfLoader::new()
         .load(crate::floor::OBJECT)
         .expect("floor object loads");
@@ -184,7 +210,7 @@ pub fn measure(cfg: &Config) -> Report {
         .flat_map(|&(label, fillers, shape)| {
             let vpc: Vpc = config::from_str(
                 "bench.toml".as_ref(),
-                &rules_file(fillers, shape, false, None),
+                &rules_file_with(fillers, shape, false, None, UNTRACKED_RULE),
             )
             .expect("bench policy valid");
             let rules: usize = vpc
@@ -216,6 +242,13 @@ pub fn measure(cfg: &Config) -> Report {
                         new,
                         XDP_PASS,
                         "pass_rule",
+                    ),
+                    (
+                        "new flow, untracked",
+                        normal.clone(),
+                        untracked_frame(v6),
+                        XDP_PASS,
+                        "pass_untracked",
                     ),
                     ("tracked", normal.clone(), tracked, XDP_PASS, "pass_tracked"),
                     ("dropped", normal.clone(), dropped, XDP_DROP, "drop_no_rule"),

@@ -96,9 +96,10 @@ pub fn render(all: &All) -> String {
          `BPF_PROG_TEST_RUN` on the loaded XDP program, repeat {} per run, {} runs per cell, ctx_in carrying the real ingress ifindex ({}) of a veth in the benchmark's namespace. \
          Every run checks the verdict and that the per-reason counter grew by exactly the repeat count, so each cell measures the path it names:\n\n\
          - *new flow allowed*: a TCP SYN allowed by a rule. The connection table's timeouts are set to zero for this row, so the entry each repetition creates is stale at the next: every repetition does the table lookup, the classification (address trie, port hash) and the insertion, as a first packet does (except that the kernel replaces the stale entry rather than adding one to an empty slot).\n\
+         - *new flow, untracked*: a TCP SYN that AWS leaves untracked (tcp/8080 allowed from `0.0.0.0/0` and `::/0`, every port open the other way by the default egress): classified, then the whole-address-space entry is looked up, and no entry is made. It should cost about what a dropped packet costs.\n\
          - *tracked*: an ACK of a flow already in the table (normal timeouts).\n\
          - *dropped*: a SYN from an address the rules know, to a port they do not allow (the address trie and the port hash are consulted).\n\n\
-         Policy sizes count rules as AWS does (one per source, a prefix list as its entries); each policy has the 3 base rules that allow the test client plus filler CIDR rules on assorted TCP and UDP ports.\n",
+         Policy sizes count rules as AWS does (one per source, a prefix list as its entries); each policy has the 3 base rules that allow the test client, the untracked path's rule (2 more: IPv4 and IPv6) and filler CIDR rules on assorted TCP and UDP ports.\n",
         k.repeat,
         k.rows.first().map_or(0, |r| r.ns.runs),
         k.ifindex
