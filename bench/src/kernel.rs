@@ -135,37 +135,8 @@ pub fn measure(cfg: &Config) -> Report {
     let inside = NetnsGuard::enter(&ns.name).expect("enter bench netns");
     let ifindex = nix::net::if_::if_nametoindex("v0").expect("v0 exists");
 
-    let frames = |v6: bool| {
-        let (c, s) = if v6 {
-            (CLIENT_V6, SERVER_V6)
-        } else {
-            (CLIENT_V4, SERVER_V4)
-        };
-        let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
-        let f = |t: Transport| frame(c, s, &t, &FrameShape::default());
-        (
-            f(Transport::Tcp {
-                sport: 40000,
-                dport: 80,
-                flags: SYN,
-            }),
-            f(Transport::Tcp {
-                sport: 40001,
-                dport: 80,
-                flags: ACK,
-            }),
-            f(Transport::Tcp {
-                sport: 40002,
-                dport: 81,
-                flags: SYN,
-            }),
-        )
-    };
-
-    // A new flow AWS leaves untracked: tcp/8080 is allowed from the whole
-    // address space, and the base group keeps the default all-traffic
-    // egress, so no connection-table entry is made for it.
-    let untracked_frame = |v6: bool| {
+    // Client to server, IPv4 or IPv6.
+    let tcp_frame = |v6: bool, sport: u16, dport: u16, flags: u8| {
         let (c, s) = if v6 {
             (CLIENT_V6, SERVER_V6)
         } else {
@@ -176,13 +147,25 @@ pub fn measure(cfg: &Config) -> Report {
             c,
             s,
             &Transport::Tcp {
-                sport: 40003,
-                dport: UNTRACKED_PORT,
-                flags: SYN,
+                sport,
+                dport,
+                flags,
             },
             &FrameShape::default(),
         )
     };
+    // A new flow, a tracked one's next packet, a packet no rule allows.
+    let frames = |v6: bool| {
+        (
+            tcp_frame(v6, 40000, 80, SYN),
+            tcp_frame(v6, 40001, 80, ACK),
+            tcp_frame(v6, 40002, 81, SYN),
+        )
+    };
+    // A new flow AWS leaves untracked: tcp/8080 is allowed from the whole
+    // address space, and the base group keeps the default all-traffic
+    // egress, so no connection-table entry is made for it.
+    let untracked_frame = |v6: bool| tcp_frame(v6, 40003, UNTRACKED_PORT, SYN);
 
     let mut floor_obj = EbpfLoader::new()
         .load(crate::floor::OBJECT)

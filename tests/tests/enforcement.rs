@@ -365,6 +365,19 @@ fn sigterm_during_a_long_start_up_is_answered_at_once() {
     assert!(!state.path.exists(), "nothing left pinned");
 }
 
+/// Waits for a reload after log line `mark` and checks that the watch saw
+/// the change (polling would have found it too, a little later).
+fn expect_reload_seen_by_the_watch(agent: &AgentProcess, mark: usize, what: &str) {
+    let line = agent.expect_log("applied in", mark, RELOAD);
+    let log = agent.log_text();
+    assert!(
+        log.lines()
+            .nth(line)
+            .is_some_and(|l| l.contains("(file changed)")),
+        "{what} is seen by the watch, not only by polling:\n{log}"
+    );
+}
+
 /// Kubernetes mounts a `ConfigMap` as `rules.toml -> ..data/rules.toml`,
 /// `..data -> ..<timestamp>`, and updates it by renaming a new `..data`
 /// symlink over the old one; other tools replace the whole directory.
@@ -389,17 +402,7 @@ fn the_watch_follows_symlink_swaps_and_a_replaced_directory() {
 
     let mark = agent.log_lines();
     version(2, &seed_without_alb_ingress());
-    let line = agent.expect_log("applied in", mark, RELOAD);
-    assert!(
-        agent
-            .log_text()
-            .lines()
-            .nth(line)
-            .unwrap()
-            .contains("(file changed)"),
-        "the swap is seen by the watch, not only by polling:\n{}",
-        agent.log_text()
-    );
+    expect_reload_seen_by_the_watch(&agent, mark, "the swap");
     assert!(eventually(Duration::from_secs(2), || lab
         .tcp("internet", OUTSIDER, ALB, 80)
         == TimedOut));
@@ -434,17 +437,7 @@ fn the_watch_follows_symlink_swaps_and_a_replaced_directory() {
     let tmp = root.join("rules.toml.tmp");
     std::fs::write(&tmp, lab.lab.localize(&seed_without_alb_ingress())).expect("write");
     std::fs::rename(&tmp, &path).expect("rename over");
-    let line = agent.expect_log("applied in", mark, RELOAD);
-    assert!(
-        agent
-            .log_text()
-            .lines()
-            .nth(line)
-            .unwrap()
-            .contains("(file changed)"),
-        "the new directory is watched:\n{}",
-        agent.log_text()
-    );
+    expect_reload_seen_by_the_watch(&agent, mark, "an edit in the new directory");
     assert_eq!(agent.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(old);
 }
