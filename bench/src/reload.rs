@@ -202,7 +202,7 @@ pub fn measure(sizes: &[usize], runs: usize) -> Vec<Row> {
             for (p, needle) in phases.iter_mut().zip([
                 "parsed and validated in ",
                 "compiled in ",
-                "new classes in ",
+                "policy swapped in ",
             ]) {
                 p.push(logged_ms(&agent, mark, line, needle));
             }

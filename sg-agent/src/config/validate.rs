@@ -38,22 +38,30 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
             for rule in rules {
                 references(&mut out, rule, &group_names, &list_names);
             }
-            let count: usize = rules.iter().map(|r| rule_count(vpc, r)).sum();
+            // AWS enforces the quota "separately for IPv4 rules and IPv6
+            // rules": 60 of each per direction by default.
+            let (v4, v6) = rules
+                .iter()
+                .map(|r| rule_count_by_family(vpc, r))
+                .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
             let limit = vpc.limits.rules_per_group as usize;
-            if count > limit {
-                out.push(
-                    Diagnostic::new(
-                        group.span.clone(),
-                        format!(
-                            "security group \"{}\" has {count} {direction} rules, more than the limit of {limit}",
-                            group.name
+            for (count, family) in [(v4, "IPv4"), (v6, "IPv6")] {
+                if count > limit {
+                    out.push(
+                        Diagnostic::new(
+                            group.span.clone(),
+                            format!(
+                                "security group \"{}\" has {count} {direction} {family} rules, more than the limit of {limit}",
+                                group.name
+                            ),
+                        )
+                        .hint(
+                            "IPv4 and IPv6 rules are counted apart, as AWS counts them; each source counts as \
+                             one rule (a group reference as one of each family) and a prefix list as its \
+                             number of entries; raise [limits] rules_per_group or merge CIDR blocks",
                         ),
-                    )
-                    .hint(
-                        "each source counts as one rule and a prefix list as its number of entries; \
-                         raise [limits] rules_per_group or merge CIDR blocks",
-                    ),
-                );
+                    );
+                }
             }
         }
     }
@@ -160,6 +168,32 @@ pub fn rule_count(vpc: &Vpc, rule: &Rule) -> usize {
         .sum()
 }
 
+/// How a rule counts against the quota of each address family: (IPv4,
+/// IPv6). A CIDR block counts in its family, a prefix list's entries each
+/// in theirs, and a group reference (which may match either) once in each.
+pub fn rule_count_by_family(vpc: &Vpc, rule: &Rule) -> (usize, usize) {
+    if rule.implicit {
+        return (0, 0);
+    }
+    let family = |net: &ipnet::IpNet| match net {
+        ipnet::IpNet::V4(_) => (1, 0),
+        ipnet::IpNet::V6(_) => (0, 1),
+    };
+    rule.sources
+        .iter()
+        .map(|s| match &s.source {
+            Source::Cidr(net) => family(net),
+            Source::PrefixList(name) => vpc.prefix_list(name).map_or((0, 0), |p| {
+                p.entries
+                    .iter()
+                    .map(family)
+                    .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+            }),
+            Source::Group(_) | Source::SelfGroup => (1, 1),
+        })
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+}
+
 fn references(out: &mut Vec<Diagnostic>, rule: &Rule, groups: &[&str], lists: &[&str]) {
     for s in &rule.sources {
         match &s.source {
@@ -194,5 +228,42 @@ fn unique<'a>(out: &mut Vec<Diagnostic>, what: &str, items: impl Iterator<Item =
         } else {
             first.insert(name, span);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group whose one inbound rule has `v4` IPv4 and `v6` IPv6 blocks.
+    fn group_with(v4: usize, v6: usize) -> String {
+        let v4: Vec<String> = (0..v4).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+        let v6: Vec<String> = (0..v6)
+            .map(|i| format!("\"2001:db8:{i:x}::/48\""))
+            .collect();
+        format!(
+            "[[security_group]]\nname = \"g\"\n  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  cidr_blocks = [{}]\n  ipv6_cidr_blocks = [{}]\n",
+            v4.join(", "),
+            v6.join(", ")
+        )
+    }
+
+    /// One rule with 40 IPv4 and 40 IPv6 blocks is 40 of each, within
+    /// AWS's default 60, not 80; 61 of one family is over.
+    #[test]
+    fn ipv4_and_ipv6_rules_count_apart() {
+        let vpc = crate::config::from_str("t.toml".as_ref(), &group_with(40, 40))
+            .unwrap_or_else(|d| panic!("40 + 40 rules are within the quota:\n{d}"));
+        assert_eq!(
+            rule_count_by_family(&vpc, &vpc.groups[0].ingress[0]),
+            (40, 40)
+        );
+        let err = crate::config::from_str("t.toml".as_ref(), &group_with(61, 40))
+            .expect_err("61 IPv4 rules");
+        assert!(
+            err.to_string()
+                .contains("has 61 inbound IPv4 rules, more than the limit of 60"),
+            "{err}"
+        );
     }
 }

@@ -170,53 +170,78 @@ fn untracked_flow(vpc: &Vpc, instance: &Instance, direction: Direction, packet: 
     allowed_by_whole_space && other_way_open
 }
 
-/// The flows of one rule (for one of its sources) that go untracked on
-/// `instance`, as "tcp/IPv4", "udp/IPv6"...: empty when all it allows is
-/// tracked. What `sg-agent check` shows per rule.
-pub fn untracked_kinds(
-    vpc: &Vpc,
-    instance: &Instance,
-    direction: Direction,
-    rule: &crate::config::Rule,
-    source: &Source,
-) -> Vec<&'static str> {
-    use sg_common::flow::proto::{TCP, UDP};
-    let mut out = Vec::new();
-    for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
-        if !is_whole_space(vpc, source, v6) {
-            continue;
+/// Which protocols each direction of one instance opens on every port to
+/// the whole address space, per family: what makes the other direction's
+/// whole-space rules untracked. Computed once per instance, so that `check`
+/// stays linear in the number of rules.
+pub struct OpenWays {
+    /// [direction][IPv6][UDP]: ingress 0, egress 1; IPv4 0, IPv6 1; TCP 0, UDP 1.
+    open: [[[bool; 2]; 2]; 2],
+}
+
+impl OpenWays {
+    pub fn of(vpc: &Vpc, instance: &Instance) -> Self {
+        use sg_common::flow::proto::{TCP, UDP};
+        let mut open = [[[false; 2]; 2]; 2];
+        for (d, direction) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
+            for group in instance.groups.iter().filter_map(|(g, _)| vpc.group(g)) {
+                let rules = match direction {
+                    Direction::Ingress => &group.ingress,
+                    Direction::Egress => &group.egress,
+                };
+                for rule in rules {
+                    for (f, v6) in [false, true].into_iter().enumerate() {
+                        if !rule
+                            .sources
+                            .iter()
+                            .any(|s| is_whole_space(vpc, &s.source, v6))
+                        {
+                            continue;
+                        }
+                        for (p, proto) in [TCP, UDP].into_iter().enumerate() {
+                            open[d][f][p] |= rule.protocol == Protocol::All
+                                || (rule.protocol.matches(proto)
+                                    && rule.ports.port_interval() == (0, u16::MAX));
+                        }
+                    }
+                }
+            }
         }
-        let any = if v6 { "::".parse() } else { "0.0.0.0".parse() };
-        let any: IpAddr = any.expect("an address");
-        for (proto, name) in [(TCP, "tcp"), (UDP, "udp")] {
-            if !rule.protocol.matches(proto) {
+        Self { open }
+    }
+
+    /// The flows of one rule of `direction` (for one of its sources) that
+    /// go untracked, as "tcp/IPv4", "udp/IPv6"...: empty when all it
+    /// allows is tracked. What `sg-agent check` shows per rule.
+    pub fn untracked_kinds(
+        &self,
+        vpc: &Vpc,
+        direction: Direction,
+        rule: &crate::config::Rule,
+        source: &Source,
+    ) -> Vec<&'static str> {
+        use sg_common::flow::proto::{TCP, UDP};
+        let other = match direction {
+            Direction::Ingress => 1,
+            Direction::Egress => 0,
+        };
+        let names = [["tcp/IPv4", "udp/IPv4"], ["tcp/IPv6", "udp/IPv6"]];
+        let mut out = Vec::new();
+        for (f, v6) in [false, true].into_iter().enumerate() {
+            if !is_whole_space(vpc, source, v6) {
                 continue;
             }
-            // Any port the rule allows: its interval's first.
-            let port = rule.ports.port_interval().0;
-            let l4 = L4::Ports {
-                src: u16::MAX,
-                dst: port,
-            };
-            let (src, dst) = (any, any);
-            let packet = Packet {
-                src,
-                dst,
-                proto,
-                l4,
-                later_fragment: false,
-            };
-            if untracked_flow(vpc, instance, direction, &packet) {
-                out.push(match (name, family) {
-                    ("tcp", "IPv4") => "tcp/IPv4",
-                    ("tcp", _) => "tcp/IPv6",
-                    (_, "IPv4") => "udp/IPv4",
-                    _ => "udp/IPv6",
-                });
+            for (p, proto) in [TCP, UDP].into_iter().enumerate() {
+                if rule.protocol.matches(proto) && self.open[other][f][p] {
+                    out.push(names[f][p]);
+                }
             }
         }
+        out
     }
-    out
 }
 
 /// A source that is the whole address space of one family: `0.0.0.0/0` or

@@ -55,9 +55,9 @@ pub fn report(vpc: &Vpc) -> Report {
         .map(|inst| {
             let mut inbound = Vec::new();
             let mut outbound = Vec::new();
+            let open = reference::OpenWays::of(vpc, inst);
             for r in effective_rules(vpc, inst) {
-                let untracked =
-                    reference::untracked_kinds(vpc, inst, r.direction, r.rule, r.source);
+                let untracked = open.untracked_kinds(vpc, r.direction, r.rule, r.source);
                 let row = RuleReport {
                     protocol: r.rule.protocol.to_string(),
                     ports: r.rule.ports.to_string(),
@@ -195,4 +195,55 @@ pub fn render_table(report: &Report) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AWS's worked example: TCP 22 from a /32 tracked; TCP 80 from
+    /// `0.0.0.0/0` and `::/0` untracked with all traffic out; ICMP tracked.
+    /// Without the IPv4 outbound rule, the IPv4 half of port 80 is tracked.
+    #[test]
+    fn tracking_column_follows_aws_worked_example() {
+        let text = |egress_v4: bool| {
+            format!(
+                "[[security_group]]\nname = \"web\"\n\
+                 [[security_group.ingress]]\nprotocol = \"tcp\"\nfrom_port = 22\nto_port = 22\ncidr_blocks = [\"203.0.113.1/32\"]\n\
+                 [[security_group.ingress]]\nprotocol = \"tcp\"\nfrom_port = 80\nto_port = 80\ncidr_blocks = [\"0.0.0.0/0\"]\nipv6_cidr_blocks = [\"::/0\"]\n\
+                 [[security_group.ingress]]\nprotocol = \"icmp\"\nfrom_port = -1\nto_port = -1\ncidr_blocks = [\"0.0.0.0/0\"]\n\
+                 {}[[security_group.egress]]\nprotocol = \"-1\"\nipv6_cidr_blocks = [\"::/0\"]\n\
+                 [[instance]]\nname = \"web\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"web\"]\n",
+                if egress_v4 {
+                    "[[security_group.egress]]\nprotocol = \"-1\"\ncidr_blocks = [\"0.0.0.0/0\"]\n"
+                } else {
+                    ""
+                }
+            )
+        };
+        let rows = |egress_v4: bool| -> Vec<(String, &'static str)> {
+            let vpc = crate::config::from_str("t.toml".as_ref(), &text(egress_v4)).expect("valid");
+            report(&vpc).instances[0]
+                .inbound
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{} {} {}", r.protocol, r.ports, r.source),
+                        r.tracking,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            rows(true),
+            [
+                ("tcp 22 203.0.113.1/32".to_owned(), "tracked"),
+                ("tcp 80 0.0.0.0/0".to_owned(), "untracked"),
+                ("tcp 80 ::/0".to_owned(), "untracked"),
+                ("icmp type any code any 0.0.0.0/0".to_owned(), "tracked"),
+            ]
+        );
+        assert_eq!(rows(false)[1], ("tcp 80 0.0.0.0/0".to_owned(), "tracked"));
+        assert_eq!(rows(false)[2], ("tcp 80 ::/0".to_owned(), "untracked"));
+    }
 }
