@@ -23,7 +23,7 @@ use sg_agent::{
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
-    policy::{classify, untracked},
+    policy::{classify, own_address, untracked},
 };
 
 /// A small address universe so that random prefixes and packets meet.
@@ -183,6 +183,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         .collect(),
                     interface: None,
                     netns: None,
+                    source_dest_check: i != 1,
                     span: 0..0,
                 });
             }
@@ -294,7 +295,9 @@ proptest! {
                 let Some(flow) = to_flow(p) else { continue };
                 for direction in [Direction::Ingress, Direction::Egress] {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
-                    let got = classify(&maps, generation, direction.code(), &flow);
+                    let own = own_address(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(own, reference::source_dest_ok(inst, direction, p), "source/destination check: instance {} {:?} packet {:?}", inst.name, direction, p);
+                    let got = own && classify(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
                     let want = reference::untracked(&vpc, inst, direction, p);
                     let got = untracked(&maps, generation, direction.code(), &flow);
@@ -310,7 +313,8 @@ proptest! {
                 let Some(flow) = to_flow(p) else { continue };
                 for direction in [Direction::Ingress, Direction::Egress] {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
-                    let got = classify(&maps, generation, direction.code(), &flow);
+                    let got = own_address(&maps, generation, direction.code(), &flow)
+                        && classify(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(got, want, "adopted: instance {} {:?} packet {:?}", inst.name, direction, p);
                     let want = reference::untracked(&vpc, inst, direction, p);
                     let got = untracked(&maps, generation, direction.code(), &flow);

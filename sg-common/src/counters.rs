@@ -30,9 +30,13 @@ pub const DROP_NO_POLICY: u32 = 10;
 /// the whole address space, with every port open the other way), passed
 /// by the rules with no connection-table entry.
 pub const PASS_UNTRACKED: u32 = 11;
+/// AWS's source/destination check: a new flow whose local end (the
+/// destination inbound, the source outbound) is not one of the instance's
+/// addresses.
+pub const DROP_SOURCE_DEST_CHECK: u32 = 12;
 
 /// One past the highest code in use: the number of the next new reason.
-pub const CODES: u32 = 12;
+pub const CODES: u32 = 13;
 
 /// Room for reasons per direction.
 pub const REASONS: u32 = 16;
@@ -57,6 +61,7 @@ pub const NAMES: [&str; CODES as usize] = [
     "drop_unsupported_l2",
     "drop_no_policy",
     "pass_untracked",
+    "drop_source_dest_check",
 ];
 
 /// Bit `code` set: that reason lets the packet through; clear: it drops it.

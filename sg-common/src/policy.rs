@@ -28,6 +28,10 @@ use crate::flow::{Addr, FAMILY_V4, Flow};
 
 pub const INGRESS: u8 = 0;
 pub const EGRESS: u8 = 1;
+/// The address tries' third "direction": the instance's own addresses
+/// (host entries), for the source/destination check. An instance without
+/// the check has the whole address space (/0) there instead.
+pub const OWN: u8 = 2;
 
 /// Bits of an address key before the address: generation and direction.
 pub const ADDR_TAG_BITS: u32 = 32;
@@ -250,6 +254,49 @@ fn class_allows<M: PolicyMaps>(
         Some(v) => !later_fragment || v.flags & PORT_FLAG_ALL_PORTS != 0,
         None => false,
     }
+}
+
+/// AWS's source/destination check for a packet that opens a flow (or a
+/// later fragment): its local end (the destination inbound, the source
+/// outbound) must be one of the instance's addresses. Exempt, as on EC2:
+/// IPv6 link-local and unspecified addresses at either end (neighbour and
+/// router discovery, multicast listener reports, `DHCPv6`), and the DHCP
+/// exchange (UDP between ports 67 and 68), which runs before the instance
+/// has its address. Packets of tracked flows are not checked again: their
+/// entry was made by a packet that was, and its key holds both addresses.
+#[inline(always)]
+pub fn own_address<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+    let local = if direction == INGRESS {
+        &flow.dst
+    } else {
+        &flow.src
+    };
+    let tag = addr_tag(generation, OWN);
+    if flow.family == FAMILY_V4 {
+        if flow.proto == crate::flow::proto::UDP
+            && flow.frag != crate::flow::FRAG_LATER
+            && matches!((flow.sport, flow.dport), (67 | 68, 67 | 68))
+        {
+            return true;
+        }
+        maps.addr_v4(&AddrKeyV4 {
+            tag,
+            addr: local[0],
+        })
+        .is_some()
+    } else {
+        if link_local_or_unspecified(&flow.src) || link_local_or_unspecified(&flow.dst) {
+            return true;
+        }
+        maps.addr_v6(&AddrKeyV6 { tag, addr: *local }).is_some()
+    }
+}
+
+/// `fe80::/10` or `::`, IPv6 in network byte order.
+#[inline(always)]
+fn link_local_or_unspecified(a: &crate::flow::Addr) -> bool {
+    let first = u32::from_be(a[0]);
+    first >> 22 == 0x3fa || (a[0] | a[1] | a[2] | a[3]) == 0
 }
 
 /// Whether a new TCP or UDP flow that the rules of `direction` allow goes

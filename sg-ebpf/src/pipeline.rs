@@ -7,8 +7,8 @@ use aya_log_ebpf::debug;
 use sg_common::{
     conntrack::{self, CtEntry, FlowKey, FragEntry},
     counters::{
-        self, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
-        PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
+        self, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE, DROP_SOURCE_DEST_CHECK, PASS_FRAGMENT,
+        PASS_NEIGHBOUR_DISCOVERY, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
     flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
     policy::{self, Settings, classify},
@@ -100,7 +100,9 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         {
             return PASS_FRAGMENT;
         }
-        return if classify(&KernelPolicy, generation, direction, flow) {
+        return if !policy::own_address(&KernelPolicy, generation, direction, flow) {
+            DROP_SOURCE_DEST_CHECK
+        } else if classify(&KernelPolicy, generation, direction, flow) {
             PASS_RULE
         } else {
             DROP_FRAGMENT
@@ -177,6 +179,9 @@ fn track<K: FlowKey>(
             PASS_TRACKED
         }
         _ => {
+            if !policy::own_address(&KernelPolicy, generation, direction, flow) {
+                return DROP_SOURCE_DEST_CHECK;
+            }
             if !classify(&KernelPolicy, generation, direction, flow) {
                 return DROP_NO_RULE;
             }

@@ -528,3 +528,88 @@ fn reload_attaches_new_instances_and_detaches_removed_ones() {
     );
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// AWS's source/destination check: the database lets the app servers' group
+/// in on UDP 5353; the bastion, spoofing the app server's address, must not
+/// get in by it (it does when its check is turned off, as for a NAT
+/// instance).
+#[test]
+fn spoofed_sources_are_dropped_by_the_source_dest_check() {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    const RDS_RULE_END: &str = "  security_groups = [\"instagram-server-security-group\"]\n";
+    let extra = "\n  [[security_group.ingress]]\n  protocol = \"udp\"\n  from_port = 5353\n  to_port = 5353\n  security_groups = [\"instagram-server-security-group\"]\n";
+    let at_rds = SEED.rfind(RDS_RULE_END).expect("the rds rule") + RDS_RULE_END.len();
+    let rules = format!("{}{extra}{}", &SEED[..at_rds], &SEED[at_rds..]);
+    let lab = SeedLab::new("sgs", &rules, &[]);
+    let agent = start_agent(&lab);
+
+    let received = Arc::new(AtomicU64::new(0));
+    let sink = sg_tests::lab::in_netns(&lab.ns("rds"), move || {
+        UdpSocket::bind((RDS, 5353)).expect("bind on rds")
+    });
+    sink.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let counter = received.clone();
+    let listening = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let end = std::time::Instant::now() + Duration::from_mins(1);
+        while std::time::Instant::now() < end {
+            if let Ok(n) = sink.recv(&mut buf) {
+                if &buf[..n] == b"stop" {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    // Ten datagrams to rds:5353 from `ns`, with source address APP (the
+    // kernel lets a transparent socket send from an address not its own).
+    let send_as_app = |ns: String| {
+        sg_tests::lab::in_netns(&ns, move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+            s.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+            s.bind(&SocketAddr::new(ip(APP), 0).into()).expect("bind");
+            for _ in 0..10 {
+                let _ = s.send_to(b"hello", &SocketAddr::new(ip(RDS), 5353).into());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        received.swap(0, Ordering::SeqCst)
+    };
+    assert_eq!(
+        send_as_app(lab.ns("app-1")),
+        10,
+        "the app server itself gets in"
+    );
+    assert_eq!(
+        send_as_app(lab.ns("bastion")),
+        0,
+        "the bastion spoofing the app server's address does not"
+    );
+    let mark = agent.log_lines();
+    let bastion = format!("addresses = [\"{BASTION}\"]\n");
+    assert_eq!(
+        rules.matches(&bastion).count(),
+        1,
+        "the bastion's addresses"
+    );
+    lab.rewrite(&rules.replace(&bastion, &format!("{bastion}source_dest_check = false\n")));
+    agent.expect_log("applied in", mark, RELOAD);
+    assert_eq!(
+        send_as_app(lab.ns("bastion")),
+        10,
+        "with its check off (a NAT instance), the bastion's datagrams pass"
+    );
+    sg_tests::lab::in_netns(&lab.ns("app-1"), move || {
+        let s = UdpSocket::bind((APP, 0)).expect("bind");
+        let _ = s.send_to(b"stop", (RDS, 5353));
+    });
+    let _ = listening.join();
+    assert_eq!(agent.terminate().code(), Some(0));
+}

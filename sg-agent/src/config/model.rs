@@ -183,6 +183,10 @@ pub struct Instance {
     pub interface: Option<String>,
     /// Named network namespace (`ip netns add`) holding the interface.
     pub netns: Option<String>,
+    /// AWS's source/destination check (on by default): the instance sends
+    /// only from its own addresses and receives only for them. Off for a
+    /// NAT or router instance.
+    pub source_dest_check: bool,
     pub span: Span,
 }
 

@@ -572,6 +572,7 @@ impl Parser {
                 "security_groups",
                 "interface",
                 "netns",
+                "source_dest_check",
             ],
             "an instance",
         );
@@ -606,12 +607,24 @@ impl Parser {
                 "name the interface inside that namespace, e.g. interface = \"eth0\"",
             );
         }
+        let source_dest_check = match Self::get(t, "source_dest_check") {
+            None => true,
+            Some(v) => v.get_ref().as_bool().unwrap_or_else(|| {
+                self.err_hint(
+                    v.span(),
+                    "\"source_dest_check\" must be true or false",
+                    "false lets the instance send and receive for addresses not its own (a NAT or router instance)",
+                );
+                true
+            }),
+        };
         Some(Instance {
             name: name?.0,
             addresses,
             groups,
             interface,
             netns,
+            source_dest_check,
             span,
         })
     }

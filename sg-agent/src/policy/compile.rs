@@ -53,7 +53,8 @@ pub struct PolicyTables {
 pub struct AddrEntry<N> {
     pub direction: u8,
     pub net: N,
-    /// 1-based class number, local to these tables ([`PolicyTables::class_contents`]).
+    /// 1-based class number, local to these tables ([`PolicyTables::class_contents`]);
+    /// 0 for the instance's own addresses (direction `OWN`), which have none.
     pub class: u32,
     /// Flags of this entry beside its class's: `CLASS_REVERSE_OPEN_*` on a
     /// whole-address-space entry.
@@ -172,6 +173,7 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
             }),
         }
     }
+    own_addresses(inst, &mut tables);
     for (i, key) in class_order.iter().enumerate() {
         let class = u32::try_from(i + 1).expect("fewer than 2^31 classes");
         for (proto, intervals) in key {
@@ -189,6 +191,34 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
     }
     tables.classes = u32::try_from(class_order.len()).expect("fewer than 2^31 classes");
     tables
+}
+
+/// The instance's own addresses, for the source/destination check: host
+/// entries under the `OWN` tag, class 0 (no class); with the check off,
+/// the whole address space of both families.
+fn own_addresses(inst: &Instance, tables: &mut PolicyTables) {
+    let own = sg_common::policy::OWN;
+    let nets: Vec<IpNet> = if inst.source_dest_check {
+        inst.addresses.iter().map(|&a| IpNet::from(a)).collect()
+    } else {
+        vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
+    };
+    for net in nets {
+        match net {
+            IpNet::V4(net) => tables.v4.push(AddrEntry {
+                direction: own,
+                net,
+                class: 0,
+                flags: 0,
+            }),
+            IpNet::V6(net) => tables.v6.push(AddrEntry {
+                direction: own,
+                net,
+                class: 0,
+                flags: 0,
+            }),
+        }
+    }
 }
 
 /// The `CLASS_REVERSE_OPEN_*` flags of the whole-space entry `whole` of

@@ -109,6 +109,16 @@ pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
 /// What the kernel needs to know of a class beyond its id: whether it allows
 /// everything, and for which protocols the port trie holds entries (the
 /// others need only the exact-match lookup).
+/// The kernel value of a local class; class 0 (an own-address entry) has
+/// none.
+fn value_of(values: &HashMap<u32, AddrValue>, class: u32) -> AddrValue {
+    if class == 0 {
+        AddrValue { class: 0, flags: 0 }
+    } else {
+        values[&class]
+    }
+}
+
 /// A class's value with an entry's own flags added.
 fn with_flags(value: AddrValue, flags: u32) -> AddrValue {
     AddrValue {
@@ -340,12 +350,12 @@ impl PolicyEncoder {
             v4: tables
                 .v4
                 .iter()
-                .map(|e| v4_entry(next, e, with_flags(values[&e.class], e.flags)))
+                .map(|e| v4_entry(next, e, with_flags(value_of(&values, e.class), e.flags)))
                 .collect(),
             v6: tables
                 .v6
                 .iter()
-                .map(|e| v6_entry(next, e, with_flags(values[&e.class], e.flags)))
+                .map(|e| v6_entry(next, e, with_flags(value_of(&values, e.class), e.flags)))
                 .collect(),
             ..KernelEntries::default()
         };

@@ -65,6 +65,9 @@ pub fn evaluate(
     if tracked {
         return Decision::Tracked;
     }
+    if !source_dest_ok(instance, direction, packet) {
+        return Decision::Denied;
+    }
     let remote = match direction {
         Direction::Ingress => packet.src,
         Direction::Egress => packet.dst,
@@ -110,6 +113,39 @@ pub fn evaluate(
         }
     }
     Decision::Denied
+}
+
+/// AWS's source/destination check, on by default: an instance receives
+/// only what is addressed to one of its addresses and sends only from one.
+/// Exempt: IPv6 link-local and unspecified addresses at either end
+/// (neighbour and router discovery, listener reports, `DHCPv6`) and the
+/// DHCP exchange (UDP between ports 67 and 68).
+pub fn source_dest_ok(instance: &Instance, direction: Direction, packet: &Packet) -> bool {
+    if !instance.source_dest_check {
+        return true;
+    }
+    let local = match direction {
+        Direction::Ingress => packet.dst,
+        Direction::Egress => packet.src,
+    };
+    let exempt = match (packet.src, packet.dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let link_local =
+                |a: std::net::Ipv6Addr| a.is_unicast_link_local() || a.is_unspecified();
+            link_local(s) || link_local(d)
+        }
+        _ => {
+            packet.proto == sg_common::flow::proto::UDP
+                && matches!(
+                    packet.l4,
+                    L4::Ports {
+                        src: 67 | 68,
+                        dst: 67 | 68
+                    }
+                )
+        }
+    };
+    exempt || instance.addresses.contains(&local)
 }
 
 /// Whether a new flow that `direction`'s rules allow goes untracked, in

@@ -21,6 +21,9 @@ pub struct InstanceReport {
     pub netns: Option<String>,
     pub addresses: Vec<String>,
     pub security_groups: Vec<String>,
+    /// AWS's source/destination check (`source_dest_check`, on unless the
+    /// file turns it off): only its own addresses send and receive.
+    pub source_dest_check: bool,
     pub inbound: Vec<RuleReport>,
     pub outbound: Vec<RuleReport>,
 }
@@ -81,6 +84,7 @@ pub fn report(vpc: &Vpc) -> Report {
                 netns: inst.netns.clone(),
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
                 security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
+                source_dest_check: inst.source_dest_check,
                 inbound,
                 outbound,
             }
@@ -124,6 +128,12 @@ pub fn render_table(report: &Report) -> String {
             "  security groups: {}",
             inst.security_groups.join(", ")
         );
+        if !inst.source_dest_check {
+            let _ = writeln!(
+                out,
+                "  source/destination check: off (sends and receives for any address)"
+            );
+        }
         for (title, rows) in [("inbound", &inst.inbound), ("outbound", &inst.outbound)] {
             if rows.is_empty() {
                 let _ = writeln!(out, "  {title}: nothing allowed");

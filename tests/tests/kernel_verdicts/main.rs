@@ -5,13 +5,15 @@
 //! through the inbound programs; [`conntrack`]: replies, ICMP errors and
 //! idle timeouts; [`fragments`]; [`reloads`]: whole-policy swaps;
 //! [`logging`]: no log statement in the programs unless asked for;
-//! [`untracked`]: AWS's untracked flows.
+//! [`source_dest`]: the source/destination check; [`untracked`]: AWS's
+//! untracked flows.
 
 mod conntrack;
 mod fragments;
 mod frame_table;
 mod logging;
 mod reloads;
+mod source_dest;
 mod untracked;
 
 use std::net::IpAddr;
