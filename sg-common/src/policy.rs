@@ -118,6 +118,12 @@ pub const CLASS_TRIE_OTHER: u32 = 1 << 5;
 /// tracked (AWS "untracked flows").
 pub const CLASS_REVERSE_OPEN_TCP: u32 = 1 << 6;
 pub const CLASS_REVERSE_OPEN_UDP: u32 = 1 << 7;
+/// On every entry of a direction and family: a TCP (UDP) flow of this
+/// direction may be untracked, because one of the two whole-space entries
+/// (this direction's, or the other's, whose flows this one answers) has its
+/// `CLASS_REVERSE_OPEN_*` bit. Without it [`untracked`] looks nothing up.
+pub const CLASS_MAY_UNTRACK_TCP: u32 = 1 << 8;
+pub const CLASS_MAY_UNTRACK_UDP: u32 = 1 << 9;
 
 /// The `CLASS_TRIE_*` bit of `protocol`.
 #[inline(always)]
@@ -200,6 +206,19 @@ pub trait PolicyMaps {
 /// rule that allows its protocol on every port.
 #[inline(always)]
 pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+    allowing_class(maps, generation, direction, flow).is_some()
+}
+
+/// [`classify`], giving the remote end's address class when the rules
+/// allow the packet: what [`untracked`] reads next, so the address trie is
+/// not looked up twice.
+#[inline(always)]
+pub fn allowing_class<M: PolicyMaps>(
+    maps: &M,
+    generation: u8,
+    direction: u8,
+    flow: &Flow,
+) -> Option<AddrValue> {
     let remote = if direction == INGRESS {
         &flow.src
     } else {
@@ -216,16 +235,14 @@ pub fn classify<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &F
         let key = AddrKeyV6 { tag, addr: *remote };
         maps.addr_v6(&key)
     };
-    let Some(class) = class else {
-        return false;
-    };
+    let class = class?;
     let later_fragment = flow.frag == crate::flow::FRAG_LATER;
     let port = if later_fragment {
         0
     } else {
         flow.policy_port()
     };
-    class_allows(maps, class, flow.proto, port, later_fragment)
+    class_allows(maps, class, flow.proto, port, later_fragment).then_some(class)
 }
 
 /// Whether an address class allows `proto` on `port` (`later_fragment`:
@@ -312,14 +329,23 @@ fn link_local_or_unspecified(a: &crate::flow::Addr) -> bool {
 /// (An outbound connection from such a flow's own port, say from port 80
 /// of a web server, is taken for an answer too: it passes by the rules
 /// either way.) ICMP and other protocols are always tracked.
+///
+/// `remote` is the class [`allowing_class`] found for the packet: unless it
+/// says a flow of this direction may be untracked, nothing is looked up.
 #[inline(always)]
-pub fn untracked<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
-    let open_bit = match flow.proto {
-        crate::flow::proto::TCP => CLASS_REVERSE_OPEN_TCP,
-        crate::flow::proto::UDP => CLASS_REVERSE_OPEN_UDP,
+pub fn untracked<M: PolicyMaps>(
+    maps: &M,
+    generation: u8,
+    direction: u8,
+    flow: &Flow,
+    remote: AddrValue,
+) -> bool {
+    let (may_bit, open_bit) = match flow.proto {
+        crate::flow::proto::TCP => (CLASS_MAY_UNTRACK_TCP, CLASS_REVERSE_OPEN_TCP),
+        crate::flow::proto::UDP => (CLASS_MAY_UNTRACK_UDP, CLASS_REVERSE_OPEN_UDP),
         _ => return false,
     };
-    if flow.frag == crate::flow::FRAG_LATER {
+    if remote.flags & may_bit == 0 || flow.frag == crate::flow::FRAG_LATER {
         return false;
     }
     // A flow of this direction, allowed by a whole-space rule.

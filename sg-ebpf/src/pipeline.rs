@@ -11,7 +11,7 @@ use sg_common::{
         PASS_NEIGHBOUR_DISCOVERY, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
     flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
-    policy::{self, Settings, classify},
+    policy::{self, AddrValue, Settings, allowing_class},
 };
 
 use crate::{
@@ -100,12 +100,10 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         {
             return PASS_FRAGMENT;
         }
-        return if !policy::own_address(&KernelPolicy, generation, direction, flow) {
-            DROP_SOURCE_DEST_CHECK
-        } else if classify(&KernelPolicy, generation, direction, flow) {
-            PASS_RULE
-        } else {
-            DROP_FRAGMENT
+        return match by_rules(generation, direction, flow) {
+            Ok(_) => PASS_RULE,
+            Err(DROP_NO_RULE) => DROP_FRAGMENT,
+            Err(drop) => drop,
         };
     }
 
@@ -179,15 +177,13 @@ fn track<K: FlowKey>(
             PASS_TRACKED
         }
         _ => {
-            if !policy::own_address(&KernelPolicy, generation, direction, flow) {
-                return DROP_SOURCE_DEST_CHECK;
-            }
-            if !classify(&KernelPolicy, generation, direction, flow) {
-                return DROP_NO_RULE;
-            }
+            let remote = match by_rules(generation, direction, flow) {
+                Ok(remote) => remote,
+                Err(drop) => return drop,
+            };
             // AWS tracks no flow that a whole-space rule allows with every
             // port open the other way: judged by the rules, packet by packet.
-            if policy::untracked(&KernelPolicy, generation, direction, flow) {
+            if policy::untracked(&KernelPolicy, generation, direction, flow, remote) {
                 return PASS_UNTRACKED;
             }
             let entry: CtEntry = conntrack::open(flow, from_a, now);
@@ -196,6 +192,17 @@ fn track<K: FlowKey>(
             PASS_RULE
         }
     }
+}
+
+/// A packet no connection-table entry admits, judged as AWS judges a new
+/// flow: the source/destination check, then the rules. Gives the remote
+/// end's address class when they allow it, the drop reason otherwise.
+#[inline(always)]
+fn by_rules(generation: u8, direction: u8, flow: &Flow) -> Result<AddrValue, u32> {
+    if !policy::own_address(&KernelPolicy, generation, direction, flow) {
+        return Err(DROP_SOURCE_DEST_CHECK);
+    }
+    allowing_class(&KernelPolicy, generation, direction, flow).ok_or(DROP_NO_RULE)
 }
 
 /// TCP flows have tables of their own, so a flood of anything else cannot

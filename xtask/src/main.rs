@@ -70,55 +70,41 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         Cmd::Bootstrap => bootstrap::all(),
         Cmd::Lint => lint(),
         Cmd::Test { debug_only } => test(debug_only),
-        Cmd::Demo => {
-            require_root("the demo creates network namespaces and attaches eBPF programs")?;
-            bootstrap::all()?;
-            // The demo runs the real sg-agent binary beside it.
-            cargo(&["build", "--release", "--package", "sg-agent"])?;
-            cargo(&[
-                "run",
-                "--release",
-                "--package",
-                "sg-tests",
-                "--bin",
-                "sg-demo",
-            ])
-        }
+        Cmd::Demo => beside_the_agent(
+            "the demo creates network namespaces and attaches eBPF programs",
+            &["--package", "sg-tests", "--bin", "sg-demo"],
+            &[],
+        ),
         Cmd::Chaos { smoke } => {
-            require_root("the chaos suite creates network namespaces and attaches eBPF programs")?;
-            bootstrap::all()?;
-            // The suite runs the real sg-agent binary beside it.
-            cargo(&["build", "--release", "--package", "sg-agent"])?;
             let out = workspace_root().join("RELIABILITY.md");
             let out = out.to_string_lossy();
-            let mut args = vec![
-                "run",
-                "--release",
-                "--package",
-                "sg-tests",
-                "--bin",
-                "sg-chaos",
-                "--",
-            ];
-            if smoke {
-                args.push("--smoke");
+            let args: &[&str] = if smoke {
+                &["--smoke"]
             } else {
-                args.extend(["--out", &out]);
-            }
-            cargo(&args)
+                &["--out", &out]
+            };
+            beside_the_agent(
+                "the chaos suite creates network namespaces and attaches eBPF programs",
+                &["--package", "sg-tests", "--bin", "sg-chaos"],
+                args,
+            )
         }
-        Cmd::Bench { smoke } => {
-            require_root("the benchmarks load eBPF programs and create network namespaces")?;
-            bootstrap::all()?;
-            // The benchmarks run the real sg-agent binary beside them.
-            cargo(&["build", "--release", "--package", "sg-agent"])?;
-            let mut args = vec!["run", "--release", "--package", "sg-bench", "--"];
-            if smoke {
-                args.push("--smoke");
-            }
-            cargo(&args)
-        }
+        Cmd::Bench { smoke } => beside_the_agent(
+            "the benchmarks load eBPF programs and create network namespaces",
+            &["--package", "sg-bench"],
+            if smoke { &["--smoke"] } else { &[] },
+        ),
     }
+}
+
+/// Runs a harness that starts the real sg-agent binary beside it (demo,
+/// chaos, bench): as root, after the bootstrap and a release build of the
+/// agent; `target` picks the harness, `args` go to it.
+fn beside_the_agent(why_root: &str, target: &[&str], args: &[&str]) -> anyhow::Result<()> {
+    require_root(why_root)?;
+    bootstrap::all()?;
+    cargo(&["build", "--release", "--package", "sg-agent"])?;
+    cargo(&[&["run", "--release"], target, &["--"], args].concat())
 }
 
 /// The eBPF crates: built for the BPF target with the nightly toolchain

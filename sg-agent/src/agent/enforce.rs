@@ -103,11 +103,7 @@ pub(super) fn run(
     stop: &StopFlag,
 ) -> Result<(), AgentError> {
     let file = config::read(path).map_err(AgentError::Config)?;
-    let vpc = config::from_str(path, &file.text)
-        .map_err(|d| AgentError::Config(config::ConfigError::Invalid(*d)))?;
-    if !opts.allow_empty && enforced_count(&vpc) == 0 {
-        return Err(AgentError::Empty(path.to_owned()));
-    }
+    let vpc = acceptable(path, &file, opts.allow_empty)?;
     let state = StateDir::open(&opts.state_dir)?;
     let mut agent = Agent {
         path: path.to_owned(),
@@ -138,11 +134,16 @@ pub(super) fn run(
     Ok(())
 }
 
-fn enforced_count(vpc: &Vpc) -> usize {
-    vpc.instances
-        .iter()
-        .filter(|i| i.interface.is_some())
-        .count()
+/// The rules file as read, if it may be put in force: valid, and (unless
+/// `allow_empty`) enforcing at least one instance. The same test at start
+/// and on every reload.
+fn acceptable(path: &Path, file: &RulesFile, allow_empty: bool) -> Result<Vpc, AgentError> {
+    let vpc = config::from_str(path, &file.text)
+        .map_err(|d| AgentError::Config(config::ConfigError::Invalid(*d)))?;
+    if !allow_empty && !vpc.instances.iter().any(|i| i.interface.is_some()) {
+        return Err(AgentError::Empty(path.to_owned()));
+    }
+    Ok(vpc)
 }
 
 /// What a prepared change does to one instance.
@@ -543,22 +544,20 @@ impl Agent<'_> {
         }
         self.reloads += 1;
         let n = self.reloads;
-        let vpc = match config::from_str(&self.path, &file.text) {
+        let vpc = match acceptable(&self.path, &file, self.opts.allow_empty) {
             Ok(v) => v,
             Err(e) => {
+                // Diagnostics start on a line of their own.
+                let why_not = match e {
+                    AgentError::Config(config::ConfigError::Invalid(d)) => format!("\n{d}"),
+                    other => format!(" {other}"),
+                };
                 log::error!(
-                    "reload #{n} ({why}) rejected, the running policy stays in force:\n{e}"
+                    "reload #{n} ({why}) rejected, the running policy stays in force:{why_not}"
                 );
                 return;
             }
         };
-        if !self.opts.allow_empty && enforced_count(&vpc) == 0 {
-            log::error!(
-                "reload #{n} ({why}) rejected, the running policy stays in force: {}",
-                AgentError::Empty(self.path.clone())
-            );
-            return;
-        }
         log::debug!(
             "reload #{n}: parsed and validated in {} ms",
             started.elapsed().as_millis()

@@ -57,6 +57,15 @@ impl Direction {
             Self::Egress => "egress",
         }
     }
+
+    /// The direction of the answers.
+    #[must_use]
+    pub fn other(self) -> Self {
+        match self {
+            Self::Ingress => Self::Egress,
+            Self::Egress => Self::Ingress,
+        }
+    }
 }
 
 /// One `[[security_group.ingress]]` or `[[security_group.egress]]` table.

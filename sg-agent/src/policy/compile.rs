@@ -153,11 +153,7 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
             u32::try_from(class_order.len()).expect("fewer than 2^31 classes")
         });
         let d = direction.code();
-        let flags = if net.prefix_len() == 0 {
-            reverse_open(&by_prefix, direction, net)
-        } else {
-            0
-        };
+        let flags = untrack_flags(&by_prefix, direction, net);
         match net {
             IpNet::V4(net) => tables.v4.push(AddrEntry {
                 direction: d,
@@ -221,34 +217,56 @@ fn own_addresses(inst: &Instance, tables: &mut PolicyTables) {
     }
 }
 
-/// The `CLASS_REVERSE_OPEN_*` flags of the whole-space entry `whole` of
-/// `direction`: whether the other direction has a rule for the whole
-/// address space of that family allowing every port of TCP (UDP), or all
-/// traffic. Then what `whole`'s rules allow of that protocol is untracked.
-fn reverse_open(
+/// The untracked-flow flags of the entry for `net` in `direction`: on the
+/// whole-space entry, `CLASS_REVERSE_OPEN_*` when the other direction has a
+/// rule for the whole address space of that family allowing every port of
+/// TCP (UDP), or all traffic (then what this entry's rules allow of that
+/// protocol is untracked); on every entry, `CLASS_MAY_UNTRACK_*` when
+/// either direction's whole-space entry has that bit, so the data plane
+/// looks the whole-space entries up only when a flow may be untracked.
+fn untrack_flags(
     by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>,
     direction: Direction,
-    whole: IpNet,
+    net: IpNet,
 ) -> u32 {
-    use sg_common::policy::{CLASS_REVERSE_OPEN_TCP, CLASS_REVERSE_OPEN_UDP};
-    let other = match direction {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
+    use sg_common::policy::{
+        CLASS_MAY_UNTRACK_TCP, CLASS_MAY_UNTRACK_UDP, CLASS_REVERSE_OPEN_TCP,
+        CLASS_REVERSE_OPEN_UDP,
     };
-    let Some(matchers) = by_prefix.get(&(other, whole)) else {
-        return 0;
+    let whole = match net {
+        IpNet::V4(_) => IpNet::V4(Ipv4Net::default()),
+        IpNet::V6(_) => IpNet::V6(Ipv6Net::default()),
     };
-    let open = |proto: u8| {
-        matchers
-            .iter()
-            .any(|&(p, iv)| p.is_none() || (p == Some(proto) && iv == (0, u16::MAX)))
+    // The REVERSE_OPEN bits of `d`'s whole-space entry, if it has one.
+    let reverse_open = |d: Direction| {
+        if !by_prefix.contains_key(&(d, whole)) {
+            return 0;
+        }
+        let Some(matchers) = by_prefix.get(&(d.other(), whole)) else {
+            return 0;
+        };
+        let open = |proto: u8| {
+            matchers
+                .iter()
+                .any(|&(p, iv)| p.is_none() || (p == Some(proto) && iv == (0, u16::MAX)))
+        };
+        let mut flags = 0;
+        if open(sg_common::flow::proto::TCP) {
+            flags |= CLASS_REVERSE_OPEN_TCP;
+        }
+        if open(sg_common::flow::proto::UDP) {
+            flags |= CLASS_REVERSE_OPEN_UDP;
+        }
+        flags
     };
-    let mut flags = 0;
-    if open(sg_common::flow::proto::TCP) {
-        flags |= CLASS_REVERSE_OPEN_TCP;
+    let here = reverse_open(direction);
+    let either = here | reverse_open(direction.other());
+    let mut flags = if net.prefix_len() == 0 { here } else { 0 };
+    if either & CLASS_REVERSE_OPEN_TCP != 0 {
+        flags |= CLASS_MAY_UNTRACK_TCP;
     }
-    if open(sg_common::flow::proto::UDP) {
-        flags |= CLASS_REVERSE_OPEN_UDP;
+    if either & CLASS_REVERSE_OPEN_UDP != 0 {
+        flags |= CLASS_MAY_UNTRACK_UDP;
     }
     flags
 }

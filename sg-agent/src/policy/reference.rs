@@ -168,7 +168,7 @@ pub fn untracked(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &
         ..*packet
     };
     untracked_flow(vpc, instance, direction, packet)
-        || untracked_flow(vpc, instance, other(direction), &reversed)
+        || untracked_flow(vpc, instance, direction.other(), &reversed)
 }
 
 fn untracked_flow(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packet) -> bool {
@@ -197,7 +197,7 @@ fn untracked_flow(vpc: &Vpc, instance: &Instance, direction: Direction, packet: 
             && whole_space(rule)
             && ports_match(rule.protocol, rule.ports, packet)
     });
-    let other_way_open = rules_of(other(direction)).any(|rule| {
+    let other_way_open = rules_of(direction.other()).any(|rule| {
         whole_space(rule)
             && (rule.protocol == Protocol::All
                 || (rule.protocol.matches(packet.proto)
@@ -290,13 +290,6 @@ fn is_whole_space(vpc: &Vpc, source: &Source, v6: bool) -> bool {
             .prefix_list(name)
             .is_some_and(|p| p.entries.iter().any(whole)),
         Source::Group(_) | Source::SelfGroup => false,
-    }
-}
-
-fn other(direction: Direction) -> Direction {
-    match direction {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
     }
 }
 

@@ -85,15 +85,13 @@ pub struct Fault {
 
 impl Fault {
     fn leaked_ms(&self) -> u64 {
-        self.leaked * PROBE_MS
+        self.leaked * u64::try_from(traffic::PROBE_INTERVAL.as_millis()).expect("a millisecond")
     }
 
     fn passed(&self) -> bool {
         self.leaked_ms() <= self.limit_ms && (self.lost_allowed || self.lost == 0)
     }
 }
-
-const PROBE_MS: u64 = 1;
 
 #[derive(Debug, Default)]
 pub struct FloodResult {
@@ -113,7 +111,6 @@ pub struct Report {
     pub control: Fault,
     pub faults: Vec<Fault>,
     pub flood: FloodResult,
-    pub connections: usize,
 }
 
 impl Report {
@@ -187,7 +184,7 @@ impl Report {
                     format!(
                         "{} of {}{}",
                         f.lost,
-                        self.connections,
+                        self.options.connections,
                         if f.lost_allowed { " (reported)" } else { "" }
                     )
                 },
@@ -346,6 +343,14 @@ impl Chaos {
         let agent = AgentProcess::start_quiet_in(&self.state, &self.config, &args);
         agent.expect_log("ready: enforcing", 0, START);
         self.agent = Some(agent);
+    }
+
+    /// SIGTERM (the agent runs with `--keep-on-exit`), then a new agent on
+    /// the same state with `extra` arguments.
+    fn restart(&mut self, extra: &[&str]) {
+        let status = self.agent.take().expect("an agent runs").terminate();
+        assert!(status.success(), "the agent stops cleanly: {status}");
+        self.start_agent(extra);
     }
 
     /// Writes `rules` and waits until the agent logs `needle` about it.
@@ -507,11 +512,7 @@ pub fn run(options: Options) -> Report {
         "SIGTERM with --keep-on-exit, a new agent adopts",
         0,
         false,
-        |c| {
-            let status = c.agent.take().expect("agent").terminate();
-            assert!(status.success());
-            c.start_agent(&[]);
-        },
+        |c| c.restart(&[]),
     ));
     let before = attached_programs(&c.ns("s1"));
     faults.push(c.measure(
@@ -519,10 +520,7 @@ pub fn run(options: Options) -> Report {
         "a new agent with another program (BPF_LINK_UPDATE on the pinned links)",
         0,
         false,
-        |c| {
-            assert!(c.agent.take().expect("agent").terminate().success());
-            c.start_agent(&["--ebpf-log"]);
-        },
+        |c| c.restart(&["--ebpf-log"]),
     ));
     assert_ne!(
         before,
@@ -534,10 +532,7 @@ pub fn run(options: Options) -> Report {
         "back to the default program, the same way",
         0,
         false,
-        |c| {
-            assert!(c.agent.take().expect("agent").terminate().success());
-            c.start_agent(&[]);
-        },
+        |c| c.restart(&[]),
     ));
     faults.push(c.measure(
         "rename",
@@ -596,7 +591,6 @@ pub fn run(options: Options) -> Report {
         control,
         faults,
         flood,
-        connections: options.connections,
     }
 }
 
