@@ -30,9 +30,9 @@ pub const DROP_NO_POLICY: u32 = 10;
 /// the whole address space, with every port open the other way), passed
 /// by the rules with no connection-table entry.
 pub const PASS_UNTRACKED: u32 = 11;
-/// AWS's source/destination check: a new flow whose local end (the
-/// destination inbound, the source outbound) is not one of the instance's
-/// addresses.
+/// AWS's source/destination check: a new flow the rules allow whose local
+/// end (the destination inbound, the source outbound) is not one of the
+/// instance's addresses. (One the rules refuse counts as `drop_no_rule`.)
 pub const DROP_SOURCE_DEST_CHECK: u32 = 12;
 
 /// One past the highest code in use: the number of the next new reason.

@@ -195,14 +195,18 @@ fn track<K: FlowKey>(
 }
 
 /// A packet no connection-table entry admits, judged as AWS judges a new
-/// flow: the source/destination check, then the rules. Gives the remote
-/// end's address class when they allow it, the drop reason otherwise.
+/// flow: the rules, then the source/destination check. In that order a
+/// packet the rules refuse (a flood) costs no lookup of the instance's own
+/// addresses; it would be dropped either way, and is counted as refused by
+/// the rules. Gives the remote end's address class when both allow it, the
+/// drop reason otherwise.
 #[inline(always)]
 fn by_rules(generation: u8, direction: u8, flow: &Flow) -> Result<AddrValue, u32> {
+    let remote = allowing_class(&KernelPolicy, generation, direction, flow).ok_or(DROP_NO_RULE)?;
     if !policy::own_address(&KernelPolicy, generation, direction, flow) {
         return Err(DROP_SOURCE_DEST_CHECK);
     }
-    allowing_class(&KernelPolicy, generation, direction, flow).ok_or(DROP_NO_RULE)
+    Ok(remote)
 }
 
 /// TCP flows have tables of their own, so a flood of anything else cannot
