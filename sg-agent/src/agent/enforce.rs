@@ -87,6 +87,8 @@ struct Agent<'a> {
     /// The stamp of the file as last read (applied or not), or of the path
     /// when it could not be read: polling compares the path's with it.
     seen: Option<FileStamp>,
+    /// Polling saw a change on the last tick that is not applied yet.
+    poll_pending: bool,
     /// The digest of the file in force.
     in_force: [u8; 32],
     /// How many times an enforced instance was found with nothing attached
@@ -116,6 +118,7 @@ pub(super) fn run(
         pending: BTreeMap::new(),
         reloads: 0,
         seen: Some(file.stamp),
+        poll_pending: false,
         in_force: file.sha256,
         lapses: 0,
     };
@@ -582,6 +585,22 @@ impl Agent<'_> {
         }
     }
 
+    /// Polls the rules file. With the watch running, polling is only its
+    /// fallback: a change is reloaded from here when it is still not
+    /// applied a tick after polling first saw it (the watch, debounced,
+    /// takes a few tens of milliseconds), so each change is reloaded once,
+    /// by the watch when it works.
+    fn poll(&mut self, watched: bool) {
+        if FileStamp::of_path(&self.path) == self.seen {
+            self.poll_pending = false;
+        } else if watched && !self.poll_pending {
+            self.poll_pending = true;
+        } else {
+            self.poll_pending = false;
+            self.reload("file changed (seen by polling)", false);
+        }
+    }
+
     fn log_ready(&self, file: &RulesFile) {
         log::info!(
             "ready: enforcing {} instance(s) from {} (sha256 {}){}",
@@ -605,14 +624,15 @@ impl Agent<'_> {
     fn serve(&mut self, queue: &Receiver<Command>) {
         while let Ok(first) = queue.recv() {
             let mut reload: Option<(&'static str, bool)> = None;
-            let (mut tick, mut flush, mut stop) = (false, false, false);
+            let mut tick: Option<bool> = None;
+            let (mut flush, mut stop) = (false, false);
             for command in std::iter::once(first).chain(queue.try_iter()) {
                 match command {
                     Command::Reload { why, forced } => {
                         let f = reload.is_some_and(|(_, f)| f);
                         reload = Some((why, forced || f));
                     }
-                    Command::Tick => tick = true,
+                    Command::Tick { watched } => tick = Some(watched),
                     Command::FlushLogs => flush = true,
                     Command::Stop => stop = true,
                 }
@@ -623,10 +643,10 @@ impl Agent<'_> {
             if let Some((why, forced)) = reload {
                 self.reload(why, forced);
             }
-            if tick {
+            if let Some(watched) = tick {
                 self.reconcile();
-                if self.opts.watch && FileStamp::of_path(&self.path) != self.seen {
-                    self.reload("file changed (seen by polling)", false);
+                if self.opts.watch {
+                    self.poll(watched);
                 }
             }
             if flush {

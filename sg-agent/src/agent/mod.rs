@@ -135,8 +135,11 @@ enum Command {
         why: &'static str,
         forced: bool,
     },
-    /// Reconcile with the kernel and poll the rules file.
-    Tick,
+    /// Reconcile with the kernel and poll the rules file; `watched`: the
+    /// inotify watch runs, so polling is only its fallback.
+    Tick {
+        watched: bool,
+    },
     /// Forward the eBPF side's log records.
     FlushLogs,
     Stop,
@@ -230,7 +233,7 @@ async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<()
                 while rx.try_recv().is_ok() {}
                 send(Command::Reload { why: "file changed", forced: false });
             }
-            _ = reconcile.tick() => send(Command::Tick),
+            _ = reconcile.tick() => send(Command::Tick { watched: changes.is_some() }),
             _ = log_tick.tick(), if ebpf_log => send(Command::FlushLogs),
         }
     };
