@@ -206,10 +206,10 @@ pub fn measure(cfg: &Config) -> Report {
             let tables = &compiled.instances[0].tables;
             let mut fresh = Dataplane::load().expect("load");
             fresh
-                .publish(tables, always_new(compiled.settings))
+                .publish(tables, always_new(compiled.instances[0].settings))
                 .expect("publish");
             let mut normal = Dataplane::load().expect("load");
-            normal.publish(tables, compiled.settings).expect("publish");
+            normal.publish(tables, compiled.instances[0].settings).expect("publish");
             let fresh = std::rc::Rc::new(fresh);
             let normal = std::rc::Rc::new(normal);
             [false, true].into_iter().flat_map(move |v6| {

@@ -6,7 +6,7 @@ use std::process::Command;
 use aya::maps::{HashMap, MapData};
 use sg_agent::{dataplane::Dataplane, policy::compile::compile};
 use sg_common::{
-    conntrack::{CtEntry, CtKeyV4},
+    conntrack::{CtEntry, CtKey},
     maps as m,
 };
 
@@ -70,7 +70,7 @@ pub fn measure(fill: bool) -> Vec<Report> {
         .expect("valid");
         let compiled = compile(&vpc);
         let mut dp = Dataplane::load().expect("load");
-        dp.publish(&compiled.instances[0].tables, compiled.settings)
+        dp.publish(&compiled.instances[0].tables, compiled.instances[0].settings)
             .expect("publish");
         let before = maps_of(&dp);
         let flows = if fill { fill_conntrack(&mut dp) } else { 0 };
@@ -80,7 +80,7 @@ pub fn measure(fill: bool) -> Vec<Report> {
             .zip(after)
             .map(
                 |((_, name, max, bytes_empty), (_, _, _, bytes_full))| MapRow {
-                    entries_full: if name == m::CT_TCP4 { flows } else { 0 },
+                    entries_full: if name == m::CONNS { flows } else { 0 },
                     name,
                     max_entries: max,
                     bytes_empty,
@@ -93,20 +93,21 @@ pub fn measure(fill: bool) -> Vec<Report> {
     reports
 }
 
-/// Inserts distinct IPv4 TCP flows until the table holds its capacity.
+/// Inserts distinct IPv4 TCP flows until the table holds its capacity
+/// (the default connection allowance).
 fn fill_conntrack(dp: &mut Dataplane) -> u64 {
-    let map = dp.ebpf_mut().map_mut(m::CT_TCP4).expect("CT_TCP4");
-    let mut table: HashMap<&mut MapData, CtKeyV4, CtEntry> =
+    let map = dp.ebpf_mut().map_mut(m::CONNS).expect("CONNS");
+    let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
         HashMap::try_from(map).expect("hash map");
-    for i in 0..m::CT_TCP_MAX_ENTRIES {
-        let key = CtKeyV4 {
-            addr_a: i,
-            addr_b: 0x0100_000a,
+    for i in 0..m::CONNS_DEFAULT_ENTRIES {
+        let key = CtKey {
+            addr_a: [i, 0, 0, 0],
+            addr_b: [0x0100_000a, 0, 0, 0],
             port_a: 40000,
             port_b: 80,
             proto: 6,
-            pad8: 0,
-            pad16: 0,
+            family: sg_common::flow::FAMILY_V4,
+            pad: 0,
         };
         let entry = CtEntry {
             last_seen_ns: 1,

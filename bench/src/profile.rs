@@ -19,7 +19,7 @@ pub const GROUPS: [&str; 7] = [
     "BPF_PROG_TEST_RUN's loop (the XDP_PASS floor)",
     "hash tables: hashing, bucket walk, key compare",
     "LPM trie lookups",
-    "LRU insertion: free lists, bucket lock",
+    "connection-table insertion: free list, bucket lock",
     "clock (bpf_jiffies64 is inlined by the verifier: counted in the program)",
     "other kernel code",
 ];
@@ -33,6 +33,10 @@ fn group_of(symbol: &str) -> usize {
     {
         1
     } else if symbol == "htab_lru_map_update_elem"
+        || symbol == "htab_map_update_elem"
+        || symbol == "alloc_htab_elem"
+        || symbol.starts_with("pcpu_freelist")
+        || symbol.starts_with("__pcpu_freelist")
         || symbol.starts_with("bpf_lru_")
         || symbol.starts_with("prealloc_lru")
         || symbol.starts_with("htab_lock_bucket")

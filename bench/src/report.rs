@@ -342,11 +342,10 @@ pub fn render(all: &All) -> String {
     let _ = writeln!(
         out,
         "\n## 4. Memory\n\n\
-         BPF maps of one instance's object (`bytes_memlock` from `bpftool map show`) at 10,000 rules, with the IPv4 TCP connection table empty and then filled from user space to its capacity \
-         ({} flows; so does the IPv6 TCP table; each table for other protocols holds {}, the fragment table {}). The connection tables are preallocated LRU hashes: their memory is the same empty or full. \
+         BPF maps of one instance's object (`bytes_memlock` from `bpftool map show`) at 10,000 rules, with the connection table empty and then filled from user space to its capacity \
+         ({} flows: the default connection allowance, which `max_tracked_connections` sets per instance; the fragment table holds {}). The connection table is a preallocated hash: its memory is the same empty or full, and grows in proportion to the allowance. \
          The tries are not preallocated and hold two generations only during a reload. The agent's resident set is in the end-to-end table.\n",
-        sg_common::maps::CT_TCP_MAX_ENTRIES,
-        sg_common::maps::CT_OTHER_MAX_ENTRIES,
+        sg_common::maps::CONNS_DEFAULT_ENTRIES,
         sg_common::maps::FRAGS_MAX_ENTRIES
     );
     for m in &all.memory {

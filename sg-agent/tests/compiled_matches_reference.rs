@@ -184,6 +184,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                     interface: None,
                     netns: None,
                     source_dest_check: i != 1,
+                    conntrack: sg_agent::config::ConntrackOverrides::default(),
                     span: 0..0,
                 });
             }
@@ -261,7 +262,7 @@ fn to_flow(p: &Packet) -> Option<Flow> {
 /// Publishes `tables` through the production reload path; returns the
 /// generation in force.
 fn swap_to(encoder: &mut PolicyEncoder, maps: &mut SoftMaps, tables: &PolicyTables) -> u8 {
-    let settings = compile(&Vpc::default()).settings;
+    let settings = sg_agent::policy::compile::settings(&sg_agent::config::ConntrackSettings::default());
     publish(encoder, maps, tables, settings).expect("fits the maps");
     u8::try_from(maps.settings().generation).expect("0 or 1")
 }

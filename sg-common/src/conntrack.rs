@@ -25,71 +25,22 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
-/// Both endpoints of an IPv4 flow, lower (address, port) first. IPv4 flows
-/// have tables of their own with this 16-byte key: the kernel hashes and
-/// compares every key byte on every lookup, and 40 bytes cost a tracked
-/// packet about 10 ns more than 16 do.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKeyV4 {
-    pub addr_a: u32,
-    pub addr_b: u32,
-    pub port_a: u16,
-    pub port_b: u16,
-    pub proto: u8,
-    pub pad8: u8,
-    pub pad16: u16,
-}
-const _: () = assert!(size_of::<CtKeyV4>() == 16);
-
-/// A connection-table key: filled in place from a packet's flow.
-pub trait FlowKey: Copy {
-    /// Fills the key for `flow`; returns whether the packet travels from
-    /// endpoint `a`.
-    fn fill(&mut self, flow: &Flow) -> bool;
-}
-
-impl FlowKey for CtKey {
-    #[inline(always)]
-    fn fill(&mut self, flow: &Flow) -> bool {
-        fill_key(flow, self)
-    }
-}
-
-impl FlowKey for CtKeyV4 {
-    #[inline(always)]
-    fn fill(&mut self, flow: &Flow) -> bool {
-        let (sport, dport) = key_ports(flow);
-        // The same order as the IPv6 key's (an IPv4 address is word 0 of
-        // an `Addr`, the other words zero), so either key type serves.
-        let src_first = endpoint_le(&flow.src, sport, &flow.dst, dport);
-        if src_first {
-            self.addr_a = flow.src[0];
-            self.addr_b = flow.dst[0];
-            self.port_a = sport;
-            self.port_b = dport;
-        } else {
-            self.addr_a = flow.dst[0];
-            self.addr_b = flow.src[0];
-            self.port_a = dport;
-            self.port_b = sport;
-        }
-        self.proto = flow.proto;
-        self.pad8 = 0;
-        self.pad16 = 0;
-        src_first
-    }
-}
-
 pub const STATE_SYN_SENT: u8 = 1;
 pub const STATE_SYN_RECV: u8 = 2;
 pub const STATE_ESTABLISHED: u8 = 3;
-/// One side has sent FIN.
+/// One side has sent FIN: half-closed, the other side may go on sending
+/// (a long response after the client's `shutdown(SHUT_WR)`), so it idles
+/// out as an established connection does.
 pub const STATE_CLOSING: u8 = 4;
-/// Both sides sent FIN, or a RST was seen.
+/// Both sides sent FIN.
 pub const STATE_CLOSED: u8 = 5;
 /// Any non-TCP flow.
 pub const STATE_OPEN: u8 = 6;
+/// A RST was seen. No sequence numbers are tracked, so a RST is not trusted
+/// to end a connection on its own word: the entry idles out as a closed
+/// one, unless the endpoint that sent the RST sends again (not a SYN),
+/// which shows the RST was forged or stale and brings the connection back.
+pub const STATE_RESET: u8 = 7;
 
 /// Endpoint `a` of the key opened the flow.
 pub const FLAG_ORIGIN_A: u8 = 1;
@@ -97,6 +48,8 @@ pub const FLAG_ORIGIN_A: u8 = 1;
 pub const FLAG_REPLIED: u8 = 2;
 /// More than one request-response (UDP): the longer stream timeout applies.
 pub const FLAG_STREAM: u8 = 4;
+/// The last RST came from endpoint a (meaningful in [`STATE_RESET`]).
+pub const FLAG_RST_A: u8 = 32;
 /// FIN seen from endpoint a / b.
 pub const FLAG_FIN_A: u8 = 8;
 pub const FLAG_FIN_B: u8 = 16;
@@ -247,12 +200,12 @@ pub fn is_live(entry: &CtEntry, protocol: u8, now_ns: u64, s: &Settings) -> bool
 }
 
 /// Whether a packet that finds a live `entry` is part of it. A fresh SYN
-/// on a closed TCP connection opens a new one and must be judged by the
-/// rules again.
+/// on a closed or reset TCP connection opens a new one and must be judged
+/// by the rules again.
 #[inline(always)]
 pub fn admits(entry: &CtEntry, flow: &Flow) -> bool {
     !(flow.proto == proto::TCP
-        && entry.state == STATE_CLOSED
+        && (entry.state == STATE_CLOSED || entry.state == STATE_RESET)
         && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
 }
 
@@ -262,7 +215,7 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
     let state = if flow.proto == proto::TCP {
         let f = flow.tcp_flags;
         if f & tcp_flags::RST != 0 {
-            STATE_CLOSED
+            STATE_RESET
         } else if f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
             STATE_SYN_SENT
         } else {
@@ -275,7 +228,11 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
     CtEntry {
         last_seen_ns: now_ns,
         state,
-        flags: if from_a { FLAG_ORIGIN_A } else { 0 },
+        flags: if from_a {
+            FLAG_ORIGIN_A | if state == STATE_RESET { FLAG_RST_A } else { 0 }
+        } else {
+            0
+        },
         pad16: 0,
         pad32: 0,
     }
@@ -298,7 +255,12 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
     if flow.proto == proto::TCP {
         let f = flow.tcp_flags;
         if f & tcp_flags::RST != 0 {
-            state = STATE_CLOSED;
+            state = STATE_RESET;
+            flags = if from_a {
+                flags | FLAG_RST_A
+            } else {
+                flags & !FLAG_RST_A
+            };
         } else {
             if f & tcp_flags::FIN != 0 {
                 flags |= if from_a { FLAG_FIN_A } else { FLAG_FIN_B };
@@ -306,14 +268,20 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
             state = match state {
                 STATE_SYN_SENT if !from_origin && f & tcp_flags::SYN != 0 => STATE_SYN_RECV,
                 STATE_SYN_RECV if from_origin && f & tcp_flags::ACK != 0 => STATE_ESTABLISHED,
-                STATE_CLOSED if f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN => {
+                STATE_CLOSED | STATE_RESET
+                    if f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN =>
+                {
                     STATE_SYN_SENT
                 }
+                // The RST's sender goes on: the RST was not its own.
+                STATE_RESET if from_a == (flags & FLAG_RST_A != 0) => STATE_ESTABLISHED,
                 s => s,
             };
             if flags & (FLAG_FIN_A | FLAG_FIN_B) == FLAG_FIN_A | FLAG_FIN_B {
                 state = STATE_CLOSED;
-            } else if flags & (FLAG_FIN_A | FLAG_FIN_B) != 0 && state != STATE_CLOSED {
+            } else if flags & (FLAG_FIN_A | FLAG_FIN_B) != 0 && state != STATE_CLOSED
+                && state != STATE_RESET
+            {
                 state = STATE_CLOSING;
             }
         }
@@ -349,7 +317,7 @@ mod tests {
             ready: 1,
             tcp_syn_ns: 60 * SEC,
             tcp_established_ns: 432_000 * SEC,
-            tcp_closing_ns: 30 * SEC,
+            tcp_closing_ns: 432_000 * SEC,
             tcp_closed_ns: 10 * SEC,
             udp_ns: 30 * SEC,
             udp_stream_ns: 180 * SEC,
@@ -393,26 +361,6 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_key_agrees_with_the_wide_key() {
-        for (fwd, back) in [
-            (tcp(1, 40000, 2, 80, 0), tcp(2, 80, 1, 40000, 0)),
-            (tcp(9, 80, 2, 80, 0), tcp(2, 80, 9, 80, 0)),
-            (udp(3, 5, 3, 6), udp(3, 6, 3, 5)),
-        ] {
-            let (mut k1, mut k2) = (CtKeyV4::default(), CtKeyV4::default());
-            let a1 = k1.fill(&fwd);
-            let a2 = k2.fill(&back);
-            assert_eq!(k1, k2, "both directions share one key");
-            assert_ne!(a1, a2);
-            assert_eq!(a1, key_of(&fwd).1, "same endpoint order as the wide key");
-            assert_eq!((k1.addr_a, k1.addr_b, k1.port_a, k1.port_b), {
-                let w = key_of(&fwd).0;
-                (w.addr_a[0], w.addr_b[0], w.port_a, w.port_b)
-            });
-        }
-    }
-
-    #[test]
     fn icmp_echo_request_and_reply_share_a_key() {
         let req = Flow {
             family: FAMILY_V4,
@@ -450,7 +398,10 @@ mod tests {
         let fin = tcp(1, 40000, 2, 80, tcp_flags::FIN | tcp_flags::ACK);
         let e = advance(&e, &fin, from_a, 3 * SEC);
         assert_eq!(e.state, STATE_CLOSING);
-        assert!(!is_live(&e, proto::TCP, 3 * SEC + 31 * SEC, &s));
+        // Half-closed: the server may answer for long after the client's
+        // FIN (shutdown(SHUT_WR)); it idles out as an established flow.
+        assert!(is_live(&e, proto::TCP, 3 * SEC + 3_600 * SEC, &s));
+        assert!(!is_live(&e, proto::TCP, 3 * SEC + 432_001 * SEC, &s));
         let fin2 = tcp(2, 80, 1, 40000, tcp_flags::FIN | tcp_flags::ACK);
         let e = advance(&e, &fin2, !from_a, 4 * SEC);
         assert_eq!(e.state, STATE_CLOSED);
@@ -462,12 +413,26 @@ mod tests {
     }
 
     #[test]
-    fn rst_closes_at_once() {
+    fn a_rst_ends_the_flow_unless_its_sender_goes_on() {
+        let s = settings();
         let syn = tcp(1, 40000, 2, 80, tcp_flags::SYN);
         let (_, from_a) = key_of(&syn);
         let e = open(&syn, from_a, 0);
         let rst = tcp(2, 80, 1, 40000, tcp_flags::RST | tcp_flags::ACK);
-        assert_eq!(advance(&e, &rst, !from_a, 1).state, STATE_CLOSED);
+        let reset = advance(&e, &rst, !from_a, 1);
+        assert_eq!(reset.state, STATE_RESET);
+        assert!(!is_live(&reset, proto::TCP, 11 * SEC, &s), "idles out fast");
+        // The other side's stray segments do not bring it back...
+        let stray = tcp(1, 40000, 2, 80, tcp_flags::ACK);
+        assert_eq!(advance(&reset, &stray, from_a, 2).state, STATE_RESET);
+        // ...but the RST's own sender going on shows it was forged.
+        let data = tcp(2, 80, 1, 40000, tcp_flags::ACK);
+        assert_eq!(
+            advance(&reset, &data, !from_a, 2).state,
+            STATE_ESTABLISHED
+        );
+        // A fresh SYN on a reset tuple is a new connection, for the rules.
+        assert!(!admits(&reset, &syn));
     }
 
     #[test]

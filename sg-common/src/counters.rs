@@ -35,8 +35,13 @@ pub const PASS_UNTRACKED: u32 = 11;
 /// instance's addresses. (One the rules refuse counts as `drop_no_rule`.)
 pub const DROP_SOURCE_DEST_CHECK: u32 = 12;
 
+/// AWS's `conntrack_allowance_exceeded`: a packet that would open a new
+/// tracked flow while the instance's connection table holds its allowance.
+/// Established flows are never evicted to make room.
+pub const DROP_CONNTRACK_ALLOWANCE: u32 = 13;
+
 /// One past the highest code in use: the number of the next new reason.
-pub const CODES: u32 = 13;
+pub const CODES: u32 = 14;
 
 /// Room for reasons per direction.
 pub const REASONS: u32 = 16;
@@ -62,6 +67,7 @@ pub const NAMES: [&str; CODES as usize] = [
     "drop_no_policy",
     "pass_untracked",
     "drop_source_dest_check",
+    "drop_conntrack_allowance_exceeded",
 ];
 
 /// Bit `code` set: that reason lets the packet through; clear: it drops it.

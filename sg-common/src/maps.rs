@@ -16,19 +16,12 @@ pub const PORTS: &str = "SG_PORTS";
 /// Hash (not preallocated): [`crate::policy::PortKey`] ->
 /// [`crate::policy::PortValue`], single ports.
 pub const PORT_EXACT: &str = "SG_PORT_EXACT";
-/// LRU hash: [`crate::conntrack::CtKeyV4`] -> [`crate::conntrack::CtEntry`],
-/// IPv4 TCP flows.
-pub const CT_TCP4: &str = "SG_CT_TCP4";
-/// LRU hash: [`crate::conntrack::CtKeyV4`] -> [`crate::conntrack::CtEntry`],
-/// IPv4 flows of every other protocol, kept apart so a UDP flood cannot
-/// evict TCP flows.
-pub const CT_OTHER4: &str = "SG_CT_OTHER4";
-/// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`],
-/// IPv6 TCP flows.
-pub const CT_TCP6: &str = "SG_CT_TCP6";
-/// LRU hash: [`crate::conntrack::CtKey`] -> [`crate::conntrack::CtEntry`],
-/// IPv6 flows of every other protocol.
-pub const CT_OTHER6: &str = "SG_CT_OTHER6";
+/// Hash (preallocated, never evicting): [`crate::conntrack::CtKey`] ->
+/// [`crate::conntrack::CtEntry`], every tracked flow of the instance, both
+/// families and all protocols. Its capacity is the instance's connection
+/// allowance (AWS's `max_tracked_connections`): a full table refuses a new
+/// flow rather than evict a live one, exactly as AWS's allowance does.
+pub const CONNS: &str = "SG_CONNS";
 /// LRU hash: [`crate::conntrack::FragKey`] -> [`crate::conntrack::FragEntry`]:
 /// datagrams whose first fragment was allowed.
 pub const FRAGS: &str = "SG_FRAGS";
@@ -43,7 +36,7 @@ pub const POLICY: [&str; 5] = [SETTINGS, ADDR_V4, ADDR_V6, PORTS, PORT_EXACT];
 /// What is lost when a pinned map of this name is replaced rather than
 /// adopted (another layout, or an earlier version's name).
 pub fn lost_with(name: &str) -> &'static str {
-    if name.starts_with("SG_CT_") {
+    if name.starts_with("SG_CT_") || name.starts_with("SG_CONNS") {
         "its tracked connections (they must be opened again, or be allowed by a rule)"
     } else if name.starts_with("SG_FRAGS") {
         "fragments in flight"
@@ -66,15 +59,23 @@ pub const PORTS_MAX_ENTRIES: u32 = 1 << 20;
 /// 2 MiB here. Ten thousand rules over sixteen groups, each on its own port,
 /// need about fifty thousand entries per generation.
 pub const PORT_EXACT_MAX_ENTRIES: u32 = 1 << 17;
-/// Capacity of each TCP connection table, IPv4 and IPv6 (preallocated LRU).
-pub const CT_TCP_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of each connection table for every other protocol.
-pub const CT_OTHER_MAX_ENTRIES: u32 = 65_536;
+/// The connection allowance (and so the connection table's capacity) of
+/// an instance whose rules file does not set `max_tracked_connections`.
+/// AWS does not publish its allowances (they grow with the instance size);
+/// 65,536 is what a small Linux host's own conntrack defaults to, and
+/// costs about 8 MiB of preallocated kernel memory per instance.
+pub const CONNS_DEFAULT_ENTRIES: u32 = 65_536;
+/// The smallest and largest allowance the rules file may set. The upper
+/// bound keeps one instance's preallocated table near half a GiB.
+pub const CONNS_MIN_ENTRIES: u32 = 16;
+pub const CONNS_MAX_ENTRIES: u32 = 1 << 22;
 /// Capacity of the fragment table.
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
 
 /// What the kernel knows of a map's layout: enough to refuse a pinned map
-/// of another layout before a program misreads it.
+/// of another layout before a program misreads it. The connection table's
+/// capacity is set per instance, so its `max_entries` here is only the
+/// object's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub name: &'static str,
@@ -98,9 +99,9 @@ const fn lpm<T>() -> u32 {
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
 /// and aya-log's buffer belong to one process and are not pinned.
-pub const PINNED: [Layout; 11] = {
+pub const PINNED: [Layout; 8] = {
     use crate::{
-        conntrack::{CtEntry, CtKey, CtKeyV4, FragEntry, FragKey},
+        conntrack::{CtEntry, CtKey, FragEntry, FragKey},
         policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings},
     };
     const fn l(name: &'static str, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
@@ -138,28 +139,10 @@ pub const PINNED: [Layout; 11] = {
             PORT_EXACT_MAX_ENTRIES,
         ),
         l(
-            CT_TCP4,
-            size::<CtKeyV4>(),
-            size::<CtEntry>(),
-            CT_TCP_MAX_ENTRIES,
-        ),
-        l(
-            CT_OTHER4,
-            size::<CtKeyV4>(),
-            size::<CtEntry>(),
-            CT_OTHER_MAX_ENTRIES,
-        ),
-        l(
-            CT_TCP6,
+            CONNS,
             size::<CtKey>(),
             size::<CtEntry>(),
-            CT_TCP_MAX_ENTRIES,
-        ),
-        l(
-            CT_OTHER6,
-            size::<CtKey>(),
-            size::<CtEntry>(),
-            CT_OTHER_MAX_ENTRIES,
+            CONNS_DEFAULT_ENTRIES,
         ),
         l(
             FRAGS,

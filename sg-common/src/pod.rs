@@ -19,7 +19,6 @@ pod!(
     policy::PortKey,
     policy::PortValue,
     conntrack::CtKey,
-    conntrack::CtKeyV4,
     conntrack::CtEntry,
     conntrack::FragKey,
     conntrack::FragEntry,

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use sg_common::{
-    conntrack::{CtEntry, CtKey, CtKeyV4, FragEntry, FragKey},
+    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::COUNTERS_LEN,
     flow::{FAMILY_V4, Flow},
     maps as m,
@@ -36,21 +36,12 @@ pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::with_max_entries(m::POR
 pub static PORT_EXACT: HashMap<PortKey, PortValue> =
     HashMap::with_max_entries(m::PORT_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "SG_CT_TCP4")]
-pub static CT_TCP4: LruHashMap<CtKeyV4, CtEntry> =
-    LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
-
-#[map(name = "SG_CT_OTHER4")]
-pub static CT_OTHER4: LruHashMap<CtKeyV4, CtEntry> =
-    LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
-
-#[map(name = "SG_CT_TCP6")]
-pub static CT_TCP6: LruHashMap<CtKey, CtEntry> =
-    LruHashMap::with_max_entries(m::CT_TCP_MAX_ENTRIES, 0);
-
-#[map(name = "SG_CT_OTHER6")]
-pub static CT_OTHER6: LruHashMap<CtKey, CtEntry> =
-    LruHashMap::with_max_entries(m::CT_OTHER_MAX_ENTRIES, 0);
+/// Every tracked flow. Preallocated and never evicting: a full table
+/// refuses a new flow (the connection allowance) and keeps every live one.
+/// The agent sizes it per instance (`max_tracked_connections`) and reclaims
+/// expired entries; the capacity here is only the default.
+#[map(name = "SG_CONNS")]
+pub static CONNS: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(m::CONNS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "SG_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
@@ -64,7 +55,6 @@ pub struct Scratch {
     pub flow: Flow,
     pub inner: Flow,
     pub ct_key: CtKey,
-    pub ct_key4: CtKeyV4,
     pub frag_key: FragKey,
 }
 

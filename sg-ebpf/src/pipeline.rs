@@ -2,23 +2,22 @@
 //! record, with one exit where the verdict is counted.
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
-use aya_ebpf::maps::LruHashMap;
 use aya_log_ebpf::debug;
 use sg_common::{
-    conntrack::{self, CtEntry, FlowKey, FragEntry},
+    conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
-        self, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE, DROP_SOURCE_DEST_CHECK, PASS_FRAGMENT,
-        PASS_NEIGHBOUR_DISCOVERY, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
+        self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE,
+        DROP_SOURCE_DEST_CHECK, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY, PASS_RULE, PASS_TRACKED,
+        PASS_UNTRACKED,
     },
-    flow::{FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
+    flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
     policy::{self, AddrValue, Settings, allowing_class},
 };
 
 use crate::{
     context::Packet,
     maps::{
-        COUNTERS, CT_OTHER4, CT_OTHER6, CT_TCP4, CT_TCP6, FRAGS, KernelPolicy, SCRATCH, SETTINGS,
-        Scratch,
+        CONNS, COUNTERS, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch,
     },
     parse::{Parsed, parse},
 };
@@ -65,7 +64,6 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         flow,
         inner,
         ct_key,
-        ct_key4,
         frag_key,
         // SAFETY: this CPU's scratch slot, valid for the whole run. Programs do not nest on a CPU (XDP and TC run in softirq context with preemption off, and no program of this object interrupts another on its CPU), so this packet has it alone until it returns.
     } = unsafe { &mut *scratch };
@@ -107,38 +105,11 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         };
     }
 
-    if has_inner {
-        let related = if inner.family == FAMILY_V4 {
-            related_to_tracked(ct_table_v4(inner.proto), inner, ct_key4, now, settings)
-        } else {
-            related_to_tracked(ct_table_v6(inner.proto), inner, ct_key, now, settings)
-        };
-        if related {
-            return PASS_TRACKED;
-        }
+    if has_inner && related_to_tracked(inner, ct_key, now, settings) {
+        return PASS_TRACKED;
     }
 
-    let verdict = if flow.family == FAMILY_V4 {
-        track(
-            ct_table_v4(flow.proto),
-            flow,
-            ct_key4,
-            now,
-            settings,
-            generation,
-            direction,
-        )
-    } else {
-        track(
-            ct_table_v6(flow.proto),
-            flow,
-            ct_key,
-            now,
-            settings,
-            generation,
-            direction,
-        )
-    };
+    let verdict = track(flow, ct_key, now, settings, generation, direction);
     if flow.frag == FRAG_FIRST && counters::passes(verdict) {
         frag_key.fill(flow);
         let _ = FRAGS.insert(*frag_key, FragEntry { seen_ns: now }, 0);
@@ -148,50 +119,62 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
 
 /// The connection table's verdict, or the rules' for a flow it does not
 /// hold: a tracked flow passes and its entry advances; a new flow the rules
-/// allow gets an entry.
+/// allow gets an entry if the allowance has room, and is dropped if not.
 #[inline(always)]
-fn track<K: FlowKey>(
-    table: &LruHashMap<K, CtEntry>,
+fn track(
     flow: &Flow,
-    key: &mut K,
+    key: &mut CtKey,
     now: u64,
     settings: &Settings,
     generation: u8,
     direction: u8,
 ) -> u32 {
-    let from_a = key.fill(flow);
+    let from_a = conntrack::fill_key(flow, key);
     let key = &*key;
-    match table.get_ptr_mut(key) {
-        Some(entry)
+    let expired = match CONNS.get_ptr_mut(key) {
+        Some(entry) => {
             // SAFETY: `entry` points at a live value of the table: values are freed only after an RCU grace period, which cannot end while this program runs. Another CPU may update the same flow meanwhile; the race costs at most one state update, never memory safety.
-            if conntrack::is_live(unsafe { &*entry }, flow.proto, now, settings)
-                && conntrack::admits(unsafe { &*entry }, flow) =>
-        {
-            // SAFETY: as above.
             let old = unsafe { *entry };
-            let next = conntrack::advance(&old, flow, from_a, now);
-            if conntrack::needs_write(&old, &next) {
-                // SAFETY: as above.
-                unsafe { *entry = next };
+            if conntrack::is_live(&old, flow.proto, now, settings) && conntrack::admits(&old, flow)
+            {
+                let next = conntrack::advance(&old, flow, from_a, now);
+                if conntrack::needs_write(&old, &next) {
+                    // SAFETY: as above.
+                    unsafe { *entry = next };
+                }
+                return PASS_TRACKED;
             }
-            PASS_TRACKED
+            true
         }
-        _ => {
-            let remote = match by_rules(generation, direction, flow) {
-                Ok(remote) => remote,
-                Err(drop) => return drop,
-            };
-            // AWS tracks no flow that a whole-space rule allows with every
-            // port open the other way: judged by the rules, packet by packet.
-            if policy::untracked(&KernelPolicy, generation, direction, flow, remote) {
-                return PASS_UNTRACKED;
+        None => false,
+    };
+    let remote = match by_rules(generation, direction, flow) {
+        Ok(remote) => remote,
+        Err(drop) => {
+            // An expired entry the rules no longer stand behind gives its
+            // place in the allowance back at once.
+            if expired {
+                let _ = CONNS.remove(key);
             }
-            let entry: CtEntry = conntrack::open(flow, from_a, now);
-            // A full table evicts its least recently used flow (LRU).
-            let _ = table.insert(key, entry, 0);
-            PASS_RULE
+            return drop;
         }
+    };
+    // AWS tracks no flow that a whole-space rule allows with every port
+    // open the other way: judged by the rules, packet by packet.
+    if policy::untracked(&KernelPolicy, generation, direction, flow, remote) {
+        if expired {
+            let _ = CONNS.remove(key);
+        }
+        return PASS_UNTRACKED;
     }
+    let entry: CtEntry = conntrack::open(flow, from_a, now);
+    // A preallocated hash refuses a new key when full (an expired entry of
+    // the same flow is replaced in place): the allowance is used up, and
+    // no live flow is evicted to make room.
+    if CONNS.insert(key, &entry, 0).is_err() {
+        return DROP_CONNTRACK_ALLOWANCE;
+    }
+    PASS_RULE
 }
 
 /// A packet no connection-table entry admits, judged as AWS judges a new
@@ -209,39 +192,13 @@ fn by_rules(generation: u8, direction: u8, flow: &Flow) -> Result<AddrValue, u32
     Ok(remote)
 }
 
-/// TCP flows have tables of their own, so a flood of anything else cannot
-/// evict them; IPv4 flows have tables with a shorter key.
-#[inline(always)]
-fn ct_table_v4(protocol: u8) -> &'static LruHashMap<conntrack::CtKeyV4, CtEntry> {
-    if protocol == proto::TCP {
-        &CT_TCP4
-    } else {
-        &CT_OTHER4
-    }
-}
-
-#[inline(always)]
-fn ct_table_v6(protocol: u8) -> &'static LruHashMap<conntrack::CtKey, CtEntry> {
-    if protocol == proto::TCP {
-        &CT_TCP6
-    } else {
-        &CT_OTHER6
-    }
-}
-
 /// An ICMP error passes when the packet it quotes belongs to a tracked flow
 /// (path MTU discovery, unreachable ports, traceroute).
 #[inline(always)]
-fn related_to_tracked<K: FlowKey>(
-    table: &LruHashMap<K, CtEntry>,
-    inner: &Flow,
-    key: &mut K,
-    now: u64,
-    settings: &Settings,
-) -> bool {
-    key.fill(inner);
+fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settings) -> bool {
+    conntrack::fill_key(inner, key);
     // SAFETY: the entry is read at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
-    match unsafe { table.get(*key) } {
+    match unsafe { CONNS.get(key) } {
         Some(e) => conntrack::is_live(e, inner.proto, now, settings),
         None => false,
     }

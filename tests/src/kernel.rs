@@ -36,8 +36,9 @@ pub fn dataplane_for(vpc: &Vpc, instance: &str) -> Dataplane {
         .iter()
         .find(|i| i.name == instance)
         .expect("instance in config");
-    let mut dp = Dataplane::load().expect("eBPF object loads and passes the verifier");
-    dp.publish(&inst.tables, compiled.settings)
+    let mut dp = Dataplane::load_with_allowance(inst.max_tracked_connections)
+        .expect("eBPF object loads and passes the verifier");
+    dp.publish(&inst.tables, inst.settings)
         .expect("policy published");
     dp
 }

@@ -62,7 +62,17 @@ struct Enforced {
     dataplane: Dataplane,
     /// When the interface was found gone or recreated, until re-attached.
     lost_since: Option<Instant>,
+    /// The capacity of its connection table (its connection allowance).
+    allowance: u32,
+    /// When its expired connections were last reclaimed, and how many new
+    /// flows the allowance had refused by then.
+    reclaimed: (Instant, u64),
 }
+
+/// Expired connections are reclaimed this often...
+const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+/// ...and as often as this while the allowance refuses new flows.
+const RECLAIM_WHEN_FULL: Duration = Duration::from_secs(1);
 
 /// An instance the file asks for that is not enforced yet: its namespace or
 /// interface does not exist (a VM that boots later), or loading failed.
@@ -153,6 +163,10 @@ fn acceptable(path: &Path, file: &RulesFile, allow_empty: bool) -> Result<Vpc, A
 enum Step {
     /// Same place: swap its policy.
     Publish,
+    /// Same place, another connection allowance: a new object with a table
+    /// of the new capacity (its connections carried over), replacing the
+    /// programs on the links in place.
+    Resize(Box<Dataplane>),
     /// Same name, another place: attach there first, then let go of the
     /// old place.
     Move(Place),
@@ -188,7 +202,19 @@ impl Agent<'_> {
         let mut renamed_from: Vec<String> = Vec::new();
         for (name, (inst, place)) in &wanted {
             let step = if let Some(e) = self.enforced.get(name) {
-                if &e.place == place {
+                if &e.place == place && e.allowance != inst.max_tracked_connections {
+                    match self.prepare_new(name, inst) {
+                        Ok(dp) => Step::Resize(Box::new(dp)),
+                        Err(e) => {
+                            for (n, step) in steps {
+                                if let Step::New(dp) | Step::Resize(dp) = step {
+                                    Self::forget_prepared(&n, *dp);
+                                }
+                            }
+                            return Err(e);
+                        }
+                    }
+                } else if &e.place == place {
                     Step::Publish
                 } else if let Err(why) = place_exists(place) {
                     log::error!(
@@ -216,14 +242,14 @@ impl Agent<'_> {
                 let prepared = if self.stopping() {
                     Err(AgentError::Stopping)
                 } else {
-                    self.prepare_new(name, inst, compiled.settings)
+                    self.prepare_new(name, inst)
                 };
                 match prepared {
                     Ok(dp) => Step::New(Box::new(dp)),
                     Err(e) => {
                         // Nothing has changed yet: drop what was prepared.
                         for (n, step) in steps {
-                            if let Step::New(dp) = step {
+                            if let Step::New(dp) | Step::Resize(dp) = step {
                                 Self::forget_prepared(&n, *dp);
                             }
                         }
@@ -238,7 +264,7 @@ impl Agent<'_> {
         let mut failures = Vec::new();
         for (name, step) in steps {
             let (inst, place) = &wanted[&name];
-            let result = self.commit(&name, inst, place, step, compiled.settings);
+            let result = self.commit(&name, inst, place, step);
             if let Err(e) = result {
                 log::error!("{}", crate::cli::error_chain(&e));
                 failures.push(name);
@@ -275,15 +301,16 @@ impl Agent<'_> {
 
     /// Loads a new instance's object (adopting what an earlier agent pinned
     /// for it) and fills its policy; nothing is attached.
-    fn prepare_new(
-        &self,
-        name: &str,
-        inst: &CompiledInstance,
-        settings: sg_common::policy::Settings,
-    ) -> Result<Dataplane, AgentError> {
+    fn prepare_new(&self, name: &str, inst: &CompiledInstance) -> Result<Dataplane, AgentError> {
+        let settings = inst.settings;
         let pins = self.state.instance(name);
         let existed = pins.exists();
-        let mut dp = Dataplane::load_pinned(pins.clone(), self.opts.ebpf_log).map_err(|e| {
+        let mut dp = Dataplane::load_pinned(
+            pins.clone(),
+            self.opts.ebpf_log,
+            inst.max_tracked_connections,
+        )
+        .map_err(|e| {
             if !existed {
                 let _ = pins.remove();
             }
@@ -314,8 +341,8 @@ impl Agent<'_> {
         inst: &CompiledInstance,
         place: &Place,
         step: Step,
-        settings: sg_common::policy::Settings,
     ) -> Result<(), AgentError> {
+        let settings = inst.settings;
         match step {
             Step::Publish => {
                 let e = self.enforced.get_mut(name).expect("enforced");
@@ -363,7 +390,15 @@ impl Agent<'_> {
                 );
             }
             Step::New(dp) => {
-                self.attach_new(name, place, *dp);
+                self.attach_new(name, place, *dp, inst.max_tracked_connections);
+            }
+            Step::Resize(dp) => {
+                let from = self.enforced.get(name).map_or(0, |e| e.allowance);
+                self.attach_new(name, place, *dp, inst.max_tracked_connections);
+                log::info!(
+                    "instance {name}: connection allowance {from} -> {}",
+                    inst.max_tracked_connections
+                );
             }
             Step::Wait(why) => {
                 self.wait_for(name, place, why);
@@ -372,7 +407,7 @@ impl Agent<'_> {
         Ok(())
     }
 
-    fn attach_new(&mut self, name: &str, place: &Place, mut dp: Dataplane) {
+    fn attach_new(&mut self, name: &str, place: &Place, mut dp: Dataplane, allowance: u32) {
         let maps_adopted = dp.adopted();
         let result = dp
             .attach(&place.1, place.0.as_deref(), self.opts.ingress)
@@ -395,6 +430,8 @@ impl Agent<'_> {
                         place: place.clone(),
                         dataplane: dp,
                         lost_since: None,
+                        allowance,
+                        reclaimed: (Instant::now(), 0),
                     },
                 );
             }
@@ -510,11 +547,52 @@ impl Agent<'_> {
                 self.wait_for(&name, &place, why);
                 continue;
             }
-            match self.prepare_new(&name, inst, compiled.settings) {
+            match self.prepare_new(&name, inst) {
                 Ok(dp) => {
-                    self.attach_new(&name, &place, dp);
+                    self.attach_new(&name, &place, dp, inst.max_tracked_connections);
                 }
                 Err(e) => self.wait_for(&name, &place, crate::cli::error_chain(&e)),
+            }
+        }
+    }
+
+    /// Gives the allowance back: removes expired connections of each
+    /// instance every [`RECLAIM_EVERY`], and every [`RECLAIM_WHEN_FULL`]
+    /// while its allowance refuses new flows.
+    fn reclaim(&mut self) {
+        let Some(compiled) = &self.compiled else {
+            return;
+        };
+        for (name, e) in &mut self.enforced {
+            let Some(inst) = compiled.instances.iter().find(|i| &i.name == name) else {
+                continue;
+            };
+            let (last, refused_then) = e.reclaimed;
+            let refused = e.dataplane.allowance_refusals();
+            let due = last.elapsed() >= RECLAIM_EVERY
+                || (refused != refused_then && last.elapsed() >= RECLAIM_WHEN_FULL);
+            if !due {
+                continue;
+            }
+            e.reclaimed = (Instant::now(), refused);
+            match e.dataplane.reclaim_expired(&inst.settings) {
+                Ok(r) if refused != refused_then => log::warn!(
+                    "instance {name}: connection allowance used up ({} new flows refused so \
+                     far); {} expired connections reclaimed, {} tracked",
+                    refused,
+                    r.removed,
+                    r.live
+                ),
+                Ok(r) if r.removed > 0 => log::debug!(
+                    "instance {name}: {} expired connections reclaimed, {} tracked",
+                    r.removed,
+                    r.live
+                ),
+                Ok(_) => {}
+                Err(err) => log::warn!(
+                    "instance {name}: reclaiming expired connections: {}",
+                    crate::cli::error_chain(&err)
+                ),
             }
         }
     }
@@ -645,6 +723,7 @@ impl Agent<'_> {
             }
             if let Some(watched) = tick {
                 self.reconcile();
+                self.reclaim();
                 if self.opts.watch {
                     self.poll(watched);
                 }

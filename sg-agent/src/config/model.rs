@@ -196,6 +196,9 @@ pub struct Instance {
     /// only from its own addresses and receives only for them. Off for a
     /// NAT or router instance.
     pub source_dest_check: bool,
+    /// `[instance.conntrack]`: what this instance sets apart from the
+    /// file-wide `[conntrack]` (AWS sets connection tracking per interface).
+    pub conntrack: ConntrackOverrides,
     pub span: Span,
 }
 
@@ -223,9 +226,14 @@ impl Default for Limits {
     }
 }
 
-/// Idle timeouts in seconds, named after AWS's `ConnectionTrackingSpecification`.
+/// An instance's connection tracking, named after AWS's
+/// `ConnectionTrackingSpecification`: timeouts in seconds, and the
+/// connection allowance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConntrackSettings {
+    /// Tracked flows the instance may hold at once; a new tracked flow past
+    /// it is dropped (AWS's `conntrack_allowance_exceeded`).
+    pub max_tracked_connections: u32,
     pub tcp_established_timeout: u64,
     pub udp_timeout: u64,
     pub udp_stream_timeout: u64,
@@ -234,6 +242,7 @@ pub struct ConntrackSettings {
 impl Default for ConntrackSettings {
     fn default() -> Self {
         Self {
+            max_tracked_connections: sg_common::maps::CONNS_DEFAULT_ENTRIES,
             tcp_established_timeout: 432_000,
             udp_timeout: 30,
             udp_stream_timeout: 180,
@@ -241,9 +250,41 @@ impl Default for ConntrackSettings {
     }
 }
 
+impl ConntrackSettings {
+    /// These settings with what `o` sets in their place.
+    #[must_use]
+    pub fn with(self, o: ConntrackOverrides) -> Self {
+        Self {
+            max_tracked_connections: o
+                .max_tracked_connections
+                .unwrap_or(self.max_tracked_connections),
+            tcp_established_timeout: o
+                .tcp_established_timeout
+                .unwrap_or(self.tcp_established_timeout),
+            udp_timeout: o.udp_timeout.unwrap_or(self.udp_timeout),
+            udp_stream_timeout: o.udp_stream_timeout.unwrap_or(self.udp_stream_timeout),
+        }
+    }
+}
+
+/// The keys a `[conntrack]` table sets; `None`: not set there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackOverrides {
+    pub max_tracked_connections: Option<u32>,
+    pub tcp_established_timeout: Option<u64>,
+    pub udp_timeout: Option<u64>,
+    pub udp_stream_timeout: Option<u64>,
+}
+
 impl Vpc {
     pub fn group(&self, name: &str) -> Option<&SecurityGroup> {
         self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The connection tracking in force on `inst`: the file-wide
+    /// `[conntrack]`, overridden by its own `[instance.conntrack]`.
+    pub fn conntrack_of(&self, inst: &Instance) -> ConntrackSettings {
+        self.conntrack.with(inst.conntrack)
     }
 
     pub fn instance(&self, name: &str) -> Option<&Instance> {

@@ -4,6 +4,7 @@
 use std::{net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
+use sg_common::maps as m;
 use toml::{
     Spanned,
     de::{DeArray, DeTable, DeValue},
@@ -12,7 +13,7 @@ use toml::{
 use super::{
     diagnostics::{Diagnostic, did_you_mean},
     model::{
-        ConntrackSettings, Instance, Limits, Ports, PrefixList, Protocol, Rule, SecurityGroup,
+        ConntrackOverrides, ConntrackSettings, Instance, Limits, Ports, PrefixList, Protocol, Rule, SecurityGroup,
         Source, SourceRef, Span, Vpc,
     },
 };
@@ -216,7 +217,7 @@ impl Parser {
             vpc.limits = self.limits(v);
         }
         if let Some(v) = Self::get(root, "conntrack") {
-            vpc.conntrack = self.conntrack(v);
+            vpc.conntrack = ConntrackSettings::default().with(self.conntrack(v, "[conntrack]"));
         }
         vpc
     }
@@ -573,6 +574,7 @@ impl Parser {
                 "interface",
                 "netns",
                 "source_dest_check",
+                "conntrack",
             ],
             "an instance",
         );
@@ -618,6 +620,9 @@ impl Parser {
                 true
             }),
         };
+        let conntrack = Self::get(t, "conntrack")
+            .map(|v| self.conntrack(v, "an instance's [instance.conntrack]"))
+            .unwrap_or_default();
         Some(Instance {
             name: name?.0,
             addresses,
@@ -625,6 +630,7 @@ impl Parser {
             interface,
             netns,
             source_dest_check,
+            conntrack,
             span,
         })
     }
@@ -692,42 +698,39 @@ impl Parser {
         }
     }
 
-    fn conntrack(&mut self, v: &Value) -> ConntrackSettings {
-        let d = ConntrackSettings::default();
+    /// A `[conntrack]` or `[instance.conntrack]` table: the keys it sets.
+    fn conntrack(&mut self, v: &Value, what: &str) -> ConntrackOverrides {
         let Some(t) = self.table(v, "conntrack") else {
-            return d;
+            return ConntrackOverrides::default();
         };
         self.known_keys(
             t,
             &[
+                "max_tracked_connections",
                 "tcp_established_timeout",
                 "udp_timeout",
                 "udp_stream_timeout",
             ],
-            "[conntrack]",
+            what,
         );
-        ConntrackSettings {
-            tcp_established_timeout: self.bounded(
-                t,
+        let mut set = |key: &str, range: std::ops::RangeInclusive<i64>, why: &str| {
+            Self::get(t, key)?;
+            Some(self.bounded(t, key, range, 0, why)).filter(|n| *n != 0)
+        };
+        ConntrackOverrides {
+            max_tracked_connections: set(
+                "max_tracked_connections",
+                i64::from(m::CONNS_MIN_ENTRIES)..=i64::from(m::CONNS_MAX_ENTRIES),
+                " (the connection table is preallocated: about 128 bytes each)",
+            )
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            tcp_established_timeout: set(
                 "tcp_established_timeout",
                 60..=432_000,
-                d.tcp_established_timeout,
                 " seconds, as in AWS",
             ),
-            udp_timeout: self.bounded(
-                t,
-                "udp_timeout",
-                30..=60,
-                d.udp_timeout,
-                " seconds, as in AWS",
-            ),
-            udp_stream_timeout: self.bounded(
-                t,
-                "udp_stream_timeout",
-                60..=180,
-                d.udp_stream_timeout,
-                " seconds, as in AWS",
-            ),
+            udp_timeout: set("udp_timeout", 30..=60, " seconds, as in AWS"),
+            udp_stream_timeout: set("udp_stream_timeout", 60..=180, " seconds, as in AWS"),
         }
     }
 }

@@ -175,6 +175,8 @@ impl Dataplane {
             _ => Hook::XdpGeneric,
         };
         self.retain_links(&[(ingress_hook, place), (Hook::TcEgress, place)]);
+        // Flows the replaced programs opened until now, then their tables go.
+        self.carry_over_connections()?;
         self.remove_foreign_pins();
         Ok(self.attachment.insert(Attachment {
             ifname: ifname.to_owned(),
@@ -198,6 +200,10 @@ impl Dataplane {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             match std::fs::remove_file(&path) {
+                Ok(()) if super::conns::carried_over(&name) => log::info!(
+                    "{}: replaced, its tracked connections carried over",
+                    path.display()
+                ),
                 Ok(()) => log::warn!(
                     "{}: a map of an earlier sg-agent, not used by this one: removed, losing {}",
                     path.display(),

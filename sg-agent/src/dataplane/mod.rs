@@ -8,6 +8,7 @@
 //! packet counters, [`netns`] enters an instance's network namespace.
 
 pub mod attach;
+pub mod conns;
 pub mod counters;
 mod error;
 pub mod netns;
@@ -72,18 +73,36 @@ impl Dataplane {
     /// `ebpf_log`. Without it the log statements are compiled out by the
     /// verifier: they cost nothing on the per-packet path.
     pub fn load_logging(ebpf_log: bool) -> Result<Self, DataplaneError> {
-        Self::load_with(ebpf_log, None)
+        Self::load_with(ebpf_log, None, m::CONNS_DEFAULT_ENTRIES)
     }
 
     /// Loads the object with its maps pinned under `pins`: maps already
     /// pinned there (by an agent that ran before) are adopted with their
     /// entries: connection tables, counters and the policy in force, which
     /// keeps judging packets until the next publish swaps it.
-    pub fn load_pinned(pins: InstancePins, ebpf_log: bool) -> Result<Self, DataplaneError> {
-        Self::load_with(ebpf_log, Some(pins))
+    ///
+    /// `allowance` is the capacity of its connection table: a table pinned
+    /// with another capacity is replaced by one of this capacity, its
+    /// connections carried over.
+    pub fn load_pinned(
+        pins: InstancePins,
+        ebpf_log: bool,
+        allowance: u32,
+    ) -> Result<Self, DataplaneError> {
+        Self::load_with(ebpf_log, Some(pins), allowance)
     }
 
-    fn load_with(ebpf_log: bool, pins: Option<InstancePins>) -> Result<Self, DataplaneError> {
+    /// [`Dataplane::load`] with a connection allowance other than the
+    /// default (tests of the allowance, benchmarks).
+    pub fn load_with_allowance(allowance: u32) -> Result<Self, DataplaneError> {
+        Self::load_with(false, None, allowance)
+    }
+
+    fn load_with(
+        ebpf_log: bool,
+        pins: Option<InstancePins>,
+        allowance: u32,
+    ) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -94,10 +113,12 @@ impl Dataplane {
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, true);
+        loader.map_max_entries(m::CONNS, allowance);
         let mut adopted = false;
         if let Some(pins) = &pins {
             pins.create().map_err(DataplaneError::Pin)?;
             replace_other_layouts(pins)?;
+            conns::set_aside_other_capacity(pins, allowance)?;
             for layout in &m::PINNED {
                 let path = pins.map(layout.name);
                 adopted |= layout.name == m::SETTINGS && path.exists();
@@ -140,7 +161,7 @@ impl Dataplane {
         } else {
             PolicyEncoder::default()
         };
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             logger,
             ingress_tc_loaded: false,
@@ -149,7 +170,9 @@ impl Dataplane {
             adopted,
             links: Vec::new(),
             attachment: None,
-        })
+        };
+        dp.carry_over_connections()?;
+        Ok(dp)
     }
 
     /// Whether the maps were found pinned and adopted.
@@ -274,8 +297,19 @@ fn replace_other_layouts(pins: &InstancePins) -> Result<(), DataplaneError> {
             name: layout.name,
             source,
         })?;
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        let want = (layout.key_size, layout.value_size, layout.max_entries);
+        // The connection table's capacity is the instance's allowance: a
+        // change of it is carried over by `conns`, not lost.
+        let entries = |n| if layout.name == m::CONNS { 0 } else { n };
+        let found = (
+            info.key_size(),
+            info.value_size(),
+            entries(info.max_entries()),
+        );
+        let want = (
+            layout.key_size,
+            layout.value_size,
+            entries(layout.max_entries),
+        );
         if found != want {
             log::warn!(
                 "{}: pinned with another layout (key, value, entries: {found:?}; this build: \

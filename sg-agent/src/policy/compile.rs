@@ -27,9 +27,6 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     pub instances: Vec<CompiledInstance>,
-    /// Connection-tracking timeouts (generation and ready are set when
-    /// published).
-    pub settings: Settings,
 }
 
 #[derive(Clone, Debug)]
@@ -38,6 +35,11 @@ pub struct CompiledInstance {
     pub interface: Option<String>,
     pub netns: Option<String>,
     pub tables: PolicyTables,
+    /// Connection-tracking timeouts (generation and ready are set when
+    /// published).
+    pub settings: Settings,
+    /// The connection allowance: the capacity of its connection table.
+    pub max_tracked_connections: u32,
 }
 
 /// One instance's tables, independent of generation.
@@ -85,23 +87,27 @@ pub fn compile(vpc: &Vpc) -> CompiledPolicy {
                 interface: inst.interface.clone(),
                 netns: inst.netns.clone(),
                 tables: compile_instance(vpc, inst),
+                settings: settings(&vpc.conntrack_of(inst)),
+                max_tracked_connections: vpc.conntrack_of(inst).max_tracked_connections,
             })
             .collect(),
-        settings: settings(&vpc.conntrack),
     }
 }
 
 const SEC: u64 = 1_000_000_000;
 
-/// Timeouts: AWS's adjustable ones from the file; handshakes, closing
-/// states and ICMP short, as a careful stateful firewall keeps them.
+/// Timeouts: AWS's adjustable ones from the file; the rest are sg-agent's
+/// choices where AWS publishes none: a half-closed connection (one FIN)
+/// idles out as an established one (its other side may still be sending a
+/// long response); handshakes, closed and reset connections and ICMP idle
+/// out fast, as a careful stateful firewall keeps them.
 pub fn settings(ct: &ConntrackSettings) -> Settings {
     Settings {
         generation: 0,
         ready: 0,
         tcp_syn_ns: 60 * SEC,
         tcp_established_ns: ct.tcp_established_timeout * SEC,
-        tcp_closing_ns: 30 * SEC,
+        tcp_closing_ns: ct.tcp_established_timeout * SEC,
         tcp_closed_ns: 10 * SEC,
         udp_ns: ct.udp_timeout * SEC,
         udp_stream_ns: ct.udp_stream_timeout * SEC,

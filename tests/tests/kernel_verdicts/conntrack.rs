@@ -218,7 +218,7 @@ fn idle_flows_expire_in_real_time() {
         let mut dp = sg_agent::dataplane::Dataplane::load().expect("load");
         let settings = sg_common::policy::Settings {
             tcp_syn_ns: timeout_ms * 1_000_000,
-            ..compiled.settings
+            ..compiled.instances[0].settings
         };
         dp.publish(tables, settings).expect("publish");
         assert!(tc_passes(

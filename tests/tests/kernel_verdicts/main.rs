@@ -6,8 +6,9 @@
 //! idle timeouts; [`fragments`]; [`reloads`]: whole-policy swaps;
 //! [`logging`]: no log statement in the programs unless asked for;
 //! [`source_dest`]: the source/destination check; [`untracked`]: AWS's
-//! untracked flows.
+//! untracked flows; [`allowance`]: the connection allowance.
 
+mod allowance;
 mod conntrack;
 mod fragments;
 mod frame_table;
