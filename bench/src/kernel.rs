@@ -209,7 +209,9 @@ pub fn measure(cfg: &Config) -> Report {
                 .publish(tables, always_new(compiled.instances[0].settings))
                 .expect("publish");
             let mut normal = Dataplane::load().expect("load");
-            normal.publish(tables, compiled.instances[0].settings).expect("publish");
+            normal
+                .publish(tables, compiled.instances[0].settings)
+                .expect("publish");
             let fresh = std::rc::Rc::new(fresh);
             let normal = std::rc::Rc::new(normal);
             [false, true].into_iter().flat_map(move |v6| {

@@ -70,8 +70,11 @@ pub fn measure(fill: bool) -> Vec<Report> {
         .expect("valid");
         let compiled = compile(&vpc);
         let mut dp = Dataplane::load().expect("load");
-        dp.publish(&compiled.instances[0].tables, compiled.instances[0].settings)
-            .expect("publish");
+        dp.publish(
+            &compiled.instances[0].tables,
+            compiled.instances[0].settings,
+        )
+        .expect("publish");
         let before = maps_of(&dp);
         let flows = if fill { fill_conntrack(&mut dp) } else { 0 };
         let after = maps_of(&dp);

@@ -262,7 +262,8 @@ fn to_flow(p: &Packet) -> Option<Flow> {
 /// Publishes `tables` through the production reload path; returns the
 /// generation in force.
 fn swap_to(encoder: &mut PolicyEncoder, maps: &mut SoftMaps, tables: &PolicyTables) -> u8 {
-    let settings = sg_agent::policy::compile::settings(&sg_agent::config::ConntrackSettings::default());
+    let settings =
+        sg_agent::policy::compile::settings(&sg_agent::config::ConntrackSettings::default());
     publish(encoder, maps, tables, settings).expect("fits the maps");
     u8::try_from(maps.settings().generation).expect("0 or 1")
 }

@@ -279,7 +279,8 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
             };
             if flags & (FLAG_FIN_A | FLAG_FIN_B) == FLAG_FIN_A | FLAG_FIN_B {
                 state = STATE_CLOSED;
-            } else if flags & (FLAG_FIN_A | FLAG_FIN_B) != 0 && state != STATE_CLOSED
+            } else if flags & (FLAG_FIN_A | FLAG_FIN_B) != 0
+                && state != STATE_CLOSED
                 && state != STATE_RESET
             {
                 state = STATE_CLOSING;
@@ -427,10 +428,7 @@ mod tests {
         assert_eq!(advance(&reset, &stray, from_a, 2).state, STATE_RESET);
         // ...but the RST's own sender going on shows it was forged.
         let data = tcp(2, 80, 1, 40000, tcp_flags::ACK);
-        assert_eq!(
-            advance(&reset, &data, !from_a, 2).state,
-            STATE_ESTABLISHED
-        );
+        assert_eq!(advance(&reset, &data, !from_a, 2).state, STATE_ESTABLISHED);
         // A fresh SYN on a reset tuple is a new connection, for the rules.
         assert!(!admits(&reset, &syn));
     }

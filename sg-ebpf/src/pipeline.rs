@@ -16,9 +16,7 @@ use sg_common::{
 
 use crate::{
     context::Packet,
-    maps::{
-        CONNS, COUNTERS, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch,
-    },
+    maps::{CONNS, COUNTERS, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch},
     parse::{Parsed, parse},
 };
 

@@ -481,9 +481,9 @@ fn pinned_maps_of_another_version_are_replaced_and_logged() {
     bpftool(&[
         "map",
         "create",
-        &path("SG_CT_TCP4"),
+        &path("SG_CONNS"),
         "type",
-        "lru_hash",
+        "hash",
         "key",
         "4",
         "value",
@@ -491,19 +491,64 @@ fn pinned_maps_of_another_version_are_replaced_and_logged() {
         "entries",
         "16",
         "name",
+        "SG_CONNS",
+    ]);
+    // An earlier version's IPv4 TCP table (LRU, 16-byte key) holding one
+    // flow, 10.0.0.1:40000 <-> 10.0.0.2:80, established.
+    bpftool(&[
+        "map",
+        "create",
+        &path("SG_CT_TCP4"),
+        "type",
+        "lru_hash",
+        "key",
+        "16",
+        "value",
+        "16",
+        "entries",
+        "65536",
+        "name",
         "SG_CT_TCP4",
     ]);
+    let hex = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let mut update = vec![
+        "map".to_owned(),
+        "update".into(),
+        "pinned".into(),
+        path("SG_CT_TCP4"),
+        "key".into(),
+        "hex".into(),
+    ];
+    update.extend(hex("0a 00 00 01 0a 00 00 02 40 9c 00 50 06 00 00 00"));
+    update.extend(["value".to_owned(), "hex".into()]);
+    update.extend(hex("01 00 00 00 00 00 00 00 03 01 00 00 00 00 00 00"));
+    bpftool(&update.iter().map(String::as_str).collect::<Vec<_>>());
     let agent = start_in(&state, &lab);
     let log = agent.log_text();
     assert!(
-        log.contains("SG_CT_TCP4: pinned with another layout")
+        log.contains("SG_CONNS: pinned with another layout")
             && log.contains("losing its tracked connections"),
         "the replaced table is named with what was lost:\n{log}"
+    );
+    assert!(
+        log.contains("SG_CT_TCP4: replaced, its tracked connections carried over"),
+        "the earlier version's connection table is carried over:\n{log}"
+    );
+    let dump = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", &path("SG_CONNS")])
+        .output()
+        .expect("bpftool runs");
+    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("JSON");
+    assert_eq!(
+        entries.as_array().map(Vec::len),
+        Some(1),
+        "the earlier flow is in the new table: {entries}"
     );
     assert!(
         log.contains("SG_COUNTERS: a map of an earlier sg-agent"),
         "the earlier version's map is named:\n{log}"
     );
+    assert!(!dir.join("SG_CT_TCP4").exists(), "and unpinned");
     assert!(!dir.join("SG_COUNTERS").exists(), "and unpinned");
     assert!(dir.join(sg_common::maps::COUNTERS).exists());
     assert_enforced(&lab, "after replacing the maps");

@@ -613,3 +613,109 @@ fn spoofed_sources_are_dropped_by_the_source_dest_check() {
     let _ = listening.join();
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// AWS's connection allowance on the bastion: once its tracked connections
+/// fill it, a new SSH connection times out (and is counted), every held
+/// connection still answers, and once they are closed and their entries
+/// expire, the agent reclaims them and new connections are admitted again.
+#[test]
+fn a_full_connection_allowance_refuses_new_connections_and_keeps_held_ones() {
+    const ALLOWANCE: usize = 16;
+    let rules = with_bastion_allowance(SEED, ALLOWANCE);
+    let lab = SeedLab::new("sga", &rules, &[]);
+    let agent = start_agent(&lab);
+    let internet = lab.ns("internet");
+
+    // Open SSH connections until the allowance refuses one (the bastion's
+    // own traffic, such as its IPv6 multicast reports, may hold a few
+    // entries too).
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(
+            held.len() <= ALLOWANCE,
+            "more connections than the allowance"
+        );
+        match tcp_open(&internet, ip(ADMIN), at(BASTION, 22)) {
+            Ok(stream) => held.push(stream),
+            Err(outcome) => break outcome,
+        }
+    };
+    assert_eq!(refused, Outcome::TimedOut, "refused silently, as AWS does");
+    assert!(
+        held.len() >= ALLOWANCE - 4,
+        "only {} connections fit an allowance of {ALLOWANCE}",
+        held.len()
+    );
+    for (i, stream) in held.iter_mut().enumerate() {
+        assert_eq!(echo(stream), Ok(()), "held connection {i} still answers");
+    }
+    agent.expect_log("connection allowance used up", 0, Duration::from_secs(3));
+
+    // Close them all: both FINs put their entries in the closed state,
+    // which idles out in 10 s; then they are reclaimed.
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(25), || lab
+            .tcp("internet", ADMIN, BASTION, 22)
+            == Outcome::Connected),
+        "new connections are admitted again once the closed ones are reclaimed"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+/// `rules` with the bastion's connection allowance set: its instance table
+/// ends at the first blank line after its name.
+fn with_bastion_allowance(rules: &str, allowance: usize) -> String {
+    let at_name = rules.find("name = \"bastion\"").expect("the bastion");
+    let end = at_name + rules[at_name..].find("\n\n").expect("end of its table") + 1;
+    format!(
+        "{}  [instance.conntrack]\n  max_tracked_connections = {allowance}\n{}",
+        &rules[..end],
+        &rules[end..]
+    )
+}
+
+/// A new allowance takes a connection table of the new capacity: the
+/// tracked connections are carried over into it. Shown by removing the
+/// SSH rule in the same change: the held connection lives on only if the
+/// new table tracks it.
+#[test]
+fn a_new_allowance_carries_the_tracked_connections_over() {
+    let lab = SeedLab::new("sgz", SEED, &[]);
+    let agent = start_agent(&lab);
+    let internet = lab.ns("internet");
+    let mut tracked = tcp_open(&internet, ip(ADMIN), at(BASTION, 22)).expect("admin -> bastion:22");
+    let before = attached_programs(&lab.ns("bastion"));
+
+    let mark = agent.log_lines();
+    lab.rewrite(&with_bastion_allowance(
+        &seed_without_bastion_ingress(SEED),
+        32,
+    ));
+    agent.expect_log(
+        "instance bastion: connection allowance 65536 -> 32",
+        mark,
+        RELOAD,
+    );
+    assert_eq!(
+        lab.tcp("internet", ADMIN, BASTION, 22),
+        Outcome::TimedOut,
+        "the SSH rule is gone"
+    );
+    assert_eq!(
+        echo(&mut tracked),
+        Ok(()),
+        "the held connection was carried over into the new table"
+    );
+    let after = attached_programs(&lab.ns("bastion"));
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "one program per hook, before and after"
+    );
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "new programs (with the new table) replaced the old in place: {before:?} -> {after:?}"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}

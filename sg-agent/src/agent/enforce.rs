@@ -203,17 +203,8 @@ impl Agent<'_> {
         for (name, (inst, place)) in &wanted {
             let step = if let Some(e) = self.enforced.get(name) {
                 if &e.place == place && e.allowance != inst.max_tracked_connections {
-                    match self.prepare_new(name, inst) {
-                        Ok(dp) => Step::Resize(Box::new(dp)),
-                        Err(e) => {
-                            for (n, step) in steps {
-                                if let Step::New(dp) | Step::Resize(dp) = step {
-                                    Self::forget_prepared(&n, *dp);
-                                }
-                            }
-                            return Err(e);
-                        }
-                    }
+                    self.prepare_or_abandon(name, inst, &mut steps)
+                        .map(|dp| Step::Resize(Box::new(dp)))?
                 } else if &e.place == place {
                     Step::Publish
                 } else if let Err(why) = place_exists(place) {
@@ -237,25 +228,8 @@ impl Agent<'_> {
             } else if let Err(why) = place_exists(place) {
                 Step::Wait(why)
             } else {
-                // Loading an object is the long part of preparing: a stop
-                // asked for meanwhile abandons the change here.
-                let prepared = if self.stopping() {
-                    Err(AgentError::Stopping)
-                } else {
-                    self.prepare_new(name, inst)
-                };
-                match prepared {
-                    Ok(dp) => Step::New(Box::new(dp)),
-                    Err(e) => {
-                        // Nothing has changed yet: drop what was prepared.
-                        for (n, step) in steps {
-                            if let Step::New(dp) | Step::Resize(dp) = step {
-                                Self::forget_prepared(&n, *dp);
-                            }
-                        }
-                        return Err(e);
-                    }
-                }
+                self.prepare_or_abandon(name, inst, &mut steps)
+                    .map(|dp| Step::New(Box::new(dp)))?
             };
             steps.push((name.clone(), step));
         }
@@ -297,6 +271,32 @@ impl Agent<'_> {
             );
         }
         Ok(())
+    }
+
+    /// [`Agent::prepare_new`], unless a stop was asked for; on failure the
+    /// whole change is abandoned: what `steps` prepared so far is dropped
+    /// (nothing has changed yet).
+    fn prepare_or_abandon(
+        &self,
+        name: &str,
+        inst: &CompiledInstance,
+        steps: &mut Vec<(String, Step)>,
+    ) -> Result<Dataplane, AgentError> {
+        // Loading an object is the long part of preparing: a stop asked
+        // for meanwhile abandons the change here.
+        let prepared = if self.stopping() {
+            Err(AgentError::Stopping)
+        } else {
+            self.prepare_new(name, inst)
+        };
+        if prepared.is_err() {
+            for (n, step) in steps.drain(..) {
+                if let Step::New(dp) | Step::Resize(dp) = step {
+                    Self::forget_prepared(&n, *dp);
+                }
+            }
+        }
+        prepared
     }
 
     /// Loads a new instance's object (adopting what an earlier agent pinned

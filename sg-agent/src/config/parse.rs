@@ -13,8 +13,8 @@ use toml::{
 use super::{
     diagnostics::{Diagnostic, did_you_mean},
     model::{
-        ConntrackOverrides, ConntrackSettings, Instance, Limits, Ports, PrefixList, Protocol, Rule, SecurityGroup,
-        Source, SourceRef, Span, Vpc,
+        ConntrackOverrides, ConntrackSettings, Instance, Limits, Ports, PrefixList, Protocol, Rule,
+        SecurityGroup, Source, SourceRef, Span, Vpc,
     },
 };
 

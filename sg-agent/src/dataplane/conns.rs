@@ -129,15 +129,12 @@ impl Dataplane {
             ns_per_tick: super::policy_maps::tick_ns(),
             ..*settings
         };
-        let map = self
-            .ebpf
-            .map_mut(m::CONNS)
-            .ok_or(DataplaneError::Map {
-                name: m::CONNS,
-                source: MapError::InvalidName {
-                    name: m::CONNS.to_owned(),
-                },
-            })?;
+        let map = self.ebpf.map_mut(m::CONNS).ok_or(DataplaneError::Map {
+            name: m::CONNS,
+            source: MapError::InvalidName {
+                name: m::CONNS.to_owned(),
+            },
+        })?;
         let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
             HashMap::try_from(map).map_err(map_err(m::CONNS))?;
         let expired = |key: &CtKey, e: &CtEntry| {
@@ -145,7 +142,7 @@ impl Dataplane {
         };
         let mut found = Vec::new();
         let mut live = 0;
-        for item in table.iter() {
+        for item in &table {
             let Ok((key, entry)) = item else { continue };
             if expired(&key, &entry) {
                 found.push(key);
@@ -195,7 +192,7 @@ impl Dataplane {
         self.ebpf
             .map(m::CONNS)
             .and_then(|map| HashMap::<&MapData, CtKey, CtEntry>::try_from(map).ok())
-            .map_or(0, |t| t.keys().filter(Result::is_ok).count())
+            .map_or(0, |t| t.keys().flatten().count())
     }
 
     /// Copies the connections of the tables being replaced (one of another
@@ -232,7 +229,10 @@ impl Dataplane {
                     path.display()
                 );
             }
-            log::debug!("{}: {copied} tracked connections carried over from {name}", path.display());
+            log::debug!(
+                "{}: {copied} tracked connections carried over from {name}",
+                path.display()
+            );
         }
         Ok(())
     }

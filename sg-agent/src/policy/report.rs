@@ -24,8 +24,20 @@ pub struct InstanceReport {
     /// AWS's source/destination check (`source_dest_check`, on unless the
     /// file turns it off): only its own addresses send and receive.
     pub source_dest_check: bool,
+    /// Its connection tracking (`[conntrack]`, then `[instance.conntrack]`).
+    pub conntrack: ConntrackReport,
     pub inbound: Vec<RuleReport>,
     pub outbound: Vec<RuleReport>,
+}
+
+/// AWS's `ConnectionTrackingSpecification` of one interface, and its
+/// connection allowance.
+#[derive(Debug, Serialize)]
+pub struct ConntrackReport {
+    pub max_tracked_connections: u32,
+    pub tcp_established_timeout: u64,
+    pub udp_timeout: u64,
+    pub udp_stream_timeout: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +97,15 @@ pub fn report(vpc: &Vpc) -> Report {
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
                 security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
                 source_dest_check: inst.source_dest_check,
+                conntrack: {
+                    let c = vpc.conntrack_of(inst);
+                    ConntrackReport {
+                        max_tracked_connections: c.max_tracked_connections,
+                        tcp_established_timeout: c.tcp_established_timeout,
+                        udp_timeout: c.udp_timeout,
+                        udp_stream_timeout: c.udp_stream_timeout,
+                    }
+                },
                 inbound,
                 outbound,
             }
@@ -112,6 +133,14 @@ fn tracking(rule: &Rule, prefixes: &[ipnet::IpNet], untracked: &[&str]) -> &'sta
     }
 }
 
+fn conntrack_line(c: &ConntrackReport) -> String {
+    format!(
+        "connection tracking: at most {} tracked connections; idle timeouts: tcp {} s, udp {} \
+         s, udp stream {} s",
+        c.max_tracked_connections, c.tcp_established_timeout, c.udp_timeout, c.udp_stream_timeout
+    )
+}
+
 /// The human-readable form.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
@@ -134,6 +163,7 @@ pub fn render_table(report: &Report) -> String {
                 "  source/destination check: off (sends and receives for any address)"
             );
         }
+        let _ = writeln!(out, "  {}", conntrack_line(&inst.conntrack));
         for (title, rows) in [("inbound", &inst.inbound), ("outbound", &inst.outbound)] {
             if rows.is_empty() {
                 let _ = writeln!(out, "  {title}: nothing allowed");

@@ -98,8 +98,17 @@ fn a_full_table_refuses_new_flows_and_keeps_every_tracked_one() {
         &tcp(50_000, 80, SYN),
         &Shape::default(),
     );
-    assert!(xdp_passes(&dp, &http), "an untracked flow passes a full table");
-    assert_eq!(dp.counters().expect("counters").ingress.get("pass_untracked"), 1);
+    assert!(
+        xdp_passes(&dp, &http),
+        "an untracked flow passes a full table"
+    );
+    assert_eq!(
+        dp.counters()
+            .expect("counters")
+            .ingress
+            .get("pass_untracked"),
+        1
+    );
 
     // Nothing expired yet: reclaiming finds every flow live.
     let r = dp.reclaim_expired(&settings).expect("reclaim");
@@ -108,7 +117,7 @@ fn a_full_table_refuses_new_flows_and_keeps_every_tracked_one() {
 
     // Keep one flow in use, let the others idle out, and reclaim: the
     // allowance comes back, the flow in use stays.
-    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let ack = frame(
         ip("10.9.0.7"),
         ip("10.0.0.1"),
@@ -116,7 +125,7 @@ fn a_full_table_refuses_new_flows_and_keeps_every_tracked_one() {
         &Shape::default(),
     );
     assert!(xdp_passes(&dp, &ack), "flow 0 is still in use");
-    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let r = dp.reclaim_expired(&settings).expect("reclaim");
     assert_eq!(
         (r.live, r.removed),

@@ -236,3 +236,44 @@ fn idle_flows_expire_in_real_time() {
         );
     }
 }
+
+/// A RST is not checked against sequence numbers, so it does not end a
+/// connection on its own word: after a RST "from" the peer, the entry idles
+/// out as a closed one (here in 200 ms), unless the peer sends again, which
+/// shows the RST was forged, and the connection is tracked as before.
+#[test]
+fn a_rst_ends_tracking_unless_its_sender_goes_on() {
+    const RST: u8 = 0x04;
+    let vpc = vpc(CONFIG);
+    let compiled = sg_agent::policy::compile::compile(&vpc);
+    let inst = &compiled.instances[0];
+    let (me, peer) = (ip("10.0.0.1"), ip("198.51.100.9"));
+    for (forged, port) in [(true, 40600), (false, 40601)] {
+        let mut dp = sg_agent::dataplane::Dataplane::load().expect("load");
+        let settings = sg_common::policy::Settings {
+            tcp_closed_ns: 200_000_000,
+            ..inst.settings
+        };
+        dp.publish(&inst.tables, settings).expect("publish");
+        let out = |flags| frame(me, peer, &tcp(port, 443, flags), &Shape::default());
+        let back = |flags| frame(peer, me, &tcp(443, port, flags), &Shape::default());
+        assert!(tc_passes(&dp, &out(SYN)), "egress tcp/443 is allowed");
+        assert!(xdp_passes(&dp, &back(SYN | ACK)));
+        assert!(tc_passes(&dp, &out(ACK)));
+        assert!(xdp_passes(&dp, &back(RST | ACK)), "the RST itself passes");
+        if forged {
+            assert!(xdp_passes(&dp, &back(ACK)), "the peer goes on");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(
+            xdp_passes(&dp, &back(ACK)),
+            forged,
+            "{}",
+            if forged {
+                "a connection whose peer went on after the RST is still tracked"
+            } else {
+                "a reset connection idles out fast: the peer's late segment is a new flow the rules refuse"
+            }
+        );
+    }
+}

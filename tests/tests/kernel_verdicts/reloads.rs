@@ -50,7 +50,8 @@ fn reloads_swap_whole_policies_and_leave_no_stale_entries() {
     .enumerate()
     {
         assert!(
-            dp.publish(tables, ca.instances[0].settings).expect("publish"),
+            dp.publish(tables, ca.instances[0].settings)
+                .expect("publish"),
             "round {round}: a changed policy is written"
         );
         // Fresh source ports: these SYNs must be judged by the rules, not the connection table.

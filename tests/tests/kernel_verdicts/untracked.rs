@@ -242,8 +242,11 @@ fn removing_the_rule_cuts_untracked_flows_at_once_not_tracked_ones() {
         ));
     }
     let narrowed = compile(&vpc(&without_inbound_rules()));
-    dp.publish(&narrowed.instances[0].tables, narrowed.instances[0].settings)
-        .expect("publish");
+    dp.publish(
+        &narrowed.instances[0].tables,
+        narrowed.instances[0].settings,
+    )
+    .expect("publish");
     assert_eq!(
         inbound(
             &dp,
