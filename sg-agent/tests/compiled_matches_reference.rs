@@ -23,7 +23,7 @@ use sg_agent::{
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
-    policy::{allowing_class, classify, own_address, untracked},
+    policy::{allowing_class, aws_service, classify, own_address, untracked},
 };
 
 /// A small address universe so that random prefixes and packets meet.
@@ -50,6 +50,19 @@ fn addr() -> impl Strategy<Value = IpAddr> {
     ]
 }
 
+/// A packet's address: now and then an AWS service's (the VPC's DNS is
+/// 10.0.0.2 or 10.1.0.2 when `[vpc]` names those ranges).
+fn packet_addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        12 => addr(),
+        1 => prop::sample::select(vec![
+            "169.254.169.253", "169.254.169.254", "169.254.169.123", "fd00:ec2::253",
+            "fd00:ec2::254", "fd00:ec2::123", "10.0.0.2", "10.1.0.2", "10.2.0.2",
+        ])
+        .prop_map(|a| a.parse().unwrap()),
+    ]
+}
+
 fn cidr() -> impl Strategy<Value = IpNet> {
     prop_oneof![
         (
@@ -65,7 +78,9 @@ fn cidr() -> impl Strategy<Value = IpNet> {
     ]
 }
 
-const PORTS: [u16; 8] = [0, 1, 22, 80, 443, 1024, 3306, 65535];
+const PORTS: [u16; 14] = [
+    0, 1, 22, 53, 67, 68, 80, 123, 443, 546, 547, 1024, 3306, 65535,
+];
 
 fn port() -> impl Strategy<Value = u16> {
     prop_oneof![prop::sample::select(PORTS.to_vec()), any::<u16>()]
@@ -141,8 +156,12 @@ fn vpc() -> impl Strategy<Value = Vpc> {
             1..4,
         );
         let prefix_list = prop::collection::vec(cidr(), 0..4);
-        (groups, instances, prefix_list).prop_map(|(groups, instances, pl)| {
-            let mut vpc = Vpc::default();
+        let vpc_blocks = prop::sample::subsequence(vec!["10.0.0.0/16", "10.1.0.0/24"], 0..=2);
+        (groups, instances, prefix_list, vpc_blocks).prop_map(|(groups, instances, pl, blocks)| {
+            let mut vpc = Vpc {
+                cidr_blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
+                ..Vpc::default()
+            };
             vpc.prefix_lists.push(PrefixList {
                 name: "pl".to_owned(),
                 entries: pl,
@@ -195,8 +214,8 @@ fn vpc() -> impl Strategy<Value = Vpc> {
 
 fn packet() -> impl Strategy<Value = Packet> {
     (
-        addr(),
-        addr(),
+        packet_addr(),
+        packet_addr(),
         prop::sample::select(vec![1u8, 6, 17, 58, 47, 132]),
         port(),
         port(),
@@ -299,7 +318,9 @@ proptest! {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let own = own_address(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(own, reference::source_dest_ok(inst, direction, p), "source/destination check: instance {} {:?} packet {:?}", inst.name, direction, p);
-                    let got = own && classify(&maps, generation, direction.code(), &flow);
+                    let service = aws_service(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(service, reference::aws_service(&vpc, direction, p).is_some(), "AWS service? instance {} {:?} packet {:?}", inst.name, direction, p);
+                    let got = own && (service || classify(&maps, generation, direction.code(), &flow));
                     prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
                     // The data plane asks only about packets the rules allow.
                     if let Some(remote) = allowing_class(&maps, generation, direction.code(), &flow) {
@@ -319,7 +340,8 @@ proptest! {
                 for direction in [Direction::Ingress, Direction::Egress] {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let got = own_address(&maps, generation, direction.code(), &flow)
-                        && classify(&maps, generation, direction.code(), &flow);
+                        && (aws_service(&maps, generation, direction.code(), &flow)
+                            || classify(&maps, generation, direction.code(), &flow));
                     prop_assert_eq!(got, want, "adopted: instance {} {:?} packet {:?}", inst.name, direction, p);
                     // The data plane asks only about packets the rules allow.
                     if let Some(remote) = allowing_class(&maps, generation, direction.code(), &flow) {

@@ -40,8 +40,13 @@ pub const DROP_SOURCE_DEST_CHECK: u32 = 12;
 /// Established flows are never evicted to make room.
 pub const DROP_CONNTRACK_ALLOWANCE: u32 = 13;
 
+/// Traffic with an AWS service security groups never filter: DHCP,
+/// `DHCPv6`, Amazon DNS, instance metadata, Amazon Time Sync (see
+/// `policy::aws_service`). Passed without rules or connection-table entry.
+pub const PASS_AWS_SERVICE: u32 = 14;
+
 /// One past the highest code in use: the number of the next new reason.
-pub const CODES: u32 = 14;
+pub const CODES: u32 = 15;
 
 /// Room for reasons per direction.
 pub const REASONS: u32 = 16;
@@ -68,6 +73,7 @@ pub const NAMES: [&str; CODES as usize] = [
     "pass_untracked",
     "drop_source_dest_check",
     "drop_conntrack_allowance_exceeded",
+    "pass_aws_service",
 ];
 
 /// Bit `code` set: that reason lets the packet through; clear: it drops it.
@@ -76,7 +82,8 @@ pub const PASS_MASK: u32 = 1 << PASS_TRACKED
     | 1 << PASS_NOT_IP
     | 1 << PASS_NEIGHBOUR_DISCOVERY
     | 1 << PASS_FRAGMENT
-    | 1 << PASS_UNTRACKED;
+    | 1 << PASS_UNTRACKED
+    | 1 << PASS_AWS_SERVICE;
 // Every passing code is a code in use.
 const _: () = assert!(PASS_MASK >> CODES == 0);
 // Names and kinds agree: `pass_*` exactly for the codes in the mask.
@@ -114,13 +121,14 @@ mod tests {
 
     #[test]
     fn pass_and_drop_are_read_from_the_mask() {
-        let passing: [u32; 6] = [
+        let passing: [u32; 7] = [
             PASS_TRACKED,
             PASS_RULE,
             PASS_NOT_IP,
             PASS_NEIGHBOUR_DISCOVERY,
             PASS_FRAGMENT,
             PASS_UNTRACKED,
+            PASS_AWS_SERVICE,
         ];
         for code in 0..REASONS {
             assert_eq!(passes(code), passing.contains(&code), "code {code}");

@@ -32,6 +32,16 @@ pub const EGRESS: u8 = 1;
 /// (host entries), for the source/destination check. An instance without
 /// the check has the whole address space (/0) there instead.
 pub const OWN: u8 = 2;
+/// The address tries' fourth "direction": the AWS services security groups
+/// never filter (Amazon DNS, instance metadata, time), host entries whose
+/// flags say which service ([`SERVICE_DNS`]...).
+pub const SERVICES: u8 = 3;
+/// Amazon DNS (TCP and UDP port 53).
+pub const SERVICE_DNS: u32 = 1;
+/// The instance metadata service (TCP port 80).
+pub const SERVICE_METADATA: u32 = 1 << 1;
+/// Amazon Time Sync (UDP port 123).
+pub const SERVICE_TIME: u32 = 1 << 2;
 
 /// Bits of an address key before the address: generation and direction.
 pub const ADDR_TAG_BITS: u32 = 32;
@@ -307,6 +317,69 @@ pub fn own_address<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
         }
         maps.addr_v6(&AddrKeyV6 { tag, addr: *local }).is_some()
     }
+}
+
+/// Whether a packet is traffic with an AWS service that security groups
+/// never filter, in either direction: DHCP (UDP 67/68) and `DHCPv6` (UDP
+/// 546/547) by their ports alone, and Amazon DNS (port 53), the instance
+/// metadata service (TCP 80) and Amazon Time Sync (UDP 123) when the remote
+/// end is one of their addresses (under the [`SERVICES`] tag). The remote
+/// port must be the service's, and an inbound TCP packet must not open a
+/// connection (services answer, they do not call). Such a packet passes without rules and
+/// without a connection-table entry, as on EC2, where it never meets the
+/// security group (nor the connection allowance).
+#[inline(always)]
+pub fn aws_service<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+    use crate::flow::proto::{TCP, UDP};
+    let udp = flow.proto == UDP;
+    if flow.frag == crate::flow::FRAG_LATER || !udp && flow.proto != TCP {
+        return false;
+    }
+    let (remote_port, local_port) = if direction == INGRESS {
+        (flow.sport, flow.dport)
+    } else {
+        (flow.dport, flow.sport)
+    };
+    if udp {
+        let (server, client) = if flow.family == FAMILY_V4 {
+            (67, 68)
+        } else {
+            (547, 546)
+        };
+        if remote_port == server && local_port == client {
+            return true;
+        }
+    }
+    // The services answer; they never open a TCP connection to the
+    // instance (a SYN "from" one is a spoofer's).
+    if !udp
+        && direction == INGRESS
+        && flow.tcp_flags & (crate::flow::tcp_flags::SYN | crate::flow::tcp_flags::ACK)
+            == crate::flow::tcp_flags::SYN
+    {
+        return false;
+    }
+    let service = match remote_port {
+        53 => SERVICE_DNS,
+        80 if !udp => SERVICE_METADATA,
+        123 if udp => SERVICE_TIME,
+        _ => return false,
+    };
+    let remote = if direction == INGRESS {
+        &flow.src
+    } else {
+        &flow.dst
+    };
+    let tag = addr_tag(generation, SERVICES);
+    let found = if flow.family == FAMILY_V4 {
+        maps.addr_v4(&AddrKeyV4 {
+            tag,
+            addr: remote[0],
+        })
+    } else {
+        maps.addr_v6(&AddrKeyV6 { tag, addr: *remote })
+    };
+    found.is_some_and(|v| v.flags & service != 0)
 }
 
 /// `fe80::/10` or `::`, IPv6 in network byte order.

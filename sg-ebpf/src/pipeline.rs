@@ -7,8 +7,8 @@ use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
         self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE,
-        DROP_SOURCE_DEST_CHECK, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY, PASS_RULE, PASS_TRACKED,
-        PASS_UNTRACKED,
+        DROP_SOURCE_DEST_CHECK, PASS_AWS_SERVICE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
+        PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
     flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
     policy::{self, AddrValue, Settings, allowing_class},
@@ -146,6 +146,15 @@ fn track(
         }
         None => false,
     };
+    // AWS's services (DHCP, DNS, metadata, time) never meet the security
+    // group: no rules, no entry, no allowance. The instance must still be
+    // the local end (the source/destination check).
+    if policy::aws_service(&KernelPolicy, generation, direction, flow) {
+        if policy::own_address(&KernelPolicy, generation, direction, flow) {
+            return PASS_AWS_SERVICE;
+        }
+        return DROP_SOURCE_DEST_CHECK;
+    }
     let remote = match by_rules(generation, direction, flow) {
         Ok(remote) => remote,
         Err(drop) => {

@@ -22,6 +22,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "/usr/bin/iperf3"),
     ("netsniff-ng", "/usr/sbin/trafgen"),
     ("linux-perf", "/usr/bin/perf"),
+    // The AWS-services test: a real DHCP server and resolver, real clients.
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
+    ("busybox", "/usr/bin/busybox"),
 ];
 
 pub fn all() -> anyhow::Result<()> {

@@ -17,6 +17,9 @@ pub struct Vpc {
     pub instances: Vec<Instance>,
     pub limits: Limits,
     pub conntrack: ConntrackSettings,
+    /// `[vpc] cidr_blocks`: the VPC's ranges; Amazon DNS answers at the
+    /// base of each IPv4 range plus two.
+    pub cidr_blocks: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug)]
@@ -279,6 +282,44 @@ pub struct ConntrackOverrides {
 impl Vpc {
     pub fn group(&self, name: &str) -> Option<&SecurityGroup> {
         self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The AWS services security groups never filter, by address: Amazon
+    /// DNS (169.254.169.253, `fd00:ec2::253` and the base of each IPv4 VPC
+    /// range plus two), the instance metadata service (169.254.169.254,
+    /// `fd00:ec2::254`) and Amazon Time Sync (169.254.169.123,
+    /// `fd00:ec2::123`), each with its `SERVICE_*` flag and name.
+    pub fn aws_services(&self) -> Vec<(IpAddr, u32, &'static str)> {
+        use sg_common::policy::{SERVICE_DNS, SERVICE_METADATA, SERVICE_TIME};
+        let fixed: [(&str, u32, &str); 6] = [
+            ("169.254.169.253", SERVICE_DNS, "Amazon DNS"),
+            ("fd00:ec2::253", SERVICE_DNS, "Amazon DNS"),
+            ("169.254.169.254", SERVICE_METADATA, "instance metadata"),
+            ("fd00:ec2::254", SERVICE_METADATA, "instance metadata"),
+            ("169.254.169.123", SERVICE_TIME, "Amazon Time Sync"),
+            ("fd00:ec2::123", SERVICE_TIME, "Amazon Time Sync"),
+        ];
+        let mut out: Vec<(IpAddr, u32, &'static str)> = self
+            .cidr_blocks
+            .iter()
+            .filter_map(|net| match net {
+                IpNet::V4(n) => {
+                    let base = u32::from(n.network());
+                    Some((
+                        IpAddr::from(std::net::Ipv4Addr::from(base + 2)),
+                        SERVICE_DNS,
+                        "Amazon DNS (VPC base + 2)",
+                    ))
+                }
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        out.extend(
+            fixed
+                .iter()
+                .map(|(a, f, n)| (a.parse().expect("constant address"), *f, *n)),
+        );
+        out
     }
 
     /// The connection tracking in force on `inst`: the file-wide

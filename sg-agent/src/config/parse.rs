@@ -188,6 +188,7 @@ impl Parser {
                 "instance",
                 "limits",
                 "conntrack",
+                "vpc",
             ],
             "the rules file",
         );
@@ -218,6 +219,9 @@ impl Parser {
         }
         if let Some(v) = Self::get(root, "conntrack") {
             vpc.conntrack = ConntrackSettings::default().with(self.conntrack(v, "[conntrack]"));
+        }
+        if let Some(v) = Self::get(root, "vpc") {
+            vpc.cidr_blocks = self.vpc_blocks(v);
         }
         vpc
     }
@@ -696,6 +700,39 @@ impl Parser {
                 " (AWS's maximum is 16)",
             )),
         }
+    }
+
+    /// `[vpc]`: the VPC's address ranges (so Amazon DNS, at the base of
+    /// each IPv4 range plus two, is known). AWS's VPC blocks are /16 to /28
+    /// (IPv4) and /44 to /60 (IPv6).
+    fn vpc_blocks(&mut self, v: &Value) -> Vec<IpNet> {
+        let Some(t) = self.table(v, "vpc") else {
+            return Vec::new();
+        };
+        self.known_keys(t, &["cidr_blocks"], "[vpc]");
+        let mut blocks = Vec::new();
+        for (text, span) in self.string_array(t, "cidr_blocks") {
+            let Some(net) = self.cidr(&text, span.clone(), None) else {
+                continue;
+            };
+            let (lo, hi) = match net {
+                IpNet::V4(_) => (16, 28),
+                IpNet::V6(_) => (44, 60),
+            };
+            if (lo..=hi).contains(&net.prefix_len()) {
+                blocks.push(net);
+            } else {
+                self.err_hint(
+                    span,
+                    format!("{net} cannot be a VPC's range"),
+                    format!(
+                        "an AWS VPC's {} ranges are /{lo} to /{hi}",
+                        if lo == 16 { "IPv4" } else { "IPv6" }
+                    ),
+                );
+            }
+        }
+        blocks
     }
 
     /// A `[conntrack]` or `[instance.conntrack]` table: the keys it sets.

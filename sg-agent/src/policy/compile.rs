@@ -176,6 +176,7 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
         }
     }
     own_addresses(inst, &mut tables);
+    aws_services(vpc, &mut tables);
     for (i, key) in class_order.iter().enumerate() {
         let class = u32::try_from(i + 1).expect("fewer than 2^31 classes");
         for (proto, intervals) in key {
@@ -218,6 +219,32 @@ fn own_addresses(inst: &Instance, tables: &mut PolicyTables) {
                 net,
                 class: 0,
                 flags: 0,
+            }),
+        }
+    }
+}
+
+/// The AWS services security groups never filter: host entries under the
+/// `SERVICES` tag, class 0, flags saying which service.
+fn aws_services(vpc: &Vpc, tables: &mut PolicyTables) {
+    let direction = sg_common::policy::SERVICES;
+    let mut by_address: BTreeMap<std::net::IpAddr, u32> = BTreeMap::new();
+    for (addr, service, _) in vpc.aws_services() {
+        *by_address.entry(addr).or_default() |= service;
+    }
+    for (addr, flags) in by_address {
+        match IpNet::from(addr) {
+            IpNet::V4(net) => tables.v4.push(AddrEntry {
+                direction,
+                net,
+                class: 0,
+                flags,
+            }),
+            IpNet::V6(net) => tables.v6.push(AddrEntry {
+                direction,
+                net,
+                class: 0,
+                flags,
             }),
         }
     }

@@ -45,6 +45,8 @@ pub enum Decision {
     /// Part of a tracked connection: passes whatever the rules say.
     Tracked,
     Allowed(RuleRef),
+    /// Traffic with an AWS service security groups never filter (named).
+    Service(&'static str),
     Denied,
 }
 
@@ -67,6 +69,9 @@ pub fn evaluate(
     }
     if !source_dest_ok(instance, direction, packet) {
         return Decision::Denied;
+    }
+    if let Some(service) = aws_service(vpc, direction, packet) {
+        return Decision::Service(service);
     }
     let remote = match direction {
         Direction::Ingress => packet.src,
@@ -113,6 +118,47 @@ pub fn evaluate(
         }
     }
     Decision::Denied
+}
+
+/// Which AWS service, if any, `packet` is traffic with, as AWS lists those
+/// security groups never filter ("Amazon DNS, DHCP, instance metadata,
+/// Amazon Time Sync ..."): DHCP (server port 67, client port 68) and
+/// `DHCPv6` (547, 546), from the server's port to the client's or back; and
+/// Amazon DNS (TCP or UDP 53), the instance metadata service (TCP 80) and
+/// Amazon Time Sync (UDP 123) at their addresses (`Vpc::aws_services`),
+/// the remote end being the service.
+pub fn aws_service(vpc: &Vpc, direction: Direction, packet: &Packet) -> Option<&'static str> {
+    use sg_common::flow::proto::{TCP, UDP};
+    use sg_common::policy::{SERVICE_DNS, SERVICE_METADATA, SERVICE_TIME};
+    let L4::Ports { src, dst } = packet.l4 else {
+        return None;
+    };
+    if packet.later_fragment || !matches!(packet.proto, TCP | UDP) {
+        return None;
+    }
+    let (remote, remote_port, local_port) = match direction {
+        Direction::Ingress => (packet.src, src, dst),
+        Direction::Egress => (packet.dst, dst, src),
+    };
+    if packet.proto == UDP {
+        let dhcp = match remote {
+            IpAddr::V4(_) => (remote_port, local_port) == (67, 68),
+            IpAddr::V6(_) => (remote_port, local_port) == (547, 546),
+        };
+        if dhcp {
+            return Some("DHCP");
+        }
+    }
+    let wanted = match (packet.proto, remote_port) {
+        (_, 53) => SERVICE_DNS,
+        (TCP, 80) => SERVICE_METADATA,
+        (UDP, 123) => SERVICE_TIME,
+        _ => return None,
+    };
+    vpc.aws_services()
+        .into_iter()
+        .find(|(addr, service, _)| *addr == remote && *service == wanted)
+        .map(|(_, _, name)| name)
 }
 
 /// AWS's source/destination check, on by default: an instance receives

@@ -11,7 +11,18 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The AWS services no security group filters, for every instance.
+    pub aws_services: Vec<ServiceReport>,
     pub instances: Vec<InstanceReport>,
+}
+
+/// One AWS service address security groups never filter (DHCP, never
+/// filtered either, has no address of its own).
+#[derive(Debug, Serialize)]
+pub struct ServiceReport {
+    pub service: &'static str,
+    pub address: String,
+    pub ports: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,7 +122,28 @@ pub fn report(vpc: &Vpc) -> Report {
             }
         })
         .collect();
-    Report { instances }
+    let mut aws_services: Vec<ServiceReport> = vpc
+        .aws_services()
+        .into_iter()
+        .map(|(addr, service, name)| ServiceReport {
+            service: name,
+            address: addr.to_string(),
+            ports: match service {
+                sg_common::policy::SERVICE_DNS => "tcp/53, udp/53",
+                sg_common::policy::SERVICE_METADATA => "tcp/80",
+                _ => "udp/123",
+            },
+        })
+        .collect();
+    aws_services.push(ServiceReport {
+        service: "DHCP, DHCPv6",
+        address: "any".to_owned(),
+        ports: "udp/67-68, udp/546-547",
+    });
+    Report {
+        aws_services,
+        instances,
+    }
 }
 
 /// `untracked` when every flow the rule allows is (a TCP or UDP rule whose
@@ -133,6 +165,18 @@ fn tracking(rule: &Rule, prefixes: &[ipnet::IpNet], untracked: &[&str]) -> &'sta
     }
 }
 
+/// What no security group filters, as AWS has it: listed once, first.
+fn render_services(out: &mut String, services: &[ServiceReport]) {
+    let _ = writeln!(
+        out,
+        "never filtered (AWS services, both ways, no connection tracking):"
+    );
+    for s in services {
+        let _ = writeln!(out, "  {:<26} {:<16} {}", s.service, s.address, s.ports);
+    }
+    let _ = writeln!(out);
+}
+
 fn conntrack_line(c: &ConntrackReport) -> String {
     format!(
         "connection tracking: at most {} tracked connections; idle timeouts: tcp {} s, udp {} \
@@ -144,6 +188,7 @@ fn conntrack_line(c: &ConntrackReport) -> String {
 /// The human-readable form.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
+    render_services(&mut out, &report.aws_services);
     for inst in &report.instances {
         let place = match (&inst.netns, &inst.interface) {
             (Some(ns), Some(i)) => format!("enforced on {i} in netns {ns}"),

@@ -6,7 +6,8 @@
 //! idle timeouts; [`fragments`]; [`reloads`]: whole-policy swaps;
 //! [`logging`]: no log statement in the programs unless asked for;
 //! [`source_dest`]: the source/destination check; [`untracked`]: AWS's
-//! untracked flows; [`allowance`]: the connection allowance.
+//! untracked flows; [`allowance`]: the connection allowance; [`services`]:
+//! the AWS services security groups never filter.
 
 mod allowance;
 mod conntrack;
@@ -14,6 +15,7 @@ mod fragments;
 mod frame_table;
 mod logging;
 mod reloads;
+mod services;
 mod source_dest;
 mod untracked;
 
