@@ -94,7 +94,7 @@ pub fn rules_file_with(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "[limits]\nrules_per_group = {}\ngroups_per_instance = 16\n",
+        "[limits]\nrules_per_group = {}\ngroups_per_instance = 16\nbeyond_aws = true\n",
         fillers.max(60) + 8
     );
     let cidrs = filler_cidrs(fillers, v4_only);
@@ -118,17 +118,28 @@ pub fn rules_file_with(
     out.push_str(extra);
     match shape {
         Shape::PrefixList => {
-            if !cidrs.is_empty() {
+            // A prefix list has one address family (AWS): one list each.
+            let (v6, v4): (Vec<&String>, Vec<&String>) =
+                cidrs.iter().partition(|c| c.contains(':'));
+            let lists: Vec<(&str, Vec<&String>)> = [("fillers", v4), ("fillers-v6", v6)]
+                .into_iter()
+                .filter(|(_, l)| !l.is_empty())
+                .collect();
+            if !lists.is_empty() {
+                let names: Vec<String> = lists.iter().map(|(n, _)| format!("\"{n}\"")).collect();
                 let _ = writeln!(
                     out,
-                    "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 443\n  to_port = 443\n  prefix_list_ids = [\"fillers\"]"
+                    "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 443\n  to_port = 443\n  prefix_list_ids = [{}]",
+                    names.join(", ")
                 );
-                let list: Vec<String> = cidrs.iter().map(|c| format!("\"{c}\"")).collect();
-                let _ = writeln!(
-                    out,
-                    "\n[[prefix_list]]\nname = \"fillers\"\nentries = [{}]",
-                    list.join(", ")
-                );
+                for (name, entries) in lists {
+                    let list: Vec<String> = entries.iter().map(|c| format!("\"{c}\"")).collect();
+                    let _ = writeln!(
+                        out,
+                        "\n[[prefix_list]]\nname = \"{name}\"\nentries = [{}]",
+                        list.join(", ")
+                    );
+                }
             }
         }
         Shape::OneGroup | Shape::Groups | Shape::GroupsOnePort => {

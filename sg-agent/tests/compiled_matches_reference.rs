@@ -163,6 +163,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                 ..Vpc::default()
             };
             vpc.prefix_lists.push(PrefixList {
+                max_entries: None,
                 name: "pl".to_owned(),
                 entries: pl,
                 span: 0..0,

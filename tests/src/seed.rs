@@ -133,7 +133,7 @@ pub fn seed_without_alb_ingress() -> String {
 /// The bastion's only inbound rule (SSH from the admins' prefix list, a
 /// narrow source: its connections are tracked) removed.
 pub fn seed_without_bastion_ingress(rules: &str) -> String {
-    let rule = "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  prefix_list_ids = [\"admins\"]\n";
+    let rule = "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  prefix_list_ids = [\"admins\", \"admins-v6\"]\n";
     assert!(rules.contains(rule), "the bastion's SSH rule");
     rules.replace(rule, "")
 }

@@ -156,6 +156,9 @@ fn acceptable(path: &Path, file: &RulesFile, allow_empty: bool) -> Result<Vpc, A
     if !allow_empty && !vpc.instances.iter().any(|i| i.interface.is_some()) {
         return Err(AgentError::Empty(path.to_owned()));
     }
+    if let Some(warnings) = config::render_warnings(path, &file.text, &vpc) {
+        log::warn!("accepted, as AWS accepts it:\n{warnings}");
+    }
     Ok(vpc)
 }
 

@@ -15,8 +15,16 @@ pub struct CheckArgs {
 
 pub fn check(args: &CheckArgs) -> ExitCode {
     let file = &args.file;
-    match config::load(file) {
-        Ok(vpc) => {
+    let loaded = config::read(file).and_then(|f| {
+        config::from_str(file, &f.text)
+            .map(|vpc| (vpc, f.text))
+            .map_err(|d| config::ConfigError::Invalid(*d))
+    });
+    match loaded {
+        Ok((vpc, text)) => {
+            if let Some(warnings) = config::render_warnings(file, &text, &vpc) {
+                eprintln!("{warnings}");
+            }
             let report = report::report(&vpc);
             if args.json {
                 println!(

@@ -7,6 +7,8 @@ pub struct Diagnostic {
     pub span: Range<usize>,
     pub message: String,
     pub hint: Option<String>,
+    /// Accepted, but worth saying (what AWS accepts and ignores).
+    pub warning: bool,
 }
 
 impl Diagnostic {
@@ -15,6 +17,14 @@ impl Diagnostic {
             span,
             message: message.into(),
             hint: None,
+            warning: false,
+        }
+    }
+
+    pub fn warning(span: Range<usize>, message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            ..Self::new(span, message)
         }
     }
 
@@ -48,8 +58,9 @@ impl fmt::Display for Diagnostics {
             let (line, col) = line_col(&self.source, d.span.start);
             writeln!(
                 f,
-                "{}:{line}:{col}: error: {}",
+                "{}:{line}:{col}: {}: {}",
                 self.path.display(),
+                if d.warning { "warning" } else { "error" },
                 d.message
             )?;
             if let Some(text) = self.source.lines().nth(line - 1) {
@@ -67,13 +78,14 @@ impl fmt::Display for Diagnostics {
                 writeln!(f, "      = hint: {hint}")?;
             }
         }
-        let n = self.items.len();
-        write!(
-            f,
-            "{}: {n} error{} found",
-            self.path.display(),
-            if n == 1 { "" } else { "s" }
-        )
+        let n = self.items.iter().filter(|d| !d.warning).count();
+        let w = self.items.len() - n;
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        if n > 0 {
+            write!(f, "{}: {n} error{} found", self.path.display(), plural(n))
+        } else {
+            write!(f, "{}: {w} warning{}", self.path.display(), plural(w))
+        }
     }
 }
 

@@ -39,12 +39,28 @@ pub fn from_str(path: &Path, text: &str) -> Result<Vpc, Box<Diagnostics>> {
     if items.is_empty() {
         Ok(vpc)
     } else {
+        // Shown with the errors, in file order.
+        items.extend(vpc.warnings);
+        items.sort_by_key(|d| d.span.start);
         Err(Box::new(Diagnostics {
             path: path.to_owned(),
             source: text.to_owned(),
             items,
         }))
     }
+}
+
+/// `vpc`'s warnings as `check` shows them (where, the line, a
+/// hint), or `None` when there are none.
+pub fn render_warnings(path: &Path, text: &str, vpc: &Vpc) -> Option<String> {
+    (!vpc.warnings.is_empty()).then(|| {
+        Diagnostics {
+            path: path.to_owned(),
+            source: text.to_owned(),
+            items: vpc.warnings.clone(),
+        }
+        .to_string()
+    })
 }
 
 /// Reads, parses and validates a rules file. The file is read once, and

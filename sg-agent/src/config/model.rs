@@ -20,13 +20,30 @@ pub struct Vpc {
     /// `[vpc] cidr_blocks`: the VPC's ranges; Amazon DNS answers at the
     /// base of each IPv4 range plus two.
     pub cidr_blocks: Vec<IpNet>,
+    /// What the file says that AWS accepts and ignores (shown by `check`,
+    /// logged by `run`): ports on a protocol without ports.
+    pub warnings: Vec<super::Diagnostic>,
 }
 
 #[derive(Clone, Debug)]
 pub struct PrefixList {
     pub name: String,
     pub entries: Vec<IpNet>,
+    /// AWS's `MaxEntries`, and where it is written: a rule referencing the
+    /// list counts as this many rules, however many entries it holds now.
+    /// Absent: its number of entries.
+    pub max_entries: Option<(u32, Span)>,
     pub span: Span,
+}
+
+impl PrefixList {
+    /// How many rules a reference to this list counts as (AWS: its maximum
+    /// entries).
+    pub fn weight(&self) -> usize {
+        self.max_entries
+            .as_ref()
+            .map_or(self.entries.len(), |(n, _)| *n as usize)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -218,6 +235,9 @@ pub struct Limits {
     /// list counting as its number of entries.
     pub rules_per_group: u32,
     pub groups_per_instance: u32,
+    /// Lifts AWS's ceilings (1,000 rules per group; rules x groups at most
+    /// 1,000 per interface): for labs and benchmarks larger than AWS allows.
+    pub beyond_aws: bool,
 }
 
 impl Default for Limits {
@@ -225,6 +245,7 @@ impl Default for Limits {
         Self {
             rules_per_group: 60,
             groups_per_instance: 5,
+            beyond_aws: false,
         }
     }
 }

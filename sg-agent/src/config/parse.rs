@@ -21,8 +21,13 @@ use super::{
 type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Parses `text`; returns the model (possibly partial) and the errors found.
+///
+/// Warnings (what AWS accepts and ignores) go to `Vpc::warnings`.
 pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
-    let mut p = Parser { diags: Vec::new() };
+    let mut p = Parser {
+        diags: Vec::new(),
+        warnings: Vec::new(),
+    };
     let (root, errors) = DeTable::parse_recoverable(text);
     for e in errors {
         let span = e.span().unwrap_or(0..0);
@@ -31,12 +36,14 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
             format!("TOML syntax: {}", e.message().trim()),
         ));
     }
-    let vpc = p.vpc(root.get_ref());
+    let mut vpc = p.vpc(root.get_ref());
+    vpc.warnings = p.warnings;
     (vpc, p.diags)
 }
 
 struct Parser {
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 /// Protocol names accepted besides numbers, as `/etc/protocols` spells them.
@@ -67,6 +74,12 @@ impl Parser {
 
     fn err_hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
         self.diags.push(Diagnostic::new(span, msg).hint(hint));
+    }
+
+    /// Something AWS accepts and ignores: accepted, and said.
+    fn warn_hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
+        self.warnings
+            .push(Diagnostic::warning(span, msg).hint(hint));
     }
 
     /// Reports every key of `table` not in `allowed`.
@@ -227,8 +240,16 @@ impl Parser {
     }
 
     fn prefix_list(&mut self, t: &DeTable, span: Span) -> Option<PrefixList> {
-        self.known_keys(t, &["name", "entries", "description"], "a prefix_list");
+        self.known_keys(
+            t,
+            &["name", "entries", "description", "max_entries"],
+            "a prefix_list",
+        );
         self.opt_string(t, "description");
+        let max_entries = Self::get(t, "max_entries").map(|v| {
+            let n = self.bounded(t, "max_entries", 1..=1_000_000, 0, "");
+            (u32::try_from(n).unwrap_or(u32::MAX), v.span())
+        });
         let name = self.req_string(t, &span, "name", "this prefix_list");
         let entries = self
             .string_array(t, "entries")
@@ -238,6 +259,7 @@ impl Parser {
         Some(PrefixList {
             name: name?.0,
             entries,
+            max_entries,
             span,
         })
     }
@@ -528,22 +550,25 @@ impl Parser {
                 Some(Ports::Icmp { ty, code })
             }
             _ => {
-                for &(v, ref s) in [from.as_ref(), to.as_ref()].into_iter().flatten() {
-                    if v != 0 && v != -1 {
-                        let hint = if protocol == Protocol::All {
-                            "protocol \"all\" covers every port: remove from_port and to_port, or set both to 0".to_owned()
-                        } else {
-                            format!(
-                                "protocol {protocol} has no ports: remove from_port and to_port, or set both to 0"
-                            )
-                        };
-                        self.err_hint(
-                            s.clone(),
-                            format!("port {v} given for protocol {protocol}"),
-                            hint,
-                        );
-                        return None;
-                    }
+                // AWS accepts ports on a protocol without them and ignores
+                // them ("traffic on all ports is allowed, regardless of any
+                // ports you specify"): so does sg-agent, and says so.
+                if let Some(&(v, ref s)) = [from.as_ref(), to.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|(v, _)| *v != 0 && *v != -1)
+                {
+                    let hint = if protocol == Protocol::All {
+                        "protocol \"all\" covers every port: remove from_port and to_port"
+                            .to_owned()
+                    } else {
+                        format!("protocol {protocol} has no ports: remove from_port and to_port")
+                    };
+                    self.warn_hint(
+                        s.clone(),
+                        format!("port {v} given for protocol {protocol} is ignored (every port is allowed), as AWS ignores it"),
+                        hint,
+                    );
                 }
                 Some(Ports::All)
             }
@@ -682,15 +707,35 @@ impl Parser {
         let Some(t) = self.table(v, "limits") else {
             return d;
         };
-        self.known_keys(t, &["rules_per_group", "groups_per_instance"], "[limits]");
+        self.known_keys(
+            t,
+            &["rules_per_group", "groups_per_instance", "beyond_aws"],
+            "[limits]",
+        );
+        let beyond_aws = match Self::get(t, "beyond_aws") {
+            None => false,
+            Some(v) => v.get_ref().as_bool().unwrap_or_else(|| {
+                self.err_hint(
+                    v.span(),
+                    "\"beyond_aws\" must be true or false",
+                    "true lifts AWS's ceilings (1,000 rules per group, 1,000 rules x groups)",
+                );
+                false
+            }),
+        };
         let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        Limits {
+        let (max_rules, why) = if beyond_aws {
+            (1_000_000, "")
+        } else {
+            (1_000, " (AWS's maximum; beyond_aws = true lifts it)")
+        };
+        let limits = Limits {
             rules_per_group: to_u32(self.bounded(
                 t,
                 "rules_per_group",
-                1..=1_000_000,
+                1..=max_rules,
                 u64::from(d.rules_per_group),
-                "",
+                why,
             )),
             groups_per_instance: to_u32(self.bounded(
                 t,
@@ -699,7 +744,26 @@ impl Parser {
                 u64::from(d.groups_per_instance),
                 " (AWS's maximum is 16)",
             )),
+            beyond_aws,
+        };
+        // AWS: "The quota for inbound or outbound rules per security group
+        // multiplied by the quota for security groups per network interface
+        // cannot exceed 1,000."
+        let product = u64::from(limits.rules_per_group) * u64::from(limits.groups_per_instance);
+        if !beyond_aws && product > 1_000 {
+            let span = Self::get(t, "rules_per_group")
+                .or_else(|| Self::get(t, "groups_per_instance"))
+                .map_or_else(|| v.span(), Value::span);
+            self.err_hint(
+                span,
+                format!(
+                    "rules_per_group x groups_per_instance = {} x {} = {product}, more than AWS's 1,000 per interface",
+                    limits.rules_per_group, limits.groups_per_instance
+                ),
+                "lower one of them (AWS: 60 x 5 by default, e.g. 62 x 16 at most), or set beyond_aws = true to lift AWS's ceilings",
+            );
         }
+        limits
     }
 
     /// `[vpc]`: the VPC's address ranges (so Amazon DNS, at the base of

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     diagnostics::{Diagnostic, did_you_mean},
-    model::{Rule, Source, Span, Vpc},
+    model::{PrefixList, Rule, Source, Span, Vpc},
 };
 
 pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
@@ -30,6 +30,9 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
             .map(|i| (i.name.as_str(), i.span.clone())),
     );
 
+    for list in &vpc.prefix_lists {
+        prefix_list(&mut out, list);
+    }
     let group_names: Vec<&str> = vpc.groups.iter().map(|g| g.name.as_str()).collect();
     let list_names: Vec<&str> = vpc.prefix_lists.iter().map(|p| p.name.as_str()).collect();
 
@@ -58,7 +61,8 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
                         .hint(
                             "IPv4 and IPv6 rules are counted apart, as AWS counts them; each source counts as \
                              one rule (a group reference as one of each family) and a prefix list as its \
-                             number of entries; raise [limits] rules_per_group or merge CIDR blocks",
+                             max_entries (or number of entries); raise [limits] rules_per_group or merge \
+                             CIDR blocks",
                         ),
                     );
                 }
@@ -69,6 +73,44 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
     instances(vpc, &group_names, &mut out);
     out.sort_by_key(|d| d.span.start);
     out
+}
+
+/// A prefix list holds one address family and at most its `max_entries`,
+/// as in AWS.
+fn prefix_list(out: &mut Vec<Diagnostic>, list: &PrefixList) {
+    let v6 = list.entries.iter().filter(|e| e.addr().is_ipv6()).count();
+    if v6 > 0 && v6 < list.entries.len() {
+        out.push(
+            Diagnostic::new(
+                list.span.clone(),
+                format!(
+                    "prefix list \"{}\" mixes IPv4 and IPv6 entries ({} and {v6})",
+                    list.name,
+                    list.entries.len() - v6
+                ),
+            )
+            .hint(format!(
+                "a prefix list has one address family, as in AWS: move the IPv6 entries to a \
+                 list of their own (e.g. \"{}-v6\") and reference both",
+                list.name
+            )),
+        );
+    }
+    if let Some((max, span)) = &list.max_entries
+        && list.entries.len() > *max as usize
+    {
+        out.push(
+            Diagnostic::new(
+                span.clone(),
+                format!(
+                    "prefix list \"{}\" holds {} entries, more than its max_entries of {max}",
+                    list.name,
+                    list.entries.len()
+                ),
+            )
+            .hint("raise max_entries (rules referencing the list count as that many) or remove entries"),
+        );
+    }
 }
 
 /// Per instance: its groups (known, not repeated, within the limit), its
@@ -162,7 +204,7 @@ pub fn rule_count(vpc: &Vpc, rule: &Rule) -> usize {
     rule.sources
         .iter()
         .map(|s| match &s.source {
-            Source::PrefixList(name) => vpc.prefix_list(name).map_or(0, |p| p.entries.len()),
+            Source::PrefixList(name) => vpc.prefix_list(name).map_or(0, PrefixList::weight),
             _ => 1,
         })
         .sum()
@@ -183,12 +225,14 @@ pub fn rule_count_by_family(vpc: &Vpc, rule: &Rule) -> (usize, usize) {
         .iter()
         .map(|s| match &s.source {
             Source::Cidr(net) => family(net),
-            Source::PrefixList(name) => vpc.prefix_list(name).map_or((0, 0), |p| {
-                p.entries
-                    .iter()
-                    .map(family)
-                    .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
-            }),
+            // One family per list (validated); counted as its maximum.
+            Source::PrefixList(name) => {
+                vpc.prefix_list(name)
+                    .map_or((0, 0), |p| match p.entries.first() {
+                        Some(ipnet::IpNet::V6(_)) => (0, p.weight()),
+                        _ => (p.weight(), 0),
+                    })
+            }
             Source::Group(_) | Source::SelfGroup => (1, 1),
         })
         .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))

@@ -1,0 +1,39 @@
+//! What AWS accepts and ignores, `check` accepts and says: ports given for
+//! a protocol without ports are ignored with a warning (exit 0), and the
+//! rule allows every port, as in AWS.
+
+use std::process::Command;
+
+#[test]
+fn ports_on_a_protocol_without_ports_are_ignored_with_a_warning() {
+    let dir = std::env::temp_dir().join(format!("sg-warnings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("gre.toml");
+    std::fs::write(
+        &file,
+        "[[security_group]]\nname = \"g\"\n  [[security_group.ingress]]\n  protocol = \"gre\"\n  \
+         from_port = 5\n  to_port = 9\n  cidr_blocks = [\"10.0.0.0/8\"]\n\n[[instance]]\nname = \
+         \"i\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"g\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sg-agent"))
+        .args(["check", "--json"])
+        .arg(&file)
+        .output()
+        .expect("sg-agent runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "accepted, as AWS accepts it:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("gre.toml:5:15: warning: port 5 given for protocol 47 is ignored"),
+        "and said, with where:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        report["instances"][0]["inbound"][0]["ports"], "all",
+        "the rule allows every port"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
