@@ -209,6 +209,19 @@ pub fn admits(entry: &CtEntry, flow: &Flow) -> bool {
         && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
 }
 
+/// Whether a packet the rules allow, of a flow the table does not hold,
+/// opens an entry. An inbound TCP packet does only if it opens a connection
+/// (a SYN): a mid-stream segment or a RST from outside, with no connection
+/// behind it, must not make an entry that would let the instance's answers
+/// out past its outbound rules. (Outbound, the instance's own stack picks a
+/// connection up mid-stream, e.g. after its entry idled out.)
+#[inline(always)]
+pub fn opens_entry(flow: &Flow, inbound: bool) -> bool {
+    !(inbound
+        && flow.proto == proto::TCP
+        && flow.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) != tcp_flags::SYN)
+}
+
 /// The entry for a flow whose first packet the rules just allowed.
 #[inline(always)]
 pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {

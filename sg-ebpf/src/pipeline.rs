@@ -174,6 +174,9 @@ fn track(
         }
         return PASS_UNTRACKED;
     }
+    if !conntrack::opens_entry(flow, direction == policy::INGRESS) {
+        return PASS_RULE;
+    }
     let entry: CtEntry = conntrack::open(flow, from_a, now);
     // A preallocated hash refuses a new key when full (an expired entry of
     // the same flow is replaced in place): the allowance is used up, and

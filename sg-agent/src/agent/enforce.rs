@@ -28,7 +28,8 @@ use crate::{
         pins::{PinError, place_here},
     },
     policy::{
-        compile::{CompiledInstance, CompiledPolicy, compile},
+        Refusal, admit,
+        compile::{CompiledInstance, CompiledPolicy},
         summary,
     },
 };
@@ -114,8 +115,8 @@ pub(super) fn run(
     queue: &Receiver<Command>,
     stop: &StopFlag,
 ) -> Result<(), AgentError> {
-    let file = config::read(path).map_err(AgentError::Config)?;
-    let vpc = acceptable(path, &file, opts.allow_empty)?;
+    let file = config::read_with(path, opts.read).map_err(AgentError::Config)?;
+    let (vpc, compiled) = acceptable(path, &file, opts.allow_empty)?;
     let state = StateDir::open(&opts.state_dir)?;
     let mut agent = Agent {
         path: path.to_owned(),
@@ -132,7 +133,7 @@ pub(super) fn run(
         in_force: file.sha256,
         lapses: 0,
     };
-    match agent.apply(vpc) {
+    match agent.apply(vpc, compiled) {
         Ok(()) => {}
         Err(AgentError::Stopping) => {
             log::info!("stopped during start-up, before anything was attached");
@@ -150,16 +151,28 @@ pub(super) fn run(
 /// The rules file as read, if it may be put in force: valid, and (unless
 /// `allow_empty`) enforcing at least one instance. The same test at start
 /// and on every reload.
-fn acceptable(path: &Path, file: &RulesFile, allow_empty: bool) -> Result<Vpc, AgentError> {
-    let vpc = config::from_str(path, &file.text)
-        .map_err(|d| AgentError::Config(config::ConfigError::Invalid(*d)))?;
-    if !allow_empty && !vpc.instances.iter().any(|i| i.interface.is_some()) {
-        return Err(AgentError::Empty(path.to_owned()));
-    }
-    if let Some(warnings) = config::render_warnings(path, &file.text, &vpc) {
+/// `check` asks the very same question ([`crate::policy::admit`]).
+fn acceptable(
+    path: &Path,
+    file: &RulesFile,
+    allow_empty: bool,
+) -> Result<(Vpc, CompiledPolicy), AgentError> {
+    let started = Instant::now();
+    let (vpc, compiled) = admit(path, &file.text, allow_empty).map_err(|r| match r {
+        // The daemon's log names file:line:col, the message and the hint,
+        // never the file's lines (`check` shows them to the file's owner).
+        Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
+        Refusal::Empty(p) => AgentError::Empty(p),
+        other @ Refusal::TooLarge { .. } => AgentError::Refused(other),
+    })?;
+    log::debug!(
+        "parsed, validated and compiled in {} ms",
+        started.elapsed().as_millis()
+    );
+    if let Some(warnings) = config::render_warnings(path, &file.text, &vpc, true) {
         log::warn!("accepted, as AWS accepts it:\n{warnings}");
     }
-    Ok(vpc)
+    Ok((vpc, compiled))
 }
 
 /// What a prepared change does to one instance.
@@ -187,10 +200,7 @@ impl Agent<'_> {
     /// objects loaded and filled, places checked); a failure there changes
     /// nothing. Then each instance switches atomically, and removed
     /// instances are detached last.
-    fn apply(&mut self, vpc: Vpc) -> Result<(), AgentError> {
-        let started = Instant::now();
-        let compiled = compile(&vpc);
-        log::debug!("compiled in {} ms", started.elapsed().as_millis());
+    fn apply(&mut self, vpc: Vpc, compiled: CompiledPolicy) -> Result<(), AgentError> {
         if self.stopping() {
             return Err(AgentError::Stopping);
         }
@@ -609,7 +619,7 @@ impl Agent<'_> {
     /// (SIGHUP: apply again, retrying what is not enforced).
     fn reload(&mut self, why: &str, forced: bool) {
         let started = Instant::now();
-        let file = match config::read(&self.path) {
+        let file = match config::read_with(&self.path, self.opts.read) {
             Ok(file) => file,
             Err(e) => {
                 self.seen = FileStamp::of_path(&self.path);
@@ -628,7 +638,7 @@ impl Agent<'_> {
         }
         self.reloads += 1;
         let n = self.reloads;
-        let vpc = match acceptable(&self.path, &file, self.opts.allow_empty) {
+        let (vpc, compiled) = match acceptable(&self.path, &file, self.opts.allow_empty) {
             Ok(v) => v,
             Err(e) => {
                 // Diagnostics start on a line of their own.
@@ -643,11 +653,11 @@ impl Agent<'_> {
             }
         };
         log::debug!(
-            "reload #{n}: parsed and validated in {} ms",
+            "reload #{n}: parsed, validated and compiled in {} ms",
             started.elapsed().as_millis()
         );
         let old = self.vpc.clone();
-        match self.apply(vpc) {
+        match self.apply(vpc, compiled) {
             Ok(()) => {
                 self.in_force = file.sha256;
                 let took = started.elapsed().as_millis();

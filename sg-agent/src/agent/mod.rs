@@ -56,6 +56,10 @@ pub enum AgentError {
         #[source]
         source: DataplaneError,
     },
+    /// Refused for another reason than its diagnostics (a policy too
+    /// large for the maps).
+    #[error("{0}\nnothing changed")]
+    Refused(crate::policy::Refusal),
     #[error(transparent)]
     State(#[from] PinError),
     #[error("installing signal handlers: {0}")]
@@ -101,6 +105,8 @@ pub struct Options {
     pub keep_on_exit: bool,
     /// Accept a rules file that enforces no instance.
     pub allow_empty: bool,
+    /// How the rules file is read (size bound, owner and mode checks).
+    pub read: crate::config::ReadPolicy,
 }
 
 /// SIGHUP, SIGINT and SIGTERM held blocked from the first line of `main`

@@ -2,7 +2,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::{config, policy::report};
+use crate::{
+    config,
+    policy::{admit, report},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -11,40 +14,53 @@ pub struct CheckArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Accept a file that enforces no instance, as `run --allow-empty` does
+    /// (without it, `check` refuses what `run` would refuse).
+    #[arg(long)]
+    allow_empty: bool,
+    /// The largest rules file read, in bytes.
+    #[arg(long, default_value_t = crate::config::MAX_BYTES)]
+    max_config_bytes: u64,
 }
 
 pub fn check(args: &CheckArgs) -> ExitCode {
     let file = &args.file;
-    let loaded = config::read(file).and_then(|f| {
-        config::from_str(file, &f.text)
-            .map(|vpc| (vpc, f.text))
-            .map_err(|d| config::ConfigError::Invalid(*d))
-    });
-    match loaded {
-        Ok((vpc, text)) => {
-            if let Some(warnings) = config::render_warnings(file, &text, &vpc) {
-                eprintln!("{warnings}");
-            }
-            let report = report::report(&vpc);
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("serialisable")
-                );
-            } else {
-                print!("{}", report::render_table(&report));
-                println!(
-                    "{}: valid ({} instances, {} security groups)",
-                    file.display(),
-                    vpc.instances.len(),
-                    vpc.groups.len()
-                );
-            }
-            ExitCode::SUCCESS
-        }
+    let policy = config::ReadPolicy {
+        max_bytes: args.max_config_bytes,
+        strict_owner: false,
+    };
+    let text = match config::read_with(file, policy) {
+        Ok(f) => f.text,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
+    };
+    // The very question `run` asks of the file, at start and on reload.
+    let vpc = match admit(file, &text, args.allow_empty) {
+        Ok((vpc, _compiled)) => vpc,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(warnings) = config::render_warnings(file, &text, &vpc, false) {
+        eprintln!("{warnings}");
     }
+    let report = report::report(&vpc);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialisable")
+        );
+    } else {
+        print!("{}", report::render_table(&report));
+        println!(
+            "{}: valid ({} instances, {} security groups)",
+            file.display(),
+            vpc.instances.len(),
+            vpc.groups.len()
+        );
+    }
+    ExitCode::SUCCESS
 }

@@ -61,6 +61,14 @@ pub struct RunArgs {
     /// unfilter every interface).
     #[arg(long)]
     allow_empty: bool,
+    /// Read a rules file owned by another user, or writable by its group or
+    /// by anyone (or in such a directory). By default such a file is
+    /// refused: whoever can write it decides every instance's firewall.
+    #[arg(long)]
+    insecure_config: bool,
+    /// The largest rules file read, in bytes.
+    #[arg(long, default_value_t = crate::config::MAX_BYTES)]
+    max_config_bytes: u64,
 }
 
 impl RunArgs {
@@ -84,6 +92,10 @@ impl RunArgs {
             state_dir: self.state_dir.clone(),
             keep_on_exit: self.keep_on_exit,
             allow_empty: self.allow_empty,
+            read: crate::config::ReadPolicy {
+                max_bytes: self.max_config_bytes,
+                strict_owner: !self.insecure_config,
+            },
         }
     }
 }

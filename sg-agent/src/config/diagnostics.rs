@@ -35,35 +35,125 @@ impl Diagnostic {
     }
 }
 
+/// At most this many diagnostics are shown; the rest are counted.
+pub const SHOWN: usize = 100;
+
 /// Every error found in one file, with the text needed to show where.
 #[derive(Clone, Debug)]
 pub struct Diagnostics {
     pub path: PathBuf,
     pub source: String,
     pub items: Vec<Diagnostic>,
+    /// Shown without the file's lines (the daemon's log): where, what and
+    /// the hint only, so a log never carries more of a file than the
+    /// offending token, whatever file the agent was pointed at.
+    pub brief: bool,
+}
+
+impl Diagnostics {
+    pub fn new(path: PathBuf, source: String, items: Vec<Diagnostic>) -> Self {
+        Self {
+            path,
+            source,
+            items,
+            brief: false,
+        }
+    }
+
+    /// The same, shown without the file's lines.
+    #[must_use]
+    pub fn brief(mut self) -> Self {
+        self.brief = true;
+        self
+    }
 }
 
 /// 1-based line and column (in characters) of byte `offset`.
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(source.len());
-    let before = &source[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+    Lines::of(source).line_col(offset)
+}
+
+/// Where each line starts: a diagnostic's line and column in O(log n), so
+/// rendering many errors of a large file stays linear.
+struct Lines<'a> {
+    source: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn of(source: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { source, starts }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.source.len());
+        while !self.source.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        (line, self.source[start..offset].chars().count() + 1)
+    }
+
+    /// Line `line` (1-based), without its newline.
+    fn text(&self, line: usize) -> Option<&'a str> {
+        let start = *self.starts.get(line - 1)?;
+        let end = self.starts.get(line).map_or(self.source.len(), |e| e - 1);
+        Some(self.source[start..end].trim_end_matches('\r'))
+    }
+}
+
+/// `text` safe to print: control characters (terminal escapes included)
+/// shown escaped, never sent to the terminal or the log as they are.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
 }
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for d in &self.items {
-            let (line, col) = line_col(&self.source, d.span.start);
-            writeln!(
-                f,
-                "{}:{line}:{col}: {}: {}",
-                self.path.display(),
-                if d.warning { "warning" } else { "error" },
-                d.message
-            )?;
-            if let Some(text) = self.source.lines().nth(line - 1) {
+        let lines = Lines::of(&self.source);
+        let path = printable(&self.path.to_string_lossy()).into_owned();
+        for d in self.items.iter().take(SHOWN) {
+            let (line, col) = lines.line_col(d.span.start);
+            let label = if d.warning { "warning" } else { "error" };
+            let message = printable(&d.message);
+            if self.brief {
+                write!(f, "{path}:{line}:{col}: {label}: {message}")?;
+                if let Some(hint) = &d.hint {
+                    write!(f, " (hint: {})", printable(hint))?;
+                }
+                writeln!(f)?;
+                continue;
+            }
+            writeln!(f, "{path}:{line}:{col}: {label}: {message}")?;
+            if let Some(text) = lines.text(line) {
+                // One character for one: the caret stays under the token.
+                let shown: String = text
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() && c != '\t' {
+                            '\u{fffd}'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
                 let width = text
                     .get(col - 1..)
                     .map_or(1, |rest| {
@@ -71,22 +161,37 @@ impl fmt::Display for Diagnostics {
                         rest[..rest.floor_char_boundary(on_line)].chars().count()
                     })
                     .max(1);
-                writeln!(f, "{line:>5} | {text}")?;
+                writeln!(f, "{line:>5} | {shown}")?;
                 writeln!(f, "      | {}{}", " ".repeat(col - 1), "^".repeat(width))?;
             }
             if let Some(hint) = &d.hint {
-                writeln!(f, "      = hint: {hint}")?;
+                writeln!(f, "      = hint: {}", printable(hint))?;
             }
+        }
+        if self.items.len() > SHOWN {
+            writeln!(f, "... and {} more not shown", self.items.len() - SHOWN)?;
         }
         let n = self.items.iter().filter(|d| !d.warning).count();
         let w = self.items.len() - n;
         let plural = |n: usize| if n == 1 { "" } else { "s" };
         if n > 0 {
-            write!(f, "{}: {n} error{} found", self.path.display(), plural(n))
+            write!(f, "{path}: {n} error{} found", plural(n))
         } else {
-            write!(f, "{}: {w} warning{}", self.path.display(), plural(w))
+            write!(f, "{path}: {w} warning{}", plural(w))
         }
     }
+}
+
+thread_local! {
+    /// Suggestions left for the file being checked: only the first
+    /// [`SHOWN`] diagnostics are shown, so thousands of unknown names do
+    /// not each pay a comparison with every known one.
+    static SUGGESTIONS_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(SHOWN) };
+}
+
+/// Gives the next file its own budget of suggestions.
+pub fn reset_suggestions() {
+    SUGGESTIONS_LEFT.with(|c| c.set(SHOWN));
 }
 
 /// The closest of `candidates` to `name`, if it is close enough to be a
@@ -95,8 +200,16 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    // Bounded: a budget per file, names of at most 64 bytes, the first
+    // 1,000 candidates of a plausible length.
+    if name.len() > 64 || SUGGESTIONS_LEFT.with(std::cell::Cell::get) == 0 {
+        return None;
+    }
+    SUGGESTIONS_LEFT.with(|c| c.set(c.get() - 1));
     candidates
         .into_iter()
+        .filter(|c| c.len() <= 64 && c.len().abs_diff(name.len()) <= name.len().max(4))
+        .take(1_000)
         .map(|c| (edit_distance(name, c), c))
         .filter(|&(d, c)| d <= (c.len().max(name.len()) / 2).max(2))
         .min_by_key(|&(d, _)| d)

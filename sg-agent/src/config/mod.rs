@@ -23,10 +23,109 @@ pub enum ConfigError {
     NotRegular { path: PathBuf, kind: &'static str },
     #[error("{0}")]
     Invalid(Diagnostics),
+    #[error(
+        "{} is {size} bytes, more than the {max} a rules file may have: is it the rules file? \
+         (--max-config-bytes raises the bound)",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error(
+        "{}: {why}; a rules file and its directory must be owned by root (or the user running \
+         sg-agent) and writable by no one else, as sshd's StrictModes requires, since whoever \
+         can write it decides every instance's firewall: fix with `chown root: {} && chmod \
+         go-w {}`, or pass --insecure-config",
+        path.display(),
+        path.display(),
+        path.display()
+    )]
+    Untrusted { path: PathBuf, why: String },
+}
+
+/// The largest rules file read unless `--max-config-bytes` says otherwise.
+pub const MAX_BYTES: u64 = 16 << 20;
+
+/// How a rules file may be read.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPolicy {
+    /// Refuse a file larger than this.
+    pub max_bytes: u64,
+    /// Refuse a file (or directory) that anyone but root or the agent's
+    /// own user owns or may write (`run`, unless --insecure-config).
+    pub strict_owner: bool,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> Self {
+        Self {
+            max_bytes: MAX_BYTES,
+            strict_owner: false,
+        }
+    }
+}
+
+/// Who may own and write a rules file: root, or the user sg-agent runs as,
+/// and no group or other writer. A directory may be writable by all only
+/// with the sticky bit (/tmp), where no one may replace another's file.
+fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let untrusted = |why: String| ConfigError::Untrusted {
+        path: path.to_owned(),
+        why,
+    };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(untrusted(format!("owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "writable by {} (mode {:o})",
+            if meta.mode() & 0o002 != 0 {
+                "anyone"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        )));
+    }
+    let dirs: Vec<PathBuf> = [Some(path.to_owned()), std::fs::canonicalize(path).ok()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.parent().map(Path::to_owned))
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d
+            }
+        })
+        .collect();
+    for dir in dirs {
+        let Ok(m) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let sticky = m.mode() & 0o1000 != 0;
+        if m.uid() != 0 && m.uid() != me {
+            return Err(untrusted(format!(
+                "its directory {} is owned by uid {}",
+                dir.display(),
+                m.uid()
+            )));
+        }
+        if m.mode() & 0o022 != 0 && !sticky {
+            return Err(untrusted(format!(
+                "its directory {} is writable by others (mode {:o})",
+                dir.display(),
+                m.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses and validates rules-file text; every error is reported.
 pub fn from_str(path: &Path, text: &str) -> Result<Vpc, Box<Diagnostics>> {
+    diagnostics::reset_suggestions();
     let (vpc, mut items) = parse::parse(text);
     if items.is_empty() {
         items = validate::validate(&vpc);
@@ -42,24 +141,21 @@ pub fn from_str(path: &Path, text: &str) -> Result<Vpc, Box<Diagnostics>> {
         // Shown with the errors, in file order.
         items.extend(vpc.warnings);
         items.sort_by_key(|d| d.span.start);
-        Err(Box::new(Diagnostics {
-            path: path.to_owned(),
-            source: text.to_owned(),
+        Err(Box::new(Diagnostics::new(
+            path.to_owned(),
+            text.to_owned(),
             items,
-        }))
+        )))
     }
 }
 
 /// `vpc`'s warnings as `check` shows them (where, the line, a
 /// hint), or `None` when there are none.
-pub fn render_warnings(path: &Path, text: &str, vpc: &Vpc) -> Option<String> {
+/// `brief`: without the file's lines (the daemon's log).
+pub fn render_warnings(path: &Path, text: &str, vpc: &Vpc, brief: bool) -> Option<String> {
     (!vpc.warnings.is_empty()).then(|| {
-        Diagnostics {
-            path: path.to_owned(),
-            source: text.to_owned(),
-            items: vpc.warnings.clone(),
-        }
-        .to_string()
+        let d = Diagnostics::new(path.to_owned(), text.to_owned(), vpc.warnings.clone());
+        if brief { d.brief() } else { d }.to_string()
     })
 }
 
@@ -128,6 +224,11 @@ impl FileStamp {
 /// refused without blocking on it), stamped from the open file itself so
 /// the stamp describes exactly the bytes read.
 pub fn read(path: &Path) -> Result<RulesFile, ConfigError> {
+    read_with(path, ReadPolicy::default())
+}
+
+/// [`read`], bounded and checked as `policy` says.
+pub fn read_with(path: &Path, policy: ReadPolicy) -> Result<RulesFile, ConfigError> {
     use sha2::Digest as _;
     use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
     let read_err = |source| ConfigError::Read {
@@ -135,7 +236,7 @@ pub fn read(path: &Path) -> Result<RulesFile, ConfigError> {
         source,
     };
     // O_NONBLOCK: opening a FIFO would otherwise wait for a writer.
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
@@ -160,8 +261,28 @@ pub fn read(path: &Path) -> Result<RulesFile, ConfigError> {
             kind,
         });
     }
+    if meta.len() > policy.max_bytes {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+            max: policy.max_bytes,
+        });
+    }
+    if policy.strict_owner {
+        trusted(path, &meta)?;
+    }
     let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_err)?;
+    // Bounded again while reading: the file may grow after the check.
+    file.take(policy.max_bytes + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > policy.max_bytes {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            size: text.len() as u64,
+            max: policy.max_bytes,
+        });
+    }
     let sha256 = sha2::Sha256::digest(text.as_bytes()).into();
     Ok(RulesFile {
         text,

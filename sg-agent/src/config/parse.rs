@@ -602,6 +602,7 @@ impl Parser {
                 "security_groups",
                 "interface",
                 "netns",
+                "netns_path",
                 "source_dest_check",
                 "conntrack",
             ],
@@ -629,14 +630,40 @@ impl Parser {
             }
         }
         let groups = self.string_array(t, "security_groups");
-        let interface = self.opt_string(t, "interface");
-        let netns = self.opt_string(t, "netns");
-        if let (Some(v), None) = (Self::get(t, "netns"), &interface) {
-            self.err_hint(
-                v.span(),
-                "netns without interface",
-                "name the interface inside that namespace, e.g. interface = \"eth0\"",
-            );
+        let interface = self
+            .opt_string(t, "interface")
+            .filter(|name| self.interface_name_ok(t, name));
+        let mut netns = self
+            .opt_string(t, "netns")
+            .filter(|name| self.netns_name_ok(t, name));
+        if let Some(path) = self.opt_string(t, "netns_path") {
+            let span = Self::get(t, "netns_path")
+                .map(Value::span)
+                .unwrap_or_default();
+            if netns.is_some() {
+                self.err_hint(
+                    span,
+                    "netns and netns_path both given",
+                    "keep netns (a name under /run/netns) or netns_path (a namespace file elsewhere)",
+                );
+            } else if !path.starts_with('/') || path.contains('\0') {
+                self.err_hint(
+                    span,
+                    "netns_path must be an absolute path",
+                    "e.g. netns_path = \"/proc/1234/ns/net\" or \"/run/docker/netns/abc\"",
+                );
+            } else {
+                netns = Some(path);
+            }
+        }
+        for key in ["netns", "netns_path"] {
+            if let (Some(v), None) = (Self::get(t, key), &interface) {
+                self.err_hint(
+                    v.span(),
+                    format!("{key} without interface"),
+                    "name the interface inside that namespace, e.g. interface = \"eth0\"",
+                );
+            }
         }
         let source_dest_check = match Self::get(t, "source_dest_check") {
             None => true,
@@ -662,6 +689,51 @@ impl Parser {
             conntrack,
             span,
         })
+    }
+
+    /// A Linux interface name: 1 to 15 bytes, no `/`, NUL or whitespace
+    /// (the kernel's `dev_valid_name`), not `.` or `..`.
+    fn interface_name_ok(&mut self, t: &DeTable, name: &str) -> bool {
+        let why = if name.is_empty() || name.len() > 15 {
+            Some(format!("is {} bytes long", name.len()))
+        } else if name == "." || name == ".." {
+            Some("is not a name".to_owned())
+        } else {
+            name.chars()
+                .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+                .map(|c| format!("contains {c:?}"))
+        };
+        if let Some(why) = why {
+            let span = Self::get(t, "interface")
+                .map(Value::span)
+                .unwrap_or_default();
+            self.err_hint(
+                span,
+                format!("interface {name:?} {why}"),
+                "an interface name is 1 to 15 bytes without '/', ':', whitespace or control characters, e.g. \"eth0\"",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// A named network namespace (`ip netns add NAME`): one path component
+    /// under /run/netns, never `.` or `..`.
+    fn netns_name_ok(&mut self, t: &DeTable, name: &str) -> bool {
+        let bad = name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.len() > 255
+            || name.chars().any(|c| c == '/' || c.is_control());
+        if bad {
+            let span = Self::get(t, "netns").map(Value::span).unwrap_or_default();
+            self.err_hint(
+                span,
+                format!("netns {name:?} is not a namespace name"),
+                "netns names a namespace under /run/netns (ip netns add NAME); for a namespace file elsewhere write netns_path = \"/proc/PID/ns/net\"",
+            );
+        }
+        !bad
     }
 
     fn table<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t DeTable<'i>> {

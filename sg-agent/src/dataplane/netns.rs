@@ -1,7 +1,20 @@
-//! Entering a named network namespace (`ip netns add NAME`) for the current
-//! thread, and coming back.
+//! Entering a network namespace for the current thread, and coming back:
+//! a named one (`ip netns add NAME`, under /run/netns) or, with the rules
+//! file's `netns_path`, a namespace file elsewhere (`/proc/PID/ns/net`, a
+//! container runtime's bind mount).
+//!
+//! The rules file is a trust boundary: a name is one path component (the
+//! parser refuses `/`, `.` and `..`), a named namespace file is opened
+//! without following a symlink, an explicit path may be a symlink only as
+//! `/proc/PID/ns/net` is one, and whatever is opened must be a network
+//! namespace before the thread enters it.
 
-use std::{fs::File, marker::PhantomData, path::PathBuf};
+use std::{
+    fs::File,
+    marker::PhantomData,
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -17,6 +30,48 @@ pub enum NetnsError {
     },
     #[error("cannot open this thread's network namespace: {0}")]
     Own(#[source] std::io::Error),
+    #[error(
+        "{}: {why}: `netns_path` must name a network namespace file, such as /proc/PID/ns/net or a bind mount of one",
+        path.display()
+    )]
+    NotANamespace { path: PathBuf, why: String },
+}
+
+/// `ioctl(NS_GET_NSTYPE)`: the type of namespace a namespace file refers to.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Opens the namespace file at `path` and checks it is a network namespace.
+/// `follow`: whether a final symlink may be followed (only `/proc`'s
+/// namespace links are meant).
+fn open_net_namespace(path: &Path, follow: bool) -> Result<File, NetnsError> {
+    let not = |why: String| NetnsError::NotANamespace {
+        path: path.to_owned(),
+        why,
+    };
+    if follow {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| not(e.to_string()))?;
+        let proc_link = path.starts_with("/proc")
+            && path.file_name().is_some_and(|n| n == "net")
+            && path
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "ns");
+        if meta.file_type().is_symlink() && !proc_link {
+            return Err(not("a symlink (give the namespace file itself)".to_owned()));
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if !follow {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let file = options.open(path).map_err(|e| not(e.to_string()))?;
+    // SAFETY: an ioctl without argument on a descriptor this function owns.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(not("not a network namespace".to_owned()));
+    }
+    Ok(file)
 }
 
 /// While alive, the current thread is in another network namespace; dropping
@@ -31,14 +86,22 @@ pub struct NetnsGuard {
 }
 
 impl NetnsGuard {
-    /// Enters `/run/netns/NAME`.
+    /// Enters `/run/netns/NAME`, or the namespace file `NAME` when it is an
+    /// absolute path (the rules file's `netns_path`).
     pub fn enter(name: &str) -> Result<Self, NetnsError> {
         let original = File::open("/proc/thread-self/ns/net").map_err(NetnsError::Own)?;
-        let path = PathBuf::from("/run/netns").join(name);
-        let target = File::open(&path).map_err(|_| NetnsError::NotFound {
-            name: name.to_owned(),
-            path: path.clone(),
-        })?;
+        let target = if name.starts_with('/') {
+            open_net_namespace(Path::new(name), true)?
+        } else {
+            let path = PathBuf::from("/run/netns").join(name);
+            if !path.exists() {
+                return Err(NetnsError::NotFound {
+                    name: name.to_owned(),
+                    path,
+                });
+            }
+            open_net_namespace(&path, false)?
+        };
         setns(&target, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
             name: name.to_owned(),
             source,

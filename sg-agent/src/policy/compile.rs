@@ -20,7 +20,7 @@ use sg_common::policy::Settings;
 
 use crate::{
     config::{ConntrackSettings, Direction, Instance, Protocol, Vpc},
-    policy::resolve::effective_rules,
+    policy::{encode::TooLarge, resolve::effective_rules},
 };
 
 /// The whole compiled policy.
@@ -77,22 +77,62 @@ pub struct PortEntry {
 /// every protocol and then stands alone.
 type ClassKey = Vec<(Option<u8>, Vec<(u16, u16)>)>;
 
+/// Every instance's tables (tests, benchmarks: instances without an
+/// interface too). Panics on a policy too large for the maps; the agent
+/// and `check` use [`compile_enforced`], which says so.
 pub fn compile(vpc: &Vpc) -> CompiledPolicy {
-    CompiledPolicy {
-        instances: vpc
-            .instances
-            .iter()
-            .map(|inst| CompiledInstance {
+    compile_where(vpc, |_| true).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The tables of the instances this host enforces (those with an
+/// interface; the others only count as group members and are never
+/// compiled), or the first instance whose policy would not fit the maps,
+/// found before its tables are built.
+pub fn compile_enforced(vpc: &Vpc) -> Result<CompiledPolicy, InstanceTooLarge> {
+    compile_where(vpc, |i| i.interface.is_some())
+}
+
+/// An instance whose policy would not fit the maps.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "instance {instance}: {source}; split its rules over fewer narrower prefixes or fewer ports"
+)]
+pub struct InstanceTooLarge {
+    pub instance: String,
+    #[source]
+    pub source: TooLarge,
+}
+
+fn compile_where(
+    vpc: &Vpc,
+    wanted: impl Fn(&Instance) -> bool,
+) -> Result<CompiledPolicy, InstanceTooLarge> {
+    let instances = vpc
+        .instances
+        .iter()
+        .filter(|i| wanted(i))
+        .map(|inst| {
+            Ok(CompiledInstance {
                 name: inst.name.clone(),
                 interface: inst.interface.clone(),
                 netns: inst.netns.clone(),
-                tables: compile_instance(vpc, inst),
+                tables: compile_instance_bounded(vpc, inst).map_err(|source| InstanceTooLarge {
+                    instance: inst.name.clone(),
+                    source,
+                })?,
                 settings: settings(&vpc.conntrack_of(inst)),
                 max_tracked_connections: vpc.conntrack_of(inst).max_tracked_connections,
             })
-            .collect(),
-    }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CompiledPolicy { instances })
 }
+
+/// Matchers the copy-down may gather over all of an instance's prefixes
+/// (each prefix holds its own rules and every broader prefix's): 8 Mi, a
+/// few tens of MiB while compiling, far beyond what the maps could hold
+/// once the classes are merged.
+pub const EXPANSION_LIMIT: usize = 1 << 23;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -121,7 +161,15 @@ pub fn settings(ct: &ConntrackSettings) -> Settings {
 /// (protocol, port interval) of one rule.
 type Matcher = (Option<u8>, (u16, u16));
 
+/// [`compile_instance_bounded`] for a policy known to fit (tests).
 pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
+    compile_instance_bounded(vpc, inst).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Compiles one instance, refusing (before building anything large) a
+/// policy whose address entries, copied-down rules or port entries would
+/// exceed what the maps hold.
+pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTables, TooLarge> {
     // direction -> prefix -> matchers of rules naming exactly that prefix.
     let mut by_prefix: BTreeMap<(Direction, IpNet), Vec<Matcher>> = BTreeMap::new();
     for r in effective_rules(vpc, inst) {
@@ -138,6 +186,7 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
         }
     }
 
+    expansion_fits(&by_prefix)?;
     let mut classes: HashMap<ClassKey, u32> = HashMap::new();
     let mut class_order: Vec<ClassKey> = Vec::new();
     let mut tables = PolicyTables::default();
@@ -189,11 +238,58 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
                         port_bits,
                     });
                 }
+                let limit =
+                    sg_common::maps::PORTS_MAX_ENTRIES + sg_common::maps::PORT_EXACT_MAX_ENTRIES;
+                if tables.ports.len() > limit as usize {
+                    return Err(TooLarge {
+                        what: "port",
+                        needed: tables.ports.len(),
+                        limit,
+                    });
+                }
             }
         }
     }
     tables.classes = u32::try_from(class_order.len()).expect("fewer than 2^31 classes");
-    tables
+    Ok(tables)
+}
+
+/// The size of the copy-down, counted before it is done: address entries
+/// per family, and the matchers all prefixes gather from themselves and
+/// their broader prefixes.
+fn expansion_fits(by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>) -> Result<(), TooLarge> {
+    let limit = sg_common::maps::ADDR_MAX_ENTRIES / 2;
+    for (what, v6) in [("IPv4 address", false), ("IPv6 address", true)] {
+        let needed = by_prefix
+            .keys()
+            .filter(|(_, n)| n.addr().is_ipv6() == v6)
+            .count();
+        if needed > limit as usize {
+            return Err(TooLarge {
+                what,
+                needed,
+                limit,
+            });
+        }
+    }
+    let mut gathered = 0usize;
+    for &(direction, net) in by_prefix.keys() {
+        for len in 0..=net.prefix_len() {
+            if let Ok(wider) = IpNet::new(net.addr(), len)
+                && let Some(m) = by_prefix.get(&(direction, wider.trunc()))
+            {
+                gathered += m.len();
+            }
+        }
+        if gathered > EXPANSION_LIMIT {
+            return Err(TooLarge {
+                what: "copied-down rule (rules of broader prefixes repeated in narrower ones)",
+                needed: gathered,
+                limit: u32::try_from(EXPANSION_LIMIT).unwrap_or(u32::MAX),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The instance's own addresses, for the source/destination check: host

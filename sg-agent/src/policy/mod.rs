@@ -14,3 +14,47 @@ pub mod report;
 pub mod resolve;
 pub mod softmaps;
 pub mod summary;
+
+use std::path::Path;
+
+use crate::config::{self, Diagnostics, Vpc};
+
+/// Why a rules file is refused: the same answer for `check` and for `run`
+/// (at start and on every reload), so `check` exits 1 exactly where `run`
+/// would refuse the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Invalid(Box<Diagnostics>),
+    #[error("{}: {source}", path.display())]
+    TooLarge {
+        source: compile::InstanceTooLarge,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "{} enforces no instance (no [[instance]] with an `interface`): refused, since it would \
+         leave every interface unfiltered; pass --allow-empty if that is what you want",
+        .0.display()
+    )]
+    Empty(std::path::PathBuf),
+}
+
+/// Parses, validates and compiles the rules-file text `text` (read from
+/// `path`): the policy to put in force, or why not. The compiler's size
+/// accounting runs before any instance's tables are built, so a policy the
+/// maps cannot hold is refused here, not halfway through a reload.
+pub fn admit(
+    path: &Path,
+    text: &str,
+    allow_empty: bool,
+) -> Result<(Vpc, compile::CompiledPolicy), Refusal> {
+    let vpc = config::from_str(path, text).map_err(Refusal::Invalid)?;
+    if !allow_empty && !vpc.instances.iter().any(|i| i.interface.is_some()) {
+        return Err(Refusal::Empty(path.to_owned()));
+    }
+    let compiled = compile::compile_enforced(&vpc).map_err(|source| Refusal::TooLarge {
+        source,
+        path: path.to_owned(),
+    })?;
+    Ok((vpc, compiled))
+}

@@ -252,7 +252,7 @@ pub fn render_table(report: &Report) -> String {
             let mut widths = header.map(str::len);
             for row in &cells {
                 for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.len());
+                    *w = (*w).max(c.chars().count());
                 }
             }
             let line = |cols: [&str; 6]| {
@@ -261,7 +261,11 @@ pub fn render_table(report: &Report) -> String {
                     if i == 5 {
                         s.push_str(c);
                     } else {
-                        let _ = write!(s, "{c:<w$}  ");
+                        // Padded by hand: a format width above 65,535 (a
+                        // group of thousands of members) would panic.
+                        let pad = w.saturating_sub(c.chars().count());
+                        s.push_str(c);
+                        s.push_str(&" ".repeat(pad + 2));
                     }
                 }
                 s

@@ -277,3 +277,42 @@ fn a_rst_ends_tracking_unless_its_sender_goes_on() {
         );
     }
 }
+
+/// An inbound TCP segment the rules allow opens an entry only if it opens
+/// a connection: a mid-stream ACK from outside passes by the rules but
+/// makes no entry, so the instance's answer is judged by its outbound
+/// rules (here: none allow it), not let out as a tracked reply.
+#[test]
+fn a_mid_stream_ack_from_outside_opens_no_entry() {
+    let dp = dataplane_for(&vpc(CONFIG), "web");
+    let (me, peer) = (ip("10.0.0.1"), ip("198.51.100.9"));
+    let ack_in = frame(peer, me, &tcp(40700, 80, ACK), &Shape::default());
+    let answer = frame(me, peer, &tcp(80, 40700, ACK), &Shape::default());
+    assert!(
+        xdp_passes(&dp, &ack_in),
+        "inbound tcp/80 is allowed by the rules"
+    );
+    assert!(
+        !tc_passes(&dp, &answer),
+        "but it opened no connection: the answer meets the outbound rules"
+    );
+    let syn_in = frame(peer, me, &tcp(40701, 22, SYN), &Shape::default());
+    let syn_from_ssh_range = frame(ip("10.9.0.5"), me, &tcp(40701, 22, SYN), &Shape::default());
+    assert!(!xdp_passes(&dp, &syn_in), "tcp/22 only from 10.9.0.0/16");
+    assert!(
+        xdp_passes(&dp, &syn_from_ssh_range),
+        "a SYN the rules allow..."
+    );
+    assert!(
+        tc_passes(
+            &dp,
+            &frame(
+                me,
+                ip("10.9.0.5"),
+                &tcp(22, 40701, SYN | ACK),
+                &Shape::default()
+            )
+        ),
+        "...opens a connection, whose answer leaves"
+    );
+}
