@@ -37,6 +37,8 @@ impl Diagnostic {
 
 /// At most this many diagnostics are shown; the rest are counted.
 pub const SHOWN: usize = 100;
+/// At most this many characters of a diagnostic's line are shown.
+const SHOWN_LINE: usize = 160;
 
 /// Every error found in one file, with the text needed to show where.
 #[derive(Clone, Debug)]
@@ -143,9 +145,17 @@ impl fmt::Display for Diagnostics {
             }
             writeln!(f, "{path}:{line}:{col}: {label}: {message}")?;
             if let Some(text) = lines.text(line) {
-                // One character for one: the caret stays under the token.
+                // At most SHOWN_LINE characters of the line, around the
+                // token; one character for one, so the caret stays under it.
+                let (skip, caret_col) = if col > SHOWN_LINE / 2 {
+                    (col - SHOWN_LINE / 2, SHOWN_LINE / 2 + 1)
+                } else {
+                    (0, col)
+                };
                 let shown: String = text
                     .chars()
+                    .skip(skip)
+                    .take(SHOWN_LINE)
                     .map(|c| {
                         if c.is_control() && c != '\t' {
                             '\u{fffd}'
@@ -160,9 +170,14 @@ impl fmt::Display for Diagnostics {
                         let on_line = d.span.len().min(rest.len());
                         rest[..rest.floor_char_boundary(on_line)].chars().count()
                     })
-                    .max(1);
+                    .clamp(1, SHOWN_LINE / 2);
                 writeln!(f, "{line:>5} | {shown}")?;
-                writeln!(f, "      | {}{}", " ".repeat(col - 1), "^".repeat(width))?;
+                writeln!(
+                    f,
+                    "      | {}{}",
+                    " ".repeat(caret_col - 1),
+                    "^".repeat(width)
+                )?;
             }
             if let Some(hint) = &d.hint {
                 writeln!(f, "      = hint: {}", printable(hint))?;

@@ -28,7 +28,26 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
         diags: Vec::new(),
         warnings: Vec::new(),
     };
-    let (root, errors) = DeTable::parse_recoverable(text);
+    // TOML allows no control character but tab and line ends anywhere (a
+    // string must escape them): one is enough to say the file is not a
+    // rules file, before the parser reports every byte of a binary file.
+    if let Some((at, c)) = text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        p.diags.push(
+            Diagnostic::new(at..at + c.len_utf8(), format!("control character {c:?} in the file"))
+                .hint("TOML allows none (inside a string write it escaped, e.g. \\u0000); is this the rules file?"),
+        );
+        return (Vpc::default(), p.diags);
+    }
+    let (root, errors, cut) = parse_toml(text);
+    if let Some(at) = cut {
+        p.diags.push(
+            Diagnostic::new(at..at, "further syntax errors were not looked for")
+                .hint("fix the errors above and check again"),
+        );
+    }
     for e in errors {
         let span = e.span().unwrap_or(0..0);
         p.diags.push(Diagnostic::new(
@@ -39,6 +58,28 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
     let mut vpc = p.vpc(root.get_ref());
     vpc.warnings = p.warnings;
     (vpc, p.diags)
+}
+
+/// Bytes past the first syntax error in which more are looked for: the
+/// TOML parser's error recovery costs microseconds per error, and a file of
+/// garbage has millions.
+const SYNTAX_WINDOW: usize = 64 << 10;
+
+/// The document, its syntax errors and, if the search for them stopped
+/// early, where: a file without errors is parsed once; one with errors
+/// again, with recovery, up to [`SYNTAX_WINDOW`] past its first error.
+fn parse_toml(text: &str) -> (Spanned<DeTable<'_>>, Vec<toml::de::Error>, Option<usize>) {
+    let first = match DeTable::parse(text) {
+        Ok(root) => return (root, Vec::new(), None),
+        Err(e) => e.span().map_or(0, |s| s.start),
+    };
+    let mut end = (first + SYNTAX_WINDOW).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    let end = text[end..].find('\n').map_or(text.len(), |i| end + i);
+    let (root, errors) = DeTable::parse_recoverable(&text[..end]);
+    (root, errors, (end < text.len()).then_some(end))
 }
 
 struct Parser {

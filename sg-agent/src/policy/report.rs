@@ -81,8 +81,16 @@ pub fn report(vpc: &Vpc) -> Report {
         .map(|inst| {
             let mut inbound = Vec::new();
             let mut outbound = Vec::new();
+            // A member-only instance (no interface here) is not enforced on
+            // this host: its rules are not resolved (with thousands of
+            // members, each would list them all).
+            let rules = if inst.interface.is_some() {
+                effective_rules(vpc, inst)
+            } else {
+                Vec::new()
+            };
             let open = reference::OpenWays::of(vpc, inst);
-            for r in effective_rules(vpc, inst) {
+            for r in rules {
                 let untracked = open.untracked_kinds(vpc, r.direction, r.rule, r.source);
                 let row = RuleReport {
                     protocol: r.rule.protocol.to_string(),
@@ -209,6 +217,10 @@ pub fn render_table(report: &Report) -> String {
             );
         }
         let _ = writeln!(out, "  {}", conntrack_line(&inst.conntrack));
+        if inst.interface.is_none() {
+            let _ = writeln!(out);
+            continue;
+        }
         for (title, rows) in [("inbound", &inst.inbound), ("outbound", &inst.outbound)] {
             if rows.is_empty() {
                 let _ = writeln!(out, "  {title}: nothing allowed");
@@ -302,7 +314,7 @@ mod tests {
                  [[security_group.ingress]]\nprotocol = \"tcp\"\nfrom_port = 80\nto_port = 80\ncidr_blocks = [\"0.0.0.0/0\"]\nipv6_cidr_blocks = [\"::/0\"]\n\
                  [[security_group.ingress]]\nprotocol = \"icmp\"\nfrom_port = -1\nto_port = -1\ncidr_blocks = [\"0.0.0.0/0\"]\n\
                  {}[[security_group.egress]]\nprotocol = \"-1\"\nipv6_cidr_blocks = [\"::/0\"]\n\
-                 [[instance]]\nname = \"web\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"web\"]\n",
+                 [[instance]]\nname = \"web\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"web\"]\ninterface = \"eth0\"\n",
                 if egress_v4 {
                     "[[security_group.egress]]\nprotocol = \"-1\"\ncidr_blocks = [\"0.0.0.0/0\"]\n"
                 } else {

@@ -1,0 +1,425 @@
+//! Hostile input: files `check` refuses are the files `run` refuses (never
+//! with a panic, never after attaching anything), every bound is an error
+//! that says so, the rules file is a trust boundary for `run`, and the
+//! daemon's log quotes no file content beyond the offending token.
+//!
+//! Each `sg-agent` run here is bounded (a hang guard, not a timing
+//! assertion): a process still running after [`GUARD`] is killed and the
+//! test fails.
+
+use std::{
+    fmt::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use sg_tests::agent::{StateDir, binary};
+
+const GUARD: Duration = Duration::from_mins(2);
+
+/// A directory of the test's own (mode 755, root's), removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let path = PathBuf::from(format!("/tmp/sg-hostile-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("test dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self(path)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        path
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs sg-agent with `args` to its end (its output read meanwhile),
+/// killed after [`GUARD`].
+fn sg_agent(args: &[&str]) -> Output {
+    let child = Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sg-agent runs");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    if let Ok(out) = rx.recv_timeout(GUARD) {
+        out.expect("output")
+    } else {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        panic!("sg-agent {args:?} still running after {GUARD:?}");
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// An instance to enforce on `interface` (as written in TOML, between the
+/// quotes) in `netns`, with one group.
+fn instance_file(interface: &str, netns: &str) -> String {
+    format!(
+        "[[security_group]]\nname = \"g\"\n\n[[instance]]\nname = \"i\"\naddresses = \
+         [\"10.0.0.1\"]\nsecurity_groups = [\"g\"]\ninterface = \"{interface}\"\n{netns}\n"
+    )
+}
+
+/// 4,000 single ports from 0.0.0.0/0 and 4,000 narrower prefixes, each
+/// with a port of its own: every narrower entry would carry the 4,000
+/// broad rules (16 million copied-down rules).
+fn expansion_file() -> String {
+    let mut out = String::from(
+        "[limits]\nbeyond_aws = true\nrules_per_group = 100000\n\n[[security_group]]\nname = \
+         \"big\"\n",
+    );
+    for i in 1..=4000 {
+        let _ = writeln!(
+            out,
+            "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = {i}\n  to_port = \
+             {i}\n  cidr_blocks = [\"0.0.0.0/0\"]"
+        );
+    }
+    for j in 0..4000 {
+        let _ = writeln!(
+            out,
+            "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = {}\n  to_port = \
+             {}\n  cidr_blocks = [\"10.{}.{}.0/24\"]",
+            20_000 + j,
+            20_000 + j,
+            j / 256,
+            j % 256
+        );
+    }
+    out.push_str(
+        "\n[[instance]]\nname = \"i\"\naddresses = [\"10.200.0.1\"]\nsecurity_groups = \
+         [\"big\"]\ninterface = \"eth0\"\nnetns = \"sg-hostile-nowhere\"\n",
+    );
+    out
+}
+
+fn assert_refused(what: &str, out: &Output, needle: &str) {
+    let text = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: exit 1, no panic:\n{text}"
+    );
+    assert!(!text.contains("panicked"), "{what}: no panic:\n{text}");
+    assert!(text.contains(needle), "{what}: says {needle:?}:\n{text}");
+}
+
+#[test]
+fn check_and_run_refuse_the_same_hostile_files() {
+    let dir = Dir::new("same");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a NUL in an interface name",
+            instance_file("eth0\\u0000", ""),
+            "interface \"eth0\\0\" contains '\\0'",
+        ),
+        (
+            "an interface name of 16 bytes",
+            instance_file("a-very-long-name", ""),
+            "is 16 bytes long",
+        ),
+        (
+            "a netns that walks out of /run/netns",
+            instance_file("eth0", "netns = \"../../proc/1/ns/net\""),
+            "is not a namespace name",
+        ),
+        (
+            "a relative netns_path",
+            instance_file("eth0", "netns_path = \"proc/1/ns/net\""),
+            "netns_path must be an absolute path",
+        ),
+        (
+            "a policy whose copy-down would exhaust memory",
+            expansion_file(),
+            "copied-down rule",
+        ),
+        (
+            "no instance to enforce",
+            "[[security_group]]\nname = \"g\"\n".to_owned(),
+            "enforces no instance",
+        ),
+    ];
+    for (i, (what, rules, needle)) in cases.iter().enumerate() {
+        let file = dir.file(&format!("case{i}.toml"), rules);
+        let file = file.to_str().expect("utf-8 path");
+        assert_refused(what, &sg_agent(&["check", file]), needle);
+        let state = StateDir::new();
+        let state_dir = state.path.to_str().expect("utf-8 path");
+        let run = sg_agent(&[
+            "run",
+            "--config",
+            file,
+            "--state-dir",
+            state_dir,
+            "--no-watch",
+        ]);
+        assert_refused(&format!("run: {what}"), &run, needle);
+        let pinned = std::fs::read_dir(&state.path).map_or(0, Iterator::count);
+        assert_eq!(pinned, 0, "run: {what}: nothing loaded or pinned");
+    }
+}
+
+/// A namespace file given by path must be a network namespace.
+#[test]
+fn netns_path_must_name_a_network_namespace() {
+    let dir = Dir::new("nspath");
+    let not_ns = dir.file("not-a-namespace", "");
+    let rules = instance_file(
+        "eth0",
+        &format!("netns_path = {:?}", not_ns.display().to_string()),
+    );
+    let file = dir.file("rules.toml", &rules);
+    let state = StateDir::new();
+    let child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(&state.path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("runs");
+    // The instance waits for its namespace (it may come later); the log
+    // says why it is not enforced.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = child.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("not a network namespace"),
+        "the file is opened and refused as no namespace:\n{log}"
+    );
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), None).expect("chown");
+}
+
+#[test]
+fn run_refuses_a_rules_file_others_may_write() {
+    let dir = Dir::new("trust");
+    // No interface: with --allow-empty the agent starts and is ready, so
+    // the trust check is all that stands in the way.
+    let rules = "[[security_group]]\nname = \"g\"\n";
+    let file = dir.file("rules.toml", rules);
+    let path = file.to_str().expect("utf-8 path");
+    let run = |extra: &[&str]| {
+        let state = StateDir::new();
+        let mut args = vec![
+            "run",
+            "--config",
+            path,
+            "--allow-empty",
+            "--state-dir",
+            state.path.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(binary())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("runs");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let out = child.wait_with_output().expect("output");
+                return (
+                    Some(status.code()),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+            if started.elapsed() > Duration::from_secs(3) {
+                // Still running: it accepted the file.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let out = child.wait_with_output().expect("output");
+                return (None, String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (status, log) = run(&[]);
+    assert_eq!(
+        status, None,
+        "root's 644 file in root's 755 directory runs:\n{log}"
+    );
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (status, log) = run(&[]);
+    assert_eq!(status, Some(Some(1)), "{log}");
+    assert!(log.contains("writable by anyone (mode 666)"), "{log}");
+    let (status, log) = run(&["--insecure-config"]);
+    assert_eq!(status, None, "--insecure-config accepts it:\n{log}");
+    assert_eq!(
+        sg_agent(&["check", "--allow-empty", path]).status.code(),
+        Some(0),
+        "check reads the user's own file whatever its mode"
+    );
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    chown(&file, 65_534);
+    let (status, log) = run(&[]);
+    assert_eq!(status, Some(Some(1)), "{log}");
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    chown(&file, 0);
+
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (status, log) = run(&[]);
+    assert_eq!(status, Some(Some(1)), "{log}");
+    assert!(log.contains("is writable by others (mode 777)"), "{log}");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let (status, log) = run(&[]);
+    assert_eq!(status, None, "a sticky directory (as /tmp) is fine:\n{log}");
+}
+
+#[test]
+fn the_daemons_log_quotes_no_file_content_and_escapes_control_characters() {
+    let dir = Dir::new("log");
+    let rules = "password = \"hunter2\"\n\n[[security_group]]\nname = \"g\"\n\n[[instance]]\nname \
+                 = \"i\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"\\u001b[31mred\"]\n\
+                 interface = \"eth0\"\n";
+    let file = dir.file("rules.toml", rules);
+    let state = StateDir::new();
+    let run = sg_agent(&[
+        "run",
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--state-dir",
+        state.path.to_str().expect("utf-8"),
+    ]);
+    let log = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("rules.toml:1:1: error: unknown key \"password\""),
+        "{log}"
+    );
+    assert!(
+        !log.contains("hunter2"),
+        "no file content beyond the token:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no raw escape reaches the log:\n{log}"
+    );
+    assert!(
+        log.contains("\\u{1b}[31mred"),
+        "the name is shown escaped:\n{log}"
+    );
+
+    // `check`, run by the user on their own file, shows the lines.
+    let check = sg_agent(&["check", file.to_str().expect("utf-8")]);
+    let out = text(&check);
+    assert!(out.contains("    1 | password = \"hunter2\""), "{out}");
+    assert!(!out.contains('\u{1b}'), "but never a raw escape:\n{out}");
+}
+
+#[test]
+fn every_bound_is_an_error_that_says_so() {
+    let dir = Dir::new("bounds");
+    // 40,000 errors: 100 shown, the rest counted.
+    let mut many = String::from("[[security_group]]\nname = \"g\"\n");
+    for _ in 0..20_000 {
+        many.push_str(
+            "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 99999\n  to_port \
+             = 99999\n  cidr_blocks = [\"10.0.0.0/8\"]\n",
+        );
+    }
+    let file = dir.file("many.toml", &many);
+    let out = sg_agent(&["check", file.to_str().expect("utf-8")]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(shown.contains("... and 39900 more not shown"), "{shown}");
+    assert!(
+        shown.ends_with("many.toml: 40000 errors found\n"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches(": error: ").count(), 100);
+
+    // A file over 16 MiB is refused before it is read; the flag raises it.
+    let big = dir.0.join("big.toml");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(17 << 20).expect("grow");
+    let out = sg_agent(&["check", big.to_str().expect("utf-8")]);
+    assert_refused(
+        "17 MiB",
+        &out,
+        "more than the 16777216 a rules file may have",
+    );
+    let out = sg_agent(&[
+        "check",
+        "--max-config-bytes",
+        "20000000",
+        big.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "read, then found invalid (NUL bytes)"
+    );
+    assert!(!text(&out).contains("more than the"), "{}", text(&out));
+}
+
+/// `check`'s table copes with a column of any width (a group of 5,000
+/// members, referenced by an enforced instance).
+#[test]
+fn check_shows_a_group_of_thousands() {
+    let dir = Dir::new("wide");
+    let mut rules = String::from(
+        "[[security_group]]\nname = \"mesh\"\n  [[security_group.ingress]]\n  protocol = \
+         \"tcp\"\n  from_port = 1\n  to_port = 1\n  self = true\n",
+    );
+    for i in 0..5_000 {
+        let _ = writeln!(
+            rules,
+            "[[instance]]\nname = \"m{i}\"\naddresses = [\"10.{}.{}.1\"]\nsecurity_groups = \
+             [\"mesh\"]",
+            i / 250,
+            i % 250
+        );
+    }
+    rules.push_str(
+        "[[instance]]\nname = \"here\"\naddresses = [\"10.250.0.1\"]\nsecurity_groups = \
+         [\"mesh\"]\ninterface = \"eth0\"\n",
+    );
+    let file = dir.file("wide.toml", &rules);
+    let out = sg_agent(&["check", file.to_str().expect("utf-8")]);
+    let shown = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        &shown[shown.len().saturating_sub(2000)..]
+    );
+    assert!(shown.contains("10.19.249.1/32"), "every member listed");
+}
