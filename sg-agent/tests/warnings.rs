@@ -13,11 +13,11 @@ fn ports_on_a_protocol_without_ports_are_ignored_with_a_warning() {
         &file,
         "[[security_group]]\nname = \"g\"\n  [[security_group.ingress]]\n  protocol = \"gre\"\n  \
          from_port = 5\n  to_port = 9\n  cidr_blocks = [\"10.0.0.0/8\"]\n\n[[instance]]\nname = \
-         \"i\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"g\"]\n",
+         \"i\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"g\"]\ninterface = \"eth0\"\n",
     )
     .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_sg-agent"))
-        .args(["check", "--json", "--allow-empty"])
+        .args(["check", "--json"])
         .arg(&file)
         .output()
         .expect("sg-agent runs");

@@ -28,6 +28,10 @@ enum Cmd {
         /// Only the debug build (quicker; CI runs both).
         #[arg(long)]
         debug_only: bool,
+        /// The long forms too: 1,000,000 random packets through the
+        /// differential test (20,000 otherwise).
+        #[arg(long)]
+        long: bool,
     },
     /// Build the seed architecture in network namespaces, enforce
     /// examples/seed-vpc.toml, print who reaches whom, replay the seed's
@@ -69,7 +73,7 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
     match *cmd {
         Cmd::Bootstrap => bootstrap::all(),
         Cmd::Lint => lint(),
-        Cmd::Test { debug_only } => test(debug_only),
+        Cmd::Test { debug_only, long } => test(debug_only, long),
         Cmd::Demo => beside_the_agent(
             "the demo creates network namespaces and attaches eBPF programs",
             &["--package", "sg-tests", "--bin", "sg-demo"],
@@ -146,11 +150,17 @@ fn workspace_root() -> std::path::PathBuf {
         .to_owned()
 }
 
-fn test(debug_only: bool) -> anyhow::Result<()> {
+fn test(debug_only: bool, long: bool) -> anyhow::Result<()> {
     require_root(
         "the privileged tests load eBPF programs and create network namespaces; they are never skipped",
     )?;
     bootstrap::all()?;
+    if long {
+        // Read by tests/tests/kernel_verdicts/differential.rs; the cargo
+        // processes started below inherit it.
+        // SAFETY: set before any thread of this process is started.
+        unsafe { std::env::set_var("SG_DIFFERENTIAL_PACKETS", "1000000") };
+    }
     let profiles: &[(&str, &[&str])] = if debug_only {
         &[("debug", &[])]
     } else {

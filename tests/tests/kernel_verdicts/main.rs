@@ -11,6 +11,7 @@
 
 mod allowance;
 mod conntrack;
+mod differential;
 mod fragments;
 mod frame_table;
 mod logging;
