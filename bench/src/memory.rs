@@ -117,7 +117,7 @@ fn fill_conntrack(dp: &mut Dataplane) -> u64 {
             state: 3,
             flags: 1,
             pad16: 0,
-            pad32: 0,
+            ..CtEntry::default()
         };
         table.insert(key, entry, 0).expect("insert flow");
     }

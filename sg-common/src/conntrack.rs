@@ -50,6 +50,9 @@ pub const FLAG_REPLIED: u8 = 2;
 pub const FLAG_STREAM: u8 = 4;
 /// The last RST came from endpoint a (meaningful in [`STATE_RESET`]).
 pub const FLAG_RST_A: u8 = 32;
+/// `seq_a` / `seq_b` hold a sequence number seen (TCP).
+pub const FLAG_SEQ_A: u8 = 64;
+pub const FLAG_SEQ_B: u8 = 128;
 /// FIN seen from endpoint a / b.
 pub const FLAG_FIN_A: u8 = 8;
 pub const FLAG_FIN_B: u8 = 16;
@@ -63,9 +66,21 @@ pub struct CtEntry {
     /// Padding as integers, not byte arrays: clearing a byte array becomes
     /// a byte loop in eBPF.
     pub pad16: u16,
+    /// TCP: the sequence number endpoint a / b last sent (valid with
+    /// [`FLAG_SEQ_A`] / [`FLAG_SEQ_B`]).
+    pub seq_a: u32,
+    pub seq_b: u32,
     pub pad32: u32,
 }
-const _: () = assert!(size_of::<CtEntry>() == 16);
+const _: () = assert!(size_of::<CtEntry>() == 24);
+
+/// How far from the sequence number its sender last used a TCP segment may
+/// be and still move the connection's state or sequence numbers: 4 MiB
+/// either way. Every segment of a tracked flow passes the programs, so
+/// consecutive segments of one sender are at most one (GSO or BIG TCP)
+/// super-segment apart; an off-path sender guessing blindly hits the window
+/// once in 512 tries.
+pub const SEQ_WINDOW: u32 = 4 << 20;
 
 /// A refreshed timestamp is written back at most this often: the tracked
 /// fast path then writes nothing for most packets.
@@ -238,16 +253,43 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
     } else {
         STATE_OPEN
     };
+    let tcp = flow.proto == proto::TCP;
+    let seq_flag = match (tcp, from_a) {
+        (false, _) => 0,
+        (true, true) => FLAG_SEQ_A,
+        (true, false) => FLAG_SEQ_B,
+    };
     CtEntry {
         last_seen_ns: now_ns,
         state,
-        flags: if from_a {
-            FLAG_ORIGIN_A | if state == STATE_RESET { FLAG_RST_A } else { 0 }
-        } else {
-            0
-        },
+        flags: seq_flag
+            | if from_a {
+                FLAG_ORIGIN_A | if state == STATE_RESET { FLAG_RST_A } else { 0 }
+            } else {
+                0
+            },
         pad16: 0,
+        seq_a: if tcp && from_a { flow.tcp_seq } else { 0 },
+        seq_b: if tcp && !from_a { flow.tcp_seq } else { 0 },
         pad32: 0,
+    }
+}
+
+/// Whether a TCP segment from endpoint a (`from_a`) is plausibly part of
+/// the connection: its sequence number is within [`SEQ_WINDOW`] of the one
+/// its sender last used, or none is known yet. What is checked is only
+/// this distance (not the receiver's advertised window, nor
+/// acknowledgements, which `nf_conntrack` also checks).
+#[inline(always)]
+pub fn in_window(entry: &CtEntry, flow: &Flow, from_a: bool) -> bool {
+    let (known, last) = if from_a {
+        (entry.flags & FLAG_SEQ_A != 0, entry.seq_a)
+    } else {
+        (entry.flags & FLAG_SEQ_B != 0, entry.seq_b)
+    };
+    !known || {
+        let d = flow.tcp_seq.wrapping_sub(last);
+        d <= SEQ_WINDOW || d >= SEQ_WINDOW.wrapping_neg()
     }
 }
 
@@ -265,8 +307,24 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
     } else {
         flags |= FLAG_REPLIED;
     }
+    let mut seq_a = entry.seq_a;
+    let mut seq_b = entry.seq_b;
     if flow.proto == proto::TCP {
         let f = flow.tcp_flags;
+        // A segment far from its sender's sequence numbers (forged, or of
+        // another connection on the same tuple) passes, as the endpoint
+        // will discard it, but changes nothing here: not the state (a RST
+        // or FIN), not the sequence numbers, not the idle time.
+        if !in_window(entry, flow, from_a) {
+            return *entry;
+        }
+        if from_a {
+            seq_a = flow.tcp_seq;
+            flags |= FLAG_SEQ_A;
+        } else {
+            seq_b = flow.tcp_seq;
+            flags |= FLAG_SEQ_B;
+        }
         if f & tcp_flags::RST != 0 {
             state = STATE_RESET;
             flags = if from_a {
@@ -305,12 +363,16 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
         state,
         flags,
         pad16: 0,
+        seq_a,
+        seq_b,
         pad32: 0,
     }
 }
 
 /// Whether `next` must be written back over `old`: its state changed, or
-/// the stored timestamp is more than [`REFRESH_NS`] old.
+/// the stored timestamp is more than [`REFRESH_NS`] old. (TCP sequence
+/// numbers are written apart, on every segment that moves them: they must
+/// not lag behind a fast sender.)
 #[inline(always)]
 pub fn needs_write(old: &CtEntry, next: &CtEntry) -> bool {
     old.state != next.state
@@ -444,6 +506,30 @@ mod tests {
         assert_eq!(advance(&reset, &data, !from_a, 2).state, STATE_ESTABLISHED);
         // A fresh SYN on a reset tuple is a new connection, for the rules.
         assert!(!admits(&reset, &syn));
+    }
+
+    #[test]
+    fn rst_and_fin_must_be_near_their_senders_sequence_numbers() {
+        let seq = |f: Flow, n: u32| Flow { tcp_seq: n, ..f };
+        let syn = seq(tcp(1, 40000, 2, 80, tcp_flags::SYN), 0xffff_fff0);
+        let (_, from_a) = key_of(&syn);
+        let e = open(&syn, from_a, 0);
+        let synack = seq(tcp(2, 80, 1, 40000, tcp_flags::SYN | tcp_flags::ACK), 7);
+        let e = advance(&e, &synack, !from_a, 1);
+        // Across the wrap of the sequence space: still in the window.
+        let data = seq(tcp(1, 40000, 2, 80, tcp_flags::ACK), 0x0000_1000);
+        let e = advance(&e, &data, from_a, 2);
+        assert_eq!(if from_a { e.seq_a } else { e.seq_b }, 0x1000);
+        let forged = seq(tcp(2, 80, 1, 40000, tcp_flags::RST), 7 + SEQ_WINDOW + 1);
+        assert_eq!(
+            advance(&e, &forged, !from_a, 3),
+            e,
+            "changes nothing, not even the time"
+        );
+        let forged_fin = seq(tcp(1, 40000, 2, 80, tcp_flags::FIN), 0x8000_0000);
+        assert_eq!(advance(&e, &forged_fin, from_a, 3), e);
+        let real = seq(tcp(2, 80, 1, 40000, tcp_flags::RST), 7 + 1_000);
+        assert_eq!(advance(&e, &real, !from_a, 3).state, STATE_RESET);
     }
 
     #[test]

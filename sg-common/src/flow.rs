@@ -122,8 +122,10 @@ pub struct Flow {
     pub icmp_type: u8,
     pub icmp_code: u8,
     pub pad: u16,
+    /// TCP sequence number (host byte order).
+    pub tcp_seq: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 48);
+const _: () = assert!(size_of::<Flow>() == 52);
 
 impl Flow {
     /// The value a rule's port range or ICMP type/code is matched against:

@@ -336,6 +336,7 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
                 flow.sport = field16(addr_of!((*h).sport));
                 flow.dport = field16(addr_of!((*h).dport));
                 flow.tcp_flags = (*h).flags;
+                flow.tcp_seq = u32::from_be(load_u32(addr_of!((*h).seq).cast()));
             }
         }
         proto::UDP => {

@@ -139,6 +139,12 @@ fn track(
                 if conntrack::needs_write(&old, &next) {
                     // SAFETY: as above.
                     unsafe { *entry = next };
+                } else if next.seq_a != old.seq_a || next.seq_b != old.seq_b {
+                    // SAFETY: as above; two stores into the live value.
+                    unsafe {
+                        (*entry).seq_a = next.seq_a;
+                        (*entry).seq_b = next.seq_b;
+                    }
                 }
                 return PASS_TRACKED;
             }

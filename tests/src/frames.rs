@@ -20,6 +20,13 @@ pub enum Transport {
         dport: u16,
         flags: u8,
     },
+    /// TCP with a sequence number of the test's choosing.
+    TcpSeq {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+    },
     Udp {
         sport: u16,
         dport: u16,
@@ -39,7 +46,7 @@ pub enum Transport {
 impl Transport {
     pub fn proto(&self, v6: bool) -> u8 {
         match self {
-            Self::Tcp { .. } => TCP,
+            Self::Tcp { .. } | Self::TcpSeq { .. } => TCP,
             Self::Udp { .. } => UDP,
             Self::Icmp { .. } => {
                 if v6 {
@@ -64,6 +71,21 @@ impl Transport {
                 b[2..4].copy_from_slice(&dport.to_be_bytes());
                 b[12] = 5 << 4;
                 b[13] = *flags;
+                b
+            }
+            Self::TcpSeq {
+                sport,
+                dport,
+                flags,
+                seq,
+            } => {
+                let mut b = Self::Tcp {
+                    sport: *sport,
+                    dport: *dport,
+                    flags: *flags,
+                }
+                .bytes();
+                b[4..8].copy_from_slice(&seq.to_be_bytes());
                 b
             }
             Self::Udp { sport, dport } => {

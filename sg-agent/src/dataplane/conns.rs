@@ -59,6 +59,33 @@ const _: () = assert!(size_of::<EarlierKeyV4>() == 16);
 // SAFETY: #[repr(C)], no implicit padding, integers only.
 unsafe impl aya::Pod for EarlierKeyV4 {}
 
+/// The entry of the earlier tables: no sequence numbers yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct EarlierEntry {
+    last_seen_ns: u64,
+    state: u8,
+    flags: u8,
+    pad16: u16,
+    pad32: u32,
+}
+const _: () = assert!(size_of::<EarlierEntry>() == 16);
+// SAFETY: #[repr(C)], no implicit padding, integers only.
+unsafe impl aya::Pod for EarlierEntry {}
+
+impl From<EarlierEntry> for CtEntry {
+    fn from(e: EarlierEntry) -> Self {
+        // Flags of the earlier layout are a subset of this one's; no
+        // sequence number is known until the flow's next segments.
+        Self {
+            last_seen_ns: e.last_seen_ns,
+            state: e.state,
+            flags: e.flags & !(conntrack::FLAG_SEQ_A | conntrack::FLAG_SEQ_B),
+            ..Self::default()
+        }
+    }
+}
+
 impl From<EarlierKeyV4> for CtKey {
     fn from(k: EarlierKeyV4) -> Self {
         Self {
@@ -245,19 +272,24 @@ fn copy_from(
     into: &mut HashMap<&mut MapData, CtKey, CtEntry>,
 ) -> Result<(usize, usize), MapError> {
     let data = MapData::from_pin(path)?;
-    let key_size = data.info()?.key_size();
+    let layout = data.info()?;
+    let (key_size, value_size) = (layout.key_size(), layout.value_size());
     let map = Map::from_map_data(data)?;
-    let entries: Vec<(CtKey, CtEntry)> = if key_size == 16 {
-        HashMap::<_, EarlierKeyV4, CtEntry>::try_from(&map)?
+    let entries: Vec<(CtKey, CtEntry)> = match (key_size, value_size) {
+        (16, 16) => HashMap::<_, EarlierKeyV4, EarlierEntry>::try_from(&map)?
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, v)| (CtKey::from(k), v))
-            .collect()
-    } else {
-        HashMap::<_, CtKey, CtEntry>::try_from(&map)?
+            .map(|(k, v)| (CtKey::from(k), CtEntry::from(v)))
+            .collect(),
+        (40, 16) => HashMap::<_, CtKey, EarlierEntry>::try_from(&map)?
             .iter()
             .filter_map(Result::ok)
-            .collect()
+            .map(|(k, v)| (k, CtEntry::from(v)))
+            .collect(),
+        _ => HashMap::<_, CtKey, CtEntry>::try_from(&map)?
+            .iter()
+            .filter_map(Result::ok)
+            .collect(),
     };
     let (mut copied, mut refused) = (0, 0);
     for (key, entry) in entries {

@@ -316,3 +316,60 @@ fn a_mid_stream_ack_from_outside_opens_no_entry() {
         "...opens a connection, whose answer leaves"
     );
 }
+
+/// A RST or FIN moves a connection only when its sequence number is near
+/// the one its sender last used (within 4 MiB): a blind off-path RST with
+/// another sequence number passes (the endpoint discards it) but changes
+/// nothing, so the connection outlives the closed timeout; one in the
+/// window ends it.
+#[test]
+fn a_rst_far_from_its_senders_sequence_numbers_changes_nothing() {
+    use sg_tests::frames::Transport;
+    const RST: u8 = 0x04;
+    let vpc = vpc(CONFIG);
+    let compiled = sg_agent::policy::compile::compile(&vpc);
+    let inst = &compiled.instances[0];
+    let (me, peer) = (ip("10.0.0.1"), ip("198.51.100.9"));
+    for (rst_seq, cut) in [(0x8000_0000u32, false), (5_000u32, true)] {
+        let mut dp = sg_agent::dataplane::Dataplane::load().expect("load");
+        let settings = sg_common::policy::Settings {
+            tcp_closed_ns: 200_000_000,
+            ..inst.settings
+        };
+        dp.publish(&inst.tables, settings).expect("publish");
+        let seg = |src, dst, sport, dport, flags, seq| {
+            frame(
+                src,
+                dst,
+                &Transport::TcpSeq {
+                    sport,
+                    dport,
+                    flags,
+                    seq,
+                },
+                &Shape::default(),
+            )
+        };
+        assert!(tc_passes(&dp, &seg(me, peer, 40800, 443, SYN, 100)));
+        assert!(xdp_passes(
+            &dp,
+            &seg(peer, me, 443, 40800, SYN | ACK, 1_000)
+        ));
+        assert!(tc_passes(&dp, &seg(me, peer, 40800, 443, ACK, 101)));
+        assert!(
+            xdp_passes(&dp, &seg(peer, me, 443, 40800, RST, rst_seq)),
+            "a RST of a tracked flow passes either way"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(
+            !xdp_passes(&dp, &seg(peer, me, 443, 40800, ACK, 1_001)),
+            cut,
+            "{}",
+            if cut {
+                "a RST in the window ends the connection (it idles out as closed)"
+            } else {
+                "a RST 2 GiB away from the peer's sequence numbers changes nothing"
+            }
+        );
+    }
+}

@@ -316,7 +316,9 @@ fn expected(vpc: &sg_agent::config::Vpc, s: &Sample) -> bool {
         L4::None
     } else {
         match &s.transport {
-            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => L4::Ports {
+            Transport::Tcp { sport, dport, .. }
+            | Transport::TcpSeq { sport, dport, .. }
+            | Transport::Udp { sport, dport } => L4::Ports {
                 src: *sport,
                 dst: *dport,
             },

@@ -107,7 +107,9 @@ pub fn reference(
         L4::None
     } else {
         match t {
-            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => L4::Ports {
+            Transport::Tcp { sport, dport, .. }
+            | Transport::TcpSeq { sport, dport, .. }
+            | Transport::Udp { sport, dport } => L4::Ports {
                 src: *sport,
                 dst: *dport,
             },

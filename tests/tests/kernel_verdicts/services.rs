@@ -47,7 +47,9 @@ fn reference(direction: Direction, src: &str, dst: &str, t: &Transport) -> bool 
     let vpc = vpc(CONFIG);
     let (src, dst) = (ip(src), ip(dst));
     let l4 = match t {
-        Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => L4::Ports {
+        Transport::Tcp { sport, dport, .. }
+        | Transport::TcpSeq { sport, dport, .. }
+        | Transport::Udp { sport, dport } => L4::Ports {
             src: *sport,
             dst: *dport,
         },
