@@ -423,3 +423,90 @@ fn check_shows_a_group_of_thousands() {
     );
     assert!(shown.contains("10.19.249.1/32"), "every member listed");
 }
+
+/// `check` and `run` agree on every file of the broken-configs corpus, of
+/// the fuzz seed corpus and of the examples: `check` exits 0 exactly when
+/// `run` starts enforcing (it says "ready"; instances whose namespace does
+/// not exist are waited for), and 1 exactly when `run` exits 1 without
+/// loading anything.
+#[test]
+fn check_and_run_agree_on_every_corpus_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in ["tests/broken-configs", "fuzz/corpus/rules_file", "examples"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("corpus dir") {
+            files.push(entry.expect("entry").path());
+        }
+    }
+    files.sort();
+    // Copies in a directory of the test's own: `run` checks who may write
+    // the file, and the checkout may belong to anyone.
+    let dir = Dir::new("corpus");
+    let (mut accepted, mut refused) = (0, 0);
+    for (i, original) in files.iter().enumerate() {
+        let Ok(bytes) = std::fs::read(original) else {
+            continue;
+        };
+        let Ok(rules) = String::from_utf8(bytes) else {
+            continue;
+        };
+        let file = dir.file(&format!("f{i}.toml"), &rules);
+        let file = file.to_str().expect("utf-8");
+        let check = sg_agent(&["check", file]);
+        let state = StateDir::new();
+        let mut child = Command::new(binary())
+            .args(["run", "--no-watch", "--config", file, "--state-dir"])
+            .arg(&state.path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("runs");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("ready: enforcing") {
+                    let _ = tx.send(true);
+                }
+            }
+            let _ = tx.send(false);
+        });
+        let ready = rx
+            .recv_timeout(GUARD)
+            .expect("run decides within the guard");
+        if ready {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let status = child.wait().expect("wait");
+        let name = original.display();
+        match check.status.code() {
+            Some(0) => {
+                assert!(ready, "{name}: check accepts it, run refuses it");
+                accepted += 1;
+            }
+            Some(1) => {
+                assert!(
+                    !ready,
+                    "{name}: check refuses it, run enforces it:\n{}",
+                    text(&check)
+                );
+                assert_eq!(status.code(), Some(1), "{name}: run exits 1");
+                refused += 1;
+            }
+            other => panic!("{name}: check exited {other:?}:\n{}", text(&check)),
+        }
+    }
+    eprintln!("corpus: {accepted} files accepted by both, {refused} refused by both");
+    assert!(
+        accepted > 0 && refused > 0,
+        "both kinds of file are in the corpus"
+    );
+}

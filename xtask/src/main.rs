@@ -3,6 +3,7 @@
 //! installed, and installs the rest.
 
 mod bootstrap;
+mod fuzz;
 
 use std::process::{Command, ExitCode};
 
@@ -57,6 +58,14 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
     },
+    /// Run each cargo-fuzz target of fuzz/ (the rules-file pipeline, the
+    /// policy lookup against the reference evaluator) from the seed corpus
+    /// (installs cargo-fuzz from crates.io if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +101,10 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
                 &["--package", "sg-tests", "--bin", "sg-chaos"],
                 args,
             )
+        }
+        Cmd::Fuzz { seconds } => {
+            bootstrap::all()?;
+            fuzz::run(seconds)
         }
         Cmd::Bench { smoke } => beside_the_agent(
             "the benchmarks load eBPF programs and create network namespaces",
@@ -143,7 +156,7 @@ fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask sits in the workspace")
