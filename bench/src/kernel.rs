@@ -96,6 +96,9 @@ fn run(prog: &Xdp, data: &[u8], ctx: &[u8], repeat: u32) -> (u32, f64) {
     (r.return_value, r.duration.as_secs_f64() * 1e9)
 }
 
+/// TC's "next" (TCX) verdict, which the egress program returns to pass.
+const TC_NEXT: u32 = u32::MAX;
+
 /// Inbound packets counted under reason `name`.
 fn counter(dp: &Dataplane, name: &str) -> u64 {
     dp.counters().expect("counters").ingress.get(name)
@@ -146,6 +149,25 @@ pub fn measure(cfg: &Config) -> Report {
         frame(
             c,
             s,
+            &Transport::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+            &FrameShape::default(),
+        )
+    };
+    // Server to client: the tracked flow's answer.
+    let reply_frame = |v6: bool, sport: u16, dport: u16, flags: u8| {
+        let (c, s) = if v6 {
+            (CLIENT_V6, SERVER_V6)
+        } else {
+            (CLIENT_V4, SERVER_V4)
+        };
+        let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
+        frame(
+            s,
+            c,
             &Transport::Tcp {
                 sport,
                 dport,
@@ -217,7 +239,20 @@ pub fn measure(cfg: &Config) -> Report {
             [false, true].into_iter().flat_map(move |v6| {
                 let family = if v6 { "IPv6" } else { "IPv4" };
                 let (new, tracked, dropped) = frames(v6);
-                // The tracked flow's first packet, so that it is tracked.
+                // The tracked flow's handshake, so that its next packets
+                // are tracked (an inbound segment that is not a SYN opens
+                // no entry): SYN in, SYN-ACK out, ACK in.
+                let syn = tcp_frame(v6, 40001, 80, SYN);
+                run(normal.ingress(), &syn, &xdp_md(ifindex, syn.len()), 1);
+                let synack = reply_frame(v6, 80, 40001, SYN | ACK);
+                let out = normal
+                    .egress()
+                    .test_run(aya::programs::TestRunOptions {
+                        data_in: Some(&synack),
+                        ..aya::programs::TestRunOptions::default()
+                    })
+                    .expect("BPF_PROG_TEST_RUN on TC egress");
+                assert_eq!(out.return_value, TC_NEXT, "the SYN-ACK leaves");
                 let ctx = xdp_md(ifindex, tracked.len());
                 run(normal.ingress(), &tracked, &ctx, 1);
                 [

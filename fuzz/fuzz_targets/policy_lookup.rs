@@ -67,7 +67,11 @@ fn rule(u: &mut Unstructured, groups: u8, out: &mut String, dir: &str) -> Result
             "  protocol = \"icmpv6\"\n  from_port = {}\n  to_port = -1\n",
             *u.choose(&[-1i32, 1, 128])?
         )),
-        _ => out.push_str("  protocol = \"gre\"\n"),
+        _ => out.push_str(if u.arbitrary()? {
+            "  protocol = \"gre\"\n"
+        } else {
+            "  protocol = \"51\"\n"
+        }),
     }
     match u.int_in_range(0..=3)? {
         0 => out.push_str(&format!(
@@ -153,6 +157,7 @@ fn packet(u: &mut Unstructured) -> Result<Packet> {
     let (src, dst) = (addr(u)?, addr(u)?);
     let proto = *u.choose(&[6u8, 17, 1, 58, 47])?;
     let later_fragment = u.ratio(1, 8)?;
+    let via_ah = ipv6 && u.ratio(1, 8)?;
     let l4 = if later_fragment {
         L4::None
     } else {
@@ -174,6 +179,7 @@ fn packet(u: &mut Unstructured) -> Result<Packet> {
         proto,
         l4,
         later_fragment,
+        via_ah,
     })
 }
 

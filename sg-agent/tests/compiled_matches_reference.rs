@@ -244,6 +244,7 @@ fn packet() -> impl Strategy<Value = Packet> {
                     proto,
                     l4,
                     later_fragment,
+                    via_ah: false,
                 }
             },
         )

@@ -8,6 +8,8 @@ pub mod proto {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
+    /// The Authentication Header of `IPsec`.
+    pub const AH: u8 = 51;
 }
 
 pub const FAMILY_V4: u8 = 4;
@@ -121,7 +123,11 @@ pub struct Flow {
     pub tcp_flags: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub pad: u16,
+    /// Non-zero when an IPv6 packet carries an Authentication Header (51)
+    /// in its extension chain: a rule naming protocol 51 allows it, as on
+    /// AWS, besides a rule for the protocol it carries.
+    pub ipv6_ah: u8,
+    pub pad: u8,
     /// TCP sequence number (host byte order).
     pub tcp_seq: u32,
 }

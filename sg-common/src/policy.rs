@@ -252,7 +252,14 @@ pub fn allowing_class<M: PolicyMaps>(
     } else {
         flow.policy_port()
     };
-    class_allows(maps, class, flow.proto, port, later_fragment).then_some(class)
+    if class_allows(maps, class, flow.proto, port, later_fragment) {
+        return Some(class);
+    }
+    // IPv6's Authentication Header is an extension header the parser walks
+    // over to the protocol it carries, and a protocol of its own that a
+    // rule may name (AWS: protocol 51, no ports): such a rule allows it.
+    (flow.ipv6_ah != 0 && class_allows(maps, class, crate::flow::proto::AH, 0, false))
+        .then_some(class)
 }
 
 /// Whether an address class allows `proto` on `port` (`later_fragment`:

@@ -169,6 +169,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
     flow.tcp_flags = 0;
     flow.icmp_type = 0;
     flow.icmp_code = 0;
+    flow.ipv6_ah = 0;
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Verdict(DROP_MALFORMED);
     };
@@ -281,6 +282,7 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
                 off += (usize::from(len) + 1) * 8;
             }
             IPV6_AH => {
+                flow.ipv6_ah = 1;
                 let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, len) = unsafe { ((*h).next_header, (*h).len) };

@@ -115,7 +115,8 @@ pub struct Shape {
     /// IPv4: (offset in 8-byte units, more-fragments).
     pub fragment: Option<(u16, bool)>,
     /// IPv6 extension headers before the transport: protocol numbers among
-    /// 0 (hop-by-hop), 43 (routing), 60 (destination options), 44 (fragment).
+    /// 0 (hop-by-hop), 43 (routing), 60 (destination options), 51
+    /// (authentication), 44 (fragment).
     pub ipv6_ext: Vec<u8>,
     /// Cut the frame to this many bytes.
     pub truncate: Option<usize>,
@@ -212,6 +213,12 @@ fn ipv6_ext(chain: &[u8], proto: u8, fragment: Option<(u16, bool)>) -> (Vec<u8>,
             out.extend_from_slice(&[next, 0]);
             out.extend_from_slice(&v.to_be_bytes());
             out.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+        } else if kind == 51 {
+            // Authentication Header, 16 bytes: next header, payload length
+            // in 4-byte units minus 2, reserved, SPI, sequence, a 4-byte ICV.
+            out.extend_from_slice(&[
+                next, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd,
+            ]);
         } else {
             // 8 bytes: next header, length 0 (= 8 bytes), PadN.
             out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);

@@ -29,6 +29,9 @@ pub struct Packet {
     pub l4: L4,
     /// A fragment other than the first: it carries no transport header.
     pub later_fragment: bool,
+    /// An IPv6 packet with an Authentication Header in its extension
+    /// chain: a rule for protocol 51 (AH) allows it, whatever it carries.
+    pub via_ah: bool,
 }
 
 /// Which rule allowed a packet.
@@ -89,7 +92,8 @@ pub fn evaluate(
             Direction::Egress => &group.egress,
         };
         for (i, rule) in rules.iter().enumerate() {
-            if !rule.protocol.matches(packet.proto) {
+            let by_ah = packet.via_ah && rule.protocol == Protocol::Number(51);
+            if !rule.protocol.matches(packet.proto) && !by_ah {
                 continue;
             }
             if !rule

@@ -162,6 +162,7 @@ fn rules_allow(
             dst: port,
         },
         later_fragment: false,
+        via_ah: false,
     };
     let out = src_inst.is_none_or(|s| {
         evaluate(

@@ -124,6 +124,7 @@ fn rule(r: &mut Rng, groups: usize, out: &mut String, direction: &str) {
                 "  protocol = \"icmpv6\"\n  from_port = {ty}\n  to_port = -1"
             );
         }
+        5 if r.chance(50) => out.push_str("  protocol = \"51\"\n"),
         _ => out.push_str("  protocol = \"gre\"\n"),
     }
     match r.below(5) {
@@ -264,7 +265,7 @@ fn sample(r: &mut Rng, first_fragments: &HashSet<(IpAddr, IpAddr, u8)>) -> Sampl
     if v6 {
         if r.chance(30) {
             for _ in 0..=r.below(3) {
-                shape.ipv6_ext.push(*r.pick(&[0u8, 43, 60]));
+                shape.ipv6_ext.push(*r.pick(&[0u8, 43, 60, 51]));
             }
         }
     } else if r.chance(20) {
@@ -335,6 +336,7 @@ fn expected(vpc: &sg_agent::config::Vpc, s: &Sample) -> bool {
         proto: s.transport.proto(s.src.is_ipv6()),
         l4,
         later_fragment: later,
+        via_ah: s.shape.ipv6_ext.contains(&51),
     };
     let me = vpc.instance("me").expect("me");
     evaluate(vpc, me, s.direction, &packet, false).passes()
@@ -408,4 +410,103 @@ fn random_policies_and_packets_agree_with_the_reference() {
         passed > judged / 20 && passed < judged - judged / 20,
         "both verdicts are exercised"
     );
+}
+
+/// IPv6's Authentication Header: walked over to the protocol it carries,
+/// and judged as protocol 51 too when a rule names it (AWS).
+#[test]
+fn ipv6_ah_is_its_own_protocol_when_a_rule_names_it() {
+    let text = r#"
+[[security_group]]
+name = "ipsec"
+  [[security_group.ingress]]
+  protocol = "51"
+  ipv6_cidr_blocks = ["2001:db8:9::/48"]
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 22
+  to_port = 22
+  ipv6_cidr_blocks = ["::/0"]
+
+[[instance]]
+name = "me"
+addresses = ["2001:db8::1"]
+security_groups = ["ipsec"]
+"#;
+    let vpc = vpc(text);
+    let dp = sg_tests::kernel::dataplane_for(&vpc, "me");
+    let tcp = |dport| Transport::Tcp {
+        sport: 40000,
+        dport,
+        flags: 0x02,
+    };
+    let with_ah = Shape {
+        ipv6_ext: vec![51],
+        ..Shape::default()
+    };
+    let (peer, other, me) = (
+        "2001:db8:9::5".parse().unwrap(),
+        "2001:db8:7::5".parse().unwrap(),
+        ME6.parse().unwrap(),
+    );
+    let cases = [
+        (
+            peer,
+            tcp(443),
+            &with_ah,
+            true,
+            "AH from the IPsec peer: the AH rule",
+        ),
+        (
+            peer,
+            tcp(443),
+            &Shape::default(),
+            false,
+            "no AH: tcp/443 has no rule",
+        ),
+        (other, tcp(443), &with_ah, false, "AH from elsewhere"),
+        (
+            other,
+            tcp(22),
+            &with_ah,
+            true,
+            "walked over: tcp/22 from anywhere",
+        ),
+    ];
+    for (i, (src, t, shape, want, what)) in cases.into_iter().enumerate() {
+        // A flow of its own each (the first is tracked once allowed).
+        let sport = 40000 + u16::try_from(i).expect("small");
+        let t = match t {
+            Transport::Tcp { dport, flags, .. } => Transport::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+            other => other,
+        };
+        let got = xdp_passes(&dp, &frame(src, me, &t, shape));
+        let packet = Packet {
+            src,
+            dst: me,
+            proto: 6,
+            l4: L4::Ports {
+                src: sport,
+                dst: match t {
+                    Transport::Tcp { dport, .. } => dport,
+                    _ => unreachable!(),
+                },
+            },
+            later_fragment: false,
+            via_ah: shape.ipv6_ext.contains(&51),
+        };
+        let oracle = evaluate(
+            &vpc,
+            vpc.instance("me").unwrap(),
+            Direction::Ingress,
+            &packet,
+            false,
+        )
+        .passes();
+        assert_eq!((got, oracle), (want, want), "{what}");
+    }
 }

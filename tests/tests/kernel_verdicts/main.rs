@@ -126,6 +126,7 @@ pub fn reference(
         proto: t.proto(src.is_ipv6()),
         l4,
         later_fragment,
+        via_ah: false,
     };
     evaluate(&vpc, inst, direction, &packet, tracked).passes()
 }

@@ -61,6 +61,7 @@ fn reference(direction: Direction, src: &str, dst: &str, t: &Transport) -> bool 
         proto: t.proto(src.is_ipv6()),
         l4,
         later_fragment: false,
+        via_ah: false,
     };
     evaluate(&vpc, &vpc.instances[0], direction, &packet, false).passes()
 }

@@ -110,6 +110,7 @@ fn packet(src: &str, dst: &str, l4: &Transport) -> Packet {
         proto,
         l4,
         later_fragment: false,
+        via_ah: false,
     }
 }
 
