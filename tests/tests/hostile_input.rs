@@ -366,6 +366,16 @@ fn every_bound_is_an_error_that_says_so() {
     );
     assert_eq!(shown.matches(": error: ").count(), 100);
 
+    // Garbage costs the TOML parser far more per byte than rules do: a file
+    // of more tokens than a 16 MiB rules file has is refused before parsing.
+    let file = dir.file("garbage.toml", &"=\n".repeat(8_000_000));
+    let out = sg_agent(&["check", file.to_str().expect("utf-8")]);
+    assert_refused(
+        "16 MB of '='",
+        &out,
+        "more than 4000000 TOML tokens in the file",
+    );
+
     // A file over 16 MiB is refused before it is read; the flag raises it.
     let big = dir.0.join("big.toml");
     let f = std::fs::File::create(&big).expect("create");

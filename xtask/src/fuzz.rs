@@ -3,6 +3,11 @@
 //! (read only; what the run adds goes to a scratch directory), printing
 //! each target's executions, coverage and findings. A crash fails the run
 //! and leaves its input under fuzz/artifacts/.
+//!
+//! The targets are built as cargo-fuzz builds them (the same sanitizer-
+//! coverage flags, no sanitizer), with the nightly toolchain the eBPF build
+//! already installs, so nothing more is installed: `cargo fuzz` works on
+//! the same directory for anyone who has it.
 
 use std::process::Command;
 
@@ -12,40 +17,56 @@ use crate::{step, workspace_root};
 
 pub const TARGETS: [&str; 2] = ["rules_file", "policy_lookup"];
 
-/// cargo-fuzz, from crates.io, if missing.
-fn cargo_fuzz() -> anyhow::Result<()> {
-    let installed = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        step("installing cargo-fuzz (crates.io)");
-        crate::cargo(&["install", "cargo-fuzz", "--locked"])?;
-    }
-    Ok(())
-}
+/// The flags cargo-fuzz builds libFuzzer targets with (`--sanitizer none`).
+const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+    -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+    -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
+    -Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cdebug-assertions";
+
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 pub fn run(seconds: u32) -> anyhow::Result<()> {
-    cargo_fuzz()?;
     let root = workspace_root();
     let fuzz = root.join("fuzz");
+    step("building the fuzz targets (nightly, sanitizer coverage)");
+    let status = Command::new("cargo")
+        .current_dir(&fuzz)
+        // The targets need no eBPF object: the agent's pure code only.
+        .env("AYA_BUILD_SKIP", "1")
+        .env("RUSTFLAGS", RUSTFLAGS)
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--bins",
+            "--target",
+            TRIPLE,
+        ])
+        .status()
+        .context("building the fuzz targets")?;
+    if !status.success() {
+        bail!("building the fuzz targets failed ({status})");
+    }
     for target in TARGETS {
         step(&format!("fuzzing {target} for {seconds} s"));
         let scratch = std::env::temp_dir().join(format!("sg-fuzz-{target}"));
         std::fs::create_dir_all(&scratch).context("scratch corpus")?;
         let seeds = fuzz.join("corpus").join(target);
-        let out = Command::new("cargo")
-            .current_dir(&root)
-            // The targets need no eBPF object: the agent's pure code only.
-            .env("AYA_BUILD_SKIP", "1")
-            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", target])
+        let artifacts = fuzz.join("artifacts").join(target);
+        std::fs::create_dir_all(&artifacts).context("artifacts dir")?;
+        let binary = fuzz
+            .join("target")
+            .join(TRIPLE)
+            .join("release")
+            .join(target);
+        let out = Command::new(&binary)
             .arg(&scratch)
             .arg(&seeds)
-            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .arg("-print_final_stats=1")
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .output()
-            .context("running cargo fuzz")?;
+            .with_context(|| format!("running {}", binary.display()))?;
         let log = String::from_utf8_lossy(&out.stderr);
         let done = log
             .lines()

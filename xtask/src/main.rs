@@ -59,8 +59,8 @@ enum Cmd {
         smoke: bool,
     },
     /// Run each cargo-fuzz target of fuzz/ (the rules-file pipeline, the
-    /// policy lookup against the reference evaluator) from the seed corpus
-    /// (installs cargo-fuzz from crates.io if missing).
+    /// policy lookup against the reference evaluator) from the seed corpus,
+    /// built with the nightly toolchain as cargo-fuzz builds them.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]

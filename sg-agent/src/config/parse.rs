@@ -41,6 +41,24 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
         );
         return (Vpc::default(), p.diags);
     }
+    // toml lexes the whole file into memory before parsing it (some 70
+    // bytes a token, more for what it makes of garbage): count the tokens
+    // first, streamed, and refuse a file with more than a rules file of the
+    // largest size would have.
+    let tokens = toml_parser::Source::new(text)
+        .lex()
+        .take(MAX_TOKENS + 1)
+        .count();
+    if tokens > MAX_TOKENS {
+        p.diags.push(
+            Diagnostic::new(
+                0..0,
+                format!("more than {MAX_TOKENS} TOML tokens in the file"),
+            )
+            .hint("a rules file of 16 MiB has about 3 million; is this the rules file?"),
+        );
+        return (Vpc::default(), p.diags);
+    }
     let (root, errors, cut) = parse_toml(text);
     if let Some(at) = cut {
         p.diags.push(
@@ -59,6 +77,10 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
     vpc.warnings = p.warnings;
     (vpc, p.diags)
 }
+
+/// TOML tokens a rules file may have: a 16 MiB prefix list of /32 entries
+/// one per line has about 3 million.
+const MAX_TOKENS: usize = 4_000_000;
 
 /// Bytes past the first syntax error in which more are looked for: the
 /// TOML parser's error recovery costs microseconds per error, and a file of
