@@ -187,7 +187,7 @@ fn track(
     // A preallocated hash refuses a new key when full (an expired entry of
     // the same flow is replaced in place): the allowance is used up, and
     // no live flow is evicted to make room.
-    if CONNS.insert(key, &entry, 0).is_err() {
+    if CONNS.insert(key, entry, 0).is_err() {
         return DROP_CONNTRACK_ALLOWANCE;
     }
     PASS_RULE
