@@ -203,6 +203,7 @@ fn to_flow(p: &Packet) -> Option<Flow> {
         },
         src: bytes(p.src),
         dst: bytes(p.dst),
+        ipv6_ah: u8::from(p.via_ah),
         ..Flow::default()
     };
     match p.l4 {
