@@ -138,17 +138,18 @@ pub fn measure(cfg: &Config) -> Report {
     let inside = NetnsGuard::enter(&ns.name).expect("enter bench netns");
     let ifindex = nix::net::if_::if_nametoindex("v0").expect("v0 exists");
 
-    // Client to server, IPv4 or IPv6.
-    let tcp_frame = |v6: bool, sport: u16, dport: u16, flags: u8| {
+    // A TCP segment between client and server, IPv4 or IPv6, either way.
+    let segment = |v6: bool, to_server: bool, sport: u16, dport: u16, flags: u8| {
         let (c, s) = if v6 {
             (CLIENT_V6, SERVER_V6)
         } else {
             (CLIENT_V4, SERVER_V4)
         };
         let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
+        let (src, dst) = if to_server { (c, s) } else { (s, c) };
         frame(
-            c,
-            s,
+            src,
+            dst,
             &Transport::Tcp {
                 sport,
                 dport,
@@ -157,25 +158,9 @@ pub fn measure(cfg: &Config) -> Report {
             &FrameShape::default(),
         )
     };
-    // Server to client: the tracked flow's answer.
-    let reply_frame = |v6: bool, sport: u16, dport: u16, flags: u8| {
-        let (c, s) = if v6 {
-            (CLIENT_V6, SERVER_V6)
-        } else {
-            (CLIENT_V4, SERVER_V4)
-        };
-        let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
-        frame(
-            s,
-            c,
-            &Transport::Tcp {
-                sport,
-                dport,
-                flags,
-            },
-            &FrameShape::default(),
-        )
-    };
+    // Client to server; server to client (the tracked flow's answer).
+    let tcp_frame = |v6, sport, dport, flags| segment(v6, true, sport, dport, flags);
+    let reply_frame = |v6, sport, dport, flags| segment(v6, false, sport, dport, flags);
     // A new flow, a tracked one's next packet, a packet no rule allows.
     let frames = |v6: bool| {
         (

@@ -164,9 +164,10 @@ impl Dataplane {
         })?;
         let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
             HashMap::try_from(map).map_err(map_err(m::CONNS))?;
-        let expired = |key: &CtKey, e: &CtEntry| {
-            !conntrack::is_live(e, key.proto, program_clock_ns(&settings), &settings)
-        };
+        // Read once per pass: an entry judged by a clock a little behind the
+        // programs' only lives a little longer.
+        let now = program_clock_ns(&settings);
+        let expired = |key: &CtKey, e: &CtEntry| !conntrack::is_live(e, key.proto, now, &settings);
         let mut found = Vec::new();
         let mut live = 0;
         for item in &table {

@@ -313,23 +313,7 @@ fn sample(r: &mut Rng, first_fragments: &HashSet<(IpAddr, IpAddr, u8)>) -> Sampl
 
 fn expected(vpc: &sg_agent::config::Vpc, s: &Sample) -> bool {
     let later = matches!(s.shape.fragment, Some((o, _)) if o > 0);
-    let l4 = if later {
-        L4::None
-    } else {
-        match &s.transport {
-            Transport::Tcp { sport, dport, .. }
-            | Transport::TcpSeq { sport, dport, .. }
-            | Transport::Udp { sport, dport } => L4::Ports {
-                src: *sport,
-                dst: *dport,
-            },
-            Transport::Icmp { ty, code, .. } => L4::Icmp {
-                ty: *ty,
-                code: *code,
-            },
-            Transport::Raw { .. } => L4::None,
-        }
-    };
+    let l4 = crate::l4_of(&s.transport, later);
     let packet = Packet {
         src: s.src,
         dst: s.dst,

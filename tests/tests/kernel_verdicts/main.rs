@@ -91,6 +91,26 @@ pub fn tcp(sport: u16, dport: u16, flags: u8) -> Transport {
     }
 }
 
+/// What the rules see of a transport header (nothing for a later fragment).
+pub fn l4_of(t: &Transport, later_fragment: bool) -> L4 {
+    if later_fragment {
+        return L4::None;
+    }
+    match t {
+        Transport::Tcp { sport, dport, .. }
+        | Transport::TcpSeq { sport, dport, .. }
+        | Transport::Udp { sport, dport } => L4::Ports {
+            src: *sport,
+            dst: *dport,
+        },
+        Transport::Icmp { ty, code, .. } => L4::Icmp {
+            ty: *ty,
+            code: *code,
+        },
+        Transport::Raw { .. } => L4::None,
+    }
+}
+
 /// The reference verdict for a well-formed packet.
 pub fn reference(
     direction: Direction,
@@ -103,23 +123,7 @@ pub fn reference(
     let vpc = vpc(CONFIG);
     let inst = vpc.instance("web").unwrap();
     let (src, dst) = (ip(src), ip(dst));
-    let l4 = if later_fragment {
-        L4::None
-    } else {
-        match t {
-            Transport::Tcp { sport, dport, .. }
-            | Transport::TcpSeq { sport, dport, .. }
-            | Transport::Udp { sport, dport } => L4::Ports {
-                src: *sport,
-                dst: *dport,
-            },
-            Transport::Icmp { ty, code, .. } => L4::Icmp {
-                ty: *ty,
-                code: *code,
-            },
-            Transport::Raw { .. } => L4::None,
-        }
-    };
+    let l4 = l4_of(t, later_fragment);
     let packet = Packet {
         src,
         dst,

@@ -8,7 +8,7 @@ use sg_agent::{
     config::Direction,
     policy::{
         compile::compile,
-        reference::{L4, Packet, evaluate},
+        reference::{Packet, evaluate},
     },
 };
 use sg_tests::{
@@ -46,15 +46,7 @@ fn udp(sport: u16, dport: u16) -> Transport {
 fn reference(direction: Direction, src: &str, dst: &str, t: &Transport) -> bool {
     let vpc = vpc(CONFIG);
     let (src, dst) = (ip(src), ip(dst));
-    let l4 = match t {
-        Transport::Tcp { sport, dport, .. }
-        | Transport::TcpSeq { sport, dport, .. }
-        | Transport::Udp { sport, dport } => L4::Ports {
-            src: *sport,
-            dst: *dport,
-        },
-        _ => L4::None,
-    };
+    let l4 = crate::l4_of(t, false);
     let packet = Packet {
         src,
         dst,
