@@ -19,7 +19,10 @@ pub mod conntrack;
 pub mod counters;
 pub mod flow;
 pub mod maps;
+pub mod parse;
 pub mod policy;
+#[cfg(not(target_arch = "bpf"))]
+pub mod wire_reference;
 
 #[cfg(feature = "user")]
 mod pod;

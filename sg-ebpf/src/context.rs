@@ -5,32 +5,65 @@ use aya_ebpf::{
     EbpfContext,
     programs::{TcContext, XdpContext},
 };
+use sg_common::parse::PacketView;
 
-/// A packet buffer; an eBPF context too, so aya-log can write records.
-pub trait Packet: EbpfContext {
-    fn data(&self) -> usize;
-    fn data_end(&self) -> usize;
+/// A packet buffer the shared parser reads ([`PacketView`], with this
+/// crate's one-instruction loads); an eBPF context too, so aya-log can write
+/// records.
+pub trait Packet: PacketView + EbpfContext {}
+
+impl<T: PacketView + EbpfContext> Packet for T {}
+
+/// A program's context seen as a packet. A local wrapper, because Rust's
+/// orphan rule forbids implementing sg-common's trait on aya's types here.
+pub struct Frame<'a, C>(pub &'a C);
+
+impl<C: EbpfContext> EbpfContext for Frame<'_, C> {
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.as_ptr()
+    }
 }
 
-impl Packet for XdpContext {
+impl PacketView for Frame<'_, XdpContext> {
     #[inline(always)]
     fn data(&self) -> usize {
-        XdpContext::data(self)
+        self.0.data()
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
-        XdpContext::data_end(self)
+        self.0.data_end()
+    }
+    #[inline(always)]
+    unsafe fn load_u32(&self, p: *const u8) -> u32 {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { load_u32(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_be16(&self, p: *const u8) -> u16 {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { load_be16(p) }
     }
 }
 
-impl Packet for TcContext {
+impl PacketView for Frame<'_, TcContext> {
     #[inline(always)]
     fn data(&self) -> usize {
-        TcContext::data(self)
+        self.0.data()
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+        self.0.data_end()
+    }
+    #[inline(always)]
+    unsafe fn load_u32(&self, p: *const u8) -> u32 {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { load_u32(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_be16(&self, p: *const u8) -> u16 {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { load_be16(p) }
     }
 }
 
@@ -58,20 +91,6 @@ pub fn linearize_headers(ctx: &TcContext) {
     }
 }
 
-/// A pointer to a `T` at `offset`, or `None` when it would cross `data_end`.
-/// Every header read goes through here.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    // The verifier needs this comparison against data_end on the very
-    // pointer that is then dereferenced.
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
-
 /// Four packet bytes as they sit (no byte-order change), in one load.
 ///
 /// Packet headers are not aligned (the IP header starts 14 bytes into the
@@ -85,9 +104,9 @@ pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*const T> {
 ///
 /// # Safety
 /// `p .. p + 4` must lie inside the packet, checked against `data_end` on
-/// this very pointer (see [`ptr_at`]).
+/// this very pointer (see `sg_common::parse::ptr_at`).
 #[inline(always)]
-pub unsafe fn load_u32(p: *const u8) -> u32 {
+unsafe fn load_u32(p: *const u8) -> u32 {
     let v: u64;
     // SAFETY: one 4-byte load at `p`, inside the packet by the caller's contract; the instruction only reads.
     unsafe {
@@ -111,7 +130,7 @@ pub unsafe fn load_u32(p: *const u8) -> u32 {
 /// # Safety
 /// As for [`load_u32`], for `p .. p + 2`.
 #[inline(always)]
-pub unsafe fn load_be16(p: *const u8) -> u16 {
+unsafe fn load_be16(p: *const u8) -> u16 {
     let v: u64;
     // SAFETY: one 2-byte load at `p`, inside the packet by the caller's contract; the instruction only reads.
     unsafe {

@@ -4,7 +4,8 @@
 //! and connections.
 #![no_std]
 #![no_main]
-// Inline assembly for single-instruction unaligned packet loads (context.rs).
+// Inline assembly for single-instruction unaligned packet loads (context.rs);
+// the parser itself is sg_common::parse.
 #![feature(asm_experimental_arch)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![expect(
@@ -14,7 +15,6 @@
 
 mod context;
 mod maps;
-mod parse;
 mod pipeline;
 
 use aya_ebpf::{
@@ -22,6 +22,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use context::Frame;
 use sg_common::policy::{EGRESS, INGRESS};
 
 /// Inbound: judged before the stack sees the packet; a drop is silent.
@@ -35,7 +36,7 @@ use sg_common::policy::{EGRESS, INGRESS};
     reason = "aya's program macros pass the context by value"
 )]
 pub fn sg_ingress(ctx: XdpContext) -> u32 {
-    if pipeline::judge(&ctx, INGRESS) {
+    if pipeline::judge(&Frame(&ctx), INGRESS) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -52,7 +53,7 @@ pub fn sg_ingress(ctx: XdpContext) -> u32 {
 )]
 pub fn sg_ingress_tc(ctx: TcContext) -> i32 {
     context::linearize_headers(&ctx);
-    if pipeline::judge(&ctx, INGRESS) {
+    if pipeline::judge(&Frame(&ctx), INGRESS) {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT
@@ -68,7 +69,7 @@ pub fn sg_ingress_tc(ctx: TcContext) -> i32 {
 )]
 pub fn sg_egress(ctx: TcContext) -> i32 {
     context::linearize_headers(&ctx);
-    if pipeline::judge(&ctx, EGRESS) {
+    if pipeline::judge(&Frame(&ctx), EGRESS) {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT

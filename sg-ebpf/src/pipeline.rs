@@ -17,8 +17,8 @@ use sg_common::{
 use crate::{
     context::Packet,
     maps::{CONNS, COUNTERS, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch},
-    parse::{Parsed, parse},
 };
+use sg_common::parse::{Parsed, parse};
 
 /// Whether the packet passes; counts the reason either way, under the
 /// policy generation that judged it.

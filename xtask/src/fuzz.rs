@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{step, workspace_root};
 
-pub const TARGETS: [&str; 2] = ["rules_file", "policy_lookup"];
+pub const TARGETS: [&str; 3] = ["rules_file", "policy_lookup", "packet_parser"];
 
 /// The flags cargo-fuzz builds libFuzzer targets with (`--sanitizer none`).
 const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -25,7 +25,15 @@ const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-
 
 const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
-pub fn run(seconds: u32) -> anyhow::Result<()> {
+pub fn run(seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = only
+        && !TARGETS.contains(&name)
+    {
+        bail!(
+            "no fuzz target {name:?}: the targets are {}",
+            TARGETS.join(", ")
+        );
+    }
     let root = workspace_root();
     let fuzz = root.join("fuzz");
     step("building the fuzz targets (nightly, sanitizer coverage)");
@@ -47,7 +55,7 @@ pub fn run(seconds: u32) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the fuzz targets failed ({status})");
     }
-    for target in TARGETS {
+    for target in TARGETS.into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         step(&format!("fuzzing {target} for {seconds} s"));
         let scratch = std::env::temp_dir().join(format!("sg-fuzz-{target}"));
         std::fs::create_dir_all(&scratch).context("scratch corpus")?;

@@ -65,6 +65,9 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u32,
+        /// Only this target: `rules_file`, `policy_lookup` or `packet_parser`.
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -102,9 +105,12 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
                 args,
             )
         }
-        Cmd::Fuzz { seconds } => {
+        Cmd::Fuzz {
+            seconds,
+            ref target,
+        } => {
             bootstrap::all()?;
-            fuzz::run(seconds)
+            fuzz::run(seconds, target.as_deref())
         }
         Cmd::Bench { smoke } => beside_the_agent(
             "the benchmarks load eBPF programs and create network namespaces",

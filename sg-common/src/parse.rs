@@ -1,15 +1,112 @@
-//! A bounded cursor parser in the xdp-tools manner: each step checks its
-//! bounds against `data_end`, advances the cursor and says what comes next.
-//! Anything it cannot prove well-formed is reported as a drop reason.
+//! The packet parser the kernel runs, written once for the eBPF programs and
+//! the host: a bounded cursor parser in the xdp-tools manner. Each step
+//! checks its bounds against `data_end`, advances the cursor and says what
+//! comes next; anything it cannot prove well-formed is reported as a drop
+//! reason.
+//!
+//! It reads the packet through [`PacketView`]: the eBPF programs implement
+//! it over their XDP and TC contexts (with single-instruction unaligned
+//! loads), the host over a byte slice ([`SliceView`]), so the fuzzer and the
+//! tests run exactly this code against [`crate::wire_reference`].
 
-use sg_common::{
+use crate::{
     counters::{DROP_EXT_CHAIN, DROP_MALFORMED, DROP_UNSUPPORTED_L2, PASS_NOT_IP},
     flow::{Addr, FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, icmp, proto},
 };
 
 use core::ptr::addr_of;
 
-use crate::context::{Packet, load_be16, load_u32, ptr_at};
+/// A packet buffer: where it starts and ends, and how to read a field of it.
+///
+/// The loads default to unaligned reads, which is right on the host; the
+/// eBPF programs override them with one load instruction each (see
+/// `sg-ebpf`'s context), as Rust would read a misaligned field byte by byte.
+pub trait PacketView {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+
+    /// Four packet bytes as they sit (no byte-order change).
+    ///
+    /// # Safety
+    /// `p .. p + 4` lies inside the packet, checked against `data_end` on
+    /// this very pointer (see [`ptr_at`]).
+    #[inline(always)]
+    unsafe fn load_u32(&self, p: *const u8) -> u32 {
+        // SAFETY: inside the packet by the caller's contract; any alignment.
+        unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }
+    }
+
+    /// A big-endian 16-bit packet field, in host order.
+    ///
+    /// # Safety
+    /// As for [`PacketView::load_u32`], for `p .. p + 2`.
+    #[inline(always)]
+    unsafe fn load_be16(&self, p: *const u8) -> u16 {
+        // SAFETY: inside the packet by the caller's contract; any alignment.
+        u16::from_be(unsafe { core::ptr::read_unaligned(p.cast::<u16>()) })
+    }
+}
+
+/// A pointer to a `T` at `offset`, or `None` when it would cross `data_end`.
+/// Every header read goes through here.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &impl PacketView, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // The verifier needs this comparison against data_end on the very
+    // pointer that is then dereferenced.
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// A frame held in memory, for the host: the fuzzer and the tests parse
+/// through it. Every load is checked against the slice, so a read the
+/// parser's own bounds checks failed to cover panics instead of reading
+/// past the frame.
+#[cfg(not(target_arch = "bpf"))]
+pub struct SliceView<'a> {
+    frame: &'a [u8],
+}
+
+#[cfg(not(target_arch = "bpf"))]
+impl<'a> SliceView<'a> {
+    pub fn new(frame: &'a [u8]) -> Self {
+        Self { frame }
+    }
+
+    fn check(&self, p: *const u8, len: usize) {
+        let start = self.frame.as_ptr() as usize;
+        let at = p as usize;
+        assert!(
+            at >= start && at + len <= start + self.frame.len(),
+            "the parser read {len} bytes at offset {} of a {}-byte frame",
+            at.wrapping_sub(start),
+            self.frame.len()
+        );
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+impl PacketView for SliceView<'_> {
+    fn data(&self) -> usize {
+        self.frame.as_ptr() as usize
+    }
+    fn data_end(&self) -> usize {
+        self.frame.as_ptr() as usize + self.frame.len()
+    }
+    unsafe fn load_u32(&self, p: *const u8) -> u32 {
+        self.check(p, 4);
+        // SAFETY: checked just above to lie inside the frame.
+        unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }
+    }
+    unsafe fn load_be16(&self, p: *const u8) -> u16 {
+        self.check(p, 2);
+        // SAFETY: checked just above to lie inside the frame.
+        u16::from_be(unsafe { core::ptr::read_unaligned(p.cast::<u16>()) })
+    }
+}
 
 /// VLAN tags (802.1Q / 802.1ad) walked before the network header.
 pub const VLAN_MAX_DEPTH: usize = 2;
@@ -42,8 +139,8 @@ struct VlanHdr {
 }
 
 /// Fields are byte arrays (alignment 1), as the packet is not aligned;
-/// multi-byte fields are read with single unaligned loads (`load_u32`,
-/// `load_be16`).
+/// multi-byte fields are read through the view's loads
+/// ([`PacketView::load_u32`], [`PacketView::load_be16`]).
 #[repr(C)]
 struct Ipv4Hdr {
     version_ihl: u8,
@@ -63,9 +160,9 @@ struct Ipv4Hdr {
 /// # Safety
 /// `b` points into the packet, bounds-checked with its header.
 #[inline(always)]
-unsafe fn addr4(b: *const [u8; 4]) -> u32 {
+unsafe fn addr4(ctx: &impl PacketView, b: *const [u8; 4]) -> u32 {
     // SAFETY: `b` lies inside the packet (this function's contract).
-    unsafe { load_u32(b.cast()) }
+    unsafe { ctx.load_u32(b.cast()) }
 }
 
 /// An IPv6 address from the packet into an `Addr`: four word loads.
@@ -73,15 +170,15 @@ unsafe fn addr4(b: *const [u8; 4]) -> u32 {
 /// # Safety
 /// As for [`addr4`].
 #[inline(always)]
-unsafe fn addr6(b: *const [u8; 16]) -> Addr {
+unsafe fn addr6(ctx: &impl PacketView, b: *const [u8; 16]) -> Addr {
     let p: *const u8 = b.cast();
     // SAFETY: `b .. b + 16` lies inside the packet (this function's contract).
     unsafe {
         [
-            load_u32(p),
-            load_u32(p.add(4)),
-            load_u32(p.add(8)),
-            load_u32(p.add(12)),
+            ctx.load_u32(p),
+            ctx.load_u32(p.add(4)),
+            ctx.load_u32(p.add(8)),
+            ctx.load_u32(p.add(12)),
         ]
     }
 }
@@ -91,9 +188,9 @@ unsafe fn addr6(b: *const [u8; 16]) -> Addr {
 /// # Safety
 /// As for [`addr4`].
 #[inline(always)]
-unsafe fn field16(b: *const [u8; 2]) -> u16 {
+unsafe fn field16(ctx: &impl PacketView, b: *const [u8; 2]) -> u16 {
     // SAFETY: `b` lies inside the packet (this function's contract).
-    unsafe { load_be16(b.cast()) }
+    unsafe { ctx.load_be16(b.cast()) }
 }
 
 #[repr(C)]
@@ -160,7 +257,7 @@ pub enum Parsed {
 /// Parses the frame into `flow` (and, for an ICMP error, the quoted packet
 /// into `inner`).
 #[inline(always)]
-pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
+pub fn parse(ctx: &impl PacketView, flow: &mut Flow, inner: &mut Flow) -> Parsed {
     // Fields not every protocol sets; addresses, family, protocol and
     // fragment state are always written by the network-layer parser.
     flow.sport = 0;
@@ -174,7 +271,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
         return Parsed::Verdict(DROP_MALFORMED);
     };
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let mut ethertype = unsafe { field16(addr_of!((*eth).proto)) };
+    let mut ethertype = unsafe { field16(ctx, addr_of!((*eth).proto)) };
     let mut off = core::mem::size_of::<EthHdr>();
     for _ in 0..VLAN_MAX_DEPTH {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
@@ -184,7 +281,7 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
             return Parsed::Verdict(DROP_MALFORMED);
         };
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-        ethertype = unsafe { field16(addr_of!((*vlan).proto)) };
+        ethertype = unsafe { field16(ctx, addr_of!((*vlan).proto)) };
         off += core::mem::size_of::<VlanHdr>();
     }
     let l4_off = match ethertype {
@@ -224,10 +321,11 @@ pub fn parse(ctx: &impl Packet, flow: &mut Flow, inner: &mut Flow) -> Parsed {
 
 /// IPv4 header at `off`; returns the transport header's offset.
 #[inline(always)]
-fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
+fn parse_ipv4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usize, u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let (version_ihl, frag_off) = unsafe { ((*ip).version_ihl, field16(addr_of!((*ip).frag_off))) };
+    let (version_ihl, frag_off) =
+        unsafe { ((*ip).version_ihl, field16(ctx, addr_of!((*ip).frag_off))) };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
         return Err(DROP_MALFORMED);
@@ -236,9 +334,9 @@ fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     unsafe {
         flow.proto = (*ip).proto;
-        flow.src = [addr4(addr_of!((*ip).src)), 0, 0, 0];
-        flow.dst = [addr4(addr_of!((*ip).dst)), 0, 0, 0];
-        flow.frag_id = u32::from(field16(addr_of!((*ip).id)));
+        flow.src = [addr4(ctx, addr_of!((*ip).src)), 0, 0, 0];
+        flow.dst = [addr4(ctx, addr_of!((*ip).dst)), 0, 0, 0];
+        flow.frag_id = u32::from(field16(ctx, addr_of!((*ip).id)));
     }
     let more_fragments = frag_off & 0x2000 != 0;
     let offset = frag_off & 0x1fff;
@@ -256,7 +354,7 @@ fn parse_ipv4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
 /// IPv6 header and extension chain at `off`; returns the transport
 /// header's offset.
 #[inline(always)]
-fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u32> {
+fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usize, u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
@@ -265,8 +363,8 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
     flow.family = FAMILY_V6;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     unsafe {
-        flow.src = addr6(addr_of!((*ip).src));
-        flow.dst = addr6(addr_of!((*ip).dst));
+        flow.src = addr6(ctx, addr_of!((*ip).src));
+        flow.dst = addr6(ctx, addr_of!((*ip).dst));
     }
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     let mut next = unsafe { (*ip).next_header };
@@ -295,8 +393,8 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
                 let (n, offset_flags, id) = unsafe {
                     (
                         (*h).next_header,
-                        field16(addr_of!((*h).offset_flags)),
-                        u32::from_be(load_u32(addr_of!((*h).id).cast())),
+                        field16(ctx, addr_of!((*h).offset_flags)),
+                        u32::from_be(ctx.load_u32(addr_of!((*h).id).cast())),
                     )
                 };
                 next = n;
@@ -329,24 +427,24 @@ fn parse_ipv6(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<usize, u
 
 /// Ports, TCP flags, ICMP type/code/identifier.
 #[inline(always)]
-fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
+fn parse_l4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(), u32> {
     match flow.proto {
         proto::TCP => {
             let h = ptr_at::<TcpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
-                flow.sport = field16(addr_of!((*h).sport));
-                flow.dport = field16(addr_of!((*h).dport));
+                flow.sport = field16(ctx, addr_of!((*h).sport));
+                flow.dport = field16(ctx, addr_of!((*h).dport));
                 flow.tcp_flags = (*h).flags;
-                flow.tcp_seq = u32::from_be(load_u32(addr_of!((*h).seq).cast()));
+                flow.tcp_seq = u32::from_be(ctx.load_u32(addr_of!((*h).seq).cast()));
             }
         }
         proto::UDP => {
             let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
-                flow.sport = field16(addr_of!((*h).sport));
-                flow.dport = field16(addr_of!((*h).dport));
+                flow.sport = field16(ctx, addr_of!((*h).sport));
+                flow.dport = field16(ctx, addr_of!((*h).dport));
             }
         }
         proto::ICMP | proto::ICMPV6 => {
@@ -357,7 +455,7 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
             flow.icmp_code = code;
             if icmp::is_echo(flow.family, ty) {
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-                let id = unsafe { field16(addr_of!((*h).id)) };
+                let id = unsafe { field16(ctx, addr_of!((*h).id)) };
                 flow.sport = id;
                 flow.dport = id;
             }
@@ -370,7 +468,7 @@ fn parse_l4(ctx: &impl Packet, off: usize, flow: &mut Flow) -> Result<(), u32> {
 /// The packet an ICMP error quotes: its IP header and first 8 transport
 /// bytes. Returns false when they cannot be read.
 #[inline(always)]
-fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> bool {
+fn parse_quoted(ctx: &impl PacketView, off: usize, family: u8, inner: &mut Flow) -> bool {
     let l4_off = if family == FAMILY_V4 {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, off) else {
             return false;
@@ -385,8 +483,8 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         unsafe {
             inner.proto = (*ip).proto;
-            inner.src = [addr4(addr_of!((*ip).src)), 0, 0, 0];
-            inner.dst = [addr4(addr_of!((*ip).dst)), 0, 0, 0];
+            inner.src = [addr4(ctx, addr_of!((*ip).src)), 0, 0, 0];
+            inner.dst = [addr4(ctx, addr_of!((*ip).dst)), 0, 0, 0];
         }
         off + ihl
     } else {
@@ -397,8 +495,8 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         unsafe {
             inner.proto = (*ip).next_header;
-            inner.src = addr6(addr_of!((*ip).src));
-            inner.dst = addr6(addr_of!((*ip).dst));
+            inner.src = addr6(ctx, addr_of!((*ip).src));
+            inner.dst = addr6(ctx, addr_of!((*ip).dst));
         }
         off + core::mem::size_of::<Ipv6Hdr>()
     };
@@ -413,8 +511,8 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
             };
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
-                inner.sport = field16(addr_of!((*h).sport));
-                inner.dport = field16(addr_of!((*h).dport));
+                inner.sport = field16(ctx, addr_of!((*h).sport));
+                inner.dport = field16(ctx, addr_of!((*h).dport));
             }
         }
         proto::ICMP | proto::ICMPV6 => {
@@ -426,7 +524,7 @@ fn parse_quoted(ctx: &impl Packet, off: usize, family: u8, inner: &mut Flow) -> 
             inner.icmp_type = ty;
             if icmp::is_echo(inner.family, ty) {
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-                let id = unsafe { field16(addr_of!((*h).id)) };
+                let id = unsafe { field16(ctx, addr_of!((*h).id)) };
                 inner.sport = id;
                 inner.dport = id;
             }
