@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The kernel accepts only C identifiers as BTF type names. Rust's generic
-/// names (`MaybeUninit<u8>`, from aya-log-ebpf's `Global<u8>`) are not, and
+/// names (`MaybeUninit<FlowEvent>`, from a ring-buffer entry) are not, and
 /// aya renames structs but not unions (aya issue #1490), so the kernel
 /// rejects the whole BTF and aya falls back to loading without it. Here
 /// every such name in the object's `.BTF` string table has its `<`, `>`,

@@ -4,7 +4,8 @@
 //! validated) -> [`policy`] (each instance's effective rules, compiled to
 //! flat tables and encoded as map changes) -> [`dataplane`] (eBPF objects,
 //! maps, attachments) -> [`agent`] (start, reload, stop), with [`source`]
-//! telling it when the rules changed. [`cli`] holds the command line, one
+//! telling it when the rules changed, and [`observe`] telling the user what
+//! it does (status, rule hits, flow logs, metrics). [`cli`] holds the command line, one
 //! file per verb. `policy::reference` is the plain-Rust oracle every fast
 //! path is tested against.
 
@@ -12,5 +13,6 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod observe;
 pub mod policy;
 pub mod source;

@@ -70,9 +70,17 @@ pub struct CtEntry {
     /// [`FLAG_SEQ_A`] / [`FLAG_SEQ_B`]).
     pub seq_a: u32,
     pub seq_b: u32,
+    /// Packets and bytes endpoint a / b sent, counted by the programs only
+    /// while flow logs are on (they cost a write per packet): the agent
+    /// reports their growth per aggregation interval, one record per
+    /// direction as AWS's flow logs do. Wrapping.
+    pub packets_a: u32,
+    pub packets_b: u32,
     pub pad32: u32,
+    pub bytes_a: u64,
+    pub bytes_b: u64,
 }
-const _: () = assert!(size_of::<CtEntry>() == 24);
+const _: () = assert!(size_of::<CtEntry>() == 48);
 
 /// How far from the sequence number its sender last used a TCP segment may
 /// be and still move the connection's state or sequence numbers: 4 MiB
@@ -271,7 +279,11 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
         pad16: 0,
         seq_a: if tcp && from_a { flow.tcp_seq } else { 0 },
         seq_b: if tcp && !from_a { flow.tcp_seq } else { 0 },
+        packets_a: 0,
+        packets_b: 0,
         pad32: 0,
+        bytes_a: 0,
+        bytes_b: 0,
     }
 }
 
@@ -365,7 +377,11 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
         pad16: 0,
         seq_a,
         seq_b,
+        packets_a: entry.packets_a,
+        packets_b: entry.packets_b,
         pad32: 0,
+        bytes_a: entry.bytes_a,
+        bytes_b: entry.bytes_b,
     }
 }
 

@@ -76,6 +76,34 @@ pub const NAMES: [&str; CODES as usize] = [
     "pass_aws_service",
 ];
 
+/// Each code in words, by code: what the drop log and flow logs say.
+pub const WORDS: [&str; CODES as usize] = [
+    "tracked connection",
+    "allowed by a rule",
+    "not IP (ARP)",
+    "IPv6 neighbour discovery",
+    "later fragment of an allowed datagram",
+    "no rule allows it",
+    "malformed or truncated header",
+    "IPv6 extension-header chain too long",
+    "later fragment without an allowed first fragment",
+    "link-layer protocol that could hide IP (stacked VLAN, PPPoE, MPLS...)",
+    "no policy published yet",
+    "allowed by a rule (untracked flow)",
+    "not the instance's own address (source/destination check)",
+    "connection allowance exceeded",
+    "AWS service (DHCP, DNS, metadata, time)",
+];
+
+/// Whether the parser had read the packet's addresses and ports when it
+/// gave `reason`: a drop for a malformed or foreign frame has none to show.
+pub fn has_addresses(reason: u32) -> bool {
+    !matches!(
+        reason,
+        DROP_MALFORMED | DROP_UNSUPPORTED_L2 | DROP_NO_POLICY | PASS_NOT_IP
+    )
+}
+
 /// Bit `code` set: that reason lets the packet through; clear: it drops it.
 pub const PASS_MASK: u32 = 1 << PASS_TRACKED
     | 1 << PASS_RULE

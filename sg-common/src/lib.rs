@@ -17,6 +17,7 @@ extern crate std;
 
 pub mod conntrack;
 pub mod counters;
+pub mod events;
 pub mod flow;
 pub mod maps;
 pub mod parse;

@@ -21,13 +21,30 @@ pub const PORT_EXACT: &str = "SG_PORT_EXACT";
 /// families and all protocols. Its capacity is the instance's connection
 /// allowance (AWS's `max_tracked_connections`): a full table refuses a new
 /// flow rather than evict a live one, exactly as AWS's allowance does.
-pub const CONNS: &str = "SG_CONNS";
+/// (`_V2`: with per-flow packet and byte counts.)
+pub const CONNS: &str = "SG_CONNS_V2";
 /// LRU hash: [`crate::conntrack::FragKey`] -> [`crate::conntrack::FragEntry`]:
 /// datagrams whose first fragment was allowed.
 pub const FRAGS: &str = "SG_FRAGS";
 /// Per-CPU array of packet counters, indexed by [`crate::counters::index`]
 /// (`_V2`: by policy generation too).
 pub const COUNTERS: &str = "SG_COUNTERS_V2";
+/// Ring buffer of [`crate::events::FlowEvent`]s for the agent. Not pinned:
+/// events belong to the agent that reads them.
+pub const EVENTS: &str = "SG_EVENTS";
+/// Its size: 16,384 events, over a second of the default bound on a
+/// two-CPU host, while the agent drains it ten times a second.
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Per-CPU array of one [`crate::events::EventBudget`]: the bound on the
+/// event rate, and what it held back.
+pub const EVENT_BUDGET: &str = "SG_EVENT_BUDGET";
+/// Read-only globals of the object, set by the agent at load time (the
+/// verifier removes the code they switch off, so a feature that is off
+/// costs nothing per packet): what the programs observe
+/// ([`crate::events`]'s `OBSERVE_*` bits) and the events allowed per CPU
+/// and second.
+pub const OBSERVE_GLOBAL: &str = "SG_OBSERVE";
+pub const EVENTS_PER_CPU_GLOBAL: &str = "SG_EVENTS_PER_CPU";
 /// The maps that hold the policy: always refilled from the rules file, so
 /// one pinned with another layout is replaced at no loss (all together:
 /// the settings say which generation the others hold).
@@ -98,7 +115,7 @@ const fn lpm<T>() -> u32 {
 
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
-/// and aya-log's buffer belong to one process and are not pinned.
+/// and the event ring belong to one process and are not pinned.
 pub const PINNED: [Layout; 8] = {
     use crate::{
         conntrack::{CtEntry, CtKey, FragEntry, FragKey},

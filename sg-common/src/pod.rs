@@ -1,6 +1,6 @@
 //! `aya::Pod` for every map key and value. Each type is `#[repr(C)]` with
 //! explicit padding, so every byte is initialised and any bit pattern is valid.
-use crate::{conntrack, policy};
+use crate::{conntrack, events, policy};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -22,4 +22,6 @@ pod!(
     conntrack::CtEntry,
     conntrack::FragKey,
     conntrack::FragEntry,
+    events::FlowEvent,
+    events::EventBudget,
 );

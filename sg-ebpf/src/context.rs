@@ -1,29 +1,41 @@
 //! One packet abstraction for XDP and TC, so parsing and judging are written
 //! once (as Cilium writes its library against one buffer type).
 
-use aya_ebpf::{
-    EbpfContext,
-    programs::{TcContext, XdpContext},
-};
+use aya_ebpf::helpers::generated::bpf_xdp_get_buff_len;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use sg_common::parse::PacketView;
 
 /// A packet buffer the shared parser reads ([`PacketView`], with this
-/// crate's one-instruction loads); an eBPF context too, so aya-log can write
-/// records.
-pub trait Packet: PacketView + EbpfContext {}
+/// crate's one-instruction loads), and what flow logs need besides.
+pub trait Packet: PacketView {
+    /// The packet's length on the wire, in bytes (for flow logs).
+    fn wire_len(&self) -> u32;
+}
 
-impl<T: PacketView + EbpfContext> Packet for T {}
+impl Packet for Frame<'_, XdpContext> {
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        // SAFETY: the helper reads the program's own context.
+        let len = unsafe { bpf_xdp_get_buff_len(self.0.ctx) };
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "a frame is far below 4 GiB"
+        )]
+        let len = len as u32;
+        len
+    }
+}
+
+impl Packet for Frame<'_, TcContext> {
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        self.0.len()
+    }
+}
 
 /// A program's context seen as a packet. A local wrapper, because Rust's
 /// orphan rule forbids implementing sg-common's trait on aya's types here.
 pub struct Frame<'a, C>(pub &'a C);
-
-impl<C: EbpfContext> EbpfContext for Frame<'_, C> {
-    #[inline(always)]
-    fn as_ptr(&self) -> *mut core::ffi::c_void {
-        self.0.as_ptr()
-    }
-}
 
 impl PacketView for Frame<'_, XdpContext> {
     #[inline(always)]

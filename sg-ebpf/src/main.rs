@@ -15,6 +15,7 @@
 
 mod context;
 mod maps;
+mod observe;
 mod pipeline;
 
 use aya_ebpf::{

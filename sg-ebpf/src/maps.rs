@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use sg_common::{
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::COUNTERS_LEN,
+    events::EventBudget,
     flow::{FAMILY_V4, Flow},
     maps as m,
     policy::{
@@ -40,7 +41,7 @@ pub static PORT_EXACT: HashMap<PortKey, PortValue> =
 /// refuses a new flow (the connection allowance) and keeps every live one.
 /// The agent sizes it per instance (`max_tracked_connections`) and reclaims
 /// expired entries; the capacity here is only the default.
-#[map(name = "SG_CONNS")]
+#[map(name = "SG_CONNS_V2")]
 pub static CONNS: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(m::CONNS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "SG_FRAGS")]
@@ -49,6 +50,12 @@ pub static FRAGS: LruHashMap<FragKey, FragEntry> =
 
 #[map(name = "SG_COUNTERS_V2")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+#[map(name = "SG_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_RING_BYTES, 0);
+
+#[map(name = "SG_EVENT_BUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Working space of one packet, one per CPU (the eBPF stack is 512 bytes).
 pub struct Scratch {

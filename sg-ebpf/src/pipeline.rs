@@ -2,13 +2,16 @@
 //! record, with one exit where the verdict is counted.
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
-use aya_log_ebpf::debug;
 use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
         self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE,
         DROP_SOURCE_DEST_CHECK, PASS_AWS_SERVICE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
         PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
+    },
+    events::{
+        EVENT_DROP, EVENT_NEW_FLOW, EVENT_UNTRACKED, OBSERVE_DROPS, OBSERVE_FLOW_COUNTS,
+        OBSERVE_UNTRACKED,
     },
     flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
     policy::{self, AddrValue, Settings, allowing_class},
@@ -17,6 +20,7 @@ use sg_common::{
 use crate::{
     context::Packet,
     maps::{CONNS, COUNTERS, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch},
+    observe,
 };
 use sg_common::parse::{Parsed, parse};
 
@@ -42,13 +46,43 @@ pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
         unsafe { *c += 1 };
     }
     let passes = counters::passes(reason);
-    if !passes {
-        // Off unless the agent runs with --ebpf-log: it loads the object
-        // with AYA_LOG_LEVEL (a read-only global) at 0 otherwise, and the
-        // verifier removes this branch altogether.
-        debug!(ctx, "dropped (direction {}, reason {})", direction, reason);
+    // Off unless the agent runs with flow logs or the drop log: then the
+    // verifier removes this branch altogether.
+    if !passes && observe::on(OBSERVE_DROPS) {
+        report_drop(ctx, direction, reason, generation);
     }
     passes
+}
+
+/// An event for a dropped packet, with what the parser found (the agent
+/// shows no addresses for reasons the parser gave before reading them).
+#[inline(always)]
+fn report_drop(ctx: &impl Packet, direction: u8, reason: u32, generation: u8) {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return;
+    };
+    let now = match SETTINGS.get(0) {
+        Some(settings) => clock(settings),
+        // SAFETY: a helper without arguments.
+        None => unsafe { bpf_ktime_get_coarse_ns() },
+    };
+    // SAFETY: this CPU's scratch slot; this packet has it alone (see `reason`).
+    let flow = unsafe { &(*scratch).flow };
+    observe::emit(ctx, flow, EVENT_DROP, direction, reason, generation, now);
+}
+
+/// The programs' clock: jiffies x tick length when the agent gave the tick
+/// (a clock of jiffy resolution is plenty for idle timeouts of seconds, and
+/// jiffies cost less per packet than even the coarse clock).
+#[inline(always)]
+fn clock(settings: &Settings) -> u64 {
+    if settings.ns_per_tick != 0 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_jiffies64() }.wrapping_mul(settings.ns_per_tick)
+    } else {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
 }
 
 #[inline(always)]
@@ -78,15 +112,7 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
     {
         return PASS_NEIGHBOUR_DISCOVERY;
     }
-    // A clock of jiffy resolution is plenty for idle timeouts of seconds;
-    // jiffies cost less per packet than even the coarse clock.
-    let now = if settings.ns_per_tick != 0 {
-        // SAFETY: a helper without arguments.
-        unsafe { bpf_jiffies64() }.wrapping_mul(settings.ns_per_tick)
-    } else {
-        // SAFETY: a helper without arguments.
-        unsafe { bpf_ktime_get_coarse_ns() }
-    };
+    let now = clock(settings);
 
     if flow.frag == FRAG_LATER {
         frag_key.fill(flow);
@@ -107,7 +133,7 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         return PASS_TRACKED;
     }
 
-    let verdict = track(flow, ct_key, now, settings, generation, direction);
+    let verdict = track(ctx, flow, ct_key, now, settings, generation, direction);
     if flow.frag == FRAG_FIRST && counters::passes(verdict) {
         frag_key.fill(flow);
         let _ = FRAGS.insert(*frag_key, FragEntry { seen_ns: now }, 0);
@@ -120,6 +146,7 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
 /// allow gets an entry if the allowance has room, and is dropped if not.
 #[inline(always)]
 fn track(
+    ctx: &impl Packet,
     flow: &Flow,
     key: &mut CtKey,
     now: u64,
@@ -145,6 +172,10 @@ fn track(
                         (*entry).seq_a = next.seq_a;
                         (*entry).seq_b = next.seq_b;
                     }
+                }
+                // Flow logs only: the verifier removes this otherwise.
+                if observe::on(OBSERVE_FLOW_COUNTS) {
+                    count(ctx, entry, from_a);
                 }
                 return PASS_TRACKED;
             }
@@ -178,19 +209,102 @@ fn track(
         if expired {
             let _ = CONNS.remove(key);
         }
+        if observe::on(OBSERVE_UNTRACKED) {
+            observe::emit(
+                ctx,
+                flow,
+                EVENT_UNTRACKED,
+                direction,
+                PASS_UNTRACKED,
+                generation,
+                now,
+            );
+        }
         return PASS_UNTRACKED;
     }
     if !conntrack::opens_entry(flow, direction == policy::INGRESS) {
         return PASS_RULE;
     }
-    let entry: CtEntry = conntrack::open(flow, from_a, now);
+    let mut entry: CtEntry = conntrack::open(flow, from_a, now);
+    if observe::on(OBSERVE_FLOW_COUNTS) {
+        let len = u64::from(ctx.wire_len());
+        if from_a {
+            (entry.packets_a, entry.bytes_a) = (1, len);
+        } else {
+            (entry.packets_b, entry.bytes_b) = (1, len);
+        }
+    }
     // A preallocated hash refuses a new key when full (an expired entry of
     // the same flow is replaced in place): the allowance is used up, and
     // no live flow is evicted to make room.
     if CONNS.insert(key, entry, 0).is_err() {
         return DROP_CONNTRACK_ALLOWANCE;
     }
+    // Always: the agent attributes each new flow to the rules that allowed
+    // it (bounded per CPU, so a burst of new flows cannot cost more).
+    observe::emit(
+        ctx,
+        flow,
+        EVENT_NEW_FLOW,
+        direction,
+        PASS_RULE,
+        generation,
+        now,
+    );
     PASS_RULE
+}
+
+/// One more packet and its bytes on a tracked flow's entry, with atomic
+/// adds: both directions of a flow may be counted on two CPUs at once.
+#[inline(always)]
+fn count(ctx: &impl Packet, entry: *mut CtEntry, from_a: bool) {
+    let len = u64::from(ctx.wire_len());
+    // SAFETY: `entry` points at a live value of the table (see `track`);
+    // the fields are naturally aligned (u32s at 20 and 24, u64s at 32, 40).
+    unsafe {
+        if from_a {
+            atomic_add_u32(&raw mut (*entry).packets_a, 1);
+            atomic_add_u64(&raw mut (*entry).bytes_a, len);
+        } else {
+            atomic_add_u32(&raw mut (*entry).packets_b, 1);
+            atomic_add_u64(&raw mut (*entry).bytes_b, len);
+        }
+    }
+}
+
+/// `*p += v` as one BPF atomic instruction (`core::sync::atomic` has no
+/// atomics for the BPF target).
+///
+/// # Safety
+/// `p` is a valid, aligned pointer into a map value.
+#[inline(always)]
+unsafe fn atomic_add_u32(p: *mut u32, v: u32) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u32 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) u64::from(v),
+            options(nostack),
+        );
+    }
+}
+
+/// As [`atomic_add_u32`], 64 bits.
+///
+/// # Safety
+/// As for [`atomic_add_u32`].
+#[inline(always)]
+unsafe fn atomic_add_u64(p: *mut u64, v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack),
+        );
+    }
 }
 
 /// A packet no connection-table entry admits, judged as AWS judges a new

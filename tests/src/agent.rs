@@ -45,6 +45,18 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// The control socket of the agents on this state directory: one of
+    /// the test's own (tests run side by side), reused by an agent that
+    /// restarts on the same state.
+    pub fn control_socket(&self) -> PathBuf {
+        let name = self.path.file_name().expect("a named directory");
+        PathBuf::from("/run/sg-agent-tests")
+            .join(name)
+            .with_extension("sock")
+    }
+}
+
 impl Default for StateDir {
     fn default() -> Self {
         Self::new()
@@ -55,6 +67,7 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         // Unpinning detaches the links and frees the maps.
         let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_file(self.control_socket());
     }
 }
 
@@ -64,6 +77,8 @@ pub struct AgentProcess {
     /// The state directory, when this agent owns it (dropped after the
     /// child is killed).
     owned_state: Option<StateDir>,
+    /// The control socket it serves.
+    pub control_socket: PathBuf,
 }
 
 impl AgentProcess {
@@ -99,11 +114,14 @@ impl AgentProcess {
     }
 
     fn spawn(state: &StateDir, config: &Path, args: &[&str], level: &str, echo: bool) -> Self {
+        let control_socket = state.control_socket();
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
             .arg("--state-dir")
             .arg(&state.path)
+            .arg("--control-socket")
+            .arg(&control_socket)
             .args(args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
@@ -129,6 +147,7 @@ impl AgentProcess {
             child,
             log,
             owned_state: None,
+            control_socket,
         }
     }
 
@@ -162,6 +181,11 @@ impl AgentProcess {
 
     pub fn log_lines(&self) -> usize {
         self.log.0.lock().expect("log lock").len()
+    }
+
+    /// Line `i` of the log.
+    pub fn log_line(&self, i: usize) -> String {
+        self.log.0.lock().expect("log lock")[i].clone()
     }
 
     pub fn log_text(&self) -> String {

@@ -168,12 +168,15 @@ fn check_and_run_refuse_the_same_hostile_files() {
         assert_refused(what, &sg_agent(&["check", file]), needle);
         let state = StateDir::new();
         let state_dir = state.path.to_str().expect("utf-8 path");
+        let socket = state.control_socket();
         let run = sg_agent(&[
             "run",
             "--config",
             file,
             "--state-dir",
             state_dir,
+            "--control-socket",
+            socket.to_str().expect("utf-8 path"),
             "--no-watch",
         ]);
         assert_refused(&format!("run: {what}"), &run, needle);
@@ -198,6 +201,8 @@ fn netns_path_must_name_a_network_namespace() {
         .arg(&file)
         .arg("--state-dir")
         .arg(&state.path)
+        .arg("--control-socket")
+        .arg(state.control_socket())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -232,6 +237,7 @@ fn run_refuses_a_rules_file_others_may_write() {
     let path = file.to_str().expect("utf-8 path");
     let run = |extra: &[&str]| {
         let state = StateDir::new();
+        let socket = state.control_socket();
         let mut args = vec![
             "run",
             "--config",
@@ -239,6 +245,8 @@ fn run_refuses_a_rules_file_others_may_write() {
             "--allow-empty",
             "--state-dir",
             state.path.to_str().expect("utf-8"),
+            "--control-socket",
+            socket.to_str().expect("utf-8"),
         ];
         args.extend_from_slice(extra);
         let mut child = Command::new(binary())
@@ -311,12 +319,15 @@ fn the_daemons_log_quotes_no_file_content_and_escapes_control_characters() {
                  interface = \"eth0\"\n";
     let file = dir.file("rules.toml", rules);
     let state = StateDir::new();
+    let socket = state.control_socket();
     let run = sg_agent(&[
         "run",
         "--config",
         file.to_str().expect("utf-8"),
         "--state-dir",
         state.path.to_str().expect("utf-8"),
+        "--control-socket",
+        socket.to_str().expect("utf-8"),
     ]);
     let log = text(&run);
     assert_eq!(run.status.code(), Some(1), "{log}");
@@ -467,6 +478,8 @@ fn check_and_run_agree_on_every_corpus_file() {
         let mut child = Command::new(binary())
             .args(["run", "--no-watch", "--config", file, "--state-dir"])
             .arg(&state.path)
+            .arg("--control-socket")
+            .arg(state.control_socket())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

@@ -447,8 +447,9 @@ fn sigterm_leaves_no_program_attached() {
     );
 }
 
-/// With `--ebpf-log`, a dropped packet is logged with its direction and
-/// reason. (Without it the statements are not in the loaded program at all:
+/// With `--ebpf-log`, a dropped packet is logged with its instance,
+/// direction, protocol, addresses, ports and reason in words. (Without it
+/// the reporting code is not in the loaded program at all:
 /// `kernel_verdicts`' `logging` module checks that on the programs.)
 #[test]
 fn ebpf_log_reports_drops_when_asked() {
@@ -456,8 +457,15 @@ fn ebpf_log_reports_drops_when_asked() {
     let agent = AgentProcess::start_with(&lab.config, &["--ebpf-log"]);
     agent.expect_log("ready: enforcing", 0, START);
     assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
-    // Inbound (direction 0), no rule (reason 5: sg_common::counters::DROP_NO_RULE).
-    agent.expect_log("dropped (direction 0, reason 5)", 0, Duration::from_secs(3));
+    let line = format!("instance app-1: dropped inbound tcp {OUTSIDER}:");
+    let at = agent
+        .wait_for(&line, 0, Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("no line with {line:?}:\n{}", agent.log_text()));
+    let logged = agent.log_line(at);
+    assert!(
+        logged.contains(&format!("-> {APP}:80: no rule allows it")),
+        "{logged}"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
 }
 

@@ -23,9 +23,14 @@ use super::{AgentError, Command, Options, RECONCILE, StopFlag};
 use crate::{
     config::{self, FileStamp, RulesFile, Vpc},
     dataplane::{
-        Dataplane, DataplaneError, StateDir,
+        Dataplane, DataplaneError, StateDir, conns,
         netns::NetnsGuard,
         pins::{PinError, place_here},
+    },
+    observe::{
+        Observer, WallClock,
+        status::{self, ReloadStatus, Status},
+        unix_now,
     },
     policy::{
         Refusal, admit,
@@ -105,6 +110,14 @@ struct Agent<'a> {
     /// How many times an enforced instance was found with nothing attached
     /// (its interface or namespace recreated).
     lapses: u64,
+    /// Flow logs, rule hits, the drop log.
+    observer: Observer,
+    /// Unix seconds.
+    started: u64,
+    reloads_rejected: u64,
+    last_reload: Option<ReloadStatus>,
+    /// How long the last applied change took.
+    last_apply: Duration,
 }
 
 /// Starts enforcing `path`, then serves the signal loop's commands until
@@ -115,9 +128,16 @@ pub(super) fn run(
     queue: &Receiver<Command>,
     stop: &StopFlag,
 ) -> Result<(), AgentError> {
+    let started = Instant::now();
     let file = config::read_with(path, opts.read).map_err(AgentError::Config)?;
     let (vpc, compiled) = acceptable(path, &file, opts.allow_empty)?;
     let state = StateDir::open(&opts.state_dir)?;
+    let observer = Observer::new(
+        opts.observe.flow_log.clone(),
+        opts.observe.drop_log,
+        opts.observe.records.clone(),
+    )
+    .map_err(|e| AgentError::Start("flow log", e))?;
     let mut agent = Agent {
         path: path.to_owned(),
         opts,
@@ -132,6 +152,11 @@ pub(super) fn run(
         poll_pending: false,
         in_force: file.sha256,
         lapses: 0,
+        observer,
+        started: unix_now(),
+        reloads_rejected: 0,
+        last_reload: None,
+        last_apply: Duration::ZERO,
     };
     match agent.apply(vpc, compiled) {
         Ok(()) => {}
@@ -142,6 +167,7 @@ pub(super) fn run(
         }
         Err(e) => return Err(e),
     }
+    agent.last_apply = started.elapsed();
     agent.detach_unknown_pins();
     agent.log_ready(&file);
     agent.serve(queue);
@@ -320,7 +346,7 @@ impl Agent<'_> {
         let existed = pins.exists();
         let mut dp = Dataplane::load_pinned(
             pins.clone(),
-            self.opts.ebpf_log,
+            self.opts.observe.dataplane(),
             inst.max_tracked_connections,
         )
         .map_err(|e| {
@@ -396,6 +422,7 @@ impl Agent<'_> {
                 }
                 let result = e.dataplane.publish(&inst.tables, settings);
                 self.enforced.insert(name.to_owned(), e);
+                self.observer.rename(&old, name);
                 result.map_err(on_instance(name))?;
                 log::info!(
                     "renamed instance {old} to {name} on {}: links and connections kept",
@@ -576,6 +603,7 @@ impl Agent<'_> {
         let Some(compiled) = &self.compiled else {
             return;
         };
+        let observer = &mut self.observer;
         for (name, e) in &mut self.enforced {
             let Some(inst) = compiled.instances.iter().find(|i| &i.name == name) else {
                 continue;
@@ -588,25 +616,185 @@ impl Agent<'_> {
                 continue;
             }
             e.reclaimed = (Instant::now(), refused);
+            let clock = WallClock::now(conns::program_now());
             match e.dataplane.reclaim_expired(&inst.settings) {
-                Ok(r) if refused != refused_then => log::warn!(
-                    "instance {name}: connection allowance used up ({} new flows refused so \
-                     far); {} expired connections reclaimed, {} tracked",
-                    refused,
-                    r.removed,
-                    r.live
-                ),
-                Ok(r) if r.removed > 0 => log::debug!(
-                    "instance {name}: {} expired connections reclaimed, {} tracked",
-                    r.removed,
-                    r.live
-                ),
-                Ok(_) => {}
+                Ok(r) => {
+                    observer.reclaimed(name, &r.gone, &clock);
+                    if refused != refused_then {
+                        log::warn!(
+                            "instance {name}: connection allowance used up ({refused} new flows \
+                             refused so far); {} expired connections reclaimed, {} tracked",
+                            r.removed,
+                            r.live
+                        );
+                    } else if r.removed > 0 {
+                        log::debug!(
+                            "instance {name}: {} expired connections reclaimed, {} tracked",
+                            r.removed,
+                            r.live
+                        );
+                    }
+                }
                 Err(err) => log::warn!(
                     "instance {name}: reclaiming expired connections: {}",
                     crate::cli::error_chain(&err)
                 ),
             }
+        }
+    }
+
+    /// Drains every instance's events into the observer; at the end of a
+    /// flow-log interval, reads the connection tables and writes the
+    /// interval's records.
+    fn observe(&mut self) {
+        let enforced = &self.enforced;
+        self.observer.retain(&|name| enforced.contains_key(name));
+        let clock = WallClock::now(conns::program_now());
+        let mut events = Vec::new();
+        for (name, e) in &mut self.enforced {
+            if self.observer.needs_priming(name) {
+                match e.dataplane.connections() {
+                    Ok(entries) => self.observer.prime(name, &entries, &clock),
+                    Err(err) => log::warn!(
+                        "instance {name}: reading its connections: {}",
+                        crate::cli::error_chain(&err)
+                    ),
+                }
+            }
+            events.clear();
+            e.dataplane.drain_events(&mut events);
+            self.observer.ingest(&self.vpc, name, &events, &clock);
+        }
+        if !self.observer.window_due() {
+            return;
+        }
+        let mut records = Vec::new();
+        for (name, e) in &self.enforced {
+            match e.dataplane.connections() {
+                Ok(entries) => self.observer.collect(name, &entries, &clock),
+                Err(err) => log::warn!(
+                    "instance {name}: reading its connections: {}",
+                    crate::cli::error_chain(&err)
+                ),
+            }
+            let lost = e.dataplane.events_lost().unwrap_or(0);
+            records.extend(
+                self.observer
+                    .close_instance(name, &interface_id(&e.place), lost),
+            );
+        }
+        self.observer.publish(&records);
+    }
+
+    /// A snapshot of everything `sg-agent status` and the metrics show.
+    fn status(&self) -> Status {
+        let flow_log = self.observer.flow_logs().map(|s| status::FlowLogStatus {
+            destination: match &s.sink {
+                crate::observe::flowlog::Sink::Stdout => "-".into(),
+                crate::observe::flowlog::Sink::File(p) => p.display().to_string(),
+            },
+            interval_seconds: s.interval.as_secs(),
+            format: match s.format {
+                crate::observe::flowlog::Format::Text => "text".into(),
+                crate::observe::flowlog::Format::Json => "json".into(),
+            },
+            records_written: self.observer.records_written,
+        });
+        let agent = status::AgentStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: self.started,
+            rules_file: self.path.display().to_string(),
+            sha256: self.in_force.iter().fold(String::new(), |mut hex, b| {
+                let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+                hex
+            }),
+            reloads: self.reloads - self.reloads_rejected.min(self.reloads),
+            reloads_rejected: self.reloads_rejected,
+            last_reload: self.last_reload.clone(),
+            last_apply_seconds: self.last_apply.as_secs_f64(),
+            flow_log,
+            lapses: self.lapses,
+        };
+        let mut instances: Vec<status::InstanceStatus> = self
+            .enforced
+            .iter()
+            .map(|(name, e)| self.instance_status(name, e))
+            .collect();
+        for (name, p) in &self.pending {
+            instances.push(status::InstanceStatus {
+                name: name.clone(),
+                netns: p.place.0.clone(),
+                interface: p.place.1.clone(),
+                state: "waiting".into(),
+                waiting_reason: Some(p.reason.clone()),
+                ..status::InstanceStatus::default()
+            });
+        }
+        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        Status {
+            schema: status::SCHEMA,
+            agent,
+            instances,
+        }
+    }
+
+    fn instance_status(&self, name: &str, e: &Enforced) -> status::InstanceStatus {
+        let dp = &e.dataplane;
+        let packets = dp
+            .counters()
+            .map(|c| {
+                let by = |r: &crate::dataplane::ReasonCounts| {
+                    r.by_reason
+                        .iter()
+                        .filter(|(n, _)| !n.starts_with("retired"))
+                        .map(|(n, v)| ((*n).to_owned(), *v))
+                        .collect()
+                };
+                [
+                    ("ingress".to_owned(), by(&c.ingress)),
+                    ("egress".to_owned(), by(&c.egress)),
+                ]
+                .into_iter()
+                .collect()
+            })
+            .unwrap_or_default();
+        let view = self.observer.instance(name);
+        let rules = self
+            .vpc
+            .instance(name)
+            .map(|inst| rule_rows(&self.vpc, inst, view))
+            .unwrap_or_default();
+        status::InstanceStatus {
+            name: name.to_owned(),
+            netns: e.place.0.clone(),
+            interface: e.place.1.clone(),
+            state: if e.lost_since.is_some() {
+                "lost".into()
+            } else {
+                "enforced".into()
+            },
+            waiting_reason: None,
+            ingress_hook: dp.attachment.as_ref().map(|a| a.ingress.to_owned()),
+            links: dp
+                .links()
+                .into_iter()
+                .map(|(hook, link_id, program_id)| status::LinkStatus {
+                    hook: hook.to_owned(),
+                    link_id,
+                    program_id,
+                })
+                .collect(),
+            generation: dp.generation(),
+            packets,
+            conntrack: status::ConntrackStatus {
+                entries: dp.tracked_connections() as u64,
+                capacity: u64::from(e.allowance),
+                allowance_exceeded: dp.allowance_refusals(),
+            },
+            events_lost: dp.events_lost().unwrap_or(0),
+            new_flows: view.map_or(0, |v| v.new_flows),
+            rules,
         }
     }
 
@@ -628,6 +816,7 @@ impl Agent<'_> {
                     "reload #{} ({why}) rejected, the running policy stays in force: {e}",
                     self.reloads
                 );
+                self.note_reload(why, started, "rejected", Some(e.to_string()));
                 return;
             }
         };
@@ -649,6 +838,7 @@ impl Agent<'_> {
                 log::error!(
                     "reload #{n} ({why}) rejected, the running policy stays in force:{why_not}"
                 );
+                self.note_reload(why, started, "rejected", Some(why_not.trim().to_owned()));
                 return;
             }
         };
@@ -659,21 +849,43 @@ impl Agent<'_> {
         let old = self.vpc.clone();
         match self.apply(vpc, compiled) {
             Ok(()) => {
+                let result = if self.in_force == file.sha256 {
+                    "unchanged"
+                } else {
+                    "applied"
+                };
                 self.in_force = file.sha256;
+                self.last_apply = started.elapsed();
                 let took = started.elapsed().as_millis();
                 // Summarised after the swap: the log line never delays
                 // enforcement.
                 let changes = summary::changes(&old, &self.vpc);
                 log::info!("reload #{n} ({why}) applied in {took} ms: {changes}");
+                self.note_reload(why, started, result, None);
             }
             Err(AgentError::Stopping) => {
                 log::info!("reload #{n} ({why}) abandoned to stop: nothing changed");
             }
-            Err(e) => log::error!(
-                "reload #{n} ({why}) rejected, nothing changed: {}",
-                crate::cli::error_chain(&e)
-            ),
+            Err(e) => {
+                let e = crate::cli::error_chain(&e);
+                log::error!("reload #{n} ({why}) rejected, nothing changed: {e}");
+                self.note_reload(why, started, "rejected", Some(e));
+            }
         }
+    }
+
+    /// Remembers a reload's outcome for `status` and the metrics.
+    fn note_reload(&mut self, why: &str, started: Instant, result: &str, error: Option<String>) {
+        if result == "rejected" {
+            self.reloads_rejected += 1;
+        }
+        self.last_reload = Some(ReloadStatus {
+            time: unix_now(),
+            trigger: why.to_owned(),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            result: result.to_owned(),
+            error,
+        });
     }
 
     /// Polls the rules file. With the watch running, polling is only its
@@ -716,7 +928,8 @@ impl Agent<'_> {
         while let Ok(first) = queue.recv() {
             let mut reload: Option<(&'static str, bool)> = None;
             let mut tick: Option<bool> = None;
-            let (mut flush, mut stop) = (false, false);
+            let (mut observe, mut stop) = (false, false);
+            let mut asked = Vec::new();
             for command in std::iter::once(first).chain(queue.try_iter()) {
                 match command {
                     Command::Reload { why, forced } => {
@@ -724,7 +937,8 @@ impl Agent<'_> {
                         reload = Some((why, forced || f));
                     }
                     Command::Tick { watched } => tick = Some(watched),
-                    Command::FlushLogs => flush = true,
+                    Command::Observe => observe = true,
+                    Command::Status(reply) => asked.push(reply),
                     Command::Stop => stop = true,
                 }
             }
@@ -741,9 +955,13 @@ impl Agent<'_> {
                     self.poll(watched);
                 }
             }
-            if flush {
-                for e in self.enforced.values_mut() {
-                    e.dataplane.flush_logs();
+            if observe {
+                self.observe();
+            }
+            if !asked.is_empty() {
+                let status = self.status();
+                for reply in asked {
+                    let _ = reply.send(status.clone());
                 }
             }
         }
@@ -773,6 +991,65 @@ impl Agent<'_> {
         let _ = std::fs::remove_dir(self.state.root());
         log::info!("stopped: detached {n} instance(s)");
     }
+}
+
+/// A flow-log record's `interface-id`: the interface, qualified by its
+/// namespace (interface names repeat across namespaces).
+fn interface_id((netns, ifname): &Place) -> String {
+    match netns {
+        Some(ns) => format!("{ns}/{ifname}"),
+        None => ifname.clone(),
+    }
+}
+
+/// Every rule of `inst`'s groups, as `check` numbers them, with its hits
+/// (rules that never matched included: the question before removing one).
+fn rule_rows(
+    vpc: &Vpc,
+    inst: &config::Instance,
+    view: Option<&crate::observe::InstanceView>,
+) -> Vec<status::RuleHits> {
+    let mut rows = Vec::new();
+    for (group_name, _) in &inst.groups {
+        let Some(group) = vpc.group(group_name) else {
+            continue;
+        };
+        for (direction, rules) in [
+            (config::Direction::Ingress, &group.ingress),
+            (config::Direction::Egress, &group.egress),
+        ] {
+            for (i, rule) in rules.iter().enumerate() {
+                let id = (group.name.clone(), direction, i + 1);
+                let hits = view
+                    .and_then(|v| v.hits.get(&id))
+                    .copied()
+                    .unwrap_or_default();
+                let sources: Vec<String> =
+                    rule.sources.iter().map(|s| s.source.to_string()).collect();
+                let way = match direction {
+                    config::Direction::Ingress => "from",
+                    config::Direction::Egress => "to",
+                };
+                rows.push(status::RuleHits {
+                    group: group.name.clone(),
+                    direction: match direction {
+                        config::Direction::Ingress => "ingress".into(),
+                        config::Direction::Egress => "egress".into(),
+                    },
+                    rule: i + 1,
+                    summary: format!(
+                        "{} {} {way} {}",
+                        rule.protocol,
+                        rule.ports,
+                        sources.join(", ")
+                    ),
+                    flows: hits.flows,
+                    last: hits.last,
+                });
+            }
+        }
+    }
+    rows
 }
 
 /// Whether the namespace and interface exist, and if not, why.

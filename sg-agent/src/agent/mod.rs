@@ -27,6 +27,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::ConfigError,
     dataplane::{DataplaneError, IngressHook, pins::PinError},
+    observe::{
+        control::{self, AskStatus},
+        flowlog, metrics,
+        status::Status,
+    },
 };
 
 pub use enforce::detach;
@@ -66,6 +71,10 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
     #[error("starting the {0}: {1}")]
     Start(&'static str, #[source] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("--metrics-listen {0}: {1}")]
+    Metrics(std::net::SocketAddr, #[source] std::io::Error),
     /// A stop was asked for while a change was being prepared: it was
     /// abandoned, nothing changed.
     #[error("stopping: the change being prepared was abandoned, nothing changed")]
@@ -88,16 +97,12 @@ pub enum AgentError {
 
 /// How the agent runs, from the command line.
 #[derive(Clone, Debug)]
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "independent command-line switches"
-)]
 pub struct Options {
     /// Reload when the file changes (SIGHUP always reloads).
     pub watch: bool,
     pub ingress: IngressHook,
-    /// Forward the eBPF programs' debug records (one per dropped packet).
-    pub ebpf_log: bool,
+    /// Flow logs, the drop log, the control socket and metrics.
+    pub observe: ObserveOptions,
     /// Where maps and links are pinned.
     pub state_dir: PathBuf,
     /// On SIGINT/SIGTERM leave everything attached and pinned (for
@@ -107,6 +112,38 @@ pub struct Options {
     pub allow_empty: bool,
     /// How the rules file is read (size bound, owner and mode checks).
     pub read: crate::config::ReadPolicy,
+}
+
+/// What the running agent tells its users (see [`crate::observe`]).
+#[derive(Clone, Debug)]
+pub struct ObserveOptions {
+    /// Flow-log records: where, how often, in which format.
+    pub flow_log: Option<flowlog::Settings>,
+    /// Log every dropped packet (bounded by `events_per_cpu`).
+    pub drop_log: bool,
+    /// The programs' event bound per CPU and second.
+    pub events_per_cpu: u32,
+    pub control_socket: PathBuf,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Flow-log records for `flows --follow`; made by the signal loop.
+    pub records: Option<tokio::sync::broadcast::Sender<flowlog::Record>>,
+}
+
+impl ObserveOptions {
+    /// What the programs are loaded to observe.
+    pub fn dataplane(&self) -> crate::dataplane::Observe {
+        let mut o = crate::dataplane::Observe {
+            events_per_cpu: self.events_per_cpu,
+            ..crate::dataplane::Observe::default()
+        };
+        if self.flow_log.is_some() {
+            o = o.with_flow_logs();
+        }
+        if self.drop_log {
+            o = o.with_drops();
+        }
+        o
+    }
 }
 
 /// SIGHUP, SIGINT and SIGTERM held blocked from the first line of `main`
@@ -146,8 +183,10 @@ enum Command {
     Tick {
         watched: bool,
     },
-    /// Forward the eBPF side's log records.
-    FlushLogs,
+    /// Drain the programs' events (flow logs, rule hits, drop log).
+    Observe,
+    /// A status snapshot, for the control socket and metrics.
+    Status(tokio::sync::oneshot::Sender<Status>),
     Stop,
 }
 
@@ -164,6 +203,36 @@ pub fn run(path: &Path, opts: Options, held: HeldSignals) -> Result<(), AgentErr
         .build()
         .map_err(|e| AgentError::Start("event loop", e))?;
     runtime.block_on(signal_loop(path, opts, held))
+}
+
+/// The control socket and the metrics endpoint, bound.
+type Listeners = (tokio::net::UnixListener, Option<tokio::net::TcpListener>);
+
+async fn bind_observers(
+    observe: &ObserveOptions,
+) -> Result<(Listeners, tokio::sync::broadcast::Sender<flowlog::Record>), AgentError> {
+    let control = control::bind(&observe.control_socket)?;
+    let metrics = match observe.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|e| AgentError::Metrics(addr, e))?,
+        ),
+        None => None,
+    };
+    Ok(((control, metrics), tokio::sync::broadcast::channel(4096).0))
+}
+
+/// Serves the control socket and the metrics endpoint on this runtime.
+fn serve_observers(
+    (control, metrics): Listeners,
+    ask: &AskStatus,
+    records: tokio::sync::broadcast::Sender<flowlog::Record>,
+) {
+    tokio::spawn(control::serve(control, Arc::clone(ask), records));
+    if let Some(listener) = metrics {
+        tokio::spawn(metrics::serve(listener, Arc::clone(ask)));
+    }
 }
 
 async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
@@ -191,6 +260,14 @@ async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<()
         None
     };
 
+    // Bound before anything is attached: an agent that cannot serve its
+    // status refuses to start rather than run unseen.
+    let (listeners, records) = bind_observers(&opts.observe).await?;
+    // Removed however the loop ends.
+    let _socket = control::RemoveOnDrop(opts.observe.control_socket.clone());
+    let mut opts = opts;
+    opts.observe.records = Some(records.clone());
+
     let stop = Arc::new(StopFlag {
         asked: AtomicBool::new(false),
         begun: tokio::sync::Notify::new(),
@@ -198,7 +275,6 @@ async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<()
     let (commands, queue) = std_mpsc::channel();
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
     let state_dir = opts.state_dir.clone();
-    let ebpf_log = opts.ebpf_log;
     {
         let path = path.to_owned();
         let stop = Arc::clone(&stop);
@@ -210,13 +286,22 @@ async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<()
             })
             .map_err(|e| AgentError::Start("enforcement thread", e))?;
     }
+    let ask: AskStatus = {
+        let commands = commands.clone();
+        Arc::new(move |reply| {
+            let _ = commands.send(Command::Status(reply));
+        })
+    };
+    serve_observers(listeners, &ask, records);
     let send = |c: Command| {
         // The enforcement thread only goes away by returning, which `done`
         // reports.
         let _ = commands.send(c);
     };
 
-    let mut log_tick = tokio::time::interval(Duration::from_millis(100));
+    // Events are drained ten times a second: the ring holds over a second
+    // of them at the default bound.
+    let mut observe_tick = tokio::time::interval(Duration::from_millis(100));
     let mut reconcile = tokio::time::interval(RECONCILE);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
@@ -240,7 +325,7 @@ async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<()
                 send(Command::Reload { why: "file changed", forced: false });
             }
             _ = reconcile.tick() => send(Command::Tick { watched: changes.is_some() }),
-            _ = log_tick.tick(), if ebpf_log => send(Command::FlushLogs),
+            _ = observe_tick.tick() => send(Command::Observe),
         }
     };
     log::info!("{signal_name}: stopping");

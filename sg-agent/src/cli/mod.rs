@@ -3,7 +3,9 @@
 
 mod check;
 mod detach;
+mod flows;
 mod run;
+mod status;
 
 use std::process::ExitCode;
 
@@ -18,6 +20,7 @@ Exit status:
      run: a reload in progress could not be abandoned within 1 s of SIGINT/SIGTERM
      (every instance is left enforced and pinned, as with --keep-on-exit)
   2  usage error (unknown option, missing argument)
+  3  status, flows: no agent answers on the control socket
 
 Example:
   sg-agent check examples/seed-vpc.toml
@@ -41,6 +44,14 @@ enum Command {
     /// (as root). Reloads on SIGHUP and whenever the file changes.
     #[command(after_help = EXIT_CODES)]
     Run(run::RunArgs),
+    /// What the running agent enforces: instances, attachments, policy,
+    /// reloads, packet counters, connection tables, per-rule hits.
+    #[command(after_help = EXIT_CODES)]
+    Status(status::StatusArgs),
+    /// Follow the running agent's flow-log records (it must run with
+    /// --flow-log), e.g. `sg-agent flows --follow --action REJECT`.
+    #[command(after_help = EXIT_CODES)]
+    Flows(flows::FlowsArgs),
     /// Detach and remove what an agent left pinned (killed, or stopped
     /// with --keep-on-exit), as root.
     #[command(after_help = EXIT_CODES)]
@@ -68,6 +79,14 @@ pub fn main() -> ExitCode {
         Command::Detach(args) => {
             drop(held);
             detach::detach(&args)
+        }
+        Command::Status(args) => {
+            drop(held);
+            status::status(&args)
+        }
+        Command::Flows(args) => {
+            drop(held);
+            flows::flows(&args)
         }
     }
 }

@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::ValueEnum;
 
-use crate::{agent, dataplane::IngressHook};
+use crate::{
+    agent,
+    dataplane::IngressHook,
+    observe::{control, flowlog},
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum XdpModeArg {
@@ -41,11 +45,35 @@ pub struct RunArgs {
     /// physical NIC, XDP drops earliest (see BENCHMARKS.md).
     #[arg(long, value_enum, default_value_t = IngressHookArg::Xdp)]
     ingress_hook: IngressHookArg,
-    /// Log every packet the eBPF programs drop, with its reason (debug
-    /// level, through aya-log). Off by default: then the log statements
-    /// are removed from the programs at load time.
+    /// Log every packet the programs drop: instance, direction, protocol,
+    /// addresses, ports and the reason in words (target `sg_agent::drops`,
+    /// bounded by --events-per-cpu). Off by default: then the code that
+    /// reports drops is removed from the programs at load time.
     #[arg(long)]
     ebpf_log: bool,
+    /// Write VPC Flow Logs (version 2 default format) to PATH, or `-` for
+    /// standard output: one record per flow, direction and action per
+    /// aggregation interval.
+    #[arg(long, value_name = "PATH")]
+    flow_log: Option<PathBuf>,
+    /// The flow-log aggregation interval, in seconds (10 to 600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(10..=600))]
+    flow_log_interval: u64,
+    /// The flow-log record format.
+    #[arg(long, value_enum, default_value_t = flowlog::Format::Text)]
+    flow_log_format: flowlog::Format,
+    /// Events the programs may send per CPU and second (new flows, and with
+    /// flow logs or --ebpf-log, dropped and untracked packets); beyond it
+    /// they are counted as lost (flow logs say SKIPDATA).
+    #[arg(long, value_name = "N", default_value_t = sg_common::events::EVENTS_PER_CPU_DEFAULT)]
+    events_per_cpu: u32,
+    /// The control socket `sg-agent status` and `sg-agent flows` ask.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Where each instance's maps and links are pinned (on bpffs, mounted
     /// on /sys/fs/bpf if nothing is). State found there is adopted:
     /// enforcement and connection tables carry over a restart.
@@ -72,11 +100,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The eBPF side's records carry its module path (`sg_ebpf::...`) as
-    /// target; `--ebpf-log` shows them whatever `RUST_LOG` says.
+    /// The drop log's lines have their own target; `--ebpf-log` shows them
+    /// whatever `RUST_LOG` says.
     pub fn configure_logger(&self, logger: &mut env_logger::Builder) {
         if self.ebpf_log {
-            logger.filter_module("sg_ebpf", log::LevelFilter::Debug);
+            logger.filter_module("sg_agent::drops", log::LevelFilter::Info);
         }
     }
 
@@ -88,7 +116,22 @@ impl RunArgs {
                 (IngressHookArg::Xdp, XdpModeArg::Native) => IngressHook::XdpNative,
                 (IngressHookArg::Xdp, XdpModeArg::Generic) => IngressHook::XdpGeneric,
             },
-            ebpf_log: self.ebpf_log,
+            observe: agent::ObserveOptions {
+                flow_log: self.flow_log.as_ref().map(|p| flowlog::Settings {
+                    sink: if p.as_os_str() == "-" {
+                        flowlog::Sink::Stdout
+                    } else {
+                        flowlog::Sink::File(p.clone())
+                    },
+                    interval: std::time::Duration::from_secs(self.flow_log_interval),
+                    format: self.flow_log_format,
+                }),
+                drop_log: self.ebpf_log,
+                events_per_cpu: self.events_per_cpu,
+                control_socket: self.control_socket.clone(),
+                metrics_listen: self.metrics_listen,
+                records: None,
+            },
             state_dir: self.state_dir.clone(),
             keep_on_exit: self.keep_on_exit,
             allow_empty: self.allow_empty,

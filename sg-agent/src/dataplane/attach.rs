@@ -59,7 +59,21 @@ pub(super) struct HeldLink {
     hook: Hook,
     place: PlaceId,
     pin: Option<PathBuf>,
-    _link: FdLink,
+    link: FdLink,
+}
+
+impl super::Dataplane {
+    /// The links this data plane holds: (hook, link id, program id), as
+    /// `bpftool link` shows them.
+    pub fn links(&self) -> Vec<(&'static str, u32, u32)> {
+        self.links
+            .iter()
+            .filter_map(|l| {
+                let info = l.link.info().ok()?;
+                Some((l.hook.as_str(), info.id(), info.program_id()))
+            })
+            .collect()
+    }
 }
 
 impl HeldLink {
@@ -241,7 +255,7 @@ impl Dataplane {
                         hook,
                         place,
                         pin: Some(pin.clone()),
-                        _link: link,
+                        link,
                     });
                     return Ok(true);
                 }
@@ -275,7 +289,7 @@ impl Dataplane {
             hook,
             place,
             pin,
-            _link: link,
+            link,
         });
         Ok(false)
     }

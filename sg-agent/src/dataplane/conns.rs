@@ -36,10 +36,43 @@ const BPF_NOEXIST: u64 = 1;
 /// and protocol), whose entries are carried over on an upgrade.
 const EARLIER: [&str; 4] = ["SG_CT_TCP4", "SG_CT_OTHER4", "SG_CT_TCP6", "SG_CT_OTHER6"];
 
+/// The connection table before it counted packets and bytes per flow
+/// (24-byte entries), carried over on an upgrade.
+const UNCOUNTED: &str = "SG_CONNS";
+
 /// Whether the pinned map `name` is a connection table whose entries are
 /// carried over (rather than lost) when it is unpinned.
 pub(super) fn carried_over(name: &str) -> bool {
-    name == RESIZED || EARLIER.contains(&name)
+    name == RESIZED || name == UNCOUNTED || EARLIER.contains(&name)
+}
+
+/// The entry of [`UNCOUNTED`]: no packet or byte counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct UncountedEntry {
+    last_seen_ns: u64,
+    state: u8,
+    flags: u8,
+    pad16: u16,
+    seq_a: u32,
+    seq_b: u32,
+    pad32: u32,
+}
+const _: () = assert!(size_of::<UncountedEntry>() == 24);
+// SAFETY: #[repr(C)], no implicit padding, integers only.
+unsafe impl aya::Pod for UncountedEntry {}
+
+impl From<UncountedEntry> for CtEntry {
+    fn from(e: UncountedEntry) -> Self {
+        Self {
+            last_seen_ns: e.last_seen_ns,
+            state: e.state,
+            flags: e.flags,
+            seq_a: e.seq_a,
+            seq_b: e.seq_b,
+            ..Self::default()
+        }
+    }
 }
 
 /// The IPv4 key of the earlier tables: both endpoints, lower first, in the
@@ -132,13 +165,24 @@ pub fn program_clock_ns(settings: &Settings) -> u64 {
     ticks * (1_000_000_000 / user_hz)
 }
 
+/// The programs' clock now, as [`program_clock_ns`] reads it with the
+/// tick the data plane publishes.
+pub fn program_now() -> u64 {
+    program_clock_ns(&Settings {
+        ns_per_tick: super::policy_maps::tick_ns(),
+        ..Settings::default()
+    })
+}
+
 /// What one reclaiming pass found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reclaimed {
     /// Entries the table holds after the pass.
     pub live: usize,
     /// Expired entries removed.
     pub removed: usize,
+    /// Their last values (flow logs take their last counts).
+    pub gone: Vec<(CtKey, CtEntry)>,
 }
 
 impl Dataplane {
@@ -179,18 +223,24 @@ impl Dataplane {
             }
         }
         let mut removed = 0;
+        let mut gone = Vec::new();
         for key in found {
             match table.get(&key, 0) {
                 Ok(entry) if expired(&key, &entry) => {
                     if table.remove(&key).is_ok() {
                         removed += 1;
+                        gone.push((key, entry));
                     }
                 }
                 Ok(_) => live += 1,
                 Err(_) => {}
             }
         }
-        Ok(Reclaimed { live, removed })
+        Ok(Reclaimed {
+            live,
+            removed,
+            gone,
+        })
     }
 
     /// New flows the allowance has refused since the counters were created
@@ -231,7 +281,8 @@ impl Dataplane {
         let Some(pins) = self.pins.clone() else {
             return Ok(());
         };
-        let sources: Vec<(&str, PathBuf)> = std::iter::once(RESIZED)
+        let sources: Vec<(&str, PathBuf)> = [RESIZED, UNCOUNTED]
+            .into_iter()
             .chain(EARLIER)
             .map(|name| (name, pins.map(name)))
             .filter(|(_, path)| path.exists())
@@ -283,6 +334,11 @@ fn copy_from(
             .map(|(k, v)| (CtKey::from(k), CtEntry::from(v)))
             .collect(),
         (40, 16) => HashMap::<_, CtKey, EarlierEntry>::try_from(&map)?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, CtEntry::from(v)))
+            .collect(),
+        (40, 24) => HashMap::<_, CtKey, UncountedEntry>::try_from(&map)?
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| (k, CtEntry::from(v)))

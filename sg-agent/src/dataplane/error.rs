@@ -39,8 +39,6 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("reading the eBPF side's log: {0}")]
-    Log(#[source] Box<aya_log::Error>),
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
     #[error(transparent)]

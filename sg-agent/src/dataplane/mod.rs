@@ -11,6 +11,7 @@ pub mod attach;
 pub mod conns;
 pub mod counters;
 mod error;
+pub mod events;
 pub mod netns;
 pub mod pins;
 mod policy_maps;
@@ -25,6 +26,7 @@ use sg_common::{maps as m, policy::Settings};
 pub use attach::{Attachment, IngressHook};
 pub use counters::{Counters, ReasonCounts};
 pub use error::DataplaneError;
+pub use events::Observe;
 pub use pins::{InstancePins, StateDir};
 
 use crate::policy::{
@@ -45,8 +47,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Whether the TC ingress program has been loaded (verified).
     ingress_tc_loaded: bool,
-    /// Reads the eBPF side's aya-log records when loaded with logging on.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The programs' events ([`events`]); taken out of the object so it
+    /// can be read while the object is borrowed otherwise.
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     /// What the policy maps hold.
     encoder: PolicyEncoder,
     /// Where the maps and links are pinned; `None`: they live as long as
@@ -63,17 +66,17 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads a fresh copy of the object and its programs into the kernel;
     /// nothing is attached and every packet would be dropped until a policy
-    /// is published.
+    /// is published. New-flow events only ([`Observe::default`]).
     pub fn load() -> Result<Self, DataplaneError> {
-        Self::load_logging(false)
+        Self::load_with(Observe::default(), None, m::CONNS_DEFAULT_ENTRIES)
     }
 
-    /// [`Dataplane::load`], with the eBPF side's debug records (one per
-    /// dropped packet, with its reason) forwarded to the `log` crate when
-    /// `ebpf_log`. Without it the log statements are compiled out by the
-    /// verifier: they cost nothing on the per-packet path.
-    pub fn load_logging(ebpf_log: bool) -> Result<Self, DataplaneError> {
-        Self::load_with(ebpf_log, None, m::CONNS_DEFAULT_ENTRIES)
+    /// [`Dataplane::load`], observing what `observe` asks for: per-flow
+    /// counts and events for dropped and untracked packets. What is off is
+    /// removed from the programs by the verifier: it costs nothing per
+    /// packet.
+    pub fn load_observing(observe: Observe) -> Result<Self, DataplaneError> {
+        Self::load_with(observe, None, m::CONNS_DEFAULT_ENTRIES)
     }
 
     /// Loads the object with its maps pinned under `pins`: maps already
@@ -86,33 +89,29 @@ impl Dataplane {
     /// connections carried over.
     pub fn load_pinned(
         pins: InstancePins,
-        ebpf_log: bool,
+        observe: Observe,
         allowance: u32,
     ) -> Result<Self, DataplaneError> {
-        Self::load_with(ebpf_log, Some(pins), allowance)
+        Self::load_with(observe, Some(pins), allowance)
     }
 
     /// [`Dataplane::load`] with a connection allowance other than the
     /// default (tests of the allowance, benchmarks).
     pub fn load_with_allowance(allowance: u32) -> Result<Self, DataplaneError> {
-        Self::load_with(false, None, allowance)
+        Self::load_with(Observe::default(), None, allowance)
     }
 
     fn load_with(
-        ebpf_log: bool,
+        observe: Observe,
         pins: Option<InstancePins>,
         allowance: u32,
     ) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let level = if ebpf_log {
-            aya_log::Level::Debug as u8
-        } else {
-            0
-        };
         let mut loader = EbpfLoader::new();
-        loader.override_global(aya_log::LEVEL, &level, true);
+        loader.override_global(m::OBSERVE_GLOBAL, &observe.bits, true);
+        loader.override_global(m::EVENTS_PER_CPU_GLOBAL, &observe.events_per_cpu, true);
         loader.map_max_entries(m::CONNS, allowance);
         let mut adopted = false;
         if let Some(pins) = &pins {
@@ -142,14 +141,11 @@ impl Dataplane {
         program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)
             .load()
             .map_err(program_err(EGRESS_PROGRAM))?;
-        let logger = if ebpf_log {
-            Some(
-                aya_log::EbpfLogger::init(&mut ebpf)
-                    .map_err(|e| DataplaneError::Log(Box::new(e)))?,
-            )
-        } else {
-            None
-        };
+        let events = ebpf
+            .take_map(m::EVENTS)
+            .map(aya::maps::RingBuf::try_from)
+            .transpose()
+            .map_err(error::map_err(m::EVENTS))?;
         let encoder = if adopted {
             let found = policy_maps::read_all(&ebpf)?;
             log::debug!(
@@ -163,7 +159,7 @@ impl Dataplane {
         };
         let mut dp = Self {
             ebpf,
-            logger,
+            events,
             ingress_tc_loaded: false,
             encoder,
             pins,
@@ -173,6 +169,11 @@ impl Dataplane {
         };
         dp.carry_over_connections()?;
         Ok(dp)
+    }
+
+    /// The policy generation the programs judge by, once published.
+    pub fn generation(&self) -> Option<u32> {
+        self.encoder.generation().map(u32::from)
     }
 
     /// Whether the maps were found pinned and adopted.
@@ -246,13 +247,6 @@ impl Dataplane {
 
     pub fn egress(&self) -> &SchedClassifier {
         program_ref(&self.ebpf, EGRESS_PROGRAM)
-    }
-
-    /// Forwards the eBPF side's pending log records, if logging is on.
-    pub fn flush_logs(&mut self) {
-        if let Some(l) = &mut self.logger {
-            l.flush();
-        }
     }
 
     /// Makes `tables` the policy in force, atomically: every packet is

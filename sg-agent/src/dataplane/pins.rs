@@ -72,7 +72,7 @@ impl Hook {
         Self::TcEgress,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::XdpNative => "xdp-native",
             Self::XdpGeneric => "xdp-generic",

@@ -209,6 +209,13 @@ pub struct PolicyEncoder {
     pending: Option<(PolicyTables, Settings)>,
 }
 
+impl PolicyEncoder {
+    /// The generation in force, once a policy has been published.
+    pub fn generation(&self) -> Option<u8> {
+        self.generation
+    }
+}
+
 impl Default for PolicyEncoder {
     fn default() -> Self {
         Self {

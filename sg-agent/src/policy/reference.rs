@@ -124,6 +124,50 @@ pub fn evaluate(
     Decision::Denied
 }
 
+/// Every rule of `instance`'s groups that allows `packet` (not a later
+/// fragment) in `direction` on its own, in the order `evaluate` tries them:
+/// its first is the rule `evaluate` names. Per-rule hit counters count a
+/// flow under each, since removing any one of them alone keeps it allowed
+/// only if another remains.
+pub fn allowing_rules(
+    vpc: &Vpc,
+    instance: &Instance,
+    direction: Direction,
+    packet: &Packet,
+) -> Vec<RuleRef> {
+    let remote = match direction {
+        Direction::Ingress => packet.src,
+        Direction::Egress => packet.dst,
+    };
+    let mut found = Vec::new();
+    for (group_name, _) in &instance.groups {
+        let Some(group) = vpc.group(group_name) else {
+            continue;
+        };
+        let rules = match direction {
+            Direction::Ingress => &group.ingress,
+            Direction::Egress => &group.egress,
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            let by_ah = packet.via_ah && rule.protocol == Protocol::Number(51);
+            if (rule.protocol.matches(packet.proto) || by_ah)
+                && ports_match(rule.protocol, rule.ports, packet)
+                && rule
+                    .sources
+                    .iter()
+                    .any(|s| source_contains(vpc, &group.name, &s.source, remote))
+            {
+                found.push(RuleRef {
+                    group: group.name.clone(),
+                    direction,
+                    rule_number: i + 1,
+                });
+            }
+        }
+    }
+    found
+}
+
 /// Which AWS service, if any, `packet` is traffic with, as AWS lists those
 /// security groups never filter ("Amazon DNS, DHCP, instance metadata,
 /// Amazon Time Sync ..."): DHCP (server port 67, client port 68) and

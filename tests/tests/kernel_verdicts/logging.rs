@@ -1,8 +1,9 @@
-//! `--ebpf-log` off costs nothing per packet: the agent loads the object
-//! with the log level at 0, and the verifier removes the log statements
-//! from the programs (they are dead code behind a read-only global).
+//! What the programs observe beyond new flows costs nothing per packet when
+//! it is off: the agent loads the object with the `SG_OBSERVE` global at 0,
+//! and the verifier removes the code it switches off (dead code behind a
+//! read-only global).
 
-use sg_agent::dataplane::Dataplane;
+use sg_agent::dataplane::{Dataplane, Observe};
 
 fn translated_sizes(dp: &Dataplane) -> (u32, u32) {
     let size = |info: aya::programs::ProgramInfo| info.size_translated().expect("xlated size");
@@ -13,18 +14,25 @@ fn translated_sizes(dp: &Dataplane) -> (u32, u32) {
 }
 
 #[test]
-fn log_statements_are_removed_when_logging_is_off() {
+fn observing_code_is_removed_when_it_is_off() {
     sg_tests::kernel::require_root();
-    let off = Dataplane::load_logging(false).expect("loads without logging");
-    let on = Dataplane::load_logging(true).expect("loads with logging");
-    let (off, on) = (translated_sizes(&off), translated_sizes(&on));
+    let off = Dataplane::load_observing(Observe::default()).expect("loads observing nothing");
+    let drops = Dataplane::load_observing(Observe::default().with_drops()).expect("drop log");
+    let all = Dataplane::load_observing(Observe::default().with_flow_logs()).expect("flow logs");
+    let (off, drops, all) = (
+        translated_sizes(&off),
+        translated_sizes(&drops),
+        translated_sizes(&all),
+    );
     assert!(
-        off.0 < on.0 && off.1 < on.1,
-        "programs loaded without --ebpf-log must be smaller than with it (the log \
-         statements removed): XDP {} vs {} bytes, TC {} vs {} bytes",
+        off.0 < drops.0 && off.1 < drops.1 && drops.0 < all.0 && drops.1 < all.1,
+        "each feature switched on adds code the verifier removes when it is off: XDP {} < {} < \
+         {} bytes, TC {} < {} < {} bytes",
         off.0,
-        on.0,
+        drops.0,
+        all.0,
         off.1,
-        on.1
+        drops.1,
+        all.1
     );
 }

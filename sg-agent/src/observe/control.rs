@@ -1,0 +1,264 @@
+//! The control socket: a Unix socket under /run/sg-agent/ (root only) where
+//! the running agent answers `sg-agent status` and `sg-agent flows`.
+//!
+//! One request per connection, one JSON object per line: the client sends
+//! a [`Request`], the agent answers with [`Reply`] lines (one for a status,
+//! a stream for `flows --follow`, until the client goes).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
+    net::{UnixListener, UnixStream},
+    sync::{broadcast, oneshot},
+};
+
+use super::{
+    flowlog::{Action, Record},
+    status::Status,
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/sg-agent/control.sock";
+
+/// The longest request line read.
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request, and the agent to answer
+/// a status.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    /// Flow-log records as each interval ends, filtered.
+    Flows {
+        instance: Option<String>,
+        action: Option<Action>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Status(Box<Status>),
+    Record(Box<Record>),
+    /// Followers fell behind by this many records (dropped, not waited for).
+    Skipped(u64),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "another sg-agent answers on {0}: stop it first, or give this one its own socket with \
+         --control-socket"
+    )]
+    InUse(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no sg-agent is running here: nothing answers on {0} (start one with `sg-agent run`, or \
+         pass the --control-socket it was started with)"
+    )]
+    NotRunning(PathBuf),
+    #[error("the agent answered: {0}")]
+    Refused(String),
+    #[error("the agent's answer is not understood: {0}")]
+    Garbled(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
+    move |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Binds the socket, root only: its directory is created mode 0700 and the
+/// socket made 0600. A socket left by an agent that died is replaced; one
+/// another agent answers on is not.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    if path.exists() {
+        if StdUnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(io(path))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    Ok(listener)
+}
+
+/// Removes the socket file when dropped (the agent stops).
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// How the server asks the enforcement thread for a snapshot.
+pub type AskStatus = std::sync::Arc<dyn Fn(oneshot::Sender<Status>) + Send + Sync>;
+
+/// Serves connections until the runtime stops.
+pub async fn serve(listener: UnixListener, ask: AskStatus, records: broadcast::Sender<Record>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ask = ask.clone();
+        let records = records.subscribe();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &ask, records).await {
+                log::debug!("control socket: {e}");
+            }
+        });
+    }
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(reply).expect("replies serialize");
+    line.push('\n');
+    w.write_all(line.as_bytes()).await
+}
+
+async fn answer(
+    stream: UnixStream,
+    ask: &AskStatus,
+    mut records: broadcast::Receiver<Record>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    match tokio::time::timeout(TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Ok(()),
+    }
+    let request: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            return send(&mut write, &Reply::Error(format!("not a request: {e}"))).await;
+        }
+    };
+    match request {
+        Request::Status => {
+            let (tx, rx) = oneshot::channel();
+            ask(tx);
+            let reply = match tokio::time::timeout(TIMEOUT, rx).await {
+                Ok(Ok(status)) => Reply::Status(Box::new(status)),
+                _ => Reply::Error("the agent did not answer within 5 s (a reload running?)".into()),
+            };
+            send(&mut write, &reply).await
+        }
+        Request::Flows { instance, action } => {
+            // A status first: whether flow logs are on, which instances run.
+            let (tx, rx) = oneshot::channel();
+            ask(tx);
+            let Ok(Ok(status)) = tokio::time::timeout(TIMEOUT, rx).await else {
+                let e = "the agent did not answer within 5 s (a reload running?)";
+                return send(&mut write, &Reply::Error(e.into())).await;
+            };
+            if status.agent.flow_log.is_none() {
+                let e = "this agent runs without flow logs: restart it with --flow-log PATH (or \
+                         `-` for its standard output) to follow flows";
+                return send(&mut write, &Reply::Error(e.into())).await;
+            }
+            if let Some(name) = &instance
+                && !status.instances.iter().any(|i| i.name == *name)
+            {
+                let e = format!("no instance {name} is enforced by this agent");
+                return send(&mut write, &Reply::Error(e)).await;
+            }
+            loop {
+                let reply = match records.recv().await {
+                    Ok(r) => {
+                        if instance.as_ref().is_some_and(|i| *i != r.instance)
+                            || action.is_some_and(|a| Some(a) != r.action)
+                        {
+                            continue;
+                        }
+                        Reply::Record(Box::new(r))
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => Reply::Skipped(n),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                send(&mut write, &reply).await?;
+            }
+        }
+    }
+}
+
+/// A client connection: sends `request`, returns a reader of reply lines.
+fn request(path: &Path, request: &Request) -> Result<BufReader<StdUnixStream>, ControlError> {
+    let mut stream = StdUnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ControlError::NotRunning(path.to_owned())
+        }
+        _ => ControlError::Io {
+            path: path.to_owned(),
+            source: e,
+        },
+    })?;
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io(path))?;
+    Ok(BufReader::new(stream))
+}
+
+fn read_reply(path: &Path, reader: &mut impl BufRead) -> Result<Option<Reply>, ControlError> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).map_err(io(path))? == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| ControlError::Garbled(format!("{e}: {}", line.trim())))
+}
+
+/// Asks the agent on `path` for its status.
+pub fn status(path: &Path) -> Result<Status, ControlError> {
+    let mut reader = request(path, &Request::Status)?;
+    match read_reply(path, &mut reader)? {
+        Some(Reply::Status(s)) => Ok(*s),
+        Some(Reply::Error(e)) => Err(ControlError::Refused(e)),
+        other => Err(ControlError::Garbled(format!("{other:?}"))),
+    }
+}
+
+/// Follows flow-log records, calling `each` until it returns false or the
+/// agent goes.
+pub fn follow(
+    path: &Path,
+    instance: Option<String>,
+    action: Option<Action>,
+    mut each: impl FnMut(&Reply) -> bool,
+) -> Result<(), ControlError> {
+    let mut reader = request(path, &Request::Flows { instance, action })?;
+    while let Some(reply) = read_reply(path, &mut reader)? {
+        if let Reply::Error(e) = reply {
+            return Err(ControlError::Refused(e));
+        }
+        if !each(&reply) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! Flow logs in AWS's VPC Flow Logs version 2 default format: one record per
+//! flow (5-tuple, direction of the packets, action) per aggregation
+//! interval, with packets, bytes, start and end.
+//!
+//! Where the numbers come from:
+//! * ACCEPT, tracked flows: the connection table's per-endpoint packet and
+//!   byte counts (counted by the programs while flow logs are on), read at
+//!   the end of each interval and when an expired entry is reclaimed; one
+//!   record per direction with packets in it, as AWS writes request and
+//!   reply apart.
+//! * ACCEPT, untracked flows, and REJECT: the programs' per-packet events,
+//!   aggregated here per 5-tuple. Their rate is bounded per CPU; when the
+//!   bound held events back during an interval, a `SKIPDATA` record for
+//!   the interface says so (as AWS does when its capacity is exceeded).
+
+use std::{
+    collections::HashMap, fmt::Write as _, io::Write, net::IpAddr, path::PathBuf, time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use sg_common::{
+    conntrack::{CtEntry, CtKey},
+    flow::{FAMILY_V4, addr_octets, proto},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    Accept,
+    Reject,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "ACCEPT",
+            Self::Reject => "REJECT",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogStatus {
+    /// Data logged normally.
+    Ok,
+    /// Some records of the interval were skipped (events over the bound).
+    Skipdata,
+}
+
+/// One flow-log record. Field names and order are AWS's version 2 default
+/// format; `instance` is this tool's addition (JSON only), naming the
+/// instance whose interface saw the flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Record {
+    pub version: u8,
+    pub account_id: String,
+    /// The instance's interface: `netns/ifname`, or `ifname` in the host's
+    /// own namespace (interface names repeat across namespaces).
+    pub interface_id: String,
+    pub srcaddr: Option<IpAddr>,
+    pub dstaddr: Option<IpAddr>,
+    pub srcport: Option<u16>,
+    pub dstport: Option<u16>,
+    pub protocol: Option<u8>,
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Unix seconds.
+    pub start: u64,
+    pub end: u64,
+    pub action: Option<Action>,
+    pub log_status: LogStatus,
+    pub instance: String,
+}
+
+impl Record {
+    /// The space-separated line of AWS's default format; `-` where a field
+    /// has no value (a `SKIPDATA` record).
+    pub fn to_text(&self) -> String {
+        fn field<T: std::fmt::Display>(v: Option<T>) -> String {
+            v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+        }
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "{} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+            self.version,
+            self.account_id,
+            self.interface_id,
+            field(self.srcaddr),
+            field(self.dstaddr),
+            field(self.srcport),
+            field(self.dstport),
+            field(self.protocol),
+            field(self.packets),
+            field(self.bytes),
+            self.start,
+            self.end,
+            field(self.action.map(Action::as_str)),
+            match self.log_status {
+                LogStatus::Ok => "OK",
+                LogStatus::Skipdata => "SKIPDATA",
+            }
+        );
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record serializes")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// AWS's default format: space-separated fields, one record per line.
+    Text,
+    /// One JSON object per line, the same fields (kebab-case names).
+    Json,
+}
+
+/// Where records go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    Stdout,
+    File(PathBuf),
+}
+
+/// The flow-log settings of `run`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub sink: Sink,
+    pub interval: Duration,
+    pub format: Format,
+}
+
+/// A flow as records name it: the packets' addresses, ports and protocol,
+/// and the action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub action: Action,
+}
+
+/// Packets and bytes of a flow within the interval, and when (Unix s).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub packets: u64,
+    pub bytes: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Tally {
+    fn add(&mut self, packets: u64, bytes: u64, start: u64, end: u64) {
+        if self.packets == 0 {
+            self.start = start;
+            self.end = end;
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+        self.packets += packets;
+        self.bytes += bytes;
+    }
+}
+
+/// Packet and byte counts of one connection-table entry as last read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    packets_a: u32,
+    packets_b: u32,
+    bytes_a: u64,
+    bytes_b: u64,
+}
+
+impl From<&CtEntry> for Counts {
+    fn from(e: &CtEntry) -> Self {
+        Self {
+            packets_a: e.packets_a,
+            packets_b: e.packets_b,
+            bytes_a: e.bytes_a,
+            bytes_b: e.bytes_b,
+        }
+    }
+}
+
+/// Growth since `last`; an entry whose counts went down was replaced (its
+/// flow expired and came back), so all of it is new.
+fn growth(now: u64, last: u64) -> u64 {
+    if now >= last { now - last } else { now }
+}
+
+fn ip(family: u8, addr: &sg_common::flow::Addr) -> IpAddr {
+    let o = addr_octets(addr);
+    if family == FAMILY_V4 {
+        IpAddr::from([o[0], o[1], o[2], o[3]])
+    } else {
+        IpAddr::from(o)
+    }
+}
+
+/// Ports as records show them: none for ICMP (its echo identifier stands
+/// in for ports inside the data plane only).
+fn record_ports(proto_: u8, sport: u16, dport: u16) -> (u16, u16) {
+    if proto_ == proto::ICMP || proto_ == proto::ICMPV6 {
+        (0, 0)
+    } else {
+        (sport, dport)
+    }
+}
+
+/// One interface's interval being aggregated.
+#[derive(Debug, Default)]
+pub struct Window {
+    flows: HashMap<FlowKey, Tally>,
+    /// Connection-table counts as last read, per entry.
+    baseline: HashMap<CtKey, Counts>,
+    /// Whether the baseline was taken (the first read records nothing:
+    /// what an entry counted before this agent looked is not this
+    /// interval's).
+    primed: bool,
+    /// Events lost by the interval's start.
+    lost_at_start: u64,
+}
+
+impl Window {
+    /// A packet seen through an event.
+    pub fn add_packet(&mut self, key: FlowKey, bytes: u64, at: u64) {
+        self.flows.entry(key).or_default().add(1, bytes, at, at);
+    }
+
+    /// The connection table as read now: growth since the last read, per
+    /// direction, into the interval; `gone` entries are forgotten after.
+    /// `wall` converts the programs' clock to Unix seconds.
+    pub fn add_connections(
+        &mut self,
+        entries: &[(CtKey, CtEntry)],
+        gone: bool,
+        start: u64,
+        wall: impl Fn(u64) -> u64,
+    ) {
+        for (key, entry) in entries {
+            let now = Counts::from(entry);
+            let last = if self.primed || gone {
+                self.baseline.get(key).copied().unwrap_or_default()
+            } else {
+                now
+            };
+            let end = wall(entry.last_seen_ns).max(start);
+            let a = ip(key.family, &key.addr_a);
+            let b = ip(key.family, &key.addr_b);
+            let (pa, pb) = record_ports(key.proto, key.port_a, key.port_b);
+            let ways = [
+                (
+                    a,
+                    b,
+                    pa,
+                    pb,
+                    growth(u64::from(now.packets_a), u64::from(last.packets_a)),
+                    growth(now.bytes_a, last.bytes_a),
+                ),
+                (
+                    b,
+                    a,
+                    pb,
+                    pa,
+                    growth(u64::from(now.packets_b), u64::from(last.packets_b)),
+                    growth(now.bytes_b, last.bytes_b),
+                ),
+            ];
+            for (src, dst, sport, dport, packets, bytes) in ways {
+                if packets == 0 {
+                    continue;
+                }
+                let key = FlowKey {
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    proto: key.proto,
+                    action: Action::Accept,
+                };
+                self.flows
+                    .entry(key)
+                    .or_default()
+                    .add(packets, bytes, start, end);
+            }
+            if gone {
+                self.baseline.remove(key);
+            } else {
+                self.baseline.insert(*key, now);
+            }
+        }
+    }
+
+    /// Ends the baseline's first read and drops entries no longer in the
+    /// table (`live`: the keys read this time).
+    pub fn settle(&mut self, live: &[(CtKey, CtEntry)]) {
+        self.primed = true;
+        if self.baseline.len() > live.len() {
+            let keep: std::collections::HashSet<&CtKey> = live.iter().map(|(k, _)| k).collect();
+            self.baseline.retain(|k, _| keep.contains(k));
+        }
+    }
+
+    /// The interval's records, sorted, and a fresh interval. `lost`: the
+    /// events lost so far (a `SKIPDATA` record when it grew).
+    pub fn close(
+        &mut self,
+        instance: &str,
+        interface_id: &str,
+        start: u64,
+        end: u64,
+        lost: u64,
+    ) -> Vec<Record> {
+        let mut flows: Vec<(FlowKey, Tally)> = self.flows.drain().collect();
+        flows.sort_by_key(|(k, t)| (t.start, *k));
+        let mut out: Vec<Record> = flows
+            .into_iter()
+            .map(|(k, t)| Record {
+                version: 2,
+                account_id: "-".into(),
+                interface_id: interface_id.to_owned(),
+                srcaddr: Some(k.src),
+                dstaddr: Some(k.dst),
+                srcport: Some(k.sport),
+                dstport: Some(k.dport),
+                protocol: Some(k.proto),
+                packets: Some(t.packets),
+                bytes: Some(t.bytes),
+                start: t.start.max(start),
+                end: t.end.clamp(start, end),
+                action: Some(k.action),
+                log_status: LogStatus::Ok,
+                instance: instance.to_owned(),
+            })
+            .collect();
+        if lost > self.lost_at_start {
+            out.push(Record {
+                version: 2,
+                account_id: "-".into(),
+                interface_id: interface_id.to_owned(),
+                srcaddr: None,
+                dstaddr: None,
+                srcport: None,
+                dstport: None,
+                protocol: None,
+                packets: None,
+                bytes: None,
+                start,
+                end,
+                action: None,
+                log_status: LogStatus::Skipdata,
+                instance: instance.to_owned(),
+            });
+        }
+        self.lost_at_start = lost;
+        out
+    }
+}
+
+/// Writes records to the sink, in the chosen format.
+pub struct Writer {
+    out: Box<dyn Write + Send>,
+    format: Format,
+    pub written: u64,
+}
+
+impl Writer {
+    pub fn open(settings: &Settings) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match &settings.sink {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        Ok(Self {
+            out,
+            format: settings.format,
+            written: 0,
+        })
+    }
+
+    /// The field names, as the first line of a new text file.
+    pub fn write_header(&mut self) -> std::io::Result<()> {
+        self.out.write_all(format!("{TEXT_HEADER}\n").as_bytes())?;
+        self.out.flush()
+    }
+
+    pub fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&match self.format {
+                Format::Text => r.to_text(),
+                Format::Json => r.to_json(),
+            });
+            text.push('\n');
+        }
+        self.out.write_all(text.as_bytes())?;
+        self.out.flush()?;
+        self.written += records.len() as u64;
+        Ok(())
+    }
+}
+
+/// The first line of a text flow-log file, as AWS names the fields.
+pub const TEXT_HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport \
+                               protocol packets bytes start end action log-status";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(a: [u8; 4], pa: u16, b: [u8; 4], pb: u16) -> CtKey {
+        CtKey {
+            addr_a: sg_common::flow::addr_from_octets(&a),
+            addr_b: sg_common::flow::addr_from_octets(&b),
+            port_a: pa,
+            port_b: pb,
+            proto: proto::TCP,
+            family: FAMILY_V4,
+            pad: 0,
+        }
+    }
+
+    fn entry(pa: u32, ba: u64, pb: u32, bb: u64) -> CtEntry {
+        CtEntry {
+            last_seen_ns: 5_000_000_000,
+            packets_a: pa,
+            bytes_a: ba,
+            packets_b: pb,
+            bytes_b: bb,
+            ..CtEntry::default()
+        }
+    }
+
+    #[test]
+    fn one_record_per_direction_with_the_growth_of_the_interval() {
+        let mut w = Window::default();
+        let k = key([10, 0, 0, 1], 40000, [10, 0, 1, 10], 22);
+        // The first read is the baseline: nothing is recorded for it.
+        w.add_connections(&[(k, entry(3, 300, 2, 200))], false, 100, |_| 105);
+        w.settle(&[(k, entry(3, 300, 2, 200))]);
+        assert!(w.close("app", "sg-app/eth0", 100, 160, 0).is_empty());
+        w.add_connections(&[(k, entry(10, 1300, 7, 900))], false, 160, |_| 170);
+        let records = w.close("app", "sg-app/eth0", 160, 220, 0);
+        let lines: Vec<String> = records.iter().map(Record::to_text).collect();
+        assert_eq!(
+            lines,
+            [
+                "2 - sg-app/eth0 10.0.0.1 10.0.1.10 40000 22 6 7 1000 160 170 ACCEPT OK",
+                "2 - sg-app/eth0 10.0.1.10 10.0.0.1 22 40000 6 5 700 160 170 ACCEPT OK",
+            ]
+        );
+        // A reclaimed entry gives its last growth, then is forgotten.
+        w.add_connections(&[(k, entry(11, 1400, 7, 900))], true, 220, |_| 225);
+        let records = w.close("app", "sg-app/eth0", 220, 280, 0);
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].packets, records[0].bytes), (Some(1), Some(100)));
+        assert!(w.baseline.is_empty());
+    }
+
+    #[test]
+    fn rejected_packets_aggregate_per_flow_and_lost_events_mark_the_interval() {
+        let mut w = Window::default();
+        let k = FlowKey {
+            src: "198.51.100.7".parse().unwrap(),
+            dst: "10.0.1.10".parse().unwrap(),
+            sport: 5555,
+            dport: 3306,
+            proto: 6,
+            action: Action::Reject,
+        };
+        for t in [101, 102, 104] {
+            w.add_packet(k, 60, t);
+        }
+        let records = w.close("app", "eth0", 100, 160, 4);
+        let lines: Vec<String> = records.iter().map(Record::to_text).collect();
+        assert_eq!(
+            lines,
+            [
+                "2 - eth0 198.51.100.7 10.0.1.10 5555 3306 6 3 180 101 104 REJECT OK",
+                "2 - eth0 - - - - - - - 100 160 - SKIPDATA",
+            ]
+        );
+        assert!(
+            w.close("app", "eth0", 160, 220, 4).is_empty(),
+            "no new loss"
+        );
+        let json: serde_json::Value = serde_json::from_str(&records[0].to_json()).unwrap();
+        assert_eq!(json["action"], "REJECT");
+        assert_eq!(json["interface-id"], "eth0");
+        assert_eq!(json["log-status"], "OK");
+    }
+}

@@ -1,0 +1,383 @@
+//! What the running agent tells its users: live status, per-rule hit
+//! counters, flow logs, metrics and the drop log.
+//!
+//! The programs send events (`sg_common::events`) and count packets; the
+//! enforcement thread drains the events every 100 ms into the [`Observer`],
+//! which attributes new flows to the rules that allowed them (in userspace,
+//! with the reference evaluator: the kernel keeps no per-rule state, so a
+//! reload changes nothing for it, and a rule is named exactly as `check`
+//! names it), aggregates flow-log records and writes the drop log. The
+//! control socket ([`control`]) and the metrics endpoint ([`metrics`]) ask
+//! the enforcement thread for a [`status::Status`] snapshot.
+
+pub mod control;
+pub mod flowlog;
+pub mod metrics;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use sg_common::{
+    conntrack::{CtEntry, CtKey},
+    counters,
+    events::{EVENT_DROP, EVENT_NEW_FLOW, EVENT_UNTRACKED, FlowEvent},
+    flow::{FAMILY_V4, addr_octets},
+};
+
+use crate::{
+    config::{Direction, Vpc},
+    policy::reference::{self, L4, Packet},
+};
+
+use flowlog::{Action, FlowKey, Record, Window};
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Converts the programs' clock to Unix seconds, by the offset between the
+/// two measured now.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    wall_ns: u64,
+    program_ns: u64,
+}
+
+impl WallClock {
+    pub fn now(program_ns: u64) -> Self {
+        let wall_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self {
+            wall_ns,
+            program_ns,
+        }
+    }
+
+    /// Unix seconds of a program-clock time.
+    pub fn unix(&self, program_ns: u64) -> u64 {
+        self.wall_ns
+            .saturating_sub(self.program_ns.saturating_sub(program_ns))
+            / 1_000_000_000
+    }
+}
+
+/// How many flows a rule allowed, and when last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hits {
+    pub flows: u64,
+    pub last: Option<u64>,
+}
+
+/// A rule as `check` numbers it: group, direction, 1-based number.
+pub type RuleId = (String, Direction, usize);
+
+/// What is observed of one enforced instance.
+#[derive(Debug, Default)]
+pub struct InstanceView {
+    pub hits: BTreeMap<RuleId, Hits>,
+    pub new_flows: u64,
+    window: Window,
+    /// Untracked flows already counted against their rules this interval.
+    untracked_seen: HashSet<FlowKey>,
+    primed: bool,
+}
+
+/// The observer's state, owned by the enforcement thread.
+pub struct Observer {
+    flow_log: Option<(flowlog::Settings, flowlog::Writer)>,
+    drop_log: bool,
+    instances: BTreeMap<String, InstanceView>,
+    window_started: (Instant, u64),
+    /// Flow-log records for `sg-agent flows --follow`.
+    pub followers: tokio::sync::broadcast::Sender<Record>,
+    pub records_written: u64,
+}
+
+/// The event as the reference evaluator takes a packet.
+fn packet_of(e: &FlowEvent) -> (Packet, IpAddr, IpAddr) {
+    let ip = |a| {
+        let o = addr_octets(a);
+        if e.family == FAMILY_V4 {
+            IpAddr::from([o[0], o[1], o[2], o[3]])
+        } else {
+            IpAddr::from(o)
+        }
+    };
+    let (src, dst) = (ip(&e.src), ip(&e.dst));
+    let l4 = if e.later_fragment != 0 {
+        L4::None
+    } else {
+        match e.proto {
+            6 | 17 => L4::Ports {
+                src: e.sport,
+                dst: e.dport,
+            },
+            1 | 58 => L4::Icmp {
+                ty: e.icmp_type,
+                code: e.icmp_code,
+            },
+            _ => L4::None,
+        }
+    };
+    let packet = Packet {
+        src,
+        dst,
+        proto: e.proto,
+        l4,
+        later_fragment: e.later_fragment != 0,
+        via_ah: e.ipv6_ah != 0,
+    };
+    (packet, src, dst)
+}
+
+fn direction_of(code: u8) -> Direction {
+    if code == sg_common::policy::INGRESS {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    }
+}
+
+fn protocol_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        n => format!("protocol {n}"),
+    }
+}
+
+/// The drop log's line for one dropped packet: instance, direction,
+/// protocol, addresses and ports, and the reason in words.
+pub fn drop_line(instance: &str, e: &FlowEvent) -> String {
+    let reason = u32::from(e.reason);
+    let words = counters::WORDS
+        .get(usize::from(e.reason))
+        .copied()
+        .unwrap_or("unknown reason");
+    let way = if e.direction == sg_common::policy::INGRESS {
+        "inbound"
+    } else {
+        "outbound"
+    };
+    if !counters::has_addresses(reason) {
+        return format!("instance {instance}: dropped {way} packet: {words}");
+    }
+    let (packet, src, dst) = packet_of(e);
+    let ends = match packet.l4 {
+        L4::Ports { src: sp, dst: dp } => {
+            let fmt = |a: IpAddr, p: u16| match a {
+                IpAddr::V4(_) => format!("{a}:{p}"),
+                IpAddr::V6(_) => format!("[{a}]:{p}"),
+            };
+            format!("{} -> {}", fmt(src, sp), fmt(dst, dp))
+        }
+        L4::Icmp { ty, code } => format!("{src} -> {dst} type {ty} code {code}"),
+        L4::None => format!("{src} -> {dst}"),
+    };
+    let fragment = if packet.later_fragment {
+        " (later fragment)"
+    } else {
+        ""
+    };
+    format!(
+        "instance {instance}: dropped {way} {} {ends}{fragment}: {words}",
+        protocol_name(e.proto)
+    )
+}
+
+impl Observer {
+    pub fn new(
+        flow_log: Option<flowlog::Settings>,
+        drop_log: bool,
+        followers: Option<tokio::sync::broadcast::Sender<Record>>,
+    ) -> std::io::Result<Self> {
+        let flow_log = match flow_log {
+            Some(s) => {
+                let mut w = flowlog::Writer::open(&s)?;
+                if s.format == flowlog::Format::Text
+                    && let flowlog::Sink::File(path) = &s.sink
+                    && std::fs::metadata(path).map_or(true, |m| m.len() == 0)
+                {
+                    // A new file starts with the field names, as AWS's do.
+                    w.write_header()?;
+                }
+                Some((s, w))
+            }
+            None => None,
+        };
+        Ok(Self {
+            flow_log,
+            drop_log,
+            instances: BTreeMap::new(),
+            window_started: (Instant::now(), unix_now()),
+            followers: followers.unwrap_or_else(|| tokio::sync::broadcast::channel(16).0),
+            records_written: 0,
+        })
+    }
+
+    pub fn flow_logs(&self) -> Option<&flowlog::Settings> {
+        self.flow_log.as_ref().map(|(s, _)| s)
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&InstanceView> {
+        self.instances.get(name)
+    }
+
+    /// Forgets instances no longer enforced.
+    pub fn retain(&mut self, enforced: &dyn Fn(&str) -> bool) {
+        self.instances.retain(|name, _| enforced(name));
+    }
+
+    /// Moves an instance's counts to its new name (a rename in the file).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if let Some(v) = self.instances.remove(from) {
+            self.instances.insert(to.to_owned(), v);
+        }
+    }
+
+    /// Whether `name` still needs its first read of the connection table.
+    pub fn needs_priming(&self, name: &str) -> bool {
+        self.flow_log.is_some() && !self.instances.get(name).is_some_and(|v| v.primed)
+    }
+
+    /// The connection table's counts when the agent starts looking at an
+    /// instance: what came before is not logged.
+    pub fn prime(&mut self, name: &str, entries: &[(CtKey, CtEntry)], clock: &WallClock) {
+        let start = self.window_started.1;
+        let view = self.instances.entry(name.to_owned()).or_default();
+        view.window
+            .add_connections(entries, false, start, |t| clock.unix(t));
+        view.window.settle(entries);
+        view.primed = true;
+    }
+
+    /// Takes one instance's drained events.
+    pub fn ingest(&mut self, vpc: &Vpc, name: &str, events: &[FlowEvent], clock: &WallClock) {
+        let instance = vpc.instance(name);
+        let flow_logs = self.flow_log.is_some();
+        let view = self.instances.entry(name.to_owned()).or_default();
+        for e in events {
+            let at = clock.unix(e.time_ns);
+            let (packet, src, dst) = packet_of(e);
+            let direction = direction_of(e.direction);
+            let (sport, dport) = match packet.l4 {
+                L4::Ports { src, dst } => (src, dst),
+                _ => (0, 0),
+            };
+            let key = |action| FlowKey {
+                src,
+                dst,
+                sport,
+                dport,
+                proto: e.proto,
+                action,
+            };
+            let count_rules = |view: &mut InstanceView| {
+                if let Some(inst) = instance {
+                    for r in reference::allowing_rules(vpc, inst, direction, &packet) {
+                        let hits = view
+                            .hits
+                            .entry((r.group, direction, r.rule_number))
+                            .or_default();
+                        hits.flows += 1;
+                        hits.last = Some(at);
+                    }
+                }
+            };
+            match e.kind {
+                EVENT_NEW_FLOW => {
+                    view.new_flows += 1;
+                    count_rules(view);
+                }
+                EVENT_UNTRACKED => {
+                    if view.untracked_seen.insert(key(Action::Accept)) {
+                        count_rules(view);
+                    }
+                    if flow_logs {
+                        view.window
+                            .add_packet(key(Action::Accept), u64::from(e.len), at);
+                    }
+                }
+                EVENT_DROP => {
+                    if flow_logs && counters::has_addresses(u32::from(e.reason)) {
+                        view.window
+                            .add_packet(key(Action::Reject), u64::from(e.len), at);
+                    }
+                    if self.drop_log {
+                        log::info!(target: "sg_agent::drops", "{}", drop_line(name, e));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Entries the agent is about to reclaim: their last counts go into the
+    /// interval before they are gone.
+    pub fn reclaimed(&mut self, name: &str, gone: &[(CtKey, CtEntry)], clock: &WallClock) {
+        if self.flow_log.is_none() || gone.is_empty() {
+            return;
+        }
+        let start = self.window_started.1;
+        if let Some(view) = self.instances.get_mut(name) {
+            view.window
+                .add_connections(gone, true, start, |t| clock.unix(t));
+        }
+    }
+
+    /// Whether the aggregation interval has ended.
+    pub fn window_due(&self) -> bool {
+        self.flow_log
+            .as_ref()
+            .is_some_and(|(s, _)| self.window_started.0.elapsed() >= s.interval)
+    }
+
+    /// Reads one instance's connection table into the interval ending now.
+    pub fn collect(&mut self, name: &str, entries: &[(CtKey, CtEntry)], clock: &WallClock) {
+        let start = self.window_started.1;
+        let view = self.instances.entry(name.to_owned()).or_default();
+        view.window
+            .add_connections(entries, false, start, |t| clock.unix(t));
+        view.window.settle(entries);
+    }
+
+    /// Ends the interval: one instance's records, given its interface id
+    /// and events lost so far.
+    pub fn close_instance(&mut self, name: &str, interface_id: &str, lost: u64) -> Vec<Record> {
+        let (start, end) = (self.window_started.1, unix_now());
+        let view = self.instances.entry(name.to_owned()).or_default();
+        view.untracked_seen.clear();
+        view.window.close(name, interface_id, start, end, lost)
+    }
+
+    /// Writes the interval's records and starts the next interval.
+    pub fn publish(&mut self, records: &[Record]) {
+        self.window_started = (Instant::now(), unix_now());
+        let Some((_, writer)) = &mut self.flow_log else {
+            return;
+        };
+        if let Err(e) = writer.write(records) {
+            log::warn!("writing flow-log records: {e}");
+        }
+        self.records_written = writer.written;
+        for r in records {
+            // No follower is not an error.
+            let _ = self.followers.send(r.clone());
+        }
+    }
+
+    /// The interval's length, for status.
+    pub fn interval(&self) -> Option<Duration> {
+        self.flow_log.as_ref().map(|(s, _)| s.interval)
+    }
+}

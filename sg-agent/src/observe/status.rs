@@ -1,0 +1,249 @@
+//! What `sg-agent status` shows, and the metrics endpoint exposes: one
+//! snapshot of the running agent, taken by its enforcement thread.
+//!
+//! The JSON form (`status --json`) is a stable schema: fields are added,
+//! never renamed or removed, within a `schema` version.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version of [`Status`]'s JSON.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub schema: u32,
+    pub agent: AgentStatus,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub version: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub rules_file: String,
+    /// Of the file in force (hex).
+    pub sha256: String,
+    /// Reloads applied since start.
+    pub reloads: u64,
+    /// Reloads refused (the file did not validate, or did not fit).
+    pub reloads_rejected: u64,
+    pub last_reload: Option<ReloadStatus>,
+    /// Seconds the last applied change took (start-up included).
+    pub last_apply_seconds: f64,
+    pub flow_log: Option<FlowLogStatus>,
+    /// Times an enforced instance was found with nothing attached.
+    pub lapses: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// Unix seconds.
+    pub time: u64,
+    /// `SIGHUP`, `file changed`, `file changed (polled)`...
+    pub trigger: String,
+    pub duration_ms: u64,
+    /// `applied`, `unchanged` or `rejected`.
+    pub result: String,
+    /// The full error of a rejected reload.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowLogStatus {
+    /// A file, or `-` for standard output.
+    pub destination: String,
+    pub interval_seconds: u64,
+    pub format: String,
+    pub records_written: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub netns: Option<String>,
+    pub interface: String,
+    /// `enforced`, `waiting` (its interface or namespace does not exist
+    /// yet, or loading failed: see `waiting_reason`) or `lost` (its
+    /// interface was recreated; re-attaching).
+    pub state: String,
+    pub waiting_reason: Option<String>,
+    /// `XDP (driver mode)`, `XDP (generic mode)` or `TC`.
+    pub ingress_hook: Option<String>,
+    pub links: Vec<LinkStatus>,
+    /// The policy generation (0 or 1) the programs judge by.
+    pub generation: Option<u32>,
+    /// Packets by direction (`ingress`, `egress`) and reason.
+    pub packets: BTreeMap<String, BTreeMap<String, u64>>,
+    pub conntrack: ConntrackStatus,
+    /// Events the programs could not send (over the bound or ring full).
+    pub events_lost: u64,
+    /// New tracked flows seen (events).
+    pub new_flows: u64,
+    pub rules: Vec<RuleHits>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// `xdp-native`, `xdp-generic`, `tc-ingress`, `tc-egress`.
+    pub hook: String,
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    pub entries: u64,
+    pub capacity: u64,
+    /// New flows refused because the table was full.
+    pub allowance_exceeded: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleHits {
+    pub group: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// 1-based among the group's rules of that direction, as `check`
+    /// numbers them.
+    pub rule: usize,
+    /// What the rule allows, as `check` prints it.
+    pub summary: String,
+    /// Flows it allowed (a flow allowed by several rules counts under each).
+    pub flows: u64,
+    /// Unix seconds of the last such flow.
+    pub last: Option<u64>,
+}
+
+fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    if s < 120 {
+        format!("{s}s ago")
+    } else if s < 7200 {
+        format!("{}m ago", s / 60)
+    } else {
+        format!("{}h ago", s / 3600)
+    }
+}
+
+/// The human table of `sg-agent status`.
+pub fn render(status: &Status, now: u64, rules: bool) -> String {
+    let a = &status.agent;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sg-agent {} (pid {}), up {}",
+        a.version,
+        a.pid,
+        ago(now, a.started).trim_end_matches(" ago")
+    );
+    let _ = writeln!(
+        out,
+        "rules file  {} (sha256 {})",
+        a.rules_file,
+        a.sha256.get(..16).unwrap_or(&a.sha256)
+    );
+    match &a.last_reload {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last reload {} ({}), {}, {} ms{}",
+                ago(now, r.time),
+                r.trigger,
+                r.result,
+                r.duration_ms,
+                r.error
+                    .as_deref()
+                    .map(|e| format!("\n  {}", e.replace('\n', "\n  ")))
+                    .unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last reload none since start");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "reloads     {} applied, {} rejected; lapses {}",
+        a.reloads, a.reloads_rejected, a.lapses
+    );
+    if let Some(f) = &a.flow_log {
+        let _ = writeln!(
+            out,
+            "flow log    {} ({}, every {} s), {} records",
+            f.destination, f.format, f.interval_seconds, f.records_written
+        );
+    }
+    for i in &status.instances {
+        render_instance(&mut out, i, now, rules);
+    }
+    out
+}
+
+fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) {
+    let place = match &i.netns {
+        Some(ns) => format!("{} in netns {ns}", i.interface),
+        None => i.interface.clone(),
+    };
+    let _ = writeln!(out, "\ninstance {} ({place}): {}", i.name, i.state);
+    if let Some(why) = &i.waiting_reason {
+        let _ = writeln!(out, "  {why}");
+    }
+    if let Some(hook) = &i.ingress_hook {
+        let links: Vec<String> = i
+            .links
+            .iter()
+            .map(|l| format!("{} link {} prog {}", l.hook, l.link_id, l.program_id))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  inbound by {hook}, generation {}; {}",
+            i.generation.map_or_else(|| "-".into(), |g| g.to_string()),
+            links.join(", ")
+        );
+    }
+    let c = &i.conntrack;
+    let _ = writeln!(
+        out,
+        "  connections {} of {} ({} refused for the allowance); {} new flows; {} events lost",
+        c.entries, c.capacity, c.allowance_exceeded, i.new_flows, i.events_lost
+    );
+    for (direction, reasons) in &i.packets {
+        let shown: Vec<String> = reasons
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {direction:<7} {}",
+            if shown.is_empty() {
+                "no packets".into()
+            } else {
+                shown.join(", ")
+            }
+        );
+    }
+    if rules {
+        let _ = writeln!(
+            out,
+            "  {:>8}  {:<12} {:<28} {:>3}  {:<36} direction",
+            "flows", "last", "group", "#", "rule"
+        );
+        for r in &i.rules {
+            let _ = writeln!(
+                out,
+                "  {:>8}  {:<12} {:<28} {:>3}  {:<36} {}",
+                r.flows,
+                r.last.map_or_else(|| "never".into(), |t| ago(now, t)),
+                r.group,
+                r.rule,
+                r.summary,
+                r.direction
+            );
+        }
+    }
+}
