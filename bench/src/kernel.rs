@@ -9,7 +9,7 @@ use aya::{
 };
 use sg_agent::{
     config::{self, Vpc, rule_count},
-    dataplane::{Dataplane, netns::NetnsGuard},
+    dataplane::{Dataplane, Observe, netns::NetnsGuard},
     policy::compile::compile,
 };
 use sg_common::policy::Settings;
@@ -221,25 +221,57 @@ pub fn measure(cfg: &Config) -> Report {
                 .expect("publish");
             let fresh = std::rc::Rc::new(fresh);
             let normal = std::rc::Rc::new(normal);
+            // The same policy with flow logs on (per-flow counts, an event
+            // per dropped packet within the bound), beside it, for the
+            // smallest policy only.
+            let logged = (fillers == 0).then(|| {
+                let mut dp = Dataplane::load_observing(Observe::default().with_flow_logs())
+                    .expect("load with flow logs");
+                dp.publish(tables, compiled.instances[0].settings)
+                    .expect("publish");
+                std::rc::Rc::new(dp)
+            });
             [false, true].into_iter().flat_map(move |v6| {
                 let family = if v6 { "IPv6" } else { "IPv4" };
                 let (new, tracked, dropped) = frames(v6);
                 // The tracked flow's handshake, so that its next packets
                 // are tracked (an inbound segment that is not a SYN opens
                 // no entry): SYN in, SYN-ACK out, ACK in.
-                let syn = tcp_frame(v6, 40001, 80, SYN);
-                run(normal.ingress(), &syn, &xdp_md(ifindex, syn.len()), 1);
-                let synack = reply_frame(v6, 80, 40001, SYN | ACK);
-                let out = normal
-                    .egress()
-                    .test_run(aya::programs::TestRunOptions {
-                        data_in: Some(&synack),
-                        ..aya::programs::TestRunOptions::default()
-                    })
-                    .expect("BPF_PROG_TEST_RUN on TC egress");
-                assert_eq!(out.return_value, TC_NEXT, "the SYN-ACK leaves");
-                let ctx = xdp_md(ifindex, tracked.len());
-                run(normal.ingress(), &tracked, &ctx, 1);
+                let handshake = |dp: &Dataplane| {
+                    let syn = tcp_frame(v6, 40001, 80, SYN);
+                    run(dp.ingress(), &syn, &xdp_md(ifindex, syn.len()), 1);
+                    let synack = reply_frame(v6, 80, 40001, SYN | ACK);
+                    let out = dp
+                        .egress()
+                        .test_run(aya::programs::TestRunOptions {
+                            data_in: Some(&synack),
+                            ..aya::programs::TestRunOptions::default()
+                        })
+                        .expect("BPF_PROG_TEST_RUN on TC egress");
+                    assert_eq!(out.return_value, TC_NEXT, "the SYN-ACK leaves");
+                    let ctx = xdp_md(ifindex, tracked.len());
+                    run(dp.ingress(), &tracked, &ctx, 1);
+                };
+                handshake(&normal);
+                let logged_cells = logged.clone().map(|dp| {
+                    handshake(&dp);
+                    [
+                        (
+                            "tracked, flow logs on",
+                            dp.clone(),
+                            tracked.clone(),
+                            XDP_PASS,
+                            "pass_tracked",
+                        ),
+                        (
+                            "dropped, flow logs on",
+                            dp,
+                            dropped.clone(),
+                            XDP_DROP,
+                            "drop_no_rule",
+                        ),
+                    ]
+                });
                 [
                     (
                         "new flow allowed",
@@ -259,6 +291,7 @@ pub fn measure(cfg: &Config) -> Report {
                     ("dropped", normal.clone(), dropped, XDP_DROP, "drop_no_rule"),
                 ]
                 .into_iter()
+                .chain(logged_cells.into_iter().flatten())
                 .map(move |(path, dp, data, verdict, reason)| Cell {
                     policy: label,
                     rules,

@@ -98,7 +98,8 @@ pub fn render(all: &All) -> String {
          - *new flow allowed*: a TCP SYN allowed by a rule. The connection table's timeouts are set to zero for this row, so the entry each repetition creates is stale at the next: every repetition does the table lookup, the classification (address trie, port hash) and the insertion, as a first packet does (except that the kernel replaces the stale entry rather than adding one to an empty slot).\n\
          - *new flow, untracked*: a TCP SYN that AWS leaves untracked (tcp/8080 allowed from `0.0.0.0/0` and `::/0`, every port open the other way by the default egress): classified, then the whole-address-space entry is looked up, and no entry is made. It should cost about what a dropped packet costs.\n\
          - *tracked*: an ACK of a flow already in the table (normal timeouts).\n\
-         - *dropped*: a SYN from an address the rules know, to a port they do not allow (the address trie and the port hash are consulted).\n\n\
+         - *dropped*: a SYN from an address the rules know, to a port they do not allow (the address trie and the port hash are consulted).\n\
+         - *tracked, flow logs on* and *dropped, flow logs on* (smallest policy): the same packets through a copy of the object loaded as `run --flow-log` loads it: the tracked path adds its packet and bytes to the flow's entry (two atomic adds), a dropped packet is reported through the ring buffer within the per-CPU bound and counted as lost beyond it (a flood is beyond it after its first few thousand packets a second, as here).\n\n\
          Policy sizes count rules as AWS does (one per source, a prefix list as its entries); each policy has the 3 base rules that allow the test client, the untracked path's rule (2 more: IPv4 and IPv6) and filler CIDR rules on assorted TCP and UDP ports.\n",
         k.repeat,
         k.rows.first().map_or(0, |r| r.ns.runs),
@@ -179,6 +180,34 @@ pub fn render(all: &All) -> String {
         out,
         "| new flow <= 4x floor | worst {n:.2}x | {} |",
         verdict(n <= 4.0)
+    );
+    // Flow logs on against off, same policy, same family, side by side.
+    let on_off = |path: &str| {
+        k.rows
+            .iter()
+            .filter(|r| r.path == format!("{path}, flow logs on"))
+            .filter_map(|on| {
+                k.rows
+                    .iter()
+                    .find(|off| {
+                        off.path == path && off.policy == on.policy && off.family == on.family
+                    })
+                    .map(|off| on.ns.median / off.ns.median)
+            })
+            .fold(0.0, f64::max)
+    };
+    let t = on_off("tracked");
+    let _ = writeln!(
+        out,
+        "| tracked, flow logs on <= 1.10x off | worst {t:.2}x | {} |",
+        verdict(t <= 1.10)
+    );
+    let d = on_off("dropped");
+    let _ = writeln!(
+        out,
+        "| dropped, flow logs on: rate >= 0.80 of off | worst {:.2} | {} |",
+        1.0 / d,
+        verdict(1.0 / d >= 0.80)
     );
     for path in ["tracked", "dropped"] {
         let m = max_path(path);

@@ -410,3 +410,40 @@ security_groups = ["g"]
         "10.2.2.3 -> tcp/80 must not pass"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// Per-rule hit counters name the rules that allow a flow
+    /// (`reference::allowing_rules`): some rule exactly when the compiled
+    /// lookup the kernel runs finds an allowing class, and first the very
+    /// rule the evaluator names.
+    #[test]
+    fn rule_attribution_agrees_with_the_lookup_and_the_evaluator(
+        vpc in vpc(),
+        packets in prop::collection::vec(packet(), 8),
+    ) {
+        let compiled = compile(&vpc);
+        for (inst, ci) in vpc.instances.iter().zip(&compiled.instances) {
+            let mut maps = SoftMaps::default();
+            let mut encoder = PolicyEncoder::default();
+            let generation = swap_to(&mut encoder, &mut maps, &ci.tables);
+            for p in packets.iter().filter(|p| !p.later_fragment) {
+                let Some(flow) = to_flow(p) else { continue };
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let rules = reference::allowing_rules(&vpc, inst, direction, p);
+                    let class = allowing_class(&maps, generation, direction.code(), &flow);
+                    prop_assert_eq!(
+                        !rules.is_empty(), class.is_some(),
+                        "instance {} {:?} packet {:?}: rules {:?}", inst.name, direction, p, rules
+                    );
+                    if let reference::Decision::Allowed(first) =
+                        evaluate(&vpc, inst, direction, p, false)
+                    {
+                        prop_assert_eq!(rules.first(), Some(&first));
+                    }
+                }
+            }
+        }
+    }
+}

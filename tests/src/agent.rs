@@ -114,14 +114,25 @@ impl AgentProcess {
     }
 
     fn spawn(state: &StateDir, config: &Path, args: &[&str], level: &str, echo: bool) -> Self {
-        let control_socket = state.control_socket();
+        // The test's own socket, unless the caller names one (the demo
+        // uses the default, so a user's `sg-agent status` finds it).
+        let given = args
+            .iter()
+            .position(|a| *a == "--control-socket")
+            .and_then(|i| args.get(i + 1));
+        let control_socket = given.map_or_else(|| state.control_socket(), PathBuf::from);
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
             .arg("--state-dir")
             .arg(&state.path)
-            .arg("--control-socket")
-            .arg(&control_socket)
+            .args(
+                given
+                    .is_none()
+                    .then(|| ["--control-socket".as_ref(), control_socket.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
@@ -181,6 +192,18 @@ impl AgentProcess {
 
     pub fn log_lines(&self) -> usize {
         self.log.0.lock().expect("log lock").len()
+    }
+
+    /// `sg-agent flows --follow ARGS` against this agent, its records on a
+    /// pipe.
+    pub fn follow_flows(&self, args: &[&str]) -> Child {
+        Command::new(binary())
+            .args(["flows", "--follow", "--control-socket"])
+            .arg(&self.control_socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sg-agent flows starts")
     }
 
     /// Line `i` of the log.
@@ -248,4 +271,18 @@ impl Drop for AgentProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One `GET /metrics` of an agent's metrics endpoint: the whole HTTP
+/// response, or empty if nothing answers.
+pub fn get_metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }

@@ -6,10 +6,10 @@
 //! the flow records built from events and connection-table counts).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -77,15 +77,7 @@ fn free_port() -> u16 {
 
 /// One scrape of the metrics endpoint, as Prometheus reads it.
 fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
-    let mut stream = TcpStream::connect(addr).expect("metrics endpoint answers");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
+    let response = sg_tests::agent::get_metrics(addr);
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head and body");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("openmetrics-text"), "{head}");
@@ -146,25 +138,16 @@ fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
     let socket_arg = socket.to_str().expect("utf-8").to_owned();
 
     // A user watching for blocked requests, started before they happen.
-    let mut follower = Command::new(binary())
-        .args([
-            "flows",
-            "--follow",
-            "--action",
-            "REJECT",
-            "--instance",
-            "app-1",
-            "--count",
-            "100",
-            "--format",
-            "json",
-            "--control-socket",
-            &socket_arg,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flows --follow starts");
+    let mut follower = agent.follow_flows(&[
+        "--action",
+        "REJECT",
+        "--instance",
+        "app-1",
+        "--count",
+        "100",
+        "--format",
+        "json",
+    ]);
 
     // The lab's own IPv6 chatter (multicast listener reports as addresses
     // come up) is over within a few seconds; counts are taken from here.

@@ -12,13 +12,19 @@ use sg_agent::{
     policy::reference::{L4, Packet, evaluate},
 };
 use sg_tests::{
+    agent::binary,
     lab::in_netns,
     probe::{Outcome, tcp},
     seed::{
         ADMIN, ADMIN6, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, SEED, SeedLab, at, ip,
-        seed_without_alb_ingress, start_agent,
+        seed_without_alb_ingress, start_agent_with,
     },
 };
+
+/// Where the demo's agent serves its metrics.
+const METRICS: &str = "127.0.0.1:9477";
+/// Its flow-log interval: the shortest allowed, so records show soon.
+const FLOW_LOG_INTERVAL: &str = "10";
 
 /// (host, source address, instance name in the rules file, if any).
 const SOURCES: &[(&str, &str, Option<&str>)] = &[
@@ -53,10 +59,7 @@ fn main() -> ExitCode {
     for h in &lab.lab.hosts {
         println!("  {:<9} netns {}", h.name, h.netns.name);
     }
-    println!(
-        "\n==> sg-agent run --config examples/seed-vpc.toml (namespaces renamed for this run)"
-    );
-    let agent = start_agent(&lab);
+    let agent = start_observed_agent(&lab);
     std::thread::sleep(Duration::from_millis(50)); // let the agent's log lines print first
     let vpc: Vpc = sg_agent::config::from_str("examples/seed-vpc.toml".as_ref(), SEED)
         .expect("the seed example is valid");
@@ -129,6 +132,8 @@ fn main() -> ExitCode {
     println!("  GET http://{ALB}/ from the internet: {back}");
     wrong += usize::from(back != Outcome::Connected);
 
+    wrong += observe(&agent, &lab);
+
     println!("\n==> tearing down");
     let status = agent.terminate();
     println!("  sg-agent stopped by SIGTERM: {status}, every program detached");
@@ -194,4 +199,95 @@ fn hanging_request(ns: &str) -> Outcome {
             Err(_) => Outcome::Refused,
         }
     })
+}
+
+/// `sg-agent run` with flow logs and metrics, on the default control
+/// socket (so a user's `sg-agent status` finds it), and how to watch it.
+fn start_observed_agent(lab: &SeedLab) -> sg_tests::agent::AgentProcess {
+    println!(
+        "\n==> sg-agent run --config examples/seed-vpc.toml --flow-log flows.log --flow-log-interval \
+         {FLOW_LOG_INTERVAL} --metrics-listen {METRICS} (namespaces renamed for this run)"
+    );
+    let flow_log = lab.config.with_file_name("flows.log");
+    let flow_log_arg = flow_log.to_string_lossy().into_owned();
+    let agent = start_agent_with(
+        lab,
+        &[
+            "--flow-log",
+            &flow_log_arg,
+            "--flow-log-interval",
+            FLOW_LOG_INTERVAL,
+            "--metrics-listen",
+            METRICS,
+            "--control-socket",
+            sg_agent::observe::control::DEFAULT_SOCKET,
+        ],
+    );
+    println!(
+        "\n  watch it from a second terminal while the demo runs:\n    \
+         sudo {bin} status --rules\n    sudo {bin} flows --follow --action REJECT\n    \
+         curl -s http://{METRICS}/metrics",
+        bin = binary().display()
+    );
+    agent
+}
+
+/// What the agent saw of all this: its status, the flow-log records of the
+/// blocked requests as their interval ends, and a few metrics. Returns how
+/// many of these were missing.
+fn observe(agent: &sg_tests::agent::AgentProcess, lab: &SeedLab) -> usize {
+    let socket = agent.control_socket.to_string_lossy().into_owned();
+    println!("\n==> sg-agent status --instance app-1 --rules");
+    let status = std::process::Command::new(binary())
+        .args([
+            "status",
+            "--instance",
+            "app-1",
+            "--rules",
+            "--control-socket",
+            &socket,
+        ])
+        .output()
+        .expect("sg-agent status runs");
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {line}");
+    }
+    println!(
+        "\n==> sg-agent flows --follow --action REJECT --instance app-1, while the internet \
+         tries app-1 on ports 22, 80 and 443 (records come as the {FLOW_LOG_INTERVAL}-s interval \
+         ends)"
+    );
+    let mut follower =
+        agent.follow_flows(&["--action", "REJECT", "--instance", "app-1", "--count", "3"]);
+    // Give it a moment to connect before the traffic it is to see.
+    std::thread::sleep(Duration::from_millis(300));
+    let internet = lab.ns("internet");
+    for port in [22, 80, 443] {
+        let _ = tcp(&internet, ip(OUTSIDER), at(APP, port));
+    }
+    // Bounded: an interval is 10 s; the follower is stopped after 30.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(follower.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follower.kill();
+    let flows = follower.wait_with_output().expect("sg-agent flows ends");
+    let records = String::from_utf8_lossy(&flows.stdout);
+    for line in records.lines() {
+        println!("  {line}");
+    }
+    println!("\n==> curl http://{METRICS}/metrics (app-1's inbound drops)");
+    let metrics = sg_tests::agent::get_metrics(METRICS.parse().expect("an address"));
+    let shown: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sg_agent_packets_total") && l.contains("app-1") && l.contains("\"drop\"")
+        })
+        .collect();
+    for line in &shown {
+        println!("  {line}");
+    }
+    usize::from(!status.status.success())
+        + usize::from(records.lines().count() < 3)
+        + usize::from(shown.is_empty())
 }
