@@ -228,21 +228,29 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         );
     }
     if rules {
+        // Columns as wide as their widest cell: group names run long.
+        let group_w = i
+            .rules
+            .iter()
+            .map(|r| r.group.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let _ = writeln!(
             out,
-            "  {:>8}  {:<12} {:<28} {:>3}  {:<36} direction",
-            "flows", "last", "group", "#", "rule"
+            "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  rule",
+            "flows", "last", "way", "group", "#"
         );
         for r in &i.rules {
             let _ = writeln!(
                 out,
-                "  {:>8}  {:<12} {:<28} {:>3}  {:<36} {}",
+                "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  {}",
                 r.flows,
                 r.last.map_or_else(|| "never".into(), |t| ago(now, t)),
+                r.direction,
                 r.group,
                 r.rule,
-                r.summary,
-                r.direction
+                r.summary
             );
         }
     }

@@ -253,9 +253,9 @@ fn observe(agent: &sg_tests::agent::AgentProcess, lab: &SeedLab) -> usize {
         println!("  {line}");
     }
     println!(
-        "\n==> sg-agent flows --follow --action REJECT --instance app-1, while the internet \
-         tries app-1 on ports 22, 80 and 443 (records come as the {FLOW_LOG_INTERVAL}-s interval \
-         ends)"
+        "\n==> sg-agent flows --follow --action REJECT --instance app-1 --count 3, while the \
+         internet tries app-1 on ports 22, 80 and 443: what app-1 refused, as flow-log records, \
+         as each {FLOW_LOG_INTERVAL}-s interval ends"
     );
     let mut follower =
         agent.follow_flows(&["--action", "REJECT", "--instance", "app-1", "--count", "3"]);
@@ -281,7 +281,10 @@ fn observe(agent: &sg_tests::agent::AgentProcess, lab: &SeedLab) -> usize {
     let shown: Vec<&str> = metrics
         .lines()
         .filter(|l| {
-            l.starts_with("sg_agent_packets_total") && l.contains("app-1") && l.contains("\"drop\"")
+            l.starts_with("sg_agent_packets_total")
+                && l.contains("\"app-1\"")
+                && l.contains("\"drop\"")
+                && !l.ends_with(" 0")
         })
         .collect();
     for line in &shown {
