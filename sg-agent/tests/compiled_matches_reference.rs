@@ -447,3 +447,48 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// `sg-agent explain` gives the evaluator's verdict for the flow it
+    /// explains.
+    #[test]
+    fn explain_agrees_with_the_evaluator(vpc in vpc(), packets in prop::collection::vec(packet(), 4)) {
+        use sg_agent::policy::explain::{Query, Remote, explain};
+        for inst in &vpc.instances {
+            for p in packets.iter().filter(|p| !p.later_fragment) {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let remote = match direction {
+                        Direction::Ingress => p.src,
+                        Direction::Egress => p.dst,
+                    };
+                    let (port, icmp) = match p.l4 {
+                        L4::Ports { dst, .. } => (dst, (0, 0)),
+                        L4::Icmp { ty, code } => (0, (ty, code)),
+                        L4::None => (0, (0, 0)),
+                    };
+                    let query = Query {
+                        to: inst.name.clone(),
+                        remote: Remote::Address(remote),
+                        direction,
+                        protocol: p.proto,
+                        port,
+                        icmp,
+                    };
+                    // An instance without an address of the family: nothing to explain.
+                    let Ok(e) = explain(&vpc, &query) else { continue };
+                    // The packet explain judges: an ephemeral source port.
+                    let l4 = match p.proto {
+                        6 | 17 => L4::Ports { src: 49_152, dst: port },
+                        1 | 58 => L4::Icmp { ty: icmp.0, code: icmp.1 },
+                        _ => L4::None,
+                    };
+                    let judged = Packet { src: e.src, dst: e.dst, proto: p.proto, l4, later_fragment: false, via_ah: false };
+                    let want = evaluate(&vpc, inst, direction, &judged, false).passes();
+                    prop_assert_eq!(e.allowed, want, "instance {} {:?} {:?}", inst.name, direction, judged);
+                }
+            }
+        }
+    }
+}

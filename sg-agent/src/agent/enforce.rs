@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AgentError, Command, Options, RECONCILE, StopFlag};
+use super::{AgentError, Command, Options, RECONCILE, StopFlag, service};
 use crate::{
     config::{self, FileStamp, RulesFile, Vpc},
     dataplane::{
@@ -170,6 +170,7 @@ pub(super) fn run(
     agent.last_apply = started.elapsed();
     agent.detach_unknown_pins();
     agent.log_ready(&file);
+    service::ready(&agent.service_status());
     agent.serve(queue);
     Ok(())
 }
@@ -805,7 +806,34 @@ impl Agent<'_> {
     /// Reads the file once and applies what was read. A change of stamp
     /// whose bytes are those in force is no change, unless `forced`
     /// (SIGHUP: apply again, retrying what is not enforced).
+    /// A reload, between systemd's RELOADING=1 and READY=1.
     fn reload(&mut self, why: &str, forced: bool) {
+        service::reloading();
+        self.reload_once(why, forced);
+        service::ready(&self.service_status());
+    }
+
+    /// What systemd shows as the service's status.
+    fn service_status(&self) -> String {
+        use std::fmt::Write as _;
+        let mut line = format!("enforcing {} instance(s)", self.enforced.len());
+        if !self.pending.is_empty() {
+            let waiting: Vec<&str> = self.pending.keys().map(String::as_str).collect();
+            let _ = write!(line, "; waiting for {}", waiting.join(", "));
+        }
+        if let Some(r) = &self.last_reload {
+            let first = r
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().find(|l| !l.trim().is_empty()))
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            let _ = write!(line, "; last reload ({}) {}{first}", r.trigger, r.result);
+        }
+        line
+    }
+
+    fn reload_once(&mut self, why: &str, forced: bool) {
         let started = Instant::now();
         let file = match config::read_with(&self.path, self.opts.read) {
             Ok(file) => file,
@@ -972,6 +1000,7 @@ impl Agent<'_> {
     /// `--keep-on-exit` leaves it all enforced for the next agent.
     fn stop(&mut self) {
         self.stop.begun.notify_one();
+        service::stopping();
         let n = self.enforced.len();
         if self.opts.keep_on_exit {
             log::info!(

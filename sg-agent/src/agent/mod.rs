@@ -10,6 +10,7 @@
 //! changed until it is prepared in full) and stops.
 
 mod enforce;
+mod service;
 
 use std::{
     path::{Path, PathBuf},

@@ -23,26 +23,39 @@ pub struct CheckArgs {
     max_config_bytes: u64,
 }
 
-pub fn check(args: &CheckArgs) -> ExitCode {
-    let file = &args.file;
+/// A rules file read and admitted exactly as `run` admits it (the offline
+/// verbs judge what `run` would enforce); the error already printed.
+pub fn load(
+    file: &std::path::Path,
+    max_bytes: u64,
+    allow_empty: bool,
+) -> Result<(config::Vpc, String), ExitCode> {
     let policy = config::ReadPolicy {
-        max_bytes: args.max_config_bytes,
+        max_bytes,
         strict_owner: false,
     };
     let text = match config::read_with(file, policy) {
         Ok(f) => f.text,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
     // The very question `run` asks of the file, at start and on reload.
-    let vpc = match admit(file, &text, args.allow_empty) {
-        Ok((vpc, _compiled)) => vpc,
+    match admit(file, &text, allow_empty) {
+        Ok((vpc, _compiled)) => Ok((vpc, text)),
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(1);
+            Err(ExitCode::from(1))
         }
+    }
+}
+
+pub fn check(args: &CheckArgs) -> ExitCode {
+    let file = &args.file;
+    let (vpc, text) = match load(file, args.max_config_bytes, args.allow_empty) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     if let Some(warnings) = config::render_warnings(file, &text, &vpc, false) {
         eprintln!("{warnings}");

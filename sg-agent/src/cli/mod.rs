@@ -2,8 +2,12 @@
 //! arguments beside the code that runs it. `main` parses and dispatches.
 
 mod check;
+mod completions;
 mod detach;
+mod diff;
+mod explain;
 mod flows;
+mod matrix;
 mod run;
 mod status;
 
@@ -20,7 +24,8 @@ Exit status:
      run: a reload in progress could not be abandoned within 1 s of SIGINT/SIGTERM
      (every instance is left enforced and pinned, as with --keep-on-exit)
   2  usage error (unknown option, missing argument)
-  3  status, flows: no agent answers on the control socket
+  3  status, flows: no agent answers on the control socket; diff: the files differ
+  4  explain: the flow is denied
 
 Example:
   sg-agent check examples/seed-vpc.toml
@@ -44,6 +49,15 @@ enum Command {
     /// (as root). Reloads on SIGHUP and whenever the file changes.
     #[command(after_help = EXIT_CODES)]
     Run(run::RunArgs),
+    /// Whether a flow is allowed and by which rules, or why not (offline).
+    #[command(after_help = EXIT_CODES)]
+    Explain(explain::ExplainArgs),
+    /// Who can reach whom over TCP, by the rules alone (offline).
+    #[command(after_help = EXIT_CODES)]
+    Matrix(matrix::MatrixArgs),
+    /// The effective rules a change adds and removes, per instance.
+    #[command(after_help = EXIT_CODES)]
+    Diff(diff::DiffArgs),
     /// What the running agent enforces: instances, attachments, policy,
     /// reloads, packet counters, connection tables, per-rule hits.
     #[command(after_help = EXIT_CODES)]
@@ -52,6 +66,13 @@ enum Command {
     /// --flow-log), e.g. `sg-agent flows --follow --action REJECT`.
     #[command(after_help = EXIT_CODES)]
     Flows(flows::FlowsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `sg-agent completions bash >
+    /// /etc/bash_completion.d/sg-agent`.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff), generated from these definitions.
+    #[command(hide = true)]
+    Manpage,
     /// Detach and remove what an agent left pinned (killed, or stopped
     /// with --keep-on-exit), as root.
     #[command(after_help = EXIT_CODES)]
@@ -83,6 +104,26 @@ pub fn main() -> ExitCode {
         Command::Status(args) => {
             drop(held);
             status::status(&args)
+        }
+        Command::Explain(args) => {
+            drop(held);
+            explain::explain(&args)
+        }
+        Command::Matrix(args) => {
+            drop(held);
+            matrix::matrix(&args)
+        }
+        Command::Diff(args) => {
+            drop(held);
+            diff::diff(&args)
+        }
+        Command::Completions(args) => {
+            drop(held);
+            completions::completions(&args)
+        }
+        Command::Manpage => {
+            drop(held);
+            completions::manpage()
         }
         Command::Flows(args) => {
             drop(held);

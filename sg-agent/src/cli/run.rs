@@ -16,6 +16,19 @@ enum XdpModeArg {
     Generic,
 }
 
+/// How log records are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// JSON under systemd (`JOURNAL_STREAM` set), text otherwise.
+    Auto,
+    /// Human lines, for a terminal.
+    Text,
+    /// One JSON object per record (time, level, target, message): a
+    /// multi-line message, such as a rejected reload's diagnostics, stays
+    /// one record.
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum IngressHookArg {
     Xdp,
@@ -71,6 +84,9 @@ pub struct RunArgs {
     /// The control socket `sg-agent status` and `sg-agent flows` ask.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
+    /// How log records are written.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -105,6 +121,23 @@ impl RunArgs {
     pub fn configure_logger(&self, logger: &mut env_logger::Builder) {
         if self.ebpf_log {
             logger.filter_module("sg_agent::drops", log::LevelFilter::Info);
+        }
+        let json = match self.log_format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+        };
+        if json {
+            logger.format(|buf, record| {
+                use std::io::Write as _;
+                let line = serde_json::json!({
+                    "time": buf.timestamp().to_string(),
+                    "level": record.level().as_str(),
+                    "target": record.target(),
+                    "message": record.args().to_string(),
+                });
+                writeln!(buf, "{line}")
+            });
         }
     }
 

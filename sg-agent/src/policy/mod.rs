@@ -5,10 +5,13 @@
 //! that swap one policy for another). [`reference`] is the plain-Rust oracle
 //! every fast path is tested against; [`softmaps`] holds the maps in memory
 //! with the kernel's semantics, so the production reload path runs on the
-//! host in tests. [`report`] and [`summary`] describe a policy to people.
+//! host in tests. [`report`] and [`summary`] describe a policy to people;
+//! [`explain`] and [`diff`] answer their questions about one.
 
 pub mod compile;
+pub mod diff;
 pub mod encode;
+pub mod explain;
 pub mod reference;
 pub mod report;
 pub mod resolve;

@@ -387,7 +387,7 @@ fn is_whole_space(vpc: &Vpc, source: &Source, v6: bool) -> bool {
     }
 }
 
-fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr: IpAddr) -> bool {
+pub(crate) fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr: IpAddr) -> bool {
     let member_of = |group: &str| {
         vpc.instances
             .iter()
@@ -403,7 +403,7 @@ fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr: IpAddr) ->
     }
 }
 
-fn ports_match(protocol: Protocol, ports: Ports, packet: &Packet) -> bool {
+pub(crate) fn ports_match(protocol: Protocol, ports: Ports, packet: &Packet) -> bool {
     match (protocol, ports, packet.l4) {
         (Protocol::All, _, _) | (_, Ports::All, _) => true,
         (_, Ports::Range { from, to }, L4::Ports { dst, .. }) => (from..=to).contains(&dst),

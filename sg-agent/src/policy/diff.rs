@@ -1,0 +1,148 @@
+//! `sg-agent diff OLD NEW`: per instance, the effective rules a change adds
+//! and removes, as `terraform plan` shows a change before it is applied.
+//!
+//! Effective rules are what `check` prints: each rule of each of the
+//! instance's groups, per source, with what the source stands for (a
+//! referenced group's members' addresses, a prefix list's entries). So a
+//! membership change shows as the rules whose addresses it changes, which
+//! is what changes for the instance.
+
+use std::{collections::BTreeSet, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::config::Vpc;
+
+use super::report::{self, RuleReport};
+
+/// One effective rule, as a line both sides can be compared by.
+fn line(direction: &str, r: &RuleReport) -> String {
+    let way = if direction == "ingress" { "from" } else { "to" };
+    let mut text = format!("{direction} {} {} {way} {}", r.protocol, r.ports, r.source);
+    if !r.addresses.is_empty() && r.addresses != [r.source.clone()] {
+        let _ = write!(text, " ({})", r.addresses.join(", "));
+    }
+    text
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct InstanceDiff {
+    pub instance: String,
+    /// `added`, `removed` or `changed`.
+    pub status: &'static str,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Diff {
+    pub changed: bool,
+    pub instances: Vec<InstanceDiff>,
+}
+
+fn rules_of(vpc: &Vpc) -> Vec<(String, BTreeSet<String>)> {
+    report::report(vpc)
+        .instances
+        .into_iter()
+        .map(|i| {
+            let lines = i
+                .inbound
+                .iter()
+                .map(|r| line("ingress", r))
+                .chain(i.outbound.iter().map(|r| line("egress", r)))
+                .collect();
+            (i.name, lines)
+        })
+        .collect()
+}
+
+/// What changes from `old` to `new`, instance by instance.
+pub fn diff(old: &Vpc, new: &Vpc) -> Diff {
+    let (old, new) = (rules_of(old), rules_of(new));
+    let find = |v: &[(String, BTreeSet<String>)], name: &str| {
+        v.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone())
+    };
+    let names: BTreeSet<&String> = old.iter().chain(&new).map(|(n, _)| n).collect();
+    let mut instances = Vec::new();
+    for name in names {
+        let (a, b) = (find(&old, name), find(&new, name));
+        let status = match (&a, &b) {
+            (None, Some(_)) => "added",
+            (Some(_), None) => "removed",
+            _ => "changed",
+        };
+        let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+        let added: Vec<String> = b.difference(&a).cloned().collect();
+        let removed: Vec<String> = a.difference(&b).cloned().collect();
+        if status != "changed" || !added.is_empty() || !removed.is_empty() {
+            instances.push(InstanceDiff {
+                instance: name.clone(),
+                status,
+                added,
+                removed,
+            });
+        }
+    }
+    Diff {
+        changed: !instances.is_empty(),
+        instances,
+    }
+}
+
+/// The human form: `+` added, `-` removed, per instance.
+pub fn render(d: &Diff) -> String {
+    let mut out = String::new();
+    for i in &d.instances {
+        let _ = writeln!(out, "instance {} ({}):", i.instance, i.status);
+        for r in &i.removed {
+            let _ = writeln!(out, "  - {r}");
+        }
+        for r in &i.added {
+            let _ = writeln!(out, "  + {r}");
+        }
+    }
+    if !d.changed {
+        out.push_str("no change to any instance's effective rules\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!("../../../examples/seed-vpc.toml");
+
+    fn vpc(text: &str) -> Vpc {
+        crate::config::from_str("vpc.toml".as_ref(), text).expect("valid")
+    }
+
+    #[test]
+    fn same_rules_no_change_and_a_removed_rule_shows_where_it_applied() {
+        let seed = vpc(SEED);
+        assert!(!diff(&seed, &seed).changed);
+        // The seed's experiment: the ALB's inbound HTTP rule removed.
+        let start = SEED
+            .find("  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 80")
+            .unwrap();
+        let end = SEED[start..]
+            .find("description = \"HTTP from the internet\"\n")
+            .unwrap()
+            + start
+            + "description = \"HTTP from the internet\"\n".len();
+        let without = vpc(&format!("{}{}", &SEED[..start], &SEED[end..]));
+        let d = diff(&seed, &without);
+        assert!(d.changed);
+        assert_eq!(d.instances.len(), 1, "{}", render(&d));
+        assert_eq!(d.instances[0].instance, "alb");
+        assert_eq!(
+            d.instances[0].removed,
+            ["ingress tcp 80 from 0.0.0.0/0", "ingress tcp 80 from ::/0"]
+        );
+        assert!(d.instances[0].added.is_empty());
+        assert!(render(&d).contains("  - ingress tcp 80 from 0.0.0.0/0"));
+        // And back: added.
+        let back = diff(&without, &seed);
+        assert_eq!(back.instances[0].added.len(), 2);
+    }
+}

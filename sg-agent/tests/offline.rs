@@ -1,0 +1,106 @@
+//! The offline verbs as a user runs them: `explain`, `matrix` and `diff` on
+//! the seed example, their output and exit statuses.
+
+use std::process::Command;
+
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed-vpc.toml");
+
+fn sg_agent(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sg-agent"))
+        .args(args)
+        .output()
+        .expect("sg-agent runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn explain_exits_0_when_allowed_and_4_when_denied() {
+    let (code, text) = sg_agent(&[
+        "explain",
+        SEED,
+        "--to",
+        "rds",
+        "--from-instance",
+        "app-1",
+        "--port",
+        "3306",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("ALLOWED: tcp 10.0.1.10 -> 10.0.2.10 port 3306"),
+        "{text}"
+    );
+    assert!(
+        text.contains("allowed by instagram-rds-security-group #1: tcp 3306 from group instagram-server-security-group"),
+        "{text}"
+    );
+    let (code, text) = sg_agent(&[
+        "explain",
+        SEED,
+        "--to",
+        "rds",
+        "--from-instance",
+        "alb",
+        "--port",
+        "3306",
+        "--json",
+    ]);
+    assert_eq!(code, Some(4), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(json["allowed"], false);
+    assert_eq!(json["sides"][0]["because"], "no rule allows it");
+    let (code, text) = sg_agent(&["explain", SEED, "--to", "nobody", "--from", "10.0.0.1"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no instance named nobody"), "{text}");
+    let (code, _) = sg_agent(&["explain", SEED, "--to", "rds"]);
+    assert_eq!(code, Some(2), "--from or --from-instance is required");
+}
+
+#[test]
+fn diff_exits_0_for_the_same_rules_3_for_a_change_1_for_an_invalid_file() {
+    let dir = std::env::temp_dir().join(format!("sg-offline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let seed = std::fs::read_to_string(SEED).expect("seed");
+    let changed = dir.join("changed.toml");
+    std::fs::write(
+        &changed,
+        seed.replace(
+            "from_port = 3306\n  to_port = 3306",
+            "from_port = 5432\n  to_port = 5432",
+        ),
+    )
+    .expect("write");
+    let invalid = dir.join("invalid.toml");
+    std::fs::write(&invalid, "[[security_group]]\nname = 1\n").expect("write");
+
+    let (code, text) = sg_agent(&["diff", SEED, SEED]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = sg_agent(&["diff", SEED, changed.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("instance rds (changed):"), "{text}");
+    assert!(
+        text.contains(
+            "  - ingress tcp 3306 from group instagram-server-security-group (10.0.1.10/32)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  + ingress tcp 5432 from group instagram-server-security-group (10.0.1.10/32)"
+        ),
+        "{text}"
+    );
+    let (code, text) = sg_agent(&["diff", SEED, invalid.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, text) = sg_agent(&["matrix", SEED, "--ports", "3306"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["app-1", "rds", "allow"]),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
