@@ -7,5 +7,6 @@ pub mod chaos;
 pub mod frames;
 pub mod kernel;
 pub mod lab;
+pub mod package;
 pub mod probe;
 pub mod seed;

@@ -58,8 +58,12 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
     },
+    /// Build the Debian package (binary, systemd unit, man page,
+    /// completions) of the release build into target/debian/.
+    Deb,
     /// Run each cargo-fuzz target of fuzz/ (the rules-file pipeline, the
-    /// policy lookup against the reference evaluator) from the seed corpus,
+    /// policy lookup against the reference evaluator, the packet parser
+    /// against its reference decoder) from the seed corpus,
     /// built with the nightly toolchain as cargo-fuzz builds them.
     Fuzz {
         /// Seconds per target.
@@ -111,6 +115,18 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         } => {
             bootstrap::all()?;
             fuzz::run(seconds, target.as_deref())
+        }
+        Cmd::Deb => {
+            bootstrap::all()?;
+            cargo(&["build", "--release", "--package", "sg-agent"])?;
+            cargo(&[
+                "run",
+                "--release",
+                "--package",
+                "sg-tests",
+                "--bin",
+                "sg-deb",
+            ])
         }
         Cmd::Bench { smoke } => beside_the_agent(
             "the benchmarks load eBPF programs and create network namespaces",
