@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod import;
 pub mod observe;
 pub mod policy;
 pub mod source;

@@ -7,6 +7,7 @@ mod detach;
 mod diff;
 mod explain;
 mod flows;
+mod import;
 mod matrix;
 mod run;
 mod status;
@@ -49,6 +50,13 @@ enum Command {
     /// (as root). Reloads on SIGHUP and whenever the file changes.
     #[command(after_help = EXIT_CODES)]
     Run(run::RunArgs),
+    /// Write a rules file from where the groups are kept (the AWS CLI's
+    /// JSON).
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Import(import::ImportCommand),
+    /// Write a rules file's groups as AWS shows them.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Export(import::ExportCommand),
     /// Whether a flow is allowed and by which rules, or why not (offline).
     #[command(after_help = EXIT_CODES)]
     Explain(explain::ExplainArgs),
@@ -104,6 +112,14 @@ pub fn main() -> ExitCode {
         Command::Status(args) => {
             drop(held);
             status::status(&args)
+        }
+        Command::Import(command) => {
+            drop(held);
+            import::import(&command)
+        }
+        Command::Export(command) => {
+            drop(held);
+            import::export(&command)
         }
         Command::Explain(args) => {
             drop(held);

@@ -1,0 +1,635 @@
+//! `sg-agent import aws` and `sg-agent export aws`: the JSON the AWS CLI
+//! prints for `describe-security-groups`, `describe-network-interfaces` or
+//! `describe-instances`, `describe-managed-prefix-lists` and
+//! `get-managed-prefix-list-entries`, to a rules file and back.
+//!
+//! Decisions:
+//! * One rule per `IpPermission`, as AWS groups them (its ranges, prefix
+//!   lists and group pairs become the rule's sources); the description is
+//!   the first one given.
+//! * A group with no outbound permission gets `egress = []`: AWS allows no
+//!   outbound traffic then, where a rules file without `egress` means AWS's
+//!   default all-traffic rule.
+//! * A group pair naming a group that is not in the input (another
+//!   account's or VPC's, by peering) cannot be resolved here: that source
+//!   is left out and a comment in the file says so, with the hint to list
+//!   its members' addresses as `cidr_blocks` (a warning on stderr too).
+//! * Instances and interfaces keep their addresses and groups; `interface`
+//!   and `netns` are left for the user, with a comment saying so, so the
+//!   file passes `sg-agent check --allow-empty` until they are filled in.
+//! * Identifiers (`sg-`, `pl-`, `i-`, `eni-`) are kept as comments.
+//! * Output is stable: groups, lists and instances sorted by name.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Ports, Protocol, Source, Vpc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not the JSON `aws ec2 {command}` prints: {source}")]
+    Json {
+        path: String,
+        command: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "prefix list {id} ({name}) is used by a rule but its entries are not given: run `aws ec2 \
+         get-managed-prefix-list-entries --prefix-list-id {id} > DIR/{id}.json` and pass \
+         --entries-dir DIR"
+    )]
+    NoEntries { id: String, name: String },
+    #[error(
+        "prefix list {0} is used by a rule but not described: pass the output of `aws ec2 \
+         describe-managed-prefix-lists` with --prefix-lists"
+    )]
+    UnknownPrefixList(String),
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecurityGroups {
+    pub security_groups: Vec<SecurityGroup>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecurityGroup {
+    pub group_id: String,
+    pub group_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(default)]
+    pub ip_permissions: Vec<IpPermission>,
+    #[serde(default)]
+    pub ip_permissions_egress: Vec<IpPermission>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpPermission {
+    pub ip_protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_port: Option<i64>,
+    #[serde(default)]
+    pub ip_ranges: Vec<IpRange>,
+    #[serde(default)]
+    pub ipv6_ranges: Vec<Ipv6Range>,
+    #[serde(default)]
+    pub prefix_list_ids: Vec<PrefixListId>,
+    #[serde(default)]
+    pub user_id_group_pairs: Vec<UserIdGroupPair>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpRange {
+    pub cidr_ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipv6Range {
+    pub cidr_ipv6: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrefixListId {
+    pub prefix_list_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UserIdGroupPair {
+    pub group_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrefixLists {
+    pub prefix_lists: Vec<PrefixList>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrefixList {
+    pub prefix_list_id: String,
+    #[serde(default)]
+    pub prefix_list_name: Option<String>,
+    #[serde(default)]
+    pub max_entries: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrefixListEntries {
+    pub entries: Vec<PrefixListEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrefixListEntry {
+    pub cidr: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInterfaces {
+    pub network_interfaces: Vec<NetworkInterface>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInterface {
+    pub network_interface_id: String,
+    #[serde(default)]
+    pub private_ip_addresses: Vec<PrivateIp>,
+    #[serde(default)]
+    pub ipv6_addresses: Vec<Ipv6Address>,
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
+    #[serde(default, alias = "Tags")]
+    pub tag_set: Vec<Tag>,
+    #[serde(default)]
+    pub attachment: Option<Attachment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Attachment {
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrivateIp {
+    pub private_ip_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipv6Address {
+    pub ipv6_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupRef {
+    pub group_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Instances {
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Reservation {
+    pub instances: Vec<Ec2Instance>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ec2Instance {
+    pub instance_id: String,
+    #[serde(default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+fn read<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    command: &'static str,
+) -> Result<T, ImportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ImportError::Json {
+        path: path.display().to_string(),
+        command,
+        source,
+    })
+}
+
+/// What `import aws` reads, by flag.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub security_groups: &'a Path,
+    pub network_interfaces: Option<&'a Path>,
+    pub instances: Option<&'a Path>,
+    pub prefix_lists: Option<&'a Path>,
+    pub entries_dir: Option<&'a Path>,
+}
+
+/// An instance to write: name, ids, addresses, group ids.
+struct Member {
+    name: String,
+    ids: Vec<String>,
+    addresses: Vec<String>,
+    groups: Vec<String>,
+}
+
+fn tag_name(tags: &[Tag]) -> Option<&str> {
+    tags.iter()
+        .find(|t| t.key == "Name")
+        .map(|t| t.value.as_str())
+}
+
+fn interface_member(eni: &NetworkInterface, name: String, ids: Vec<String>) -> Member {
+    Member {
+        name,
+        ids,
+        addresses: eni
+            .private_ip_addresses
+            .iter()
+            .map(|a| a.private_ip_address.clone())
+            .chain(eni.ipv6_addresses.iter().map(|a| a.ipv6_address.clone()))
+            .collect(),
+        groups: eni.groups.iter().map(|g| g.group_id.clone()).collect(),
+    }
+}
+
+fn members(inputs: &Inputs) -> Result<Vec<Member>, ImportError> {
+    let mut out = Vec::new();
+    if let Some(path) = inputs.instances {
+        let all: Instances = read(path, "describe-instances")?;
+        for i in all.reservations.iter().flat_map(|r| &r.instances) {
+            let base = tag_name(&i.tags).unwrap_or(&i.instance_id).to_owned();
+            let several = i.network_interfaces.len() > 1;
+            for (n, eni) in i.network_interfaces.iter().enumerate() {
+                let name = if several {
+                    format!("{base}-{n}")
+                } else {
+                    base.clone()
+                };
+                let ids = vec![i.instance_id.clone(), eni.network_interface_id.clone()];
+                out.push(interface_member(eni, name, ids));
+            }
+        }
+    }
+    if let Some(path) = inputs.network_interfaces {
+        let all: NetworkInterfaces = read(path, "describe-network-interfaces")?;
+        for eni in &all.network_interfaces {
+            let name = tag_name(&eni.tag_set)
+                .unwrap_or(&eni.network_interface_id)
+                .to_owned();
+            let mut ids: Vec<String> = eni
+                .attachment
+                .as_ref()
+                .and_then(|a| a.instance_id.clone())
+                .into_iter()
+                .collect();
+            ids.push(eni.network_interface_id.clone());
+            out.push(interface_member(eni, name, ids));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn protocol_name(p: &str) -> String {
+    match p {
+        "-1" | "all" => "all".into(),
+        "6" | "tcp" => "tcp".into(),
+        "17" | "udp" => "udp".into(),
+        "1" | "icmp" => "icmp".into(),
+        "58" | "icmpv6" => "icmpv6".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// Writes the rules file for `inputs`; warnings (sources left out) go to
+/// `warnings`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the file, section by section, in the order it is written"
+)]
+pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, ImportError> {
+    let groups: SecurityGroups = read(inputs.security_groups, "describe-security-groups")?;
+    let lists: PrefixLists = match inputs.prefix_lists {
+        Some(p) => read(p, "describe-managed-prefix-lists")?,
+        None => PrefixLists::default(),
+    };
+    let group_names: BTreeMap<&str, &str> = groups
+        .security_groups
+        .iter()
+        .map(|g| (g.group_id.as_str(), g.group_name.as_str()))
+        .collect();
+    let used_lists: BTreeSet<&str> = groups
+        .security_groups
+        .iter()
+        .flat_map(|g| g.ip_permissions.iter().chain(&g.ip_permissions_egress))
+        .flat_map(|p| &p.prefix_list_ids)
+        .map(|p| p.prefix_list_id.as_str())
+        .collect();
+    let mut list_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = String::from(
+        "# Imported by `sg-agent import aws` from the AWS CLI's JSON.\n\
+         # Fill in each instance's `interface` (and `netns`) to enforce it on this host.\n",
+    );
+    let mut sorted_lists: Vec<&PrefixList> = lists
+        .prefix_lists
+        .iter()
+        .filter(|l| used_lists.contains(l.prefix_list_id.as_str()))
+        .collect();
+    sorted_lists.sort_by_key(|l| l.prefix_list_name.clone().unwrap_or_default());
+    for id in &used_lists {
+        if !sorted_lists.iter().any(|l| l.prefix_list_id == *id) {
+            return Err(ImportError::UnknownPrefixList((*id).to_owned()));
+        }
+    }
+    for l in sorted_lists {
+        let name = l
+            .prefix_list_name
+            .clone()
+            .unwrap_or_else(|| l.prefix_list_id.clone());
+        let entries_path = inputs
+            .entries_dir
+            .map(|d| d.join(format!("{}.json", l.prefix_list_id)));
+        let Some(path) = entries_path.filter(|p| p.exists()) else {
+            return Err(ImportError::NoEntries {
+                id: l.prefix_list_id.clone(),
+                name,
+            });
+        };
+        let entries: PrefixListEntries = read(&path, "get-managed-prefix-list-entries")?;
+        let mut cidrs: Vec<String> = entries.entries.into_iter().map(|e| e.cidr).collect();
+        cidrs.sort();
+        let _ = writeln!(out, "\n# {}\n[[prefix_list]]", l.prefix_list_id);
+        let _ = writeln!(out, "name = {}", quote(&name));
+        let _ = writeln!(out, "entries = {}", list(&cidrs));
+        if let Some(max) = l.max_entries {
+            let _ = writeln!(out, "max_entries = {max}");
+        }
+        list_names.insert(l.prefix_list_id.clone(), name);
+    }
+    let mut sorted: Vec<&SecurityGroup> = groups.security_groups.iter().collect();
+    sorted.sort_by(|a, b| a.group_name.cmp(&b.group_name));
+    for g in sorted {
+        let _ = writeln!(out, "\n# {}\n[[security_group]]", g.group_id);
+        let _ = writeln!(out, "name = {}", quote(&g.group_name));
+        if let Some(d) = &g.description {
+            let _ = writeln!(out, "description = {}", quote(d));
+        }
+        if g.ip_permissions_egress.is_empty() {
+            out.push_str(
+                "# No outbound permission: AWS allows no outbound traffic.\negress = []\n",
+            );
+        }
+        for (direction, perms) in [
+            ("ingress", &g.ip_permissions),
+            ("egress", &g.ip_permissions_egress),
+        ] {
+            for p in perms {
+                let mut rule = format!("\n  [[security_group.{direction}]]\n");
+                let protocol = protocol_name(&p.ip_protocol);
+                let _ = writeln!(rule, "  protocol = {}", quote(&protocol));
+                // All traffic and other protocols take no ports.
+                match protocol.as_str() {
+                    "icmp" | "icmpv6" => {
+                        if let Some(ty) = p.from_port.filter(|t| *t >= 0) {
+                            let _ = writeln!(rule, "  from_port = {ty}");
+                            if let Some(code) = p.to_port.filter(|c| *c >= 0) {
+                                let _ = writeln!(rule, "  to_port = {code}");
+                            }
+                        }
+                    }
+                    "tcp" | "udp" => {
+                        let from = p.from_port.filter(|v| *v >= 0).unwrap_or(0);
+                        let to = p.to_port.filter(|v| *v >= 0).unwrap_or(65535);
+                        let _ = writeln!(rule, "  from_port = {from}\n  to_port = {to}");
+                    }
+                    _ => {}
+                }
+                let v4: Vec<String> = p.ip_ranges.iter().map(|r| r.cidr_ip.clone()).collect();
+                let v6: Vec<String> = p.ipv6_ranges.iter().map(|r| r.cidr_ipv6.clone()).collect();
+                let pls: Vec<String> = p
+                    .prefix_list_ids
+                    .iter()
+                    .filter_map(|l| list_names.get(&l.prefix_list_id).cloned())
+                    .collect();
+                let mut sgs = Vec::new();
+                let mut own = false;
+                for pair in &p.user_id_group_pairs {
+                    if pair.group_id == g.group_id {
+                        own = true;
+                    } else if let Some(name) = group_names.get(pair.group_id.as_str()) {
+                        sgs.push((*name).to_owned());
+                    } else {
+                        let whose = pair
+                            .user_id
+                            .as_deref()
+                            .map(|u| format!(" of account {u}"))
+                            .unwrap_or_default();
+                        let note = format!(
+                            "group {}{whose} is not in the input (another account's or VPC's): \
+                             left out; list its members' addresses as cidr_blocks",
+                            pair.group_id
+                        );
+                        let _ = writeln!(rule, "  # not imported: {note}");
+                        warnings.push(format!("{} {direction}: {note}", g.group_name));
+                    }
+                }
+                let sources = [
+                    ("cidr_blocks", v4),
+                    ("ipv6_cidr_blocks", v6),
+                    ("prefix_list_ids", pls),
+                    ("security_groups", sgs),
+                ];
+                if !own && sources.iter().all(|(_, s)| s.is_empty()) {
+                    // Nothing this file can express is left of the rule:
+                    // it is written commented out, with the reason.
+                    for line in rule.lines().filter(|l| !l.is_empty()) {
+                        let body = line.trim_start();
+                        if body.starts_with('#') {
+                            let _ = writeln!(out, "  {body}");
+                        } else {
+                            let _ = writeln!(out, "  # {body}");
+                        }
+                    }
+                    continue;
+                }
+                for (key, values) in sources {
+                    if !values.is_empty() {
+                        let _ = writeln!(rule, "  {key} = {}", list(&values));
+                    }
+                }
+                if own {
+                    rule.push_str("  self = true\n");
+                }
+                let description = p
+                    .ip_ranges
+                    .iter()
+                    .filter_map(|r| r.description.as_ref())
+                    .chain(p.ipv6_ranges.iter().filter_map(|r| r.description.as_ref()))
+                    .chain(
+                        p.prefix_list_ids
+                            .iter()
+                            .filter_map(|r| r.description.as_ref()),
+                    )
+                    .chain(
+                        p.user_id_group_pairs
+                            .iter()
+                            .filter_map(|r| r.description.as_ref()),
+                    )
+                    .next();
+                if let Some(d) = description {
+                    let _ = writeln!(rule, "  description = {}", quote(d));
+                }
+                out.push_str(&rule);
+            }
+        }
+    }
+    for m in members(inputs)? {
+        let _ = writeln!(out, "\n# {}\n[[instance]]", m.ids.join(" "));
+        let _ = writeln!(out, "name = {}", quote(&m.name));
+        let _ = writeln!(out, "addresses = {}", list(&m.addresses));
+        let names: Vec<String> = m
+            .groups
+            .iter()
+            .filter_map(|id| group_names.get(id.as_str()).map(|n| (*n).to_owned()))
+            .collect();
+        let _ = writeln!(out, "security_groups = {}", list(&names));
+        out.push_str(
+            "# interface = \"eth0\"   # fill in: this instance's interface on this host\n\
+             # netns = \"NAME\"       # and its network namespace, if it has one\n",
+        );
+    }
+    Ok(out)
+}
+
+/// A stable id for a name of the file (`export` has no AWS ids to give).
+pub fn made_up_id(prefix: &str, name: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(9).fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    format!("{prefix}-{}", &hex[..17])
+}
+
+/// `export aws`: the groups of `vpc` as `describe-security-groups` prints
+/// them. Ids are made up from the names (stable), the implicit default
+/// egress rule is written out as AWS shows it.
+pub fn export(vpc: &Vpc) -> SecurityGroups {
+    let permission = |rule: &crate::config::Rule, group: &str| {
+        let (ip_protocol, from_port, to_port) = match (rule.protocol, rule.ports) {
+            (Protocol::All, _) => ("-1".to_owned(), None, None),
+            (Protocol::Number(n), Ports::Range { from, to }) => (
+                protocol_name(&n.to_string()),
+                Some(i64::from(from)),
+                Some(i64::from(to)),
+            ),
+            (Protocol::Number(n), Ports::Icmp { ty, code }) => (
+                protocol_name(&n.to_string()),
+                Some(ty.map_or(-1, i64::from)),
+                Some(code.map_or(-1, i64::from)),
+            ),
+            (Protocol::Number(n), Ports::All) => (protocol_name(&n.to_string()), None, None),
+        };
+        let mut p = IpPermission {
+            ip_protocol,
+            from_port,
+            to_port,
+            ..IpPermission::default()
+        };
+        for s in &rule.sources {
+            match &s.source {
+                Source::Cidr(net) => match net.addr() {
+                    IpAddr::V4(_) => p.ip_ranges.push(IpRange {
+                        cidr_ip: net.to_string(),
+                        description: rule.description.clone(),
+                    }),
+                    IpAddr::V6(_) => p.ipv6_ranges.push(Ipv6Range {
+                        cidr_ipv6: net.to_string(),
+                        description: rule.description.clone(),
+                    }),
+                },
+                Source::PrefixList(name) => p.prefix_list_ids.push(PrefixListId {
+                    prefix_list_id: made_up_id("pl", name),
+                    description: rule.description.clone(),
+                }),
+                Source::Group(name) => p.user_id_group_pairs.push(UserIdGroupPair {
+                    group_id: made_up_id("sg", name),
+                    description: rule.description.clone(),
+                    ..UserIdGroupPair::default()
+                }),
+                Source::SelfGroup => p.user_id_group_pairs.push(UserIdGroupPair {
+                    group_id: made_up_id("sg", group),
+                    description: rule.description.clone(),
+                    ..UserIdGroupPair::default()
+                }),
+            }
+        }
+        p
+    };
+    SecurityGroups {
+        security_groups: vpc
+            .groups
+            .iter()
+            .map(|g| SecurityGroup {
+                group_id: made_up_id("sg", &g.name),
+                group_name: g.name.clone(),
+                description: g.description.clone(),
+                owner_id: None,
+                vpc_id: None,
+                ip_permissions: g.ingress.iter().map(|r| permission(r, &g.name)).collect(),
+                ip_permissions_egress: g.egress.iter().map(|r| permission(r, &g.name)).collect(),
+            })
+            .collect(),
+    }
+}
