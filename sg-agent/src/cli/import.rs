@@ -2,13 +2,20 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::import::aws;
+use crate::import::{aws, terraform};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImportCommand {
     /// From the JSON the AWS CLI prints (`aws ec2 describe-security-groups`
     /// and friends); writes a rules file to standard output.
     Aws(ImportAwsArgs),
+    /// From `terraform show -json` (state or plan): `aws_security_group`,
+    /// its standalone rule resources, prefix lists, instances and
+    /// interfaces; writes a rules file to standard output.
+    Terraform {
+        /// `terraform show -json > STATE.json`.
+        state: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,16 +51,21 @@ pub enum ExportCommand {
 }
 
 pub fn import(command: &ImportCommand) -> ExitCode {
-    let ImportCommand::Aws(args) = command;
-    let inputs = aws::Inputs {
-        security_groups: &args.security_groups,
-        network_interfaces: args.network_interfaces.as_deref(),
-        instances: args.instances.as_deref(),
-        prefix_lists: args.prefix_lists.as_deref(),
-        entries_dir: args.entries_dir.as_deref(),
-    };
     let mut warnings = Vec::new();
-    match aws::import(&inputs, &mut warnings) {
+    let result = match command {
+        ImportCommand::Aws(args) => {
+            let inputs = aws::Inputs {
+                security_groups: &args.security_groups,
+                network_interfaces: args.network_interfaces.as_deref(),
+                instances: args.instances.as_deref(),
+                prefix_lists: args.prefix_lists.as_deref(),
+                entries_dir: args.entries_dir.as_deref(),
+            };
+            aws::import(&inputs, &mut warnings)
+        }
+        ImportCommand::Terraform { state } => terraform::import(state, &mut warnings),
+    };
+    match result {
         Ok(text) => {
             for w in warnings {
                 eprintln!("warning: {w}");

@@ -266,11 +266,12 @@ pub struct Inputs<'a> {
 }
 
 /// An instance to write: name, ids, addresses, group ids.
-struct Member {
-    name: String,
-    ids: Vec<String>,
-    addresses: Vec<String>,
-    groups: Vec<String>,
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub ids: Vec<String>,
+    pub addresses: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 fn tag_name(tags: &[Tag]) -> Option<&str> {
@@ -353,45 +354,19 @@ fn protocol_name(p: &str) -> String {
 
 /// Writes the rules file for `inputs`; warnings (sources left out) go to
 /// `warnings`.
-#[expect(
-    clippy::too_many_lines,
-    reason = "the file, section by section, in the order it is written"
-)]
 pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, ImportError> {
     let groups: SecurityGroups = read(inputs.security_groups, "describe-security-groups")?;
-    let lists: PrefixLists = match inputs.prefix_lists {
+    let described: PrefixLists = match inputs.prefix_lists {
         Some(p) => read(p, "describe-managed-prefix-lists")?,
         None => PrefixLists::default(),
     };
-    let group_names: BTreeMap<&str, &str> = groups
-        .security_groups
-        .iter()
-        .map(|g| (g.group_id.as_str(), g.group_name.as_str()))
-        .collect();
-    let used_lists: BTreeSet<&str> = groups
-        .security_groups
-        .iter()
-        .flat_map(|g| g.ip_permissions.iter().chain(&g.ip_permissions_egress))
-        .flat_map(|p| &p.prefix_list_ids)
-        .map(|p| p.prefix_list_id.as_str())
-        .collect();
-    let mut list_names: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = String::from(
-        "# Imported by `sg-agent import aws` from the AWS CLI's JSON.\n\
-         # Fill in each instance's `interface` (and `netns`) to enforce it on this host.\n",
-    );
-    let mut sorted_lists: Vec<&PrefixList> = lists
+    let used = used_lists(&groups);
+    let mut lists = Vec::new();
+    for l in described
         .prefix_lists
         .iter()
-        .filter(|l| used_lists.contains(l.prefix_list_id.as_str()))
-        .collect();
-    sorted_lists.sort_by_key(|l| l.prefix_list_name.clone().unwrap_or_default());
-    for id in &used_lists {
-        if !sorted_lists.iter().any(|l| l.prefix_list_id == *id) {
-            return Err(ImportError::UnknownPrefixList((*id).to_owned()));
-        }
-    }
-    for l in sorted_lists {
+        .filter(|l| used.contains(&l.prefix_list_id))
+    {
         let name = l
             .prefix_list_name
             .clone()
@@ -406,15 +381,82 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
             });
         };
         let entries: PrefixListEntries = read(&path, "get-managed-prefix-list-entries")?;
-        let mut cidrs: Vec<String> = entries.entries.into_iter().map(|e| e.cidr).collect();
+        lists.push(ListData {
+            id: l.prefix_list_id.clone(),
+            name,
+            max_entries: l.max_entries,
+            cidrs: entries.entries.into_iter().map(|e| e.cidr).collect(),
+        });
+    }
+    render(
+        "`sg-agent import aws` from the AWS CLI's JSON",
+        &groups,
+        &lists,
+        &members(inputs)?,
+        warnings,
+    )
+}
+
+/// The prefix lists the groups' rules use, by id.
+fn used_lists(groups: &SecurityGroups) -> BTreeSet<String> {
+    groups
+        .security_groups
+        .iter()
+        .flat_map(|g| g.ip_permissions.iter().chain(&g.ip_permissions_egress))
+        .flat_map(|p| &p.prefix_list_ids)
+        .map(|p| p.prefix_list_id.clone())
+        .collect()
+}
+
+/// A prefix list with its entries, however it was read.
+#[derive(Debug, Clone)]
+pub struct ListData {
+    pub id: String,
+    pub name: String,
+    pub max_entries: Option<u32>,
+    pub cidrs: Vec<String>,
+}
+
+/// The rules file for `groups`, the prefix lists they use and `members`;
+/// `by` says what imported it from where. Every importer ends here.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the file, section by section, in the order it is written"
+)]
+pub fn render(
+    by: &str,
+    groups: &SecurityGroups,
+    lists: &[ListData],
+    members: &[Member],
+    warnings: &mut Vec<String>,
+) -> Result<String, ImportError> {
+    let group_names: BTreeMap<&str, &str> = groups
+        .security_groups
+        .iter()
+        .map(|g| (g.group_id.as_str(), g.group_name.as_str()))
+        .collect();
+    for id in used_lists(groups) {
+        if !lists.iter().any(|l| l.id == id) {
+            return Err(ImportError::UnknownPrefixList(id));
+        }
+    }
+    let mut list_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = format!(
+        "# Imported by {by}.\n\
+         # Fill in each instance's `interface` (and `netns`) to enforce it on this host.\n",
+    );
+    let mut sorted_lists: Vec<&ListData> = lists.iter().collect();
+    sorted_lists.sort_by(|a, b| a.name.cmp(&b.name));
+    for l in sorted_lists {
+        let mut cidrs = l.cidrs.clone();
         cidrs.sort();
-        let _ = writeln!(out, "\n# {}\n[[prefix_list]]", l.prefix_list_id);
-        let _ = writeln!(out, "name = {}", quote(&name));
+        let _ = writeln!(out, "\n# {}\n[[prefix_list]]", l.id);
+        let _ = writeln!(out, "name = {}", quote(&l.name));
         let _ = writeln!(out, "entries = {}", list(&cidrs));
         if let Some(max) = l.max_entries {
             let _ = writeln!(out, "max_entries = {max}");
         }
-        list_names.insert(l.prefix_list_id.clone(), name);
+        list_names.insert(l.id.clone(), l.name.clone());
     }
     let mut sorted: Vec<&SecurityGroup> = groups.security_groups.iter().collect();
     sorted.sort_by(|a, b| a.group_name.cmp(&b.group_name));
@@ -492,6 +534,7 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
                 if !own && sources.iter().all(|(_, s)| s.is_empty()) {
                     // Nothing this file can express is left of the rule:
                     // it is written commented out, with the reason.
+                    out.push('\n');
                     for line in rule.lines().filter(|l| !l.is_empty()) {
                         let body = line.trim_start();
                         if body.starts_with('#') {
@@ -533,7 +576,7 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
             }
         }
     }
-    for m in members(inputs)? {
+    for m in members {
         let _ = writeln!(out, "\n# {}\n[[instance]]", m.ids.join(" "));
         let _ = writeln!(out, "name = {}", quote(&m.name));
         let _ = writeln!(out, "addresses = {}", list(&m.addresses));

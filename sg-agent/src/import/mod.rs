@@ -1,4 +1,6 @@
-//! Rules from where AWS users keep them: the AWS CLI's JSON ([`aws`]), to a
-//! rules file and back.
+//! Rules from where AWS users keep them: the AWS CLI's JSON ([`aws`], to a
+//! rules file and back) and Terraform's state ([`terraform`]), both written
+//! by one renderer.
 
 pub mod aws;
+pub mod terraform;

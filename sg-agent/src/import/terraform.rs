@@ -1,0 +1,337 @@
+//! `sg-agent import terraform STATE.json`: the same rules file from
+//! `terraform show -json` (the state, or a plan's planned values), read into
+//! the AWS CLI's shapes and written by the same renderer as `import aws`.
+//!
+//! Resources read, in the root module and every child module:
+//! * `aws_security_group`, with its inline `ingress` and `egress` blocks.
+//!   Terraform removes AWS's default egress rule when a group has no
+//!   `egress` block, and its state then holds `egress = []`: such a group
+//!   gets `egress = []` here too (no outbound traffic), exactly as AWS
+//!   enforces it.
+//! * `aws_vpc_security_group_ingress_rule` / `_egress_rule` (one source
+//!   each) and the older `aws_security_group_rule` (`type` ingress or
+//!   egress), added to their group's rules.
+//! * `aws_ec2_managed_prefix_list` with its `entry` blocks.
+//! * `aws_instance` (`private_ip`, `secondary_private_ips`,
+//!   `ipv6_addresses`, `vpc_security_group_ids`, named by its `Name` tag or
+//!   its address) and `aws_network_interface` (`private_ips`,
+//!   `ipv6_addresses`, `security_groups`).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::aws::{
+    self, ImportError, IpPermission, IpRange, Ipv6Range, ListData, Member, PrefixListId,
+    SecurityGroup, SecurityGroups, UserIdGroupPair,
+};
+
+/// Every resource of the state: the root module's and its children's.
+fn resources(module: &Value, out: &mut Vec<Value>) {
+    if let Some(rs) = module["resources"].as_array() {
+        out.extend(rs.iter().cloned());
+    }
+    if let Some(children) = module["child_modules"].as_array() {
+        for c in children {
+            resources(c, out);
+        }
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    v.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(text).collect())
+        .unwrap_or_default()
+}
+
+fn port(v: &Value) -> Option<i64> {
+    v.as_i64()
+}
+
+/// An inline block of `aws_security_group` or an `aws_security_group_rule`:
+/// several sources in one permission.
+fn legacy_permission(rule: &Value, own: &str, source_key: &str) -> IpPermission {
+    let description = text(&rule["description"]);
+    let mut p = IpPermission {
+        ip_protocol: text(&rule["protocol"]).unwrap_or_else(|| "-1".into()),
+        from_port: port(&rule["from_port"]),
+        to_port: port(&rule["to_port"]),
+        ..IpPermission::default()
+    };
+    p.ip_ranges = strings(&rule["cidr_blocks"])
+        .into_iter()
+        .map(|cidr_ip| IpRange {
+            cidr_ip,
+            description: description.clone(),
+        })
+        .collect();
+    p.ipv6_ranges = strings(&rule["ipv6_cidr_blocks"])
+        .into_iter()
+        .map(|cidr_ipv6| Ipv6Range {
+            cidr_ipv6,
+            description: description.clone(),
+        })
+        .collect();
+    p.prefix_list_ids = strings(&rule["prefix_list_ids"])
+        .into_iter()
+        .map(|prefix_list_id| PrefixListId {
+            prefix_list_id,
+            description: description.clone(),
+        })
+        .collect();
+    let mut groups = strings(&rule[source_key]);
+    if let Some(one) = text(&rule[source_key]) {
+        groups.push(one);
+    }
+    if rule["self"].as_bool() == Some(true) {
+        groups.push(own.to_owned());
+    }
+    p.user_id_group_pairs = groups
+        .into_iter()
+        .map(|group_id| UserIdGroupPair {
+            group_id,
+            description: description.clone(),
+            ..UserIdGroupPair::default()
+        })
+        .collect();
+    p
+}
+
+/// An `aws_vpc_security_group_*_rule`: one source.
+fn vpc_rule_permission(v: &Value) -> IpPermission {
+    let description = text(&v["description"]);
+    let mut p = IpPermission {
+        ip_protocol: text(&v["ip_protocol"]).unwrap_or_else(|| "-1".into()),
+        from_port: port(&v["from_port"]),
+        to_port: port(&v["to_port"]),
+        ..IpPermission::default()
+    };
+    if let Some(cidr_ip) = text(&v["cidr_ipv4"]) {
+        p.ip_ranges.push(IpRange {
+            cidr_ip,
+            description,
+        });
+    } else if let Some(cidr_ipv6) = text(&v["cidr_ipv6"]) {
+        p.ipv6_ranges.push(Ipv6Range {
+            cidr_ipv6,
+            description,
+        });
+    } else if let Some(prefix_list_id) = text(&v["prefix_list_id"]) {
+        p.prefix_list_ids.push(PrefixListId {
+            prefix_list_id,
+            description,
+        });
+    } else if let Some(group_id) = text(&v["referenced_security_group_id"]) {
+        p.user_id_group_pairs.push(UserIdGroupPair {
+            group_id,
+            description,
+            ..UserIdGroupPair::default()
+        });
+    }
+    p
+}
+
+/// A permission's sources as comparable strings.
+fn sources(p: &IpPermission) -> Vec<String> {
+    p.ip_ranges
+        .iter()
+        .map(|r| r.cidr_ip.clone())
+        .chain(p.ipv6_ranges.iter().map(|r| r.cidr_ipv6.clone()))
+        .chain(p.prefix_list_ids.iter().map(|l| l.prefix_list_id.clone()))
+        .chain(p.user_id_group_pairs.iter().map(|g| g.group_id.clone()))
+        .collect()
+}
+
+/// Whether `existing` already allows everything `p` does: after a refresh,
+/// Terraform's state lists the rules of standalone rule resources in the
+/// group's own `ingress`/`egress` too.
+fn covered(existing: &[IpPermission], p: &IpPermission) -> bool {
+    let protocol = |s: &str| match s {
+        "6" => "tcp".to_owned(),
+        "17" => "udp".to_owned(),
+        "1" => "icmp".to_owned(),
+        "58" => "icmpv6".to_owned(),
+        "all" => "-1".to_owned(),
+        other => other.to_owned(),
+    };
+    let ports = |q: &IpPermission| {
+        if protocol(&q.ip_protocol) == "-1" {
+            (None, None)
+        } else {
+            (q.from_port, q.to_port)
+        }
+    };
+    existing.iter().any(|e| {
+        protocol(&e.ip_protocol) == protocol(&p.ip_protocol)
+            && ports(e) == ports(p)
+            && sources(p).iter().all(|s| sources(e).contains(s))
+    })
+}
+
+fn addresses(v: &Value, keys: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(one) = text(&v[*k]) {
+            out.push(one);
+        }
+        out.extend(strings(&v[*k]));
+    }
+    out
+}
+
+/// The managed resources of type `ty`: their values.
+fn of<'a>(all: &'a [Value], ty: &'static str) -> impl Iterator<Item = &'a Value> {
+    all.iter()
+        .filter(move |r| r["type"] == ty && r["mode"] != "data")
+        .map(|r| &r["values"])
+}
+
+/// The groups, their inline rules and their standalone rule resources.
+fn groups_of(all: &[Value], warnings: &mut Vec<String>) -> SecurityGroups {
+    let mut groups = SecurityGroups::default();
+    for v in of(all, "aws_security_group") {
+        let id = text(&v["id"]).unwrap_or_default();
+        let name = text(&v["name"]).unwrap_or_else(|| id.clone());
+        let inline = |key: &str| -> Vec<IpPermission> {
+            v[key]
+                .as_array()
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .map(|r| legacy_permission(r, &id, "security_groups"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        groups.security_groups.push(SecurityGroup {
+            group_id: id.clone(),
+            group_name: name,
+            description: text(&v["description"]),
+            ip_permissions: inline("ingress"),
+            ip_permissions_egress: inline("egress"),
+            ..SecurityGroup::default()
+        });
+    }
+    let mut add = |group: Option<String>, egress: bool, p: IpPermission, what: &str| {
+        let Some(g) = group
+            .as_deref()
+            .and_then(|id| groups.security_groups.iter_mut().find(|g| g.group_id == id))
+        else {
+            warnings.push(format!(
+                "{what} for group {} not in the state: left out",
+                group.as_deref().unwrap_or("?")
+            ));
+            return;
+        };
+        let rules = if egress {
+            &mut g.ip_permissions_egress
+        } else {
+            &mut g.ip_permissions
+        };
+        if !covered(rules, &p) {
+            rules.push(p);
+        }
+    };
+    for (ty, egress) in [
+        ("aws_vpc_security_group_ingress_rule", false),
+        ("aws_vpc_security_group_egress_rule", true),
+    ] {
+        for v in of(all, ty) {
+            add(
+                text(&v["security_group_id"]),
+                egress,
+                vpc_rule_permission(v),
+                ty,
+            );
+        }
+    }
+    for v in of(all, "aws_security_group_rule") {
+        let group = text(&v["security_group_id"]).unwrap_or_default();
+        let p = legacy_permission(v, &group, "source_security_group_id");
+        add(
+            Some(group),
+            v["type"] == "egress",
+            p,
+            "aws_security_group_rule",
+        );
+    }
+    groups
+}
+
+fn lists_of(all: &[Value]) -> Vec<ListData> {
+    of(all, "aws_ec2_managed_prefix_list")
+        .map(|v| ListData {
+            id: text(&v["id"]).unwrap_or_default(),
+            name: text(&v["name"]).unwrap_or_default(),
+            max_entries: v["max_entries"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok()),
+            cidrs: v["entry"]
+                .as_array()
+                .map(|es| es.iter().filter_map(|e| text(&e["cidr"])).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn members_of(all: &[Value]) -> Vec<Member> {
+    let mut members: Vec<Member> = Vec::new();
+    let name_of = |v: &Value, fallback: String| text(&v["tags"]["Name"]).unwrap_or(fallback);
+    for v in of(all, "aws_instance") {
+        let id = text(&v["id"]).unwrap_or_default();
+        members.push(Member {
+            name: name_of(v, id.clone()),
+            ids: vec![id],
+            addresses: addresses(
+                v,
+                &["private_ip", "secondary_private_ips", "ipv6_addresses"],
+            ),
+            groups: strings(&v["vpc_security_group_ids"]),
+        });
+    }
+    for v in of(all, "aws_network_interface") {
+        let id = text(&v["id"]).unwrap_or_default();
+        members.push(Member {
+            name: name_of(v, id.clone()),
+            ids: vec![id],
+            addresses: addresses(v, &["private_ips", "ipv6_addresses"]),
+            groups: strings(&v["security_groups"]),
+        });
+    }
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    members
+}
+
+/// Reads `terraform show -json` output at `path` into the rules file.
+pub fn import(path: &Path, warnings: &mut Vec<String>) -> Result<String, ImportError> {
+    let raw = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let state: Value = serde_json::from_str(&raw).map_err(|source| ImportError::Json {
+        path: path.display().to_string(),
+        command: "show -json",
+        source,
+    })?;
+    let root = if state["values"].is_object() {
+        &state["values"]["root_module"]
+    } else {
+        &state["planned_values"]["root_module"]
+    };
+    let mut all = Vec::new();
+    resources(root, &mut all);
+    let groups = groups_of(&all, warnings);
+    let lists = lists_of(&all);
+    let members = members_of(&all);
+    aws::render(
+        "`sg-agent import terraform` from `terraform show -json`",
+        &groups,
+        &lists,
+        &members,
+        warnings,
+    )
+}
