@@ -37,47 +37,35 @@ impl Packet for Frame<'_, TcContext> {
 /// orphan rule forbids implementing sg-common's trait on aya's types here.
 pub struct Frame<'a, C>(pub &'a C);
 
-impl PacketView for Frame<'_, XdpContext> {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        self.0.data()
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        self.0.data_end()
-    }
-    #[inline(always)]
-    unsafe fn load_u32(&self, p: *const u8) -> u32 {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { load_u32(p) }
-    }
-    #[inline(always)]
-    unsafe fn load_be16(&self, p: *const u8) -> u16 {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { load_be16(p) }
-    }
+/// XDP and TC contexts give the same view: their bounds, and this crate's
+/// one-instruction loads.
+macro_rules! packet_view {
+    ($ctx:ty) => {
+        impl PacketView for Frame<'_, $ctx> {
+            #[inline(always)]
+            fn data(&self) -> usize {
+                self.0.data()
+            }
+            #[inline(always)]
+            fn data_end(&self) -> usize {
+                self.0.data_end()
+            }
+            #[inline(always)]
+            unsafe fn load_u32(&self, p: *const u8) -> u32 {
+                // SAFETY: the caller's contract is this function's.
+                unsafe { load_u32(p) }
+            }
+            #[inline(always)]
+            unsafe fn load_be16(&self, p: *const u8) -> u16 {
+                // SAFETY: the caller's contract is this function's.
+                unsafe { load_be16(p) }
+            }
+        }
+    };
 }
 
-impl PacketView for Frame<'_, TcContext> {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        self.0.data()
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        self.0.data_end()
-    }
-    #[inline(always)]
-    unsafe fn load_u32(&self, p: *const u8) -> u32 {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { load_u32(p) }
-    }
-    #[inline(always)]
-    unsafe fn load_be16(&self, p: *const u8) -> u16 {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { load_be16(p) }
-    }
-}
+packet_view!(XdpContext);
+packet_view!(TcContext);
 
 /// Headers the parser may read, at most: Ethernet, two VLAN tags, IPv6 with
 /// an extension chain, and an ICMP error's quoted headers.

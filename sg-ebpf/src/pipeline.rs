@@ -28,7 +28,8 @@ use sg_common::parse::{Parsed, parse};
 /// policy generation that judged it.
 #[inline(always)]
 pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
-    let (reason, generation) = match SETTINGS.get(0) {
+    let settings = SETTINGS.get(0);
+    let (reason, generation) = match settings {
         Some(settings) if settings.ready != 0 => {
             // Read once: this packet is judged entirely by one policy
             // generation, and counted under it.
@@ -49,7 +50,7 @@ pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
     // Off unless the agent runs with flow logs or the drop log: then the
     // verifier removes this branch altogether.
     if !passes && observe::on(OBSERVE_DROPS) {
-        report_drop(ctx, direction, reason, generation);
+        report_drop(ctx, settings, direction, reason, generation);
     }
     passes
 }
@@ -57,11 +58,17 @@ pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
 /// An event for a dropped packet, with what the parser found (the agent
 /// shows no addresses for reasons the parser gave before reading them).
 #[inline(always)]
-fn report_drop(ctx: &impl Packet, direction: u8, reason: u32, generation: u8) {
+fn report_drop(
+    ctx: &impl Packet,
+    settings: Option<&Settings>,
+    direction: u8,
+    reason: u32,
+    generation: u8,
+) {
     let Some(scratch) = SCRATCH.get_ptr(0) else {
         return;
     };
-    let now = match SETTINGS.get(0) {
+    let now = match settings {
         Some(settings) => clock(settings),
         // SAFETY: a helper without arguments.
         None => unsafe { bpf_ktime_get_coarse_ns() },

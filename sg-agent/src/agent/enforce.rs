@@ -699,7 +699,7 @@ impl Agent<'_> {
                 crate::observe::flowlog::Format::Text => "text".into(),
                 crate::observe::flowlog::Format::Json => "json".into(),
             },
-            records_written: self.observer.records_written,
+            records_written: self.observer.records_written(),
         });
         let agent = status::AgentStatus {
             pid: std::process::id(),

@@ -53,10 +53,6 @@ impl Observe {
             ..self
         }
     }
-
-    pub fn flow_counts(self) -> bool {
-        self.bits & OBSERVE_FLOW_COUNTS != 0
-    }
 }
 
 impl Dataplane {

@@ -341,7 +341,8 @@ fn list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-fn protocol_name(p: &str) -> String {
+/// AWS's `IpProtocol` (a name, a number, `-1`) as the rules file names it.
+pub fn protocol_name(p: &str) -> String {
     match p {
         "-1" | "all" => "all".into(),
         "6" | "tcp" => "tcp".into(),

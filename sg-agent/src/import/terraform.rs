@@ -150,16 +150,9 @@ fn sources(p: &IpPermission) -> Vec<String> {
 /// Terraform's state lists the rules of standalone rule resources in the
 /// group's own `ingress`/`egress` too.
 fn covered(existing: &[IpPermission], p: &IpPermission) -> bool {
-    let protocol = |s: &str| match s {
-        "6" => "tcp".to_owned(),
-        "17" => "udp".to_owned(),
-        "1" => "icmp".to_owned(),
-        "58" => "icmpv6".to_owned(),
-        "all" => "-1".to_owned(),
-        other => other.to_owned(),
-    };
+    let protocol = |s: &str| aws::protocol_name(s);
     let ports = |q: &IpPermission| {
-        if protocol(&q.ip_protocol) == "-1" {
+        if protocol(&q.ip_protocol) == "all" {
             (None, None)
         } else {
             (q.from_port, q.to_port)

@@ -18,7 +18,7 @@ pub mod status;
 use std::{
     collections::{BTreeMap, HashSet},
     net::IpAddr,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use sg_common::{
@@ -98,7 +98,6 @@ pub struct Observer {
     window_started: (Instant, u64),
     /// Flow-log records for `sg-agent flows --follow`.
     pub followers: tokio::sync::broadcast::Sender<Record>,
-    pub records_written: u64,
 }
 
 /// The event as the reference evaluator takes a packet.
@@ -221,12 +220,16 @@ impl Observer {
             instances: BTreeMap::new(),
             window_started: (Instant::now(), unix_now()),
             followers: followers.unwrap_or_else(|| tokio::sync::broadcast::channel(16).0),
-            records_written: 0,
         })
     }
 
     pub fn flow_logs(&self) -> Option<&flowlog::Settings> {
         self.flow_log.as_ref().map(|(s, _)| s)
+    }
+
+    /// Flow-log records written since the agent started.
+    pub fn records_written(&self) -> u64 {
+        self.flow_log.as_ref().map_or(0, |(_, w)| w.written)
     }
 
     pub fn instance(&self, name: &str) -> Option<&InstanceView> {
@@ -369,15 +372,9 @@ impl Observer {
         if let Err(e) = writer.write(records) {
             log::warn!("writing flow-log records: {e}");
         }
-        self.records_written = writer.written;
         for r in records {
             // No follower is not an error.
             let _ = self.followers.send(r.clone());
         }
-    }
-
-    /// The interval's length, for status.
-    pub fn interval(&self) -> Option<Duration> {
-        self.flow_log.as_ref().map(|(s, _)| s.interval)
     }
 }

@@ -127,16 +127,12 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         side.allowed = true;
         side.because = "rules".into();
         side.tracked = Some(!reference::untracked(vpc, inst, direction, packet));
-        for r in allowing {
-            if let Some(group) = vpc.group(&r.group) {
-                let rules = match direction {
-                    Direction::Ingress => &group.ingress,
-                    Direction::Egress => &group.egress,
-                };
-                if let Some(rule) = rules.get(r.rule_number - 1) {
-                    side.rules
-                        .push(describe(group, r.rule_number, rule, direction));
-                }
+        for (group, number, rule) in reference::rules_of(vpc, inst, direction) {
+            if allowing
+                .iter()
+                .any(|r| r.group == group.name && r.rule_number == number)
+            {
+                side.rules.push(describe(group, number, rule, direction));
             }
         }
         return side;
@@ -148,47 +144,35 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
 
 /// The rules that match the flow in all but one respect, and that respect.
 fn near_misses(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Vec<String> {
-    let remote = match direction {
-        Direction::Ingress => packet.src,
-        Direction::Egress => packet.dst,
-    };
+    let remote = reference::remote_of(direction, packet);
     let mut hints = Vec::new();
     let mut any_rule = false;
-    for (name, _) in &inst.groups {
-        let Some(group) = vpc.group(name) else {
-            continue;
-        };
-        let rules = match direction {
-            Direction::Ingress => &group.ingress,
-            Direction::Egress => &group.egress,
-        };
-        for (i, rule) in rules.iter().enumerate() {
-            any_rule = true;
-            let proto_ok = rule.protocol.matches(packet.proto);
-            let ports_ok = proto_ok && reference::ports_match(rule.protocol, rule.ports, packet);
-            let source_ok = rule
+    for (group, number, rule) in reference::rules_of(vpc, inst, direction) {
+        any_rule = true;
+        let proto_ok = rule.protocol.matches(packet.proto);
+        let ports_ok = proto_ok && reference::ports_match(rule.protocol, rule.ports, packet);
+        let source_ok = rule
+            .sources
+            .iter()
+            .any(|s| reference::source_contains(vpc, &group.name, &s.source, remote));
+        let what = describe(group, number, rule, direction);
+        if ports_ok && !source_ok {
+            let not_in: Vec<String> = rule
                 .sources
                 .iter()
-                .any(|s| reference::source_contains(vpc, &group.name, &s.source, remote));
-            let what = describe(group, i + 1, rule, direction);
-            if ports_ok && !source_ok {
-                let not_in: Vec<String> = rule
-                    .sources
-                    .iter()
-                    .map(|s| match &s.source {
-                        Source::Group(g) => format!("{remote} is not a member of group {g}"),
-                        Source::SelfGroup => {
-                            format!("{remote} is not a member of group {}", group.name)
-                        }
-                        other => format!("{remote} is not in {other}"),
-                    })
-                    .collect();
-                hints.push(format!("{what}: {}", not_in.join("; ")));
-            } else if source_ok && !ports_ok {
-                hints.push(format!(
-                    "{what}: covers {remote}, not this protocol and port"
-                ));
-            }
+                .map(|s| match &s.source {
+                    Source::Group(g) => format!("{remote} is not a member of group {g}"),
+                    Source::SelfGroup => {
+                        format!("{remote} is not a member of group {}", group.name)
+                    }
+                    other => format!("{remote} is not in {other}"),
+                })
+                .collect();
+            hints.push(format!("{what}: {}", not_in.join("; ")));
+        } else if source_ok && !ports_ok {
+            hints.push(format!(
+                "{what}: covers {remote}, not this protocol and port"
+            ));
         }
     }
     if !any_rule {

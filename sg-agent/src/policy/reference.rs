@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{Direction, Instance, Ports, Protocol, Source, Vpc};
+use crate::config::{Direction, Instance, Ports, Protocol, Rule, SecurityGroup, Source, Vpc};
 
 /// What the transport header says, as far as rules care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,56 @@ impl Decision {
     }
 }
 
+/// Every rule of `instance`'s groups in `direction`, in the order the file
+/// gives them: (group, 1-based number among the group's rules of that
+/// direction, rule). The one walk the evaluator, rule attribution and
+/// `explain` share.
+pub fn rules_of<'a>(
+    vpc: &'a Vpc,
+    instance: &'a Instance,
+    direction: Direction,
+) -> impl Iterator<Item = (&'a SecurityGroup, usize, &'a Rule)> + 'a {
+    instance
+        .groups
+        .iter()
+        .filter_map(move |(name, _)| vpc.group(name))
+        .flat_map(move |group| {
+            let rules = match direction {
+                Direction::Ingress => &group.ingress,
+                Direction::Egress => &group.egress,
+            };
+            rules
+                .iter()
+                .enumerate()
+                .map(move |(i, r)| (group, i + 1, r))
+        })
+}
+
+/// The far end of `packet` for an instance judging it in `direction`.
+pub fn remote_of(direction: Direction, packet: &Packet) -> IpAddr {
+    match direction {
+        Direction::Ingress => packet.src,
+        Direction::Egress => packet.dst,
+    }
+}
+
+/// Whether `rule` of `group` covers `packet`'s protocol (or, for an IPv6
+/// packet with an Authentication Header, names AH) and its far end.
+fn protocol_and_source(
+    vpc: &Vpc,
+    group: &SecurityGroup,
+    rule: &Rule,
+    packet: &Packet,
+    remote: IpAddr,
+) -> bool {
+    let by_ah = packet.via_ah && rule.protocol == Protocol::Number(51);
+    (rule.protocol.matches(packet.proto) || by_ah)
+        && rule
+            .sources
+            .iter()
+            .any(|s| source_contains(vpc, &group.name, &s.source, remote))
+}
+
 /// Whether `instance` lets `packet` pass in `direction`, and why.
 pub fn evaluate(
     vpc: &Vpc,
@@ -76,49 +126,29 @@ pub fn evaluate(
     if let Some(service) = aws_service(vpc, direction, packet) {
         return Decision::Service(service);
     }
-    let remote = match direction {
-        Direction::Ingress => packet.src,
-        Direction::Egress => packet.dst,
-    };
+    let remote = remote_of(direction, packet);
     // For a later fragment: the port intervals of every rule that matches
     // address and protocol; the fragment passes if together they cover all.
     let mut fragment_cover: Vec<(u16, u16)> = Vec::new();
-    for (group_name, _) in &instance.groups {
-        let Some(group) = vpc.group(group_name) else {
+    for (group, number, rule) in rules_of(vpc, instance, direction) {
+        if !protocol_and_source(vpc, group, rule, packet, remote) {
             continue;
+        }
+        let found = RuleRef {
+            group: group.name.clone(),
+            direction,
+            rule_number: number,
         };
-        let rules = match direction {
-            Direction::Ingress => &group.ingress,
-            Direction::Egress => &group.egress,
-        };
-        for (i, rule) in rules.iter().enumerate() {
-            let by_ah = packet.via_ah && rule.protocol == Protocol::Number(51);
-            if !rule.protocol.matches(packet.proto) && !by_ah {
-                continue;
-            }
-            if !rule
-                .sources
-                .iter()
-                .any(|s| source_contains(vpc, &group.name, &s.source, remote))
-            {
-                continue;
-            }
-            let found = RuleRef {
-                group: group.name.clone(),
-                direction,
-                rule_number: i + 1,
-            };
-            if packet.later_fragment {
-                if rule.protocol == Protocol::All || rule.ports == Ports::All {
-                    return Decision::Allowed(found);
-                }
-                fragment_cover.push(rule.ports.port_interval());
-                if covers_everything(&mut fragment_cover) {
-                    return Decision::Allowed(found);
-                }
-            } else if ports_match(rule.protocol, rule.ports, packet) {
+        if packet.later_fragment {
+            if rule.protocol == Protocol::All || rule.ports == Ports::All {
                 return Decision::Allowed(found);
             }
+            fragment_cover.push(rule.ports.port_interval());
+            if covers_everything(&mut fragment_cover) {
+                return Decision::Allowed(found);
+            }
+        } else if ports_match(rule.protocol, rule.ports, packet) {
+            return Decision::Allowed(found);
         }
     }
     Decision::Denied
@@ -135,37 +165,18 @@ pub fn allowing_rules(
     direction: Direction,
     packet: &Packet,
 ) -> Vec<RuleRef> {
-    let remote = match direction {
-        Direction::Ingress => packet.src,
-        Direction::Egress => packet.dst,
-    };
-    let mut found = Vec::new();
-    for (group_name, _) in &instance.groups {
-        let Some(group) = vpc.group(group_name) else {
-            continue;
-        };
-        let rules = match direction {
-            Direction::Ingress => &group.ingress,
-            Direction::Egress => &group.egress,
-        };
-        for (i, rule) in rules.iter().enumerate() {
-            let by_ah = packet.via_ah && rule.protocol == Protocol::Number(51);
-            if (rule.protocol.matches(packet.proto) || by_ah)
+    let remote = remote_of(direction, packet);
+    rules_of(vpc, instance, direction)
+        .filter(|(group, _, rule)| {
+            protocol_and_source(vpc, group, rule, packet, remote)
                 && ports_match(rule.protocol, rule.ports, packet)
-                && rule
-                    .sources
-                    .iter()
-                    .any(|s| source_contains(vpc, &group.name, &s.source, remote))
-            {
-                found.push(RuleRef {
-                    group: group.name.clone(),
-                    direction,
-                    rule_number: i + 1,
-                });
-            }
-        }
-    }
-    found
+        })
+        .map(|(group, number, _)| RuleRef {
+            group: group.name.clone(),
+            direction,
+            rule_number: number,
+        })
+        .collect()
 }
 
 /// Which AWS service, if any, `packet` is traffic with, as AWS lists those
