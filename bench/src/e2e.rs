@@ -27,7 +27,7 @@ pub enum Filter {
     FloorGeneric,
     SgAgent,
     SgAgentGeneric,
-    SgAgentTc,
+    SgAgentDefault,
     Nftables,
     Iptables,
 }
@@ -39,7 +39,7 @@ impl Filter {
         Self::FloorGeneric,
         Self::SgAgent,
         Self::SgAgentGeneric,
-        Self::SgAgentTc,
+        Self::SgAgentDefault,
         Self::Nftables,
         Self::Iptables,
     ];
@@ -49,9 +49,9 @@ impl Filter {
             Self::None => "no filter",
             Self::FloorNative => "XDP_PASS program, native",
             Self::FloorGeneric => "XDP_PASS program, generic",
-            Self::SgAgent => "sg-agent, XDP native (default)",
+            Self::SgAgent => "sg-agent, --ingress-hook xdp (native)",
             Self::SgAgentGeneric => "sg-agent, --xdp-mode generic",
-            Self::SgAgentTc => "sg-agent, --ingress-hook tc",
+            Self::SgAgentDefault => "sg-agent, default (auto: TC ingress on veth)",
             Self::Nftables => "nftables (sets, ct state)",
             Self::Iptables => "iptables-nft (rule per source)",
         }
@@ -431,16 +431,25 @@ fn install(
             prog.attach("eth0", mode).expect("attach floor");
             (Installed::Floor(ebpf), 0)
         }
-        Filter::SgAgent | Filter::SgAgentGeneric | Filter::SgAgentTc => {
+        Filter::SgAgent | Filter::SgAgentGeneric | Filter::SgAgentDefault => {
             let path = dir.join("bench.toml");
             std::fs::write(&path, &text).expect("write rules");
             let args: &[&str] = match filter {
-                Filter::SgAgent => &["--xdp-mode", "native"],
+                Filter::SgAgent => &["--ingress-hook", "xdp"],
                 Filter::SgAgentGeneric => &["--xdp-mode", "generic"],
-                _ => &["--ingress-hook", "tc"],
+                _ => &[],
             };
             let agent = AgentProcess::start_with(&path, args);
             agent.expect_log("ready: enforcing", 0, Duration::from_mins(1));
+            if filter == Filter::SgAgentDefault {
+                // The row measures what the default chose: say so if not TC.
+                let line = agent.expect_log("attached instance", 0, Duration::from_secs(1));
+                let logged = agent.log_line(line);
+                assert!(
+                    logged.contains("TC ingress (auto: driver veth"),
+                    "the default hook on veth: {logged}"
+                );
+            }
             (Installed::Agent(agent), rules)
         }
         Filter::Nftables => {

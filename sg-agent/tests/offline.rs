@@ -104,3 +104,27 @@ fn diff_exits_0_for_the_same_rules_3_for_a_change_1_for_an_invalid_file() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--xdp-mode` belongs to the XDP hook: with another hook it is refused
+/// before anything is read or attached (exit 2), not silently ignored.
+#[test]
+fn xdp_mode_with_another_hook_is_a_usage_error() {
+    for hook in ["tc", "auto"] {
+        let (code, text) = sg_agent(&[
+            "run",
+            "--config",
+            SEED,
+            "--ingress-hook",
+            hook,
+            "--xdp-mode",
+            "generic",
+        ]);
+        assert_eq!(code, Some(2), "{text}");
+        assert!(
+            text.contains(&format!(
+                "--xdp-mode applies to the XDP hook only, not --ingress-hook {hook}"
+            )),
+            "{text}"
+        );
+    }
+}

@@ -206,6 +206,17 @@ impl AgentProcess {
             .expect("sg-agent flows starts")
     }
 
+    /// `sg-agent status --json` against this agent, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = Command::new(binary())
+            .args(["status", "--json", "--control-socket"])
+            .arg(&self.control_socket)
+            .output()
+            .expect("sg-agent status runs");
+        assert!(out.status.success(), "status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
     /// Line `i` of the log.
     pub fn log_line(&self, i: usize) -> String {
         self.log.0.lock().expect("log lock")[i].clone()

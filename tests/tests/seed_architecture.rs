@@ -47,16 +47,18 @@ impl Cases {
 
 use Outcome::{Connected, TimedOut};
 
+/// The default hook (`auto`) on the lab's veth interfaces: TC ingress,
+/// nothing at XDP, one TCX program at each of ingress and egress, and the
+/// reason in the log and in `status`.
 #[test]
 fn seed_reachability_matrix() {
     reachability_matrix("sgm", &[]);
 }
 
-/// The same matrix judged at TC ingress instead of XDP: nothing attached at
-/// XDP, one TCX program at each of ingress and egress.
+/// The same matrix judged by native XDP, as `--ingress-hook xdp` asks.
 #[test]
-fn seed_reachability_matrix_at_tc_ingress() {
-    reachability_matrix("sgc", &["--ingress-hook", "tc"]);
+fn seed_reachability_matrix_at_xdp() {
+    reachability_matrix("sgx", &["--ingress-hook", "xdp"]);
 }
 
 fn reachability_matrix(prefix: &str, args: &[&str]) {
@@ -69,13 +71,37 @@ fn reachability_matrix(prefix: &str, args: &[&str]) {
         "lab wiring: internet -> app:80 without the agent"
     );
     let agent = start_agent_with(&lab, args);
-    let tc_ingress = args.contains(&"tc");
+    let tc_ingress = !args.contains(&"xdp");
+    let status = agent.status_json();
     for h in ["alb", "bastion", "app-1", "rds"] {
         let (xdp, ingress, egress) = attached(&lab.ns(h));
         assert_eq!(
             (xdp.len(), ingress.len(), egress.len()),
             if tc_ingress { (0, 1, 1) } else { (1, 0, 1) },
             "{h}: programs attached at XDP, TC ingress, TC egress"
+        );
+        let instance = status["instances"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == h))
+            .unwrap_or_else(|| panic!("{h} in status: {status}"));
+        let (hook, reason) = if tc_ingress {
+            (
+                "TC",
+                "auto: driver veth, native XDP on veth copies every packet (TC keeps TCP throughput)",
+            )
+        } else {
+            ("XDP (driver mode)", "--ingress-hook xdp")
+        };
+        assert_eq!(instance["ingress_hook"], hook, "{h}: {instance}");
+        assert_eq!(instance["ingress_reason"], reason, "{h}: {instance}");
+        let line = format!("attached instance {h} to ");
+        assert!(
+            agent
+                .log_text()
+                .lines()
+                .any(|l| l.contains(&line) && l.contains(&format!("{hook} ingress ({reason})"))),
+            "{h}: the log says which hook and why:\n{}",
+            agent.log_text()
         );
     }
     let mut c = Cases::default();

@@ -406,10 +406,11 @@ impl Agent<'_> {
                     .attach(&to.1, to.0.as_deref(), self.opts.ingress)
                     .map_err(on_instance(name))?;
                 log::info!(
-                    "moved instance {name} from {} to {}: {} ingress, TC egress",
+                    "moved instance {name} from {} to {}: {} ingress ({}), TC egress",
                     describe(&e.place),
                     describe(&to),
-                    a.ingress
+                    a.ingress,
+                    a.ingress_reason
                 );
                 e.place = to;
             }
@@ -452,16 +453,16 @@ impl Agent<'_> {
         let maps_adopted = dp.adopted();
         let result = dp
             .attach(&place.1, place.0.as_deref(), self.opts.ingress)
-            .map(|a| (a.ingress, a.adopted));
+            .map(|a| (a.ingress, a.ingress_reason.clone(), a.adopted));
         match result {
-            Ok((ingress, links_adopted)) => {
+            Ok((ingress, reason, links_adopted)) => {
                 let how = match (links_adopted, maps_adopted) {
                     (true, _) => "; adopted its pinned links (program replaced in place) and maps",
                     (false, true) => "; adopted its pinned maps (connection table kept)",
                     (false, false) => "",
                 };
                 log::info!(
-                    "attached instance {name} to {}: {ingress} ingress, TC egress{how}",
+                    "attached instance {name} to {}: {ingress} ingress ({reason}), TC egress{how}",
                     describe(place),
                 );
                 self.pending.remove(name);
@@ -777,6 +778,7 @@ impl Agent<'_> {
             },
             waiting_reason: None,
             ingress_hook: dp.attachment.as_ref().map(|a| a.ingress.to_owned()),
+            ingress_reason: dp.attachment.as_ref().map(|a| a.ingress_reason.clone()),
             links: dp
                 .links()
                 .into_iter()

@@ -29,9 +29,14 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum IngressHookArg {
+    /// Per interface, by its driver: TC on veth and other virtual
+    /// interfaces, native XDP on a NIC whose driver has it, TC otherwise.
+    Auto,
+    /// XDP (see --xdp-mode).
     Xdp,
+    /// TC ingress (TCX), after GRO.
     Tc,
 }
 
@@ -47,17 +52,19 @@ pub struct RunArgs {
     /// Reload only on SIGHUP, not when the file changes.
     #[arg(long)]
     no_watch: bool,
-    /// Where XDP runs: `native` in the driver where it has XDP support
-    /// (generic otherwise), or `generic` after the kernel has built the
-    /// packet (keeps GRO on veth; see BENCHMARKS.md).
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
-    xdp_mode: XdpModeArg,
-    /// Where inbound packets are judged: `xdp` (the default), or `tc`
-    /// ingress, after GRO. On veth, `tc` keeps the bulk TCP throughput
-    /// that XDP costs there, and drops a flood for less CPU too; on a
-    /// physical NIC, XDP drops earliest (see BENCHMARKS.md).
-    #[arg(long, value_enum, default_value_t = IngressHookArg::Xdp)]
-    ingress_hook: IngressHookArg,
+    /// With the XDP hook, where XDP runs: `native` in the driver where it
+    /// has XDP support (generic otherwise), or `generic` after the kernel
+    /// has built the packet. Implies `--ingress-hook xdp`; a usage error
+    /// with any other hook.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeArg>,
+    /// Where inbound packets are judged. `auto` (the default) chooses per
+    /// interface and says why in the log and `status`: on veth, native XDP
+    /// makes the kernel copy every packet (about a fifth of no-filter TCP
+    /// throughput), TC ingress keeps it; on a physical NIC, XDP drops
+    /// earliest (see BENCHMARKS.md).
+    #[arg(long, value_enum)]
+    ingress_hook: Option<IngressHookArg>,
     /// Log every packet the programs drop: instance, direction, protocol,
     /// addresses, ports and the reason in words (target `sg_agent::drops`,
     /// bounded by --events-per-cpu). Off by default: then the code that
@@ -141,14 +148,37 @@ impl RunArgs {
         }
     }
 
-    fn options(&self) -> agent::Options {
+    /// The inbound hook the options ask for: `--xdp-mode` alone means XDP
+    /// (as before `auto` existed); with another hook it is a usage error,
+    /// not silently ignored.
+    pub fn ingress_hook(&self) -> Result<IngressHook, clap::Error> {
+        match (self.ingress_hook, self.xdp_mode) {
+            (None | Some(IngressHookArg::Auto), None) => Ok(IngressHook::Auto),
+            (Some(IngressHookArg::Tc), None) => Ok(IngressHook::Tc),
+            (Some(IngressHookArg::Xdp) | None, None | Some(XdpModeArg::Native)) => {
+                Ok(IngressHook::XdpNative)
+            }
+            (Some(IngressHookArg::Xdp) | None, Some(XdpModeArg::Generic)) => {
+                Ok(IngressHook::XdpGeneric)
+            }
+            (Some(hook @ (IngressHookArg::Tc | IngressHookArg::Auto)), Some(_)) => {
+                let hook = hook.to_possible_value().expect("not skipped");
+                Err(clap::Error::raw(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--xdp-mode applies to the XDP hook only, not --ingress-hook {}: \
+                         drop --xdp-mode, or use --ingress-hook xdp\n",
+                        hook.get_name()
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn options(&self, ingress: IngressHook) -> agent::Options {
         agent::Options {
             watch: !self.no_watch,
-            ingress: match (self.ingress_hook, self.xdp_mode) {
-                (IngressHookArg::Tc, _) => IngressHook::Tc,
-                (IngressHookArg::Xdp, XdpModeArg::Native) => IngressHook::XdpNative,
-                (IngressHookArg::Xdp, XdpModeArg::Generic) => IngressHook::XdpGeneric,
-            },
+            ingress,
             observe: agent::ObserveOptions {
                 flow_log: self.flow_log.as_ref().map(|p| flowlog::Settings {
                     sink: if p.as_os_str() == "-" {
@@ -177,12 +207,19 @@ impl RunArgs {
 }
 
 pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
+    let ingress = match args.ingress_hook() {
+        Ok(hook) => hook,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
     log::info!(
         "starting: rules file {}, state under {}",
         args.config.display(),
         args.state_dir.display()
     );
-    match agent::run(&args.config, args.options(), held) {
+    match agent::run(&args.config, args.options(ingress), held) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{}", super::error_chain(&e));

@@ -24,9 +24,14 @@ use super::{
 /// Where inbound packets are judged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IngressHook {
+    /// Chosen per interface by its driver: TC ingress on veth and the other
+    /// virtual drivers ([`super::driver::VIRTUAL_DRIVERS`]), where native
+    /// XDP costs more than it saves; native XDP on a NIC whose driver has
+    /// it; TC ingress on one that has not (generic XDP costs more than TC).
+    #[default]
+    Auto,
     /// XDP in the driver where it has XDP support, generic otherwise: the
     /// earliest and cheapest point, before the kernel builds an skb.
-    #[default]
     XdpNative,
     /// XDP in generic (skb) mode, after the kernel has built the skb.
     XdpGeneric,
@@ -48,6 +53,8 @@ pub struct Attachment {
     pub place: PlaceId,
     /// "XDP (driver mode)", "XDP (generic mode)" or "TC".
     pub ingress: &'static str,
+    /// Why that hook: the option that asked for it, or what `auto` found.
+    pub ingress_reason: String,
     /// Whether links left by an earlier agent were adopted (their program
     /// replaced in place) rather than attached anew.
     pub adopted: bool,
@@ -134,52 +141,8 @@ impl Dataplane {
                 }
             }
         }
-        let mut adopted = false;
-        let ingress = match hook {
-            IngressHook::Tc => {
-                self.load_ingress_tc()?;
-                adopted |= self
-                    .link(Hook::TcIngress, place, ifname)
-                    .map_err(attach_err)?;
-                "TC"
-            }
-            IngressHook::XdpGeneric => {
-                self.drop_other_xdp(Hook::XdpGeneric, place);
-                adopted |= self
-                    .link(Hook::XdpGeneric, place, ifname)
-                    .map_err(attach_err)?;
-                "XDP (generic mode)"
-            }
-            IngressHook::XdpNative => {
-                // An earlier agent that fell back to generic mode left that.
-                let generic_pinned = self
-                    .pins
-                    .as_ref()
-                    .is_some_and(|p| p.link(Hook::XdpGeneric, place).exists());
-                if generic_pinned && !self.holds(Hook::XdpNative, place) {
-                    adopted |= self
-                        .link(Hook::XdpGeneric, place, ifname)
-                        .map_err(attach_err)?;
-                    "XDP (generic mode)"
-                } else {
-                    match self.link(Hook::XdpNative, place, ifname) {
-                        Ok(a) => {
-                            adopted |= a;
-                            "XDP (driver mode)"
-                        }
-                        Err(e) => {
-                            log::info!(
-                                "{ifname}: native XDP not available ({e}); using generic XDP"
-                            );
-                            adopted |= self
-                                .link(Hook::XdpGeneric, place, ifname)
-                                .map_err(attach_err)?;
-                            "XDP (generic mode)"
-                        }
-                    }
-                }
-            }
-        };
+        let (ingress, ingress_reason, mut adopted) =
+            self.link_ingress(hook, place, ifname, netns)?;
         adopted |= self
             .link(Hook::TcEgress, place, ifname)
             .map_err(attach_err)?;
@@ -197,6 +160,7 @@ impl Dataplane {
             netns: netns.map(str::to_owned),
             place,
             ingress,
+            ingress_reason,
             adopted,
         }))
     }
@@ -226,6 +190,120 @@ impl Dataplane {
                 Err(e) => log::warn!("{}: {e}", path.display()),
             }
         }
+    }
+
+    /// Puts the inbound program where `hook` says (for `auto`, where the
+    /// interface's driver says): the hook's name, why it was chosen, and
+    /// whether a pinned link was adopted.
+    fn link_ingress(
+        &mut self,
+        hook: IngressHook,
+        place: PlaceId,
+        ifname: &str,
+        netns: Option<&str>,
+    ) -> Result<(&'static str, String, bool), DataplaneError> {
+        let attach_err = |source| DataplaneError::Attach {
+            ifname: ifname.to_owned(),
+            netns: netns.map(str::to_owned),
+            source: Box::new(source),
+        };
+        let mut adopted = false;
+        let (ingress, reason) = match hook {
+            IngressHook::Tc => {
+                adopted |= self.link_tc_ingress(place, ifname, netns)?;
+                ("TC", "--ingress-hook tc".to_owned())
+            }
+            IngressHook::XdpGeneric => {
+                self.drop_other_xdp(Hook::XdpGeneric, place);
+                adopted |= self
+                    .link(Hook::XdpGeneric, place, ifname)
+                    .map_err(attach_err)?;
+                ("XDP (generic mode)", "--xdp-mode generic".to_owned())
+            }
+            IngressHook::XdpNative => {
+                // An earlier agent that fell back to generic mode left that.
+                let generic_pinned = self
+                    .pins
+                    .as_ref()
+                    .is_some_and(|p| p.link(Hook::XdpGeneric, place).exists());
+                if generic_pinned && !self.holds(Hook::XdpNative, place) {
+                    adopted |= self
+                        .link(Hook::XdpGeneric, place, ifname)
+                        .map_err(attach_err)?;
+                    (
+                        "XDP (generic mode)",
+                        "--ingress-hook xdp: generic mode, as pinned by an earlier agent"
+                            .to_owned(),
+                    )
+                } else {
+                    match self.link(Hook::XdpNative, place, ifname) {
+                        Ok(a) => {
+                            adopted |= a;
+                            ("XDP (driver mode)", "--ingress-hook xdp".to_owned())
+                        }
+                        Err(e) => {
+                            adopted |= self
+                                .link(Hook::XdpGeneric, place, ifname)
+                                .map_err(attach_err)?;
+                            (
+                                "XDP (generic mode)",
+                                format!("--ingress-hook xdp: native XDP not available ({e})"),
+                            )
+                        }
+                    }
+                }
+            }
+            IngressHook::Auto => match super::driver::driver_of(ifname) {
+                Ok(driver) if super::driver::VIRTUAL_DRIVERS.contains(&driver.as_str()) => {
+                    adopted |= self.link_tc_ingress(place, ifname, netns)?;
+                    let why = if driver == "veth" {
+                        "native XDP on veth copies every packet (TC keeps TCP throughput)"
+                    } else {
+                        "a virtual interface: native XDP saves nothing there"
+                    };
+                    ("TC", format!("auto: driver {driver}, {why}"))
+                }
+                Ok(driver) => match self.link(Hook::XdpNative, place, ifname) {
+                    Ok(a) => {
+                        adopted |= a;
+                        (
+                            "XDP (driver mode)",
+                            format!("auto: driver {driver} runs XDP natively"),
+                        )
+                    }
+                    Err(e) => {
+                        adopted |= self.link_tc_ingress(place, ifname, netns)?;
+                        (
+                            "TC",
+                            format!(
+                                "auto: driver {driver} has no native XDP ({e}); TC costs less than generic XDP"
+                            ),
+                        )
+                    }
+                },
+                Err(e) => {
+                    adopted |= self.link_tc_ingress(place, ifname, netns)?;
+                    ("TC", format!("auto: the driver is unknown ({e})"))
+                }
+            },
+        };
+        Ok((ingress, reason, adopted))
+    }
+
+    /// The inbound program at TC ingress, loaded on first use.
+    fn link_tc_ingress(
+        &mut self,
+        place: PlaceId,
+        ifname: &str,
+        netns: Option<&str>,
+    ) -> Result<bool, DataplaneError> {
+        self.load_ingress_tc()?;
+        self.link(Hook::TcIngress, place, ifname)
+            .map_err(|source| DataplaneError::Attach {
+                ifname: ifname.to_owned(),
+                netns: netns.map(str::to_owned),
+                source: Box::new(source),
+            })
     }
 
     fn holds(&self, hook: Hook, place: PlaceId) -> bool {

@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod conns;
 pub mod counters;
+pub mod driver;
 mod error;
 pub mod events;
 pub mod netns;

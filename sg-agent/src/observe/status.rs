@@ -73,6 +73,9 @@ pub struct InstanceStatus {
     pub waiting_reason: Option<String>,
     /// `XDP (driver mode)`, `XDP (generic mode)` or `TC`.
     pub ingress_hook: Option<String>,
+    /// Why that hook (`auto: driver veth, ...`, or the option given).
+    #[serde(default)]
+    pub ingress_reason: Option<String>,
     pub links: Vec<LinkStatus>,
     /// The policy generation (0 or 1) the programs judge by.
     pub generation: Option<u32>,
@@ -198,9 +201,13 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
             .iter()
             .map(|l| format!("{} link {} prog {}", l.hook, l.link_id, l.program_id))
             .collect();
+        let why = i
+            .ingress_reason
+            .as_ref()
+            .map_or_else(String::new, |r| format!(" ({r})"));
         let _ = writeln!(
             out,
-            "  inbound by {hook}, generation {}; {}",
+            "  inbound by {hook}{why}, generation {}; {}",
             i.generation.map_or_else(|| "-".into(), |g| g.to_string()),
             links.join(", ")
         );
