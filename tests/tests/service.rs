@@ -80,6 +80,19 @@ fn readiness_reloads_and_stopping_through_a_real_notify_socket() {
         "same file: nothing changed: {done}"
     );
 
+    // A change: MySQL moves to port 3307 (the reload's record carries the
+    // effective-rule diff for rds).
+    lab.rewrite(&SEED.replace(
+        "from_port = 3306\n  to_port = 3306",
+        "from_port = 3307\n  to_port = 3307",
+    ));
+    assert!(next(&socket).contains("RELOADING=1"));
+    let applied = next(&socket);
+    assert!(
+        applied.contains("READY=1") && applied.contains("applied"),
+        "{applied}"
+    );
+
     // A file that does not validate: rejected, said so in STATUS=.
     lab.rewrite("[[security_group]]\nname = 1\n");
     assert!(next(&socket).contains("RELOADING=1"));
@@ -107,8 +120,14 @@ fn readiness_reloads_and_stopping_through_a_real_notify_socket() {
     let status = child.wait().expect("exits");
     assert!(status.success(), "{status}");
 
-    // Under systemd the log is one JSON record per event: the rejected
-    // reload's diagnostics, several lines of text, are one record.
+    check_json_records(stderr);
+}
+
+/// Under systemd the log is one JSON record per event, with the event's
+/// own fields.
+fn check_json_records(stderr: std::process::ChildStderr) {
+    // The rejected reload's diagnostics, several lines of text, are one
+    // record.
     let records: Vec<serde_json::Value> = BufReader::new(stderr)
         .lines()
         .map(|l| serde_json::from_str(&l.expect("a line")).expect("each line a JSON record"))
@@ -122,6 +141,8 @@ fn readiness_reloads_and_stopping_through_a_real_notify_socket() {
         })
         .expect("a record of the rejected reload");
     assert_eq!(rejected["level"], "ERROR");
+    assert_eq!(rejected["result"], "rejected", "{rejected}");
+    assert!(rejected["reload"].is_u64(), "{rejected}");
     assert!(
         rejected["message"]
             .as_str()
@@ -131,9 +152,46 @@ fn readiness_reloads_and_stopping_through_a_real_notify_socket() {
     assert!(
         records.iter().any(|r| r["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("ready: enforcing"))),
+            .is_some_and(|m| m.starts_with("ready: enforcing"))
+            && r["instances"] == 4),
         "{records:?}"
     );
+    // Structured fields: the applied reload's number, trigger, duration
+    // and diff; each instance's attach record names the instance.
+    let applied = records
+        .iter()
+        .find(|r| r["result"] == "applied")
+        .unwrap_or_else(|| panic!("a record of the applied reload: {records:?}"));
+    assert!(
+        applied["reload"].is_u64() && applied["duration_ms"].is_u64(),
+        "{applied}"
+    );
+    assert_eq!(applied["diff_omitted"], 0, "{applied}");
+    assert_eq!(
+        applied["diff"],
+        serde_json::json!([{
+            "instance": "rds",
+            "status": "changed",
+            "added": ["ingress tcp 3307 from group instagram-server-security-group (10.0.1.10/32)"],
+            "removed": ["ingress tcp 3306 from group instagram-server-security-group (10.0.1.10/32)"],
+        }]),
+        "{applied}"
+    );
+    assert!(
+        applied["message"].as_str().is_some_and(|m| m.contains(
+            "\ninstance rds (changed):\n  - ingress tcp 3306 from group instagram-server-security-group"
+        )),
+        "{applied}"
+    );
+    for host in ["alb", "bastion", "app-1", "rds"] {
+        assert!(
+            records.iter().any(|r| r["instance"] == host
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("attached instance"))),
+            "{host}: {records:?}"
+        );
+    }
 }
 
 #[test]

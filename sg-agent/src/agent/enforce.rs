@@ -40,6 +40,12 @@ use crate::{
 };
 
 /// Retries of an instance that could not be enforced back off up to this.
+/// Lines of a reload's effective-rule diff in its log message, and rule
+/// lines in its JSON record's `diff` field: enough to read a change, small
+/// enough for a journal record (`sg-agent diff OLD NEW` prints all).
+const DIFF_LINES_LOGGED: usize = 40;
+const DIFF_RULES_RECORDED: usize = 1_000;
+
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 fn on_instance(name: &str) -> impl FnOnce(DataplaneError) -> AgentError + '_ {
@@ -249,6 +255,7 @@ impl Agent<'_> {
                     Step::Publish
                 } else if let Err(why) = place_exists(place) {
                     log::error!(
+                        instance = name;
                         "instance {name}: cannot move to {} ({why}); it stays enforced on {}",
                         describe(place),
                         describe(&e.place)
@@ -295,8 +302,10 @@ impl Agent<'_> {
             let e = self.enforced.remove(&name).expect("listed");
             let place = describe(&e.place);
             match e.dataplane.unpin() {
-                Ok(()) => log::info!("detached instance {name} from {place}"),
-                Err(e) => log::error!("detaching instance {name}: {}", crate::cli::error_chain(&e)),
+                Ok(()) => log::info!(instance = name; "detached instance {name} from {place}"),
+                Err(e) => {
+                    log::error!(instance = name; "detaching instance {name}: {}", crate::cli::error_chain(&e));
+                }
             }
         }
         self.pending.retain(|n, _| wanted.contains_key(n));
@@ -371,7 +380,7 @@ impl Agent<'_> {
         if dp.adopted() {
             drop(dp);
         } else if let Err(e) = dp.unpin() {
-            log::warn!("instance {name}: {}", crate::cli::error_chain(&e));
+            log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&e));
         }
     }
 
@@ -391,6 +400,7 @@ impl Agent<'_> {
                     .map_err(on_instance(name))?
                 {
                     log::info!(
+                        instance = name;
                         "instance {name}: new policy in force ({} classes)",
                         inst.tables.classes
                     );
@@ -406,6 +416,7 @@ impl Agent<'_> {
                     .attach(&to.1, to.0.as_deref(), self.opts.ingress)
                     .map_err(on_instance(name))?;
                 log::info!(
+                    instance = name;
                     "moved instance {name} from {} to {}: {} ingress ({}), TC egress",
                     describe(&e.place),
                     describe(&to),
@@ -418,6 +429,7 @@ impl Agent<'_> {
                 let mut e = self.enforced.remove(&old).expect("enforced");
                 if let Err(err) = e.dataplane.rename_pins(&self.state.instance(name)) {
                     log::error!(
+                        instance = name;
                         "instance {name} (was {old}): {}; its pins stay under the old name",
                         crate::cli::error_chain(&err)
                     );
@@ -427,6 +439,7 @@ impl Agent<'_> {
                 self.observer.rename(&old, name);
                 result.map_err(on_instance(name))?;
                 log::info!(
+                    instance = name;
                     "renamed instance {old} to {name} on {}: links and connections kept",
                     describe(place)
                 );
@@ -438,6 +451,7 @@ impl Agent<'_> {
                 let from = self.enforced.get(name).map_or(0, |e| e.allowance);
                 self.attach_new(name, place, *dp, inst.max_tracked_connections);
                 log::info!(
+                    instance = name;
                     "instance {name}: connection allowance {from} -> {}",
                     inst.max_tracked_connections
                 );
@@ -462,6 +476,7 @@ impl Agent<'_> {
                     (false, false) => "",
                 };
                 log::info!(
+                    instance = name;
                     "attached instance {name} to {}: {ingress} ingress ({reason}), TC egress{how}",
                     describe(place),
                 );
@@ -497,6 +512,7 @@ impl Agent<'_> {
         });
         if first || p.reason != reason {
             log::error!(
+                instance = name;
                 "instance {name} NOT ENFORCED on {}: {reason}; retrying",
                 describe(place)
             );
@@ -524,8 +540,10 @@ impl Agent<'_> {
         for name in pinned {
             if !named.contains(&name.as_str()) {
                 match self.state.instance(&name).remove() {
-                    Ok(()) => log::info!("detached pinned instance {name}: not in the rules file"),
-                    Err(e) => log::error!("detaching pinned instance {name}: {e}"),
+                    Ok(()) => {
+                        log::info!(instance = name; "detached pinned instance {name}: not in the rules file");
+                    }
+                    Err(e) => log::error!(instance = name; "detaching pinned instance {name}: {e}"),
                 }
             }
         }
@@ -561,6 +579,7 @@ impl Agent<'_> {
                             e.lost_since = None;
                         }
                         Err(err) if since.elapsed() < RECONCILE * 2 => log::error!(
+                            instance = name;
                             "instance {name} NOT ENFORCED: {} is gone ({}); waiting for it",
                             describe(&e.place),
                             crate::cli::error_chain(&err)
@@ -631,6 +650,7 @@ impl Agent<'_> {
                         );
                     } else if r.removed > 0 {
                         log::debug!(
+                            instance = name;
                             "instance {name}: {} expired connections reclaimed, {} tracked",
                             r.removed,
                             r.live
@@ -638,6 +658,7 @@ impl Agent<'_> {
                     }
                 }
                 Err(err) => log::warn!(
+                    instance = name;
                     "instance {name}: reclaiming expired connections: {}",
                     crate::cli::error_chain(&err)
                 ),
@@ -658,6 +679,7 @@ impl Agent<'_> {
                 match e.dataplane.connections() {
                     Ok(entries) => self.observer.prime(name, &entries, &clock),
                     Err(err) => log::warn!(
+                        instance = name;
                         "instance {name}: reading its connections: {}",
                         crate::cli::error_chain(&err)
                     ),
@@ -675,6 +697,7 @@ impl Agent<'_> {
             match e.dataplane.connections() {
                 Ok(entries) => self.observer.collect(name, &entries, &clock),
                 Err(err) => log::warn!(
+                    instance = name;
                     "instance {name}: reading its connections: {}",
                     crate::cli::error_chain(&err)
                 ),
@@ -843,6 +866,7 @@ impl Agent<'_> {
                 self.seen = FileStamp::of_path(&self.path);
                 self.reloads += 1;
                 log::error!(
+                    reload = self.reloads, trigger = why, result = "rejected";
                     "reload #{} ({why}) rejected, the running policy stays in force: {e}",
                     self.reloads
                 );
@@ -866,6 +890,7 @@ impl Agent<'_> {
                     other => format!(" {other}"),
                 };
                 log::error!(
+                    reload = n, trigger = why, result = "rejected";
                     "reload #{n} ({why}) rejected, the running policy stays in force:{why_not}"
                 );
                 self.note_reload(why, started, "rejected", Some(why_not.trim().to_owned()));
@@ -887,10 +912,20 @@ impl Agent<'_> {
                 self.in_force = file.sha256;
                 self.last_apply = started.elapsed();
                 let took = started.elapsed().as_millis();
-                // Summarised after the swap: the log line never delays
-                // enforcement.
+                // Summarised after the swap: the log record never delays
+                // enforcement. It carries the effective-rule diff that
+                // `sg-agent diff OLD NEW` prints (a bounded excerpt in the
+                // message, all of it in the JSON record's `diff` field).
                 let changes = summary::changes(&old, &self.vpc);
-                log::info!("reload #{n} ({why}) applied in {took} ms: {changes}");
+                let effective = crate::policy::diff::diff(&old, &self.vpc);
+                let excerpt = crate::policy::diff::excerpt(&effective, DIFF_LINES_LOGGED);
+                let (diff, diff_omitted) =
+                    crate::policy::diff::bounded(&effective, DIFF_RULES_RECORDED);
+                log::info!(
+                    reload = n, trigger = why, result = result, duration_ms = took,
+                    diff:serde = diff, diff_omitted = diff_omitted;
+                    "reload #{n} ({why}) applied in {took} ms: {changes}{excerpt}"
+                );
                 self.note_reload(why, started, result, None);
             }
             Err(AgentError::Stopping) => {
@@ -898,7 +933,10 @@ impl Agent<'_> {
             }
             Err(e) => {
                 let e = crate::cli::error_chain(&e);
-                log::error!("reload #{n} ({why}) rejected, nothing changed: {e}");
+                log::error!(
+                    reload = n, trigger = why, result = "rejected";
+                    "reload #{n} ({why}) rejected, nothing changed: {e}"
+                );
                 self.note_reload(why, started, "rejected", Some(e));
             }
         }
@@ -936,6 +974,7 @@ impl Agent<'_> {
 
     fn log_ready(&self, file: &RulesFile) {
         log::info!(
+            instances = self.enforced.len(), waiting = self.pending.len();
             "ready: enforcing {} instance(s) from {} (sha256 {}){}",
             self.enforced.len(),
             self.path.display(),
@@ -1014,6 +1053,7 @@ impl Agent<'_> {
         for (name, e) in std::mem::take(&mut self.enforced) {
             if let Err(err) = e.dataplane.unpin() {
                 log::error!(
+                    instance = name;
                     "detaching instance {name}: {}",
                     crate::cli::error_chain(&err)
                 );

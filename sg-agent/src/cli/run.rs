@@ -23,7 +23,8 @@ enum LogFormat {
     Auto,
     /// Human lines, for a terminal.
     Text,
-    /// One JSON object per record (time, level, target, message): a
+    /// One JSON object per record (time, level, target, message and the
+    /// event's fields: `instance`, `reload`, `result`, `duration_ms`, `diff`, ...): a
     /// multi-line message, such as a rejected reload's diagnostics, stays
     /// one record.
     Json,
@@ -122,6 +123,24 @@ pub struct RunArgs {
     max_config_bytes: u64,
 }
 
+/// A log record's structured fields (`log::info!(instance = name, ...;
+/// "...")`) as members of its JSON object, beside time, level, target and
+/// message: numbers stay numbers, a `:serde` field keeps its shape.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let value = serde_json::to_value(&value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        self.0.insert(key.as_str().to_owned(), value);
+        Ok(())
+    }
+}
+
 impl RunArgs {
     /// The drop log's lines have their own target; `--ebpf-log` shows them
     /// whatever `RUST_LOG` says.
@@ -137,12 +156,15 @@ impl RunArgs {
         if json {
             logger.format(|buf, record| {
                 use std::io::Write as _;
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "time": buf.timestamp().to_string(),
                     "level": record.level().as_str(),
                     "target": record.target(),
                     "message": record.args().to_string(),
                 });
+                if let Some(fields) = line.as_object_mut() {
+                    let _ = record.key_values().visit(&mut JsonFields(fields));
+                }
                 writeln!(buf, "{line}")
             });
         }

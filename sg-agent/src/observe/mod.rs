@@ -317,7 +317,18 @@ impl Observer {
                             .add_packet(key(Action::Reject), u64::from(e.len), at);
                     }
                     if self.drop_log {
-                        log::info!(target: "sg_agent::drops", "{}", drop_line(name, e));
+                        let reason = counters::WORDS
+                            .get(usize::from(e.reason))
+                            .copied()
+                            .unwrap_or("unknown reason");
+                        log::info!(
+                            target: "sg_agent::drops",
+                            instance = name,
+                            direction = if e.direction == sg_common::policy::INGRESS { "ingress" } else { "egress" },
+                            reason = reason;
+                            "{}",
+                            drop_line(name, e)
+                        );
                     }
                 }
                 _ => {}

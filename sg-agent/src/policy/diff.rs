@@ -25,7 +25,7 @@ fn line(direction: &str, r: &RuleReport) -> String {
     text
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct InstanceDiff {
     pub instance: String,
     /// `added`, `removed` or `changed`.
@@ -107,6 +107,55 @@ pub fn render(d: &Diff) -> String {
     out
 }
 
+/// At most `max_rules` of the diff's rule lines (a journal record has a
+/// size bound too), and how many were left out.
+pub fn bounded(d: &Diff, max_rules: usize) -> (Vec<InstanceDiff>, usize) {
+    let mut left = max_rules;
+    let mut omitted = 0;
+    let mut out = Vec::new();
+    for i in &d.instances {
+        let mut take = |rules: &[String]| {
+            let n = rules.len().min(left);
+            left -= n;
+            omitted += rules.len() - n;
+            rules[..n].to_vec()
+        };
+        let (removed, added) = (take(&i.removed), take(&i.added));
+        out.push(InstanceDiff {
+            instance: i.instance.clone(),
+            status: i.status,
+            added,
+            removed,
+        });
+    }
+    (out, omitted)
+}
+
+/// The diff as lines to append to a reload's log message: nothing when no
+/// instance's effective rules changed, else a newline and [`render`]'s
+/// text, cut after `max_lines` with how many more there are (the whole
+/// diff is in the JSON record, and `sg-agent diff OLD NEW` prints it).
+pub fn excerpt(d: &Diff, max_lines: usize) -> String {
+    if !d.changed {
+        return String::new();
+    }
+    let text = render(d);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for l in lines.iter().take(max_lines) {
+        out.push('\n');
+        out.push_str(l);
+    }
+    if lines.len() > max_lines {
+        let _ = write!(
+            out,
+            "\n  ... {} more lines (sg-agent diff OLD NEW prints them all)",
+            lines.len() - max_lines
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +184,17 @@ mod tests {
         assert!(d.changed);
         assert_eq!(d.instances.len(), 1, "{}", render(&d));
         assert_eq!(d.instances[0].instance, "alb");
+        assert_eq!(
+            excerpt(&d, 10),
+            "\ninstance alb (changed):\n  - ingress tcp 80 from 0.0.0.0/0\n  - ingress tcp 80 from ::/0"
+        );
+        assert_eq!(
+            excerpt(&d, 2),
+            "\ninstance alb (changed):\n  - ingress tcp 80 from 0.0.0.0/0\n  ... 1 more lines (sg-agent diff OLD NEW prints them all)"
+        );
+        let (kept, omitted) = bounded(&d, 1);
+        assert_eq!((kept[0].removed.len(), omitted), (1, 1));
+        assert_eq!(excerpt(&diff(&seed, &seed), 10), "");
         assert_eq!(
             d.instances[0].removed,
             ["ingress tcp 80 from 0.0.0.0/0", "ingress tcp 80 from ::/0"]
