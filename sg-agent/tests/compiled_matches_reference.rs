@@ -127,6 +127,7 @@ fn rule(groups: usize) -> impl Strategy<Value = Rule> {
         prop::collection::vec(source(groups), 1..4),
     )
         .prop_map(|((protocol, ports), sources)| Rule {
+            id: None,
             protocol,
             ports,
             sources: sources
@@ -171,6 +172,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
             for (i, (ingress, egress)) in groups.into_iter().enumerate() {
                 let egress = egress.unwrap_or_else(|| {
                     vec![Rule {
+                        id: None,
                         protocol: Protocol::All,
                         ports: Ports::All,
                         sources: ["0.0.0.0/0", "::/0"]
@@ -186,6 +188,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                     }]
                 });
                 vpc.groups.push(SecurityGroup {
+                    id: None,
                     name: format!("g{i}"),
                     description: None,
                     ingress,

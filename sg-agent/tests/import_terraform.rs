@@ -42,3 +42,62 @@ fn the_import_is_the_golden_file_and_check_accepts_it() {
     assert_eq!(vpc.instances[1].addresses.len(), 2);
     assert_eq!(vpc.prefix_lists.len(), 1);
 }
+
+/// AWS's ids travel: the groups' `sg-` and the standalone rules' `sgr-`
+/// ids become `id` keys, which `check` shows (in its table and JSON) once
+/// an instance is enforced here, and `export aws` gives back.
+#[test]
+fn aws_ids_are_kept_shown_by_check_and_exported() {
+    let mut warnings = Vec::new();
+    let text = terraform::import(&fixture("state.json"), &mut warnings).expect("imports");
+    let (mut vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    let app = vpc.group("app").expect("app");
+    assert_eq!(
+        app.id.as_ref().map(|(id, _)| id.as_str()),
+        Some("sg-0b000000000000002")
+    );
+    let ids: Vec<Option<&str>> = app
+        .ingress
+        .iter()
+        .map(|r| r.id.as_ref().map(|(id, _)| id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            // Listed inline too (a refreshed state): one rule, the id kept.
+            Some("sgr-0c000000000000001"),
+            Some("sgr-0c000000000000002"),
+            // aws_security_group_rule's ids are Terraform's, not AWS's.
+            None,
+            None,
+        ]
+    );
+    // As if the user filled in app-1's interface.
+    vpc.instances
+        .iter_mut()
+        .find(|i| i.name == "app-1")
+        .expect("app-1")
+        .interface = Some("eth0".to_owned());
+    let report = sg_agent::policy::report::report(&vpc);
+    let table = sg_agent::policy::report::render_table(&report);
+    assert!(
+        table.contains("app (sg-0b000000000000002) #1 sgr-0c000000000000001"),
+        "{table}"
+    );
+    let json = serde_json::to_value(&report).expect("JSON");
+    let rows = json["instances"][0]["inbound"].as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["rule_id"] == "sgr-0c000000000000002"
+                && r["group_id"] == "sg-0b000000000000002"),
+        "{rows:?}"
+    );
+    let exported = sg_agent::import::aws::export(&vpc);
+    let mut group_ids: Vec<&str> = exported
+        .security_groups
+        .iter()
+        .map(|g| g.group_id.as_str())
+        .collect();
+    group_ids.sort_unstable();
+    assert_eq!(group_ids, ["sg-0b000000000000001", "sg-0b000000000000002"]);
+}

@@ -117,7 +117,18 @@ fn records(path: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
-    let lab = SeedLab::new("sgo", SEED, &[]);
+    // The database's group and rule carry AWS ids, as imported ones do.
+    let with_ids = SEED
+        .replace(
+            "name = \"instagram-rds-security-group\"\n",
+            "name = \"instagram-rds-security-group\"\nid = \"sg-0123456789abcdef0\"\n",
+        )
+        .replace(
+            "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 3306",
+            "  [[security_group.ingress]]\n  id = \"sgr-0fedcba9876543210\"\n  protocol = \"tcp\"\n  from_port = 3306",
+        );
+    assert_ne!(with_ids, SEED);
+    let lab = SeedLab::new("sgo", &with_ids, &[]);
     let dir = lab.config.parent().expect("lab dir").to_owned();
     let flow_log = dir.join("flows.log");
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -143,6 +154,18 @@ fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
         "REJECT",
         "--instance",
         "app-1",
+        "--count",
+        "100",
+        "--format",
+        "json",
+    ]);
+
+    // And one for what rds accepts: the records name the allowing rule.
+    let mut accepted = agent.follow_flows(&[
+        "--action",
+        "ACCEPT",
+        "--instance",
+        "rds",
         "--count",
         "100",
         "--format",
@@ -176,6 +199,15 @@ fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
         human.contains("instance rds") && human.contains("never"),
         "{human}"
     );
+    assert!(
+        human.contains(
+            "tcp 3306 from group instagram-server-security-group [sgr-0fedcba9876543210]"
+        ),
+        "{human}"
+    );
+    let rds_rule = &instance(&s, "rds")["rules"][0];
+    assert_eq!(rds_rule["group_id"], "sg-0123456789abcdef0", "{rds_rule}");
+    assert_eq!(rds_rule["rule_id"], "sgr-0fedcba9876543210", "{rds_rule}");
 
     // The drop log names instance, direction, addresses, ports and reason.
     agent.expect_log(
@@ -193,6 +225,7 @@ fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
 
     check_metrics(metrics, &s);
     check_follower(&mut follower, traffic_done);
+    check_rule_attribution(&mut accepted);
     check_flow_log(&lab, &flow_log, &socket, &before);
     assert_eq!(agent.terminate().code(), Some(0));
     assert!(!socket.exists(), "the control socket goes with the agent");
@@ -325,6 +358,30 @@ fn check_follower(follower: &mut std::process::Child, traffic_done: Instant) {
     assert!(
         traffic_done.elapsed() < Duration::from_secs(INTERVAL + 5),
         "records come at the interval's end"
+    );
+}
+
+/// JSON records name the rules that allowed a flow (by AWS id where the
+/// file has one) on the record of the interval it started in.
+fn check_rule_attribution(follower: &mut std::process::Child) {
+    let mut lines = BufReader::new(follower.stdout.take().expect("piped")).lines();
+    let record: Value = loop {
+        let line = lines
+            .next()
+            .expect("the follower prints records")
+            .expect("a line");
+        let record: Value = serde_json::from_str(&line).expect("a JSON record");
+        if record["dstaddr"] == RDS && record["dstport"] == 3306 && record.get("rules").is_some() {
+            break record;
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(record["srcaddr"], APP, "{record}");
+    assert_eq!(
+        record["rules"],
+        serde_json::json!(["sgr-0fedcba9876543210"]),
+        "{record}"
     );
 }
 

@@ -1103,6 +1103,8 @@ fn rule_rows(
                 };
                 rows.push(status::RuleHits {
                     group: group.name.clone(),
+                    group_id: group.id.as_ref().map(|(id, _)| id.clone()),
+                    rule_id: rule.id.as_ref().map(|(id, _)| id.clone()),
                     direction: match direction {
                         config::Direction::Ingress => "ingress".into(),
                         config::Direction::Egress => "egress".into(),

@@ -49,6 +49,9 @@ impl PrefixList {
 #[derive(Clone, Debug)]
 pub struct SecurityGroup {
     pub name: String,
+    /// AWS's group id (`sg-` and 8 or 17 hex digits), kept by the importers
+    /// and shown by `check`, `status` and flow logs; optional.
+    pub id: Option<(String, Span)>,
     pub description: Option<String>,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
@@ -91,6 +94,9 @@ impl Direction {
 /// One `[[security_group.ingress]]` or `[[security_group.egress]]` table.
 #[derive(Clone, Debug)]
 pub struct Rule {
+    /// AWS's rule id (`sgr-` and 17 hex digits), as Terraform's standalone
+    /// rules carry it; optional.
+    pub id: Option<(String, Span)>,
     pub protocol: Protocol,
     pub ports: Ports,
     pub sources: Vec<SourceRef>,

@@ -181,6 +181,23 @@ impl Parser {
         Self::get(t, key).and_then(|v| self.string(v, key))
     }
 
+    /// An optional `id` in AWS's form: `prefix-` and 8 or 17 lowercase hex
+    /// digits (`sg-12345678`, `sgr-0123456789abcdef0`).
+    fn aws_id(&mut self, t: &DeTable, prefix: &str, example: &str) -> Option<(String, Span)> {
+        let v = Self::get(t, "id")?;
+        let id = self.string(v, "id")?;
+        if is_aws_id(prefix, &id) {
+            Some((id, v.span()))
+        } else {
+            self.err_hint(
+                v.span(),
+                format!("\"{id}\" is not an AWS id of this kind"),
+                format!("write {prefix}- and 8 or 17 lowercase hex digits, e.g. \"{example}\", or leave id out"),
+            );
+            None
+        }
+    }
+
     fn req_string(
         &mut self,
         t: &DeTable,
@@ -383,10 +400,11 @@ impl Parser {
     fn group(&mut self, t: &DeTable, span: Span) -> Option<SecurityGroup> {
         self.known_keys(
             t,
-            &["name", "description", "ingress", "egress"],
+            &["name", "id", "description", "ingress", "egress"],
             "a security_group",
         );
         let name = self.req_string(t, &span, "name", "this security_group");
+        let id = self.aws_id(t, "sg", "sg-0123456789abcdef0");
         let description = self.opt_string(t, "description");
         let mut ingress = Vec::new();
         if let Some(v) = Self::get(t, "ingress") {
@@ -405,6 +423,7 @@ impl Parser {
         };
         Some(SecurityGroup {
             name: name?.0,
+            id,
             description,
             ingress,
             egress,
@@ -416,6 +435,7 @@ impl Parser {
         self.known_keys(
             t,
             &[
+                "id",
                 "protocol",
                 "from_port",
                 "to_port",
@@ -429,6 +449,7 @@ impl Parser {
             what,
         );
         let description = self.opt_string(t, "description");
+        let id = self.aws_id(t, "sgr", "sgr-0123456789abcdef0");
         let protocol = if let Some(v) = Self::get(t, "protocol") {
             self.protocol(v)
         } else {
@@ -495,6 +516,7 @@ impl Parser {
             );
         }
         Some(Rule {
+            id,
             protocol: protocol?,
             ports: ports?,
             sources,
@@ -971,6 +993,18 @@ impl Parser {
     }
 }
 
+/// Whether `id` has AWS's form for `prefix` (`sg`, `sgr`): `prefix-` and 8
+/// or 17 lowercase hex digits.
+pub fn is_aws_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|d| {
+            matches!(d.len(), 8 | 17)
+                && d.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
 /// AWS's default outbound rule: all traffic to 0.0.0.0/0 and `::/0`.
 fn default_egress(span: Span) -> Rule {
     let any = |s: &str| SourceRef {
@@ -978,6 +1012,7 @@ fn default_egress(span: Span) -> Rule {
         span: span.clone(),
     };
     Rule {
+        id: None,
         protocol: Protocol::All,
         ports: Ports::All,
         sources: vec![any("0.0.0.0/0"), any("::/0")],

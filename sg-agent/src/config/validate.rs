@@ -30,6 +30,24 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
             .map(|i| (i.name.as_str(), i.span.clone())),
     );
 
+    // AWS's ids name one group or one rule each: a repeated id is a
+    // copy-and-paste slip, and would make status and flow logs ambiguous.
+    unique(
+        &mut out,
+        "security group id",
+        vpc.groups
+            .iter()
+            .filter_map(|g| g.id.as_ref().map(|(id, span)| (id.as_str(), span.clone()))),
+    );
+    unique(
+        &mut out,
+        "security group rule id",
+        vpc.groups
+            .iter()
+            .flat_map(|g| g.ingress.iter().chain(&g.egress))
+            .filter_map(|r| r.id.as_ref().map(|(id, span)| (id.as_str(), span.clone()))),
+    );
+
     for list in &vpc.prefix_lists {
         prefix_list(&mut out, list);
     }
@@ -266,8 +284,13 @@ fn unique<'a>(out: &mut Vec<Diagnostic>, what: &str, items: impl Iterator<Item =
     for (name, span) in items {
         if first.contains_key(name) {
             out.push(
-                Diagnostic::new(span, format!("{what} \"{name}\" is defined twice"))
-                    .hint(format!("{what} names are unique; rename one")),
+                Diagnostic::new(span, format!("{what} \"{name}\" is defined twice")).hint(
+                    if what.ends_with(" id") {
+                        format!("a {what} names one thing only; correct one (or leave it out)")
+                    } else {
+                        format!("{what} names are unique; rename one")
+                    },
+                ),
             );
         } else {
             first.insert(name, span);

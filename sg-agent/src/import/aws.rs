@@ -17,7 +17,9 @@
 //! * Instances and interfaces keep their addresses and groups; `interface`
 //!   and `netns` are left for the user, with a comment saying so, so the
 //!   file passes `sg-agent check --allow-empty` until they are filled in.
-//! * Identifiers (`sg-`, `pl-`, `i-`, `eni-`) are kept as comments.
+//! * Group ids (`sg-`) and rule ids (`sgr-`, which Terraform's standalone
+//!   rules carry) become `id` keys, shown by `check`, `status` and flow
+//!   logs; other identifiers (`pl-`, `i-`, `eni-`) are kept as comments.
 //! * Output is stable: groups, lists and instances sorted by name.
 
 use std::{
@@ -98,6 +100,10 @@ pub struct IpPermission {
     pub prefix_list_ids: Vec<PrefixListId>,
     #[serde(default)]
     pub user_id_group_pairs: Vec<UserIdGroupPair>,
+    /// The rule's own id (`sgr-`), where the source has one (Terraform's
+    /// standalone rules); `describe-security-groups` does not print it.
+    #[serde(skip)]
+    pub rule_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -462,8 +468,13 @@ pub fn render(
     let mut sorted: Vec<&SecurityGroup> = groups.security_groups.iter().collect();
     sorted.sort_by(|a, b| a.group_name.cmp(&b.group_name));
     for g in sorted {
-        let _ = writeln!(out, "\n# {}\n[[security_group]]", g.group_id);
+        out.push_str("\n[[security_group]]\n");
         let _ = writeln!(out, "name = {}", quote(&g.group_name));
+        if crate::config::is_aws_id("sg", &g.group_id) {
+            let _ = writeln!(out, "id = {}", quote(&g.group_id));
+        } else {
+            let _ = writeln!(out, "# {} (not an id of AWS's form)", g.group_id);
+        }
         if let Some(d) = &g.description {
             let _ = writeln!(out, "description = {}", quote(d));
         }
@@ -478,6 +489,13 @@ pub fn render(
         ] {
             for p in perms {
                 let mut rule = format!("\n  [[security_group.{direction}]]\n");
+                if let Some(id) = p
+                    .rule_id
+                    .as_ref()
+                    .filter(|id| crate::config::is_aws_id("sgr", id))
+                {
+                    let _ = writeln!(rule, "  id = {}", quote(id));
+                }
                 let protocol = protocol_name(&p.ip_protocol);
                 let _ = writeln!(rule, "  protocol = {}", quote(&protocol));
                 // All traffic and other protocols take no ports.
@@ -607,9 +625,15 @@ pub fn made_up_id(prefix: &str, name: &str) -> String {
 }
 
 /// `export aws`: the groups of `vpc` as `describe-security-groups` prints
-/// them. Ids are made up from the names (stable), the implicit default
-/// egress rule is written out as AWS shows it.
+/// them. Group ids are the file's `id` keys, or made up from the names
+/// (stable) where it has none; the implicit default egress rule is written
+/// out as AWS shows it.
 pub fn export(vpc: &Vpc) -> SecurityGroups {
+    let id_of = |name: &str| {
+        vpc.group(name)
+            .and_then(|g| g.id.as_ref())
+            .map_or_else(|| made_up_id("sg", name), |(id, _)| id.clone())
+    };
     let permission = |rule: &crate::config::Rule, group: &str| {
         let (ip_protocol, from_port, to_port) = match (rule.protocol, rule.ports) {
             (Protocol::All, _) => ("-1".to_owned(), None, None),
@@ -648,12 +672,12 @@ pub fn export(vpc: &Vpc) -> SecurityGroups {
                     description: rule.description.clone(),
                 }),
                 Source::Group(name) => p.user_id_group_pairs.push(UserIdGroupPair {
-                    group_id: made_up_id("sg", name),
+                    group_id: id_of(name),
                     description: rule.description.clone(),
                     ..UserIdGroupPair::default()
                 }),
                 Source::SelfGroup => p.user_id_group_pairs.push(UserIdGroupPair {
-                    group_id: made_up_id("sg", group),
+                    group_id: id_of(group),
                     description: rule.description.clone(),
                     ..UserIdGroupPair::default()
                 }),
@@ -666,7 +690,7 @@ pub fn export(vpc: &Vpc) -> SecurityGroups {
             .groups
             .iter()
             .map(|g| SecurityGroup {
-                group_id: made_up_id("sg", &g.name),
+                group_id: id_of(&g.name),
                 group_name: g.name.clone(),
                 description: g.description.clone(),
                 owner_id: None,

@@ -108,6 +108,8 @@ fn vpc_rule_permission(v: &Value) -> IpPermission {
         ip_protocol: text(&v["ip_protocol"]).unwrap_or_else(|| "-1".into()),
         from_port: port(&v["from_port"]),
         to_port: port(&v["to_port"]),
+        // AWS's own rule id: `security_group_rule_id`, also the resource id.
+        rule_id: text(&v["security_group_rule_id"]).or_else(|| text(&v["id"])),
         ..IpPermission::default()
     };
     if let Some(cidr_ip) = text(&v["cidr_ipv4"]) {
@@ -146,10 +148,10 @@ fn sources(p: &IpPermission) -> Vec<String> {
         .collect()
 }
 
-/// Whether `existing` already allows everything `p` does: after a refresh,
+/// Which of `existing` already allows everything `p` does: after a refresh,
 /// Terraform's state lists the rules of standalone rule resources in the
 /// group's own `ingress`/`egress` too.
-fn covered(existing: &[IpPermission], p: &IpPermission) -> bool {
+fn covered(existing: &[IpPermission], p: &IpPermission) -> Option<usize> {
     let protocol = |s: &str| aws::protocol_name(s);
     let ports = |q: &IpPermission| {
         if protocol(&q.ip_protocol) == "all" {
@@ -158,7 +160,7 @@ fn covered(existing: &[IpPermission], p: &IpPermission) -> bool {
             (q.from_port, q.to_port)
         }
     };
-    existing.iter().any(|e| {
+    existing.iter().position(|e| {
         protocol(&e.ip_protocol) == protocol(&p.ip_protocol)
             && ports(e) == ports(p)
             && sources(p).iter().all(|s| sources(e).contains(s))
@@ -225,8 +227,16 @@ fn groups_of(all: &[Value], warnings: &mut Vec<String>) -> SecurityGroups {
         } else {
             &mut g.ip_permissions
         };
-        if !covered(rules, &p) {
-            rules.push(p);
+        match covered(rules, &p) {
+            // The same rule listed inline: it is the standalone resource's,
+            // so it takes that resource's AWS id.
+            Some(i) => {
+                let same = &mut rules[i];
+                if same.rule_id.is_none() && sources(same) == sources(&p) {
+                    same.rule_id = p.rule_id;
+                }
+            }
+            None => rules.push(p),
         }
     };
     for (ty, egress) in [

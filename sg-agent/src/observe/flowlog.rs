@@ -72,6 +72,11 @@ pub struct Record {
     pub action: Option<Action>,
     pub log_status: LogStatus,
     pub instance: String,
+    /// JSON format only: the rules that allowed the flow (AWS ids where the
+    /// file gives them, else `GROUP DIRECTION #N`), on the record of the
+    /// interval in which the flow started, in the direction it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<String>>,
 }
 
 impl Record {
@@ -226,9 +231,16 @@ pub struct Window {
     primed: bool,
     /// Events lost by the interval's start.
     lost_at_start: u64,
+    /// The rules that allowed each flow that started in this interval.
+    attributed: HashMap<FlowKey, Vec<String>>,
 }
 
 impl Window {
+    /// Names the rules that allowed a flow that started now.
+    pub fn attribute(&mut self, key: FlowKey, rules: Vec<String>) {
+        self.attributed.insert(key, rules);
+    }
+
     /// A packet seen through an event.
     pub fn add_packet(&mut self, key: FlowKey, bytes: u64, at: u64) {
         self.flows.entry(key).or_default().add(1, bytes, at, at);
@@ -320,6 +332,7 @@ impl Window {
     ) -> Vec<Record> {
         let mut flows: Vec<(FlowKey, Tally)> = self.flows.drain().collect();
         flows.sort_by_key(|(k, t)| (t.start, *k));
+        let mut attributed = std::mem::take(&mut self.attributed);
         let mut out: Vec<Record> = flows
             .into_iter()
             .map(|(k, t)| Record {
@@ -338,6 +351,7 @@ impl Window {
                 action: Some(k.action),
                 log_status: LogStatus::Ok,
                 instance: instance.to_owned(),
+                rules: attributed.remove(&k),
             })
             .collect();
         if lost > self.lost_at_start {
@@ -357,6 +371,7 @@ impl Window {
                 action: None,
                 log_status: LogStatus::Skipdata,
                 instance: instance.to_owned(),
+                rules: None,
             });
         }
         self.lost_at_start = lost;

@@ -157,6 +157,22 @@ fn protocol_name(proto: u8) -> String {
 
 /// The drop log's line for one dropped packet: instance, direction,
 /// protocol, addresses and ports, and the reason in words.
+/// A rule as flow-log records name it: its AWS id when the file gives one,
+/// else `GROUP DIRECTION #N` as `check` numbers it.
+fn rule_label(vpc: &Vpc, r: &reference::RuleRef) -> String {
+    let rules = vpc.group(&r.group).map(|g| match r.direction {
+        crate::config::Direction::Ingress => &g.ingress,
+        crate::config::Direction::Egress => &g.egress,
+    });
+    rules
+        .and_then(|rules| rules.get(r.rule_number.wrapping_sub(1)))
+        .and_then(|rule| rule.id.as_ref())
+        .map_or_else(
+            || format!("{} {} #{}", r.group, r.direction.as_str(), r.rule_number),
+            |(id, _)| id.clone(),
+        )
+}
+
 pub fn drop_line(instance: &str, e: &FlowEvent) -> String {
     let reason = u32::from(e.reason);
     let words = counters::WORDS
@@ -285,15 +301,24 @@ impl Observer {
                 proto: e.proto,
                 action,
             };
+            // Rule hits, and with flow logs the rules named on the record
+            // of the interval the flow started in.
             let count_rules = |view: &mut InstanceView| {
                 if let Some(inst) = instance {
+                    let mut labels = Vec::new();
                     for r in reference::allowing_rules(vpc, inst, direction, &packet) {
+                        if flow_logs {
+                            labels.push(rule_label(vpc, &r));
+                        }
                         let hits = view
                             .hits
                             .entry((r.group, direction, r.rule_number))
                             .or_default();
                         hits.flows += 1;
                         hits.last = Some(at);
+                    }
+                    if !labels.is_empty() {
+                        view.window.attribute(key(Action::Accept), labels);
                     }
                 }
             };

@@ -108,6 +108,12 @@ pub struct ConntrackStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleHits {
     pub group: String,
+    /// The group's AWS id, when the rules file gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The rule's AWS id, when the rules file gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
     /// `ingress` or `egress`.
     pub direction: String,
     /// 1-based among the group's rules of that direction, as `check`
@@ -249,9 +255,13 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
             "flows", "last", "way", "group", "#"
         );
         for r in &i.rules {
+            let id = r
+                .rule_id
+                .as_ref()
+                .map_or_else(String::new, |id| format!(" [{id}]"));
             let _ = writeln!(
                 out,
-                "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  {}",
+                "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  {}{id}",
                 r.flows,
                 r.last.map_or_else(|| "never".into(), |t| ago(now, t)),
                 r.direction,

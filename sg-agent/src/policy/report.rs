@@ -60,8 +60,14 @@ pub struct RuleReport {
     /// What the source stands for.
     pub addresses: Vec<String>,
     pub group: String,
+    /// The group's AWS id, when the rules file gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
     /// 1-based among the group's rules of this direction.
     pub rule: usize,
+    /// The rule's AWS id (`sgr-...`), when the rules file gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
     /// AWS's default egress rule (the group has no `egress` key).
     pub implicit: bool,
     pub description: Option<String>,
@@ -98,7 +104,9 @@ pub fn report(vpc: &Vpc) -> Report {
                     source: r.source.to_string(),
                     addresses: r.prefixes.iter().map(ToString::to_string).collect(),
                     group: r.group.name.clone(),
+                    group_id: r.group.id.as_ref().map(|(id, _)| id.clone()),
                     rule: r.rule_number,
+                    rule_id: r.rule.id.as_ref().map(|(id, _)| id.clone()),
                     implicit: r.rule.implicit,
                     description: r.rule.description.clone(),
                     tracking: tracking(r.rule, &r.prefixes, &untracked),
@@ -193,6 +201,20 @@ fn conntrack_line(c: &ConntrackReport) -> String {
     )
 }
 
+/// Where a row comes from: the group (and its id), the rule's number (and
+/// its id), or AWS's default egress rule.
+fn rule_origin(r: &RuleReport) -> String {
+    let group = match &r.group_id {
+        Some(id) => format!("{} ({id})", r.group),
+        None => r.group.clone(),
+    };
+    match (&r.rule_id, r.implicit) {
+        (_, true) => format!("{group} (default egress)"),
+        (Some(id), false) => format!("{group} #{} {id}", r.rule),
+        (None, false) => format!("{group} #{}", r.rule),
+    }
+}
+
 /// The human-readable form.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
@@ -253,11 +275,7 @@ pub fn render_table(report: &Report) -> String {
                         } else {
                             r.tracking.to_owned()
                         },
-                        if r.implicit {
-                            format!("{} (default egress)", r.group)
-                        } else {
-                            format!("{} #{}", r.group, r.rule)
-                        },
+                        rule_origin(r),
                     ]
                 })
                 .collect();
