@@ -198,6 +198,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
             }
             for (i, (addresses, groups)) in instances.into_iter().enumerate() {
                 vpc.instances.push(Instance {
+                    node: None,
                     name: format!("i{i}"),
                     addresses,
                     groups: groups

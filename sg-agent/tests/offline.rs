@@ -128,3 +128,55 @@ fn xdp_mode_with_another_hook_is_a_usage_error() {
         );
     }
 }
+
+/// `run --etcd` with etcd out of reach: exit 1 at once, saying where it
+/// looked and what to do (not a hang, not a half-started agent).
+#[test]
+fn run_from_an_unreachable_etcd_exits_1_with_a_hint() {
+    let (code, text) = sg_agent(&["run", "--etcd", "http://127.0.0.1:1", "--node", "a"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("cannot reach etcd at http://127.0.0.1:1 (start etcd there or correct --etcd; `run --etcd-wait` waits for it)"),
+        "{text}"
+    );
+    let (code, text) = sg_agent(&["run", "--config", SEED, "--etcd", "http://127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "a rules file or etcd, not both: {text}");
+}
+
+/// `check --node NAME` judges a file as that node's agent would: its own
+/// instances enforced, the other node's group members only.
+#[test]
+fn check_for_one_node_enforces_only_its_instances() {
+    let text = std::fs::read_to_string(SEED)
+        .expect("seed")
+        .replace("name = \"alb\"\n", "name = \"alb\"\nnode = \"a\"\n")
+        .replace("name = \"rds\"\n", "name = \"rds\"\nnode = \"b\"\n");
+    let dir = std::env::temp_dir().join(format!("sg-check-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("nodes.toml");
+    std::fs::write(&file, text).expect("write");
+    let file = file.to_str().expect("utf-8");
+    let (code, out) = sg_agent(&["check", file, "--node", "b", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let enforced: Vec<&str> = json["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter(|i| !i["interface"].is_null())
+        .map(|i| i["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(enforced, ["rds"], "{out}");
+    // Without --node: every instance with an interface, whichever node.
+    let (code, out) = sg_agent(&["check", file]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("instance alb (enforced on eth0 in netns sg-alb, node a)"),
+        "{out}"
+    );
+    // A node with nothing to enforce is refused as run would refuse it.
+    let (code, out) = sg_agent(&["check", file, "--node", "c"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("enforces no instance here"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -104,16 +104,31 @@ impl AgentProcess {
     /// Starts the agent on a state directory the caller keeps (to restart
     /// an agent on the state the previous one left).
     pub fn start_in(state: &StateDir, config: &Path, args: &[&str], level: &str) -> Self {
-        Self::spawn(state, config, args, level, true)
+        Self::spawn(state, Some(config), args, level, true)
+    }
+
+    /// Starts `sg-agent run ARGS` with no rules file (`--etcd ...`), with a
+    /// state directory of its own.
+    pub fn start_without_file(args: &[&str]) -> Self {
+        let state = StateDir::new();
+        let mut agent = Self::spawn(&state, None, args, "info", true);
+        agent.owned_state = Some(state);
+        agent
     }
 
     /// [`AgentProcess::start_in`] without echoing the agent's log to stderr
     /// (it is still kept): for harnesses whose agents log per packet.
     pub fn start_quiet_in(state: &StateDir, config: &Path, args: &[&str]) -> Self {
-        Self::spawn(state, config, args, "info", false)
+        Self::spawn(state, Some(config), args, "info", false)
     }
 
-    fn spawn(state: &StateDir, config: &Path, args: &[&str], level: &str, echo: bool) -> Self {
+    fn spawn(
+        state: &StateDir,
+        config: Option<&Path>,
+        args: &[&str],
+        level: &str,
+        echo: bool,
+    ) -> Self {
         // The test's own socket, unless the caller names one (the demo
         // uses the default, so a user's `sg-agent status` finds it).
         let given = args
@@ -122,8 +137,13 @@ impl AgentProcess {
             .and_then(|i| args.get(i + 1));
         let control_socket = given.map_or_else(|| state.control_socket(), PathBuf::from);
         let mut child = Command::new(binary())
-            .args(["run", "--config"])
-            .arg(config)
+            .arg("run")
+            .args(
+                config
+                    .map(|c| ["--config".as_ref(), c.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--state-dir")
             .arg(&state.path)
             .args(

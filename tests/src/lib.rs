@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod attached;
 pub mod chaos;
+pub mod etcd;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

@@ -25,6 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // The AWS-services test: a real DHCP server and resolver, real clients.
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     ("busybox", "/usr/bin/busybox"),
+    // Many hosts: the etcd client crate compiles etcd's protobuf API at
+    // build time; the tests and benchmarks run a real etcd.
+    ("protobuf-compiler", "/usr/bin/protoc"),
+    ("etcd-server", "/usr/bin/etcd"),
 ];
 
 pub fn all() -> anyhow::Result<()> {

@@ -33,7 +33,7 @@ use crate::{
         unix_now,
     },
     policy::{
-        Refusal, admit,
+        Refusal, admit_as,
         compile::{CompiledInstance, CompiledPolicy},
         summary,
     },
@@ -97,7 +97,10 @@ struct Pending {
 
 /// Everything the agent enforces, by instance name.
 struct Agent<'a> {
+    /// How diagnostics and status name the rules: the file, or
+    /// `etcd:PREFIX/vpc`.
     path: PathBuf,
+    rules: Rules,
     opts: Options,
     state: StateDir,
     stop: &'a StopFlag,
@@ -113,6 +116,8 @@ struct Agent<'a> {
     poll_pending: bool,
     /// The digest of the file in force.
     in_force: [u8; 32],
+    /// From etcd: the revision that wrote the description in force.
+    in_force_revision: Option<i64>,
     /// How many times an enforced instance was found with nothing attached
     /// (its interface or namespace recreated).
     lapses: u64,
@@ -129,14 +134,16 @@ struct Agent<'a> {
 /// Starts enforcing `path`, then serves the signal loop's commands until
 /// told to stop.
 pub(super) fn run(
-    path: &Path,
+    rules: Rules,
     opts: Options,
     queue: &Receiver<Command>,
     stop: &StopFlag,
 ) -> Result<(), AgentError> {
     let started = Instant::now();
-    let file = config::read_with(path, opts.read).map_err(AgentError::Config)?;
-    let (vpc, compiled) = acceptable(path, &file, opts.allow_empty)?;
+    let path = rules.path();
+    let path = path.as_path();
+    let (file, revision) = rules.read(opts.read).map_err(AgentError::Config)?;
+    let (vpc, compiled) = acceptable(path, &file, &opts)?;
     let state = StateDir::open(&opts.state_dir)?;
     let observer = Observer::new(
         opts.observe.flow_log.clone(),
@@ -146,6 +153,7 @@ pub(super) fn run(
     .map_err(|e| AgentError::Start("flow log", e))?;
     let mut agent = Agent {
         path: path.to_owned(),
+        rules,
         opts,
         state,
         stop,
@@ -157,6 +165,7 @@ pub(super) fn run(
         seen: Some(file.stamp),
         poll_pending: false,
         in_force: file.sha256,
+        in_force_revision: revision,
         lapses: 0,
         observer,
         started: unix_now(),
@@ -175,7 +184,7 @@ pub(super) fn run(
     }
     agent.last_apply = started.elapsed();
     agent.detach_unknown_pins();
-    agent.log_ready(&file);
+    agent.log_ready(&file, revision);
     service::ready(&agent.service_status());
     agent.serve(queue);
     Ok(())
@@ -188,16 +197,18 @@ pub(super) fn run(
 fn acceptable(
     path: &Path,
     file: &RulesFile,
-    allow_empty: bool,
+    opts: &Options,
 ) -> Result<(Vpc, CompiledPolicy), AgentError> {
     let started = Instant::now();
-    let (vpc, compiled) = admit(path, &file.text, allow_empty).map_err(|r| match r {
-        // The daemon's log names file:line:col, the message and the hint,
-        // never the file's lines (`check` shows them to the file's owner).
-        Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
-        Refusal::Empty(p) => AgentError::Empty(p),
-        other @ Refusal::TooLarge { .. } => AgentError::Refused(other),
-    })?;
+    let enforcer = crate::policy::Enforcer::Node(opts.node.as_deref());
+    let (vpc, compiled) =
+        admit_as(path, &file.text, opts.allow_empty, enforcer).map_err(|r| match r {
+            // The daemon's log names file:line:col, the message and the hint,
+            // never the file's lines (`check` shows them to the file's owner).
+            Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
+            Refusal::Empty(p) => AgentError::Empty(p),
+            other @ Refusal::TooLarge { .. } => AgentError::Refused(other),
+        })?;
     log::debug!(
         "parsed, validated and compiled in {} ms",
         started.elapsed().as_millis()
@@ -206,6 +217,67 @@ fn acceptable(
         log::warn!("accepted, as AWS accepts it:\n{warnings}");
     }
     Ok((vpc, compiled))
+}
+
+/// Where the rules come from.
+pub enum Rules {
+    /// A rules file on this host.
+    File(PathBuf),
+    /// etcd: the watch keeps the latest description in `state`.
+    Etcd {
+        opts: crate::source::etcd::EtcdOptions,
+        state: crate::source::etcd::Shared,
+    },
+}
+
+impl Rules {
+    /// How diagnostics name the rules.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Self::File(path) => path.clone(),
+            Self::Etcd { opts, .. } => PathBuf::from(opts.display()),
+        }
+    }
+
+    /// The rules as they are now, and (from etcd) the revision that wrote
+    /// them; bounded as `policy` says, as a file is.
+    fn read(
+        &self,
+        policy: config::ReadPolicy,
+    ) -> Result<(RulesFile, Option<i64>), config::ConfigError> {
+        use sha2::Digest as _;
+        match self {
+            Self::File(path) => config::read_with(path, policy).map(|f| (f, None)),
+            Self::Etcd { opts, state } => {
+                let latest = state.lock().expect("etcd state").latest.clone();
+                let Some(snapshot) = latest else {
+                    return Err(config::ConfigError::Read {
+                        path: self.path(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("no description in etcd at {}", opts.key()),
+                        ),
+                    });
+                };
+                if snapshot.text.len() as u64 > policy.max_bytes {
+                    return Err(config::ConfigError::TooLarge {
+                        path: self.path(),
+                        size: snapshot.text.len() as u64,
+                        max: policy.max_bytes,
+                    });
+                }
+                let sha256 = sha2::Sha256::digest(snapshot.text.as_bytes()).into();
+                Ok((
+                    RulesFile {
+                        text: snapshot.text,
+                        stamp: config::FileStamp::default(),
+                        sha256,
+                    },
+                    Some(snapshot.mod_revision),
+                ))
+            }
+        }
+    }
 }
 
 /// What a prepared change does to one instance.
@@ -740,6 +812,21 @@ impl Agent<'_> {
             last_apply_seconds: self.last_apply.as_secs_f64(),
             flow_log,
             lapses: self.lapses,
+            node: self.opts.node.clone(),
+            etcd: match &self.rules {
+                Rules::File(_) => None,
+                Rules::Etcd { opts, state } => {
+                    let state = state.lock().expect("etcd state");
+                    Some(status::EtcdStatus {
+                        endpoints: opts.endpoints.clone(),
+                        key: opts.key(),
+                        revision: self.in_force_revision,
+                        latest_revision: state.latest.as_ref().map(|l| l.mod_revision),
+                        connected: state.connected,
+                        error: state.error.clone(),
+                    })
+                }
+            },
         };
         let mut instances: Vec<status::InstanceStatus> = self
             .enforced
@@ -860,8 +947,19 @@ impl Agent<'_> {
 
     fn reload_once(&mut self, why: &str, forced: bool) {
         let started = Instant::now();
-        let file = match config::read_with(&self.path, self.opts.read) {
-            Ok(file) => file,
+        let read = self.rules.read(self.opts.read);
+        // From etcd: the revision read, which may be newer than the one
+        // that triggered the reload (changes coalesce).
+        let why_owned;
+        let why = match &read {
+            Ok((_, Some(revision))) => {
+                why_owned = format!("{why} revision {revision}");
+                why_owned.as_str()
+            }
+            _ => why,
+        };
+        let (file, revision) = match read {
+            Ok(read) => read,
             Err(e) => {
                 self.seen = FileStamp::of_path(&self.path);
                 self.reloads += 1;
@@ -881,7 +979,7 @@ impl Agent<'_> {
         }
         self.reloads += 1;
         let n = self.reloads;
-        let (vpc, compiled) = match acceptable(&self.path, &file, self.opts.allow_empty) {
+        let (vpc, compiled) = match acceptable(&self.path, &file, &self.opts) {
             Ok(v) => v,
             Err(e) => {
                 // Diagnostics start on a line of their own.
@@ -910,6 +1008,7 @@ impl Agent<'_> {
                     "applied"
                 };
                 self.in_force = file.sha256;
+                self.in_force_revision = revision;
                 self.last_apply = started.elapsed();
                 let took = started.elapsed().as_millis();
                 // Summarised after the swap: the log record never delays
@@ -962,6 +1061,10 @@ impl Agent<'_> {
     /// takes a few tens of milliseconds), so each change is reloaded once,
     /// by the watch when it works.
     fn poll(&mut self, watched: bool) {
+        if matches!(self.rules, Rules::Etcd { .. }) {
+            // etcd's watch tells; losing it re-reads the whole description.
+            return;
+        }
         if FileStamp::of_path(&self.path) == self.seen {
             self.poll_pending = false;
         } else if watched && !self.poll_pending {
@@ -972,12 +1075,13 @@ impl Agent<'_> {
         }
     }
 
-    fn log_ready(&self, file: &RulesFile) {
+    fn log_ready(&self, file: &RulesFile, revision: Option<i64>) {
         log::info!(
-            instances = self.enforced.len(), waiting = self.pending.len();
-            "ready: enforcing {} instance(s) from {} (sha256 {}){}",
+            instances = self.enforced.len(), waiting = self.pending.len(), revision = revision;
+            "ready: enforcing {} instance(s) from {}{} (sha256 {}){}",
             self.enforced.len(),
             self.path.display(),
+            revision.map_or_else(String::new, |r| format!(" at revision {r}")),
             &file.sha256_hex()[..12],
             if self.pending.is_empty() {
                 String::new()

@@ -13,7 +13,7 @@ mod enforce;
 mod service;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -51,8 +51,9 @@ pub enum AgentError {
     #[error("{0}\nnothing attached")]
     Config(ConfigError),
     #[error(
-        "{} enforces no instance (no [[instance]] with an `interface`): refused, since it would \
-         leave every interface unfiltered; pass --allow-empty if that is what you want",
+        "{} enforces no instance here (no [[instance]] with an `interface` whose `node` is this \
+         agent's --node, or has none without --node): refused, since it would leave every \
+         interface unfiltered; check --node, or pass --allow-empty if that is what you want",
         .0.display()
     )]
     Empty(PathBuf),
@@ -94,6 +95,8 @@ pub enum AgentError {
         .0.display()
     )]
     Panicked(PathBuf),
+    #[error(transparent)]
+    Etcd(crate::source::etcd::EtcdError),
 }
 
 /// How the agent runs, from the command line.
@@ -101,6 +104,9 @@ pub enum AgentError {
 pub struct Options {
     /// Reload when the file changes (SIGHUP always reloads).
     pub watch: bool,
+    /// `run --node NAME`: enforce the instances of that node only (`None`:
+    /// those with no node).
+    pub node: Option<String>,
     pub ingress: IngressHook,
     /// Flow logs, the drop log, the control socket and metrics.
     pub observe: ObserveOptions,
@@ -198,12 +204,76 @@ struct StopFlag {
     begun: tokio::sync::Notify,
 }
 
-pub fn run(path: &Path, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
+/// Where `run` takes the rules from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    /// etcd; `wait`: wait for etcd and a first description at start
+    /// instead of failing.
+    Etcd {
+        opts: crate::source::etcd::EtcdOptions,
+        wait: bool,
+    },
+}
+
+pub fn run(source: &Source, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| AgentError::Start("event loop", e))?;
-    runtime.block_on(signal_loop(path, opts, held))
+    runtime.block_on(signal_loop(source, opts, held))
+}
+
+/// What `run --etcd` starts from: the options, the client, the revision
+/// the first description was read at, and the state the watch keeps.
+type EtcdStart = (
+    crate::source::etcd::EtcdOptions,
+    etcd_client::Client,
+    i64,
+    crate::source::etcd::Shared,
+);
+
+/// etcd: the first description, read before anything is attached (an
+/// agent that cannot get one does not start, unless told to wait).
+async fn first_description(source: &Source) -> Result<Option<EtcdStart>, AgentError> {
+    let Source::Etcd { opts, wait } = source else {
+        return Ok(None);
+    };
+    let (client, snapshot, revision) = crate::source::etcd::first_read(opts, *wait)
+        .await
+        .map_err(AgentError::Etcd)?;
+    let state = Arc::new(std::sync::Mutex::new(crate::source::etcd::State {
+        latest: Some(snapshot),
+        connected: true,
+        error: None,
+    }));
+    Ok(Some((opts.clone(), client, revision, state)))
+}
+
+/// The rules file's watch, started before the file is first read: a change
+/// made during start-up is not missed. Without inotify (or with
+/// `--no-watch`, or etcd), `None`: the tick polls the file.
+fn watch_rules_file(
+    source: &Source,
+    watch: bool,
+) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    let Source::File(path) = source else {
+        return None;
+    };
+    if !watch {
+        return None;
+    }
+    match crate::source::watch::watch_file(path) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            log::warn!(
+                "{}: the rules file is polled every {} ms instead",
+                crate::cli::error_chain(&e),
+                RECONCILE.as_millis()
+            );
+            None
+        }
+    }
 }
 
 /// The control socket and the metrics endpoint, bound.
@@ -236,30 +306,15 @@ fn serve_observers(
     }
 }
 
-async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
+async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     // Signals that came during start-up reach the handlers now.
     drop(held);
 
-    // The watch starts before the file is first read: a change made during
-    // start-up is not missed. Without inotify, the tick polls the file.
-    let mut changes = if opts.watch {
-        match crate::source::watch::watch_file(path) {
-            Ok(rx) => Some(rx),
-            Err(e) => {
-                log::warn!(
-                    "{}: the rules file is polled every {} ms instead",
-                    crate::cli::error_chain(&e),
-                    RECONCILE.as_millis()
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let etcd = first_description(source).await?;
+    let mut changes = watch_rules_file(source, opts.watch);
 
     // Bound before anything is attached: an agent that cannot serve its
     // status refuses to start rather than run unseen.
@@ -276,16 +331,37 @@ async fn signal_loop(path: &Path, opts: Options, held: HeldSignals) -> Result<()
     let (commands, queue) = std_mpsc::channel();
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
     let state_dir = opts.state_dir.clone();
+    let rules = match (&etcd, source) {
+        (Some((e, _, _, state)), _) => enforce::Rules::Etcd {
+            opts: e.clone(),
+            state: Arc::clone(state),
+        },
+        (None, Source::File(path)) => enforce::Rules::File(path.clone()),
+        (None, Source::Etcd { .. }) => unreachable!("read above"),
+    };
     {
-        let path = path.to_owned();
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("enforce".into())
             .spawn(move || {
-                let result = enforce::run(&path, opts, &queue, &stop);
+                let result = enforce::run(rules, opts, &queue, &stop);
                 let _ = done_tx.send(result);
             })
             .map_err(|e| AgentError::Start("enforcement thread", e))?;
+    }
+    // etcd: each committed change is a reload (validated and swapped in
+    // exactly as a changed file is).
+    if let Some((e, client, revision, state)) = etcd {
+        let commands = commands.clone();
+        let reload = move |_revision| {
+            let _ = commands.send(Command::Reload {
+                why: "etcd",
+                forced: false,
+            });
+        };
+        tokio::spawn(crate::source::etcd::follow(
+            e, client, revision, state, reload,
+        ));
     }
     let ask: AskStatus = {
         let commands = commands.clone();

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
     config,
-    policy::{admit, report},
+    policy::{Enforcer, admit_as, report},
 };
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,11 @@ pub struct CheckArgs {
     /// The largest rules file read, in bytes.
     #[arg(long, default_value_t = crate::config::MAX_BYTES)]
     max_config_bytes: u64,
+    /// Judge the file as `run --node NAME` would: only that node's
+    /// instances enforced, every other one a group member. Without it,
+    /// every instance with an interface, whichever its node.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
 }
 
 /// A rules file read and admitted exactly as `run` admits it (the offline
@@ -29,6 +34,16 @@ pub fn load(
     file: &std::path::Path,
     max_bytes: u64,
     allow_empty: bool,
+) -> Result<(config::Vpc, String), ExitCode> {
+    load_as(file, max_bytes, allow_empty, Enforcer::Everyone)
+}
+
+/// [`load`] as one enforcer sees the file.
+pub fn load_as(
+    file: &std::path::Path,
+    max_bytes: u64,
+    allow_empty: bool,
+    enforcer: Enforcer<'_>,
 ) -> Result<(config::Vpc, String), ExitCode> {
     let policy = config::ReadPolicy {
         max_bytes,
@@ -42,7 +57,7 @@ pub fn load(
         }
     };
     // The very question `run` asks of the file, at start and on reload.
-    match admit(file, &text, allow_empty) {
+    match admit_as(file, &text, allow_empty, enforcer) {
         Ok((vpc, _compiled)) => Ok((vpc, text)),
         Err(e) => {
             eprintln!("{e}");
@@ -53,7 +68,11 @@ pub fn load(
 
 pub fn check(args: &CheckArgs) -> ExitCode {
     let file = &args.file;
-    let (vpc, text) = match load(file, args.max_config_bytes, args.allow_empty) {
+    let enforcer = match &args.node {
+        Some(node) => Enforcer::Node(Some(node)),
+        None => Enforcer::Everyone,
+    };
+    let (vpc, text) = match load_as(file, args.max_config_bytes, args.allow_empty, enforcer) {
         Ok(v) => v,
         Err(code) => return code,
     };

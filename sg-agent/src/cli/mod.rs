@@ -5,6 +5,7 @@ mod check;
 mod completions;
 mod detach;
 mod diff;
+mod etcd;
 mod explain;
 mod flows;
 mod import;
@@ -50,6 +51,14 @@ enum Command {
     /// (as root). Reloads on SIGHUP and whenever the file changes.
     #[command(after_help = EXIT_CODES)]
     Run(run::RunArgs),
+    /// Publish a rules file to etcd for every host's agent (`run --etcd`),
+    /// after validating it here; compare-and-swap, so concurrent pushes do
+    /// not interleave.
+    #[command(after_help = EXIT_CODES)]
+    Push(etcd::PushArgs),
+    /// Print the description in force in etcd.
+    #[command(after_help = EXIT_CODES)]
+    Pull(etcd::PullArgs),
     /// Write a rules file from where the groups are kept (the AWS CLI's
     /// JSON).
     #[command(subcommand, after_help = EXIT_CODES)]
@@ -104,6 +113,14 @@ pub fn main() -> ExitCode {
         Command::Check(args) => {
             drop(held);
             check::check(&args)
+        }
+        Command::Push(args) => {
+            drop(held);
+            etcd::push(&args)
+        }
+        Command::Pull(args) => {
+            drop(held);
+            etcd::pull(&args)
         }
         Command::Detach(args) => {
             drop(held);

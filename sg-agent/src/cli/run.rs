@@ -47,9 +47,22 @@ enum IngressHookArg {
     reason = "independent command-line switches"
 )]
 pub struct RunArgs {
-    /// The rules file (TOML), e.g. examples/seed-vpc.toml.
-    #[arg(long, short)]
-    config: PathBuf,
+    /// The rules file (TOML), e.g. examples/seed-vpc.toml; or --etcd.
+    #[arg(long, short, required_unless_present = "etcd", conflicts_with = "etcd")]
+    config: Option<PathBuf>,
+    /// Enforce only the instances whose `node` is NAME; every other
+    /// instance counts as a group member only. Without it, the instances
+    /// that have no `node`.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Take the rules from etcd (see `push`) instead of a file, and follow
+    /// every change committed there.
+    #[command(flatten)]
+    etcd: super::etcd::EtcdArgs,
+    /// With --etcd: wait for etcd (and a first description) at start
+    /// instead of exiting with status 1.
+    #[arg(long, requires = "etcd")]
+    etcd_wait: bool,
     /// Reload only on SIGHUP, not when the file changes.
     #[arg(long)]
     no_watch: bool,
@@ -200,6 +213,7 @@ impl RunArgs {
     fn options(&self, ingress: IngressHook) -> agent::Options {
         agent::Options {
             watch: !self.no_watch,
+            node: self.node.clone(),
             ingress,
             observe: agent::ObserveOptions {
                 flow_log: self.flow_log.as_ref().map(|p| flowlog::Settings {
@@ -236,12 +250,28 @@ pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let source = match &args.config {
+        Some(path) => agent::Source::File(path.clone()),
+        None => agent::Source::Etcd {
+            opts: args.etcd.options(),
+            wait: args.etcd_wait,
+        },
+    };
+    let from = match &source {
+        agent::Source::File(path) => format!("rules file {}", path.display()),
+        agent::Source::Etcd { opts, .. } => {
+            format!("{} at {}", opts.display(), opts.endpoints.join(","))
+        }
+    };
+    let node = args
+        .node
+        .as_ref()
+        .map_or_else(String::new, |n| format!(", node {n}"));
     log::info!(
-        "starting: rules file {}, state under {}",
-        args.config.display(),
+        "starting: {from}{node}, state under {}",
         args.state_dir.display()
     );
-    match agent::run(&args.config, args.options(ingress), held) {
+    match agent::run(&source, args.options(ingress), held) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{}", super::error_chain(&e));

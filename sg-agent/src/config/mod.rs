@@ -193,7 +193,7 @@ impl RulesFile {
 /// device and inode (a file renamed over it, a symlink swapped), size, and
 /// the modification and change times (a rewrite in place; the change time
 /// cannot be set back by a writer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileStamp {
     pub dev: u64,
     pub ino: u64,

@@ -218,6 +218,10 @@ pub struct Instance {
     pub interface: Option<String>,
     /// Named network namespace (`ip netns add`) holding the interface.
     pub netns: Option<String>,
+    /// The host whose agent enforces it (`run --node NAME`); on every other
+    /// host it counts only as a group member. Absent: enforced by an agent
+    /// started without `--node`.
+    pub node: Option<String>,
     /// AWS's source/destination check (on by default): the instance sends
     /// only from its own addresses and receives only for them. Off for a
     /// NAT or router instance.
@@ -231,6 +235,20 @@ pub struct Instance {
 impl Instance {
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|(g, _)| g == group)
+    }
+}
+
+impl Vpc {
+    /// The description as the agent of `node` enforces it (`None`: an agent
+    /// started without `--node`): instances of other nodes stay, as group
+    /// members only (their interface and namespace are another host's).
+    pub fn select_node(&mut self, node: Option<&str>) {
+        for inst in &mut self.instances {
+            if inst.node.as_deref() != node {
+                inst.interface = None;
+                inst.netns = None;
+            }
+        }
     }
 }
 

@@ -688,11 +688,13 @@ impl Parser {
                 "interface",
                 "netns",
                 "netns_path",
+                "node",
                 "source_dest_check",
                 "conntrack",
             ],
             "an instance",
         );
+        let node = self.node_name(t);
         self.opt_string(t, "description");
         let name = self.req_string(t, &span, "name", "this instance");
         let mut addresses = Vec::new();
@@ -770,9 +772,26 @@ impl Parser {
             groups,
             interface,
             netns,
+            node,
             source_dest_check,
             conntrack,
             span,
+        })
+    }
+
+    /// `node`: the host name an agent's `run --node` gives.
+    fn node_name(&mut self, t: &DeTable) -> Option<String> {
+        self.opt_string(t, "node").filter(|n| {
+            let ok = !n.is_empty() && n.len() <= 253 && !n.chars().any(char::is_control);
+            if !ok {
+                let span = Self::get(t, "node").map(Value::span).unwrap_or_default();
+                self.err_hint(
+                    span,
+                    format!("node {n:?} is not a host name"),
+                    "name the host whose agent enforces it, as its `run --node` says, e.g. \"host-a\"",
+                );
+            }
+            ok
         })
     }
 

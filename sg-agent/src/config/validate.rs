@@ -203,7 +203,10 @@ fn instances(vpc: &Vpc, group_names: &[&str], out: &mut Vec<Diagnostic>) {
     let mut interfaces = HashMap::new();
     for inst in &vpc.instances {
         if let Some(ifname) = &inst.interface
-            && let Some(other) = interfaces.insert((inst.netns.clone(), ifname.clone()), &inst.name)
+            && let Some(other) = interfaces.insert(
+                (inst.node.clone(), inst.netns.clone(), ifname.clone()),
+                &inst.name,
+            )
         {
             out.push(
                     Diagnostic::new(inst.span.clone(), format!("interface {ifname} is already instance \"{other}\"'s"))

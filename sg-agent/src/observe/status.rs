@@ -37,6 +37,27 @@ pub struct AgentStatus {
     pub flow_log: Option<FlowLogStatus>,
     /// Times an enforced instance was found with nothing attached.
     pub lapses: u64,
+    /// `run --node`: whose instances this agent enforces.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// With `run --etcd`: where the rules come from and how that goes.
+    #[serde(default)]
+    pub etcd: Option<EtcdStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdStatus {
+    pub endpoints: Vec<String>,
+    pub key: String,
+    /// The revision that wrote the description in force.
+    pub revision: Option<i64>,
+    /// The latest revision seen (newer than `revision` when it was
+    /// rejected).
+    pub latest_revision: Option<i64>,
+    /// Whether the watch is up; when not, the policy in force stays and
+    /// the agent reconnects with backoff.
+    pub connected: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +176,28 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
         a.rules_file,
         a.sha256.get(..16).unwrap_or(&a.sha256)
     );
+    if let Some(node) = &a.node {
+        let _ = writeln!(out, "node        {node}");
+    }
+    if let Some(e) = &a.etcd {
+        let rev = |r: Option<i64>| r.map_or_else(|| "-".to_owned(), |r| r.to_string());
+        let _ = writeln!(
+            out,
+            "etcd        {} at {}: revision {} in force (latest {}), {}",
+            e.key,
+            e.endpoints.join(","),
+            rev(e.revision),
+            rev(e.latest_revision),
+            if e.connected {
+                "watching".to_owned()
+            } else {
+                format!(
+                    "DISCONNECTED ({}); reconnecting, the policy in force stays",
+                    e.error.as_deref().unwrap_or("unknown")
+                )
+            }
+        );
+    }
     match &a.last_reload {
         Some(r) => {
             let _ = writeln!(

@@ -35,8 +35,9 @@ pub enum Refusal {
         path: std::path::PathBuf,
     },
     #[error(
-        "{} enforces no instance (no [[instance]] with an `interface`): refused, since it would \
-         leave every interface unfiltered; pass --allow-empty if that is what you want",
+        "{} enforces no instance here (no [[instance]] with an `interface` whose `node` is this \
+         agent's --node, or has none without --node): refused, since it would leave every \
+         interface unfiltered; check --node, or pass --allow-empty if that is what you want",
         .0.display()
     )]
     Empty(std::path::PathBuf),
@@ -51,7 +52,31 @@ pub fn admit(
     text: &str,
     allow_empty: bool,
 ) -> Result<(Vpc, compile::CompiledPolicy), Refusal> {
-    let vpc = config::from_str(path, text).map_err(Refusal::Invalid)?;
+    admit_as(path, text, allow_empty, Enforcer::Everyone)
+}
+
+/// Whose view of the description [`admit_as`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcer<'a> {
+    /// Every instance with an interface, whichever node: the whole
+    /// description, as `check` and `push` judge it.
+    Everyone,
+    /// The agent of `run --node NAME` (`Some`), or of `run` without
+    /// `--node` (`None`): other nodes' instances are group members only.
+    Node(Option<&'a str>),
+}
+
+/// [`admit`] for one enforcer: what it would put in force.
+pub fn admit_as(
+    path: &Path,
+    text: &str,
+    allow_empty: bool,
+    enforcer: Enforcer<'_>,
+) -> Result<(Vpc, compile::CompiledPolicy), Refusal> {
+    let mut vpc = config::from_str(path, text).map_err(Refusal::Invalid)?;
+    if let Enforcer::Node(node) = enforcer {
+        vpc.select_node(node);
+    }
     if !allow_empty && !vpc.instances.iter().any(|i| i.interface.is_some()) {
         return Err(Refusal::Empty(path.to_owned()));
     }

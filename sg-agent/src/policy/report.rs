@@ -30,6 +30,9 @@ pub struct InstanceReport {
     pub name: String,
     pub interface: Option<String>,
     pub netns: Option<String>,
+    /// The host whose agent enforces it (`run --node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub addresses: Vec<String>,
     pub security_groups: Vec<String>,
     /// AWS's source/destination check (`source_dest_check`, on unless the
@@ -121,6 +124,7 @@ pub fn report(vpc: &Vpc) -> Report {
                 name: inst.name.clone(),
                 interface: inst.interface.clone(),
                 netns: inst.netns.clone(),
+                node: inst.node.clone(),
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
                 security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
                 source_dest_check: inst.source_dest_check,
@@ -225,7 +229,11 @@ pub fn render_table(report: &Report) -> String {
             (None, Some(i)) => format!("enforced on {i}"),
             _ => "not on this host: group member only".to_owned(),
         };
-        let _ = writeln!(out, "instance {} ({place})", inst.name);
+        let node = inst
+            .node
+            .as_ref()
+            .map_or_else(String::new, |n| format!(", node {n}"));
+        let _ = writeln!(out, "instance {} ({place}{node})", inst.name);
         let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
         let _ = writeln!(
             out,
