@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
-//! `--only kernel|profile|e2e|reload|memory` runs one part and prints it.
+//! `--only kernel|profile|e2e|reload|memory|etcd` runs one part and prints it.
 //!
 //! A benchmark, never a test: it asserts that each measurement took the
 //! path it claims, never a timing. sg-agent is measured against its floor
@@ -8,6 +8,7 @@
 //! here, never in the agent), a peer XDP program, nftables and iptables.
 
 mod e2e;
+mod etcd;
 mod floor;
 mod kernel;
 mod memory;
@@ -80,8 +81,14 @@ fn main() {
         Vec::new()
     };
 
+    eprintln!("==> 5. many hosts (etcd)");
+    let etcd = part("etcd").then(|| etcd::measure(&etcd::Config::new(smoke)));
+
     let Some(kernel) = kernel else {
         print_parts(&profiles, &e2e_rows, &reload_rows);
+        if let Some(e) = &etcd {
+            println!("{e:?}");
+        }
         return;
     };
     let all = report::All {
@@ -91,6 +98,7 @@ fn main() {
         e2e_cfg: (ecfg.flood_secs, ecfg.iperf_secs, ecfg.runs),
         reload: reload_rows,
         memory,
+        etcd,
         smoke,
     };
     let text = report::render(&all);

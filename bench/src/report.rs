@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, process::Command};
 
-use super::{e2e, kernel, memory, profile, reload};
+use super::{e2e, etcd, kernel, memory, profile, reload};
 
 pub struct All {
     pub kernel: kernel::Report,
@@ -11,6 +11,7 @@ pub struct All {
     pub e2e_cfg: (u64, u64, usize),
     pub reload: Vec<reload::Row>,
     pub memory: Vec<memory::Report>,
+    pub etcd: Option<etcd::Results>,
     pub smoke: bool,
 }
 
@@ -407,8 +408,44 @@ pub fn render(all: &All) -> String {
             mib(f)
         );
     }
+    render_etcd(&mut out, all);
     out.push_str(FINDINGS);
     out
+}
+
+/// Section 5: many hosts through etcd.
+fn render_etcd(out: &mut String, all: &All) {
+    let Some(e) = &all.etcd else { return };
+    let _ = writeln!(
+        out,
+        "
+## 5. Many hosts: propagation through etcd
+
+         A real etcd ({}) on loopback, one member. Each push is one compare-and-swap transaction of the whole description (one key);          the time runs from just before the transaction to the new policy in force: for the agents, until both have logged it (each logs after its atomic swap, so this bounds the time from above);          for the watchers, until every one has read the revision and parsed, validated and compiled it as an agent does (one process, one thread: the fan-out a fleet of hosts puts on etcd, with the compiling serialised here where a fleet runs it in parallel).          The description: one group, two instances; each push toggles a port.
+
+         | propagation, push to in force | pushes | p50 | p99 |
+|---|---:|---:|---:|
+         | 2 agents (`run --etcd --node a` / `b`) | {} | {:.1} ms | {:.1} ms |
+         | {} simulated watchers in one process | {} | {:.1} ms | {:.1} ms |
+",
+        cmd("etcd", &["--version"]).lines().next().unwrap_or("etcd"),
+        e.agents_ms.2,
+        e.agents_ms.0,
+        e.agents_ms.1,
+        e.watchers,
+        e.watchers_ms.2,
+        e.watchers_ms.0,
+        e.watchers_ms.1,
+    );
+    let _ = writeln!(
+        out,
+        "One push of {} rules (one group, one instance; {:.0} KiB of TOML, under etcd's default 1.5 MiB request bound): validated here first (parse, validate, compile, as `check`) {} ms, then the transaction {} ms (median (min-max) of {} pushes).\n",
+        e.big_rules,
+        f64::from(u32::try_from(e.big_bytes).unwrap_or(u32::MAX)) / 1024.0,
+        e.big_validate_ms.show(1),
+        e.big_txn_ms.show(1),
+        e.big_txn_ms.runs,
+    );
 }
 
 /// The perf attribution of the smallest policy's IPv4 paths: each group's

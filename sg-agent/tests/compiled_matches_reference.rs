@@ -296,7 +296,11 @@ fn swap_to(encoder: &mut PolicyEncoder, maps: &mut SoftMaps, tables: &PolicyTabl
 /// The main property's cases: 10,000 in the release run, a quarter of that
 /// in the debug one (unoptimised, it took 100 s of CI alone; both runs are
 /// in `cargo xtask test`, so every commit still gets the 10,000).
-const CASES: u32 = if cfg!(debug_assertions) { 2_500 } else { 10_000 };
+const CASES: u32 = if cfg!(debug_assertions) {
+    2_500
+} else {
+    10_000
+};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]

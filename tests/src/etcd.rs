@@ -15,6 +15,57 @@ pub struct EtcdServer {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// etcd's plain-HTTP health and metrics listener (also with TLS).
+    metrics_port: u16,
+    /// With TLS: the server's certificate and key, and the CA whose
+    /// client certificates it requires.
+    tls: Option<ServerTls>,
+}
+
+/// PEM files for an etcd that speaks TLS and requires client certificates.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
+/// with openssl in `dir`: (server files, client certificate, client key).
+pub fn make_certificates(dir: &std::path::Path) -> (ServerTls, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "openssl: {out:?}");
+    };
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+          -keyout ca.key -out ca.pem -days 2 -subj /CN=sg-test-ca 2>/dev/null
+        for who in server client; do
+          openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout $who.key -out $who.csr -subj /CN=sg-test-$who 2>/dev/null
+        done
+        printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+        printf 'extendedKeyUsage=clientAuth\n' > client.ext
+        for who in server client; do
+          openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
+        done",
+    );
+    (
+        ServerTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        },
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    )
 }
 
 fn free_port() -> u16 {
@@ -27,7 +78,13 @@ fn free_port() -> u16 {
 impl EtcdServer {
     /// Starts etcd and waits until it answers its health check.
     pub fn start(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sg-etcd-{tag}-{}", std::process::id()));
+        Self::start_with(tag, None)
+    }
+
+    /// [`EtcdServer::start`], speaking TLS with client certificates when
+    /// `tls` is given.
+    pub fn start_with(tag: &str, tls: Option<ServerTls>) -> Self {
+        let dir = Self::dir_for(tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("etcd data dir");
         let mut server = Self {
@@ -35,14 +92,23 @@ impl EtcdServer {
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
+            tls,
         };
         server.resume();
         server
     }
 
+    /// The directory a server of `tag` keeps its data (and a test its
+    /// certificates) in.
+    pub fn dir_for(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("sg-etcd-{tag}-{}", std::process::id()))
+    }
+
     /// The client URL agents and `push` use.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills etcd (as a crash would: SIGKILL), keeping its data.
@@ -59,7 +125,19 @@ impl EtcdServer {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
+        let mut etcd = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            etcd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
+        let child = etcd
+            .args(["--listen-metrics-urls", &metrics])
             .arg("--name")
             .arg("sg-test")
             .arg("--data-dir")
@@ -86,9 +164,10 @@ impl EtcdServer {
         }
     }
 
-    /// etcd's own health endpoint says it serves.
+    /// etcd's own health endpoint (on the plain metrics listener) says it
+    /// serves.
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));

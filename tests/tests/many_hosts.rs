@@ -255,3 +255,54 @@ fn concurrent_pushes_do_not_interleave() {
             assert_eq!(text, if a.is_ok() { "# three\n" } else { "# four\n" });
         });
 }
+
+/// A real cluster's setup: etcd over TLS, requiring client certificates.
+/// `push` and `run` get through with --etcd-cacert/--etcd-cert/--etcd-key;
+/// without a client certificate, etcd refuses and `push` exits 1.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let lab = SeedLab::new("sgk", SEED, &[]);
+    let certs = EtcdServer::dir_for("sgk-certs");
+    let (server, cert, key) = sg_tests::etcd::make_certificates(&certs);
+    let ca = server.ca.clone();
+    let etcd = EtcdServer::start_with("sgk", Some(server));
+    let url = etcd.url();
+    assert!(url.starts_with("https://"));
+    let tls = [
+        "--etcd-cacert",
+        ca.to_str().expect("utf-8"),
+        "--etcd-cert",
+        cert.to_str().expect("utf-8"),
+        "--etcd-key",
+        key.to_str().expect("utf-8"),
+    ];
+    let path = lab.config.with_file_name("push.toml");
+    std::fs::write(&path, lab.lab.localize(&two_nodes("ops"))).expect("write");
+    let path = path.to_str().expect("utf-8");
+    let refused = Command::new(binary())
+        .args(["push", path, "--etcd", &url, "--etcd-cacert"])
+        .arg(&ca)
+        .output()
+        .expect("push runs");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "no client certificate: {refused:?}"
+    );
+    let pushed = Command::new(binary())
+        .args(["push", path, "--etcd", &url])
+        .args(tls)
+        .output()
+        .expect("push runs");
+    assert!(pushed.status.success(), "{pushed:?}");
+    let mut args = vec!["--etcd", url.as_str(), "--node", "b"];
+    args.extend(tls);
+    let b = AgentProcess::start_without_file(&args);
+    b.expect_log("ready: enforcing 2 instance(s)", 0, START);
+    assert_eq!(b.status_json()["agent"]["etcd"]["connected"], true);
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    assert_eq!(lab.tcp("app-1", APP, RDS, 3306), Connected);
+    drop(b);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&certs);
+}

@@ -29,6 +29,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // build time; the tests and benchmarks run a real etcd.
     ("protobuf-compiler", "/usr/bin/protoc"),
     ("etcd-server", "/usr/bin/etcd"),
+    // The TLS test makes its own CA and certificates.
+    ("openssl", "/usr/bin/openssl"),
 ];
 
 pub fn all() -> anyhow::Result<()> {
