@@ -416,19 +416,22 @@ pub fn render(all: &All) -> String {
 /// Section 5: many hosts through etcd.
 fn render_etcd(out: &mut String, all: &All) {
     let Some(e) = &all.etcd else { return };
+    let version = cmd("etcd", &["--version"]);
+    let version = version
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("etcd Version: "))
+        .unwrap_or("?");
     let _ = writeln!(
         out,
-        "
-## 5. Many hosts: propagation through etcd
-
-         A real etcd ({}) on loopback, one member. Each push is one compare-and-swap transaction of the whole description (one key);          the time runs from just before the transaction to the new policy in force: for the agents, until both have logged it (each logs after its atomic swap, so this bounds the time from above);          for the watchers, until every one has read the revision and parsed, validated and compiled it as an agent does (one process, one thread: the fan-out a fleet of hosts puts on etcd, with the compiling serialised here where a fleet runs it in parallel).          The description: one group, two instances; each push toggles a port.
-
-         | propagation, push to in force | pushes | p50 | p99 |
-|---|---:|---:|---:|
-         | 2 agents (`run --etcd --node a` / `b`) | {} | {:.1} ms | {:.1} ms |
-         | {} simulated watchers in one process | {} | {:.1} ms | {:.1} ms |
-",
-        cmd("etcd", &["--version"]).lines().next().unwrap_or("etcd"),
+        "\n## 5. Many hosts: propagation through etcd\n\n\
+         A real etcd ({version}, Debian's etcd-server) on loopback, one member. Each push is one compare-and-swap transaction of the whole description (one key); \
+         the time runs from just before the transaction to the new policy in force: for the agents, until both have logged it (each logs after its atomic swap, so this bounds the time from above); \
+         for the watchers, until every one has read the revision and parsed, validated and compiled it as an agent does (one process, one thread: the fan-out a fleet of hosts puts on etcd, with the compiling serialised here where a fleet runs it in parallel). \
+         The description: one group, two instances; each push toggles a port.\n\n\
+         | propagation, push to in force | pushes | p50 | p99 |\n|---|---:|---:|---:|\n\
+         | 2 agents (`run --etcd --node a` / `b`) | {} | {:.1} ms | {:.1} ms |\n\
+         | {} simulated watchers in one process | {} | {:.1} ms | {:.1} ms |\n",
         e.agents_ms.2,
         e.agents_ms.0,
         e.agents_ms.1,
@@ -439,13 +442,26 @@ fn render_etcd(out: &mut String, all: &All) {
     );
     let _ = writeln!(
         out,
-        "One push of {} rules (one group, one instance; {:.0} KiB of TOML, under etcd's default 1.5 MiB request bound): validated here first (parse, validate, compile, as `check`) {} ms, then the transaction {} ms (median (min-max) of {} pushes).\n",
-        e.big_rules,
+        "One push of {} rules (one group, one instance; {:.0} KiB of TOML, under etcd's default 1.5 MiB request bound): validated here first (parse, validate, compile, as `check`) {} ms, then the transaction {} ms (median (min-max) of {} pushes).",
+        thousands(e.big_rules),
         f64::from(u32::try_from(e.big_bytes).unwrap_or(u32::MAX)) / 1024.0,
         e.big_validate_ms.show(1),
         e.big_txn_ms.show(1),
         e.big_txn_ms.runs,
     );
+}
+
+/// `10000` as `10,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The perf attribution of the smallest policy's IPv4 paths: each group's
@@ -507,5 +523,5 @@ What the tables show, and what was changed because of them. Mechanisms only here
 - **veth and native XDP: TCP throughput, and the TC ingress hook (added).** The *XDP_PASS program, native* row attaches a program that does nothing and loses most of the TCP throughput on its own: to give XDP a writable buffer, veth copies every packet into its own pages, and TCP's packets are clones of what the sender keeps for retransmission. Declaring the program frags-aware keeps GSO-sized packets whole but does not avoid the copy; generic mode must still un-share the cloned buffers. So `--ingress-hook tc` runs the same pipeline at TC ingress (TCX), after GRO, where the packets are the stack's own skbs: no copy. On veth it is the choice for bulk TCP and, since veth's XDP path also costs its flood rate, for floods too; on a physical NIC native XDP has no such copy (not measured: no NIC here). Hence the default, `--ingress-hook auto` (changed): TC ingress on veth and other virtual drivers, native XDP on a NIC whose driver runs it, TC on one whose driver does not; the *default* rows are the agent started with no hook option, after checking that it chose TC on the veth. One TCP stream over veth varies widely between rounds on this shared machine (min-max in the table; nftables and iptables, which add little to a tracked flow's path, show the same spread below 100%): differences of that size are not signal, native XDP's loss is.
 - **Flood rate on a 2-core VM: why 2x nftables is missed, and what the receive path costs.** On veth the receiving side runs on the sending CPU (veth hands each packet to its peer in the sender's context), so the generator (trafgen, one process) and the filter share one core, and the absorbed rate is bounded by the generator's own cost per packet as much as by the filter's. The softirq column isolates the receive path, where XDP, TC and netfilter run: there sg-agent costs a fraction of what nftables costs per packet. With native XDP that includes the copy veth makes of every packet to give XDP a buffer of its own (the generator's packets lack XDP's headroom), which is why on veth TC ingress drops a flood for less than XDP does. xdp-trafficgen, which would send far more cheaply, fails to load on this kernel (its tracepoint program finds no BTF for `xdp_redirect_map_err`), and the kernel has no pktgen. iptables evaluates its rules one by one for every packet that matches none of them, which is why it collapses at 10,000 rules while the sets of nftables and the maps of sg-agent do not.
 - **Observability (added).** New tracked flows now always send an event (the agent attributes each to the rules that allowed it) and each connection-table entry has room for per-direction packet and byte counts (a larger entry to copy in), so the *new flow allowed* rows cost more than in the run recorded before them: that is the price of per-rule hit counters. The tracked and dropped rows carry no such cost, since their counts and events exist only with flow logs (or the drop log) on, which the *flow logs on* rows and their two targets measure side by side with the same packets. The benchmark never drains the ring, so past the per-CPU bound's first events each further event takes the bound's cheap path, as a real flood does.
-- **Reload of 10,000 rules (changed).** The first version wrote every trie entry of the new generation on each reload; at 10,000 rules that missed 200 ms, mostly in writing the port trie (one syscall per entry; LPM tries have no batch update). Classes now keep stable ids across generations and their port entries are written once and deleted when nothing refers to them, so a reload writes the address entries and only the classes it adds; the phase table shows what remains: parsing, compiling and the address entries. The swap itself is one 4-byte write, and no datagram was misjudged during any reload. It misses 200 ms again in the run recorded here (the swap's own time includes the grace period before the old generation is deleted). The agent as it stood before untracked flows and the enforcement thread (commit a8ef30e), built apart and run in this reload bench beside this build, took as long, so the change is not theirs; the faster figure recorded before came from an older build on a quieter machine, and which of the two moved it was not found.
+- **Reload of 10,000 rules (changed).** The first version wrote every trie entry of the new generation on each reload; at 10,000 rules that missed 200 ms, mostly in writing the port trie (one syscall per entry; LPM tries have no batch update). Classes now keep stable ids across generations and their port entries are written once and deleted when nothing refers to them, so a reload writes the address entries and only the classes it adds; the phase table shows what remains: parsing, compiling and the address entries. The swap itself is one 4-byte write, and no datagram was misjudged during any reload. Whether it stays under 200 ms varies from run to run on this shared machine (184 ms in the run recorded here, 268 ms in the one before; the swap's own time includes the grace period before the old generation is deleted). The agent as it stood before untracked flows and the enforcement thread (commit a8ef30e), built apart and run in this reload bench beside this build, took as long, so the change is not theirs; the faster figure recorded before came from an older build on a quieter machine, and which of the two moved it was not found.
 ";

@@ -50,7 +50,9 @@ const TARGETS: &[(&str, &str, u16)] = &[
 ];
 
 fn main() -> ExitCode {
-    println!("sg-agent demo: AWS security groups on this host, enforced with XDP and TC\n");
+    println!(
+        "sg-agent demo: AWS security groups on this host, enforced in the kernel with eBPF (XDP or TC)\n"
+    );
     let lab = SeedLab::new("sgdemo", SEED, &[]);
     println!(
         "built the seed architecture: {} network namespaces on one bridge",
