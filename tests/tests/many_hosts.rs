@@ -306,3 +306,66 @@ fn etcd_over_tls_with_client_certificates() {
     drop(etcd);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// etcd with authentication on: a user whose role may read and write only
+/// the description's prefix. `push` and `run` get through with
+/// `--etcd-user USER:PASSWORD`; without it, or with a wrong password,
+/// etcd refuses and `push` exits 1.
+#[test]
+fn etcd_with_a_user_and_password() {
+    let lab = SeedLab::new("sgu", SEED, &[]);
+    let etcd = EtcdServer::start("sgu");
+    let url = etcd.url();
+    let opts = sg_agent::source::etcd::EtcdOptions {
+        endpoints: vec![url.clone()],
+        prefix: "/sg-agent".to_owned(),
+        ..Default::default()
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let mut c = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
+            c.user_add("root", "root-secret", None).await.expect("root");
+            c.role_add("root").await.expect("root role");
+            c.user_grant_role("root", "root").await.expect("grant");
+            c.role_add("sg-agent").await.expect("role");
+            c.role_grant_permission(
+                "sg-agent",
+                etcd_client::Permission::read_write("/sg-agent/").with_prefix(),
+            )
+            .await
+            .expect("permission");
+            c.user_add("sg", "sg-secret", None).await.expect("user");
+            c.user_grant_role("sg", "sg-agent").await.expect("grant");
+            c.auth_enable().await.expect("auth on");
+        });
+    let path = lab.config.with_file_name("push.toml");
+    std::fs::write(&path, lab.lab.localize(&two_nodes("ops"))).expect("write");
+    let path = path.to_str().expect("utf-8");
+    let push = |user: Option<&str>| {
+        Command::new(binary())
+            .args(["push", path, "--etcd", &url])
+            .args(user.map(|u| ["--etcd-user", u]).into_iter().flatten())
+            .output()
+            .expect("push runs")
+    };
+    for user in [None, Some("sg:wrong")] {
+        let refused = push(user);
+        assert_eq!(refused.status.code(), Some(1), "{user:?}: {refused:?}");
+    }
+    let pushed = push(Some("sg:sg-secret"));
+    assert!(pushed.status.success(), "{pushed:?}");
+    let b = AgentProcess::start_without_file(&[
+        "--etcd",
+        &url,
+        "--etcd-user",
+        "sg:sg-secret",
+        "--node",
+        "b",
+    ]);
+    b.expect_log("ready: enforcing 2 instance(s)", 0, START);
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    assert_eq!(lab.tcp("app-1", APP, RDS, 3306), Connected);
+}
