@@ -195,28 +195,38 @@ fn two_nodes_share_one_vpc_through_etcd() {
     );
 }
 
-/// Writes to the description's key without `push`'s validation (as a
-/// careless script might); the new revision.
-fn put_directly(url: &str, text: &str) -> i64 {
-    let opts = sg_agent::source::etcd::EtcdOptions {
+/// The options `push` would use for the description at `url`.
+fn etcd_options(url: &str) -> sg_agent::source::etcd::EtcdOptions {
+    sg_agent::source::etcd::EtcdOptions {
         endpoints: vec![url.to_owned()],
         prefix: "/sg-agent".to_owned(),
         ..Default::default()
-    };
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(async {
-            let mut client = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
-            let (current, _) = sg_agent::source::etcd::read(&mut client, &opts)
-                .await
-                .expect("read");
-            let rev = current.map_or(0, |c| c.mod_revision);
-            sg_agent::source::etcd::compare_and_put(&mut client, &opts, rev, text)
-                .await
-                .expect("put")
-        })
+        .block_on(f)
+}
+
+/// Writes to the description's key without `push`'s validation (as a
+/// careless script might); the new revision.
+fn put_directly(url: &str, text: &str) -> i64 {
+    let opts = etcd_options(url);
+    block_on(async {
+        let mut client = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
+        let (current, _) = sg_agent::source::etcd::read(&mut client, &opts)
+            .await
+            .expect("read");
+        let rev = current.map_or(0, |c| c.mod_revision);
+        sg_agent::source::etcd::compare_and_put(&mut client, &opts, rev, text)
+            .await
+            .expect("put")
+    })
 }
 
 /// Two pushes that read the same revision: one lands, the other is told
@@ -224,36 +234,28 @@ fn put_directly(url: &str, text: &str) -> i64 {
 #[test]
 fn concurrent_pushes_do_not_interleave() {
     let etcd = EtcdServer::start("sgcas");
-    let opts = sg_agent::source::etcd::EtcdOptions {
-        endpoints: vec![etcd.url()],
-        prefix: "/sg-agent".to_owned(),
-        ..Default::default()
-    };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            use sg_agent::source::etcd::{EtcdError, compare_and_put, connect, read};
-            let mut client = connect(&opts).await.expect("etcd");
-            let first = compare_and_put(&mut client, &opts, 0, "# one\n")
-                .await
-                .expect("the first push");
-            let lost = compare_and_put(&mut client, &opts, 0, "# two\n").await;
-            assert!(
-                matches!(lost, Err(EtcdError::Conflict { read: 0, now }) if now == first),
-                "{lost:?}"
-            );
-            let (mut c3, mut c4) = (client.clone(), client.clone());
-            let (a, b) = tokio::join!(
-                compare_and_put(&mut c3, &opts, first, "# three\n"),
-                compare_and_put(&mut c4, &opts, first, "# four\n"),
-            );
-            assert!(a.is_ok() != b.is_ok(), "exactly one lands: {a:?} {b:?}");
-            let (now, _) = read(&mut client, &opts).await.expect("read");
-            let text = now.expect("a description").text;
-            assert_eq!(text, if a.is_ok() { "# three\n" } else { "# four\n" });
-        });
+    let opts = etcd_options(&etcd.url());
+    block_on(async {
+        use sg_agent::source::etcd::{EtcdError, compare_and_put, connect, read};
+        let mut client = connect(&opts).await.expect("etcd");
+        let first = compare_and_put(&mut client, &opts, 0, "# one\n")
+            .await
+            .expect("the first push");
+        let lost = compare_and_put(&mut client, &opts, 0, "# two\n").await;
+        assert!(
+            matches!(lost, Err(EtcdError::Conflict { read: 0, now }) if now == first),
+            "{lost:?}"
+        );
+        let (mut c3, mut c4) = (client.clone(), client.clone());
+        let (a, b) = tokio::join!(
+            compare_and_put(&mut c3, &opts, first, "# three\n"),
+            compare_and_put(&mut c4, &opts, first, "# four\n"),
+        );
+        assert!(a.is_ok() != b.is_ok(), "exactly one lands: {a:?} {b:?}");
+        let (now, _) = read(&mut client, &opts).await.expect("read");
+        let text = now.expect("a description").text;
+        assert_eq!(text, if a.is_ok() { "# three\n" } else { "# four\n" });
+    });
 }
 
 /// A real cluster's setup: etcd over TLS, requiring client certificates.
@@ -316,31 +318,23 @@ fn etcd_with_a_user_and_password() {
     let lab = SeedLab::new("sgu", SEED, &[]);
     let etcd = EtcdServer::start("sgu");
     let url = etcd.url();
-    let opts = sg_agent::source::etcd::EtcdOptions {
-        endpoints: vec![url.clone()],
-        prefix: "/sg-agent".to_owned(),
-        ..Default::default()
-    };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let mut c = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
-            c.user_add("root", "root-secret", None).await.expect("root");
-            c.role_add("root").await.expect("root role");
-            c.user_grant_role("root", "root").await.expect("grant");
-            c.role_add("sg-agent").await.expect("role");
-            c.role_grant_permission(
-                "sg-agent",
-                etcd_client::Permission::read_write("/sg-agent/").with_prefix(),
-            )
-            .await
-            .expect("permission");
-            c.user_add("sg", "sg-secret", None).await.expect("user");
-            c.user_grant_role("sg", "sg-agent").await.expect("grant");
-            c.auth_enable().await.expect("auth on");
-        });
+    let opts = etcd_options(&url);
+    block_on(async {
+        let mut c = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
+        c.user_add("root", "root-secret", None).await.expect("root");
+        c.role_add("root").await.expect("root role");
+        c.user_grant_role("root", "root").await.expect("grant");
+        c.role_add("sg-agent").await.expect("role");
+        c.role_grant_permission(
+            "sg-agent",
+            etcd_client::Permission::read_write("/sg-agent/").with_prefix(),
+        )
+        .await
+        .expect("permission");
+        c.user_add("sg", "sg-secret", None).await.expect("user");
+        c.user_grant_role("sg", "sg-agent").await.expect("grant");
+        c.auth_enable().await.expect("auth on");
+    });
     let path = lab.config.with_file_name("push.toml");
     std::fs::write(&path, lab.lab.localize(&two_nodes("ops"))).expect("write");
     let path = path.to_str().expect("utf-8");

@@ -334,20 +334,10 @@ fn check_metrics(metrics: SocketAddr, s: &Value) {
 fn check_follower(follower: &mut std::process::Child, traffic_done: Instant) {
     // The follower gets the REJECT records as their interval ends (the
     // lab's IPv6 chatter, refused too, may come first).
-    let mut lines = BufReader::new(follower.stdout.take().expect("piped")).lines();
-    let record: Value = loop {
-        let line = lines
-            .next()
-            .expect("the follower prints records")
-            .expect("a line");
-        let record: Value = serde_json::from_str(&line).expect("a JSON record");
+    let record = next_record(follower, |record| {
         assert_eq!(record["instance"], "app-1", "--instance filters: {record}");
-        if record["dstaddr"] == APP {
-            break record;
-        }
-    };
-    let _ = follower.kill();
-    let _ = follower.wait();
+        record["dstaddr"] == APP
+    });
     assert_eq!(record["action"], "REJECT", "{record}");
     assert_eq!(record["srcaddr"], OUTSIDER);
     assert_eq!(record["dstaddr"], APP);
@@ -361,9 +351,9 @@ fn check_follower(follower: &mut std::process::Child, traffic_done: Instant) {
     );
 }
 
-/// JSON records name the rules that allowed a flow (by AWS id where the
-/// file has one) on the record of the interval it started in.
-fn check_rule_attribution(follower: &mut std::process::Child) {
+/// The first JSON record the follower prints that `wanted` accepts; the
+/// follower is stopped then.
+fn next_record(follower: &mut std::process::Child, wanted: impl Fn(&Value) -> bool) -> Value {
     let mut lines = BufReader::new(follower.stdout.take().expect("piped")).lines();
     let record: Value = loop {
         let line = lines
@@ -371,12 +361,21 @@ fn check_rule_attribution(follower: &mut std::process::Child) {
             .expect("the follower prints records")
             .expect("a line");
         let record: Value = serde_json::from_str(&line).expect("a JSON record");
-        if record["dstaddr"] == RDS && record["dstport"] == 3306 && record.get("rules").is_some() {
+        if wanted(&record) {
             break record;
         }
     };
     let _ = follower.kill();
     let _ = follower.wait();
+    record
+}
+
+/// JSON records name the rules that allowed a flow (by AWS id where the
+/// file has one) on the record of the interval it started in.
+fn check_rule_attribution(follower: &mut std::process::Child) {
+    let record = next_record(follower, |record| {
+        record["dstaddr"] == RDS && record["dstport"] == 3306 && record.get("rules").is_some()
+    });
     assert_eq!(record["srcaddr"], APP, "{record}");
     assert_eq!(
         record["rules"],
