@@ -9,11 +9,14 @@
 //! file per verb. `policy::reference` is the plain-Rust oracle every fast
 //! path is tested against.
 
+#[cfg(feature = "daemon")]
 pub mod agent;
+#[cfg(feature = "daemon")]
 pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod import;
 pub mod observe;
 pub mod policy;
+#[cfg(feature = "daemon")]
 pub mod source;

@@ -24,7 +24,10 @@ Exit status:
   1  the rules file is invalid or enforces no instance (run, without --allow-empty),
      the state directory cannot be used, or an instance's programs could not be loaded;
      run: a reload in progress could not be abandoned within 1 s of SIGINT/SIGTERM
-     (every instance is left enforced and pinned, as with --keep-on-exit)
+     (every instance is left enforced and pinned, as with --keep-on-exit);
+     run --etcd (without --etcd-wait), push, pull: etcd cannot be reached, or has no
+     description (pull, run); push: the file is invalid, or the description changed
+     in etcd since it was read (pull, merge, push again)
   2  usage error (unknown option, missing argument)
   3  status, flows: no agent answers on the control socket; diff: the files differ
   4  explain: the flow is denied
