@@ -173,12 +173,17 @@ fn rule_label(vpc: &Vpc, r: &reference::RuleRef) -> String {
         )
 }
 
+/// A drop reason in words, as the drop log and its JSON field give it.
+fn reason_words(reason: u8) -> &'static str {
+    counters::WORDS
+        .get(usize::from(reason))
+        .copied()
+        .unwrap_or("unknown reason")
+}
+
 pub fn drop_line(instance: &str, e: &FlowEvent) -> String {
     let reason = u32::from(e.reason);
-    let words = counters::WORDS
-        .get(usize::from(e.reason))
-        .copied()
-        .unwrap_or("unknown reason");
+    let words = reason_words(e.reason);
     let way = if e.direction == sg_common::policy::INGRESS {
         "inbound"
     } else {
@@ -342,15 +347,11 @@ impl Observer {
                             .add_packet(key(Action::Reject), u64::from(e.len), at);
                     }
                     if self.drop_log {
-                        let reason = counters::WORDS
-                            .get(usize::from(e.reason))
-                            .copied()
-                            .unwrap_or("unknown reason");
                         log::info!(
                             target: "sg_agent::drops",
                             instance = name,
-                            direction = if e.direction == sg_common::policy::INGRESS { "ingress" } else { "egress" },
-                            reason = reason;
+                            direction = direction.as_str(),
+                            reason = reason_words(e.reason);
                             "{}",
                             drop_line(name, e)
                         );
