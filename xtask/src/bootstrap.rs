@@ -26,8 +26,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     ("busybox", "/usr/bin/busybox"),
     // Many hosts: the etcd client crate compiles etcd's protobuf API at
-    // build time; the tests and benchmarks run a real etcd.
+    // build time with protoc, and etcd's .proto files import protobuf's
+    // well-known types (google/protobuf/descriptor.proto), which Debian
+    // ships apart from protoc; the tests and benchmarks run a real etcd.
     ("protobuf-compiler", "/usr/bin/protoc"),
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
     ("etcd-server", "/usr/bin/etcd"),
     // The TLS test makes its own CA and certificates.
     ("openssl", "/usr/bin/openssl"),
@@ -103,7 +109,12 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install(PACKAGES)
+}
+
+/// Installs, with apt, each of `packages` whose file is missing.
+pub fn install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, file)| !std::path::Path::new(file).exists())
         .map(|(p, _)| *p)

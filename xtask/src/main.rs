@@ -3,6 +3,7 @@
 //! installed, and installs the rest.
 
 mod bootstrap;
+mod fresh;
 mod fuzz;
 
 use std::process::{Command, ExitCode};
@@ -57,6 +58,16 @@ enum Cmd {
         /// report printed instead of written.
         #[arg(long)]
         smoke: bool,
+    },
+    /// Prove the bootstrap on a fresh machine: build a minimal Debian 12
+    /// root with mmdebstrap (from the package sources apt uses here), run
+    /// `cargo xtask bootstrap` in it and build the whole workspace there
+    /// with a target directory of its own (as root; CI runs it).
+    Fresh {
+        /// Keep the root under target/fresh/root afterwards (to look into a
+        /// failure).
+        #[arg(long)]
+        keep: bool,
     },
     /// Build the Debian package (binary, systemd unit, man page,
     /// completions) of the release build into target/debian/.
@@ -115,6 +126,10 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         } => {
             bootstrap::all()?;
             fuzz::run(seconds, target.as_deref())
+        }
+        Cmd::Fresh { keep } => {
+            require_root("mmdebstrap, mounts and chroot need root")?;
+            fresh::run(keep)
         }
         Cmd::Deb => {
             bootstrap::all()?;
@@ -297,6 +312,15 @@ fn require_root(why: &str) -> anyhow::Result<()> {
         .context("running id -u")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
         bail!("run as root: {why} (e.g. sudo -E cargo xtask ...)");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with its output passed through; an error if it fails.
+pub fn run_status(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
     }
     Ok(())
 }
