@@ -38,7 +38,7 @@ fuzz_target!(|frame: &[u8]| {
     let (mut flow, mut inner) = (junk(seed), junk(!seed));
     let got = match parse(&SliceView::new(frame), &mut flow, &mut inner) {
         Parsed::Verdict(reason) => Decoded::Verdict(reason),
-        Parsed::Ip { has_inner } => observed(&flow, has_inner.then_some(&inner)),
+        Parsed::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),
     };
     let want = decode(frame);
     assert_eq!(got, want, "parser and reference disagree on {frame:02x?}");

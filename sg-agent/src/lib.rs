@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod import;
+pub mod libvirt;
 pub mod observe;
 pub mod policy;
 #[cfg(feature = "daemon")]

@@ -205,7 +205,8 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         .into_iter()
                         .map(|g| (format!("g{g}"), 0..0))
                         .collect(),
-                    interface: None,
+                    link: None,
+                    mac: None,
                     netns: None,
                     source_dest_check: i != 1,
                     conntrack: sg_agent::config::ConntrackOverrides::default(),

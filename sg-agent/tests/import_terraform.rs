@@ -77,7 +77,7 @@ fn aws_ids_are_kept_shown_by_check_and_exported() {
         .iter_mut()
         .find(|i| i.name == "app-1")
         .expect("app-1")
-        .interface = Some("eth0".to_owned());
+        .link = Some(sg_agent::config::Link::Instance("eth0".to_owned()));
     let report = sg_agent::policy::report::report(&vpc);
     let table = sg_agent::policy::report::render_table(&report);
     assert!(

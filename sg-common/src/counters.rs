@@ -45,11 +45,25 @@ pub const DROP_CONNTRACK_ALLOWANCE: u32 = 13;
 /// `policy::aws_service`). Passed without rules or connection-table entry.
 pub const PASS_AWS_SERVICE: u32 = 14;
 
-/// One past the highest code in use: the number of the next new reason.
-pub const CODES: u32 = 15;
+/// The host side of an instance's link (`host_interface`): a frame the
+/// instance sent from a source MAC address that is not its own (libvirt's
+/// `no-mac-spoofing`).
+pub const DROP_MAC_SPOOFED: u32 = 15;
+/// The host side: an ARP packet the instance sent for an address that is
+/// not its own, or with a sender MAC address that is not its own (a
+/// gratuitous ARP or reply claiming a neighbour's address), or not an
+/// Ethernet/IPv4 ARP packet at all (libvirt's `no-arp-spoofing`).
+pub const DROP_ARP_SPOOFED: u32 = 16;
+/// The host side: a neighbour-discovery message the instance sent that
+/// claims an address or a link-layer address not its own, or that only a
+/// router sends (router advertisement, redirect).
+pub const DROP_ND_SPOOFED: u32 = 17;
 
-/// Room for reasons per direction.
-pub const REASONS: u32 = 16;
+/// One past the highest code in use: the number of the next new reason.
+pub const CODES: u32 = 18;
+
+/// Room for reasons per direction (`passes` reads a 32-bit mask).
+pub const REASONS: u32 = 32;
 /// The counters array holds a block of reasons per policy generation and
 /// direction: a packet is counted under the generation that judged it, so
 /// a reload can be checked packet by packet (every packet judged by the
@@ -74,6 +88,9 @@ pub const NAMES: [&str; CODES as usize] = [
     "drop_source_dest_check",
     "drop_conntrack_allowance_exceeded",
     "pass_aws_service",
+    "drop_mac_spoofed",
+    "drop_arp_spoofed",
+    "drop_nd_spoofed",
 ];
 
 /// Each code in words, by code: what the drop log and flow logs say.
@@ -93,6 +110,9 @@ pub const WORDS: [&str; CODES as usize] = [
     "not the instance's own address (source/destination check)",
     "connection allowance exceeded",
     "AWS service (DHCP, DNS, metadata, time)",
+    "source MAC address not the instance's (host side)",
+    "ARP for an address or MAC address not the instance's (host side)",
+    "neighbour discovery for an address or MAC address not the instance's, or a router's message (host side)",
 ];
 
 /// Whether the parser had read the packet's addresses and ports when it
@@ -100,7 +120,12 @@ pub const WORDS: [&str; CODES as usize] = [
 pub fn has_addresses(reason: u32) -> bool {
     !matches!(
         reason,
-        DROP_MALFORMED | DROP_UNSUPPORTED_L2 | DROP_NO_POLICY | PASS_NOT_IP
+        DROP_MALFORMED
+            | DROP_UNSUPPORTED_L2
+            | DROP_NO_POLICY
+            | PASS_NOT_IP
+            | DROP_MAC_SPOOFED
+            | DROP_ARP_SPOOFED
     )
 }
 

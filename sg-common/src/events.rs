@@ -65,7 +65,7 @@ impl FlowEvent {
     pub fn of(flow: &Flow, kind: u8, direction: u8, reason: u32, generation: u8) -> Self {
         #[expect(
             clippy::cast_possible_truncation,
-            reason = "reasons are below counters::REASONS (16)"
+            reason = "reasons are below counters::REASONS (32)"
         )]
         let reason = reason as u8;
         Self {

@@ -19,6 +19,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod events;
 pub mod flow;
+pub mod guard;
 pub mod maps;
 pub mod parse;
 pub mod policy;

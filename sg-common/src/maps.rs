@@ -4,8 +4,9 @@
 //! A map whose key or value layout changes gets a new name (`..._V2`), so an
 //! old object or a tool reading a pinned map never misreads it.
 
-/// Array with one [`crate::policy::Settings`] at index 0.
-pub const SETTINGS: &str = "SG_SETTINGS";
+/// Array with one [`crate::policy::Settings`] at index 0 (`_V2`: with the
+/// host side's `guard` bits).
+pub const SETTINGS: &str = "SG_SETTINGS_V2";
 /// LPM trie: [`crate::policy::AddrKeyV4`] -> [`crate::policy::AddrValue`].
 pub const ADDR_V4: &str = "SG_ADDR_V4";
 /// LPM trie: [`crate::policy::AddrKeyV6`] -> [`crate::policy::AddrValue`].
@@ -27,8 +28,14 @@ pub const CONNS: &str = "SG_CONNS_V2";
 /// datagrams whose first fragment was allowed.
 pub const FRAGS: &str = "SG_FRAGS";
 /// Per-CPU array of packet counters, indexed by [`crate::counters::index`]
-/// (`_V2`: by policy generation too).
-pub const COUNTERS: &str = "SG_COUNTERS_V2";
+/// (`_V2`: by policy generation too; `_V3`: 32 reasons per block).
+pub const COUNTERS: &str = "SG_COUNTERS_V3";
+/// Hash of one [`crate::guard::MacEntry`] under key 0: the instance's MAC
+/// address, for the host side's layer-2 guard. Written by the agent when
+/// the rules file (or libvirt) gives it; otherwise inserted by the programs
+/// from the first frame the instance sends (an insert that fails when the
+/// key exists, so the first frame wins on every CPU).
+pub const MAC: &str = "SG_MAC";
 /// Ring buffer of [`crate::events::FlowEvent`]s for the agent. Not pinned:
 /// events belong to the agent that reads them.
 pub const EVENTS: &str = "SG_EVENTS";
@@ -59,6 +66,8 @@ pub fn lost_with(name: &str) -> &'static str {
         "fragments in flight"
     } else if name.starts_with("SG_COUNTERS") {
         "its packet counts"
+    } else if name.starts_with("SG_MAC") {
+        "a learned MAC address (learned again from the next frame)"
     } else {
         "nothing (the policy is filled again from the rules file)"
     }
@@ -116,9 +125,10 @@ const fn lpm<T>() -> u32 {
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
 /// and the event ring belong to one process and are not pinned.
-pub const PINNED: [Layout; 8] = {
+pub const PINNED: [Layout; 9] = {
     use crate::{
         conntrack::{CtEntry, CtKey, FragEntry, FragKey},
+        guard::MacEntry,
         policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings},
     };
     const fn l(name: &'static str, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
@@ -168,5 +178,6 @@ pub const PINNED: [Layout; 8] = {
             FRAGS_MAX_ENTRIES,
         ),
         l(COUNTERS, 4, 8, crate::counters::COUNTERS_LEN),
+        l(MAC, 4, size::<MacEntry>(), 1),
     ]
 };

@@ -250,8 +250,8 @@ pub enum Parsed {
     /// Not IP: the reason decides (ARP passes).
     Verdict(u32),
     /// An IP packet; `inner` is the packet an ICMP error quotes, when
-    /// `has_inner`.
-    Ip { has_inner: bool },
+    /// `has_inner`; the transport header starts at `l4_off`.
+    Ip { has_inner: bool, l4_off: usize },
 }
 
 /// Parses the frame into `flow` (and, for an ICMP error, the quoted packet
@@ -297,7 +297,10 @@ pub fn parse(ctx: &impl PacketView, flow: &mut Flow, inner: &mut Flow) -> Parsed
         Err(reason) => return Parsed::Verdict(reason),
     };
     if flow.frag == FRAG_LATER {
-        return Parsed::Ip { has_inner: false };
+        return Parsed::Ip {
+            has_inner: false,
+            l4_off,
+        };
     }
     match parse_l4(ctx, l4_off, flow) {
         Ok(()) => {}
@@ -314,9 +317,12 @@ pub fn parse(ctx: &impl PacketView, flow: &mut Flow, inner: &mut Flow) -> Parsed
         inner.frag = FRAG_NONE;
         inner.icmp_type = 0;
         let has_inner = parse_quoted(ctx, l4_off + 8, flow.family, inner);
-        return Parsed::Ip { has_inner };
+        return Parsed::Ip { has_inner, l4_off };
     }
-    Parsed::Ip { has_inner: false }
+    Parsed::Ip {
+        has_inner: false,
+        l4_off,
+    }
 }
 
 /// IPv4 header at `off`; returns the transport header's offset.

@@ -1,6 +1,6 @@
 //! `aya::Pod` for every map key and value. Each type is `#[repr(C)]` with
 //! explicit padding, so every byte is initialised and any bit pattern is valid.
-use crate::{conntrack, events, policy};
+use crate::{conntrack, events, guard, policy};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -24,4 +24,5 @@ pod!(
     conntrack::FragEntry,
     events::FlowEvent,
     events::EventBudget,
+    guard::MacEntry,
 );

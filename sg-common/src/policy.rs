@@ -73,8 +73,12 @@ pub struct Settings {
     /// reads the timekeeper (6% of a tracked packet). Both have the tick's
     /// resolution. Zero: the programs use the coarse clock.
     pub ns_per_tick: u64,
+    /// `guard::GUARD_*` bits: what the host side checks of the frames the
+    /// instance sends (0 on the instance's own side of its link).
+    pub guard: u32,
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 88);
+const _: () = assert!(size_of::<Settings>() == 96);
 
 /// Tag bytes of an address key.
 #[inline(always)]
@@ -305,7 +309,6 @@ pub fn own_address<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
     } else {
         &flow.src
     };
-    let tag = addr_tag(generation, OWN);
     if flow.family == FAMILY_V4 {
         if flow.proto == crate::flow::proto::UDP
             && flow.frag != crate::flow::FRAG_LATER
@@ -313,17 +316,34 @@ pub fn own_address<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
         {
             return true;
         }
-        maps.addr_v4(&AddrKeyV4 {
-            tag,
-            addr: local[0],
-        })
-        .is_some()
+        own_v4(maps, generation, local[0])
     } else {
         if link_local_or_unspecified(&flow.src) || link_local_or_unspecified(&flow.dst) {
             return true;
         }
-        maps.addr_v6(&AddrKeyV6 { tag, addr: *local }).is_some()
+        own_v6(maps, generation, local)
     }
+}
+
+/// Whether `addr` (network byte order) is one of the instance's IPv4
+/// addresses (every address, without the source/destination check).
+#[inline(always)]
+pub fn own_v4<M: PolicyMaps>(maps: &M, generation: u8, addr: u32) -> bool {
+    maps.addr_v4(&AddrKeyV4 {
+        tag: addr_tag(generation, OWN),
+        addr,
+    })
+    .is_some()
+}
+
+/// Whether `addr` is one of the instance's IPv6 addresses.
+#[inline(always)]
+pub fn own_v6<M: PolicyMaps>(maps: &M, generation: u8, addr: &Addr) -> bool {
+    maps.addr_v6(&AddrKeyV6 {
+        tag: addr_tag(generation, OWN),
+        addr: *addr,
+    })
+    .is_some()
 }
 
 /// Whether a packet is traffic with an AWS service that security groups

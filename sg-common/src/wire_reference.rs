@@ -297,7 +297,7 @@ mod tests {
         let (mut flow, mut inner) = (junk, junk);
         match parse(&SliceView::new(frame), &mut flow, &mut inner) {
             Parsed::Verdict(r) => Decoded::Verdict(r),
-            Parsed::Ip { has_inner } => observed(&flow, has_inner.then_some(&inner)),
+            Parsed::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),
         }
     }
 

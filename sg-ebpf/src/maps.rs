@@ -2,7 +2,7 @@
 //! finds and sizes exactly these.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -11,6 +11,7 @@ use sg_common::{
     counters::COUNTERS_LEN,
     events::EventBudget,
     flow::{FAMILY_V4, Flow},
+    guard::{MAC_LEARNED, MacEntry, MacStore},
     maps as m,
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PORT_PROTO_BITS, PolicyMaps, PortKey,
@@ -18,7 +19,7 @@ use sg_common::{
     },
 };
 
-#[map(name = "SG_SETTINGS")]
+#[map(name = "SG_SETTINGS_V2")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map(name = "SG_ADDR_V4")]
@@ -48,8 +49,12 @@ pub static CONNS: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(m::CONNS_D
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(m::FRAGS_MAX_ENTRIES, 0);
 
-#[map(name = "SG_COUNTERS_V2")]
+#[map(name = "SG_COUNTERS_V3")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// The instance's MAC address (host side only): one entry, key 0.
+#[map(name = "SG_MAC")]
+pub static MAC: HashMap<u32, MacEntry> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "SG_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_RING_BYTES, 0);
@@ -101,5 +106,32 @@ impl PolicyMaps for KernelPolicy {
     #[inline(always)]
     fn ports(&self, key: &PortKey) -> Option<PortValue> {
         PORTS.get(Key::new(PORT_PROTO_BITS + 16, *key)).copied()
+    }
+}
+
+/// The instance's MAC address as `sg_common::guard` reads it.
+pub struct KernelMac;
+
+impl MacStore for KernelMac {
+    #[inline(always)]
+    fn mac_or_learn(&self, seen: [u8; 6]) -> Option<[u8; 6]> {
+        // The key lives on the stack: a promoted `&0` is a constant global
+        // of value 0, which LLVM may merge with a read-only global the
+        // loader overrides (SG_EVENTS_PER_CPU was), and the lookup would
+        // then ask for another key.
+        let key: u32 = 0;
+        // SAFETY: the value is copied out at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
+        if let Some(e) = unsafe { MAC.get(&key) } {
+            return Some(e.mac);
+        }
+        // Fails if another CPU learned first: then its MAC is the one.
+        let learned = MacEntry {
+            mac: seen,
+            learned: MAC_LEARNED,
+            pad: 0,
+        };
+        let _ = MAC.insert(&key, &learned, u64::from(BPF_NOEXIST));
+        // SAFETY: as above.
+        unsafe { MAC.get(&key) }.map(|e| e.mac)
     }
 }

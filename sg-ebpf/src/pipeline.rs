@@ -14,12 +14,13 @@ use sg_common::{
         OBSERVE_UNTRACKED,
     },
     flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
-    policy::{self, AddrValue, Settings, allowing_class},
+    guard::{self, GUARD_HOST_SIDE, Outbound},
+    policy::{self, AddrValue, EGRESS, Settings, allowing_class},
 };
 
 use crate::{
     context::Packet,
-    maps::{CONNS, COUNTERS, FRAGS, KernelPolicy, SCRATCH, SETTINGS, Scratch},
+    maps::{CONNS, COUNTERS, FRAGS, KernelMac, KernelPolicy, SCRATCH, SETTINGS, Scratch},
     observe,
 };
 use sg_common::parse::{Parsed, parse};
@@ -106,17 +107,30 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         frag_key,
         // SAFETY: this CPU's scratch slot, valid for the whole run. Programs do not nest on a CPU (XDP and TC run in softirq context with preemption off, and no program of this object interrupts another on its CPU), so this packet has it alone until it returns.
     } = unsafe { &mut *scratch };
+    // On the host side of the instance's link, what the instance sends is
+    // checked at layer 2 first: its MAC address, ARP (see guard).
+    let guarded = direction == EGRESS && settings.guard & GUARD_HOST_SIDE != 0;
+    let mut mac = [0u8; 6];
+    if guarded {
+        match guard::outbound_frame(ctx, &KernelPolicy, generation, &KernelMac) {
+            Outbound::Verdict(r) => return r,
+            Outbound::Judge(m) => mac = m,
+        }
+    }
     // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
     // parser writes every field that is read for the packet it finds.
-    let has_inner = match parse(ctx, flow, inner) {
+    let (has_inner, l4_off) = match parse(ctx, flow, inner) {
         Parsed::Verdict(r) => return r,
-        Parsed::Ip { has_inner } => has_inner,
+        Parsed::Ip { has_inner, l4_off } => (has_inner, l4_off),
     };
     if flow.family == FAMILY_V6
         && flow.proto == proto::ICMPV6
         && flow.frag != FRAG_LATER
         && icmp::is_neighbour_discovery(flow.icmp_type)
     {
+        if guarded {
+            return guard::outbound_nd(ctx, l4_off, flow, &KernelPolicy, generation, mac);
+        }
         return PASS_NEIGHBOUR_DISCOVERY;
     }
     let now = clock(settings);

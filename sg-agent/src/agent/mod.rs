@@ -29,7 +29,7 @@ use crate::{
     config::ConfigError,
     dataplane::{DataplaneError, IngressHook, pins::PinError},
     observe::{
-        control::{self, AskStatus},
+        control::{self, AskDomain, AskStatus},
         flowlog, metrics,
         status::Status,
     },
@@ -40,7 +40,7 @@ pub use enforce::detach;
 /// Bursts of file events within this window make one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How often interfaces and the rules file are checked.
-const RECONCILE: Duration = Duration::from_millis(250);
+pub(crate) const RECONCILE: Duration = Duration::from_millis(250);
 /// How long SIGINT/SIGTERM may wait for a reload in progress to be
 /// abandoned before the agent exits anyway, leaving everything enforced.
 const STOP_DEADLINE: Duration = Duration::from_secs(1);
@@ -190,10 +190,15 @@ enum Command {
     Tick {
         watched: bool,
     },
+    /// A link appeared or changed in a namespace with an instance:
+    /// reconcile now.
+    Link,
     /// Drain the programs' events (flow logs, rule hits, drop log).
     Observe,
     /// A status snapshot, for the control socket and metrics.
     Status(tokio::sync::oneshot::Sender<Status>),
+    /// libvirt's hook: a domain starts (enforce its NICs now) or stopped.
+    Domain(control::DomainEvent),
     Stop,
 }
 
@@ -297,13 +302,37 @@ async fn bind_observers(
 /// Serves the control socket and the metrics endpoint on this runtime.
 fn serve_observers(
     (control, metrics): Listeners,
-    ask: &AskStatus,
+    commands: &std_mpsc::Sender<Command>,
     records: tokio::sync::broadcast::Sender<flowlog::Record>,
 ) {
-    tokio::spawn(control::serve(control, Arc::clone(ask), records));
+    let ask: AskStatus = {
+        let commands = commands.clone();
+        Arc::new(move |reply| {
+            let _ = commands.send(Command::Status(reply));
+        })
+    };
+    let domain: AskDomain = {
+        let commands = commands.clone();
+        Arc::new(move |event| {
+            let _ = commands.send(Command::Domain(event));
+        })
+    };
+    tokio::spawn(control::serve(control, Arc::clone(&ask), domain, records));
     if let Some(listener) = metrics {
-        tokio::spawn(metrics::serve(listener, Arc::clone(ask)));
+        tokio::spawn(metrics::serve(listener, ask));
     }
+}
+
+/// Link events of the namespaces the enforcement thread names (through the
+/// returned sender) wake it at once.
+fn watch_links(
+    commands: std_mpsc::Sender<Command>,
+) -> tokio::sync::watch::Sender<std::collections::BTreeSet<crate::source::links::Namespace>> {
+    let (links, wanted) = tokio::sync::watch::channel(std::collections::BTreeSet::new());
+    tokio::spawn(crate::source::links::follow(wanted, move |_, _| {
+        let _ = commands.send(Command::Link);
+    }));
+    links
 }
 
 async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Result<(), AgentError> {
@@ -339,12 +368,13 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
         (None, Source::File(path)) => enforce::Rules::File(path.clone()),
         (None, Source::Etcd { .. }) => unreachable!("read above"),
     };
+    let links_tx = watch_links(commands.clone());
     {
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("enforce".into())
             .spawn(move || {
-                let result = enforce::run(rules, opts, &queue, &stop);
+                let result = enforce::run(rules, opts, &queue, &stop, links_tx);
                 let _ = done_tx.send(result);
             })
             .map_err(|e| AgentError::Start("enforcement thread", e))?;
@@ -363,13 +393,7 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
             e, client, revision, state, reload,
         ));
     }
-    let ask: AskStatus = {
-        let commands = commands.clone();
-        Arc::new(move |reply| {
-            let _ = commands.send(Command::Status(reply));
-        })
-    };
-    serve_observers(listeners, &ask, records);
+    serve_observers(listeners, &commands, records);
     let send = |c: Command| {
         // The enforcement thread only goes away by returning, which `done`
         // reports.

@@ -213,11 +213,16 @@ pub struct Instance {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub groups: Vec<(String, Span)>,
-    /// Enforce on this interface of this host; absent: the instance lives
+    /// Where this host enforces it: its own interface, the host side of
+    /// its link, or a libvirt domain's NIC; absent: the instance lives
     /// elsewhere and only counts as a group member.
-    pub interface: Option<String>,
+    pub link: Option<Link>,
     /// Named network namespace (`ip netns add`) holding the interface.
     pub netns: Option<String>,
+    /// `mac`: the instance's MAC address, which the host side checks on
+    /// every frame it sends (see `sg_common::guard`); absent: learned from
+    /// its first frame (a libvirt domain's comes from libvirt).
+    pub mac: Option<MacAddr>,
     /// The host whose agent enforces it (`run --node NAME`); on every other
     /// host it counts only as a group member. Absent: enforced by an agent
     /// started without `--node`.
@@ -236,6 +241,128 @@ impl Instance {
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|(g, _)| g == group)
     }
+
+    /// Whether this host enforces it.
+    pub fn enforced_here(&self) -> bool {
+        self.link.is_some()
+    }
+}
+
+/// Which end of an instance's link this host enforces it on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Link {
+    /// `interface`: the instance's own end of its link (the interface of
+    /// its network namespace, or a VM's NIC seen from inside the guest).
+    /// What enters it is the instance's inbound, what leaves it its
+    /// outbound.
+    Instance(String),
+    /// `host_interface`: the host's end of the instance's link (a VM's
+    /// tap, a container's host-side veth), where EC2's hypervisor enforces
+    /// it and root inside the guest cannot lift it. What the host sends into
+    /// it is the instance's inbound, what comes out of it the instance's
+    /// outbound, checked at layer 2 too (`sg_common::guard`).
+    Host(String),
+    /// `libvirt_domain`: the host side of a running libvirt domain's NIC
+    /// (its tap), found in libvirt's live domain state each time the domain
+    /// starts; `mac` (`libvirt_mac`) picks one NIC of several.
+    Libvirt {
+        domain: String,
+        mac: Option<MacAddr>,
+    },
+}
+
+impl Link {
+    /// Whether it is the host side of the instance's link.
+    pub fn host_side(&self) -> bool {
+        !matches!(self, Self::Instance(_))
+    }
+
+    /// The interface the file names (`None` for a libvirt domain's, found
+    /// at run time).
+    pub fn ifname(&self) -> Option<&str> {
+        match self {
+            Self::Instance(i) | Self::Host(i) => Some(i),
+            Self::Libvirt { .. } => None,
+        }
+    }
+
+    /// The rules file's key for it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Instance(_) => "interface",
+            Self::Host(_) => "host_interface",
+            Self::Libvirt { .. } => "libvirt_domain",
+        }
+    }
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Instance(i) => f.write_str(i),
+            Self::Host(i) => write!(f, "host side of {i}"),
+            Self::Libvirt { domain, mac: None } => write!(f, "libvirt domain {domain}"),
+            Self::Libvirt {
+                domain,
+                mac: Some(m),
+            } => write!(f, "libvirt domain {domain} NIC {m}"),
+        }
+    }
+}
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let octets: Vec<String> = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        f.write_str(&octets.join(":"))
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = &'static str;
+
+    /// Six hexadecimal octets separated by `:` (or `-`), as `ip link`
+    /// and libvirt write them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut out {
+            let part = parts.next().ok_or("has fewer than six octets")?;
+            if part.is_empty() || part.len() > 2 {
+                return Err("is not six two-digit hexadecimal octets");
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| "is not hexadecimal")?;
+        }
+        if parts.next().is_some() {
+            return Err("has more than six octets");
+        }
+        Ok(Self(out))
+    }
+}
+
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|why| serde::de::Error::custom(format!("MAC address {text:?} {why}")))
+    }
+}
+
+impl MacAddr {
+    /// Whether it can be a NIC's own address: not a group (multicast or
+    /// broadcast) address, not all zeros.
+    pub fn is_unicast(self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
 }
 
 impl Vpc {
@@ -245,7 +372,7 @@ impl Vpc {
     pub fn select_node(&mut self, node: Option<&str>) {
         for inst in &mut self.instances {
             if inst.node.as_deref() != node {
-                inst.interface = None;
+                inst.link = None;
                 inst.netns = None;
             }
         }

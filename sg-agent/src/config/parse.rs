@@ -13,8 +13,8 @@ use toml::{
 use super::{
     diagnostics::{Diagnostic, did_you_mean},
     model::{
-        ConntrackOverrides, ConntrackSettings, Instance, Limits, Ports, PrefixList, Protocol, Rule,
-        SecurityGroup, Source, SourceRef, Span, Vpc,
+        ConntrackOverrides, ConntrackSettings, Instance, Limits, Link, MacAddr, Ports, PrefixList,
+        Protocol, Rule, SecurityGroup, Source, SourceRef, Span, Vpc,
     },
 };
 
@@ -686,6 +686,10 @@ impl Parser {
                 "addresses",
                 "security_groups",
                 "interface",
+                "host_interface",
+                "libvirt_domain",
+                "libvirt_mac",
+                "mac",
                 "netns",
                 "netns_path",
                 "node",
@@ -717,41 +721,22 @@ impl Parser {
             }
         }
         let groups = self.string_array(t, "security_groups");
-        let interface = self
-            .opt_string(t, "interface")
-            .filter(|name| self.interface_name_ok(t, name));
-        let mut netns = self
-            .opt_string(t, "netns")
-            .filter(|name| self.netns_name_ok(t, name));
-        if let Some(path) = self.opt_string(t, "netns_path") {
-            let span = Self::get(t, "netns_path")
-                .map(Value::span)
-                .unwrap_or_default();
-            if netns.is_some() {
-                self.err_hint(
-                    span,
-                    "netns and netns_path both given",
-                    "keep netns (a name under /run/netns) or netns_path (a namespace file elsewhere)",
-                );
-            } else if !path.starts_with('/') || path.contains('\0') {
-                self.err_hint(
-                    span,
-                    "netns_path must be an absolute path",
-                    "e.g. netns_path = \"/proc/1234/ns/net\" or \"/run/docker/netns/abc\"",
-                );
-            } else {
-                netns = Some(path);
-            }
-        }
+        let link = self.link(t);
+        let netns = self.netns(t);
+        let linked = ["interface", "host_interface", "libvirt_domain"]
+            .iter()
+            .any(|k| Self::get(t, k).is_some());
         for key in ["netns", "netns_path"] {
-            if let (Some(v), None) = (Self::get(t, key), &interface) {
+            if let (Some(v), false) = (Self::get(t, key), linked) {
                 self.err_hint(
                     v.span(),
                     format!("{key} without interface"),
-                    "name the interface inside that namespace, e.g. interface = \"eth0\"",
+                    "name the interface inside that namespace, e.g. interface = \"eth0\" (or host_interface = \"vnet0\" for the host side of a VM's tap or a container's veth)",
                 );
             }
         }
+        let mac = self.mac(t, "mac");
+        self.mac_fits(t, link.as_ref(), linked);
         let source_dest_check = match Self::get(t, "source_dest_check") {
             None => true,
             Some(v) => v.get_ref().as_bool().unwrap_or_else(|| {
@@ -770,8 +755,9 @@ impl Parser {
             name: name?.0,
             addresses,
             groups,
-            interface,
+            link,
             netns,
+            mac,
             node,
             source_dest_check,
             conntrack,
@@ -795,9 +781,158 @@ impl Parser {
         })
     }
 
+    /// `netns` (a name under /run/netns) or `netns_path` (a namespace file
+    /// elsewhere), not both.
+    fn netns(&mut self, t: &DeTable) -> Option<String> {
+        let mut netns = self
+            .opt_string(t, "netns")
+            .filter(|name| self.netns_name_ok(t, name));
+        if let Some(path) = self.opt_string(t, "netns_path") {
+            let span = Self::get(t, "netns_path")
+                .map(Value::span)
+                .unwrap_or_default();
+            if netns.is_some() {
+                self.err_hint(
+                    span,
+                    "netns and netns_path both given",
+                    "keep netns (a name under /run/netns) or netns_path (a namespace file elsewhere)",
+                );
+            } else if !path.starts_with('/') || path.contains('\0') {
+                self.err_hint(
+                    span,
+                    "netns_path must be an absolute path",
+                    "e.g. netns_path = \"/proc/1234/ns/net\" or \"/run/docker/netns/abc\"",
+                );
+            } else {
+                netns = Some(path);
+            }
+        }
+        netns
+    }
+
+    /// `interface`, `host_interface` or `libvirt_domain` (with
+    /// `libvirt_mac`): at most one of the three.
+    fn link(&mut self, t: &DeTable) -> Option<Link> {
+        let given: Vec<&str> = ["interface", "host_interface", "libvirt_domain"]
+            .into_iter()
+            .filter(|k| Self::get(t, k).is_some())
+            .collect();
+        if given.len() > 1 {
+            let span = Self::get(t, given[1]).map(Value::span).unwrap_or_default();
+            self.err_hint(
+                span,
+                format!("{} and {} both given", given[0], given[1]),
+                "interface is the instance's own end of its link (inside its namespace or VM); \
+                 host_interface the host's end (a VM's tap, a container's host veth), which the \
+                 guest cannot lift; libvirt_domain finds a libvirt domain's tap: keep one",
+            );
+            return None;
+        }
+        let libvirt_mac = self.mac(t, "libvirt_mac");
+        if let (Some(v), false) = (
+            Self::get(t, "libvirt_mac"),
+            given.first() == Some(&"libvirt_domain"),
+        ) {
+            self.err_hint(
+                v.span(),
+                "libvirt_mac without libvirt_domain",
+                "libvirt_mac picks one NIC of a libvirt domain: write libvirt_domain = \"NAME\" too",
+            );
+        }
+        match *given.first()? {
+            "interface" => self
+                .opt_string(t, "interface")
+                .filter(|name| self.interface_name_ok(t, "interface", name))
+                .map(Link::Instance),
+            "host_interface" => self
+                .opt_string(t, "host_interface")
+                .filter(|name| self.interface_name_ok(t, "host_interface", name))
+                .map(Link::Host),
+            _ => self
+                .opt_string(t, "libvirt_domain")
+                .filter(|name| self.domain_name_ok(t, name))
+                .map(|domain| Link::Libvirt {
+                    domain,
+                    mac: libvirt_mac,
+                }),
+        }
+    }
+
+    /// `mac` belongs on the host side of an instance's link.
+    fn mac_fits(&mut self, t: &DeTable, link: Option<&Link>, linked: bool) {
+        if let Some(v) = Self::get(t, "mac") {
+            let why = match link {
+                Some(Link::Host(_)) => None,
+                Some(Link::Instance(_)) => Some((
+                    "mac is checked on the host side of an instance's link only",
+                    "write host_interface = \"...\" (the VM's tap or the container's host veth) instead of interface, or leave mac out",
+                )),
+                Some(Link::Libvirt { .. }) => Some((
+                    "a libvirt domain's MAC address comes from libvirt",
+                    "leave mac out; libvirt_mac = \"...\" picks one NIC of a domain that has several",
+                )),
+                None if linked => None,
+                None => Some((
+                    "mac without host_interface",
+                    "name the host side of the instance's link, e.g. host_interface = \"vnet0\"",
+                )),
+            };
+            if let Some((msg, hint)) = why {
+                self.err_hint(v.span(), msg, hint);
+            }
+        }
+    }
+
+    /// A MAC address under `key`: six hex octets, a unicast address.
+    fn mac(&mut self, t: &DeTable, key: &str) -> Option<MacAddr> {
+        let v = Self::get(t, key)?;
+        let text = self.string(v, key)?;
+        match text.parse::<MacAddr>() {
+            Ok(mac) if mac.is_unicast() => Some(mac),
+            Ok(_) => {
+                self.err_hint(
+                    v.span(),
+                    format!("{key} {text:?} is not a NIC's own address (multicast, broadcast or zero)"),
+                    "a NIC's MAC address has the lowest bit of its first octet clear, e.g. \"52:54:00:12:34:56\"",
+                );
+                None
+            }
+            Err(why) => {
+                self.err_hint(
+                    v.span(),
+                    format!("{key} {text:?} {why}"),
+                    "write six hexadecimal octets separated by ':', e.g. \"52:54:00:12:34:56\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// A libvirt domain name, which names its live state file
+    /// (`/run/libvirt/qemu/NAME.xml`): one path component, as libvirt
+    /// itself requires.
+    fn domain_name_ok(&mut self, t: &DeTable, name: &str) -> bool {
+        let bad = name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.len() > 200
+            || name.chars().any(|c| c == '/' || c.is_control());
+        if bad {
+            let span = Self::get(t, "libvirt_domain")
+                .map(Value::span)
+                .unwrap_or_default();
+            self.err_hint(
+                span,
+                format!("libvirt_domain {name:?} is not a domain name"),
+                "name the domain as `virsh list` shows it: no '/' or control characters",
+            );
+        }
+        !bad
+    }
+
     /// A Linux interface name: 1 to 15 bytes, no `/`, NUL or whitespace
     /// (the kernel's `dev_valid_name`), not `.` or `..`.
-    fn interface_name_ok(&mut self, t: &DeTable, name: &str) -> bool {
+    fn interface_name_ok(&mut self, t: &DeTable, key: &str, name: &str) -> bool {
         let why = if name.is_empty() || name.len() > 15 {
             Some(format!("is {} bytes long", name.len()))
         } else if name == "." || name == ".." {
@@ -808,12 +943,10 @@ impl Parser {
                 .map(|c| format!("contains {c:?}"))
         };
         if let Some(why) = why {
-            let span = Self::get(t, "interface")
-                .map(Value::span)
-                .unwrap_or_default();
+            let span = Self::get(t, key).map(Value::span).unwrap_or_default();
             self.err_hint(
                 span,
-                format!("interface {name:?} {why}"),
+                format!("{key} {name:?} {why}"),
                 "an interface name is 1 to 15 bytes without '/', ':', whitespace or control characters, e.g. \"eth0\"",
             );
             return false;

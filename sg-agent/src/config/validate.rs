@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     diagnostics::{Diagnostic, did_you_mean},
-    model::{PrefixList, Rule, Source, Span, Vpc},
+    model::{Link, PrefixList, Rule, Source, Span, Vpc},
 };
 
 pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
@@ -200,18 +200,72 @@ fn instances(vpc: &Vpc, group_names: &[&str], out: &mut Vec<Diagnostic>) {
             }
         }
     }
-    let mut interfaces = HashMap::new();
+    links(vpc, out);
+}
+
+/// One instance per interface of a namespace (whichever end of the link),
+/// per libvirt domain NIC, per MAC address.
+fn links(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
+    let mut links = HashMap::new();
+    let mut macs = HashMap::new();
     for inst in &vpc.instances {
-        if let Some(ifname) = &inst.interface
-            && let Some(other) = interfaces.insert(
-                (inst.node.clone(), inst.netns.clone(), ifname.clone()),
-                &inst.name,
-            )
+        let Some(link) = &inst.link else {
+            continue;
+        };
+        // One instance per interface of a namespace (whichever end of the
+        // link it is), one per libvirt domain NIC.
+        let key = match link {
+            Link::Instance(i) | Link::Host(i) => (inst.netns.clone(), Link::Instance(i.clone())),
+            Link::Libvirt { .. } => (inst.netns.clone(), link.clone()),
+        };
+        if let Some(other) = links.insert((inst.node.clone(), key), &inst.name) {
+            out.push(
+                Diagnostic::new(
+                    inst.span.clone(),
+                    format!("{} {link} is already instance \"{other}\"'s", link.key()),
+                )
+                .hint(match link {
+                    Link::Libvirt { .. } => {
+                        "a domain with several NICs: give each instance its NIC's libvirt_mac"
+                    }
+                    _ => {
+                        "each interface enforces one instance; give this one its own interface or netns"
+                    }
+                }),
+            );
+        }
+        if let Link::Libvirt { domain, mac: None } = link
+            && let Some(other) = vpc.instances.iter().find(|o| {
+                o.name != inst.name
+                    && o.node == inst.node
+                    && matches!(&o.link, Some(Link::Libvirt { domain: d, .. }) if d == domain)
+            })
         {
             out.push(
-                    Diagnostic::new(inst.span.clone(), format!("interface {ifname} is already instance \"{other}\"'s"))
-                        .hint("each interface enforces one instance; give this one its own interface or netns"),
-                );
+                Diagnostic::new(
+                    inst.span.clone(),
+                    format!(
+                        "libvirt domain {domain} is instance \"{}\"'s too: which NIC is whose?",
+                        other.name
+                    ),
+                )
+                .hint("give each instance of a domain its NIC's libvirt_mac"),
+            );
+        }
+        let mac = inst.mac.or(match link {
+            Link::Libvirt { mac, .. } => *mac,
+            _ => None,
+        });
+        if let Some(mac) = mac
+            && let Some(other) = macs.insert((inst.node.clone(), mac), &inst.name)
+        {
+            out.push(
+                Diagnostic::new(
+                    inst.span.clone(),
+                    format!("MAC address {mac} is already instance \"{other}\"'s"),
+                )
+                .hint("each NIC has its own MAC address"),
+            );
         }
     }
 }

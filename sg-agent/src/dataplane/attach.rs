@@ -44,14 +44,31 @@ pub enum IngressHook {
     Tc,
 }
 
+/// Which end of the instance's link the programs sit on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    /// The instance's own interface: inbound enters it (XDP or TC
+    /// ingress), outbound leaves it (TC egress).
+    #[default]
+    Instance,
+    /// The host's end of the instance's link (a VM's tap, a container's
+    /// host veth): the directions reverse. What the host sends into it is
+    /// the instance's inbound (TC egress), what comes out of it the
+    /// instance's outbound (TC ingress), where its frames are also checked
+    /// at layer 2 (`sg_common::guard`).
+    Host,
+}
+
 /// Where the programs are attached and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub ifname: String,
     pub netns: Option<String>,
+    pub side: Side,
     /// The namespace and interface identity when attached.
     pub place: PlaceId,
-    /// "XDP (driver mode)", "XDP (generic mode)" or "TC".
+    /// The hook that judges the instance's inbound: "XDP (driver mode)",
+    /// "XDP (generic mode)", "TC" or "TC egress of the host side".
     pub ingress: &'static str,
     /// Why that hook: the option that asked for it, or what `auto` found.
     pub ingress_reason: String,
@@ -101,21 +118,40 @@ impl HeldLink {
     }
 }
 
+/// The classifier a TC hook runs, and where it is attached: the inbound
+/// program at the own interface's ingress or the host side's egress, the
+/// outbound program at the own interface's egress or the host side's
+/// ingress.
+fn tc_program(hook: Hook) -> (&'static str, TcAttachType) {
+    match hook {
+        Hook::TcIngress => (INGRESS_TC_PROGRAM, TcAttachType::Ingress),
+        Hook::HostTcEgress => (INGRESS_TC_PROGRAM, TcAttachType::Egress),
+        Hook::HostTcIngress => (EGRESS_PROGRAM, TcAttachType::Ingress),
+        Hook::TcEgress | Hook::XdpNative | Hook::XdpGeneric => {
+            (EGRESS_PROGRAM, TcAttachType::Egress)
+        }
+    }
+}
+
 fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
 impl Dataplane {
-    /// Attaches the inbound program (XDP or TC ingress, as `hook` says) and
-    /// TC egress to `ifname`, inside `netns` when given. Links pinned there
-    /// by an earlier agent are adopted: their program is replaced in place.
-    /// Links this data plane held elsewhere (the instance moved) are
-    /// detached only once the new ones are in place.
+    /// Attaches the programs to `ifname`, inside `netns` when given: on the
+    /// instance's own interface, the inbound program (XDP or TC ingress, as
+    /// `hook` says) and TC egress; on the host side of its link, the
+    /// inbound program at TC egress and the outbound one at TC ingress
+    /// (`hook` does not apply). Links pinned there by an earlier agent are
+    /// adopted: their program is replaced in place. Links this data plane
+    /// held elsewhere (the instance moved) are detached only once the new
+    /// ones are in place.
     pub fn attach(
         &mut self,
         ifname: &str,
         netns: Option<&str>,
         hook: IngressHook,
+        side: Side,
     ) -> Result<&Attachment, DataplaneError> {
         let _guard = NetnsGuard::enter_opt(netns)?;
         let place = place_here(ifname).map_err(|source| DataplaneError::Interface {
@@ -141,25 +177,46 @@ impl Dataplane {
                 }
             }
         }
-        let (ingress, ingress_reason, mut adopted) =
-            self.link_ingress(hook, place, ifname, netns)?;
-        adopted |= self
-            .link(Hook::TcEgress, place, ifname)
-            .map_err(attach_err)?;
-        let ingress_hook = match ingress {
-            "TC" => Hook::TcIngress,
-            "XDP (driver mode)" => Hook::XdpNative,
-            _ => Hook::XdpGeneric,
+        let (inbound, outbound, ingress_reason, adopted) = match side {
+            Side::Instance => {
+                let (inbound, reason, mut adopted) =
+                    self.link_ingress(hook, place, ifname, netns)?;
+                adopted |= self
+                    .link(Hook::TcEgress, place, ifname)
+                    .map_err(attach_err)?;
+                (inbound, Hook::TcEgress, reason, adopted)
+            }
+            Side::Host => {
+                self.load_ingress_tc()?;
+                // Outbound first: from the moment the instance's inbound
+                // is judged, what it sends is too.
+                let mut adopted = self
+                    .link(Hook::HostTcIngress, place, ifname)
+                    .map_err(attach_err)?;
+                adopted |= self
+                    .link(Hook::HostTcEgress, place, ifname)
+                    .map_err(attach_err)?;
+                (
+                    Hook::HostTcEgress,
+                    Hook::HostTcIngress,
+                    "the host side of the instance's link: what the host sends into it is the \
+                     instance's inbound (TC egress), what comes out of it its outbound (TC \
+                     ingress)"
+                        .to_owned(),
+                    adopted,
+                )
+            }
         };
-        self.retain_links(&[(ingress_hook, place), (Hook::TcEgress, place)]);
+        self.retain_links(&[(inbound, place), (outbound, place)]);
         // Flows the replaced programs opened until now, then their tables go.
         self.carry_over_connections()?;
         self.remove_foreign_pins();
         Ok(self.attachment.insert(Attachment {
             ifname: ifname.to_owned(),
             netns: netns.map(str::to_owned),
+            side,
             place,
-            ingress,
+            ingress: inbound.inbound_label(),
             ingress_reason,
             adopted,
         }))
@@ -193,15 +250,15 @@ impl Dataplane {
     }
 
     /// Puts the inbound program where `hook` says (for `auto`, where the
-    /// interface's driver says): the hook's name, why it was chosen, and
-    /// whether a pinned link was adopted.
+    /// interface's driver says): the hook, why it was chosen, and whether a
+    /// pinned link was adopted.
     fn link_ingress(
         &mut self,
         hook: IngressHook,
         place: PlaceId,
         ifname: &str,
         netns: Option<&str>,
-    ) -> Result<(&'static str, String, bool), DataplaneError> {
+    ) -> Result<(Hook, String, bool), DataplaneError> {
         let attach_err = |source| DataplaneError::Attach {
             ifname: ifname.to_owned(),
             netns: netns.map(str::to_owned),
@@ -211,14 +268,14 @@ impl Dataplane {
         let (ingress, reason) = match hook {
             IngressHook::Tc => {
                 adopted |= self.link_tc_ingress(place, ifname, netns)?;
-                ("TC", "--ingress-hook tc".to_owned())
+                (Hook::TcIngress, "--ingress-hook tc".to_owned())
             }
             IngressHook::XdpGeneric => {
                 self.drop_other_xdp(Hook::XdpGeneric, place);
                 adopted |= self
                     .link(Hook::XdpGeneric, place, ifname)
                     .map_err(attach_err)?;
-                ("XDP (generic mode)", "--xdp-mode generic".to_owned())
+                (Hook::XdpGeneric, "--xdp-mode generic".to_owned())
             }
             IngressHook::XdpNative => {
                 // An earlier agent that fell back to generic mode left that.
@@ -231,7 +288,7 @@ impl Dataplane {
                         .link(Hook::XdpGeneric, place, ifname)
                         .map_err(attach_err)?;
                     (
-                        "XDP (generic mode)",
+                        Hook::XdpGeneric,
                         "--ingress-hook xdp: generic mode, as pinned by an earlier agent"
                             .to_owned(),
                     )
@@ -239,14 +296,14 @@ impl Dataplane {
                     match self.link(Hook::XdpNative, place, ifname) {
                         Ok(a) => {
                             adopted |= a;
-                            ("XDP (driver mode)", "--ingress-hook xdp".to_owned())
+                            (Hook::XdpNative, "--ingress-hook xdp".to_owned())
                         }
                         Err(e) => {
                             adopted |= self
                                 .link(Hook::XdpGeneric, place, ifname)
                                 .map_err(attach_err)?;
                             (
-                                "XDP (generic mode)",
+                                Hook::XdpGeneric,
                                 format!("--ingress-hook xdp: native XDP not available ({e})"),
                             )
                         }
@@ -261,20 +318,20 @@ impl Dataplane {
                     } else {
                         "a virtual interface: native XDP saves nothing there"
                     };
-                    ("TC", format!("auto: driver {driver}, {why}"))
+                    (Hook::TcIngress, format!("auto: driver {driver}, {why}"))
                 }
                 Ok(driver) => match self.link(Hook::XdpNative, place, ifname) {
                     Ok(a) => {
                         adopted |= a;
                         (
-                            "XDP (driver mode)",
+                            Hook::XdpNative,
                             format!("auto: driver {driver} runs XDP natively"),
                         )
                     }
                     Err(e) => {
                         adopted |= self.link_tc_ingress(place, ifname, netns)?;
                         (
-                            "TC",
+                            Hook::TcIngress,
                             format!(
                                 "auto: driver {driver} has no native XDP ({e}); TC costs less than generic XDP"
                             ),
@@ -283,7 +340,10 @@ impl Dataplane {
                 },
                 Err(e) => {
                     adopted |= self.link_tc_ingress(place, ifname, netns)?;
-                    ("TC", format!("auto: the driver is unknown ({e})"))
+                    (
+                        Hook::TcIngress,
+                        format!("auto: the driver is unknown ({e})"),
+                    )
                 }
             },
         };
@@ -387,16 +447,14 @@ impl Dataplane {
                 } else {
                     XdpMode::Skb
                 };
+                self.load_ingress_xdp()
+                    .map_err(|e| aya::programs::ProgramError::IOError(std::io::Error::other(e)))?;
                 let xdp = program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM);
                 let id = xdp.attach(ifname, mode)?;
                 FdLink::try_from(xdp.take_link(id)?).map_err(invalid)
             }
-            Hook::TcIngress | Hook::TcEgress => {
-                let (name, at) = if hook == Hook::TcIngress {
-                    (INGRESS_TC_PROGRAM, TcAttachType::Ingress)
-                } else {
-                    (EGRESS_PROGRAM, TcAttachType::Egress)
-                };
+            Hook::TcIngress | Hook::TcEgress | Hook::HostTcEgress | Hook::HostTcIngress => {
+                let (name, at) = tc_program(hook);
                 let tc = program::<SchedClassifier>(&mut self.ebpf, name);
                 let id = tc.attach(ifname, at)?;
                 FdLink::try_from(tc.take_link(id)?).map_err(invalid)
@@ -413,16 +471,16 @@ impl Dataplane {
         let link = FdLink::from(PinnedLink::from_pin(pin)?);
         match hook {
             Hook::XdpNative | Hook::XdpGeneric => {
+                self.load_ingress_xdp()?;
                 let xdp = program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM);
                 let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
                 Ok(FdLink::try_from(xdp.take_link(id)?)?)
             }
-            Hook::TcIngress | Hook::TcEgress => {
-                let name = if hook == Hook::TcIngress {
-                    INGRESS_TC_PROGRAM
-                } else {
-                    EGRESS_PROGRAM
-                };
+            Hook::TcIngress | Hook::TcEgress | Hook::HostTcEgress | Hook::HostTcIngress => {
+                if matches!(hook, Hook::TcIngress | Hook::HostTcEgress) {
+                    self.load_ingress_tc()?;
+                }
+                let (name, _) = tc_program(hook);
                 let tc = program::<SchedClassifier>(&mut self.ebpf, name);
                 let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
                 Ok(FdLink::try_from(tc.take_link(id)?)?)

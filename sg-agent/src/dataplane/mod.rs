@@ -13,6 +13,7 @@ pub mod counters;
 pub mod driver;
 mod error;
 pub mod events;
+mod mac;
 pub mod netns;
 pub mod pins;
 mod policy_maps;
@@ -24,10 +25,11 @@ use aya::{
 };
 use sg_common::{maps as m, policy::Settings};
 
-pub use attach::{Attachment, IngressHook};
+pub use attach::{Attachment, IngressHook, Side};
 pub use counters::{Counters, ReasonCounts};
 pub use error::DataplaneError;
 pub use events::Observe;
+pub use mac::KnownMac;
 pub use pins::{InstancePins, StateDir};
 
 use crate::policy::{
@@ -48,6 +50,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Whether the TC ingress program has been loaded (verified).
     ingress_tc_loaded: bool,
+    /// Whether the XDP program has been loaded (verified).
+    ingress_xdp_loaded: bool,
     /// The programs' events ([`events`]); taken out of the object so it
     /// can be read while the object is borrowed otherwise.
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
@@ -70,6 +74,23 @@ impl Dataplane {
     /// is published. New-flow events only ([`Observe::default`]).
     pub fn load() -> Result<Self, DataplaneError> {
         Self::load_with(Observe::default(), None, m::CONNS_DEFAULT_ENTRIES)
+    }
+
+    /// The inbound program for XDP, loaded into the kernel on first use:
+    /// verification is most of the time to load an instance, and an
+    /// instance at TC (virtual interfaces, the host side) never needs it.
+    /// The plain `load*` constructors (tests, benchmarks) load it at once.
+    pub fn load_ingress_xdp(&mut self) -> Result<(), DataplaneError> {
+        if !self.ingress_xdp_loaded {
+            program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM)
+                .load()
+                .map_err(|source| DataplaneError::Program {
+                    name: INGRESS_PROGRAM,
+                    source: Box::new(source),
+                })?;
+            self.ingress_xdp_loaded = true;
+        }
+        Ok(())
     }
 
     /// [`Dataplane::load`], observing what `observe` asks for: per-flow
@@ -136,9 +157,14 @@ impl Dataplane {
                 source: Box::new(source),
             }
         };
-        program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)
-            .load()
-            .map_err(program_err(INGRESS_PROGRAM))?;
+        // The agent (pinned) loads the inbound program when it attaches
+        // it; tests and benchmarks run the XDP one directly.
+        let ingress_xdp_loaded = pins.is_none();
+        if ingress_xdp_loaded {
+            program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)
+                .load()
+                .map_err(program_err(INGRESS_PROGRAM))?;
+        }
         program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)
             .load()
             .map_err(program_err(EGRESS_PROGRAM))?;
@@ -162,6 +188,7 @@ impl Dataplane {
             ebpf,
             events,
             ingress_tc_loaded: false,
+            ingress_xdp_loaded,
             encoder,
             pins,
             adopted,
@@ -221,6 +248,8 @@ impl Dataplane {
             .unwrap_or_else(|| panic!("the object defines map {name}"))
     }
 
+    /// The XDP program, loaded ([`Dataplane::load_ingress_xdp`]; the plain
+    /// `load*` constructors load it).
     pub fn ingress(&self) -> &Xdp {
         program_ref(&self.ebpf, INGRESS_PROGRAM)
     }

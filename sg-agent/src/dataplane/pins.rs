@@ -58,18 +58,30 @@ pub struct PlaceId {
 /// Which program a link attaches, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
+    /// The instance's inbound at XDP (driver mode) of its own interface.
     XdpNative,
+    /// The instance's inbound at XDP (generic mode) of its own interface.
     XdpGeneric,
+    /// The instance's inbound at TC ingress of its own interface.
     TcIngress,
+    /// The instance's outbound at TC egress of its own interface.
     TcEgress,
+    /// The host side of its link: the instance's inbound is what the host
+    /// sends into it, at TC egress.
+    HostTcEgress,
+    /// The host side: the instance's outbound is what comes out of it, at
+    /// TC ingress.
+    HostTcIngress,
 }
 
 impl Hook {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 6] = [
         Self::XdpNative,
         Self::XdpGeneric,
         Self::TcIngress,
         Self::TcEgress,
+        Self::HostTcEgress,
+        Self::HostTcIngress,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +90,19 @@ impl Hook {
             Self::XdpGeneric => "xdp-generic",
             Self::TcIngress => "tc-ingress",
             Self::TcEgress => "tc-egress",
+            Self::HostTcEgress => "host-tc-egress",
+            Self::HostTcIngress => "host-tc-ingress",
+        }
+    }
+
+    /// How `status` and the log name the hook that judges the instance's
+    /// inbound.
+    pub fn inbound_label(self) -> &'static str {
+        match self {
+            Self::XdpNative => "XDP (driver mode)",
+            Self::XdpGeneric => "XDP (generic mode)",
+            Self::TcIngress | Self::TcEgress => "TC",
+            Self::HostTcEgress | Self::HostTcIngress => "TC egress of the host side",
         }
     }
 

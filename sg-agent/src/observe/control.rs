@@ -23,6 +23,7 @@ use super::{
     flowlog::{Action, Record},
     status::Status,
 };
+use crate::libvirt::DomainNic;
 
 pub const DEFAULT_SOCKET: &str = "/run/sg-agent/control.sock";
 
@@ -41,6 +42,14 @@ pub enum Request {
         instance: Option<String>,
         action: Option<Action>,
     },
+    /// libvirt's hook (`sg-agent libvirt-hook`): a domain is starting, its
+    /// CPUs not yet running (`nics`: its taps and MAC addresses; the
+    /// instances on them are attached before the answer), or it stopped
+    /// (`nics` is `None`).
+    Libvirt {
+        domain: String,
+        nics: Option<Vec<DomainNic>>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,6 +59,9 @@ pub enum Reply {
     Record(Box<Record>),
     /// Followers fell behind by this many records (dropped, not waited for).
     Skipped(u64),
+    /// A libvirt request done: the instances now enforced on the domain's
+    /// NICs (`NAME on IFNAME ...`).
+    Enforced(Vec<String>),
     Error(String),
 }
 
@@ -117,16 +129,38 @@ impl Drop for RemoveOnDrop {
 /// How the server asks the enforcement thread for a snapshot.
 pub type AskStatus = std::sync::Arc<dyn Fn(oneshot::Sender<Status>) + Send + Sync>;
 
+/// A libvirt domain starting (`nics`) or stopped, for the enforcement
+/// thread, with where its answer goes.
+#[derive(Debug)]
+pub struct DomainEvent {
+    pub domain: String,
+    pub nics: Option<Vec<DomainNic>>,
+    pub reply: oneshot::Sender<Result<Vec<String>, String>>,
+}
+
+/// How the server hands a libvirt request to the enforcement thread.
+pub type AskDomain = std::sync::Arc<dyn Fn(DomainEvent) + Send + Sync>;
+
+/// How long a libvirt request may take: the instances of a domain loaded
+/// and attached (a domain's start waits for it).
+const DOMAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves connections until the runtime stops.
-pub async fn serve(listener: UnixListener, ask: AskStatus, records: broadcast::Sender<Record>) {
+pub async fn serve(
+    listener: UnixListener,
+    ask: AskStatus,
+    domain: AskDomain,
+    records: broadcast::Sender<Record>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let ask = ask.clone();
+        let domain = domain.clone();
         let records = records.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &ask, records).await {
+            if let Err(e) = answer(stream, &ask, &domain, records).await {
                 log::debug!("control socket: {e}");
             }
         });
@@ -142,6 +176,7 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::R
 async fn answer(
     stream: UnixStream,
     ask: &AskStatus,
+    ask_domain: &AskDomain,
     mut records: broadcast::Receiver<Record>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -159,6 +194,23 @@ async fn answer(
         }
     };
     match request {
+        Request::Libvirt { domain, nics } => {
+            let (reply, rx) = oneshot::channel();
+            ask_domain(DomainEvent {
+                domain,
+                nics,
+                reply,
+            });
+            let reply = match tokio::time::timeout(DOMAIN_TIMEOUT, rx).await {
+                Ok(Ok(Ok(enforced))) => Reply::Enforced(enforced),
+                Ok(Ok(Err(e))) => Reply::Error(e),
+                _ => Reply::Error(format!(
+                    "the agent did not attach the domain's instances within {} s",
+                    DOMAIN_TIMEOUT.as_secs()
+                )),
+            };
+            send(&mut write, &reply).await
+        }
         Request::Status => {
             let (tx, rx) = oneshot::channel();
             ask(tx);
@@ -261,4 +313,29 @@ pub fn follow(
         }
     }
     Ok(())
+}
+
+/// Tells the agent on `path` that a libvirt domain starts (with its NICs)
+/// or stopped; returns the instances it enforces on the domain's NICs.
+pub fn libvirt(
+    path: &Path,
+    domain: &str,
+    nics: Option<Vec<DomainNic>>,
+) -> Result<Vec<String>, ControlError> {
+    let mut reader = request(
+        path,
+        &Request::Libvirt {
+            domain: domain.to_owned(),
+            nics,
+        },
+    )?;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(DOMAIN_TIMEOUT + TIMEOUT))
+        .map_err(io(path))?;
+    match read_reply(path, &mut reader)? {
+        Some(Reply::Enforced(names)) => Ok(names),
+        Some(Reply::Error(e)) => Err(ControlError::Refused(e)),
+        other => Err(ControlError::Garbled(format!("{other:?}"))),
+    }
 }

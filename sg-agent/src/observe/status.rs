@@ -86,13 +86,31 @@ pub struct FlowLogStatus {
 pub struct InstanceStatus {
     pub name: String,
     pub netns: Option<String>,
+    /// The interface it is enforced on (empty while a libvirt domain is
+    /// not running: its tap is not known).
     pub interface: String,
+    /// `instance` (its own interface) or `host` (the host side of its
+    /// link: a tap, a host veth, a libvirt domain's NIC).
+    #[serde(default)]
+    pub side: String,
+    /// `libvirt_domain`, for an instance on a libvirt domain's NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_domain: Option<String>,
+    /// The host side: the MAC address every frame it sends must come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// How that MAC address was found: `configured` (the rules file or
+    /// libvirt) or `learned` (its first frame).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_source: Option<String>,
     /// `enforced`, `waiting` (its interface or namespace does not exist
-    /// yet, or loading failed: see `waiting_reason`) or `lost` (its
-    /// interface was recreated; re-attaching).
+    /// yet, its libvirt domain is not running, or loading failed: see
+    /// `waiting_reason`) or `lost` (its interface was recreated;
+    /// re-attaching).
     pub state: String,
     pub waiting_reason: Option<String>,
-    /// `XDP (driver mode)`, `XDP (generic mode)` or `TC`.
+    /// The hook that judges its inbound: `XDP (driver mode)`, `XDP
+    /// (generic mode)`, `TC` or `TC egress of the host side`.
     pub ingress_hook: Option<String>,
     /// Why that hook (`auto: driver veth, ...`, or the option given).
     #[serde(default)]
@@ -112,7 +130,9 @@ pub struct InstanceStatus {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
-    /// `xdp-native`, `xdp-generic`, `tc-ingress`, `tc-egress`.
+    /// `xdp-native`, `xdp-generic`, `tc-ingress`, `tc-egress`, or on the
+    /// host side `host-tc-egress` (its inbound) and `host-tc-ingress` (its
+    /// outbound).
     pub hook: String,
     pub link_id: u32,
     pub program_id: u32,
@@ -236,13 +256,28 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
 }
 
 fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) {
-    let place = match &i.netns {
-        Some(ns) => format!("{} in netns {ns}", i.interface),
-        None => i.interface.clone(),
+    let mut place = match (&i.libvirt_domain, i.interface.is_empty()) {
+        (Some(d), true) => format!("libvirt domain {d}"),
+        (Some(d), false) => format!("libvirt domain {d} on {}", i.interface),
+        (None, _) => i.interface.clone(),
     };
+    if let Some(ns) = &i.netns {
+        place.push_str(" in netns ");
+        place.push_str(ns);
+    }
+    if i.side == "host" {
+        place.push_str(", host side");
+    }
     let _ = writeln!(out, "\ninstance {} ({place}): {}", i.name, i.state);
     if let Some(why) = &i.waiting_reason {
         let _ = writeln!(out, "  {why}");
+    }
+    if let Some(mac) = &i.mac {
+        let _ = writeln!(
+            out,
+            "  MAC address {mac} ({}): every frame it sends must come from it",
+            i.mac_source.as_deref().unwrap_or("configured")
+        );
     }
     if let Some(hook) = &i.ingress_hook {
         let links: Vec<String> = i

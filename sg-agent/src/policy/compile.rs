@@ -19,7 +19,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sg_common::policy::Settings;
 
 use crate::{
-    config::{ConntrackSettings, Direction, Instance, Protocol, Vpc},
+    config::{ConntrackSettings, Direction, Instance, Link, MacAddr, Protocol, Vpc},
     policy::{encode::TooLarge, resolve::effective_rules},
 };
 
@@ -32,8 +32,12 @@ pub struct CompiledPolicy {
 #[derive(Clone, Debug)]
 pub struct CompiledInstance {
     pub name: String,
-    pub interface: Option<String>,
+    /// Where it is enforced (`None`: a group member only, in tests).
+    pub link: Option<Link>,
     pub netns: Option<String>,
+    /// The MAC address the host side checks (`None`: learned, or from
+    /// libvirt).
+    pub mac: Option<MacAddr>,
     pub tables: PolicyTables,
     /// Connection-tracking timeouts (generation and ready are set when
     /// published).
@@ -89,7 +93,7 @@ pub fn compile(vpc: &Vpc) -> CompiledPolicy {
 /// compiled), or the first instance whose policy would not fit the maps,
 /// found before its tables are built.
 pub fn compile_enforced(vpc: &Vpc) -> Result<CompiledPolicy, InstanceTooLarge> {
-    compile_where(vpc, |i| i.interface.is_some())
+    compile_where(vpc, Instance::enforced_here)
 }
 
 /// An instance whose policy would not fit the maps.
@@ -114,13 +118,21 @@ fn compile_where(
         .map(|inst| {
             Ok(CompiledInstance {
                 name: inst.name.clone(),
-                interface: inst.interface.clone(),
+                link: inst.link.clone(),
                 netns: inst.netns.clone(),
+                mac: inst.mac,
                 tables: compile_instance_bounded(vpc, inst).map_err(|source| InstanceTooLarge {
                     instance: inst.name.clone(),
                     source,
                 })?,
-                settings: settings(&vpc.conntrack_of(inst)),
+                settings: Settings {
+                    guard: if inst.link.as_ref().is_some_and(Link::host_side) {
+                        sg_common::guard::GUARD_HOST_SIDE
+                    } else {
+                        0
+                    },
+                    ..settings(&vpc.conntrack_of(inst))
+                },
                 max_tracked_connections: vpc.conntrack_of(inst).max_tracked_connections,
             })
         })
@@ -155,6 +167,8 @@ pub fn settings(ct: &ConntrackSettings) -> Settings {
         other_ns: 600 * SEC,
         fragment_ns: 30 * SEC,
         ns_per_tick: 0,
+        guard: 0,
+        pad: 0,
     }
 }
 

@@ -77,7 +77,12 @@ pub fn admit_as(
     if let Enforcer::Node(node) = enforcer {
         vpc.select_node(node);
     }
-    if !allow_empty && !vpc.instances.iter().any(|i| i.interface.is_some()) {
+    if !allow_empty
+        && !vpc
+            .instances
+            .iter()
+            .any(crate::config::Instance::enforced_here)
+    {
         return Err(Refusal::Empty(path.to_owned()));
     }
     let compiled = compile::compile_enforced(&vpc).map_err(|source| Refusal::TooLarge {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    config::{Direction, Protocol, Rule, Vpc},
+    config::{Direction, Link, Protocol, Rule, Vpc},
     policy::{reference, resolve::effective_rules},
 };
 
@@ -28,8 +28,19 @@ pub struct ServiceReport {
 #[derive(Debug, Serialize)]
 pub struct InstanceReport {
     pub name: String,
+    /// The interface it is enforced on (`interface` or `host_interface`;
+    /// a libvirt domain's is found when it runs).
     pub interface: Option<String>,
     pub netns: Option<String>,
+    /// Which end of its link: `instance` (its own interface) or `host`
+    /// (the host side: a tap, a host veth, a libvirt domain's NIC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libvirt_domain: Option<String>,
+    /// The MAC address the host side checks (`mac`, or `libvirt_mac`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// The host whose agent enforces it (`run --node`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -93,7 +104,7 @@ pub fn report(vpc: &Vpc) -> Report {
             // A member-only instance (no interface here) is not enforced on
             // this host: its rules are not resolved (with thousands of
             // members, each would list them all).
-            let rules = if inst.interface.is_some() {
+            let rules = if inst.enforced_here() {
                 effective_rules(vpc, inst)
             } else {
                 Vec::new()
@@ -122,8 +133,23 @@ pub fn report(vpc: &Vpc) -> Report {
             }
             InstanceReport {
                 name: inst.name.clone(),
-                interface: inst.interface.clone(),
+                interface: inst.link.as_ref().and_then(Link::ifname).map(str::to_owned),
                 netns: inst.netns.clone(),
+                side: inst
+                    .link
+                    .as_ref()
+                    .map(|l| if l.host_side() { "host" } else { "instance" }),
+                libvirt_domain: match &inst.link {
+                    Some(Link::Libvirt { domain, .. }) => Some(domain.clone()),
+                    _ => None,
+                },
+                mac: inst
+                    .mac
+                    .or(match &inst.link {
+                        Some(Link::Libvirt { mac, .. }) => *mac,
+                        _ => None,
+                    })
+                    .map(|m| m.to_string()),
                 node: inst.node.clone(),
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
                 security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
@@ -219,16 +245,27 @@ fn rule_origin(r: &RuleReport) -> String {
     }
 }
 
+/// Where an instance is enforced, in words.
+fn place_text(inst: &InstanceReport) -> String {
+    let on = match (inst.side, &inst.libvirt_domain, &inst.interface) {
+        (_, Some(domain), _) => Some(format!("the host side of libvirt domain {domain}'s NIC")),
+        (Some("host"), None, Some(i)) => Some(format!("the host side of {i}")),
+        (_, None, Some(i)) => Some(i.clone()),
+        _ => None,
+    };
+    match (&inst.netns, on) {
+        (Some(ns), Some(l)) => format!("enforced on {l} in netns {ns}"),
+        (None, Some(l)) => format!("enforced on {l}"),
+        _ => "not on this host: group member only".to_owned(),
+    }
+}
+
 /// The human-readable form.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     render_services(&mut out, &report.aws_services);
     for inst in &report.instances {
-        let place = match (&inst.netns, &inst.interface) {
-            (Some(ns), Some(i)) => format!("enforced on {i} in netns {ns}"),
-            (None, Some(i)) => format!("enforced on {i}"),
-            _ => "not on this host: group member only".to_owned(),
-        };
+        let place = place_text(inst);
         let node = inst
             .node
             .as_ref()
@@ -247,7 +284,13 @@ pub fn render_table(report: &Report) -> String {
             );
         }
         let _ = writeln!(out, "  {}", conntrack_line(&inst.conntrack));
-        if inst.interface.is_none() {
+        if let Some(mac) = &inst.mac {
+            let _ = writeln!(
+                out,
+                "  MAC address: {mac} (checked on every frame it sends)"
+            );
+        }
+        if inst.side.is_none() {
             let _ = writeln!(out);
             continue;
         }

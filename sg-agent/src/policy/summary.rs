@@ -38,7 +38,7 @@ pub fn changes(old: &Vpc, new: &Vpc) -> String {
     let ifaces = |v: &Vpc| {
         v.instances
             .iter()
-            .filter_map(|i| i.interface.as_ref().map(|f| (i.netns.clone(), f.clone())))
+            .filter_map(|i| i.link.as_ref().map(|l| (i.netns.clone(), l.to_string())))
             .collect::<BTreeSet<_>>()
     };
     let (oi, ni) = (ifaces(old), ifaces(new));

@@ -1,5 +1,7 @@
-//! Where the rules come from and how the agent learns they changed: today
-//! the rules file and its directory watch ([`watch`]).
+//! Where the rules come from and how the agent learns they changed (the
+//! rules file and its directory watch, [`watch`]; etcd, [`etcd`]), and
+//! the links that appear where instances live ([`links`]).
 
 pub mod etcd;
+pub mod links;
 pub mod watch;

@@ -14,6 +14,7 @@ mod conntrack;
 mod differential;
 mod fragments;
 mod frame_table;
+mod host_side;
 mod logging;
 mod reloads;
 mod services;

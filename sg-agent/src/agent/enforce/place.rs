@@ -1,0 +1,147 @@
+//! Where each instance is enforced: the interface the rules file names
+//! (the instance's own, or the host side of its link), or the tap libvirt
+//! gave a running domain's NIC, found anew each time it is asked.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use crate::{
+    config::Link,
+    dataplane::{Side, netns::NetnsGuard, pins::place_here},
+    libvirt::{self, DomainNic},
+    policy::compile::CompiledInstance,
+};
+
+/// An interface of a network namespace, and which end of the instance's
+/// link it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Place {
+    pub netns: Option<String>,
+    pub ifname: String,
+    pub side: Side,
+}
+
+impl Place {
+    /// For the log and errors: `vnet3 in netns lab (host side)`.
+    pub fn describe(&self) -> String {
+        let mut out = self.ifname.clone();
+        if let Some(ns) = &self.netns {
+            out.push_str(" in netns ");
+            out.push_str(ns);
+        }
+        if self.side == Side::Host {
+            out.push_str(" (host side)");
+        }
+        out
+    }
+
+    /// A flow-log record's `interface-id`: the interface, qualified by its
+    /// namespace (interface names repeat across namespaces).
+    pub fn interface_id(&self) -> String {
+        match &self.netns {
+            Some(ns) => format!("{ns}/{}", self.ifname),
+            None => self.ifname.clone(),
+        }
+    }
+
+    /// Whether the namespace and interface exist, and if not, why.
+    pub fn exists(&self) -> Result<(), String> {
+        let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).map_err(|e| e.to_string())?;
+        place_here(&self.ifname)
+            .map(|_| ())
+            .map_err(|e| format!("interface {}: {e}", self.ifname))
+    }
+}
+
+/// Where an instance is to be enforced, and the MAC address the host side
+/// checks (the rules file's `mac`, or libvirt's); an error says why it
+/// cannot be known now (a libvirt domain that is not running).
+pub(super) type Wanted = Result<(Place, Option<[u8; 6]>), String>;
+
+/// What libvirt told of domains: the NICs its hook gave as a domain
+/// started, kept until libvirt's own live state of the domain exists (it
+/// is written as the domain starts) or the domain stops.
+#[derive(Debug, Default)]
+pub(super) struct Domains {
+    pub from_hook: BTreeMap<String, Vec<DomainNic>>,
+}
+
+impl Domains {
+    /// Where `inst` is to be enforced now.
+    pub fn wanted(&mut self, inst: &CompiledInstance) -> Wanted {
+        let mac = inst.mac.map(|m| m.0);
+        match inst.link.as_ref() {
+            Some(Link::Instance(ifname)) => Ok((
+                Place {
+                    netns: inst.netns.clone(),
+                    ifname: ifname.clone(),
+                    side: Side::Instance,
+                },
+                None,
+            )),
+            Some(Link::Host(ifname)) => Ok((
+                Place {
+                    netns: inst.netns.clone(),
+                    ifname: ifname.clone(),
+                    side: Side::Host,
+                },
+                mac,
+            )),
+            Some(Link::Libvirt { domain, mac }) => {
+                let nic = self.nic(domain, *mac)?;
+                Ok((
+                    Place {
+                        netns: inst.netns.clone(),
+                        ifname: nic.ifname,
+                        side: Side::Host,
+                    },
+                    Some(nic.mac.0),
+                ))
+            }
+            None => Err("not enforced on this host".to_owned()),
+        }
+    }
+
+    /// The NIC of a running domain: from libvirt's live state once it is
+    /// there (what libvirt says while the domain runs), else from what its
+    /// hook gave as the domain started.
+    fn nic(
+        &mut self,
+        domain: &str,
+        mac: Option<crate::config::MacAddr>,
+    ) -> Result<DomainNic, String> {
+        match libvirt::running_nics(Path::new(libvirt::QEMU_STATE_DIR), domain)
+            .and_then(|nics| libvirt::pick(domain, &nics, mac))
+        {
+            Ok(nic) => {
+                self.from_hook.remove(domain);
+                Ok(nic)
+            }
+            Err(why) => match self.from_hook.get(domain) {
+                Some(nics) => libvirt::pick(domain, nics, mac),
+                None => Err(why),
+            },
+        }
+    }
+}
+
+/// The network namespaces holding the places of `places` (with the inode
+/// each name stands for now), whose link events wake the agent.
+pub(super) fn namespaces<'a>(
+    places: impl Iterator<Item = Option<&'a str>>,
+) -> BTreeSet<crate::source::links::Namespace> {
+    places
+        .map(|netns| {
+            let path = match netns {
+                Some(ns) if ns.starts_with('/') => ns.to_owned(),
+                Some(ns) => format!("/run/netns/{ns}"),
+                None => "/proc/self/ns/net".to_owned(),
+            };
+            let inode = std::fs::metadata(path).map_or(0, |m| m.ino());
+            (netns.map(str::to_owned), inode)
+        })
+        .collect()
+}

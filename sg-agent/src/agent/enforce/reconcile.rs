@@ -1,0 +1,279 @@
+//! Closing the gap between what the rules ask for and what the kernel has,
+//! whatever woke the agent (a link event, the reconcile tick, libvirt's
+//! hook): instances whose interface was recreated or whose libvirt domain
+//! started again on another tap are attached again, instances waiting for
+//! their interface are attached once it is there, and expired connections
+//! give their place in the allowance back.
+
+use std::time::{Duration, Instant};
+
+use super::{Agent, place::namespaces};
+use crate::{
+    agent::RECONCILE, dataplane::conns, libvirt::DomainNic, observe::WallClock,
+    policy::compile::CompiledInstance,
+};
+
+/// Expired connections are reclaimed this often...
+const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+/// ...and as often as this while the allowance refuses new flows.
+const RECLAIM_WHEN_FULL: Duration = Duration::from_secs(1);
+
+impl Agent<'_> {
+    /// Re-attaches instances whose interface was recreated (or whose
+    /// domain moved to another tap), and retries those not enforced: those
+    /// whose retry is due, or all of them when `now` (a link appeared).
+    pub(super) fn reconcile(&mut self, now: bool) {
+        let Some(compiled) = self.compiled.take() else {
+            return;
+        };
+        let names: Vec<String> = self.enforced.keys().cloned().collect();
+        for name in names {
+            if let Some(inst) = compiled.instances.iter().find(|i| i.name == name) {
+                self.keep_attached(&name, inst);
+            }
+        }
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now || p.next_try <= Instant::now())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            match compiled.instances.iter().find(|i| i.name == name) {
+                Some(inst) => {
+                    self.try_attach(&name, inst);
+                }
+                None => {
+                    self.pending.remove(&name);
+                }
+            }
+        }
+        self.compiled = Some(compiled);
+        self.watch_namespaces();
+    }
+
+    /// An enforced instance whose place is gone, recreated, or now another
+    /// (a libvirt domain started again on a new tap): attached again where
+    /// it is to be.
+    fn keep_attached(&mut self, name: &str, inst: &CompiledInstance) {
+        let wanted = self.domains.wanted(inst);
+        let ingress = self.opts.ingress;
+        let e = self.enforced.get_mut(name).expect("enforced");
+        let (place, mac) = match wanted {
+            Ok(wanted) => wanted,
+            Err(why) => {
+                // A libvirt domain that stopped: its tap went with it, and
+                // nothing is unprotected until it starts again.
+                if e.stopped.is_none() {
+                    log::info!(
+                        instance = name;
+                        "instance {name}: {why}; enforced again as it starts"
+                    );
+                    e.stopped = Some(why);
+                }
+                return;
+            }
+        };
+        let moved = place != e.place;
+        if !moved && e.dataplane.attached_place_current() == Some(true) {
+            return;
+        }
+        // The same interface gone or recreated is a lapse; a domain started
+        // again on another tap is not (the new tap is attached as it comes).
+        let state = e.dataplane.attached_place_current();
+        if !moved && e.lost_since.is_none() {
+            self.lapses += 1;
+        }
+        let since = *e.lost_since.get_or_insert_with(Instant::now);
+        let attached = e
+            .dataplane
+            .attach(&place.ifname, place.netns.as_deref(), ingress, place.side)
+            .map(|_| ())
+            .and_then(|()| e.dataplane.forget_learned_mac())
+            .and_then(|()| e.dataplane.set_mac(mac));
+        match attached {
+            Ok(()) if moved => {
+                log::info!(
+                    instance = name;
+                    "instance {name}: now on {} (was {}): attached",
+                    place.describe(),
+                    e.place.describe()
+                );
+                e.place = place;
+                e.lost_since = None;
+                e.stopped = None;
+            }
+            Ok(()) => {
+                log::error!(
+                    instance = name;
+                    "instance {name}: {} was {}; programs attached again, the interface was \
+                     unprotected for at most {} ms (lapse {} since start)",
+                    e.place.describe(),
+                    if state.is_none() { "gone" } else { "recreated" },
+                    since.elapsed().as_millis() + RECONCILE.as_millis(),
+                    self.lapses
+                );
+                e.lost_since = None;
+                e.stopped = None;
+            }
+            Err(err) if since.elapsed() < RECONCILE * 2 => log::error!(
+                instance = name;
+                "instance {name} NOT ENFORCED: {} is gone ({}); waiting for it",
+                place.describe(),
+                crate::cli::error_chain(&err)
+            ),
+            Err(_) => {}
+        }
+    }
+
+    /// An instance not enforced yet: attached if its place is there now.
+    /// Returns whether it is enforced.
+    fn try_attach(&mut self, name: &str, inst: &CompiledInstance) -> bool {
+        let (place, mac) = match self.domains.wanted(inst) {
+            Ok(wanted) => wanted,
+            Err(why) => {
+                self.wait_for(name, None, why);
+                return false;
+            }
+        };
+        if let Err(why) = place.exists() {
+            self.wait_for(name, Some(place), why);
+            return false;
+        }
+        match self.prepare_new(name, inst) {
+            Ok(dp) => self.attach_new(name, &place, mac, dp, inst),
+            Err(e) => {
+                self.wait_for(name, Some(place), crate::cli::error_chain(&e));
+                false
+            }
+        }
+    }
+
+    /// libvirt's hook, as a domain starts (its CPUs not running yet): the
+    /// instances on the domain's NICs are attached now, before the guest
+    /// sends its first frame. An error names the instances that could not
+    /// be, and the hook refuses the domain's start. The NICs are kept
+    /// until libvirt's live state of the domain says the same.
+    pub(super) fn domain_started(
+        &mut self,
+        domain: &str,
+        nics: Vec<DomainNic>,
+    ) -> Result<Vec<String>, String> {
+        self.domains.from_hook.insert(domain.to_owned(), nics);
+        let Some(compiled) = self.compiled.take() else {
+            return Err("the agent has no policy yet".to_owned());
+        };
+        let mut enforced = Vec::new();
+        let mut failed = Vec::new();
+        for inst in compiled.instances.iter().filter(|i| {
+            matches!(&i.link, Some(crate::config::Link::Libvirt { domain: d, .. }) if d == domain)
+        }) {
+            let name = inst.name.clone();
+            let ok = if self.enforced.contains_key(&name) {
+                self.keep_attached(&name, inst);
+                let e = &self.enforced[&name];
+                e.lost_since.is_none() && e.stopped.is_none()
+            } else {
+                self.try_attach(&name, inst)
+            };
+            if ok {
+                enforced.push(format!(
+                    "{name} on {}",
+                    self.enforced[&name].place.describe()
+                ));
+            } else {
+                let why = self
+                    .pending
+                    .get(&name)
+                    .map_or_else(|| "not attached".to_owned(), |p| p.reason.clone());
+                failed.push(format!("{name}: {why}"));
+            }
+        }
+        self.compiled = Some(compiled);
+        self.watch_namespaces();
+        if failed.is_empty() {
+            Ok(enforced)
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// libvirt's hook, as a domain stopped: what its hook gave is
+    /// forgotten (a tap of that name may be another domain's next).
+    pub(super) fn domain_stopped(&mut self, domain: &str) {
+        self.domains.from_hook.remove(domain);
+    }
+
+    /// Tells the link watch which namespaces hold an instance now.
+    pub(super) fn watch_namespaces(&self) {
+        let Some(links) = &self.links else {
+            return;
+        };
+        let set = namespaces(
+            self.enforced
+                .values()
+                .map(|e| e.place.netns.as_deref())
+                .chain(
+                    self.pending
+                        .values()
+                        .map(|p| p.place.as_ref().and_then(|p| p.netns.as_deref())),
+                ),
+        );
+        links.send_if_modified(|current| {
+            let changed = *current != set;
+            if changed {
+                *current = set;
+            }
+            changed
+        });
+    }
+
+    /// Gives the allowance back: removes expired connections of each
+    /// instance every [`RECLAIM_EVERY`], and every [`RECLAIM_WHEN_FULL`]
+    /// while its allowance refuses new flows.
+    pub(super) fn reclaim(&mut self) {
+        let Some(compiled) = &self.compiled else {
+            return;
+        };
+        let observer = &mut self.observer;
+        for (name, e) in &mut self.enforced {
+            let Some(inst) = compiled.instances.iter().find(|i| &i.name == name) else {
+                continue;
+            };
+            let (last, refused_then) = e.reclaimed;
+            let refused = e.dataplane.allowance_refusals();
+            let due = last.elapsed() >= RECLAIM_EVERY
+                || (refused != refused_then && last.elapsed() >= RECLAIM_WHEN_FULL);
+            if !due {
+                continue;
+            }
+            e.reclaimed = (Instant::now(), refused);
+            let clock = WallClock::now(conns::program_now());
+            match e.dataplane.reclaim_expired(&inst.settings) {
+                Ok(r) => {
+                    observer.reclaimed(name, &r.gone, &clock);
+                    if refused != refused_then {
+                        log::warn!(
+                            "instance {name}: connection allowance used up ({refused} new flows \
+                             refused so far); {} expired connections reclaimed, {} tracked",
+                            r.removed,
+                            r.live
+                        );
+                    } else if r.removed > 0 {
+                        log::debug!(
+                            instance = name;
+                            "instance {name}: {} expired connections reclaimed, {} tracked",
+                            r.removed,
+                            r.live
+                        );
+                    }
+                }
+                Err(err) => log::warn!(
+                    instance = name;
+                    "instance {name}: reclaiming expired connections: {}",
+                    crate::cli::error_chain(&err)
+                ),
+            }
+        }
+    }
+}

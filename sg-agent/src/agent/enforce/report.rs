@@ -1,0 +1,267 @@
+//! What the agent tells: flow-log records and rule hits drained from the
+//! programs' events, and the snapshot `sg-agent status` and the metrics
+//! show.
+
+use super::{Agent, Enforced, Rules};
+use crate::{
+    config::{self, Link, Vpc},
+    dataplane::{Side, conns},
+    observe::{
+        WallClock,
+        status::{self, Status},
+    },
+};
+
+impl Agent<'_> {
+    /// Drains every instance's events into the observer; at the end of a
+    /// flow-log interval, reads the connection tables and writes the
+    /// interval's records.
+    pub(super) fn observe(&mut self) {
+        let enforced = &self.enforced;
+        self.observer.retain(&|name| enforced.contains_key(name));
+        let clock = WallClock::now(conns::program_now());
+        let mut events = Vec::new();
+        for (name, e) in &mut self.enforced {
+            if self.observer.needs_priming(name) {
+                match e.dataplane.connections() {
+                    Ok(entries) => self.observer.prime(name, &entries, &clock),
+                    Err(err) => log::warn!(
+                        instance = name;
+                        "instance {name}: reading its connections: {}",
+                        crate::cli::error_chain(&err)
+                    ),
+                }
+            }
+            events.clear();
+            e.dataplane.drain_events(&mut events);
+            self.observer.ingest(&self.vpc, name, &events, &clock);
+        }
+        if !self.observer.window_due() {
+            return;
+        }
+        let mut records = Vec::new();
+        for (name, e) in &self.enforced {
+            match e.dataplane.connections() {
+                Ok(entries) => self.observer.collect(name, &entries, &clock),
+                Err(err) => log::warn!(
+                    instance = name;
+                    "instance {name}: reading its connections: {}",
+                    crate::cli::error_chain(&err)
+                ),
+            }
+            let lost = e.dataplane.events_lost().unwrap_or(0);
+            records.extend(
+                self.observer
+                    .close_instance(name, &e.place.interface_id(), lost),
+            );
+        }
+        self.observer.publish(&records);
+    }
+
+    /// A snapshot of everything `sg-agent status` and the metrics show.
+    pub(super) fn status(&self) -> Status {
+        let flow_log = self.observer.flow_logs().map(|s| status::FlowLogStatus {
+            destination: match &s.sink {
+                crate::observe::flowlog::Sink::Stdout => "-".into(),
+                crate::observe::flowlog::Sink::File(p) => p.display().to_string(),
+            },
+            interval_seconds: s.interval.as_secs(),
+            format: match s.format {
+                crate::observe::flowlog::Format::Text => "text".into(),
+                crate::observe::flowlog::Format::Json => "json".into(),
+            },
+            records_written: self.observer.records_written(),
+        });
+        let agent = status::AgentStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: self.started,
+            rules_file: self.path.display().to_string(),
+            sha256: self.in_force.iter().fold(String::new(), |mut hex, b| {
+                let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+                hex
+            }),
+            reloads: self.reloads - self.reloads_rejected.min(self.reloads),
+            reloads_rejected: self.reloads_rejected,
+            last_reload: self.last_reload.clone(),
+            last_apply_seconds: self.last_apply.as_secs_f64(),
+            flow_log,
+            lapses: self.lapses,
+            node: self.opts.node.clone(),
+            etcd: match &self.rules {
+                Rules::File(_) => None,
+                Rules::Etcd { opts, state } => {
+                    let state = state.lock().expect("etcd state");
+                    Some(status::EtcdStatus {
+                        endpoints: opts.endpoints.clone(),
+                        key: opts.key(),
+                        revision: self.in_force_revision,
+                        latest_revision: state.latest.as_ref().map(|l| l.mod_revision),
+                        connected: state.connected,
+                        error: state.error.clone(),
+                    })
+                }
+            },
+        };
+        let mut instances: Vec<status::InstanceStatus> = self
+            .enforced
+            .iter()
+            .map(|(name, e)| self.instance_status(name, e))
+            .collect();
+        for (name, p) in &self.pending {
+            let link = self.vpc.instance(name).and_then(|i| i.link.as_ref());
+            instances.push(status::InstanceStatus {
+                name: name.clone(),
+                netns: p.place.as_ref().and_then(|p| p.netns.clone()),
+                interface: p
+                    .place
+                    .as_ref()
+                    .map(|p| p.ifname.clone())
+                    .or_else(|| link.and_then(Link::ifname).map(str::to_owned))
+                    .unwrap_or_default(),
+                side: side_name(link.is_some_and(Link::host_side)).into(),
+                libvirt_domain: libvirt_domain(link),
+                state: "waiting".into(),
+                waiting_reason: Some(p.reason.clone()),
+                ..status::InstanceStatus::default()
+            });
+        }
+        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        Status {
+            schema: status::SCHEMA,
+            agent,
+            instances,
+        }
+    }
+
+    fn instance_status(&self, name: &str, e: &Enforced) -> status::InstanceStatus {
+        let dp = &e.dataplane;
+        let packets = dp
+            .counters()
+            .map(|c| {
+                let by = |r: &crate::dataplane::ReasonCounts| {
+                    r.by_reason
+                        .iter()
+                        .filter(|(n, _)| !n.starts_with("retired"))
+                        .map(|(n, v)| ((*n).to_owned(), *v))
+                        .collect()
+                };
+                [
+                    ("ingress".to_owned(), by(&c.ingress)),
+                    ("egress".to_owned(), by(&c.egress)),
+                ]
+                .into_iter()
+                .collect()
+            })
+            .unwrap_or_default();
+        let view = self.observer.instance(name);
+        let rules = self
+            .vpc
+            .instance(name)
+            .map(|inst| rule_rows(&self.vpc, inst, view))
+            .unwrap_or_default();
+        let mac = dp.mac().ok().flatten();
+        let link = self.vpc.instance(name).and_then(|i| i.link.as_ref());
+        status::InstanceStatus {
+            name: name.to_owned(),
+            netns: e.place.netns.clone(),
+            interface: e.place.ifname.clone(),
+            side: side_name(e.place.side == Side::Host).into(),
+            libvirt_domain: libvirt_domain(link),
+            mac: mac.map(|m| crate::config::MacAddr(m.mac).to_string()),
+            mac_source: mac.map(|m| if m.learned { "learned" } else { "configured" }.into()),
+            state: if e.stopped.is_some() {
+                "waiting".into()
+            } else if e.lost_since.is_some() {
+                "lost".into()
+            } else {
+                "enforced".into()
+            },
+            waiting_reason: e.stopped.clone(),
+            ingress_hook: dp.attachment.as_ref().map(|a| a.ingress.to_owned()),
+            ingress_reason: dp.attachment.as_ref().map(|a| a.ingress_reason.clone()),
+            links: dp
+                .links()
+                .into_iter()
+                .map(|(hook, link_id, program_id)| status::LinkStatus {
+                    hook: hook.to_owned(),
+                    link_id,
+                    program_id,
+                })
+                .collect(),
+            generation: dp.generation(),
+            packets,
+            conntrack: status::ConntrackStatus {
+                entries: dp.tracked_connections() as u64,
+                capacity: u64::from(e.allowance),
+                allowance_exceeded: dp.allowance_refusals(),
+            },
+            events_lost: dp.events_lost().unwrap_or(0),
+            new_flows: view.map_or(0, |v| v.new_flows),
+            rules,
+        }
+    }
+}
+
+fn side_name(host: bool) -> &'static str {
+    if host { "host" } else { "instance" }
+}
+
+fn libvirt_domain(link: Option<&Link>) -> Option<String> {
+    match link {
+        Some(Link::Libvirt { domain, .. }) => Some(domain.clone()),
+        _ => None,
+    }
+}
+
+/// Every rule of `inst`'s groups, as `check` numbers them, with its hits
+/// (rules that never matched included: the question before removing one).
+fn rule_rows(
+    vpc: &Vpc,
+    inst: &config::Instance,
+    view: Option<&crate::observe::InstanceView>,
+) -> Vec<status::RuleHits> {
+    let mut rows = Vec::new();
+    for (group_name, _) in &inst.groups {
+        let Some(group) = vpc.group(group_name) else {
+            continue;
+        };
+        for (direction, rules) in [
+            (config::Direction::Ingress, &group.ingress),
+            (config::Direction::Egress, &group.egress),
+        ] {
+            for (i, rule) in rules.iter().enumerate() {
+                let id = (group.name.clone(), direction, i + 1);
+                let hits = view
+                    .and_then(|v| v.hits.get(&id))
+                    .copied()
+                    .unwrap_or_default();
+                let sources: Vec<String> =
+                    rule.sources.iter().map(|s| s.source.to_string()).collect();
+                let way = match direction {
+                    config::Direction::Ingress => "from",
+                    config::Direction::Egress => "to",
+                };
+                rows.push(status::RuleHits {
+                    group: group.name.clone(),
+                    group_id: group.id.as_ref().map(|(id, _)| id.clone()),
+                    rule_id: rule.id.as_ref().map(|(id, _)| id.clone()),
+                    direction: match direction {
+                        config::Direction::Ingress => "ingress".into(),
+                        config::Direction::Egress => "egress".into(),
+                    },
+                    rule: i + 1,
+                    summary: format!(
+                        "{} {} {way} {}",
+                        rule.protocol,
+                        rule.ports,
+                        sources.join(", ")
+                    ),
+                    flows: hits.flows,
+                    last: hits.last,
+                });
+            }
+        }
+    }
+    rows
+}
