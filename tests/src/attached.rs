@@ -19,9 +19,31 @@ pub fn attached_programs(ns: &str) -> Vec<u64> {
 /// and egress programs (from the kernel's TCX query: Debian 12's bpftool
 /// predates TCX) attached to eth0 in `ns`.
 pub fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+    let (ingress, egress) = tcx_on(ns, "eth0");
+    (xdp_on(ns, "eth0"), ingress, egress)
+}
+
+/// IDs of the TCX ingress and egress programs on `ifname` in `ns`.
+pub fn tcx_on(ns: &str, ifname: &str) -> (Vec<u64>, Vec<u64>) {
+    let tcx = |at| {
+        let ifname = ifname.to_owned();
+        in_netns(ns, move || {
+            SchedClassifier::query_tcx(&ifname, at)
+                .expect("TCX query")
+                .1
+                .iter()
+                .map(|p| u64::from(p.id()))
+                .collect::<Vec<_>>()
+        })
+    };
+    (tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
+}
+
+/// IDs of the XDP program on `ifname` in `ns` (from `bpftool net show`).
+fn xdp_on(ns: &str, ifname: &str) -> Vec<u64> {
     let out = std::process::Command::new("ip")
         .args([
-            "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0",
+            "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", ifname,
         ])
         .output()
         .expect("bpftool runs");
@@ -33,19 +55,8 @@ pub fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
     // [{"xdp": [{"devname": .., "ifindex": .., "mode": .., "id": N}], "tc": [..], ..}]
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
-    let xdp: Vec<u64> = json[0]["xdp"]
+    json[0]["xdp"]
         .as_array()
         .map(|progs| progs.iter().filter_map(|p| p["id"].as_u64()).collect())
-        .unwrap_or_default();
-    let tcx = |at| {
-        in_netns(ns, move || {
-            SchedClassifier::query_tcx("eth0", at)
-                .expect("TCX query")
-                .1
-                .iter()
-                .map(|p| u64::from(p.id()))
-                .collect::<Vec<_>>()
-        })
-    };
-    (xdp, tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
+        .unwrap_or_default()
 }

@@ -205,4 +205,38 @@ impl Lab {
     pub fn localize(&self, rules: &str) -> String {
         rules.replace("netns = \"sg-", &format!("netns = \"{}-", self.prefix))
     }
+
+    /// The namespace holding the bridge and every host's port: the host
+    /// side of each host's link (where a container's host veth, or a VM's
+    /// tap, sits).
+    pub fn switch_netns(&self) -> &str {
+        &self.switch.name
+    }
+
+    /// `host`'s port on the bridge: the host side of its link.
+    pub fn port_of(&self, host: &str) -> &str {
+        &self
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .unwrap_or_else(|| panic!("no host {host}"))
+            .port
+    }
+
+    /// A rules file whose instances (`netns = "sg-NAME"` with `interface
+    /// = "eth0"`) are enforced on the host side of their links instead:
+    /// their bridge ports in the switch namespace, as the host side of a
+    /// container's veth or a VM's tap would be.
+    pub fn host_side(&self, rules: &str) -> String {
+        let mut out = rules.to_owned();
+        for h in &self.hosts {
+            let own = format!("netns = \"sg-{}\"\ninterface = \"eth0\"", h.name);
+            let host = format!(
+                "netns = \"{}\"\nhost_interface = \"{}\"",
+                self.switch.name, h.port
+            );
+            out = out.replace(&own, &host);
+        }
+        out
+    }
 }

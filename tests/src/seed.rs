@@ -93,6 +93,12 @@ impl SeedLab {
         std::fs::write(&tmp, self.lab.localize(rules)).expect("write");
         std::fs::rename(&tmp, &self.config).expect("rename");
     }
+
+    /// Rewrites the rules file with every instance on the host side of its
+    /// link (its bridge port: see [`Lab::host_side`]).
+    pub fn rewrite_host_side(&self, rules: &str) {
+        self.rewrite(&self.lab.host_side(rules));
+    }
 }
 
 impl Drop for SeedLab {

@@ -9,6 +9,7 @@ mod etcd;
 mod explain;
 mod flows;
 mod import;
+mod libvirt_hook;
 mod matrix;
 mod run;
 mod status;
@@ -31,6 +32,8 @@ Exit status:
   2  usage error (unknown option, missing argument)
   3  status, flows: no agent answers on the control socket; diff: the files differ
   4  explain: the flow is denied
+  libvirt-hook: 1 refuses the domain's start (an instance on its NICs could not
+     be enforced, or no agent runs with --require-agent)
 
 Example:
   sg-agent check examples/seed-vpc.toml
@@ -97,6 +100,11 @@ enum Command {
     /// with --keep-on-exit), as root.
     #[command(after_help = EXIT_CODES)]
     Detach(detach::DetachArgs),
+    /// libvirt's QEMU hook: as a domain starts (its CPUs not running yet),
+    /// the running agent attaches the instances on its NICs, or the domain
+    /// does not start. Installed as /etc/libvirt/hooks/qemu.d/sg-agent.
+    #[command(after_help = EXIT_CODES)]
+    LibvirtHook(libvirt_hook::LibvirtHookArgs),
 }
 
 /// The whole command: parse, set up logging, run the verb.
@@ -164,6 +172,10 @@ pub fn main() -> ExitCode {
         Command::Flows(args) => {
             drop(held);
             flows::flows(&args)
+        }
+        Command::LibvirtHook(args) => {
+            drop(held);
+            libvirt_hook::libvirt_hook(&args)
         }
     }
 }

@@ -1,0 +1,109 @@
+//! `sg-agent libvirt-hook`: libvirt's QEMU hook. libvirtd runs its hooks
+//! (`/etc/libvirt/hooks/qemu`, and since libvirt 6.5 each script under
+//! `/etc/libvirt/hooks/qemu.d/`) as `HOOK DOMAIN OPERATION SUB-OPERATION
+//! EXTRA` with the domain's XML on standard input, and waits for them; a
+//! hook that fails as a domain starts (`prepare`, `start`, `started`) stops
+//! it from starting. As a domain starts, its taps exist and its virtual
+//! CPUs do not run yet: the hook hands the domain's NICs (tap and MAC
+//! address) to the running agent, which attaches the instances on them
+//! before answering, so the guest's first frame is judged.
+
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
+
+use crate::{
+    libvirt,
+    observe::control::{self, ControlError},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct LibvirtHookArgs {
+    /// The domain's name.
+    domain: String,
+    /// libvirt's operation: `prepare`, `start`, `started`, `stopped`,
+    /// `release`, `reconnect`, `migrate`, `restore`, `attach`.
+    operation: String,
+    /// `begin` or `end`.
+    sub_operation: String,
+    /// libvirt's extra argument (`-` mostly).
+    extra: Option<String>,
+    /// Refuse a domain's start when no agent runs (by default it starts:
+    /// with no agent nothing on this host is enforced, and the hook says so
+    /// in libvirt's log).
+    #[arg(long)]
+    require_agent: bool,
+    /// The control socket the agent was started with.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+}
+
+/// The longest domain XML read from standard input.
+const MAX_XML: u64 = 4 << 20;
+
+pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
+    let starting = matches!(
+        (args.operation.as_str(), args.sub_operation.as_str()),
+        (
+            "start" | "started" | "reconnect" | "restore" | "attach",
+            "begin"
+        )
+    );
+    let stopped = matches!(args.operation.as_str(), "stopped" | "release");
+    if !starting && !stopped {
+        return ExitCode::SUCCESS;
+    }
+    let nics = if starting {
+        let mut xml = String::new();
+        if let Err(e) = std::io::stdin().take(MAX_XML).read_to_string(&mut xml) {
+            eprintln!("sg-agent: reading domain {}'s XML: {e}", args.domain);
+            return ExitCode::from(1);
+        }
+        match libvirt::nics(&xml) {
+            Ok(nics) => Some(nics),
+            Err(e) => {
+                eprintln!("sg-agent: domain {}: {e}", args.domain);
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    match control::libvirt(&args.control_socket, &args.domain, nics) {
+        Ok(enforced) if starting => {
+            if !enforced.is_empty() {
+                eprintln!(
+                    "sg-agent: domain {} starts enforced: {}",
+                    args.domain,
+                    enforced.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(ControlError::NotRunning(path)) if !args.require_agent || stopped => {
+            if starting {
+                eprintln!(
+                    "sg-agent: no agent answers on {}: domain {} starts unfiltered by sg-agent",
+                    path.display(),
+                    args.domain
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if stopped => {
+            eprintln!(
+                "sg-agent: domain {} stopped: {}",
+                args.domain,
+                super::error_chain(&e)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "sg-agent: domain {} refused to start, its security groups are not in force: {}",
+                args.domain,
+                super::error_chain(&e)
+            );
+            ExitCode::from(1)
+        }
+    }
+}
