@@ -1,5 +1,5 @@
 //! Test support: crafted frames, network-namespace topologies, traffic
-//! probes. Used by the privileged tests under tests/tests and by the demo.
+//! probes, real QEMU VMs. Used by the privileged tests under tests/tests and by the demo.
 
 pub mod agent;
 pub mod attached;
@@ -11,3 +11,4 @@ pub mod lab;
 pub mod package;
 pub mod probe;
 pub mod seed;
+pub mod vm;

@@ -37,12 +37,111 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "/usr/bin/etcd"),
     // The TLS test makes its own CA and certificates.
     ("openssl", "/usr/bin/openssl"),
+    // Local VMs from the host side: real QEMU guests (TCG: no KVM needed)
+    // and a real libvirtd running them.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("libvirt-daemon-system", "/usr/sbin/libvirtd"),
+    ("libvirt-clients", "/usr/bin/virsh"),
+];
+
+/// Where the VM tests find the guest kernel (`vmlinuz`) and the modules its
+/// virtio NIC needs (`modules/NAME.ko`): taken from Debian's cloud kernel
+/// package, downloaded and unpacked here, never installed (the host's own
+/// kernel and boot loader stay as they are).
+pub const VM_KERNEL_DIR: &str = "/var/cache/sg-agent/vm";
+const VM_MODULES: [&str; 8] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
 ];
 
 pub fn all() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    debian_packages()
+    debian_packages()?;
+    vm_kernel()
+}
+
+/// Debian's cloud kernel for the test VMs, unpacked into [`VM_KERNEL_DIR`]
+/// (`apt-get download` and `dpkg-deb -x`: nothing is installed).
+fn vm_kernel() -> anyhow::Result<()> {
+    let dir = std::path::Path::new(VM_KERNEL_DIR);
+    let have = dir.join("vmlinuz").exists()
+        && VM_MODULES
+            .iter()
+            .all(|m| dir.join("modules").join(format!("{m}.ko")).exists());
+    if have {
+        return Ok(());
+    }
+    step("downloading Debian's cloud kernel for the test VMs (linux-image-cloud-amd64)");
+    let depends = quiet(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))
+        .context("apt-cache depends linux-image-cloud-amd64")?;
+    let package = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .context("linux-image-cloud-amd64 depends on no linux-image package")?
+        .to_owned();
+    let work = std::env::temp_dir().join(format!("sg-vm-kernel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("x"))?;
+    let hint = "run `apt-get update` and retry";
+    // _apt cannot write into root's temporary directory: say so plainly
+    // rather than let apt warn.
+    run(
+        Command::new("apt-get")
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", &package])
+            .current_dir(&work),
+        hint,
+    )?;
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(work.join("x")),
+        "dpkg-deb -x failed",
+    )?;
+    std::fs::create_dir_all(dir.join("modules"))?;
+    let boot = work.join("x/boot");
+    let vmlinuz = std::fs::read_dir(&boot)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .context("no vmlinuz in the kernel package")?;
+    std::fs::copy(&vmlinuz, dir.join("vmlinuz"))?;
+    let mut wanted: Vec<&str> = VM_MODULES.to_vec();
+    let mut stack = vec![work.join("x/lib/modules")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)?.filter_map(Result::ok) {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+                && let Some(i) = wanted.iter().position(|m| name == format!("{m}.ko"))
+            {
+                std::fs::copy(&path, dir.join("modules").join(name))?;
+                wanted.swap_remove(i);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    if !wanted.is_empty() {
+        bail!("{package} has no module {}", wanted.join(", "));
+    }
+    Ok(())
 }
 
 fn quiet(cmd: &mut Command) -> Option<String> {

@@ -356,6 +356,7 @@ impl Agent<'_> {
                         dataplane: dp,
                         lost_since: None,
                         stopped: None,
+                        checked: Instant::now(),
                         allowance: inst.max_tracked_connections,
                         reclaimed: (Instant::now(), 0),
                     },

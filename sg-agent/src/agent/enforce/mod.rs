@@ -54,11 +54,16 @@ fn on_instance(name: &str) -> impl FnOnce(DataplaneError) -> AgentError + '_ {
 struct Enforced {
     place: Place,
     dataplane: Dataplane,
-    /// When the interface was found gone or recreated, until re-attached.
+    /// From when its interface may have been there without its programs
+    /// (recreated), until they are attached again.
     lost_since: Option<Instant>,
-    /// Why its place is not known now: its libvirt domain stopped (and its
-    /// tap with it); enforced again as the domain starts.
+    /// Why it is not enforced now though nothing is unprotected: its
+    /// interface is gone (a VM stopped, a container removed), or its
+    /// libvirt domain is not running; enforced again as it comes back.
     stopped: Option<String>,
+    /// When its interface was last found enforced (or gone): a recreated
+    /// interface was unprotected for at most the time since.
+    checked: Instant,
     /// The capacity of its connection table (its connection allowance).
     allowance: u32,
     /// When its expired connections were last reclaimed, and how many new

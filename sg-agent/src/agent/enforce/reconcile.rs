@@ -71,26 +71,52 @@ impl Agent<'_> {
                     );
                     e.stopped = Some(why);
                 }
+                e.checked = Instant::now();
                 return;
             }
         };
         let moved = place != e.place;
-        if !moved && e.dataplane.attached_place_current() == Some(true) {
-            return;
-        }
-        // The same interface gone or recreated is a lapse; a domain started
-        // again on another tap is not (the new tap is attached as it comes).
         let state = e.dataplane.attached_place_current();
+        if !moved {
+            match state {
+                Some(true) => {
+                    e.checked = Instant::now();
+                    e.stopped = None;
+                    return;
+                }
+                // Gone (a VM stopped, a container removed): nothing there
+                // is unprotected; it is attached again as it comes back.
+                _ if place.exists().is_err() => {
+                    if e.stopped.is_none() {
+                        log::info!(
+                            instance = name;
+                            "instance {name}: {} is gone; enforced again as it comes back",
+                            place.describe()
+                        );
+                        e.stopped = Some(format!("{} is gone", place.describe()));
+                    }
+                    e.checked = Instant::now();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        // There now without our programs: since the last check that found
+        // it gone or enforced (a link event comes within milliseconds of a
+        // new interface; the tick within RECONCILE). A domain started again
+        // on another tap is attached as that tap comes, not counted.
+        let since = e.checked;
         if !moved && e.lost_since.is_none() {
             self.lapses += 1;
         }
-        let since = *e.lost_since.get_or_insert_with(Instant::now);
+        e.lost_since.get_or_insert(since);
         let attached = e
             .dataplane
             .attach(&place.ifname, place.netns.as_deref(), ingress, place.side)
             .map(|_| ())
             .and_then(|()| e.dataplane.forget_learned_mac())
             .and_then(|()| e.dataplane.set_mac(mac));
+        let now = Instant::now();
         match attached {
             Ok(()) if moved => {
                 log::info!(
@@ -100,30 +126,34 @@ impl Agent<'_> {
                     e.place.describe()
                 );
                 e.place = place;
-                e.lost_since = None;
-                e.stopped = None;
             }
             Ok(()) => {
+                let unprotected = now.duration_since(e.lost_since.unwrap_or(since));
                 log::error!(
                     instance = name;
                     "instance {name}: {} was {}; programs attached again, the interface was \
                      unprotected for at most {} ms (lapse {} since start)",
                     e.place.describe(),
-                    if state.is_none() { "gone" } else { "recreated" },
-                    since.elapsed().as_millis() + RECONCILE.as_millis(),
+                    if e.stopped.is_some() { "made again" } else { "recreated" },
+                    unprotected.as_millis(),
                     self.lapses
                 );
-                e.lost_since = None;
-                e.stopped = None;
             }
-            Err(err) if since.elapsed() < RECONCILE * 2 => log::error!(
-                instance = name;
-                "instance {name} NOT ENFORCED: {} is gone ({}); waiting for it",
-                place.describe(),
-                crate::cli::error_chain(&err)
-            ),
-            Err(_) => {}
+            Err(err) => {
+                if now.duration_since(since) < RECONCILE * 2 {
+                    log::error!(
+                        instance = name;
+                        "instance {name} NOT ENFORCED: {} ({}); retrying",
+                        place.describe(),
+                        crate::cli::error_chain(&err)
+                    );
+                }
+                return;
+            }
         }
+        e.lost_since = None;
+        e.stopped = None;
+        e.checked = now;
     }
 
     /// An instance not enforced yet: attached if its place is there now.
