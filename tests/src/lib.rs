@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod frames;
 pub mod kernel;
 pub mod lab;
+pub mod libvirt;
 pub mod package;
 pub mod probe;
 pub mod seed;

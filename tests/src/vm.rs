@@ -73,6 +73,8 @@ while read -r line; do
   echo "__SG_RC__ $?"
 done
 echo "SGVM CONSOLE CLOSED"
+# A console that gives no input (libvirt's file console): keep running.
+while true; do sleep 3600; done
 "#;
 
 /// The guest's kernel and an initramfs built for this test process.

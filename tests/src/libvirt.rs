@@ -1,0 +1,221 @@
+//! A real libvirtd for the tests (Debian's `libvirt-daemon-system`), started
+//! by the test inside the lab's switch namespace (only its network
+//! namespace: `nsenter --net`), so the taps it makes for its domains join
+//! the lab's bridge and never the host's network. Domains are transient
+//! (`virsh create`), of type `qemu` (TCG), booting the VM tests' kernel and
+//! initramfs directly. Everything is destroyed and stopped on drop.
+//!
+//! Since the daemons are the test's, hook scripts installed before they
+//! start are read (libvirtd reads its hooks once, at start).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::probe::eventually;
+
+/// libvirtd's socket for `qemu:///system`.
+const SOCKET: &str = "/run/libvirt/libvirt-sock";
+/// Where libvirtd looks for QEMU hook scripts (libvirt 6.5 and later).
+pub const HOOK_DIR: &str = "/etc/libvirt/hooks/qemu.d";
+
+/// `virsh -c qemu:///system ARGS`: its output, or its error.
+pub fn virsh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("virsh: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// A hook script that runs `sg-agent libvirt-hook` against the test's
+/// agent, and writes down each call; removed on drop. It must exist before
+/// libvirtd starts (libvirtd reads its hooks once, at start).
+pub struct Hook {
+    pub path: PathBuf,
+    pub calls: PathBuf,
+}
+
+impl Hook {
+    pub fn install(name: &str, agent: &Path, control_socket: &Path) -> Self {
+        std::fs::create_dir_all(HOOK_DIR).expect("hook dir");
+        let path = Path::new(HOOK_DIR).join(name);
+        let calls = std::env::temp_dir().join(format!("{name}.calls"));
+        let _ = std::fs::remove_file(&calls);
+        let script = format!(
+            "#!/bin/sh\n\
+             # sg-agent's tests: libvirt's QEMU hook, against the test's agent.\n\
+             echo \"$1 $2 $3\" >> '{calls}'\n\
+             exec '{agent}' libvirt-hook --control-socket '{socket}' \"$@\"\n",
+            calls = calls.display(),
+            agent = agent.display(),
+            socket = control_socket.display(),
+        );
+        std::fs::write(&path, script).expect("write the hook");
+        let mut perms = std::fs::metadata(&path).expect("hook").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).expect("chmod the hook");
+        Self { path, calls }
+    }
+
+    /// The hook's calls so far: `DOMAIN OPERATION SUB-OPERATION`.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.calls);
+    }
+}
+
+/// virtlogd and libvirtd, started in network namespace `netns`; the
+/// domains they run are destroyed, and they are stopped, on drop.
+pub struct Libvirtd {
+    daemons: Vec<Child>,
+    domains: Vec<String>,
+}
+
+impl Libvirtd {
+    pub fn start(netns: &str) -> Self {
+        assert!(
+            std::os::unix::net::UnixStream::connect(SOCKET).is_err(),
+            "a libvirtd already answers on {SOCKET}: the libvirt test starts its own, in its lab \
+             namespace; stop the running one (systemctl stop libvirtd) to run it"
+        );
+        // In the lab's network namespace, and in a mount namespace of its
+        // own where /dev/kvm is hidden: the domains are TCG ones, and a
+        // /dev/kvm that root can open but libvirt's QEMU user cannot (no
+        // udev rule on a machine without systemd) makes libvirtd find its
+        // QEMU capabilities stale and probe them again (a minute) on every
+        // domain start.
+        let script = format!(
+            "[ -e /dev/kvm ] && mount --bind /dev/null /dev/kvm; \
+             exec nsenter --net=/run/netns/{netns} \"$0\""
+        );
+        let mut daemons = Vec::new();
+        for daemon in ["virtlogd", "libvirtd"] {
+            let child = Command::new("unshare")
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &script,
+                    daemon,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{daemon} (libvirt-daemon-system): {e}"));
+            daemons.push(child);
+        }
+        let up = eventually(Duration::from_secs(30), || virsh(&["version"]).is_ok());
+        let mut me = Self {
+            daemons,
+            domains: Vec::new(),
+        };
+        if !up {
+            me.stop();
+            panic!("libvirtd did not answer on {SOCKET} within 30 s");
+        }
+        me
+    }
+
+    /// `virsh create` of a domain: an error is libvirt's (a hook that
+    /// refused it, for one).
+    pub fn create(&mut self, name: &str, xml: &str) -> Result<(), String> {
+        let path = std::env::temp_dir().join(format!("{name}.xml"));
+        std::fs::write(&path, xml).expect("domain XML");
+        if !self.domains.iter().any(|d| d == name) {
+            self.domains.push(name.to_owned());
+        }
+        let result = virsh(&["create", &path.to_string_lossy()]).map(|_| ());
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    pub fn destroy(&self, name: &str) {
+        let _ = virsh(&["destroy", name]);
+    }
+
+    /// The tap libvirt gave the domain's NIC (`vnetN`).
+    pub fn tap(&self, name: &str) -> String {
+        let out = virsh(&["domiflist", name]).unwrap_or_default();
+        out.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .find(|w| w.starts_with("vnet"))
+            .unwrap_or_else(|| panic!("{name} has no vnet tap: {out}"))
+            .to_owned()
+    }
+
+    fn stop(&mut self) {
+        for d in &self.domains {
+            let _ = virsh(&["destroy", d]);
+        }
+        for child in self.daemons.iter_mut().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        self.daemons.clear();
+    }
+}
+
+impl Drop for Libvirtd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A transient QEMU (TCG) domain booting the VM tests' kernel and initramfs,
+/// its NIC on `bridge` with `mac`, its console written to `console`.
+pub fn domain_xml(name: &str, mac: &str, bridge: &str, cmdline: &str, console: &Path) -> String {
+    let image = crate::vm::image();
+    format!(
+        "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>192</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 quiet loglevel=1 panic=-1 {cmdline}</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <interface type='bridge'>
+      <source bridge='{bridge}'/>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+      <rom enabled='no'/>
+    </interface>
+    <serial type='file'>
+      <source path='{console}'/>
+    </serial>
+  </devices>
+</domain>
+",
+        kernel = image.kernel.display(),
+        initrd = image.initrd.display(),
+        console = console.display(),
+    )
+}

@@ -1,0 +1,187 @@
+//! libvirt, as people run local VMs: a real libvirtd (started by the test
+//! in its lab namespace) runs transient `qemu` domains on the lab bridge;
+//! the rules file names them by `libvirt_domain`; the agent finds each
+//! domain's tap in libvirt's live state and, through the QEMU hook, attaches
+//! it while the domain starts, before its virtual CPU runs.
+
+use std::path::PathBuf;
+
+use sg_tests::{
+    agent::{AgentProcess, StateDir, binary},
+    lab::Lab,
+    libvirt::{Hook, Libvirtd, domain_xml, virsh},
+    probe::{Outcome::*, eventually, tcp},
+    seed::{ADMIN, ALB, APP, OUTSIDER, RELOAD, SEED, START, at, ip},
+};
+
+fn instance(agent: &AgentProcess, name: &str) -> serde_json::Value {
+    let status = agent.status_json();
+    status["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("{name} in status: {status}"))
+}
+
+fn egress_total(agent: &AgentProcess, name: &str) -> u64 {
+    instance(agent, name)["packets"]["egress"]
+        .as_object()
+        .map(|r| r.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0)
+}
+
+/// Frames a tap received from its guest.
+fn frames_sent(netns: &str, tap: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "cat"])
+        .arg(format!("/sys/class/net/{tap}/statistics/rx_packets"))
+        .output()
+        .expect("read the tap's counters");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{tap}: {out:?}"))
+}
+
+/// Waits until the guest's init wrote its ready line to the console file.
+fn wait_booted(console: &PathBuf) {
+    assert!(
+        eventually(sg_tests::vm::BOOT, || std::fs::read_to_string(console)
+            .is_ok_and(|c| c.contains("SGVM READY"))),
+        "the domain did not boot: {}",
+        std::fs::read_to_string(console).unwrap_or_default()
+    );
+}
+
+#[test]
+fn libvirt_domains_are_enforced_before_their_first_frame() {
+    sg_tests::kernel::require_root();
+    let mut lab = Lab::new("slv");
+    lab.add_host("internet", &[ADMIN, OUTSIDER]);
+    let internet = lab.netns_of("internet");
+    let sw = lab.switch_netns().to_owned();
+    let prefix = lab.prefix.clone();
+    let (alb, app, bad) = (
+        format!("{prefix}-alb"),
+        format!("{prefix}-app"),
+        format!("{prefix}-bad"),
+    );
+    // The load balancer and the app server are libvirt domains; the bastion
+    // and the database are group members only; a third domain names a NIC
+    // its XML does not have.
+    let rules = SEED
+        .replace(
+            "netns = \"sg-alb\"\ninterface = \"eth0\"",
+            &format!("netns = \"{sw}\"\nlibvirt_domain = \"{alb}\""),
+        )
+        .replace(
+            "netns = \"sg-app-1\"\ninterface = \"eth0\"",
+            &format!("netns = \"{sw}\"\nlibvirt_domain = \"{app}\""),
+        )
+        .replace("netns = \"sg-bastion\"\ninterface = \"eth0\"\n", "")
+        .replace("netns = \"sg-rds\"\ninterface = \"eth0\"\n", "")
+        + &format!(
+            "\n[[instance]]\nname = \"bad\"\naddresses = [\"10.0.9.9\"]\nsecurity_groups = \
+             [\"instagram-server-security-group\"]\nnetns = \"{sw}\"\nlibvirt_domain = \
+             \"{bad}\"\nlibvirt_mac = \"52:54:00:00:09:01\"\n"
+        );
+    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("vpc.toml");
+    std::fs::write(&config, rules).expect("rules");
+
+    let state = StateDir::new();
+    let hook = Hook::install(
+        &format!("sg-agent-test-{prefix}"),
+        &binary(),
+        &state.control_socket(),
+    );
+    let agent = AgentProcess::start_in(&state, &config, &[], "info");
+    agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
+    assert_eq!(instance(&agent, "alb")["state"], "waiting");
+    let mut libvirtd = Libvirtd::start(&sw);
+
+    let boot = |libvirtd: &mut Libvirtd, name: &str, mac: &str, addr: &str, ports: &str| {
+        let console = dir.join(format!("{name}.console"));
+        let _ = std::fs::remove_file(&console);
+        let cmdline = format!(
+            "sg.addr={addr}/32 sg.routes=10.0.0.0/8,203.0.113.0/24,198.51.100.0/24 sg.tcp={ports}"
+        );
+        let created = libvirtd.create(name, &domain_xml(name, mac, "br0", &cmdline, &console));
+        (created, console)
+    };
+    let (created, alb_console) = boot(&mut libvirtd, &alb, "52:54:00:00:00:10", ALB, "80,8080");
+    created.expect("the alb domain starts");
+    let (created, app_console) = boot(&mut libvirtd, &app, "52:54:00:00:01:10", APP, "80,22");
+    created.expect("the app domain starts");
+    let calls = hook.calls();
+    for d in [&alb, &app] {
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with(&format!("{d} start"))
+                    || c.starts_with(&format!("{d} started"))),
+            "the hook ran as {d} started: {calls:?}"
+        );
+    }
+    // Enforced when `virsh create` returned: the hook's answer came first.
+    for (name, mac) in [("alb", "52:54:00:00:00:10"), ("app-1", "52:54:00:00:01:10")] {
+        let i = instance(&agent, name);
+        assert_eq!(i["state"], "enforced", "{i}");
+        assert_eq!(i["side"], "host");
+        assert_eq!(i["mac"], mac, "the MAC libvirt gives: {i}");
+        assert_eq!(i["mac_source"], "configured");
+    }
+    let alb_tap = libvirtd.tap(&alb);
+    assert_eq!(instance(&agent, "alb")["interface"], alb_tap.as_str());
+    wait_booted(&alb_console);
+    wait_booted(&app_console);
+
+    assert_eq!(tcp(&internet, ip(OUTSIDER), at(ALB, 80)), Connected);
+    assert_eq!(tcp(&internet, ip(OUTSIDER), at(ALB, 8080)), TimedOut);
+    assert_eq!(tcp(&internet, ip(OUTSIDER), at(APP, 80)), TimedOut);
+    // Every frame the guests sent was judged: attached before the CPUs ran.
+    for (name, domain) in [("alb", &alb), ("app-1", &app)] {
+        let before = egress_total(&agent, name);
+        let sent = frames_sent(&sw, &libvirtd.tap(domain));
+        let after = egress_total(&agent, name);
+        assert!(sent > 0, "{name} sent frames as it booted");
+        assert!(
+            before <= sent && sent <= after,
+            "{name}: {sent} frames sent, {before}..{after} judged"
+        );
+    }
+
+    // The app domain restarted: another tap, followed.
+    let app_tap = libvirtd.tap(&app);
+    libvirtd.destroy(&app);
+    assert!(
+        eventually(RELOAD, || instance(&agent, "app-1")["state"] == "waiting"),
+        "{}",
+        instance(&agent, "app-1")
+    );
+    let base = egress_total(&agent, "app-1");
+    let (created, app_console) = boot(&mut libvirtd, &app, "52:54:00:00:01:10", APP, "80,22");
+    created.expect("the app domain starts again");
+    let new_tap = libvirtd.tap(&app);
+    assert_ne!(new_tap, app_tap, "libvirt gave it another tap");
+    assert_eq!(instance(&agent, "app-1")["interface"], new_tap.as_str());
+    assert_eq!(instance(&agent, "app-1")["state"], "enforced");
+    wait_booted(&app_console);
+    assert_eq!(tcp(&internet, ip(OUTSIDER), at(APP, 80)), TimedOut);
+    let sent = frames_sent(&sw, &new_tap);
+    let judged = egress_total(&agent, "app-1") - base;
+    assert!(
+        sent > 0 && sent <= judged,
+        "{sent} frames sent, {judged} judged"
+    );
+
+    // A domain whose NIC the rules file's libvirt_mac does not name: the
+    // hook refuses its start.
+    let (created, _) = boot(&mut libvirtd, &bad, "52:54:00:00:09:02", "10.0.9.9", "80");
+    let err = created.expect_err("a domain whose instance cannot be enforced does not start");
+    assert!(err.contains("52:54:00:00:09:01"), "libvirt says why: {err}");
+    assert!(virsh(&["domstate", &bad]).is_err(), "{bad} is not running");
+    assert_eq!(instance(&agent, "bad")["state"], "waiting");
+    drop(libvirtd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
