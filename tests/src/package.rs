@@ -84,8 +84,14 @@ set -e
 if [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
 fi
+if [ \"$1\" = configure ] && { pidof libvirtd || pidof virtqemud; } >/dev/null 2>&1; then
+    echo 'sg-agent: libvirtd reads its hooks when it starts: restart it (running domains keep running) so that domains starting from now are enforced before their first frame'
+fi
 exit 0
 ";
+
+/// The libvirt QEMU hook (`packaging/libvirt-hook`), a configuration file.
+pub const LIBVIRT_HOOK: &str = "/etc/libvirt/hooks/qemu.d/sg-agent";
 
 const POSTRM: &str = "#!/bin/sh
 set -e
@@ -132,6 +138,18 @@ pub fn build(binary: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     }
     put(
         &root,
+        LIBVIRT_HOOK.trim_start_matches('/'),
+        &fs::read(ws.join("packaging/libvirt-hook"))?,
+        0o755,
+    )?;
+    put(
+        &root,
+        "DEBIAN/conffiles",
+        format!("{LIBVIRT_HOOK}\n").as_bytes(),
+        0o644,
+    )?;
+    put(
+        &root,
         "usr/share/doc/sg-agent/examples/seed-vpc.toml",
         &fs::read(ws.join("examples/seed-vpc.toml"))?,
         0o644,
@@ -154,7 +172,9 @@ pub fn build(binary: &Path, out: &Path) -> anyhow::Result<PathBuf> {
          sg-agent enforces security groups (allow-only rules per group, sources as\n \
          CIDR blocks, prefix lists or other groups, stateful, silent drops) in the\n \
          kernel: an XDP program judges what enters each instance's interface, a TC\n \
-         program what leaves it. The service reads /etc/sg-agent/vpc.toml.\n"
+         program what leaves it, on an instance's own interface or on the host side\n \
+         of a VM's tap or a container's veth (with a libvirt hook that enforces a\n \
+         domain before it runs). The service reads /etc/sg-agent/vpc.toml.\n"
     );
     put(&root, "DEBIAN/control", control.as_bytes(), 0o644)?;
     put(&root, "DEBIAN/prerm", PRERM.as_bytes(), 0o755)?;

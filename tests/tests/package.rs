@@ -71,6 +71,7 @@ fn the_package_installs_runs_its_units_command_and_removes_cleanly() {
         "/usr/share/zsh/vendor-completions/_sg-agent",
         "/usr/share/fish/vendor_completions.d/sg-agent.fish",
         "/usr/share/doc/sg-agent/examples/seed-vpc.toml",
+        sg_tests::package::LIBVIRT_HOOK,
     ] {
         assert!(listed.lines().any(|l| l == file), "{file} in:\n{listed}");
         assert!(Path::new(file).exists(), "{file} installed");

@@ -38,7 +38,12 @@ enum Cmd {
     /// Build the seed architecture in network namespaces, enforce
     /// examples/seed-vpc.toml, print who reaches whom, replay the seed's
     /// experiment and tear it all down (as root).
-    Demo,
+    Demo {
+        /// The four instances as real QEMU VMs, enforced on the host side
+        /// of their taps, the matrix probed from inside the guests.
+        #[arg(long)]
+        vms: bool,
+    },
     /// Check formatting and lints: `cargo fmt --check` and clippy (no
     /// warnings) on the workspace, and on the eBPF crates for the BPF target.
     Lint,
@@ -101,10 +106,10 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         Cmd::Bootstrap => bootstrap::all(),
         Cmd::Lint => lint(),
         Cmd::Test { debug_only, long } => test(debug_only, long),
-        Cmd::Demo => beside_the_agent(
+        Cmd::Demo { vms } => beside_the_agent(
             "the demo creates network namespaces and attaches eBPF programs",
             &["--package", "sg-tests", "--bin", "sg-demo"],
-            &[],
+            if vms { &["--vms"] } else { &[] },
         ),
         Cmd::Chaos { smoke } => {
             let out = workspace_root().join("RELIABILITY.md");

@@ -1,6 +1,9 @@
 //! `cargo xtask demo`: the seed's architecture in network namespaces under
 //! a real `sg-agent run`, its reachability matrix checked cell by cell
 //! against the reference evaluator, and the seed's experiment replayed.
+//! `cargo xtask demo --vms`: the same with the four instances as real QEMU
+//! VMs, enforced on the host side of their taps, the matrix probed from
+//! inside the guests.
 
 use std::{
     process::ExitCode,
@@ -17,8 +20,9 @@ use sg_tests::{
     probe::{Outcome, tcp},
     seed::{
         ADMIN, ADMIN6, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, SEED, SeedLab, at, ip,
-        seed_without_alb_ingress, start_agent_with,
+        seed_without_alb_ingress,
     },
+    vm::SeedVms,
 };
 
 /// Where the demo's agent serves its metrics.
@@ -49,10 +53,52 @@ const TARGETS: &[(&str, &str, u16)] = &[
     ("rds", RDS, 3306),
 ];
 
+/// Where the demo's hosts are: namespaces, or VMs.
+enum Demo {
+    Namespaces(SeedLab),
+    Vms(SeedVms),
+}
+
+impl Demo {
+    fn internet(&self) -> String {
+        match self {
+            Self::Namespaces(lab) => lab.ns("internet"),
+            Self::Vms(vms) => vms.lab.netns_of("internet"),
+        }
+    }
+
+    /// A TCP probe from `host` (a namespace, or inside a VM over its
+    /// console).
+    fn probe(&self, host: &str, from: &str, to: &str, port: u16) -> Outcome {
+        match self {
+            Self::Vms(vms) if host != "internet" => {
+                if vms.vm(host).connects(to, port, 2) {
+                    Outcome::Connected
+                } else {
+                    Outcome::TimedOut
+                }
+            }
+            Self::Vms(vms) => tcp(&vms.lab.netns_of(host), ip(from), at(to, port)),
+            Self::Namespaces(lab) => tcp(&lab.ns(host), ip(from), at(to, port)),
+        }
+    }
+
+    fn rewrite(&self, rules: &str) {
+        match self {
+            Self::Namespaces(lab) => lab.rewrite(rules),
+            Self::Vms(vms) => vms.rewrite(rules),
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let vms = std::env::args().any(|a| a == "--vms");
     println!(
         "sg-agent demo: AWS security groups on this host, enforced in the kernel with eBPF (XDP or TC)\n"
     );
+    if vms {
+        return vm_demo();
+    }
     let lab = SeedLab::new("sgdemo", SEED, &[]);
     println!(
         "built the seed architecture: {} network namespaces on one bridge",
@@ -61,7 +107,42 @@ fn main() -> ExitCode {
     for h in &lab.lab.hosts {
         println!("  {:<9} netns {}", h.name, h.netns.name);
     }
-    let agent = start_observed_agent(&lab);
+    let agent = start_observed_agent(&lab.config, &["ready: enforcing"]);
+    finish(&Demo::Namespaces(lab), agent)
+}
+
+/// The demo with VMs: the agent first (every instance waits for its tap),
+/// then four QEMU guests, each attached as QEMU makes its tap.
+fn vm_demo() -> ExitCode {
+    let mut vms = SeedVms::new("sgdemo", SEED);
+    println!(
+        "built the lab: the internet as a network namespace, a bridge in netns {}; the \
+         instances are QEMU VMs on it, enforced on the host side of their taps:",
+        vms.lab.switch_netns()
+    );
+    for (name, tap, mac, addresses, _) in sg_tests::vm::SEED_VMS {
+        println!(
+            "  {name:<9} tap {tap:<10} MAC {mac}  {}",
+            addresses.join(" ")
+        );
+    }
+    let agent = start_observed_agent(&vms.config, &["ready: enforcing 0 instance(s)"]);
+    println!("\n==> booting four VMs (QEMU, TCG: no KVM needed)");
+    let started = Instant::now();
+    vms.boot_all();
+    println!(
+        "  booted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (name, ..) in sg_tests::vm::SEED_VMS {
+        let line = format!("attached instance {name} to ");
+        let _ = agent.wait_for(&line, 0, Duration::from_secs(30));
+    }
+    finish(&Demo::Vms(vms), agent)
+}
+
+/// The matrix, the seed's experiment, what the agent saw, the teardown.
+fn finish(demo: &Demo, agent: sg_tests::agent::AgentProcess) -> ExitCode {
     std::thread::sleep(Duration::from_millis(50)); // let the agent's log lines print first
     let vpc: Vpc = sg_agent::config::from_str("examples/seed-vpc.toml".as_ref(), SEED)
         .expect("the seed example is valid");
@@ -73,18 +154,20 @@ fn main() -> ExitCode {
         .filter(|((_, from, _), (_, to, _))| ip(from).is_ipv6() == ip(to).is_ipv6())
         .filter(|((host, ..), (target, ..))| host != target)
         .collect();
-    // Probes run side by side: a blocked cell costs one time-out, not many.
-    let handles: Vec<_> = cells
-        .iter()
-        .map(|&((host, from, _), (_, to, port))| {
-            let ns = lab.ns(host);
-            std::thread::spawn(move || tcp(&ns, ip(from), at(to, port)))
-        })
-        .collect();
-    let results: Vec<Outcome> = handles
-        .into_iter()
-        .map(|h| h.join().expect("probe"))
-        .collect();
+    // Probes run side by side: a blocked cell costs one time-out, not many
+    // (a VM's probes share its console, so they queue there).
+    let results: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cells
+            .iter()
+            .map(|&((host, from, _), (_, to, port))| {
+                scope.spawn(move || demo.probe(host, from, to, port))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe"))
+            .collect()
+    });
     println!(
         "  {:<24} {:<28} {:>5}  {:<10} RULES SAY",
         "FROM", "TO", "PORT", "RESULT"
@@ -115,9 +198,9 @@ fn main() -> ExitCode {
 
     println!("\n==> the seed's experiment: remove every inbound rule of the ALB's group");
     let mark = agent.log_lines();
-    lab.rewrite(&seed_without_alb_ingress());
+    demo.rewrite(&seed_without_alb_ingress());
     agent.expect_log("applied", mark, Duration::from_secs(5));
-    let internet = lab.ns("internet");
+    let internet = demo.internet();
     let started = Instant::now();
     let hung = hanging_request(&internet);
     println!(
@@ -128,19 +211,18 @@ fn main() -> ExitCode {
     wrong += usize::from(hung != Outcome::TimedOut);
     println!("  put the rule back");
     let mark = agent.log_lines();
-    lab.rewrite(SEED);
+    demo.rewrite(SEED);
     agent.expect_log("applied", mark, Duration::from_secs(5));
     let back = tcp(&internet, ip(OUTSIDER), at(ALB, 80));
     println!("  GET http://{ALB}/ from the internet: {back}");
     wrong += usize::from(back != Outcome::Connected);
 
-    wrong += observe(&agent, &lab);
+    wrong += observe(&agent, &internet);
 
     println!("\n==> tearing down");
     let status = agent.terminate();
     println!("  sg-agent stopped by SIGTERM: {status}, every program detached");
-    drop(lab);
-    println!("  network namespaces removed");
+    println!("  VMs stopped, network namespaces removed");
     if wrong == 0 && status.success() {
         println!("\nevery cell is what the rules say");
         ExitCode::SUCCESS
@@ -205,15 +287,15 @@ fn hanging_request(ns: &str) -> Outcome {
 
 /// `sg-agent run` with flow logs and metrics, on the default control
 /// socket (so a user's `sg-agent status` finds it), and how to watch it.
-fn start_observed_agent(lab: &SeedLab) -> sg_tests::agent::AgentProcess {
+fn start_observed_agent(config: &std::path::Path, ready: &[&str]) -> sg_tests::agent::AgentProcess {
     println!(
         "\n==> sg-agent run --config examples/seed-vpc.toml --flow-log flows.log --flow-log-interval \
          {FLOW_LOG_INTERVAL} --metrics-listen {METRICS} (namespaces renamed for this run)"
     );
-    let flow_log = lab.config.with_file_name("flows.log");
+    let flow_log = config.with_file_name("flows.log");
     let flow_log_arg = flow_log.to_string_lossy().into_owned();
-    let agent = start_agent_with(
-        lab,
+    let agent = sg_tests::agent::AgentProcess::start_with(
+        config,
         &[
             "--flow-log",
             &flow_log_arg,
@@ -225,6 +307,9 @@ fn start_observed_agent(lab: &SeedLab) -> sg_tests::agent::AgentProcess {
             sg_agent::observe::control::DEFAULT_SOCKET,
         ],
     );
+    for line in ready {
+        agent.expect_log(line, 0, sg_tests::seed::START);
+    }
     println!(
         "\n  watch it from a second terminal while the demo runs:\n    \
          sudo {bin} status --rules\n    sudo {bin} flows --follow --action REJECT\n    \
@@ -237,7 +322,7 @@ fn start_observed_agent(lab: &SeedLab) -> sg_tests::agent::AgentProcess {
 /// What the agent saw of all this: its status, the flow-log records of the
 /// blocked requests as their interval ends, and a few metrics. Returns how
 /// many of these were missing.
-fn observe(agent: &sg_tests::agent::AgentProcess, lab: &SeedLab) -> usize {
+fn observe(agent: &sg_tests::agent::AgentProcess, internet: &str) -> usize {
     let socket = agent.control_socket.to_string_lossy().into_owned();
     println!("\n==> sg-agent status --instance app-1 --rules");
     let status = std::process::Command::new(binary())
@@ -263,9 +348,8 @@ fn observe(agent: &sg_tests::agent::AgentProcess, lab: &SeedLab) -> usize {
         agent.follow_flows(&["--action", "REJECT", "--instance", "app-1", "--count", "3"]);
     // Give it a moment to connect before the traffic it is to see.
     std::thread::sleep(Duration::from_millis(300));
-    let internet = lab.ns("internet");
     for port in [22, 80, 443] {
-        let _ = tcp(&internet, ip(OUTSIDER), at(APP, port));
+        let _ = tcp(internet, ip(OUTSIDER), at(APP, port));
     }
     // Bounded: an interval is 10 s; the follower is stopped after 30.
     let deadline = Instant::now() + Duration::from_secs(30);
