@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
-//! `--only kernel|profile|e2e|reload|memory|etcd` runs one part and prints it.
+//! `--only kernel|profile|e2e|reload|memory|etcd|many` runs one part and prints it.
 //!
 //! A benchmark, never a test: it asserts that each measurement took the
 //! path it claims, never a timing. sg-agent is measured against its floor
@@ -11,6 +11,7 @@ mod e2e;
 mod etcd;
 mod floor;
 mod kernel;
+mod many;
 mod memory;
 mod policies;
 mod profile;
@@ -83,11 +84,22 @@ fn main() {
 
     eprintln!("==> 5. many hosts (etcd)");
     let etcd = part("etcd").then(|| etcd::measure(&etcd::Config::new(smoke)));
+    eprintln!("==> 6. many instances on one host");
+    let many = part("many").then(|| {
+        if smoke {
+            many::measure(10, 2)
+        } else {
+            many::measure(250, 10)
+        }
+    });
 
     let Some(kernel) = kernel else {
         print_parts(&profiles, &e2e_rows, &reload_rows);
         if let Some(e) = &etcd {
             println!("{e:?}");
+        }
+        if let Some(m) = &many {
+            println!("{}", report::many_text(m));
         }
         return;
     };
@@ -99,6 +111,7 @@ fn main() {
         reload: reload_rows,
         memory,
         etcd,
+        many,
         smoke,
     };
     let text = report::render(&all);

@@ -417,8 +417,6 @@ mod tests {
             other_ns: 600 * SEC,
             fragment_ns: 30 * SEC,
             ns_per_tick: 0,
-            guard: 0,
-            pad: 0,
         }
     }
 

@@ -16,7 +16,8 @@
 //! * ARP must be Ethernet/IPv4 ARP whose sender MAC address is the
 //!   instance's and whose sender address is one of its own (or 0.0.0.0, an
 //!   address probe) (`no-arp-spoofing`);
-//! * neighbour discovery may name only the instance's MAC address as a
+//! * neighbour discovery comes straight after the IPv6 header, and may
+//!   name only the instance's MAC address as a
 //!   link-layer address, may advertise (or probe for, during duplicate
 //!   address detection) only the instance's own addresses and its
 //!   link-local address derived from its MAC (EUI-64, as Neutron allows),
@@ -38,10 +39,6 @@ use crate::{
     parse::{PacketView, ptr_at},
     policy::{PolicyMaps, own_v4, own_v6},
 };
-
-/// `Settings::guard` bit: this data plane sits on the host side of the
-/// instance's link, so the frames the instance sends are checked here.
-pub const GUARD_HOST_SIDE: u32 = 1;
 
 /// [`MacEntry::learned`]: given by the rules file or libvirt.
 pub const MAC_CONFIGURED: u8 = 0;
@@ -66,13 +63,18 @@ pub trait MacStore {
     /// one first; whichever is known then is returned. `None`: none could
     /// be stored, and the frame is dropped.
     fn mac_or_learn(&self, seen: [u8; 6]) -> Option<[u8; 6]>;
+
+    /// The instance's MAC address, if one is known.
+    fn known(&self) -> Option<[u8; 6]>;
 }
 
 /// What the frame-level checks decided.
 pub enum Outbound {
     /// An IPv4 or IPv6 packet from the instance's MAC address: judge it (and
-    /// check neighbour discovery with [`outbound_nd`]).
-    Judge([u8; 6]),
+    /// check neighbour discovery with [`outbound_nd`]). Nothing is carried
+    /// over: the verifier then walks the rest of the pipeline once, not
+    /// once per state the checks left.
+    Judge,
     /// A final verdict: a drop, or an ARP packet that passes.
     Verdict(u32),
 }
@@ -81,6 +83,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_HLEN: usize = 14;
+const IPV6_HLEN: usize = 40;
 
 #[repr(C)]
 struct EthHdr {
@@ -143,7 +146,7 @@ pub fn outbound_frame<M: PolicyMaps, S: MacStore>(
         return Outbound::Verdict(DROP_MAC_SPOOFED);
     }
     match ethertype {
-        ETH_P_IP | ETH_P_IPV6 => Outbound::Judge(mac),
+        ETH_P_IP | ETH_P_IPV6 => Outbound::Judge,
         ETH_P_ARP => Outbound::Verdict(arp(ctx, maps, generation, mac)),
         // VLAN tags, PPPoE, MPLS, LLDP...: nothing an EC2 instance sends.
         _ => Outbound::Verdict(DROP_UNSUPPORTED_L2),
@@ -209,17 +212,29 @@ struct NdOpt {
 }
 
 /// A neighbour-discovery message from the instance (`flow` parsed, the
-/// `ICMPv6` header at `l4_off`): [`PASS_NEIGHBOUR_DISCOVERY`] or
-/// [`DROP_ND_SPOOFED`].
+/// `ICMPv6` header at `l4_off`; its MAC address known to `store` since
+/// [`outbound_frame`]): [`PASS_NEIGHBOUR_DISCOVERY`] or [`DROP_ND_SPOOFED`].
 #[inline(always)]
-pub fn outbound_nd<M: PolicyMaps>(
+pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
     ctx: &impl PacketView,
     l4_off: usize,
     flow: &Flow,
     maps: &M,
     generation: u8,
-    mac: [u8; 6],
+    store: &S,
 ) -> u32 {
+    // ND from the instance comes straight after the IPv6 header: no
+    // extension headers (Linux sends none; RFC 6980 forbids fragments), and
+    // the guard already refused VLAN tags. One fixed offset also keeps the
+    // verifier from walking the options once per header chain the parser
+    // can take.
+    if l4_off != ETH_HLEN + IPV6_HLEN {
+        return DROP_ND_SPOOFED;
+    }
+    let l4_off = ETH_HLEN + IPV6_HLEN;
+    let Some(mac) = store.known() else {
+        return DROP_MAC_SPOOFED;
+    };
     let ty = flow.icmp_type;
     let unspecified = (flow.src[0] | flow.src[1] | flow.src[2] | flow.src[3]) == 0;
     let options = match ty {
@@ -340,6 +355,9 @@ mod tests {
         fn mac_or_learn(&self, _: [u8; 6]) -> Option<[u8; 6]> {
             Some(self.0)
         }
+        fn known(&self) -> Option<[u8; 6]> {
+            Some(self.0)
+        }
     }
 
     #[test]
@@ -351,7 +369,7 @@ mod tests {
         let view = SliceView::new(&frame);
         assert!(matches!(
             outbound_frame(&view, &NoAddresses, 0, &Known(mac)),
-            Outbound::Judge(m) if m == mac
+            Outbound::Judge
         ));
         let other = [0x52, 0x54, 0, 0x12, 0x34, 0x57];
         assert!(matches!(

@@ -4,9 +4,8 @@
 //! A map whose key or value layout changes gets a new name (`..._V2`), so an
 //! old object or a tool reading a pinned map never misreads it.
 
-/// Array with one [`crate::policy::Settings`] at index 0 (`_V2`: with the
-/// host side's `guard` bits).
-pub const SETTINGS: &str = "SG_SETTINGS_V2";
+/// Array with one [`crate::policy::Settings`] at index 0.
+pub const SETTINGS: &str = "SG_SETTINGS";
 /// LPM trie: [`crate::policy::AddrKeyV4`] -> [`crate::policy::AddrValue`].
 pub const ADDR_V4: &str = "SG_ADDR_V4";
 /// LPM trie: [`crate::policy::AddrKeyV6`] -> [`crate::policy::AddrValue`].
@@ -17,13 +16,17 @@ pub const PORTS: &str = "SG_PORTS";
 /// Hash (not preallocated): [`crate::policy::PortKey`] ->
 /// [`crate::policy::PortValue`], single ports.
 pub const PORT_EXACT: &str = "SG_PORT_EXACT";
-/// Hash (preallocated, never evicting): [`crate::conntrack::CtKey`] ->
+/// Hash (never evicting): [`crate::conntrack::CtKey`] ->
 /// [`crate::conntrack::CtEntry`], every tracked flow of the instance, both
 /// families and all protocols. Its capacity is the instance's connection
 /// allowance (AWS's `max_tracked_connections`): a full table refuses a new
 /// flow rather than evict a live one, exactly as AWS's allowance does.
-/// (`_V2`: with per-flow packet and byte counts.)
-pub const CONNS: &str = "SG_CONNS_V2";
+/// (`_V2`: with per-flow packet and byte counts; `_V3`: not preallocated,
+/// so an instance's table costs its bucket array and the flows it holds,
+/// not its whole allowance: a host of hundreds of instances would otherwise
+/// reserve gigabytes for connections that do not exist. A full table
+/// refuses a new key all the same: the kernel counts its elements.)
+pub const CONNS: &str = "SG_CONNS_V3";
 /// LRU hash: [`crate::conntrack::FragKey`] -> [`crate::conntrack::FragEntry`]:
 /// datagrams whose first fragment was allowed.
 pub const FRAGS: &str = "SG_FRAGS";
@@ -39,9 +42,9 @@ pub const MAC: &str = "SG_MAC";
 /// Ring buffer of [`crate::events::FlowEvent`]s for the agent. Not pinned:
 /// events belong to the agent that reads them.
 pub const EVENTS: &str = "SG_EVENTS";
-/// Its size: 16,384 events, over a second of the default bound on a
-/// two-CPU host, while the agent drains it ten times a second.
-pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Its size: 4,096 events, 400 ms of the default bound on a two-CPU host
+/// (four times what a 100-ms drain takes out), 256 KiB per instance.
+pub const EVENTS_RING_BYTES: u32 = 1 << 18;
 /// Per-CPU array of one [`crate::events::EventBudget`]: the bound on the
 /// event rate, and what it held back.
 pub const EVENT_BUDGET: &str = "SG_EVENT_BUDGET";
@@ -82,9 +85,27 @@ pub const PORTS_MAX_ENTRIES: u32 = 1 << 20;
 /// Upper bound of entries in the port hash (two generations). Created with
 /// `BPF_F_NO_PREALLOC`, so its entries cost only what it holds, but its
 /// bucket array (16 bytes per entry of capacity) is allocated up front:
-/// 2 MiB here. Ten thousand rules over sixteen groups, each on its own port,
-/// need about fifty thousand entries per generation.
+/// 2 MiB at this bound. Ten thousand rules over sixteen groups, each on its
+/// own port, need about fifty thousand entries per generation. The agent
+/// sizes each instance's hash by its policy ([`port_exact_capacity`]), so a
+/// host of hundreds of small instances does not pay 2 MiB for each.
 pub const PORT_EXACT_MAX_ENTRIES: u32 = 1 << 17;
+/// The smallest port hash an instance gets (16 KiB of buckets).
+pub const PORT_EXACT_MIN_ENTRIES: u32 = 1 << 10;
+
+/// The port hash's capacity for a policy of `single_ports` entries: room
+/// for two generations of it, as a reload holds both for a moment, and
+/// for its growth by a quarter before a reload must make a larger hash;
+/// a power of two (the kernel's bucket count is one anyway).
+pub fn port_exact_capacity(single_ports: usize) -> u32 {
+    let want = single_ports
+        .saturating_mul(2)
+        .saturating_add(single_ports / 2);
+    let want = u32::try_from(want).unwrap_or(u32::MAX);
+    want.checked_next_power_of_two()
+        .unwrap_or(PORT_EXACT_MAX_ENTRIES)
+        .clamp(PORT_EXACT_MIN_ENTRIES, PORT_EXACT_MAX_ENTRIES)
+}
 /// The connection allowance (and so the connection table's capacity) of
 /// an instance whose rules file does not set `max_tracked_connections`.
 /// AWS does not publish its allowances (they grow with the instance size);
@@ -95,8 +116,11 @@ pub const CONNS_DEFAULT_ENTRIES: u32 = 65_536;
 /// bound keeps one instance's preallocated table near half a GiB.
 pub const CONNS_MIN_ENTRIES: u32 = 16;
 pub const CONNS_MAX_ENTRIES: u32 = 1 << 22;
-/// Capacity of the fragment table.
-pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
+/// Capacity of the fragment table: datagrams whose first fragment passed,
+/// kept for 30 s (an LRU hash, preallocated: about 110 bytes each, per
+/// instance). 2,048 datagrams in flight per instance; beyond that the
+/// oldest is forgotten and its later fragments are judged by the rules.
+pub const FRAGS_MAX_ENTRIES: u32 = 2_048;
 
 /// What the kernel knows of a map's layout: enough to refuse a pinned map
 /// of another layout before a program misreads it. The connection table's

@@ -73,12 +73,8 @@ pub struct Settings {
     /// reads the timekeeper (6% of a tracked packet). Both have the tick's
     /// resolution. Zero: the programs use the coarse clock.
     pub ns_per_tick: u64,
-    /// `guard::GUARD_*` bits: what the host side checks of the frames the
-    /// instance sends (0 on the instance's own side of its link).
-    pub guard: u32,
-    pub pad: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 96);
+const _: () = assert!(size_of::<Settings>() == 88);
 
 /// Tag bytes of an address key.
 #[inline(always)]

@@ -37,7 +37,7 @@ use sg_common::policy::{EGRESS, INGRESS};
     reason = "aya's program macros pass the context by value"
 )]
 pub fn sg_ingress(ctx: XdpContext) -> u32 {
-    if pipeline::judge(&Frame(&ctx), INGRESS) {
+    if pipeline::judge::<false>(&Frame(&ctx), INGRESS) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -54,7 +54,7 @@ pub fn sg_ingress(ctx: XdpContext) -> u32 {
 )]
 pub fn sg_ingress_tc(ctx: TcContext) -> i32 {
     context::linearize_headers(&ctx);
-    if pipeline::judge(&Frame(&ctx), INGRESS) {
+    if pipeline::judge::<false>(&Frame(&ctx), INGRESS) {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT
@@ -70,7 +70,24 @@ pub fn sg_ingress_tc(ctx: TcContext) -> i32 {
 )]
 pub fn sg_egress(ctx: TcContext) -> i32 {
     context::linearize_headers(&ctx);
-    if pipeline::judge(&Frame(&ctx), EGRESS) {
+    if pipeline::judge::<false>(&Frame(&ctx), EGRESS) {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+/// What the instance sends, seen on the host side of its link (TC ingress
+/// of its tap or host veth): checked at layer 2 (source MAC, ARP, neighbour
+/// discovery; see `sg_common::guard`), then judged as its outbound.
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros pass the context by value"
+)]
+pub fn sg_egress_host(ctx: TcContext) -> i32 {
+    context::linearize_headers(&ctx);
+    if pipeline::judge::<true>(&Frame(&ctx), EGRESS) {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT

@@ -19,7 +19,7 @@ use sg_common::{
     },
 };
 
-#[map(name = "SG_SETTINGS_V2")]
+#[map(name = "SG_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map(name = "SG_ADDR_V4")]
@@ -38,12 +38,14 @@ pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::with_max_entries(m::POR
 pub static PORT_EXACT: HashMap<PortKey, PortValue> =
     HashMap::with_max_entries(m::PORT_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Every tracked flow. Preallocated and never evicting: a full table
-/// refuses a new flow (the connection allowance) and keeps every live one.
-/// The agent sizes it per instance (`max_tracked_connections`) and reclaims
-/// expired entries; the capacity here is only the default.
-#[map(name = "SG_CONNS_V2")]
-pub static CONNS: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(m::CONNS_DEFAULT_ENTRIES, 0);
+/// Every tracked flow. Never evicting: a full table refuses a new flow (the
+/// connection allowance) and keeps every live one. Not preallocated: its
+/// memory follows the flows it holds. The agent sizes it per instance
+/// (`max_tracked_connections`) and reclaims expired entries; the capacity
+/// here is only the default.
+#[map(name = "SG_CONNS_V3")]
+pub static CONNS: HashMap<CtKey, CtEntry> =
+    HashMap::with_max_entries(m::CONNS_DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SG_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
@@ -131,6 +133,13 @@ impl MacStore for KernelMac {
             pad: 0,
         };
         let _ = MAC.insert(&key, &learned, u64::from(BPF_NOEXIST));
+        // SAFETY: as above.
+        unsafe { MAC.get(&key) }.map(|e| e.mac)
+    }
+
+    #[inline(always)]
+    fn known(&self) -> Option<[u8; 6]> {
+        let key: u32 = 0;
         // SAFETY: as above.
         unsafe { MAC.get(&key) }.map(|e| e.mac)
     }

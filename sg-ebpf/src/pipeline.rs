@@ -14,8 +14,8 @@ use sg_common::{
         OBSERVE_UNTRACKED,
     },
     flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
-    guard::{self, GUARD_HOST_SIDE, Outbound},
-    policy::{self, AddrValue, EGRESS, Settings, allowing_class},
+    guard::{self, Outbound},
+    policy::{self, AddrValue, Settings, allowing_class},
 };
 
 use crate::{
@@ -26,9 +26,12 @@ use crate::{
 use sg_common::parse::{Parsed, parse};
 
 /// Whether the packet passes; counts the reason either way, under the
-/// policy generation that judged it.
+/// policy generation that judged it. `GUARDED`: what the instance sent,
+/// seen on the host side of its link, checked at layer 2 first (a program
+/// of its own, so the instance side's programs carry none of that code and
+/// the verifier walks each pipeline once).
 #[inline(always)]
-pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
+pub fn judge<const GUARDED: bool>(ctx: &impl Packet, direction: u8) -> bool {
     let settings = SETTINGS.get(0);
     let (reason, generation) = match settings {
         Some(settings) if settings.ready != 0 => {
@@ -39,7 +42,10 @@ pub fn judge(ctx: &impl Packet, direction: u8) -> bool {
                 reason = "the agent writes only 0 or 1"
             )]
             let generation = settings.generation as u8;
-            (reason(ctx, direction, settings, generation), generation)
+            (
+                reason::<GUARDED>(ctx, direction, settings, generation),
+                generation,
+            )
         }
         _ => (DROP_NO_POLICY, 0),
     };
@@ -94,7 +100,12 @@ fn clock(settings: &Settings) -> u64 {
 }
 
 #[inline(always)]
-fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8) -> u32 {
+fn reason<const GUARDED: bool>(
+    ctx: &impl Packet,
+    direction: u8,
+    settings: &Settings,
+    generation: u8,
+) -> u32 {
     // Per-CPU scratch space: two flows and the keys do not fit the 512-byte
     // eBPF stack beside everything else.
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -109,13 +120,11 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
     } = unsafe { &mut *scratch };
     // On the host side of the instance's link, what the instance sends is
     // checked at layer 2 first: its MAC address, ARP (see guard).
-    let guarded = direction == EGRESS && settings.guard & GUARD_HOST_SIDE != 0;
-    let mut mac = [0u8; 6];
-    if guarded {
-        match guard::outbound_frame(ctx, &KernelPolicy, generation, &KernelMac) {
-            Outbound::Verdict(r) => return r,
-            Outbound::Judge(m) => mac = m,
-        }
+    if GUARDED
+        && let Outbound::Verdict(r) =
+            guard::outbound_frame(ctx, &KernelPolicy, generation, &KernelMac)
+    {
+        return r;
     }
     // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
     // parser writes every field that is read for the packet it finds.
@@ -128,8 +137,8 @@ fn reason(ctx: &impl Packet, direction: u8, settings: &Settings, generation: u8)
         && flow.frag != FRAG_LATER
         && icmp::is_neighbour_discovery(flow.icmp_type)
     {
-        if guarded {
-            return guard::outbound_nd(ctx, l4_off, flow, &KernelPolicy, generation, mac);
+        if GUARDED {
+            return guard::outbound_nd(ctx, l4_off, flow, &KernelPolicy, generation, &KernelMac);
         }
         return PASS_NEIGHBOUR_DISCOVERY;
     }

@@ -69,7 +69,8 @@ pub fn tc_ingress_passes(dp: &Dataplane, frame: &[u8]) -> bool {
     classifier_passes(dp.ingress_tc(), frame)
 }
 
-fn classifier_passes(prog: &aya::programs::SchedClassifier, frame: &[u8]) -> bool {
+/// A TC program's verdict on `frame`: true for pass.
+pub fn classifier_passes(prog: &aya::programs::SchedClassifier, frame: &[u8]) -> bool {
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),

@@ -336,8 +336,17 @@ pub struct SeedVms {
     _servers: crate::probe::Servers,
 }
 
-/// (instance, tap, MAC, addresses, TCP echo ports) of the seed's VMs.
-pub const SEED_VMS: [(&str, &str, &str, &[&str], &[u16]); 4] = [
+/// (instance, tap, MAC, addresses, TCP echo ports).
+pub type SeedVm = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [u16],
+);
+
+/// The seed's VMs.
+pub const SEED_VMS: [SeedVm; 4] = [
     (
         "alb",
         "t-alb",

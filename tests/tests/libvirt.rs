@@ -25,8 +25,9 @@ fn instance(agent: &AgentProcess, name: &str) -> serde_json::Value {
 fn egress_total(agent: &AgentProcess, name: &str) -> u64 {
     instance(agent, name)["packets"]["egress"]
         .as_object()
-        .map(|r| r.values().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0)
+        .map_or(0, |r| {
+            r.values().filter_map(serde_json::Value::as_u64).sum()
+        })
 }
 
 /// Frames a tap received from its guest.
@@ -42,6 +43,19 @@ fn frames_sent(netns: &str, tap: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{tap}: {out:?}"))
 }
 
+/// Every frame the guest sent into `tap` was judged (read judged, sent,
+/// judged again: a guest still sending cannot make it pass falsely).
+fn assert_all_judged(agent: &AgentProcess, name: &str, netns: &str, tap: &str) {
+    let before = egress_total(agent, name);
+    let sent = frames_sent(netns, tap);
+    let after = egress_total(agent, name);
+    assert!(sent > 0, "{name} sent frames as it booted");
+    assert!(
+        before <= sent && sent <= after,
+        "{name}: {sent} frames sent, {before}..{after} judged"
+    );
+}
+
 /// Waits until the guest's init wrote its ready line to the console file.
 fn wait_booted(console: &PathBuf) {
     assert!(
@@ -50,6 +64,27 @@ fn wait_booted(console: &PathBuf) {
         "the domain did not boot: {}",
         std::fs::read_to_string(console).unwrap_or_default()
     );
+}
+
+/// The seed with the load balancer and the app server as libvirt domains,
+/// the bastion and the database as group members only, and a third domain
+/// whose `libvirt_mac` names a NIC its XML does not have.
+fn rules(sw: &str, alb: &str, app: &str, bad: &str) -> String {
+    SEED.replace(
+        "netns = \"sg-alb\"\ninterface = \"eth0\"",
+        &format!("netns = \"{sw}\"\nlibvirt_domain = \"{alb}\""),
+    )
+    .replace(
+        "netns = \"sg-app-1\"\ninterface = \"eth0\"",
+        &format!("netns = \"{sw}\"\nlibvirt_domain = \"{app}\""),
+    )
+    .replace("netns = \"sg-bastion\"\ninterface = \"eth0\"\n", "")
+    .replace("netns = \"sg-rds\"\ninterface = \"eth0\"\n", "")
+        + &format!(
+            "\n[[instance]]\nname = \"bad\"\naddresses = [\"10.0.9.9\"]\nsecurity_groups = \
+             [\"instagram-server-security-group\"]\nnetns = \"{sw}\"\nlibvirt_domain = \
+             \"{bad}\"\nlibvirt_mac = \"52:54:00:00:09:01\"\n"
+        )
 }
 
 #[test]
@@ -65,25 +100,7 @@ fn libvirt_domains_are_enforced_before_their_first_frame() {
         format!("{prefix}-app"),
         format!("{prefix}-bad"),
     );
-    // The load balancer and the app server are libvirt domains; the bastion
-    // and the database are group members only; a third domain names a NIC
-    // its XML does not have.
-    let rules = SEED
-        .replace(
-            "netns = \"sg-alb\"\ninterface = \"eth0\"",
-            &format!("netns = \"{sw}\"\nlibvirt_domain = \"{alb}\""),
-        )
-        .replace(
-            "netns = \"sg-app-1\"\ninterface = \"eth0\"",
-            &format!("netns = \"{sw}\"\nlibvirt_domain = \"{app}\""),
-        )
-        .replace("netns = \"sg-bastion\"\ninterface = \"eth0\"\n", "")
-        .replace("netns = \"sg-rds\"\ninterface = \"eth0\"\n", "")
-        + &format!(
-            "\n[[instance]]\nname = \"bad\"\naddresses = [\"10.0.9.9\"]\nsecurity_groups = \
-             [\"instagram-server-security-group\"]\nnetns = \"{sw}\"\nlibvirt_domain = \
-             \"{bad}\"\nlibvirt_mac = \"52:54:00:00:09:01\"\n"
-        );
+    let rules = rules(&sw, &alb, &app, &bad);
     let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("vpc.toml");
@@ -141,14 +158,7 @@ fn libvirt_domains_are_enforced_before_their_first_frame() {
     assert_eq!(tcp(&internet, ip(OUTSIDER), at(APP, 80)), TimedOut);
     // Every frame the guests sent was judged: attached before the CPUs ran.
     for (name, domain) in [("alb", &alb), ("app-1", &app)] {
-        let before = egress_total(&agent, name);
-        let sent = frames_sent(&sw, &libvirtd.tap(domain));
-        let after = egress_total(&agent, name);
-        assert!(sent > 0, "{name} sent frames as it booted");
-        assert!(
-            before <= sent && sent <= after,
-            "{name}: {sent} frames sent, {before}..{after} judged"
-        );
+        assert_all_judged(&agent, name, &sw, &libvirtd.tap(domain));
     }
 
     // The app domain restarted: another tap, followed.

@@ -17,7 +17,7 @@ use sg_tests::{
     vm::SeedVms,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_mins(1);
 
 fn instance(agent: &AgentProcess, name: &str) -> serde_json::Value {
     let status = agent.status_json();
@@ -30,8 +30,9 @@ fn instance(agent: &AgentProcess, name: &str) -> serde_json::Value {
 fn egress_total(agent: &AgentProcess, name: &str) -> u64 {
     instance(agent, name)["packets"]["egress"]
         .as_object()
-        .map(|reasons| reasons.values().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0)
+        .map_or(0, |reasons| {
+            reasons.values().filter_map(serde_json::Value::as_u64).sum()
+        })
 }
 
 fn counter(agent: &AgentProcess, name: &str, reason: &str) -> u64 {

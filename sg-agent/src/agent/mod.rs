@@ -204,8 +204,8 @@ enum Command {
 
 /// Shared between the two threads: the stop request, and the enforcement
 /// thread's answer that it is stopping.
-struct StopFlag {
-    asked: AtomicBool,
+pub(crate) struct StopFlag {
+    pub(crate) asked: AtomicBool,
     begun: tokio::sync::Notify,
 }
 

@@ -15,7 +15,8 @@ use aya::{
 };
 
 use super::{
-    Dataplane, DataplaneError, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM,
+    Dataplane, DataplaneError, EGRESS_HOST_PROGRAM, EGRESS_PROGRAM, INGRESS_PROGRAM,
+    INGRESS_TC_PROGRAM,
     netns::NetnsGuard,
     pins::{Hook, InstancePins, PlaceId, place_here},
     program,
@@ -126,7 +127,7 @@ fn tc_program(hook: Hook) -> (&'static str, TcAttachType) {
     match hook {
         Hook::TcIngress => (INGRESS_TC_PROGRAM, TcAttachType::Ingress),
         Hook::HostTcEgress => (INGRESS_TC_PROGRAM, TcAttachType::Egress),
-        Hook::HostTcIngress => (EGRESS_PROGRAM, TcAttachType::Ingress),
+        Hook::HostTcIngress => (EGRESS_HOST_PROGRAM, TcAttachType::Ingress),
         Hook::TcEgress | Hook::XdpNative | Hook::XdpGeneric => {
             (EGRESS_PROGRAM, TcAttachType::Egress)
         }
@@ -187,7 +188,6 @@ impl Dataplane {
                 (inbound, Hook::TcEgress, reason, adopted)
             }
             Side::Host => {
-                self.load_ingress_tc()?;
                 // Outbound first: from the moment the instance's inbound
                 // is judged, what it sends is too.
                 let mut adopted = self
@@ -455,6 +455,8 @@ impl Dataplane {
             }
             Hook::TcIngress | Hook::TcEgress | Hook::HostTcEgress | Hook::HostTcIngress => {
                 let (name, at) = tc_program(hook);
+                self.load_program(name)
+                    .map_err(|e| aya::programs::ProgramError::IOError(std::io::Error::other(e)))?;
                 let tc = program::<SchedClassifier>(&mut self.ebpf, name);
                 let id = tc.attach(ifname, at)?;
                 FdLink::try_from(tc.take_link(id)?).map_err(invalid)
@@ -477,10 +479,8 @@ impl Dataplane {
                 Ok(FdLink::try_from(xdp.take_link(id)?)?)
             }
             Hook::TcIngress | Hook::TcEgress | Hook::HostTcEgress | Hook::HostTcIngress => {
-                if matches!(hook, Hook::TcIngress | Hook::HostTcEgress) {
-                    self.load_ingress_tc()?;
-                }
                 let (name, _) = tc_program(hook);
+                self.load_program(name)?;
                 let tc = program::<SchedClassifier>(&mut self.ebpf, name);
                 let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
                 Ok(FdLink::try_from(tc.take_link(id)?)?)

@@ -40,10 +40,14 @@ const EARLIER: [&str; 4] = ["SG_CT_TCP4", "SG_CT_OTHER4", "SG_CT_TCP6", "SG_CT_O
 /// (24-byte entries), carried over on an upgrade.
 const UNCOUNTED: &str = "SG_CONNS";
 
+/// The connection table when it was preallocated (the same entries),
+/// carried over on an upgrade.
+const PREALLOCATED: &str = "SG_CONNS_V2";
+
 /// Whether the pinned map `name` is a connection table whose entries are
 /// carried over (rather than lost) when it is unpinned.
 pub(super) fn carried_over(name: &str) -> bool {
-    name == RESIZED || name == UNCOUNTED || EARLIER.contains(&name)
+    name == RESIZED || name == UNCOUNTED || name == PREALLOCATED || EARLIER.contains(&name)
 }
 
 /// The entry of [`UNCOUNTED`]: no packet or byte counts.
@@ -281,7 +285,7 @@ impl Dataplane {
         let Some(pins) = self.pins.clone() else {
             return Ok(());
         };
-        let sources: Vec<(&str, PathBuf)> = [RESIZED, UNCOUNTED]
+        let sources: Vec<(&str, PathBuf)> = [RESIZED, PREALLOCATED, UNCOUNTED]
             .into_iter()
             .chain(EARLIER)
             .map(|name| (name, pins.map(name)))

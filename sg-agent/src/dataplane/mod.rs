@@ -31,6 +31,7 @@ pub use error::DataplaneError;
 pub use events::Observe;
 pub use mac::KnownMac;
 pub use pins::{InstancePins, StateDir};
+pub use policy_maps::GRACE;
 
 use crate::policy::{
     compile::PolicyTables,
@@ -43,15 +44,40 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 pub const INGRESS_PROGRAM: &str = "sg_ingress";
 pub const EGRESS_PROGRAM: &str = "sg_egress";
+/// The outbound judgement on the host side of the instance's link, with the
+/// layer-2 guard before it (`sg_common::guard`).
+pub const EGRESS_HOST_PROGRAM: &str = "sg_egress_host";
 /// The same inbound judgement as a TC program, for `IngressHook::Tc`.
 pub const INGRESS_TC_PROGRAM: &str = "sg_ingress_tc";
 
+/// How large an instance's sized maps are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// The connection table: the connection allowance.
+    pub conns: u32,
+    /// The single-port hash (`sg_common::maps::port_exact_capacity`).
+    pub port_exact: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            conns: m::CONNS_DEFAULT_ENTRIES,
+            port_exact: m::PORT_EXACT_MAX_ENTRIES,
+        }
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// Whether the TC ingress program has been loaded (verified).
-    ingress_tc_loaded: bool,
-    /// Whether the XDP program has been loaded (verified).
-    ingress_xdp_loaded: bool,
+    /// The programs loaded into the kernel (verified) so far: each is
+    /// loaded when first attached (verification is most of the time to
+    /// start an instance, and each instance needs two of the four).
+    loaded: Vec<&'static str>,
+    /// The capacity of its single-port hash.
+    port_exact_capacity: u32,
+    /// A flipped swap whose old generation is still to be deleted.
+    retiring: Option<encode::Swap>,
     /// The programs' events ([`events`]); taken out of the object so it
     /// can be read while the object is borrowed otherwise.
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
@@ -73,23 +99,28 @@ impl Dataplane {
     /// nothing is attached and every packet would be dropped until a policy
     /// is published. New-flow events only ([`Observe::default`]).
     pub fn load() -> Result<Self, DataplaneError> {
-        Self::load_with(Observe::default(), None, m::CONNS_DEFAULT_ENTRIES)
+        Self::load_with(Observe::default(), None, Capacity::default())
     }
 
-    /// The inbound program for XDP, loaded into the kernel on first use:
-    /// verification is most of the time to load an instance, and an
-    /// instance at TC (virtual interfaces, the host side) never needs it.
-    /// The plain `load*` constructors (tests, benchmarks) load it at once.
-    pub fn load_ingress_xdp(&mut self) -> Result<(), DataplaneError> {
-        if !self.ingress_xdp_loaded {
-            program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM)
-                .load()
-                .map_err(|source| DataplaneError::Program {
-                    name: INGRESS_PROGRAM,
-                    source: Box::new(source),
-                })?;
-            self.ingress_xdp_loaded = true;
+    /// Loads `name` into the kernel (once): the verifier checks it then.
+    pub fn load_program(&mut self, name: &'static str) -> Result<(), DataplaneError> {
+        if self.loaded.contains(&name) {
+            return Ok(());
         }
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("the object defines program {name}"));
+        let result = match program {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            _ => panic!("program {name} is of a type sg-ebpf does not declare"),
+        };
+        result.map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })?;
+        self.loaded.push(name);
         Ok(())
     }
 
@@ -98,7 +129,12 @@ impl Dataplane {
     /// removed from the programs by the verifier: it costs nothing per
     /// packet.
     pub fn load_observing(observe: Observe) -> Result<Self, DataplaneError> {
-        Self::load_with(observe, None, m::CONNS_DEFAULT_ENTRIES)
+        Self::load_with(observe, None, Capacity::default())
+    }
+
+    /// The XDP program, loaded (see [`Dataplane::load_program`]).
+    pub fn load_ingress_xdp(&mut self) -> Result<(), DataplaneError> {
+        self.load_program(INGRESS_PROGRAM)
     }
 
     /// Loads the object with its maps pinned under `pins`: maps already
@@ -106,49 +142,76 @@ impl Dataplane {
     /// entries: connection tables, counters and the policy in force, which
     /// keeps judging packets until the next publish swaps it.
     ///
-    /// `allowance` is the capacity of its connection table: a table pinned
-    /// with another capacity is replaced by one of this capacity, its
-    /// connections carried over.
+    /// `capacity.conns` is the capacity of its connection table (its
+    /// allowance): a table pinned with another capacity is replaced by one
+    /// of this capacity, its connections carried over. `capacity.port_exact`
+    /// is what its single-port hash must hold at least: a pinned one that
+    /// holds as much is kept, a smaller one replaced (the policy is written
+    /// again anyway).
     pub fn load_pinned(
         pins: InstancePins,
         observe: Observe,
-        allowance: u32,
+        capacity: Capacity,
     ) -> Result<Self, DataplaneError> {
-        Self::load_with(observe, Some(pins), allowance)
+        Self::load_with(observe, Some(pins), capacity)
     }
 
     /// [`Dataplane::load`] with a connection allowance other than the
     /// default (tests of the allowance, benchmarks).
     pub fn load_with_allowance(allowance: u32) -> Result<Self, DataplaneError> {
-        Self::load_with(Observe::default(), None, allowance)
+        Self::load_with(
+            Observe::default(),
+            None,
+            Capacity {
+                conns: allowance,
+                ..Capacity::default()
+            },
+        )
+    }
+
+    /// The capacity of its single-port hash.
+    pub fn port_exact_capacity(&self) -> u32 {
+        self.port_exact_capacity
     }
 
     fn load_with(
         observe: Observe,
         pins: Option<InstancePins>,
-        allowance: u32,
+        capacity: Capacity,
     ) -> Result<Self, DataplaneError> {
+        let allowance = capacity.conns;
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let mut loader = EbpfLoader::new();
-        loader.override_global(m::OBSERVE_GLOBAL, &observe.bits, true);
-        loader.override_global(m::EVENTS_PER_CPU_GLOBAL, &observe.events_per_cpu, true);
-        loader.map_max_entries(m::CONNS, allowance);
+        let mut port_exact_capacity = capacity.port_exact;
         let mut adopted = false;
+        let mut pin_paths = Vec::new();
         if let Some(pins) = &pins {
             pins.create().map_err(DataplaneError::Pin)?;
-            replace_other_layouts(pins)?;
+            port_exact_capacity = pinned_port_exact(pins, capacity.port_exact)?;
+            replace_other_layouts(pins, port_exact_capacity)?;
             conns::set_aside_other_capacity(pins, allowance)?;
             for layout in &m::PINNED {
                 let path = pins.map(layout.name);
                 adopted |= layout.name == m::SETTINGS && path.exists();
-                loader.map_pin_path(layout.name, path);
+                pin_paths.push((layout.name, path));
             }
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let mut ebpf = with_loader(pins.is_some(), |loader| {
+            loader.override_global(m::OBSERVE_GLOBAL, interned(observe.bits), true);
+            loader.override_global(
+                m::EVENTS_PER_CPU_GLOBAL,
+                interned(observe.events_per_cpu),
+                true,
+            );
+            loader.map_max_entries(m::CONNS, allowance);
+            loader.map_max_entries(m::PORT_EXACT, port_exact_capacity);
+            for (name, path) in pin_paths {
+                loader.map_pin_path(name, path);
+            }
+            loader.load(EBPF_OBJECT)
+        })
+        .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         // The TC ingress program is verified only when it is wanted
         // (`load_ingress_tc`): verification is most of the time to start.
         let program_err = |name| {
@@ -157,17 +220,20 @@ impl Dataplane {
                 source: Box::new(source),
             }
         };
-        // The agent (pinned) loads the inbound program when it attaches
-        // it; tests and benchmarks run the XDP one directly.
-        let ingress_xdp_loaded = pins.is_none();
-        if ingress_xdp_loaded {
-            program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)
-                .load()
-                .map_err(program_err(INGRESS_PROGRAM))?;
+        // The agent (pinned) loads each program as it attaches it; tests
+        // and benchmarks run the XDP and the outbound one directly.
+        let mut loaded = Vec::new();
+        if pins.is_none() {
+            for (name, xdp) in [(INGRESS_PROGRAM, true), (EGRESS_PROGRAM, false)] {
+                let result = if xdp {
+                    program::<Xdp>(&mut ebpf, name).load()
+                } else {
+                    program::<SchedClassifier>(&mut ebpf, name).load()
+                };
+                result.map_err(program_err(name))?;
+                loaded.push(name);
+            }
         }
-        program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)
-            .load()
-            .map_err(program_err(EGRESS_PROGRAM))?;
         let events = ebpf
             .take_map(m::EVENTS)
             .map(aya::maps::RingBuf::try_from)
@@ -184,11 +250,14 @@ impl Dataplane {
         } else {
             PolicyEncoder::default()
         };
+        let mut encoder = encoder;
+        encoder.set_port_exact_capacity(port_exact_capacity);
         let mut dp = Self {
             ebpf,
             events,
-            ingress_tc_loaded: false,
-            ingress_xdp_loaded,
+            loaded,
+            port_exact_capacity,
+            retiring: None,
             encoder,
             pins,
             adopted,
@@ -255,18 +324,9 @@ impl Dataplane {
     }
 
     /// Loads the TC ingress program into the kernel (once): `attach` does
-    /// it for `IngressHook::Tc`, tests before running it.
+    /// it for `IngressHook::Tc` and the host side, tests before running it.
     pub fn load_ingress_tc(&mut self) -> Result<(), DataplaneError> {
-        if !self.ingress_tc_loaded {
-            program::<SchedClassifier>(&mut self.ebpf, INGRESS_TC_PROGRAM)
-                .load()
-                .map_err(|source| DataplaneError::Program {
-                    name: INGRESS_TC_PROGRAM,
-                    source: Box::new(source),
-                })?;
-            self.ingress_tc_loaded = true;
-        }
-        Ok(())
+        self.load_program(INGRESS_TC_PROGRAM)
     }
 
     /// The inbound judgement as a TC program (`IngressHook::Tc`), once
@@ -279,6 +339,12 @@ impl Dataplane {
         program_ref(&self.ebpf, EGRESS_PROGRAM)
     }
 
+    /// The host side's outbound program, once loaded
+    /// (`load_program(EGRESS_HOST_PROGRAM)`).
+    pub fn egress_host(&self) -> &SchedClassifier {
+        program_ref(&self.ebpf, EGRESS_HOST_PROGRAM)
+    }
+
     /// Makes `tables` the policy in force, atomically: every packet is
     /// judged entirely by the old policy or entirely by the new one (see
     /// [`crate::policy::encode`]). Returns false when nothing changed.
@@ -288,6 +354,10 @@ impl Dataplane {
         settings: Settings,
     ) -> Result<bool, DataplaneError> {
         let started = std::time::Instant::now();
+        if self.retiring.is_some() {
+            std::thread::sleep(policy_maps::GRACE);
+            self.retire()?;
+        }
         let settings = Settings {
             ns_per_tick: policy_maps::tick_ns(),
             ..settings
@@ -303,14 +373,105 @@ impl Dataplane {
         }
         Ok(changed)
     }
+
+    /// [`Dataplane::publish`] without waiting: `tables` are in force when
+    /// it returns, and the old generation is left for
+    /// [`Dataplane::retire`] after [`policy_maps::GRACE`] (so a reload of
+    /// many instances waits one grace period, not one each). Returns false
+    /// when nothing changed.
+    pub fn flip(
+        &mut self,
+        tables: &PolicyTables,
+        settings: Settings,
+    ) -> Result<bool, DataplaneError> {
+        // An earlier flip's old generation goes first.
+        if self.retiring.is_some() {
+            std::thread::sleep(policy_maps::GRACE);
+            self.retire()?;
+        }
+        let settings = Settings {
+            ns_per_tick: policy_maps::tick_ns(),
+            ..settings
+        };
+        let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
+        let swap = encode::flip(&mut self.encoder, &mut maps, tables, settings)?;
+        let changed = swap.is_some();
+        self.retiring = swap;
+        Ok(changed)
+    }
+
+    /// Whether a flip's old generation is still to be deleted.
+    pub fn retiring(&self) -> bool {
+        self.retiring.is_some()
+    }
+
+    /// Deletes the generation [`Dataplane::flip`] left, once a grace period
+    /// has passed since.
+    pub fn retire(&mut self) -> Result<(), DataplaneError> {
+        if let Some(swap) = self.retiring.take() {
+            let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
+            encode::retire(&mut self.encoder, &mut maps, &swap)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` with this thread's loader, made once per thread: a new
+/// `EbpfLoader` parses the kernel's whole BTF (`/sys/kernel/btf/vmlinux`,
+/// about 10 ms), which a host loading hundreds of instances would pay for
+/// each. What a load sets (globals, sizes, pin paths) is set again before
+/// each: `pinned` loads set every pinned map's path, unpinned ones none, so
+/// each kind has its own loader.
+fn with_loader<T>(pinned: bool, f: impl FnOnce(&mut EbpfLoader<'static>) -> T) -> T {
+    thread_local! {
+        static LOADERS: std::cell::RefCell<[Option<EbpfLoader<'static>>; 2]> =
+            const { std::cell::RefCell::new([None, None]) };
+    }
+    LOADERS.with(|loaders| {
+        let mut loaders = loaders.borrow_mut();
+        let loader = loaders[usize::from(pinned)].get_or_insert_with(EbpfLoader::new);
+        f(loader)
+    })
+}
+
+/// A `'static` copy of a global's value for the loaders (which keep what
+/// they are given): one per distinct value, and an agent uses one or two.
+fn interned(value: u32) -> &'static u32 {
+    static VALUES: std::sync::Mutex<Vec<&'static u32>> = std::sync::Mutex::new(Vec::new());
+    let mut values = VALUES.lock().expect("the values lock");
+    if let Some(v) = values.iter().find(|v| ***v == value) {
+        return v;
+    }
+    let v: &'static u32 = Box::leak(Box::new(value));
+    values.push(v);
+    v
+}
+
+/// The capacity an instance's single-port hash gets: a pinned one is kept
+/// when it holds at least `needed` (its size does not follow every
+/// reload), else `needed`.
+fn pinned_port_exact(pins: &InstancePins, needed: u32) -> Result<u32, DataplaneError> {
+    let path = pins.map(m::PORT_EXACT);
+    if !path.exists() {
+        return Ok(needed);
+    }
+    let info = MapInfo::from_pin(&path).map_err(|source| DataplaneError::Map {
+        name: m::PORT_EXACT,
+        source,
+    })?;
+    Ok(info
+        .max_entries()
+        .max(needed)
+        .min(m::PORT_EXACT_MAX_ENTRIES))
 }
 
 /// Unpins maps pinned with another layout than this build's (a build
 /// that changed a map without renaming it), saying what is lost with each,
 /// so the object creates them anew. The programs on adopted links keep
 /// the old maps until they are replaced. The policy maps go together: the
-/// settings say which generation the others hold.
-fn replace_other_layouts(pins: &InstancePins) -> Result<(), DataplaneError> {
+/// settings say which generation the others hold. The single-port hash is
+/// to have `port_exact` entries.
+fn replace_other_layouts(pins: &InstancePins, port_exact: u32) -> Result<(), DataplaneError> {
     let mut other = Vec::new();
     for layout in &m::PINNED {
         let path = pins.map(layout.name);
@@ -322,18 +483,20 @@ fn replace_other_layouts(pins: &InstancePins) -> Result<(), DataplaneError> {
             source,
         })?;
         // The connection table's capacity is the instance's allowance: a
-        // change of it is carried over by `conns`, not lost.
+        // change of it is carried over by `conns`, not lost. The port hash
+        // is sized per instance.
         let entries = |n| if layout.name == m::CONNS { 0 } else { n };
+        let want_entries = if layout.name == m::PORT_EXACT {
+            port_exact
+        } else {
+            layout.max_entries
+        };
         let found = (
             info.key_size(),
             info.value_size(),
             entries(info.max_entries()),
         );
-        let want = (
-            layout.key_size,
-            layout.value_size,
-            entries(layout.max_entries),
-        );
+        let want = (layout.key_size, layout.value_size, entries(want_entries));
         if found != want {
             log::warn!(
                 "{}: pinned with another layout (key, value, entries: {found:?}; this build: \

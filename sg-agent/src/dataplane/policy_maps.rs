@@ -18,7 +18,7 @@ use crate::policy::encode::{KernelEntries, PolicyStore};
 /// How long a swap waits between flipping the generation and deleting the
 /// old one. XDP and TC programs run to completion within microseconds under
 /// RCU; a packet that read the old generation has long finished by then.
-const GRACE: Duration = Duration::from_millis(10);
+pub const GRACE: Duration = Duration::from_millis(10);
 
 pub(super) struct KernelPolicyMaps<'a> {
     ebpf: &'a mut Ebpf,

@@ -20,7 +20,7 @@ use sg_common::policy::Settings;
 
 use crate::{
     config::{ConntrackSettings, Direction, Instance, Link, MacAddr, Protocol, Vpc},
-    policy::{encode::TooLarge, resolve::effective_rules},
+    policy::resolve::effective_rules,
 };
 
 /// The whole compiled policy.
@@ -44,6 +44,9 @@ pub struct CompiledInstance {
     pub settings: Settings,
     /// The connection allowance: the capacity of its connection table.
     pub max_tracked_connections: u32,
+    /// The capacity its single-port hash needs
+    /// (`sg_common::maps::port_exact_capacity` of its tables).
+    pub port_exact_capacity: u32,
 }
 
 /// One instance's tables, independent of generation.
@@ -116,28 +119,54 @@ fn compile_where(
         .iter()
         .filter(|i| wanted(i))
         .map(|inst| {
+            let tables =
+                compile_instance_bounded(vpc, inst).map_err(|source| InstanceTooLarge {
+                    instance: inst.name.clone(),
+                    source,
+                })?;
+            let single_ports = tables
+                .class_contents()
+                .values()
+                .map(|c| entry_counts(c).1)
+                .sum();
             Ok(CompiledInstance {
+                port_exact_capacity: sg_common::maps::port_exact_capacity(single_ports),
                 name: inst.name.clone(),
                 link: inst.link.clone(),
                 netns: inst.netns.clone(),
                 mac: inst.mac,
-                tables: compile_instance_bounded(vpc, inst).map_err(|source| InstanceTooLarge {
-                    instance: inst.name.clone(),
-                    source,
-                })?,
-                settings: Settings {
-                    guard: if inst.link.as_ref().is_some_and(Link::host_side) {
-                        sg_common::guard::GUARD_HOST_SIDE
-                    } else {
-                        0
-                    },
-                    ..settings(&vpc.conntrack_of(inst))
-                },
+                tables,
+                settings: settings(&vpc.conntrack_of(inst)),
                 max_tracked_connections: vpc.conntrack_of(inst).max_tracked_connections,
             })
         })
         .collect::<Result<_, _>>()?;
     Ok(CompiledPolicy { instances })
+}
+
+/// A policy too large for the maps: the numbers, so the user can see how
+/// far over it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the policy needs {needed} {what} entries, more than the {limit} this build holds")]
+pub struct TooLarge {
+    pub what: &'static str,
+    pub needed: usize,
+    pub limit: u32,
+}
+
+/// A protocol's matcher of one whole port (or ICMP type and code) goes to
+/// the port hash; every other matcher to the port trie.
+pub(super) fn is_single_port(port_bits: u8) -> bool {
+    port_bits == 16
+}
+
+/// How many port-trie and port-hash entries a class takes.
+pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
+    let exact = content
+        .iter()
+        .filter(|&&(proto, _, bits)| proto.is_some() && is_single_port(bits))
+        .count();
+    (content.len() - exact, exact)
 }
 
 /// Matchers the copy-down may gather over all of an instance's prefixes
@@ -167,8 +196,6 @@ pub fn settings(ct: &ConntrackSettings) -> Settings {
         other_ns: 600 * SEC,
         fragment_ns: 30 * SEC,
         ns_per_tick: 0,
-        guard: 0,
-        pad: 0,
     }
 }
 

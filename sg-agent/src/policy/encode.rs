@@ -26,7 +26,7 @@ use sg_common::{
     },
 };
 
-use super::compile::{AddrEntry, ClassContent, PolicyTables};
+use super::compile::{AddrEntry, ClassContent, PolicyTables, is_single_port};
 
 /// Map entries as the kernel stores them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,21 +91,6 @@ impl KernelEntries {
     }
 }
 
-/// A protocol's matcher of one whole port (or ICMP type and code) goes to
-/// the port hash; every other matcher to the port trie.
-fn is_single_port(port_bits: u8) -> bool {
-    port_bits == 16
-}
-
-/// How many port-trie and port-hash entries a class takes.
-pub fn entry_counts(content: &ClassContent) -> (usize, usize) {
-    let exact = content
-        .iter()
-        .filter(|&&(proto, _, bits)| proto.is_some() && is_single_port(bits))
-        .count();
-    (content.len() - exact, exact)
-}
-
 /// What the kernel needs to know of a class beyond its id: whether it allows
 /// everything, and for which protocols the port trie holds entries (the
 /// others need only the exact-match lookup).
@@ -162,15 +147,7 @@ fn v6_entry(
     (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
 }
 
-/// A policy too large for the maps: the numbers, so the user can see how
-/// far over it is.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the policy needs {needed} {what} entries, more than the {limit} this build holds")]
-pub struct TooLarge {
-    pub what: &'static str,
-    pub needed: usize,
-    pub limit: u32,
-}
+pub use super::compile::{TooLarge, entry_counts};
 
 /// The changes of one swap, in the order they must be applied:
 /// 1. delete [`Swap::clear`] (leftovers of an interrupted swap in the
@@ -207,12 +184,19 @@ pub struct PolicyEncoder {
     in_force: Option<(PolicyTables, Settings)>,
     /// Those of the swap being applied, in force once it has flipped.
     pending: Option<(PolicyTables, Settings)>,
+    /// The port hash's capacity (the kernel map's `max_entries`).
+    port_exact_capacity: u32,
 }
 
 impl PolicyEncoder {
     /// The generation in force, once a policy has been published.
     pub fn generation(&self) -> Option<u8> {
         self.generation
+    }
+
+    /// The port hash holds this many entries (its map's size).
+    pub fn set_port_exact_capacity(&mut self, capacity: u32) {
+        self.port_exact_capacity = capacity;
     }
 }
 
@@ -227,6 +211,7 @@ impl Default for PolicyEncoder {
             next_class: 1,
             in_force: None,
             pending: None,
+            port_exact_capacity: m::PORT_EXACT_MAX_ENTRIES,
         }
     }
 }
@@ -448,7 +433,7 @@ impl PolicyEncoder {
             ("IPv4 address", tables.v4.len(), m::ADDR_MAX_ENTRIES / 2),
             ("IPv6 address", tables.v6.len(), m::ADDR_MAX_ENTRIES / 2),
             ("port range", ranges, m::PORTS_MAX_ENTRIES),
-            ("single port", single, m::PORT_EXACT_MAX_ENTRIES),
+            ("single port", single, self.port_exact_capacity),
         ] {
             if needed > limit as usize {
                 return Err(TooLarge {
@@ -486,20 +471,50 @@ pub fn publish<S: PolicyStore>(
 where
     S::Error: From<TooLarge>,
 {
-    let Some(swap) = encoder.swap(tables, settings)? else {
+    let Some(swap) = flip(encoder, store, tables, settings)? else {
         return Ok(false);
+    };
+    if !swap.retire.is_empty() {
+        store.grace();
+    }
+    retire(encoder, store, &swap)?;
+    Ok(true)
+}
+
+/// The first half of [`publish`]: the new generation written and flipped
+/// to; the swap whose old generation [`retire`] deletes once no packet can
+/// still be judged by it (a grace period later). `None`: nothing changed.
+/// Many instances' swaps share one grace period this way.
+pub fn flip<S: PolicyStore>(
+    encoder: &mut PolicyEncoder,
+    store: &mut S,
+    tables: &PolicyTables,
+    settings: Settings,
+) -> Result<Option<Swap>, S::Error>
+where
+    S::Error: From<TooLarge>,
+{
+    let Some(swap) = encoder.swap(tables, settings)? else {
+        return Ok(None);
     };
     store.delete(&swap.clear)?;
     store.insert(&swap.fill)?;
     store.set_settings(swap.settings)?;
     // Flipped: from here on every packet is judged by `swap.generation`.
     encoder.flipped(&swap);
-    if !swap.retire.is_empty() {
-        store.grace();
-        store.delete(&swap.retire)?;
-    }
-    encoder.retired(&swap);
-    Ok(true)
+    Ok(Some(swap))
+}
+
+/// The second half of [`publish`]: the old generation deleted (the caller
+/// has let a grace period pass since [`flip`]).
+pub fn retire<S: PolicyStore>(
+    encoder: &mut PolicyEncoder,
+    store: &mut S,
+    swap: &Swap,
+) -> Result<(), S::Error> {
+    store.delete(&swap.retire)?;
+    encoder.retired(swap);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -260,36 +260,41 @@ fn place_text(inst: &InstanceReport) -> String {
     }
 }
 
+/// An instance's first lines: where, addresses, groups, settings.
+fn instance_header(out: &mut String, inst: &InstanceReport) {
+    let place = place_text(inst);
+    let node = inst
+        .node
+        .as_ref()
+        .map_or_else(String::new, |n| format!(", node {n}"));
+    let _ = writeln!(out, "instance {} ({place}{node})", inst.name);
+    let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
+    let _ = writeln!(
+        out,
+        "  security groups: {}",
+        inst.security_groups.join(", ")
+    );
+    if !inst.source_dest_check {
+        let _ = writeln!(
+            out,
+            "  source/destination check: off (sends and receives for any address)"
+        );
+    }
+    let _ = writeln!(out, "  {}", conntrack_line(&inst.conntrack));
+    if let Some(mac) = &inst.mac {
+        let _ = writeln!(
+            out,
+            "  MAC address: {mac} (checked on every frame it sends)"
+        );
+    }
+}
+
 /// The human-readable form.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     render_services(&mut out, &report.aws_services);
     for inst in &report.instances {
-        let place = place_text(inst);
-        let node = inst
-            .node
-            .as_ref()
-            .map_or_else(String::new, |n| format!(", node {n}"));
-        let _ = writeln!(out, "instance {} ({place}{node})", inst.name);
-        let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
-        let _ = writeln!(
-            out,
-            "  security groups: {}",
-            inst.security_groups.join(", ")
-        );
-        if !inst.source_dest_check {
-            let _ = writeln!(
-                out,
-                "  source/destination check: off (sends and receives for any address)"
-            );
-        }
-        let _ = writeln!(out, "  {}", conntrack_line(&inst.conntrack));
-        if let Some(mac) = &inst.mac {
-            let _ = writeln!(
-                out,
-                "  MAC address: {mac} (checked on every frame it sends)"
-            );
-        }
+        instance_header(&mut out, inst);
         if inst.side.is_none() {
             let _ = writeln!(out);
             continue;

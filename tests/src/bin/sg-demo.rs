@@ -130,10 +130,7 @@ fn vm_demo() -> ExitCode {
     println!("\n==> booting four VMs (QEMU, TCG: no KVM needed)");
     let started = Instant::now();
     vms.boot_all();
-    println!(
-        "  booted in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("  booted in {:.1} s", started.elapsed().as_secs_f64());
     for (name, ..) in sg_tests::vm::SEED_VMS {
         let line = format!("attached instance {name} to ");
         let _ = agent.wait_for(&line, 0, Duration::from_secs(30));

@@ -92,8 +92,17 @@ fn nd(
     f
 }
 
+/// The host side's outbound verdict (what the instance sent).
 fn outbound(dp: &Dataplane, f: &[u8]) -> bool {
-    tc_passes(dp, f)
+    sg_tests::kernel::classifier_passes(dp.egress_host(), f)
+}
+
+/// A data plane of `vm` with the host side's outbound program loaded.
+fn host_side(link: &str) -> Dataplane {
+    let mut dp = dataplane_for(&vpc(&config(link)), "vm");
+    dp.load_program(sg_agent::dataplane::EGRESS_HOST_PROGRAM)
+        .expect("the host side's outbound program verifies");
+    dp
 }
 
 fn dropped(dp: &Dataplane, reason: &str) -> u64 {
@@ -115,12 +124,7 @@ fn syn(mac: [u8; 6]) -> Vec<u8> {
 
 #[test]
 fn the_guest_sends_only_from_its_own_mac_and_speaks_arp_only_for_itself() {
-    let mut dp = dataplane_for(
-        &vpc(&config(
-            "host_interface = \"tap-vm\"\nmac = \"52:54:00:12:34:56\"",
-        )),
-        "vm",
-    );
+    let mut dp = host_side("host_interface = \"tap-vm\"\nmac = \"52:54:00:12:34:56\"");
     dp.set_mac(Some(GUEST)).expect("MAC set");
     assert!(
         outbound(&dp, &syn(GUEST)),
@@ -202,7 +206,7 @@ fn the_guest_sends_only_from_its_own_mac_and_speaks_arp_only_for_itself() {
 
 #[test]
 fn neighbour_discovery_claims_only_the_guests_own_addresses() {
-    let mut dp = dataplane_for(&vpc(&config("host_interface = \"tap-vm\"")), "vm");
+    let mut dp = host_side("host_interface = \"tap-vm\"");
     dp.set_mac(Some(GUEST)).expect("MAC set");
     // fe80::5054:ff:fe12:3456: the guest's link-local address (EUI-64).
     let ll = "fe80::5054:ff:fe12:3456";
@@ -278,7 +282,7 @@ fn neighbour_discovery_claims_only_the_guests_own_addresses() {
 
 #[test]
 fn an_unconfigured_mac_is_learned_from_the_first_frame() {
-    let dp = dataplane_for(&vpc(&config("host_interface = \"tap-vm\"")), "vm");
+    let dp = host_side("host_interface = \"tap-vm\"");
     assert_eq!(dp.mac().expect("read"), None, "nothing known yet");
     assert!(outbound(&dp, &syn(GUEST)), "the first frame teaches it");
     let known = dp.mac().expect("read").expect("learned");
@@ -290,12 +294,12 @@ fn an_unconfigured_mac_is_learned_from_the_first_frame() {
 #[test]
 fn the_instances_own_side_is_not_checked_at_layer_2() {
     let dp = dataplane_for(&vpc(&config("interface = \"eth0\"")), "vm");
-    assert!(outbound(&dp, &syn(OTHER)), "any MAC");
-    assert!(outbound(
+    assert!(tc_passes(&dp, &syn(OTHER)), "any MAC");
+    assert!(tc_passes(
         &dp,
         &arp(OTHER, 2, OTHER, [10, 0, 0, 2], [10, 0, 0, 1])
     ));
-    assert!(outbound(
+    assert!(tc_passes(
         &dp,
         &nd(OTHER, 134, "fe80::1", None, 1, Some(OTHER))
     ));

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     agent::{AgentError, RECONCILE},
     config::Vpc,
-    dataplane::{Dataplane, Side},
+    dataplane::{Capacity, Dataplane, Side},
     policy::compile::{CompiledInstance, CompiledPolicy},
 };
 
@@ -21,9 +21,10 @@ use crate::{
 enum Step {
     /// Same place: swap its policy.
     Publish,
-    /// Same place, another connection allowance: a new object with a table
-    /// of the new capacity (its connections carried over), replacing the
-    /// programs on the links in place.
+    /// Same place, another connection allowance, or a policy whose single
+    /// ports outgrow its port hash: a new object with maps of the new
+    /// capacity (its connections carried over), replacing the programs on
+    /// the links in place.
     Resize(Box<Dataplane>),
     /// Same name, another place: attach there first, then let go of the
     /// old place.
@@ -33,6 +34,10 @@ enum Step {
     Rename(String),
     /// A new instance, loaded and filled, to be attached.
     New(Box<Dataplane>),
+    /// A new object to load (for `New`, or `Resize` when `resize`): loaded
+    /// for every such instance at once, on as many threads as there are
+    /// CPUs, before anything is committed.
+    Load { resize: bool },
     /// Its namespace or interface does not exist (yet), or where it is
     /// cannot be known yet (a libvirt domain that is not running): waited
     /// for.
@@ -67,9 +72,10 @@ impl Agent<'_> {
                 }
             };
             let step = if let Some(e) = self.enforced.get(name) {
-                if &e.place == place && e.allowance != inst.max_tracked_connections {
-                    self.prepare_or_abandon(name, inst, &mut steps)
-                        .map(|dp| Step::Resize(Box::new(dp)))?
+                let resized = e.allowance != inst.max_tracked_connections
+                    || e.dataplane.port_exact_capacity() < inst.port_exact_capacity;
+                if &e.place == place && resized {
+                    Step::Load { resize: true }
                 } else if &e.place == place {
                     Step::Publish
                 } else if let Err(why) = place.exists() {
@@ -94,43 +100,35 @@ impl Agent<'_> {
             } else if let Err(why) = place.exists() {
                 Step::Wait(Some(place.clone()), why)
             } else {
-                self.prepare_or_abandon(name, inst, &mut steps)
-                    .map(|dp| Step::New(Box::new(dp)))?
+                Step::Load { resize: false }
             };
             steps.push((name.clone(), step));
         }
+        self.load_all(&wanted, &mut steps)?;
 
-        // Commit: each step is atomic for the instance it concerns.
+        // Commit: each step is atomic for the instance it concerns. New
+        // instances are attached together, last.
         let mut failures = Vec::new();
+        let mut new = Vec::new();
         for (name, step) in steps {
             let (inst, want) = &wanted[&name];
             let (place, mac) = match want {
                 Ok((place, mac)) => (Some(place), *mac),
                 Err(_) => (None, None),
             };
-            let result = self.commit(&name, inst, place, mac, step);
+            if let Step::New(dp) = step {
+                let place = place.expect("a new instance is prepared for its place");
+                new.push((name, place.clone(), mac, *dp, *inst));
+                continue;
+            }
+            let result = self.commit(&name, inst, mac, step);
             if let Err(e) = result {
                 log::error!("{}", crate::cli::error_chain(&e));
                 failures.push(name);
             }
         }
-        // Removed instances go last, once everything else is in force.
-        let gone: Vec<String> = self
-            .enforced
-            .keys()
-            .filter(|n| !wanted.contains_key(*n) && !renamed_from.contains(n))
-            .cloned()
-            .collect();
-        for name in gone {
-            let e = self.enforced.remove(&name).expect("listed");
-            let place = e.place.describe();
-            match e.dataplane.unpin() {
-                Ok(()) => log::info!(instance = name; "detached instance {name} from {place}"),
-                Err(e) => {
-                    log::error!(instance = name; "detaching instance {name}: {}", crate::cli::error_chain(&e));
-                }
-            }
-        }
+        self.attach_many(new);
+        self.retire_and_remove(|n| wanted.contains_key(n) || renamed_from.iter().any(|r| r == n));
         self.pending.retain(|n, _| wanted.contains_key(n));
         self.vpc = vpc;
         self.compiled = Some(compiled);
@@ -146,62 +144,140 @@ impl Agent<'_> {
         Ok(())
     }
 
-    /// [`Agent::prepare_new`], unless a stop was asked for; on failure the
-    /// whole change is abandoned: what `steps` prepared so far is dropped
-    /// (nothing has changed yet).
-    fn prepare_or_abandon(
-        &self,
-        name: &str,
-        inst: &CompiledInstance,
-        steps: &mut Vec<(String, Step)>,
-    ) -> Result<Dataplane, AgentError> {
-        // Loading an object is the long part of preparing: a stop asked
-        // for meanwhile abandons the change here.
-        let prepared = if self.stopping() {
-            Err(AgentError::Stopping)
-        } else {
-            self.prepare_new(name, inst)
-        };
-        if prepared.is_err() {
-            for (n, step) in steps.drain(..) {
-                if let Step::New(dp) | Step::Resize(dp) = step {
-                    Self::forget_prepared(&n, *dp);
+    /// After a change is committed: the old policy generations go, one
+    /// grace period after the last flip; then the instances the change no
+    /// longer names (`keep` says which stay) are detached.
+    fn retire_and_remove(&mut self, keep: impl Fn(&str) -> bool) {
+        // The old generations go, one grace period after the last flip.
+        if self.enforced.values().any(|e| e.dataplane.retiring()) {
+            std::thread::sleep(crate::dataplane::GRACE);
+            for (name, e) in &mut self.enforced {
+                if let Err(err) = e.dataplane.retire() {
+                    log::warn!(
+                        instance = name;
+                        "instance {name}: deleting the old policy generation: {}",
+                        crate::cli::error_chain(&err)
+                    );
                 }
             }
         }
-        prepared
+        // Removed instances go last, once everything else is in force.
+        let gone: Vec<String> = self.enforced.keys().filter(|n| !keep(n)).cloned().collect();
+        for name in gone {
+            let e = self.enforced.remove(&name).expect("listed");
+            let place = e.place.describe();
+            match e.dataplane.unpin() {
+                Ok(()) => log::info!(instance = name; "detached instance {name} from {place}"),
+                Err(e) => {
+                    log::error!(instance = name; "detaching instance {name}: {}", crate::cli::error_chain(&e));
+                }
+            }
+        }
     }
 
-    /// Loads a new instance's object (adopting what an earlier agent pinned
-    /// for it) and fills its policy; nothing is attached.
+    /// Loads the objects of every `Step::Load`, in parallel (verifying the
+    /// programs is most of an instance's start: a host of hundreds of
+    /// instances starts as many times faster as it has CPUs). A stop asked
+    /// for meanwhile, or any failure, abandons the whole change: what was
+    /// prepared is dropped (nothing has changed yet).
+    fn load_all(
+        &self,
+        wanted: &BTreeMap<String, (&CompiledInstance, Wanted)>,
+        steps: &mut [(String, Step)],
+    ) -> Result<(), AgentError> {
+        let jobs: Vec<(usize, &str, &CompiledInstance)> = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, step))| matches!(step, Step::Load { .. }))
+            .map(|(i, (name, _))| (i, name.as_str(), wanted[name].0))
+            .collect();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(jobs.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let loader = Loader {
+            state: &self.state,
+            observe: self.opts.observe.dataplane(),
+            stop: self.stop,
+            ingress: self.opts.ingress,
+        };
+        let results: Vec<(usize, Result<Dataplane, AgentError>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&(i, name, inst)) = jobs.get(k) else {
+                                break;
+                            };
+                            done.push((i, loader.prepare(name, inst)));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a loading thread panicked"))
+                .collect()
+        });
+        log::debug!(
+            "loaded {} instance object(s) in {} ms on {threads} thread(s)",
+            jobs.len(),
+            started.elapsed().as_millis()
+        );
+        let mut failure = None;
+        for (i, result) in results {
+            match result {
+                Ok(dp) => {
+                    let resize = matches!(steps[i].1, Step::Load { resize: true });
+                    let dp = Box::new(dp);
+                    steps[i].1 = if resize {
+                        Step::Resize(dp)
+                    } else {
+                        Step::New(dp)
+                    };
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for (name, step) in steps.iter_mut() {
+                if let Step::New(_) | Step::Resize(_) = step {
+                    let (Step::New(dp) | Step::Resize(dp)) =
+                        std::mem::replace(step, Step::Load { resize: false })
+                    else {
+                        unreachable!("matched above");
+                    };
+                    Self::forget_prepared(name, *dp);
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Loads a new instance's object (see [`Loader::prepare`]).
     pub(super) fn prepare_new(
         &self,
         name: &str,
         inst: &CompiledInstance,
     ) -> Result<Dataplane, AgentError> {
-        let settings = inst.settings;
-        let pins = self.state.instance(name);
-        let existed = pins.exists();
-        let mut dp = Dataplane::load_pinned(
-            pins.clone(),
-            self.opts.observe.dataplane(),
-            inst.max_tracked_connections,
-        )
-        .map_err(|e| {
-            if !existed {
-                let _ = pins.remove();
-            }
-            on_instance(name)(e)
-        })?;
-        if let Err(e) = dp.publish(&inst.tables, settings) {
-            if !existed {
-                let _ = dp.unpin();
-            }
-            return Err(on_instance(name)(e));
+        Loader {
+            state: &self.state,
+            observe: self.opts.observe.dataplane(),
+            stop: self.stop,
+            ingress: self.opts.ingress,
         }
-        Ok(dp)
+        .prepare(name, inst)
     }
-
     /// Drops a prepared data plane of a change that is abandoned. Pins an
     /// earlier agent left stay (they still enforce); new ones go.
     fn forget_prepared(name: &str, dp: Dataplane) {
@@ -216,7 +292,6 @@ impl Agent<'_> {
         &mut self,
         name: &str,
         inst: &CompiledInstance,
-        place: Option<&Place>,
         mac: Option<[u8; 6]>,
         step: Step,
     ) -> Result<(), AgentError> {
@@ -226,7 +301,7 @@ impl Agent<'_> {
                 let e = self.enforced.get_mut(name).expect("enforced");
                 e.dataplane.set_mac(mac).map_err(on_instance(name))?;
                 if e.dataplane
-                    .publish(&inst.tables, settings)
+                    .flip(&inst.tables, settings)
                     .map_err(on_instance(name))?
                 {
                     log::info!(
@@ -282,19 +357,26 @@ impl Agent<'_> {
                     "renamed instance {old} to {name} on {place}: links and connections kept"
                 );
             }
-            Step::New(dp) => {
-                let place = place.expect("a new instance is prepared for its place");
-                self.attach_new(name, place, mac, *dp, inst);
+            Step::New(_) | Step::Load { .. } => {
+                unreachable!("new instances are attached together; load_all replaced every Load")
             }
             Step::Resize(dp) => {
                 let from = self.enforced.get(name).map_or(0, |e| e.allowance);
                 let place = self.enforced[name].place.clone();
                 self.attach_new(name, &place, mac, *dp, inst);
-                log::info!(
-                    instance = name;
-                    "instance {name}: connection allowance {from} -> {}",
-                    inst.max_tracked_connections
-                );
+                if from == inst.max_tracked_connections {
+                    log::info!(
+                        instance = name;
+                        "instance {name}: single-port table grown to {} entries",
+                        inst.port_exact_capacity
+                    );
+                } else {
+                    log::info!(
+                        instance = name;
+                        "instance {name}: connection allowance {from} -> {}",
+                        inst.max_tracked_connections
+                    );
+                }
             }
             Step::Wait(place, why) => {
                 self.wait_for(name, place, why);
@@ -310,31 +392,69 @@ impl Agent<'_> {
         name: &str,
         place: &Place,
         mac: Option<[u8; 6]>,
-        mut dp: Dataplane,
+        dp: Dataplane,
         inst: &CompiledInstance,
     ) -> bool {
-        let maps_adopted = dp.adopted();
-        let result = dp
-            .attach(
-                &place.ifname,
-                place.netns.as_deref(),
-                self.opts.ingress,
-                place.side,
-            )
-            .map(|a| (a.ingress, a.ingress_reason.clone(), a.adopted))
-            .and_then(|attached| {
-                // A link attached anew may be another guest's: what was
-                // learned of the one before goes (an adopted link is the
-                // same link, and keeps it).
-                if !attached.2 {
-                    dp.forget_learned_mac()?;
-                }
-                dp.set_mac(mac)?;
-                Ok(attached)
-            });
+        let attached = attach_prepared(dp, place, mac, self.opts.ingress);
+        self.attached(name, place, inst, attached)
+    }
+
+    /// Attaches many prepared data planes at once (a host's instances at
+    /// start): each attach waits for the kernel's RCU grace periods (TCX
+    /// synchronises on every link change), so they overlap on threads.
+    fn attach_many(&mut self, jobs: Vec<NewJob<'_>>) {
+        const THREADS: usize = 16;
+        let started = Instant::now();
+        let ingress = self.opts.ingress;
+        let queue = std::sync::Mutex::new(
+            jobs.into_iter()
+                .map(|(n, p, m, dp, i)| (n, p, m, Some(dp), i))
+                .collect::<Vec<_>>(),
+        );
+        let results = std::sync::Mutex::new(Vec::new());
+        let count = queue.lock().expect("queue").len();
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS.min(count) {
+                scope.spawn(|| {
+                    loop {
+                        let job = queue.lock().expect("queue").pop();
+                        let Some((name, place, mac, dp, inst)) = job else {
+                            break;
+                        };
+                        let dp = dp.expect("each job once");
+                        let attached = attach_prepared(dp, &place, mac, ingress);
+                        results
+                            .lock()
+                            .expect("results")
+                            .push((name, place, inst, attached));
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("results");
+        log::debug!(
+            "attached {count} instance(s) in {} ms",
+            started.elapsed().as_millis()
+        );
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, place, inst, attached) in results {
+            self.attached(&name, &place, inst, attached);
+        }
+    }
+
+    /// Bookkeeping after an attach: enforced, or waiting (and its new pins
+    /// removed). Returns whether it is enforced.
+    fn attached(
+        &mut self,
+        name: &str,
+        place: &Place,
+        inst: &CompiledInstance,
+        attached: Attached,
+    ) -> bool {
+        let Attached { dp, result } = attached;
         match result {
             Ok((ingress, reason, links_adopted)) => {
-                let how = match (links_adopted, maps_adopted) {
+                let how = match (links_adopted, dp.adopted()) {
                     (true, _) => "; adopted its pinned links (program replaced in place) and maps",
                     (false, true) => "; adopted its pinned maps (connection table kept)",
                     (false, false) => "",
@@ -421,5 +541,117 @@ impl Agent<'_> {
                 }
             }
         }
+    }
+}
+
+/// An attach's outcome: the data plane, and its inbound hook, why that
+/// hook and whether pinned links were adopted, or why it failed.
+struct Attached {
+    dp: Dataplane,
+    result: Result<(&'static str, String, bool), crate::dataplane::DataplaneError>,
+}
+
+/// A prepared new instance to attach: name, place, MAC, data plane.
+type NewJob<'c> = (
+    String,
+    Place,
+    Option<[u8; 6]>,
+    Dataplane,
+    &'c CompiledInstance,
+);
+
+/// Attaches a prepared data plane at `place` and gives it the MAC address
+/// to check. A link attached anew may be another guest's: what was
+/// learned of the one before goes (an adopted link is the same link, and
+/// keeps it).
+fn attach_prepared(
+    mut dp: Dataplane,
+    place: &Place,
+    mac: Option<[u8; 6]>,
+    ingress: crate::dataplane::IngressHook,
+) -> Attached {
+    let result = dp
+        .attach(&place.ifname, place.netns.as_deref(), ingress, place.side)
+        .map(|a| (a.ingress, a.ingress_reason.clone(), a.adopted))
+        .and_then(|attached| {
+            if !attached.2 {
+                dp.forget_learned_mac()?;
+            }
+            dp.set_mac(mac)?;
+            Ok(attached)
+        });
+    Attached { dp, result }
+}
+
+/// What loading an instance's object needs, shared by the loading threads.
+struct Loader<'a> {
+    state: &'a crate::dataplane::StateDir,
+    observe: crate::dataplane::Observe,
+    stop: &'a crate::agent::StopFlag,
+    ingress: crate::dataplane::IngressHook,
+}
+
+impl Loader<'_> {
+    /// Loads a new instance's object (adopting what an earlier agent pinned
+    /// for it) and fills its policy; nothing is attached. A stop asked for
+    /// meanwhile abandons it.
+    fn prepare(&self, name: &str, inst: &CompiledInstance) -> Result<Dataplane, AgentError> {
+        if self.stop.asked.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AgentError::Stopping);
+        }
+        let settings = inst.settings;
+        let pins = self.state.instance(name);
+        let existed = pins.exists();
+        let mut dp = Dataplane::load_pinned(
+            pins.clone(),
+            self.observe,
+            Capacity {
+                conns: inst.max_tracked_connections,
+                port_exact: inst.port_exact_capacity,
+            },
+        )
+        .map_err(|e| {
+            if !existed {
+                let _ = pins.remove();
+            }
+            on_instance(name)(e)
+        })?;
+        // The programs it will attach, verified here (in parallel with the
+        // other instances' at start) rather than one by one as they attach.
+        let loaded = self
+            .programs(inst)
+            .into_iter()
+            .try_for_each(|p| dp.load_program(p))
+            .and_then(|()| dp.publish(&inst.tables, settings).map(|_| ()));
+        if let Err(e) = loaded {
+            if !existed {
+                let _ = dp.unpin();
+            }
+            return Err(on_instance(name)(e));
+        }
+        Ok(dp)
+    }
+
+    /// The programs `inst` will attach: on the host side the inbound one
+    /// at TC and the guarded outbound one; on its own interface the
+    /// outbound one and the inbound one the hook asks for (for `auto`, TC,
+    /// which every virtual interface gets; a NIC's XDP is loaded when it
+    /// is attached).
+    fn programs(&self, inst: &CompiledInstance) -> Vec<&'static str> {
+        use crate::dataplane::{
+            EGRESS_HOST_PROGRAM, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, IngressHook,
+        };
+        if inst
+            .link
+            .as_ref()
+            .is_some_and(crate::config::Link::host_side)
+        {
+            return vec![INGRESS_TC_PROGRAM, EGRESS_HOST_PROGRAM];
+        }
+        let inbound = match self.ingress {
+            IngressHook::Auto | IngressHook::Tc => INGRESS_TC_PROGRAM,
+            IngressHook::XdpNative | IngressHook::XdpGeneric => INGRESS_PROGRAM,
+        };
+        vec![inbound, EGRESS_PROGRAM]
     }
 }
