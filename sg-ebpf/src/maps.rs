@@ -123,7 +123,7 @@ impl MacStore for KernelMac {
         // then ask for another key.
         let key: u32 = 0;
         // SAFETY: the value is copied out at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
-        if let Some(e) = unsafe { MAC.get(&key) } {
+        if let Some(e) = unsafe { MAC.get(key) } {
             return Some(e.mac);
         }
         // Fails if another CPU learned first: then its MAC is the one.
@@ -132,15 +132,15 @@ impl MacStore for KernelMac {
             learned: MAC_LEARNED,
             pad: 0,
         };
-        let _ = MAC.insert(&key, &learned, u64::from(BPF_NOEXIST));
+        let _ = MAC.insert(key, learned, u64::from(BPF_NOEXIST));
         // SAFETY: as above.
-        unsafe { MAC.get(&key) }.map(|e| e.mac)
+        unsafe { MAC.get(key) }.map(|e| e.mac)
     }
 
     #[inline(always)]
     fn known(&self) -> Option<[u8; 6]> {
         let key: u32 = 0;
         // SAFETY: as above.
-        unsafe { MAC.get(&key) }.map(|e| e.mac)
+        unsafe { MAC.get(key) }.map(|e| e.mac)
     }
 }
