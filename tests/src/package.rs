@@ -124,6 +124,12 @@ pub fn build(binary: &Path, out: &Path) -> anyhow::Result<PathBuf> {
         &gzip(&output_of(binary, &["manpage"])?)?,
         0o644,
     )?;
+    put(
+        &root,
+        "usr/share/man/man5/sg-agent.toml.5.gz",
+        &gzip(&output_of(binary, &["manpage", "--section", "5"])?)?,
+        0o644,
+    )?;
     for (shell, path) in [
         ("bash", "usr/share/bash-completion/completions/sg-agent"),
         ("zsh", "usr/share/zsh/vendor-completions/_sg-agent"),

@@ -67,6 +67,7 @@ fn the_package_installs_runs_its_units_command_and_removes_cleanly() {
         "/usr/bin/sg-agent",
         "/lib/systemd/system/sg-agent.service",
         "/usr/share/man/man1/sg-agent.1.gz",
+        "/usr/share/man/man5/sg-agent.toml.5.gz",
         "/usr/share/bash-completion/completions/sg-agent",
         "/usr/share/zsh/vendor-completions/_sg-agent",
         "/usr/share/fish/vendor_completions.d/sg-agent.fish",

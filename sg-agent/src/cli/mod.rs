@@ -93,9 +93,9 @@ enum Command {
     /// powershell), e.g. `sg-agent completions bash >
     /// /etc/bash_completion.d/sg-agent`.
     Completions(completions::CompletionsArgs),
-    /// Print the man page (roff), generated from these definitions.
-    #[command(hide = true)]
-    Manpage,
+    /// Print the man page (roff): sg-agent(1), generated from these
+    /// definitions, or with `--section 5` sg-agent.toml(5), the rules file.
+    Manpage(completions::ManpageArgs),
     /// Detach and remove what an agent left pinned (killed, or stopped
     /// with --keep-on-exit), as root.
     #[command(after_help = EXIT_CODES)]
@@ -165,9 +165,9 @@ pub fn main() -> ExitCode {
             drop(held);
             completions::completions(&args)
         }
-        Command::Manpage => {
+        Command::Manpage(args) => {
             drop(held);
-            completions::manpage()
+            completions::manpage(&args)
         }
         Command::Flows(args) => {
             drop(held);

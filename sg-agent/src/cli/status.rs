@@ -14,7 +14,7 @@ pub struct StatusArgs {
     #[arg(long)]
     instance: Option<String>,
     /// The stable JSON form (schema version in its `schema` field; see
-    /// README "Observing the agent").
+    /// docs/observability.md).
     #[arg(long)]
     json: bool,
     /// Every rule of every group with the flows it allowed and when last,

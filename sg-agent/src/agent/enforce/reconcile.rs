@@ -131,10 +131,9 @@ impl Agent<'_> {
                 let unprotected = now.duration_since(e.lost_since.unwrap_or(since));
                 log::error!(
                     instance = name;
-                    "instance {name}: {} was {}; programs attached again, the interface was \
-                     unprotected for at most {} ms (lapse {} since start)",
+                    "instance {name}: {} was recreated; programs attached again, the interface \
+                     was unprotected for at most {} ms (lapse {} since start)",
                     e.place.describe(),
-                    if e.stopped.is_some() { "made again" } else { "recreated" },
                     unprotected.as_millis(),
                     self.lapses
                 );

@@ -1,0 +1,187 @@
+//! VM start: how soon a tap is enforced after it appears, and whether a
+//! booting guest gets a frame out before it is.
+//!
+//! * *tap created to enforced*: an instance waits for its tap
+//!   (`host_interface`); the tap is made (`ip tuntap add`, as QEMU or
+//!   libvirt make theirs) and the time until both of its programs are
+//!   attached is measured (TCX queried every half millisecond). The first
+//!   appearance loads the instance's object; each later one (the tap
+//!   deleted and made again, a VM restarting) only attaches.
+//! * *frames a booting guest sent unjudged*: a real QEMU guest whose tap
+//!   QEMU makes (the link event attaches it), and a libvirt domain whose
+//!   tap the QEMU hook attaches before the guest's CPU runs: the frames the
+//!   tap received from the guest, against those the guest's outbound
+//!   program judged.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+
+use crate::{
+    agent::{AgentProcess, StateDir, binary},
+    lab::{Lab, in_netns},
+    libvirt::{Hook, Libvirtd, domain_xml},
+    probe::eventually,
+    vm::{BOOT, SeedVms, Vm, plug},
+};
+
+#[derive(Debug, Default)]
+pub struct VmStart {
+    /// The first appearance of a waiting instance's tap to both programs
+    /// attached, ms.
+    pub first_ms: f64,
+    /// The tap made again, ms, each time.
+    pub again_ms: Vec<f64>,
+    /// Frames a QEMU guest sent into its tap (made by QEMU, attached from
+    /// the link event), and how many of them no program judged.
+    pub qemu: (u64, u64),
+    /// The same for a libvirt domain attached by the QEMU hook.
+    pub libvirt: (u64, u64),
+}
+
+fn attached_count(netns: &str, tap: &str) -> usize {
+    let tap = tap.to_owned();
+    in_netns(netns, move || {
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .map(|at| SchedClassifier::query_tcx(&tap, at).map_or(0, |(_, progs)| progs.len()))
+            .sum()
+    })
+}
+
+/// Makes `tap` in `netns` and returns how long until both programs are on
+/// it (bounded: 10 s).
+fn time_to_enforced(netns: &str, tap: &str) -> f64 {
+    let made = Instant::now();
+    crate::lab::ip(&["-n", netns, "tuntap", "add", "dev", tap, "mode", "tap"]);
+    crate::lab::ip(&["-n", netns, "link", "set", tap, "up"]);
+    let end = made + Duration::from_secs(10);
+    while Instant::now() < end {
+        if attached_count(netns, tap) == 2 {
+            return made.elapsed().as_secs_f64() * 1e3;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    f64::INFINITY
+}
+
+fn egress_total(agent: &AgentProcess, name: &str) -> u64 {
+    let status = agent.status_json();
+    status["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name).cloned())
+        .and_then(|i| {
+            i["packets"]["egress"]
+                .as_object()
+                .map(|r| r.values().filter_map(serde_json::Value::as_u64).sum())
+        })
+        .unwrap_or(0)
+}
+
+fn rx_packets(netns: &str, tap: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "cat"])
+        .arg(format!("/sys/class/net/{tap}/statistics/rx_packets"))
+        .output()
+        .expect("read the tap's counters");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// (sent, unjudged): the guest's frames into its tap, and how many of them
+/// its programs did not judge (the tap read first: a frame the guest sends
+/// in between is judged, never counted unjudged).
+fn unjudged(agent: &AgentProcess, name: &str, netns: &str, tap: &str) -> (u64, u64) {
+    let sent = rx_packets(netns, tap);
+    let judged = egress_total(agent, name);
+    (sent, sent.saturating_sub(judged))
+}
+
+const RULES: &str = "[[security_group]]\nname = \"vm\"\n  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  cidr_blocks = [\"10.0.0.0/8\"]\n";
+
+fn instance(name: &str, link: &str, netns: &str) -> String {
+    format!(
+        "\n[[instance]]\nname = \"{name}\"\naddresses = [\"10.0.1.10\"]\nsecurity_groups = [\"vm\"]\nnetns = \"{netns}\"\n{link}\n"
+    )
+}
+
+pub fn measure(recreations: usize) -> VmStart {
+    let lab = Lab::new("chv");
+    let sw = lab.switch_netns().to_owned();
+    let dir = std::env::temp_dir().join(format!("sg-chaos-{}", lab.prefix));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("vpc.toml");
+    let domain = format!("{}-vm", lab.prefix);
+    let rules = format!(
+        "{RULES}{}{}{}",
+        instance("tapped", "host_interface = \"tchaos0\"", &sw),
+        instance(
+            "qemu",
+            "host_interface = \"t-app\"\nmac = \"52:54:00:00:01:10\"",
+            &sw
+        )
+        .replace("10.0.1.10", "10.0.1.11"),
+        instance("domain", &format!("libvirt_domain = \"{domain}\""), &sw)
+            .replace("10.0.1.10", "10.0.1.12"),
+    );
+    std::fs::write(&config, rules).expect("rules");
+    let state = StateDir::new();
+    // libvirtd reads its hooks at start: the hook is in place first.
+    let hook = Hook::install(
+        &format!("sg-agent-chaos-{}", lab.prefix),
+        &binary(),
+        &state.control_socket(),
+    );
+    let agent = AgentProcess::start_quiet_in(&state, &config, &[]);
+    agent.expect_log("ready: enforcing 0 instance(s)", 0, Duration::from_mins(1));
+
+    let mut out = VmStart {
+        first_ms: time_to_enforced(&sw, "tchaos0"),
+        ..VmStart::default()
+    };
+    for _ in 0..recreations {
+        // A VM stopped: its tap goes, and the agent sees it gone (the
+        // link event, or the tick within 250 ms) before it comes back.
+        crate::lab::ip(&["-n", &sw, "link", "del", "tchaos0"]);
+        std::thread::sleep(Duration::from_millis(300));
+        out.again_ms.push(time_to_enforced(&sw, "tchaos0"));
+    }
+
+    // A QEMU guest: its tap made by QEMU, attached from the link event.
+    let vm = Vm::start(&sw, SeedVms::spec("app-1"));
+    plug(&sw, "t-app", "br0");
+    vm.wait_ready();
+    // A second for the guest's first frames (router solicitation, MLD).
+    std::thread::sleep(Duration::from_secs(1));
+    out.qemu = unjudged(&agent, "qemu", &sw, "t-app");
+    drop(vm);
+
+    // A libvirt domain: attached by the hook as it starts.
+    let mut libvirtd = Libvirtd::start(&sw);
+    let console = dir.join("domain.console");
+    let xml = domain_xml(
+        &domain,
+        "52:54:00:00:01:12",
+        "br0",
+        "sg.addr=10.0.1.12/32 sg.routes=10.0.0.0/8 sg.tcp=22",
+        &console,
+    );
+    libvirtd.create(&domain, &xml).expect("the domain starts");
+    let booted = eventually(BOOT, || {
+        std::fs::read_to_string(&console).is_ok_and(|c| c.contains("SGVM READY"))
+    });
+    assert!(booted, "the libvirt domain boots");
+    // A second for the guest's first frames (router solicitation, MLD).
+    std::thread::sleep(Duration::from_secs(1));
+    out.libvirt = unjudged(&agent, "domain", &sw, &libvirtd.tap(&domain));
+    drop(libvirtd);
+    drop(hook);
+    let _ = agent.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
