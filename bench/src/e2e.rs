@@ -28,18 +28,23 @@ pub enum Filter {
     SgAgent,
     SgAgentGeneric,
     SgAgentDefault,
+    /// The agent on the host side of the receiver's link: the sender's end
+    /// of the veth (as a VM's tap or a container's host veth), the inbound
+    /// program at its TC egress, the guarded outbound one at its TC ingress.
+    SgAgentHostSide,
     Nftables,
     Iptables,
 }
 
 impl Filter {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::None,
         Self::FloorNative,
         Self::FloorGeneric,
         Self::SgAgent,
         Self::SgAgentGeneric,
         Self::SgAgentDefault,
+        Self::SgAgentHostSide,
         Self::Nftables,
         Self::Iptables,
     ];
@@ -52,6 +57,7 @@ impl Filter {
             Self::SgAgent => "sg-agent, --ingress-hook xdp (native)",
             Self::SgAgentGeneric => "sg-agent, --xdp-mode generic",
             Self::SgAgentDefault => "sg-agent, default (auto: TC ingress on veth)",
+            Self::SgAgentHostSide => "sg-agent, host side of the veth (TC egress + TC ingress)",
             Self::Nftables => "nftables (sets, ct state)",
             Self::Iptables => "iptables-nft (rule per source)",
         }
@@ -431,8 +437,27 @@ fn install(
             prog.attach("eth0", mode).expect("attach floor");
             (Installed::Floor(ebpf), 0)
         }
-        Filter::SgAgent | Filter::SgAgentGeneric | Filter::SgAgentDefault => {
+        Filter::SgAgent
+        | Filter::SgAgentGeneric
+        | Filter::SgAgentDefault
+        | Filter::SgAgentHostSide => {
             let path = dir.join("bench.toml");
+            let text = if filter == Filter::SgAgentHostSide {
+                // The same policy, on the sender's end of the receiver's link.
+                text.replace(
+                    &format!("netns = \"{}\"\ninterface = \"eth0\"", pair.sink_ns.name),
+                    &format!(
+                        "netns = \"{}\"\nhost_interface = \"eth0\"",
+                        pair.gen_ns.name
+                    ),
+                )
+            } else {
+                text.clone()
+            };
+            assert!(
+                filter != Filter::SgAgentHostSide || text.contains("host_interface"),
+                "the host-side row's rules name the host side"
+            );
             std::fs::write(&path, &text).expect("write rules");
             let args: &[&str] = match filter {
                 Filter::SgAgent => &["--ingress-hook", "xdp"],

@@ -272,6 +272,7 @@ pub fn render(all: &All) -> String {
         e2e::Filter::SgAgent,
         e2e::Filter::SgAgentGeneric,
         e2e::Filter::SgAgentDefault,
+        e2e::Filter::SgAgentHostSide,
     ];
     if let (Some(ipt), Some(nft)) = (
         at(e2e::Filter::Iptables, true),

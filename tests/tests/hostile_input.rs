@@ -130,7 +130,17 @@ fn assert_refused(what: &str, out: &Output, needle: &str) {
 #[test]
 fn check_and_run_refuse_the_same_hostile_files() {
     let dir = Dir::new("same");
+    let fifo = dir.0.join("a-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
     let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a netns_path that names a FIFO (opening it would block)",
+            instance_file(
+                "eth0",
+                &format!("netns_path = {:?}", fifo.display().to_string()),
+            ),
+            "a FIFO (not a namespace file)",
+        ),
         (
             "a NUL in an interface name",
             instance_file("eth0\\u0000", ""),
@@ -220,6 +230,54 @@ fn netns_path_must_name_a_network_namespace() {
     assert!(
         log.contains("not a network namespace"),
         "the file is opened and refused as no namespace:\n{log}"
+    );
+}
+
+/// A namespace path that becomes a FIFO while the agent waits for it: the
+/// enforcement thread must not block opening it (before this, open(2)
+/// waited for a writer for ever, and SIGTERM's "every instance left
+/// enforced" was never printed).
+#[test]
+fn a_fifo_where_a_namespace_file_is_awaited_never_blocks_the_agent() {
+    let dir = Dir::new("nsfifo");
+    let later = dir.0.join("later");
+    let rules = instance_file(
+        "eth0",
+        &format!("netns_path = {:?}", later.display().to_string()),
+    );
+    let file = dir.file("rules.toml", &rules);
+    let state = StateDir::new();
+    let child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(&state.path)
+        .arg("--control-socket")
+        .arg(state.control_socket())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("runs");
+    std::thread::sleep(Duration::from_secs(1));
+    nix::unistd::mkfifo(&later, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    // Retries back off to 5 s at most: a few of them meet the FIFO.
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = std::time::Instant::now();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = child.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "stopped at once, not blocked in open(2):\n{log}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("a FIFO (not a namespace file)"),
+        "the FIFO is refused as no namespace:\n{log}"
     );
 }
 

@@ -267,8 +267,9 @@ pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
         .node
         .as_ref()
         .map_or_else(String::new, |n| format!(", node {n}"));
+    let descriptors = crate::observe::listen::raise_descriptor_limit();
     log::info!(
-        "starting: {from}{node}, state under {}",
+        "starting: {from}{node}, state under {} (up to {descriptors} open descriptors)",
         args.state_dir.display()
     );
     match agent::run(&source, args.options(ingress), held) {

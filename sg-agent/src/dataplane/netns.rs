@@ -37,6 +37,31 @@ pub enum NetnsError {
     NotANamespace { path: PathBuf, why: String },
 }
 
+/// Why `path`, as it stands on this host, cannot be a namespace file
+/// (a FIFO, a socket, a device, a directory), without opening it; `None`
+/// when it is a regular file (namespace files are) or is not there (yet).
+/// `check` and `run` both refuse what this names.
+pub fn not_a_namespace_file(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let kind = meta.file_type();
+    (!kind.is_file()).then(|| format!("{} (not a namespace file)", describe_kind(kind)))
+}
+
+fn describe_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// `ioctl(NS_GET_NSTYPE)`: the type of namespace a namespace file refers to.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
@@ -60,12 +85,26 @@ fn open_net_namespace(path: &Path, follow: bool) -> Result<File, NetnsError> {
             return Err(not("a symlink (give the namespace file itself)".to_owned()));
         }
     }
+    if let Some(why) = not_a_namespace_file(path) {
+        return Err(not(why));
+    }
+    // Never blocking: a FIFO (or a device) must not hold the enforcement
+    // thread in open(2), which it would before any check below.
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if !follow {
-        options.custom_flags(libc::O_NOFOLLOW);
+        flags |= libc::O_NOFOLLOW;
     }
+    options.custom_flags(flags);
     let file = options.open(path).map_err(|e| not(e.to_string()))?;
+    let kind = file.metadata().map_err(|e| not(e.to_string()))?.file_type();
+    if !kind.is_file() {
+        return Err(not(format!(
+            "{} (not a namespace file)",
+            describe_kind(kind)
+        )));
+    }
     // SAFETY: an ioctl without argument on a descriptor this function owns.
     let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
     if kind != libc::CLONE_NEWNET {

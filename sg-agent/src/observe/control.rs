@@ -152,14 +152,14 @@ pub async fn serve(
     domain: AskDomain,
     records: broadcast::Sender<Record>,
 ) {
+    let mut gate = super::listen::Gate::new("control socket", super::listen::MAX_CONNECTIONS);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let ((stream, _), permit) = gate.next(|| listener.accept()).await;
         let ask = ask.clone();
         let domain = domain.clone();
         let records = records.subscribe();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = answer(stream, &ask, &domain, records).await {
                 log::debug!("control socket: {e}");
             }
@@ -239,8 +239,19 @@ async fn answer(
                 let e = format!("no instance {name} is enforced by this agent");
                 return send(&mut write, &Reply::Error(e)).await;
             }
+            // Until the follower goes: its end closing (a read returns
+            // nothing) ends this at once, not at the next matching record.
+            let mut gone = [0u8; 1];
+            let mut reader = reader.into_inner().into_inner();
             loop {
-                let reply = match records.recv().await {
+                let record = tokio::select! {
+                    r = records.recv() => r,
+                    read = reader.read(&mut gone) => match read {
+                        Ok(0) | Err(_) => return Ok(()),
+                        Ok(_) => continue,
+                    },
+                };
+                let reply = match record {
                     Ok(r) => {
                         if instance.as_ref().is_some_and(|i| *i != r.instance)
                             || action.is_some_and(|a| Some(a) != r.action)

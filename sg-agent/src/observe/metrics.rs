@@ -191,13 +191,14 @@ pub fn exposition(status: &Status) -> String {
 
 /// Serves `/metrics` on `addr` until the runtime stops.
 pub async fn serve(listener: TcpListener, ask: AskStatus) {
+    let mut gate = super::listen::Gate::new("metrics", super::listen::MAX_CONNECTIONS);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let ((stream, _), permit) = gate.next(|| listener.accept()).await;
         let ask = ask.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &ask)).await;
+            let _permit = permit;
+            // An idle client holds its place for 5 s at most.
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &ask)).await;
         });
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod control;
 pub mod flowlog;
+pub mod listen;
 pub mod metrics;
 pub mod status;
 

@@ -41,6 +41,18 @@ pub enum Refusal {
         .0.display()
     )]
     Empty(std::path::PathBuf),
+    /// An instance's `netns_path` names something on this host that no
+    /// namespace file is (a FIFO, a device...): `run` could never enter it.
+    #[error(
+        "instance {instance}: netns_path {}: {why}; name a network namespace file such as \
+         /proc/PID/ns/net or a bind mount of one",
+        path.display()
+    )]
+    Place {
+        instance: String,
+        path: std::path::PathBuf,
+        why: String,
+    },
 }
 
 /// Parses, validates and compiles the rules-file text `text` (read from
@@ -84,6 +96,17 @@ pub fn admit_as(
             .any(crate::config::Instance::enforced_here)
     {
         return Err(Refusal::Empty(path.to_owned()));
+    }
+    for inst in vpc.instances.iter().filter(|i| i.enforced_here()) {
+        if let Some(netns) = inst.netns.as_deref().filter(|n| n.starts_with('/'))
+            && let Some(why) = crate::dataplane::netns::not_a_namespace_file(Path::new(netns))
+        {
+            return Err(Refusal::Place {
+                instance: inst.name.clone(),
+                path: netns.into(),
+                why,
+            });
+        }
     }
     let compiled = compile::compile_enforced(&vpc).map_err(|source| Refusal::TooLarge {
         source,

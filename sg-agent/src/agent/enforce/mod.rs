@@ -201,7 +201,9 @@ fn acceptable(
             // never the file's lines (`check` shows them to the file's owner).
             Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
             Refusal::Empty(p) => AgentError::Empty(p),
-            other @ Refusal::TooLarge { .. } => AgentError::Refused(other),
+            other @ (Refusal::TooLarge { .. } | Refusal::Place { .. }) => {
+                AgentError::Refused(other)
+            }
         })?;
     log::debug!(
         "parsed, validated and compiled in {} ms",

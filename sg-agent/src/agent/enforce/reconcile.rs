@@ -23,6 +23,13 @@ impl Agent<'_> {
     /// domain moved to another tap), and retries those not enforced: those
     /// whose retry is due, or all of them when `now` (a link appeared).
     pub(super) fn reconcile(&mut self, now: bool) {
+        // Out of descriptors, nothing here can be told (a namespace that
+        // cannot be opened is not a namespace gone): this round is skipped,
+        // and said so, rather than reported as lapses that did not happen.
+        if let Err(e) = std::fs::File::open("/proc/thread-self/ns/net") {
+            log::error!("reconciling skipped: cannot open this thread's network namespace: {e}");
+            return;
+        }
         let Some(compiled) = self.compiled.take() else {
             return;
         };

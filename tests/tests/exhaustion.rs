@@ -1,0 +1,151 @@
+//! No client of the agent's listeners may take what enforcement needs: a
+//! flood of idle connections to the metrics endpoint, with the agent at
+//! systemd's default limit of 1,024 descriptors, leaves it following its
+//! instances (an interface recreated meanwhile is enforced again), answering
+//! its control socket, and not spinning; followers of `flows --follow` that
+//! go away give their descriptors back at once.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sg_tests::{
+    agent::AgentProcess,
+    attached::attached_programs,
+    probe::{Outcome, eventually},
+    seed::{APP, OUTSIDER, RELOAD, SEED, SeedLab, start_agent_with},
+};
+
+/// A free loopback port for the metrics endpoint.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// CPU seconds the process used, user and system.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3; utime and stime are 14 and 15.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf without side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+fn limit_descriptors(pid: u32, n: u32) {
+    let out = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={n}:{n}")])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "prlimit: {out:?}");
+}
+
+#[test]
+fn a_flood_of_idle_connections_leaves_enforcement_whole() {
+    let lab = SeedLab::new("sgf", SEED, &[]);
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let agent = start_agent_with(&lab, &["--metrics-listen", &metrics]);
+    let pid = agent.pid();
+    // systemd's default for a unit that sets none.
+    limit_descriptors(pid, 1024);
+
+    // 1,100 idle connections tried (never a request): more than the agent
+    // could hold if it accepted them all. It accepts 64; the kernel's
+    // backlog holds some more, and the rest time out.
+    let addr: SocketAddr = metrics.parse().expect("addr");
+    let before = descriptors(pid);
+    let idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(20)).ok())
+        .collect();
+    assert!(
+        idle.len() > 64,
+        "the flood reached the agent: {}",
+        idle.len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        descriptors(pid) <= before + 64,
+        "the agent holds {} descriptors ({before} before) with {} connections made: at most 64 more",
+        descriptors(pid),
+        idle.len()
+    );
+    let cpu = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        cpu_seconds(pid) - cpu < 0.5,
+        "the agent does not spin under the flood"
+    );
+
+    // An interface recreated meanwhile is enforced again.
+    let skip = agent.log_lines();
+    lab.lab.recreate_eth0("app-1");
+    assert!(
+        eventually(RELOAD, || attached_programs(&lab.ns("app-1")).len() == 2),
+        "the new eth0 gets its programs during the flood:\n{}",
+        agent.log_text()
+    );
+    agent.expect_log("programs attached again", skip, RELOAD);
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Outcome::TimedOut,
+        "still blocked"
+    );
+    // The control socket answers, and status reports no lapse that did not
+    // happen (one interface recreated: one lapse).
+    let status = agent.status_json();
+    assert_eq!(status["agent"]["lapses"], 1, "{}", status["agent"]);
+    assert!(
+        !agent.log_text().contains("Too many open files"),
+        "{}",
+        agent.log_text()
+    );
+    drop(idle);
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+#[test]
+fn followers_that_go_give_their_descriptors_back() {
+    let lab = SeedLab::new("sgw", SEED, &[]);
+    let dir = lab.config.parent().expect("dir").to_owned();
+    let flow_log = dir.join("flows.log");
+    let agent: AgentProcess =
+        start_agent_with(&lab, &["--flow-log", flow_log.to_str().expect("utf-8")]);
+    let pid = agent.pid();
+    let before = descriptors(pid);
+    let mut followers: Vec<_> = (0..100)
+        .map(|_| agent.follow_flows(&["--action", "REJECT", "--instance", "app-1"]))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || descriptors(pid) >= before + 50),
+        "the followers are connected"
+    );
+    for f in &mut followers {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(3), || descriptors(pid) <= before + 2),
+        "followers that went hold {} descriptors {} ms later (before: {before})",
+        descriptors(pid),
+        started.elapsed().as_millis()
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}
