@@ -101,6 +101,19 @@ impl super::Dataplane {
     }
 }
 
+impl super::Dataplane {
+    /// Whether every link it holds is pinned where it pinned it (what
+    /// outlives the agent): false when a pin is gone, or it pins nothing.
+    pub fn links_pinned(&self) -> bool {
+        self.pins.is_some()
+            && !self.links.is_empty()
+            && self
+                .links
+                .iter()
+                .all(|l| l.pin.as_ref().is_some_and(|p| p.exists()))
+    }
+}
+
 impl HeldLink {
     pub(super) fn moved_to(&mut self, pins: &InstancePins) {
         if self.pin.is_some() {

@@ -38,6 +38,68 @@ pub enum PinError {
         #[source]
         source: io::Error,
     },
+    /// A directory of the state that someone else could have prepared: the
+    /// agent pins only into directories it made (or root did), that no one
+    /// else may write, and that are no symlinks.
+    #[error(
+        "{}: {why}: refused, since whoever prepared it could remove the pins that keep instances \
+         enforced; remove it (after `sg-agent detach --all` if an agent used it) and start again",
+        path.display()
+    )]
+    Untrusted { path: PathBuf, why: String },
+}
+
+/// Makes `dir` (its parent exists) mode 0700 if it is not there, whatever
+/// the umask, and checks what is there as sshd's `StrictModes` checks a
+/// home: a directory, not a symlink, owned by this user or root, writable
+/// by no one else.
+fn own_dir(dir: &Path) -> Result<(), PinError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    let untrusted = |why: String| PinError::Untrusted {
+        path: dir.to_owned(),
+        why,
+    };
+    let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(untrusted("a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(untrusted("not a directory".into()));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(untrusted(format!("owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "writable by others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Every directory from the first one below bpffs's root (or the first
+/// that does not exist) down to `dir`, made and checked with [`own_dir`].
+fn own_path(dir: &Path) -> Result<(), PinError> {
+    let mut made = PathBuf::new();
+    for part in dir.components() {
+        made.push(part);
+        if made.starts_with(BPFFS) && made != Path::new(BPFFS) {
+            own_dir(&made)?;
+        } else if !made.exists() {
+            own_dir(&made)?;
+        }
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
@@ -132,7 +194,7 @@ impl StateDir {
             .map_err(PinError::Mount)?;
             log::info!("mounted bpffs on {BPFFS}");
         }
-        fs::create_dir_all(root).map_err(io_err(root))?;
+        own_path(root)?;
         if !is_bpffs(root) {
             return Err(PinError::NotBpffs(root.to_owned()));
         }
@@ -182,7 +244,12 @@ impl InstancePins {
     }
 
     pub fn create(&self) -> Result<(), PinError> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))
+        own_dir(&self.dir)
+    }
+
+    /// Whether the links of an attachment are pinned here: `want` of them.
+    pub fn links_pinned(&self, want: usize) -> bool {
+        self.links().len() >= want
     }
 
     pub fn map(&self, name: &str) -> PathBuf {

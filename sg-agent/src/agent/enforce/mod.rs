@@ -390,10 +390,27 @@ impl Agent<'_> {
         service::stopping();
         let n = self.enforced.len();
         if self.opts.keep_on_exit {
-            log::info!(
-                "stopped: {n} instance(s) left enforced, pinned under {} (--keep-on-exit)",
-                self.state.root().display()
-            );
+            // Only what is pinned outlives this process: said as it is.
+            let unpinned: Vec<&str> = self
+                .enforced
+                .iter()
+                .filter(|(_, e)| !e.dataplane.links_pinned())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if unpinned.is_empty() {
+                log::info!(
+                    "stopped: {n} instance(s) left enforced, pinned under {} (--keep-on-exit)",
+                    self.state.root().display()
+                );
+            } else {
+                log::error!(
+                    "stopped: {} of {n} instance(s) left enforced, pinned under {}; NOT \
+                     enforced any more, their link pins gone: {}",
+                    n - unpinned.len(),
+                    self.state.root().display(),
+                    unpinned.join(", ")
+                );
+            }
             return;
         }
         for (name, e) in std::mem::take(&mut self.enforced) {

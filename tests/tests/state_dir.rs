@@ -1,0 +1,84 @@
+//! The state directory under /sys/fs/bpf (world-writable and sticky, like
+//! /tmp) is the agent's own: it pins only into directories it made (or
+//! root did) that no one else may write, whatever the umask, and says so
+//! when the pins that keep instances enforced are gone.
+
+use std::{os::unix::fs::MetadataExt as _, process::Command, time::Duration};
+
+use nix::sys::signal::Signal;
+use sg_tests::{
+    agent::{AgentProcess, StateDir, binary},
+    seed::{SEED, START, SeedLab},
+};
+
+#[test]
+fn a_state_directory_someone_else_prepared_is_refused() {
+    let lab = SeedLab::new("sdo", SEED, &[]);
+    let state = StateDir::new();
+    // A local user (nobody) makes the directory and an instance's below it
+    // before the agent does.
+    std::fs::create_dir_all(state.path.join("app-1")).expect("mkdir");
+    for dir in [state.path.clone(), state.path.join("app-1")] {
+        std::os::unix::fs::chown(&dir, Some(65534), None).expect("chown");
+    }
+    let out = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&lab.config)
+        .arg("--state-dir")
+        .arg(&state.path)
+        .arg("--control-socket")
+        .arg(state.control_socket())
+        .output()
+        .expect("runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    assert_eq!(
+        std::fs::read_dir(state.path.join("app-1")).map_or(0, Iterator::count),
+        0,
+        "nothing pinned into it"
+    );
+}
+
+#[test]
+fn the_state_is_private_whatever_the_umask() {
+    let lab = SeedLab::new("sdu", SEED, &[]);
+    let state = StateDir::new();
+    // SAFETY: umask has no preconditions; the child inherits it.
+    let old = unsafe { libc::umask(0) };
+    let agent = AgentProcess::start_in(&state, &lab.config, &[], "info");
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    agent.expect_log("ready: enforcing", 0, START);
+    for dir in [state.path.clone(), state.path.join("app-1")] {
+        let mode = std::fs::metadata(&dir).expect("made").mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+#[test]
+fn keep_on_exit_does_not_claim_what_is_no_longer_pinned() {
+    let lab = SeedLab::new("sdk", SEED, &[]);
+    let state = StateDir::new();
+    let mut agent = AgentProcess::start_in(&state, &lab.config, &["--keep-on-exit"], "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    // Someone with root removes app-1's link pins behind the agent's back.
+    for entry in std::fs::read_dir(state.path.join("app-1")).expect("pins") {
+        let path = entry.expect("entry").path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
+        {
+            std::fs::remove_file(path).expect("unpin");
+        }
+    }
+    agent.signal(Signal::SIGTERM);
+    let _ = agent.wait_exit(Duration::from_secs(5));
+    let log = agent.log_text();
+    assert!(
+        log.contains("NOT enforced any more, their link pins gone: app-1"),
+        "{log}"
+    );
+    assert!(!log.contains("stopped: 4 instance(s) left enforced"), "{log}");
+}
