@@ -293,7 +293,7 @@ fn run_refuses_a_rules_file_others_may_write() {
     let rules = "[[security_group]]\nname = \"g\"\n";
     let file = dir.file("rules.toml", rules);
     let path = file.to_str().expect("utf-8 path");
-    let run = |extra: &[&str]| {
+    let run_file = |path: &str, extra: &[&str]| {
         let state = StateDir::new();
         let socket = state.control_socket();
         let mut args = vec![
@@ -335,6 +335,7 @@ fn run_refuses_a_rules_file_others_may_write() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    let run = |extra: &[&str]| run_file(path, extra);
     let (status, log) = run(&[]);
     assert_eq!(
         status, None,
@@ -367,6 +368,37 @@ fn run_refuses_a_rules_file_others_may_write() {
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
     let (status, log) = run(&[]);
     assert_eq!(status, None, "a sticky directory (as /tmp) is fine:\n{log}");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    // Every directory up to `/` counts, not only the file's own: a user
+    // who owns a grandparent could swap the file's directory for a symlink
+    // to an older, root-owned one. The file and its directory are root's.
+    let user_dir = dir.0.join("users");
+    let conf = user_dir.join("conf");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    chown(&user_dir, 65_534);
+    let nested = conf.join("rules.toml");
+    std::fs::write(&nested, rules).expect("write");
+    let nested = nested.to_str().expect("utf-8").to_owned();
+    let (status, log) = run_file(&nested, &[]);
+    assert_eq!(status, Some(Some(1)), "{log}");
+    assert!(
+        log.contains(&format!(
+            "its directory {} is owned by uid 65534",
+            user_dir.display()
+        )),
+        "{log}"
+    );
+    // A symlink in a trusted directory is followed, and its target's
+    // directories are checked in turn.
+    let link = dir.0.join("link.toml");
+    std::os::unix::fs::symlink(&nested, &link).expect("symlink");
+    let (status, log) = run_file(link.to_str().expect("utf-8"), &[]);
+    assert_eq!(status, Some(Some(1)), "through a symlink too:\n{log}");
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    chown(&user_dir, 0);
+    let (status, log) = run_file(link.to_str().expect("utf-8"), &[]);
+    assert_eq!(status, None, "root's directories all the way:\n{log}");
 }
 
 #[test]

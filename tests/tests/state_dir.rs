@@ -80,5 +80,8 @@ fn keep_on_exit_does_not_claim_what_is_no_longer_pinned() {
         log.contains("NOT enforced any more, their link pins gone: app-1"),
         "{log}"
     );
-    assert!(!log.contains("stopped: 4 instance(s) left enforced"), "{log}");
+    assert!(
+        !log.contains("stopped: 4 instance(s) left enforced"),
+        "{log}"
+    );
 }

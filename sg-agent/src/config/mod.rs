@@ -65,17 +65,14 @@ impl Default for ReadPolicy {
 }
 
 /// Who may own and write a rules file: root, or the user sg-agent runs as,
-/// and no group or other writer. A directory may be writable by all only
-/// with the sticky bit (/tmp), where no one may replace another's file.
-fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
+/// and no group or other writer.
+fn trusted_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
     use std::os::unix::fs::MetadataExt as _;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
     let untrusted = |why: String| ConfigError::Untrusted {
         path: path.to_owned(),
         why,
     };
-    if meta.uid() != 0 && meta.uid() != me {
+    if meta.uid() != 0 && meta.uid() != euid() {
         return Err(untrusted(format!("owned by uid {}", meta.uid())));
     }
     if meta.mode() & 0o022 != 0 {
@@ -89,39 +86,167 @@ fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
             meta.mode() & 0o7777
         )));
     }
-    let dirs: Vec<PathBuf> = [Some(path.to_owned()), std::fs::canonicalize(path).ok()]
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.parent().map(Path::to_owned))
-        .map(|d| {
-            if d.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                d
-            }
-        })
-        .collect();
-    for dir in dirs {
-        let Ok(m) = std::fs::metadata(&dir) else {
-            continue;
-        };
-        let sticky = m.mode() & 0o1000 != 0;
-        if m.uid() != 0 && m.uid() != me {
-            return Err(untrusted(format!(
-                "its directory {} is owned by uid {}",
-                dir.display(),
-                m.uid()
-            )));
-        }
-        if m.mode() & 0o022 != 0 && !sticky {
-            return Err(untrusted(format!(
-                "its directory {} is writable by others (mode {:o})",
-                dir.display(),
-                m.mode() & 0o7777
-            )));
-        }
+    Ok(())
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A directory on the way to a rules file: owned by root or the agent's
+/// user, writable by no one else unless sticky (/tmp, where no one may
+/// replace another's entry). `shown` is how the path is named in errors.
+fn trusted_dir(file: &Path, shown: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let untrusted = |why: String| ConfigError::Untrusted {
+        path: file.to_owned(),
+        why,
+    };
+    if meta.uid() != 0 && meta.uid() != euid() {
+        return Err(untrusted(format!(
+            "its directory {} is owned by uid {}",
+            shown.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(untrusted(format!(
+            "its directory {} is writable by others (mode {:o})",
+            shown.display(),
+            meta.mode() & 0o7777
+        )));
     }
     Ok(())
+}
+
+/// Opens `path` a component at a time from `/`, never following a symlink
+/// unseen: each directory on the way is opened relative to the one before
+/// (`openat` with `O_NOFOLLOW`), checked on its open descriptor when
+/// `strict` ([`trusted_dir`]), and a symlink met on the way is read in the
+/// directory that holds it, which was checked, and its target walked the
+/// same way. So what is read is what was checked: no component can be
+/// swapped (for a symlink to an older file, say) between the check and the
+/// read, as sshd's `StrictModes` checks every directory up to `/`. The file
+/// itself is opened without blocking (a FIFO would wait for a writer).
+fn open_walked(path: &Path, strict: bool) -> std::io::Result<Result<std::fs::File, ConfigError>> {
+    use std::{
+        ffi::CString,
+        os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _},
+        path::Component,
+    };
+    const MAX_LINKS: usize = 40;
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let open_at = |dir: &std::fs::File, name: &std::ffi::OsStr, flags: i32| {
+        use std::os::fd::AsRawFd as _;
+        let name = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: a descriptor just opened, owned by nothing else.
+            Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+        }
+    };
+    let root = || std::fs::File::open("/");
+    // The directories walked so far (the last is the current one), with the
+    // path they stand for, for `..` and for errors.
+    let mut stack: Vec<(std::fs::File, PathBuf)> = vec![(root()?, PathBuf::from("/"))];
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = absolute
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    let check = |file: &std::fs::File, shown: &Path| -> std::io::Result<Result<(), ConfigError>> {
+        if !strict {
+            return Ok(Ok(()));
+        }
+        Ok(trusted_dir(path, shown, &file.metadata()?))
+    };
+    if let Err(e) = check(&stack[0].0, Path::new("/"))? {
+        return Ok(Err(e));
+    }
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let last = pending.is_empty();
+        let (dir, at) = stack.last().expect("the root stays");
+        let shown = at.join(&name);
+        let flags = if last {
+            libc::O_RDONLY | libc::O_NONBLOCK
+        } else {
+            libc::O_RDONLY | libc::O_DIRECTORY
+        };
+        match open_at(dir, &name, flags) {
+            Ok(file) if last => return Ok(Ok(file)),
+            Ok(sub) => {
+                if let Err(e) = check(&sub, &shown)? {
+                    return Ok(Err(e));
+                }
+                stack.push((sub, shown));
+            }
+            // A symlink (O_NOFOLLOW) or, for a directory, not one: read it
+            // as a link where it is.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                let target = {
+                    use std::os::fd::AsRawFd as _;
+                    let cname = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+                    let mut buf = vec![0u8; 4096];
+                    // SAFETY: a valid directory descriptor, a NUL-terminated
+                    // name and a buffer of the length given.
+                    let n = unsafe {
+                        libc::readlinkat(
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                        )
+                    };
+                    if n < 0 {
+                        return Err(e);
+                    }
+                    buf.truncate(usize::try_from(n).unwrap_or(0));
+                    PathBuf::from(std::ffi::OsStr::from_bytes(&buf))
+                };
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                if target.is_absolute() {
+                    stack.truncate(1);
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push_front(n.to_owned()),
+                        Component::ParentDir => pending.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // A path naming `/` itself, or ending in `..`.
+    Err(std::io::Error::from_raw_os_error(libc::EISDIR))
 }
 
 /// Parses and validates rules-file text; every error is reported.
@@ -231,17 +356,14 @@ pub fn read(path: &Path) -> Result<RulesFile, ConfigError> {
 /// [`read`], bounded and checked as `policy` says.
 pub fn read_with(path: &Path, policy: ReadPolicy) -> Result<RulesFile, ConfigError> {
     use sha2::Digest as _;
-    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    use std::io::Read as _;
     let read_err = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
     };
-    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(read_err)?;
+    // Every directory from `/` checked on the way (with --insecure-config
+    // or for `check`, only walked), the file opened without blocking.
+    let file = open_walked(path, policy.strict_owner).map_err(read_err)??;
     let meta = file.metadata().map_err(read_err)?;
     let kind = meta.file_type();
     if !kind.is_file() {
@@ -270,7 +392,7 @@ pub fn read_with(path: &Path, policy: ReadPolicy) -> Result<RulesFile, ConfigErr
         });
     }
     if policy.strict_owner {
-        trusted(path, &meta)?;
+        trusted_file(path, &meta)?;
     }
     let mut text = String::new();
     // Bounded again while reading: the file may grow after the check.
