@@ -149,3 +149,58 @@ fn followers_that_go_give_their_descriptors_back() {
     );
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// A name from the rules file cannot forge metric lines: a control
+/// character is refused outright, and a quote (outside AWS's character set,
+/// accepted with a warning) is escaped in the exposition.
+#[test]
+fn names_cannot_forge_metrics() {
+    let forged = "web\"} 1\nsg_agent_injected_total 99\n#";
+    let refused = SEED.replace(
+        "instagram-server-security-group",
+        &forged.replace('\n', "\\n").replace('"', "\\\""),
+    );
+    let lab = SeedLab::new("sgn", &refused, &[]);
+    let out = Command::new(sg_tests::agent::binary())
+        .args(["check"])
+        .arg(&lab.config)
+        .output()
+        .expect("check runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("control character"), "{text}");
+
+    let quoted = "web\"} 1 sg_agent_injected_total 99 #";
+    lab.rewrite(&SEED.replace(
+        "instagram-server-security-group",
+        &quoted.replace('"', "\\\""),
+    ));
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let agent = start_agent_with(&lab, &["--metrics-listen", &metrics]);
+    assert!(
+        agent.log_text().contains("which AWS does not accept there"),
+        "a warning for the quote:\n{}",
+        agent.log_text()
+    );
+    let response = sg_tests::agent::get_metrics(metrics.parse().expect("addr"));
+    let (_, body) = response.split_once("\r\n\r\n").expect("HTTP");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition still parses");
+    assert!(
+        !scrape.samples.iter().any(|s| s.metric.contains("injected")),
+        "no forged metric:\n{body}"
+    );
+    // The exposition format escapes `"` and `\\` in a label value; the
+    // line holds the whole name, and no line of the body starts a metric
+    // the name made up.
+    assert!(
+        body.contains(r#"group="web\"} 1 sg_agent_injected_total 99 #""#),
+        "the group's label is its name, escaped:\n{body}"
+    );
+    assert!(
+        !body.lines().any(|l| l.starts_with("sg_agent_injected")),
+        "{body}"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}

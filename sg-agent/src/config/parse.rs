@@ -20,6 +20,15 @@ use super::{
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
+/// What [`Parser::text_ok`] checks a text as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TextKind {
+    GroupName,
+    Description,
+    /// Instance and prefix-list names: no control character.
+    Other,
+}
+
 /// Parses `text`; returns the model (possibly partial) and the errors found.
 ///
 /// Warnings (what AWS accepts and ignores) go to `Vpc::warnings`.
@@ -143,6 +152,68 @@ impl Parser {
     fn warn_hint(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
         self.warnings
             .push(Diagnostic::warning(span, msg).hint(hint));
+    }
+
+    /// A name or description as AWS validates them: no control character
+    /// (they would reach terminals, logs and metrics), a group name of at
+    /// most 255 characters that does not start with `sg-`; outside AWS's
+    /// character set (a-z, A-Z, 0-9, spaces and `._-:/()#,@[]+=&;{}!$*`),
+    /// or a description over 255 characters, a warning: a lab may want more
+    /// than AWS allows, and `import`/`export` stay within it.
+    fn text_ok(&mut self, t: &DeTable, key: &str, text: &str, kind: TextKind) -> bool {
+        let span = Self::get(t, key).map(Value::span).unwrap_or_default();
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            self.err_hint(
+                span,
+                format!("{key} {:?} contains the control character {c:?}", text),
+                "names and descriptions are printable text",
+            );
+            return false;
+        }
+        if kind == TextKind::GroupName {
+            if text.len() > 255 {
+                self.err_hint(
+                    span,
+                    format!("group name of {} characters", text.chars().count()),
+                    "AWS allows at most 255",
+                );
+                return false;
+            }
+            if text.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("sg-")) {
+                self.err_hint(
+                    span,
+                    format!("group name {text:?} starts with \"sg-\""),
+                    "AWS reserves sg- for group ids: write the id as `id = \"sg-...\"` and give the group a name",
+                );
+                return false;
+            }
+        }
+        if kind != TextKind::Other {
+            let outside: Option<char> = text
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(*c)));
+            if let Some(c) = outside {
+                self.warn_hint(
+                    span.clone(),
+                    format!("{key} {text:?} has {c:?}, which AWS does not accept there"),
+                    "AWS allows a-z, A-Z, 0-9, spaces and ._-:/()#,@[]+=&;{}!$* (accepted here)",
+                );
+            }
+            if kind == TextKind::Description && text.chars().count() > 255 {
+                self.warn_hint(
+                    span,
+                    format!("description of {} characters", text.chars().count()),
+                    "AWS allows at most 255 (accepted here)",
+                );
+            }
+        }
+        true
+    }
+
+    /// An optional `description`, checked as AWS checks it.
+    fn description(&mut self, t: &DeTable) -> Option<String> {
+        self.opt_string(t, "description")
+            .filter(|d| self.text_ok(t, "description", d, TextKind::Description))
     }
 
     /// Reports every key of `table` not in `allowed`.
@@ -325,12 +396,14 @@ impl Parser {
             &["name", "entries", "description", "max_entries"],
             "a prefix_list",
         );
-        self.opt_string(t, "description");
+        self.description(t);
         let max_entries = Self::get(t, "max_entries").map(|v| {
             let n = self.bounded(t, "max_entries", 1..=1_000_000, 0, "");
             (u32::try_from(n).unwrap_or(u32::MAX), v.span())
         });
-        let name = self.req_string(t, &span, "name", "this prefix_list");
+        let name = self
+            .req_string(t, &span, "name", "this prefix_list")
+            .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other));
         let entries = self
             .string_array(t, "entries")
             .into_iter()
@@ -403,9 +476,11 @@ impl Parser {
             &["name", "id", "description", "ingress", "egress"],
             "a security_group",
         );
-        let name = self.req_string(t, &span, "name", "this security_group");
+        let name = self
+            .req_string(t, &span, "name", "this security_group")
+            .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::GroupName));
         let id = self.aws_id(t, "sg", "sg-0123456789abcdef0");
-        let description = self.opt_string(t, "description");
+        let description = self.description(t);
         let mut ingress = Vec::new();
         if let Some(v) = Self::get(t, "ingress") {
             for (rt, rspan) in self.tables(v, "security_group.ingress") {
@@ -448,7 +523,7 @@ impl Parser {
             ],
             what,
         );
-        let description = self.opt_string(t, "description");
+        let description = self.description(t);
         let id = self.aws_id(t, "sgr", "sgr-0123456789abcdef0");
         let protocol = if let Some(v) = Self::get(t, "protocol") {
             self.protocol(v)
@@ -699,8 +774,10 @@ impl Parser {
             "an instance",
         );
         let node = self.node_name(t);
-        self.opt_string(t, "description");
-        let name = self.req_string(t, &span, "name", "this instance");
+        self.description(t);
+        let name = self
+            .req_string(t, &span, "name", "this instance")
+            .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other));
         let mut addresses = Vec::new();
         for (s, sp) in self.string_array(t, "addresses") {
             match IpAddr::from_str(&s) {

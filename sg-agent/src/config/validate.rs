@@ -22,6 +22,24 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
         "security group",
         vpc.groups.iter().map(|g| (g.name.as_str(), g.span.clone())),
     );
+    // AWS compares group names without case.
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for g in &vpc.groups {
+        if let Some(other) = seen.insert(g.name.to_lowercase(), &g.name)
+            && other != g.name
+        {
+            out.push(
+                Diagnostic::new(
+                    g.span.clone(),
+                    format!(
+                        "security group \"{}\" differs from \"{other}\" only in case",
+                        g.name
+                    ),
+                )
+                .hint("AWS compares group names without case: give one of them another name"),
+            );
+        }
+    }
     unique(
         &mut out,
         "instance",

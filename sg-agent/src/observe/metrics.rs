@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -19,9 +19,33 @@ use tokio::{
 
 use super::{control::AskStatus, status::Status};
 
+/// A label value from the rules file (an instance's or a group's name),
+/// escaped as the exposition format requires: prometheus-client writes
+/// label values as they are, so a name with a quote or a newline could
+/// otherwise end the label and add lines of its own. Other control
+/// characters become U+FFFD.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Name(String);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c if c.is_control() => encoder.write_char('\u{fffd}')?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {
-    instance: String,
+    instance: Name,
     direction: String,
     verdict: String,
     reason: String,
@@ -29,7 +53,7 @@ struct PacketLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
-    instance: String,
+    instance: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,8 +63,8 @@ struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
-    instance: String,
-    group: String,
+    instance: Name,
+    group: Name,
     direction: String,
     rule: String,
 }
@@ -60,7 +84,7 @@ struct InstanceFamilies {
 
 fn instance_metrics(f: &InstanceFamilies, i: &super::status::InstanceStatus) {
     let inst = InstanceLabels {
-        instance: i.name.clone(),
+        instance: Name(i.name.clone()),
     };
     for (direction, reasons) in &i.packets {
         for (reason, n) in reasons {
@@ -71,7 +95,7 @@ fn instance_metrics(f: &InstanceFamilies, i: &super::status::InstanceStatus) {
             };
             f.packets
                 .get_or_create(&PacketLabels {
-                    instance: i.name.clone(),
+                    instance: Name(i.name.clone()),
                     direction: direction.clone(),
                     verdict: verdict.into(),
                     reason: reason.clone(),
@@ -95,8 +119,8 @@ fn instance_metrics(f: &InstanceFamilies, i: &super::status::InstanceStatus) {
     for r in &i.rules {
         f.rule_flows
             .get_or_create(&RuleLabels {
-                instance: i.name.clone(),
-                group: r.group.clone(),
+                instance: Name(i.name.clone()),
+                group: Name(r.group.clone()),
                 direction: r.direction.clone(),
                 rule: r.rule.to_string(),
             })
