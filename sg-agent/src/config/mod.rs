@@ -119,6 +119,54 @@ fn trusted_dir(file: &Path, shown: &Path, meta: &std::fs::Metadata) -> Result<()
     }
     Ok(())
 }
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`.
+fn open_at(
+    dir: &std::fs::File,
+    name: &std::ffi::OsStr,
+    flags: i32,
+) -> std::io::Result<std::fs::File> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    };
+    let name = std::ffi::CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+}
+
+/// The target of the symlink `name` in `dir` (`readlinkat`).
+fn read_link_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _};
+    let cname = std::ffi::CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and a
+    // buffer of the length given.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(usize::try_from(n).unwrap_or(0));
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
+}
 
 /// Opens `path` a component at a time from `/`, never following a symlink
 /// unseen: each directory on the way is opened relative to the one before
@@ -130,34 +178,12 @@ fn trusted_dir(file: &Path, shown: &Path, meta: &std::fs::Metadata) -> Result<()
 /// read, as sshd's `StrictModes` checks every directory up to `/`. The file
 /// itself is opened without blocking (a FIFO would wait for a writer).
 fn open_walked(path: &Path, strict: bool) -> std::io::Result<Result<std::fs::File, ConfigError>> {
-    use std::{
-        ffi::CString,
-        os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _},
-        path::Component,
-    };
+    use std::path::Component;
     const MAX_LINKS: usize = 40;
     let absolute = if path.is_absolute() {
         path.to_owned()
     } else {
         std::env::current_dir()?.join(path)
-    };
-    let open_at = |dir: &std::fs::File, name: &std::ffi::OsStr, flags: i32| {
-        use std::os::fd::AsRawFd as _;
-        let name = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            // SAFETY: a descriptor just opened, owned by nothing else.
-            Ok(unsafe { std::fs::File::from_raw_fd(fd) })
-        }
     };
     let root = || std::fs::File::open("/");
     // The directories walked so far (the last is the current one), with the
@@ -207,26 +233,7 @@ fn open_walked(path: &Path, strict: bool) -> std::io::Result<Result<std::fs::Fil
             // A symlink (O_NOFOLLOW) or, for a directory, not one: read it
             // as a link where it is.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                let target = {
-                    use std::os::fd::AsRawFd as _;
-                    let cname = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
-                    let mut buf = vec![0u8; 4096];
-                    // SAFETY: a valid directory descriptor, a NUL-terminated
-                    // name and a buffer of the length given.
-                    let n = unsafe {
-                        libc::readlinkat(
-                            dir.as_raw_fd(),
-                            cname.as_ptr(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                        )
-                    };
-                    if n < 0 {
-                        return Err(e);
-                    }
-                    buf.truncate(usize::try_from(n).unwrap_or(0));
-                    PathBuf::from(std::ffi::OsStr::from_bytes(&buf))
-                };
+                let target = read_link_at(dir, &name).map_err(|_| e)?;
                 links += 1;
                 if links > MAX_LINKS {
                     return Err(std::io::Error::from_raw_os_error(libc::ELOOP));

@@ -165,7 +165,7 @@ impl Parser {
         if let Some(c) = text.chars().find(|c| c.is_control()) {
             self.err_hint(
                 span,
-                format!("{key} {:?} contains the control character {c:?}", text),
+                format!("{key} {text:?} contains the control character {c:?}"),
                 "names and descriptions are printable text",
             );
             return false;

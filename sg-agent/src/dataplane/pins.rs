@@ -93,9 +93,8 @@ fn own_path(dir: &Path) -> Result<(), PinError> {
     let mut made = PathBuf::new();
     for part in dir.components() {
         made.push(part);
-        if made.starts_with(BPFFS) && made != Path::new(BPFFS) {
-            own_dir(&made)?;
-        } else if !made.exists() {
+        let below_bpffs = made.starts_with(BPFFS) && made != Path::new(BPFFS);
+        if below_bpffs || !made.exists() {
             own_dir(&made)?;
         }
     }
