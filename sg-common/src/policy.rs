@@ -50,13 +50,25 @@ pub const PORT_CLASS_BITS: u32 = 32;
 /// Bits of a port key before the port: class, protocol and a reserved byte.
 pub const PORT_PROTO_BITS: u32 = 48;
 
+/// [`Settings::ready`]: a policy is published (packets are judged; without
+/// it every packet is dropped).
+pub const READY: u32 = 1;
+/// [`Settings::ready`]: no new connection is tracked (a new flow the rules
+/// allow is dropped as over the allowance) while the agent waits for the
+/// table to hold no more than a smaller allowance: established connections
+/// are kept, as AWS keeps them when an allowance is reached, and none is
+/// evicted to make the table smaller.
+pub const REFUSING_NEW_FLOWS: u32 = 2;
+
 /// Runtime settings, at index 0 of the settings array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// The generation (0 or 1) every packet is judged by.
     pub generation: u32,
-    /// Non-zero once the agent has published a policy.
+    /// [`READY`] once the agent has published a policy, with
+    /// [`REFUSING_NEW_FLOWS`] while a smaller connection allowance waits
+    /// for the table to drain.
     pub ready: u32,
     pub tcp_syn_ns: u64,
     pub tcp_established_ns: u64,

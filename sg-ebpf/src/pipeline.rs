@@ -34,7 +34,7 @@ use sg_common::parse::{Parsed, parse};
 pub fn judge<const GUARDED: bool>(ctx: &impl Packet, direction: u8) -> bool {
     let settings = SETTINGS.get(0);
     let (reason, generation) = match settings {
-        Some(settings) if settings.ready != 0 => {
+        Some(settings) if settings.ready & policy::READY != 0 => {
             // Read once: this packet is judged entirely by one policy
             // generation, and counted under it.
             #[expect(
@@ -264,10 +264,11 @@ fn track(
             (entry.packets_b, entry.bytes_b) = (1, len);
         }
     }
-    // A preallocated hash refuses a new key when full (an expired entry of
-    // the same flow is replaced in place): the allowance is used up, and
-    // no live flow is evicted to make room.
-    if CONNS.insert(key, entry, 0).is_err() {
+    // The hash refuses a new key when full (an expired entry of the same
+    // flow is replaced in place): the allowance is used up, and no live
+    // flow is evicted to make room. While a smaller allowance waits for
+    // the table to drain, every new flow is refused the same way.
+    if settings.ready & policy::REFUSING_NEW_FLOWS != 0 || CONNS.insert(key, entry, 0).is_err() {
         return DROP_CONNTRACK_ALLOWANCE;
     }
     // Always: the agent attributes each new flow to the rules that allowed

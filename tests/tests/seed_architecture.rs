@@ -753,3 +753,78 @@ fn a_new_allowance_carries_the_tracked_connections_over() {
     );
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// A lowered allowance evicts nothing: the bastion holds more SSH
+/// connections than the new allowance, every one of them keeps answering,
+/// new connections are refused (counted) until the table drains, and then
+/// the table takes its new size, which the allowance enforces from then on.
+#[test]
+fn a_lowered_allowance_keeps_every_connection_and_drains_first() {
+    const BEFORE: usize = 48;
+    const AFTER: usize = 16;
+    const HELD: usize = 28;
+    let lab = SeedLab::new("sgw", &with_bastion_allowance(SEED, BEFORE), &[]);
+    let agent = start_agent(&lab);
+    let internet = lab.ns("internet");
+    let mut held: Vec<_> = (0..HELD)
+        .map(|i| {
+            tcp_open(&internet, ip(ADMIN), at(BASTION, 22))
+                .unwrap_or_else(|o| panic!("connection {i} within the allowance: {o:?}"))
+        })
+        .collect();
+
+    let mark = agent.log_lines();
+    lab.rewrite(&with_bastion_allowance(SEED, AFTER));
+    agent.expect_log(
+        &format!("instance bastion: connection allowance lowered from {BEFORE} to {AFTER}"),
+        mark,
+        RELOAD,
+    );
+    for (i, stream) in held.iter_mut().enumerate() {
+        assert_eq!(echo(stream), Ok(()), "held connection {i} kept");
+    }
+    assert_eq!(
+        lab.tcp("internet", ADMIN, BASTION, 22),
+        Outcome::TimedOut,
+        "a new connection is refused while the table drains"
+    );
+    let status = agent.status_json();
+    let bastion = status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["name"] == "bastion")
+        .expect("the bastion");
+    assert_eq!(bastion["conntrack"]["draining_to"], AFTER, "{bastion}");
+    assert!(
+        bastion["conntrack"]["allowance_exceeded"].as_u64() >= Some(1),
+        "the refusal is counted: {bastion}"
+    );
+
+    // Closed, they idle out and are reclaimed; then the table is resized.
+    let mark = agent.log_lines();
+    drop(held);
+    agent.expect_log(
+        &format!("instance bastion: connections drained; connection allowance {BEFORE} -> {AFTER}"),
+        mark,
+        Duration::from_secs(30),
+    );
+    let mut again = Vec::new();
+    let refused = loop {
+        assert!(
+            again.len() <= AFTER,
+            "more connections than the new allowance"
+        );
+        match tcp_open(&internet, ip(ADMIN), at(BASTION, 22)) {
+            Ok(stream) => again.push(stream),
+            Err(outcome) => break outcome,
+        }
+    };
+    assert_eq!(refused, Outcome::TimedOut);
+    assert!(
+        again.len() >= AFTER - 4,
+        "new flows are taken again, up to the new allowance: {}",
+        again.len()
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}

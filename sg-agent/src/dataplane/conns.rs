@@ -364,35 +364,58 @@ fn copy_from(
     Ok((copied, refused))
 }
 
-/// Before the object is loaded: a pinned connection table whose capacity
-/// is not `capacity` is moved aside to [`RESIZED`], so the loader creates
-/// one of the new capacity and [`Dataplane::carry_over_connections`] fills
-/// it. If one is aside already (a resize prepared but never attached),
-/// that one holds the connections and the pinned table is an unused
-/// leftover: it goes.
-pub(super) fn set_aside_other_capacity(
-    pins: &super::InstancePins,
-    capacity: u32,
-) -> Result<(), DataplaneError> {
+/// Before the object is loaded: the capacity its connection table is
+/// loaded with. `wanted`, as a rule: a pinned table of another capacity is
+/// moved aside to [`RESIZED`], so the loader creates one of the new
+/// capacity and [`Dataplane::carry_over_connections`] fills it. If one is
+/// aside already (a resize prepared but never attached), that one holds the
+/// connections and the pinned table is an unused leftover: it goes.
+///
+/// But a pinned table larger than `wanted` that holds more connections
+/// than `wanted` is kept as it is, and its capacity returned: made smaller
+/// now it could not take them all, and an established connection is never
+/// evicted to shrink the allowance. The agent refuses new flows until the
+/// table drains to `wanted`, then resizes.
+pub(super) fn capacity_for(pins: &super::InstancePins, wanted: u32) -> Result<u32, DataplaneError> {
     let path = pins.map(m::CONNS);
     if !path.exists() {
-        return Ok(());
+        return Ok(wanted);
     }
     let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(m::CONNS))?;
-    if info.max_entries() == capacity {
-        return Ok(());
+    let capacity = info.max_entries();
+    if capacity == wanted {
+        return Ok(wanted);
     }
     let aside = pins.map(RESIZED);
+    if capacity > wanted && !aside.exists() {
+        let held = pinned_entries(&path)?;
+        if held > u64::from(wanted) {
+            log::info!(
+                "{}: {held} connections tracked, more than the new allowance of {wanted}: the \
+                 table keeps its capacity of {capacity}, new flows are refused until it drains",
+                path.display()
+            );
+            return Ok(capacity);
+        }
+    }
     let result = if aside.exists() {
         std::fs::remove_file(&path)
     } else {
         log::info!(
-            "{}: the connection allowance changes from {} to {capacity}: a new table, its \
+            "{}: the connection allowance changes from {capacity} to {wanted}: a new table, its \
              connections carried over",
             path.display(),
-            info.max_entries()
         );
         std::fs::rename(&path, &aside)
     };
-    result.map_err(|source| DataplaneError::Pin(super::pins::PinError::Io { path, source }))
+    result.map_err(|source| DataplaneError::Pin(super::pins::PinError::Io { path, source }))?;
+    Ok(wanted)
+}
+
+/// How many entries the pinned connection table at `path` holds.
+fn pinned_entries(path: &Path) -> Result<u64, DataplaneError> {
+    let data = MapData::from_pin(path).map_err(map_err(m::CONNS))?;
+    let table: HashMap<MapData, CtKey, CtEntry> =
+        HashMap::try_from(Map::HashMap(data)).map_err(map_err(m::CONNS))?;
+    Ok(table.keys().flatten().count() as u64)
 }

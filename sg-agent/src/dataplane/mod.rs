@@ -89,6 +89,13 @@ pub struct Dataplane {
     /// Whether the maps were found pinned (a restart): they kept their
     /// connections and policy.
     adopted: bool,
+    /// The capacity of its connection table: the allowance asked for, or a
+    /// pinned table's larger one while it holds more than that
+    /// ([`conns::capacity_for`]).
+    conns_capacity: u32,
+    /// Whether new flows are refused while the connection table drains to
+    /// a smaller allowance ([`Dataplane::refuse_new_flows`]).
+    refusing_new_flows: bool,
     /// The links this value holds, with where they are pinned.
     links: Vec<attach::HeldLink>,
     pub attachment: Option<Attachment>,
@@ -169,6 +176,11 @@ impl Dataplane {
         )
     }
 
+    /// The capacity of its connection table (see [`conns::capacity_for`]).
+    pub fn conns_capacity(&self) -> u32 {
+        self.conns_capacity
+    }
+
     /// The capacity of its single-port hash.
     pub fn port_exact_capacity(&self) -> u32 {
         self.port_exact_capacity
@@ -179,7 +191,7 @@ impl Dataplane {
         pins: Option<InstancePins>,
         capacity: Capacity,
     ) -> Result<Self, DataplaneError> {
-        let allowance = capacity.conns;
+        let mut allowance = capacity.conns;
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -190,7 +202,7 @@ impl Dataplane {
             pins.create().map_err(DataplaneError::Pin)?;
             port_exact_capacity = pinned_port_exact(pins, capacity.port_exact)?;
             replace_other_layouts(pins, port_exact_capacity)?;
-            conns::set_aside_other_capacity(pins, allowance)?;
+            allowance = conns::capacity_for(pins, allowance)?;
             for layout in &m::PINNED {
                 let path = pins.map(layout.name);
                 adopted |= layout.name == m::SETTINGS && path.exists();
@@ -261,6 +273,8 @@ impl Dataplane {
             encoder,
             pins,
             adopted,
+            conns_capacity: allowance,
+            refusing_new_flows: false,
             links: Vec::new(),
             attachment: None,
         };
@@ -360,6 +374,7 @@ impl Dataplane {
         }
         let settings = Settings {
             ns_per_tick: policy_maps::tick_ns(),
+            ready: self.ready_bits(),
             ..settings
         };
         let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
@@ -391,6 +406,7 @@ impl Dataplane {
         }
         let settings = Settings {
             ns_per_tick: policy_maps::tick_ns(),
+            ready: self.ready_bits(),
             ..settings
         };
         let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
@@ -398,6 +414,55 @@ impl Dataplane {
         let changed = swap.is_some();
         self.retiring = swap;
         Ok(changed)
+    }
+
+    /// The flags a published policy carries besides [`READY`] (which the
+    /// swap sets).
+    ///
+    /// [`READY`]: sg_common::policy::READY
+    fn ready_bits(&self) -> u32 {
+        if self.refusing_new_flows {
+            sg_common::policy::REFUSING_NEW_FLOWS
+        } else {
+            0
+        }
+    }
+
+    /// Refuses every new flow (`on`), keeping the connections tracked, or
+    /// takes new flows again: while the connection table drains to a
+    /// smaller allowance, so that no established connection is evicted to
+    /// make it smaller. Written into the policy in force at once (and kept
+    /// by every later swap); nothing to write before a policy is published.
+    pub fn refuse_new_flows(&mut self, on: bool) -> Result<(), DataplaneError> {
+        use sg_common::policy::{READY, REFUSING_NEW_FLOWS};
+        self.refusing_new_flows = on;
+        let map = self
+            .ebpf
+            .map_mut(m::SETTINGS)
+            .expect("the object defines it");
+        let mut array: aya::maps::Array<&mut aya::maps::MapData, Settings> =
+            aya::maps::Array::try_from(map).map_err(error::map_err(m::SETTINGS))?;
+        let mut settings = array.get(&0, 0).map_err(error::map_err(m::SETTINGS))?;
+        if settings.ready & READY == 0 {
+            return Ok(());
+        }
+        let ready = if on {
+            settings.ready | REFUSING_NEW_FLOWS
+        } else {
+            settings.ready & !REFUSING_NEW_FLOWS
+        };
+        if ready != settings.ready {
+            settings.ready = ready;
+            array
+                .set(0, settings, 0)
+                .map_err(error::map_err(m::SETTINGS))?;
+        }
+        Ok(())
+    }
+
+    /// Whether new flows are refused ([`Dataplane::refuse_new_flows`]).
+    pub fn refusing_new_flows(&self) -> bool {
+        self.refusing_new_flows
     }
 
     /// Whether a flip's old generation is still to be deleted.

@@ -136,7 +136,10 @@ pub(super) fn read_all(ebpf: &Ebpf) -> Result<(Option<Settings>, KernelEntries),
     };
     let settings: Array<&MapData, Settings> =
         Array::try_from(map(m::SETTINGS)).map_err(map_err(m::SETTINGS))?;
-    let settings = settings.get(&0, 0).ok().filter(|s| s.ready != 0);
+    let settings = settings
+        .get(&0, 0)
+        .ok()
+        .filter(|s| s.ready & sg_common::policy::READY != 0);
     let mut found = KernelEntries {
         v4: read_trie(map(m::ADDR_V4), m::ADDR_V4)?,
         v6: read_trie(map(m::ADDR_V6), m::ADDR_V6)?,

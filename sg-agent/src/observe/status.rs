@@ -144,6 +144,11 @@ pub struct ConntrackStatus {
     pub capacity: u64,
     /// New flows refused because the table was full.
     pub allowance_exceeded: u64,
+    /// A smaller allowance the table drains to: it held more connections
+    /// when the allowance was lowered, so they are kept and new flows are
+    /// refused until no more than this remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_to: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +307,13 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         "  connections {} of {} ({} refused for the allowance); {} new flows; {} events lost",
         c.entries, c.capacity, c.allowance_exceeded, i.new_flows, i.events_lost
     );
+    if let Some(to) = c.draining_to {
+        let _ = writeln!(
+            out,
+            "  allowance lowered to {to}: new flows refused until no more than {to} connections \
+             remain (established ones are kept)"
+        );
+    }
     for (direction, reasons) in &i.packets {
         let shown: Vec<String> = reasons
             .iter()

@@ -32,6 +32,11 @@ pub struct InstanceDiff {
     pub status: &'static str,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Its connection allowance, old and new, when the change lowers it:
+    /// connections tracked beyond the new one are kept, and new flows are
+    /// refused until the table drains to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance_lowered: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -58,6 +63,16 @@ fn rules_of(vpc: &Vpc) -> Vec<(String, BTreeSet<String>)> {
 
 /// What changes from `old` to `new`, instance by instance.
 pub fn diff(old: &Vpc, new: &Vpc) -> Diff {
+    let allowance = |vpc: &Vpc, name: &str| {
+        vpc.instances
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| vpc.conntrack_of(i).max_tracked_connections)
+    };
+    let lowered = |name: &str| match (allowance(old, name), allowance(new, name)) {
+        (Some(a), Some(b)) if b < a => Some((a, b)),
+        _ => None,
+    };
     let (old, new) = (rules_of(old), rules_of(new));
     let find = |v: &[(String, BTreeSet<String>)], name: &str| {
         v.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone())
@@ -74,12 +89,18 @@ pub fn diff(old: &Vpc, new: &Vpc) -> Diff {
         let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
         let added: Vec<String> = b.difference(&a).cloned().collect();
         let removed: Vec<String> = a.difference(&b).cloned().collect();
-        if status != "changed" || !added.is_empty() || !removed.is_empty() {
+        let allowance_lowered = lowered(name);
+        if status != "changed"
+            || !added.is_empty()
+            || !removed.is_empty()
+            || allowance_lowered.is_some()
+        {
             instances.push(InstanceDiff {
                 instance: name.clone(),
                 status,
                 added,
                 removed,
+                allowance_lowered,
             });
         }
     }
@@ -99,6 +120,14 @@ pub fn render(d: &Diff) -> String {
         }
         for r in &i.added {
             let _ = writeln!(out, "  + {r}");
+        }
+        if let Some((from, to)) = i.allowance_lowered {
+            let _ = writeln!(
+                out,
+                "  ! connection allowance {from} -> {to}: if more than {to} connections are \
+                 tracked when this is applied, they are kept and new flows are refused until no \
+                 more than {to} remain"
+            );
         }
     }
     if !d.changed {
@@ -126,6 +155,7 @@ pub fn bounded(d: &Diff, max_rules: usize) -> (Vec<InstanceDiff>, usize) {
             status: i.status,
             added,
             removed,
+            allowance_lowered: i.allowance_lowered,
         });
     }
     (out, omitted)
@@ -164,6 +194,30 @@ mod tests {
 
     fn vpc(text: &str) -> Vpc {
         crate::config::from_str("vpc.toml".as_ref(), text).expect("valid")
+    }
+
+    #[test]
+    fn a_lowered_allowance_is_warned_of_and_a_raised_one_is_not() {
+        let with = |n: u32| {
+            vpc(&format!(
+                "[conntrack]\nmax_tracked_connections = {n}\n{SEED}"
+            ))
+        };
+        let d = diff(&with(1000), &with(100));
+        assert!(d.changed);
+        assert!(
+            d.instances
+                .iter()
+                .all(|i| i.allowance_lowered == Some((1000, 100)))
+        );
+        assert!(
+            render(&d).contains(
+                "! connection allowance 1000 -> 100: if more than 100 connections are tracked"
+            ),
+            "{}",
+            render(&d)
+        );
+        assert!(!diff(&with(100), &with(1000)).changed);
     }
 
     #[test]

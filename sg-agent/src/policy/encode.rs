@@ -239,7 +239,7 @@ impl PolicyEncoder {
     pub fn adopt(settings: Option<Settings>, found: &KernelEntries) -> Self {
         let mut encoder = Self::default();
         let in_force = settings
-            .filter(|s| s.ready != 0)
+            .filter(|s| s.ready & sg_common::policy::READY != 0)
             .and_then(|s| u8::try_from(s.generation).ok())
             .filter(|g| *g < 2);
         encoder.generation = in_force;
@@ -365,7 +365,8 @@ impl PolicyEncoder {
             fill,
             settings: Settings {
                 generation: u32::from(next),
-                ready: 1,
+                ready: sg_common::policy::READY
+                    | (settings.ready & sg_common::policy::REFUSING_NEW_FLOWS),
                 ..settings
             },
             retire,

@@ -71,8 +71,9 @@ impl Agent<'_> {
                     continue;
                 }
             };
+            let drains = self.drains_first(name, place, inst.max_tracked_connections);
             let step = if let Some(e) = self.enforced.get(name) {
-                let resized = e.allowance != inst.max_tracked_connections
+                let resized = (e.allowance != inst.max_tracked_connections && !drains)
                     || e.dataplane.port_exact_capacity() < inst.port_exact_capacity;
                 if &e.place == place && resized {
                     Step::Load { resize: true }
@@ -104,7 +105,16 @@ impl Agent<'_> {
             };
             steps.push((name.clone(), step));
         }
-        self.load_all(&wanted, &mut steps)?;
+        if let Err(e) = self.load_all(&wanted, &mut steps) {
+            // Nothing changed: the instances that were to drain take new
+            // flows again (unless they were draining already).
+            for (name, e) in &mut self.enforced {
+                if let Err(err) = e.dataplane.refuse_new_flows(e.shrinking_to.is_some()) {
+                    log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&err));
+                }
+            }
+            return Err(e);
+        }
 
         // Commit: each step is atomic for the instance it concerns. New
         // instances are attached together, last.
@@ -288,6 +298,46 @@ impl Agent<'_> {
         }
     }
 
+    /// Same place: the new policy is flipped in, and a lowered connection
+    /// allowance the table cannot take yet (it holds more) is drained to.
+    fn publish_in_place(
+        &mut self,
+        name: &str,
+        inst: &CompiledInstance,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), AgentError> {
+        let settings = inst.settings;
+        let e = self.enforced.get_mut(name).expect("enforced");
+        e.dataplane.set_mac(mac).map_err(on_instance(name))?;
+        if e.dataplane
+            .flip(&inst.tables, settings)
+            .map_err(on_instance(name))?
+        {
+            log::info!(
+                instance = name;
+                "instance {name}: new policy in force ({} classes)",
+                inst.tables.classes
+            );
+        }
+        let target = inst.max_tracked_connections;
+        let draining = (target < e.allowance).then_some(target);
+        if draining.is_some() && e.shrinking_to != draining {
+            log::warn!(
+                instance = name;
+                "instance {name}: connection allowance lowered from {} to {target} while \
+                 {} connections are tracked: they are kept, and new flows are refused \
+                 until no more than {target} remain",
+                e.allowance,
+                e.dataplane.tracked_connections()
+            );
+        }
+        e.shrinking_to = draining;
+        e.dataplane
+            .refuse_new_flows(draining.is_some())
+            .map_err(on_instance(name))?;
+        Ok(())
+    }
+
     fn commit(
         &mut self,
         name: &str,
@@ -297,20 +347,7 @@ impl Agent<'_> {
     ) -> Result<(), AgentError> {
         let settings = inst.settings;
         match step {
-            Step::Publish => {
-                let e = self.enforced.get_mut(name).expect("enforced");
-                e.dataplane.set_mac(mac).map_err(on_instance(name))?;
-                if e.dataplane
-                    .flip(&inst.tables, settings)
-                    .map_err(on_instance(name))?
-                {
-                    log::info!(
-                        instance = name;
-                        "instance {name}: new policy in force ({} classes)",
-                        inst.tables.classes
-                    );
-                }
-            }
+            Step::Publish => self.publish_in_place(name, inst, mac)?,
             Step::Move(to) => {
                 let e = self.enforced.get_mut(name).expect("enforced");
                 e.dataplane
@@ -451,9 +488,28 @@ impl Agent<'_> {
         inst: &CompiledInstance,
         attached: Attached,
     ) -> bool {
-        let Attached { dp, result } = attached;
+        let Attached { mut dp, result } = attached;
         match result {
             Ok((ingress, reason, links_adopted)) => {
+                // A table that keeps a larger capacity than the allowance
+                // (it held more connections) drains to it; any other takes
+                // new flows (a refusal left pinned by an earlier agent
+                // included).
+                let capacity = dp.conns_capacity();
+                let target = inst.max_tracked_connections;
+                let shrinking_to = (capacity > target).then_some(target);
+                if let Err(e) = dp.refuse_new_flows(shrinking_to.is_some()) {
+                    log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&e));
+                }
+                if shrinking_to.is_some() {
+                    log::warn!(
+                        instance = name;
+                        "instance {name}: {} connections tracked, more than its allowance of \
+                         {target}: they are kept, and new flows are refused until no more than \
+                         {target} remain",
+                        dp.tracked_connections()
+                    );
+                }
                 let how = match (links_adopted, dp.adopted()) {
                     (true, _) => "; adopted its pinned links (program replaced in place) and maps",
                     (false, true) => "; adopted its pinned maps (connection table kept)",
@@ -477,7 +533,8 @@ impl Agent<'_> {
                         lost_since: None,
                         stopped: None,
                         checked: Instant::now(),
-                        allowance: inst.max_tracked_connections,
+                        allowance: capacity,
+                        shrinking_to,
                         reclaimed: (Instant::now(), 0),
                     },
                 );
@@ -492,6 +549,24 @@ impl Agent<'_> {
                 false
             }
         }
+    }
+
+    /// Whether instance `name`, enforced at `place`, must drain before its
+    /// connection table can shrink to `target`: it holds more connections
+    /// than that. New flows are refused from here on (so none arrive
+    /// between the count and the resize); the commit, or the abandoned
+    /// change, settles that.
+    fn drains_first(&mut self, name: &str, place: &Place, target: u32) -> bool {
+        let Some(e) = self.enforced.get_mut(name) else {
+            return false;
+        };
+        if &e.place != place || target >= e.allowance {
+            return false;
+        }
+        if let Err(err) = e.dataplane.refuse_new_flows(true) {
+            log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&err));
+        }
+        e.dataplane.tracked_connections() > usize::try_from(target).unwrap_or(usize::MAX)
     }
 
     pub(super) fn wait_for(&mut self, name: &str, place: Option<Place>, reason: String) {

@@ -66,6 +66,11 @@ struct Enforced {
     checked: Instant,
     /// The capacity of its connection table (its connection allowance).
     allowance: u32,
+    /// A smaller allowance the table is draining to: it held more
+    /// connections than that when the allowance was lowered, so it keeps
+    /// its capacity and refuses new flows until no more remain, then is
+    /// resized (no established connection is evicted).
+    shrinking_to: Option<u32>,
     /// When its expired connections were last reclaimed, and how many new
     /// flows the allowance had refused by then.
     reclaimed: (Instant, u64),

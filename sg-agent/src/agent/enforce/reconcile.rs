@@ -264,6 +264,44 @@ impl Agent<'_> {
         });
     }
 
+    /// An instance whose table drained to its smaller allowance: a new
+    /// object with a table of that capacity, its connections carried over,
+    /// replaces the programs in place; it takes new flows again. If that
+    /// fails, it stays as it was (draining) and is tried again at the next
+    /// reclaim.
+    fn finish_shrinking(&mut self, name: &str) {
+        let Some(inst) = self
+            .compiled
+            .as_ref()
+            .and_then(|c| c.instances.iter().find(|i| i.name == name))
+            .cloned()
+        else {
+            return;
+        };
+        let Some(e) = self.enforced.get(name) else {
+            return;
+        };
+        let (from, place) = (e.allowance, e.place.clone());
+        let mac = self.domains.wanted(&inst).ok().and_then(|(_, mac)| mac);
+        match self.prepare_new(name, &inst) {
+            Ok(dp) => {
+                if self.attach_new(name, &place, mac, dp, &inst) {
+                    log::info!(
+                        instance = name;
+                        "instance {name}: connections drained; connection allowance {from} -> {}, \
+                         new flows taken again",
+                        inst.max_tracked_connections
+                    );
+                }
+            }
+            Err(err) => log::warn!(
+                instance = name;
+                "instance {name}: resizing its drained connection table: {}",
+                crate::cli::error_chain(&err)
+            ),
+        }
+    }
+
     /// Gives the allowance back: removes expired connections of each
     /// instance every [`RECLAIM_EVERY`], and every [`RECLAIM_WHEN_FULL`]
     /// while its allowance refuses new flows.
@@ -272,6 +310,7 @@ impl Agent<'_> {
             return;
         };
         let observer = &mut self.observer;
+        let mut drained = Vec::new();
         for (name, e) in &mut self.enforced {
             let Some(inst) = compiled.instances.iter().find(|i| &i.name == name) else {
                 continue;
@@ -279,7 +318,8 @@ impl Agent<'_> {
             let (last, refused_then) = e.reclaimed;
             let refused = e.dataplane.allowance_refusals();
             let due = last.elapsed() >= RECLAIM_EVERY
-                || (refused != refused_then && last.elapsed() >= RECLAIM_WHEN_FULL);
+                || ((refused != refused_then || e.shrinking_to.is_some())
+                    && last.elapsed() >= RECLAIM_WHEN_FULL);
             if !due {
                 continue;
             }
@@ -288,7 +328,12 @@ impl Agent<'_> {
             match e.dataplane.reclaim_expired(&inst.settings) {
                 Ok(r) => {
                     observer.reclaimed(name, &r.gone, &clock);
-                    if refused != refused_then {
+                    if e.shrinking_to
+                        .is_some_and(|t| r.live <= usize::try_from(t).unwrap_or(usize::MAX))
+                    {
+                        drained.push(name.clone());
+                    }
+                    if refused != refused_then && e.shrinking_to.is_none() {
                         log::warn!(
                             "instance {name}: connection allowance used up ({refused} new flows \
                              refused so far); {} expired connections reclaimed, {} tracked",
@@ -310,6 +355,9 @@ impl Agent<'_> {
                     crate::cli::error_chain(&err)
                 ),
             }
+        }
+        for name in drained {
+            self.finish_shrinking(&name);
         }
     }
 }

@@ -195,6 +195,7 @@ impl Agent<'_> {
                 entries: dp.tracked_connections() as u64,
                 capacity: u64::from(e.allowance),
                 allowance_exceeded: dp.allowance_refusals(),
+                draining_to: e.shrinking_to.map(u64::from),
             },
             events_lost: dp.events_lost().unwrap_or(0),
             new_flows: view.map_or(0, |v| v.new_flows),
