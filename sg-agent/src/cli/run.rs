@@ -97,6 +97,14 @@ pub struct RunArgs {
     /// The flow-log record format.
     #[arg(long, value_enum, default_value_t = flowlog::Format::Text)]
     flow_log_format: flowlog::Format,
+    /// Rotate the flow-log file when it reaches this many bytes (0: never):
+    /// PATH becomes PATH.1, and so on. SIGHUP reopens it (for logrotate).
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20)]
+    flow_log_max_bytes: u64,
+    /// Rotated flow-log files kept.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    flow_log_keep: u32,
     /// Events the programs may send per CPU and second (new flows, and with
     /// flow logs or --ebpf-log, dropped and untracked packets); beyond it
     /// they are counted as lost (flow logs say SKIPDATA).
@@ -224,6 +232,8 @@ impl RunArgs {
                     },
                     interval: std::time::Duration::from_secs(self.flow_log_interval),
                     format: self.flow_log_format,
+                    max_bytes: self.flow_log_max_bytes,
+                    keep: self.flow_log_keep,
                 }),
                 drop_log: self.ebpf_log,
                 events_per_cpu: self.events_per_cpu,

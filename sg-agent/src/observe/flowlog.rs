@@ -111,6 +111,28 @@ impl Record {
         out
     }
 
+    /// A `SKIPDATA` record: what the interval of `interface_id` lost.
+    pub fn skipdata(instance: &str, interface_id: &str, start: u64, end: u64) -> Self {
+        Self {
+            version: 2,
+            account_id: "-".into(),
+            interface_id: interface_id.to_owned(),
+            srcaddr: None,
+            dstaddr: None,
+            srcport: None,
+            dstport: None,
+            protocol: None,
+            packets: None,
+            bytes: None,
+            start,
+            end,
+            action: None,
+            log_status: LogStatus::Skipdata,
+            instance: instance.to_owned(),
+            rules: None,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a record serializes")
     }
@@ -137,7 +159,17 @@ pub struct Settings {
     pub sink: Sink,
     pub interval: Duration,
     pub format: Format,
+    /// A file reaching this size is rotated (`PATH.1`, `PATH.2`, ...);
+    /// 0: never.
+    pub max_bytes: u64,
+    /// Rotated files kept (at least 1).
+    pub keep: u32,
 }
+
+/// Flows one instance's interval records one by one; the packets of any
+/// further flow are summed into one `SKIPDATA` record per action (a flood
+/// of random sources costs bounded memory and bounded output).
+pub const MAX_FLOWS_PER_INTERVAL: usize = 10_000;
 
 /// A flow as records name it: the packets' addresses, ports and protocol,
 /// and the action.
@@ -233,17 +265,42 @@ pub struct Window {
     lost_at_start: u64,
     /// The rules that allowed each flow that started in this interval.
     attributed: HashMap<FlowKey, Vec<String>>,
+    /// Packets and bytes of the flows past [`MAX_FLOWS_PER_INTERVAL`], per
+    /// action (accepted, rejected).
+    overflow: [Tally; 2],
+    /// Packets summed into overflow records since the agent started.
+    pub packets_summed: u64,
 }
 
 impl Window {
     /// Names the rules that allowed a flow that started now.
     pub fn attribute(&mut self, key: FlowKey, rules: Vec<String>) {
-        self.attributed.insert(key, rules);
+        if self.attributed.len() < MAX_FLOWS_PER_INTERVAL {
+            self.attributed.insert(key, rules);
+        }
     }
 
     /// A packet seen through an event.
     pub fn add_packet(&mut self, key: FlowKey, bytes: u64, at: u64) {
-        self.flows.entry(key).or_default().add(1, bytes, at, at);
+        self.add(key, 1, bytes, at, at);
+    }
+
+    /// Into the flow's tally, or past the bound into its action's sum.
+    fn add(&mut self, key: FlowKey, packets: u64, bytes: u64, start: u64, end: u64) {
+        let full = self.flows.len() >= MAX_FLOWS_PER_INTERVAL;
+        match self.flows.get_mut(&key) {
+            Some(t) => t.add(packets, bytes, start, end),
+            None if !full => {
+                let mut t = Tally::default();
+                t.add(packets, bytes, start, end);
+                self.flows.insert(key, t);
+            }
+            None => {
+                let i = usize::from(key.action == Action::Reject);
+                self.overflow[i].add(packets, bytes, start, end);
+                self.packets_summed += packets;
+            }
+        }
     }
 
     /// The connection table as read now: growth since the last read, per
@@ -297,10 +354,7 @@ impl Window {
                     proto: key.proto,
                     action: Action::Accept,
                 };
-                self.flows
-                    .entry(key)
-                    .or_default()
-                    .add(packets, bytes, start, end);
+                self.add(key, packets, bytes, start, end);
             }
             if gone {
                 self.baseline.remove(key);
@@ -354,6 +408,21 @@ impl Window {
                 rules: attributed.remove(&k),
             })
             .collect();
+        for (action, t) in [Action::Accept, Action::Reject]
+            .into_iter()
+            .zip(std::mem::take(&mut self.overflow))
+        {
+            if t.packets > 0 {
+                out.push(Record {
+                    packets: Some(t.packets),
+                    bytes: Some(t.bytes),
+                    start: t.start.max(start),
+                    end: t.end.clamp(start, end),
+                    action: Some(action),
+                    ..Record::skipdata(instance, interface_id, start, end)
+                });
+            }
+        }
         if lost > self.lost_at_start {
             out.push(Record {
                 version: 2,
@@ -379,51 +448,202 @@ impl Window {
     }
 }
 
-/// Writes records to the sink, in the chosen format.
+/// Writes records to the sink, in the chosen format: whole records or none
+/// (a failed write, a full disk say, is cut back to the last whole record,
+/// the records are counted as lost, and the next write that succeeds
+/// starts with a `SKIPDATA` record for the time they cover), rotating the
+/// file at its size cap.
 pub struct Writer {
-    out: Box<dyn Write + Send>,
-    format: Format,
+    settings: Settings,
+    out: Output,
     pub written: u64,
+    /// Records that could not be written, since the agent started.
+    pub lost: u64,
+    /// From when records were lost and not yet said so in the file.
+    unsaid: Option<u64>,
+}
+
+enum Output {
+    Stdout,
+    /// The file, and its length as written.
+    File(std::fs::File, u64),
 }
 
 impl Writer {
     pub fn open(settings: &Settings) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match &settings.sink {
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
-        };
-        Ok(Self {
-            out,
-            format: settings.format,
+        let mut w = Self {
+            settings: settings.clone(),
+            out: Output::Stdout,
             written: 0,
-        })
+            lost: 0,
+            unsaid: None,
+        };
+        w.reopen()?;
+        Ok(w)
     }
 
-    /// The field names, as the first line of a new text file.
-    pub fn write_header(&mut self) -> std::io::Result<()> {
-        self.out.write_all(format!("{TEXT_HEADER}\n").as_bytes())?;
-        self.out.flush()
+    /// Opens the file again (after logrotate moved it: on SIGHUP). A new
+    /// file is created 0640, never through a symlink, and only in a
+    /// directory no other user can write; one that exists must be a
+    /// regular file of this user's.
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.out = match &self.settings.sink {
+            Sink::Stdout => Output::Stdout,
+            Sink::File(path) => {
+                let (file, len) = open_log(path)?;
+                Output::File(file, len)
+            }
+        };
+        if let Output::File(_, 0) = self.out
+            && self.settings.format == Format::Text
+        {
+            // A new file starts with the field names, as AWS's do.
+            self.write_raw(format!("{TEXT_HEADER}\n").as_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
         let mut text = String::new();
-        for r in records {
-            text.push_str(&match self.format {
+        let mut line = |r: &Record| {
+            text.push_str(&match self.settings.format {
                 Format::Text => r.to_text(),
                 Format::Json => r.to_json(),
             });
             text.push('\n');
+        };
+        if let Some(since) = self.unsaid {
+            line(&Record::skipdata("-", "-", since, super::unix_now()));
         }
-        self.out.write_all(text.as_bytes())?;
-        self.out.flush()?;
-        self.written += records.len() as u64;
-        Ok(())
+        for r in records {
+            line(r);
+        }
+        if records.is_empty() && self.unsaid.is_none() {
+            return Ok(());
+        }
+        self.rotate_for(text.len() as u64)?;
+        match self.write_raw(text.as_bytes()) {
+            Ok(()) => {
+                self.written += records.len() as u64;
+                self.unsaid = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.lost += records.len() as u64;
+                self.unsaid.get_or_insert_with(super::unix_now);
+                Err(e)
+            }
+        }
     }
+
+    /// Writes all of `bytes`, or nothing: a file is cut back to its length
+    /// before.
+    fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.out {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)?;
+                out.flush()
+            }
+            Output::File(file, len) => match file.write_all(bytes) {
+                Ok(()) => {
+                    *len += bytes.len() as u64;
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = file.set_len(*len);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Rotates the file first if `more` bytes would take it past its cap
+    /// (`PATH` becomes `PATH.1`, `PATH.1` becomes `PATH.2`, ..., the
+    /// oldest past `keep` goes).
+    fn rotate_for(&mut self, more: u64) -> std::io::Result<()> {
+        let Output::File(_, len) = self.out else {
+            return Ok(());
+        };
+        let Sink::File(path) = self.settings.sink.clone() else {
+            return Ok(());
+        };
+        let cap = self.settings.max_bytes;
+        if cap == 0 || len + more <= cap || len <= TEXT_HEADER.len() as u64 + 1 {
+            return Ok(());
+        }
+        let numbered = |n: u32| {
+            let mut p = path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        let keep = self.settings.keep.max(1);
+        let _ = std::fs::remove_file(numbered(keep));
+        for n in (1..keep).rev() {
+            match std::fs::rename(numbered(n), numbered(n + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(&path, numbered(1))?;
+        self.reopen()
+    }
+}
+
+/// Opens (creating 0640) the flow-log file at `path` for appending, and its
+/// length: refused through a symlink, in a directory other users can
+/// write, or when it is not a regular file of this user's.
+fn open_log(path: &std::path::Path) -> std::io::Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let d = std::fs::metadata(&dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if d.mode() & 0o002 != 0 || (d.mode() & 0o020 != 0 && d.uid() != me && d.uid() != 0) {
+        return refuse(format!(
+            "{}: other users can write this directory (mode {:o}): they could replace the \
+             flow log; give it a directory of its own",
+            dir.display(),
+            d.mode() & 0o7777
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{}: a symlink, not followed for a flow log", path.display()),
+                )
+            } else {
+                e
+            }
+        })?;
+    let m = file.metadata()?;
+    if !m.file_type().is_file() {
+        return refuse(format!("{}: not a regular file", path.display()));
+    }
+    if m.uid() != me {
+        return refuse(format!(
+            "{}: owned by uid {}, not this user ({me})",
+            path.display(),
+            m.uid()
+        ));
+    }
+    Ok((file, m.len()))
 }
 
 /// The first line of a text flow-log file, as AWS names the fields.
@@ -514,5 +734,135 @@ mod tests {
         assert_eq!(json["action"], "REJECT");
         assert_eq!(json["interface-id"], "eth0");
         assert_eq!(json["log-status"], "OK");
+    }
+
+    #[test]
+    fn flows_past_the_bound_are_summed_into_one_record_per_action() {
+        let mut w = Window::default();
+        let flow = |n: u32, action| FlowKey {
+            src: IpAddr::from((0xc633_6400_u32 + n).to_be_bytes()),
+            dst: "10.0.1.10".parse().unwrap(),
+            sport: 1000,
+            dport: 80,
+            proto: 6,
+            action,
+        };
+        let n = u32::try_from(MAX_FLOWS_PER_INTERVAL).unwrap();
+        for i in 0..n + 5 {
+            w.add_packet(flow(i, Action::Reject), 60, 101);
+        }
+        w.add_packet(flow(n + 6, Action::Accept), 100, 102);
+        w.add_packet(flow(0, Action::Reject), 60, 103);
+        let records = w.close("app", "eth0", 100, 160, 0);
+        assert_eq!(records.len(), MAX_FLOWS_PER_INTERVAL + 2);
+        let summed: Vec<String> = records[MAX_FLOWS_PER_INTERVAL..]
+            .iter()
+            .map(Record::to_text)
+            .collect();
+        assert_eq!(
+            summed,
+            [
+                "2 - eth0 - - - - - 1 100 102 102 ACCEPT SKIPDATA",
+                "2 - eth0 - - - - - 5 300 101 101 REJECT SKIPDATA",
+            ]
+        );
+        assert_eq!(w.packets_summed, 6);
+        assert_eq!(
+            records[0].packets,
+            Some(2),
+            "a flow already recorded still counts"
+        );
+    }
+
+    fn settings(path: &std::path::Path, max_bytes: u64, keep: u32) -> Settings {
+        Settings {
+            sink: Sink::File(path.to_owned()),
+            interval: Duration::from_mins(1),
+            format: Format::Text,
+            max_bytes,
+            keep,
+        }
+    }
+
+    fn record(n: u16) -> Record {
+        Record {
+            srcaddr: Some("198.51.100.7".parse().unwrap()),
+            dstaddr: Some("10.0.1.10".parse().unwrap()),
+            srcport: Some(n),
+            dstport: Some(80),
+            protocol: Some(6),
+            packets: Some(1),
+            bytes: Some(60),
+            action: Some(Action::Reject),
+            log_status: LogStatus::Ok,
+            ..Record::skipdata("app", "eth0", 100, 160)
+        }
+    }
+
+    #[test]
+    fn the_file_is_made_0640_rotated_at_its_cap_and_keeps_n() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.log");
+        let mut w = Writer::open(&settings(&path, 1_000, 2)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        for n in 0..40 {
+            w.write(&[record(n)]).unwrap();
+        }
+        assert_eq!(w.written, 40);
+        let numbered = |n| dir.path().join(format!("flows.log.{n}"));
+        for p in [path.clone(), numbered(1), numbered(2)] {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(text.len() <= 1_000, "{}: {} bytes", p.display(), text.len());
+            assert!(
+                text.starts_with(TEXT_HEADER),
+                "{} starts with the header",
+                p.display()
+            );
+        }
+        assert!(!numbered(3).exists(), "two rotated files kept");
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            last.contains(" 39 80 6 "),
+            "the newest record is in PATH: {last}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_a_shared_directory_or_another_users_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "").unwrap();
+        let link = dir.path().join("flows.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = Writer::open(&settings(&link, 0, 1))
+            .err()
+            .expect("a symlink is refused");
+        assert!(err.to_string().contains("symlink"), "{err}");
+
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = Writer::open(&settings(&shared.join("flows.log"), 0, 1))
+            .err()
+            .expect("a world-writable directory is refused");
+        assert!(err.to_string().contains("other users can write"), "{err}");
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opened without blocking: with no reader the open itself fails
+        // (ENXIO), with one it is refused as not a regular file.
+        let err = Writer::open(&settings(&fifo, 0, 1))
+            .err()
+            .expect("a FIFO is refused");
+        assert!(
+            err.raw_os_error() == Some(libc::ENXIO)
+                || err.to_string().contains("not a regular file"),
+            "{err}"
+        );
     }
 }

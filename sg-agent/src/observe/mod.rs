@@ -224,14 +224,7 @@ impl Observer {
     ) -> std::io::Result<Self> {
         let flow_log = match flow_log {
             Some(s) => {
-                let mut w = flowlog::Writer::open(&s)?;
-                if s.format == flowlog::Format::Text
-                    && let flowlog::Sink::File(path) = &s.sink
-                    && std::fs::metadata(path).map_or(true, |m| m.len() == 0)
-                {
-                    // A new file starts with the field names, as AWS's do.
-                    w.write_header()?;
-                }
+                let w = flowlog::Writer::open(&s)?;
                 Some((s, w))
             }
             None => None,
@@ -252,6 +245,30 @@ impl Observer {
     /// Flow-log records written since the agent started.
     pub fn records_written(&self) -> u64 {
         self.flow_log.as_ref().map_or(0, |(_, w)| w.written)
+    }
+
+    /// Flow-log records that could not be written (a full disk, say),
+    /// since the agent started.
+    pub fn records_lost(&self) -> u64 {
+        self.flow_log.as_ref().map_or(0, |(_, w)| w.lost)
+    }
+
+    /// Packets summed into one record per action because an instance's
+    /// interval already held [`flowlog::MAX_FLOWS_PER_INTERVAL`] flows.
+    pub fn packets_summed(&self) -> u64 {
+        self.instances
+            .values()
+            .map(|v| v.window.packets_summed)
+            .sum()
+    }
+
+    /// Opens the flow-log file again (logrotate moved it; on SIGHUP).
+    pub fn reopen(&mut self) {
+        if let Some((_, writer)) = &mut self.flow_log
+            && let Err(e) = writer.reopen()
+        {
+            log::error!("reopening the flow log: {e}; records are counted as lost until it opens");
+        }
     }
 
     pub fn instance(&self, name: &str) -> Option<&InstanceView> {
@@ -404,6 +421,13 @@ impl Observer {
     /// Writes the interval's records and starts the next interval.
     pub fn publish(&mut self, records: &[Record]) {
         self.window_started = (Instant::now(), unix_now());
+        self.write(records);
+    }
+
+    /// Writes records of the interval still open: an instance's, as it is
+    /// removed (its interval ends with it), or every one's as the agent
+    /// stops.
+    pub fn write(&mut self, records: &[Record]) {
         let Some((_, writer)) = &mut self.flow_log else {
             return;
         };

@@ -80,6 +80,14 @@ pub struct FlowLogStatus {
     pub interval_seconds: u64,
     pub format: String,
     pub records_written: u64,
+    /// Records that could not be written (a full disk): the file says so
+    /// with a `SKIPDATA` record once writing works again.
+    #[serde(default)]
+    pub records_lost: u64,
+    /// Packets summed into one `SKIPDATA` record per instance and action
+    /// because the interval already held the most flows it records apart.
+    #[serde(default)]
+    pub packets_summed: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +261,23 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
             "flow log    {} ({}, every {} s), {} records",
             f.destination, f.format, f.interval_seconds, f.records_written
         );
+        if f.records_lost > 0 {
+            let _ = writeln!(
+                out,
+                "            {} records LOST (could not be written; a SKIPDATA record marks \
+                 them once writing works again)",
+                f.records_lost
+            );
+        }
+        if f.packets_summed > 0 {
+            let _ = writeln!(
+                out,
+                "            {} packets summed into SKIPDATA records (more than {} flows in \
+                 an instance's interval)",
+                f.packets_summed,
+                crate::observe::flowlog::MAX_FLOWS_PER_INTERVAL
+            );
+        }
     }
     for i in &status.instances {
         render_instance(&mut out, i, now, rules);

@@ -174,6 +174,8 @@ impl Agent<'_> {
         // Removed instances go last, once everything else is in force.
         let gone: Vec<String> = self.enforced.keys().filter(|n| !keep(n)).cloned().collect();
         for name in gone {
+            // Its open interval ends with it: its records are written.
+            self.flush_flow_log(Some(&name));
             let e = self.enforced.remove(&name).expect("listed");
             let place = e.place.describe();
             match e.dataplane.unpin() {

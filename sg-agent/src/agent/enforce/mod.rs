@@ -357,6 +357,10 @@ impl Agent<'_> {
                 self.reconcile(true);
             }
             if let Some((why, forced)) = reload {
+                if why == "SIGHUP" {
+                    // logrotate's signal: the flow log may have moved.
+                    self.observer.reopen();
+                }
                 self.reload(why, forced);
             }
             for d in domains {
@@ -393,6 +397,9 @@ impl Agent<'_> {
     fn stop(&mut self) {
         self.stop.begun.notify_one();
         service::stopping();
+        // The interval still open is written, whether the instances stay
+        // enforced or not.
+        self.flush_flow_log(None);
         let n = self.enforced.len();
         if self.opts.keep_on_exit {
             // Only what is pinned outlives this process: said as it is.

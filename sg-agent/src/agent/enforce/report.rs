@@ -58,6 +58,36 @@ impl Agent<'_> {
         self.observer.publish(&records);
     }
 
+    /// Ends the open flow-log interval of instance `only` (every instance
+    /// when `None`) now and writes its records: an instance removed by a
+    /// reload, or all of them as the agent stops (a restart or an upgrade
+    /// loses no record). The others' interval runs on.
+    pub(super) fn flush_flow_log(&mut self, only: Option<&str>) {
+        if self.observer.flow_logs().is_none() {
+            return;
+        }
+        let clock = WallClock::now(conns::program_now());
+        let mut events = Vec::new();
+        let mut records = Vec::new();
+        for (name, e) in &mut self.enforced {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            events.clear();
+            e.dataplane.drain_events(&mut events);
+            self.observer.ingest(&self.vpc, name, &events, &clock);
+            if let Ok(entries) = e.dataplane.connections() {
+                self.observer.collect(name, &entries, &clock);
+            }
+            let lost = e.dataplane.events_lost().unwrap_or(0);
+            records.extend(
+                self.observer
+                    .close_instance(name, &e.place.interface_id(), lost),
+            );
+        }
+        self.observer.write(&records);
+    }
+
     /// A snapshot of everything `sg-agent status` and the metrics show.
     pub(super) fn status(&self) -> Status {
         let flow_log = self.observer.flow_logs().map(|s| status::FlowLogStatus {
@@ -71,6 +101,8 @@ impl Agent<'_> {
                 crate::observe::flowlog::Format::Json => "json".into(),
             },
             records_written: self.observer.records_written(),
+            records_lost: self.observer.records_lost(),
+            packets_summed: self.observer.packets_summed(),
         });
         let agent = status::AgentStatus {
             pid: std::process::id(),
