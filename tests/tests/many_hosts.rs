@@ -363,3 +363,134 @@ fn etcd_with_a_user_and_password() {
     assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
     assert_eq!(lab.tcp("app-1", APP, RDS, 3306), Connected);
 }
+
+/// `push` with extra arguments.
+fn push_with(lab: &SeedLab, url: &str, text: &str, extra: &[&str]) -> std::process::Output {
+    let path = lab.config.with_file_name("push.toml");
+    std::fs::write(&path, lab.lab.localize(text)).expect("write");
+    Command::new(binary())
+        .args(["push"])
+        .arg(&path)
+        .args(["--etcd", url])
+        .args(extra)
+        .output()
+        .expect("sg-agent push runs")
+}
+
+fn pull(url: &str) -> std::process::Output {
+    Command::new(binary())
+        .args(["pull", "--etcd", url])
+        .output()
+        .expect("sg-agent pull runs")
+}
+
+/// The seed with only the instance `keep`: the others' tables removed.
+fn only_instance(keep: &str) -> String {
+    let mut text = SEED.to_owned();
+    for name in ["alb", "bastion", "app-1", "rds"] {
+        if name == keep {
+            continue;
+        }
+        let start = text
+            .find(&format!("[[instance]]\nname = \"{name}\""))
+            .expect("the instance");
+        let end = start
+            + text[start..]
+                .find("\n\n")
+                .map_or(text.len() - start, |e| e + 2);
+        text.replace_range(start..end, "");
+    }
+    text
+}
+
+/// Whoever writes the etcd key does not control everything on a host: a
+/// description naming an interface of the host's own namespace is refused
+/// (a lockout of the NIC carrying etcd), one that would stop enforcing
+/// most instances at once is refused unless pushed with --allow-detach, a
+/// value that is not a description is reported by `pull` with its
+/// revision and replaced with `push --force`, and the agent warns that
+/// this etcd has neither TLS nor authentication.
+#[test]
+fn a_remote_description_is_limited_on_each_host() {
+    let lab = SeedLab::new("sgl", SEED, &[]);
+    let etcd = EtcdServer::start("sgl");
+    let url = etcd.url();
+    assert!(push(&lab, &url, SEED).status.success());
+    let agent = AgentProcess::start_without_file(&["--etcd", &url]);
+    agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    agent.expect_log("etcd is reached WITHOUT TLS", 0, START);
+    agent.expect_log("etcd is reached WITHOUT AUTHENTICATION", 0, START);
+
+    // The host's own namespace: a name that exists nowhere, so a failure
+    // of this test touches nothing.
+    let own = format!(
+        "{SEED}\n[[instance]]\nname = \"host\"\ninterface = \"sgl-none0\"\naddresses = \
+         [\"10.9.9.9\"]\nsecurity_groups = [\"instagram-bastion-host-security-group\"]\n"
+    );
+    let mark = agent.log_lines();
+    let out = push(&lab, &url, &own);
+    assert!(
+        out.status.success(),
+        "push validates the file, not a host's limits: {out:?}"
+    );
+    let at = agent.expect_log("rejected", mark, PROPAGATE);
+    let line = agent.log_text();
+    assert!(
+        line.contains("interface \"sgl-none0\" is an interface of this host's own namespace"),
+        "{}\n{line}",
+        agent.log_line(at)
+    );
+    assert_eq!(names(&agent.status_json()).len(), 4);
+
+    // Three of four instances at once: refused; confirmed: applied.
+    let mark = agent.log_lines();
+    assert!(push(&lab, &url, &only_instance("rds")).status.success());
+    agent.expect_log("would stop enforcing 3 of the 4 instances", mark, PROPAGATE);
+    assert_eq!(names(&agent.status_json()).len(), 4, "nothing detached");
+    let mark = agent.log_lines();
+    let out = push_with(&lab, &url, &only_instance("rds"), &["--allow-detach"]);
+    assert!(out.status.success(), "{out:?}");
+    agent.expect_log("applied in", mark, PROPAGATE);
+    assert_eq!(names(&agent.status_json()), ["rds"]);
+
+    // Not UTF-8: pull says what and where, push refuses to overwrite it
+    // blindly, push --force does.
+    let opts = etcd_options(&url);
+    let mark = agent.log_lines();
+    block_on(async {
+        let mut client = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
+        client
+            .put(opts.key(), vec![0xff, 0xfe, 0x00], None)
+            .await
+            .expect("put");
+    });
+    agent.expect_log("is not UTF-8 text", mark, PROPAGATE);
+    let out = pull(&url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not UTF-8") && err.contains("(revision ") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!push(&lab, &url, SEED).status.success());
+    let out = push_with(&lab, &url, SEED, &["--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let status = agent.status_json();
+    assert!(
+        eventually_enforcing(&agent, 4),
+        "the good description is in force again: {}",
+        status["agent"]
+    );
+
+    // Valid UTF-8, no description: pull says it does not validate.
+    put_directly(&url, "this is = not [ a description");
+    let out = pull(&url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a valid description"), "{err}");
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+fn eventually_enforcing(agent: &AgentProcess, n: usize) -> bool {
+    sg_tests::probe::eventually(PROPAGATE, || names(&agent.status_json()).len() == n)
+}

@@ -10,6 +10,7 @@
 //! changed until it is prepared in full) and stops.
 
 mod enforce;
+pub mod remote;
 mod service;
 
 use std::{
@@ -81,6 +82,10 @@ pub enum AgentError {
     /// abandoned, nothing changed.
     #[error("stopping: the change being prepared was abandoned, nothing changed")]
     Stopping,
+    /// A description from etcd asks for what this host does not allow a
+    /// remote description to do.
+    #[error("the description from etcd is refused on this host:\n{0}\nnothing changed")]
+    Remote(String),
     #[error(
         "the reload in progress was not abandoned within {} ms of the signal: exiting with every \
          instance left enforced and pinned under {}; `sg-agent detach --all` removes them, the \
@@ -119,6 +124,8 @@ pub struct Options {
     pub allow_empty: bool,
     /// How the rules file is read (size bound, owner and mode checks).
     pub read: crate::config::ReadPolicy,
+    /// With rules from etcd: what a remote description may touch here.
+    pub remote: Option<remote::RemoteLimits>,
 }
 
 /// What the running agent tells its users (see [`crate::observe`]).

@@ -63,6 +63,16 @@ pub struct PushArgs {
     /// The largest rules file read, in bytes.
     #[arg(long, default_value_t = crate::config::MAX_BYTES)]
     max_config_bytes: u64,
+    /// Let this description stop enforcing more instances at once than
+    /// the hosts allow otherwise (`run --etcd-max-detach`): it is marked
+    /// so, on its first line.
+    #[arg(long)]
+    allow_detach: bool,
+    /// Replace whatever the key holds, even a value that is not a
+    /// description (not UTF-8): the way out of a key written by something
+    /// else.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,12 +107,31 @@ pub fn push(args: &PushArgs) -> ExitCode {
     if let Some(warnings) = config::render_warnings(&args.file, &text, &vpc, true) {
         eprintln!("{warnings}");
     }
+    // The mark is the pusher's to give: one in the file is not kept.
+    let body: String = if etcd::allows_detach(&text) {
+        text.split_once('\n')
+            .map_or("", |(_, rest)| rest)
+            .to_owned()
+    } else {
+        text.clone()
+    };
+    let text = if args.allow_detach {
+        format!("{}\n{body}", etcd::ALLOW_DETACH)
+    } else {
+        body
+    };
     let opts = args.etcd.options();
     runtime().block_on(async {
         let result = async {
             let mut client = etcd::connect(&opts).await?;
-            let (current, _) = etcd::read(&mut client, &opts).await?;
-            let read_revision = current.as_ref().map_or(0, |c| c.mod_revision);
+            let (current, read_revision) = match etcd::read(&mut client, &opts).await {
+                Ok((current, _)) => {
+                    let revision = current.as_ref().map_or(0, |c| c.mod_revision);
+                    (current, revision)
+                }
+                Err(EtcdError::NotText { revision, .. }) if args.force => (None, revision),
+                Err(e) => return Err(e),
+            };
             if current.as_ref().is_some_and(|c| c.text == text) {
                 return Ok(None);
             }
@@ -148,6 +177,18 @@ pub fn pull(args: &PullArgs) -> ExitCode {
             Ok((Some(snapshot), _)) => {
                 print!("{}", snapshot.text);
                 eprintln!("{} at revision {}", opts.key(), snapshot.mod_revision);
+                // What the agents would make of it.
+                if let Err(d) =
+                    config::from_str(&std::path::PathBuf::from(opts.display()), &snapshot.text)
+                {
+                    eprintln!(
+                        "this is not a valid description: every agent keeps the policy it had \
+                         (revision {}); fix it and `sg-agent push FILE`:\n{}",
+                        snapshot.mod_revision,
+                        d.brief()
+                    );
+                    return ExitCode::from(1);
+                }
                 ExitCode::SUCCESS
             }
             Ok((None, _)) => fail(&EtcdError::Missing(opts.key())),

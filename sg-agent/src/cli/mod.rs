@@ -56,7 +56,7 @@ enum Command {
     /// Enforce a rules file on this host's interfaces until stopped
     /// (as root). Reloads on SIGHUP and whenever the file changes.
     #[command(after_help = EXIT_CODES)]
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Publish a rules file to etcd for every host's agent (`run --etcd`),
     /// after validating it here; compare-and-swap, so concurrent pushes do
     /// not interleave.

@@ -63,6 +63,21 @@ pub struct RunArgs {
     /// instead of exiting with status 1.
     #[arg(long, requires = "etcd")]
     etcd_wait: bool,
+    /// With --etcd: an interface of this host's own namespace that a
+    /// description from etcd may name (a shell pattern, repeatable). None
+    /// by default: a remote description reaches network namespaces only.
+    #[arg(long, value_name = "PATTERN", requires = "etcd")]
+    allow_interface: Vec<String>,
+    /// With --etcd: the network namespaces a description from etcd may name
+    /// (shell patterns, repeatable; all by default).
+    #[arg(long, value_name = "PATTERN", requires = "etcd")]
+    allow_netns: Vec<String>,
+    /// With --etcd: the most instances, in percent of those enforced here,
+    /// one description may stop enforcing at once unless it was pushed
+    /// with `push --allow-detach`.
+    #[arg(long, value_name = "PERCENT", default_value_t = 50, requires = "etcd",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    etcd_max_detach: u8,
     /// Reload only on SIGHUP, not when the file changes.
     #[arg(long)]
     no_watch: bool,
@@ -241,6 +256,15 @@ impl RunArgs {
                 metrics_listen: self.metrics_listen,
                 records: None,
             },
+            remote: (!self.etcd.etcd.is_empty()).then(|| agent::remote::RemoteLimits {
+                allow_interface: self.allow_interface.clone(),
+                allow_netns: if self.allow_netns.is_empty() {
+                    vec!["*".into()]
+                } else {
+                    self.allow_netns.clone()
+                },
+                max_detach_percent: self.etcd_max_detach,
+            }),
             state_dir: self.state_dir.clone(),
             keep_on_exit: self.keep_on_exit,
             allow_empty: self.allow_empty,
@@ -249,6 +273,36 @@ impl RunArgs {
                 strict_owner: !self.insecure_config,
             },
         }
+    }
+}
+
+/// Whoever can write the description's key writes this host's firewall:
+/// said loudly when etcd is reached without TLS or without authentication.
+fn warn_unprotected_etcd(opts: &crate::source::etcd::EtcdOptions) {
+    let plain: Vec<&str> = opts
+        .endpoints
+        .iter()
+        .filter(|e| !e.starts_with("https://"))
+        .map(String::as_str)
+        .collect();
+    if !plain.is_empty() || opts.cacert.is_none() {
+        log::warn!(
+            "etcd is reached WITHOUT TLS ({}): anyone on the path can change the rules this host \
+             enforces; use https:// URLs with --etcd-cacert (docs/security.md)",
+            if plain.is_empty() {
+                "no --etcd-cacert".to_owned()
+            } else {
+                plain.join(",")
+            }
+        );
+    }
+    if opts.cert.is_none() && opts.user.is_none() {
+        log::warn!(
+            "etcd is reached WITHOUT AUTHENTICATION (no --etcd-cert, no --etcd-user): whoever \
+             can write {} controls this host's firewall; give each host a read-only role on \
+             its prefix (docs/security.md)",
+            opts.key()
+        );
     }
 }
 
@@ -267,6 +321,9 @@ pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
             wait: args.etcd_wait,
         },
     };
+    if let agent::Source::Etcd { opts, .. } = &source {
+        warn_unprotected_etcd(opts);
+    }
     let from = match &source {
         agent::Source::File(path) => format!("rules file {}", path.display()),
         agent::Source::Etcd { opts, .. } => {

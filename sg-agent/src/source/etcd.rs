@@ -77,13 +77,26 @@ pub enum EtcdError {
          (`run --etcd-wait` waits for it)"
     )]
     Missing(String),
-    #[error("the description at {0} in etcd is not UTF-8 text")]
-    NotText(String),
+    #[error(
+        "the value at {key} in etcd (revision {revision}) is not UTF-8 text, so no description: \
+         replace it with a good one, `sg-agent push FILE --force`"
+    )]
+    NotText { key: String, revision: i64 },
     #[error(
         "the description in etcd changed while this push was under way (read at revision \
          {read}, now {now}): `sg-agent pull` it, merge your change, and push again"
     )]
     Conflict { read: i64, now: i64 },
+}
+
+/// The first line `push --allow-detach` gives a description: it may stop
+/// enforcing more instances at once than a host allows otherwise
+/// ([`crate::agent::remote`]).
+pub const ALLOW_DETACH: &str = "# sg-agent push --allow-detach";
+
+/// Whether the description carries [`ALLOW_DETACH`].
+pub fn allows_detach(text: &str) -> bool {
+    text.lines().next() == Some(ALLOW_DETACH)
 }
 
 /// The description as one revision of etcd has it.
@@ -157,7 +170,10 @@ pub async fn read(
     };
     let text = kv
         .value_str()
-        .map_err(|_| EtcdError::NotText(key.clone()))?
+        .map_err(|_| EtcdError::NotText {
+            key: key.clone(),
+            revision: kv.mod_revision(),
+        })?
         .to_owned();
     Ok((
         Some(Snapshot {

@@ -214,6 +214,9 @@ fn acceptable(
         "parsed, validated and compiled in {} ms",
         started.elapsed().as_millis()
     );
+    if let Some(limits) = &opts.remote {
+        limits.check_places(&vpc).map_err(AgentError::Remote)?;
+    }
     if let Some(warnings) = config::render_warnings(path, &file.text, &vpc, true) {
         log::warn!("accepted, as AWS accepts it:\n{warnings}");
     }

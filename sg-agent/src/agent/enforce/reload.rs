@@ -77,6 +77,14 @@ impl Agent<'_> {
             "reload #{n}: parsed, validated and compiled in {} ms",
             started.elapsed().as_millis()
         );
+        if let Err(e) = self.detach_share(&file.text, &compiled) {
+            log::error!(
+                reload = n, trigger = why, result = "rejected";
+                "reload #{n} ({why}) rejected, the running policy stays in force: {e}"
+            );
+            self.note_reload(why, started, "rejected", Some(e));
+            return;
+        }
         let old = self.vpc.clone();
         match self.apply(vpc, compiled) {
             Ok(()) => {
@@ -117,6 +125,43 @@ impl Agent<'_> {
                 self.note_reload(why, started, "rejected", Some(e));
             }
         }
+    }
+
+    /// A description from etcd may stop enforcing only a share of the
+    /// instances enforced now (left out, or moved to a namespace or
+    /// interface that does not exist), unless `push --allow-detach`
+    /// confirmed it.
+    fn detach_share(
+        &mut self,
+        text: &str,
+        compiled: &crate::policy::compile::CompiledPolicy,
+    ) -> Result<(), String> {
+        let Some(limits) = self.opts.remote.clone() else {
+            return Ok(());
+        };
+        if crate::source::etcd::allows_detach(text) {
+            return Ok(());
+        }
+        let names: Vec<String> = self.enforced.keys().cloned().collect();
+        let mut gone = Vec::new();
+        for name in names {
+            let stays = match compiled
+                .instances
+                .iter()
+                .find(|i| i.name == name && i.link.is_some())
+            {
+                None => false,
+                Some(i) => match self.domains.wanted(i) {
+                    Ok((place, _)) => place.exists().is_ok(),
+                    // A libvirt domain not running: waited for, as now.
+                    Err(_) => true,
+                },
+            };
+            if !stays {
+                gone.push(name);
+            }
+        }
+        limits.check_detach(self.enforced.len(), &gone)
     }
 
     /// Remembers a reload's outcome for `status` and the metrics.
