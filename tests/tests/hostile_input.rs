@@ -708,3 +708,35 @@ fn many_names_members_and_entries_are_bounded() {
         "IPv4 address entries, more than the 524288 this build holds",
     );
 }
+
+/// A control character that reaches an output (here the rules file's path,
+/// which the log and `status` show) is shown escaped, never sent to the
+/// terminal as it is: an escape sequence cannot recolour or rewrite what
+/// an operator reads.
+#[test]
+fn control_characters_reach_no_terminal() {
+    let lab = sg_tests::seed::SeedLab::new("sgc", sg_tests::seed::SEED, &[]);
+    let dir = lab
+        .config
+        .parent()
+        .expect("dir")
+        .join("e\u{1b}[31mred\u{7}");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let config = dir.join("vpc.toml");
+    std::fs::copy(&lab.config, &config).expect("copy");
+    let agent = sg_tests::agent::AgentProcess::start(&config);
+    agent.expect_log("ready: enforcing", 0, GUARD);
+    let log = agent.log_text();
+    assert!(!log.contains('\u{1b}') && !log.contains('\u{7}'), "{log:?}");
+    assert!(log.contains("e\\u{1b}[31mred\\u{7}"), "{log}");
+    let out = Command::new(binary())
+        .args(["status", "--control-socket"])
+        .arg(&agent.control_socket)
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("e\\u{1b}[31mred\\u{7}"), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert_eq!(agent.terminate().code(), Some(0));
+}

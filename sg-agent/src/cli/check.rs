@@ -86,7 +86,10 @@ pub fn check(args: &CheckArgs) -> ExitCode {
             serde_json::to_string_pretty(&report).expect("serialisable")
         );
     } else {
-        print!("{}", report::render_table(&report));
+        print!(
+            "{}",
+            crate::config::diagnostics::printable_lines(&report::render_table(&report))
+        );
         println!(
             "{}: valid ({} instances, {} security groups)",
             file.display(),

@@ -36,7 +36,10 @@ pub fn detach(args: &DetachArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", super::error_chain(&e));
+            eprintln!(
+                "error: {}",
+                crate::config::diagnostics::printable_lines(&super::error_chain(&e))
+            );
             ExitCode::from(1)
         }
     }

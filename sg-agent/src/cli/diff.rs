@@ -33,7 +33,10 @@ pub fn diff(args: &DiffArgs) -> ExitCode {
             serde_json::to_string_pretty(&d).expect("serialisable")
         );
     } else {
-        print!("{}", diff::render(&d));
+        print!(
+            "{}",
+            crate::config::diagnostics::printable_lines(&diff::render(&d))
+        );
     }
     if d.changed {
         ExitCode::from(DIFFERS)

@@ -103,7 +103,10 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             serde_json::to_string_pretty(&e).expect("serialisable")
         );
     } else {
-        print!("{}", explain::render(&e));
+        print!(
+            "{}",
+            crate::config::diagnostics::printable_lines(&explain::render(&e))
+        );
     }
     if e.allowed {
         ExitCode::SUCCESS

@@ -61,6 +61,7 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
                 }
                 _ => return true,
             };
+            let line = crate::config::diagnostics::printable_lines(&line);
             if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                 return false;
             }

@@ -47,6 +47,6 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         }
         out.push('\n');
     }
-    print!("{out}");
+    print!("{}", crate::config::diagnostics::printable_lines(&out));
     ExitCode::SUCCESS
 }

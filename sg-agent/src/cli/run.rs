@@ -189,6 +189,22 @@ impl RunArgs {
             LogFormat::Text => false,
             LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
         };
+        if !json {
+            // env_logger's own layout, with control characters escaped: a
+            // message may carry an interface name from the kernel or an
+            // error's text, and the log may be read on a terminal.
+            logger.format(|buf, record| {
+                use std::io::Write as _;
+                writeln!(
+                    buf,
+                    "[{} {:<5} {}] {}",
+                    buf.timestamp(),
+                    record.level(),
+                    record.target(),
+                    crate::config::diagnostics::printable_lines(&record.args().to_string())
+                )
+            });
+        }
         if json {
             logger.format(|buf, record| {
                 use std::io::Write as _;

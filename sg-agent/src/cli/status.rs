@@ -47,13 +47,23 @@ pub fn status(args: &StatusArgs) -> ExitCode {
             serde_json::to_string_pretty(&status).expect("status serializes")
         );
     } else {
-        print!("{}", status::render(&status, unix_now(), args.rules));
+        print!(
+            "{}",
+            crate::config::diagnostics::printable_lines(&status::render(
+                &status,
+                unix_now(),
+                args.rules
+            ))
+        );
     }
     ExitCode::SUCCESS
 }
 
 pub fn failed(e: &ControlError) -> ExitCode {
-    eprintln!("error: {}", super::error_chain(e));
+    eprintln!(
+        "error: {}",
+        crate::config::diagnostics::printable_lines(&super::error_chain(e))
+    );
     match e {
         ControlError::NotRunning(_) => ExitCode::from(NOT_RUNNING),
         _ => ExitCode::from(1),

@@ -127,6 +127,28 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// [`printable`] for text of many lines: line ends and tabs kept, every
+/// other control character (a terminal escape in an interface name from
+/// the kernel, an error text, a libvirt domain's name) shown escaped. What
+/// every command prints to a terminal, and the text log, goes through it.
+pub fn printable_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if text.chars().any(unsafe_char) {
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let lines = Lines::of(&self.source);
