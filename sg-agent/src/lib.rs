@@ -15,6 +15,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod errors;
 pub mod import;
 pub mod libvirt;
 pub mod observe;

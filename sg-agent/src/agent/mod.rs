@@ -280,7 +280,7 @@ fn watch_rules_file(
         Err(e) => {
             log::warn!(
                 "{}: the rules file is polled every {} ms instead",
-                crate::cli::error_chain(&e),
+                crate::errors::chain(&e),
                 RECONCILE.as_millis()
             );
             None

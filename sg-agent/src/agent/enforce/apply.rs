@@ -110,7 +110,7 @@ impl Agent<'_> {
             // flows again (unless they were draining already).
             for (name, e) in &mut self.enforced {
                 if let Err(err) = e.dataplane.refuse_new_flows(e.shrinking_to.is_some()) {
-                    log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&err));
+                    log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&err));
                 }
             }
             return Err(e);
@@ -133,7 +133,7 @@ impl Agent<'_> {
             }
             let result = self.commit(&name, inst, mac, step);
             if let Err(e) = result {
-                log::error!("{}", crate::cli::error_chain(&e));
+                log::error!("{}", crate::errors::chain(&e));
                 failures.push(name);
             }
         }
@@ -166,7 +166,7 @@ impl Agent<'_> {
                     log::warn!(
                         instance = name;
                         "instance {name}: deleting the old policy generation: {}",
-                        crate::cli::error_chain(&err)
+                        crate::errors::chain(&err)
                     );
                 }
             }
@@ -181,7 +181,7 @@ impl Agent<'_> {
             match e.dataplane.unpin() {
                 Ok(()) => log::info!(instance = name; "detached instance {name} from {place}"),
                 Err(e) => {
-                    log::error!(instance = name; "detaching instance {name}: {}", crate::cli::error_chain(&e));
+                    log::error!(instance = name; "detaching instance {name}: {}", crate::errors::chain(&e));
                 }
             }
         }
@@ -296,7 +296,7 @@ impl Agent<'_> {
         if dp.adopted() {
             drop(dp);
         } else if let Err(e) = dp.unpin() {
-            log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&e));
+            log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&e));
         }
     }
 
@@ -380,7 +380,7 @@ impl Agent<'_> {
                     log::error!(
                         instance = name;
                         "instance {name} (was {old}): {}; its pins stay under the old name",
-                        crate::cli::error_chain(&err)
+                        crate::errors::chain(&err)
                     );
                 }
                 let result = e
@@ -501,7 +501,7 @@ impl Agent<'_> {
                 let target = inst.max_tracked_connections;
                 let shrinking_to = (capacity > target).then_some(target);
                 if let Err(e) = dp.refuse_new_flows(shrinking_to.is_some()) {
-                    log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&e));
+                    log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&e));
                 }
                 if shrinking_to.is_some() {
                     log::warn!(
@@ -543,7 +543,7 @@ impl Agent<'_> {
                 true
             }
             Err(e) => {
-                let why = crate::cli::error_chain(&e);
+                let why = crate::errors::chain(&e);
                 if !dp.adopted() {
                     let _ = dp.unpin();
                 }
@@ -566,7 +566,7 @@ impl Agent<'_> {
             return false;
         }
         if let Err(err) = e.dataplane.refuse_new_flows(true) {
-            log::warn!(instance = name; "instance {name}: {}", crate::cli::error_chain(&err));
+            log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&err));
         }
         e.dataplane.tracked_connections() > usize::try_from(target).unwrap_or(usize::MAX)
     }

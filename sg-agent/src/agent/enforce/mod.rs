@@ -433,7 +433,7 @@ impl Agent<'_> {
                 log::error!(
                     instance = name;
                     "detaching instance {name}: {}",
-                    crate::cli::error_chain(&err)
+                    crate::errors::chain(&err)
                 );
             }
         }

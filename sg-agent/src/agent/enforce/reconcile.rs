@@ -151,7 +151,7 @@ impl Agent<'_> {
                         instance = name;
                         "instance {name} NOT ENFORCED: {} ({}); retrying",
                         place.describe(),
-                        crate::cli::error_chain(&err)
+                        crate::errors::chain(&err)
                     );
                 }
                 return;
@@ -179,7 +179,7 @@ impl Agent<'_> {
         match self.prepare_new(name, inst) {
             Ok(dp) => self.attach_new(name, &place, mac, dp, inst),
             Err(e) => {
-                self.wait_for(name, Some(place), crate::cli::error_chain(&e));
+                self.wait_for(name, Some(place), crate::errors::chain(&e));
                 false
             }
         }
@@ -297,7 +297,7 @@ impl Agent<'_> {
             Err(err) => log::warn!(
                 instance = name;
                 "instance {name}: resizing its drained connection table: {}",
-                crate::cli::error_chain(&err)
+                crate::errors::chain(&err)
             ),
         }
     }
@@ -352,7 +352,7 @@ impl Agent<'_> {
                 Err(err) => log::warn!(
                     instance = name;
                     "instance {name}: reclaiming expired connections: {}",
-                    crate::cli::error_chain(&err)
+                    crate::errors::chain(&err)
                 ),
             }
         }

@@ -117,7 +117,7 @@ impl Agent<'_> {
                 log::info!("reload #{n} ({why}) abandoned to stop: nothing changed");
             }
             Err(e) => {
-                let e = crate::cli::error_chain(&e);
+                let e = crate::errors::chain(&e);
                 log::error!(
                     reload = n, trigger = why, result = "rejected";
                     "reload #{n} ({why}) rejected, nothing changed: {e}"

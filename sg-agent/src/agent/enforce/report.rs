@@ -28,7 +28,7 @@ impl Agent<'_> {
                     Err(err) => log::warn!(
                         instance = name;
                         "instance {name}: reading its connections: {}",
-                        crate::cli::error_chain(&err)
+                        crate::errors::chain(&err)
                     ),
                 }
             }
@@ -46,7 +46,7 @@ impl Agent<'_> {
                 Err(err) => log::warn!(
                     instance = name;
                     "instance {name}: reading its connections: {}",
-                    crate::cli::error_chain(&err)
+                    crate::errors::chain(&err)
                 ),
             }
             let lost = e.dataplane.events_lost().unwrap_or(0);
