@@ -85,3 +85,41 @@ fn keep_on_exit_does_not_claim_what_is_no_longer_pinned() {
         "{log}"
     );
 }
+
+/// `status` with no agent running, but pins still enforcing (an agent
+/// stopped with --keep-on-exit): it says which instances are enforced from
+/// pins, since when, and how to adopt or remove them.
+#[test]
+fn status_without_an_agent_names_what_pins_still_enforce() {
+    let lab = SeedLab::new("sdp", SEED, &[]);
+    let state = StateDir::new();
+    let agent = AgentProcess::start_in(&state, &lab.config, &["--keep-on-exit"], "info");
+    agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    assert_eq!(agent.terminate().code(), Some(0));
+    let out = Command::new(binary())
+        .args(["status", "--control-socket"])
+        .arg(state.control_socket())
+        .arg("--state-dir")
+        .arg(&state.path)
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "no agent answers: {text}");
+    assert!(
+        text.contains("4 instance(s) still enforced from pinned programs"),
+        "{text}"
+    );
+    for name in ["alb", "bastion", "app-1", "rds"] {
+        assert!(
+            text.contains(&format!("  {name:<20} 2 link(s), pinned ")),
+            "{name}: {text}"
+        );
+    }
+    assert!(text.contains("sg-agent detach --all"), "{text}");
+    let out = Command::new(binary())
+        .args(["detach", "--all", "--state-dir"])
+        .arg(&state.path)
+        .output()
+        .expect("detach runs");
+    assert!(out.status.success(), "{out:?}");
+}

@@ -24,6 +24,10 @@ pub struct StatusArgs {
     /// The control socket the agent was started with.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
+    /// The state directory the agent runs with: with no agent running,
+    /// what is still enforced from its pins.
+    #[arg(long, value_name = "DIR", default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 /// Exit status when no agent answers.
@@ -32,7 +36,13 @@ pub const NOT_RUNNING: u8 = 3;
 pub fn status(args: &StatusArgs) -> ExitCode {
     let mut status = match control::status(&args.control_socket) {
         Ok(s) => s,
-        Err(e) => return failed(&e),
+        Err(e) => {
+            let code = failed(&e);
+            if matches!(e, ControlError::NotRunning(_)) {
+                left_enforced(&args.state_dir);
+            }
+            return code;
+        }
     };
     if let Some(name) = &args.instance {
         status.instances.retain(|i| i.name == *name);
@@ -68,4 +78,62 @@ pub fn failed(e: &ControlError) -> ExitCode {
         ControlError::NotRunning(_) => ExitCode::from(NOT_RUNNING),
         _ => ExitCode::from(1),
     }
+}
+
+/// With no agent running: the instances its pins still enforce (an agent
+/// stopped with `--keep-on-exit`, or killed), since when, and what to do,
+/// as `nft list ruleset` shows what is loaded whether a daemon runs or not.
+fn left_enforced(state_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    let mut rows = Vec::new();
+    for e in entries.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let links: Vec<std::fs::Metadata> = std::fs::read_dir(e.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|l| l.file_name().to_string_lossy().starts_with("link-"))
+            .filter_map(|l| l.metadata().ok())
+            .collect();
+        let since = links
+            .iter()
+            .filter_map(|m| m.modified().ok())
+            .min()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        rows.push((
+            e.file_name().to_string_lossy().into_owned(),
+            links.len(),
+            since,
+        ));
+    }
+    rows.sort();
+    let enforced: Vec<_> = rows.iter().filter(|(_, n, _)| *n > 0).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let now = unix_now();
+    let mut out = format!(
+        "{} instance(s) still enforced from pinned programs under {} (an agent stopped with \
+         --keep-on-exit, or killed), with nothing reloading or reclaiming them:\n",
+        enforced.len(),
+        state_dir.display()
+    );
+    for (name, links, since) in &rows {
+        let line = if *links == 0 {
+            format!("  {name:<20} NOT enforced (maps pinned, no link)\n")
+        } else {
+            format!(
+                "  {name:<20} {links} link(s), pinned {}\n",
+                since.map_or_else(|| "-".to_owned(), |t| status::ago(now, t))
+            )
+        };
+        out.push_str(&line);
+    }
+    out.push_str("`sg-agent run` adopts them (no gap); `sg-agent detach --all` removes them\n");
+    eprint!("{}", crate::config::diagnostics::printable_lines(&out));
 }

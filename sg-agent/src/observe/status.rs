@@ -181,7 +181,7 @@ pub struct RuleHits {
     pub last: Option<u64>,
 }
 
-fn ago(now: u64, then: u64) -> String {
+pub fn ago(now: u64, then: u64) -> String {
     let s = now.saturating_sub(then);
     if s < 120 {
         format!("{s}s ago")

@@ -324,7 +324,18 @@ const METHOD: &str = "
   recreated*: S1's eth0 deleted and made again (a new ifindex, nothing
   attached), as a VM reboot does; the link event (or, failing it, the
   reconcile tick every 250 ms) has the agent attach it again, and the limit
-  is one second.
+  is one second. *metrics flood*: the agent restarted with
+  `--metrics-listen` and held to systemd's default 1,024 descriptors
+  (`prlimit`), 1,100 idle connections opened to it, and S1's eth0 made
+  again meanwhile: the listener holds 64 and backs off, so the enforcement
+  thread still has the descriptors it needs (an earlier build left the
+  port answering for 36.5 s). *netns_path a FIFO*: a reload naming a FIFO
+  as an instance's namespace file is rejected without opening it for good
+  (an earlier build's enforcement thread hung in `open`), and S1's eth0
+  made again right after is enforced as always. The state directory
+  prepared by another user and the flow-log records are refusals and
+  records rather than lapses: their tests (`state_dir`, `flow_log_loss`)
+  cover them.
 * **VM start.** An instance waits for its tap (`host_interface`); the tap
   is made with `ip tuntap add` (as QEMU and libvirt make theirs) and the
   time until both programs are on it is measured by querying TCX every half
@@ -658,6 +669,9 @@ pub fn run(options: Options) -> Report {
         },
     ));
 
+    faults.push(hardening_metrics_flood(&mut c));
+    faults.push(hardening_fifo(&mut c, &dir, &s1, &s1_ns));
+
     let flood = flood(&mut c, &s1, &s1_ns, options);
     if let Some(agent) = c.agent.take() {
         let _ = agent.terminate();
@@ -671,6 +685,70 @@ pub fn run(options: Options) -> Report {
         flood,
         vm_start,
     }
+}
+
+/// Idle connections flood the metrics port of an agent held to systemd's
+/// default 1,024 descriptors while S1's eth0 is made again: enforcement
+/// must not wait for a descriptor.
+fn hardening_metrics_flood(c: &mut Chaos) -> Fault {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    c.restart(&["--metrics-listen", &addr.to_string()]);
+    c.measure(
+        "metrics flood",
+        "1,100 idle connections to --metrics-listen (1,024 descriptors allowed), S1's eth0 made again meanwhile",
+        1000,
+        true,
+        |c| {
+            let pid = c.agent().pid();
+            let out = std::process::Command::new("prlimit")
+                .args(["--pid", &pid.to_string(), "--nofile=1024:1024"])
+                .output()
+                .expect("prlimit (util-linux)");
+            assert!(out.status.success(), "prlimit: {out:?}");
+            let idle: Vec<TcpStream> = (0..1100)
+                .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(20)).ok())
+                .collect();
+            assert!(idle.len() > 64, "the flood reached the agent: {}", idle.len());
+            let mark = c.agent().log_lines();
+            c.lab.recreate_eth0("s1");
+            ipv4_only(&c.ns("s1"), "eth0");
+            c.agent().expect_log("programs attached again", mark, APPLY);
+            drop(idle);
+        },
+    )
+}
+
+/// A reload naming a FIFO as an instance's `netns_path` is refused
+/// without hanging the enforcement thread: S1's eth0 made again right
+/// after is enforced again as always.
+fn hardening_fifo(c: &mut Chaos, dir: &Path, s1: &str, s1_ns: &str) -> Fault {
+    let fifo = dir.join("netns-fifo");
+    let path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let with_fifo = format!(
+        "{}\n[[instance]]\nname = \"fifo\"\nnetns_path = \"{}\"\ninterface = \"eth0\"\n\
+         addresses = [\"10.0.7.1\"]\nsecurity_groups = [\"web\"]\n",
+        rules(s1, true, s1_ns, false),
+        fifo.display()
+    );
+    c.measure(
+        "netns_path a FIFO",
+        "a reload naming a FIFO as an instance's netns_path, then S1's eth0 made again",
+        1000,
+        true,
+        |c| {
+            c.reload(&with_fifo, "rejected");
+            let mark = c.agent().log_lines();
+            c.lab.recreate_eth0("s1");
+            ipv4_only(&c.ns("s1"), "eth0");
+            c.agent().expect_log("programs attached again", mark, APPLY);
+        },
+    )
 }
 
 /// Reloads alternating A (S1 takes the flood) and B (S2 does) under the
