@@ -36,7 +36,12 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
     let mut p = Parser {
         diags: Vec::new(),
         warnings: Vec::new(),
+        reported: Vec::new(),
     };
+    if let Some(d) = pasted(text) {
+        p.diags.push(d);
+        return (Vpc::default(), p.diags);
+    }
     // TOML allows no control character but tab and line ends anywhere (a
     // string must escape them): one is enough to say the file is not a
     // rules file, before the parser reports every byte of a binary file.
@@ -87,6 +92,96 @@ pub fn parse(text: &str) -> (Vpc, Vec<Diagnostic>) {
     (vpc, p.diags)
 }
 
+/// A file that is not TOML but what people paste from AWS: the AWS CLI's
+/// JSON, `terraform show -json`'s, or Terraform's HCL. One diagnostic that
+/// names the import that converts it, not a page of TOML errors.
+fn pasted(text: &str) -> Option<Diagnostic> {
+    let head: String = text.chars().take(64 << 10).collect();
+    let trimmed = head.trim_start();
+    let at = text.len() - text.trim_start().len();
+    let span = at..at;
+    if trimmed.starts_with('{')
+        || trimmed.starts_with('[') && trimmed[1..].trim_start().starts_with('{')
+    {
+        let hint = if head.contains("\"SecurityGroups\"")
+            || head.contains("\"Reservations\"")
+            || head.contains("\"GroupId\"")
+        {
+            "this is the AWS CLI's JSON: `sg-agent import aws --security-groups FILE [--instances \
+             FILE] > vpc.toml` converts it"
+        } else if head.contains("\"terraform_version\"") || head.contains("\"format_version\"") {
+            "this is `terraform show -json`'s output: `sg-agent import terraform FILE > vpc.toml` \
+             converts it"
+        } else {
+            "a rules file is TOML (see `man 5 sg-agent.toml`); AWS CLI JSON converts with \
+             `sg-agent import aws`"
+        };
+        return Some(Diagnostic::new(span, "this file is JSON, not a TOML rules file").hint(hint));
+    }
+    let hcl = head.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("resource \"aws_")
+            || l.starts_with("provider \"")
+            || l.starts_with("terraform {")
+    });
+    if hcl {
+        return Some(
+            Diagnostic::new(span, "this file is Terraform (HCL), not a TOML rules file").hint(
+                "convert its state: `terraform show -json > state.json && sg-agent import \
+                 terraform state.json > vpc.toml`",
+            ),
+        );
+    }
+    None
+}
+
+/// A group named by its AWS id (`sg-...`) where the group declares that
+/// `id`, in a rule's `security_groups` or an instance's, stands for the
+/// group (as AWS names groups by id).
+fn by_id(vpc: &mut Vpc) {
+    let ids: Vec<(String, String)> = vpc
+        .groups
+        .iter()
+        .filter_map(|g| g.id.as_ref().map(|(id, _)| (id.clone(), g.name.clone())))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let name_of = |s: &str| {
+        ids.iter()
+            .find(|(id, _)| id == s)
+            .map(|(_, name)| name.clone())
+    };
+    let is_name = |vpc: &Vpc, s: &str| vpc.groups.iter().any(|g| g.name == s);
+    let names: Vec<String> = vpc.groups.iter().map(|g| g.name.clone()).collect();
+    for g in &mut vpc.groups {
+        for rule in g.ingress.iter_mut().chain(g.egress.iter_mut()) {
+            for src in &mut rule.sources {
+                if let Source::Group(s) = &mut src.source
+                    && !names.contains(s)
+                    && let Some(name) = name_of(s)
+                {
+                    *s = name;
+                }
+            }
+        }
+    }
+    let instances = std::mem::take(&mut vpc.instances);
+    vpc.instances = instances
+        .into_iter()
+        .map(|mut i| {
+            for (g, _) in &mut i.groups {
+                if !is_name(vpc, g)
+                    && let Some(name) = name_of(g)
+                {
+                    *g = name;
+                }
+            }
+            i
+        })
+        .collect();
+}
+
 /// TOML tokens a rules file may have: a 16 MiB prefix list of /32 entries
 /// one per line has about 3 million.
 const MAX_TOKENS: usize = 4_000_000;
@@ -116,6 +211,8 @@ fn parse_toml(text: &str) -> (Spanned<DeTable<'_>>, Vec<toml::de::Error>, Option
 struct Parser {
     diags: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    /// Top-level keys already reported as misplaced (said once).
+    reported: Vec<String>,
 }
 
 /// Protocol names accepted besides numbers, as `/etc/protocols` spells them.
@@ -216,11 +313,37 @@ impl Parser {
             .filter(|d| self.text_ok(t, "description", d, TextKind::Description))
     }
 
+    /// The shapes people write by mistake at the top of a rules file, each
+    /// said with what to write instead (the unknown-key error follows).
+    fn misplaced(&mut self, root: &DeTable) {
+        for (key, value) in root {
+            let name = key.get_ref().as_ref();
+            let hint = match (name, value.get_ref()) {
+                ("security_group" | "instance" | "prefix_list", DeValue::Table(_)) => format!(
+                    "[{name}] is one table; each {name} is an entry of an array of tables: \
+                     write [[{name}]] (double brackets)"
+                ),
+                ("ingress" | "egress", _) => format!(
+                    "a rule belongs to its group: write [[security_group.{name}]] under the \
+                     group's [[security_group]]"
+                ),
+                _ => continue,
+            };
+            let message = if matches!(name, "ingress" | "egress") {
+                format!("\"{name}\" at the top of the rules file")
+            } else {
+                format!("[{name}] with single brackets")
+            };
+            self.err_hint(key.span(), message, hint);
+            self.reported.push(name.to_owned());
+        }
+    }
+
     /// Reports every key of `table` not in `allowed`.
     fn known_keys(&mut self, table: &DeTable, allowed: &[&str], what: &str) {
         for (key, _) in table {
             let name = key.get_ref().as_ref();
-            if !allowed.contains(&name) {
+            if !allowed.contains(&name) && !self.reported.iter().any(|r| r == name) {
                 let hint = match did_you_mean(name, allowed.iter().copied()) {
                     Some(s) => format!("did you mean \"{s}\"?"),
                     None => format!("{what} takes: {}", allowed.join(", ")),
@@ -323,6 +446,9 @@ impl Parser {
 
     /// Items of an array of tables, each with its span.
     fn tables<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Vec<(&'t DeTable<'i>, Span)> {
+        if self.reported.iter().any(|r| r == key) {
+            return Vec::new();
+        }
         let Some(items) = self.array(v, key) else {
             return Vec::new();
         };
@@ -344,6 +470,7 @@ impl Parser {
     }
 
     fn vpc(&mut self, root: &DeTable) -> Vpc {
+        self.misplaced(root);
         self.known_keys(
             root,
             &[
@@ -387,6 +514,7 @@ impl Parser {
         if let Some(v) = Self::get(root, "vpc") {
             vpc.cidr_blocks = self.vpc_blocks(v);
         }
+        by_id(&mut vpc);
         vpc
     }
 
@@ -602,6 +730,26 @@ impl Parser {
     }
 
     fn protocol(&mut self, v: &Value) -> Option<Protocol> {
+        /// The console's rule types that people write as protocols.
+        const SERVICES: &[(&str, &str, u16)] = &[
+            ("ssh", "tcp", 22),
+            ("http", "tcp", 80),
+            ("https", "tcp", 443),
+            ("rdp", "tcp", 3389),
+            ("mysql", "tcp", 3306),
+            ("aurora", "tcp", 3306),
+            ("postgresql", "tcp", 5432),
+            ("postgres", "tcp", 5432),
+            ("mssql", "tcp", 1433),
+            ("redis", "tcp", 6379),
+            ("smtp", "tcp", 25),
+            ("dns", "udp", 53),
+            ("ntp", "udp", 123),
+            ("nfs", "tcp", 2049),
+            ("ldap", "tcp", 389),
+            ("imap", "tcp", 143),
+            ("pop3", "tcp", 110),
+        ];
         let bad = |p: &mut Self| {
             p.err_hint(
                 v.span(),
@@ -632,6 +780,16 @@ impl Parser {
         }
         if let Some(&(_, n)) = PROTOCOL_NAMES.iter().find(|(name, _)| *name == text) {
             return Some(Protocol::Number(n));
+        }
+        // A service where a protocol goes, as the console's rule types
+        // ("SSH", "HTTPS") invite.
+        if let Some(&(_, proto, port)) = SERVICES.iter().find(|(name, _, _)| *name == text) {
+            self.err_hint(
+                v.span(),
+                format!("\"{text}\" is a service, not a protocol: {text} is {proto} port {port}"),
+                format!("write protocol = \"{proto}\", from_port = {port}, to_port = {port}"),
+            );
+            return None;
         }
         if let Some(s) = did_you_mean(&text, PROTOCOL_NAMES.iter().map(|(n, _)| *n).chain(["all"]))
         {
@@ -1248,5 +1406,79 @@ fn default_egress(span: Span) -> Rule {
         description: Some("default: all outbound traffic (no egress key)".to_owned()),
         implicit: true,
         span: span.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What `check` says about `text`: every diagnostic, rendered.
+    fn said(text: &str) -> (usize, String) {
+        let d = crate::config::from_str("vpc.toml".as_ref(), text).expect_err("refused");
+        (d.items.len(), d.to_string())
+    }
+
+    #[test]
+    fn pasted_aws_json_and_terraform_get_one_line_naming_the_import() {
+        let (n, text) = said("{\n  \"SecurityGroups\": [\n    {\"GroupId\": \"sg-1\"}\n  ]\n}\n");
+        assert_eq!(n, 1, "{text}");
+        assert!(text.contains("sg-agent import aws"), "{text}");
+        let (n, text) = said("{\"format_version\": \"1.0\", \"terraform_version\": \"1.9.0\"}");
+        assert_eq!(n, 1, "{text}");
+        assert!(text.contains("sg-agent import terraform"), "{text}");
+        let (n, text) = said(
+            "resource \"aws_security_group\" \"web\" {\n  name = \"web\"\n  ingress {\n    from_port = 80\n  }\n}\n",
+        );
+        assert_eq!(n, 1, "{text}");
+        assert!(
+            text.contains("Terraform (HCL)") && text.contains("import terraform"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn single_brackets_and_a_top_level_rule_say_what_to_write() {
+        let (n, text) = said("[security_group]\nname = \"web\"\n");
+        assert_eq!(n, 1, "{text}");
+        assert!(
+            text.contains("write [[security_group]] (double brackets)"),
+            "{text}"
+        );
+        let (n, text) = said(
+            "[[security_group]]\nname = \"web\"\n\n[[ingress]]\nprotocol = \"tcp\"\nfrom_port = 22\nto_port = 22\n",
+        );
+        assert_eq!(n, 1, "{text}");
+        assert!(text.contains("write [[security_group.ingress]]"), "{text}");
+    }
+
+    #[test]
+    fn a_service_name_as_protocol_is_told_its_protocol_and_port() {
+        let (_, text) = said(
+            "[[security_group]]\nname = \"web\"\n  [[security_group.ingress]]\n  protocol = \"SSH\"\n  cidr_blocks = [\"10.0.0.0/8\"]\n",
+        );
+        assert!(text.contains("ssh is tcp port 22"), "{text}");
+        assert!(
+            text.contains("protocol = \"tcp\", from_port = 22, to_port = 22"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_group_may_be_named_by_the_id_it_declares() {
+        let text = "[[security_group]]\nname = \"web\"\nid = \"sg-0a1b2c3d4e5f60718\"\n\n\
+                    [[security_group]]\nname = \"db\"\n  [[security_group.ingress]]\n  \
+                    protocol = \"tcp\"\n  from_port = 3306\n  to_port = 3306\n  \
+                    security_groups = [\"sg-0a1b2c3d4e5f60718\"]\n\n\
+                    [[instance]]\nname = \"app\"\naddresses = [\"10.0.0.1\"]\n\
+                    security_groups = [\"sg-0a1b2c3d4e5f60718\"]\n";
+        let vpc =
+            crate::config::from_str("vpc.toml".as_ref(), text).unwrap_or_else(|d| panic!("{d}"));
+        let db = vpc.groups.iter().find(|g| g.name == "db").expect("db");
+        assert!(matches!(&db.ingress[0].sources[0].source, super::Source::Group(g) if g == "web"));
+        assert_eq!(vpc.instances[0].groups[0].0, "web");
+        let (_, text) = said(&text.replace("id = \"sg-0a1b2c3d4e5f60718\"\n", ""));
+        assert!(
+            text.contains("unknown security group \"sg-0a1b2c3d4e5f60718\""),
+            "{text}"
+        );
     }
 }
