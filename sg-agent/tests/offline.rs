@@ -52,9 +52,52 @@ fn explain_exits_0_when_allowed_and_4_when_denied() {
     let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(json["allowed"], false);
     assert_eq!(json["sides"][0]["because"], "no rule allows it");
-    let (code, text) = sg_agent(&["explain", SEED, "--to", "nobody", "--from", "10.0.0.1"]);
+    let (code, text) = sg_agent(&[
+        "explain", SEED, "--to", "nobody", "--from", "10.0.0.1", "--port", "22",
+    ]);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("no instance named nobody"), "{text}");
+    assert!(
+        text.contains("no instance named nobody in the file (it has: alb, bastion, app-1, rds)"),
+        "{text}"
+    );
+    let (code, text) = sg_agent(&[
+        "explain", SEED, "--to", "app1", "--from", "10.0.0.1", "--port", "22",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("did you mean app-1?"), "{text}");
+    // No silent port 0: TCP and UDP need --port.
+    let (code, text) = sg_agent(&["explain", SEED, "--to", "rds", "--from-instance", "app-1"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--port is needed for tcp"), "{text}");
+    // Protocol names in any case, as in the file.
+    let (code, text) = sg_agent(&[
+        "explain",
+        SEED,
+        "--to",
+        "rds",
+        "--from-instance",
+        "app-1",
+        "--protocol",
+        "TCP",
+        "--port",
+        "3306",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = sg_agent(&[
+        "explain",
+        SEED,
+        "--to",
+        "rds",
+        "--from-instance",
+        "app-1",
+        "--protocol",
+        "ICMP",
+    ]);
+    assert_eq!(
+        code,
+        Some(4),
+        "ICMP needs no port, and no rule allows it: {text}"
+    );
     let (code, _) = sg_agent(&["explain", SEED, "--to", "rds"]);
     assert_eq!(code, Some(2), "--from or --from-instance is required");
 }

@@ -33,12 +33,13 @@ pub struct ExplainArgs {
     /// way are judged too.
     #[arg(long, value_name = "INSTANCE")]
     from_instance: Option<String>,
-    /// `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, another protocol's name (as in the
+    /// rules file, any case) or a number.
     #[arg(long, default_value = "tcp")]
     protocol: String,
-    /// The destination port (TCP, UDP).
-    #[arg(long, default_value_t = 0)]
-    port: u16,
+    /// The destination port: required for TCP and UDP.
+    #[arg(long)]
+    port: Option<u16>,
     /// ICMP type and code (ICMP, `ICMPv6`), e.g. 8 0 for an echo request.
     #[arg(long, num_args = 2, value_names = ["TYPE", "CODE"], default_values_t = [8, 0])]
     icmp: Vec<u8>,
@@ -50,14 +51,14 @@ pub struct ExplainArgs {
     json: bool,
 }
 
+/// A protocol as the rules file names it (any case) or its number.
 fn protocol_number(name: &str) -> Option<u8> {
-    match name {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmp" => Some(1),
-        "icmpv6" => Some(58),
-        n => n.parse().ok(),
-    }
+    let name = name.to_ascii_lowercase();
+    crate::config::PROTOCOL_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .or_else(|| name.parse().ok())
 }
 
 /// Exit status when the flow is denied.
@@ -70,6 +71,16 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             args.protocol
         );
         return ExitCode::from(2);
+    };
+    let port = match (protocol, args.port) {
+        (6 | 17, None) => {
+            eprintln!(
+                "error: --port is needed for {}: which destination port (e.g. --port 22)?",
+                args.protocol.to_ascii_lowercase()
+            );
+            return ExitCode::from(2);
+        }
+        (_, p) => p.unwrap_or(0),
     };
     let (vpc, _) = match super::check::load(&args.file, crate::config::MAX_BYTES, true) {
         Ok(v) => v,
@@ -87,7 +98,7 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             DirectionArg::Egress => Direction::Egress,
         },
         protocol,
-        port: args.port,
+        port,
         icmp: (args.icmp[0], args.icmp[1]),
     };
     let e = match explain::explain(&vpc, &query) {

@@ -3,6 +3,7 @@
 pub mod diagnostics;
 pub mod model;
 mod parse;
+pub(crate) use parse::PROTOCOL_NAMES;
 mod validate;
 
 use std::path::{Path, PathBuf};

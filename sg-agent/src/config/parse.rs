@@ -216,7 +216,7 @@ struct Parser {
 }
 
 /// Protocol names accepted besides numbers, as `/etc/protocols` spells them.
-const PROTOCOL_NAMES: &[(&str, u8)] = &[
+pub(crate) const PROTOCOL_NAMES: &[(&str, u8)] = &[
     ("icmp", 1),
     ("igmp", 2),
     ("ipip", 4),

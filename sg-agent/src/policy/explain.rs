@@ -68,15 +68,27 @@ pub struct Explanation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    #[error("no instance named {0} in the file")]
-    NoInstance(String),
+    #[error("no instance named {0} in the file{1}")]
+    NoInstance(String, String),
     #[error("instance {0} has no {1} address")]
     NoAddress(String, &'static str),
 }
 
 fn instance<'a>(vpc: &'a Vpc, name: &str) -> Result<&'a Instance, ExplainError> {
-    vpc.instance(name)
-        .ok_or_else(|| ExplainError::NoInstance(name.to_owned()))
+    vpc.instance(name).ok_or_else(|| {
+        let hint = crate::config::diagnostics::did_you_mean(
+            name,
+            vpc.instances.iter().map(|i| i.name.as_str()),
+        )
+        .map_or_else(
+            || {
+                let names: Vec<&str> = vpc.instances.iter().map(|i| i.name.as_str()).collect();
+                format!(" (it has: {})", names.join(", "))
+            },
+            |s| format!("; did you mean {s}?"),
+        );
+        ExplainError::NoInstance(name.to_owned(), hint)
+    })
 }
 
 fn address_like(inst: &Instance, v6: bool) -> Result<IpAddr, ExplainError> {
