@@ -740,3 +740,66 @@ fn control_characters_reach_no_terminal() {
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// The operator's SSH session: an instance that holds the session's server
+/// address with no rule allowing it is refused at start, naming the rule
+/// to add (app-1 takes SSH only from the bastion's group); one whose group
+/// allows it (the bastion's, from the admins) starts.
+#[test]
+fn an_instance_that_would_cut_the_ssh_session_is_refused_without_force() {
+    let lab = sg_tests::seed::SeedLab::new("sgk", sg_tests::seed::SEED, &[]);
+    let state = StateDir::new();
+    let run = |session: &str, extra: &[&str]| {
+        let mut child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&lab.config)
+            .arg("--state-dir")
+            .arg(&state.path)
+            .arg("--control-socket")
+            .arg(state.control_socket())
+            .args(extra)
+            .env("SSH_CONNECTION", session)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(6) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let exited = child.try_wait().expect("wait").is_some();
+        if !exited {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let out = child.wait_with_output().expect("output");
+        (
+            exited,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (exited, code, log) = run("203.0.113.5 50000 10.0.1.10 22", &[]);
+    assert!(exited, "refused at once: {log}");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("it would lock SSH out"), "{log}");
+    assert!(
+        log.contains("instance app-1 holds 10.0.1.10 and no rule of its groups allows the SSH session from 203.0.113.5"),
+        "{log}"
+    );
+    assert!(log.contains("cidr_blocks = [\"203.0.113.5/32\"]"), "{log}");
+    // The bastion allows SSH from the admins: it starts (and is stopped).
+    let (exited, _, log) = run("203.0.113.5 50000 10.0.0.20 22", &[]);
+    assert!(!exited, "an allowed session does not stop the start: {log}");
+    assert!(log.contains("ready: enforcing"), "{log}");
+    let (exited, _, log) = run("203.0.113.5 50000 10.0.1.10 22", &["--force"]);
+    assert!(!exited, "--force starts: {log}");
+    assert!(
+        log.contains("--force: starting though it cuts SSH sessions"),
+        "{log}"
+    );
+}

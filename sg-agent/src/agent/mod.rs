@@ -10,6 +10,7 @@
 //! changed until it is prepared in full) and stops.
 
 mod enforce;
+pub mod lockout;
 pub mod remote;
 mod service;
 
@@ -86,6 +87,9 @@ pub enum AgentError {
     /// remote description to do.
     #[error("the description from etcd is refused on this host:\n{0}\nnothing changed")]
     Remote(String),
+    /// Enforcing would cut an SSH session (see [`lockout`]).
+    #[error("refusing to start, it would lock SSH out:\n{0}\n(`run --force` starts anyway)")]
+    Lockout(String),
     #[error(
         "the reload in progress was not abandoned within {} ms of the signal: exiting with every \
          instance left enforced and pinned under {}; `sg-agent detach --all` removes them, the \
@@ -120,12 +124,22 @@ pub struct Options {
     /// On SIGINT/SIGTERM leave everything attached and pinned (for
     /// restarts and upgrades without a gap).
     pub keep_on_exit: bool,
-    /// Accept a rules file that enforces no instance.
-    pub allow_empty: bool,
+    /// What the operator told the agent to accept that it refuses by
+    /// default.
+    pub accept: Accept,
     /// How the rules file is read (size bound, owner and mode checks).
     pub read: crate::config::ReadPolicy,
     /// With rules from etcd: what a remote description may touch here.
     pub remote: Option<remote::RemoteLimits>,
+}
+
+/// Refusals the operator lifts (`run --allow-empty`, `--force`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Accept {
+    /// A rules file that enforces no instance.
+    pub empty: bool,
+    /// An instance that would cut an SSH session ([`lockout`]).
+    pub cut_ssh: bool,
 }
 
 /// What the running agent tells its users (see [`crate::observe`]).

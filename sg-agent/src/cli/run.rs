@@ -149,6 +149,12 @@ pub struct RunArgs {
     /// unfilter every interface).
     #[arg(long)]
     allow_empty: bool,
+    /// Start even though an instance holds the address of an SSH session
+    /// (the one that started the agent, or another of the host's sshd) and
+    /// no rule allows it: by default that is refused, as it would lock the
+    /// operator out.
+    #[arg(long)]
+    force: bool,
     /// Read a rules file owned by another user, or writable by its group or
     /// by anyone (or in such a directory). By default such a file is
     /// refused: whoever can write it decides every instance's firewall.
@@ -283,7 +289,10 @@ impl RunArgs {
             }),
             state_dir: self.state_dir.clone(),
             keep_on_exit: self.keep_on_exit,
-            allow_empty: self.allow_empty,
+            accept: agent::Accept {
+                empty: self.allow_empty,
+                cut_ssh: self.force,
+            },
             read: crate::config::ReadPolicy {
                 max_bytes: self.max_config_bytes,
                 strict_owner: !self.insecure_config,

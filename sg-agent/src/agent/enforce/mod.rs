@@ -141,6 +141,16 @@ pub(super) fn run(
     let path = path.as_path();
     let (file, revision) = rules.read(opts.read).map_err(AgentError::Config)?;
     let (vpc, compiled) = acceptable(path, &file, &opts)?;
+    let cut = crate::agent::lockout::cut(&vpc, &crate::agent::lockout::sessions());
+    if !cut.is_empty() {
+        if !opts.accept.cut_ssh {
+            return Err(AgentError::Lockout(cut.join("\n")));
+        }
+        log::warn!(
+            "--force: starting though it cuts SSH sessions:\n{}",
+            cut.join("\n")
+        );
+    }
     let state = StateDir::open(&opts.state_dir)?;
     let observer = Observer::new(
         opts.observe.flow_log.clone(),
@@ -201,7 +211,7 @@ fn acceptable(
     let started = Instant::now();
     let enforcer = crate::policy::Enforcer::Node(opts.node.as_deref());
     let (vpc, compiled) =
-        admit_as(path, &file.text, opts.allow_empty, enforcer).map_err(|r| match r {
+        admit_as(path, &file.text, opts.accept.empty, enforcer).map_err(|r| match r {
             // The daemon's log names file:line:col, the message and the hint,
             // never the file's lines (`check` shows them to the file's owner).
             Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
