@@ -558,3 +558,30 @@ fn pinned_maps_of_another_version_are_replaced_and_logged() {
     assert_enforced(&lab, "after replacing the maps");
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// An instance whose `addresses` are not its interface's is said at start
+/// and on reload, naming both sets: nothing in the seed lab, then app-1
+/// listed with an address its interface does not have.
+#[test]
+fn addresses_that_are_not_the_interfaces_are_warned_of() {
+    let lab = SeedLab::new("sga2", SEED, &[]);
+    let agent = start_agent(&lab);
+    assert!(
+        !agent.log_text().contains("are not those of"),
+        "the seed's addresses are its interfaces': {}",
+        agent.log_text()
+    );
+    let mark = agent.log_lines();
+    lab.rewrite(&SEED.replace("addresses = [\"10.0.1.10\"]", "addresses = [\"10.0.1.11\"]"));
+    let at = agent.expect_log(
+        "instance app-1: its addresses (10.0.1.11) are not those of eth0",
+        mark,
+        RELOAD,
+    );
+    let line = agent.log_line(at);
+    assert!(
+        line.contains("(10.0.1.10): what it sends from 10.0.1.10 is dropped by the source/destination check; 10.0.1.11 never reach it"),
+        "{line}"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}

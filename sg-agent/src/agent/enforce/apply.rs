@@ -143,6 +143,7 @@ impl Agent<'_> {
         self.vpc = vpc;
         self.compiled = Some(compiled);
         self.watch_namespaces();
+        self.warn_address_mismatches();
         // A failed switch leaves that instance as it was (each switch is
         // atomic); the others are in force, so the reload itself stands.
         if !failures.is_empty() {
@@ -550,6 +551,63 @@ impl Agent<'_> {
                 self.wait_for(name, Some(place.clone()), why);
                 false
             }
+        }
+    }
+
+    /// An instance enforced on its own interface whose `addresses` are not
+    /// the interface's: what it sends from an unlisted address is dropped
+    /// by the source/destination check, and a listed address it does not
+    /// have is never reached, both silently, as on AWS. Said with both
+    /// sets, at start and on every reload.
+    fn warn_address_mismatches(&self) {
+        for (name, e) in &self.enforced {
+            if e.place.side != Side::Instance {
+                continue;
+            }
+            let Some(inst) = self.vpc.instance(name) else {
+                continue;
+            };
+            let Ok(actual) = e.place.addresses() else {
+                continue;
+            };
+            let listed: Vec<std::net::IpAddr> = inst.addresses.clone();
+            let unlisted: Vec<String> = actual
+                .iter()
+                .filter(|a| !listed.contains(a))
+                .map(ToString::to_string)
+                .collect();
+            let absent: Vec<String> = listed
+                .iter()
+                .filter(|a| !actual.contains(a))
+                .map(ToString::to_string)
+                .collect();
+            if (unlisted.is_empty() || !inst.source_dest_check) && absent.is_empty() {
+                continue;
+            }
+            let show = |v: &[std::net::IpAddr]| {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut why = Vec::new();
+            if inst.source_dest_check && !unlisted.is_empty() {
+                why.push(format!(
+                    "what it sends from {} is dropped by the source/destination check",
+                    unlisted.join(", ")
+                ));
+            }
+            if !absent.is_empty() {
+                why.push(format!("{} never reach it", absent.join(", ")));
+            }
+            log::warn!(
+                instance = name;
+                "instance {name}: its addresses ({}) are not those of {} ({}): {}",
+                show(&listed),
+                e.place.describe(),
+                if actual.is_empty() { "none".to_owned() } else { show(&actual) },
+                why.join("; ")
+            );
         }
     }
 

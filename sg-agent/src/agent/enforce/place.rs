@@ -47,6 +47,30 @@ impl Place {
         }
     }
 
+    /// The addresses the interface has now (IPv6 link-local ones left
+    /// out: they are no instance's `addresses`).
+    pub fn addresses(&self) -> Result<Vec<std::net::IpAddr>, String> {
+        let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).map_err(|e| e.to_string())?;
+        let all = nix::ifaddrs::getifaddrs().map_err(|e| e.to_string())?;
+        let mut out: Vec<std::net::IpAddr> = all
+            .filter(|a| a.interface_name == self.ifname)
+            .filter_map(|a| {
+                let addr = a.address?;
+                if let Some(v4) = addr.as_sockaddr_in() {
+                    Some(std::net::IpAddr::V4(v4.ip()))
+                } else {
+                    addr.as_sockaddr_in6()
+                        .map(|v6| v6.ip())
+                        .filter(|ip| ip.segments()[0] & 0xffc0 != 0xfe80)
+                        .map(std::net::IpAddr::V6)
+                }
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Whether the namespace and interface exist, and if not, why.
     pub fn exists(&self) -> Result<(), String> {
         let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).map_err(|e| e.to_string())?;
