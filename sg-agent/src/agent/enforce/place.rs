@@ -60,7 +60,7 @@ impl Place {
                     Some(std::net::IpAddr::V4(v4.ip()))
                 } else {
                     addr.as_sockaddr_in6()
-                        .map(|v6| v6.ip())
+                        .map(nix::sys::socket::SockaddrIn6::ip)
                         .filter(|ip| ip.segments()[0] & 0xffc0 != 0xfe80)
                         .map(std::net::IpAddr::V6)
                 }
