@@ -585,3 +585,62 @@ fn addresses_that_are_not_the_interfaces_are_warned_of() {
     );
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+fn confirm(agent: &AgentProcess) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(["confirm", "--control-socket"])
+        .arg(&agent.control_socket)
+        .output()
+        .expect("sg-agent confirm runs")
+}
+
+/// `run --confirm-within`: a confirmed start stays; a reload left
+/// unconfirmed is rolled back to the last confirmed policy; a start left
+/// unconfirmed detaches everything, as if the agent had never started.
+#[test]
+fn what_is_not_confirmed_in_time_is_rolled_back() {
+    let lab = SeedLab::new("sgr", SEED, &[]);
+    let agent = sg_tests::seed::start_agent_with(&lab, &["--confirm-within", "3"]);
+    let status = agent.status_json();
+    assert!(
+        status["agent"]["rollback_in_seconds"].as_u64() <= Some(3),
+        "{}",
+        status["agent"]
+    );
+    let out = confirm(&agent);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is confirmed"));
+    assert!(agent.status_json()["agent"]["rollback_in_seconds"].is_null());
+    let out = confirm(&agent);
+    assert_eq!(out.status.code(), Some(1), "nothing to confirm: {out:?}");
+    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), Connected);
+
+    // A reload that closes HTTP to the load balancer, not confirmed.
+    let mark = agent.log_lines();
+    lab.rewrite(&seed_without_alb_ingress());
+    agent.expect_log("applied in", mark, RELOAD);
+    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), TimedOut);
+    agent.expect_log("is back in force", mark, Duration::from_secs(10));
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 80),
+        Connected,
+        "the confirmed policy is back"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+
+    // A start never confirmed: everything detached, the agent stops.
+    let mut agent =
+        sg_tests::seed::start_agent_with(&lab, &["--confirm-within", "2", "--keep-on-exit"]);
+    assert!(!attached_programs(&lab.ns("alb")).is_empty());
+    agent.expect_log(
+        "detaching every instance and stopping",
+        0,
+        Duration::from_secs(10),
+    );
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "the agent stopped");
+    assert!(
+        attached_programs(&lab.ns("alb")).is_empty(),
+        "nothing is left attached, --keep-on-exit or not"
+    );
+}

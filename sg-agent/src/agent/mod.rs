@@ -31,7 +31,7 @@ use crate::{
     config::ConfigError,
     dataplane::{DataplaneError, IngressHook, pins::PinError},
     observe::{
-        control::{self, AskDomain, AskStatus},
+        control::{self, AskConfirm, AskDomain, AskStatus},
         flowlog, metrics,
         status::Status,
     },
@@ -127,6 +127,9 @@ pub struct Options {
     /// What the operator told the agent to accept that it refuses by
     /// default.
     pub accept: Accept,
+    /// `--confirm-within`: a start or reload not confirmed (`sg-agent
+    /// confirm`) within this long is rolled back.
+    pub confirm_within: Option<std::time::Duration>,
     /// How the rules file is read (size bound, owner and mode checks).
     pub read: crate::config::ReadPolicy,
     /// With rules from etcd: what a remote description may touch here.
@@ -220,6 +223,8 @@ enum Command {
     Status(tokio::sync::oneshot::Sender<Status>),
     /// libvirt's hook: a domain starts (enforce its NICs now) or stopped.
     Domain(control::DomainEvent),
+    /// `sg-agent confirm`: keep what `--confirm-within` would roll back.
+    Confirm(tokio::sync::oneshot::Sender<Result<String, String>>),
     Stop,
 }
 
@@ -338,7 +343,19 @@ fn serve_observers(
             let _ = commands.send(Command::Domain(event));
         })
     };
-    tokio::spawn(control::serve(control, Arc::clone(&ask), domain, records));
+    let confirm: AskConfirm = {
+        let commands = commands.clone();
+        Arc::new(move |reply| {
+            let _ = commands.send(Command::Confirm(reply));
+        })
+    };
+    tokio::spawn(control::serve(
+        control,
+        Arc::clone(&ask),
+        domain,
+        confirm,
+        records,
+    ));
     if let Some(listener) = metrics {
         tokio::spawn(metrics::serve(listener, ask));
     }

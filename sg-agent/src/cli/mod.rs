@@ -62,6 +62,10 @@ enum Command {
     /// not interleave.
     #[command(after_help = EXIT_CODES)]
     Push(etcd::PushArgs),
+    /// Keep the policy a `run --confirm-within` agent put in force (it is
+    /// rolled back otherwise).
+    #[command(after_help = EXIT_CODES)]
+    Confirm(status::ConfirmArgs),
     /// Print the description in force in etcd.
     #[command(after_help = EXIT_CODES)]
     Pull(etcd::PullArgs),
@@ -140,6 +144,10 @@ pub fn main() -> ExitCode {
         Command::Status(args) => {
             drop(held);
             status::status(&args)
+        }
+        Command::Confirm(args) => {
+            drop(held);
+            status::confirm(&args)
         }
         Command::Import(command) => {
             drop(held);

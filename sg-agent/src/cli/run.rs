@@ -155,6 +155,12 @@ pub struct RunArgs {
     /// operator out.
     #[arg(long)]
     force: bool,
+    /// Roll back a start (every instance detached) or a reload (the last
+    /// confirmed policy back in force) unless `sg-agent confirm` confirms
+    /// it within SECONDS, as a router's "commit confirmed" does.
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    confirm_within: Option<u64>,
     /// Read a rules file owned by another user, or writable by its group or
     /// by anyone (or in such a directory). By default such a file is
     /// refused: whoever can write it decides every instance's firewall.
@@ -289,6 +295,7 @@ impl RunArgs {
             }),
             state_dir: self.state_dir.clone(),
             keep_on_exit: self.keep_on_exit,
+            confirm_within: self.confirm_within.map(std::time::Duration::from_secs),
             accept: agent::Accept {
                 empty: self.allow_empty,
                 cut_ssh: self.force,

@@ -137,3 +137,22 @@ fn left_enforced(state_dir: &std::path::Path) {
     out.push_str("`sg-agent run` adopts them (no gap); `sg-agent detach --all` removes them\n");
     eprint!("{}", crate::config::diagnostics::printable_lines(&out));
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ConfirmArgs {
+    /// The control socket the agent was started with.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+}
+
+/// `sg-agent confirm`: keeps the policy a `run --confirm-within` agent put
+/// in force, which it would otherwise roll back.
+pub fn confirm(args: &ConfirmArgs) -> ExitCode {
+    match control::confirm(&args.control_socket) {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(&e),
+    }
+}

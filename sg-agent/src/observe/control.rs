@@ -50,6 +50,9 @@ pub enum Request {
         domain: String,
         nics: Option<Vec<DomainNic>>,
     },
+    /// `sg-agent confirm`: keep the policy put in force under `run
+    /// --confirm-within` (else it is rolled back).
+    Confirm,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +65,8 @@ pub enum Reply {
     /// A libvirt request done: the instances now enforced on the domain's
     /// NICs (`NAME on IFNAME ...`).
     Enforced(Vec<String>),
+    /// A confirmation taken: what is kept.
+    Confirmed(String),
     Error(String),
 }
 
@@ -141,6 +146,9 @@ pub struct DomainEvent {
 /// How the server hands a libvirt request to the enforcement thread.
 pub type AskDomain = std::sync::Arc<dyn Fn(DomainEvent) + Send + Sync>;
 
+/// How the server hands `sg-agent confirm` to the enforcement thread.
+pub type AskConfirm = std::sync::Arc<dyn Fn(oneshot::Sender<Result<String, String>>) + Send + Sync>;
+
 /// How long a libvirt request may take: the instances of a domain loaded
 /// and attached (a domain's start waits for it).
 const DOMAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,6 +158,7 @@ pub async fn serve(
     listener: UnixListener,
     ask: AskStatus,
     domain: AskDomain,
+    confirm: AskConfirm,
     records: broadcast::Sender<Record>,
 ) {
     let mut gate = super::listen::Gate::new("control socket", super::listen::MAX_CONNECTIONS);
@@ -157,10 +166,11 @@ pub async fn serve(
         let ((stream, _), permit) = gate.next(|| listener.accept()).await;
         let ask = ask.clone();
         let domain = domain.clone();
+        let confirm = confirm.clone();
         let records = records.subscribe();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = answer(stream, &ask, &domain, records).await {
+            if let Err(e) = answer(stream, &ask, &domain, &confirm, records).await {
                 log::debug!("control socket: {e}");
             }
         });
@@ -177,6 +187,7 @@ async fn answer(
     stream: UnixStream,
     ask: &AskStatus,
     ask_domain: &AskDomain,
+    ask_confirm: &AskConfirm,
     mut records: broadcast::Receiver<Record>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -208,6 +219,16 @@ async fn answer(
                     "the agent did not attach the domain's instances within {} s",
                     DOMAIN_TIMEOUT.as_secs()
                 )),
+            };
+            send(&mut write, &reply).await
+        }
+        Request::Confirm => {
+            let (tx, rx) = oneshot::channel();
+            ask_confirm(tx);
+            let reply = match tokio::time::timeout(TIMEOUT, rx).await {
+                Ok(Ok(Ok(what))) => Reply::Confirmed(what),
+                Ok(Ok(Err(e))) => Reply::Error(e),
+                _ => Reply::Error("the agent did not answer within 5 s (a reload running?)".into()),
             };
             send(&mut write, &reply).await
         }
@@ -294,6 +315,17 @@ fn read_reply(path: &Path, reader: &mut impl BufRead) -> Result<Option<Reply>, C
     serde_json::from_str(&line)
         .map(Some)
         .map_err(|e| ControlError::Garbled(format!("{e}: {}", line.trim())))
+}
+
+/// Confirms the policy in force of the agent on `path` (`run
+/// --confirm-within`): what was kept.
+pub fn confirm(path: &Path) -> Result<String, ControlError> {
+    let mut reader = request(path, &Request::Confirm)?;
+    match read_reply(path, &mut reader)? {
+        Some(Reply::Confirmed(what)) => Ok(what),
+        Some(Reply::Error(e)) => Err(ControlError::Refused(e)),
+        other => Err(ControlError::Garbled(format!("{other:?}"))),
+    }
 }
 
 /// Asks the agent on `path` for its status.

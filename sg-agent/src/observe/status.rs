@@ -43,6 +43,10 @@ pub struct AgentStatus {
     /// With `run --etcd`: where the rules come from and how that goes.
     #[serde(default)]
     pub etcd: Option<EtcdStatus>,
+    /// With `run --confirm-within`: seconds left before the policy in
+    /// force is rolled back unless `sg-agent confirm` confirms it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_in_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +259,12 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
         "reloads     {} applied, {} rejected; lapses {}",
         a.reloads, a.reloads_rejected, a.lapses
     );
+    if let Some(left) = a.rollback_in_seconds {
+        let _ = writeln!(
+            out,
+            "UNCONFIRMED rolled back in {left} s unless `sg-agent confirm` (run --confirm-within)"
+        );
+    }
     if let Some(f) = &a.flow_log {
         let _ = writeln!(
             out,

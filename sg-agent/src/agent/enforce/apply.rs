@@ -158,7 +158,7 @@ impl Agent<'_> {
     /// After a change is committed: the old policy generations go, one
     /// grace period after the last flip; then the instances the change no
     /// longer names (`keep` says which stay) are detached.
-    fn retire_and_remove(&mut self, keep: impl Fn(&str) -> bool) {
+    pub(super) fn retire_and_remove(&mut self, keep: impl Fn(&str) -> bool) {
         // The old generations go, one grace period after the last flip.
         if self.enforced.values().any(|e| e.dataplane.retiring()) {
             std::thread::sleep(crate::dataplane::GRACE);

@@ -13,6 +13,7 @@
 //!   the rules file in case the watch missed a change.
 
 mod apply;
+mod confirm;
 mod place;
 mod reconcile;
 mod reload;
@@ -122,6 +123,9 @@ struct Agent<'a> {
     last_apply: Duration,
     /// What libvirt's hook told of domains as they started.
     domains: Domains,
+    /// A start or reload that `--confirm-within` rolls back unless
+    /// confirmed.
+    unconfirmed: Option<confirm::Unconfirmed>,
     /// The namespaces whose link events wake the agent (`None`: no link
     /// watch, in tests).
     links: Option<tokio::sync::watch::Sender<BTreeSet<Namespace>>>,
@@ -180,6 +184,7 @@ pub(super) fn run(
         last_reload: None,
         last_apply: Duration::ZERO,
         domains: Domains::default(),
+        unconfirmed: None,
         links: Some(links),
     };
     match agent.apply(vpc, compiled) {
@@ -194,6 +199,7 @@ pub(super) fn run(
     agent.last_apply = started.elapsed();
     agent.detach_unknown_pins();
     agent.log_ready(&file, revision);
+    agent.await_confirmation(None);
     service::ready(&agent.service_status());
     agent.serve(queue);
     Ok(())
@@ -359,6 +365,9 @@ impl Agent<'_> {
                     Command::Observe => observe = true,
                     Command::Status(reply) => asked.push(reply),
                     Command::Domain(d) => domains.push(d),
+                    Command::Confirm(reply) => {
+                        let _ = reply.send(self.confirm());
+                    }
                     Command::Stop => stop = true,
                 }
             }
@@ -386,6 +395,7 @@ impl Agent<'_> {
                 let _ = d.reply.send(answer);
             }
             if let Some(watched) = tick {
+                self.check_confirmation();
                 self.reconcile(false);
                 self.reclaim();
                 if self.opts.watch {

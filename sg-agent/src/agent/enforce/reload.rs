@@ -86,6 +86,7 @@ impl Agent<'_> {
             return;
         }
         let old = self.vpc.clone();
+        let before = self.in_force_now();
         match self.apply(vpc, compiled) {
             Ok(()) => {
                 let result = if self.in_force == file.sha256 {
@@ -93,6 +94,9 @@ impl Agent<'_> {
                 } else {
                     "applied"
                 };
+                if result == "applied" {
+                    self.await_confirmation(before);
+                }
                 self.in_force = file.sha256;
                 self.in_force_revision = revision;
                 self.last_apply = started.elapsed();

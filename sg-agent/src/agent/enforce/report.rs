@@ -134,6 +134,7 @@ impl Agent<'_> {
                     })
                 }
             },
+            rollback_in_seconds: self.confirm_left().map(|d| d.as_secs()),
         };
         let mut instances: Vec<status::InstanceStatus> = self
             .enforced
