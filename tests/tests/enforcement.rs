@@ -13,7 +13,7 @@ use sg_tests::{
     attached::attached_programs,
     probe::{Outcome::*, echo, eventually, tcp_open},
     seed::{
-        ADMIN, ALB, APP, BASTION, HostSpec, OUTSIDER, RELOAD, SEED, START, SeedLab, at, ip,
+        ADMIN, ALB, APP, BASTION, HostSpec, OUTSIDER, RDS, RELOAD, SEED, START, SeedLab, at, ip,
         seed_without_alb_ingress, seed_without_bastion_ingress, start_agent,
     },
 };
@@ -643,4 +643,41 @@ fn what_is_not_confirmed_in_time_is_rolled_back() {
         attached_programs(&lab.ns("alb")).is_empty(),
         "nothing is left attached, --keep-on-exit or not"
     );
+}
+
+/// AWS's default security group: instances given no group are in
+/// `default`, which lets in everything from its own members and nothing
+/// else, and lets everything out.
+#[test]
+fn instances_without_a_group_are_in_the_default_group() {
+    let rules = SEED
+        .replace(
+            "security_groups = [\"instagram-rds-security-group\"]",
+            "security_groups = []",
+        )
+        .replace(
+            "addresses = [\"10.0.1.10\"]\nsecurity_groups = [\"instagram-server-security-group\"]",
+            "addresses = [\"10.0.1.10\"]",
+        );
+    assert_ne!(rules, SEED);
+    let lab = SeedLab::new("sgdf", &rules, &[]);
+    let agent = start_agent(&lab);
+    assert_eq!(
+        lab.tcp("app-1", APP, RDS, 3306),
+        Connected,
+        "a member to a member"
+    );
+    assert_eq!(
+        lab.tcp("rds", RDS, APP, 22),
+        Connected,
+        "any port between members"
+    );
+    assert_eq!(lab.tcp("alb", ALB, RDS, 3306), TimedOut, "not a member");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+        "not a member"
+    );
+    assert_eq!(lab.tcp("rds", RDS, ALB, 80), Connected, "all outbound");
+    assert_eq!(agent.terminate().code(), Some(0));
 }

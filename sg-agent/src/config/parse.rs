@@ -515,6 +515,7 @@ impl Parser {
             vpc.cidr_blocks = self.vpc_blocks(v);
         }
         by_id(&mut vpc);
+        default_group(&mut vpc);
         vpc
     }
 
@@ -1391,6 +1392,48 @@ pub fn is_aws_id(prefix: &str, id: &str) -> bool {
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
 }
+
+/// AWS's default security group: an instance the file gives no group
+/// (`security_groups = []`, or no such key) is in the VPC's group named
+/// `default`, as an instance launched without one is. The file may define
+/// `default` (its rules then are the file's, as they can be changed on
+/// AWS); if it does not, the group is AWS's: all inbound traffic from its
+/// own members, all outbound traffic.
+fn default_group(vpc: &mut Vpc) {
+    let mut needed = false;
+    for i in &mut vpc.instances {
+        if i.groups.is_empty() {
+            i.groups.push((DEFAULT_GROUP.to_owned(), i.span.clone()));
+            needed = true;
+        }
+    }
+    if !needed || vpc.groups.iter().any(|g| g.name == DEFAULT_GROUP) {
+        return;
+    }
+    let span = 0..0;
+    vpc.groups.push(SecurityGroup {
+        name: DEFAULT_GROUP.to_owned(),
+        id: None,
+        description: Some("default VPC security group".to_owned()),
+        ingress: vec![Rule {
+            id: None,
+            protocol: Protocol::All,
+            ports: Ports::All,
+            sources: vec![SourceRef {
+                source: Source::SelfGroup,
+                span: span.clone(),
+            }],
+            description: Some("default: all inbound traffic from the group itself".to_owned()),
+            implicit: false,
+            span: span.clone(),
+        }],
+        egress: vec![default_egress(span.clone())],
+        span,
+    });
+}
+
+/// The name of the VPC's default security group.
+pub const DEFAULT_GROUP: &str = "default";
 
 /// AWS's default outbound rule: all traffic to 0.0.0.0/0 and `::/0`.
 fn default_egress(span: Span) -> Rule {
