@@ -197,10 +197,23 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                 });
             }
             for (i, (addresses, groups)) in instances.into_iter().enumerate() {
+                // The third instance also holds a delegated /28 around its
+                // first IPv4 address (AWS's prefix delegation).
+                let prefixes = addresses
+                    .iter()
+                    .find_map(|a| match a {
+                        std::net::IpAddr::V4(v4) if i == 2 => Some(ipnet::IpNet::V4(
+                            ipnet::Ipv4Net::new(*v4, 28).unwrap().trunc(),
+                        )),
+                        _ => None,
+                    })
+                    .into_iter()
+                    .collect();
                 vpc.instances.push(Instance {
                     node: None,
                     name: format!("i{i}"),
                     addresses,
+                    prefixes,
                     groups: groups
                         .into_iter()
                         .map(|g| (format!("g{g}"), 0..0))

@@ -681,3 +681,42 @@ fn instances_without_a_group_are_in_the_default_group() {
     assert_eq!(lab.tcp("rds", RDS, ALB, 80), Connected, "all outbound");
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// AWS's prefix delegation: an address in a prefix delegated to app-1 is
+/// app-1's, for its source/destination check and for its group's
+/// membership (the database lets the server group in).
+#[test]
+fn addresses_in_a_delegated_prefix_are_the_instances() {
+    let with_prefix = SEED.replace(
+        "addresses = [\"10.0.1.10\"]",
+        "addresses = [\"10.0.1.10\"]\nprefixes = [\"10.0.1.16/28\"]",
+    );
+    assert_ne!(with_prefix, SEED);
+    let lab = SeedLab::new("sgpd", SEED, &[]);
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &lab.ns("app-1"),
+            "addr",
+            "add",
+            "10.0.1.20/24",
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .output()
+        .expect("ip runs");
+    assert!(out.status.success(), "{out:?}");
+    let agent = start_agent(&lab);
+    assert_eq!(
+        lab.tcp("app-1", "10.0.1.20", RDS, 3306),
+        TimedOut,
+        "without the prefix, not app-1's address"
+    );
+    let mark = agent.log_lines();
+    lab.rewrite(&with_prefix);
+    agent.expect_log("applied in", mark, RELOAD);
+    assert_eq!(lab.tcp("app-1", "10.0.1.20", RDS, 3306), Connected);
+    assert_eq!(lab.tcp("app-1", APP, RDS, 3306), Connected);
+    assert_eq!(agent.terminate().code(), Some(0));
+}

@@ -212,6 +212,10 @@ pub struct SourceRef {
 pub struct Instance {
     pub name: String,
     pub addresses: Vec<IpAddr>,
+    /// Prefixes delegated to its interface (AWS's prefix delegation: IPv4
+    /// /28, IPv6 /80): every address in them is the instance's, for the
+    /// source/destination check and for group membership.
+    pub prefixes: Vec<ipnet::IpNet>,
     pub groups: Vec<(String, Span)>,
     /// Where this host enforces it: its own interface, the host side of
     /// its link, or a libvirt domain's NIC; absent: the instance lives
@@ -238,6 +242,20 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Whether `addr` is the instance's: one of its addresses, or in one of
+    /// its delegated prefixes.
+    pub fn owns(&self, addr: IpAddr) -> bool {
+        self.addresses.contains(&addr) || self.prefixes.iter().any(|p| p.contains(&addr))
+    }
+
+    /// Its addresses as host prefixes, and its delegated prefixes.
+    pub fn nets(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
+        self.addresses
+            .iter()
+            .map(|&a| ipnet::IpNet::from(a))
+            .chain(self.prefixes.iter().copied())
+    }
+
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|(g, _)| g == group)
     }

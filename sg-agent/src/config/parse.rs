@@ -918,6 +918,7 @@ impl Parser {
                 "name",
                 "description",
                 "addresses",
+                "prefixes",
                 "security_groups",
                 "interface",
                 "host_interface",
@@ -945,7 +946,8 @@ impl Parser {
                     sp,
                     format!("\"{s}\" has a prefix length"),
                     format!(
-                        "addresses are host addresses: write \"{}\"",
+                        "addresses are host addresses: write \"{}\" (a prefix delegated to \
+                         the interface, IPv4 /28 or IPv6 /80, goes in prefixes = [...])",
                         s.split('/').next().unwrap_or_default()
                     ),
                 ),
@@ -956,6 +958,7 @@ impl Parser {
                 ),
             }
         }
+        let prefixes = self.delegated_prefixes(t);
         let groups = self.string_array(t, "security_groups");
         let link = self.link(t);
         let netns = self.netns(t);
@@ -990,6 +993,7 @@ impl Parser {
         Some(Instance {
             name: name?.0,
             addresses,
+            prefixes,
             groups,
             link,
             netns,
@@ -999,6 +1003,42 @@ impl Parser {
             conntrack,
             span,
         })
+    }
+
+    /// `prefixes`: AWS's prefix delegation, IPv4 /28 and IPv6 /80 only, as
+    /// AWS assigns them, without host bits.
+    fn delegated_prefixes(&mut self, t: &DeTable) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (s, sp) in self.string_array(t, "prefixes") {
+            let Ok(net) = IpNet::from_str(&s) else {
+                self.err_hint(
+                    sp,
+                    format!("\"{s}\" is not a prefix"),
+                    "write e.g. \"10.0.5.16/28\" or \"2001:db8:0:5:1::/80\"",
+                );
+                continue;
+            };
+            let want = if net.addr().is_ipv4() { 28 } else { 80 };
+            if net.prefix_len() != want {
+                self.err_hint(
+                    sp,
+                    format!(
+                        "\"{s}\" is a /{}: AWS delegates IPv4 /28 and IPv6 /80 prefixes",
+                        net.prefix_len()
+                    ),
+                    format!("write a /{want}"),
+                );
+            } else if net.trunc() != net {
+                self.err_hint(
+                    sp,
+                    format!("\"{s}\" has host bits set"),
+                    format!("write \"{}\"", net.trunc()),
+                );
+            } else {
+                out.push(net);
+            }
+        }
+        out
     }
 
     /// `node`: the host name an agent's `run --node` gives.

@@ -339,7 +339,7 @@ fn expansion_fits(by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>) -> Res
 fn own_addresses(inst: &Instance, tables: &mut PolicyTables) {
     let own = sg_common::policy::OWN;
     let nets: Vec<IpNet> = if inst.source_dest_check {
-        inst.addresses.iter().map(|&a| IpNet::from(a)).collect()
+        inst.nets().collect()
     } else {
         vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
     };

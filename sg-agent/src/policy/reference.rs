@@ -250,7 +250,7 @@ pub fn source_dest_ok(instance: &Instance, direction: Direction, packet: &Packet
                 )
         }
     };
-    exempt || instance.addresses.contains(&local)
+    exempt || instance.owns(local)
 }
 
 /// Whether a new flow that `direction`'s rules allow goes untracked, in
@@ -402,7 +402,7 @@ pub(crate) fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr:
     let member_of = |group: &str| {
         vpc.instances
             .iter()
-            .any(|i| i.in_group(group) && i.addresses.contains(&addr))
+            .any(|i| i.in_group(group) && i.owns(addr))
     };
     match source {
         Source::Cidr(net) => net.contains(&addr),

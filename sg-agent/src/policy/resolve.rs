@@ -19,12 +19,13 @@ pub struct EffectiveRule<'a> {
     pub prefixes: Vec<IpNet>,
 }
 
-/// Host prefixes (/32, /128) of every address of every member of `group`.
+/// Host prefixes (/32, /128) of every address of every member of `group`,
+/// and the prefixes delegated to them.
 pub fn members(vpc: &Vpc, group: &str) -> Vec<IpNet> {
     vpc.instances
         .iter()
         .filter(|i| i.in_group(group))
-        .flat_map(|i| i.addresses.iter().map(|&a| IpNet::from(a)))
+        .flat_map(Instance::nets)
         .collect()
 }
 

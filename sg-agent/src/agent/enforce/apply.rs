@@ -573,7 +573,7 @@ impl Agent<'_> {
             let listed: Vec<std::net::IpAddr> = inst.addresses.clone();
             let unlisted: Vec<String> = actual
                 .iter()
-                .filter(|a| !listed.contains(a))
+                .filter(|a| !inst.owns(**a))
                 .map(ToString::to_string)
                 .collect();
             let absent: Vec<String> = listed
