@@ -36,6 +36,10 @@ pub const STATE_CLOSING: u8 = 4;
 pub const STATE_CLOSED: u8 = 5;
 /// Any non-TCP flow.
 pub const STATE_OPEN: u8 = 6;
+/// A UDP flow whose origin asked again after a reply: the reply to this
+/// second request completes more than one request-response transaction,
+/// which makes it a stream (AWS's `UdpStreamTimeout`).
+pub const STATE_ASKED_AGAIN: u8 = 8;
 /// A RST was seen. No sequence numbers are tracked, so a RST is not trusted
 /// to end a connection on its own word: the entry idles out as a closed
 /// one, unless the endpoint that sent the RST sends again (not a SYN),
@@ -312,7 +316,20 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
     let from_origin = from_a == (entry.flags & FLAG_ORIGIN_A != 0);
     let mut flags = entry.flags;
     let mut state = entry.state;
-    if from_origin {
+    if flow.proto == proto::UDP {
+        // A stream once more than one request-response transaction has
+        // completed: request, response, request, response.
+        if from_origin {
+            if flags & FLAG_REPLIED != 0 && state == STATE_OPEN {
+                state = STATE_ASKED_AGAIN;
+            }
+        } else {
+            if state == STATE_ASKED_AGAIN {
+                flags |= FLAG_STREAM;
+            }
+            flags |= FLAG_REPLIED;
+        }
+    } else if from_origin {
         if flags & FLAG_REPLIED != 0 {
             flags |= FLAG_STREAM;
         }
@@ -548,19 +565,28 @@ mod tests {
         assert_eq!(advance(&e, &real, !from_a, 3).state, STATE_RESET);
     }
 
+    /// AWS: the stream timeout applies after more than one request-response
+    /// transaction; a request, a response and an unanswered request are
+    /// not a stream yet.
     #[test]
-    fn udp_becomes_a_stream_after_a_second_request() {
+    fn udp_becomes_a_stream_after_a_second_transaction() {
         let s = settings();
         let req = udp(1, 5000, 2, 53);
+        let resp = udp(2, 53, 1, 5000);
         let (_, from_a) = key_of(&req);
         let e = open(&req, from_a, 0);
         assert!(!is_live(&e, proto::UDP, 31 * SEC, &s));
-        let e = advance(&e, &udp(2, 53, 1, 5000), !from_a, SEC);
+        let e = advance(&e, &resp, !from_a, SEC);
         assert_eq!(e.flags & FLAG_STREAM, 0);
         let e = advance(&e, &req, from_a, 2 * SEC);
-        assert_ne!(e.flags & FLAG_STREAM, 0);
-        assert!(is_live(&e, proto::UDP, 2 * SEC + 179 * SEC, &s));
-        assert!(!is_live(&e, proto::UDP, 2 * SEC + 181 * SEC, &s));
+        assert_eq!(e.flags & FLAG_STREAM, 0, "an unanswered second request");
+        assert!(!is_live(&e, proto::UDP, 2 * SEC + 31 * SEC, &s));
+        let e = advance(&e, &req, from_a, 3 * SEC);
+        assert_eq!(e.flags & FLAG_STREAM, 0, "a third request, still unanswered");
+        let e = advance(&e, &resp, !from_a, 4 * SEC);
+        assert_ne!(e.flags & FLAG_STREAM, 0, "the second transaction completed");
+        assert!(is_live(&e, proto::UDP, 4 * SEC + 179 * SEC, &s));
+        assert!(!is_live(&e, proto::UDP, 4 * SEC + 181 * SEC, &s));
     }
 
     #[test]
