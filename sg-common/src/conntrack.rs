@@ -582,7 +582,11 @@ mod tests {
         assert_eq!(e.flags & FLAG_STREAM, 0, "an unanswered second request");
         assert!(!is_live(&e, proto::UDP, 2 * SEC + 31 * SEC, &s));
         let e = advance(&e, &req, from_a, 3 * SEC);
-        assert_eq!(e.flags & FLAG_STREAM, 0, "a third request, still unanswered");
+        assert_eq!(
+            e.flags & FLAG_STREAM,
+            0,
+            "a third request, still unanswered"
+        );
         let e = advance(&e, &resp, !from_a, 4 * SEC);
         assert_ne!(e.flags & FLAG_STREAM, 0, "the second transaction completed");
         assert!(is_live(&e, proto::UDP, 4 * SEC + 179 * SEC, &s));

@@ -123,3 +123,32 @@ fn status_without_an_agent_names_what_pins_still_enforce() {
         .expect("detach runs");
     assert!(out.status.success(), "{out:?}");
 }
+
+/// A second agent (another state directory) does not attach to interfaces
+/// the first enforces: it names the first, and the first's programs stay.
+#[test]
+fn a_second_agent_is_refused_the_interfaces_another_enforces() {
+    let lab = SeedLab::new("sd2", SEED, &[]);
+    let first_state = StateDir::new();
+    let first = AgentProcess::start_in(&first_state, &lab.config, &[], "info");
+    first.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    let before = sg_tests::attached::attached_programs(&lab.ns("app-1"));
+    let second_state = StateDir::new();
+    let second = AgentProcess::start_in(&second_state, &lab.config, &[], "info");
+    let at = second.expect_log("already enforced by", 0, START);
+    let line = second.log_line(at);
+    assert!(
+        line.contains(&format!(
+            "already enforced by the sg-agent with state directory {}",
+            first_state.path.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(
+        sg_tests::attached::attached_programs(&lab.ns("app-1")),
+        before,
+        "the first agent's programs alone"
+    );
+    assert_eq!(second.terminate().code(), Some(0));
+    assert_eq!(first.terminate().code(), Some(0));
+}

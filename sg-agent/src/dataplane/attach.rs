@@ -178,6 +178,13 @@ impl Dataplane {
             netns: netns.map(str::to_owned),
             source: Box::new(source),
         };
+        if let Some(other) = self.foreign_enforcer(place, ifname) {
+            return Err(DataplaneError::ForeignAgent {
+                ifname: ifname.to_owned(),
+                netns: netns.map(str::to_owned),
+                other,
+            });
+        }
         // Kernels without TCX attach classifiers under the clsact qdisc.
         if !tcx_available() {
             match tc::qdisc_add_clsact(ifname) {
@@ -377,6 +384,50 @@ impl Dataplane {
                 netns: netns.map(str::to_owned),
                 source: Box::new(source),
             })
+    }
+
+    /// Another agent enforcing the interface at `place` (the current
+    /// thread is in its namespace): sg-agent's programs attached there by
+    /// TCX that no pin of this agent's state directory holds. Named by the
+    /// state directory whose pins hold them, when found under bpffs.
+    fn foreign_enforcer(&self, place: PlaceId, ifname: &str) -> Option<String> {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        if self.links.iter().any(|l| l.place == place) || !tcx_available() {
+            return None;
+        }
+        let root = self.pins.as_ref()?.state_root()?;
+        if super::pins::pins_place(root, place) {
+            return None;
+        }
+        let ours = |name: &str| {
+            [
+                super::INGRESS_PROGRAM,
+                super::EGRESS_PROGRAM,
+                super::EGRESS_HOST_PROGRAM,
+                super::INGRESS_TC_PROGRAM,
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+        };
+        let attached = [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .filter_map(|t| SchedClassifier::query_tcx(ifname, t).ok())
+            .flat_map(|(_, progs)| progs)
+            .any(|p| p.name_as_str().is_some_and(ours));
+        if !attached {
+            return None;
+        }
+        let bpffs = root.parent()?;
+        let other = std::fs::read_dir(bpffs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path())
+            .find(|d| d != root && d.is_dir() && super::pins::pins_place(d, place));
+        Some(other.map_or_else(
+            || "another sg-agent (no state directory under bpffs pins it: one running without pins)".to_owned(),
+            |d| format!("the sg-agent with state directory {}", d.display()),
+        ))
     }
 
     fn holds(&self, hook: Hook, place: PlaceId) -> bool {

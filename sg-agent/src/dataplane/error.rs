@@ -5,6 +5,18 @@ use crate::policy::encode::TooLarge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// Another agent's programs are on the interface (`other` names it).
+    #[error(
+        "interface {ifname}{}: already enforced by {other}; two agents on one interface would \
+         judge every packet twice by two policies: stop that agent, or `sg-agent detach --all \
+         --state-dir DIR` its state",
+        netns.as_ref().map_or_else(String::new, |n| format!(" in netns {n}"))
+    )]
+    ForeignAgent {
+        ifname: String,
+        netns: Option<String>,
+        other: String,
+    },
     #[error("loading the eBPF object failed: {0} (run as root on a kernel with BPF, BTF and XDP)")]
     Load(#[source] Box<aya::EbpfError>),
     #[error(

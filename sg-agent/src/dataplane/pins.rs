@@ -238,6 +238,11 @@ pub struct InstancePins {
 }
 
 impl InstancePins {
+    /// The state directory these pins are under.
+    pub fn state_root(&self) -> Option<&Path> {
+        self.dir.parent()
+    }
+
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
     }
@@ -335,4 +340,26 @@ pub fn place_here(ifname: &str) -> io::Result<PlaceId> {
         netns_inode,
         ifindex,
     })
+}
+
+/// Whether a link pin for `place` is in any instance directory of the
+/// state directory `root`.
+pub fn pins_place(root: &Path, place: PlaceId) -> bool {
+    let suffix = format!("@{}_{}", place.netns_inode, place.ifindex);
+    fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|inst| {
+            inst.file_type().is_ok_and(|t| t.is_dir())
+                && fs::read_dir(inst.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| {
+                        let name = f.file_name();
+                        let name = name.to_string_lossy();
+                        name.starts_with("link-") && name.ends_with(&suffix)
+                    })
+        })
 }
