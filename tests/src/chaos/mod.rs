@@ -117,6 +117,19 @@ pub struct Report {
     pub faults: Vec<Fault>,
     pub flood: FloodResult,
     pub vm_start: vm_start::VmStart,
+    pub records: Records,
+}
+
+/// Faults whose cost is a record or a refusal rather than a lapse.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// REJECT records of the blocked port in the flow log, written as the
+    /// agent stopped (SIGTERM with --keep-on-exit) mid-interval.
+    pub written_at_stop: usize,
+    /// An agent given a state directory a local user prepared: whether it
+    /// refused to start, and how many pins it left in the directory.
+    pub prepared_refused: bool,
+    pub prepared_pins: usize,
 }
 
 impl Report {
@@ -152,7 +165,8 @@ impl Report {
         }
         if v.libvirt.1 > 0 {
             out.push(format!(
-                "{} of {} frames of a libvirt domain passed unjudged although the hook enforced                  it before its CPU ran",
+                "{} of {} frames of a libvirt domain passed unjudged although the hook enforced \
+                 it before its CPU ran",
                 v.libvirt.1, v.libvirt.0
             ));
         }
@@ -160,6 +174,15 @@ impl Report {
             out.push(format!(
                 "a tap was not enforced within 1 s of appearing: first {:.1} ms, again {:?}",
                 v.first_ms, v.again_ms
+            ));
+        }
+        if self.records.written_at_stop == 0 {
+            out.push("the flow log's open interval was lost at a restart".into());
+        }
+        if !self.records.prepared_refused || self.records.prepared_pins > 0 {
+            out.push(format!(
+                "a state directory a local user prepared was used (refused: {}, pins: {})",
+                self.records.prepared_refused, self.records.prepared_pins
             ));
         }
         if self.flood.judged.iter().any(|j| j.3 + j.4 == 0) {
@@ -250,6 +273,30 @@ impl Report {
             );
         }
         self.vm_start_markdown(&mut s);
+        let r = &self.records;
+        let _ = writeln!(
+            s,
+            "\n## Records and refusals\n\n| fault | what is done | outcome | |\n|---|---|---|---|\n\
+             | restart mid-interval | flow logs on (600-s interval), rejected datagrams to the blocked port, then SIGTERM with --keep-on-exit | {} REJECT records of the open interval written at the stop | {} |\n\
+             | prepared state directory | a local user (uid 65534) made the state directory and an instance's below it before the agent | {}, {} pins put into it | {} |",
+            r.written_at_stop,
+            if r.written_at_stop > 0 {
+                "met (must be > 0)"
+            } else {
+                "MISSED"
+            },
+            if r.prepared_refused {
+                "refused to start"
+            } else {
+                "STARTED"
+            },
+            r.prepared_pins,
+            if r.prepared_refused && r.prepared_pins == 0 {
+                "met"
+            } else {
+                "MISSED"
+            },
+        );
         s.push_str(METHOD);
         s
     }
@@ -332,10 +379,17 @@ const METHOD: &str = "
   port answering for 36.5 s). *netns_path a FIFO*: a reload naming a FIFO
   as an instance's namespace file is rejected without opening it for good
   (an earlier build's enforcement thread hung in `open`), and S1's eth0
-  made again right after is enforced as always. The state directory
-  prepared by another user and the flow-log records are refusals and
-  records rather than lapses: their tests (`state_dir`, `flow_log_loss`)
-  cover them.
+  made again right after is enforced as always.
+* **Records and refusals.** *restart mid-interval*: the agent restarted
+  with a flow log of 600-s intervals, three datagrams sent to the blocked
+  port, then SIGTERM with `--keep-on-exit`: the REJECT records of the
+  interval still open must be in the file (an earlier build dropped the
+  open interval at every restart and upgrade). *prepared state
+  directory*: a local user (uid 65534) makes the state directory and an
+  instance's directory below it in bpffs, world-writable and sticky,
+  before an agent starts on it: the agent must refuse to start and pin
+  nothing there (an earlier build pinned into it, and the user could
+  remove the pins).
 * **VM start.** An instance waits for its tap (`host_interface`); the tap
   is made with `ip tuntap add` (as QEMU and libvirt make theirs) and the
   time until both programs are on it is measured by querying TCX every half
@@ -671,6 +725,7 @@ pub fn run(options: Options) -> Report {
 
     faults.push(hardening_metrics_flood(&mut c));
     faults.push(hardening_fifo(&mut c, &dir, &s1, &s1_ns));
+    let records = records_and_refusals(&mut c, &dir);
 
     let flood = flood(&mut c, &s1, &s1_ns, options);
     if let Some(agent) = c.agent.take() {
@@ -684,6 +739,64 @@ pub fn run(options: Options) -> Report {
         faults,
         flood,
         vm_start,
+        records,
+    }
+}
+
+/// Item 6 of the hardening round: the flow log's open interval is written
+/// when the agent stops; item 2: a state directory a local user prepared
+/// is refused.
+fn records_and_refusals(c: &mut Chaos, dir: &Path) -> Records {
+    let log = dir.join("flows.log");
+    c.restart(&[
+        "--flow-log",
+        log.to_str().expect("utf-8"),
+        "--flow-log-interval",
+        "600",
+    ]);
+    for _ in 0..3 {
+        let _ = crate::probe::udp(
+            &c.ns("client"),
+            CLIENT.into(),
+            SocketAddr::new(S1.into(), BLOCKED),
+        );
+    }
+    c.restart(&[]);
+    let blocked = BLOCKED.to_string();
+    let written_at_stop = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() == 14 && f[6] == blocked && f[12] == "REJECT"
+        })
+        .count();
+
+    let prepared = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/sg-chaos-prepared-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&prepared);
+    std::fs::create_dir_all(prepared.join("s2")).expect("mkdir in bpffs");
+    for d in [prepared.clone(), prepared.join("s2")] {
+        std::os::unix::fs::chown(&d, Some(65534), None).expect("chown");
+    }
+    let out = std::process::Command::new(crate::agent::binary())
+        .args(["run", "--config"])
+        .arg(&c.config)
+        .arg("--state-dir")
+        .arg(&prepared)
+        .arg("--control-socket")
+        .arg(dir.join("prepared.sock"))
+        .output()
+        .expect("sg-agent runs");
+    let prepared_refused = out.status.code() == Some(1);
+    let prepared_pins = std::fs::read_dir(prepared.join("s2")).map_or(0, Iterator::count);
+    let _ = std::fs::remove_dir_all(&prepared);
+    Records {
+        written_at_stop,
+        prepared_refused,
+        prepared_pins,
     }
 }
 
@@ -747,6 +860,8 @@ fn hardening_fifo(c: &mut Chaos, dir: &Path, s1: &str, s1_ns: &str) -> Fault {
             c.lab.recreate_eth0("s1");
             ipv4_only(&c.ns("s1"), "eth0");
             c.agent().expect_log("programs attached again", mark, APPLY);
+            // The file as in force again (no reload: the same bytes).
+            c.write(&rules(s1, true, s1_ns, false));
         },
     )
 }
