@@ -273,6 +273,12 @@ impl Report {
             );
         }
         self.vm_start_markdown(&mut s);
+        self.records_markdown(&mut s);
+        s.push_str(METHOD);
+        s
+    }
+
+    fn records_markdown(&self, s: &mut String) {
         let r = &self.records;
         let _ = writeln!(
             s,
@@ -297,8 +303,6 @@ impl Report {
                 "MISSED"
             },
         );
-        s.push_str(METHOD);
-        s
     }
 
     fn vm_start_markdown(&self, s: &mut String) {
