@@ -279,6 +279,24 @@ fn cpu_jiffies() -> (u64, u64) {
     (busy, cpu[6])
 }
 
+/// What the host-side agent dropped of what the host sends into the link
+/// (its inbound direction), from its status.
+fn host_side_drops(agent: &AgentProcess) -> u64 {
+    let status = agent.status_json();
+    status["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["packets"]["ingress"].as_object())
+        .flat_map(|reasons| {
+            reasons
+                .iter()
+                .filter(|(r, _)| r.starts_with("drop"))
+                .filter_map(|(_, n)| n.as_u64())
+        })
+        .sum()
+}
+
 fn rx_packets(ns: &str) -> u64 {
     sh(ns, "cat /sys/class/net/eth0/statistics/rx_packets")
         .trim()
@@ -289,7 +307,10 @@ fn rx_packets(ns: &str) -> u64 {
 /// A flood of disallowed UDP (to port 9) from gen for `secs` seconds,
 /// bounded by a packet count too; returns packets absorbed per second, and
 /// busy and softirq CPU ns per packet.
-fn flood(pair: &Pair, secs: u64) -> (f64, f64, f64) {
+/// `dropped_before`: packets dropped before they reach the receiver's
+/// veth, which its `rx_packets` cannot count (the host-side row drops the
+/// flood at TC egress of the sender's end): the agent's own count.
+fn flood(pair: &Pair, secs: u64, dropped_before: &dyn Fn() -> u64) -> (f64, f64, f64) {
     let conf = std::env::temp_dir().join(format!("{}-flood.cfg", pair.gen_ns.name));
     let cfg = format!(
         "{{\n  eth(da={}, sa={}, type=0x0800),\n  ipv4(saddr={CLIENT_V4}, daddr={SERVER_V4}, proto=17, ttl=64),\n  udp(sp=12345, dp=9),\n  fill(0x41, 18)\n}}\n",
@@ -297,7 +318,7 @@ fn flood(pair: &Pair, secs: u64) -> (f64, f64, f64) {
         Pair::mac(&pair.gen_ns.name)
     );
     std::fs::write(&conf, cfg).expect("trafgen config");
-    let rx0 = rx_packets(&pair.sink_ns.name);
+    let rx0 = rx_packets(&pair.sink_ns.name) + dropped_before();
     let cpu0 = cpu_jiffies();
     let start = std::time::Instant::now();
     // trafgen gives up when the veth's ring pushes back (EAGAIN); restart it
@@ -335,7 +356,7 @@ fn flood(pair: &Pair, secs: u64) -> (f64, f64, f64) {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&conf);
-    let packets = rx_packets(&pair.sink_ns.name) - rx0;
+    let packets = rx_packets(&pair.sink_ns.name) + dropped_before() - rx0;
     let clk_tck = 100.0; // USER_HZ: /proc/stat counts in 1/100 s.
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     let ns = |jiffies: u64| jiffies as f64 / clk_tck * 1e9;
@@ -535,7 +556,11 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
     }
     for run in 1..=cfg.runs {
         for s in &mut setups {
-            let (p, c, si) = flood(&s.pair, cfg.flood_secs);
+            let dropped_before = || match (&s.installed, s.filter) {
+                (Installed::Agent(agent), Filter::SgAgentHostSide) => host_side_drops(agent),
+                _ => 0,
+            };
+            let (p, c, si) = flood(&s.pair, cfg.flood_secs, &dropped_before);
             s.pps.push(p);
             s.cpu.push(c);
             s.softirq.push(si);

@@ -26,6 +26,11 @@ pub struct Report {
     pub instances: usize,
     /// Start of the process -> every instance attached ("ready"), ms.
     pub attach_ms: Stat,
+    /// Of it, as the agent logs them: loading and verifying every
+    /// instance's object (on as many threads as CPUs), and attaching them
+    /// (two TCX links each), ms.
+    pub load_ms: f64,
+    pub links_ms: f64,
     /// A membership change written -> the agent logs it in force on every
     /// instance, ms (log polled every 10 ms).
     pub membership_ms: Stat,
@@ -148,13 +153,29 @@ pub fn measure(n: usize, changes: usize) -> Report {
     write_atomically(&path, &rules(&netns.name, n, false));
     let state = StateDir::new();
     let spawned = Instant::now();
-    let agent = AgentProcess::start_quiet_in(&state, &path, &[]);
+    let agent = AgentProcess::start_quiet_logging(
+        &state,
+        &path,
+        &[],
+        "info,sg_agent::agent::enforce::apply=debug",
+    );
     agent.expect_log(
         &format!("ready: enforcing {n} instance(s)"),
         0,
         Duration::from_mins(10),
     );
     let attach_ms = spawned.elapsed().as_secs_f64() * 1e3;
+    // "loaded N instance object(s) in X ms", "attached N instance(s) in Y ms".
+    let logged_ms = |needle: &str| {
+        let line = agent.log_line(agent.expect_log(needle, 0, Duration::from_secs(1)));
+        line.rsplit(" in ")
+            .next()
+            .and_then(|t| t.split(' ').next())
+            .and_then(|ms| ms.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let load_ms = logged_ms(&format!("loaded {n} instance object(s) in"));
+    let links_ms = logged_ms(&format!("attached {n} instance(s) in"));
     let (map_bytes, prog_bytes, by_name) = bpf_memory(agent.pid());
     let rss_bytes = rss(agent.pid());
     let mut by_map: Vec<(String, u64)> = by_name.into_iter().collect();
@@ -203,6 +224,8 @@ pub fn measure(n: usize, changes: usize) -> Report {
     Report {
         instances: n,
         attach_ms: Stat::of(&[attach_ms]),
+        load_ms,
+        links_ms,
         membership_ms: Stat::of(&wall),
         membership_agent_ms: Stat::of(&logged),
         map_bytes,

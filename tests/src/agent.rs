@@ -122,6 +122,16 @@ impl AgentProcess {
         Self::spawn(state, Some(config), args, "info", false)
     }
 
+    /// [`AgentProcess::start_quiet_in`] with `RUST_LOG=level`.
+    pub fn start_quiet_logging(
+        state: &StateDir,
+        config: &Path,
+        args: &[&str],
+        level: &str,
+    ) -> Self {
+        Self::spawn(state, Some(config), args, level, false)
+    }
+
     fn spawn(
         state: &StateDir,
         config: Option<&Path>,
