@@ -111,20 +111,23 @@ impl<'a> Lines<'a> {
 /// `text` safe to print: control characters (terminal escapes included)
 /// shown escaped, never sent to the terminal or the log as they are.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
+    escaped(text, char::is_control)
+}
+
+/// `text` with the characters `escape` picks shown escaped.
+fn escaped(text: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(&escape) {
+        return text.into();
     }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// [`printable`] for text of many lines: line ends and tabs kept, every
@@ -132,21 +135,7 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// the kernel, an error text, a libvirt domain's name) shown escaped. What
 /// every command prints to a terminal, and the text log, goes through it.
 pub fn printable_lines(text: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
-    if text.chars().any(unsafe_char) {
-        text.chars()
-            .map(|c| {
-                if unsafe_char(c) {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
-    }
+    escaped(text, |c| c.is_control() && c != '\n' && c != '\t')
 }
 
 impl fmt::Display for Diagnostics {

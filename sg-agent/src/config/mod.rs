@@ -314,12 +314,17 @@ pub struct RulesFile {
 
 impl RulesFile {
     pub fn sha256_hex(&self) -> String {
-        use std::fmt::Write as _;
-        self.sha256.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        hex(&self.sha256)
     }
+}
+
+/// `bytes` in lowercase hexadecimal (a digest as logs and `status` show it).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// What tells one version of a file from another without reading it:

@@ -368,15 +368,7 @@ impl Dataplane {
         settings: Settings,
     ) -> Result<bool, DataplaneError> {
         let started = std::time::Instant::now();
-        if self.retiring.is_some() {
-            std::thread::sleep(policy_maps::GRACE);
-            self.retire()?;
-        }
-        let settings = Settings {
-            ns_per_tick: policy_maps::tick_ns(),
-            ready: self.ready_bits(),
-            ..settings
-        };
+        let settings = self.settle(settings)?;
         let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
         let changed = encode::publish(&mut self.encoder, &mut maps, tables, settings)?;
         if changed {
@@ -399,16 +391,7 @@ impl Dataplane {
         tables: &PolicyTables,
         settings: Settings,
     ) -> Result<bool, DataplaneError> {
-        // An earlier flip's old generation goes first.
-        if self.retiring.is_some() {
-            std::thread::sleep(policy_maps::GRACE);
-            self.retire()?;
-        }
-        let settings = Settings {
-            ns_per_tick: policy_maps::tick_ns(),
-            ready: self.ready_bits(),
-            ..settings
-        };
+        let settings = self.settle(settings)?;
         let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
         let swap = encode::flip(&mut self.encoder, &mut maps, tables, settings)?;
         let changed = swap.is_some();
@@ -416,16 +399,23 @@ impl Dataplane {
         Ok(changed)
     }
 
-    /// The flags a published policy carries besides [`READY`] (which the
-    /// swap sets).
-    ///
-    /// [`READY`]: sg_common::policy::READY
-    fn ready_bits(&self) -> u32 {
-        if self.refusing_new_flows {
-            sg_common::policy::REFUSING_NEW_FLOWS
-        } else {
-            0
+    /// Before a swap: an earlier flip's old generation goes (a grace period
+    /// after it), and `settings` get what the data plane adds: the tick's
+    /// length and the flags besides `READY` (which the swap sets).
+    fn settle(&mut self, settings: Settings) -> Result<Settings, DataplaneError> {
+        if self.retiring.is_some() {
+            std::thread::sleep(policy_maps::GRACE);
+            self.retire()?;
         }
+        Ok(Settings {
+            ns_per_tick: policy_maps::tick_ns(),
+            ready: if self.refusing_new_flows {
+                sg_common::policy::REFUSING_NEW_FLOWS
+            } else {
+                0
+            },
+            ..settings
+        })
     }
 
     /// Refuses every new flow (`on`), keeping the connections tracked, or
@@ -458,11 +448,6 @@ impl Dataplane {
                 .map_err(error::map_err(m::SETTINGS))?;
         }
         Ok(())
-    }
-
-    /// Whether new flows are refused ([`Dataplane::refuse_new_flows`]).
-    pub fn refusing_new_flows(&self) -> bool {
-        self.refusing_new_flows
     }
 
     /// Whether a flip's old generation is still to be deleted.

@@ -424,24 +424,7 @@ impl Window {
             }
         }
         if lost > self.lost_at_start {
-            out.push(Record {
-                version: 2,
-                account_id: "-".into(),
-                interface_id: interface_id.to_owned(),
-                srcaddr: None,
-                dstaddr: None,
-                srcport: None,
-                dstport: None,
-                protocol: None,
-                packets: None,
-                bytes: None,
-                start,
-                end,
-                action: None,
-                log_status: LogStatus::Skipdata,
-                instance: instance.to_owned(),
-                rules: None,
-            });
+            out.push(Record::skipdata(instance, interface_id, start, end));
         }
         self.lost_at_start = lost;
         out

@@ -70,7 +70,7 @@ impl Agent<'_> {
             Some(_) => {
                 let what = format!(
                     "the policy in force (sha256 {}) is confirmed",
-                    &self.in_force_hex()[..12]
+                    &crate::config::hex(&self.in_force)[..12]
                 );
                 log::info!("{what}");
                 Ok(what)
@@ -124,7 +124,7 @@ impl Agent<'_> {
                             "not confirmed in time (--confirm-within): the previous policy \
                              (sha256 {}) is back in force; the rules file is reloaded when it \
                              changes again, or on SIGHUP",
-                            &self.in_force_hex()[..12]
+                            &crate::config::hex(&self.in_force)[..12]
                         );
                     }
                     Err(e) => log::error!(
@@ -134,13 +134,5 @@ impl Agent<'_> {
                 }
             }
         }
-    }
-
-    fn in_force_hex(&self) -> String {
-        use std::fmt::Write as _;
-        self.in_force.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
     }
 }

@@ -109,10 +109,7 @@ impl Agent<'_> {
             version: env!("CARGO_PKG_VERSION").into(),
             started: self.started,
             rules_file: self.path.display().to_string(),
-            sha256: self.in_force.iter().fold(String::new(), |mut hex, b| {
-                let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
-                hex
-            }),
+            sha256: config::hex(&self.in_force),
             reloads: self.reloads - self.reloads_rejected.min(self.reloads),
             reloads_rejected: self.reloads_rejected,
             last_reload: self.last_reload.clone(),
