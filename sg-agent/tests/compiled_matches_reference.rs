@@ -158,76 +158,91 @@ fn vpc() -> impl Strategy<Value = Vpc> {
         );
         let prefix_list = prop::collection::vec(cidr(), 0..4);
         let vpc_blocks = prop::sample::subsequence(vec!["10.0.0.0/16", "10.1.0.0/24"], 0..=2);
-        (groups, instances, prefix_list, vpc_blocks).prop_map(|(groups, instances, pl, blocks)| {
-            let mut vpc = Vpc {
-                cidr_blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
-                ..Vpc::default()
-            };
-            vpc.prefix_lists.push(PrefixList {
-                max_entries: None,
-                name: "pl".to_owned(),
-                entries: pl,
-                span: 0..0,
-            });
-            for (i, (ingress, egress)) in groups.into_iter().enumerate() {
-                let egress = egress.unwrap_or_else(|| {
-                    vec![Rule {
-                        id: None,
-                        protocol: Protocol::All,
-                        ports: Ports::All,
-                        sources: ["0.0.0.0/0", "::/0"]
-                            .iter()
-                            .map(|s| SourceRef {
-                                source: Source::Cidr(s.parse().unwrap()),
-                                span: 0..0,
-                            })
-                            .collect(),
-                        description: None,
-                        implicit: true,
+        // Now and then a service AWS tracks every connection through (an
+        // NLB), at random prefixes: its flows are never untracked.
+        let tracked =
+            prop::collection::vec(cidr().prop_filter("not /0", |n| n.prefix_len() > 0), 0..3);
+        (groups, instances, prefix_list, vpc_blocks, tracked).prop_map(
+            |(groups, instances, pl, blocks, tracked)| {
+                let mut vpc = Vpc {
+                    cidr_blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
+                    ..Vpc::default()
+                };
+                if !tracked.is_empty() {
+                    vpc.tracked_services.push(sg_agent::config::TrackedService {
+                        name: "nlb".to_owned(),
+                        kind: sg_agent::config::ServiceKind::NetworkLoadBalancer,
+                        addresses: tracked,
+                        tcp_idle_timeout: 350,
                         span: 0..0,
-                    }]
-                });
-                vpc.groups.push(SecurityGroup {
-                    id: None,
-                    name: format!("g{i}"),
-                    description: None,
-                    ingress,
-                    egress,
+                    });
+                }
+                vpc.prefix_lists.push(PrefixList {
+                    max_entries: None,
+                    name: "pl".to_owned(),
+                    entries: pl,
                     span: 0..0,
                 });
-            }
-            for (i, (addresses, groups)) in instances.into_iter().enumerate() {
-                // The third instance also holds a delegated /28 around its
-                // first IPv4 address (AWS's prefix delegation).
-                let prefixes = addresses
-                    .iter()
-                    .find_map(|a| match a {
-                        std::net::IpAddr::V4(v4) if i == 2 => Some(ipnet::IpNet::V4(
-                            ipnet::Ipv4Net::new(*v4, 28).unwrap().trunc(),
-                        )),
-                        _ => None,
-                    })
-                    .into_iter()
-                    .collect();
-                vpc.instances.push(Instance {
-                    node: None,
-                    name: format!("i{i}"),
-                    addresses,
-                    prefixes,
-                    groups: groups
+                for (i, (ingress, egress)) in groups.into_iter().enumerate() {
+                    let egress = egress.unwrap_or_else(|| {
+                        vec![Rule {
+                            id: None,
+                            protocol: Protocol::All,
+                            ports: Ports::All,
+                            sources: ["0.0.0.0/0", "::/0"]
+                                .iter()
+                                .map(|s| SourceRef {
+                                    source: Source::Cidr(s.parse().unwrap()),
+                                    span: 0..0,
+                                })
+                                .collect(),
+                            description: None,
+                            implicit: true,
+                            span: 0..0,
+                        }]
+                    });
+                    vpc.groups.push(SecurityGroup {
+                        id: None,
+                        name: format!("g{i}"),
+                        description: None,
+                        ingress,
+                        egress,
+                        span: 0..0,
+                    });
+                }
+                for (i, (addresses, groups)) in instances.into_iter().enumerate() {
+                    // The third instance also holds a delegated /28 around its
+                    // first IPv4 address (AWS's prefix delegation).
+                    let prefixes = addresses
+                        .iter()
+                        .find_map(|a| match a {
+                            std::net::IpAddr::V4(v4) if i == 2 => Some(ipnet::IpNet::V4(
+                                ipnet::Ipv4Net::new(*v4, 28).unwrap().trunc(),
+                            )),
+                            _ => None,
+                        })
                         .into_iter()
-                        .map(|g| (format!("g{g}"), 0..0))
-                        .collect(),
-                    link: None,
-                    mac: None,
-                    netns: None,
-                    source_dest_check: i != 1,
-                    conntrack: sg_agent::config::ConntrackOverrides::default(),
-                    span: 0..0,
-                });
-            }
-            vpc
-        })
+                        .collect();
+                    vpc.instances.push(Instance {
+                        node: None,
+                        name: format!("i{i}"),
+                        addresses,
+                        prefixes,
+                        groups: groups
+                            .into_iter()
+                            .map(|g| (format!("g{g}"), 0..0))
+                            .collect(),
+                        link: None,
+                        mac: None,
+                        netns: None,
+                        source_dest_check: i != 1,
+                        conntrack: sg_agent::config::ConntrackOverrides::default(),
+                        span: 0..0,
+                    });
+                }
+                vpc
+            },
+        )
     })
 }
 

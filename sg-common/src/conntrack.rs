@@ -25,6 +25,12 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
+/// [`CtKey::pad`] of a connection's second entry, for the services
+/// through which a connection takes two entries of the allowance
+/// (`policy::CLASS_TWO_ENTRIES`): no packet's key has it, and the agent
+/// keeps it exactly as long as the entry with `pad` 0.
+pub const SECOND_ENTRY: u16 = 1;
+
 pub const STATE_SYN_SENT: u8 = 1;
 pub const STATE_SYN_RECV: u8 = 2;
 pub const STATE_ESTABLISHED: u8 = 3;
@@ -80,7 +86,11 @@ pub struct CtEntry {
     /// direction as AWS's flow logs do. Wrapping.
     pub packets_a: u32,
     pub packets_b: u32,
-    pub pad32: u32,
+    /// The idle timeout, in seconds, of an established (or half-closed)
+    /// TCP connection or a UDP flow that a Network Load Balancer tracks
+    /// (`policy::service_idle_s`): AWS idles those out after the load
+    /// balancer's timeouts. 0: the instance's.
+    pub idle_s: u32,
     pub bytes_a: u64,
     pub bytes_b: u64,
 }
@@ -200,15 +210,19 @@ fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
 /// How long an entry in this state may stay idle.
 #[inline(always)]
 pub fn idle_timeout_ns(entry: &CtEntry, protocol: u8, s: &Settings) -> u64 {
+    let service_ns = u64::from(entry.idle_s) * 1_000_000_000;
     match protocol {
         proto::TCP => match entry.state {
             STATE_SYN_SENT | STATE_SYN_RECV => s.tcp_syn_ns,
+            STATE_ESTABLISHED | STATE_CLOSING if service_ns != 0 => service_ns,
             STATE_ESTABLISHED => s.tcp_established_ns,
             STATE_CLOSING => s.tcp_closing_ns,
             _ => s.tcp_closed_ns,
         },
         proto::UDP => {
-            if entry.flags & FLAG_STREAM != 0 {
+            if service_ns != 0 {
+                service_ns
+            } else if entry.flags & FLAG_STREAM != 0 {
                 s.udp_stream_ns
             } else {
                 s.udp_ns
@@ -285,7 +299,7 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
         seq_b: if tcp && !from_a { flow.tcp_seq } else { 0 },
         packets_a: 0,
         packets_b: 0,
-        pad32: 0,
+        idle_s: 0,
         bytes_a: 0,
         bytes_b: 0,
     }
@@ -396,7 +410,7 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
         seq_b,
         packets_a: entry.packets_a,
         packets_b: entry.packets_b,
-        pad32: 0,
+        idle_s: entry.idle_s,
         bytes_a: entry.bytes_a,
         bytes_b: entry.bytes_b,
     }
@@ -591,6 +605,73 @@ mod tests {
         assert_ne!(e.flags & FLAG_STREAM, 0, "the second transaction completed");
         assert!(is_live(&e, proto::UDP, 4 * SEC + 179 * SEC, &s));
         assert!(!is_live(&e, proto::UDP, 4 * SEC + 181 * SEC, &s));
+    }
+
+    /// AWS: flows a Network Load Balancer tracks idle out after its
+    /// timeouts (TCP 350 s by default, UDP 120 s), not the instance's; the
+    /// entry carries them from its opening packet through every update.
+    #[test]
+    fn a_load_balancers_flows_idle_out_after_its_timeouts() {
+        use crate::policy::{
+            AddrValue, CLASS_AUTO_TRACKED, CLASS_NLB_TIMEOUTS, CLASS_SERVICE_TIMEOUT_SHIFT,
+            service_idle_s,
+        };
+        let s = settings();
+        let nlb = AddrValue {
+            class: 1,
+            flags: CLASS_AUTO_TRACKED | CLASS_NLB_TIMEOUTS | 350 << CLASS_SERVICE_TIMEOUT_SHIFT,
+        };
+        let syn = tcp(1, 40000, 2, 80, tcp_flags::SYN);
+        let synack = tcp(2, 80, 1, 40000, tcp_flags::SYN | tcp_flags::ACK);
+        let ack = tcp(1, 40000, 2, 80, tcp_flags::ACK);
+        let (_, from_a) = key_of(&syn);
+        let mut e = open(&syn, from_a, 0);
+        e.idle_s = service_idle_s(nlb, proto::TCP);
+        assert_eq!(e.idle_s, 350);
+        assert!(
+            !is_live(&e, proto::TCP, 61 * SEC, &s),
+            "a handshake still idles out in 60 s"
+        );
+        let e = advance(&e, &synack, !from_a, SEC);
+        let e = advance(&e, &ack, from_a, 2 * SEC);
+        assert_eq!(e.state, STATE_ESTABLISHED);
+        assert!(is_live(&e, proto::TCP, 2 * SEC + 349 * SEC, &s));
+        assert!(
+            !is_live(&e, proto::TCP, 2 * SEC + 351 * SEC, &s),
+            "350 s, not 432,000"
+        );
+
+        let req = udp(1, 5000, 2, 53);
+        let resp = udp(2, 53, 1, 5000);
+        let (_, from_a) = key_of(&req);
+        let mut e = open(&req, from_a, 0);
+        e.idle_s = service_idle_s(nlb, proto::UDP);
+        for (i, (p, a)) in [(&resp, !from_a), (&req, from_a), (&resp, !from_a)]
+            .into_iter()
+            .enumerate()
+        {
+            e = advance(&e, p, a, (i as u64 + 1) * SEC);
+        }
+        assert_ne!(e.flags & FLAG_STREAM, 0);
+        assert!(
+            is_live(&e, proto::UDP, 3 * SEC + 119 * SEC, &s),
+            "longer than 30 s"
+        );
+        assert!(
+            !is_live(&e, proto::UDP, 3 * SEC + 121 * SEC, &s),
+            "120 s, not the stream's 180"
+        );
+        // Anyone else's flow: the instance's timeouts.
+        assert_eq!(
+            service_idle_s(
+                AddrValue {
+                    class: 1,
+                    flags: CLASS_AUTO_TRACKED
+                },
+                proto::TCP
+            ),
+            0
+        );
     }
 
     #[test]

@@ -146,6 +146,39 @@ pub const CLASS_REVERSE_OPEN_UDP: u32 = 1 << 7;
 /// `CLASS_REVERSE_OPEN_*` bit. Without it [`untracked`] looks nothing up.
 pub const CLASS_MAY_UNTRACK_TCP: u32 = 1 << 8;
 pub const CLASS_MAY_UNTRACK_UDP: u32 = 1 << 9;
+/// On every entry inside a service AWS tracks every connection through,
+/// whatever the rules say (a Network Load Balancer, a NAT gateway...: EC2's
+/// "automatically tracked connections"): a flow whose remote end is there
+/// is never untracked.
+pub const CLASS_AUTO_TRACKED: u32 = 1 << 10;
+/// With [`CLASS_AUTO_TRACKED`]: each connection takes two entries of the
+/// allowance (AWS: "two entries per connection" through a `DynamoDB`
+/// gateway endpoint).
+pub const CLASS_TWO_ENTRIES: u32 = 1 << 11;
+/// With [`CLASS_AUTO_TRACKED`]: a Network Load Balancer's flows idle out
+/// after its timeouts, not the instance's: TCP (established or half-closed)
+/// after the seconds in the flags' upper 16 bits
+/// ([`CLASS_SERVICE_TIMEOUT_SHIFT`]), UDP after [`NLB_UDP_TIMEOUT_S`].
+pub const CLASS_NLB_TIMEOUTS: u32 = 1 << 12;
+pub const CLASS_SERVICE_TIMEOUT_SHIFT: u32 = 16;
+/// A Network Load Balancer's UDP idle timeout (AWS: 120 s, fixed).
+pub const NLB_UDP_TIMEOUT_S: u32 = 120;
+
+/// The idle timeout in seconds a new flow's entry carries
+/// ([`crate::conntrack::CtEntry::idle_s`]) when its remote end's class
+/// says a Network Load Balancer tracks it; 0 (the instance's timeouts)
+/// otherwise.
+#[inline(always)]
+pub fn service_idle_s(remote: AddrValue, protocol: u8) -> u32 {
+    if remote.flags & CLASS_NLB_TIMEOUTS == 0 {
+        return 0;
+    }
+    match protocol {
+        crate::flow::proto::TCP => remote.flags >> CLASS_SERVICE_TIMEOUT_SHIFT,
+        crate::flow::proto::UDP => NLB_UDP_TIMEOUT_S,
+        _ => 0,
+    }
+}
 
 /// The `CLASS_TRIE_*` bit of `protocol`.
 #[inline(always)]
@@ -438,6 +471,9 @@ fn link_local_or_unspecified(a: &crate::flow::Addr) -> bool {
 /// of a web server, is taken for an answer too: it passes by the rules
 /// either way.) ICMP and other protocols are always tracked.
 ///
+/// A flow whose remote end is a service AWS tracks every connection
+/// through ([`CLASS_AUTO_TRACKED`]) is tracked whatever the rules say.
+///
 /// `remote` is the class [`allowing_class`] found for the packet: unless it
 /// says a flow of this direction may be untracked, nothing is looked up.
 #[inline(always)]
@@ -453,7 +489,9 @@ pub fn untracked<M: PolicyMaps>(
         crate::flow::proto::UDP => (CLASS_MAY_UNTRACK_UDP, CLASS_REVERSE_OPEN_UDP),
         _ => return false,
     };
-    if remote.flags & may_bit == 0 || flow.frag == crate::flow::FRAG_LATER {
+    if remote.flags & (may_bit | CLASS_AUTO_TRACKED) != may_bit
+        || flow.frag == crate::flow::FRAG_LATER
+    {
         return false;
     }
     // A flow of this direction, allowed by a whole-space rule.

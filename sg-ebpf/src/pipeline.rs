@@ -175,6 +175,10 @@ fn reason<const GUARDED: bool>(
 /// hold: a tracked flow passes and its entry advances; a new flow the rules
 /// allow gets an entry if the allowance has room, and is dropped if not.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "`*key` would copy the 40-byte key onto the 512-byte eBPF stack; the key stays mutable for a second entry"
+)]
 fn track(
     ctx: &impl Packet,
     flow: &Flow,
@@ -185,8 +189,7 @@ fn track(
     direction: u8,
 ) -> u32 {
     let from_a = conntrack::fill_key(flow, key);
-    let key = &*key;
-    let expired = match CONNS.get_ptr_mut(key) {
+    let expired = match CONNS.get_ptr_mut(&*key) {
         Some(entry) => {
             // SAFETY: `entry` points at a live value of the table: values are freed only after an RCU grace period, which cannot end while this program runs. Another CPU may update the same flow meanwhile; the race costs at most one state update, never memory safety.
             let old = unsafe { *entry };
@@ -228,7 +231,7 @@ fn track(
             // An expired entry the rules no longer stand behind gives its
             // place in the allowance back at once.
             if expired {
-                let _ = CONNS.remove(key);
+                let _ = CONNS.remove(&*key);
             }
             return drop;
         }
@@ -237,7 +240,7 @@ fn track(
     // open the other way: judged by the rules, packet by packet.
     if policy::untracked(&KernelPolicy, generation, direction, flow, remote) {
         if expired {
-            let _ = CONNS.remove(key);
+            let _ = CONNS.remove(&*key);
         }
         if observe::on(OBSERVE_UNTRACKED) {
             observe::emit(
@@ -256,6 +259,8 @@ fn track(
         return PASS_RULE;
     }
     let mut entry: CtEntry = conntrack::open(flow, from_a, now);
+    // Through a Network Load Balancer: its idle timeouts, not the instance's.
+    entry.idle_s = policy::service_idle_s(remote, flow.proto);
     if observe::on(OBSERVE_FLOW_COUNTS) {
         let len = u64::from(ctx.wire_len());
         if from_a {
@@ -268,8 +273,21 @@ fn track(
     // flow is replaced in place): the allowance is used up, and no live
     // flow is evicted to make room. While a smaller allowance waits for
     // the table to drain, every new flow is refused the same way.
-    if settings.ready & policy::REFUSING_NEW_FLOWS != 0 || CONNS.insert(key, entry, 0).is_err() {
+    if settings.ready & policy::REFUSING_NEW_FLOWS != 0 || CONNS.insert(&*key, entry, 0).is_err() {
         return DROP_CONNTRACK_ALLOWANCE;
+    }
+    // Through a DynamoDB gateway endpoint a connection takes two entries of
+    // the allowance, as on AWS: the second is the same key marked in its
+    // padding, which no packet looks up; the agent reclaims it with the
+    // first. Without room for it, the connection is refused as a whole.
+    if remote.flags & policy::CLASS_TWO_ENTRIES != 0 {
+        key.pad = conntrack::SECOND_ENTRY;
+        let second = CONNS.insert(&*key, entry, 0);
+        key.pad = 0;
+        if second.is_err() {
+            let _ = CONNS.remove(&*key);
+            return DROP_CONNTRACK_ALLOWANCE;
+        }
     }
     // Always: the agent attributes each new flow to the rules that allowed
     // it (bounded per CPU, so a burst of new flows cannot cost more).

@@ -278,6 +278,48 @@ fn stateful_egress_udp_and_icmp() {
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
+/// AWS tracks every connection through a Network Load Balancer, whatever
+/// the rules say ("Automatically tracked connections"): with the load
+/// balancer declared (`[[aws_service]]`), its connection to the ALB's port
+/// 80 (a rule from `0.0.0.0/0` with all traffic out, untracked for anyone
+/// else) outlives the rule, while an outsider's is cut at once.
+#[test]
+fn a_connection_through_a_load_balancer_outlives_its_rule() {
+    const NLB: &str = "198.51.100.80";
+    let service = format!(
+        "\n[[aws_service]]\nname = \"nlb-1\"\ntype = \"network_load_balancer\"\naddresses = [\"{NLB}\"]\n"
+    );
+    let lab = SeedLab::new(
+        "sgn",
+        &format!("{SEED}{service}"),
+        &[("nlb", &[NLB], &[], &[])],
+    );
+    let agent = start_agent(&lab);
+    let mut through_nlb =
+        tcp_open(&lab.ns("nlb"), ip(NLB), at(ALB, 80)).expect("nlb -> alb:80 before the reload");
+    let mut outsider = tcp_open(&lab.ns("internet"), ip(OUTSIDER), at(ALB, 80))
+        .expect("internet -> alb:80 before the reload");
+    let mark = agent.log_lines();
+    lab.rewrite(&format!("{}{service}", seed_without_alb_ingress()));
+    agent.expect_log("reload #1 (file changed) applied in", mark, RELOAD);
+    assert!(
+        eventually(Duration::from_secs(2), || lab.tcp("nlb", NLB, ALB, 80)
+            == TimedOut),
+        "new connections from the load balancer time out once the rule is gone"
+    );
+    assert_eq!(
+        echo(&mut outsider),
+        Err(TimedOut),
+        "the outsider's untracked connection is cut as soon as its rule goes"
+    );
+    assert_eq!(
+        echo(&mut through_nlb),
+        Ok(()),
+        "the connection through the load balancer is tracked, and lives on"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
 #[test]
 fn reload_cuts_untracked_connections_and_keeps_tracked_ones() {
     let lab = SeedLab::new("sgr", SEED, &[]);

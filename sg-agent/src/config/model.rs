@@ -20,6 +20,9 @@ pub struct Vpc {
     /// `[vpc] cidr_blocks`: the VPC's ranges; Amazon DNS answers at the
     /// base of each IPv4 range plus two.
     pub cidr_blocks: Vec<IpNet>,
+    /// `[[aws_service]]`: services AWS tracks every connection through,
+    /// whatever the rules say (a Network Load Balancer, a NAT gateway...).
+    pub tracked_services: Vec<TrackedService>,
     /// What the file says that AWS accepts and ignores (shown by `check`,
     /// logged by `run`): ports on a protocol without ports.
     pub warnings: Vec<super::Diagnostic>,
@@ -469,7 +472,126 @@ pub struct ConntrackOverrides {
     pub udp_stream_timeout: Option<u64>,
 }
 
+/// A service whose connections AWS tracks whatever the rules say (EC2
+/// User Guide, "Automatically tracked connections"): every flow whose
+/// remote end is one of its addresses gets a connection-table entry, so a
+/// connection through it lives on when its rule goes.
+#[derive(Clone, Debug)]
+pub struct TrackedService {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub addresses: Vec<IpNet>,
+    /// A Network Load Balancer's TCP idle timeout (AWS: 350 s, 60 to 6,000).
+    pub tcp_idle_timeout: u64,
+    pub span: Span,
+}
+
+/// The services AWS lists as automatically tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    EgressOnlyInternetGateway,
+    GatewayLoadBalancer,
+    GlobalAccelerator,
+    NatGateway,
+    NetworkFirewall,
+    NetworkLoadBalancer,
+    InterfaceEndpoint,
+    TransitGatewayAttachment,
+    LambdaHyperplane,
+    DynamodbGatewayEndpoint,
+}
+
+impl ServiceKind {
+    pub const ALL: [Self; 10] = [
+        Self::EgressOnlyInternetGateway,
+        Self::GatewayLoadBalancer,
+        Self::GlobalAccelerator,
+        Self::NatGateway,
+        Self::NetworkFirewall,
+        Self::NetworkLoadBalancer,
+        Self::InterfaceEndpoint,
+        Self::TransitGatewayAttachment,
+        Self::LambdaHyperplane,
+        Self::DynamodbGatewayEndpoint,
+    ];
+
+    /// The name the rules file uses (`type = "..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EgressOnlyInternetGateway => "egress_only_internet_gateway",
+            Self::GatewayLoadBalancer => "gateway_load_balancer",
+            Self::GlobalAccelerator => "global_accelerator",
+            Self::NatGateway => "nat_gateway",
+            Self::NetworkFirewall => "network_firewall",
+            Self::NetworkLoadBalancer => "network_load_balancer",
+            Self::InterfaceEndpoint => "interface_endpoint",
+            Self::TransitGatewayAttachment => "transit_gateway_attachment",
+            Self::LambdaHyperplane => "lambda_hyperplane",
+            Self::DynamodbGatewayEndpoint => "dynamodb_gateway_endpoint",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Network Load Balancer's UDP idle timeout (AWS: 120 s, not adjustable).
+pub const NLB_UDP_IDLE_TIMEOUT: u64 = sg_common::policy::NLB_UDP_TIMEOUT_S as u64;
+/// A Network Load Balancer's default TCP idle timeout.
+pub const NLB_TCP_IDLE_TIMEOUT: u64 = 350;
+
+impl TrackedService {
+    /// The data plane's flags for an address entry inside this service's
+    /// addresses: always tracked; a `DynamoDB` gateway endpoint's connections
+    /// take two entries of the allowance; a Network Load Balancer's idle
+    /// out after its own timeouts.
+    pub fn flags(&self) -> u32 {
+        use sg_common::policy::{
+            CLASS_AUTO_TRACKED, CLASS_NLB_TIMEOUTS, CLASS_SERVICE_TIMEOUT_SHIFT, CLASS_TWO_ENTRIES,
+        };
+        let mut flags = CLASS_AUTO_TRACKED;
+        match self.kind {
+            ServiceKind::DynamodbGatewayEndpoint => flags |= CLASS_TWO_ENTRIES,
+            ServiceKind::NetworkLoadBalancer => {
+                let seconds = u32::try_from(self.tcp_idle_timeout).unwrap_or(u32::MAX) & 0xffff;
+                flags |= CLASS_NLB_TIMEOUTS | seconds << CLASS_SERVICE_TIMEOUT_SHIFT;
+            }
+            _ => {}
+        }
+        flags
+    }
+
+    /// Its idle timeouts (TCP, UDP), when they are not the instance's.
+    pub fn timeouts(&self) -> Option<(u64, u64)> {
+        (self.kind == ServiceKind::NetworkLoadBalancer)
+            .then_some((self.tcp_idle_timeout, NLB_UDP_IDLE_TIMEOUT))
+    }
+}
+
 impl Vpc {
+    /// The automatically tracked service `addr` belongs to, if any (the
+    /// first the file declares, when several claim it).
+    pub fn tracked_service(&self, addr: IpAddr) -> Option<&TrackedService> {
+        self.tracked_services
+            .iter()
+            .find(|s| s.addresses.iter().any(|n| n.contains(&addr)))
+    }
+
+    /// The first automatically tracked service whose addresses contain
+    /// all of `net`.
+    pub fn tracked_service_of_net(&self, net: &IpNet) -> Option<&TrackedService> {
+        self.tracked_services
+            .iter()
+            .find(|s| s.addresses.iter().any(|n| n.contains(net)))
+    }
+
     pub fn group(&self, name: &str) -> Option<&SecurityGroup> {
         self.groups.iter().find(|g| g.name == name)
     }

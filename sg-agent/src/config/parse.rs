@@ -14,7 +14,7 @@ use super::{
     diagnostics::{Diagnostic, did_you_mean},
     model::{
         ConntrackOverrides, ConntrackSettings, Instance, Limits, Link, MacAddr, Ports, PrefixList,
-        Protocol, Rule, SecurityGroup, Source, SourceRef, Span, Vpc,
+        Protocol, Rule, SecurityGroup, ServiceKind, Source, SourceRef, Span, TrackedService, Vpc,
     },
 };
 
@@ -480,6 +480,7 @@ impl Parser {
                 "limits",
                 "conntrack",
                 "vpc",
+                "aws_service",
             ],
             "the rules file",
         );
@@ -514,6 +515,20 @@ impl Parser {
         if let Some(v) = Self::get(root, "vpc") {
             vpc.cidr_blocks = self.vpc_blocks(v);
         }
+        if let Some(v) = Self::get(root, "aws_service") {
+            for (t, span) in self.tables(v, "aws_service") {
+                if let Some(service) = self.tracked_service(t, span) {
+                    if vpc.tracked_services.iter().any(|s| s.name == service.name) {
+                        self.err(
+                            service.span.clone(),
+                            format!("a second aws_service named {}", service.name),
+                        );
+                        continue;
+                    }
+                    vpc.tracked_services.push(service);
+                }
+            }
+        }
         by_id(&mut vpc);
         default_group(&mut vpc);
         vpc
@@ -542,6 +557,93 @@ impl Parser {
             name: name?.0,
             entries,
             max_entries,
+            span,
+        })
+    }
+
+    /// `[[aws_service]]`: a service AWS tracks every connection through
+    /// (a Network Load Balancer, a NAT gateway...), with its addresses.
+    fn tracked_service(&mut self, t: &DeTable, span: Span) -> Option<TrackedService> {
+        self.known_keys(
+            t,
+            &[
+                "name",
+                "type",
+                "addresses",
+                "tcp_idle_timeout",
+                "description",
+            ],
+            "an aws_service",
+        );
+        self.description(t);
+        let name = self
+            .req_string(t, &span, "name", "this aws_service")
+            .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other));
+        let kind = match self.req_string(t, &span, "type", "this aws_service") {
+            Some((text, sp)) => {
+                let kind = ServiceKind::parse(&text);
+                if kind.is_none() {
+                    let known: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.as_str()).collect();
+                    let hint = did_you_mean(&text, known.iter().copied()).map_or_else(
+                        || format!("AWS tracks connections through: {}", known.join(", ")),
+                        |m| format!("did you mean {m}?"),
+                    );
+                    self.err_hint(
+                        sp,
+                        format!("\"{text}\" is not a service AWS tracks connections through"),
+                        hint,
+                    );
+                }
+                kind
+            }
+            None => None,
+        };
+        let mut addresses = Vec::new();
+        for (text, sp) in self.string_array(t, "addresses") {
+            let net = match IpAddr::from_str(&text) {
+                Ok(a) => Some(IpNet::from(a)),
+                Err(_) => self.cidr(&text, sp.clone(), None),
+            };
+            match net {
+                Some(net) if net.prefix_len() == 0 => self.err_hint(
+                    sp,
+                    format!("{net} is every address"),
+                    "name the service's own addresses (an NLB's, a NAT gateway's...)",
+                ),
+                Some(net) => addresses.push(net),
+                None => {}
+            }
+        }
+        if addresses.is_empty() && Self::get(t, "addresses").is_none() {
+            self.err_hint(
+                span.clone(),
+                "this aws_service has no \"addresses\"",
+                "add the addresses traffic through it comes from, e.g. addresses = [\"10.0.1.5\"]",
+            );
+        }
+        let nlb = kind == Some(ServiceKind::NetworkLoadBalancer);
+        let tcp_idle_timeout = match Self::get(t, "tcp_idle_timeout") {
+            Some(v) if !nlb => {
+                self.err_hint(
+                    v.span(),
+                    "tcp_idle_timeout is a Network Load Balancer's setting",
+                    "the other services' connections idle out after the instance's timeouts",
+                );
+                super::NLB_TCP_IDLE_TIMEOUT
+            }
+            _ => self.bounded(
+                t,
+                "tcp_idle_timeout",
+                60..=6_000,
+                super::NLB_TCP_IDLE_TIMEOUT,
+                " seconds (AWS's bounds for a Network Load Balancer)",
+            ),
+        };
+        Some(TrackedService {
+            name: name?.0,
+            kind: kind?,
+            addresses,
+            tcp_idle_timeout,
             span,
         })
     }

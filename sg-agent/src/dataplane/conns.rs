@@ -215,12 +215,22 @@ impl Dataplane {
         // Read once per pass: an entry judged by a clock a little behind the
         // programs' only lives a little longer.
         let now = program_clock_ns(&settings);
-        let expired = |key: &CtKey, e: &CtEntry| !conntrack::is_live(e, key.proto, now, &settings);
+        // A connection's second entry (a DynamoDB gateway endpoint's) lives
+        // exactly as long as its first, the one packets refresh.
+        let expired = |table: &HashMap<&mut MapData, CtKey, CtEntry>, key: &CtKey, e: &CtEntry| {
+            if key.pad == conntrack::SECOND_ENTRY {
+                let first = CtKey { pad: 0, ..*key };
+                return table
+                    .get(&first, 0)
+                    .map_or(true, |e| !conntrack::is_live(&e, key.proto, now, &settings));
+            }
+            !conntrack::is_live(e, key.proto, now, &settings)
+        };
         let mut found = Vec::new();
         let mut live = 0;
         for item in &table {
             let Ok((key, entry)) = item else { continue };
-            if expired(&key, &entry) {
+            if expired(&table, &key, &entry) {
                 found.push(key);
             } else {
                 live += 1;
@@ -230,10 +240,12 @@ impl Dataplane {
         let mut gone = Vec::new();
         for key in found {
             match table.get(&key, 0) {
-                Ok(entry) if expired(&key, &entry) => {
+                Ok(entry) if expired(&table, &key, &entry) => {
                     if table.remove(&key).is_ok() {
                         removed += 1;
-                        gone.push((key, entry));
+                        if key.pad != conntrack::SECOND_ENTRY {
+                            gone.push((key, entry));
+                        }
                     }
                 }
                 Ok(_) => live += 1,

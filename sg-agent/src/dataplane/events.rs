@@ -79,10 +79,16 @@ impl Dataplane {
         Ok(values.iter().map(|b| b.lost).sum())
     }
 
-    /// Every entry of the connection table, with its packet and byte counts.
+    /// Every connection of the connection table, with its packet and byte
+    /// counts (a connection's second entry, which only holds its place in
+    /// the allowance, left out).
     pub fn connections(&self) -> Result<Vec<(CtKey, CtEntry)>, DataplaneError> {
         let table: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(self.map(m::CONNS)).map_err(map_err(m::CONNS))?;
-        Ok(table.iter().filter_map(Result::ok).collect())
+        Ok(table
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.pad != sg_common::conntrack::SECOND_ENTRY)
+            .collect())
     }
 }

@@ -19,7 +19,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sg_common::policy::Settings;
 
 use crate::{
-    config::{ConntrackSettings, Direction, Instance, Link, MacAddr, Protocol, Vpc},
+    config::{
+        ConntrackSettings, Direction, Instance, Link, MacAddr, Protocol, TrackedService, Vpc,
+    },
     policy::resolve::effective_rules,
 };
 
@@ -227,6 +229,7 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
         }
     }
 
+    tracked_service_entries(vpc, &mut by_prefix);
     expansion_fits(&by_prefix)?;
     let mut classes: HashMap<ClassKey, u32> = HashMap::new();
     let mut class_order: Vec<ClassKey> = Vec::new();
@@ -249,7 +252,10 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
             u32::try_from(class_order.len()).expect("fewer than 2^31 classes")
         });
         let d = direction.code();
-        let flags = untrack_flags(&by_prefix, direction, net);
+        let flags = untrack_flags(&by_prefix, direction, net)
+            | vpc
+                .tracked_service_of_net(&net)
+                .map_or(0, TrackedService::flags);
         match net {
             IpNet::V4(net) => tables.v4.push(AddrEntry {
                 direction: d,
@@ -293,6 +299,27 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
     }
     tables.classes = u32::try_from(class_order.len()).expect("fewer than 2^31 classes");
     Ok(tables)
+}
+
+/// An entry for each address range of an automatically tracked service
+/// (`[[aws_service]]`) in each direction where some rule's prefix contains
+/// it: it holds the rules of those prefixes (the copy-down) and the
+/// service's flags, so a flow with the service is always tracked. Rule
+/// prefixes inside a service's range get its flags as they are.
+fn tracked_service_entries(vpc: &Vpc, by_prefix: &mut BTreeMap<(Direction, IpNet), Vec<Matcher>>) {
+    for service in &vpc.tracked_services {
+        for &net in &service.addresses {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let covered = (0..=net.prefix_len()).any(|len| {
+                    IpNet::new(net.addr(), len)
+                        .is_ok_and(|wider| by_prefix.contains_key(&(direction, wider.trunc())))
+                });
+                if covered {
+                    by_prefix.entry((direction, net.trunc())).or_default();
+                }
+            }
+        }
+    }
 }
 
 /// The size of the copy-down, counted before it is done: address entries

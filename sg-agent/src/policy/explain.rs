@@ -51,6 +51,10 @@ pub struct Side {
     pub rules: Vec<String>,
     /// Whether the flow gets a connection-table entry on this side.
     pub tracked: Option<bool>,
+    /// The automatically tracked service the flow goes through, as "TYPE
+    /// NAME" (`[[aws_service]]`): tracked whatever the rules say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracked_through: Option<String>,
     /// For a refusal: what the closest rules lack.
     pub hints: Vec<String>,
 }
@@ -123,6 +127,7 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         because: String::new(),
         rules: Vec::new(),
         tracked: None,
+        tracked_through: None,
         hints: Vec::new(),
     };
     if !reference::source_dest_ok(inst, direction, packet) {
@@ -139,6 +144,9 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         side.allowed = true;
         side.because = "rules".into();
         side.tracked = Some(!reference::untracked(vpc, inst, direction, packet));
+        side.tracked_through = vpc
+            .tracked_service(reference::remote_of(direction, packet))
+            .map(|s| format!("{} {}", s.kind, s.name));
         for (group, number, rule) in reference::rules_of(vpc, inst, direction) {
             if allowing
                 .iter()
@@ -270,10 +278,11 @@ pub fn render(e: &Explanation) -> String {
         e.dst
     );
     for s in &e.sides {
-        let tracked = match s.tracked {
-            Some(true) => ", tracked",
-            Some(false) => ", untracked (no connection-table entry)",
-            None => "",
+        let tracked = match (s.tracked, &s.tracked_through) {
+            (Some(true), Some(through)) => format!(", automatically tracked (through {through})"),
+            (Some(true), None) => ", tracked".to_owned(),
+            (Some(false), _) => ", untracked (no connection-table entry)".to_owned(),
+            (None, _) => String::new(),
         };
         let _ = writeln!(
             out,

@@ -262,7 +262,14 @@ pub fn source_dest_ok(instance: &Instance, direction: Direction, packet: &Packet
 ///
 /// A packet that answers such a flow of the other direction is untracked
 /// too: reversed, it would be that flow.
+///
+/// A flow whose remote end is a service AWS tracks every connection
+/// through (`[[aws_service]]`) is tracked whatever the rules say ("unless
+/// it is part of an automatically tracked connection").
 pub fn untracked(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packet) -> bool {
+    if vpc.tracked_service(remote_of(direction, packet)).is_some() {
+        return false;
+    }
     let reversed = Packet {
         src: packet.dst,
         dst: packet.src,

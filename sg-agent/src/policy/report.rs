@@ -13,7 +13,27 @@ use crate::{
 pub struct Report {
     /// The AWS services no security group filters, for every instance.
     pub aws_services: Vec<ServiceReport>,
+    /// `[[aws_service]]`: services AWS tracks every connection through.
+    pub tracked_services: Vec<TrackedServiceReport>,
     pub instances: Vec<InstanceReport>,
+}
+
+/// A service every connection through which is tracked, whatever the
+/// rules say (AWS's "automatically tracked connections").
+#[derive(Debug, Serialize)]
+pub struct TrackedServiceReport {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub addresses: Vec<String>,
+    /// Its idle timeouts when they are not the instance's (a Network Load
+    /// Balancer's: TCP, UDP in seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_idle_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_idle_timeout: Option<u64>,
+    /// Entries of the connection allowance each connection takes.
+    pub allowance_entries: u32,
 }
 
 /// One AWS service address security groups never filter (DHCP, never
@@ -123,7 +143,7 @@ pub fn report(vpc: &Vpc) -> Report {
                     rule_id: r.rule.id.as_ref().map(|(id, _)| id.clone()),
                     implicit: r.rule.implicit,
                     description: r.rule.description.clone(),
-                    tracking: tracking(r.rule, &r.prefixes, &untracked),
+                    tracking: tracking(vpc, r.rule, &r.prefixes, &untracked),
                     untracked,
                 };
                 match r.direction {
@@ -186,18 +206,45 @@ pub fn report(vpc: &Vpc) -> Report {
         address: "any".to_owned(),
         ports: "udp/67-68, udp/546-547",
     });
+    let tracked_services = vpc.tracked_services.iter().map(tracked_service).collect();
     Report {
         aws_services,
+        tracked_services,
         instances,
+    }
+}
+
+fn tracked_service(s: &crate::config::TrackedService) -> TrackedServiceReport {
+    TrackedServiceReport {
+        name: s.name.clone(),
+        kind: s.kind.as_str(),
+        addresses: s.addresses.iter().map(ToString::to_string).collect(),
+        tcp_idle_timeout: s.timeouts().map(|t| t.0),
+        udp_idle_timeout: s.timeouts().map(|t| t.1),
+        allowance_entries: if s.kind == crate::config::ServiceKind::DynamodbGatewayEndpoint {
+            2
+        } else {
+            1
+        },
     }
 }
 
 /// `untracked` when every flow the rule allows is (a TCP or UDP rule whose
 /// addresses are all whole address spaces), `partly untracked` when some
-/// are, `tracked` otherwise.
-fn tracking(rule: &Rule, prefixes: &[ipnet::IpNet], untracked: &[&str]) -> &'static str {
+/// are (flows with an automatically tracked service of that family are
+/// not), `tracked` otherwise.
+fn tracking(vpc: &Vpc, rule: &Rule, prefixes: &[ipnet::IpNet], untracked: &[&str]) -> &'static str {
     if untracked.is_empty() {
         return "tracked";
+    }
+    let through_service = untracked.iter().any(|kind| {
+        vpc.tracked_services
+            .iter()
+            .flat_map(|s| &s.addresses)
+            .any(|n| n.addr().is_ipv6() == kind.ends_with("IPv6"))
+    });
+    if through_service {
+        return "partly untracked";
     }
     let single_protocol = matches!(
         rule.protocol,
@@ -219,6 +266,43 @@ fn render_services(out: &mut String, services: &[ServiceReport]) {
     );
     for s in services {
         let _ = writeln!(out, "  {:<26} {:<16} {}", s.service, s.address, s.ports);
+    }
+    let _ = writeln!(out);
+}
+
+/// The services AWS tracks every connection through, once, after the
+/// never-filtered ones.
+fn render_tracked_services(out: &mut String, services: &[TrackedServiceReport]) {
+    if services.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "automatically tracked (every connection with these is tracked, whatever the rules say):"
+    );
+    for s in services {
+        let mut extra = Vec::new();
+        if let (Some(tcp), Some(udp)) = (s.tcp_idle_timeout, s.udp_idle_timeout) {
+            extra.push(format!("idle timeouts: tcp {tcp} s, udp {udp} s"));
+        }
+        if s.allowance_entries > 1 {
+            extra.push(format!(
+                "{} entries of the allowance per connection",
+                s.allowance_entries
+            ));
+        }
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", extra.join("; "))
+        };
+        let _ = writeln!(
+            out,
+            "  {} {}: {}{extra}",
+            s.kind,
+            s.name,
+            s.addresses.join(", ")
+        );
     }
     let _ = writeln!(out);
 }
@@ -293,6 +377,7 @@ fn instance_header(out: &mut String, inst: &InstanceReport) {
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     render_services(&mut out, &report.aws_services);
+    render_tracked_services(&mut out, &report.tracked_services);
     for inst in &report.instances {
         instance_header(&mut out, inst);
         if inst.side.is_none() {

@@ -265,3 +265,173 @@ fn removing_the_rule_cuts_untracked_flows_at_once_not_tracked_ones() {
         "the http connection ends with its rule"
     );
 }
+
+/// The worked example with a Network Load Balancer at 198.51.100.80 and a
+/// `DynamoDB` gateway endpoint at 198.51.100.90 (`[[aws_service]]`).
+fn with_services(nlb_tcp_idle: u32) -> String {
+    format!(
+        "{EXAMPLE}
+[[aws_service]]
+name = \"nlb-1\"
+type = \"network_load_balancer\"
+addresses = [\"198.51.100.80\", \"2001:db8:80::/64\"]
+tcp_idle_timeout = {nlb_tcp_idle}
+
+[[aws_service]]
+name = \"ddb\"
+type = \"dynamodb_gateway_endpoint\"
+addresses = [\"198.51.100.90\"]
+"
+    )
+}
+
+/// AWS ("Automatically tracked connections"): a flow through a Network
+/// Load Balancer is tracked whatever the rules say, so an HTTP connection
+/// from `0.0.0.0/0` through it outlives its rule, while one from anyone
+/// else is cut; it idles out after the balancer's timeouts (TCP as set,
+/// UDP 120 s), not the instance's.
+#[test]
+fn flows_through_a_load_balancer_are_tracked_whatever_the_rules_say() {
+    let text = with_services(600);
+    let services = vpc(&text);
+    let inst = &services.instances[0];
+    let mut dp = dataplane_for(&services, "web");
+    let me = "10.0.0.1";
+    let (nlb, anyone) = ("198.51.100.80", "198.51.100.7");
+    let http = tcp(50280, 80, SYN);
+    assert!(!untracked(
+        &services,
+        inst,
+        Direction::Ingress,
+        &packet(nlb, me, &http)
+    ));
+    assert!(untracked(
+        &services,
+        inst,
+        Direction::Ingress,
+        &packet(anyone, me, &http)
+    ));
+    assert_eq!(
+        inbound(&dp, &frame(ip(nlb), ip(me), &http, &Shape::default())),
+        "new tracked flow",
+        "http through the load balancer is tracked"
+    );
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(
+                ip("2001:db8:80::5"),
+                ip("2001:db8::1"),
+                &http,
+                &Shape::default()
+            )
+        ),
+        "new tracked flow",
+        "so is IPv6 through its /64"
+    );
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(ip(anyone), ip(me), &tcp(50281, 80, SYN), &Shape::default())
+        ),
+        "untracked",
+        "http from anyone else stays untracked"
+    );
+    // The entry carries the balancer's TCP idle timeout.
+    let entries = dp.connections().expect("connections");
+    assert!(
+        entries
+            .iter()
+            .any(|(k, e)| k.port_a.max(k.port_b) == 50280 && e.idle_s == 600),
+        "the entry carries the load balancer's 600 s: {entries:?}"
+    );
+    // The rule goes: the connection through the balancer lives on.
+    let narrowed = compile(&vpc(&format!(
+        "{}{}",
+        without_inbound_rules(),
+        &text[EXAMPLE.len()..]
+    )));
+    dp.publish(
+        &narrowed.instances[0].tables,
+        narrowed.instances[0].settings,
+    )
+    .expect("publish");
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(ip(nlb), ip(me), &tcp(50280, 80, ACK), &Shape::default())
+        ),
+        "tracked",
+        "the connection through the load balancer outlives its rule"
+    );
+    assert_eq!(
+        inbound(
+            &dp,
+            &frame(ip(anyone), ip(me), &tcp(50281, 80, ACK), &Shape::default())
+        ),
+        "dropped",
+        "the untracked one ends with its rule"
+    );
+}
+
+/// AWS: a connection through a `DynamoDB` gateway endpoint takes two
+/// entries of the allowance. With room for sixteen entries, eight
+/// connections through it fit and a ninth is refused; the table lists each
+/// once.
+#[test]
+fn a_dynamodb_gateway_endpoint_connection_takes_two_entries() {
+    let text = with_services(350).replace(
+        "[[instance]]\nname = \"web\"\n",
+        "[[instance]]\nname = \"web\"\nconntrack.max_tracked_connections = 16\n",
+    );
+    let services = vpc(&text);
+    let mut dp = dataplane_for(&services, "web");
+    let (me, ddb) = ("10.0.0.1", "198.51.100.90");
+    let out = |dp: &sg_agent::dataplane::Dataplane, sport: u16| {
+        let before = dp.counters().unwrap().egress.get("pass_rule");
+        let passed = tc_passes(
+            dp,
+            &frame(ip(me), ip(ddb), &tcp(sport, 443, SYN), &Shape::default()),
+        );
+        passed && dp.counters().unwrap().egress.get("pass_rule") > before
+    };
+    for sport in 51001..=51008 {
+        assert!(
+            out(&dp, sport),
+            "connection from port {sport} opens a tracked flow"
+        );
+    }
+    assert!(!out(&dp, 51009), "a ninth finds the allowance used up");
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .egress
+            .get("drop_conntrack_allowance_exceeded"),
+        1
+    );
+    assert_eq!(dp.tracked_connections(), 16, "two entries per connection");
+    assert_eq!(
+        dp.connections().expect("connections").len(),
+        8,
+        "listed once each"
+    );
+    // The second entries live exactly as long as the first: one
+    // connection kept in use keeps both, the idle ones give both back.
+    let settings = sg_common::policy::Settings {
+        tcp_syn_ns: 1_000_000_000,
+        ..compile(&services).instances[0].settings
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    assert!(tc_passes(
+        &dp,
+        &frame(ip(me), ip(ddb), &tcp(51001, 443, ACK), &Shape::default())
+    ));
+    let r = dp.reclaim_expired(&settings).expect("reclaim");
+    assert_eq!(
+        (r.live, r.removed),
+        (2, 14),
+        "both entries of the one in use stay"
+    );
+    assert_eq!(r.gone.len(), 7, "each idle connection reported once");
+    assert!(out(&dp, 51010), "the allowance has room again");
+}
