@@ -1636,6 +1636,45 @@ mod tests {
     }
 
     #[test]
+    fn aws_services_are_checked_as_declared() {
+        let (n, text) = said(
+            "[[aws_service]]\nname = \"lb\"\ntype = \"network_load_balancr\"\naddresses = [\"10.0.0.5\"]\n",
+        );
+        assert_eq!(n, 1, "{text}");
+        assert!(
+            text.contains("did you mean network_load_balancer?"),
+            "{text}"
+        );
+        let (n, text) = said(
+            "[[aws_service]]\nname = \"nat\"\ntype = \"nat_gateway\"\naddresses = [\"0.0.0.0/0\"]\ntcp_idle_timeout = 100\n",
+        );
+        assert_eq!(n, 2, "{text}");
+        assert!(text.contains("0.0.0.0/0 is every address"), "{text}");
+        assert!(
+            text.contains("tcp_idle_timeout is a Network Load Balancer's setting"),
+            "{text}"
+        );
+        let (n, text) = said(
+            "[[aws_service]]\nname = \"lb\"\ntype = \"network_load_balancer\"\naddresses = [\"10.0.0.5\"]\ntcp_idle_timeout = 7000\n",
+        );
+        assert_eq!(n, 1, "{text}");
+        assert!(
+            text.contains("tcp_idle_timeout goes from 60 to 6000"),
+            "{text}"
+        );
+        let vpc = super::super::from_str(
+            "t.toml".as_ref(),
+            "[[aws_service]]\nname = \"lb\"\ntype = \"network_load_balancer\"\naddresses = [\"10.0.0.5\", \"10.0.1.0/28\"]\n",
+        )
+        .expect("valid");
+        let lb = &vpc.tracked_services[0];
+        assert_eq!(lb.timeouts(), Some((350, 120)));
+        assert_eq!(lb.addresses.len(), 2);
+        assert!(vpc.tracked_service("10.0.1.7".parse().unwrap()).is_some());
+        assert!(vpc.tracked_service("10.0.1.17".parse().unwrap()).is_none());
+    }
+
+    #[test]
     fn a_service_name_as_protocol_is_told_its_protocol_and_port() {
         let (_, text) = said(
             "[[security_group]]\nname = \"web\"\n  [[security_group.ingress]]\n  protocol = \"SSH\"\n  cidr_blocks = [\"10.0.0.0/8\"]\n",
