@@ -110,7 +110,7 @@ fn fill_conntrack(dp: &mut Dataplane) -> u64 {
             port_b: 80,
             proto: 6,
             family: sg_common::flow::FAMILY_V4,
-            pad: 0,
+            kind: 0,
         };
         let entry = CtEntry {
             last_seen_ns: 1,

@@ -21,15 +21,44 @@ pub struct CtKey {
     pub port_b: u16,
     pub proto: u8,
     pub family: u8,
-    pub pad: u16,
+    /// ICMP: which query ([`icmp_kind`]), so that each kind of query and
+    /// every other message type is a flow of its own; 0 for TCP, UDP, echo
+    /// and other protocols. [`SECOND_ENTRY`] marks a connection's second
+    /// entry.
+    pub kind: u16,
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
-/// [`CtKey::pad`] of a connection's second entry, for the services
-/// through which a connection takes two entries of the allowance
-/// (`policy::CLASS_TWO_ENTRIES`): no packet's key has it, and the agent
-/// keeps it exactly as long as the entry with `pad` 0.
-pub const SECOND_ENTRY: u16 = 1;
+/// The bit of [`CtKey::kind`] that marks a connection's second entry, for
+/// the services through which a connection takes two entries of the
+/// allowance (`policy::CLASS_TWO_ENTRIES`): no packet's key has it, and
+/// the agent keeps it exactly as long as the entry without it.
+pub const SECOND_ENTRY: u16 = 0x8000;
+/// [`CtKey::kind`] of an ICMP message that is no query: its type above
+/// this bit. Each such type is a flow of its own between two addresses (a
+/// redirect never rides on an earlier exchange of another type).
+pub const ICMP_KIND_MESSAGE: u16 = 0x100;
+
+/// The [`CtKey::kind`] of an ICMP `flow`: 0 for echo (request and reply
+/// share it, as before kinds existed), the request's type for the other
+/// queries (timestamp 13, information 15, address mask 17: request and
+/// answer share it), [`ICMP_KIND_MESSAGE`] plus the type for everything
+/// else. 0 for every other protocol.
+#[inline(always)]
+pub fn icmp_kind(flow: &Flow) -> u16 {
+    if flow.proto != proto::ICMP && flow.proto != proto::ICMPV6 {
+        return 0;
+    }
+    let ty = flow.icmp_type;
+    if icmp::is_echo(flow.family, ty) {
+        0
+    } else if icmp::is_query(flow.family, ty) {
+        // Requests are odd (13, 15, 17), answers the next even type.
+        u16::from(ty - (1 - ty % 2))
+    } else {
+        ICMP_KIND_MESSAGE | u16::from(ty)
+    }
+}
 
 pub const STATE_SYN_SENT: u8 = 1;
 pub const STATE_SYN_RECV: u8 = 2;
@@ -141,9 +170,9 @@ impl FragKey {
 }
 
 /// The conntrack key of `flow` and whether the packet travels from endpoint
-/// `a`. TCP and UDP are keyed by ports, ICMP echo by identifier (in both port
-/// slots, so request and reply meet), everything else by addresses and
-/// protocol alone.
+/// `a`. TCP and UDP are keyed by ports, ICMP queries by identifier (in
+/// both port slots, so request and reply meet) and kind, other ICMP
+/// messages by type, everything else by addresses and protocol alone.
 #[inline(always)]
 pub fn key_of(flow: &Flow) -> (CtKey, bool) {
     let mut key = CtKey::default();
@@ -170,17 +199,17 @@ pub fn fill_key(flow: &Flow, key: &mut CtKey) -> bool {
     }
     key.proto = flow.proto;
     key.family = flow.family;
-    key.pad = 0;
+    key.kind = icmp_kind(flow);
     src_first
 }
 
-/// The key's ports: TCP and UDP ports, an ICMP echo's identifier in both
+/// The key's ports: TCP and UDP ports, an ICMP query's identifier in both
 /// slots (so request and reply meet), nothing for any other protocol.
 #[inline(always)]
 fn key_ports(flow: &Flow) -> (u16, u16) {
     match flow.proto {
         proto::TCP | proto::UDP => (flow.sport, flow.dport),
-        proto::ICMP | proto::ICMPV6 if icmp::is_echo(flow.family, flow.icmp_type) => {
+        proto::ICMP | proto::ICMPV6 if icmp::is_query(flow.family, flow.icmp_type) => {
             (flow.sport, flow.sport)
         }
         _ => (0, 0),
@@ -205,6 +234,19 @@ fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
         return a[3] < b[3];
     }
     a_port <= b_port
+}
+
+/// Whether the packet an ICMP error quotes was sent by the error's
+/// receiver, as a genuine error's was (it goes back to the source of what
+/// caused it): a third party that knows a tracked flow's ports cannot
+/// aim an error about it at anyone else.
+#[inline(always)]
+pub fn quotes_its_receiver(error: &Flow, quoted: &Flow) -> bool {
+    error.family == quoted.family
+        && error.dst[0] == quoted.src[0]
+        && error.dst[1] == quoted.src[1]
+        && error.dst[2] == quoted.src[2]
+        && error.dst[3] == quoted.src[3]
 }
 
 /// How long an entry in this state may stay idle.
@@ -605,6 +647,63 @@ mod tests {
         assert_ne!(e.flags & FLAG_STREAM, 0, "the second transaction completed");
         assert!(is_live(&e, proto::UDP, 4 * SEC + 179 * SEC, &s));
         assert!(!is_live(&e, proto::UDP, 4 * SEC + 181 * SEC, &s));
+    }
+
+    /// ICMP queries are flows per kind and identifier, request and answer
+    /// sharing a key; every other message type is a flow of its own.
+    #[test]
+    fn icmp_queries_are_keyed_by_kind_and_identifier() {
+        let msg = |src: u8, dst: u8, ty: u8, id: u16| Flow {
+            src: v4(src),
+            dst: v4(dst),
+            proto: proto::ICMP,
+            family: crate::flow::FAMILY_V4,
+            icmp_type: ty,
+            sport: if icmp::is_query(crate::flow::FAMILY_V4, ty) {
+                id
+            } else {
+                0
+            },
+            dport: if icmp::is_query(crate::flow::FAMILY_V4, ty) {
+                id
+            } else {
+                0
+            },
+            ..Flow::default()
+        };
+        let key = |f: Flow| key_of(&f).0;
+        assert_eq!(
+            key(msg(1, 2, 13, 7)),
+            key(msg(2, 1, 14, 7)),
+            "timestamp and its answer"
+        );
+        assert_eq!(
+            key(msg(1, 2, 17, 7)),
+            key(msg(2, 1, 18, 7)),
+            "address mask and its answer"
+        );
+        assert_eq!(
+            key(msg(1, 2, 8, 7)),
+            key(msg(2, 1, 0, 7)),
+            "echo and its reply"
+        );
+        assert_eq!(
+            key(msg(1, 2, 8, 7)).kind,
+            0,
+            "echo keys as before kinds existed"
+        );
+        assert_ne!(
+            key(msg(1, 2, 13, 7)),
+            key(msg(2, 1, 14, 8)),
+            "another identifier"
+        );
+        assert_ne!(key(msg(1, 2, 13, 7)), key(msg(2, 1, 0, 7)), "another kind");
+        assert_ne!(key(msg(1, 2, 13, 7)), key(msg(2, 1, 5, 0)), "a redirect");
+        assert_ne!(
+            key(msg(1, 2, 5, 0)),
+            key(msg(2, 1, 9, 0)),
+            "one message type, another"
+        );
     }
 
     /// AWS: flows a Network Load Balancer tracks idle out after its

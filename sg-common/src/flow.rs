@@ -37,6 +37,12 @@ pub mod icmp {
     pub const V4_ECHO_REQUEST: u8 = 8;
     pub const V4_TIME_EXCEEDED: u8 = 11;
     pub const V4_PARAM_PROBLEM: u8 = 12;
+    pub const V4_TIMESTAMP: u8 = 13;
+    pub const V4_TIMESTAMP_REPLY: u8 = 14;
+    pub const V4_INFO_REQUEST: u8 = 15;
+    pub const V4_INFO_REPLY: u8 = 16;
+    pub const V4_ADDRESS_MASK: u8 = 17;
+    pub const V4_ADDRESS_MASK_REPLY: u8 = 18;
     pub const V6_DEST_UNREACH: u8 = 1;
     pub const V6_PACKET_TOO_BIG: u8 = 2;
     pub const V6_TIME_EXCEEDED: u8 = 3;
@@ -65,6 +71,28 @@ pub mod icmp {
     pub fn is_echo(family: u8, ty: u8) -> bool {
         if family == super::FAMILY_V4 {
             matches!(ty, V4_ECHO_REQUEST | V4_ECHO_REPLY)
+        } else {
+            matches!(ty, V6_ECHO_REQUEST | V6_ECHO_REPLY)
+        }
+    }
+
+    /// A query or its answer, which carry an identifier: echo, and in
+    /// IPv4 also timestamp, information and address mask. Tracked per
+    /// query: by identifier, and by the query's kind.
+    #[inline(always)]
+    pub fn is_query(family: u8, ty: u8) -> bool {
+        if family == super::FAMILY_V4 {
+            matches!(
+                ty,
+                V4_ECHO_REPLY
+                    | V4_ECHO_REQUEST
+                    | V4_TIMESTAMP
+                    | V4_TIMESTAMP_REPLY
+                    | V4_INFO_REQUEST
+                    | V4_INFO_REPLY
+                    | V4_ADDRESS_MASK
+                    | V4_ADDRESS_MASK_REPLY
+            )
         } else {
             matches!(ty, V6_ECHO_REQUEST | V6_ECHO_REPLY)
         }
@@ -146,5 +174,11 @@ impl Flow {
             }
             _ => 0,
         }
+    }
+
+    /// ICMP or `ICMPv6`.
+    #[inline(always)]
+    pub fn proto_is_icmp(&self) -> bool {
+        self.proto == proto::ICMP || self.proto == proto::ICMPV6
     }
 }

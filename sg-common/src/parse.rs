@@ -459,7 +459,7 @@ fn parse_l4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(), u3
             let (ty, code) = unsafe { ((*h).ty, (*h).code) };
             flow.icmp_type = ty;
             flow.icmp_code = code;
-            if icmp::is_echo(flow.family, ty) {
+            if icmp::is_query(flow.family, ty) {
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let id = unsafe { field16(ctx, addr_of!((*h).id)) };
                 flow.sport = id;
@@ -528,7 +528,7 @@ fn parse_quoted(ctx: &impl PacketView, off: usize, family: u8, inner: &mut Flow)
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             let ty = unsafe { (*h).ty };
             inner.icmp_type = ty;
-            if icmp::is_echo(inner.family, ty) {
+            if icmp::is_query(inner.family, ty) {
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let id = unsafe { field16(ctx, addr_of!((*h).id)) };
                 inner.sport = id;

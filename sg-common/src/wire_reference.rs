@@ -180,9 +180,11 @@ fn ipv6(frame: &[u8], at: usize, flow: &mut Flow) -> Result<usize, u32> {
     Ok(at)
 }
 
-fn is_echo(family: u8, ty: u8) -> bool {
+/// Echo, timestamp, information and address-mask queries and answers
+/// (RFC 792, RFC 950): they carry an identifier.
+fn is_query(family: u8, ty: u8) -> bool {
     if family == FAMILY_V4 {
-        ty == 0 || ty == 8
+        matches!(ty, 0 | 8 | 13..=18)
     } else {
         ty == 128 || ty == 129
     }
@@ -214,7 +216,7 @@ fn transport(frame: &[u8], at: usize, flow: &mut Flow) -> Result<(), u32> {
             let i: [u8; 8] = bytes(frame, at).ok_or(DROP_MALFORMED)?;
             flow.icmp_type = i[0];
             flow.icmp_code = i[1];
-            if is_echo(flow.family, i[0]) {
+            if is_query(flow.family, i[0]) {
                 flow.sport = u16::from_be_bytes([i[4], i[5]]);
                 flow.dport = flow.sport;
             }
@@ -253,7 +255,7 @@ fn quoted(frame: &[u8], at: usize, family: u8) -> Option<Flow> {
         }
         1 | 58 => {
             q.icmp_type = t[0];
-            if is_echo(q.family, t[0]) {
+            if is_query(q.family, t[0]) {
                 q.sport = be16(&t, 4)?;
                 q.dport = q.sport;
             }

@@ -159,8 +159,17 @@ fn reason<const GUARDED: bool>(
         };
     }
 
-    if has_inner && related_to_tracked(inner, ct_key, now, settings) {
+    if has_inner && related_to_tracked(flow, inner, ct_key, now, settings) {
         return PASS_TRACKED;
+    }
+    // Any other ICMP error is no flow of its own: the rules decide, and it
+    // opens no entry (that would let the other way's errors and queries
+    // ride on it).
+    if flow.proto_is_icmp() && icmp::is_error(flow.family, flow.icmp_type) {
+        return match by_rules(generation, direction, flow) {
+            Ok(_) => PASS_RULE,
+            Err(drop) => drop,
+        };
     }
 
     let verdict = track(ctx, flow, ct_key, now, settings, generation, direction);
@@ -281,9 +290,9 @@ fn track(
     // padding, which no packet looks up; the agent reclaims it with the
     // first. Without room for it, the connection is refused as a whole.
     if remote.flags & policy::CLASS_TWO_ENTRIES != 0 {
-        key.pad = conntrack::SECOND_ENTRY;
+        key.kind |= conntrack::SECOND_ENTRY;
         let second = CONNS.insert(&*key, entry, 0);
-        key.pad = 0;
+        key.kind &= !conntrack::SECOND_ENTRY;
         if second.is_err() {
             let _ = CONNS.remove(&*key);
             return DROP_CONNTRACK_ALLOWANCE;
@@ -372,9 +381,19 @@ fn by_rules(generation: u8, direction: u8, flow: &Flow) -> Result<AddrValue, u32
 }
 
 /// An ICMP error passes when the packet it quotes belongs to a tracked flow
-/// (path MTU discovery, unreachable ports, traceroute).
+/// (path MTU discovery, unreachable ports, traceroute) and was sent by the
+/// error's receiver: an error goes back to the source of what caused it.
 #[inline(always)]
-fn related_to_tracked(inner: &Flow, key: &mut CtKey, now: u64, settings: &Settings) -> bool {
+fn related_to_tracked(
+    error: &Flow,
+    inner: &Flow,
+    key: &mut CtKey,
+    now: u64,
+    settings: &Settings,
+) -> bool {
+    if !conntrack::quotes_its_receiver(error, inner) {
+        return false;
+    }
     conntrack::fill_key(inner, key);
     // SAFETY: the entry is read at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
     match unsafe { CONNS.get(key) } {

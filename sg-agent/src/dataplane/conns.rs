@@ -132,7 +132,7 @@ impl From<EarlierKeyV4> for CtKey {
             port_b: k.port_b,
             proto: k.proto,
             family: FAMILY_V4,
-            pad: 0,
+            kind: 0,
         }
     }
 }
@@ -218,8 +218,11 @@ impl Dataplane {
         // A connection's second entry (a DynamoDB gateway endpoint's) lives
         // exactly as long as its first, the one packets refresh.
         let expired = |table: &HashMap<&mut MapData, CtKey, CtEntry>, key: &CtKey, e: &CtEntry| {
-            if key.pad == conntrack::SECOND_ENTRY {
-                let first = CtKey { pad: 0, ..*key };
+            if key.kind & conntrack::SECOND_ENTRY != 0 {
+                let first = CtKey {
+                    kind: key.kind & !conntrack::SECOND_ENTRY,
+                    ..*key
+                };
                 return table
                     .get(&first, 0)
                     .map_or(true, |e| !conntrack::is_live(&e, key.proto, now, &settings));
@@ -243,7 +246,7 @@ impl Dataplane {
                 Ok(entry) if expired(&table, &key, &entry) => {
                     if table.remove(&key).is_ok() {
                         removed += 1;
-                        if key.pad != conntrack::SECOND_ENTRY {
+                        if key.kind & conntrack::SECOND_ENTRY == 0 {
                             gone.push((key, entry));
                         }
                     }

@@ -88,7 +88,7 @@ impl Dataplane {
         Ok(table
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, _)| k.pad != sg_common::conntrack::SECOND_ENTRY)
+            .filter(|(k, _)| k.kind & sg_common::conntrack::SECOND_ENTRY == 0)
             .collect())
     }
 }

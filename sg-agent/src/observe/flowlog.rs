@@ -645,7 +645,7 @@ mod tests {
             port_b: pb,
             proto: proto::TCP,
             family: FAMILY_V4,
-            pad: 0,
+            kind: 0,
         }
     }
 

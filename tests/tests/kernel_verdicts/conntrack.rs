@@ -373,3 +373,99 @@ fn a_rst_far_from_its_senders_sequence_numbers_changes_nothing() {
         );
     }
 }
+
+/// AWS tracks ICMP queries per query: a timestamp request lets its own
+/// answer back (same identifier, same kind), not an answer to another
+/// query, an echo reply, nor any other message type (a redirect) between
+/// the same two hosts.
+#[test]
+fn icmp_queries_are_tracked_per_query() {
+    let config = r#"
+[[security_group]]
+name = "web"
+egress = []
+  [[security_group.ingress]]
+  protocol = "icmp"
+  from_port = 13
+  to_port = -1
+  cidr_blocks = ["10.0.0.0/8"]
+
+[[instance]]
+name = "web"
+addresses = ["10.0.0.1"]
+security_groups = ["web"]
+"#;
+    let dp = dataplane_for(&vpc(config), "web");
+    let (me, peer) = ("10.0.0.1", "10.5.5.5");
+    let icmp = |src: &str, dst: &str, ty: u8, code: u8, id: u8| {
+        frame(
+            ip(src),
+            ip(dst),
+            &Transport::Icmp {
+                ty,
+                code,
+                rest: [0, id, 0, 1],
+            },
+            &Shape::default(),
+        )
+    };
+    assert!(
+        xdp_passes(&dp, &icmp(peer, me, 13, 0, 7)),
+        "the timestamp request is allowed by its rule"
+    );
+    assert!(
+        tc_passes(&dp, &icmp(me, peer, 14, 0, 7)),
+        "its answer leaves, tracked, though nothing may go out"
+    );
+    assert!(
+        !tc_passes(&dp, &icmp(me, peer, 14, 0, 8)),
+        "an answer to another query does not"
+    );
+    assert!(
+        !tc_passes(&dp, &icmp(me, peer, 0, 0, 7)),
+        "nor an echo reply with the same identifier"
+    );
+    assert!(
+        !xdp_passes(&dp, &icmp(peer, me, 5, 1, 7)),
+        "nor does a redirect ride on the timestamp exchange"
+    );
+    assert!(
+        !tc_passes(&dp, &icmp(me, peer, 18, 0, 7)),
+        "nor an address-mask reply"
+    );
+}
+
+/// An ICMP error passes as related only when the packet it quotes is one
+/// its receiver sent (errors go back to the source of what caused them):
+/// an error to the instance quoting the peer's half of a tracked flow is
+/// forged.
+#[test]
+fn an_icmp_error_must_quote_a_packet_its_receiver_sent() {
+    let dp = dataplane_for(&vpc(CONFIG), "web");
+    let (me, peer, router) = ("10.0.0.1", "198.51.100.9", "203.0.113.99");
+    assert!(tc_passes(
+        &dp,
+        &frame(ip(me), ip(peer), &tcp(40200, 443, SYN), &Shape::default())
+    ));
+    let error_quoting = |src: &str, dst: &str, sport: u16, dport: u16| {
+        let mut q =
+            frame(ip(src), ip(dst), &tcp(sport, dport, SYN), &Shape::default())[14..].to_vec();
+        q.truncate(28);
+        let mut bytes = vec![3, 1, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(&q);
+        frame(
+            ip(router),
+            ip(me),
+            &Transport::Raw { proto: 1, bytes },
+            &Shape::default(),
+        )
+    };
+    assert!(
+        xdp_passes(&dp, &error_quoting(me, peer, 40200, 443)),
+        "host unreachable about our own SYN passes"
+    );
+    assert!(
+        !xdp_passes(&dp, &error_quoting(peer, me, 443, 40200)),
+        "the same flow quoted from the peer's side, sent to us, is forged"
+    );
+}
