@@ -140,6 +140,25 @@ fn rule(groups: usize) -> impl Strategy<Value = Rule> {
         })
 }
 
+/// AWS's default egress rule: all traffic to both whole address spaces.
+fn default_egress() -> Vec<Rule> {
+    vec![Rule {
+        id: None,
+        protocol: Protocol::All,
+        ports: Ports::All,
+        sources: ["0.0.0.0/0", "::/0"]
+            .iter()
+            .map(|s| SourceRef {
+                source: Source::Cidr(s.parse().unwrap()),
+                span: 0..0,
+            })
+            .collect(),
+        description: None,
+        implicit: true,
+        span: 0..0,
+    }]
+}
+
 fn vpc() -> impl Strategy<Value = Vpc> {
     (1usize..4).prop_flat_map(|n_groups| {
         let groups = prop::collection::vec(
@@ -184,23 +203,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                     span: 0..0,
                 });
                 for (i, (ingress, egress)) in groups.into_iter().enumerate() {
-                    let egress = egress.unwrap_or_else(|| {
-                        vec![Rule {
-                            id: None,
-                            protocol: Protocol::All,
-                            ports: Ports::All,
-                            sources: ["0.0.0.0/0", "::/0"]
-                                .iter()
-                                .map(|s| SourceRef {
-                                    source: Source::Cidr(s.parse().unwrap()),
-                                    span: 0..0,
-                                })
-                                .collect(),
-                            description: None,
-                            implicit: true,
-                            span: 0..0,
-                        }]
-                    });
+                    let egress = egress.unwrap_or_else(default_egress);
                     vpc.groups.push(SecurityGroup {
                         id: None,
                         name: format!("g{i}"),
@@ -237,6 +240,8 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         netns: None,
                         source_dest_check: i != 1,
                         conntrack: sg_agent::config::ConntrackOverrides::default(),
+                        instance_type: None,
+                        nitro_version: None,
                         span: 0..0,
                     });
                 }

@@ -223,3 +223,103 @@ fn check_for_one_node_enforces_only_its_instances() {
     assert!(out.contains("enforces no instance here"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// AWS's default established-TCP timeout depends on the instance type: 350
+/// s on Nitro v6 types except P6e-GB200, 432,000 s on the others; the
+/// file-wide `[conntrack]` and the instance's own override it. `check`
+/// shows where each timeout comes from, and the data plane gets it.
+#[test]
+fn the_instance_type_decides_the_default_tcp_timeout() {
+    let text = r#"
+[conntrack]
+udp_timeout = 45
+
+[[security_group]]
+name = "web"
+
+[[instance]]
+name = "v6"
+addresses = ["10.0.0.1"]
+security_groups = ["web"]
+interface = "eth0"
+instance_type = "c8i.large"
+nitro_version = 6
+
+[[instance]]
+name = "gb200"
+addresses = ["10.0.0.2"]
+security_groups = ["web"]
+interface = "eth1"
+instance_type = "p6e-gb200.36xlarge"
+nitro_version = 6
+
+[[instance]]
+name = "v5"
+addresses = ["10.0.0.3"]
+security_groups = ["web"]
+interface = "eth2"
+instance_type = "m6i.large"
+nitro_version = 5
+
+[[instance]]
+name = "own"
+addresses = ["10.0.0.4"]
+security_groups = ["web"]
+interface = "eth3"
+nitro_version = 6
+  [instance.conntrack]
+  tcp_established_timeout = 900
+"#
+    .to_owned();
+    let dir = std::env::temp_dir().join(format!("sg-check-type-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("types.toml");
+    std::fs::write(&file, &text).expect("write");
+    let (code, out) = sg_agent(&["check", file.to_str().expect("utf-8"), "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let timeouts: Vec<(String, u64, String, String)> = json["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            let c = &i["conntrack"];
+            (
+                i["name"].as_str().expect("name").to_owned(),
+                c["tcp_established_timeout"].as_u64().expect("tcp"),
+                c["sources"][0].as_str().expect("source").to_owned(),
+                c["sources"][1].as_str().expect("source").to_owned(),
+            )
+        })
+        .collect();
+    let want = |n: &str, t: u64, s: &str| (n.to_owned(), t, s.to_owned(), "[conntrack]".to_owned());
+    assert_eq!(
+        timeouts,
+        [
+            want("v6", 350, "Nitro v6 default"),
+            want("gb200", 432_000, "AWS default for P6e-GB200"),
+            want("v5", 432_000, "AWS default"),
+            want("own", 900, "[instance.conntrack]"),
+        ],
+        "{out}"
+    );
+    // The data plane idles established connections out as check says.
+    let vpc = sg_agent::config::from_str(&file, &text).expect("valid");
+    let compiled = sg_agent::policy::compile::compile(&vpc);
+    assert_eq!(
+        compiled.instances[0].settings.tcp_established_ns,
+        350_000_000_000
+    );
+    // A malformed type is refused.
+    let (code, out) = sg_agent(&["check", &{
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, text.replace("c8i.large", "C8i Large")).expect("write");
+        bad.to_str().expect("utf-8").to_owned()
+    }]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("\"C8i Large\" is not an EC2 instance type"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,9 @@ pub struct Vpc {
     pub instances: Vec<Instance>,
     pub limits: Limits,
     pub conntrack: ConntrackSettings,
+    /// The keys the file-wide `[conntrack]` sets (they override an
+    /// instance type's defaults, as setting them on every interface would).
+    pub conntrack_set: ConntrackOverrides,
     /// `[vpc] cidr_blocks`: the VPC's ranges; Amazon DNS answers at the
     /// base of each IPv4 range plus two.
     pub cidr_blocks: Vec<IpNet>,
@@ -241,10 +244,33 @@ pub struct Instance {
     /// `[instance.conntrack]`: what this instance sets apart from the
     /// file-wide `[conntrack]` (AWS sets connection tracking per interface).
     pub conntrack: ConntrackOverrides,
+    /// `instance_type` (e.g. `c8i.large`) and `nitro_version`: what decides
+    /// AWS's default connection tracking for it.
+    pub instance_type: Option<String>,
+    pub nitro_version: Option<u8>,
     pub span: Span,
 }
 
+/// AWS's default `TcpEstablishedTimeout` on Nitro v6 instance types.
+pub const NITRO_V6_TCP_ESTABLISHED_TIMEOUT: u64 = 350;
+
 impl Instance {
+    /// The default established-TCP timeout AWS gives its instance type,
+    /// when the file says enough to know it, and why: 350 s on Nitro v6
+    /// (and later) types, except P6e-GB200 (AWS's
+    /// `ConnectionTrackingConfiguration`: "350 seconds for Nitro v6
+    /// instance types (excluding P6e-GB200)").
+    pub fn type_tcp_established_timeout(&self) -> Option<(u64, &'static str)> {
+        let family = self
+            .instance_type
+            .as_deref()
+            .map(|t| t.split('.').next().unwrap_or(t));
+        if family == Some("p6e-gb200") {
+            return Some((432_000, "AWS default for P6e-GB200"));
+        }
+        (self.nitro_version? >= 6).then_some((NITRO_V6_TCP_ESTABLISHED_TIMEOUT, "Nitro v6 default"))
+    }
+
     /// Whether `addr` is the instance's: one of its addresses, or in one of
     /// its delegated prefixes.
     pub fn owns(&self, addr: IpAddr) -> bool {
@@ -637,7 +663,46 @@ impl Vpc {
     /// The connection tracking in force on `inst`: the file-wide
     /// `[conntrack]`, overridden by its own `[instance.conntrack]`.
     pub fn conntrack_of(&self, inst: &Instance) -> ConntrackSettings {
-        self.conntrack.with(inst.conntrack)
+        let type_default = ConntrackOverrides {
+            tcp_established_timeout: inst.type_tcp_established_timeout().map(|(t, _)| t),
+            ..ConntrackOverrides::default()
+        };
+        ConntrackSettings::default()
+            .with(type_default)
+            .with(self.conntrack_set)
+            .with(inst.conntrack)
+    }
+
+    /// Where each of `inst`'s three timeouts comes from (established TCP,
+    /// UDP, UDP stream): its `[instance.conntrack]`, the file-wide
+    /// `[conntrack]`, its instance type's default, or AWS's default.
+    pub fn conntrack_sources(&self, inst: &Instance) -> [&'static str; 3] {
+        let source = |instance: bool, file: bool, by_type: Option<&'static str>| {
+            if instance {
+                "[instance.conntrack]"
+            } else if file {
+                "[conntrack]"
+            } else {
+                by_type.unwrap_or("AWS default")
+            }
+        };
+        [
+            source(
+                inst.conntrack.tcp_established_timeout.is_some(),
+                self.conntrack_set.tcp_established_timeout.is_some(),
+                inst.type_tcp_established_timeout().map(|(_, why)| why),
+            ),
+            source(
+                inst.conntrack.udp_timeout.is_some(),
+                self.conntrack_set.udp_timeout.is_some(),
+                None,
+            ),
+            source(
+                inst.conntrack.udp_stream_timeout.is_some(),
+                self.conntrack_set.udp_stream_timeout.is_some(),
+                None,
+            ),
+        ]
     }
 
     pub fn instance(&self, name: &str) -> Option<&Instance> {

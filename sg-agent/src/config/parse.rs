@@ -510,7 +510,8 @@ impl Parser {
             vpc.limits = self.limits(v);
         }
         if let Some(v) = Self::get(root, "conntrack") {
-            vpc.conntrack = ConntrackSettings::default().with(self.conntrack(v, "[conntrack]"));
+            vpc.conntrack_set = self.conntrack(v, "[conntrack]");
+            vpc.conntrack = ConntrackSettings::default().with(vpc.conntrack_set);
         }
         if let Some(v) = Self::get(root, "vpc") {
             vpc.cidr_blocks = self.vpc_blocks(v);
@@ -1032,6 +1033,8 @@ impl Parser {
                 "node",
                 "source_dest_check",
                 "conntrack",
+                "instance_type",
+                "nitro_version",
             ],
             "an instance",
         );
@@ -1092,6 +1095,8 @@ impl Parser {
         let conntrack = Self::get(t, "conntrack")
             .map(|v| self.conntrack(v, "an instance's [instance.conntrack]"))
             .unwrap_or_default();
+        let instance_type = self.instance_type(t);
+        let nitro_version = self.nitro_version(t);
         Some(Instance {
             name: name?.0,
             addresses,
@@ -1103,8 +1108,48 @@ impl Parser {
             node,
             source_dest_check,
             conntrack,
+            instance_type,
+            nitro_version,
             span,
         })
+    }
+
+    /// `nitro_version`: the Nitro version AWS's "Platform summary" of the
+    /// instance family shows.
+    fn nitro_version(&mut self, t: &DeTable) -> Option<u8> {
+        Self::get(t, "nitro_version")?;
+        let v = self.bounded(
+            t,
+            "nitro_version",
+            1..=9,
+            0,
+            " (the Nitro version AWS's \"Platform summary\" of the instance family shows)",
+        );
+        u8::try_from(v).ok().filter(|&v| v > 0)
+    }
+
+    /// `instance_type`: an EC2 instance type as AWS writes it, family and
+    /// size (`c8i.large`, `p6e-gb200.36xlarge`, `u7i-12tb.224xlarge`).
+    fn instance_type(&mut self, t: &DeTable) -> Option<String> {
+        let v = Self::get(t, "instance_type")?;
+        let text = self.string(v, "instance_type")?;
+        let part = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 32
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        match text.split_once('.') {
+            Some((family, size)) if part(family) && part(size) => Some(text),
+            _ => {
+                self.err_hint(
+                    v.span(),
+                    format!("\"{text}\" is not an EC2 instance type"),
+                    "write the family and the size as AWS does, e.g. \"c8i.large\" or \"m7g.xlarge\"",
+                );
+                None
+            }
+        }
     }
 
     /// `prefixes`: AWS's prefix delegation, IPv4 /28 and IPv6 /80 only, as

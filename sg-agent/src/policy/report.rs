@@ -83,6 +83,15 @@ pub struct ConntrackReport {
     pub tcp_established_timeout: u64,
     pub udp_timeout: u64,
     pub udp_stream_timeout: u64,
+    /// Where each timeout comes from, in the order above:
+    /// `[instance.conntrack]`, `[conntrack]`, an instance type's default
+    /// (`Nitro v6 default`) or `AWS default`.
+    pub sources: [&'static str; 3],
+    /// `instance_type` and `nitro_version`, when the file gives them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nitro_version: Option<u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,6 +190,9 @@ pub fn report(vpc: &Vpc) -> Report {
                         tcp_established_timeout: c.tcp_established_timeout,
                         udp_timeout: c.udp_timeout,
                         udp_stream_timeout: c.udp_stream_timeout,
+                        sources: vpc.conntrack_sources(inst),
+                        instance_type: inst.instance_type.clone(),
+                        nitro_version: inst.nitro_version,
                     }
                 },
                 inbound,
@@ -308,10 +320,22 @@ fn render_tracked_services(out: &mut String, services: &[TrackedServiceReport]) 
 }
 
 fn conntrack_line(c: &ConntrackReport) -> String {
+    let kind = match (&c.instance_type, c.nitro_version) {
+        (Some(t), Some(v)) => format!(" ({t}, Nitro v{v})"),
+        (Some(t), None) => format!(" ({t})"),
+        (None, Some(v)) => format!(" (Nitro v{v})"),
+        (None, None) => String::new(),
+    };
     format!(
-        "connection tracking: at most {} tracked connections; idle timeouts: tcp {} s, udp {} \
-         s, udp stream {} s",
-        c.max_tracked_connections, c.tcp_established_timeout, c.udp_timeout, c.udp_stream_timeout
+        "connection tracking{kind}: at most {} tracked connections; idle timeouts: tcp {} s \
+         ({}), udp {} s ({}), udp stream {} s ({})",
+        c.max_tracked_connections,
+        c.tcp_established_timeout,
+        c.sources[0],
+        c.udp_timeout,
+        c.sources[1],
+        c.udp_stream_timeout,
+        c.sources[2]
     )
 }
 
