@@ -283,6 +283,7 @@ fn packet() -> impl Strategy<Value = Packet> {
                     l4,
                     later_fragment,
                     via_ah: false,
+                    service_place: true,
                 }
             },
         )
@@ -367,7 +368,7 @@ proptest! {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let own = own_address(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(own, reference::source_dest_ok(inst, direction, p), "source/destination check: instance {} {:?} packet {:?}", inst.name, direction, p);
-                    let service = aws_service(&maps, generation, direction.code(), &flow);
+                    let service = aws_service(&maps, generation, direction.code(), &flow) != sg_common::policy::EXEMPT_NONE;
                     prop_assert_eq!(service, reference::aws_service(&vpc, direction, p).is_some(), "AWS service? instance {} {:?} packet {:?}", inst.name, direction, p);
                     let got = own && (service || classify(&maps, generation, direction.code(), &flow));
                     prop_assert_eq!(got, want, "instance {} {:?} packet {:?}", inst.name, direction, p);
@@ -389,7 +390,7 @@ proptest! {
                 for direction in [Direction::Ingress, Direction::Egress] {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let got = own_address(&maps, generation, direction.code(), &flow)
-                        && (aws_service(&maps, generation, direction.code(), &flow)
+                        && (aws_service(&maps, generation, direction.code(), &flow) != sg_common::policy::EXEMPT_NONE
                             || classify(&maps, generation, direction.code(), &flow));
                     prop_assert_eq!(got, want, "adopted: instance {} {:?} packet {:?}", inst.name, direction, p);
                     // The data plane asks only about packets the rules allow.
@@ -531,7 +532,7 @@ proptest! {
                         1 | 58 => L4::Icmp { ty: icmp.0, code: icmp.1 },
                         _ => L4::None,
                     };
-                    let judged = Packet { src: e.src, dst: e.dst, proto: p.proto, l4, later_fragment: false, via_ah: false };
+                    let judged = Packet { src: e.src, dst: e.dst, proto: p.proto, l4, later_fragment: false, via_ah: false, service_place: false };
                     let want = evaluate(&vpc, inst, direction, &judged, false).passes();
                     prop_assert_eq!(e.allowed, want, "instance {} {:?} {:?}", inst.name, direction, judged);
                 }

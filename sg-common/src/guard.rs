@@ -45,7 +45,8 @@ pub const MAC_CONFIGURED: u8 = 0;
 /// [`MacEntry::learned`]: taken from the first frame the instance sent.
 pub const MAC_LEARNED: u8 = 1;
 
-/// The instance's MAC address, in the `SG_MAC` map.
+/// The instance's MAC address, in the `SG_MAC` map (and the services',
+/// in `SG_SERVICE_MAC`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MacEntry {
@@ -118,6 +119,30 @@ unsafe fn mac_at(ctx: &impl PacketView, p: *const u8) -> [u8; 6] {
     let hi = hi.to_ne_bytes();
     let lo = lo.to_be_bytes();
     [hi[0], hi[1], hi[2], hi[3], lo[0], lo[1]]
+}
+
+/// Whether the frame comes from (inbound) or goes to (outbound) the MAC
+/// address the AWS services answer from (`services`), as traffic that
+/// security groups never filter must: on EC2 only the Nitro host answers
+/// at those addresses. `exempt` is what `policy::aws_service` found; a
+/// DHCP request may also go to a broadcast or multicast address (the
+/// client does not know its server yet).
+#[inline(always)]
+pub fn at_services(ctx: &impl PacketView, direction: u8, exempt: u8, services: [u8; 6]) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
+    let (dst, src) = unsafe {
+        (
+            mac_at(ctx, addr_of!((*eth).dst).cast()),
+            mac_at(ctx, addr_of!((*eth).src).cast()),
+        )
+    };
+    if direction == crate::policy::INGRESS {
+        return src == services;
+    }
+    dst == services || (exempt == crate::policy::EXEMPT_DHCP_REQUEST && dst[0] & 1 != 0)
 }
 
 /// The frame-level checks of a frame the instance sent: its source MAC

@@ -39,6 +39,12 @@ pub const COUNTERS: &str = "SG_COUNTERS_V3";
 /// from the first frame the instance sends (an insert that fails when the
 /// key exists, so the first frame wins on every CPU).
 pub const MAC: &str = "SG_MAC";
+/// Array of one [`crate::guard::MacEntry`]: the MAC address the AWS
+/// services answer from (`[vpc] service_mac`, or the host side's own for
+/// an instance enforced there), written by the agent; all zeros when none
+/// is known, and then nothing is exempt from the rules as an AWS
+/// service's.
+pub const SERVICE_MAC: &str = "SG_SERVICE_MAC";
 /// Ring buffer of [`crate::events::FlowEvent`]s for the agent. Not pinned:
 /// events belong to the agent that reads them.
 pub const EVENTS: &str = "SG_EVENTS";
@@ -149,7 +155,7 @@ const fn lpm<T>() -> u32 {
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
 /// and the event ring belong to one process and are not pinned.
-pub const PINNED: [Layout; 9] = {
+pub const PINNED: [Layout; 10] = {
     use crate::{
         conntrack::{CtEntry, CtKey, FragEntry, FragKey},
         guard::MacEntry,
@@ -203,5 +209,6 @@ pub const PINNED: [Layout; 9] = {
         ),
         l(COUNTERS, 4, 8, crate::counters::COUNTERS_LEN),
         l(MAC, 4, size::<MacEntry>(), 1),
+        l(SERVICE_MAC, 4, size::<MacEntry>(), 1),
     ]
 };

@@ -32,16 +32,20 @@ pub const EGRESS: u8 = 1;
 /// (host entries), for the source/destination check. An instance without
 /// the check has the whole address space (/0) there instead.
 pub const OWN: u8 = 2;
-/// The address tries' fourth "direction": the AWS services security groups
-/// never filter (Amazon DNS, instance metadata, time), host entries whose
-/// flags say which service ([`SERVICE_DNS`]...).
+/// The address tries' fourth "direction": what security groups never
+/// filter, by address (link-local 169.254.0.0/16, the IPv6 services, the
+/// reserved addresses of each subnet, Amazon DNS): entries of any prefix,
+/// their flags unused.
 pub const SERVICES: u8 = 3;
-/// Amazon DNS (TCP and UDP port 53).
-pub const SERVICE_DNS: u32 = 1;
-/// The instance metadata service (TCP port 80).
-pub const SERVICE_METADATA: u32 = 1 << 1;
-/// Amazon Time Sync (UDP port 123).
-pub const SERVICE_TIME: u32 = 1 << 2;
+/// [`aws_service`]: not traffic with an AWS service.
+pub const EXEMPT_NONE: u8 = 0;
+/// [`aws_service`]: traffic with a service's address (or a DHCP answer),
+/// exempt if the frame comes from (goes to) the services' MAC address.
+pub const EXEMPT_SERVICE: u8 = 1;
+/// [`aws_service`]: a DHCP (`DHCPv6`) request from the instance, exempt
+/// if the frame goes to the services' MAC address or is broadcast
+/// (multicast): a client asks before it knows its server.
+pub const EXEMPT_DHCP_REQUEST: u8 = 2;
 
 /// Bits of an address key before the address: generation and direction.
 pub const ADDR_TAG_BITS: u32 = 32;
@@ -388,51 +392,51 @@ pub fn own_v6<M: PolicyMaps>(maps: &M, generation: u8, addr: &Addr) -> bool {
 }
 
 /// Whether a packet is traffic with an AWS service that security groups
-/// never filter, in either direction: DHCP (UDP 67/68) and `DHCPv6` (UDP
-/// 546/547) by their ports alone, and Amazon DNS (port 53), the instance
-/// metadata service (TCP 80) and Amazon Time Sync (UDP 123) when the remote
-/// end is one of their addresses (under the [`SERVICES`] tag). The remote
-/// port must be the service's, and an inbound TCP packet must not open a
-/// connection (services answer, they do not call). Such a packet passes without rules and
-/// without a connection-table entry, as on EC2, where it never meets the
-/// security group (nor the connection allowance).
+/// never filter, in either direction, as far as its addresses and ports
+/// tell: DHCP (UDP 67/68) and `DHCPv6` (UDP 546/547) by their ports, any
+/// packet whose remote end is under the [`SERVICES`] tag (link-local
+/// addresses, the reserved addresses of each subnet...). An inbound TCP
+/// packet must not open a connection (services answer, they do not call).
+/// The caller then checks the frame's MAC addresses ([`EXEMPT_SERVICE`],
+/// [`EXEMPT_DHCP_REQUEST`]): on EC2 these addresses are answered by the
+/// Nitro host alone, so only what comes from (goes to) where the services
+/// are is exempt; the rest is judged by the rules. Such a packet passes
+/// without rules and without a connection-table entry, as on EC2, where
+/// it never meets the security group (nor the connection allowance).
 #[inline(always)]
-pub fn aws_service<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+pub fn aws_service<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> u8 {
     use crate::flow::proto::{TCP, UDP};
-    let udp = flow.proto == UDP;
-    if flow.frag == crate::flow::FRAG_LATER || !udp && flow.proto != TCP {
-        return false;
+    if flow.frag == crate::flow::FRAG_LATER {
+        return EXEMPT_NONE;
     }
     let (remote_port, local_port) = if direction == INGRESS {
         (flow.sport, flow.dport)
     } else {
         (flow.dport, flow.sport)
     };
-    if udp {
+    if flow.proto == UDP {
         let (server, client) = if flow.family == FAMILY_V4 {
             (67, 68)
         } else {
             (547, 546)
         };
         if remote_port == server && local_port == client {
-            return true;
+            return if direction == INGRESS {
+                EXEMPT_SERVICE
+            } else {
+                EXEMPT_DHCP_REQUEST
+            };
         }
     }
     // The services answer; they never open a TCP connection to the
     // instance (a SYN "from" one is a spoofer's).
-    if !udp
+    if flow.proto == TCP
         && direction == INGRESS
         && flow.tcp_flags & (crate::flow::tcp_flags::SYN | crate::flow::tcp_flags::ACK)
             == crate::flow::tcp_flags::SYN
     {
-        return false;
+        return EXEMPT_NONE;
     }
-    let service = match remote_port {
-        53 => SERVICE_DNS,
-        80 if !udp => SERVICE_METADATA,
-        123 if udp => SERVICE_TIME,
-        _ => return false,
-    };
     let remote = if direction == INGRESS {
         &flow.src
     } else {
@@ -447,7 +451,11 @@ pub fn aws_service<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
     } else {
         maps.addr_v6(&AddrKeyV6 { tag, addr: *remote })
     };
-    found.is_some_and(|v| v.flags & service != 0)
+    if found.is_some() {
+        EXEMPT_SERVICE
+    } else {
+        EXEMPT_NONE
+    }
 }
 
 /// `fe80::/10` or `::`, IPv6 in network byte order.

@@ -58,6 +58,18 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 #[map(name = "SG_MAC")]
 pub static MAC: HashMap<u32, MacEntry> = HashMap::with_max_entries(1, 0);
 
+/// The MAC address the AWS services answer from: index 0, all zeros when
+/// none is known.
+#[map(name = "SG_SERVICE_MAC")]
+pub static SERVICE_MAC: Array<MacEntry> = Array::with_max_entries(1, 0);
+
+/// The services' MAC address, if the agent gave one.
+#[inline(always)]
+pub fn service_mac() -> Option<[u8; 6]> {
+    let e = SERVICE_MAC.get(0)?;
+    (e.mac != [0; 6]).then_some(e.mac)
+}
+
 #[map(name = "SG_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_RING_BYTES, 0);
 

@@ -225,10 +225,17 @@ fn track(
         }
         None => false,
     };
-    // AWS's services (DHCP, DNS, metadata, time) never meet the security
-    // group: no rules, no entry, no allowance. The instance must still be
-    // the local end (the source/destination check).
-    if policy::aws_service(&KernelPolicy, generation, direction, flow) {
+    // AWS's services (DHCP, DNS, metadata, time, the subnet's router...)
+    // never meet the security group: no rules, no entry, no allowance;
+    // but only what comes from (goes to) where they are, as on EC2, where
+    // only the Nitro host answers at their addresses. The rest is judged
+    // by the rules. The instance must still be the local end (the
+    // source/destination check).
+    let exempt = policy::aws_service(&KernelPolicy, generation, direction, flow);
+    if exempt != policy::EXEMPT_NONE
+        && let Some(services) = crate::maps::service_mac()
+        && guard::at_services(ctx, direction, exempt, services)
+    {
         if policy::own_address(&KernelPolicy, generation, direction, flow) {
             return PASS_AWS_SERVICE;
         }

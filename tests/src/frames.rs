@@ -122,10 +122,16 @@ pub struct Shape {
     pub truncate: Option<usize>,
     /// Override the IPv4 IHL nibble.
     pub ihl: Option<u8>,
+    /// (destination, source) MAC addresses; default 02:00:00:00:00:02 and
+    /// 02:00:00:00:00:01.
+    pub macs: Option<([u8; 6], [u8; 6])>,
 }
 
 pub fn frame(src: IpAddr, dst: IpAddr, l4: &Transport, shape: &Shape) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    let (dst_mac, src_mac) = shape
+        .macs
+        .unwrap_or(([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1]));
+    let mut f = [dst_mac, src_mac].concat();
     for _ in 0..shape.vlans {
         f.extend_from_slice(&0x8100u16.to_be_bytes());
         f.extend_from_slice(&100u16.to_be_bytes());

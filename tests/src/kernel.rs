@@ -40,6 +40,8 @@ pub fn dataplane_for(vpc: &Vpc, instance: &str) -> Dataplane {
         .expect("eBPF object loads and passes the verifier");
     dp.publish(&inst.tables, inst.settings)
         .expect("policy published");
+    dp.set_service_mac(inst.service_mac.map(|m| m.0))
+        .expect("services' MAC address set");
     dp
 }
 

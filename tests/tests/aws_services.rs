@@ -22,11 +22,17 @@ const RESOLVER: &str = "10.60.0.2";
 /// Any other DNS server in the VPC.
 const OTHER_DNS: &str = "10.60.0.53";
 
-fn rules(netns: &str, with_vpc: bool) -> String {
-    let vpc = if with_vpc {
-        "[vpc]\ncidr_blocks = [\"10.60.0.0/16\"]\n\n"
-    } else {
-        ""
+/// An address a lab host takes to pose as Amazon DNS.
+const LINK_LOCAL_DNS: &str = "169.254.169.253";
+
+/// The rules: with `[vpc]` (the VPC's range, and `service_mac`, where the
+/// services answer from) or without.
+fn rules(netns: &str, service_mac: Option<&str>) -> String {
+    let vpc = match service_mac {
+        Some(mac) => {
+            format!("[vpc]\ncidr_blocks = [\"10.60.0.0/16\"]\nservice_mac = \"{mac}\"\n\n")
+        }
+        None => String::new(),
     };
     format!(
         r#"{vpc}[[security_group]]
@@ -41,6 +47,19 @@ addresses = ["{CLIENT}"]
 security_groups = ["https-out-only"]
 "#
     )
+}
+
+/// The MAC address of `eth0` in `ns`.
+fn mac_of(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", "eth0"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .expect("a MAC address")
+        .to_owned()
 }
 
 /// dnsmasq serving DNS (and DHCP on the first address) in `ns`, killed on
@@ -124,6 +143,7 @@ fn dhcp_and_the_vpc_resolver_work_with_egress_limited_to_https() {
     let mut lab = Lab::new("svc");
     lab.add_host("client", &[CLIENT]);
     lab.add_host("vpc", &[OTHER_DNS]);
+    lab.add_host("impostor", &[LINK_LOCAL_DNS]);
     let vpc_ns = lab.netns_of("vpc");
     // The resolver's and DHCP server's address, with the VPC's prefix so
     // dnsmasq knows the subnet it serves.
@@ -132,14 +152,23 @@ fn dhcp_and_the_vpc_resolver_work_with_egress_limited_to_https() {
     std::fs::create_dir_all(&dir).expect("test dir");
     let _resolver = Dnsmasq::start(&vpc_ns, RESOLVER, true, &dir);
     let _other = Dnsmasq::start(&vpc_ns, OTHER_DNS, false, &dir);
+    // Another lab host posing as Amazon DNS at its link-local address.
+    let impostor_ns = lab.netns_of("impostor");
+    let _impostor = Dnsmasq::start(&impostor_ns, LINK_LOCAL_DNS, false, &dir);
     let client = lab.netns_of("client");
+    ip(&["-n", &client, "route", "add", LINK_LOCAL_DNS, "dev", "eth0"]);
     assert!(
         resolves(&client, RESOLVER).0,
         "the lab's resolver answers before any agent"
     );
+    assert!(
+        resolves(&client, LINK_LOCAL_DNS).0,
+        "and so does the impostor"
+    );
 
+    // The services answer from the vpc host's MAC address.
     let config = dir.join("rules.toml");
-    std::fs::write(&config, rules(&client, true)).expect("write rules");
+    std::fs::write(&config, rules(&client, Some(&mac_of(&vpc_ns)))).expect("write rules");
     let agent = AgentProcess::start(&config);
     agent.expect_log("ready: enforcing", 0, Duration::from_secs(20));
 
@@ -169,10 +198,16 @@ fn dhcp_and_the_vpc_resolver_work_with_egress_limited_to_https() {
     assert!(ok, "the VPC's resolver (base + 2) answers:\n{text}");
     let (ok, text) = resolves(&client, OTHER_DNS);
     assert!(!ok, "another DNS server is not an AWS service:\n{text}");
+    let (ok, text) = resolves(&client, LINK_LOCAL_DNS);
+    assert!(
+        !ok,
+        "a lab host posing as Amazon DNS is judged by the rules:\n{text}"
+    );
 
-    // Without [vpc], base + 2 is not known: the resolver is just a host.
+    // Without [vpc], neither base + 2 nor where the services are is known:
+    // the resolver is just a host.
     let mark = agent.log_lines();
-    std::fs::write(&config, rules(&client, false)).expect("rewrite rules");
+    std::fs::write(&config, rules(&client, None)).expect("rewrite rules");
     agent.expect_log("applied", mark, Duration::from_secs(5));
     let (ok, text) = resolves(&client, RESOLVER);
     assert!(!ok, "without [vpc] the resolver is filtered:\n{text}");

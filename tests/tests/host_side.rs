@@ -276,3 +276,64 @@ fn a_restarted_container_is_enforced_again_from_the_link_event() {
     assert_ne!(learned, relearned, "the new veth's MAC is learned anew");
     assert_eq!(relearned.as_str(), Some(mac_of(&lab.ns("app-1")).as_str()));
 }
+
+/// On the host side the host is where the AWS services are, as the Nitro
+/// host is on EC2: a container with no outbound rule at all still reaches
+/// a metadata server the host runs at 169.254.169.254 (on its bridge; any
+/// port, as every link-local address is unfiltered), while another
+/// container posing as Amazon DNS at 169.254.169.253 (TCP 53) is judged
+/// by the rules.
+#[test]
+fn the_host_is_where_the_aws_services_answer() {
+    const METADATA: &str = "169.254.169.254";
+    const IMPOSTOR: &str = "169.254.169.253";
+    let lab = SeedLab::new("sgh", SEED, &[("impostor", &[IMPOSTOR], &[53], &[])]);
+    let switch = lab.lab.switch_netns().to_owned();
+    run_ip(&[
+        "-n",
+        &switch,
+        "addr",
+        "add",
+        "169.254.169.254/16",
+        "dev",
+        "br0",
+    ]);
+    run_ip(&["-n", &switch, "route", "add", "10.0.0.0/8", "dev", "br0"]);
+    let _metadata = sg_tests::probe::Servers::start(&switch, &[8080], &[]);
+    let rds = lab.ns("rds");
+    run_ip(&["-n", &rds, "route", "add", "169.254.0.0/16", "dev", "eth0"]);
+    let from = sg_tests::seed::ip(RDS);
+    let to = |a: &str| sg_tests::seed::at(a, if a == METADATA { 8080 } else { 53 });
+    assert_eq!(
+        sg_tests::probe::tcp(&rds, from, to(METADATA)),
+        Connected,
+        "before any agent"
+    );
+    assert_eq!(
+        sg_tests::probe::tcp(&rds, from, to(IMPOSTOR)),
+        Connected,
+        "before any agent"
+    );
+
+    // rds may send nothing at all.
+    let rules = lab.lab.host_side(SEED).replace(
+        "description = \"MySQL from the app servers\"\n",
+        "description = \"MySQL from the app servers\"\negress = []\n",
+    );
+    assert!(rules.contains("egress = []"));
+    lab.rewrite(&rules);
+    let agent = AgentProcess::start_with(&lab.config, &[]);
+    agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    assert_eq!(
+        sg_tests::probe::tcp(&rds, from, to(METADATA)),
+        Connected,
+        "the host's metadata server is an AWS service: never filtered"
+    );
+    assert_eq!(
+        sg_tests::probe::tcp(&rds, from, to(IMPOSTOR)),
+        TimedOut,
+        "a container at a link-local address is judged by the rules"
+    );
+    assert!(counter(&agent, "rds", "egress", "pass_aws_service") > 0);
+    assert_eq!(agent.terminate().code(), Some(0));
+}

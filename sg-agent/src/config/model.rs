@@ -23,6 +23,14 @@ pub struct Vpc {
     /// `[vpc] cidr_blocks`: the VPC's ranges; Amazon DNS answers at the
     /// base of each IPv4 range plus two.
     pub cidr_blocks: Vec<IpNet>,
+    /// `[[subnet]]`: the VPC's subnets (their reserved addresses are never
+    /// filtered); none: each IPv4 range of `cidr_blocks` counts as one.
+    pub subnets: Vec<IpNet>,
+    /// `[vpc] service_mac`: the MAC address the AWS services answer from
+    /// (the lab's router, DHCP and DNS host). Traffic with them is exempt
+    /// from the rules only from (to) there; instances on the host side
+    /// default to the host's own address on their link.
+    pub service_mac: Option<MacAddr>,
     /// `[[aws_service]]`: services AWS tracks every connection through,
     /// whatever the rules say (a Network Load Balancer, a NAT gateway...).
     pub tracked_services: Vec<TrackedService>,
@@ -622,42 +630,70 @@ impl Vpc {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    /// The AWS services security groups never filter, by address: Amazon
-    /// DNS (169.254.169.253, `fd00:ec2::253` and the base of each IPv4 VPC
-    /// range plus two), the instance metadata service (169.254.169.254,
-    /// `fd00:ec2::254`) and Amazon Time Sync (169.254.169.123,
-    /// `fd00:ec2::123`), each with its `SERVICE_*` flag and name.
-    pub fn aws_services(&self) -> Vec<(IpAddr, u32, &'static str)> {
-        use sg_common::policy::{SERVICE_DNS, SERVICE_METADATA, SERVICE_TIME};
-        let fixed: [(&str, u32, &str); 6] = [
-            ("169.254.169.253", SERVICE_DNS, "Amazon DNS"),
-            ("fd00:ec2::253", SERVICE_DNS, "Amazon DNS"),
-            ("169.254.169.254", SERVICE_METADATA, "instance metadata"),
-            ("fd00:ec2::254", SERVICE_METADATA, "instance metadata"),
-            ("169.254.169.123", SERVICE_TIME, "Amazon Time Sync"),
-            ("fd00:ec2::123", SERVICE_TIME, "Amazon Time Sync"),
+    /// What security groups never filter, by address, with a name for
+    /// each: link-local 169.254.0.0/16 (instance metadata, Amazon DNS at
+    /// 169.254.169.253, Time Sync, ECS task metadata, Windows activation),
+    /// the IPv6 services at `fd00:ec2::253`, `::254`, `::123`, Amazon DNS at
+    /// the primary IPv4 range's base plus two, and the five addresses AWS
+    /// reserves in each IPv4 subnet (`[[subnet]]`, or each IPv4 VPC range
+    /// when none is declared): its network address, the VPC router (+1),
+    /// DNS (+2), one for future use (+3) and the last.
+    pub fn aws_services(&self) -> Vec<(IpNet, &'static str)> {
+        let fixed: [(&str, &str); 4] = [
+            (
+                "169.254.0.0/16",
+                "link-local (metadata, DNS, Time Sync, ECS task metadata...)",
+            ),
+            ("fd00:ec2::253/128", "Amazon DNS (IPv6)"),
+            ("fd00:ec2::254/128", "instance metadata (IPv6)"),
+            ("fd00:ec2::123/128", "Amazon Time Sync (IPv6)"),
         ];
-        let mut out: Vec<(IpAddr, u32, &'static str)> = self
-            .cidr_blocks
+        let mut out: Vec<(IpNet, &'static str)> = fixed
             .iter()
-            .filter_map(|net| match net {
-                IpNet::V4(n) => {
-                    let base = u32::from(n.network());
-                    Some((
-                        IpAddr::from(std::net::Ipv4Addr::from(base + 2)),
-                        SERVICE_DNS,
-                        "Amazon DNS (VPC base + 2)",
-                    ))
-                }
-                IpNet::V6(_) => None,
-            })
+            .map(|(a, n)| (a.parse().expect("constant prefix"), *n))
             .collect();
-        out.extend(
-            fixed
-                .iter()
-                .map(|(a, f, n)| (a.parse().expect("constant address"), *f, *n)),
-        );
+        let host = |base: u32, plus: u32| {
+            IpNet::V4(ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(
+                base.wrapping_add(plus),
+            )))
+        };
+        if let Some(IpNet::V4(primary)) = self.cidr_blocks.iter().find(|n| n.addr().is_ipv4()) {
+            out.push((
+                host(u32::from(primary.network()), 2),
+                "Amazon DNS (VPC base + 2)",
+            ));
+        }
+        let subnets: Vec<&IpNet> = if self.subnets.is_empty() {
+            self.cidr_blocks.iter().collect()
+        } else {
+            self.subnets.iter().collect()
+        };
+        for net in subnets {
+            let IpNet::V4(n) = net else { continue };
+            let base = u32::from(n.network());
+            let last = u32::from(n.broadcast());
+            for (plus, name) in [
+                (0, "subnet network address (reserved)"),
+                (1, "VPC router (reserved)"),
+                (2, "subnet DNS (reserved)"),
+                (3, "reserved for future use"),
+            ] {
+                out.push((host(base, plus), name));
+            }
+            out.push((host(last, 0), "subnet last address (reserved)"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|(net, _)| seen.insert(*net));
         out
+    }
+
+    /// The name of what security groups never filter at `addr`, if any
+    /// ([`Vpc::aws_services`]).
+    pub fn aws_service_at(&self, addr: IpAddr) -> Option<&'static str> {
+        self.aws_services()
+            .into_iter()
+            .find(|(net, _)| net.contains(&addr))
+            .map(|(_, name)| name)
     }
 
     /// The connection tracking in force on `inst`: the file-wide

@@ -480,6 +480,7 @@ impl Parser {
                 "limits",
                 "conntrack",
                 "vpc",
+                "subnet",
                 "aws_service",
             ],
             "the rules file",
@@ -515,6 +516,16 @@ impl Parser {
         }
         if let Some(v) = Self::get(root, "vpc") {
             vpc.cidr_blocks = self.vpc_blocks(v);
+            if let Some(t) = v.get_ref().as_table() {
+                vpc.service_mac = self.mac(t, "service_mac");
+            }
+        }
+        if let Some(v) = Self::get(root, "subnet") {
+            for (t, span) in self.tables(v, "subnet") {
+                if let Some(net) = self.subnet(t, &span) {
+                    vpc.subnets.push(net);
+                }
+            }
         }
         if let Some(v) = Self::get(root, "aws_service") {
             for (t, span) in self.tables(v, "aws_service") {
@@ -1498,6 +1509,35 @@ impl Parser {
         limits
     }
 
+    /// `[[subnet]]`: a subnet's IPv4 range (AWS: /16 to /28), whose five
+    /// reserved addresses security groups never filter.
+    fn subnet(&mut self, t: &DeTable, span: &Span) -> Option<IpNet> {
+        self.known_keys(t, &["name", "cidr_block", "description"], "a subnet");
+        self.description(t);
+        if let Some(name) = self.opt_string(t, "name") {
+            self.text_ok(t, "name", &name, TextKind::Other);
+        }
+        let (text, sp) = self.req_string(t, span, "cidr_block", "this subnet")?;
+        let net = self.cidr(&text, sp.clone(), None)?;
+        if net.addr().is_ipv6() {
+            self.err_hint(
+                sp,
+                format!("{net} is an IPv6 range"),
+                "a subnet here is its IPv4 range, the one whose addresses AWS reserves",
+            );
+            None
+        } else if (16..=28).contains(&net.prefix_len()) {
+            Some(net)
+        } else {
+            self.err_hint(
+                sp,
+                format!("{net} cannot be a subnet's range"),
+                "an AWS subnet's IPv4 range is /16 to /28",
+            );
+            None
+        }
+    }
+
     /// `[vpc]`: the VPC's address ranges (so Amazon DNS, at the base of
     /// each IPv4 range plus two, is known). AWS's VPC blocks are /16 to /28
     /// (IPv4) and /44 to /60 (IPv6).
@@ -1505,7 +1545,7 @@ impl Parser {
         let Some(t) = self.table(v, "vpc") else {
             return Vec::new();
         };
-        self.known_keys(t, &["cidr_blocks"], "[vpc]");
+        self.known_keys(t, &["cidr_blocks", "service_mac"], "[vpc]");
         let mut blocks = Vec::new();
         for (text, span) in self.string_array(t, "cidr_blocks") {
             let Some(net) = self.cidr(&text, span.clone(), None) else {

@@ -18,7 +18,51 @@ pub struct KnownMac {
     pub learned: bool,
 }
 
+/// The MAC addresses an instance's programs check: its own (host side),
+/// and the one the AWS services answer from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Macs {
+    pub instance: Option<[u8; 6]>,
+    pub services: Option<[u8; 6]>,
+}
+
 impl Dataplane {
+    /// [`Dataplane::set_mac`] and [`Dataplane::set_service_mac`].
+    pub fn set_macs(&mut self, macs: Macs) -> Result<(), DataplaneError> {
+        self.set_mac(macs.instance)?;
+        self.set_service_mac(macs.services)
+    }
+
+    /// Where the AWS services answer from: traffic with their addresses
+    /// is exempt from the rules only from and to this MAC address.
+    /// `None`: nowhere, and such traffic is judged by the rules.
+    pub fn set_service_mac(&mut self, mac: Option<[u8; 6]>) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(m::SERVICE_MAC)
+            .unwrap_or_else(|| panic!("the object defines map {}", m::SERVICE_MAC));
+        let mut array: aya::maps::Array<&mut MapData, MacEntry> =
+            aya::maps::Array::try_from(map).map_err(map_err(m::SERVICE_MAC))?;
+        let entry = MacEntry {
+            mac: mac.unwrap_or([0; 6]),
+            learned: MAC_CONFIGURED,
+            pad: 0,
+        };
+        if array.get(&0, 0).ok() != Some(entry) {
+            array.set(0, entry, 0).map_err(map_err(m::SERVICE_MAC))?;
+        }
+        Ok(())
+    }
+
+    /// The services' MAC address the programs check, if any.
+    pub fn service_mac(&self) -> Result<Option<[u8; 6]>, DataplaneError> {
+        let array: aya::maps::Array<&MapData, MacEntry> =
+            aya::maps::Array::try_from(self.map(m::SERVICE_MAC))
+                .map_err(map_err(m::SERVICE_MAC))?;
+        let e = array.get(&0, 0).map_err(map_err(m::SERVICE_MAC))?;
+        Ok((e.mac != [0; 6]).then_some(e.mac))
+    }
+
     fn mac_map(&self) -> Result<HashMap<&MapData, u32, MacEntry>, DataplaneError> {
         HashMap::try_from(self.map(m::MAC)).map_err(map_err(m::MAC))
     }

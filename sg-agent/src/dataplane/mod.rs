@@ -29,7 +29,7 @@ pub use attach::{Attachment, IngressHook, Side};
 pub use counters::{Counters, ReasonCounts};
 pub use error::DataplaneError;
 pub use events::Observe;
-pub use mac::KnownMac;
+pub use mac::{KnownMac, Macs};
 pub use pins::{InstancePins, StateDir};
 pub use policy_maps::GRACE;
 

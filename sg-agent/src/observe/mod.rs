@@ -134,6 +134,8 @@ fn packet_of(e: &FlowEvent) -> (Packet, IpAddr, IpAddr) {
         l4,
         later_fragment: e.later_fragment != 0,
         via_ah: e.ipv6_ah != 0,
+        // A new flow's event: never traffic with an AWS service.
+        service_place: false,
     };
     (packet, src, dst)
 }

@@ -40,6 +40,9 @@ pub struct CompiledInstance {
     /// The MAC address the host side checks (`None`: learned, or from
     /// libvirt).
     pub mac: Option<MacAddr>,
+    /// The MAC address the AWS services answer from (`[vpc] service_mac`;
+    /// `None`: the host side's own, or none at all on the instance side).
+    pub service_mac: Option<MacAddr>,
     pub tables: PolicyTables,
     /// Connection-tracking timeouts (generation and ready are set when
     /// published).
@@ -137,6 +140,7 @@ fn compile_where(
                 link: inst.link.clone(),
                 netns: inst.netns.clone(),
                 mac: inst.mac,
+                service_mac: vpc.service_mac,
                 tables,
                 settings: settings(&vpc.conntrack_of(inst)),
                 max_tracked_connections: vpc.conntrack_of(inst).max_tracked_connections,
@@ -388,27 +392,23 @@ fn own_addresses(inst: &Instance, tables: &mut PolicyTables) {
     }
 }
 
-/// The AWS services security groups never filter: host entries under the
-/// `SERVICES` tag, class 0, flags saying which service.
+/// What security groups never filter, by address: entries under the
+/// `SERVICES` tag (any prefix), class 0.
 fn aws_services(vpc: &Vpc, tables: &mut PolicyTables) {
     let direction = sg_common::policy::SERVICES;
-    let mut by_address: BTreeMap<std::net::IpAddr, u32> = BTreeMap::new();
-    for (addr, service, _) in vpc.aws_services() {
-        *by_address.entry(addr).or_default() |= service;
-    }
-    for (addr, flags) in by_address {
-        match IpNet::from(addr) {
+    for (net, _) in vpc.aws_services() {
+        match net {
             IpNet::V4(net) => tables.v4.push(AddrEntry {
                 direction,
                 net,
                 class: 0,
-                flags,
+                flags: 0,
             }),
             IpNet::V6(net) => tables.v6.push(AddrEntry {
                 direction,
                 net,
                 class: 0,
-                flags,
+                flags: 0,
             }),
         }
     }

@@ -12,7 +12,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::config::{Direction, Instance, Protocol, Rule, SecurityGroup, Source, Vpc};
+use crate::config::{Direction, Instance, Link, Protocol, Rule, SecurityGroup, Source, Vpc};
 
 use super::reference::{self, L4, Packet};
 
@@ -134,9 +134,18 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         side.because = "not its own address (source/destination check)".into();
         return side;
     }
-    if let Some(service) = reference::aws_service(vpc, direction, packet) {
+    // Traffic with an AWS service's address is taken to come from (go to)
+    // where the services are, when the file says where that is (or the
+    // instance is enforced on the host side, whose own address it is).
+    let at_services = Packet {
+        service_place: vpc.service_mac.is_some() || inst.link.as_ref().is_some_and(Link::host_side),
+        ..*packet
+    };
+    if let Some(service) = reference::aws_service(vpc, direction, &at_services) {
         side.allowed = true;
-        side.because = format!("AWS service ({service}): never filtered");
+        side.because = format!(
+            "AWS service ({service}): never filtered, from and to where the services answer"
+        );
         return side;
     }
     let allowing = reference::allowing_rules(vpc, inst, direction, packet);
@@ -159,6 +168,14 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
     }
     side.because = "no rule allows it".into();
     side.hints = near_misses(vpc, inst, direction, packet);
+    if !at_services.service_place
+        && let Some(service) = vpc.aws_service_at(reference::remote_of(direction, packet))
+    {
+        side.hints.push(format!(
+            "{service} is never filtered from and to where the AWS services answer, which the \
+             file does not say for this instance: set [vpc] service_mac"
+        ));
+    }
     side
 }
 
@@ -241,6 +258,7 @@ pub fn explain(vpc: &Vpc, query: &Query) -> Result<Explanation, ExplainError> {
         l4,
         later_fragment: false,
         via_ah: false,
+        service_place: false,
     };
     let mut sides = vec![side(vpc, to, query.direction, &packet)];
     if let Some(other) = remote_inst {

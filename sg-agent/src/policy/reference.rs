@@ -32,6 +32,10 @@ pub struct Packet {
     /// An IPv6 packet with an Authentication Header in its extension
     /// chain: a rule for protocol 51 (AH) allows it, whatever it carries.
     pub via_ah: bool,
+    /// The frame comes from (goes to) the MAC address the AWS services
+    /// answer from (or, for a DHCP request, is broadcast): only then is
+    /// traffic with them exempt from the rules.
+    pub service_place: bool,
 }
 
 /// Which rule allowed a packet.
@@ -179,27 +183,28 @@ pub fn allowing_rules(
         .collect()
 }
 
-/// Which AWS service, if any, `packet` is traffic with, as AWS lists those
-/// security groups never filter ("Amazon DNS, DHCP, instance metadata,
-/// Amazon Time Sync ..."): DHCP (server port 67, client port 68) and
-/// `DHCPv6` (547, 546), from the server's port to the client's or back; and
-/// Amazon DNS (TCP or UDP 53), the instance metadata service (TCP 80) and
-/// Amazon Time Sync (UDP 123) at their addresses (`Vpc::aws_services`),
-/// the remote end being the service.
+/// Which AWS service, if any, `packet` is traffic with, as AWS lists what
+/// security groups never filter ("Amazon DNS, DHCP, EC2 instance metadata,
+/// ECS task metadata endpoints, Windows license activation, Amazon Time
+/// Sync Service, Reserved IP addresses used by the default VPC router",
+/// and link-local addresses): DHCP (server port 67, client port 68) and
+/// `DHCPv6` (547, 546), from the server's port to the client's or back;
+/// any packet whose remote end is one of `Vpc::aws_services` (the data
+/// plane also refuses an inbound SYN from one: services answer; packets
+/// here carry no TCP flags). Only
+/// from (to) the services' place (`packet.service_place`): on EC2 only the
+/// Nitro host answers there, so anyone else is judged by the rules.
 pub fn aws_service(vpc: &Vpc, direction: Direction, packet: &Packet) -> Option<&'static str> {
-    use sg_common::flow::proto::{TCP, UDP};
-    use sg_common::policy::{SERVICE_DNS, SERVICE_METADATA, SERVICE_TIME};
-    let L4::Ports { src, dst } = packet.l4 else {
-        return None;
-    };
-    if packet.later_fragment || !matches!(packet.proto, TCP | UDP) {
+    use sg_common::flow::proto::UDP;
+    if packet.later_fragment || !packet.service_place {
         return None;
     }
-    let (remote, remote_port, local_port) = match direction {
-        Direction::Ingress => (packet.src, src, dst),
-        Direction::Egress => (packet.dst, dst, src),
-    };
-    if packet.proto == UDP {
+    let remote = remote_of(direction, packet);
+    if let (UDP, L4::Ports { src, dst }) = (packet.proto, packet.l4) {
+        let (remote_port, local_port) = match direction {
+            Direction::Ingress => (src, dst),
+            Direction::Egress => (dst, src),
+        };
         let dhcp = match remote {
             IpAddr::V4(_) => (remote_port, local_port) == (67, 68),
             IpAddr::V6(_) => (remote_port, local_port) == (547, 546),
@@ -208,16 +213,7 @@ pub fn aws_service(vpc: &Vpc, direction: Direction, packet: &Packet) -> Option<&
             return Some("DHCP");
         }
     }
-    let wanted = match (packet.proto, remote_port) {
-        (_, 53) => SERVICE_DNS,
-        (TCP, 80) => SERVICE_METADATA,
-        (UDP, 123) => SERVICE_TIME,
-        _ => return None,
-    };
-    vpc.aws_services()
-        .into_iter()
-        .find(|(addr, service, _)| *addr == remote && *service == wanted)
-        .map(|(_, _, name)| name)
+    vpc.aws_service_at(remote)
 }
 
 /// AWS's source/destination check, on by default: an instance receives

@@ -13,6 +13,11 @@ use crate::{
 pub struct Report {
     /// The AWS services no security group filters, for every instance.
     pub aws_services: Vec<ServiceReport>,
+    /// `[vpc] service_mac`: where they answer from (only traffic from and
+    /// to there is exempt); absent: the host side's own address for
+    /// host-side instances, nowhere for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_mac: Option<String>,
     /// `[[aws_service]]`: services AWS tracks every connection through.
     pub tracked_services: Vec<TrackedServiceReport>,
     pub instances: Vec<InstanceReport>,
@@ -203,14 +208,14 @@ pub fn report(vpc: &Vpc) -> Report {
     let mut aws_services: Vec<ServiceReport> = vpc
         .aws_services()
         .into_iter()
-        .map(|(addr, service, name)| ServiceReport {
+        .map(|(net, name)| ServiceReport {
             service: name,
-            address: addr.to_string(),
-            ports: match service {
-                sg_common::policy::SERVICE_DNS => "tcp/53, udp/53",
-                sg_common::policy::SERVICE_METADATA => "tcp/80",
-                _ => "udp/123",
+            address: if net.prefix_len() == net.max_prefix_len() {
+                net.addr().to_string()
+            } else {
+                net.to_string()
             },
+            ports: "all",
         })
         .collect();
     aws_services.push(ServiceReport {
@@ -221,6 +226,7 @@ pub fn report(vpc: &Vpc) -> Report {
     let tracked_services = vpc.tracked_services.iter().map(tracked_service).collect();
     Report {
         aws_services,
+        service_mac: vpc.service_mac.map(|m| m.to_string()),
         tracked_services,
         instances,
     }
@@ -271,13 +277,19 @@ fn tracking(vpc: &Vpc, rule: &Rule, prefixes: &[ipnet::IpNet], untracked: &[&str
 }
 
 /// What no security group filters, as AWS has it: listed once, first.
-fn render_services(out: &mut String, services: &[ServiceReport]) {
+fn render_services(out: &mut String, report: &Report) {
+    let place = match &report.service_mac {
+        Some(mac) => format!("only from and to MAC address {mac} (the services' place)"),
+        None => "only from and to the host side of host-side instances (no [vpc] service_mac: \
+                 for instances on their own interface they are judged by the rules)"
+            .to_owned(),
+    };
     let _ = writeln!(
         out,
-        "never filtered (AWS services, both ways, no connection tracking):"
+        "never filtered (AWS services, both ways, no connection tracking), {place}:"
     );
-    for s in services {
-        let _ = writeln!(out, "  {:<26} {:<16} {}", s.service, s.address, s.ports);
+    for s in &report.aws_services {
+        let _ = writeln!(out, "  {:<18} {:<24} {}", s.address, s.ports, s.service);
     }
     let _ = writeln!(out);
 }
@@ -400,7 +412,7 @@ fn instance_header(out: &mut String, inst: &InstanceReport) {
 /// The human-readable form.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
-    render_services(&mut out, &report.aws_services);
+    render_services(&mut out, report);
     render_tracked_services(&mut out, &report.tracked_services);
     for inst in &report.instances {
         instance_header(&mut out, inst);

@@ -249,6 +249,7 @@ fn rules_allow(
         },
         later_fragment: false,
         via_ah: false,
+        service_place: false,
     };
     let out = src_inst.is_none_or(|s| {
         evaluate(

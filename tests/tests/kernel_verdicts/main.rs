@@ -132,6 +132,7 @@ pub fn reference(
         l4,
         later_fragment,
         via_ah: false,
+        service_place: false,
     };
     evaluate(&vpc, inst, direction, &packet, tracked).passes()
 }

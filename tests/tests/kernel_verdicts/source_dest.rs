@@ -21,7 +21,13 @@ fn reason_counts(dp: &Dataplane) -> (u64, u64) {
 
 #[test]
 fn only_own_addresses_send_and_receive() {
-    let dp = dataplane_for(&vpc(CONFIG), "web");
+    // The services answer from 02:00:00:00:00:05, where DHCP is exempt.
+    let dp = dataplane_for(
+        &vpc(&format!(
+            "[vpc]\nservice_mac = \"02:00:00:00:00:05\"\n{CONFIG}"
+        )),
+        "web",
+    );
     let syn = |src: &str, dst: &str, port: u16| {
         frame(ip(src), ip(dst), &tcp(41000, port, SYN), &Shape::default())
     };
@@ -56,8 +62,9 @@ fn only_own_addresses_send_and_receive() {
         &dp,
         &frame(ip("fe80::1"), ip("fe80::2"), &echo, &Shape::default())
     ));
-    // DHCP is exempt from the check, and (an AWS service) from the rules:
-    // no rule here allows it outbound, and it passes.
+    // DHCP is exempt from the check, and (an AWS service, broadcast as a
+    // client's discover is) from the rules: no rule here allows it
+    // outbound, and it passes.
     let dhcp = frame(
         ip("0.0.0.0"),
         ip("255.255.255.255"),
@@ -65,7 +72,10 @@ fn only_own_addresses_send_and_receive() {
             sport: 68,
             dport: 67,
         },
-        &Shape::default(),
+        &Shape {
+            macs: Some(([0xff; 6], [0x02, 0, 0, 0, 0, 1])),
+            ..Shape::default()
+        },
     );
     let (checked, no_rule) = reason_counts(&dp);
     assert!(tc_passes(&dp, &dhcp));

@@ -111,6 +111,7 @@ fn packet(src: &str, dst: &str, l4: &Transport) -> Packet {
         l4,
         later_fragment: false,
         via_ah: false,
+        service_place: false,
     }
 }
 

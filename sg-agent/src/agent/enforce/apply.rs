@@ -13,7 +13,7 @@ use super::{
 use crate::{
     agent::{AgentError, RECONCILE},
     config::Vpc,
-    dataplane::{Capacity, Dataplane, Side},
+    dataplane::{Capacity, Dataplane, Macs, Side},
     policy::compile::{CompiledInstance, CompiledPolicy},
 };
 
@@ -124,7 +124,7 @@ impl Agent<'_> {
             let (inst, want) = &wanted[&name];
             let (place, mac) = match want {
                 Ok((place, mac)) => (Some(place), *mac),
-                Err(_) => (None, None),
+                Err(_) => (None, Macs::default()),
             };
             if let Step::New(dp) = step {
                 let place = place.expect("a new instance is prepared for its place");
@@ -307,11 +307,11 @@ impl Agent<'_> {
         &mut self,
         name: &str,
         inst: &CompiledInstance,
-        mac: Option<[u8; 6]>,
+        mac: Macs,
     ) -> Result<(), AgentError> {
         let settings = inst.settings;
         let e = self.enforced.get_mut(name).expect("enforced");
-        e.dataplane.set_mac(mac).map_err(on_instance(name))?;
+        e.dataplane.set_macs(mac).map_err(on_instance(name))?;
         if e.dataplane
             .flip(&inst.tables, settings)
             .map_err(on_instance(name))?
@@ -345,7 +345,7 @@ impl Agent<'_> {
         &mut self,
         name: &str,
         inst: &CompiledInstance,
-        mac: Option<[u8; 6]>,
+        mac: Macs,
         step: Step,
     ) -> Result<(), AgentError> {
         let settings = inst.settings;
@@ -360,7 +360,7 @@ impl Agent<'_> {
                 e.dataplane
                     .forget_learned_mac()
                     .map_err(on_instance(name))?;
-                e.dataplane.set_mac(mac).map_err(on_instance(name))?;
+                e.dataplane.set_macs(mac).map_err(on_instance(name))?;
                 let a = e
                     .dataplane
                     .attach(&to.ifname, to.netns.as_deref(), self.opts.ingress, to.side)
@@ -386,7 +386,7 @@ impl Agent<'_> {
                 }
                 let result = e
                     .dataplane
-                    .set_mac(mac)
+                    .set_macs(mac)
                     .and_then(|()| e.dataplane.publish(&inst.tables, settings));
                 let place = e.place.describe();
                 self.enforced.insert(name.to_owned(), e);
@@ -431,7 +431,7 @@ impl Agent<'_> {
         &mut self,
         name: &str,
         place: &Place,
-        mac: Option<[u8; 6]>,
+        mac: Macs,
         dp: Dataplane,
         inst: &CompiledInstance,
     ) -> bool {
@@ -687,13 +687,7 @@ struct Attached {
 }
 
 /// A prepared new instance to attach: name, place, MAC, data plane.
-type NewJob<'c> = (
-    String,
-    Place,
-    Option<[u8; 6]>,
-    Dataplane,
-    &'c CompiledInstance,
-);
+type NewJob<'c> = (String, Place, Macs, Dataplane, &'c CompiledInstance);
 
 /// Attaches a prepared data plane at `place` and gives it the MAC address
 /// to check. A link attached anew may be another guest's: what was
@@ -702,7 +696,7 @@ type NewJob<'c> = (
 fn attach_prepared(
     mut dp: Dataplane,
     place: &Place,
-    mac: Option<[u8; 6]>,
+    mac: Macs,
     ingress: crate::dataplane::IngressHook,
 ) -> Attached {
     let result = dp
@@ -712,7 +706,7 @@ fn attach_prepared(
             if !attached.2 {
                 dp.forget_learned_mac()?;
             }
-            dp.set_mac(mac)?;
+            dp.set_macs(mac)?;
             Ok(attached)
         });
     Attached { dp, result }

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     config::Link,
-    dataplane::{Side, netns::NetnsGuard, pins::place_here},
+    dataplane::{Macs, Side, netns::NetnsGuard, pins::place_here},
     libvirt::{self, DomainNic},
     policy::compile::CompiledInstance,
 };
@@ -71,6 +71,21 @@ impl Place {
         Ok(out)
     }
 
+    /// The MAC address the host itself has on this link: its bridge's when
+    /// the interface is a bridge port (the host answers there, as dnsmasq
+    /// on libvirt's virbr0 does), else the interface's own (a routed tap).
+    /// What the host sends to the instance comes from it: on the host side
+    /// it is where the AWS services are, as the Nitro host is on EC2.
+    /// `None` when the interface is not there (yet).
+    pub fn host_mac(&self) -> Option<[u8; 6]> {
+        let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).ok()?;
+        let (controller, own) = link_info(LinkRef::Name(&self.ifname)).ok()?;
+        match controller {
+            Some(index) => link_info(LinkRef::Index(index)).ok()?.1,
+            None => own,
+        }
+    }
+
     /// Whether the namespace and interface exist, and if not, why.
     pub fn exists(&self) -> Result<(), String> {
         let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).map_err(|e| e.to_string())?;
@@ -80,10 +95,11 @@ impl Place {
     }
 }
 
-/// Where an instance is to be enforced, and the MAC address the host side
-/// checks (the rules file's `mac`, or libvirt's); an error says why it
-/// cannot be known now (a libvirt domain that is not running).
-pub(super) type Wanted = Result<(Place, Option<[u8; 6]>), String>;
+/// Where an instance is to be enforced, and the MAC addresses its
+/// programs check (the instance's on the host side: the rules file's
+/// `mac`, or libvirt's; the AWS services'); an error says why it cannot be
+/// known now (a libvirt domain that is not running).
+pub(super) type Wanted = Result<(Place, Macs), String>;
 
 /// What libvirt told of domains: the NICs its hook gave as a domain
 /// started, kept until libvirt's own live state of the domain exists (it
@@ -97,36 +113,49 @@ impl Domains {
     /// Where `inst` is to be enforced now.
     pub fn wanted(&mut self, inst: &CompiledInstance) -> Wanted {
         let mac = inst.mac.map(|m| m.0);
-        match inst.link.as_ref() {
-            Some(Link::Instance(ifname)) => Ok((
+        let (place, instance_mac) = match inst.link.as_ref() {
+            Some(Link::Instance(ifname)) => (
                 Place {
                     netns: inst.netns.clone(),
                     ifname: ifname.clone(),
                     side: Side::Instance,
                 },
                 None,
-            )),
-            Some(Link::Host(ifname)) => Ok((
+            ),
+            Some(Link::Host(ifname)) => (
                 Place {
                     netns: inst.netns.clone(),
                     ifname: ifname.clone(),
                     side: Side::Host,
                 },
                 mac,
-            )),
+            ),
             Some(Link::Libvirt { domain, mac }) => {
                 let nic = self.nic(domain, *mac)?;
-                Ok((
+                (
                     Place {
                         netns: inst.netns.clone(),
                         ifname: nic.ifname,
                         side: Side::Host,
                     },
                     Some(nic.mac.0),
-                ))
+                )
             }
-            None => Err("not enforced on this host".to_owned()),
-        }
+            None => return Err("not enforced on this host".to_owned()),
+        };
+        // The file's service_mac; else, on the host side, the host's own.
+        let services = inst.service_mac.map(|m| m.0).or_else(|| {
+            (place.side == Side::Host)
+                .then(|| place.host_mac())
+                .flatten()
+        });
+        Ok((
+            place,
+            Macs {
+                instance: instance_mac,
+                services,
+            },
+        ))
     }
 
     /// The NIC of a running domain: from libvirt's live state once it is
@@ -168,4 +197,68 @@ pub(super) fn namespaces<'a>(
             (netns.map(str::to_owned), inode)
         })
         .collect()
+}
+
+/// A link asked for by name or by index.
+#[derive(Clone, Copy)]
+enum LinkRef<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+/// One `RTM_GETLINK` answer, in the current network namespace: the link's
+/// controller (the bridge it is a port of), if any, and its MAC address.
+/// A plain netlink socket rather than rtnetlink's handle: this runs inside
+/// the agent's runtime, which must not be blocked on, and the kernel queues
+/// its answer before `send` returns, so it is read without waiting.
+fn link_info(link: LinkRef<'_>) -> std::io::Result<(Option<u32>, Option<[u8; 6]>)> {
+    use rtnetlink::{
+        packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload},
+        packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkAttribute, LinkMessage},
+        },
+        sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    };
+    let mut msg = LinkMessage::default();
+    match link {
+        LinkRef::Name(name) => msg.attributes.push(LinkAttribute::IfName(name.to_owned())),
+        LinkRef::Index(index) => msg.header.index = index,
+    }
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(msg)),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.header.length as usize];
+    request.serialize(&mut buf);
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&buf, 0)?;
+    socket.set_non_blocking(true)?;
+    let (answer, _) = socket.recv_from_full()?;
+    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer)
+        .map_err(std::io::Error::other)?;
+    match answer.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+            let mut controller = None;
+            let mut mac = None;
+            for a in link.attributes {
+                match a {
+                    LinkAttribute::Controller(index) if index != 0 => controller = Some(index),
+                    LinkAttribute::Address(bytes) => {
+                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok();
+                    }
+                    _ => {}
+                }
+            }
+            Ok((controller, mac))
+        }
+        NetlinkPayload::Error(e) => Err(e.to_io()),
+        _ => Err(std::io::Error::other("unexpected netlink answer")),
+    }
 }

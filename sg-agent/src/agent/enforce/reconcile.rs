@@ -122,7 +122,7 @@ impl Agent<'_> {
             .attach(&place.ifname, place.netns.as_deref(), ingress, place.side)
             .map(|_| ())
             .and_then(|()| e.dataplane.forget_learned_mac())
-            .and_then(|()| e.dataplane.set_mac(mac));
+            .and_then(|()| e.dataplane.set_macs(mac));
         let now = Instant::now();
         match attached {
             Ok(()) if moved => {
@@ -282,7 +282,12 @@ impl Agent<'_> {
             return;
         };
         let (from, place) = (e.allowance, e.place.clone());
-        let mac = self.domains.wanted(&inst).ok().and_then(|(_, mac)| mac);
+        let mac = self
+            .domains
+            .wanted(&inst)
+            .ok()
+            .map(|(_, mac)| mac)
+            .unwrap_or_default();
         match self.prepare_new(name, &inst) {
             Ok(dp) => {
                 if self.attach_new(name, &place, mac, dp, &inst) {
