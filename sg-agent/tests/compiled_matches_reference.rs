@@ -181,12 +181,27 @@ fn vpc() -> impl Strategy<Value = Vpc> {
         // NLB), at random prefixes: its flows are never untracked.
         let tracked =
             prop::collection::vec(cidr().prop_filter("not /0", |n| n.prefix_len() > 0), 0..3);
-        (groups, instances, prefix_list, vpc_blocks, tracked).prop_map(
-            |(groups, instances, pl, blocks, tracked)| {
+        // Now and then the last group is in a second VPC, peered or not:
+        // references to it from the others are stale without the peering.
+        let vpcs = (prop::bool::weighted(0.3), prop::bool::ANY);
+        (groups, instances, prefix_list, vpc_blocks, tracked, vpcs).prop_map(
+            move |(groups, instances, pl, blocks, tracked, (two_vpcs, peered))| {
                 let mut vpc = Vpc {
                     cidr_blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
                     ..Vpc::default()
                 };
+                if two_vpcs {
+                    for name in ["a", "b"] {
+                        vpc.vpcs.push(sg_agent::config::VpcDecl {
+                            name: name.to_owned(),
+                            cidr_blocks: Vec::new(),
+                            span: 0..0,
+                        });
+                    }
+                    if peered {
+                        vpc.peerings.push(("a".to_owned(), "b".to_owned()));
+                    }
+                }
                 if !tracked.is_empty() {
                     vpc.tracked_services.push(sg_agent::config::TrackedService {
                         name: "nlb".to_owned(),
@@ -210,6 +225,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         description: None,
                         ingress,
                         egress,
+                        vpc: (two_vpcs && i + 1 == n_groups).then(|| "b".to_owned()),
                         span: 0..0,
                     });
                 }
@@ -242,6 +258,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         conntrack: sg_agent::config::ConntrackOverrides::default(),
                         instance_type: None,
                         nitro_version: None,
+                        vpc: None,
                         span: 0..0,
                     });
                 }

@@ -172,3 +172,54 @@ fn import_then_export_round_trips_the_rule_set() {
         rule_set(&original, &lists_original, Some("sg-0fedcba9876540099")),
     );
 }
+
+/// Groups of two VPCs, one referencing the other's: each VPC a `[[vpc]]`,
+/// each group and instance in its own, the reference kept with the
+/// peering it implies; `check` accepts it and resolves the reference.
+#[test]
+fn a_reference_to_a_peered_vpcs_group_in_the_input_is_kept() {
+    let dir = std::env::temp_dir().join(format!("sg-import-vpcs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sgs = dir.join("sgs.json");
+    std::fs::write(
+        &sgs,
+        r#"{"SecurityGroups": [
+  {"GroupId": "sg-0a000000000000001", "GroupName": "app", "VpcId": "vpc-0aaa",
+   "IpPermissions": [], "IpPermissionsEgress": [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]},
+  {"GroupId": "sg-0b000000000000002", "GroupName": "db", "VpcId": "vpc-0bbb",
+   "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
+     "UserIdGroupPairs": [{"GroupId": "sg-0a000000000000001", "VpcId": "vpc-0aaa", "PeeringStatus": "active"}]}],
+   "IpPermissionsEgress": []}
+]}"#,
+    )
+    .expect("write");
+    let inputs = Inputs {
+        security_groups: &sgs,
+        network_interfaces: None,
+        instances: None,
+        prefix_lists: None,
+        entries_dir: None,
+    };
+    let mut warnings = Vec::new();
+    let text = aws::import(&inputs, &mut warnings).expect("imports");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for line in [
+        "[[vpc]]\nname = \"vpc-0aaa\"",
+        "[[vpc]]\nname = \"vpc-0bbb\"",
+        "[[vpc_peering]]\nvpcs = [\"vpc-0aaa\", \"vpc-0bbb\"]",
+        "name = \"db\"\nvpc = \"vpc-0bbb\"",
+        "security_groups = [\"app\"]",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let text = text
+        + "\n[[instance]]\nname = \"app-1\"\nvpc = \"vpc-0aaa\"\naddresses = [\"10.1.0.10\"]\nsecurity_groups = [\"app\"]\n";
+    let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    assert!(vpc.warnings.is_empty(), "not stale: {:?}", vpc.warnings);
+    assert_eq!(
+        vpc.stale_reference("db", "app"),
+        None,
+        "the peering holds the reference"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -260,7 +260,9 @@ fn open_walked(path: &Path, strict: bool) -> std::io::Result<Result<std::fs::Fil
 /// Parses and validates rules-file text; every error is reported.
 pub fn from_str(path: &Path, text: &str) -> Result<Vpc, Box<Diagnostics>> {
     diagnostics::reset_suggestions();
-    let (vpc, mut items) = parse::parse(text);
+    let (mut vpc, mut items) = parse::parse(text);
+    let stale = validate::stale_references(&vpc);
+    vpc.warnings.extend(stale);
     if items.is_empty() {
         items = validate::validate(&vpc);
     } else {

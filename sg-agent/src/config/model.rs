@@ -23,6 +23,13 @@ pub struct Vpc {
     /// `[vpc] cidr_blocks`: the VPC's ranges; Amazon DNS answers at the
     /// base of each IPv4 range plus two.
     pub cidr_blocks: Vec<IpNet>,
+    /// `[[vpc]]`: the VPCs the file names, the first the default one
+    /// (groups and instances without `vpc` are in it). Empty: one unnamed
+    /// VPC (`[vpc]`, or none at all), as in files before several VPCs.
+    pub vpcs: Vec<VpcDecl>,
+    /// `[[vpc_peering]]`: pairs of VPCs peered (in one region): a rule may
+    /// reference a group of a peered VPC.
+    pub peerings: Vec<(String, String)>,
     /// `[[subnet]]`: the VPC's subnets (their reserved addresses are never
     /// filtered); none: each IPv4 range of `cidr_blocks` counts as one.
     pub subnets: Vec<IpNet>,
@@ -69,6 +76,8 @@ pub struct SecurityGroup {
     pub description: Option<String>,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// `vpc`: the VPC it belongs to (`[[vpc]]`); `None`: the default one.
+    pub vpc: Option<String>,
     pub span: Span,
 }
 
@@ -256,6 +265,8 @@ pub struct Instance {
     /// AWS's default connection tracking for it.
     pub instance_type: Option<String>,
     pub nitro_version: Option<u8>,
+    /// `vpc`: the VPC it is in (`[[vpc]]`); `None`: the default one.
+    pub vpc: Option<String>,
     pub span: Span,
 }
 
@@ -506,6 +517,14 @@ pub struct ConntrackOverrides {
     pub udp_stream_timeout: Option<u64>,
 }
 
+/// One VPC of `[[vpc]]`.
+#[derive(Clone, Debug)]
+pub struct VpcDecl {
+    pub name: String,
+    pub cidr_blocks: Vec<IpNet>,
+    pub span: Span,
+}
+
 /// A service whose connections AWS tracks whatever the rules say (EC2
 /// User Guide, "Automatically tracked connections"): every flow whose
 /// remote end is one of its addresses gets a connection-table entry, so a
@@ -610,6 +629,48 @@ impl TrackedService {
 }
 
 impl Vpc {
+    /// The default VPC's name: the first `[[vpc]]`'s, or "" for the single
+    /// unnamed one.
+    pub fn default_vpc(&self) -> &str {
+        self.vpcs.first().map_or("", |v| v.name.as_str())
+    }
+
+    /// The VPC a group belongs to.
+    pub fn vpc_of_group<'a>(&'a self, g: &'a SecurityGroup) -> &'a str {
+        g.vpc.as_deref().unwrap_or_else(|| self.default_vpc())
+    }
+
+    /// The VPC an instance is in.
+    pub fn vpc_of_instance<'a>(&'a self, i: &'a Instance) -> &'a str {
+        i.vpc.as_deref().unwrap_or_else(|| self.default_vpc())
+    }
+
+    /// Whether VPCs `a` and `b` are one, or peered.
+    pub fn peered(&self, a: &str, b: &str) -> bool {
+        a == b
+            || self
+                .peerings
+                .iter()
+                .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    }
+
+    /// Why a rule of group `from` that references group `to` is stale, if
+    /// it is: `to` is in another VPC, not peered with `from`'s (AWS: the
+    /// reference turns stale when the peering goes, and matches nothing).
+    pub fn stale_reference(&self, from: &str, to: &str) -> Option<String> {
+        if self.vpcs.len() < 2 {
+            return None;
+        }
+        let (from, to) = (self.group(from)?, self.group(to)?);
+        let (a, b) = (self.vpc_of_group(from), self.vpc_of_group(to));
+        (!self.peered(a, b)).then(|| {
+            format!(
+                "group {} is in VPC {b}, which is not peered with VPC {a}: stale, matches nothing",
+                to.name
+            )
+        })
+    }
+
     /// The automatically tracked service `addr` belongs to, if any (the
     /// first the file declares, when several claim it).
     pub fn tracked_service(&self, addr: IpAddr) -> Option<&TrackedService> {

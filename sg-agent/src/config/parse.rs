@@ -480,6 +480,7 @@ impl Parser {
                 "limits",
                 "conntrack",
                 "vpc",
+                "vpc_peering",
                 "subnet",
                 "aws_service",
             ],
@@ -515,9 +516,28 @@ impl Parser {
             vpc.conntrack = ConntrackSettings::default().with(vpc.conntrack_set);
         }
         if let Some(v) = Self::get(root, "vpc") {
-            vpc.cidr_blocks = self.vpc_blocks(v);
-            if let Some(t) = v.get_ref().as_table() {
-                vpc.service_mac = self.mac(t, "service_mac");
+            if v.get_ref().as_array().is_some() {
+                self.vpcs(v, &mut vpc);
+            } else {
+                vpc.cidr_blocks = self.vpc_blocks(v);
+                if let Some(t) = v.get_ref().as_table() {
+                    vpc.service_mac = self.mac(t, "service_mac");
+                }
+            }
+        }
+        if let Some(v) = Self::get(root, "vpc_peering") {
+            for (t, span) in self.tables(v, "vpc_peering") {
+                self.known_keys(t, &["vpcs", "description"], "a vpc_peering");
+                self.description(t);
+                let vpcs = self.string_array(t, "vpcs");
+                match vpcs.as_slice() {
+                    [(a, _), (b, _)] if a != b => vpc.peerings.push((a.clone(), b.clone())),
+                    _ => self.err_hint(
+                        span,
+                        "a vpc_peering joins two different VPCs",
+                        "write vpcs = [\"NAME\", \"OTHER\"], two names of [[vpc]]",
+                    ),
+                }
             }
         }
         if let Some(v) = Self::get(root, "subnet") {
@@ -716,7 +736,7 @@ impl Parser {
     fn group(&mut self, t: &DeTable, span: Span) -> Option<SecurityGroup> {
         self.known_keys(
             t,
-            &["name", "id", "description", "ingress", "egress"],
+            &["name", "id", "description", "ingress", "egress", "vpc"],
             "a security_group",
         );
         let name = self
@@ -739,12 +759,14 @@ impl Parser {
         } else {
             vec![default_egress(span.clone())]
         };
+        let vpc = self.opt_string(t, "vpc");
         Some(SecurityGroup {
             name: name?.0,
             id,
             description,
             ingress,
             egress,
+            vpc,
             span,
         })
     }
@@ -1046,6 +1068,7 @@ impl Parser {
                 "conntrack",
                 "instance_type",
                 "nitro_version",
+                "vpc",
             ],
             "an instance",
         );
@@ -1108,6 +1131,7 @@ impl Parser {
             .unwrap_or_default();
         let instance_type = self.instance_type(t);
         let nitro_version = self.nitro_version(t);
+        let vpc = self.opt_string(t, "vpc");
         Some(Instance {
             name: name?.0,
             addresses,
@@ -1121,6 +1145,7 @@ impl Parser {
             conntrack,
             instance_type,
             nitro_version,
+            vpc,
             span,
         })
     }
@@ -1538,6 +1563,40 @@ impl Parser {
         }
     }
 
+    /// `[[vpc]]`: several VPCs, each with its `name` and ranges (and the
+    /// services' MAC address, one for the whole file). Their ranges
+    /// together are the file's (Amazon DNS at each one's base plus two).
+    fn vpcs(&mut self, v: &Value, vpc: &mut Vpc) {
+        for (t, span) in self.tables(v, "vpc") {
+            self.known_keys(
+                t,
+                &["name", "cidr_blocks", "service_mac", "description"],
+                "a vpc",
+            );
+            self.description(t);
+            let Some((name, name_span)) = self
+                .req_string(t, &span, "name", "this vpc")
+                .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other))
+            else {
+                continue;
+            };
+            if vpc.vpcs.iter().any(|d| d.name == name) {
+                self.err(name_span, format!("a second vpc named {name}"));
+                continue;
+            }
+            let blocks = self.vpc_table_blocks(t);
+            if let Some(mac) = self.mac(t, "service_mac") {
+                vpc.service_mac.get_or_insert(mac);
+            }
+            vpc.cidr_blocks.extend(blocks.iter().copied());
+            vpc.vpcs.push(super::VpcDecl {
+                name,
+                cidr_blocks: blocks,
+                span,
+            });
+        }
+    }
+
     /// `[vpc]`: the VPC's address ranges (so Amazon DNS, at the base of
     /// each IPv4 range plus two, is known). AWS's VPC blocks are /16 to /28
     /// (IPv4) and /44 to /60 (IPv6).
@@ -1546,6 +1605,11 @@ impl Parser {
             return Vec::new();
         };
         self.known_keys(t, &["cidr_blocks", "service_mac"], "[vpc]");
+        self.vpc_table_blocks(t)
+    }
+
+    /// A VPC's `cidr_blocks`, each of a size AWS allows.
+    fn vpc_table_blocks(&mut self, t: &DeTable) -> Vec<IpNet> {
         let mut blocks = Vec::new();
         for (text, span) in self.string_array(t, "cidr_blocks") {
             let Some(net) = self.cidr(&text, span.clone(), None) else {
@@ -1628,8 +1692,12 @@ pub fn is_aws_id(prefix: &str, id: &str) -> bool {
 /// own members, all outbound traffic.
 fn default_group(vpc: &mut Vpc) {
     let mut needed = false;
+    let default_vpc = vpc.default_vpc().to_owned();
     for i in &mut vpc.instances {
-        if i.groups.is_empty() {
+        // Only the default VPC's default group is modelled: an instance of
+        // another VPC names its groups.
+        let in_default = i.vpc.as_deref().is_none_or(|v| v == default_vpc);
+        if i.groups.is_empty() && in_default {
             i.groups.push((DEFAULT_GROUP.to_owned(), i.span.clone()));
             needed = true;
         }
@@ -1655,6 +1723,7 @@ fn default_group(vpc: &mut Vpc) {
             span: span.clone(),
         }],
         egress: vec![default_egress(span.clone())],
+        vpc: None,
         span,
     });
 }

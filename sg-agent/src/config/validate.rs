@@ -107,7 +107,110 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
     }
 
     instances(vpc, &group_names, &mut out);
+    vpcs(vpc, &mut out);
     out.sort_by_key(|d| d.span.start);
+    out
+}
+
+/// Several VPCs: names that resolve, each instance's groups in its VPC,
+/// peerings between VPCs whose ranges do not overlap (AWS refuses those).
+fn vpcs(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
+    let names: Vec<&str> = vpc.vpcs.iter().map(|v| v.name.as_str()).collect();
+    let known = |out: &mut Vec<Diagnostic>, name: &str, span: &Span| {
+        if names.contains(&name) {
+            return true;
+        }
+        let d = if names.is_empty() {
+            Diagnostic::new(span.clone(), format!("no VPC named \"{name}\"")).hint(
+                "name your VPCs with [[vpc]] tables (name, cidr_blocks), the first the default one",
+            )
+        } else {
+            unknown(span.clone(), "VPC", name, &names)
+        };
+        out.push(d);
+        false
+    };
+    for g in &vpc.groups {
+        if let Some(name) = &g.vpc {
+            known(out, name, &g.span);
+        }
+    }
+    for inst in &vpc.instances {
+        if let Some(name) = &inst.vpc
+            && !known(out, name, &inst.span)
+        {
+            continue;
+        }
+        let here = vpc.vpc_of_instance(inst);
+        for (g, span) in &inst.groups {
+            if let Some(group) = vpc.group(g)
+                && vpc.vpc_of_group(group) != here
+            {
+                out.push(
+                    Diagnostic::new(
+                        span.clone(),
+                        format!(
+                            "security group \"{g}\" is in VPC {}, instance \"{}\" in VPC {here}",
+                            vpc.vpc_of_group(group),
+                            inst.name
+                        ),
+                    )
+                    .hint("an instance's groups are of its own VPC, as in AWS"),
+                );
+            }
+        }
+    }
+    for (a, b) in &vpc.peerings {
+        let span = vpc.vpcs.first().map(|v| v.span.clone()).unwrap_or(0..0);
+        if !(known(out, a, &span) && known(out, b, &span)) {
+            continue;
+        }
+        let ranges = |n: &str| {
+            vpc.vpcs
+                .iter()
+                .find(|v| v.name == n)
+                .map(|v| v.cidr_blocks.clone())
+                .unwrap_or_default()
+        };
+        let (ra, rb) = (ranges(a), ranges(b));
+        if let Some((x, y)) = ra
+            .iter()
+            .flat_map(|x| rb.iter().map(move |y| (x, y)))
+            .find(|(x, y)| x.contains(&y.network()) || y.contains(&x.network()))
+        {
+            out.push(
+                Diagnostic::new(
+                    span,
+                    format!("VPCs {a} and {b} cannot be peered: {x} and {y} overlap"),
+                )
+                .hint("AWS peers only VPCs whose ranges do not overlap"),
+            );
+        }
+    }
+}
+
+/// Rules that reference a group of a VPC not peered with their own
+/// group's: AWS keeps them as stale rules that match nothing (as when a
+/// peering is deleted); a warning each.
+pub fn stale_references(vpc: &Vpc) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if vpc.vpcs.len() < 2 {
+        return out;
+    }
+    for g in &vpc.groups {
+        for rule in g.ingress.iter().chain(&g.egress) {
+            for s in &rule.sources {
+                if let Source::Group(to) = &s.source
+                    && let Some(why) = vpc.stale_reference(&g.name, to)
+                {
+                    out.push(
+                        Diagnostic::warning(s.span.clone(), format!("a rule of group \"{}\": {why}", g.name))
+                            .hint("peer the VPCs with [[vpc_peering]] vpcs = [...], or list the members' addresses as cidr_blocks"),
+                    );
+                }
+            }
+        }
+    }
     out
 }
 

@@ -10,6 +10,10 @@
 //! * A group with no outbound permission gets `egress = []`: AWS allows no
 //!   outbound traffic then, where a rules file without `egress` means AWS's
 //!   default all-traffic rule.
+//! * Groups of several VPCs: each VPC becomes a `[[vpc]]` named by its id,
+//!   each group and instance names its own, and a rule that references a
+//!   group of another VPC in the input keeps it, with a `[[vpc_peering]]`
+//!   between the two (AWS allows such a reference only through one).
 //! * A group pair naming a group that is not in the input (another
 //!   account's or VPC's, by peering) cannot be resolved here: that source
 //!   is left out and a comment in the file says so, with the hint to list
@@ -465,11 +469,52 @@ pub fn render(
         }
         list_names.insert(l.id.clone(), l.name.clone());
     }
+    // Groups of several VPCs: each VPC a [[vpc]] (named by its id), each
+    // group in its own, and a peering for each pair of VPCs a rule reaches
+    // across (AWS allows such a reference only through one).
+    let vpc_of: BTreeMap<&str, &str> = groups
+        .security_groups
+        .iter()
+        .filter_map(|g| g.vpc_id.as_deref().map(|v| (g.group_id.as_str(), v)))
+        .collect();
+    let vpc_ids: BTreeSet<&str> = vpc_of.values().copied().collect();
+    let several_vpcs = vpc_ids.len() > 1;
+    if several_vpcs {
+        for id in &vpc_ids {
+            let _ = writeln!(out, "\n[[vpc]]\nname = {}", quote(id));
+        }
+        let mut peerings = BTreeSet::new();
+        for g in &groups.security_groups {
+            let Some(here) = vpc_of.get(g.group_id.as_str()) else {
+                continue;
+            };
+            for p in g.ip_permissions.iter().chain(&g.ip_permissions_egress) {
+                for pair in &p.user_id_group_pairs {
+                    if let Some(there) = vpc_of.get(pair.group_id.as_str())
+                        && there != here
+                    {
+                        peerings.insert((*here.min(there), *here.max(there)));
+                    }
+                }
+            }
+        }
+        for (a, b) in peerings {
+            let _ = writeln!(
+                out,
+                "\n# A rule references a group across these VPCs: they are peered.\n\
+                 [[vpc_peering]]\nvpcs = {}",
+                list(&[a.to_owned(), b.to_owned()])
+            );
+        }
+    }
     let mut sorted: Vec<&SecurityGroup> = groups.security_groups.iter().collect();
     sorted.sort_by(|a, b| a.group_name.cmp(&b.group_name));
     for g in sorted {
         out.push_str("\n[[security_group]]\n");
         let _ = writeln!(out, "name = {}", quote(&g.group_name));
+        if let (true, Some(v)) = (several_vpcs, &g.vpc_id) {
+            let _ = writeln!(out, "vpc = {}", quote(v));
+        }
         if crate::config::is_aws_id("sg", &g.group_id) {
             let _ = writeln!(out, "id = {}", quote(&g.group_id));
         } else {
@@ -598,6 +643,12 @@ pub fn render(
     for m in members {
         let _ = writeln!(out, "\n# {}\n[[instance]]", m.ids.join(" "));
         let _ = writeln!(out, "name = {}", quote(&m.name));
+        if let (true, Some(v)) = (
+            several_vpcs,
+            m.groups.iter().find_map(|g| vpc_of.get(g.as_str())),
+        ) {
+            let _ = writeln!(out, "vpc = {}", quote(v));
+        }
         let _ = writeln!(out, "addresses = {}", list(&m.addresses));
         let names: Vec<String> = m
             .groups
@@ -694,7 +745,9 @@ pub fn export(vpc: &Vpc) -> SecurityGroups {
                 group_name: g.name.clone(),
                 description: g.description.clone(),
                 owner_id: None,
-                vpc_id: None,
+                // The VPC, when the file names several (their names, as
+                // `import` writes VPC ids).
+                vpc_id: (vpc.vpcs.len() > 1).then(|| vpc.vpc_of_group(g).to_owned()),
                 ip_permissions: g.ingress.iter().map(|r| permission(r, &g.name)).collect(),
                 ip_permissions_egress: g.egress.iter().map(|r| permission(r, &g.name)).collect(),
             })

@@ -183,6 +183,10 @@ pub struct RuleHits {
     pub flows: u64,
     /// Unix seconds of the last such flow.
     pub last: Option<u64>,
+    /// Why a source of the rule is stale (a group of a VPC not peered with
+    /// its own): it matches nothing, as AWS's stale rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 pub fn ago(now: u64, then: u64) -> String {
@@ -366,34 +370,42 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         );
     }
     if rules {
-        // Columns as wide as their widest cell: group names run long.
-        let group_w = i
-            .rules
-            .iter()
-            .map(|r| r.group.len())
-            .max()
-            .unwrap_or(0)
-            .max(5);
+        render_rule_hits(out, i, now);
+    }
+}
+
+/// `status --rules`: each rule's flows, last use, and staleness.
+fn render_rule_hits(out: &mut String, i: &InstanceStatus, now: u64) {
+    // Columns as wide as their widest cell: group names run long.
+    let group_w = i
+        .rules
+        .iter()
+        .map(|r| r.group.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  rule",
+        "flows", "last", "way", "group", "#"
+    );
+    for r in &i.rules {
+        let mut id = r
+            .rule_id
+            .as_ref()
+            .map_or_else(String::new, |id| format!(" [{id}]"));
+        if let Some(why) = &r.stale {
+            let _ = write!(id, " (stale: {why})");
+        }
         let _ = writeln!(
             out,
-            "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  rule",
-            "flows", "last", "way", "group", "#"
+            "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  {}{id}",
+            r.flows,
+            r.last.map_or_else(|| "never".into(), |t| ago(now, t)),
+            r.direction,
+            r.group,
+            r.rule,
+            r.summary
         );
-        for r in &i.rules {
-            let id = r
-                .rule_id
-                .as_ref()
-                .map_or_else(String::new, |id| format!(" [{id}]"));
-            let _ = writeln!(
-                out,
-                "  {:>8}  {:<12} {:<7} {:<group_w$} {:>3}  {}{id}",
-                r.flows,
-                r.last.map_or_else(|| "never".into(), |t| ago(now, t)),
-                r.direction,
-                r.group,
-                r.rule,
-                r.summary
-            );
-        }
     }
 }

@@ -412,7 +412,7 @@ pub(crate) fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr:
         Source::PrefixList(name) => vpc
             .prefix_list(name)
             .is_some_and(|p| p.entries.iter().any(|net| net.contains(&addr))),
-        Source::Group(name) => member_of(name),
+        Source::Group(name) => vpc.stale_reference(own_group, name).is_none() && member_of(name),
         Source::SelfGroup => member_of(own_group),
     }
 }

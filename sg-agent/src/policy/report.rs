@@ -70,6 +70,9 @@ pub struct InstanceReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     pub addresses: Vec<String>,
+    /// Its VPC, when the file names several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
     pub security_groups: Vec<String>,
     /// AWS's source/destination check (`source_dest_check`, on unless the
     /// file turns it off): only its own addresses send and receive.
@@ -126,6 +129,10 @@ pub struct RuleReport {
     pub tracking: &'static str,
     /// Which of its flows are untracked: `tcp/IPv4`, `udp/IPv6`...
     pub untracked: Vec<&'static str>,
+    /// Why the source is stale (a group of a VPC not peered with the
+    /// rule's own): it matches nothing, as AWS's stale rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 pub fn report(vpc: &Vpc) -> Report {
@@ -145,21 +152,7 @@ pub fn report(vpc: &Vpc) -> Report {
             };
             let open = reference::OpenWays::of(vpc, inst);
             for r in rules {
-                let untracked = open.untracked_kinds(vpc, r.direction, r.rule, r.source);
-                let row = RuleReport {
-                    protocol: r.rule.protocol.to_string(),
-                    ports: r.rule.ports.to_string(),
-                    source: r.source.to_string(),
-                    addresses: r.prefixes.iter().map(ToString::to_string).collect(),
-                    group: r.group.name.clone(),
-                    group_id: r.group.id.as_ref().map(|(id, _)| id.clone()),
-                    rule: r.rule_number,
-                    rule_id: r.rule.id.as_ref().map(|(id, _)| id.clone()),
-                    implicit: r.rule.implicit,
-                    description: r.rule.description.clone(),
-                    tracking: tracking(vpc, r.rule, &r.prefixes, &untracked),
-                    untracked,
-                };
+                let row = rule_row(vpc, &open, &r);
                 match r.direction {
                     Direction::Ingress => inbound.push(row),
                     Direction::Egress => outbound.push(row),
@@ -186,6 +179,7 @@ pub fn report(vpc: &Vpc) -> Report {
                     .map(|m| m.to_string()),
                 node: inst.node.clone(),
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
+                vpc: (vpc.vpcs.len() > 1).then(|| vpc.vpc_of_instance(inst).to_owned()),
                 security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
                 source_dest_check: inst.source_dest_check,
                 conntrack: {
@@ -229,6 +223,33 @@ pub fn report(vpc: &Vpc) -> Report {
         service_mac: vpc.service_mac.map(|m| m.to_string()),
         tracked_services,
         instances,
+    }
+}
+
+/// One row of an instance's table: one source of one rule.
+fn rule_row(
+    vpc: &Vpc,
+    open: &reference::OpenWays,
+    r: &crate::policy::resolve::EffectiveRule<'_>,
+) -> RuleReport {
+    let untracked = open.untracked_kinds(vpc, r.direction, r.rule, r.source);
+    RuleReport {
+        protocol: r.rule.protocol.to_string(),
+        ports: r.rule.ports.to_string(),
+        source: r.source.to_string(),
+        addresses: r.prefixes.iter().map(ToString::to_string).collect(),
+        group: r.group.name.clone(),
+        group_id: r.group.id.as_ref().map(|(id, _)| id.clone()),
+        rule: r.rule_number,
+        rule_id: r.rule.id.as_ref().map(|(id, _)| id.clone()),
+        implicit: r.rule.implicit,
+        description: r.rule.description.clone(),
+        tracking: tracking(vpc, r.rule, &r.prefixes, &untracked),
+        untracked,
+        stale: match r.source {
+            crate::config::Source::Group(to) => vpc.stale_reference(&r.group.name, to),
+            _ => None,
+        },
     }
 }
 
@@ -387,7 +408,11 @@ fn instance_header(out: &mut String, inst: &InstanceReport) {
         .node
         .as_ref()
         .map_or_else(String::new, |n| format!(", node {n}"));
-    let _ = writeln!(out, "instance {} ({place}{node})", inst.name);
+    let in_vpc = inst
+        .vpc
+        .as_ref()
+        .map_or_else(String::new, |v| format!(", VPC {v}"));
+    let _ = writeln!(out, "instance {} ({place}{node}{in_vpc})", inst.name);
     let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
     let _ = writeln!(
         out,
@@ -437,7 +462,9 @@ pub fn render_table(report: &Report) -> String {
             let cells: Vec<[String; 6]> = rows
                 .iter()
                 .map(|r| {
-                    let addrs = if r.addresses.is_empty() {
+                    let addrs = if r.stale.is_some() {
+                        "(stale: VPC not peered)".to_owned()
+                    } else if r.addresses.is_empty() {
                         "(no addresses)".to_owned()
                     } else {
                         r.addresses.join(", ")

@@ -37,6 +37,9 @@ pub fn resolve_source(vpc: &Vpc, group: &str, source: &Source) -> Vec<IpNet> {
             .prefix_list(name)
             .map(|p| p.entries.clone())
             .unwrap_or_default(),
+        // A group of a VPC not peered with this group's: a stale
+        // reference, which stands for nothing.
+        Source::Group(name) if vpc.stale_reference(group, name).is_some() => Vec::new(),
         Source::Group(name) => members(vpc, name),
         Source::SelfGroup => members(vpc, group),
     }

@@ -20,6 +20,7 @@ mod reloads;
 mod services;
 mod source_dest;
 mod untracked;
+mod vpcs;
 
 use std::net::IpAddr;
 
