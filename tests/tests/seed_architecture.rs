@@ -294,11 +294,34 @@ fn a_connection_through_a_load_balancer_outlives_its_rule() {
         &format!("{SEED}{service}"),
         &[("nlb", &[NLB], &[], &[])],
     );
-    let agent = start_agent(&lab);
+    let flow_log = lab.config.with_file_name("flows.log");
+    let agent = start_agent_with(
+        &lab,
+        &[
+            "--flow-log",
+            flow_log.to_str().expect("utf-8"),
+            "--flow-log-interval",
+            "10",
+        ],
+    );
+    let mut follower =
+        agent.follow_flows(&["--instance", "alb", "--count", "40", "--format", "json"]);
     let mut through_nlb =
         tcp_open(&lab.ns("nlb"), ip(NLB), at(ALB, 80)).expect("nlb -> alb:80 before the reload");
     let mut outsider = tcp_open(&lab.ns("internet"), ip(OUTSIDER), at(ALB, 80))
         .expect("internet -> alb:80 before the reload");
+    // The agent names the rules of a new flow by the policy it holds when
+    // it reads the flow's event: let it read them before the rule goes.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let status = agent.status_json();
+            status["instances"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["name"] == "alb"))
+                .is_some_and(|i| i["new_flows"].as_u64().unwrap_or(0) >= 1)
+        }),
+        "the new flow through the load balancer is seen"
+    );
     let mark = agent.log_lines();
     lab.rewrite(&format!("{}{service}", seed_without_alb_ingress()));
     agent.expect_log("reload #1 (file changed) applied in", mark, RELOAD);
@@ -317,6 +340,38 @@ fn a_connection_through_a_load_balancer_outlives_its_rule() {
         Ok(()),
         "the connection through the load balancer is tracked, and lives on"
     );
+    // Its flow-log record names the service it went through (read with a
+    // deadline: records come at the end of each 10 s interval).
+    let stdout = follower.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let record = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            panic!("no record of the connection through the load balancer within 30 s: {seen:#?}");
+        };
+        seen.push(line.clone());
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if r["srcaddr"] == NLB && r.get("rules").is_some() {
+            break r;
+        }
+    };
+    assert_eq!(
+        record["tracked-through"], "network_load_balancer nlb-1",
+        "{record}"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
     assert_eq!(agent.terminate().code(), Some(0));
 }
 

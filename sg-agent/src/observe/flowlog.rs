@@ -77,6 +77,11 @@ pub struct Record {
     /// interval in which the flow started, in the direction it started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<String>>,
+    /// JSON format only: the service the flow went through, when AWS tracks
+    /// every connection through it (`[[aws_service]]`): `TYPE NAME`, on the
+    /// same record as `rules`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracked_through: Option<String>,
 }
 
 impl Record {
@@ -130,6 +135,7 @@ impl Record {
             log_status: LogStatus::Skipdata,
             instance: instance.to_owned(),
             rules: None,
+            tracked_through: None,
         }
     }
 
@@ -264,7 +270,7 @@ pub struct Window {
     /// Events lost by the interval's start.
     lost_at_start: u64,
     /// The rules that allowed each flow that started in this interval.
-    attributed: HashMap<FlowKey, Vec<String>>,
+    attributed: HashMap<FlowKey, (Vec<String>, Option<String>)>,
     /// Packets and bytes of the flows past [`MAX_FLOWS_PER_INTERVAL`], per
     /// action (accepted, rejected).
     overflow: [Tally; 2],
@@ -273,10 +279,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// Names the rules that allowed a flow that started now.
-    pub fn attribute(&mut self, key: FlowKey, rules: Vec<String>) {
+    /// Names the rules that allowed a flow that started now, and the
+    /// automatically tracked service it went through, if any.
+    pub fn attribute(&mut self, key: FlowKey, rules: Vec<String>, through: Option<String>) {
         if self.attributed.len() < MAX_FLOWS_PER_INTERVAL {
-            self.attributed.insert(key, rules);
+            self.attributed.insert(key, (rules, through));
         }
     }
 
@@ -389,23 +396,29 @@ impl Window {
         let mut attributed = std::mem::take(&mut self.attributed);
         let mut out: Vec<Record> = flows
             .into_iter()
-            .map(|(k, t)| Record {
-                version: 2,
-                account_id: "-".into(),
-                interface_id: interface_id.to_owned(),
-                srcaddr: Some(k.src),
-                dstaddr: Some(k.dst),
-                srcport: Some(k.sport),
-                dstport: Some(k.dport),
-                protocol: Some(k.proto),
-                packets: Some(t.packets),
-                bytes: Some(t.bytes),
-                start: t.start.max(start),
-                end: t.end.clamp(start, end),
-                action: Some(k.action),
-                log_status: LogStatus::Ok,
-                instance: instance.to_owned(),
-                rules: attributed.remove(&k),
+            .map(|(k, t)| {
+                let (rules, tracked_through) = attributed
+                    .remove(&k)
+                    .map_or((None, None), |(r, t)| (Some(r), t));
+                Record {
+                    version: 2,
+                    account_id: "-".into(),
+                    interface_id: interface_id.to_owned(),
+                    srcaddr: Some(k.src),
+                    dstaddr: Some(k.dst),
+                    srcport: Some(k.sport),
+                    dstport: Some(k.dport),
+                    protocol: Some(k.proto),
+                    packets: Some(t.packets),
+                    bytes: Some(t.bytes),
+                    start: t.start.max(start),
+                    end: t.end.clamp(start, end),
+                    action: Some(k.action),
+                    log_status: LogStatus::Ok,
+                    instance: instance.to_owned(),
+                    rules,
+                    tracked_through,
+                }
             })
             .collect();
         for (action, t) in [Action::Accept, Action::Reject]

@@ -343,7 +343,10 @@ impl Observer {
                         hits.last = Some(at);
                     }
                     if !labels.is_empty() {
-                        view.window.attribute(key(Action::Accept), labels);
+                        let through = vpc
+                            .tracked_service(reference::remote_of(direction, &packet))
+                            .map(|s| format!("{} {}", s.kind, s.name));
+                        view.window.attribute(key(Action::Accept), labels, through);
                     }
                 }
             };
