@@ -121,28 +121,52 @@ unsafe fn mac_at(ctx: &impl PacketView, p: *const u8) -> [u8; 6] {
     [hi[0], hi[1], hi[2], hi[3], lo[0], lo[1]]
 }
 
-/// Whether the frame comes from (inbound) or goes to (outbound) the MAC
-/// address the AWS services answer from (`services`), as traffic that
-/// security groups never filter must: on EC2 only the Nitro host answers
-/// at those addresses. `exempt` is what `policy::aws_service` found; a
-/// DHCP request may also go to a broadcast or multicast address (the
-/// client does not know its server yet).
+/// [`service_place`]: the frame's remote end is not where the services are.
+pub const PLACE_NONE: u8 = 0;
+/// [`service_place`]: it comes from (goes to) the services' MAC address.
+pub const PLACE_SERVICES: u8 = 1;
+/// [`service_place`]: an outbound frame to a broadcast or multicast
+/// address, where a DHCP client's request goes before it knows its server.
+pub const PLACE_EVERYONE: u8 = 2;
+
+/// Where the frame's remote end is at layer 2, as far as the AWS services
+/// go: its source (inbound) or destination (outbound) MAC address against
+/// `services`, the MAC address they answer from (on EC2 only the Nitro
+/// host answers at their addresses). Read before any address lookup: most
+/// frames are not the services', and then nothing else is looked up.
 #[inline(always)]
-pub fn at_services(ctx: &impl PacketView, direction: u8, exempt: u8, services: [u8; 6]) -> bool {
+pub fn service_place(ctx: &impl PacketView, direction: u8, services: [u8; 6]) -> u8 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return false;
+        return PLACE_NONE;
     };
+    let inbound = direction == crate::policy::INGRESS;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let (dst, src) = unsafe {
-        (
-            mac_at(ctx, addr_of!((*eth).dst).cast()),
-            mac_at(ctx, addr_of!((*eth).src).cast()),
-        )
+    let remote = unsafe {
+        if inbound {
+            mac_at(ctx, addr_of!((*eth).src).cast())
+        } else {
+            mac_at(ctx, addr_of!((*eth).dst).cast())
+        }
     };
-    if direction == crate::policy::INGRESS {
-        return src == services;
+    if remote == services {
+        PLACE_SERVICES
+    } else if !inbound && remote[0] & 1 != 0 {
+        PLACE_EVERYONE
+    } else {
+        PLACE_NONE
     }
-    dst == services || (exempt == crate::policy::EXEMPT_DHCP_REQUEST && dst[0] & 1 != 0)
+}
+
+/// Whether traffic `policy::aws_service` found to be with an AWS service
+/// (`exempt`) is where the services are (`place`): a DHCP request may go
+/// to everyone, everything else must come from (go to) their MAC address.
+#[inline(always)]
+pub fn exempt_here(exempt: u8, place: u8) -> bool {
+    match exempt {
+        crate::policy::EXEMPT_SERVICE => place == PLACE_SERVICES,
+        crate::policy::EXEMPT_DHCP_REQUEST => place != PLACE_NONE,
+        _ => false,
+    }
 }
 
 /// The frame-level checks of a frame the instance sent: its source MAC

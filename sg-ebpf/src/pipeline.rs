@@ -231,10 +231,15 @@ fn track(
     // only the Nitro host answers at their addresses. The rest is judged
     // by the rules. The instance must still be the local end (the
     // source/destination check).
-    let exempt = policy::aws_service(&KernelPolicy, generation, direction, flow);
-    if exempt != policy::EXEMPT_NONE
-        && let Some(services) = crate::maps::service_mac()
-        && guard::at_services(ctx, direction, exempt, services)
+    // The frame's MAC addresses first: most frames are not the services',
+    // and then their addresses are not looked up at all.
+    if let Some(services) = crate::maps::service_mac()
+        && let place = guard::service_place(ctx, direction, services)
+        && place != guard::PLACE_NONE
+        && guard::exempt_here(
+            policy::aws_service(&KernelPolicy, generation, direction, flow),
+            place,
+        )
     {
         if policy::own_address(&KernelPolicy, generation, direction, flow) {
             return PASS_AWS_SERVICE;
