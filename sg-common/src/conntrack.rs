@@ -46,7 +46,7 @@ pub const ICMP_KIND_MESSAGE: u16 = 0x100;
 /// else. 0 for every other protocol.
 #[inline(always)]
 pub fn icmp_kind(flow: &Flow) -> u16 {
-    if flow.proto != proto::ICMP && flow.proto != proto::ICMPV6 {
+    if !flow.proto_is_icmp() {
         return 0;
     }
     let ty = flow.icmp_type;
@@ -653,23 +653,23 @@ mod tests {
     /// sharing a key; every other message type is a flow of its own.
     #[test]
     fn icmp_queries_are_keyed_by_kind_and_identifier() {
-        let msg = |src: u8, dst: u8, ty: u8, id: u16| Flow {
-            src: v4(src),
-            dst: v4(dst),
-            proto: proto::ICMP,
-            family: crate::flow::FAMILY_V4,
-            icmp_type: ty,
-            sport: if icmp::is_query(crate::flow::FAMILY_V4, ty) {
+        let msg = |src: u8, dst: u8, ty: u8, id: u16| {
+            // The parser reads an identifier of queries only.
+            let id = if icmp::is_query(crate::flow::FAMILY_V4, ty) {
                 id
             } else {
                 0
-            },
-            dport: if icmp::is_query(crate::flow::FAMILY_V4, ty) {
-                id
-            } else {
-                0
-            },
-            ..Flow::default()
+            };
+            Flow {
+                src: v4(src),
+                dst: v4(dst),
+                proto: proto::ICMP,
+                family: crate::flow::FAMILY_V4,
+                icmp_type: ty,
+                sport: id,
+                dport: id,
+                ..Flow::default()
+            }
         };
         let key = |f: Flow| key_of(&f).0;
         assert_eq!(

@@ -228,11 +228,10 @@ fn track(
     // AWS's services (DHCP, DNS, metadata, time, the subnet's router...)
     // never meet the security group: no rules, no entry, no allowance;
     // but only what comes from (goes to) where they are, as on EC2, where
-    // only the Nitro host answers at their addresses. The rest is judged
-    // by the rules. The instance must still be the local end (the
-    // source/destination check).
-    // The frame's MAC addresses first: most frames are not the services',
-    // and then their addresses are not looked up at all.
+    // only the Nitro host answers at their addresses: the rest is judged
+    // by the rules. The frame's MAC addresses are read first, so most
+    // frames cost no address lookup here. The instance must still be the
+    // local end (the source/destination check).
     if let Some(services) = crate::maps::service_mac()
         && let place = guard::service_place(ctx, direction, services)
         && place != guard::PLACE_NONE
@@ -298,8 +297,8 @@ fn track(
         return DROP_CONNTRACK_ALLOWANCE;
     }
     // Through a DynamoDB gateway endpoint a connection takes two entries of
-    // the allowance, as on AWS: the second is the same key marked in its
-    // padding, which no packet looks up; the agent reclaims it with the
+    // the allowance, as on AWS: the second is the same key with
+    // SECOND_ENTRY in its kind, which no packet's key has; the agent reclaims it with the
     // first. Without room for it, the connection is refused as a whole.
     if remote.flags & policy::CLASS_TWO_ENTRIES != 0 {
         key.kind |= conntrack::SECOND_ENTRY;

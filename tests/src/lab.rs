@@ -240,3 +240,16 @@ impl Lab {
         out
     }
 }
+
+/// The MAC address of `eth0` in `ns`, as `ip` prints it.
+pub fn eth0_mac(ns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", "eth0"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .expect("a MAC address")
+        .to_owned()
+}

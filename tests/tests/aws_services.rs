@@ -13,7 +13,7 @@ use std::{
 
 use sg_tests::{
     agent::AgentProcess,
-    lab::{Lab, ip},
+    lab::{Lab, eth0_mac, ip},
 };
 
 const CLIENT: &str = "10.60.1.10";
@@ -47,19 +47,6 @@ addresses = ["{CLIENT}"]
 security_groups = ["https-out-only"]
 "#
     )
-}
-
-/// The MAC address of `eth0` in `ns`.
-fn mac_of(ns: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-br", "link", "show", "eth0"])
-        .output()
-        .expect("ip runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(2)
-        .expect("a MAC address")
-        .to_owned()
 }
 
 /// dnsmasq serving DNS (and DHCP on the first address) in `ns`, killed on
@@ -168,7 +155,7 @@ fn dhcp_and_the_vpc_resolver_work_with_egress_limited_to_https() {
 
     // The services answer from the vpc host's MAC address.
     let config = dir.join("rules.toml");
-    std::fs::write(&config, rules(&client, Some(&mac_of(&vpc_ns)))).expect("write rules");
+    std::fs::write(&config, rules(&client, Some(&eth0_mac(&vpc_ns)))).expect("write rules");
     let agent = AgentProcess::start(&config);
     agent.expect_log("ready: enforcing", 0, Duration::from_secs(20));
 

@@ -10,7 +10,7 @@ use std::{process::Command, time::Duration};
 use sg_tests::{
     agent::AgentProcess,
     attached::{attached, tcx_on},
-    lab::ip as run_ip,
+    lab::{eth0_mac, ip as run_ip},
     probe::{Outcome, eventually},
     seed::{ADMIN, ALB, APP, BASTION, OUTSIDER, RDS, RELOAD, SEED, START, SeedLab},
 };
@@ -131,7 +131,7 @@ fn the_seed_from_the_host_side_of_each_containers_veth() {
     assert_eq!(alb["mac_source"], "learned", "{alb}");
     assert_eq!(
         alb["mac"].as_str(),
-        Some(mac_of(&lab.ns("alb")).as_str()),
+        Some(eth0_mac(&lab.ns("alb")).as_str()),
         "the alb's MAC, learned from its first frame"
     );
 }
@@ -200,7 +200,7 @@ fn a_container_that_takes_another_instances_address_gets_nowhere() {
         .args(["-n", &lab.ns("rds"), "neigh", "show", APP])
         .output()
         .expect("ip neigh");
-    let alb_mac = mac_of(&lab.ns("alb"));
+    let alb_mac = eth0_mac(&lab.ns("alb"));
     assert!(
         !String::from_utf8_lossy(&neigh.stdout).contains(&alb_mac),
         "the database does not take the alb's MAC for the app server's: {}",
@@ -211,19 +211,6 @@ fn a_container_that_takes_another_instances_address_gets_nowhere() {
         Connected,
         "the app server still reaches it"
     );
-}
-
-/// The container's eth0 MAC address, as `ip` prints it.
-fn mac_of(ns: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-br", "link", "show", "eth0"])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// A container that changes its MAC address: the one the file gives (rds),
@@ -274,7 +261,10 @@ fn a_restarted_container_is_enforced_again_from_the_link_event() {
     assert_eq!(lab.tcp("alb", ALB, APP, 80), Connected);
     let relearned = instance(&agent, "app-1")["mac"].clone();
     assert_ne!(learned, relearned, "the new veth's MAC is learned anew");
-    assert_eq!(relearned.as_str(), Some(mac_of(&lab.ns("app-1")).as_str()));
+    assert_eq!(
+        relearned.as_str(),
+        Some(eth0_mac(&lab.ns("app-1")).as_str())
+    );
 }
 
 /// On the host side the host is where the AWS services are, as the Nitro

@@ -610,15 +610,24 @@ impl TrackedService {
             CLASS_AUTO_TRACKED, CLASS_NLB_TIMEOUTS, CLASS_SERVICE_TIMEOUT_SHIFT, CLASS_TWO_ENTRIES,
         };
         let mut flags = CLASS_AUTO_TRACKED;
-        match self.kind {
-            ServiceKind::DynamodbGatewayEndpoint => flags |= CLASS_TWO_ENTRIES,
-            ServiceKind::NetworkLoadBalancer => {
-                let seconds = u32::try_from(self.tcp_idle_timeout).unwrap_or(u32::MAX) & 0xffff;
-                flags |= CLASS_NLB_TIMEOUTS | seconds << CLASS_SERVICE_TIMEOUT_SHIFT;
-            }
-            _ => {}
+        if self.allowance_entries() == 2 {
+            flags |= CLASS_TWO_ENTRIES;
+        }
+        if let Some((tcp, _)) = self.timeouts() {
+            let seconds = u32::try_from(tcp).unwrap_or(u32::MAX) & 0xffff;
+            flags |= CLASS_NLB_TIMEOUTS | seconds << CLASS_SERVICE_TIMEOUT_SHIFT;
         }
         flags
+    }
+
+    /// Entries of the connection allowance each connection takes (AWS: two
+    /// through a `DynamoDB` gateway endpoint).
+    pub fn allowance_entries(&self) -> u32 {
+        if self.kind == ServiceKind::DynamodbGatewayEndpoint {
+            2
+        } else {
+            1
+        }
     }
 
     /// Its idle timeouts (TCP, UDP), when they are not the instance's.
@@ -674,9 +683,7 @@ impl Vpc {
     /// The automatically tracked service `addr` belongs to, if any (the
     /// first the file declares, when several claim it).
     pub fn tracked_service(&self, addr: IpAddr) -> Option<&TrackedService> {
-        self.tracked_services
-            .iter()
-            .find(|s| s.addresses.iter().any(|n| n.contains(&addr)))
+        self.tracked_service_of_net(&IpNet::from(addr))
     }
 
     /// The first automatically tracked service whose addresses contain

@@ -190,10 +190,10 @@ pub fn allowing_rules(
 /// and link-local addresses): DHCP (server port 67, client port 68) and
 /// `DHCPv6` (547, 546), from the server's port to the client's or back;
 /// any packet whose remote end is one of `Vpc::aws_services` (the data
-/// plane also refuses an inbound SYN from one: services answer; packets
-/// here carry no TCP flags). Only
-/// from (to) the services' place (`packet.service_place`): on EC2 only the
-/// Nitro host answers there, so anyone else is judged by the rules.
+/// plane also refuses an inbound SYN from one, since services answer;
+/// packets here carry no TCP flags). Only from (to) the services' place
+/// (`packet.service_place`): on EC2 only the Nitro host answers there, so
+/// anyone else is judged by the rules.
 pub fn aws_service(vpc: &Vpc, direction: Direction, packet: &Packet) -> Option<&'static str> {
     use sg_common::flow::proto::UDP;
     if packet.later_fragment || !packet.service_place {

@@ -260,11 +260,7 @@ fn tracked_service(s: &crate::config::TrackedService) -> TrackedServiceReport {
         addresses: s.addresses.iter().map(ToString::to_string).collect(),
         tcp_idle_timeout: s.timeouts().map(|t| t.0),
         udp_idle_timeout: s.timeouts().map(|t| t.1),
-        allowance_entries: if s.kind == crate::config::ServiceKind::DynamodbGatewayEndpoint {
-            2
-        } else {
-            1
-        },
+        allowance_entries: s.allowance_entries(),
     }
 }
 

@@ -123,7 +123,7 @@ impl Agent<'_> {
         for (name, step) in steps {
             let (inst, want) = &wanted[&name];
             let (place, mac) = match want {
-                Ok((place, mac)) => (Some(place), *mac),
+                Ok((place, mac)) => (Some(place), place.with_services(*mac)),
                 Err(_) => (None, Macs::default()),
             };
             if let Step::New(dp) = step {

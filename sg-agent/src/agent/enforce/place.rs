@@ -71,13 +71,24 @@ impl Place {
         Ok(out)
     }
 
+    /// `macs` as the programs here are to check them: with no services'
+    /// MAC address from the file, on the host side the host's own (see
+    /// [`Place::host_mac`]). Asked only when the addresses are written (an
+    /// attach, a reload), never on the reconcile tick's check.
+    pub fn with_services(&self, macs: Macs) -> Macs {
+        let services = macs
+            .services
+            .or_else(|| (self.side == Side::Host).then(|| self.host_mac()).flatten());
+        Macs { services, ..macs }
+    }
+
     /// The MAC address the host itself has on this link: its bridge's when
     /// the interface is a bridge port (the host answers there, as dnsmasq
     /// on libvirt's virbr0 does), else the interface's own (a routed tap).
     /// What the host sends to the instance comes from it: on the host side
     /// it is where the AWS services are, as the Nitro host is on EC2.
     /// `None` when the interface is not there (yet).
-    pub fn host_mac(&self) -> Option<[u8; 6]> {
+    fn host_mac(&self) -> Option<[u8; 6]> {
         let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).ok()?;
         let (controller, own) = link_info(LinkRef::Name(&self.ifname)).ok()?;
         match controller {
@@ -97,8 +108,8 @@ impl Place {
 
 /// Where an instance is to be enforced, and the MAC addresses its
 /// programs check (the instance's on the host side: the rules file's
-/// `mac`, or libvirt's; the AWS services'); an error says why it cannot be
-/// known now (a libvirt domain that is not running).
+/// `mac`, or libvirt's; the AWS services' as the file gives it); an error
+/// says why it cannot be known now (a libvirt domain that is not running).
 pub(super) type Wanted = Result<(Place, Macs), String>;
 
 /// What libvirt told of domains: the NICs its hook gave as a domain
@@ -143,17 +154,13 @@ impl Domains {
             }
             None => return Err("not enforced on this host".to_owned()),
         };
-        // The file's service_mac; else, on the host side, the host's own.
-        let services = inst.service_mac.map(|m| m.0).or_else(|| {
-            (place.side == Side::Host)
-                .then(|| place.host_mac())
-                .flatten()
-        });
+        // The file's service_mac; the host side's own is looked up as the
+        // addresses are written (`Place::with_services`).
         Ok((
             place,
             Macs {
                 instance: instance_mac,
-                services,
+                services: inst.service_mac.map(|m| m.0),
             },
         ))
     }

@@ -122,7 +122,7 @@ impl Agent<'_> {
             .attach(&place.ifname, place.netns.as_deref(), ingress, place.side)
             .map(|_| ())
             .and_then(|()| e.dataplane.forget_learned_mac())
-            .and_then(|()| e.dataplane.set_macs(mac));
+            .and_then(|()| e.dataplane.set_macs(place.with_services(mac)));
         let now = Instant::now();
         match attached {
             Ok(()) if moved => {
@@ -177,7 +177,7 @@ impl Agent<'_> {
             return false;
         }
         match self.prepare_new(name, inst) {
-            Ok(dp) => self.attach_new(name, &place, mac, dp, inst),
+            Ok(dp) => self.attach_new(name, &place, place.with_services(mac), dp, inst),
             Err(e) => {
                 self.wait_for(name, Some(place), crate::errors::chain(&e));
                 false
@@ -286,7 +286,7 @@ impl Agent<'_> {
             .domains
             .wanted(&inst)
             .ok()
-            .map(|(_, mac)| mac)
+            .map(|(_, mac)| place.with_services(mac))
             .unwrap_or_default();
         match self.prepare_new(name, &inst) {
             Ok(dp) => {
