@@ -10,6 +10,7 @@ use sg_agent::{
 };
 
 use super::{
+    connrate,
     policies::{CLIENT_V4, SERVER_V4, Shape, rules_file},
     stats::Stat,
 };
@@ -79,7 +80,30 @@ enum Installed {
 pub struct Config {
     pub flood_secs: u64,
     pub iperf_secs: u64,
+    /// Seconds of short TCP connections per round.
+    pub conn_secs: f64,
     pub runs: usize,
+}
+
+impl Config {
+    /// The full measurement, or tiny counts (`--smoke`).
+    pub fn new(smoke: bool) -> Self {
+        if smoke {
+            Self {
+                flood_secs: 1,
+                iperf_secs: 1,
+                conn_secs: 1.0,
+                runs: 1,
+            }
+        } else {
+            Self {
+                flood_secs: 4,
+                iperf_secs: 4,
+                conn_secs: 3.0,
+                runs: 5,
+            }
+        }
+    }
 }
 
 pub struct Row {
@@ -94,6 +118,10 @@ pub struct Row {
     pub softirq_ns: Stat,
     /// TCP throughput of an allowed flow, Gbit/s.
     pub tcp_gbps: Stat,
+    /// Short TCP connections completed per second (`connrate`).
+    pub conn_per_sec: Stat,
+    /// Of those attempted over every round, how many failed.
+    pub conn_failed: u64,
     /// The agent's resident set while enforcing (sg-agent only), KiB.
     pub agent_rss_kib: Option<u64>,
 }
@@ -126,6 +154,11 @@ impl Pair {
         ]);
         bring_up_eth0(&gen_ns.name, &[CLIENT_V4], &["10.0.0.0/8"]);
         bring_up_eth0(&sink_ns.name, &[SERVER_V4], &["198.51.100.0/24"]);
+        // The short connections' many sources.
+        for i in 0..connrate::SOURCES {
+            let addr = format!("{}/32", connrate::source(i));
+            ip(&["-n", &gen_ns.name, "addr", "add", &addr, "dev", "eth0"]);
+        }
         Self { gen_ns, sink_ns }
     }
 
@@ -524,6 +557,8 @@ struct Setup {
     cpu: Vec<f64>,
     softirq: Vec<f64>,
     gbps: Vec<f64>,
+    conns: Vec<f64>,
+    conn_failed: u64,
 }
 
 /// Every configuration is installed side by side first, each on a pair of
@@ -551,6 +586,8 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
                 cpu: Vec::new(),
                 softirq: Vec::new(),
                 gbps: Vec::new(),
+                conns: Vec::new(),
+                conn_failed: 0,
             });
         }
     }
@@ -565,12 +602,17 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
             s.cpu.push(c);
             s.softirq.push(si);
             s.gbps.push(iperf(&s.pair, cfg.iperf_secs));
+            let conns = connrate::measure(&s.pair.gen_ns.name, &s.pair.sink_ns.name, cfg.conn_secs);
+            s.conns.push(conns.per_sec);
+            s.conn_failed += conns.failed;
             eprintln!(
-                "e2e run {run}/{}: {} rules={}: {p:.0} pps, {:.1} Gbit/s",
+                "e2e run {run}/{}: {} rules={}: {p:.0} pps, {:.1} Gbit/s, {:.0} connections/s ({} failed)",
                 cfg.runs,
                 s.filter.name(),
                 s.rules,
-                s.gbps.last().copied().unwrap_or_default()
+                s.gbps.last().copied().unwrap_or_default(),
+                conns.per_sec,
+                conns.failed
             );
         }
     }
@@ -597,6 +639,8 @@ pub fn measure(cfg: &Config, sizes: &[usize]) -> Vec<Row> {
                 cpu_ns: Stat::of(&s.cpu),
                 softirq_ns: Stat::of(&s.softirq),
                 tcp_gbps: Stat::of(&s.gbps),
+                conn_per_sec: Stat::of(&s.conns),
+                conn_failed: s.conn_failed,
                 agent_rss_kib,
             }
         })

@@ -7,6 +7,7 @@
 //! (an XDP program that only passes, built from `bench/floor` and embedded
 //! here, never in the agent), a peer XDP program, nftables and iptables.
 
+mod connrate;
 mod e2e;
 mod etcd;
 mod floor;
@@ -40,19 +41,7 @@ fn main() {
             runs: 7,
         }
     };
-    let ecfg = if smoke {
-        e2e::Config {
-            flood_secs: 1,
-            iperf_secs: 1,
-            runs: 1,
-        }
-    } else {
-        e2e::Config {
-            flood_secs: 4,
-            iperf_secs: 4,
-            runs: 5,
-        }
-    };
+    let ecfg = e2e::Config::new(smoke);
     let sizes = [57, 9_997];
 
     eprintln!("==> 1. in-kernel cost");
@@ -107,7 +96,7 @@ fn main() {
         kernel,
         profiles,
         e2e: e2e_rows,
-        e2e_cfg: (ecfg.flood_secs, ecfg.iperf_secs, ecfg.runs),
+        e2e_cfg: (ecfg.flood_secs, ecfg.iperf_secs, ecfg.conn_secs, ecfg.runs),
         reload: reload_rows,
         memory,
         etcd,
@@ -135,13 +124,15 @@ fn print_parts(profiles: &[profile::Profile], e2e_rows: &[e2e::Row], reload_rows
     }
     for r in e2e_rows {
         println!(
-            "{} {} flood {} cpu {} softirq {} tcp {}",
+            "{} {} flood {} cpu {} softirq {} tcp {} connections/s {} ({} failed)",
             r.filter.name(),
             r.rules,
             r.flood_pps.show(0),
             r.cpu_ns.show(0),
             r.softirq_ns.show(0),
-            r.tcp_gbps.show(2)
+            r.tcp_gbps.show(2),
+            r.conn_per_sec.show(0),
+            r.conn_failed
         );
     }
     for r in reload_rows {

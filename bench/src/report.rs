@@ -8,7 +8,7 @@ pub struct All {
     pub kernel: kernel::Report,
     pub profiles: Vec<profile::Profile>,
     pub e2e: Vec<e2e::Row>,
-    pub e2e_cfg: (u64, u64, usize),
+    pub e2e_cfg: (u64, u64, f64, usize),
     pub reload: Vec<reload::Row>,
     pub memory: Vec<memory::Report>,
     pub etcd: Option<etcd::Results>,
@@ -223,29 +223,28 @@ pub fn render(all: &All) -> String {
     render_profiles(&mut out, all);
 
     // 2. End to end.
-    let (flood, iperf, runs) = all.e2e_cfg;
+    let (flood, iperf, conn_secs, runs) = all.e2e_cfg;
     let _ = writeln!(
         out,
         "\n## 2. End to end: two namespaces over a veth pair\n\n\
          A client namespace and an instance namespace joined by one veth pair; the same policy enforced several ways on the instance (sg-agent at each of its ingress hooks). \
          *Flood*: trafgen (netsniff-ng, one process) sends UDP to a port no rule allows for {flood} s; *absorbed* is the instance veth's rx_packets over that time; \
-         *CPU* is the whole machine's busy time (/proc/stat) per absorbed packet, generator included; *softirq* is the part of it spent in softirq context, which is where the receive path runs (veth's NAPI or backlog, XDP, TC, netfilter), tick-sampled. *TCP*: iperf3, one stream for {iperf} s to an allowed port. Every configuration is set up side by side on a namespace pair of its own, then each is measured in turn, {runs} rounds.\n\n\
+         *CPU* is the whole machine's busy time (/proc/stat) per absorbed packet, generator included; *softirq* is the part of it spent in softirq context, which is where the receive path runs (veth's NAPI or backlog, XDP, TC, netfilter), tick-sampled. *TCP*: iperf3, one stream for {iperf} s to an allowed port. \
+         *Connections*: short TCP connections for {conn_secs} s, each a connect, one 18-byte request, one 22-byte reply and the server's close (as an HTTP/1.0 server), from 64 client addresses to an allowed port, two client threads and two server threads in this process (each in its namespace): every connection is a new flow, so this is where connection tracking costs most (an insertion in sg-agent's table; a conntrack entry that stays in TIME_WAIT for 120 s under nftables and iptables); *failed* counts connections refused, cut short or not answered within 1 s, over every round. Every configuration is set up side by side on a namespace pair of its own, then each is measured in turn, {runs} rounds.\n\n\
          The nftables ruleset is what an administrator would write: `ct state established,related accept`, a per-instance chain, one `ip saddr . dport` interval set per protocol. \
          The iptables ruleset: conntrack match, one rule per source (Debian's `iptables`, nf_tables backend). The XDP_PASS rows attach a program that does nothing, to show what attaching any XDP program to a veth costs.\n"
     );
     let _ = writeln!(
         out,
-        "| filter | rules | flood absorbed (packets/s) | CPU ns/packet | of it softirq ns/packet | TCP Gbit/s | TCP vs no filter | agent RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| filter | rules | flood absorbed (packets/s) | CPU ns/packet | of it softirq ns/packet | TCP Gbit/s | TCP vs no filter | connections/s | vs no filter | failed | agent RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    let none = all
-        .e2e
-        .iter()
-        .find(|r| r.filter == e2e::Filter::None)
-        .map_or(f64::NAN, |r| r.tcp_gbps.median);
+    let no_filter = all.e2e.iter().find(|r| r.filter == e2e::Filter::None);
+    let none = no_filter.map_or(f64::NAN, |r| r.tcp_gbps.median);
+    let none_conns = no_filter.map_or(f64::NAN, |r| r.conn_per_sec.median);
     for r in &all.e2e {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.0}% | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0}% | {} | {:.0}% | {} | {} |",
             r.filter.name(),
             if r.filter.enforces_policy() {
                 r.rules.to_string()
@@ -257,6 +256,9 @@ pub fn render(all: &All) -> String {
             r.softirq_ns.show(0),
             r.tcp_gbps.show(2),
             r.tcp_gbps.median / none * 100.0,
+            r.conn_per_sec.show(0),
+            r.conn_per_sec.median / none_conns * 100.0,
+            r.conn_failed,
             r.agent_rss_kib
                 .map_or_else(String::new, |k| format!("{:.1} MiB", mib(k * 1024))),
         );
@@ -265,7 +267,7 @@ pub fn render(all: &All) -> String {
         all.e2e
             .iter()
             .find(|r| r.filter == f && (r.rules > 5_000) == big)
-            .map(|r| (r.flood_pps.median, r.tcp_gbps.median))
+            .map(|r| (r.flood_pps.median, r.tcp_gbps.median, r.conn_per_sec.median))
     };
     let _ = writeln!(out, "\n| target | measured | |\n|---|---|---|");
     let sg_agents = [
@@ -291,6 +293,26 @@ pub fn render(all: &All) -> String {
                     verdict(ratio >= factor)
                 );
             }
+        }
+    }
+    if let Some(nft) = at(e2e::Filter::Nftables, true) {
+        for f in sg_agents {
+            let Some(sg) = at(f, true) else { continue };
+            let ratio = sg.2 / nft.2;
+            let _ = writeln!(
+                out,
+                "| {}: connections/s at 10,000 rules >= 1.5x nftables | {ratio:.2}x | {} |",
+                f.name(),
+                verdict(ratio >= 1.5)
+            );
+            let share = sg.2 / none_conns;
+            let _ = writeln!(
+                out,
+                "| {}: connections/s at 10,000 rules within 10% of no filter | {:.0}% | {} |",
+                f.name(),
+                share * 100.0,
+                verdict(share >= 0.9)
+            );
         }
     }
     for big in [false, true] {
