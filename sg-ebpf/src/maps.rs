@@ -107,8 +107,17 @@ impl PolicyMaps for KernelPolicy {
                 .get(Key::new(ADDR_TAG_BITS, AddrKeyV4 { tag, addr: 0 }))
                 .copied()
         } else {
+            // A constant [0; 4] would be a 16-byte memset, which the BPF
+            // backend emits as a call to a byte loop.
+            let z = core::hint::black_box(0u32);
             ADDR_V6
-                .get(Key::new(ADDR_TAG_BITS, AddrKeyV6 { tag, addr: [0; 4] }))
+                .get(Key::new(
+                    ADDR_TAG_BITS,
+                    AddrKeyV6 {
+                        tag,
+                        addr: [z, z, z, z],
+                    },
+                ))
                 .copied()
         }
     }
