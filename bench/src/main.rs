@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
-//! `--only kernel|profile|e2e|reload|memory|etcd|many` runs one part and prints it.
+//! `--only kernel|profile|e2e|reload|memory|etcd|many` runs one part and
+//! prints it (BENCHMARKS.md is written only by a run of every part).
 //!
 //! A benchmark, never a test: it asserts that each measurement took the
 //! path it claims, never a timing. sg-agent is measured against its floor
@@ -104,6 +105,12 @@ fn main() {
         smoke,
     };
     let text = report::render(&all);
+    if only.is_some() {
+        // One part (or a profile's single cell): printed, never written
+        // over the whole run's report.
+        println!("{text}");
+        return;
+    }
     let path = if smoke {
         "target/BENCHMARKS.smoke.md"
     } else {

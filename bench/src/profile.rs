@@ -19,7 +19,7 @@ pub const GROUPS: [&str; 7] = [
     "BPF_PROG_TEST_RUN's loop (the XDP_PASS floor)",
     "hash tables: hashing, bucket walk, key compare",
     "LPM trie lookups",
-    "connection-table insertion: free list, bucket lock",
+    "connection-table insertion: element allocation and freeing, bucket lock",
     "clock (bpf_jiffies64 is inlined by the verifier: counted in the program)",
     "other kernel code",
 ];
@@ -35,6 +35,12 @@ fn group_of(symbol: &str) -> usize {
     } else if symbol == "htab_lru_map_update_elem"
         || symbol == "htab_map_update_elem"
         || symbol == "alloc_htab_elem"
+        || symbol == "free_htab_elem"
+        || symbol == "htab_elem_free"
+        || symbol == "check_and_free_fields"
+        || symbol.starts_with("unit_alloc")
+        || symbol.starts_with("unit_free")
+        || symbol.starts_with("bpf_mem_")
         || symbol.starts_with("pcpu_freelist")
         || symbol.starts_with("__pcpu_freelist")
         || symbol.starts_with("bpf_lru_")
