@@ -29,12 +29,12 @@ pub const SOURCES: u8 = 64;
 const FIRST_SOURCE: u8 = 64;
 const PORT: u16 = 80;
 /// Client threads (the machine has two cores; the server has two more).
-const CLIENTS: usize = 2;
-const SERVERS: usize = 2;
+pub const CLIENTS: usize = 2;
+pub const SERVERS: usize = 2;
 /// Bound on connections per client thread per round, whatever the rate.
 const MAX_PER_CLIENT: u64 = 2_000_000;
-const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
-const REPLY: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nok\n";
+pub const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+pub const REPLY: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nok\n";
 
 pub fn source(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, FIRST_SOURCE + i % SOURCES)

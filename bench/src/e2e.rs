@@ -77,6 +77,7 @@ enum Installed {
     Floor(aya::Ebpf),
 }
 
+#[derive(Clone, Copy)]
 pub struct Config {
     pub flood_secs: u64,
     pub iperf_secs: u64,
@@ -555,7 +556,7 @@ fn install(
 
 /// This machine's conntrack table size (the nftables and iptables rows'
 /// connection allowance).
-pub fn nf_conntrack_max() -> u32 {
+fn nf_conntrack_max() -> u32 {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
         .expect("nf_conntrack_max: conntrack built in or its module loaded")
         .trim()

@@ -97,7 +97,7 @@ fn main() {
         kernel,
         profiles,
         e2e: e2e_rows,
-        e2e_cfg: (ecfg.flood_secs, ecfg.iperf_secs, ecfg.conn_secs, ecfg.runs),
+        e2e_cfg: ecfg,
         reload: reload_rows,
         memory,
         etcd,

@@ -298,8 +298,9 @@ fn track(
     }
     // Through a DynamoDB gateway endpoint a connection takes two entries of
     // the allowance, as on AWS: the second is the same key with
-    // SECOND_ENTRY in its kind, which no packet's key has; the agent reclaims it with the
-    // first. Without room for it, the connection is refused as a whole.
+    // SECOND_ENTRY in its kind, which no packet's key has; the agent
+    // reclaims it with the first. Without room for it, the connection is
+    // refused as a whole.
     if remote.flags & policy::CLASS_TWO_ENTRIES != 0 {
         key.kind |= conntrack::SECOND_ENTRY;
         let second = CONNS.insert(&*key, entry, 0);
