@@ -123,6 +123,25 @@ pub fn start_agent_with(lab: &SeedLab, args: &[&str]) -> AgentProcess {
     agent
 }
 
+/// [`start_agent_with`] writing flow logs to `flow_log` every
+/// `interval_s` seconds, with `extra` options.
+pub fn start_agent_logging_flows(
+    lab: &SeedLab,
+    flow_log: &std::path::Path,
+    interval_s: u64,
+    extra: &[&str],
+) -> AgentProcess {
+    let interval = interval_s.to_string();
+    let mut args = vec![
+        "--flow-log",
+        flow_log.to_str().expect("utf-8"),
+        "--flow-log-interval",
+        &interval,
+    ];
+    args.extend_from_slice(extra);
+    start_agent_with(lab, &args)
+}
+
 /// The seed's experiment: the ALB's inbound rule removed and put back.
 pub fn seed_without_alb_ingress() -> String {
     let start = SEED

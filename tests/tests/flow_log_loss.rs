@@ -11,7 +11,7 @@ use std::{
 
 use sg_tests::{
     probe::{Outcome, eventually},
-    seed::{APP, BASTION, OUTSIDER, SEED, SeedLab, start_agent_with},
+    seed::{APP, BASTION, OUTSIDER, SEED, SeedLab, start_agent_logging_flows},
 };
 
 /// The flow log's lines after the header, split into fields.
@@ -42,15 +42,7 @@ fn without_app_1(rules: &str) -> String {
 fn the_open_interval_is_written_when_an_instance_goes_and_when_the_agent_stops() {
     let lab = SeedLab::new("sgq", SEED, &[]);
     let flow_log = lab.config.parent().expect("dir").join("flows.log");
-    let agent = start_agent_with(
-        &lab,
-        &[
-            "--flow-log",
-            flow_log.to_str().expect("utf-8"),
-            "--flow-log-interval",
-            "600",
-        ],
-    );
+    let agent = start_agent_logging_flows(&lab, &flow_log, 600, &[]);
     assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), Outcome::TimedOut);
     let mark = agent.log_lines();
     lab.rewrite(&without_app_1(SEED));
@@ -126,15 +118,7 @@ fn a_full_disk_tears_no_record_and_the_loss_is_counted_and_marked() {
     let lab = SeedLab::new("sgd", SEED, &[]);
     let disk = Tmpfs::new(lab.config.parent().expect("dir").join("small"), "256k");
     let flow_log = disk.0.join("flows.log");
-    let agent = start_agent_with(
-        &lab,
-        &[
-            "--flow-log",
-            flow_log.to_str().expect("utf-8"),
-            "--flow-log-interval",
-            "10",
-        ],
-    );
+    let agent = start_agent_logging_flows(&lab, &flow_log, 10, &[]);
     let filler = disk.0.join("filler");
     fill(&filler);
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use sg_tests::{
     agent::binary,
     probe::Outcome::{Connected, TimedOut},
-    seed::{ALB, APP, OUTSIDER, RDS, SEED, SeedLab, start_agent_with},
+    seed::{ALB, APP, OUTSIDER, RDS, SEED, SeedLab, start_agent_logging_flows},
 };
 
 /// The flow-log interval the test runs with (the shortest allowed).
@@ -132,18 +132,11 @@ fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
     let dir = lab.config.parent().expect("lab dir").to_owned();
     let flow_log = dir.join("flows.log");
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let interval = INTERVAL.to_string();
-    let agent = start_agent_with(
+    let agent = start_agent_logging_flows(
         &lab,
-        &[
-            "--flow-log",
-            flow_log.to_str().expect("utf-8"),
-            "--flow-log-interval",
-            &interval,
-            "--metrics-listen",
-            &metrics.to_string(),
-            "--ebpf-log",
-        ],
+        &flow_log,
+        INTERVAL,
+        &["--metrics-listen", &metrics.to_string(), "--ebpf-log"],
     );
     let socket = agent.control_socket.clone();
     let socket_arg = socket.to_str().expect("utf-8").to_owned();

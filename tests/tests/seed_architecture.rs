@@ -12,7 +12,8 @@ use sg_tests::{
     probe::{Outcome, echo, eventually, ping, tcp, tcp_open, udp},
     seed::{
         ADMIN, ALB, ALB6, APP, BASTION, OUTSIDER, OUTSIDER6, RDS, RELOAD, SEED, START, SeedLab, at,
-        ip, seed_without_alb_ingress, seed_without_bastion_ingress, start_agent, start_agent_with,
+        ip, seed_without_alb_ingress, seed_without_bastion_ingress, start_agent,
+        start_agent_logging_flows, start_agent_with,
     },
 };
 
@@ -295,15 +296,7 @@ fn a_connection_through_a_load_balancer_outlives_its_rule() {
         &[("nlb", &[NLB], &[], &[])],
     );
     let flow_log = lab.config.with_file_name("flows.log");
-    let agent = start_agent_with(
-        &lab,
-        &[
-            "--flow-log",
-            flow_log.to_str().expect("utf-8"),
-            "--flow-log-interval",
-            "10",
-        ],
-    );
+    let agent = start_agent_logging_flows(&lab, &flow_log, 10, &[]);
     let mut follower =
         agent.follow_flows(&["--instance", "alb", "--count", "40", "--format", "json"]);
     let mut through_nlb =
