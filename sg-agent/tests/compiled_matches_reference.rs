@@ -23,8 +23,35 @@ use sg_agent::{
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
-    policy::{allowing_class, aws_service, classify, own_address, untracked},
+    policy::{
+        AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue, allowing_class,
+        aws_service, classify, own_address, untracked,
+    },
 };
+
+/// The same maps without their shortcuts (the own addresses and whole-space
+/// entries each generation's array slot repeats): every lookup goes to the
+/// tries, as for a generation whose slot is not valid or lists too little.
+/// Both must agree with the reference.
+struct TriesOnly<'a>(&'a SoftMaps);
+
+impl PolicyMaps for TriesOnly<'_> {
+    fn addr_v4(&self, key: &AddrKeyV4) -> Option<AddrValue> {
+        self.0.addr_v4(key)
+    }
+    fn addr_v6(&self, key: &AddrKeyV6) -> Option<AddrValue> {
+        self.0.addr_v6(key)
+    }
+    fn whole_space(&self, family: u8, tag: [u8; 4]) -> Option<AddrValue> {
+        self.0.whole_space(family, tag)
+    }
+    fn port_exact(&self, key: &PortKey) -> Option<PortValue> {
+        self.0.port_exact(key)
+    }
+    fn ports(&self, key: &PortKey) -> Option<PortValue> {
+        self.0.ports(key)
+    }
+}
 
 /// A small address universe so that random prefixes and packets meet.
 fn v4(i: u8) -> Ipv4Addr {
@@ -47,6 +74,15 @@ fn addr() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         3 => (0u8..32).prop_map(|i| IpAddr::V4(v4(i))),
         1 => (0u8..16).prop_map(|i| IpAddr::V6(v6(i))),
+    ]
+}
+
+/// An instance's addresses: one or two, and now and then more than the
+/// shortcuts list (8 IPv4, 4 IPv6), so those are checked in the tries.
+fn instance_addresses() -> impl Strategy<Value = Vec<IpAddr>> {
+    prop_oneof![
+        3 => prop::collection::vec(addr(), 1..3),
+        1 => prop::collection::vec(addr(), 5..12),
     ]
 }
 
@@ -170,7 +206,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
         );
         let instances = prop::collection::vec(
             (
-                prop::collection::vec(addr(), 1..3),
+                instance_addresses(),
                 prop::collection::btree_set(0..n_groups, 1..=n_groups),
             ),
             1..4,
@@ -385,6 +421,7 @@ proptest! {
                     let want = evaluate(&vpc, inst, direction, p, false).passes();
                     let own = own_address(&maps, generation, direction.code(), &flow);
                     prop_assert_eq!(own, reference::source_dest_ok(inst, direction, p), "source/destination check: instance {} {:?} packet {:?}", inst.name, direction, p);
+                    prop_assert_eq!(own_address(&TriesOnly(&maps), generation, direction.code(), &flow), own, "source/destination check from the tries: instance {} {:?} packet {:?}", inst.name, direction, p);
                     let service = aws_service(&maps, generation, direction.code(), &flow) != sg_common::policy::EXEMPT_NONE;
                     prop_assert_eq!(service, reference::aws_service(&vpc, direction, p).is_some(), "AWS service? instance {} {:?} packet {:?}", inst.name, direction, p);
                     let got = own && (service || classify(&maps, generation, direction.code(), &flow));
@@ -394,6 +431,8 @@ proptest! {
                         let want = reference::untracked(&vpc, inst, direction, p);
                         let got = untracked(&maps, generation, direction.code(), &flow, remote);
                         prop_assert_eq!(got, want, "untracked? instance {} {:?} packet {:?}", inst.name, direction, p);
+                        let got = untracked(&TriesOnly(&maps), generation, direction.code(), &flow, remote);
+                        prop_assert_eq!(got, want, "untracked from the tries? instance {} {:?} packet {:?}", inst.name, direction, p);
                     }
                 }
             }

@@ -6,6 +6,10 @@
 
 /// Array with one [`crate::policy::Settings`] at index 0.
 pub const SETTINGS: &str = "SG_SETTINGS";
+/// Array of two [`crate::policy::Shortcuts`], one per policy generation:
+/// what that generation's address tries say of the instance's own
+/// addresses and of the whole address space, for the new-flow path.
+pub const SHORTCUTS: &str = "SG_SHORTCUTS";
 /// LPM trie: [`crate::policy::AddrKeyV4`] -> [`crate::policy::AddrValue`].
 pub const ADDR_V4: &str = "SG_ADDR_V4";
 /// LPM trie: [`crate::policy::AddrKeyV6`] -> [`crate::policy::AddrValue`].
@@ -64,7 +68,7 @@ pub const EVENTS_PER_CPU_GLOBAL: &str = "SG_EVENTS_PER_CPU";
 /// The maps that hold the policy: always refilled from the rules file, so
 /// one pinned with another layout is replaced at no loss (all together:
 /// the settings say which generation the others hold).
-pub const POLICY: [&str; 5] = [SETTINGS, ADDR_V4, ADDR_V6, PORTS, PORT_EXACT];
+pub const POLICY: [&str; 6] = [SETTINGS, SHORTCUTS, ADDR_V4, ADDR_V6, PORTS, PORT_EXACT];
 
 /// What is lost when a pinned map of this name is replaced rather than
 /// adopted (another layout, or an earlier version's name).
@@ -155,11 +159,11 @@ const fn lpm<T>() -> u32 {
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
 /// and the event ring belong to one process and are not pinned.
-pub const PINNED: [Layout; 10] = {
+pub const PINNED: [Layout; 11] = {
     use crate::{
         conntrack::{CtEntry, CtKey, FragEntry, FragKey},
         guard::MacEntry,
-        policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings},
+        policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings, Shortcuts},
     };
     const fn l(name: &'static str, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
         Layout {
@@ -171,6 +175,7 @@ pub const PINNED: [Layout; 10] = {
     }
     [
         l(SETTINGS, 4, size::<Settings>(), 1),
+        l(SHORTCUTS, 4, size::<Shortcuts>(), 2),
         l(
             ADDR_V4,
             lpm::<AddrKeyV4>(),

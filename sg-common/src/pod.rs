@@ -13,6 +13,7 @@ macro_rules! pod {
 
 pod!(
     policy::Settings,
+    policy::Shortcuts,
     policy::AddrKeyV4,
     policy::AddrKeyV6,
     policy::AddrValue,

@@ -92,6 +92,106 @@ pub struct Settings {
 }
 const _: () = assert!(size_of::<Settings>() == 88);
 
+/// How many of the instance's own prefixes per family [`Shortcuts`] lists:
+/// an instance with more (secondary addresses, delegated prefixes) has
+/// them looked up in the address trie, as before.
+pub const SHORTCUT_OWN_V4: usize = 8;
+pub const SHORTCUT_OWN_V6: usize = 4;
+/// [`Shortcuts::flags`]: the agent wrote this generation's shortcuts; without
+/// it (a map created empty, an agent that predates them) everything is
+/// looked up in the tries.
+pub const SHORTCUTS_VALID: u32 = 1;
+/// [`Shortcuts::flags`]: `own_v4` lists every IPv4 prefix of the instance
+/// (`own_v6` every IPv6 one): the check needs no trie lookup.
+pub const SHORTCUTS_OWN_V4_LISTED: u32 = 1 << 1;
+pub const SHORTCUTS_OWN_V6_LISTED: u32 = 1 << 2;
+
+/// One of the instance's own IPv4 prefixes: network and mask, both in
+/// network byte order (so `addr & mask == net` compares as the packet
+/// holds the address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnV4 {
+    pub net: u32,
+    pub mask: u32,
+}
+
+/// One of the instance's own IPv6 prefixes, as [`OwnV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnV6 {
+    pub net: Addr,
+    pub mask: Addr,
+}
+
+/// What one generation's address tries say of the instance's own
+/// addresses (the source/destination check) and of the whole address
+/// space (untracked flows), in one array slot per generation: a new flow
+/// reads them with one array lookup instead of up to three trie lookups
+/// (each a walk down an LPM trie). Derived by the agent from the very
+/// entries it writes to the tries for that generation, and written before
+/// the flip to it; the tries stay authoritative, and anything the slot
+/// does not hold is looked up there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shortcuts {
+    /// `SHORTCUTS_*` bits.
+    pub flags: u32,
+    /// Entries of `own_v4` (`own_v6`) in use.
+    pub own_v4_len: u32,
+    pub own_v6_len: u32,
+    /// Bit [`whole_index`]: `whole` holds that direction's and family's
+    /// whole-address-space entry (a /0); clear: the trie has none.
+    pub whole_present: u32,
+    pub whole: [AddrValue; 4],
+    pub own_v4: [OwnV4; SHORTCUT_OWN_V4],
+    pub own_v6: [OwnV6; SHORTCUT_OWN_V6],
+}
+const _: () = assert!(size_of::<Shortcuts>() == 240);
+
+/// The slot of [`Shortcuts::whole`] for a direction (ingress or egress)
+/// and family.
+#[inline(always)]
+pub fn whole_index(direction: u8, family: u8) -> usize {
+    usize::from(direction & 1) * 2 + usize::from(family != FAMILY_V4)
+}
+
+impl Shortcuts {
+    /// Whether `addr` (network byte order) is in one of the listed IPv4
+    /// prefixes; `None` when they are not all listed.
+    #[inline(always)]
+    pub fn own_v4(&self, addr: u32) -> Option<bool> {
+        if self.flags & SHORTCUTS_OWN_V4_LISTED == 0 {
+            return None;
+        }
+        let listed = self.own_v4.iter().take(self.own_v4_len as usize);
+        Some(listed.into_iter().any(|own| addr & own.mask == own.net))
+    }
+
+    /// As [`Shortcuts::own_v4`], IPv6.
+    #[inline(always)]
+    pub fn own_v6(&self, addr: &Addr) -> Option<bool> {
+        if self.flags & SHORTCUTS_OWN_V6_LISTED == 0 {
+            return None;
+        }
+        let listed = self.own_v6.iter().take(self.own_v6_len as usize);
+        Some(listed.into_iter().any(|own| {
+            addr[0] & own.mask[0] == own.net[0]
+                && addr[1] & own.mask[1] == own.net[1]
+                && addr[2] & own.mask[2] == own.net[2]
+                && addr[3] & own.mask[3] == own.net[3]
+        }))
+    }
+
+    /// The whole-address-space entry of a direction and family, as the
+    /// trie holds it (`None`: it holds none).
+    #[inline(always)]
+    pub fn whole(&self, direction: u8, family: u8) -> Option<AddrValue> {
+        let i = whole_index(direction, family);
+        (self.whole_present & (1 << i) != 0).then(|| self.whole[i])
+    }
+}
+
 /// Tag bytes of an address key.
 #[inline(always)]
 pub fn addr_tag(generation: u8, direction: u8) -> [u8; 4] {
@@ -256,6 +356,34 @@ pub trait PolicyMaps {
     fn port_exact(&self, key: &PortKey) -> Option<PortValue>;
     /// Longest match for a full-length port key in the port trie.
     fn ports(&self, key: &PortKey) -> Option<PortValue>;
+    /// The [`Shortcuts`] of `generation`, where the store keeps them
+    /// (valid or not: [`shortcuts`] checks). Without them everything is
+    /// looked up in the tries.
+    fn shortcuts(&self, _generation: u8) -> Option<&Shortcuts> {
+        None
+    }
+}
+
+/// The valid [`Shortcuts`] of `generation`, if any.
+#[inline(always)]
+pub fn shortcuts<M: PolicyMaps>(maps: &M, generation: u8) -> Option<&Shortcuts> {
+    maps.shortcuts(generation)
+        .filter(|s| s.flags & SHORTCUTS_VALID != 0)
+}
+
+/// The whole-address-space entry of `direction` (ingress or egress) and
+/// `family` in `generation`: from the shortcuts when valid, else the trie.
+#[inline(always)]
+pub fn whole_space<M: PolicyMaps>(
+    maps: &M,
+    generation: u8,
+    direction: u8,
+    family: u8,
+) -> Option<AddrValue> {
+    match shortcuts(maps, generation) {
+        Some(s) => s.whole(direction, family),
+        None => maps.whole_space(family, addr_tag(generation, direction)),
+    }
 }
 
 /// Whether the rules of `direction` in `generation` allow `flow`.
@@ -374,6 +502,9 @@ pub fn own_address<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
 /// addresses (every address, without the source/destination check).
 #[inline(always)]
 pub fn own_v4<M: PolicyMaps>(maps: &M, generation: u8, addr: u32) -> bool {
+    if let Some(own) = shortcuts(maps, generation).and_then(|s| s.own_v4(addr)) {
+        return own;
+    }
     maps.addr_v4(&AddrKeyV4 {
         tag: addr_tag(generation, OWN),
         addr,
@@ -384,6 +515,9 @@ pub fn own_v4<M: PolicyMaps>(maps: &M, generation: u8, addr: u32) -> bool {
 /// Whether `addr` is one of the instance's IPv6 addresses.
 #[inline(always)]
 pub fn own_v6<M: PolicyMaps>(maps: &M, generation: u8, addr: &Addr) -> bool {
+    if let Some(own) = shortcuts(maps, generation).and_then(|s| s.own_v6(addr)) {
+        return own;
+    }
     maps.addr_v6(&AddrKeyV6 {
         tag: addr_tag(generation, OWN),
         addr: *addr,
@@ -503,7 +637,7 @@ pub fn untracked<M: PolicyMaps>(
         return false;
     }
     // A flow of this direction, allowed by a whole-space rule.
-    if let Some(whole) = maps.whole_space(flow.family, addr_tag(generation, direction))
+    if let Some(whole) = whole_space(maps, generation, direction, flow.family)
         && whole.flags & open_bit != 0
         && class_allows(maps, whole, flow.proto, flow.dport, false)
     {
@@ -512,7 +646,7 @@ pub fn untracked<M: PolicyMaps>(
     // The answer of such a flow of the other direction: reversed, its
     // destination port is this packet's source port.
     let other = direction ^ 1;
-    if let Some(whole) = maps.whole_space(flow.family, addr_tag(generation, other))
+    if let Some(whole) = whole_space(maps, generation, other, flow.family)
         && whole.flags & open_bit != 0
         && class_allows(maps, whole, flow.proto, flow.sport, false)
     {

@@ -15,12 +15,16 @@ use sg_common::{
     maps as m,
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PORT_PROTO_BITS, PolicyMaps, PortKey,
-        PortValue, Settings,
+        PortValue, Settings, Shortcuts,
     },
 };
 
 #[map(name = "SG_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Per policy generation (index 0 or 1): see `Shortcuts`.
+#[map(name = "SG_SHORTCUTS")]
+pub static SHORTCUTS: Array<Shortcuts> = Array::with_max_entries(2, 0);
 
 #[map(name = "SG_ADDR_V4")]
 pub static ADDR_V4: LpmTrie<AddrKeyV4, AddrValue> =
@@ -129,6 +133,10 @@ impl PolicyMaps for KernelPolicy {
     #[inline(always)]
     fn ports(&self, key: &PortKey) -> Option<PortValue> {
         PORTS.get(Key::new(PORT_PROTO_BITS + 16, *key)).copied()
+    }
+    #[inline(always)]
+    fn shortcuts(&self, generation: u8) -> Option<&Shortcuts> {
+        SHORTCUTS.get(u32::from(generation))
     }
 }
 

@@ -264,6 +264,11 @@ impl Dataplane {
         };
         let mut encoder = encoder;
         encoder.set_port_exact_capacity(port_exact_capacity);
+        // The slot of the generation in force may predate its entries (an
+        // agent without shortcuts flipped since): written again from them.
+        if let Some((generation, shortcuts)) = encoder.in_force_shortcuts() {
+            policy_maps::write_shortcuts(&mut ebpf, generation, &shortcuts)?;
+        }
         let mut dp = Self {
             ebpf,
             events,

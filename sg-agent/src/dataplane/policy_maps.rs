@@ -9,7 +9,7 @@ use aya::{
 };
 use sg_common::{
     maps as m,
-    policy::{PortValue, Settings},
+    policy::{PortValue, Settings, Shortcuts},
 };
 
 use super::{DataplaneError, error::map_err};
@@ -48,6 +48,14 @@ impl PolicyStore for KernelPolicyMaps<'_> {
         self.each(entries, Op::Delete)
     }
 
+    fn set_shortcuts(
+        &mut self,
+        generation: u8,
+        shortcuts: &Shortcuts,
+    ) -> Result<(), DataplaneError> {
+        write_shortcuts(self.ebpf, generation, shortcuts)
+    }
+
     fn set_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
         let mut array: Array<&mut MapData, Settings> =
             Array::try_from(policy_map(self.ebpf, m::SETTINGS)).map_err(map_err(m::SETTINGS))?;
@@ -57,6 +65,19 @@ impl PolicyStore for KernelPolicyMaps<'_> {
     fn grace(&mut self) {
         std::thread::sleep(GRACE);
     }
+}
+
+/// Writes one generation's slot of the shortcuts array.
+pub(super) fn write_shortcuts(
+    ebpf: &mut Ebpf,
+    generation: u8,
+    shortcuts: &Shortcuts,
+) -> Result<(), DataplaneError> {
+    let mut array: Array<&mut MapData, Shortcuts> =
+        Array::try_from(policy_map(ebpf, m::SHORTCUTS)).map_err(map_err(m::SHORTCUTS))?;
+    array
+        .set(u32::from(generation), *shortcuts, 0)
+        .map_err(map_err(m::SHORTCUTS))
 }
 
 #[derive(Clone, Copy)]

@@ -18,11 +18,13 @@ use std::collections::{BTreeSet, HashMap};
 use ipnet::{Ipv4Net, Ipv6Net};
 use sg_common::{
     flow::addr_from_octets,
+    flow::{FAMILY_V4, FAMILY_V6},
     maps as m,
     policy::{
-        ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, PORT_CLASS_BITS,
-        PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue, Settings, addr_tag,
-        class_trie_bit,
+        ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, EGRESS, INGRESS, OWN,
+        OwnV4, OwnV6, PORT_CLASS_BITS, PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue,
+        SHORTCUT_OWN_V4, SHORTCUT_OWN_V6, SHORTCUTS_OWN_V4_LISTED, SHORTCUTS_OWN_V6_LISTED,
+        SHORTCUTS_VALID, Settings, Shortcuts, addr_tag, class_trie_bit, whole_index,
     },
 };
 
@@ -147,6 +149,84 @@ fn v6_entry(
     (ADDR_TAG_BITS + u32::from(e.net.prefix_len()), key, value)
 }
 
+/// The [`Shortcuts`] of generation `generation`, derived from the address
+/// entries written for it (those of other generations are skipped): the
+/// instance's own prefixes, listed when they fit, and the whole-space
+/// entries of both directions and families.
+pub fn shortcuts_of(generation: u8, entries: &KernelEntries) -> Shortcuts {
+    let mut s = Shortcuts {
+        flags: SHORTCUTS_VALID | SHORTCUTS_OWN_V4_LISTED | SHORTCUTS_OWN_V6_LISTED,
+        ..Shortcuts::default()
+    };
+    let mut whole = |direction: u8, family: u8, value: AddrValue| {
+        if direction == INGRESS || direction == EGRESS {
+            let i = whole_index(direction, family);
+            s.whole[i] = value;
+            s.whole_present |= 1 << i;
+        }
+    };
+    for &(len, key, value) in &entries.v4 {
+        let bits = len.saturating_sub(ADDR_TAG_BITS);
+        if key.tag[0] == generation && bits == 0 {
+            whole(key.tag[1], FAMILY_V4, value);
+        }
+    }
+    for &(len, key, value) in &entries.v6 {
+        let bits = len.saturating_sub(ADDR_TAG_BITS);
+        if key.tag[0] == generation && bits == 0 {
+            whole(key.tag[1], FAMILY_V6, value);
+        }
+    }
+    let own = |(len, tag): (u32, [u8; 4])| {
+        (tag == addr_tag(generation, OWN)).then(|| len.saturating_sub(ADDR_TAG_BITS))
+    };
+    let v4: Vec<OwnV4> = entries
+        .v4
+        .iter()
+        .filter_map(|&(len, key, _)| {
+            let mask = mask_word(own((len, key.tag))?);
+            Some(OwnV4 {
+                net: key.addr & mask,
+                mask,
+            })
+        })
+        .collect();
+    if v4.len() <= SHORTCUT_OWN_V4 {
+        s.own_v4[..v4.len()].copy_from_slice(&v4);
+        s.own_v4_len = u32::try_from(v4.len()).expect("a few");
+    } else {
+        s.flags &= !SHORTCUTS_OWN_V4_LISTED;
+    }
+    let v6: Vec<OwnV6> = entries
+        .v6
+        .iter()
+        .filter_map(|&(len, key, _)| {
+            let bits = own((len, key.tag))?;
+            let mut mask = [0u32; 4];
+            for (word, start) in mask.iter_mut().zip([0, 32, 64, 96]) {
+                *word = mask_word(bits.saturating_sub(start).min(32));
+            }
+            Some(OwnV6 {
+                net: std::array::from_fn(|i| key.addr[i] & mask[i]),
+                mask,
+            })
+        })
+        .collect();
+    if v6.len() <= SHORTCUT_OWN_V6 {
+        s.own_v6[..v6.len()].copy_from_slice(&v6);
+        s.own_v6_len = u32::try_from(v6.len()).expect("a few");
+    } else {
+        s.flags &= !SHORTCUTS_OWN_V6_LISTED;
+    }
+    s
+}
+
+/// The mask of a word's first `bits` (0-32) bits, as a word of an address
+/// in network byte order.
+fn mask_word(bits: u32) -> u32 {
+    u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0).to_be()
+}
+
 pub use super::compile::{TooLarge, entry_counts};
 
 /// The changes of one swap, in the order they must be applied:
@@ -162,6 +242,8 @@ pub struct Swap {
     pub generation: u8,
     pub clear: KernelEntries,
     pub fill: KernelEntries,
+    /// The new generation's shortcuts, written before the flip.
+    pub shortcuts: Shortcuts,
     pub settings: Settings,
     pub retire: KernelEntries,
 }
@@ -351,6 +433,7 @@ impl PolicyEncoder {
                 .collect(),
             ..KernelEntries::default()
         };
+        let shortcuts = shortcuts_of(next, &addresses);
         fill.extend(addresses.clone());
         self.addresses[usize::from(next)] = addresses;
 
@@ -363,6 +446,7 @@ impl PolicyEncoder {
             generation: next,
             clear,
             fill,
+            shortcuts,
             settings: Settings {
                 generation: u32::from(next),
                 ready: sg_common::policy::READY
@@ -371,6 +455,13 @@ impl PolicyEncoder {
             },
             retire,
         }))
+    }
+
+    /// The shortcuts of the generation in force (adopted maps: derived
+    /// from the entries found, since the slot may predate them).
+    pub fn in_force_shortcuts(&self) -> Option<(u8, Shortcuts)> {
+        let g = self.generation?;
+        Some((g, shortcuts_of(g, &self.addresses[usize::from(g)])))
     }
 
     /// The swap's settings are written: its generation is in force.
@@ -455,6 +546,8 @@ pub trait PolicyStore {
     fn insert(&mut self, entries: &KernelEntries) -> Result<(), Self::Error>;
     /// Deletes every entry; one already absent is fine.
     fn delete(&mut self, entries: &KernelEntries) -> Result<(), Self::Error>;
+    /// Writes one generation's shortcuts (before the flip to it).
+    fn set_shortcuts(&mut self, generation: u8, shortcuts: &Shortcuts) -> Result<(), Self::Error>;
     /// Writes the settings: the flip.
     fn set_settings(&mut self, settings: Settings) -> Result<(), Self::Error>;
     /// Waits until no packet can still be judged by the old generation.
@@ -500,6 +593,7 @@ where
     };
     store.delete(&swap.clear)?;
     store.insert(&swap.fill)?;
+    store.set_shortcuts(swap.generation, &swap.shortcuts)?;
     store.set_settings(swap.settings)?;
     // Flipped: from here on every packet is judged by `swap.generation`.
     encoder.flipped(&swap);
@@ -523,6 +617,124 @@ mod tests {
     use sg_common::policy::class_trie_bit;
 
     use super::*;
+
+    fn own_v4(generation: u8, net: &str) -> (u32, AddrKeyV4, AddrValue) {
+        let net: Ipv4Net = net.parse().unwrap();
+        let key = AddrKeyV4 {
+            tag: addr_tag(generation, OWN),
+            addr: u32::from_ne_bytes(net.addr().octets()),
+        };
+        (
+            ADDR_TAG_BITS + u32::from(net.prefix_len()),
+            key,
+            AddrValue::default(),
+        )
+    }
+
+    fn own_v6(generation: u8, net: &str) -> (u32, AddrKeyV6, AddrValue) {
+        let net: Ipv6Net = net.parse().unwrap();
+        let key = AddrKeyV6 {
+            tag: addr_tag(generation, OWN),
+            addr: addr_from_octets(&net.addr().octets()),
+        };
+        (
+            ADDR_TAG_BITS + u32::from(net.prefix_len()),
+            key,
+            AddrValue::default(),
+        )
+    }
+
+    fn v4(a: &str) -> u32 {
+        u32::from_ne_bytes(a.parse::<std::net::Ipv4Addr>().unwrap().octets())
+    }
+
+    fn v6(a: &str) -> [u32; 4] {
+        addr_from_octets(&a.parse::<std::net::Ipv6Addr>().unwrap().octets())
+    }
+
+    #[test]
+    fn shortcuts_list_the_generations_own_prefixes_and_whole_space_entries() {
+        let whole = AddrValue {
+            class: 7,
+            flags: sg_common::policy::CLASS_REVERSE_OPEN_TCP,
+        };
+        let entries = KernelEntries {
+            v4: vec![
+                own_v4(1, "10.0.1.5/32"),
+                own_v4(1, "10.0.5.16/28"),
+                // Another generation's: not this one's.
+                own_v4(0, "10.9.9.9/32"),
+                (
+                    ADDR_TAG_BITS,
+                    AddrKeyV4 {
+                        tag: addr_tag(1, INGRESS),
+                        addr: 0,
+                    },
+                    whole,
+                ),
+                // A rule's prefix: neither own nor whole space.
+                (
+                    ADDR_TAG_BITS + 8,
+                    AddrKeyV4 {
+                        tag: addr_tag(1, EGRESS),
+                        addr: v4("10.0.0.0"),
+                    },
+                    whole,
+                ),
+            ],
+            v6: vec![own_v6(1, "2001:db8:1::/80"), own_v6(1, "2001:db8::5/128")],
+            ..KernelEntries::default()
+        };
+        let s = shortcuts_of(1, &entries);
+        assert_eq!(s.own_v4(v4("10.0.1.5")), Some(true));
+        assert_eq!(s.own_v4(v4("10.0.1.6")), Some(false));
+        assert_eq!(s.own_v4(v4("10.0.5.31")), Some(true));
+        assert_eq!(s.own_v4(v4("10.0.5.32")), Some(false));
+        assert_eq!(s.own_v4(v4("10.9.9.9")), Some(false));
+        assert_eq!(s.own_v6(&v6("2001:db8:1::ffff:1")), Some(true));
+        assert_eq!(s.own_v6(&v6("2001:db8:1:0:1::1")), Some(false));
+        assert_eq!(s.own_v6(&v6("2001:db8::5")), Some(true));
+        assert_eq!(s.own_v6(&v6("2001:db8::6")), Some(false));
+        assert_eq!(s.whole(INGRESS, FAMILY_V4), Some(whole));
+        assert_eq!(s.whole(EGRESS, FAMILY_V4), None);
+        assert_eq!(s.whole(INGRESS, FAMILY_V6), None);
+        assert_eq!(s.flags & SHORTCUTS_VALID, SHORTCUTS_VALID);
+
+        // Without the source/destination check the instance owns /0.
+        let open = KernelEntries {
+            v4: vec![own_v4(0, "0.0.0.0/0")],
+            v6: vec![own_v6(0, "::/0")],
+            ..KernelEntries::default()
+        };
+        let s = shortcuts_of(0, &open);
+        assert_eq!(s.own_v4(v4("198.51.100.1")), Some(true));
+        assert_eq!(s.own_v6(&v6("2001:db8::1")), Some(true));
+    }
+
+    #[test]
+    fn more_own_prefixes_than_the_shortcuts_hold_are_left_to_the_trie() {
+        let entries = KernelEntries {
+            v4: (0..=SHORTCUT_OWN_V4)
+                .map(|i| own_v4(0, &format!("10.0.0.{i}/32")))
+                .collect(),
+            v6: (0..SHORTCUT_OWN_V6)
+                .map(|i| own_v6(0, &format!("2001:db8::{i}/128")))
+                .collect(),
+            ..KernelEntries::default()
+        };
+        let s = shortcuts_of(0, &entries);
+        assert_eq!(
+            s.own_v4(v4("10.0.0.1")),
+            None,
+            "nine IPv4 prefixes: the trie"
+        );
+        assert_eq!(
+            s.own_v6(&v6("2001:db8::3")),
+            Some(true),
+            "four IPv6 ones fit"
+        );
+        assert_eq!(s.own_v6(&v6("2001:db8::4")), Some(false));
+    }
 
     #[test]
     fn entry_counts_match_the_entries_written() {

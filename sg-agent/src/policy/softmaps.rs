@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use sg_common::flow::addr_octets;
 use sg_common::policy::{
     ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PolicyMaps, PortKey, PortValue, Settings,
+    Shortcuts,
 };
 
 use super::encode::{KernelEntries, PolicyStore, TooLarge};
@@ -71,6 +72,7 @@ pub struct SoftMaps {
     ports: Trie<PortValue>,
     port_exact: HashMap<PortKey, PortValue>,
     settings: Settings,
+    shortcuts: [Shortcuts; 2],
     /// Every entry as written, so the maps can be read back whole as the
     /// agent reads pinned maps after a restart.
     written: Written,
@@ -171,6 +173,10 @@ impl PolicyStore for SoftMaps {
         SoftMaps::delete(self, entries);
         Ok(())
     }
+    fn set_shortcuts(&mut self, generation: u8, shortcuts: &Shortcuts) -> Result<(), TooLarge> {
+        self.shortcuts[usize::from(generation & 1)] = *shortcuts;
+        Ok(())
+    }
     fn set_settings(&mut self, settings: Settings) -> Result<(), TooLarge> {
         self.settings = settings;
         Ok(())
@@ -200,5 +206,8 @@ impl PolicyMaps for SoftMaps {
     }
     fn ports(&self, key: &PortKey) -> Option<PortValue> {
         self.ports.longest_match(&port_bytes(*key))
+    }
+    fn shortcuts(&self, generation: u8) -> Option<&Shortcuts> {
+        self.shortcuts.get(usize::from(generation))
     }
 }
