@@ -292,7 +292,8 @@ pub fn iptables_ruleset(vpc: &Vpc) -> String {
 }
 
 /// Jiffies of all cores since boot: (busy, of which softirq).
-fn cpu_jiffies() -> (u64, u64) {
+/// Busy and softirq jiffies of the whole machine (/proc/stat).
+pub fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     let cpu: Vec<u64> = stat
         .lines()

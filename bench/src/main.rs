@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
-//! `--only kernel|profile|e2e|reload|memory|etcd|many` runs one part and
+//! `--only kernel|profile|e2e|tap|reload|memory|etcd|many` runs one part and
 //! prints it (BENCHMARKS.md is written only by a run of every part).
 //!
 //! A benchmark, never a test: it asserts that each measurement took the
@@ -20,6 +20,7 @@ mod profile;
 mod reload;
 mod report;
 mod stats;
+mod tap;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -59,6 +60,12 @@ fn main() {
     } else {
         Vec::new()
     };
+    eprintln!("==> 2b. host side of a tap and a veth");
+    let tap_rows = if part("tap") {
+        tap::measure_run(smoke)
+    } else {
+        Vec::new()
+    };
     eprintln!("==> 3. reload");
     let reload_rows = if part("reload") {
         reload::measure(&[57, 997, 9_997], if smoke { 1 } else { 5 })
@@ -85,6 +92,7 @@ fn main() {
 
     let Some(kernel) = kernel else {
         print_parts(&profiles, &e2e_rows, &reload_rows);
+        tap::print(&tap_rows);
         if let Some(e) = &etcd {
             println!("{e:?}");
         }
@@ -98,6 +106,7 @@ fn main() {
         profiles,
         e2e: e2e_rows,
         e2e_cfg: ecfg,
+        tap: tap_rows,
         reload: reload_rows,
         memory,
         etcd,
