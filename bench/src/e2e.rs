@@ -164,16 +164,7 @@ impl Pair {
     }
 
     fn mac(ns: &str) -> String {
-        let out = Command::new("ip")
-            .args(["-n", ns, "link", "show", "eth0"])
-            .output()
-            .expect("ip");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split("link/ether ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("MAC")
-            .to_owned()
+        link_mac(ns, "eth0")
     }
 }
 
@@ -181,6 +172,20 @@ impl Default for Pair {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The MAC address of `dev` in namespace `ns`, as `ip` prints it.
+pub fn link_mac(ns: &str, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "link", "show", dev])
+        .output()
+        .expect("ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("MAC")
+        .to_owned()
 }
 
 fn sh(ns: &str, script: &str) -> String {
@@ -317,18 +322,21 @@ pub fn cpu_jiffies() -> (u64, u64) {
 /// What the host-side agent dropped of what the host sends into the link
 /// (its inbound direction), from its status.
 fn host_side_drops(agent: &AgentProcess) -> u64 {
+    agent_counts(agent, "ingress", |r| r.starts_with("drop"))
+}
+
+/// The packets the agent counted in `direction` under the reasons `counts`
+/// picks, summed over its instances (from its status).
+pub fn agent_counts(agent: &AgentProcess, direction: &str, counts: impl Fn(&str) -> bool) -> u64 {
     let status = agent.status_json();
     status["instances"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|i| i["packets"]["ingress"].as_object())
-        .flat_map(|reasons| {
-            reasons
-                .iter()
-                .filter(|(r, _)| r.starts_with("drop"))
-                .filter_map(|(_, n)| n.as_u64())
-        })
+        .filter_map(|i| i["packets"][direction].as_object())
+        .flat_map(|reasons| reasons.iter())
+        .filter(|(r, _)| counts(r))
+        .filter_map(|(_, n)| n.as_u64())
         .sum()
 }
 

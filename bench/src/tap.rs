@@ -100,16 +100,7 @@ struct Setup {
 }
 
 fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-o", "link", "show", dev])
-        .output()
-        .expect("ip");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("a MAC address");
+    let mac = super::e2e::link_mac(ns, dev);
     let mut out = [0u8; 6];
     for (o, part) in out.iter_mut().zip(mac.split(':')) {
         *o = u8::from_str_radix(part, 16).expect("hex");
@@ -284,19 +275,10 @@ impl Setup {
         let Some(agent) = &self.agent else {
             return 0;
         };
-        let status = agent.status_json();
-        status["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["packets"]["egress"].as_object())
-            .flat_map(|reasons| reasons.iter())
-            .filter(|(r, _)| match kind {
-                Kind::Dropped => r.as_str() == "drop_no_rule",
-                Kind::Tracked => matches!(r.as_str(), "pass_tracked" | "pass_rule"),
-            })
-            .filter_map(|(_, n)| n.as_u64())
-            .sum()
+        super::e2e::agent_counts(agent, "egress", |r| match kind {
+            Kind::Dropped => r == "drop_no_rule",
+            Kind::Tracked => matches!(r, "pass_tracked" | "pass_rule"),
+        })
     }
 
     /// Writes `kind`'s frame for `secs` seconds; frames per second and busy

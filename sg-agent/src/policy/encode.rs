@@ -23,8 +23,8 @@ use sg_common::{
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, EGRESS, INGRESS, OWN,
         OwnV4, OwnV6, PORT_CLASS_BITS, PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue,
-        SHORTCUT_OWN_V4, SHORTCUT_OWN_V6, SHORTCUTS_OWN_V4_LISTED, SHORTCUTS_OWN_V6_LISTED,
-        SHORTCUTS_VALID, Settings, Shortcuts, addr_tag, class_trie_bit, whole_index,
+        SHORTCUTS_OWN_V4_LISTED, SHORTCUTS_OWN_V6_LISTED, SHORTCUTS_VALID, Settings, Shortcuts,
+        addr_tag, class_trie_bit, whole_index,
     },
 };
 
@@ -155,70 +155,64 @@ fn v6_entry(
 /// entries of both directions and families.
 pub fn shortcuts_of(generation: u8, entries: &KernelEntries) -> Shortcuts {
     let mut s = Shortcuts {
-        flags: SHORTCUTS_VALID | SHORTCUTS_OWN_V4_LISTED | SHORTCUTS_OWN_V6_LISTED,
+        flags: SHORTCUTS_VALID,
         ..Shortcuts::default()
     };
-    let mut whole = |direction: u8, family: u8, value: AddrValue| {
-        if direction == INGRESS || direction == EGRESS {
-            let i = whole_index(direction, family);
-            s.whole[i] = value;
-            s.whole_present |= 1 << i;
-        }
-    };
-    for &(len, key, value) in &entries.v4 {
-        let bits = len.saturating_sub(ADDR_TAG_BITS);
-        if key.tag[0] == generation && bits == 0 {
-            whole(key.tag[1], FAMILY_V4, value);
-        }
-    }
-    for &(len, key, value) in &entries.v6 {
-        let bits = len.saturating_sub(ADDR_TAG_BITS);
-        if key.tag[0] == generation && bits == 0 {
-            whole(key.tag[1], FAMILY_V6, value);
-        }
-    }
-    let own = |(len, tag): (u32, [u8; 4])| {
-        (tag == addr_tag(generation, OWN)).then(|| len.saturating_sub(ADDR_TAG_BITS))
-    };
-    let v4: Vec<OwnV4> = entries
+    // Both families as (family, prefix length, tag, address words, value).
+    let v4 = entries
         .v4
         .iter()
-        .filter_map(|&(len, key, _)| {
-            let mask = mask_word(own((len, key.tag))?);
-            Some(OwnV4 {
-                net: key.addr & mask,
-                mask,
-            })
-        })
-        .collect();
-    if v4.len() <= SHORTCUT_OWN_V4 {
-        s.own_v4[..v4.len()].copy_from_slice(&v4);
-        s.own_v4_len = u32::try_from(v4.len()).expect("a few");
-    } else {
-        s.flags &= !SHORTCUTS_OWN_V4_LISTED;
-    }
-    let v6: Vec<OwnV6> = entries
+        .map(|&(len, k, v)| (FAMILY_V4, len, k.tag, [k.addr, 0, 0, 0], v));
+    let v6 = entries
         .v6
         .iter()
-        .filter_map(|&(len, key, _)| {
-            let bits = own((len, key.tag))?;
-            let mut mask = [0u32; 4];
-            for (word, start) in mask.iter_mut().zip([0, 32, 64, 96]) {
-                *word = mask_word(bits.saturating_sub(start).min(32));
+        .map(|&(len, k, v)| (FAMILY_V6, len, k.tag, k.addr, v));
+    let (mut own_v4, mut own_v6) = (Vec::new(), Vec::new());
+    for (family, len, tag, addr, value) in v4.chain(v6) {
+        if tag[0] != generation {
+            continue;
+        }
+        let bits = len.saturating_sub(ADDR_TAG_BITS);
+        match tag[1] {
+            INGRESS | EGRESS if bits == 0 => {
+                let i = whole_index(tag[1], family);
+                s.whole[i] = value;
+                s.whole_present |= 1 << i;
             }
-            Some(OwnV6 {
-                net: std::array::from_fn(|i| key.addr[i] & mask[i]),
-                mask,
-            })
-        })
-        .collect();
-    if v6.len() <= SHORTCUT_OWN_V6 {
-        s.own_v6[..v6.len()].copy_from_slice(&v6);
-        s.own_v6_len = u32::try_from(v6.len()).expect("a few");
-    } else {
-        s.flags &= !SHORTCUTS_OWN_V6_LISTED;
+            OWN => {
+                let mut mask = [0u32; 4];
+                for (word, start) in mask.iter_mut().zip([0, 32, 64, 96]) {
+                    *word = mask_word(bits.saturating_sub(start).min(32));
+                }
+                let net = std::array::from_fn(|i| addr[i] & mask[i]);
+                if family == FAMILY_V4 {
+                    own_v4.push(OwnV4 {
+                        net: net[0],
+                        mask: mask[0],
+                    });
+                } else {
+                    own_v6.push(OwnV6 { net, mask });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(n) = listed(&mut s.own_v4, &own_v4) {
+        s.own_v4_len = n;
+        s.flags |= SHORTCUTS_OWN_V4_LISTED;
+    }
+    if let Some(n) = listed(&mut s.own_v6, &own_v6) {
+        s.own_v6_len = n;
+        s.flags |= SHORTCUTS_OWN_V6_LISTED;
     }
     s
+}
+
+/// Copies `found` into `slots` if it fits; how many it copied.
+fn listed<T: Copy>(slots: &mut [T], found: &[T]) -> Option<u32> {
+    let slots = slots.get_mut(..found.len())?;
+    slots.copy_from_slice(found);
+    u32::try_from(found.len()).ok()
 }
 
 /// The mask of a word's first `bits` (0-32) bits, as a word of an address
@@ -614,7 +608,7 @@ pub fn retire<S: PolicyStore>(
 
 #[cfg(test)]
 mod tests {
-    use sg_common::policy::class_trie_bit;
+    use sg_common::policy::{SHORTCUT_OWN_V4, SHORTCUT_OWN_V6, class_trie_bit};
 
     use super::*;
 
