@@ -645,9 +645,11 @@ fn reload_attaches_new_instances_and_detaches_removed_ones() {
     let mark = agent.log_lines();
     lab.rewrite(&without_alb);
     agent.expect_log("applied in", mark, RELOAD);
+    let left = attached_programs(&lab.ns("alb"));
     assert!(
-        attached_programs(&lab.ns("alb")).is_empty(),
-        "alb's programs detached"
+        left.is_empty(),
+        "alb's programs detached once the reload is logged applied; still there: {left:?}\nlog:\n{}",
+        agent.log_text()
     );
     assert_eq!(
         lab.tcp("internet", OUTSIDER, ALB, 8080),

@@ -152,3 +152,46 @@ fn a_second_agent_is_refused_the_interfaces_another_enforces() {
     assert_eq!(second.terminate().code(), Some(0));
     assert_eq!(first.terminate().code(), Some(0));
 }
+
+/// Removing an instance takes its programs off the interface before the
+/// call returns, whoever else holds its links (a `bpftool` listing them at
+/// that moment, a second process that opened the pins): the agent logs
+/// "detached" and `sg-agent detach` reports it, so no packet may be judged
+/// by them after that. Closing the agent's descriptors and unlinking the
+/// pins releases only the agent's references. Both hooks (XDP and TCX),
+/// links pinned.
+#[test]
+fn removing_an_instance_detaches_its_programs_whoever_holds_its_links() {
+    use aya::programs::links::PinnedLink;
+    use sg_agent::dataplane::{Capacity, Dataplane, IngressHook, Observe, Side, pins};
+    use sg_tests::{attached::attached_programs, lab::Lab};
+
+    let mut lab = Lab::new("sdd");
+    lab.add_host("a", &["10.77.0.1"]);
+    let ns = lab.netns_of("a");
+    let state = StateDir::new();
+    let root = pins::StateDir::open(&state.path).expect("state directory");
+    for hook in [IngressHook::XdpNative, IngressHook::Tc] {
+        let mut dp =
+            Dataplane::load_pinned(root.instance("a"), Observe::default(), Capacity::default())
+                .expect("load");
+        dp.attach("eth0", Some(&ns), hook, Side::Instance)
+            .expect("attach");
+        assert_eq!(attached_programs(&ns).len(), 2, "{hook:?}: attached");
+        // Another holder of each link, as bpftool would be.
+        let others: Vec<PinnedLink> = std::fs::read_dir(state.path.join("a"))
+            .expect("instance directory")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("link-"))
+            .map(|e| PinnedLink::from_pin(e.path()).expect("open the pinned link"))
+            .collect();
+        assert_eq!(others.len(), 2, "{hook:?}: two links pinned");
+        dp.unpin().expect("unpin");
+        assert_eq!(
+            attached_programs(&ns),
+            Vec::<u64>::new(),
+            "{hook:?}: still attached after unpin returned"
+        );
+        drop(others);
+    }
+}

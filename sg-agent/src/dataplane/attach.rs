@@ -121,8 +121,18 @@ impl HeldLink {
         }
     }
 
-    /// Unpins (if pinned) and drops: the program is detached.
-    fn detach(self) {
+    /// Takes the program off its hook now, then unpins (if pinned) and
+    /// drops (closing alone leaves it attached while anyone else holds the
+    /// link: see [`super::detach`]).
+    pub(super) fn detach(self) {
+        match self.link.info() {
+            Ok(info) => {
+                if let Err(e) = super::detach::by_id(info.id()) {
+                    log::warn!("detaching link {}: {e}", info.id());
+                }
+            }
+            Err(e) => log::warn!("detaching a link: reading its id: {e}"),
+        }
         if let Some(pin) = &self.pin
             && let Err(e) = std::fs::remove_file(pin)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -130,6 +140,14 @@ impl HeldLink {
             log::warn!("removing the pin {}: {e}", pin.display());
         }
     }
+}
+
+/// Detaches the link pinned at `path` now and removes the pin.
+pub(super) fn remove_pinned_link(path: &std::path::Path) {
+    if let Err(e) = super::detach::by_pin(path) {
+        log::warn!("detaching the link pinned at {}: {e}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// The classifier a TC hook runs, and where it is attached: the inbound
@@ -579,7 +597,7 @@ impl Dataplane {
             self.links.swap_remove(i).detach();
         }
         if let Some(p) = pinned {
-            let _ = std::fs::remove_file(p);
+            remove_pinned_link(&p);
         }
     }
 
@@ -597,7 +615,7 @@ impl Dataplane {
         if let Some(pins) = &self.pins {
             for (path, hook, place) in pins.links() {
                 if !keep.contains(&(hook, place)) {
-                    let _ = std::fs::remove_file(path);
+                    remove_pinned_link(&path);
                 }
             }
         }

@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod conns;
 pub mod counters;
+mod detach;
 pub mod driver;
 mod error;
 pub mod events;
@@ -312,7 +313,9 @@ impl Dataplane {
     /// Detaches the programs and removes every pin: nothing of this
     /// instance stays in the kernel once this value is dropped.
     pub fn unpin(mut self) -> Result<(), DataplaneError> {
-        self.links.clear();
+        for link in self.links.drain(..) {
+            link.detach();
+        }
         match self.pins.take() {
             Some(pins) => pins.remove().map_err(DataplaneError::Pin),
             None => Ok(()),

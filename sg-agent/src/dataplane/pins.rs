@@ -322,9 +322,16 @@ impl InstancePins {
         Ok(())
     }
 
-    /// Unpins everything: links whose last holder is gone detach, maps
-    /// whose last holder is gone are freed.
+    /// Unpins everything: the pinned links are detached at once (whoever
+    /// still holds them), maps whose last holder is gone are freed.
     pub fn remove(&self) -> Result<(), PinError> {
+        // The links' programs leave their hooks now, whoever else holds
+        // the links.
+        for (path, _, _) in self.links() {
+            if let Err(e) = super::detach::by_pin(&path) {
+                log::warn!("detaching the link pinned at {}: {e}", path.display());
+            }
+        }
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir)(e)),
             _ => Ok(()),
