@@ -71,12 +71,19 @@ pub struct Report {
     /// xdp-filter on the same frames: (frame, its verdict, cost).
     pub peer: Vec<(&'static str, Stat)>,
     pub repeat: u32,
+    /// New flows with keys never seen, timed by the kernel's statistics.
+    pub fresh: Option<crate::newflows::Report>,
 }
+
+/// Single runs per row and round in [`crate::newflows`]: with `runs` rounds
+/// of both families, the new flows fit the default allowance (65,536), and
+/// a round's events fit the event ring (256 KiB of 72-byte records).
+const FRESH_PER_ROUND: usize = 3_000;
 
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
 
-fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
+pub(crate) fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
     let len = u32::try_from(len).expect("short frame");
     [0u32, len, 0, ifindex, 0, 0]
         .iter()
@@ -84,7 +91,7 @@ fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn run(prog: &Xdp, data: &[u8], ctx: &[u8], repeat: u32) -> (u32, f64) {
+pub(crate) fn run(prog: &Xdp, data: &[u8], ctx: &[u8], repeat: u32) -> (u32, f64) {
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(data),
@@ -123,7 +130,64 @@ fn always_new(s: Settings) -> Settings {
 
 /// The port of the untracked new-flow path, and its rule.
 const UNTRACKED_PORT: u16 = 8080;
-const UNTRACKED_RULE: &str = "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 8080\n  to_port = 8080\n  cidr_blocks = [\"0.0.0.0/0\"]\n  ipv6_cidr_blocks = [\"::/0\"]\n";
+pub(crate) const UNTRACKED_RULE: &str = "  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 8080\n  to_port = 8080\n  cidr_blocks = [\"0.0.0.0/0\"]\n  ipv6_cidr_blocks = [\"::/0\"]\n";
+
+/// A TCP segment between the client (at `CLIENT_V4`/`CLIENT_V6`) and the
+/// server, either way.
+pub(crate) fn segment(v6: bool, to_server: bool, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let client: IpAddr = if v6 { CLIENT_V6 } else { CLIENT_V4 }
+        .parse()
+        .expect("address");
+    segment_from(client, v6, to_server, sport, dport, flags)
+}
+
+/// [`segment`] from (or to) another client address.
+pub(crate) fn segment_from(
+    client: IpAddr,
+    v6: bool,
+    to_server: bool,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let server: IpAddr = if v6 { SERVER_V6 } else { SERVER_V4 }
+        .parse()
+        .expect("address");
+    let (src, dst) = if to_server {
+        (client, server)
+    } else {
+        (server, client)
+    };
+    frame(
+        src,
+        dst,
+        &Transport::Tcp {
+            sport,
+            dport,
+            flags,
+        },
+        &FrameShape::default(),
+    )
+}
+
+/// The client's connection from `sport` to the server's port 80, made
+/// tracked: SYN in, SYN-ACK out, ACK in (an inbound segment that is not a
+/// SYN opens no entry), so that its next packets are tracked.
+pub(crate) fn handshake(dp: &Dataplane, ifindex: u32, v6: bool, sport: u16) {
+    let syn = segment(v6, true, sport, 80, SYN);
+    run(dp.ingress(), &syn, &xdp_md(ifindex, syn.len()), 1);
+    let synack = segment(v6, false, 80, sport, SYN | ACK);
+    let out = dp
+        .egress()
+        .test_run(aya::programs::TestRunOptions {
+            data_in: Some(&synack),
+            ..aya::programs::TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN on TC egress");
+    assert_eq!(out.return_value, TC_NEXT, "the SYN-ACK leaves");
+    let ack = segment(v6, true, sport, 80, ACK);
+    run(dp.ingress(), &ack, &xdp_md(ifindex, ack.len()), 1);
+}
 
 #[expect(clippy::too_many_lines, reason = "one measurement, read top to bottom")]
 pub fn measure(cfg: &Config) -> Report {
@@ -138,29 +202,7 @@ pub fn measure(cfg: &Config) -> Report {
     let inside = NetnsGuard::enter(&ns.name).expect("enter bench netns");
     let ifindex = nix::net::if_::if_nametoindex("v0").expect("v0 exists");
 
-    // A TCP segment between client and server, IPv4 or IPv6, either way.
-    let segment = |v6: bool, to_server: bool, sport: u16, dport: u16, flags: u8| {
-        let (c, s) = if v6 {
-            (CLIENT_V6, SERVER_V6)
-        } else {
-            (CLIENT_V4, SERVER_V4)
-        };
-        let (c, s): (IpAddr, IpAddr) = (c.parse().unwrap(), s.parse().unwrap());
-        let (src, dst) = if to_server { (c, s) } else { (s, c) };
-        frame(
-            src,
-            dst,
-            &Transport::Tcp {
-                sport,
-                dport,
-                flags,
-            },
-            &FrameShape::default(),
-        )
-    };
-    // Client to server; server to client (the tracked flow's answer).
     let tcp_frame = |v6, sport, dport, flags| segment(v6, true, sport, dport, flags);
-    let reply_frame = |v6, sport, dport, flags| segment(v6, false, sport, dport, flags);
     // A new flow, a tracked one's next packet, a packet no rule allows.
     let frames = |v6: bool| {
         (
@@ -234,24 +276,7 @@ pub fn measure(cfg: &Config) -> Report {
             [false, true].into_iter().flat_map(move |v6| {
                 let family = if v6 { "IPv6" } else { "IPv4" };
                 let (new, tracked, dropped) = frames(v6);
-                // The tracked flow's handshake, so that its next packets
-                // are tracked (an inbound segment that is not a SYN opens
-                // no entry): SYN in, SYN-ACK out, ACK in.
-                let handshake = |dp: &Dataplane| {
-                    let syn = tcp_frame(v6, 40001, 80, SYN);
-                    run(dp.ingress(), &syn, &xdp_md(ifindex, syn.len()), 1);
-                    let synack = reply_frame(v6, 80, 40001, SYN | ACK);
-                    let out = dp
-                        .egress()
-                        .test_run(aya::programs::TestRunOptions {
-                            data_in: Some(&synack),
-                            ..aya::programs::TestRunOptions::default()
-                        })
-                        .expect("BPF_PROG_TEST_RUN on TC egress");
-                    assert_eq!(out.return_value, TC_NEXT, "the SYN-ACK leaves");
-                    let ctx = xdp_md(ifindex, tracked.len());
-                    run(dp.ingress(), &tracked, &ctx, 1);
-                };
+                let handshake = |dp: &Dataplane| handshake(dp, ifindex, v6, 40001);
                 handshake(&normal);
                 let logged_cells = logged.clone().map(|dp| {
                     handshake(&dp);
@@ -343,6 +368,9 @@ pub fn measure(cfg: &Config) -> Report {
             c.samples.push(ns);
         }
     }
+    let fresh = only
+        .is_none()
+        .then(|| crate::newflows::measure(floor, ifindex, cfg.runs, FRESH_PER_ROUND));
     let floor = Stat::of(&floor_samples);
     let rows = cells
         .iter()
@@ -366,6 +394,7 @@ pub fn measure(cfg: &Config) -> Report {
         rows,
         peer,
         repeat: cfg.repeat,
+        fresh,
     }
 }
 

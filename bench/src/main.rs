@@ -15,6 +15,7 @@ mod floor;
 mod kernel;
 mod many;
 mod memory;
+mod newflows;
 mod policies;
 mod profile;
 mod reload;

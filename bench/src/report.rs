@@ -221,6 +221,9 @@ pub fn render(all: &All) -> String {
         );
     }
 
+    if let Some(fresh) = &k.fresh {
+        render_fresh(&mut out, fresh);
+    }
     render_profiles(&mut out, all);
 
     // 2. End to end.
@@ -561,6 +564,47 @@ fn thousands(n: usize) -> String {
 /// The perf attribution of the smallest policy's IPv4 paths: each group's
 /// share of the samples, and that share of the path's median from the table
 /// above (perf's own overhead inflates absolute times while it records).
+/// Section 1c: new flows with keys never seen, by the kernel's statistics.
+fn render_fresh(out: &mut String, r: &crate::newflows::Report) {
+    let _ = writeln!(
+        out,
+        "\n### 1c. A new flow whose key the table never held (kernel statistics)\n\n\
+         Section 1 repeats one packet, so its new-flow row replaces a stale entry. Here every packet is another connection (a SYN from its own source address and port to an allowed port), run once each with `BPF_PROG_TEST_RUN`, on the smallest policy; with `BPF_ENABLE_STATS` on, the kernel adds each run's duration to the program's run time, so the system call around it does not count, but the kernel's clock, read twice per run, does (the floor row shows that part). \
+         Each row: {} single runs per round, in turns with the others, the median of the rounds' means (min-max). The new flows stay in the table (the default allowance, 65,536), which held {} entries at the end. Every new flow sends the agent an event attributing it to the rules that allowed it, within a per-CPU bound a second (5,000 by default): *a key never seen* is a new flow below that bound (its event written, the ring drained before each round as the agent drains it), *no event* the same flows through a copy of the object whose bound is spent.\n\n\
+         | family | path | ns/packet (kernel statistics) | vs tracked |\n|---|---|---:|---:|",
+        r.per_round, r.entries_at_end
+    );
+    let tracked = |family: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.family == family && x.path == "tracked")
+            .map_or(f64::NAN, |x| x.ns.median)
+    };
+    for x in &r.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            x.family,
+            x.path,
+            x.ns.show(0),
+            ratio(x.ns.median, tracked(x.family))
+        );
+    }
+    let worst = |path: &str| {
+        r.rows
+            .iter()
+            .filter(|x| x.path == path)
+            .map(|x| x.ns.median / tracked(x.family))
+            .fold(0.0, f64::max)
+    };
+    let n = worst("new flow, a key never seen");
+    let _ = writeln!(
+        out,
+        "\n| target | measured | |\n|---|---|---|\n| a new flow at most 2x a tracked packet | worst {n:.2}x | {} |",
+        verdict(n <= 2.0)
+    );
+}
+
 fn render_profiles(out: &mut String, all: &All) {
     if all.profiles.is_empty() {
         return;
@@ -613,7 +657,7 @@ What the tables show, and what was changed because of them. Mechanisms only here
 - **Single ports in a hash (changed): the dropped path is flat.** Port entries used to live in one LPM trie, whose lookups deepen with its number of entries: *10,000 over 16 groups*, which gives every filler prefix its own port, made the dropped path 1.5x the smallest policy's (its control row, the same prefixes with one port, stayed flat). Single ports, most rules, are now one exact-match hash lookup; the trie keeps port ranges, whole protocols and all traffic, and each address class carries flags that say for which protocols the trie holds anything, so a class of single ports never reads it.
 - **Clock and loads (changed): the tracked and dropped paths.** The perf table attributes each path, and two changes came from it. The programs tell time from `bpf_jiffies64()` scaled by the tick (which the agent reads with `clock_getres` on the coarse clock) instead of calling `bpf_ktime_get_coarse_ns`, which reads the timekeeper under a sequence lock. The parser reads addresses, ports and 16-bit fields with single unaligned loads (inline assembly) where Rust had emitted byte loads joined by shifts, because packet headers are not aligned. What remains of a tracked packet is the test-run loop itself (the floor), the program's own instructions and one hash lookup: no per-rule cost is left, and 2x the floor would leave room for about one hash lookup and nothing else.
 - **One connection table per instance, sized by the allowance (changed).** The connection tables were LRU hashes, IPv4 apart with a 16-byte key: a full LRU evicts its least recently used flow, which can be a live idle connection. AWS's connection allowance refuses new flows instead and never evicts, so each instance now has one hash of 40-byte keys (both families) whose capacity is its `max_tracked_connections`: a full table refuses a new key. It is not preallocated (`BPF_F_NO_PREALLOC`): 250 instances on one host could not each hold a whole allowance up front. The tracked rows pay the longer key on IPv4 (the kernel hashes and compares every key byte). Each TCP entry also keeps both endpoints' last sequence numbers, written on every segment that moves them, so a RST or FIN far from them changes nothing.
-- **New flows: the insertion, and the address trie (changed).** A first packet adds an entry: the kernel allocates an element from the BPF memory allocator's per-CPU cache (the table is not preallocated), takes the bucket lock and links it; in this row it also frees the stale element it replaces. Besides the remote address, a new flow used to walk the address trie up to three more times: for the instance's own addresses (the source/destination check) and for the whole-address-space entries of both directions (whether AWS leaves the flow untracked), the largest share of the path after hashing. Those answers now come from one array slot per policy generation, which the agent derives from the entries it writes and fills before the flip (the instance's prefixes when it has at most 8 IPv4 and 4 IPv6 ones; more are looked up in the trie as before): the perf table now shows the trie on a new flow costing about what its one remaining lookup costs the dropped path. What remains is hashing the 40-byte key (once to look it up, once to insert it) and the insertion: what stateful filtering costs; 4x the floor would leave no room for it. An untracked flow (AWS: allowed from the whole address space with every port open the other way) skips the insertion.
+- **New flows: the insertion, and the address trie (changed).** A first packet adds an entry: the kernel allocates an element from the BPF memory allocator's per-CPU cache (the table is not preallocated), takes the bucket lock and links it; in this row it also frees the stale element it replaces. Besides the remote address, a new flow used to walk the address trie up to three more times: for the instance's own addresses (the source/destination check) and for the whole-address-space entries of both directions (whether AWS leaves the flow untracked), the largest share of the path after hashing. Those answers now come from one array slot per policy generation, which the agent derives from the entries it writes and fills before the flip (the instance's prefixes when it has at most 8 IPv4 and 4 IPv6 ones; more are looked up in the trie as before): the perf table now shows the trie on a new flow costing about what its one remaining lookup costs the dropped path. What remains is hashing the 40-byte key (once to look it up, once to insert it) and the insertion: what stateful filtering costs; 4x the floor would leave no room for it. An untracked flow (AWS: allowed from the whole address space with every port open the other way) skips the insertion. Section 1c measures a new flow as a server meets it, a key the table never held, each packet run once: there it costs several times what section 1's repeated SYN shows against a tracked packet. A key never seen finds its bucket outside the CPU's caches (the bucket array of the default allowance is 1 MiB) and its element in new memory; in a perf profile of those runs the bucket walk and the locked insertion take most of the program's time. Inserting first for a SYN the rules allow (one hash-table operation instead of a lookup and an insertion) was tried and measured side by side on keys never seen: no gain, the cache miss moves into the insertion, so it was not kept. What a design could still remove is the attribution event: the *no event* row shows its share.
 - **veth and native XDP: TCP throughput, and the TC ingress hook (added).** The *XDP_PASS program, native* row attaches a program that does nothing and loses most of the TCP throughput on its own: to give XDP a writable buffer, veth copies every packet into its own pages, and TCP's packets are clones of what the sender keeps for retransmission. Declaring the program frags-aware keeps GSO-sized packets whole but does not avoid the copy; generic mode must still un-share the cloned buffers. So `--ingress-hook tc` runs the same pipeline at TC ingress (TCX), after GRO, where the packets are the stack's own skbs: no copy. On veth it is the choice for bulk TCP and, since veth's XDP path also costs its flood rate, for floods too; on a physical NIC native XDP has no such copy (not measured: no NIC here). Hence the default, `--ingress-hook auto` (changed): TC ingress on veth and other virtual drivers, native XDP on a NIC whose driver runs it, TC on one whose driver does not; the *default* rows are the agent started with no hook option, after checking that it chose TC on the veth. One TCP stream over veth varies widely between rounds on this shared machine (min-max in the table; nftables and iptables, which add little to a tracked flow's path, show the same spread below 100%): differences of that size are not signal, native XDP's loss is.
 - **Flood rate on a 2-core VM: why 2x nftables is missed, and what the receive path costs.** On veth the receiving side runs on the sending CPU (veth hands each packet to its peer in the sender's context), so the generator (trafgen, one process) and the filter share one core, and the absorbed rate is bounded by the generator's own cost per packet as much as by the filter's. Pinning them apart was tried (the generator stays on its CPU, RPS on the receiving veth steers the receive path to the other): in this VM the hand-off between CPUs costs more than the receive path itself, and every configuration's rate fell, no filter's to a few tens of thousands of packets a second, except native XDP's, which runs before RPS. The softirq column isolates the receive path, where XDP, TC and netfilter run: there sg-agent costs a fraction of what nftables costs per packet. With native XDP that includes the copy veth makes of every packet to give XDP a buffer of its own (the generator's packets lack XDP's headroom), which is why on veth TC ingress drops a flood for less than XDP does. xdp-trafficgen, which would send far more cheaply, fails to load on this kernel (its tracepoint program finds no BTF for `xdp_redirect_map_err`), and the kernel has no pktgen. iptables evaluates its rules one by one for every packet that matches none of them, which is why it collapses at 10,000 rules while the sets of nftables and the maps of sg-agent do not.
 - **Connections per second (added).** Every short connection is a new flow: under sg-agent an insertion into the instance's table and a lookup for each later packet, under nftables and iptables a conntrack entry (which stays in TIME_WAIT for 120 s after the close). Most of a connection's cost is the sockets' own (connect, accept, both stacks' handshake and teardown, the client and server threads sharing two cores with the receive path), which no filter removes, so no filter's rate is the ceiling; 1.5x nftables' rate is above that ceiling on this machine whatever the agent does, and the share of the no-filter rate is the target that measures the agent. Native XDP loses here what it loses on TCP throughput: veth copies every packet for it, and a connection is mostly small packets. The agent's rows run with the connection allowance conntrack has here (`nf_conntrack_max`): at the default 65,536 a connection closed by both FINs keeps its entry for 10 s, so short connections arriving faster than 6,553 a second fill the allowance and new ones are refused, as AWS refuses them over its allowance (docs/aws-fidelity.md); in this measurement's first version, 3-s rounds at the default allowance, every agent row filled it within its first round.
