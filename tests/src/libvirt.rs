@@ -87,6 +87,8 @@ impl Drop for Hook {
 pub struct Libvirtd {
     daemons: Vec<Child>,
     domains: Vec<String>,
+    /// The node bound over /dev/kvm in the daemons' mount namespace.
+    nokvm: PathBuf,
 }
 
 impl Libvirtd {
@@ -97,14 +99,21 @@ impl Libvirtd {
              namespace; stop the running one (systemctl stop libvirtd) to run it"
         );
         // In the lab's network namespace, and in a mount namespace of its
-        // own where /dev/kvm is hidden: the domains are TCG ones, and a
-        // /dev/kvm that root can open but libvirt's QEMU user cannot (no
-        // udev rule on a machine without systemd) makes libvirtd find its
-        // QEMU capabilities stale and probe them again (a minute) on every
-        // domain start.
+        // own where /dev/kvm is a device node only root may open: the
+        // domains are TCG ones (nested KVM hangs here). libvirtd caches
+        // QEMU's capabilities and finds them stale whenever KVM looks
+        // usable to its QEMU user yet the probe could not enable it: with
+        // the real /dev/kvm, or /dev/null bound over it (which everyone may
+        // open), it probes QEMU again (about 2 s a probe, a dozen a domain)
+        // on every domain start. A node of mode 000 makes KVM unusable to
+        // the QEMU user, which is what the cache then records; a device
+        // node, since libvirt copies /dev/kvm into each domain's own /dev.
+        let nokvm = std::env::temp_dir().join(format!("sg-tests-no-kvm-{}", std::process::id()));
         let script = format!(
-            "[ -e /dev/kvm ] && mount --bind /dev/null /dev/kvm; \
-             exec nsenter --net=/run/netns/{netns} \"$0\""
+            "if [ -e /dev/kvm ]; then rm -f {n}; mknod -m 000 {n} c 1 3 && \
+             mount --bind {n} /dev/kvm; fi; \
+             exec nsenter --net=/run/netns/{netns} \"$0\"",
+            n = nokvm.display()
         );
         let mut daemons = Vec::new();
         for daemon in ["virtlogd", "libvirtd"] {
@@ -129,6 +138,7 @@ impl Libvirtd {
         let mut me = Self {
             daemons,
             domains: Vec::new(),
+            nokvm,
         };
         if !up {
             me.stop();
@@ -176,6 +186,7 @@ impl Libvirtd {
             let _ = child.wait();
         }
         self.daemons.clear();
+        let _ = std::fs::remove_file(&self.nokvm);
     }
 }
 
