@@ -101,6 +101,21 @@ fi
 exit 0
 ";
 
+/// As Debian's `dh_strip` does: the package ships no debug information (a
+/// debug build's is most of its 180 MB, and xz would spend a minute
+/// compressing it). `strip` is binutils', which gcc depends on.
+fn strip(binary: &Path) -> anyhow::Result<()> {
+    let status = Command::new("strip")
+        .args(["--strip-unneeded", "--remove-section=.comment"])
+        .arg(binary)
+        .status()
+        .context("strip (binutils)")?;
+    if !status.success() {
+        bail!("strip failed ({status})");
+    }
+    Ok(())
+}
+
 /// Builds `sg-agent_VERSION_ARCH.deb` in `out` from `binary`; returns its
 /// path.
 pub fn build(binary: &Path, out: &Path) -> anyhow::Result<PathBuf> {
@@ -112,6 +127,7 @@ pub fn build(binary: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     let _ = fs::remove_dir_all(&root);
     let ws = workspace();
     put(&root, "usr/bin/sg-agent", &fs::read(binary)?, 0o755)?;
+    strip(&root.join("usr/bin/sg-agent"))?;
     put(
         &root,
         "lib/systemd/system/sg-agent.service",
