@@ -22,6 +22,7 @@ mod reload;
 mod report;
 mod stats;
 mod tap;
+mod targets;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

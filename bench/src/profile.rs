@@ -7,9 +7,13 @@
 use std::process::Command;
 
 /// The cells profiled: the smallest policy's IPv4 paths.
-pub const CELLS: [(&str, &str); 3] = [
+pub const CELLS: [(&str, &str); 4] = [
     ("tracked", "base rules only/IPv4/tracked"),
     ("new flow allowed", "base rules only/IPv4/new flow allowed"),
+    (
+        "new flow, untracked",
+        "base rules only/IPv4/new flow, untracked",
+    ),
     ("dropped", "base rules only/IPv4/dropped"),
 ];
 

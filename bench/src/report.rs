@@ -449,6 +449,7 @@ pub fn render(all: &All) -> String {
     if let Some(m) = &all.many {
         out.push_str(&many_text(m));
     }
+    crate::targets::render(&mut out, all);
     out.push_str(FINDINGS);
     out
 }
