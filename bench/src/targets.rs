@@ -132,7 +132,7 @@ fn in_kernel(all: &All) -> Vec<Target> {
                 .max_by(|x, y| x.1.total_cmp(&y.1))
                 .unwrap_or((PROGRAM, f64::NAN));
             format!(
-                "most of the difference is in {} (+{extra:.0} ns, perf table): it passes the rules, then is checked against the instance's own addresses and the whole-space entries, which a packet the rules refuse never reaches",
+                "most of the difference is in {} (+{extra:.0} ns, perf table): it passes the rules and goes on to the own-address and whole-space checks, which a packet the rules refuse never reaches",
                 profile::GROUPS[g]
             )
         } else {
@@ -153,7 +153,7 @@ fn in_kernel(all: &All) -> Vec<Target> {
                 part(all, "dropped", PROGRAM),
             ) {
                 (Some(trie), Some(hash), Some(prog)) => format!(
-                    "{:.0} ns over xdp-filter: the address trie alone takes {trie:.0} ns (xdp-filter's maps are exact-match hashes), the port hash {hash:.0} ns, the program {prog:.0} ns, perf table",
+                    "{:.0} ns over xdp-filter: the address trie alone takes {trie:.0} ns (xdp-filter's maps are exact-match hashes), hash lookups (the connection table's miss, the port hash) {hash:.0} ns, the program {prog:.0} ns, perf table",
                     d - peer
                 ),
                 _ => no_profile(),
@@ -210,7 +210,7 @@ fn end_to_end(all: &All) -> Vec<Target> {
             measured: format!("{r:.2}x"),
             met: r >= 2.0,
             limit: format!(
-                "no filter absorbs {:.0} packets/s, {:.2}x nftables: the generator shares its core with the receive path on veth and caps every row (pinning them apart collapses every rate here, findings)",
+                "on veth the generator and the receive path share one core, so the generator's own cost per packet bounds every row (no filter, whose packets climb to the UDP layer, absorbs {:.0} packets/s, {:.2}x nftables); pinning them apart collapses every rate here (findings)",
                 none.flood_pps.median,
                 none.flood_pps.median / nft.flood_pps.median
             ),
