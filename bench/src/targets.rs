@@ -41,6 +41,15 @@ fn part(all: &All, path: &str, group: usize) -> Option<f64> {
     Some(p.shares[group] * kernel(all, "IPv4", path)?)
 }
 
+/// `path`'s time in each of `groups`, or `None` without a profile.
+fn parts<const N: usize>(all: &All, path: &str, groups: [usize; N]) -> Option<[f64; N]> {
+    let mut out = [0.0; N];
+    for (o, g) in out.iter_mut().zip(groups) {
+        *o = part(all, path, g)?;
+    }
+    Some(out)
+}
+
 /// The worst of both families' `a / b`.
 fn worst(all: &All, a: &str, b: &str) -> Option<(f64, &'static str)> {
     ["IPv4", "IPv6"]
@@ -68,11 +77,10 @@ fn in_kernel(all: &All) -> Vec<Target> {
 
     if let Some((r, family)) = worst(all, "new flow allowed", "tracked") {
         let limit = match (
-            part(all, "new flow allowed", INSERTION),
-            part(all, "new flow allowed", HASH),
+            parts(all, "new flow allowed", [INSERTION, HASH]),
             kernel(all, "IPv4", "tracked"),
         ) {
-            (Some(ins), Some(hash), Some(t)) => format!(
+            (Some([ins, hash]), Some(t)) => format!(
                 "the insertion ({ins:.0} ns) and the hash-table work ({hash:.0} ns: the lookup that misses, the insertion's own hashing) of an IPv4 new flow are together {:.1}x a whole tracked packet ({t:.0} ns), perf table",
                 (ins + hash) / t
             ),
@@ -147,17 +155,13 @@ fn in_kernel(all: &All) -> Vec<Target> {
     }
     if peer.is_finite() {
         if let Some(d) = kernel(all, "IPv4", "dropped") {
-            let limit = match (
-                part(all, "dropped", TRIE),
-                part(all, "dropped", HASH),
-                part(all, "dropped", PROGRAM),
-            ) {
-                (Some(trie), Some(hash), Some(prog)) => format!(
+            let limit = parts(all, "dropped", [TRIE, HASH, PROGRAM]).map_or_else(
+                no_profile,
+                |[trie, hash, prog]| format!(
                     "{:.0} ns over xdp-filter: the address trie alone takes {trie:.0} ns (xdp-filter's maps are exact-match hashes), hash lookups (the connection table's miss, the port hash) {hash:.0} ns, the program {prog:.0} ns, perf table",
                     d - peer
                 ),
-                _ => no_profile(),
-            };
+            );
             out.push(Target {
                 what: format!("a dropped packet <= xdp-filter ({peer:.0} ns), IPv4"),
                 measured: format!("{d:.0} ns ({:.2}x)", d / peer),
@@ -166,17 +170,13 @@ fn in_kernel(all: &All) -> Vec<Target> {
             });
         }
         if let Some(t) = kernel(all, "IPv4", "tracked") {
-            let limit = match (
-                part(all, "tracked", HASH),
-                part(all, "tracked", PROGRAM),
-                part(all, "tracked", TEST_LOOP),
-            ) {
-                (Some(hash), Some(prog), Some(test_loop)) => format!(
+            let limit = parts(all, "tracked", [HASH, PROGRAM, TEST_LOOP]).map_or_else(
+                no_profile,
+                |[hash, prog, test_loop]| format!(
                     "0.7x xdp-filter is {:.0} ns; a tracked packet is the test-run loop ({test_loop:.0} ns), the program ({prog:.0} ns) and one lookup of a 40-byte key ({hash:.0} ns), perf table",
                     0.7 * peer
                 ),
-                _ => no_profile(),
-            };
+            );
             out.push(Target {
                 what: "a tracked packet <= 0.7x xdp-filter, IPv4".into(),
                 measured: format!("{t:.0} ns ({:.2}x)", t / peer),
@@ -223,7 +223,7 @@ fn end_to_end(all: &All) -> Vec<Target> {
         out.push(Target {
             what: format!(
                 "{}: receive-path (softirq) CPU per flood packet at 10,000 rules <= 0.4x nftables",
-                f_name(sg)
+                sg.filter.name()
             ),
             measured: format!("{r:.2}x"),
             met: r <= 0.4,
@@ -235,7 +235,7 @@ fn end_to_end(all: &All) -> Vec<Target> {
         });
         let r = sg.conn_per_sec.median / nft.conn_per_sec.median;
         out.push(Target {
-            what: format!("{}: connections/s at 10,000 rules >= 1.5x nftables", f_name(sg)),
+            what: format!("{}: connections/s at 10,000 rules >= 1.5x nftables", sg.filter.name()),
             measured: format!("{r:.2}x"),
             met: r >= 1.5,
             limit: format!(
@@ -248,7 +248,7 @@ fn end_to_end(all: &All) -> Vec<Target> {
         out.push(Target {
             what: format!(
                 "{}: connections/s at 10,000 rules within 10% of no filter",
-                f_name(sg)
+                sg.filter.name()
             ),
             measured: format!("{:.0}%", share * 100.0),
             met: share >= 0.9,
@@ -274,10 +274,6 @@ fn end_to_end(all: &All) -> Vec<Target> {
         });
     }
     out
-}
-
-fn f_name(r: &e2e::Row) -> &'static str {
-    r.filter.name()
 }
 
 /// The section: every target of the performance issue in one table.
