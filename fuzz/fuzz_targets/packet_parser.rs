@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use sg_common::{
     flow::Flow,
-    parse::{Parsed, SliceView, parse},
+    parse::{Next, SliceView, parse},
     wire_reference::{Decoded, decode, observed},
 };
 
@@ -36,9 +36,10 @@ fn junk(seed: u8) -> Flow {
 fuzz_target!(|frame: &[u8]| {
     let seed = frame.first().copied().unwrap_or(0xa5) ^ 0x5a;
     let (mut flow, mut inner) = (junk(seed), junk(!seed));
-    let got = match parse(&SliceView::new(frame), &mut flow, &mut inner) {
-        Parsed::Verdict(reason) => Decoded::Verdict(reason),
-        Parsed::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),
+    let got = match parse(&SliceView::new(frame), &mut flow, &mut inner).next {
+        Next::Verdict(reason) => Decoded::Verdict(reason),
+        Next::Arp { .. } => Decoded::Verdict(sg_common::counters::PASS_NOT_IP),
+        Next::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),
     };
     let want = decode(frame);
     assert_eq!(got, want, "parser and reference disagree on {frame:02x?}");

@@ -19,7 +19,9 @@ use sg_agent::{
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
-    policy::{allowing_class, aws_service, classify, own_address, untracked},
+    policy::{
+        allowing_class, aws_service, classify, own_address, service_own_address, untracked,
+    },
 };
 
 fn v4(u: &mut Unstructured) -> Result<Ipv4Addr> {
@@ -237,9 +239,14 @@ fuzz_target!(|data: &[u8]| {
         for direction in [Direction::Ingress, Direction::Egress] {
             let d = direction.code();
             let want = evaluate(&vpc, inst, direction, &p, false).passes();
-            let got = own_address(&maps, generation, d, &flow)
-                && (aws_service(&maps, generation, d, &flow) != sg_common::policy::EXEMPT_NONE
-                    || classify(&maps, generation, d, &flow));
+            let mac = reference::guest_mac(inst);
+            let got = if aws_service(&maps, generation, d, &flow) != sg_common::policy::EXEMPT_NONE
+            {
+                service_own_address(&maps, generation, d, &flow, mac)
+            } else {
+                own_address(&maps, generation, d, &flow, mac)
+                    && classify(&maps, generation, d, &flow)
+            };
             assert_eq!(got, want, "{direction:?} {p:?}\n{text}");
             if let Some(remote) = allowing_class(&maps, generation, d, &flow) {
                 assert_eq!(

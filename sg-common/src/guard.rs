@@ -10,13 +10,19 @@
 //! on the frames the instance sends:
 //!
 //! * the source MAC address must be the instance's (`no-mac-spoofing`): the
-//!   one the rules file (or libvirt) gives, or else the first one seen;
+//!   one the rules file (or libvirt) gives, or else the first one seen that
+//!   could be an instance's: unicast, and neither the host's (the link's
+//!   host end, the services') nor another instance's;
 //! * only IPv4, IPv6 and ARP, untagged (`no-other-l2-traffic`): a VLAN tag
-//!   from a guest could hop into another VLAN of a VLAN-aware bridge;
+//!   from a guest could hop into another VLAN of a VLAN-aware bridge (the
+//!   kernel takes one tag out of the frame into the packet's metadata
+//!   before TC runs: that one counts too);
 //! * ARP must be Ethernet/IPv4 ARP whose sender MAC address is the
-//!   instance's and whose sender address is one of its own (or 0.0.0.0, an
-//!   address probe) (`no-arp-spoofing`);
-//! * neighbour discovery comes straight after the IPv6 header, and may
+//!   instance's and whose sender address is one of its own; an address
+//!   probe (sender 0.0.0.0) may ask only for one of its own addresses, as
+//!   duplicate address detection in IPv6 may (`no-arp-spoofing`);
+//! * neighbour discovery comes straight after the IPv6 header, is walked
+//!   to the end of its message (what cannot be walked is dropped), and may
 //!   name only the instance's MAC address as a
 //!   link-layer address, may advertise (or probe for, during duplicate
 //!   address detection) only the instance's own addresses and its
@@ -36,7 +42,7 @@ use crate::{
         PASS_NEIGHBOUR_DISCOVERY, PASS_NOT_IP,
     },
     flow::{Addr, Flow},
-    parse::{PacketView, ptr_at},
+    parse::{EthHdr, Next, PacketView, Parsed, mac_at, ptr_at, ptr_within},
     policy::{PolicyMaps, own_v4, own_v6},
 };
 
@@ -57,68 +63,51 @@ pub struct MacEntry {
 }
 const _: () = assert!(size_of::<MacEntry>() == 8);
 
+/// A key of the `SG_MAC_RESERVED` hash: a MAC address no instance may be
+/// taught by its first frame (the host's, and every other instance's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<MacKey>() == 8);
+
 /// Where the programs keep the instance's MAC address.
 pub trait MacStore {
-    /// The instance's MAC address. When none is known yet, `seen` (the
-    /// source of the frame at hand) is learned, unless another CPU learned
-    /// one first; whichever is known then is returned. `None`: none could
-    /// be stored, and the frame is dropped.
-    fn mac_or_learn(&self, seen: [u8; 6]) -> Option<[u8; 6]>;
-
     /// The instance's MAC address, if one is known.
     fn known(&self) -> Option<[u8; 6]>;
+
+    /// Stores `mac` as the instance's, unless another CPU stored one first;
+    /// whichever is known then is returned. `None`: none could be stored.
+    fn learn(&self, mac: [u8; 6]) -> Option<[u8; 6]>;
+
+    /// Whether `mac` belongs to someone else: the host (the link's host
+    /// end, where the AWS services answer) or another instance, configured
+    /// or learned.
+    fn reserved(&self, mac: [u8; 6]) -> bool;
 }
 
-/// What the frame-level checks decided.
-pub enum Outbound {
-    /// An IPv4 or IPv6 packet from the instance's MAC address: judge it (and
-    /// check neighbour discovery with [`outbound_nd`]). Nothing is carried
-    /// over: the verifier then walks the rest of the pipeline once, not
-    /// once per state the checks left.
-    Judge,
-    /// A final verdict: a drop, or an ARP packet that passes.
-    Verdict(u32),
-}
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_HLEN: usize = 14;
-const IPV6_HLEN: usize = 40;
-
-#[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto: [u8; 2],
-}
-
-/// An Ethernet/IPv4 ARP packet (RFC 826).
-#[repr(C)]
-struct ArpHdr {
-    htype: [u8; 2],
-    ptype: [u8; 2],
-    hlen: u8,
-    plen: u8,
-    oper: [u8; 2],
-    sha: [u8; 6],
-    spa: [u8; 4],
-    tha: [u8; 6],
-    tpa: [u8; 4],
-}
-
-/// Six bytes of the packet at `p` as a MAC address: one 32-bit and one
-/// 16-bit load.
-///
-/// # Safety
-/// `p .. p + 6` lies inside the packet, bounds-checked with its header.
+/// Whether `mac` could be an instance's own: a unicast address (the
+/// group bit clear), not all zeros.
 #[inline(always)]
-unsafe fn mac_at(ctx: &impl PacketView, p: *const u8) -> [u8; 6] {
-    // SAFETY: the caller's contract.
-    let (hi, lo) = unsafe { (ctx.load_u32(p), ctx.load_be16(p.add(4))) };
-    let hi = hi.to_ne_bytes();
-    let lo = lo.to_be_bytes();
-    [hi[0], hi[1], hi[2], hi[3], lo[0], lo[1]]
+pub fn unicast(mac: [u8; 6]) -> bool {
+    mac[0] & 1 == 0 && mac != [0; 6]
+}
+
+/// The instance's MAC address: the known one, or else `seen` (the source
+/// of the frame at hand) if it could be the instance's and is no one
+/// else's. `None`: none is known, and this frame's teaches nothing (it is
+/// dropped).
+#[inline(always)]
+pub fn instance_mac<S: MacStore>(store: &S, seen: [u8; 6]) -> Option<[u8; 6]> {
+    if let Some(mac) = store.known() {
+        return Some(mac);
+    }
+    if !unicast(seen) || store.reserved(seen) {
+        return None;
+    }
+    store.learn(seen)
 }
 
 /// [`service_place`]: the frame's remote end is not where the services are.
@@ -169,48 +158,71 @@ pub fn exempt_here(exempt: u8, place: u8) -> bool {
     }
 }
 
-/// The frame-level checks of a frame the instance sent: its source MAC
-/// address, its link-layer protocol, and ARP.
+/// The frame-level checks of a frame the instance sent (`parsed`): its
+/// source MAC address, its link-layer protocol, and ARP. `None`: an IP
+/// packet from the instance's MAC address, to be judged (and neighbour
+/// discovery checked with [`outbound_nd`]).
 #[inline(always)]
 pub fn outbound_frame<M: PolicyMaps, S: MacStore>(
     ctx: &impl PacketView,
+    parsed: &Parsed,
     maps: &M,
     generation: u8,
     store: &S,
-) -> Outbound {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Outbound::Verdict(DROP_MALFORMED);
+) -> Option<u32> {
+    let Some(mac) = instance_mac(store, parsed.src_mac) else {
+        return Some(DROP_MAC_SPOOFED);
     };
-    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let (src, ethertype) = unsafe {
-        (
-            mac_at(ctx, addr_of!((*eth).src).cast()),
-            ctx.load_be16(addr_of!((*eth).proto).cast()),
-        )
-    };
-    let Some(mac) = store.mac_or_learn(src) else {
-        return Outbound::Verdict(DROP_MAC_SPOOFED);
-    };
-    if src != mac {
-        return Outbound::Verdict(DROP_MAC_SPOOFED);
+    if parsed.src_mac != mac {
+        return Some(DROP_MAC_SPOOFED);
     }
-    match ethertype {
-        ETH_P_IP | ETH_P_IPV6 => Outbound::Judge,
-        ETH_P_ARP => Outbound::Verdict(arp(ctx, maps, generation, mac)),
-        // VLAN tags, PPPoE, MPLS, LLDP...: nothing an EC2 instance sends.
-        _ => Outbound::Verdict(DROP_UNSUPPORTED_L2),
+    // VLAN tags, in the frame or in its metadata: nothing an EC2 instance
+    // sends.
+    if parsed.tagged {
+        return Some(DROP_UNSUPPORTED_L2);
+    }
+    match parsed.next {
+        // PPPoE, MPLS, LLDP... (DROP_UNSUPPORTED_L2), malformed IP.
+        Next::Verdict(r) => Some(r),
+        Next::Arp { off } => Some(arp(ctx, off, maps, generation, mac)),
+        Next::Ip { .. } => None,
     }
 }
 
-/// An ARP packet from the instance: Ethernet/IPv4 ARP speaking for the
-/// instance's MAC address and one of its addresses (or none: a probe).
+/// An Ethernet/IPv4 ARP packet (RFC 826).
+#[repr(C)]
+struct ArpHdr {
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    oper: [u8; 2],
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_HLEN: usize = 14;
+const IPV6_HLEN: usize = 40;
+
+/// An ARP packet from the instance (at `off`): Ethernet/IPv4 ARP speaking
+/// for the instance's MAC address and one of its addresses, or a probe
+/// (no sender address) for one of its own.
 #[inline(always)]
-fn arp<M: PolicyMaps>(ctx: &impl PacketView, maps: &M, generation: u8, mac: [u8; 6]) -> u32 {
-    let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
+fn arp<M: PolicyMaps>(
+    ctx: &impl PacketView,
+    off: usize,
+    maps: &M,
+    generation: u8,
+    mac: [u8; 6],
+) -> u32 {
+    let Some(arp) = ptr_at::<ArpHdr>(ctx, off) else {
         return DROP_MALFORMED;
     };
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let (htype, ptype, hlen, plen, sha, spa) = unsafe {
+    let (htype, ptype, hlen, plen, sha, spa, tpa) = unsafe {
         (
             ctx.load_be16(addr_of!((*arp).htype).cast()),
             ctx.load_be16(addr_of!((*arp).ptype).cast()),
@@ -218,12 +230,16 @@ fn arp<M: PolicyMaps>(ctx: &impl PacketView, maps: &M, generation: u8, mac: [u8;
             (*arp).plen,
             mac_at(ctx, addr_of!((*arp).sha).cast()),
             ctx.load_u32(addr_of!((*arp).spa).cast()),
+            ctx.load_u32(addr_of!((*arp).tpa).cast()),
         )
     };
     if htype != 1 || ptype != ETH_P_IP || hlen != 6 || plen != 4 || sha != mac {
         return DROP_ARP_SPOOFED;
     }
-    if spa == 0 || own_v4(maps, generation, spa) {
+    // A probe (RFC 5227) asks whether its target is in use: a neighbour
+    // still probing for that address would give it up.
+    let speaks_for = if spa == 0 { tpa } else { spa };
+    if own_v4(maps, generation, speaks_for) {
         PASS_NOT_IP
     } else {
         DROP_ARP_SPOOFED
@@ -261,12 +277,14 @@ struct NdOpt {
 }
 
 /// A neighbour-discovery message from the instance (`flow` parsed, the
-/// `ICMPv6` header at `l4_off`; its MAC address known to `store` since
-/// [`outbound_frame`]): [`PASS_NEIGHBOUR_DISCOVERY`] or [`DROP_ND_SPOOFED`].
+/// `ICMPv6` header at `l4_off`, the message ending at `l3_end`; its MAC
+/// address known to `store` since [`outbound_frame`]):
+/// [`PASS_NEIGHBOUR_DISCOVERY`] or a drop.
 #[inline(always)]
 pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
     ctx: &impl PacketView,
     l4_off: usize,
+    l3_end: usize,
     flow: &Flow,
     maps: &M,
     generation: u8,
@@ -303,7 +321,7 @@ pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
         return DROP_ND_SPOOFED;
     }
     if ty != ND_ROUTER_SOLICIT {
-        let Some(nd) = ptr_at::<NdHdr>(ctx, l4_off) else {
+        let Some(nd) = ptr_within::<NdHdr>(ctx, l4_off, l3_end) else {
             return DROP_MALFORMED;
         };
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
@@ -324,12 +342,18 @@ pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
             return DROP_ND_SPOOFED;
         }
     }
+    // The options, to the end of the message: the receiver reads every one
+    // of them, so one that cannot be read here (past the bytes in view, as
+    // in an skb whose headers were not pulled that far) is dropped, as is
+    // a message whose options do not fill it exactly (the receiver discards
+    // it: RFC 4861 4.6).
     let mut off = l4_off + options;
     for _ in 0..ND_OPTIONS_MAX {
-        let Some(opt) = ptr_at::<NdOpt>(ctx, off) else {
-            // Fewer than 8 bytes left: the end of the message (trailing
-            // bytes too short for an option carry no address).
+        if off >= l3_end {
             return PASS_NEIGHBOUR_DISCOVERY;
+        }
+        let Some(opt) = ptr_within::<NdOpt>(ctx, off, l3_end) else {
+            return DROP_MALFORMED;
         };
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole option against data_end.
         let (oty, olen) = unsafe { ((*opt).ty, (*opt).len) };
@@ -347,16 +371,22 @@ pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
         }
         off += usize::from(olen) * 8;
     }
-    if ptr_at::<NdOpt>(ctx, off).is_some() {
-        return DROP_ND_SPOOFED;
+    if off >= l3_end {
+        return PASS_NEIGHBOUR_DISCOVERY;
     }
-    PASS_NEIGHBOUR_DISCOVERY
+    // More options than walked.
+    DROP_ND_SPOOFED
 }
 
 /// One of the instance's own IPv6 addresses, or the link-local address its
 /// MAC address gives (EUI-64).
 #[inline(always)]
-fn own_or_link_local<M: PolicyMaps>(maps: &M, generation: u8, addr: &Addr, mac: [u8; 6]) -> bool {
+pub fn own_or_link_local<M: PolicyMaps>(
+    maps: &M,
+    generation: u8,
+    addr: &Addr,
+    mac: [u8; 6],
+) -> bool {
     *addr == eui64_link_local(mac) || own_v6(maps, generation, addr)
 }
 
@@ -376,14 +406,16 @@ pub fn eui64_link_local(mac: [u8; 6]) -> Addr {
 mod tests {
     use super::*;
     use crate::{
-        parse::SliceView,
+        parse::{SliceView, parse},
         policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue},
     };
 
-    struct NoAddresses;
-    impl PolicyMaps for NoAddresses {
-        fn addr_v4(&self, _: &AddrKeyV4) -> Option<AddrValue> {
-            None
+    /// The instance owns 10.0.0.1 and nothing else.
+    struct OneAddress;
+    impl PolicyMaps for OneAddress {
+        fn addr_v4(&self, key: &AddrKeyV4) -> Option<AddrValue> {
+            (key.tag[1] == crate::policy::OWN && key.addr == u32::from_ne_bytes([10, 0, 0, 1]))
+                .then_some(AddrValue::default())
         }
         fn addr_v6(&self, _: &AddrKeyV6) -> Option<AddrValue> {
             None
@@ -399,32 +431,125 @@ mod tests {
         }
     }
 
-    struct Known([u8; 6]);
-    impl MacStore for Known {
-        fn mac_or_learn(&self, _: [u8; 6]) -> Option<[u8; 6]> {
-            Some(self.0)
+    /// A store in memory: a known MAC address (or none, to be learned), and
+    /// the addresses reserved for others.
+    struct Store {
+        known: core::cell::Cell<Option<[u8; 6]>>,
+        reserved: std::vec::Vec<[u8; 6]>,
+    }
+    impl Store {
+        fn knowing(mac: Option<[u8; 6]>) -> Self {
+            Self {
+                known: core::cell::Cell::new(mac),
+                reserved: std::vec::Vec::new(),
+            }
         }
+    }
+    impl MacStore for Store {
         fn known(&self) -> Option<[u8; 6]> {
-            Some(self.0)
+            self.known.get()
         }
+        fn learn(&self, mac: [u8; 6]) -> Option<[u8; 6]> {
+            if self.known.get().is_none() {
+                self.known.set(Some(mac));
+            }
+            self.known.get()
+        }
+        fn reserved(&self, mac: [u8; 6]) -> bool {
+            self.reserved.contains(&mac)
+        }
+    }
+
+    const GUEST: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn eth(src: [u8; 6], ethertype: u16, len: usize) -> std::vec::Vec<u8> {
+        let mut frame = std::vec![0u8; len];
+        frame[0..6].fill(0xff);
+        frame[6..12].copy_from_slice(&src);
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        frame
+    }
+
+    fn check(view: &SliceView<'_>, store: &Store) -> Option<u32> {
+        let (mut flow, mut inner) = (Flow::default(), Flow::default());
+        let parsed = parse(view, &mut flow, &mut inner);
+        outbound_frame(view, &parsed, &OneAddress, 0, store)
+    }
+
+    /// A minimal IPv4 packet (no transport) from the guest.
+    fn ipv4(src: [u8; 6]) -> std::vec::Vec<u8> {
+        let mut f = eth(src, 0x0800, 34);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&20u16.to_be_bytes());
+        f[23] = 250;
+        f
     }
 
     #[test]
     fn the_source_mac_is_read_as_it_sits_in_the_frame() {
-        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-        let mut frame = [0u8; 60];
-        frame[6..12].copy_from_slice(&mac);
-        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let frame = ipv4(GUEST);
         let view = SliceView::new(&frame);
-        assert!(matches!(
-            outbound_frame(&view, &NoAddresses, 0, &Known(mac)),
-            Outbound::Judge
-        ));
+        assert_eq!(check(&view, &Store::knowing(Some(GUEST))), None);
         let other = [0x52, 0x54, 0, 0x12, 0x34, 0x57];
-        assert!(matches!(
-            outbound_frame(&view, &NoAddresses, 0, &Known(other)),
-            Outbound::Verdict(DROP_MAC_SPOOFED)
-        ));
+        assert_eq!(
+            check(&view, &Store::knowing(Some(other))),
+            Some(DROP_MAC_SPOOFED)
+        );
+    }
+
+    #[test]
+    fn only_a_unicast_mac_no_one_else_holds_is_learned() {
+        let host = [0x02, 0, 0, 0, 0, 0x01];
+        for (what, mac) in [
+            ("broadcast", [0xff; 6]),
+            ("multicast", [0x33, 0x33, 0, 0, 0, 1]),
+            ("all zeros", [0; 6]),
+            ("the host's", host),
+        ] {
+            let mut store = Store::knowing(None);
+            store.reserved.push(host);
+            let frame = ipv4(mac);
+            assert_eq!(
+                check(&SliceView::new(&frame), &store),
+                Some(DROP_MAC_SPOOFED),
+                "{what}"
+            );
+            assert_eq!(store.known(), None, "{what}: nothing learned");
+        }
+        let store = Store::knowing(None);
+        let frame = ipv4(GUEST);
+        assert_eq!(check(&SliceView::new(&frame), &store), None);
+        assert_eq!(store.known(), Some(GUEST), "a unicast MAC is learned");
+    }
+
+    #[test]
+    fn a_tag_the_kernel_took_into_the_metadata_is_a_tag() {
+        let frame = ipv4(GUEST);
+        let store = Store::knowing(Some(GUEST));
+        assert_eq!(check(&SliceView::new(&frame), &store), None);
+        assert_eq!(
+            check(&SliceView::tag_stripped(&frame), &store),
+            Some(DROP_UNSUPPORTED_L2)
+        );
+    }
+
+    #[test]
+    fn an_arp_probe_asks_only_for_the_guests_own_address() {
+        let probe = |tpa: [u8; 4]| {
+            let mut f = eth(GUEST, 0x0806, 42);
+            f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            f[22..28].copy_from_slice(&GUEST);
+            f[38..42].copy_from_slice(&tpa);
+            f
+        };
+        let store = Store::knowing(Some(GUEST));
+        let own = probe([10, 0, 0, 1]);
+        assert_eq!(check(&SliceView::new(&own), &store), Some(PASS_NOT_IP));
+        let neighbours = probe([10, 0, 0, 2]);
+        assert_eq!(
+            check(&SliceView::new(&neighbours), &store),
+            Some(DROP_ARP_SPOOFED)
+        );
     }
 
     #[test]

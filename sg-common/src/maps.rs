@@ -49,6 +49,11 @@ pub const MAC: &str = "SG_MAC";
 /// is known, and then nothing is exempt from the rules as an AWS
 /// service's.
 pub const SERVICE_MAC: &str = "SG_SERVICE_MAC";
+/// Hash of [`crate::guard::MacKey`]s: MAC addresses the instance may not be
+/// taught by its first frame (the link's host end, every other instance's).
+pub const MAC_RESERVED: &str = "SG_MAC_RESERVED";
+/// How many the agent may reserve per instance.
+pub const MAC_RESERVED_MAX_ENTRIES: u32 = 4_096;
 /// Ring buffer of [`crate::events::FlowEvent`]s for the agent. Not pinned:
 /// events belong to the agent that reads them.
 pub const EVENTS: &str = "SG_EVENTS";
@@ -159,10 +164,10 @@ const fn lpm<T>() -> u32 {
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
 /// and the event ring belong to one process and are not pinned.
-pub const PINNED: [Layout; 11] = {
+pub const PINNED: [Layout; 12] = {
     use crate::{
         conntrack::{CtEntry, CtKey, FragEntry, FragKey},
-        guard::MacEntry,
+        guard::{MacEntry, MacKey},
         policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings, Shortcuts},
     };
     const fn l(name: &'static str, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
@@ -215,5 +220,6 @@ pub const PINNED: [Layout; 11] = {
         l(COUNTERS, 4, 8, crate::counters::COUNTERS_LEN),
         l(MAC, 4, size::<MacEntry>(), 1),
         l(SERVICE_MAC, 4, size::<MacEntry>(), 1),
+        l(MAC_RESERVED, size::<MacKey>(), 1, MAC_RESERVED_MAX_ENTRIES),
     ]
 };

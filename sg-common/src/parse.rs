@@ -10,7 +10,7 @@
 //! tests run exactly this code against [`crate::wire_reference`].
 
 use crate::{
-    counters::{DROP_EXT_CHAIN, DROP_MALFORMED, DROP_UNSUPPORTED_L2, PASS_NOT_IP},
+    counters::{DROP_EXT_CHAIN, DROP_MALFORMED, DROP_UNSUPPORTED_L2},
     flow::{Addr, FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, icmp, proto},
 };
 
@@ -24,6 +24,24 @@ use core::ptr::addr_of;
 pub trait PacketView {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+
+    /// The whole packet's length in bytes, from `data`: more than
+    /// `data_end - data` when part of it lies outside the direct view (an
+    /// skb's paged part, an XDP frame's further buffers). Asked only when a
+    /// header's length field says the packet reaches past the view.
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+
+    /// Whether the frame came with a VLAN tag the kernel took out of its
+    /// bytes into the packet's metadata (an skb's `vlan_present`: the
+    /// receive path strips one 802.1Q or 802.1ad tag before TC ingress
+    /// runs). The tag is then not in the bytes the parser reads.
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        false
+    }
 
     /// Four packet bytes as they sit (no byte-order change).
     ///
@@ -68,12 +86,39 @@ pub fn ptr_at<T>(ctx: &impl PacketView, offset: usize) -> Option<*const T> {
 #[cfg(not(target_arch = "bpf"))]
 pub struct SliceView<'a> {
     frame: &'a [u8],
+    /// The bytes past the view (the part of a packet an skb keeps paged).
+    beyond: usize,
+    tagged: bool,
 }
 
 #[cfg(not(target_arch = "bpf"))]
 impl<'a> SliceView<'a> {
     pub fn new(frame: &'a [u8]) -> Self {
-        Self { frame }
+        Self {
+            frame,
+            beyond: 0,
+            tagged: false,
+        }
+    }
+
+    /// `frame` as TC sees it when the kernel took its (outer) VLAN tag into
+    /// the skb's metadata.
+    pub fn tag_stripped(frame: &'a [u8]) -> Self {
+        Self {
+            tagged: true,
+            ..Self::new(frame)
+        }
+    }
+
+    /// The first `view` bytes of `frame` in direct view, the rest beyond it
+    /// (an skb whose headers were pulled only that far).
+    pub fn partly(frame: &'a [u8], view: usize) -> Self {
+        let view = view.min(frame.len());
+        Self {
+            frame: &frame[..view],
+            beyond: frame.len() - view,
+            tagged: false,
+        }
     }
 
     fn check(&self, p: *const u8, len: usize) {
@@ -95,6 +140,12 @@ impl PacketView for SliceView<'_> {
     }
     fn data_end(&self) -> usize {
         self.frame.as_ptr() as usize + self.frame.len()
+    }
+    fn packet_len(&self) -> usize {
+        self.frame.len() + self.beyond
+    }
+    fn vlan_tagged(&self) -> bool {
+        self.tagged
     }
     unsafe fn load_u32(&self, p: *const u8) -> u32 {
         self.check(p, 4);
@@ -126,10 +177,10 @@ const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 
 #[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto: [u8; 2],
+pub(crate) struct EthHdr {
+    pub(crate) dst: [u8; 6],
+    pub(crate) src: [u8; 6],
+    pub(crate) proto: [u8; 2],
 }
 
 #[repr(C)]
@@ -246,16 +297,62 @@ struct TcpHdr {
     flags: u8,
 }
 
-pub enum Parsed {
-    /// Not IP: the reason decides (ARP passes).
-    Verdict(u32),
-    /// An IP packet; `inner` is the packet an ICMP error quotes, when
-    /// `has_inner`; the transport header starts at `l4_off`.
-    Ip { has_inner: bool, l4_off: usize },
+/// What the parser found in a frame: its layer-2 facts, which the host
+/// side's guard checks (`crate::guard`), and what comes next.
+pub struct Parsed {
+    /// The frame's source MAC address (zeros when the frame is shorter than
+    /// an Ethernet header; `next` is then a drop).
+    pub src_mac: [u8; 6],
+    /// It carries a VLAN tag: in its bytes, or taken into the packet's
+    /// metadata by the kernel ([`PacketView::vlan_tagged`]).
+    pub tagged: bool,
+    pub next: Next,
 }
 
-/// Parses the frame into `flow` (and, for an ICMP error, the quoted packet
-/// into `inner`).
+pub enum Next {
+    /// Not judged by the rules: the reason decides.
+    Verdict(u32),
+    /// An ARP packet whose header starts at `off`.
+    Arp { off: usize },
+    /// An IP packet that ends at `l3_end` (what follows is not the
+    /// packet's), its transport header at `l4_off`; `inner` holds the
+    /// packet an ICMP error quotes, when `has_inner`.
+    Ip {
+        has_inner: bool,
+        l4_off: usize,
+        l3_end: usize,
+    },
+}
+
+/// A pointer to a `T` at `offset` that also ends by `end` (the end of the
+/// IP packet the header belongs to: bytes past it are Ethernet padding, or
+/// bytes a sender appended to pass off a header the receiver never sees),
+/// or `None`.
+#[inline(always)]
+pub fn ptr_within<T>(ctx: &impl PacketView, offset: usize, end: usize) -> Option<*const T> {
+    if offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    ptr_at(ctx, offset)
+}
+
+/// Six bytes of the packet at `p` as a MAC address: one 32-bit and one
+/// 16-bit load.
+///
+/// # Safety
+/// `p .. p + 6` lies inside the packet, bounds-checked with its header.
+#[inline(always)]
+pub unsafe fn mac_at(ctx: &impl PacketView, p: *const u8) -> [u8; 6] {
+    // SAFETY: the caller's contract.
+    let (hi, lo) = unsafe { (ctx.load_u32(p), ctx.load_be16(p.add(4))) };
+    let hi = hi.to_ne_bytes();
+    let lo = lo.to_be_bytes();
+    [hi[0], hi[1], hi[2], hi[3], lo[0], lo[1]]
+}
+
+/// Ethernet header and VLAN tags, then the network layer; ARP is found
+/// and left to the caller. Parses an IP packet into `flow` (and, for an
+/// ICMP error, the quoted packet into `inner`).
 #[inline(always)]
 pub fn parse(ctx: &impl PacketView, flow: &mut Flow, inner: &mut Flow) -> Parsed {
     // Fields not every protocol sets; addresses, family, protocol and
@@ -268,44 +365,80 @@ pub fn parse(ctx: &impl PacketView, flow: &mut Flow, inner: &mut Flow) -> Parsed
     flow.icmp_code = 0;
     flow.ipv6_ah = 0;
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Parsed::Verdict(DROP_MALFORMED);
+        return Parsed {
+            src_mac: [0; 6],
+            tagged: false,
+            next: Next::Verdict(DROP_MALFORMED),
+        };
     };
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let mut ethertype = unsafe { field16(ctx, addr_of!((*eth).proto)) };
+    let (src_mac, mut ethertype) = unsafe {
+        (
+            mac_at(ctx, addr_of!((*eth).src).cast()),
+            field16(ctx, addr_of!((*eth).proto)),
+        )
+    };
+    let mut tagged = ctx.vlan_tagged();
     let mut off = core::mem::size_of::<EthHdr>();
     for _ in 0..VLAN_MAX_DEPTH {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
+        tagged = true;
         let Some(vlan) = ptr_at::<VlanHdr>(ctx, off) else {
-            return Parsed::Verdict(DROP_MALFORMED);
+            return Parsed {
+                src_mac,
+                tagged,
+                next: Next::Verdict(DROP_MALFORMED),
+            };
         };
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
         ethertype = unsafe { field16(ctx, addr_of!((*vlan).proto)) };
         off += core::mem::size_of::<VlanHdr>();
     }
-    let l4_off = match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, off, flow),
-        ETH_P_IPV6 => parse_ipv6(ctx, off, flow),
-        ETH_P_ARP => return Parsed::Verdict(PASS_NOT_IP),
+    let next = match ethertype {
+        ETH_P_IP | ETH_P_IPV6 => parse_ip(ctx, off, ethertype == ETH_P_IP, flow, inner),
+        ETH_P_ARP => Next::Arp { off },
         // Anything else (more VLAN tags, PPPoE, MPLS, ...) could carry IP
         // past the filter.
-        _ => return Parsed::Verdict(DROP_UNSUPPORTED_L2),
+        _ => Next::Verdict(DROP_UNSUPPORTED_L2),
     };
-    let l4_off = match l4_off {
-        Ok(o) => o,
-        Err(reason) => return Parsed::Verdict(reason),
+    Parsed {
+        src_mac,
+        tagged,
+        next,
+    }
+}
+
+/// The network layer at `off` and what it carries.
+#[inline(always)]
+fn parse_ip(
+    ctx: &impl PacketView,
+    off: usize,
+    v4: bool,
+    flow: &mut Flow,
+    inner: &mut Flow,
+) -> Next {
+    let ends = if v4 {
+        parse_ipv4(ctx, off, flow)
+    } else {
+        parse_ipv6(ctx, off, flow)
+    };
+    let (l4_off, l3_end) = match ends {
+        Ok(ends) => ends,
+        Err(reason) => return Next::Verdict(reason),
     };
     if flow.frag == FRAG_LATER {
-        return Parsed::Ip {
+        return Next::Ip {
             has_inner: false,
             l4_off,
+            l3_end,
         };
     }
-    match parse_l4(ctx, l4_off, flow) {
-        Ok(()) => {}
-        Err(reason) => return Parsed::Verdict(reason),
+    if let Err(reason) = parse_l4(ctx, l4_off, l3_end, flow) {
+        return Next::Verdict(reason);
     }
+    let mut has_inner = false;
     if (flow.proto == proto::ICMP || flow.proto == proto::ICMPV6)
         && icmp::is_error(flow.family, flow.icmp_type)
     {
@@ -316,26 +449,55 @@ pub fn parse(ctx: &impl PacketView, flow: &mut Flow, inner: &mut Flow) -> Parsed
         inner.dport = 0;
         inner.frag = FRAG_NONE;
         inner.icmp_type = 0;
-        let has_inner = parse_quoted(ctx, l4_off + 8, flow.family, inner);
-        return Parsed::Ip { has_inner, l4_off };
+        has_inner = parse_quoted(ctx, l4_off + 8, l3_end, flow.family, inner);
     }
-    Parsed::Ip {
-        has_inner: false,
+    Next::Ip {
+        has_inner,
         l4_off,
+        l3_end,
     }
 }
 
-/// IPv4 header at `off`; returns the transport header's offset.
+/// Where an IP packet at `off` ends, by its length field `len` (`header`
+/// at least), or an error when the packet is shorter than that field says
+/// (the receiver would drop it; nothing past the view is judged unseen).
+/// A length of zero is the kernel's for a packet over 64 KiB (BIG TCP): it
+/// ends with the packet.
 #[inline(always)]
-fn parse_ipv4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usize, u32> {
+fn ip_end(ctx: &impl PacketView, off: usize, len: usize, header: usize) -> Result<usize, u32> {
+    if len == 0 {
+        return Ok(ctx.packet_len());
+    }
+    if len < header {
+        return Err(DROP_MALFORMED);
+    }
+    let end = off + len;
+    // Within the direct view costs no look at the packet's whole length
+    // (for XDP, a helper call).
+    if ctx.data() + end > ctx.data_end() && end > ctx.packet_len() {
+        return Err(DROP_MALFORMED);
+    }
+    Ok(end)
+}
+
+/// IPv4 header at `off`; returns the transport header's offset and where
+/// the packet ends.
+#[inline(always)]
+fn parse_ipv4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(usize, usize), u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    let (version_ihl, frag_off) =
-        unsafe { ((*ip).version_ihl, field16(ctx, addr_of!((*ip).frag_off))) };
+    let (version_ihl, frag_off, tot_len) = unsafe {
+        (
+            (*ip).version_ihl,
+            field16(ctx, addr_of!((*ip).frag_off)),
+            field16(ctx, addr_of!((*ip).tot_len)),
+        )
+    };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
         return Err(DROP_MALFORMED);
     }
+    let l3_end = ip_end(ctx, off, usize::from(tot_len), ihl)?;
     flow.family = FAMILY_V4;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     unsafe {
@@ -354,18 +516,31 @@ fn parse_ipv4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usiz
         FRAG_NONE
     };
     // Options are skipped: the transport header starts at IHL, not at 20.
-    Ok(off + ihl)
+    Ok((off + ihl, l3_end))
 }
 
 /// IPv6 header and extension chain at `off`; returns the transport
-/// header's offset.
+/// header's offset and where the packet ends.
 #[inline(always)]
-fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usize, u32> {
+fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(usize, usize), u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
-    if unsafe { (*ip).version_tc_flow[0] } >> 4 != 6 {
+    let (version, payload_len) = unsafe {
+        (
+            (*ip).version_tc_flow[0] >> 4,
+            usize::from(field16(ctx, addr_of!((*ip).payload_len))),
+        )
+    };
+    if version != 6 {
         return Err(DROP_MALFORMED);
     }
+    let header = core::mem::size_of::<Ipv6Hdr>();
+    let len = if payload_len == 0 {
+        0
+    } else {
+        header + payload_len
+    };
+    let end = ip_end(ctx, off, len, header)?;
     flow.family = FAMILY_V6;
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     unsafe {
@@ -374,12 +549,12 @@ fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usiz
     }
     // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
     let mut next = unsafe { (*ip).next_header };
-    let mut off = off + core::mem::size_of::<Ipv6Hdr>();
+    let mut off = off + header;
     flow.frag = FRAG_NONE;
     for _ in 0..IPV6_EXT_MAX_CHAIN {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                let h = ptr_within::<Ipv6ExtHdr>(ctx, off, end).ok_or(DROP_MALFORMED)?;
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, len) = unsafe { ((*h).next_header, (*h).len) };
                 next = n;
@@ -387,14 +562,14 @@ fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usiz
             }
             IPV6_AH => {
                 flow.ipv6_ah = 1;
-                let h = ptr_at::<Ipv6ExtHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                let h = ptr_within::<Ipv6ExtHdr>(ctx, off, end).ok_or(DROP_MALFORMED)?;
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, len) = unsafe { ((*h).next_header, (*h).len) };
                 next = n;
                 off += (usize::from(len) + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let h = ptr_at::<Ipv6FragHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+                let h = ptr_within::<Ipv6FragHdr>(ctx, off, end).ok_or(DROP_MALFORMED)?;
                 // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
                 let (n, offset_flags, id) = unsafe {
                     (
@@ -409,7 +584,7 @@ fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usiz
                 if offset_flags >> 3 != 0 {
                     flow.frag = FRAG_LATER;
                     flow.proto = next;
-                    return Ok(off);
+                    return within(off, end);
                 }
                 if offset_flags & 1 != 0 {
                     flow.frag = FRAG_FIRST;
@@ -417,7 +592,7 @@ fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usiz
             }
             _ => {
                 flow.proto = next;
-                return Ok(off);
+                return within(off, end);
             }
         }
     }
@@ -426,17 +601,27 @@ fn parse_ipv6(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<usiz
         IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => Err(DROP_EXT_CHAIN),
         _ => {
             flow.proto = next;
-            Ok(off)
+            within(off, end)
         }
     }
 }
 
-/// Ports, TCP flags, ICMP type/code/identifier.
+/// (`off`, `end`) when the extension chain ended inside the packet.
 #[inline(always)]
-fn parse_l4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(), u32> {
+fn within(off: usize, end: usize) -> Result<(usize, usize), u32> {
+    if off > end {
+        return Err(DROP_MALFORMED);
+    }
+    Ok((off, end))
+}
+
+/// Ports, TCP flags, ICMP type/code/identifier: from inside the IP packet
+/// (ending at `end`).
+#[inline(always)]
+fn parse_l4(ctx: &impl PacketView, off: usize, end: usize, flow: &mut Flow) -> Result<(), u32> {
     match flow.proto {
         proto::TCP => {
-            let h = ptr_at::<TcpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let h = ptr_within::<TcpHdr>(ctx, off, end).ok_or(DROP_MALFORMED)?;
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
                 flow.sport = field16(ctx, addr_of!((*h).sport));
@@ -446,7 +631,7 @@ fn parse_l4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(), u3
             }
         }
         proto::UDP => {
-            let h = ptr_at::<L4Hdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let h = ptr_within::<L4Hdr>(ctx, off, end).ok_or(DROP_MALFORMED)?;
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
                 flow.sport = field16(ctx, addr_of!((*h).sport));
@@ -454,7 +639,7 @@ fn parse_l4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(), u3
             }
         }
         proto::ICMP | proto::ICMPV6 => {
-            let h = ptr_at::<IcmpHdr>(ctx, off).ok_or(DROP_MALFORMED)?;
+            let h = ptr_within::<IcmpHdr>(ctx, off, end).ok_or(DROP_MALFORMED)?;
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             let (ty, code) = unsafe { ((*h).ty, (*h).code) };
             flow.icmp_type = ty;
@@ -471,12 +656,19 @@ fn parse_l4(ctx: &impl PacketView, off: usize, flow: &mut Flow) -> Result<(), u3
     Ok(())
 }
 
-/// The packet an ICMP error quotes: its IP header and first 8 transport
-/// bytes. Returns false when they cannot be read.
+/// The packet an ICMP error quotes (inside the error, which ends at
+/// `end`): its IP header and first 8 transport bytes. Returns false when
+/// they cannot be read.
 #[inline(always)]
-fn parse_quoted(ctx: &impl PacketView, off: usize, family: u8, inner: &mut Flow) -> bool {
+fn parse_quoted(
+    ctx: &impl PacketView,
+    off: usize,
+    end: usize,
+    family: u8,
+    inner: &mut Flow,
+) -> bool {
     let l4_off = if family == FAMILY_V4 {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, off) else {
+        let Some(ip) = ptr_within::<Ipv4Hdr>(ctx, off, end) else {
             return false;
         };
         // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
@@ -494,7 +686,7 @@ fn parse_quoted(ctx: &impl PacketView, off: usize, family: u8, inner: &mut Flow)
         }
         off + ihl
     } else {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, off) else {
+        let Some(ip) = ptr_within::<Ipv6Hdr>(ctx, off, end) else {
             return false;
         };
         inner.family = FAMILY_V6;
@@ -507,14 +699,11 @@ fn parse_quoted(ctx: &impl PacketView, off: usize, family: u8, inner: &mut Flow)
         off + core::mem::size_of::<Ipv6Hdr>()
     };
     // TCP, UDP and ICMP headers all have 8 bytes here.
-    if ptr_at::<L4Hdr>(ctx, l4_off).is_none() {
+    let Some(h) = ptr_within::<L4Hdr>(ctx, l4_off, end) else {
         return false;
-    }
+    };
     match inner.proto {
         proto::TCP | proto::UDP => {
-            let Some(h) = ptr_at::<L4Hdr>(ctx, l4_off) else {
-                return false;
-            };
             // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
             unsafe {
                 inner.sport = field16(ctx, addr_of!((*h).sport));
@@ -522,14 +711,12 @@ fn parse_quoted(ctx: &impl PacketView, off: usize, family: u8, inner: &mut Flow)
             }
         }
         proto::ICMP | proto::ICMPV6 => {
-            let Some(h) = ptr_at::<IcmpHdr>(ctx, l4_off) else {
-                return false;
-            };
-            // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
+            let h: *const IcmpHdr = h.cast();
+            // SAFETY: an ICMP header is 8 bytes, as the transport bytes `ptr_within` checked.
             let ty = unsafe { (*h).ty };
             inner.icmp_type = ty;
             if icmp::is_query(inner.family, ty) {
-                // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
+                // SAFETY: as above.
                 let id = unsafe { field16(ctx, addr_of!((*h).id)) };
                 inner.sport = id;
                 inner.dport = id;

@@ -26,4 +26,5 @@ pod!(
     events::FlowEvent,
     events::EventBudget,
     guard::MacEntry,
+    guard::MacKey,
 );

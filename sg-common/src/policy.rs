@@ -469,33 +469,73 @@ fn class_allows<M: PolicyMaps>(
 
 /// AWS's source/destination check for a packet that opens a flow (or a
 /// later fragment): its local end (the destination inbound, the source
-/// outbound) must be one of the instance's addresses. Exempt, as on EC2:
-/// IPv6 link-local and unspecified addresses at either end (neighbour and
-/// router discovery, multicast listener reports, `DHCPv6`), and the DHCP
-/// exchange (UDP between ports 67 and 68), which runs before the instance
-/// has its address. Packets of tracked flows are not checked again: their
-/// entry was made by a packet that was, and its key holds both addresses.
+/// outbound) must be one of the instance's addresses. Packets of tracked
+/// flows are not checked again: their entry was made by a packet that was,
+/// and its key holds both addresses.
+///
+/// Exempt, as on EC2: an IPv6 link-local local end (neighbour and router
+/// discovery, listener reports, `DHCPv6`), and the unspecified address as
+/// the source of what the instance sends before it has one. Only the
+/// instance's *own* end counts: a packet from another instance's address
+/// is not the instance's because it goes to a link-local address. Where
+/// the instance's MAC address is known (`guest_mac`: the host side, where
+/// the guest could claim any link-local address), its link-local source
+/// must be the one that MAC address gives (EUI-64) or one it lists.
 #[inline(always)]
-pub fn own_address<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow: &Flow) -> bool {
+pub fn own_address<M: PolicyMaps>(
+    maps: &M,
+    generation: u8,
+    direction: u8,
+    flow: &Flow,
+    guest_mac: Option<[u8; 6]>,
+) -> bool {
     let local = if direction == INGRESS {
         &flow.dst
     } else {
         &flow.src
     };
     if flow.family == FAMILY_V4 {
-        if flow.proto == crate::flow::proto::UDP
-            && flow.frag != crate::flow::FRAG_LATER
-            && matches!((flow.sport, flow.dport), (67 | 68, 67 | 68))
-        {
-            return true;
-        }
-        own_v4(maps, generation, local[0])
-    } else {
-        if link_local_or_unspecified(&flow.src) || link_local_or_unspecified(&flow.dst) {
-            return true;
-        }
-        own_v6(maps, generation, local)
+        return own_v4(maps, generation, local[0]);
     }
+    if direction == EGRESS && unspecified(local) {
+        return true;
+    }
+    if link_local(local) {
+        return match guest_mac {
+            Some(mac) if direction == EGRESS => {
+                crate::guard::own_or_link_local(maps, generation, local, mac)
+            }
+            _ => true,
+        };
+    }
+    own_v6(maps, generation, local)
+}
+
+/// [`own_address`] for traffic with an AWS service (`exempt`, as
+/// [`aws_service`] found it, where the services are): the same check,
+/// except for DHCP's exchange, which runs before the instance has its
+/// address: a client's request from `0.0.0.0`, and the server's answer,
+/// to the address it offers (or to everyone). `DHCPv6` runs between
+/// link-local addresses, which [`own_address`] already takes.
+#[inline(always)]
+pub fn service_own_address<M: PolicyMaps>(
+    maps: &M,
+    generation: u8,
+    direction: u8,
+    flow: &Flow,
+    guest_mac: Option<[u8; 6]>,
+) -> bool {
+    if flow.family == FAMILY_V4 && flow.proto == crate::flow::proto::UDP {
+        let dhcp = if direction == INGRESS {
+            (flow.sport, flow.dport) == (67, 68)
+        } else {
+            (flow.sport, flow.dport) == (68, 67) && flow.src[0] == 0
+        };
+        if dhcp {
+            return true;
+        }
+    }
+    own_address(maps, generation, direction, flow, guest_mac)
 }
 
 /// Whether `addr` (network byte order) is one of the instance's IPv4
@@ -555,10 +595,13 @@ pub fn aws_service<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
             (547, 546)
         };
         if remote_port == server && local_port == client {
-            return if direction == INGRESS {
-                EXEMPT_SERVICE
-            } else {
+            // A request may go to everyone only as a request to everyone
+            // does: to 255.255.255.255 (ff02::1:2, every DHCP server and
+            // relay); to any other address, only where the services are.
+            return if direction == EGRESS && to_every_dhcp_server(flow) {
                 EXEMPT_DHCP_REQUEST
+            } else {
+                EXEMPT_SERVICE
             };
         }
     }
@@ -592,11 +635,34 @@ pub fn aws_service<M: PolicyMaps>(maps: &M, generation: u8, direction: u8, flow:
     }
 }
 
-/// `fe80::/10` or `::`, IPv6 in network byte order.
+/// `fe80::/10`, IPv6 in network byte order.
 #[inline(always)]
-fn link_local_or_unspecified(a: &crate::flow::Addr) -> bool {
-    let first = u32::from_be(a[0]);
-    first >> 22 == 0x3fa || (a[0] | a[1] | a[2] | a[3]) == 0
+fn link_local(a: &crate::flow::Addr) -> bool {
+    u32::from_be(a[0]) >> 22 == 0x3fa
+}
+
+/// `::`.
+#[inline(always)]
+fn unspecified(a: &crate::flow::Addr) -> bool {
+    (a[0] | a[1] | a[2] | a[3]) == 0
+}
+
+/// A DHCP request's destination when the client does not know its
+/// server: IPv4's limited broadcast, or `DHCPv6`'s
+/// `All_DHCP_Relay_Agents_and_Servers` (`ff02::1:2`).
+#[inline(always)]
+fn to_every_dhcp_server(flow: &Flow) -> bool {
+    if flow.family == FAMILY_V4 {
+        flow.dst[0] == u32::MAX
+    } else {
+        flow.dst
+            == [
+                u32::from_ne_bytes([0xff, 0x02, 0, 0]),
+                0,
+                0,
+                u32::from_ne_bytes([0, 1, 0, 2]),
+            ]
+    }
 }
 
 /// Whether a new TCP or UDP flow that the rules of `direction` allow goes

@@ -7,6 +7,11 @@
 //!   the filter).
 //! - IPv4: version 4 and an IHL of at least 20 bytes; options skipped;
 //!   fragment state from the offset and more-fragments bit.
+//! - The IP packet ends where its length field says (IPv4's total length,
+//!   at least its header; IPv6's payload length after the 40-byte header;
+//!   zero: with the frame): a frame shorter than that is refused, and
+//!   nothing past that end is read (extension headers, transport, an ICMP
+//!   error's quoted packet).
 //! - IPv6: version 6; at most eight extension headers walked (hop-by-hop,
 //!   routing, destination options, AH, fragment); a ninth is refused. A
 //!   fragment header with a non-zero offset ends the walk: a later fragment
@@ -88,12 +93,14 @@ fn decode_ip(frame: &[u8]) -> Result<Decoded, u32> {
         tags += 1;
     }
     let mut flow = Flow::default();
-    let l4 = match ethertype {
+    let (l4, end) = match ethertype {
         0x0800 => ipv4(frame, at, &mut flow)?,
         0x86dd => ipv6(frame, at, &mut flow)?,
         0x0806 => return Err(PASS_NOT_IP),
         _ => return Err(DROP_UNSUPPORTED_L2),
     };
+    // The IP packet and nothing after it.
+    let frame = &frame[..end];
     if flow.frag == FRAG_LATER {
         return Ok(Decoded::Ip { flow, quoted: None });
     }
@@ -107,12 +114,30 @@ fn decode_ip(frame: &[u8]) -> Result<Decoded, u32> {
     Ok(Decoded::Ip { flow, quoted })
 }
 
-fn ipv4(frame: &[u8], at: usize, flow: &mut Flow) -> Result<usize, u32> {
+/// Where an IP packet at `at` with length field `len` (at least `min`)
+/// ends in `frame`.
+fn packet_end(frame: &[u8], at: usize, len: usize, min: usize) -> Result<usize, u32> {
+    if len == 0 {
+        return Ok(frame.len());
+    }
+    if len < min || at + len > frame.len() {
+        return Err(DROP_MALFORMED);
+    }
+    Ok(at + len)
+}
+
+fn ipv4(frame: &[u8], at: usize, flow: &mut Flow) -> Result<(usize, usize), u32> {
     let h: [u8; 20] = bytes(frame, at).ok_or(DROP_MALFORMED)?;
     let ihl = usize::from(h[0] & 0x0f) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
         return Err(DROP_MALFORMED);
     }
+    let end = packet_end(
+        frame,
+        at,
+        usize::from(u16::from_be_bytes([h[2], h[3]])),
+        ihl,
+    )?;
     flow.family = FAMILY_V4;
     flow.proto = h[9];
     flow.src = addr_from_octets(&h[12..16]);
@@ -124,18 +149,23 @@ fn ipv4(frame: &[u8], at: usize, flow: &mut Flow) -> Result<usize, u32> {
         (0, true) => FRAG_FIRST,
         _ => FRAG_LATER,
     };
-    Ok(at + ihl)
+    Ok((at + ihl, end))
 }
 
 fn is_extension(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 51 | 60)
 }
 
-fn ipv6(frame: &[u8], at: usize, flow: &mut Flow) -> Result<usize, u32> {
+fn ipv6(frame: &[u8], at: usize, flow: &mut Flow) -> Result<(usize, usize), u32> {
     let h: [u8; 40] = bytes(frame, at).ok_or(DROP_MALFORMED)?;
     if h[0] >> 4 != 6 {
         return Err(DROP_MALFORMED);
     }
+    let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    let len = if payload == 0 { 0 } else { 40 + payload };
+    let end = packet_end(frame, at, len, 40)?;
+    // Extension headers inside the packet only.
+    let frame = &frame[..end];
     flow.family = FAMILY_V6;
     flow.src = addr_from_octets(&h[8..24]);
     flow.dst = addr_from_octets(&h[24..40]);
@@ -164,7 +194,7 @@ fn ipv6(frame: &[u8], at: usize, flow: &mut Flow) -> Result<usize, u32> {
                 if offset_flags >> 3 != 0 {
                     flow.frag = FRAG_LATER;
                     flow.proto = next;
-                    return Ok(at);
+                    return inside(at, end);
                 }
                 if offset_flags & 1 != 0 {
                     flow.frag = FRAG_FIRST;
@@ -177,7 +207,15 @@ fn ipv6(frame: &[u8], at: usize, flow: &mut Flow) -> Result<usize, u32> {
         return Err(DROP_EXT_CHAIN);
     }
     flow.proto = next;
-    Ok(at)
+    inside(at, end)
+}
+
+/// The walk's end, if it is inside the packet.
+fn inside(at: usize, end: usize) -> Result<(usize, usize), u32> {
+    if at > end {
+        return Err(DROP_MALFORMED);
+    }
+    Ok((at, end))
 }
 
 /// Echo, timestamp, information and address-mask queries and answers
@@ -274,7 +312,7 @@ mod tests {
     use super::{Decoded, decode, observed};
     use crate::{
         flow::Flow,
-        parse::{Parsed, SliceView, parse},
+        parse::{Next, SliceView, parse},
     };
 
     /// The kernel's parser over `frame`, starting from flows full of junk so
@@ -297,9 +335,10 @@ mod tests {
             tcp_seq: 0xa5a5_a5a5,
         };
         let (mut flow, mut inner) = (junk, junk);
-        match parse(&SliceView::new(frame), &mut flow, &mut inner) {
-            Parsed::Verdict(r) => Decoded::Verdict(r),
-            Parsed::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),
+        match parse(&SliceView::new(frame), &mut flow, &mut inner).next {
+            Next::Verdict(r) => Decoded::Verdict(r),
+            Next::Arp { .. } => Decoded::Verdict(crate::counters::PASS_NOT_IP),
+            Next::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),
         }
     }
 

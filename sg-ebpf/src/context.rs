@@ -38,9 +38,11 @@ impl Packet for Frame<'_, TcContext> {
 pub struct Frame<'a, C>(pub &'a C);
 
 /// XDP and TC contexts give the same view: their bounds, and this crate's
-/// one-instruction loads.
+/// one-instruction loads; `$len` gives the whole packet's length (past the
+/// direct view too), `$tagged` whether the kernel took a VLAN tag out of
+/// the frame into its metadata (TC's skb; XDP sees every tag in the frame).
 macro_rules! packet_view {
-    ($ctx:ty) => {
+    ($ctx:ty, $len:expr, $tagged:expr) => {
         impl PacketView for Frame<'_, $ctx> {
             #[inline(always)]
             fn data(&self) -> usize {
@@ -49,6 +51,14 @@ macro_rules! packet_view {
             #[inline(always)]
             fn data_end(&self) -> usize {
                 self.0.data_end()
+            }
+            #[inline(always)]
+            fn packet_len(&self) -> usize {
+                $len(self)
+            }
+            #[inline(always)]
+            fn vlan_tagged(&self) -> bool {
+                $tagged(self)
             }
             #[inline(always)]
             unsafe fn load_u32(&self, p: *const u8) -> u32 {
@@ -64,8 +74,20 @@ macro_rules! packet_view {
     };
 }
 
-packet_view!(XdpContext);
-packet_view!(TcContext);
+packet_view!(
+    XdpContext,
+    |frame: &Frame<'_, XdpContext>| { frame.wire_len() as usize },
+    |_| false
+);
+packet_view!(
+    TcContext,
+    |frame: &Frame<'_, TcContext>| { frame.0.len() as usize },
+    |frame: &Frame<'_, TcContext>| {
+        // SAFETY: the program's own context; the kernel rewrites the read of
+        // `vlan_present` into one of the skb's VLAN fields.
+        unsafe { (*frame.0.skb.skb).vlan_present != 0 }
+    }
+);
 
 /// Headers the parser may read, at most: Ethernet, two VLAN tags, IPv6 with
 /// an extension chain, and an ICMP error's quoted headers.

@@ -11,7 +11,7 @@ use sg_common::{
     counters::COUNTERS_LEN,
     events::EventBudget,
     flow::{FAMILY_V4, Flow},
-    guard::{MAC_LEARNED, MacEntry, MacStore},
+    guard::{MAC_LEARNED, MacEntry, MacKey, MacStore},
     maps as m,
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PORT_PROTO_BITS, PolicyMaps, PortKey,
@@ -61,6 +61,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// The instance's MAC address (host side only): one entry, key 0.
 #[map(name = "SG_MAC")]
 pub static MAC: HashMap<u32, MacEntry> = HashMap::with_max_entries(1, 0);
+
+/// MAC addresses the instance may not be taught by its first frame: the
+/// host's and every other instance's (the agent keeps them).
+#[map(name = "SG_MAC_RESERVED")]
+pub static MAC_RESERVED: HashMap<MacKey, u8> =
+    HashMap::with_max_entries(m::MAC_RESERVED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The MAC address the AWS services answer from: index 0, all zeros when
 /// none is known.
@@ -145,31 +151,36 @@ pub struct KernelMac;
 
 impl MacStore for KernelMac {
     #[inline(always)]
-    fn mac_or_learn(&self, seen: [u8; 6]) -> Option<[u8; 6]> {
+    fn known(&self) -> Option<[u8; 6]> {
         // The key lives on the stack: a promoted `&0` is a constant global
         // of value 0, which LLVM may merge with a read-only global the
         // loader overrides (SG_EVENTS_PER_CPU was), and the lookup would
         // then ask for another key.
         let key: u32 = 0;
         // SAFETY: the value is copied out at once; map values are freed only after an RCU grace period, which cannot end while this program runs.
-        if let Some(e) = unsafe { MAC.get(key) } {
-            return Some(e.mac);
-        }
-        // Fails if another CPU learned first: then its MAC is the one.
-        let learned = MacEntry {
-            mac: seen,
-            learned: MAC_LEARNED,
-            pad: 0,
-        };
-        let _ = MAC.insert(key, learned, u64::from(BPF_NOEXIST));
-        // SAFETY: as above.
         unsafe { MAC.get(key) }.map(|e| e.mac)
     }
 
     #[inline(always)]
-    fn known(&self) -> Option<[u8; 6]> {
+    fn learn(&self, mac: [u8; 6]) -> Option<[u8; 6]> {
         let key: u32 = 0;
-        // SAFETY: as above.
-        unsafe { MAC.get(key) }.map(|e| e.mac)
+        // Fails if another CPU learned first: then its MAC is the one.
+        let learned = MacEntry {
+            mac,
+            learned: MAC_LEARNED,
+            pad: 0,
+        };
+        let _ = MAC.insert(key, learned, u64::from(BPF_NOEXIST));
+        self.known()
+    }
+
+    #[inline(always)]
+    fn reserved(&self, mac: [u8; 6]) -> bool {
+        if service_mac() == Some(mac) {
+            return true;
+        }
+        let key = MacKey { mac, pad: [0; 2] };
+        // SAFETY: only whether it is there is read.
+        unsafe { MAC_RESERVED.get(key) }.is_some()
     }
 }

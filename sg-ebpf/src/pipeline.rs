@@ -7,14 +7,14 @@ use sg_common::{
     counters::{
         self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE,
         DROP_SOURCE_DEST_CHECK, PASS_AWS_SERVICE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
-        PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
+        PASS_NOT_IP, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
     events::{
         EVENT_DROP, EVENT_NEW_FLOW, EVENT_UNTRACKED, OBSERVE_DROPS, OBSERVE_FLOW_COUNTS,
         OBSERVE_UNTRACKED,
     },
     flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
-    guard::{self, Outbound},
+    guard,
     policy::{self, AddrValue, Settings, allowing_class},
 };
 
@@ -23,7 +23,7 @@ use crate::{
     maps::{CONNS, COUNTERS, FRAGS, KernelMac, KernelPolicy, SCRATCH, SETTINGS, Scratch},
     observe,
 };
-use sg_common::parse::{Parsed, parse};
+use sg_common::parse::{Next, parse};
 
 /// Whether the packet passes; counts the reason either way, under the
 /// policy generation that judged it. `GUARDED`: what the instance sent,
@@ -118,27 +118,44 @@ fn reason<const GUARDED: bool>(
         frag_key,
         // SAFETY: this CPU's scratch slot, valid for the whole run. Programs do not nest on a CPU (XDP and TC run in softirq context with preemption off, and no program of this object interrupts another on its CPU), so this packet has it alone until it returns.
     } = unsafe { &mut *scratch };
+    // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
+    // parser writes every field that is read for the packet it finds.
+    let parsed = parse(ctx, flow, inner);
     // On the host side of the instance's link, what the instance sends is
-    // checked at layer 2 first: its MAC address, ARP (see guard).
+    // checked at layer 2 first: its MAC address, VLAN tags, ARP (see
+    // guard), on what the parser found.
     if GUARDED
-        && let Outbound::Verdict(r) =
-            guard::outbound_frame(ctx, &KernelPolicy, generation, &KernelMac)
+        && let Some(r) = guard::outbound_frame(ctx, &parsed, &KernelPolicy, generation, &KernelMac)
     {
         return r;
     }
-    // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
-    // parser writes every field that is read for the packet it finds.
-    let (has_inner, l4_off) = match parse(ctx, flow, inner) {
-        Parsed::Verdict(r) => return r,
-        Parsed::Ip { has_inner, l4_off } => (has_inner, l4_off),
+    let (has_inner, l4_off, l3_end) = match parsed.next {
+        Next::Verdict(r) => return r,
+        Next::Arp { .. } => return PASS_NOT_IP,
+        Next::Ip {
+            has_inner,
+            l4_off,
+            l3_end,
+        } => (has_inner, l4_off, l3_end),
     };
+    // The guest's MAC address, where its link-local addresses must be the
+    // ones it gives: the frame's, which the guard just found to be its.
+    let guest_mac = if GUARDED { Some(parsed.src_mac) } else { None };
     if flow.family == FAMILY_V6
         && flow.proto == proto::ICMPV6
         && flow.frag != FRAG_LATER
         && icmp::is_neighbour_discovery(flow.icmp_type)
     {
         if GUARDED {
-            return guard::outbound_nd(ctx, l4_off, flow, &KernelPolicy, generation, &KernelMac);
+            return guard::outbound_nd(
+                ctx,
+                l4_off,
+                l3_end,
+                flow,
+                &KernelPolicy,
+                generation,
+                &KernelMac,
+            );
         }
         return PASS_NEIGHBOUR_DISCOVERY;
     }
@@ -152,27 +169,34 @@ fn reason<const GUARDED: bool>(
         {
             return PASS_FRAGMENT;
         }
-        return match by_rules(generation, direction, flow) {
+        return match by_rules(generation, direction, flow, guest_mac) {
             Ok(_) => PASS_RULE,
             Err(DROP_NO_RULE) => DROP_FRAGMENT,
             Err(drop) => drop,
         };
     }
 
-    if has_inner && related_to_tracked(flow, inner, ct_key, now, settings) {
+    // An error the instance's own end sends or receives (not one sent as
+    // a neighbour, quoting a flow of the sender's).
+    if has_inner
+        && policy::own_address(&KernelPolicy, generation, direction, flow, guest_mac)
+        && related_to_tracked(flow, inner, ct_key, now, settings)
+    {
         return PASS_TRACKED;
     }
     // Any other ICMP error is no flow of its own: the rules decide, and it
     // opens no entry (that would let the other way's errors and queries
     // ride on it).
     if flow.proto_is_icmp() && icmp::is_error(flow.family, flow.icmp_type) {
-        return match by_rules(generation, direction, flow) {
+        return match by_rules(generation, direction, flow, guest_mac) {
             Ok(_) => PASS_RULE,
             Err(drop) => drop,
         };
     }
 
-    let verdict = track(ctx, flow, ct_key, now, settings, generation, direction);
+    let verdict = track(
+        ctx, flow, ct_key, now, settings, generation, direction, guest_mac,
+    );
     if flow.frag == FRAG_FIRST && counters::passes(verdict) {
         frag_key.fill(flow);
         let _ = FRAGS.insert(*frag_key, FragEntry { seen_ns: now }, 0);
@@ -188,6 +212,10 @@ fn reason<const GUARDED: bool>(
     clippy::needless_borrows_for_generic_args,
     reason = "`*key` would copy the 40-byte key onto the 512-byte eBPF stack; the key stays mutable for a second entry"
 )]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into the pipeline: a struct of them would cost stack the verifier counts"
+)]
 fn track(
     ctx: &impl Packet,
     flow: &Flow,
@@ -196,6 +224,7 @@ fn track(
     settings: &Settings,
     generation: u8,
     direction: u8,
+    guest_mac: Option<[u8; 6]>,
 ) -> u32 {
     let from_a = conntrack::fill_key(flow, key);
     let expired = match CONNS.get_ptr_mut(&*key) {
@@ -240,12 +269,12 @@ fn track(
             place,
         )
     {
-        if policy::own_address(&KernelPolicy, generation, direction, flow) {
+        if policy::service_own_address(&KernelPolicy, generation, direction, flow, guest_mac) {
             return PASS_AWS_SERVICE;
         }
         return DROP_SOURCE_DEST_CHECK;
     }
-    let remote = match by_rules(generation, direction, flow) {
+    let remote = match by_rules(generation, direction, flow, guest_mac) {
         Ok(remote) => remote,
         Err(drop) => {
             // An expired entry the rules no longer stand behind gives its
@@ -384,9 +413,14 @@ unsafe fn atomic_add_u64(p: *mut u64, v: u64) {
 /// the rules. Gives the remote end's address class when both allow it, the
 /// drop reason otherwise.
 #[inline(always)]
-fn by_rules(generation: u8, direction: u8, flow: &Flow) -> Result<AddrValue, u32> {
+fn by_rules(
+    generation: u8,
+    direction: u8,
+    flow: &Flow,
+    guest_mac: Option<[u8; 6]>,
+) -> Result<AddrValue, u32> {
     let remote = allowing_class(&KernelPolicy, generation, direction, flow).ok_or(DROP_NO_RULE)?;
-    if !policy::own_address(&KernelPolicy, generation, direction, flow) {
+    if !policy::own_address(&KernelPolicy, generation, direction, flow, guest_mac) {
         return Err(DROP_SOURCE_DEST_CHECK);
     }
     Ok(remote)

@@ -6,6 +6,7 @@ pub mod attached;
 pub mod chaos;
 pub mod etcd;
 pub mod frames;
+pub mod guest;
 pub mod kernel;
 pub mod lab;
 pub mod libvirt;

@@ -2,9 +2,11 @@
 //! (`sg_common::guard`): written here when the rules file or libvirt gives
 //! it, learned by the programs from the instance's first frame otherwise.
 
+use std::collections::BTreeSet;
+
 use aya::maps::{HashMap, MapData, MapError};
 use sg_common::{
-    guard::{MAC_CONFIGURED, MAC_LEARNED, MacEntry},
+    guard::{MAC_CONFIGURED, MAC_LEARNED, MacEntry, MacKey},
     maps as m,
 };
 
@@ -121,6 +123,52 @@ impl Dataplane {
     pub fn forget_learned_mac(&mut self) -> Result<(), DataplaneError> {
         if self.mac()?.is_some_and(|k| k.learned) {
             self.remove_mac()?;
+        }
+        Ok(())
+    }
+
+    /// The MAC addresses the programs will not learn as the instance's.
+    pub fn reserved_macs(&self) -> Result<BTreeSet<[u8; 6]>, DataplaneError> {
+        let map: HashMap<&MapData, MacKey, u8> =
+            HashMap::try_from(self.map(m::MAC_RESERVED)).map_err(map_err(m::MAC_RESERVED))?;
+        map.keys()
+            .map(|k| k.map(|k| k.mac))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(m::MAC_RESERVED))
+    }
+
+    /// Makes `macs` the MAC addresses the programs will not learn as the
+    /// instance's (the host's, every other instance's): what is there and
+    /// not in `macs` goes, what is missing is added. At most
+    /// [`m::MAC_RESERVED_MAX_ENTRIES`]; the rest are left out (and said).
+    pub fn set_reserved_macs(&mut self, macs: &BTreeSet<[u8; 6]>) -> Result<(), DataplaneError> {
+        let now = self.reserved_macs()?;
+        let map = self
+            .ebpf
+            .map_mut(m::MAC_RESERVED)
+            .unwrap_or_else(|| panic!("the object defines map {}", m::MAC_RESERVED));
+        let mut map: HashMap<&mut MapData, MacKey, u8> =
+            HashMap::try_from(map).map_err(map_err(m::MAC_RESERVED))?;
+        let key = |mac: [u8; 6]| MacKey { mac, pad: [0; 2] };
+        for gone in now.difference(macs) {
+            match map.remove(&key(*gone)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(m::MAC_RESERVED)(e)),
+            }
+        }
+        let room =
+            (m::MAC_RESERVED_MAX_ENTRIES as usize).saturating_sub(now.intersection(macs).count());
+        let added: Vec<&[u8; 6]> = macs.difference(&now).collect();
+        if added.len() > room {
+            log::warn!(
+                "{} MAC addresses to reserve beyond the {} an instance holds: a guest could be taught one of them",
+                added.len() - room,
+                m::MAC_RESERVED_MAX_ENTRIES
+            );
+        }
+        for mac in added.into_iter().take(room) {
+            map.insert(key(*mac), 1, 0)
+                .map_err(map_err(m::MAC_RESERVED))?;
         }
         Ok(())
     }

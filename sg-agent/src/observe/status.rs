@@ -115,6 +115,9 @@ pub struct InstanceStatus {
     /// libvirt) or `learned` (its first frame).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_source: Option<String>,
+    /// A learned MAC address: when the agent saw it learned (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_learned_at: Option<u64>,
     /// `enforced`, `waiting` (its interface or namespace does not exist
     /// yet, its libvirt domain is not running, or loading failed: see
     /// `waiting_reason`) or `lost` (its interface was recreated;
@@ -317,10 +320,15 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         let _ = writeln!(out, "  {why}");
     }
     if let Some(mac) = &i.mac {
+        let source = match (i.mac_source.as_deref(), i.mac_learned_at) {
+            (Some("learned"), Some(at)) => {
+                format!("learned from its first frame {}", ago(now, at))
+            }
+            (source, _) => source.unwrap_or("configured").to_owned(),
+        };
         let _ = writeln!(
             out,
-            "  MAC address {mac} ({}): every frame it sends must come from it",
-            i.mac_source.as_deref().unwrap_or("configured")
+            "  MAC address {mac} ({source}): every frame it sends must come from it"
         );
     }
     if let Some(hook) = &i.ingress_hook {

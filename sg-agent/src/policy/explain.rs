@@ -130,10 +130,7 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         tracked_through: None,
         hints: Vec::new(),
     };
-    if !reference::source_dest_ok(inst, direction, packet) {
-        side.because = "not its own address (source/destination check)".into();
-        return side;
-    }
+    let not_own = "not its own address (source/destination check)";
     // Traffic with an AWS service's address is taken to come from (go to)
     // where the services are, when the file says where that is (or the
     // instance is enforced on the host side, whose own address it is).
@@ -142,10 +139,18 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         ..*packet
     };
     if let Some(service) = reference::aws_service(vpc, direction, &at_services) {
+        if !reference::service_source_dest_ok(inst, direction, packet) {
+            side.because = not_own.into();
+            return side;
+        }
         side.allowed = true;
         side.because = format!(
             "AWS service ({service}): never filtered, from and to where the services answer"
         );
+        return side;
+    }
+    if !reference::source_dest_ok(inst, direction, packet) {
+        side.because = not_own.into();
         return side;
     }
     let allowing = reference::allowing_rules(vpc, inst, direction, packet);

@@ -124,11 +124,14 @@ pub fn evaluate(
     if tracked {
         return Decision::Tracked;
     }
-    if !source_dest_ok(instance, direction, packet) {
+    if let Some(service) = aws_service(vpc, direction, packet) {
+        if service_source_dest_ok(instance, direction, packet) {
+            return Decision::Service(service);
+        }
         return Decision::Denied;
     }
-    if let Some(service) = aws_service(vpc, direction, packet) {
-        return Decision::Service(service);
+    if !source_dest_ok(instance, direction, packet) {
+        return Decision::Denied;
     }
     let remote = remote_of(direction, packet);
     // For a later fragment: the port intervals of every rule that matches
@@ -218,9 +221,11 @@ pub fn aws_service(vpc: &Vpc, direction: Direction, packet: &Packet) -> Option<&
 
 /// AWS's source/destination check, on by default: an instance receives
 /// only what is addressed to one of its addresses and sends only from one.
-/// Exempt: IPv6 link-local and unspecified addresses at either end
-/// (neighbour and router discovery, listener reports, `DHCPv6`) and the
-/// DHCP exchange (UDP between ports 67 and 68).
+/// Exempt: an IPv6 link-local address at the instance's own end (neighbour
+/// and router discovery, listener reports, `DHCPv6`), and `::` as the
+/// source of what it sends. Never because of the *other* end. On the host
+/// side with a MAC address given, a link-local source must be the one that
+/// MAC address gives (EUI-64) or one the instance lists.
 pub fn source_dest_ok(instance: &Instance, direction: Direction, packet: &Packet) -> bool {
     if !instance.source_dest_check {
         return true;
@@ -229,24 +234,58 @@ pub fn source_dest_ok(instance: &Instance, direction: Direction, packet: &Packet
         Direction::Ingress => packet.dst,
         Direction::Egress => packet.src,
     };
-    let exempt = match (packet.src, packet.dst) {
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let link_local =
-                |a: std::net::Ipv6Addr| a.is_unicast_link_local() || a.is_unspecified();
-            link_local(s) || link_local(d)
+    if let IpAddr::V6(l) = local {
+        if direction == Direction::Egress && l.is_unspecified() {
+            return true;
         }
-        _ => {
-            packet.proto == sg_common::flow::proto::UDP
-                && matches!(
-                    packet.l4,
-                    L4::Ports {
-                        src: 67 | 68,
-                        dst: 67 | 68
-                    }
-                )
+        if l.is_unicast_link_local() {
+            return match (direction, guest_mac(instance)) {
+                (Direction::Egress, Some(mac)) => {
+                    let eui64 =
+                        sg_common::flow::addr_octets(&sg_common::guard::eui64_link_local(mac));
+                    l.octets() == eui64 || instance.owns(local)
+                }
+                _ => true,
+            };
         }
-    };
-    exempt || instance.owns(local)
+    }
+    instance.owns(local)
+}
+
+/// The MAC address the host side holds `instance` to, where the rules file
+/// gives it (a learned one is the data plane's to know).
+pub fn guest_mac(instance: &Instance) -> Option<[u8; 6]> {
+    instance
+        .link
+        .as_ref()
+        .is_some_and(crate::config::Link::host_side)
+        .then_some(instance.mac)
+        .flatten()
+        .map(|m| m.0)
+}
+
+/// [`source_dest_ok`] for traffic with an AWS service: DHCP's exchange
+/// runs before the instance has its address, so a client's request from
+/// `0.0.0.0` and the server's answer (to the address it offers) pass too.
+pub fn service_source_dest_ok(instance: &Instance, direction: Direction, packet: &Packet) -> bool {
+    if let (
+        IpAddr::V4(src),
+        sg_common::flow::proto::UDP,
+        L4::Ports {
+            src: sport,
+            dst: dport,
+        },
+    ) = (packet.src, packet.proto, packet.l4)
+    {
+        let dhcp = match direction {
+            Direction::Ingress => (sport, dport) == (67, 68),
+            Direction::Egress => (sport, dport) == (68, 67) && src.is_unspecified(),
+        };
+        if dhcp {
+            return true;
+        }
+    }
+    source_dest_ok(instance, direction, packet)
 }
 
 /// Whether a new flow that `direction`'s rules allow goes untracked, in

@@ -14,10 +14,10 @@ use sg_tests::{
 
 use crate::{ip, tcp};
 
-const GUEST: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-const OTHER: [u8; 6] = [0x52, 0x54, 0, 0x99, 0x99, 0x99];
+pub(crate) const GUEST: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+pub(crate) const OTHER: [u8; 6] = [0x52, 0x54, 0, 0x99, 0x99, 0x99];
 
-fn config(link: &str) -> String {
+pub(crate) fn config(link: &str) -> String {
     format!(
         r#"
 [[security_group]]
@@ -27,6 +27,7 @@ name = "vm"
   from_port = 443
   to_port = 443
   cidr_blocks = ["0.0.0.0/0"]
+  ipv6_cidr_blocks = ["::/0"]
 
 [[instance]]
 name = "vm"
@@ -38,12 +39,12 @@ security_groups = ["vm"]
 }
 
 /// `frame` with another source MAC.
-fn from_mac(mut f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+pub(crate) fn from_mac(mut f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
     f[6..12].copy_from_slice(&mac);
     f
 }
 
-fn eth(src: [u8; 6], ethertype: u16) -> Vec<u8> {
+pub(crate) fn eth(src: [u8; 6], ethertype: u16) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&src);
     f.extend_from_slice(&ethertype.to_be_bytes());
@@ -51,7 +52,7 @@ fn eth(src: [u8; 6], ethertype: u16) -> Vec<u8> {
 }
 
 /// An Ethernet/IPv4 ARP packet (`op` 1 request, 2 reply).
-fn arp(src: [u8; 6], op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+pub(crate) fn arp(src: [u8; 6], op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut f = eth(src, 0x0806);
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
     f.extend_from_slice(&op.to_be_bytes());
@@ -65,7 +66,7 @@ fn arp(src: [u8; 6], op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u
 /// An IPv6 neighbour-discovery message: `ty` 133..137, from `src`, with
 /// `target` (NS, NA) and one link-layer address option (`opt` 1 source,
 /// 2 target) unless `lladdr` is `None`.
-fn nd(
+pub(crate) fn nd(
     mac: [u8; 6],
     ty: u8,
     src: &str,
@@ -93,24 +94,24 @@ fn nd(
 }
 
 /// The host side's outbound verdict (what the instance sent).
-fn outbound(dp: &Dataplane, f: &[u8]) -> bool {
+pub(crate) fn outbound(dp: &Dataplane, f: &[u8]) -> bool {
     sg_tests::kernel::classifier_passes(dp.egress_host(), f)
 }
 
 /// A data plane of `vm` with the host side's outbound program loaded.
-fn host_side(link: &str) -> Dataplane {
+pub(crate) fn host_side(link: &str) -> Dataplane {
     let mut dp = dataplane_for(&vpc(&config(link)), "vm");
     dp.load_program(sg_agent::dataplane::EGRESS_HOST_PROGRAM)
         .expect("the host side's outbound program verifies");
     dp
 }
 
-fn dropped(dp: &Dataplane, reason: &str) -> u64 {
+pub(crate) fn dropped(dp: &Dataplane, reason: &str) -> u64 {
     dp.counters().expect("counters").egress.get(reason)
 }
 
 /// A TCP SYN from the guest's own address to an allowed port, from `mac`.
-fn syn(mac: [u8; 6]) -> Vec<u8> {
+pub(crate) fn syn(mac: [u8; 6]) -> Vec<u8> {
     from_mac(
         frame(
             ip("10.0.0.1"),

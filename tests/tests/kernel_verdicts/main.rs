@@ -7,7 +7,8 @@
 //! [`logging`]: no log statement in the programs unless asked for;
 //! [`source_dest`]: the source/destination check; [`untracked`]: AWS's
 //! untracked flows; [`allowance`]: the connection allowance; [`services`]:
-//! the AWS services security groups never filter.
+//! the AWS services security groups never filter; [`hostile_guest`]:
+//! what root in a guest sends on the host side to get past them.
 
 mod allowance;
 mod conntrack;
@@ -15,6 +16,7 @@ mod differential;
 mod fragments;
 mod frame_table;
 mod host_side;
+mod hostile_guest;
 mod logging;
 mod reloads;
 mod services;

@@ -4,10 +4,13 @@
 //! place before their old links go, and removed instances are detached
 //! last. A stop asked for while a change is prepared abandons it.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use super::{
-    Agent, Enforced, MAX_BACKOFF, Pending, on_instance,
+    Agent, Enforced, MAX_BACKOFF, Pending, macs, on_instance,
     place::{Place, Wanted},
 };
 use crate::{
@@ -118,6 +121,7 @@ impl Agent<'_> {
 
         // Commit: each step is atomic for the instance it concerns. New
         // instances are attached together, last.
+        self.configured_macs = macs::configured(&compiled.instances);
         let mut failures = Vec::new();
         let mut new = Vec::new();
         for (name, step) in steps {
@@ -128,7 +132,8 @@ impl Agent<'_> {
             };
             if let Step::New(dp) = step {
                 let place = place.expect("a new instance is prepared for its place");
-                new.push((name, place.clone(), mac, *dp, *inst));
+                let reserved = self.reserved_for(&name, place);
+                new.push((name, place.clone(), mac, reserved, *dp, *inst));
                 continue;
             }
             let result = self.commit(&name, inst, mac, step);
@@ -143,6 +148,7 @@ impl Agent<'_> {
         self.vpc = vpc;
         self.compiled = Some(compiled);
         self.watch_namespaces();
+        self.guard_macs();
         self.warn_address_mismatches();
         // A failed switch leaves that instance as it was (each switch is
         // atomic); the others are in force, so the reload itself stands.
@@ -435,7 +441,8 @@ impl Agent<'_> {
         dp: Dataplane,
         inst: &CompiledInstance,
     ) -> bool {
-        let attached = attach_prepared(dp, place, mac, self.opts.ingress);
+        let reserved = self.reserved_for(name, place);
+        let attached = attach_prepared(dp, place, mac, &reserved, self.opts.ingress);
         self.attached(name, place, inst, attached)
     }
 
@@ -448,7 +455,7 @@ impl Agent<'_> {
         let ingress = self.opts.ingress;
         let queue = std::sync::Mutex::new(
             jobs.into_iter()
-                .map(|(n, p, m, dp, i)| (n, p, m, Some(dp), i))
+                .map(|(n, p, m, r, dp, i)| (n, p, m, r, Some(dp), i))
                 .collect::<Vec<_>>(),
         );
         let results = std::sync::Mutex::new(Vec::new());
@@ -458,11 +465,11 @@ impl Agent<'_> {
                 scope.spawn(|| {
                     loop {
                         let job = queue.lock().expect("queue").pop();
-                        let Some((name, place, mac, dp, inst)) = job else {
+                        let Some((name, place, mac, reserved, dp, inst)) = job else {
                             break;
                         };
                         let dp = dp.expect("each job once");
-                        let attached = attach_prepared(dp, &place, mac, ingress);
+                        let attached = attach_prepared(dp, &place, mac, &reserved, ingress);
                         results
                             .lock()
                             .expect("results")
@@ -539,6 +546,7 @@ impl Agent<'_> {
                         allowance: capacity,
                         shrinking_to,
                         reclaimed: (Instant::now(), 0),
+                        macs: macs::MacGuard::default(),
                     },
                 );
                 true
@@ -687,20 +695,30 @@ struct Attached {
 }
 
 /// A prepared new instance to attach: name, place, MAC, data plane.
-type NewJob<'c> = (String, Place, Macs, Dataplane, &'c CompiledInstance);
+type NewJob<'c> = (
+    String,
+    Place,
+    Macs,
+    BTreeSet<[u8; 6]>,
+    Dataplane,
+    &'c CompiledInstance,
+);
 
 /// Attaches a prepared data plane at `place` and gives it the MAC address
-/// to check. A link attached anew may be another guest's: what was
-/// learned of the one before goes (an adopted link is the same link, and
-/// keeps it).
+/// to check. What it may not learn (`reserved`: the host's, every other
+/// instance's) it knows before its first frame. A link attached anew may
+/// be another guest's: what was learned of the one before goes (an
+/// adopted link is the same link, and keeps it).
 fn attach_prepared(
     mut dp: Dataplane,
     place: &Place,
     mac: Macs,
+    reserved: &BTreeSet<[u8; 6]>,
     ingress: crate::dataplane::IngressHook,
 ) -> Attached {
     let result = dp
-        .attach(&place.ifname, place.netns.as_deref(), ingress, place.side)
+        .set_reserved_macs(reserved)
+        .and_then(|()| dp.attach(&place.ifname, place.netns.as_deref(), ingress, place.side))
         .map(|a| (a.ingress, a.ingress_reason.clone(), a.adopted))
         .and_then(|attached| {
             if !attached.2 {

@@ -14,6 +14,7 @@
 
 mod apply;
 mod confirm;
+mod macs;
 mod place;
 mod reconcile;
 mod reload;
@@ -75,6 +76,8 @@ struct Enforced {
     /// When its expired connections were last reclaimed, and how many new
     /// flows the allowance had refused by then.
     reclaimed: (Instant, u64),
+    /// Its MAC address as its guest taught it, and what it may not learn.
+    macs: macs::MacGuard,
 }
 
 /// An instance the file asks for that is not enforced yet: its namespace or
@@ -126,6 +129,8 @@ struct Agent<'a> {
     /// A start or reload that `--confirm-within` rolls back unless
     /// confirmed.
     unconfirmed: Option<confirm::Unconfirmed>,
+    /// The MAC addresses the rules file in force gives its instances.
+    configured_macs: BTreeMap<[u8; 6], String>,
     /// The namespaces whose link events wake the agent (`None`: no link
     /// watch, in tests).
     links: Option<tokio::sync::watch::Sender<BTreeSet<Namespace>>>,
@@ -185,6 +190,7 @@ pub(super) fn run(
         last_apply: Duration::ZERO,
         domains: Domains::default(),
         unconfirmed: None,
+        configured_macs: BTreeMap::new(),
         links: Some(links),
     };
     match agent.apply(vpc, compiled) {

@@ -97,6 +97,20 @@ impl Place {
         }
     }
 
+    /// The host's own MAC addresses on this link: the interface's (the
+    /// link's host end) and, for a bridge port, the bridge's. No guest may
+    /// be taught one of them as its own.
+    pub fn host_end_macs(&self) -> Vec<[u8; 6]> {
+        let Ok(_guard) = NetnsGuard::enter_opt(self.netns.as_deref()) else {
+            return Vec::new();
+        };
+        let Ok((controller, own)) = link_info(LinkRef::Name(&self.ifname)) else {
+            return Vec::new();
+        };
+        let bridge = controller.and_then(|index| link_info(LinkRef::Index(index)).ok()?.1);
+        own.into_iter().chain(bridge).collect()
+    }
+
     /// Whether the namespace and interface exist, and if not, why.
     pub fn exists(&self) -> Result<(), String> {
         let _guard = NetnsGuard::enter_opt(self.netns.as_deref()).map_err(|e| e.to_string())?;

@@ -57,6 +57,7 @@ impl Agent<'_> {
         }
         self.compiled = Some(compiled);
         self.watch_namespaces();
+        self.guard_macs();
     }
 
     /// An enforced instance whose place is gone, recreated, or now another

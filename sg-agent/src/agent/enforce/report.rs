@@ -200,6 +200,11 @@ impl Agent<'_> {
             libvirt_domain: libvirt_domain(link),
             mac: mac.map(|m| crate::config::MacAddr(m.mac).to_string()),
             mac_source: mac.map(|m| if m.learned { "learned" } else { "configured" }.into()),
+            mac_learned_at: e
+                .macs
+                .learned
+                .filter(|l| mac.is_some_and(|m| m.learned && m.mac == l.mac))
+                .map(|l| l.since),
             state: if e.stopped.is_some() {
                 "waiting".into()
             } else if e.lost_since.is_some() {
