@@ -68,6 +68,7 @@ impl Drop for StateDir {
         // Unpinning detaches the links and frees the maps.
         let _ = std::fs::remove_dir_all(&self.path);
         let _ = std::fs::remove_file(self.control_socket());
+        let _ = std::fs::remove_file(sg_agent::agent::confirmed_policy_path(&self.path));
     }
 }
 

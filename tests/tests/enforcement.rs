@@ -645,6 +645,44 @@ fn what_is_not_confirmed_in_time_is_rolled_back() {
     );
 }
 
+/// An agent killed while a reload waits for its confirmation, and started
+/// again on the same state: the policy last confirmed comes back (it is
+/// kept on disk), not nothing; the restarted agent keeps running.
+#[test]
+fn a_restart_rolls_back_to_the_last_confirmed_policy() {
+    let lab = SeedLab::new("sgk", SEED, &[]);
+    let state = StateDir::new();
+    let args = ["--confirm-within", "3"];
+    let agent = AgentProcess::start_in(&state, &lab.config, &args, "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    assert!(confirm(&agent).status.success());
+    let mark = agent.log_lines();
+    lab.rewrite(&seed_without_alb_ingress());
+    agent.expect_log("applied in", mark, RELOAD);
+    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), TimedOut);
+    agent.kill9();
+    let mut agent = AgentProcess::start_in(&state, &lab.config, &args, "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    agent.expect_log("is back in force", 0, Duration::from_secs(10));
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 80),
+        Connected,
+        "the confirmed policy is back"
+    );
+    assert!(agent.running(), "and the agent goes on");
+    assert_eq!(agent.terminate().code(), Some(0));
+    // Started on the policy last confirmed: nothing to confirm again.
+    lab.rewrite(SEED);
+    let agent = AgentProcess::start_in(&state, &lab.config, &args, "info");
+    agent.expect_log(
+        "is the one last confirmed: no confirmation is asked again",
+        0,
+        START,
+    );
+    assert!(agent.status_json()["agent"]["rollback_in_seconds"].is_null());
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
 /// AWS's default security group: instances given no group are in
 /// `default`, which lets in everything from its own members and nothing
 /// else, and lets everything out.

@@ -286,6 +286,10 @@ fn chown(path: &Path, uid: u32) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one way to the rules file after another, on the same file"
+)]
 fn run_refuses_a_rules_file_others_may_write() {
     let dir = Dir::new("trust");
     // No interface: with --allow-empty the agent starts and is ready, so
@@ -399,6 +403,26 @@ fn run_refuses_a_rules_file_others_may_write() {
     chown(&user_dir, 0);
     let (status, log) = run_file(link.to_str().expect("utf-8"), &[]);
     assert_eq!(status, None, "root's directories all the way:\n{log}");
+
+    // A symlink someone else planted in a sticky, world-writable directory
+    // (as /tmp) is not followed, as the kernel's fs.protected_symlinks
+    // would not follow it: its owner may point it anywhere at any time.
+    let sticky = dir.0.join("sticky");
+    std::fs::create_dir(&sticky).expect("mkdir");
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let planted = sticky.join("rules.toml");
+    std::os::unix::fs::symlink(&nested, &planted).expect("symlink");
+    std::os::unix::fs::lchown(&planted, Some(65_534), None).expect("lchown");
+    let planted = planted.to_str().expect("utf-8").to_owned();
+    let (status, log) = run_file(&planted, &[]);
+    assert_eq!(status, Some(Some(1)), "{log}");
+    assert!(
+        log.contains("is a symlink owned by uid 65534 in the sticky, world-writable directory"),
+        "{log}"
+    );
+    std::os::unix::fs::lchown(&planted, Some(0), None).expect("lchown");
+    let (status, log) = run_file(&planted, &[]);
+    assert_eq!(status, None, "root's own symlink there is followed:\n{log}");
 }
 
 #[test]

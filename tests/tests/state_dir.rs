@@ -8,36 +8,135 @@ use std::{os::unix::fs::MetadataExt as _, process::Command, time::Duration};
 use nix::sys::signal::Signal;
 use sg_tests::{
     agent::{AgentProcess, StateDir, binary},
-    seed::{SEED, START, SeedLab},
+    probe::Outcome::TimedOut,
+    seed::{APP, OUTSIDER, SEED, START, SeedLab},
 };
 
+/// A local user makes the state directory (and an instance's below it)
+/// before the agent first starts (bpffs is empty after every boot): the
+/// agent sets it aside and makes its own, and enforces; nothing is pinned
+/// into the user's directory.
 #[test]
-fn a_state_directory_someone_else_prepared_is_refused() {
+fn a_state_directory_someone_else_prepared_is_taken_back() {
     let lab = SeedLab::new("sdo", SEED, &[]);
     let state = StateDir::new();
-    // A local user (nobody) makes the directory and an instance's below it
-    // before the agent does.
     std::fs::create_dir_all(state.path.join("app-1")).expect("mkdir");
     for dir in [state.path.clone(), state.path.join("app-1")] {
         std::os::unix::fs::chown(&dir, Some(65534), None).expect("chown");
     }
+    let agent = AgentProcess::start_in(&state, &lab.config, &[], "info");
+    agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    let log = agent.log_text();
+    assert!(
+        log.contains("owned by uid 65534: someone else made it before the agent; set aside as"),
+        "{log}"
+    );
+    let meta = std::fs::metadata(&state.path).expect("made anew");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
+    let name = state
+        .path
+        .file_name()
+        .expect("named")
+        .to_string_lossy()
+        .into_owned();
+    let aside: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/bpf")
+        .expect("bpffs")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("{name}-set-aside-"))
+            })
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::metadata(&aside[0]).expect("set aside").uid(),
+        65534,
+        "the user's directory, as it was"
+    );
+    assert_eq!(
+        std::fs::read_dir(aside[0].join("app-1")).map_or(0, Iterator::count),
+        0,
+        "nothing pinned into it"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+    std::fs::remove_dir_all(&aside[0]).expect("clean up");
+}
+
+/// One agent per state directory: a second one with the same state (its
+/// own control socket) is refused at once, naming the first, and so is
+/// `detach` under a running agent: either would take the first's
+/// instances' programs off while it reports them enforced.
+#[test]
+fn a_running_agents_state_is_its_own() {
+    let lab = SeedLab::new("sdl", SEED, &[]);
+    let state = StateDir::new();
+    let first = AgentProcess::start_in(&state, &lab.config, &[], "info");
+    first.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    let before = sg_tests::attached::attached_programs(&lab.ns("app-1"));
     let out = Command::new(binary())
         .args(["run", "--config"])
         .arg(&lab.config)
         .arg("--state-dir")
         .arg(&state.path)
-        .arg("--control-socket")
-        .arg(state.control_socket())
+        .args(["--control-socket", "/run/sg-agent-tests/second-agent.sock"])
         .output()
         .expect("runs");
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("owned by uid 65534"), "{log}");
-    assert_eq!(
-        std::fs::read_dir(state.path.join("app-1")).map_or(0, Iterator::count),
-        0,
-        "nothing pinned into it"
+    assert!(
+        log.contains(&format!("held by a running sg-agent (pid {})", first.pid())),
+        "{log}"
     );
+    let out = Command::new(binary())
+        .args(["detach", "--all", "--state-dir"])
+        .arg(&state.path)
+        .output()
+        .expect("detach runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("held by a running sg-agent"), "{err}");
+    assert_eq!(
+        sg_tests::attached::attached_programs(&lab.ns("app-1")),
+        before,
+        "the first agent's programs stay"
+    );
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    assert_eq!(first.terminate().code(), Some(0));
+}
+
+/// Someone with root takes an instance's programs off its interface
+/// (`bpftool link detach`), whoever holds the links: the agent sees its
+/// links defunct on its next tick, attaches again and counts the lapse.
+#[test]
+fn programs_someone_takes_off_are_put_back_and_counted() {
+    let lab = SeedLab::new("sdt", SEED, &[]);
+    let agent = AgentProcess::start(&lab.config);
+    agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    let status = agent.status_json();
+    let app = status["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "app-1"))
+        .expect("app-1")
+        .clone();
+    let mark = agent.log_lines();
+    for link in app["links"].as_array().expect("links") {
+        let id = link["link_id"].as_u64().expect("id").to_string();
+        let out = Command::new("bpftool")
+            .args(["link", "detach", "id", &id])
+            .output()
+            .expect("bpftool runs");
+        assert!(out.status.success(), "{out:?}");
+    }
+    agent.expect_log(
+        "had 2 of its programs taken off by someone else; programs attached again",
+        mark,
+        Duration::from_secs(5),
+    );
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    assert!(agent.status_json()["agent"]["lapses"].as_u64() >= Some(1));
+    assert_eq!(agent.terminate().code(), Some(0));
 }
 
 #[test]

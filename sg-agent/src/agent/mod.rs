@@ -37,7 +37,7 @@ use crate::{
     },
 };
 
-pub use enforce::detach;
+pub use enforce::{confirmed_policy_path, detach};
 
 /// Bursts of file events within this window make one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);

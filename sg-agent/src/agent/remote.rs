@@ -4,7 +4,11 @@
 //! interface of the host's own namespace (a description attaching to the
 //! NIC that carries etcd with `egress = []` would lock the host out across
 //! restarts) unless `--allow-interface` names it; `--allow-netns` narrows
-//! the namespaces; and a description that would stop enforcing more than a
+//! the namespaces, and a namespace *path* (`netns_path`) is allowed only by
+//! a pattern that is itself a path (`/proc/*` would reach any process's
+//! namespace, the host's own included: `/proc/self/ns/net`); a namespace
+//! that is the host's own (the agent's, or PID 1's) by any name or path
+//! counts as the host's own; and a description that would stop enforcing more than a
 //! share of the instances enforced now (moved to a namespace that does not
 //! exist, or left out) is refused unless `push --allow-detach` confirmed
 //! that very description. A rules file on the host is trusted as root's:
@@ -66,18 +70,28 @@ impl RemoteLimits {
 
     fn refusal(&self, i: &Instance) -> Option<String> {
         let link = i.link.as_ref()?;
+        let own_namespace = i.netns.as_deref().is_some_and(is_host_namespace);
         match (&i.netns, link) {
-            (Some(ns), _) if !self.allow_netns.iter().any(|p| matches(p, ns)) => Some(format!(
-                "instance {}: netns {ns:?} is not allowed to descriptions from etcd on this host \
-                 (--allow-netns {})",
-                i.name,
-                self.allow_netns.join(",")
-            )),
-            // In an allowed namespace; or libvirt's own taps: the interface
-            // is the domain's, found in libvirt's state, never one the
-            // description names.
-            (Some(_), _) | (None, Link::Libvirt { .. }) => None,
-            (None, Link::Instance(ifname) | Link::Host(ifname)) => {
+            (Some(ns), _) if !self.netns_allowed(ns) => {
+                let path = if ns.starts_with('/') {
+                    "; a namespace path is allowed only by a pattern that is a path, e.g. \
+                     --allow-netns '/var/run/docker/netns/*'"
+                } else {
+                    ""
+                };
+                Some(format!(
+                    "instance {}: netns {ns:?} is not allowed to descriptions from etcd on this \
+                     host (--allow-netns {}){path}",
+                    i.name,
+                    self.allow_netns.join(",")
+                ))
+            }
+            // In an allowed namespace that is not the host's own; or
+            // libvirt's own taps: the interface is the domain's, found in
+            // libvirt's state, never one the description names.
+            (Some(_), _) if !own_namespace => None,
+            (_, Link::Libvirt { .. }) => None,
+            (_, Link::Instance(ifname) | Link::Host(ifname)) => {
                 if self.allow_interface.iter().any(|p| matches(p, ifname)) {
                     None
                 } else {
@@ -91,6 +105,15 @@ impl RemoteLimits {
                 }
             }
         }
+    }
+
+    /// Whether a description may name namespace `ns`: a name by any
+    /// pattern; a path only by a pattern that is a path.
+    fn netns_allowed(&self, ns: &str) -> bool {
+        let path = ns.starts_with('/');
+        self.allow_netns
+            .iter()
+            .any(|p| (!path || p.starts_with('/')) && matches(p, ns))
     }
 
     /// Refuses stopping the enforcement of more than the allowed share of
@@ -111,6 +134,27 @@ impl RemoteLimits {
             self.max_detach_percent
         ))
     }
+}
+
+/// Whether namespace `ns` (a name under /run/netns, or a path) is the
+/// host's own: the agent's, or PID 1's. Told by the namespace's identity
+/// (device and inode), whatever names it. One that cannot be looked at now
+/// (not there yet) is not: it is looked at again when the instance is
+/// attached there.
+pub fn is_host_namespace(ns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = if ns.starts_with('/') {
+        std::path::PathBuf::from(ns)
+    } else {
+        std::path::Path::new("/run/netns").join(ns)
+    };
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(target) = id(&path) else {
+        return false;
+    };
+    ["/proc/self/ns/net", "/proc/1/ns/net"]
+        .iter()
+        .any(|own| id(std::path::Path::new(own)) == Some(target))
 }
 
 #[cfg(test)]
@@ -160,6 +204,38 @@ mod tests {
                 .unwrap_err()
                 .contains("netns \"sg-app\"")
         );
+    }
+
+    #[test]
+    fn a_namespace_path_reaches_only_what_a_path_pattern_allows() {
+        // The agent's own namespace by two of its names (PID 1's is
+        // compared too where it can be looked at: not in every container).
+        let by_pid = format!("/proc/{}/ns/net", std::process::id());
+        for path in ["/proc/self/ns/net", by_pid.as_str()] {
+            let own = vpc(&format!(
+                "[[instance]]\nname = \"host\"\nnetns_path = \"{path}\"\ninterface = \"eth0\"\n\
+                 addresses = [\"10.0.0.1\"]\nsecurity_groups = [\"web\"]\n"
+            ));
+            let err = RemoteLimits::default().check_places(&own).unwrap_err();
+            assert!(
+                err.contains("a namespace path is allowed only by a pattern that is a path"),
+                "{path}: {err}"
+            );
+            let paths = RemoteLimits {
+                allow_netns: vec!["/proc/*".into()],
+                ..RemoteLimits::default()
+            };
+            let err = paths.check_places(&own).unwrap_err();
+            assert!(
+                err.contains("is an interface of this host's own namespace"),
+                "{path}, the host's own by another name: {err}"
+            );
+            let interface = RemoteLimits {
+                allow_interface: vec!["eth*".into()],
+                ..paths
+            };
+            assert!(interface.check_places(&own).is_ok(), "{path}");
+        }
     }
 
     #[test]

@@ -147,6 +147,50 @@ fn open_at(
     }
 }
 
+/// The kernel's `fs.protected_symlinks` rule, which a walk of our own must
+/// apply itself (the kernel applies it only to the symlinks it follows):
+/// a symlink in a sticky, world-writable directory (/tmp) is followed only
+/// if it is the follower's own or the directory owner's, since anyone else
+/// there could have planted it. `Some(why)` when `name` in `dir` (shown as
+/// `at`) is not to be followed.
+fn protected_symlink(
+    dir: &std::fs::File,
+    name: &std::ffi::OsStr,
+    at: &Path,
+) -> std::io::Result<Option<String>> {
+    use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _, unix::fs::MetadataExt as _};
+    let dir_meta = dir.metadata()?;
+    if dir_meta.mode() & 0o1002 != 0o1002 {
+        return Ok(None);
+    }
+    let cname = std::ffi::CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: an all-zero stat is valid; it is only written to.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and a
+    // stat buffer; the link itself is looked at, not what it names.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            &raw mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if st.st_uid == euid() || st.st_uid == dir_meta.uid() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "is a symlink owned by uid {} in the sticky, world-writable directory {} (owned by uid \
+         {}): not followed, as the kernel's fs.protected_symlinks would not",
+        st.st_uid,
+        at.display(),
+        dir_meta.uid()
+    )))
+}
+
 /// The target of the symlink `name` in `dir` (`readlinkat`).
 fn read_link_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
     use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _};
@@ -235,6 +279,12 @@ fn open_walked(path: &Path, strict: bool) -> std::io::Result<Result<std::fs::Fil
             // as a link where it is.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                 let target = read_link_at(dir, &name).map_err(|_| e)?;
+                if let Some(why) = protected_symlink(dir, &name, at)? {
+                    return Ok(Err(ConfigError::Untrusted {
+                        path: path.to_owned(),
+                        why: format!("{} {why}", shown.display()),
+                    }));
+                }
                 links += 1;
                 if links > MAX_LINKS {
                     return Err(std::io::Error::from_raw_os_error(libc::ELOOP));

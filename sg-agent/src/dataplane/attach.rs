@@ -102,6 +102,33 @@ impl super::Dataplane {
 }
 
 impl super::Dataplane {
+    /// Whether every link it holds still has its program on its hook: false
+    /// when someone took one off (another agent, `bpftool link detach`).
+    pub fn links_attached(&self) -> bool {
+        !self.links.is_empty() && self.links.iter().all(HeldLink::attached)
+    }
+
+    /// Takes every program it holds off its hook now (and the links'
+    /// pins); the maps stay, for when it is attached again.
+    pub fn detach_links(&mut self) {
+        for link in self.links.drain(..) {
+            link.detach();
+        }
+    }
+
+    /// Lets go of the links whose program someone took off their hook (and
+    /// of their pins), so that attaching again makes new ones: how many.
+    pub fn drop_detached_links(&mut self) -> usize {
+        let (live, dead): (Vec<HeldLink>, Vec<HeldLink>) =
+            self.links.drain(..).partition(HeldLink::attached);
+        self.links = live;
+        let n = dead.len();
+        for link in dead {
+            link.detach();
+        }
+        n
+    }
+
     /// Whether every link it holds is pinned where it pinned it (what
     /// outlives the agent): false when a pin is gone, or it pins nothing.
     pub fn links_pinned(&self) -> bool {
@@ -115,6 +142,15 @@ impl super::Dataplane {
 }
 
 impl HeldLink {
+    /// Whether its program is still on its hook (an error reading it is
+    /// taken as yes: only a link seen detached is let go).
+    fn attached(&self) -> bool {
+        self.link
+            .info()
+            .ok()
+            .is_none_or(|info| super::detach::attached(info.id()).unwrap_or(true))
+    }
+
     pub(super) fn moved_to(&mut self, pins: &InstancePins) {
         if self.pin.is_some() {
             self.pin = Some(pins.link(self.hook, self.place));

@@ -20,6 +20,7 @@ use std::{
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -98,4 +99,32 @@ pub(super) fn by_pin(path: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     detach_fd(&fd)
+}
+
+/// Whether the link with this id still has its program on a hook: a TCX
+/// or XDP link someone detached (`BPF_LINK_DETACH`, `bpftool link detach`,
+/// another agent) stays open for its holders but reports interface 0. A
+/// link no longer there is not attached.
+pub(super) fn attached(id: u32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    /// `struct bpf_link_info`: type, id, `prog_id`, then (at 16) the union
+    /// whose `tcx` and `xdp` members both start with the ifindex. Room for
+    /// all of it; the kernel wants the bytes it does not know zero.
+    #[repr(C, align(8))]
+    struct Info([u8; 128]);
+    let fd = match bpf(BPF_LINK_GET_FD_BY_ID, &Attr::default().u32_at(0, id)) {
+        Ok(fd) => owned(fd)?,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut info = Info([0; 128]);
+    let fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("bad descriptor"))?;
+    let ptr = u64::try_from((&raw mut info).addr()).expect("64-bit pointers");
+    // info.bpf_fd, info.info_len, info.info
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        &Attr::default().u32_at(0, fd).u32_at(4, 128).u64_at(8, ptr),
+    )?;
+    let ifindex = u32::from_ne_bytes(info.0[16..20].try_into().expect("four bytes"));
+    Ok(ifindex != 0)
 }

@@ -172,3 +172,63 @@ impl Drop for NetnsGuard {
         }
     }
 }
+
+/// Which network namespace a path named when an instance was attached
+/// there: the namespace's device and inode, and for a `/proc/PID/...`
+/// path the process's start time. A namespace's inode number is reused
+/// once it is freed, and a PID once its process is gone: together they
+/// tell the container's namespace from one a later process (any user's,
+/// with the container's old PID) made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+    /// `/proc/PID/stat`'s start time (clock ticks after boot).
+    pub started: Option<u64>,
+}
+
+impl NetnsId {
+    /// The namespace `path` names now, if it can be looked at.
+    pub fn of(path: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        let started = match proc_pid(path) {
+            Some(pid) => Some(start_time(pid)?),
+            None => None,
+        };
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            started,
+        })
+    }
+}
+
+/// The PID of a `/proc/PID/...` path.
+fn proc_pid(path: &str) -> Option<u32> {
+    path.strip_prefix("/proc/")?.split('/').next()?.parse().ok()
+}
+
+/// Field 22 of `/proc/PID/stat`, read after the command name (which may
+/// hold spaces and parentheses).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // Fields 3.. follow the name; the start time is the 22nd field.
+    after.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::NetnsId;
+
+    #[test]
+    fn a_proc_path_carries_its_process_start_time() {
+        let own = NetnsId::of("/proc/self/ns/net").expect("own namespace");
+        assert_eq!(own.started, None, "/proc/self is not a PID");
+        let pid = std::process::id();
+        let by_pid = NetnsId::of(&format!("/proc/{pid}/ns/net")).expect("by PID");
+        assert_eq!((by_pid.dev, by_pid.ino), (own.dev, own.ino));
+        assert!(by_pid.started.is_some_and(|t| t > 0));
+    }
+}

@@ -47,44 +47,123 @@ pub enum PinError {
         path.display()
     )]
     Untrusted { path: PathBuf, why: String },
+    /// Another process (an agent) holds the state directory's lock.
+    #[error(
+        "{}: held by a running sg-agent{holder}: stop it first; two agents on one state (or a \
+         detach under a running agent) would take its instances' programs off while it reports \
+         them enforced",
+        path.display()
+    )]
+    Held { path: PathBuf, holder: String },
 }
 
 /// Makes `dir` (its parent exists) mode 0700 if it is not there, whatever
 /// the umask, and checks what is there as sshd's `StrictModes` checks a
 /// home: a directory, not a symlink, owned by this user or root, writable
 /// by no one else.
+///
+/// On bpffs, where any user may make a directory under `/sys/fs/bpf` (a
+/// sticky directory, as /tmp) before the agent first starts (bpffs is
+/// empty after every boot), root takes the name back: what is there is
+/// set aside under another name (nothing of the agent's was ever pinned
+/// into it) and the directory is made anew. Refusing would leave every
+/// instance unenforced because someone ran `mkdir`.
 fn own_dir(dir: &Path) -> Result<(), PinError> {
+    /// A user who makes the name again each time it is set aside is not
+    /// raced forever.
+    const TRIES: usize = 8;
+    for _ in 0..TRIES {
+        make_dir(dir)?;
+        let Err(why) = trusted(dir)? else {
+            return Ok(());
+        };
+        if !take_back(dir, &why)? {
+            return Err(PinError::Untrusted {
+                path: dir.to_owned(),
+                why,
+            });
+        }
+    }
+    Err(PinError::Untrusted {
+        path: dir.to_owned(),
+        why: format!("made again by someone else each of the {TRIES} times it was set aside"),
+    })
+}
+
+fn make_dir(dir: &Path) -> Result<(), PinError> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(dir)(e)),
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
     }
-    let untrusted = |why: String| PinError::Untrusted {
-        path: dir.to_owned(),
-        why,
-    };
+}
+
+/// `Ok(Err(why))` when `dir` is not the agent's to pin into.
+fn trusted(dir: &Path) -> Result<Result<(), String>, PinError> {
     let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
     if meta.file_type().is_symlink() {
-        return Err(untrusted("a symlink".into()));
+        return Ok(Err("a symlink".into()));
     }
     if !meta.is_dir() {
-        return Err(untrusted("not a directory".into()));
+        return Ok(Err("not a directory".into()));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(untrusted(format!("owned by uid {}", meta.uid())));
+    if meta.uid() != euid() && meta.uid() != 0 {
+        return Ok(Err(format!("owned by uid {}", meta.uid())));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(untrusted(format!(
+        return Ok(Err(format!(
             "writable by others (mode {:o})",
             meta.mode() & 0o7777
         )));
     }
-    Ok(())
+    Ok(Ok(()))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Sets `dir` aside (root, on bpffs): renamed to a name of its own beside
+/// it, never over anything (`RENAME_NOREPLACE`). False when it is not the
+/// agent's to take back (not root, not on bpffs).
+fn take_back(dir: &Path, why: &str) -> Result<bool, PinError> {
+    if euid() != 0 || !dir.starts_with(BPFFS) || dir == Path::new(BPFFS) {
+        return Ok(false);
+    }
+    let Some(name) = dir.file_name() else {
+        return Ok(false);
+    };
+    // bpffs refuses dots in names.
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.with_file_name(format!(
+        "{}-set-aside-{unix}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    match nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        nix::fcntl::AT_FDCWD,
+        &aside,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => {
+            log::warn!(
+                "{}: {why}: someone else made it before the agent; set aside as {} (nothing of \
+                 the agent's was in it) and made anew",
+                dir.display(),
+                aside.display()
+            );
+            Ok(true)
+        }
+        // Gone meanwhile: made anew on the next try.
+        Err(nix::errno::Errno::ENOENT) => Ok(true),
+        Err(e) => Err(io_err(dir)(io::Error::from(e))),
+    }
 }
 
 /// Every directory from the first one below bpffs's root (or the first
@@ -99,6 +178,21 @@ fn own_path(dir: &Path) -> Result<(), PinError> {
         }
     }
     Ok(())
+}
+
+/// The process holding a `flock` on the file of device `dev` and inode
+/// `ino`, from /proc/locks (`1: FLOCK ADVISORY WRITE 812 00:2a:1045 0 EOF`).
+fn lock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&want.as_str()))
+                .then(|| fields.get(4)?.parse().ok())
+                .flatten()
+        })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
@@ -173,9 +267,12 @@ impl Hook {
 }
 
 /// The state directory: one subdirectory per instance.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StateDir {
     root: PathBuf,
+    /// The directory, locked (`flock`, exclusive) for as long as this value
+    /// lives: by the agent for its whole run, by `detach` while it works.
+    lock: Option<fs::File>,
 }
 
 impl StateDir {
@@ -199,7 +296,41 @@ impl StateDir {
         }
         Ok(Self {
             root: root.to_owned(),
+            lock: None,
         })
+    }
+
+    /// [`StateDir::open`], and takes the directory's lock, held until this
+    /// value is dropped (the process's end releases it too, whatever ends
+    /// it): one agent per state directory, and no `detach` under a running
+    /// one. Never waits: a held lock is an error naming its holder.
+    pub fn open_locked(root: &Path) -> Result<Self, PinError> {
+        use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
+        let mut state = Self::open(root)?;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(root)
+            .map_err(io_err(root))?;
+        // SAFETY: a descriptor this function owns.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err(root)(e));
+            }
+            let holder = dir
+                .metadata()
+                .ok()
+                .and_then(|m| lock_holder(m.dev(), m.ino()))
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            return Err(PinError::Held {
+                path: root.to_owned(),
+                holder,
+            });
+        }
+        state.lock = Some(dir);
+        Ok(state)
     }
 
     pub fn root(&self) -> &Path {

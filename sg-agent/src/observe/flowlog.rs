@@ -445,10 +445,16 @@ impl Window {
 }
 
 /// Writes records to the sink, in the chosen format: whole records or none
-/// (a failed write, a full disk say, is cut back to the last whole record,
-/// the records are counted as lost, and the next write that succeeds
-/// starts with a `SKIPDATA` record for the time they cover), rotating the
-/// file at its size cap.
+/// (a failed write or rotation, a full disk say, is cut back to the last
+/// whole record, the records are counted as lost, and the next write that
+/// succeeds starts with a `SKIPDATA` record for the time they cover),
+/// rotating the file at its size cap. A file starts with its header
+/// whatever failed before.
+///
+/// Beside a file, `PATH.last-write` says when records were last written and
+/// whether the interval since is open: an agent killed (`kill -9`) before
+/// it wrote its open interval leaves it open, and the next agent's first
+/// write starts with a `SKIPDATA` record from then.
 pub struct Writer {
     settings: Settings,
     out: Output,
@@ -475,7 +481,61 @@ impl Writer {
             unsaid: None,
         };
         w.reopen()?;
+        if let Some(since) = w.left_open() {
+            log::warn!(
+                "flow log: the agent before stopped without writing the records of its open \
+                 interval (since {since}): they are lost, and a SKIPDATA record says so"
+            );
+            w.unsaid = Some(since);
+        }
+        w.mark(false);
         Ok(w)
+    }
+
+    /// `PATH.last-write` of a file sink.
+    fn marker(&self) -> Option<PathBuf> {
+        let Sink::File(path) = &self.settings.sink else {
+            return None;
+        };
+        let mut p = path.clone().into_os_string();
+        p.push(".last-write");
+        Some(PathBuf::from(p))
+    }
+
+    /// When the interval an earlier agent left open (never written) began.
+    fn left_open(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.marker()?).ok()?;
+        let mut fields = text.split_whitespace();
+        let at = fields.next()?.parse().ok()?;
+        (fields.next() == Some("open")).then_some(at)
+    }
+
+    /// Says when records were last written, and whether an interval is
+    /// open since (best effort: a failure only weakens what a later agent
+    /// can say of a loss).
+    fn mark(&self, closed: bool) {
+        let Some(marker) = self.marker() else {
+            return;
+        };
+        let text = format!(
+            "{} {}\n",
+            super::unix_now(),
+            if closed { "closed" } else { "open" }
+        );
+        let tmp = marker.with_extension("last-write.tmp");
+        if std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &marker))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// The agent stops, its open interval written: nothing is lost.
+    pub fn finish(&self) {
+        if self.unsaid.is_none() {
+            self.mark(true);
+        }
     }
 
     /// Opens the file again (after logrotate moved it: on SIGHUP). A new
@@ -493,7 +553,8 @@ impl Writer {
         if let Output::File(_, 0) = self.out
             && self.settings.format == Format::Text
         {
-            // A new file starts with the field names, as AWS's do.
+            // A new file starts with the field names, as AWS's do (and
+            // if this fails, with the next records: see `write`).
             self.write_raw(format!("{TEXT_HEADER}\n").as_bytes())?;
         }
         Ok(())
@@ -517,11 +578,19 @@ impl Writer {
         if records.is_empty() && self.unsaid.is_none() {
             return Ok(());
         }
-        self.rotate_for(text.len() as u64)?;
-        match self.write_raw(text.as_bytes()) {
+        let written = self.rotate_for(text.len() as u64).and_then(|()| {
+            if let Output::File(_, 0) = self.out
+                && self.settings.format == Format::Text
+            {
+                text.insert_str(0, &format!("{TEXT_HEADER}\n"));
+            }
+            self.write_raw(text.as_bytes())
+        });
+        match written {
             Ok(()) => {
                 self.written += records.len() as u64;
                 self.unsaid = None;
+                self.mark(false);
                 Ok(())
             }
             Err(e) => {
@@ -859,6 +928,69 @@ mod tests {
             err.raw_os_error() == Some(libc::ENXIO)
                 || err.to_string().contains("not a regular file"),
             "{err}"
+        );
+    }
+
+    /// A rotation that fails (here its rename: `PATH.1` is a directory; a
+    /// full disk fails it the same way) loses its records counted and
+    /// marked, never silently; the next write says so, and the file has
+    /// its header whatever failed.
+    #[test]
+    fn a_failed_rotation_is_counted_and_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.log");
+        let mut w = Writer::open(&settings(&path, 300, 1)).unwrap();
+        let blocker = dir.path().join("flows.log.1");
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("x"), "").unwrap();
+        let mut failed = 0;
+        for n in 0..10 {
+            if w.write(&[record(n)]).is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "the cap forced a rotation that failed");
+        assert_eq!(w.lost, failed, "every record not written is counted");
+        std::fs::remove_dir_all(&blocker).unwrap();
+        w.write(&[record(99)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(TEXT_HEADER), "{text}");
+        assert!(
+            text.lines().any(|l| l.ends_with("SKIPDATA")),
+            "the loss is marked: {text}"
+        );
+    }
+
+    /// An agent killed with its interval open (never written) leaves the
+    /// file's marker open: the next agent's first write starts with a
+    /// `SKIPDATA` record from when the loss began. One that stopped
+    /// cleanly leaves nothing to mark.
+    #[test]
+    fn an_interval_left_open_by_a_killed_agent_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.log");
+        {
+            let mut w = Writer::open(&settings(&path, 0, 1)).unwrap();
+            w.write(&[record(1)]).unwrap();
+            // Killed here: no finish().
+        }
+        let mut w = Writer::open(&settings(&path, 0, 1)).unwrap();
+        w.write(&[record(2)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.ends_with("SKIPDATA")).count(),
+            1,
+            "{text}"
+        );
+        w.finish();
+        drop(w);
+        let mut w = Writer::open(&settings(&path, 0, 1)).unwrap();
+        w.write(&[record(3)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.ends_with("SKIPDATA")).count(),
+            1,
+            "a clean stop leaves nothing more to mark: {text}"
         );
     }
 }

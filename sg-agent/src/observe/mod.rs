@@ -429,6 +429,14 @@ impl Observer {
         self.write(records);
     }
 
+    /// The agent stops with every record written (see
+    /// [`flowlog::Writer::finish`]).
+    pub fn finish(&self) {
+        if let Some((_, writer)) = &self.flow_log {
+            writer.finish();
+        }
+    }
+
     /// Writes records of the interval still open: an instance's, as it is
     /// removed (its interval ends with it), or every one's as the agent
     /// stops.

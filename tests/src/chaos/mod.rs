@@ -127,8 +127,9 @@ pub struct Records {
     /// agent stopped (SIGTERM with --keep-on-exit) mid-interval.
     pub written_at_stop: usize,
     /// An agent given a state directory a local user prepared: whether it
-    /// refused to start, and how many pins it left in the directory.
-    pub prepared_refused: bool,
+    /// took the name back and enforced, and how many pins it put into the
+    /// user's directory.
+    pub prepared_taken_back: bool,
     pub prepared_pins: usize,
 }
 
@@ -179,10 +180,11 @@ impl Report {
         if self.records.written_at_stop == 0 {
             out.push("the flow log's open interval was lost at a restart".into());
         }
-        if !self.records.prepared_refused || self.records.prepared_pins > 0 {
+        if !self.records.prepared_taken_back || self.records.prepared_pins > 0 {
             out.push(format!(
-                "a state directory a local user prepared was used (refused: {}, pins: {})",
-                self.records.prepared_refused, self.records.prepared_pins
+                "a state directory a local user prepared: taken back and enforced {}, pins \
+                 put into the user's {}",
+                self.records.prepared_taken_back, self.records.prepared_pins
             ));
         }
         if self.flood.judged.iter().any(|j| j.3 + j.4 == 0) {
@@ -284,20 +286,20 @@ impl Report {
             s,
             "\n## Records and refusals\n\n| fault | what is done | outcome | |\n|---|---|---|---|\n\
              | restart mid-interval | flow logs on (600-s interval), rejected datagrams to the blocked port, then SIGTERM with --keep-on-exit | {} REJECT records of the open interval written at the stop | {} |\n\
-             | prepared state directory | a local user (uid 65534) made the state directory and an instance's below it before the agent | {}, {} pins put into it | {} |",
+             | prepared state directory | a local user (uid 65534) made the state directory and an instance's below it before the agent | {}, {} pins put into the user's | {} |",
             r.written_at_stop,
             if r.written_at_stop > 0 {
                 "met (must be > 0)"
             } else {
                 "MISSED"
             },
-            if r.prepared_refused {
-                "refused to start"
+            if r.prepared_taken_back {
+                "set aside, made anew, enforcing"
             } else {
-                "STARTED"
+                "NOT ENFORCING"
             },
             r.prepared_pins,
-            if r.prepared_refused && r.prepared_pins == 0 {
+            if r.prepared_taken_back && r.prepared_pins == 0 {
                 "met"
             } else {
                 "MISSED"
@@ -727,6 +729,7 @@ pub fn run(options: Options) -> Report {
         },
     ));
 
+    faults.extend(hardening_round_four(&mut c, &s1, &s1_ns));
     faults.push(hardening_metrics_flood(&mut c));
     faults.push(hardening_fifo(&mut c, &dir, &s1, &s1_ns));
     let records = records_and_refusals(&mut c, &dir);
@@ -785,23 +788,149 @@ fn records_and_refusals(c: &mut Chaos, dir: &Path) -> Records {
     for d in [prepared.clone(), prepared.join("s2")] {
         std::os::unix::fs::chown(&d, Some(65534), None).expect("chown");
     }
-    let out = std::process::Command::new(crate::agent::binary())
-        .args(["run", "--config"])
-        .arg(&c.config)
-        .arg("--state-dir")
-        .arg(&prepared)
-        .arg("--control-socket")
-        .arg(dir.join("prepared.sock"))
-        .output()
-        .expect("sg-agent runs");
-    let prepared_refused = out.status.code() == Some(1);
-    let prepared_pins = std::fs::read_dir(prepared.join("s2")).map_or(0, Iterator::count);
-    let _ = std::fs::remove_dir_all(&prepared);
+    // A second agent, on its own rules file naming S2 alone, given the
+    // prepared directory: it must take the name back and enforce.
+    let config = dir.join("prepared.toml");
+    std::fs::write(
+        &config,
+        c.lab.localize(
+            &rules("s1", true, "sg-s1", false)
+                .replace("name = \"s1\"", "name = \"s2\"")
+                .replace("netns = \"sg-s1\"", "netns = \"sg-s2\"")
+                .replace(&S1.to_string(), &S2.to_string()),
+        ),
+    )
+    .expect("write rules");
+    let prepared_state = StateDir {
+        path: prepared.clone(),
+    };
+    let second = AgentProcess::start_quiet_in(&prepared_state, &config, &[]);
+    let prepared_taken_back = second
+        .wait_for("ready: enforcing 1 instance(s)", 0, START)
+        .is_some();
+    let _ = second.terminate();
+    let name = prepared
+        .file_name()
+        .expect("named")
+        .to_string_lossy()
+        .into_owned();
+    let aside: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("{name}-set-aside-"))
+            })
+        })
+        .collect();
+    let prepared_pins = aside
+        .iter()
+        .map(|a| std::fs::read_dir(a.join("s2")).map_or(0, Iterator::count))
+        .sum();
+    for a in &aside {
+        let _ = std::fs::remove_dir_all(a);
+    }
+    drop(prepared_state);
     Records {
         written_at_stop,
-        prepared_refused,
+        prepared_taken_back,
         prepared_pins,
     }
+}
+
+/// Hardening round four: a second agent on the same state (and a detach
+/// under the running one) is refused; programs someone takes off the
+/// interface are put back; an agent killed while a reload waited for its
+/// confirmation, started again, rolls back to the last confirmed policy
+/// rather than to nothing.
+fn hardening_round_four(c: &mut Chaos, s1: &str, s1_ns: &str) -> Vec<Fault> {
+    let mut faults = Vec::new();
+    faults.push(c.measure(
+        "second agent",
+        "a second sg-agent run on the same --state-dir (its own control socket), then `sg-agent detach --all` there",
+        0,
+        false,
+        |c| {
+            let second = std::process::Command::new(crate::agent::binary())
+                .args(["run", "--config"])
+                .arg(&c.config)
+                .arg("--state-dir")
+                .arg(&c.state.path)
+                .args(["--control-socket", "/run/sg-agent-tests/chaos-second.sock"])
+                .output()
+                .expect("sg-agent runs");
+            assert_eq!(second.status.code(), Some(1), "{second:?}");
+            let detach = std::process::Command::new(crate::agent::binary())
+                .args(["detach", "--all", "--state-dir"])
+                .arg(&c.state.path)
+                .output()
+                .expect("sg-agent detach runs");
+            assert_eq!(detach.status.code(), Some(1), "{detach:?}");
+        },
+    ));
+    faults.push(c.measure(
+        "programs taken off",
+        "S1's links detached by someone else (bpftool link detach)",
+        1000,
+        false,
+        |c| {
+            let mark = c.agent().log_lines();
+            let status = c.agent().status_json();
+            let name = c.s1_name.clone();
+            let ids: Vec<String> = status["instances"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["name"] == name.as_str()))
+                .and_then(|i| i["links"].as_array())
+                .map(|links| {
+                    links
+                        .iter()
+                        .filter_map(|l| l["link_id"].as_u64())
+                        .map(|id| id.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(!ids.is_empty(), "S1's links: {status}");
+            for id in &ids {
+                let out = std::process::Command::new("bpftool")
+                    .args(["link", "detach", "id", id])
+                    .output()
+                    .expect("bpftool runs");
+                assert!(out.status.success(), "{out:?}");
+            }
+            c.agent()
+                .expect_log("taken off by someone else", mark, APPLY);
+        },
+    ));
+    let confirm = |c: &Chaos| {
+        let out = std::process::Command::new(crate::agent::binary())
+            .args(["confirm", "--control-socket"])
+            .arg(&c.agent().control_socket)
+            .output()
+            .expect("sg-agent confirm runs");
+        assert!(out.status.success(), "{out:?}");
+    };
+    c.restart(&["--confirm-within", "5"]);
+    confirm(c);
+    let policy = rules(s1, true, s1_ns, false);
+    faults.push(c.measure(
+        "kill -9, unconfirmed",
+        "--confirm-within 5: a reload left unconfirmed, SIGKILL, a new agent (it rolls back to the last confirmed policy)",
+        0,
+        false,
+        |c| {
+            c.reload(&format!("# unconfirmed\n{policy}"), "applied in");
+            c.agent.take().expect("agent").kill9();
+            c.start_agent(&["--confirm-within", "5"]);
+            c.agent()
+                .expect_log("is back in force", 0, Duration::from_secs(10));
+        },
+    ));
+    c.write(&policy);
+    c.restart(&[]);
+    faults
 }
 
 /// Idle connections flood the metrics port of an agent held to systemd's

@@ -547,6 +547,11 @@ impl Agent<'_> {
                         shrinking_to,
                         reclaimed: (Instant::now(), 0),
                         macs: macs::MacGuard::default(),
+                        netns_id: place
+                            .netns
+                            .as_deref()
+                            .filter(|ns| ns.starts_with('/'))
+                            .and_then(crate::dataplane::netns::NetnsId::of),
                     },
                 );
                 true

@@ -35,6 +35,7 @@ use crate::{
     policy::{Refusal, admit_as, compile::CompiledPolicy},
     source::links::Namespace,
 };
+pub use confirm::store_path as confirmed_policy_path;
 use place::{Domains, Place};
 
 /// Lines of a reload's effective-rule diff in its log message, and rule
@@ -78,6 +79,10 @@ struct Enforced {
     reclaimed: (Instant, u64),
     /// Its MAC address as its guest taught it, and what it may not learn.
     macs: macs::MacGuard,
+    /// Which namespace its `netns_path` named when it was attached: only
+    /// that one is enforced again (a PID reused after its container died
+    /// names another).
+    netns_id: Option<crate::dataplane::netns::NetnsId>,
 }
 
 /// An instance the file asks for that is not enforced yet: its namespace or
@@ -111,6 +116,9 @@ struct Agent<'a> {
     poll_pending: bool,
     /// The digest of the file in force.
     in_force: [u8; 32],
+    /// The text of the policy in force (what `--confirm-within` keeps once
+    /// confirmed).
+    in_force_text: String,
     /// From etcd: the revision that wrote the description in force.
     in_force_revision: Option<i64>,
     /// How many times an enforced instance was found with nothing attached
@@ -160,7 +168,7 @@ pub(super) fn run(
             cut.join("\n")
         );
     }
-    let state = StateDir::open(&opts.state_dir)?;
+    let state = StateDir::open_locked(&opts.state_dir)?;
     let observer = Observer::new(
         opts.observe.flow_log.clone(),
         opts.observe.drop_log,
@@ -181,6 +189,7 @@ pub(super) fn run(
         seen: Some(file.stamp),
         poll_pending: false,
         in_force: file.sha256,
+        in_force_text: file.text.clone(),
         in_force_revision: revision,
         lapses: 0,
         observer,
@@ -427,8 +436,9 @@ impl Agent<'_> {
         self.stop.begun.notify_one();
         service::stopping();
         // The interval still open is written, whether the instances stay
-        // enforced or not.
+        // enforced or not; then the file says nothing is left unwritten.
         self.flush_flow_log(None);
+        self.observer.finish();
         let n = self.enforced.len();
         if self.opts.keep_on_exit {
             // Only what is pinned outlives this process: said as it is.
@@ -474,7 +484,7 @@ pub fn detach(state_dir: &Path, instance: Option<&str>) -> Result<Vec<String>, P
     if !state_dir.exists() {
         return Ok(Vec::new());
     }
-    let state = StateDir::open(state_dir)?;
+    let state = StateDir::open_locked(state_dir)?;
     let names = match instance {
         Some(name) => vec![name.to_owned()],
         None => state.instances()?,

@@ -85,12 +85,18 @@ impl Agent<'_> {
         };
         let moved = place != e.place;
         let state = e.dataplane.attached_place_current();
+        // Its interface is there, but someone took its programs off (another
+        // agent on the same state, `bpftool link detach`): a lapse too.
+        let mut taken_off = 0;
         if !moved {
             match state {
-                Some(true) => {
+                Some(true) if e.dataplane.links_attached() => {
                     e.checked = Instant::now();
                     e.stopped = None;
                     return;
+                }
+                Some(true) => {
+                    taken_off = e.dataplane.drop_detached_links();
                 }
                 // Gone (a VM stopped, a container removed): nothing there
                 // is unprotected; it is attached again as it comes back.
@@ -108,6 +114,9 @@ impl Agent<'_> {
                 }
                 _ => {}
             }
+        }
+        if !moved && namespace_replaced(name, e, &place) {
+            return;
         }
         // There now without our programs: since the last check that found
         // it gone or enforced (a link event comes within milliseconds of a
@@ -137,11 +146,11 @@ impl Agent<'_> {
             }
             Ok(()) => {
                 let unprotected = now.duration_since(e.lost_since.unwrap_or(since));
+                let what = lapse_cause(&e.place, taken_off, state == Some(true));
                 log::error!(
                     instance = name;
-                    "instance {name}: {} was recreated; programs attached again, the interface \
-                     was unprotected for at most {} ms (lapse {} since start)",
-                    e.place.describe(),
+                    "instance {name}: {what}; programs attached again, the interface was \
+                     unprotected for at most {} ms (lapse {} since start)",
                     unprotected.as_millis(),
                     self.lapses
                 );
@@ -196,10 +205,41 @@ impl Agent<'_> {
         domain: &str,
         nics: Vec<DomainNic>,
     ) -> Result<Vec<String>, String> {
-        self.domains.from_hook.insert(domain.to_owned(), nics);
         let Some(compiled) = self.compiled.take() else {
             return Err("the agent has no policy yet".to_owned());
         };
+        // A tap another instance is enforced on is not this domain's to
+        // take (a domain XML naming another's `<target dev>`): the domain
+        // is refused, and nothing of it is attached there.
+        let of_domain = |i: &CompiledInstance| matches!(&i.link, Some(crate::config::Link::Libvirt { domain: d, .. }) if d == domain);
+        let netns: Vec<Option<&str>> = compiled
+            .instances
+            .iter()
+            .filter(|i| of_domain(i))
+            .map(|i| i.netns.as_deref())
+            .collect();
+        let taken = nics.iter().find_map(|nic| {
+            self.enforced.iter().find(|(name, e)| {
+                e.stopped.is_none()
+                    && e.place.ifname == nic.ifname
+                    && netns.contains(&e.place.netns.as_deref())
+                    && !compiled
+                        .instances
+                        .iter()
+                        .any(|i| &i.name == *name && of_domain(i))
+            })
+        });
+        if let Some((other, e)) = taken {
+            let refusal = format!(
+                "its NIC {} is instance {other}'s tap ({}), enforced there: not this domain's",
+                e.place.ifname,
+                e.place.describe()
+            );
+            self.compiled = Some(compiled);
+            log::error!("libvirt domain {domain} refused: {refusal}");
+            return Err(refusal);
+        }
+        self.domains.from_hook.insert(domain.to_owned(), nics);
         let mut enforced = Vec::new();
         let mut failed = Vec::new();
         for inst in compiled.instances.iter().filter(|i| {
@@ -236,9 +276,29 @@ impl Agent<'_> {
     }
 
     /// libvirt's hook, as a domain stopped: what its hook gave is
-    /// forgotten (a tap of that name may be another domain's next).
+    /// forgotten (a tap of that name may be another domain's next), and
+    /// its instances' programs are taken off what was its tap.
     pub(super) fn domain_stopped(&mut self, domain: &str) {
         self.domains.from_hook.remove(domain);
+        let Some(compiled) = &self.compiled else {
+            return;
+        };
+        for inst in compiled.instances.iter().filter(|i| {
+            matches!(&i.link, Some(crate::config::Link::Libvirt { domain: d, .. }) if d == domain)
+        }) {
+            if let Some(e) = self.enforced.get_mut(&inst.name)
+                && e.stopped.is_none()
+            {
+                e.dataplane.detach_links();
+                log::info!(
+                    instance = inst.name.as_str();
+                    "instance {}: libvirt domain {domain} stopped; its programs taken off {}",
+                    inst.name,
+                    e.place.describe()
+                );
+                e.stopped = Some(format!("libvirt domain {domain} stopped"));
+            }
+        }
     }
 
     /// Tells the link watch which namespaces hold an instance now.
@@ -365,5 +425,46 @@ impl Agent<'_> {
         for name in drained {
             self.finish_shrinking(&name);
         }
+    }
+}
+
+/// A namespace given by path (`netns_path`) that now names another
+/// namespace than the one the instance was attached in (its container gone,
+/// its PID taken by another process): not the instance's, never attached
+/// there. Says so once, and returns true.
+fn namespace_replaced(name: &str, e: &mut super::Enforced, place: &super::place::Place) -> bool {
+    let (Some(path), Some(was)) = (place.netns.as_deref(), e.netns_id) else {
+        return false;
+    };
+    if crate::dataplane::netns::NetnsId::of(path).is_none_or(|now| now == was) {
+        return false;
+    }
+    let why = format!("{path} names another network namespace now (not attached there)");
+    if e.stopped.as_deref() != Some(why.as_str()) {
+        log::error!(
+            instance = name;
+            "instance {name}: {path} now names another network namespace than the one it was \
+             attached in (its process is gone and the path names another's: a PID reused); not \
+             attached there. Name the instance's new namespace in the rules file"
+        );
+        e.stopped = Some(why);
+    }
+    e.checked = Instant::now();
+    true
+}
+
+/// What a lapse found at `place`: programs taken off (`taken_off` of them),
+/// none there though the interface is the same (`same`), or the interface
+/// made again.
+fn lapse_cause(place: &super::place::Place, taken_off: usize, same: bool) -> String {
+    if taken_off > 0 {
+        format!(
+            "{} had {taken_off} of its programs taken off by someone else",
+            place.describe()
+        )
+    } else if same {
+        format!("{} had none of its programs on it", place.describe())
+    } else {
+        format!("{} was recreated", place.describe())
     }
 }

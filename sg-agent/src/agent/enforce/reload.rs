@@ -98,6 +98,7 @@ impl Agent<'_> {
                     self.await_confirmation(before);
                 }
                 self.in_force = file.sha256;
+                self.in_force_text.clone_from(&file.text);
                 self.in_force_revision = revision;
                 self.last_apply = started.elapsed();
                 let took = started.elapsed().as_millis();
