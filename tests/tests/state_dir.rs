@@ -214,6 +214,25 @@ fn status_without_an_agent_names_what_pins_still_enforce() {
             "{name}: {text}"
         );
     }
+    // app-1's interface made again (a VM restarted on a new tap): its pins
+    // stay, but nothing is on the new interface, and status says so.
+    lab.lab.recreate_eth0("app-1");
+    let out = Command::new(binary())
+        .args(["status", "--control-socket"])
+        .arg(state.control_socket())
+        .arg("--state-dir")
+        .arg(&state.path)
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("3 instance(s) still enforced from pinned programs"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  {:<20} NOT enforced", "app-1")),
+        "{text}"
+    );
     assert!(text.contains("sg-agent detach --all"), "{text}");
     let out = Command::new(binary())
         .args(["detach", "--all", "--state-dir"])

@@ -29,3 +29,15 @@ pub fn reloading() {
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
+
+/// A long start (or reload) making progress: `status` says how far, and
+/// systemd's start timeout is pushed `extend` further out (a host of
+/// hundreds of instances takes longer to load than the default 90 s; a
+/// start that stops making progress still times out).
+pub fn progress(status: &str, extend: std::time::Duration) {
+    let usec = u32::try_from(extend.as_micros()).unwrap_or(u32::MAX);
+    send(&[
+        NotifyState::Status(status),
+        NotifyState::ExtendTimeoutUsec(usec),
+    ]);
+}

@@ -92,11 +92,15 @@ fn left_enforced(state_dir: &std::path::Path) {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
+        // A pinned link whose interface was deleted or replaced (a VM
+        // restarted on a new tap), or that someone detached, is no
+        // enforcement: only links still on a hook count.
         let links: Vec<std::fs::Metadata> = std::fs::read_dir(e.path())
             .into_iter()
             .flatten()
             .flatten()
             .filter(|l| l.file_name().to_string_lossy().starts_with("link-"))
+            .filter(|l| crate::dataplane::pin_attached(&l.path()).unwrap_or(true))
             .filter_map(|l| l.metadata().ok())
             .collect();
         let since = links
@@ -125,7 +129,10 @@ fn left_enforced(state_dir: &std::path::Path) {
     );
     for (name, links, since) in &rows {
         let line = if *links == 0 {
-            format!("  {name:<20} NOT enforced (maps pinned, no link)\n")
+            format!(
+                "  {name:<20} NOT enforced (maps pinned, no link on its interface: the \
+                 interface was deleted or replaced, or its programs taken off)\n"
+            )
         } else {
             format!(
                 "  {name:<20} {links} link(s), pinned {}\n",

@@ -103,20 +103,37 @@ pub(super) fn by_pin(path: &Path) -> io::Result<()> {
 
 /// Whether the link with this id still has its program on a hook: a TCX
 /// or XDP link someone detached (`BPF_LINK_DETACH`, `bpftool link detach`,
-/// another agent) stays open for its holders but reports interface 0. A
-/// link no longer there is not attached.
+/// another agent), or whose interface was deleted, stays open for its
+/// holders but reports interface 0. A link no longer there is not
+/// attached.
 pub(super) fn attached(id: u32) -> io::Result<bool> {
+    match bpf(BPF_LINK_GET_FD_BY_ID, &Attr::default().u32_at(0, id)) {
+        Ok(fd) => on_a_hook(&owned(fd)?),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`attached`] for the link pinned at `path` (no pin: not attached).
+pub fn pin_attached(path: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let ptr = u64::try_from(c.as_ptr().addr()).expect("64-bit pointers");
+    match bpf(BPF_OBJ_GET, &Attr::default().u64_at(0, ptr)) {
+        Ok(fd) => on_a_hook(&owned(fd)?),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the link `fd` holds reports an interface (see [`attached`]).
+fn on_a_hook(fd: &OwnedFd) -> io::Result<bool> {
     use std::os::fd::AsRawFd as _;
     /// `struct bpf_link_info`: type, id, `prog_id`, then (at 16) the union
     /// whose `tcx` and `xdp` members both start with the ifindex. Room for
     /// all of it; the kernel wants the bytes it does not know zero.
     #[repr(C, align(8))]
     struct Info([u8; 128]);
-    let fd = match bpf(BPF_LINK_GET_FD_BY_ID, &Attr::default().u32_at(0, id)) {
-        Ok(fd) => owned(fd)?,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-        Err(e) => return Err(e),
-    };
     let mut info = Info([0; 128]);
     let fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("bad descriptor"))?;
     let ptr = u64::try_from((&raw mut info).addr()).expect("64-bit pointers");

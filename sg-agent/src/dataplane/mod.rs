@@ -11,6 +11,7 @@ pub mod attach;
 pub mod conns;
 pub mod counters;
 mod detach;
+pub use detach::pin_attached;
 pub mod driver;
 mod error;
 pub mod events;

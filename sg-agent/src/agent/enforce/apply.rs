@@ -218,6 +218,7 @@ impl Agent<'_> {
             .map_or(1, std::num::NonZero::get)
             .min(jobs.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
+        let progress = Progress::new("loaded", jobs.len());
         let loader = Loader {
             state: &self.state,
             observe: self.opts.observe.dataplane(),
@@ -235,6 +236,7 @@ impl Agent<'_> {
                                 break;
                             };
                             done.push((i, loader.prepare(name, inst)));
+                            progress.one_more();
                         }
                         done
                     })
@@ -460,6 +462,7 @@ impl Agent<'_> {
         );
         let results = std::sync::Mutex::new(Vec::new());
         let count = queue.lock().expect("queue").len();
+        let progress = Progress::new("attached", count);
         std::thread::scope(|scope| {
             for _ in 0..THREADS.min(count) {
                 scope.spawn(|| {
@@ -470,6 +473,7 @@ impl Agent<'_> {
                         };
                         let dp = dp.expect("each job once");
                         let attached = attach_prepared(dp, &place, mac, &reserved, ingress);
+                        progress.one_more();
                         results
                             .lock()
                             .expect("results")
@@ -733,6 +737,46 @@ fn attach_prepared(
             Ok(attached)
         });
     Attached { dp, result }
+}
+
+/// Progress of a long step over many instances, told to systemd every few
+/// seconds with its start timeout pushed further out (see
+/// [`crate::agent::service::progress`]).
+struct Progress {
+    what: &'static str,
+    of: usize,
+    done: std::sync::atomic::AtomicUsize,
+    told: std::sync::Mutex<Instant>,
+}
+
+impl Progress {
+    /// How often systemd hears of it, and how far each time pushes its
+    /// timeout.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    const EXTEND: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn new(what: &'static str, of: usize) -> Self {
+        Self {
+            what,
+            of,
+            done: std::sync::atomic::AtomicUsize::new(0),
+            told: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn one_more(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let Ok(mut told) = self.told.try_lock() else {
+            return;
+        };
+        if told.elapsed() >= Self::EVERY {
+            *told = Instant::now();
+            crate::agent::service::progress(
+                &format!("{} {done} of {} instance(s)", self.what, self.of),
+                Self::EXTEND,
+            );
+        }
+    }
 }
 
 /// What loading an instance's object needs, shared by the loading threads.
