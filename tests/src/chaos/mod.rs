@@ -385,7 +385,17 @@ const METHOD: &str = "
   port answering for 36.5 s). *netns_path a FIFO*: a reload naming a FIFO
   as an instance's namespace file is rejected without opening it for good
   (an earlier build's enforcement thread hung in `open`), and S1's eth0
-  made again right after is enforced as always.
+  made again right after is enforced as always. *second agent*: a second
+  `sg-agent run` on the same state directory, then `sg-agent detach --all`
+  there, while the first runs: both refused at once (the state
+  directory's lock); an earlier build let the second adopt the first's
+  pins and detach them as it stopped, the ports open while the first said
+  enforced. *programs taken off*: S1's links detached with `bpftool link
+  detach`: the agent finds them defunct on its next tick (250 ms) and
+  attaches again. *kill -9, unconfirmed*: with `--confirm-within 2`, a
+  reload left unconfirmed, SIGKILL, a new agent on the same state: it
+  rolls back to the last confirmed policy, kept on disk (an earlier build
+  took the restart for a first start and detached everything).
 * **Records and refusals.** *restart mid-interval*: the agent restarted
   with a flow log of 600-s intervals, three datagrams sent to the blocked
   port, then SIGTERM with `--keep-on-exit`: the REJECT records of the
@@ -393,9 +403,10 @@ const METHOD: &str = "
   open interval at every restart and upgrade). *prepared state
   directory*: a local user (uid 65534) makes the state directory and an
   instance's directory below it in bpffs, world-writable and sticky,
-  before an agent starts on it: the agent must refuse to start and pin
-  nothing there (an earlier build pinned into it, and the user could
-  remove the pins).
+  before an agent starts on it: the agent must set it aside, make its own,
+  and start, pinning nothing into the user's (an earlier build pinned into
+  it, and the user could remove the pins; the build after refused to
+  start, enforcing nothing).
 * **VM start.** An instance waits for its tap (`host_interface`); the tap
   is made with `ip tuntap add` (as QEMU and libvirt make theirs) and the
   time until both programs are on it is measured by querying TCX every half
@@ -788,26 +799,26 @@ fn records_and_refusals(c: &mut Chaos, dir: &Path) -> Records {
     for d in [prepared.clone(), prepared.join("s2")] {
         std::os::unix::fs::chown(&d, Some(65534), None).expect("chown");
     }
-    // A second agent, on its own rules file naming S2 alone, given the
-    // prepared directory: it must take the name back and enforce.
+    // A second agent given the prepared directory, on a rules file of its
+    // own whose instance waits for a namespace to come (S1 and S2 are the
+    // first agent's): it must take the name back and start.
     let config = dir.join("prepared.toml");
     std::fs::write(
         &config,
-        c.lab.localize(
-            &rules("s1", true, "sg-s1", false)
-                .replace("name = \"s1\"", "name = \"s2\"")
-                .replace("netns = \"sg-s1\"", "netns = \"sg-s2\"")
-                .replace(&S1.to_string(), &S2.to_string()),
+        format!(
+            "[[security_group]]\nname = \"web\"\n\n[[instance]]\nname = \"s2\"\n\
+             netns = \"{}-later\"\ninterface = \"eth0\"\naddresses = [\"{S2}\"]\n\
+             security_groups = [\"web\"]\n",
+            c.lab.prefix
         ),
     )
     .expect("write rules");
     let prepared_state = StateDir {
         path: prepared.clone(),
     };
-    let second = AgentProcess::start_quiet_in(&prepared_state, &config, &[]);
-    let prepared_taken_back = second
-        .wait_for("ready: enforcing 1 instance(s)", 0, START)
-        .is_some();
+    let second = AgentProcess::start_quiet_in(&prepared_state, &config, &["--allow-empty"]);
+    let prepared_taken_back = second.wait_for("ready: enforcing", 0, START).is_some()
+        && second.log_text().contains("set aside as");
     let _ = second.terminate();
     let name = prepared
         .file_name()
@@ -912,18 +923,19 @@ fn hardening_round_four(c: &mut Chaos, s1: &str, s1_ns: &str) -> Vec<Fault> {
             .expect("sg-agent confirm runs");
         assert!(out.status.success(), "{out:?}");
     };
-    c.restart(&["--confirm-within", "5"]);
+    // 2 s: the held connections' server closes one idle for 5 s.
+    c.restart(&["--confirm-within", "2"]);
     confirm(c);
     let policy = rules(s1, true, s1_ns, false);
     faults.push(c.measure(
         "kill -9, unconfirmed",
-        "--confirm-within 5: a reload left unconfirmed, SIGKILL, a new agent (it rolls back to the last confirmed policy)",
+        "--confirm-within 2: a reload left unconfirmed, SIGKILL, a new agent (it rolls back to the last confirmed policy)",
         0,
         false,
         |c| {
             c.reload(&format!("# unconfirmed\n{policy}"), "applied in");
             c.agent.take().expect("agent").kill9();
-            c.start_agent(&["--confirm-within", "5"]);
+            c.start_agent(&["--confirm-within", "2"]);
             c.agent()
                 .expect_log("is back in force", 0, Duration::from_secs(10));
         },
