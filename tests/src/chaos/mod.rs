@@ -171,6 +171,12 @@ impl Report {
                 v.libvirt.1, v.libvirt.0
             ));
         }
+        if !v.many_ms.is_finite() {
+            out.push(format!(
+                "{} taps made at once were not all enforced within 30 s",
+                vm_start::MANY
+            ));
+        }
         if !v.first_ms.is_finite() || v.again_ms.iter().any(|m| !m.is_finite() || *m > 1000.0) {
             out.push(format!(
                 "a tap was not enforced within 1 s of appearing: first {:.1} ms, again {:?}",
@@ -326,12 +332,19 @@ impl Report {
         let _ = writeln!(s, "| what | measured | |\n|---|---:|---|");
         let _ = writeln!(
             s,
-            "| tap created to enforced, an instance waiting for it (its object loaded then) | {:.1} ms | reported |",
+            "| tap created to enforced, an instance waiting for it (its object prepared while it waited) | {:.1} ms | reported |",
             v.first_ms
         );
         let _ = writeln!(
             s,
             "| tap made again (a VM restarting) to enforced | {again} | goal under 10 ms |"
+        );
+        let _ = writeln!(
+            s,
+            "| {} taps made at once (a runtime starting {} containers) to every one enforced | {:.1} ms | goal under 100 ms |",
+            vm_start::MANY,
+            vm_start::MANY,
+            v.many_ms
         );
         let _ = writeln!(
             s,

@@ -14,6 +14,7 @@
 //!   program judged.
 
 use std::{
+    fmt::Write as _,
     process::Command,
     time::{Duration, Instant},
 };
@@ -35,6 +36,9 @@ pub struct VmStart {
     pub first_ms: f64,
     /// The tap made again, ms, each time.
     pub again_ms: Vec<f64>,
+    /// [`MANY`] taps of waiting instances made at once (a container runtime
+    /// starting that many) to every one of them enforced, ms.
+    pub many_ms: f64,
     /// Frames a QEMU guest sent into its tap (made by QEMU, attached from
     /// the link event), and how many of them no program judged.
     pub qemu: (u64, u64),
@@ -50,6 +54,44 @@ fn attached_count(netns: &str, tap: &str) -> usize {
             .map(|at| SchedClassifier::query_tcx(&tap, at).map_or(0, |(_, progs)| progs.len()))
             .sum()
     })
+}
+
+/// Taps made at once in [`VmStart::many_ms`].
+pub const MANY: usize = 60;
+
+/// Makes [`MANY`] taps `tm0..` in `netns` with one `ip -batch` and returns
+/// how long until both programs are on every one (bounded: 30 s).
+fn time_to_all_enforced(netns: &str) -> f64 {
+    let mut batch = String::new();
+    for i in 0..MANY {
+        let _ = write!(batch, "tuntap add dev tm{i} mode tap\nlink set tm{i} up\n");
+    }
+    let made = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip runs");
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(batch.as_bytes())
+            .expect("the batch");
+    }
+    assert!(child.wait().expect("ip ends").success(), "ip -batch");
+    let end = made + Duration::from_secs(30);
+    let mut left: Vec<usize> = (0..MANY).collect();
+    while Instant::now() < end {
+        left.retain(|i| attached_count(netns, &format!("tm{i}")) != 2);
+        if left.is_empty() {
+            return made.elapsed().as_secs_f64() * 1e3;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    f64::INFINITY
 }
 
 /// Makes `tap` in `netns` and returns how long until both programs are on
@@ -117,8 +159,18 @@ pub fn measure(recreations: usize) -> VmStart {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("vpc.toml");
     let domain = format!("{}-vm", lab.prefix);
+    let many: String = (0..MANY)
+        .map(|i| {
+            instance(
+                &format!("many-{i}"),
+                &format!("host_interface = \"tm{i}\""),
+                &sw,
+            )
+            .replace("10.0.1.10", &format!("10.0.2.{}", i + 1))
+        })
+        .collect();
     let rules = format!(
-        "{RULES}{}{}{}",
+        "{RULES}{many}{}{}{}",
         instance("tapped", "host_interface = \"tchaos0\"", &sw),
         instance(
             "qemu",
@@ -151,6 +203,7 @@ pub fn measure(recreations: usize) -> VmStart {
         std::thread::sleep(Duration::from_millis(300));
         out.again_ms.push(time_to_enforced(&sw, "tchaos0"));
     }
+    out.many_ms = time_to_all_enforced(&sw);
 
     // A QEMU guest: its tap made by QEMU, attached from the link event.
     let vm = Vm::start(&sw, SeedVms::spec("app-1"));

@@ -43,8 +43,8 @@ enum Step {
     Load { resize: bool },
     /// Its namespace or interface does not exist (yet), or where it is
     /// cannot be known yet (a libvirt domain that is not running): waited
-    /// for.
-    Wait(Option<Place>, String),
+    /// for, its object prepared meanwhile (when that worked).
+    Wait(Option<Place>, String, Option<Box<Dataplane>>),
 }
 
 impl Agent<'_> {
@@ -70,7 +70,7 @@ impl Agent<'_> {
             let place = match want {
                 Ok((place, _)) => place,
                 Err(why) => {
-                    steps.push((name.clone(), Step::Wait(None, why.clone())));
+                    steps.push((name.clone(), Step::Wait(None, why.clone(), None)));
                     continue;
                 }
             };
@@ -102,12 +102,13 @@ impl Agent<'_> {
                 renamed_from.push(old.clone());
                 Step::Rename(old)
             } else if let Err(why) = place.exists() {
-                Step::Wait(Some(place.clone()), why)
+                Step::Wait(Some(place.clone()), why, None)
             } else {
                 Step::Load { resize: false }
             };
             steps.push((name.clone(), step));
         }
+        self.keep_prepared_waiting(&wanted, &mut steps);
         if let Err(e) = self.load_all(&wanted, &mut steps) {
             // Nothing changed: the instances that were to drain take new
             // flows again (unless they were draining already).
@@ -144,7 +145,7 @@ impl Agent<'_> {
         }
         self.attach_many(new);
         self.retire_and_remove(|n| wanted.contains_key(n) || renamed_from.iter().any(|r| r == n));
-        self.pending.retain(|n, _| wanted.contains_key(n));
+        self.forget_pending_but(|n| wanted.contains_key(n));
         self.vpc = vpc;
         self.compiled = Some(compiled);
         self.watch_namespaces();
@@ -204,10 +205,13 @@ impl Agent<'_> {
         wanted: &BTreeMap<String, (&CompiledInstance, Wanted)>,
         steps: &mut [(String, Step)],
     ) -> Result<(), AgentError> {
+        // Instances waiting for their interface are prepared too, so that
+        // it is enforced as soon as it appears; their failure is no
+        // failure of the change (it is tried again as they attach).
         let jobs: Vec<(usize, &str, &CompiledInstance)> = steps
             .iter()
             .enumerate()
-            .filter(|(_, (_, step))| matches!(step, Step::Load { .. }))
+            .filter(|(_, (_, step))| matches!(step, Step::Load { .. } | Step::Wait(_, _, None)))
             .map(|(i, (name, _))| (i, name.as_str(), wanted[name].0))
             .collect();
         if jobs.is_empty() {
@@ -254,6 +258,17 @@ impl Agent<'_> {
         );
         let mut failure = None;
         for (i, result) in results {
+            if let Step::Wait(_, _, prepared) = &mut steps[i].1 {
+                match result {
+                    Ok(dp) => *prepared = Some(Box::new(dp)),
+                    Err(e) => log::debug!(
+                        "instance {}: not prepared while it waits: {}",
+                        steps[i].0,
+                        crate::errors::chain(&e)
+                    ),
+                }
+                continue;
+            }
             match result {
                 Ok(dp) => {
                     let resize = matches!(steps[i].1, Step::Load { resize: true });
@@ -271,13 +286,21 @@ impl Agent<'_> {
         }
         if let Some(e) = failure {
             for (name, step) in steps.iter_mut() {
-                if let Step::New(_) | Step::Resize(_) = step {
-                    let (Step::New(dp) | Step::Resize(dp)) =
-                        std::mem::replace(step, Step::Load { resize: false })
-                    else {
-                        unreachable!("matched above");
-                    };
-                    Self::forget_prepared(name, *dp);
+                match step {
+                    Step::New(_) | Step::Resize(_) => {
+                        let (Step::New(dp) | Step::Resize(dp)) =
+                            std::mem::replace(step, Step::Load { resize: false })
+                        else {
+                            unreachable!("matched above");
+                        };
+                        Self::forget_prepared(name, *dp);
+                    }
+                    Step::Wait(_, _, prepared) => {
+                        if let Some(dp) = prepared.take() {
+                            Self::forget_prepared(name, *dp);
+                        }
+                    }
+                    _ => {}
                 }
             }
             return Err(e);
@@ -301,7 +324,7 @@ impl Agent<'_> {
     }
     /// Drops a prepared data plane of a change that is abandoned. Pins an
     /// earlier agent left stay (they still enforce); new ones go.
-    fn forget_prepared(name: &str, dp: Dataplane) {
+    pub(super) fn forget_prepared(name: &str, dp: Dataplane) {
         if dp.adopted() {
             drop(dp);
         } else if let Err(e) = dp.unpin() {
@@ -426,8 +449,11 @@ impl Agent<'_> {
                     );
                 }
             }
-            Step::Wait(place, why) => {
+            Step::Wait(place, why, prepared) => {
                 self.wait_for(name, place, why);
+                if let Some(p) = self.pending.get_mut(name) {
+                    p.prepared = prepared;
+                }
             }
         }
         Ok(())
@@ -451,7 +477,7 @@ impl Agent<'_> {
     /// Attaches many prepared data planes at once (a host's instances at
     /// start): each attach waits for the kernel's RCU grace periods (TCX
     /// synchronises on every link change), so they overlap on threads.
-    fn attach_many(&mut self, jobs: Vec<NewJob<'_>>) {
+    pub(super) fn attach_many(&mut self, jobs: Vec<NewJob<'_>>) {
         const THREADS: usize = 16;
         let started = Instant::now();
         let ingress = self.opts.ingress;
@@ -646,6 +672,59 @@ impl Agent<'_> {
         e.dataplane.tracked_connections() > usize::try_from(target).unwrap_or(usize::MAX)
     }
 
+    /// Instances that still wait keep the object prepared for them, with
+    /// this change's policy published into it (a reload verifies nothing
+    /// again for them); one whose connection table or single-port hash no
+    /// longer fits is prepared again by `load_all`.
+    fn keep_prepared_waiting(
+        &mut self,
+        wanted: &BTreeMap<String, (&CompiledInstance, Wanted)>,
+        steps: &mut [(String, Step)],
+    ) {
+        for (name, step) in steps.iter_mut() {
+            let Step::Wait(_, _, prepared) = step else {
+                continue;
+            };
+            let Some(mut dp) = self.pending.get_mut(name).and_then(|p| p.prepared.take()) else {
+                continue;
+            };
+            let inst = wanted[name.as_str()].0;
+            let fits = dp.conns_capacity() == inst.max_tracked_connections
+                && dp.port_exact_capacity() >= inst.port_exact_capacity;
+            match fits
+                .then(|| dp.publish(&inst.tables, inst.settings))
+                .transpose()
+            {
+                Ok(Some(_)) => *prepared = Some(dp),
+                Ok(None) => Self::forget_prepared(name, *dp),
+                Err(e) => {
+                    log::debug!(
+                        "instance {name}: prepared again: {}",
+                        crate::errors::chain(&e)
+                    );
+                    Self::forget_prepared(name, *dp);
+                }
+            }
+        }
+    }
+
+    /// Instances no longer waited for (all but those `keep` names).
+    fn forget_pending_but(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self.pending.keys().filter(|n| !keep(n)).cloned().collect();
+        for name in gone {
+            self.forget_pending(&name);
+        }
+    }
+
+    /// An instance no longer waited for: what was prepared for it goes.
+    pub(super) fn forget_pending(&mut self, name: &str) {
+        if let Some(p) = self.pending.remove(name)
+            && let Some(dp) = p.prepared
+        {
+            Self::forget_prepared(name, *dp);
+        }
+    }
+
     pub(super) fn wait_for(&mut self, name: &str, place: Option<Place>, reason: String) {
         let first = !self.pending.contains_key(name);
         let p = self.pending.entry(name.to_owned()).or_insert(Pending {
@@ -653,6 +732,7 @@ impl Agent<'_> {
             reason: String::new(),
             next_try: Instant::now(),
             backoff: RECONCILE,
+            prepared: None,
         });
         if first || p.reason != reason {
             let on = place
@@ -704,7 +784,7 @@ struct Attached {
 }
 
 /// A prepared new instance to attach: name, place, MAC, data plane.
-type NewJob<'c> = (
+pub(super) type NewJob<'c> = (
     String,
     Place,
     Macs,

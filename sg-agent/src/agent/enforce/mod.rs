@@ -93,6 +93,10 @@ struct Pending {
     reason: String,
     next_try: Instant,
     backoff: Duration,
+    /// Its object, loaded, verified and filled with its policy while it
+    /// waits (by the change that made it wait), so that its interface is
+    /// enforced as soon as it appears, not a verification later.
+    prepared: Option<Box<Dataplane>>,
 }
 
 /// Everything the agent enforces, by instance name.
@@ -440,6 +444,15 @@ impl Agent<'_> {
         self.flush_flow_log(None);
         self.observer.finish();
         let n = self.enforced.len();
+        // What was prepared for instances still waiting: kept pinned for
+        // the next agent with --keep-on-exit, else removed.
+        for (name, p) in &mut self.pending {
+            if let Some(dp) = p.prepared.take()
+                && !self.opts.keep_on_exit
+            {
+                Self::forget_prepared(name, *dp);
+            }
+        }
         if self.opts.keep_on_exit {
             // Only what is pinned outlives this process: said as it is.
             let unpinned: Vec<&str> = self

@@ -45,15 +45,27 @@ impl Agent<'_> {
             .filter(|(_, p)| now || p.next_try <= Instant::now())
             .map(|(n, _)| n.clone())
             .collect();
+        // Those whose interface is there and whose object is prepared are
+        // attached together (interfaces that appear at once: a container
+        // runtime starting many), the others one by one.
+        let mut ready = Vec::new();
         for name in due {
-            match compiled.instances.iter().find(|i| i.name == name) {
-                Some(inst) => {
-                    self.try_attach(&name, inst);
+            let Some(inst) = compiled.instances.iter().find(|i| i.name == name) else {
+                self.forget_pending(&name);
+                continue;
+            };
+            match self.ready_to_attach(&name, inst) {
+                Some((place, mac, dp)) => {
+                    let reserved = self.reserved_for(&name, &place);
+                    ready.push((name, place, mac, reserved, dp, inst));
                 }
                 None => {
-                    self.pending.remove(&name);
+                    self.try_attach(&name, inst);
                 }
             }
+        }
+        if !ready.is_empty() {
+            self.attach_many(ready);
         }
         self.compiled = Some(compiled);
         self.watch_namespaces();
@@ -172,6 +184,27 @@ impl Agent<'_> {
         e.checked = now;
     }
 
+    /// A waiting instance whose interface is there now and whose object
+    /// was prepared while it waited: where, and its data plane (taken from
+    /// its `Pending`), to attach.
+    fn ready_to_attach(
+        &mut self,
+        name: &str,
+        inst: &CompiledInstance,
+    ) -> Option<(
+        super::place::Place,
+        crate::dataplane::Macs,
+        crate::dataplane::Dataplane,
+    )> {
+        let (place, mac) = self.domains.wanted(inst).ok()?;
+        let p = self.pending.get_mut(name)?;
+        p.prepared.as_ref()?;
+        place.exists().ok()?;
+        let dp = p.prepared.take()?;
+        let mac = place.with_services(mac);
+        Some((place, mac, *dp))
+    }
+
     /// An instance not enforced yet: attached if its place is there now.
     /// Returns whether it is enforced.
     fn try_attach(&mut self, name: &str, inst: &CompiledInstance) -> bool {
@@ -186,7 +219,13 @@ impl Agent<'_> {
             self.wait_for(name, Some(place), why);
             return false;
         }
-        match self.prepare_new(name, inst) {
+        // Prepared while it waited (see `Pending::prepared`), or now.
+        let prepared = self
+            .pending
+            .get_mut(name)
+            .and_then(|p| p.prepared.take())
+            .map_or_else(|| self.prepare_new(name, inst), |dp| Ok(*dp));
+        match prepared {
             Ok(dp) => self.attach_new(name, &place, place.with_services(mac), dp, inst),
             Err(e) => {
                 self.wait_for(name, Some(place), crate::errors::chain(&e));
