@@ -108,30 +108,6 @@ fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
     out
 }
 
-/// A tap named `name` in the current namespace, held by the descriptor
-/// (it goes with it), with no packet information header.
-fn open_tap(name: &str) -> OwnedFd {
-    // SAFETY: a path and flags; the result is checked.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    assert!(
-        fd >= 0,
-        "open /dev/net/tun: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a descriptor just opened and owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero ifreq is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s.cast_signed();
-    }
-    req.ifr_ifru.ifru_flags = i16::try_from(libc::IFF_TAP | libc::IFF_NO_PI).expect("flags");
-    // SAFETY: TUNSETIFF reads and writes the ifreq it is given.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &raw mut req) };
-    assert!(r == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
-    fd
-}
-
 /// A packet socket bound to `dev` in the current namespace.
 fn packet_socket(dev: &str) -> OwnedFd {
     let proto = u16::try_from(libc::ETH_P_ALL).expect("ETH_P_ALL").to_be();
@@ -220,7 +196,7 @@ impl Setup {
         let (writer, vm_ns, dev) = match link {
             Link::Tap => {
                 let _inside = NetnsGuard::enter(&host_ns.name).expect("enter the host namespace");
-                (open_tap("tap0"), None, "tap0")
+                (sg_tests::guest::open_tap("tap0", false), None, "tap0")
             }
             Link::Veth => {
                 let vm_ns = Netns::create(&format!("{prefix}-vm"));

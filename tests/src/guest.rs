@@ -29,7 +29,7 @@ pub struct GuestTap {
 impl GuestTap {
     pub fn open(netns: &str, name: &str) -> Self {
         let owned = name.to_owned();
-        let fd = in_netns(netns, move || open_tap(&owned));
+        let fd = in_netns(netns, move || open_tap(&owned, true));
         ip(&["-n", netns, "link", "set", name, "master", "br0", "up"]);
         Self {
             fd,
@@ -52,7 +52,10 @@ impl GuestTap {
     }
 }
 
-fn open_tap(name: &str) -> OwnedFd {
+/// A tap named `name` in the current namespace, held by the descriptor (it
+/// goes with it), with no packet information header; with `vnet_hdr`, each
+/// frame written is preceded by a virtio-net header, as QEMU's are.
+pub fn open_tap(name: &str, vnet_hdr: bool) -> OwnedFd {
     // SAFETY: a path and flags; the result is checked.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     assert!(
@@ -67,8 +70,8 @@ fn open_tap(name: &str) -> OwnedFd {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s.cast_signed();
     }
-    req.ifr_ifru.ifru_flags =
-        i16::try_from(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR).expect("flags");
+    let vnet = if vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+    req.ifr_ifru.ifru_flags = i16::try_from(libc::IFF_TAP | libc::IFF_NO_PI | vnet).expect("flags");
     // SAFETY: TUNSETIFF reads and writes the ifreq it is given.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &raw mut req) };
     assert!(r == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());

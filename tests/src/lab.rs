@@ -253,3 +253,28 @@ pub fn eth0_mac(ns: &str) -> String {
         .expect("a MAC address")
         .to_owned()
 }
+
+/// A rules file of a test's own: `vpc.toml` in a directory of its own
+/// under the temporary directory, removed (with the directory) on drop.
+pub struct RulesFile {
+    pub path: std::path::PathBuf,
+}
+
+impl RulesFile {
+    /// Writes `text` as the rules of the lab with `prefix`.
+    pub fn new(prefix: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("vpc.toml");
+        std::fs::write(&path, text).expect("write rules");
+        Self { path }
+    }
+}
+
+impl Drop for RulesFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

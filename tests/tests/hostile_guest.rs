@@ -6,13 +6,13 @@
 //! takes out of the frame into the skb's metadata before TC runs, and a
 //! frame longer than the headers the programs pull into view.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sg_tests::{
     agent::AgentProcess,
     frames::{Shape, Transport, frame},
     guest::{GuestTap, Sniffer},
-    lab::{Lab, eth0_mac, ip as run_ip},
+    lab::{Lab, RulesFile, eth0_mac, ip as run_ip},
     probe::eventually,
     seed::START,
 };
@@ -28,10 +28,10 @@ const HOST_ADDR: &str = "2001:db8::fe";
 /// neighbour's veth), the guest's descriptor, and an agent enforcing the
 /// guest on the host side of the tap with AWS's default outbound rule.
 struct TapLab {
-    lab: Lab,
-    tap: GuestTap,
-    dir: PathBuf,
     agent: Option<AgentProcess>,
+    tap: GuestTap,
+    _rules: RulesFile,
+    lab: Lab,
 }
 
 impl TapLab {
@@ -51,11 +51,10 @@ impl TapLab {
             "br0",
             "nodad",
         ]);
-        let dir = std::env::temp_dir().join(format!("sg-tests-{}", lab.prefix));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("vpc.toml");
-        let rules = format!(
-            r#"
+        let rules = RulesFile::new(
+            &lab.prefix,
+            &format!(
+                r#"
 [[security_group]]
 name = "vm"
   [[security_group.egress]]
@@ -71,15 +70,15 @@ netns = "{sw}"
 host_interface = "tapg"
 mac = "52:54:00:12:34:56"
 "#
+            ),
         );
-        std::fs::write(&config, rules).expect("write rules");
-        let agent = AgentProcess::start_with(&config, &[]);
+        let agent = AgentProcess::start_with(&rules.path, &[]);
         agent.expect_log("ready: enforcing 1 instance(s)", 0, START);
         Self {
-            lab,
-            tap,
-            dir,
             agent: Some(agent),
+            tap,
+            _rules: rules,
+            lab,
         }
     }
 
@@ -127,7 +126,6 @@ impl Drop for TapLab {
         if let Some(agent) = self.agent.take() {
             agent.terminate();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

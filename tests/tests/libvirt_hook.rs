@@ -12,7 +12,7 @@ use std::{
 use sg_tests::{
     agent::{AgentProcess, binary},
     attached::tcx_on,
-    lab::{Lab, ip},
+    lab::{Lab, RulesFile, ip},
     seed::START,
 };
 
@@ -64,12 +64,9 @@ fn a_domain_naming_another_instances_tap_is_refused() {
     }
     let victim = format!("{}-victim", lab.prefix);
     let impostor = format!("{}-impostor", lab.prefix);
-    let dir = std::env::temp_dir().join(format!("sg-tests-{}", lab.prefix));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("vpc.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let rules = RulesFile::new(
+        &lab.prefix,
+        &format!(
             r#"
 [[security_group]]
 name = "vm"
@@ -89,9 +86,8 @@ addresses = ["10.0.0.2"]
 security_groups = ["vm"]
 "#
         ),
-    )
-    .expect("write rules");
-    let agent = AgentProcess::start_with(&config, &["--allow-empty"]);
+    );
+    let agent = AgentProcess::start_with(&rules.path, &["--allow-empty"]);
     agent.expect_log("ready: enforcing", 0, START);
     let socket = agent.control_socket.clone();
 
@@ -159,5 +155,4 @@ security_groups = ["vm"]
     );
     assert_eq!(tcx_on(&sw, "tapv"), victim_programs, "the victim's stay");
     assert_eq!(agent.terminate().code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }

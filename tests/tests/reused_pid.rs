@@ -13,7 +13,7 @@ use std::{
 use sg_tests::{
     agent::AgentProcess,
     attached::attached_programs,
-    lab::{Lab, ip},
+    lab::{Lab, RulesFile, ip},
     probe::eventually,
     seed::START,
 };
@@ -85,12 +85,9 @@ fn a_reused_pid_does_not_carry_the_containers_policy() {
         &pid.to_string(),
     ]);
     let path = format!("/proc/{pid}/ns/net");
-    let dir = std::env::temp_dir().join(format!("sg-tests-{}", lab.prefix));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("vpc.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let rules = RulesFile::new(
+        &lab.prefix,
+        &format!(
             r#"
 [[security_group]]
 name = "ctr"
@@ -103,9 +100,8 @@ addresses = ["10.0.0.1"]
 security_groups = ["ctr"]
 "#
         ),
-    )
-    .expect("write rules");
-    let agent = AgentProcess::start(&config);
+    );
+    let agent = AgentProcess::start(&rules.path);
     agent.expect_log("ready: enforcing 1 instance(s)", 0, START);
     let mark = agent.log_lines();
     container.kill();
@@ -145,5 +141,4 @@ security_groups = ["ctr"]
     assert_eq!(status["instances"][0]["state"], "waiting", "{status}");
     drop(newcomer);
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
