@@ -652,7 +652,7 @@ fn what_is_not_confirmed_in_time_is_rolled_back() {
 fn a_restart_rolls_back_to_the_last_confirmed_policy() {
     let lab = SeedLab::new("sgk", SEED, &[]);
     let state = StateDir::new();
-    let args = ["--confirm-within", "3"];
+    let args = ["--confirm-within", "5"];
     let agent = AgentProcess::start_in(&state, &lab.config, &args, "info");
     agent.expect_log("ready: enforcing", 0, START);
     assert!(confirm(&agent).status.success());

@@ -30,7 +30,18 @@ impl Contained {
             .stdin(Stdio::null())
             .spawn()
             .expect("unshare runs");
-        Self(child)
+        let contained = Self(child);
+        // Until unshare(2) has run, the PID's namespace is the host's:
+        // nothing may be put "into" it before.
+        let own = namespace_of("/proc/self/ns/net");
+        let theirs = format!("/proc/{}/ns/net", contained.pid());
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                namespace_of(&theirs).is_some_and(|ns| Some(ns) != own)
+            }),
+            "the process is in a namespace of its own"
+        );
+        contained
     }
 
     fn pid(&self) -> u32 {
@@ -55,6 +66,13 @@ impl Contained {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The identity (device, inode) of the namespace a `/proc/.../ns/net`
+/// file names.
+fn namespace_of(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Drop for Contained {
