@@ -16,7 +16,7 @@
 //! and no filter on the same kind of link, measured side by side.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -108,45 +108,6 @@ fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
     out
 }
 
-/// A packet socket bound to `dev` in the current namespace.
-fn packet_socket(dev: &str) -> OwnedFd {
-    let proto = u16::try_from(libc::ETH_P_ALL).expect("ETH_P_ALL").to_be();
-    // SAFETY: plain arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a descriptor just made and owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(dev).expect("name");
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(index != 0, "no interface {dev}");
-    // SAFETY: an all-zero sockaddr_ll is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = u16::try_from(libc::AF_PACKET).expect("family");
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = i32::try_from(index).expect("index");
-    // SAFETY: a valid sockaddr_ll and its size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            u32::try_from(size_of::<libc::sockaddr_ll>()).expect("size"),
-        )
-    };
-    assert!(r == 0, "bind: {}", std::io::Error::last_os_error());
-    fd
-}
-
 /// The instance's frame to the host: Ethernet, IPv4 (with its checksum),
 /// UDP from port 12345 to `port` (no checksum) and 18 bytes of payload.
 fn frame(host_mac: [u8; 6], port: u16) -> Vec<u8> {
@@ -219,7 +180,7 @@ impl Setup {
                 ip(&["-n", &vm_ns.name, "link", "set", "eth0", "up"]);
                 let fd = {
                     let _inside = NetnsGuard::enter(&vm_ns.name).expect("enter the VM namespace");
-                    packet_socket("eth0")
+                    sg_tests::guest::packet_socket("eth0")
                 };
                 (fd, Some(vm_ns), "vm0")
             }

@@ -78,6 +78,47 @@ pub fn open_tap(name: &str, vnet_hdr: bool) -> OwnedFd {
     fd
 }
 
+/// A packet socket bound to `dev` in the current namespace (every
+/// protocol): it receives every frame that reaches `dev`, and sends frames
+/// out of it.
+pub fn packet_socket(dev: &str) -> OwnedFd {
+    let proto = u16::try_from(libc::ETH_P_ALL).expect("ETH_P_ALL").to_be();
+    // SAFETY: plain arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor just made and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(dev).expect("name");
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index != 0, "no interface {dev}");
+    // SAFETY: an all-zero sockaddr_ll is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).expect("family");
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = i32::try_from(index).expect("index");
+    // SAFETY: a valid sockaddr_ll and its size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            u32::try_from(size_of::<libc::sockaddr_ll>()).expect("size"),
+        )
+    };
+    assert!(r == 0, "bind: {}", std::io::Error::last_os_error());
+    fd
+}
+
 /// A packet socket on an interface of a lab namespace, receiving every
 /// frame that reaches it.
 pub struct Sniffer {
@@ -87,37 +128,9 @@ pub struct Sniffer {
 impl Sniffer {
     pub fn open(netns: &str, dev: &str) -> Self {
         let dev = dev.to_owned();
-        let fd = in_netns(netns, move || {
-            let proto = u16::try_from(libc::ETH_P_ALL).expect("ETH_P_ALL").to_be();
-            // SAFETY: plain arguments; the result is checked.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    i32::from(proto),
-                )
-            };
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            // SAFETY: just opened, owned by nobody else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let index = nix::net::if_::if_nametoindex(dev.as_str()).expect("interface");
-            // SAFETY: an all-zero sockaddr_ll is valid.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = u16::try_from(libc::AF_PACKET).expect("a small constant");
-            addr.sll_protocol = proto;
-            addr.sll_ifindex = i32::try_from(index).expect("an index");
-            // SAFETY: a sockaddr_ll and its size.
-            let r = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const addr).cast(),
-                    u32::try_from(size_of::<libc::sockaddr_ll>()).expect("small"),
-                )
-            };
-            assert!(r == 0, "bind: {}", std::io::Error::last_os_error());
-            fd
-        });
-        Self { fd }
+        Self {
+            fd: in_netns(netns, move || packet_socket(&dev)),
+        }
     }
 
     /// How many frames holding `marker` arrive within `wait`.
