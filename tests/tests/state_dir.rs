@@ -315,3 +315,35 @@ fn removing_an_instance_detaches_its_programs_whoever_holds_its_links() {
         drop(others);
     }
 }
+
+/// Instances loaded but never attached (a start or reload that a stop cut
+/// short, an instance waiting for its interface) enforce nothing: as the
+/// agent exits past its stop deadline without --keep-on-exit, their pins
+/// go (`remove_unattached`); attached instances stay enforced. (Seen:
+/// SIGTERM 7 s into a start of 40 instances, while the loading threads
+/// finished the objects they were verifying, left 40 instances' maps
+/// pinned.)
+#[test]
+fn pins_of_instances_never_attached_are_removed_attached_ones_stay() {
+    use sg_agent::dataplane::{Capacity, Dataplane, Observe};
+    let lab = SeedLab::new("sdn", SEED, &[]);
+    let state = StateDir::new();
+    let agent = AgentProcess::start_in(&state, &lab.config, &["--keep-on-exit"], "info");
+    agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
+    assert_eq!(agent.terminate().code(), Some(0));
+    let pins = sg_agent::dataplane::StateDir::open(&state.path)
+        .expect("the state directory")
+        .instance("loaded-only");
+    drop(Dataplane::load_pinned(pins, Observe::default(), Capacity::default()).expect("loads"));
+    assert!(state.path.join("loaded-only").exists(), "its maps pinned");
+    assert_eq!(
+        sg_agent::dataplane::pins::remove_unattached(&state.path),
+        1,
+        "only the instance never attached"
+    );
+    assert!(!state.path.join("loaded-only").exists());
+    for name in ["alb", "bastion", "app-1", "rds"] {
+        assert!(state.path.join(name).exists(), "{name} stays enforced");
+    }
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+}

@@ -91,9 +91,9 @@ pub enum AgentError {
     #[error("refusing to start, it would lock SSH out:\n{0}\n(`run --force` starts anyway)")]
     Lockout(String),
     #[error(
-        "the reload in progress was not abandoned within {} ms of the signal: exiting with every \
-         instance left enforced and pinned under {}; `sg-agent detach --all` removes them, the \
-         next `sg-agent run` adopts them",
+        "the start or reload in progress was not abandoned within {} ms of the signal: exiting \
+         with every instance it had attached left enforced and pinned under {}; `sg-agent detach \
+         --all` removes them, the next `sg-agent run` adopts them",
         STOP_DEADLINE.as_millis(),
         .0.display()
     )]
@@ -398,6 +398,7 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     let (commands, queue) = std_mpsc::channel();
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
     let state_dir = opts.state_dir.clone();
+    let keep_on_exit = opts.keep_on_exit;
     let rules = match (&etcd, source) {
         (Some((e, _, _, state)), _) => enforce::Rules::Etcd {
             opts: e.clone(),
@@ -475,7 +476,19 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
             return result.unwrap_or_else(|_| Err(AgentError::Panicked(state_dir)));
         }
         () = stop.begun.notified() => {}
-        () = tokio::time::sleep(STOP_DEADLINE) => return Err(AgentError::StopDeadline(state_dir)),
+        () = tokio::time::sleep(STOP_DEADLINE) => {
+            // What was only loaded (a start or reload in progress, an
+            // instance waiting for its interface) enforces nothing: its
+            // pins go with the agent unless --keep-on-exit. Attached
+            // instances stay enforced.
+            if !keep_on_exit {
+                let n = crate::dataplane::pins::remove_unattached(&state_dir);
+                if n > 0 {
+                    log::info!("unpinned {n} instance(s) loaded but never attached");
+                }
+            }
+            return Err(AgentError::StopDeadline(state_dir));
+        }
     }
     // Stopping is bounded work (detaching and unpinning); let it finish.
     done.await

@@ -180,6 +180,32 @@ fn own_path(dir: &Path) -> Result<(), PinError> {
     Ok(())
 }
 
+/// Removes the instances under the state directory `root` that have
+/// pinned maps but no pinned link: loaded (a start or reload in progress,
+/// an instance waiting for its interface) and never attached, so enforcing
+/// nothing. How many. The agent calls it as it exits without stopping
+/// cleanly (its stop deadline passed), when nothing may outlive it.
+pub fn remove_unattached(root: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for dir in entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+    {
+        let linked = fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().starts_with("link-"));
+        if !linked && fs::remove_dir_all(dir.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The process holding a `flock` on the file of device `dev` and inode
 /// `ino`, from /proc/locks (`1: FLOCK ADVISORY WRITE 812 00:2a:1045 0 EOF`).
 fn lock_holder(dev: u64, ino: u64) -> Option<u32> {
