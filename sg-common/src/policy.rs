@@ -511,8 +511,8 @@ pub fn own_address<M: PolicyMaps>(
     own_v6(maps, generation, local)
 }
 
-/// [`own_address`] for traffic with an AWS service (`exempt`, as
-/// [`aws_service`] found it, where the services are): the same check,
+/// [`own_address`] for traffic [`aws_service`] found to be with an AWS
+/// service, where the services are: the same check,
 /// except for DHCP's exchange, which runs before the instance has its
 /// address: a client's request from `0.0.0.0`, and the server's answer,
 /// to the address it offers (or to everyone). `DHCPv6` runs between

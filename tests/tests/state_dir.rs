@@ -187,6 +187,22 @@ fn keep_on_exit_does_not_claim_what_is_no_longer_pinned() {
     );
 }
 
+/// `sg-agent status` on `state` with no agent answering: its exit code and
+/// what it says (on stderr).
+fn status_without_agent(state: &StateDir) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .args(["status", "--control-socket"])
+        .arg(state.control_socket())
+        .arg("--state-dir")
+        .arg(&state.path)
+        .output()
+        .expect("status runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `status` with no agent running, but pins still enforcing (an agent
 /// stopped with --keep-on-exit): it says which instances are enforced from
 /// pins, since when, and how to adopt or remove them.
@@ -197,15 +213,8 @@ fn status_without_an_agent_names_what_pins_still_enforce() {
     let agent = AgentProcess::start_in(&state, &lab.config, &["--keep-on-exit"], "info");
     agent.expect_log("ready: enforcing 4 instance(s)", 0, START);
     assert_eq!(agent.terminate().code(), Some(0));
-    let out = Command::new(binary())
-        .args(["status", "--control-socket"])
-        .arg(state.control_socket())
-        .arg("--state-dir")
-        .arg(&state.path)
-        .output()
-        .expect("status runs");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "no agent answers: {text}");
+    let (code, text) = status_without_agent(&state);
+    assert_eq!(code, Some(3), "no agent answers: {text}");
     assert!(
         text.contains("4 instance(s) still enforced from pinned programs"),
         "{text}"
@@ -219,14 +228,7 @@ fn status_without_an_agent_names_what_pins_still_enforce() {
     // app-1's interface made again (a VM restarted on a new tap): its pins
     // stay, but nothing is on the new interface, and status says so.
     lab.lab.recreate_eth0("app-1");
-    let out = Command::new(binary())
-        .args(["status", "--control-socket"])
-        .arg(state.control_socket())
-        .arg("--state-dir")
-        .arg(&state.path)
-        .output()
-        .expect("status runs");
-    let text = String::from_utf8_lossy(&out.stderr);
+    let (_, text) = status_without_agent(&state);
     assert!(
         text.contains("3 instance(s) still enforced from pinned programs"),
         "{text}"
