@@ -36,7 +36,7 @@ fn junk(seed: u8) -> Flow {
 fuzz_target!(|frame: &[u8]| {
     let seed = frame.first().copied().unwrap_or(0xa5) ^ 0x5a;
     let (mut flow, mut inner) = (junk(seed), junk(!seed));
-    let got = match parse(&SliceView::new(frame), &mut flow, &mut inner).next {
+    let got = match parse::<true>(&SliceView::new(frame), &mut flow, &mut inner).next {
         Next::Verdict(reason) => Decoded::Verdict(reason),
         Next::Arp { .. } => Decoded::Verdict(sg_common::counters::PASS_NOT_IP),
         Next::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),

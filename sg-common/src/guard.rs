@@ -472,7 +472,7 @@ mod tests {
 
     fn check(view: &SliceView<'_>, store: &Store) -> Option<u32> {
         let (mut flow, mut inner) = (Flow::default(), Flow::default());
-        let parsed = parse(view, &mut flow, &mut inner);
+        let parsed = parse::<true>(view, &mut flow, &mut inner);
         outbound_frame(view, &parsed, &OneAddress, 0, store)
     }
 

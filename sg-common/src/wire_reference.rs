@@ -335,7 +335,7 @@ mod tests {
             tcp_seq: 0xa5a5_a5a5,
         };
         let (mut flow, mut inner) = (junk, junk);
-        match parse(&SliceView::new(frame), &mut flow, &mut inner).next {
+        match parse::<false>(&SliceView::new(frame), &mut flow, &mut inner).next {
             Next::Verdict(r) => Decoded::Verdict(r),
             Next::Arp { .. } => Decoded::Verdict(crate::counters::PASS_NOT_IP),
             Next::Ip { has_inner, .. } => observed(&flow, has_inner.then_some(&inner)),

@@ -120,7 +120,7 @@ fn reason<const GUARDED: bool>(
     } = unsafe { &mut *scratch };
     // Not cleared wholesale (a 48-byte clear is a byte loop in eBPF): the
     // parser writes every field that is read for the packet it finds.
-    let parsed = parse(ctx, flow, inner);
+    let parsed = parse::<GUARDED>(ctx, flow, inner);
     // On the host side of the instance's link, what the instance sends is
     // checked at layer 2 first: its MAC address, VLAN tags, ARP (see
     // guard), on what the parser found.
