@@ -6,7 +6,8 @@
 //! maps, attachments) -> [`agent`] (start, reload, stop), with [`source`]
 //! telling it when the rules changed, and [`observe`] telling the user what
 //! it does (status, rule hits, flow logs, metrics). [`cli`] holds the command line, one
-//! file per verb. `policy::reference` is the plain-Rust oracle every fast
+//! file per verb; [`ec2`] is EC2's API beside it, which changes the rules
+//! file and never the data plane. `policy::reference` is the plain-Rust oracle every fast
 //! path is tested against.
 
 #[cfg(feature = "daemon")]
@@ -15,6 +16,8 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+#[cfg(feature = "daemon")]
+pub mod ec2;
 pub mod errors;
 pub mod import;
 pub mod libvirt;

@@ -171,9 +171,23 @@ fn rule(groups: usize) -> impl Strategy<Value = Rule> {
                 .map(|source| SourceRef { source, span: 0..0 })
                 .collect(),
             description: None,
+            tags: Vec::new(),
             implicit: false,
             span: 0..0,
         })
+}
+
+/// The prefix list `pl` the generated rules may reference.
+fn the_prefix_list(entries: Vec<ipnet::IpNet>) -> PrefixList {
+    PrefixList {
+        max_entries: None,
+        id: None,
+        description: None,
+        tags: Vec::new(),
+        name: "pl".to_owned(),
+        entries,
+        span: 0..0,
+    }
 }
 
 /// AWS's default egress rule: all traffic to both whole address spaces.
@@ -190,6 +204,7 @@ fn default_egress() -> Vec<Rule> {
             })
             .collect(),
         description: None,
+        tags: Vec::new(),
         implicit: true,
         span: 0..0,
     }]
@@ -247,12 +262,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         span: 0..0,
                     });
                 }
-                vpc.prefix_lists.push(PrefixList {
-                    max_entries: None,
-                    name: "pl".to_owned(),
-                    entries: pl,
-                    span: 0..0,
-                });
+                vpc.prefix_lists.push(the_prefix_list(pl));
                 for (i, (ingress, egress)) in groups.into_iter().enumerate() {
                     let egress = egress.unwrap_or_else(default_egress);
                     vpc.groups.push(SecurityGroup {
@@ -262,6 +272,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         ingress,
                         egress,
                         vpc: (two_vpcs && i + 1 == n_groups).then(|| "b".to_owned()),
+                        tags: Vec::new(),
                         span: 0..0,
                     });
                 }
@@ -280,6 +291,8 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         .collect();
                     vpc.instances.push(Instance {
                         node: None,
+                        id: None,
+                        tags: Vec::new(),
                         name: format!("i{i}"),
                         addresses,
                         prefixes,

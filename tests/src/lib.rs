@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod attached;
+pub mod aws;
 pub mod chaos;
 pub mod etcd;
 pub mod frames;

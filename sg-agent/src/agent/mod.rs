@@ -79,6 +79,8 @@ pub enum AgentError {
     Control(#[from] control::ControlError),
     #[error("--metrics-listen {0}: {1}")]
     Metrics(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("--ec2-api {0}: {1}")]
+    Ec2Api(std::net::SocketAddr, #[source] std::io::Error),
     /// A stop was asked for while a change was being prepared: it was
     /// abandoned, nothing changed.
     #[error("stopping: the change being prepared was abandoned, nothing changed")]
@@ -134,6 +136,8 @@ pub struct Options {
     pub read: crate::config::ReadPolicy,
     /// With rules from etcd: what a remote description may touch here.
     pub remote: Option<remote::RemoteLimits>,
+    /// `--ec2-api`: EC2's Query API, changing the rules file.
+    pub ec2_api: Option<crate::ec2::ApiOptions>,
 }
 
 /// Refusals the operator lifts (`run --allow-empty`, `--force`).
@@ -225,6 +229,9 @@ enum Command {
     Domain(control::DomainEvent),
     /// `sg-agent confirm`: keep what `--confirm-within` would roll back.
     Confirm(tokio::sync::oneshot::Sender<Result<String, String>>),
+    /// The EC2 API wrote the rules file: reload now, and say what is in
+    /// force once done.
+    Apply(tokio::sync::oneshot::Sender<crate::ec2::Applied>),
     Stop,
 }
 
@@ -361,6 +368,76 @@ fn serve_observers(
     }
 }
 
+/// etcd: each committed change is a reload (validated and swapped in
+/// exactly as a changed file is).
+fn follow_etcd((e, client, revision, state): EtcdStart, commands: &std_mpsc::Sender<Command>) {
+    let commands = commands.clone();
+    let reload = move |_revision| {
+        let _ = commands.send(Command::Reload {
+            why: "etcd",
+            forced: false,
+        });
+    };
+    tokio::spawn(crate::source::etcd::follow(
+        e, client, revision, state, reload,
+    ));
+}
+
+/// The EC2 API's listener, bound before anything is attached (as the
+/// control socket's).
+async fn bind_ec2_api(
+    api: Option<&crate::ec2::ApiOptions>,
+) -> Result<Option<tokio::net::TcpListener>, AgentError> {
+    let Some(api) = api else {
+        return Ok(None);
+    };
+    crate::ec2::bind(api.listen)
+        .await
+        .map(Some)
+        .map_err(|e| AgentError::Ec2Api(api.listen, e))
+}
+
+/// The EC2 API on this runtime: its changes go through the rules file and
+/// are answered once the enforcement thread has them in force.
+fn serve_ec2_api(
+    listener: tokio::net::TcpListener,
+    api: &crate::ec2::ApiOptions,
+    path: PathBuf,
+    (node, allow_empty, max_bytes): &(Option<String>, bool, u64),
+    commands: &std_mpsc::Sender<Command>,
+) {
+    let apply: crate::ec2::AskApply = {
+        let commands = commands.clone();
+        Arc::new(move |reply| {
+            let _ = commands.send(Command::Apply(reply));
+        })
+    };
+    let store = crate::ec2::Store::new(
+        path,
+        node.clone(),
+        *allow_empty,
+        *max_bytes,
+        api.account.clone(),
+        apply,
+    );
+    log::info!(
+        "EC2 API at http://{} ({})",
+        api.listen,
+        if api.credentials.is_some() {
+            "SigV4 signatures checked"
+        } else {
+            "loopback: any credentials accepted"
+        }
+    );
+    tokio::spawn(crate::ec2::serve(
+        listener,
+        Arc::new(crate::ec2::Api {
+            store,
+            credentials: api.credentials.clone(),
+        }),
+    ));
+}
+
 /// Link events of the namespaces the enforcement thread names (through the
 /// returned sender) wake it at once.
 fn watch_links(
@@ -386,10 +463,13 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     // Bound before anything is attached: an agent that cannot serve its
     // status refuses to start rather than run unseen.
     let (listeners, records) = bind_observers(&opts.observe).await?;
+    let ec2_listener = bind_ec2_api(opts.ec2_api.as_ref()).await?;
     // Removed however the loop ends.
     let _socket = control::RemoveOnDrop(opts.observe.control_socket.clone());
     let mut opts = opts;
     opts.observe.records = Some(records.clone());
+    let ec2_api = opts.ec2_api.take();
+    let ec2_store_opts = (opts.node.clone(), opts.accept.empty, opts.read.max_bytes);
 
     let stop = Arc::new(StopFlag {
         asked: AtomicBool::new(false),
@@ -418,21 +498,13 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
             })
             .map_err(|e| AgentError::Start("enforcement thread", e))?;
     }
-    // etcd: each committed change is a reload (validated and swapped in
-    // exactly as a changed file is).
-    if let Some((e, client, revision, state)) = etcd {
-        let commands = commands.clone();
-        let reload = move |_revision| {
-            let _ = commands.send(Command::Reload {
-                why: "etcd",
-                forced: false,
-            });
-        };
-        tokio::spawn(crate::source::etcd::follow(
-            e, client, revision, state, reload,
-        ));
+    if let Some(etcd) = etcd {
+        follow_etcd(etcd, &commands);
     }
     serve_observers(listeners, &commands, records);
+    if let (Some(listener), Some(api), Source::File(path)) = (ec2_listener, &ec2_api, source) {
+        serve_ec2_api(listener, api, path.clone(), &ec2_store_opts, &commands);
+    }
     let send = |c: Command| {
         // The enforcement thread only goes away by returning, which `done`
         // reports.

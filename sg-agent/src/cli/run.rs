@@ -169,6 +169,33 @@ pub struct RunArgs {
     /// The largest rules file read, in bytes.
     #[arg(long, default_value_t = crate::config::MAX_BYTES)]
     max_config_bytes: u64,
+    /// Serve EC2's Query API at http://ADDR:PORT (e.g. 127.0.0.1:4566) for
+    /// the AWS CLI, the SDKs and Terraform's AWS provider: every change is
+    /// written into the rules file and answered once in force. Off
+    /// loopback it needs --ec2-api-credentials.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "etcd")]
+    ec2_api: Option<std::net::SocketAddr>,
+    /// The access keys the EC2 API accepts (one `KEY_ID SECRET` per line,
+    /// mode 600); with it every request's `SigV4` signature is checked.
+    /// Without it (loopback only) any credentials are accepted.
+    #[arg(long, value_name = "FILE", requires = "ec2_api")]
+    ec2_api_credentials: Option<PathBuf>,
+    /// The account id the EC2 API answers as (`OwnerId`, STS's `Account`).
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = "000000000000",
+        requires = "ec2_api"
+    )]
+    ec2_api_account: String,
+    /// The region the EC2 API answers in (ARNs, availability zones).
+    #[arg(
+        long,
+        value_name = "REGION",
+        default_value = "us-east-1",
+        requires = "ec2_api"
+    )]
+    ec2_api_region: String,
 }
 
 /// A log record's structured fields (`log::info!(instance = name, ...;
@@ -304,7 +331,32 @@ impl RunArgs {
                 max_bytes: self.max_config_bytes,
                 strict_owner: !self.insecure_config,
             },
+            ec2_api: None,
         }
+    }
+
+    /// `--ec2-api` and its options, checked.
+    fn ec2_api(&self) -> Result<Option<crate::ec2::ApiOptions>, String> {
+        let Some(listen) = self.ec2_api else {
+            return Ok(None);
+        };
+        if !(self.ec2_api_account.len() == 12
+            && self.ec2_api_account.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "--ec2-api-account {}: an AWS account id is 12 digits",
+                self.ec2_api_account
+            ));
+        }
+        crate::ec2::ApiOptions::new(
+            listen,
+            self.ec2_api_credentials.as_deref(),
+            crate::ec2::Account {
+                id: self.ec2_api_account.clone(),
+                region: self.ec2_api_region.clone(),
+            },
+        )
+        .map(Some)
     }
 }
 
@@ -371,7 +423,15 @@ pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
         "starting: {from}{node}, state under {} (up to {descriptors} open descriptors)",
         args.state_dir.display()
     );
-    match agent::run(&source, args.options(ingress), held) {
+    let mut options = args.options(ingress);
+    options.ec2_api = match args.ec2_api() {
+        Ok(api) => api,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match agent::run(&source, options, held) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{}", super::error_chain(&e));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use model::*;
-pub use parse::is_aws_id;
+pub use parse::{DEFAULT_GROUP, is_aws_id};
 pub use validate::rule_count;
 
 #[derive(Debug, thiserror::Error)]

@@ -49,11 +49,17 @@ pub struct Vpc {
 #[derive(Clone, Debug)]
 pub struct PrefixList {
     pub name: String,
+    /// AWS's prefix-list id (`pl-`), kept by the importers and the EC2
+    /// API; optional.
+    pub id: Option<(String, Span)>,
+    pub description: Option<String>,
     pub entries: Vec<IpNet>,
     /// AWS's `MaxEntries`, and where it is written: a rule referencing the
     /// list counts as this many rules, however many entries it holds now.
     /// Absent: its number of entries.
     pub max_entries: Option<(u32, Span)>,
+    /// `tags`: AWS's tags, in the file's order.
+    pub tags: Vec<(String, String)>,
     pub span: Span,
 }
 
@@ -78,6 +84,8 @@ pub struct SecurityGroup {
     pub egress: Vec<Rule>,
     /// `vpc`: the VPC it belongs to (`[[vpc]]`); `None`: the default one.
     pub vpc: Option<String>,
+    /// `tags`: AWS's tags, in the file's order.
+    pub tags: Vec<(String, String)>,
     pub span: Span,
 }
 
@@ -124,6 +132,9 @@ pub struct Rule {
     pub ports: Ports,
     pub sources: Vec<SourceRef>,
     pub description: Option<String>,
+    /// `tags`: AWS's tags on the rule (a rule with several sources is
+    /// several AWS rules, each with these tags).
+    pub tags: Vec<(String, String)>,
     /// AWS's default egress rule, present because the group has no `egress` key.
     pub implicit: bool,
     pub span: Span,
@@ -234,6 +245,11 @@ pub struct SourceRef {
 #[derive(Clone, Debug)]
 pub struct Instance {
     pub name: String,
+    /// AWS's instance id (`i-`), kept by the importers; absent: one derived
+    /// from the name (see `ec2::ids`).
+    pub id: Option<(String, Span)>,
+    /// `tags`: AWS's tags, in the file's order.
+    pub tags: Vec<(String, String)>,
     pub addresses: Vec<IpAddr>,
     /// Prefixes delegated to its interface (AWS's prefix delegation: IPv4
     /// /28, IPv6 /80): every address in them is the instance's, for the

@@ -392,6 +392,46 @@ impl Parser {
         }
     }
 
+    /// `tags = { Key = "value", ... }`: AWS's tags (at most 50; keys up to
+    /// 128 characters, not starting with `aws:`; values up to 256), in the
+    /// file's order.
+    fn tags(&mut self, t: &DeTable) -> Vec<(String, String)> {
+        let Some(v) = Self::get(t, "tags") else {
+            return Vec::new();
+        };
+        let Some(table) = self.table(v, "tags") else {
+            return Vec::new();
+        };
+        let mut tags = Vec::new();
+        for (k, val) in table {
+            let key = k.get_ref().to_string();
+            let Some(value) = self.string(val, &key) else {
+                continue;
+            };
+            if key.is_empty() || key.chars().count() > 128 || key.starts_with("aws:") {
+                self.err_hint(
+                    k.span(),
+                    format!("tag key \"{key}\" is not one AWS accepts"),
+                    "a key has 1 to 128 characters and does not start with aws:",
+                );
+            } else if value.chars().count() > 256 {
+                self.err(
+                    val.span(),
+                    format!("the value of tag \"{key}\" is longer than 256 characters"),
+                );
+            } else {
+                tags.push((key, value));
+            }
+        }
+        if tags.len() > 50 {
+            self.err(
+                v.span(),
+                format!("{} tags: AWS allows at most 50 per resource", tags.len()),
+            );
+        }
+        tags
+    }
+
     fn req_string(
         &mut self,
         t: &DeTable,
@@ -569,10 +609,19 @@ impl Parser {
     fn prefix_list(&mut self, t: &DeTable, span: Span) -> Option<PrefixList> {
         self.known_keys(
             t,
-            &["name", "entries", "description", "max_entries"],
+            &[
+                "name",
+                "id",
+                "entries",
+                "description",
+                "max_entries",
+                "tags",
+            ],
             "a prefix_list",
         );
-        self.description(t);
+        let description = self.description(t);
+        let id = self.aws_id(t, "pl", "pl-0123456789abcdef0");
+        let tags = self.tags(t);
         let max_entries = Self::get(t, "max_entries").map(|v| {
             let n = self.bounded(t, "max_entries", 1..=1_000_000, 0, "");
             (u32::try_from(n).unwrap_or(u32::MAX), v.span())
@@ -587,8 +636,11 @@ impl Parser {
             .collect();
         Some(PrefixList {
             name: name?.0,
+            id,
+            description,
             entries,
             max_entries,
+            tags,
             span,
         })
     }
@@ -736,7 +788,15 @@ impl Parser {
     fn group(&mut self, t: &DeTable, span: Span) -> Option<SecurityGroup> {
         self.known_keys(
             t,
-            &["name", "id", "description", "ingress", "egress", "vpc"],
+            &[
+                "name",
+                "id",
+                "description",
+                "ingress",
+                "egress",
+                "vpc",
+                "tags",
+            ],
             "a security_group",
         );
         let name = self
@@ -760,6 +820,7 @@ impl Parser {
             vec![default_egress(span.clone())]
         };
         let vpc = self.opt_string(t, "vpc");
+        let tags = self.tags(t);
         Some(SecurityGroup {
             name: name?.0,
             id,
@@ -767,6 +828,7 @@ impl Parser {
             ingress,
             egress,
             vpc,
+            tags,
             span,
         })
     }
@@ -785,11 +847,13 @@ impl Parser {
                 "prefix_list_ids",
                 "self",
                 "description",
+                "tags",
             ],
             what,
         );
         let description = self.description(t);
         let id = self.aws_id(t, "sgr", "sgr-0123456789abcdef0");
+        let tags = self.tags(t);
         let protocol = if let Some(v) = Self::get(t, "protocol") {
             self.protocol(v)
         } else {
@@ -861,6 +925,7 @@ impl Parser {
             ports: ports?,
             sources,
             description,
+            tags,
             implicit: false,
             span,
         })
@@ -1052,7 +1117,9 @@ impl Parser {
             t,
             &[
                 "name",
+                "id",
                 "description",
+                "tags",
                 "addresses",
                 "prefixes",
                 "security_groups",
@@ -1074,29 +1141,12 @@ impl Parser {
         );
         let node = self.node_name(t);
         self.description(t);
+        let id = self.aws_id(t, "i", "i-0123456789abcdef0");
+        let tags = self.tags(t);
         let name = self
             .req_string(t, &span, "name", "this instance")
             .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other));
-        let mut addresses = Vec::new();
-        for (s, sp) in self.string_array(t, "addresses") {
-            match IpAddr::from_str(&s) {
-                Ok(a) => addresses.push(a),
-                Err(_) if IpNet::from_str(&s).is_ok() => self.err_hint(
-                    sp,
-                    format!("\"{s}\" has a prefix length"),
-                    format!(
-                        "addresses are host addresses: write \"{}\" (a prefix delegated to \
-                         the interface, IPv4 /28 or IPv6 /80, goes in prefixes = [...])",
-                        s.split('/').next().unwrap_or_default()
-                    ),
-                ),
-                Err(_) => self.err_hint(
-                    sp,
-                    format!("\"{s}\" is not an IP address"),
-                    "write e.g. \"10.0.1.10\" or \"2001:db8::10\"",
-                ),
-            }
-        }
+        let addresses = self.addresses(t);
         let prefixes = self.delegated_prefixes(t);
         let groups = self.string_array(t, "security_groups");
         let link = self.link(t);
@@ -1134,6 +1184,8 @@ impl Parser {
         let vpc = self.opt_string(t, "vpc");
         Some(Instance {
             name: name?.0,
+            id,
+            tags,
             addresses,
             prefixes,
             groups,
@@ -1148,6 +1200,31 @@ impl Parser {
             vpc,
             span,
         })
+    }
+
+    /// An instance's `addresses`: host addresses, without prefix lengths.
+    fn addresses(&mut self, t: &DeTable) -> Vec<IpAddr> {
+        let mut addresses = Vec::new();
+        for (s, sp) in self.string_array(t, "addresses") {
+            match IpAddr::from_str(&s) {
+                Ok(a) => addresses.push(a),
+                Err(_) if IpNet::from_str(&s).is_ok() => self.err_hint(
+                    sp,
+                    format!("\"{s}\" has a prefix length"),
+                    format!(
+                        "addresses are host addresses: write \"{}\" (a prefix delegated to \
+                         the interface, IPv4 /28 or IPv6 /80, goes in prefixes = [...])",
+                        s.split('/').next().unwrap_or_default()
+                    ),
+                ),
+                Err(_) => self.err_hint(
+                    sp,
+                    format!("\"{s}\" is not an IP address"),
+                    "write e.g. \"10.0.1.10\" or \"2001:db8::10\"",
+                ),
+            }
+        }
+        addresses
     }
 
     /// `nitro_version`: the Nitro version AWS's "Platform summary" of the
@@ -1719,11 +1796,13 @@ fn default_group(vpc: &mut Vpc) {
                 span: span.clone(),
             }],
             description: Some("default: all inbound traffic from the group itself".to_owned()),
+            tags: Vec::new(),
             implicit: false,
             span: span.clone(),
         }],
         egress: vec![default_egress(span.clone())],
         vpc: None,
+        tags: Vec::new(),
         span,
     });
 }
@@ -1743,6 +1822,7 @@ fn default_egress(span: Span) -> Rule {
         ports: Ports::All,
         sources: vec![any("0.0.0.0/0"), any("::/0")],
         description: Some("default: all outbound traffic (no egress key)".to_owned()),
+        tags: Vec::new(),
         implicit: true,
         span: span.clone(),
     }

@@ -373,6 +373,7 @@ impl Agent<'_> {
             let (mut observe, mut stop, mut link) = (false, false, false);
             let mut asked = Vec::new();
             let mut domains = Vec::new();
+            let mut applies = Vec::new();
             for command in std::iter::once(first).chain(queue.try_iter()) {
                 match command {
                     Command::Reload { why, forced } => {
@@ -386,6 +387,11 @@ impl Agent<'_> {
                     Command::Domain(d) => domains.push(d),
                     Command::Confirm(reply) => {
                         let _ = reply.send(self.confirm());
+                    }
+                    Command::Apply(reply) => {
+                        let f = reload.is_some_and(|(_, f)| f);
+                        reload = Some(("EC2 API", f));
+                        applies.push(reply);
                     }
                     Command::Stop => stop = true,
                 }
@@ -402,7 +408,18 @@ impl Agent<'_> {
                     // logrotate's signal: the flow log may have moved.
                     self.observer.reopen();
                 }
+                let before = self.reloads_rejected;
                 self.reload(why, forced);
+                let error = (self.reloads_rejected != before)
+                    .then(|| self.last_reload.as_ref().and_then(|r| r.error.clone()))
+                    .flatten()
+                    .or_else(|| (self.reloads_rejected != before).then(|| "rejected".to_owned()));
+                for reply in applies.drain(..) {
+                    let _ = reply.send(crate::ec2::Applied {
+                        in_force: self.in_force,
+                        error: error.clone(),
+                    });
+                }
             }
             for d in domains {
                 let answer = if let Some(nics) = d.nics {

@@ -1,0 +1,430 @@
+//! The API's changes, written into the rules file with `toml_edit`: only the
+//! tables a change touches are rewritten; comments, order and formatting
+//! elsewhere stay as they were.
+//!
+//! A file's rule block may hold several sources (Terraform's inline
+//! rules); AWS's rules are one per source. A change to one of them first
+//! splits its block into one block per source, each keeping its id, so
+//! the other sources are untouched.
+
+use toml_edit::{ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
+
+use super::{
+    error::ApiError,
+    view::{ApiRule, Target},
+};
+use crate::config::{Direction, Ports, Protocol};
+
+/// One rule as the file writes it: one source, its own id.
+#[derive(Clone, Debug)]
+pub struct RuleSpec {
+    pub id: String,
+    pub protocol: Protocol,
+    pub ports: Ports,
+    pub target: Target,
+    pub description: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl RuleSpec {
+    pub fn of(r: &ApiRule) -> Self {
+        Self {
+            id: r.id.clone(),
+            protocol: r.protocol,
+            ports: r.ports,
+            target: r.target.clone(),
+            description: r.description.clone(),
+            tags: r.tags.clone(),
+        }
+    }
+
+    /// `[[security_group.ingress]]` (or egress) table; `own` is the
+    /// group's name (a reference to it is written by name).
+    fn table(&self, prefix_list_name: &dyn Fn(&str) -> String) -> Table {
+        let mut t = Table::new();
+        t.insert("id", value(&self.id));
+        t.insert("protocol", value(file_protocol(self.protocol)));
+        match self.ports {
+            Ports::All => {}
+            Ports::Range { from, to } => {
+                t.insert("from_port", value(i64::from(from)));
+                t.insert("to_port", value(i64::from(to)));
+            }
+            Ports::Icmp { ty, code } => {
+                t.insert("from_port", value(ty.map_or(-1, i64::from)));
+                t.insert("to_port", value(code.map_or(-1, i64::from)));
+            }
+        }
+        let (key, text) = match &self.target {
+            Target::V4(c) => ("cidr_blocks", c.clone()),
+            Target::V6(c) => ("ipv6_cidr_blocks", c.clone()),
+            Target::PrefixList(id) => ("prefix_list_ids", prefix_list_name(id)),
+            Target::Group { name, .. } => ("security_groups", name.clone()),
+        };
+        let mut a = toml_edit::Array::new();
+        a.push(text);
+        t.insert(key, value(a));
+        if let Some(d) = &self.description {
+            t.insert("description", value(d));
+        }
+        if !self.tags.is_empty() {
+            t.insert("tags", value(tag_table(&self.tags)));
+        }
+        t
+    }
+}
+
+/// The file's name for a protocol.
+pub fn file_protocol(p: Protocol) -> String {
+    match p {
+        Protocol::All => "all".to_owned(),
+        other @ Protocol::Number(_) => other.to_string(),
+    }
+}
+
+fn tag_table(tags: &[(String, String)]) -> InlineTable {
+    let mut t = InlineTable::new();
+    for (k, v) in tags {
+        t.insert(k, Value::from(v.as_str()));
+    }
+    t
+}
+
+/// The rules file as a document being edited.
+pub struct Doc(pub DocumentMut);
+
+fn broken(what: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!(
+        "the rules file does not have the shape its own parse found ({what}); nothing changed"
+    ))
+}
+
+impl Doc {
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        text.parse::<DocumentMut>()
+            .map(Self)
+            .map_err(|e| ApiError::internal(format!("the rules file is not TOML: {e}")))
+    }
+
+    pub fn render(&self) -> String {
+        self.0.to_string()
+    }
+
+    /// `[[name]]` tables of the root.
+    fn array(&mut self, name: &str) -> Option<&mut ArrayOfTables> {
+        self.0.get_mut(name)?.as_array_of_tables_mut()
+    }
+
+    /// The `[[kind]]` table whose `name` is `name`.
+    pub fn named(&mut self, kind: &str, name: &str) -> Option<&mut Table> {
+        self.array(kind)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(Item::as_str) == Some(name))
+    }
+
+    fn group(&mut self, name: &str) -> Result<&mut Table, ApiError> {
+        self.named("security_group", name)
+            .ok_or_else(|| broken(format!("no [[security_group]] named {name:?}")))
+    }
+
+    /// Appends a `[[kind]]` table (after the last one of its kind).
+    pub fn push(&mut self, kind: &str, table: Table) {
+        if self.array(kind).is_none() {
+            self.0
+                .insert(kind, Item::ArrayOfTables(ArrayOfTables::new()));
+        }
+        if let Some(a) = self.array(kind) {
+            a.push(table);
+        }
+    }
+
+    /// Removes the `[[kind]]` table named `name`.
+    pub fn remove(&mut self, kind: &str, name: &str) -> Result<(), ApiError> {
+        let a = self
+            .array(kind)
+            .ok_or_else(|| broken(format!("no [[{kind}]]")))?;
+        let i = a
+            .iter()
+            .position(|t| t.get("name").and_then(Item::as_str) == Some(name))
+            .ok_or_else(|| broken(format!("no [[{kind}]] named {name:?}")))?;
+        a.remove(i);
+        if a.is_empty() {
+            self.0.remove(kind);
+        }
+        Ok(())
+    }
+
+    /// A new group's table.
+    pub fn add_group(
+        &mut self,
+        name: &str,
+        id: &str,
+        description: &str,
+        vpc: Option<&str>,
+        tags: &[(String, String)],
+    ) {
+        let mut t = Table::new();
+        t.insert("name", value(name));
+        t.insert("id", value(id));
+        t.insert("description", value(description));
+        if let Some(v) = vpc {
+            t.insert("vpc", value(v));
+        }
+        if !tags.is_empty() {
+            t.insert("tags", value(tag_table(tags)));
+        }
+        // No rules until they are added: nothing in, nothing out.
+        t.insert("egress", value(toml_edit::Array::new()));
+        self.push("security_group", t);
+    }
+
+    /// The rule blocks of a group in one direction, made an array of
+    /// tables (from none, or `egress = []`).
+    fn blocks(&mut self, group: &str, dir: Direction) -> Result<&mut ArrayOfTables, ApiError> {
+        let g = self.group(group)?;
+        let key = dir.as_str();
+        let is_aot = g.get(key).is_some_and(Item::is_array_of_tables);
+        if !is_aot {
+            let empty = g
+                .get(key)
+                .is_none_or(|i| i.as_array().is_some_and(toml_edit::Array::is_empty));
+            if !empty {
+                return Err(broken(format!(
+                    "{key} of {group:?} is not a list of tables"
+                )));
+            }
+            g.remove(key);
+            g.insert(key, Item::ArrayOfTables(ArrayOfTables::new()));
+        }
+        g.get_mut(key)
+            .and_then(Item::as_array_of_tables_mut)
+            .ok_or_else(|| broken("rules"))
+    }
+
+    /// Writes the group's implicit default egress (no `egress` key) as
+    /// the blocks it stands for, with the ids they have.
+    pub fn materialize_egress(
+        &mut self,
+        group: &str,
+        implicit: &[ApiRule],
+        pl: &dyn Fn(&str) -> String,
+    ) -> Result<(), ApiError> {
+        let g = self.group(group)?;
+        if g.contains_key("egress") {
+            return Ok(());
+        }
+        let mut a = ArrayOfTables::new();
+        for r in implicit {
+            a.push(RuleSpec::of(r).table(pl));
+        }
+        g.insert("egress", Item::ArrayOfTables(a));
+        Ok(())
+    }
+
+    /// Splits block `block` into one block per source (`rules`: its AWS
+    /// rules, in order), each with its id; a single-source block only gets
+    /// its id written.
+    pub fn split(
+        &mut self,
+        group: &str,
+        dir: Direction,
+        block: usize,
+        rules: &[ApiRule],
+        pl: &dyn Fn(&str) -> String,
+    ) -> Result<(), ApiError> {
+        let a = self.blocks(group, dir)?;
+        let original = a
+            .get(block)
+            .ok_or_else(|| broken(format!("{group:?} has no {} block {block}", dir.as_str())))?
+            .clone();
+        if rules.len() == 1 {
+            if let Some(t) = a.get_mut(block) {
+                t.insert("id", value(&rules[0].id));
+            }
+            return Ok(());
+        }
+        let mut rebuilt = ArrayOfTables::new();
+        for (i, t) in std::mem::take(a).into_iter().enumerate() {
+            if i != block {
+                rebuilt.push(t);
+                continue;
+            }
+            for r in rules {
+                let mut piece = RuleSpec::of(r).table(pl);
+                piece.set_position(original.position());
+                rebuilt.push(piece);
+            }
+        }
+        *a = rebuilt;
+        Ok(())
+    }
+
+    /// Appends rules to a group.
+    pub fn push_rules(
+        &mut self,
+        group: &str,
+        dir: Direction,
+        rules: &[RuleSpec],
+        pl: &dyn Fn(&str) -> String,
+    ) -> Result<(), ApiError> {
+        let a = self.blocks(group, dir)?;
+        for r in rules {
+            a.push(r.table(pl));
+        }
+        Ok(())
+    }
+
+    /// The single-source block whose `id` is `id`.
+    pub fn rule_block(
+        &mut self,
+        group: &str,
+        dir: Direction,
+        id: &str,
+    ) -> Result<&mut Table, ApiError> {
+        self.blocks(group, dir)?
+            .iter_mut()
+            .find(|t| t.get("id").and_then(Item::as_str) == Some(id))
+            .ok_or_else(|| broken(format!("no rule {id} in {group:?}")))
+    }
+
+    /// Removes the single-source blocks with these ids; a group left with
+    /// no egress blocks says `egress = []` (none, not the default).
+    pub fn remove_rules(
+        &mut self,
+        group: &str,
+        dir: Direction,
+        ids: &[String],
+    ) -> Result<(), ApiError> {
+        let a = self.blocks(group, dir)?;
+        let kept: Vec<Table> = std::mem::take(a)
+            .into_iter()
+            .filter(|t| {
+                !t.get("id")
+                    .and_then(Item::as_str)
+                    .is_some_and(|id| ids.iter().any(|i| i == id))
+            })
+            .collect();
+        let empty = kept.is_empty();
+        for t in kept {
+            a.push(t);
+        }
+        if empty {
+            let g = self.group(group)?;
+            g.remove(dir.as_str());
+            if dir == Direction::Egress {
+                g.insert("egress", value(toml_edit::Array::new()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a single-source block's contents, keeping its place.
+    pub fn replace_rule(
+        &mut self,
+        group: &str,
+        dir: Direction,
+        spec: &RuleSpec,
+        pl: &dyn Fn(&str) -> String,
+    ) -> Result<(), ApiError> {
+        let t = self.rule_block(group, dir, &spec.id)?;
+        let position = t.position();
+        let decor = t.decor().clone();
+        *t = spec.table(pl);
+        t.set_position(position);
+        *t.decor_mut() = decor;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) tags on a table; `None` values
+    /// in `remove` remove the key whatever its value.
+    pub fn set_tags(t: &mut Table, add: &[(String, String)], remove: &[(String, Option<String>)]) {
+        let mut tags: Vec<(String, String)> = t
+            .get("tags")
+            .and_then(Item::as_inline_table)
+            .map(|it| {
+                it.iter()
+                    .map(|(k, v)| (k.to_owned(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .or_else(|| {
+                t.get("tags").and_then(Item::as_table).map(|tt| {
+                    tt.iter()
+                        .map(|(k, v)| (k.to_owned(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        for (k, v) in add {
+            match tags.iter_mut().find(|(tk, _)| tk == k) {
+                Some(e) => e.1.clone_from(v),
+                None => tags.push((k.clone(), v.clone())),
+            }
+        }
+        tags.retain(|(k, v)| {
+            !remove
+                .iter()
+                .any(|(rk, rv)| rk == k && rv.as_ref().is_none_or(|rv| rv == v))
+        });
+        if tags.is_empty() {
+            t.remove("tags");
+        } else {
+            t.insert("tags", value(tag_table(&tags)));
+        }
+    }
+
+    /// Sets a string array key of the `[[kind]]` table named `name`.
+    pub fn set_strings(
+        &mut self,
+        kind: &str,
+        name: &str,
+        key: &str,
+        values: &[String],
+    ) -> Result<(), ApiError> {
+        let t = self
+            .named(kind, name)
+            .ok_or_else(|| broken(format!("no [[{kind}]] named {name:?}")))?;
+        let mut a = toml_edit::Array::new();
+        for v in values {
+            a.push(v.as_str());
+        }
+        t.insert(key, value(a));
+        Ok(())
+    }
+}
+
+/// Writes `text` over `path` atomically: a temporary file in the same
+/// directory with the original's owner and mode, fsync, rename, fsync of
+/// the directory.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::{
+        io::Write as _,
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    };
+    // A symlink (a mounted ConfigMap's, a user's) stays one: its target
+    // is what is replaced.
+    let path = &std::fs::canonicalize(path)?;
+    let meta = std::fs::metadata(path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.sg-agent-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,376 @@
+//! The EC2 API (`run --ec2-api`) driven by the real AWS CLI and boto3
+//! (`PyPI`'s, in a virtual environment the tests make): every call and its
+//! errors, each change in force on the wire when answered, the rules file
+//! written back keeping its comments, Terraform's call sequences replayed,
+//! and moto's server beside it as a differential peer.
+
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
+
+use sg_tests::{
+    agent::{AgentProcess, StateDir, binary},
+    aws::{self, aws_cli, free_port, python, script},
+    probe::Outcome::{Connected, TimedOut},
+    seed::{APP, OUTSIDER, SEED, START, SeedLab},
+};
+
+/// The agent on the seed lab with the EC2 API on a loopback port of its own.
+fn start(lab: &SeedLab, state: &StateDir) -> (AgentProcess, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = AgentProcess::start_in(state, &lab.config, &["--ec2-api", &listen], "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    (agent, format!("http://{listen}"))
+}
+
+fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
+}
+
+/// A call that answers nothing on success (the AWS CLI prints nothing).
+fn ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn group_id(endpoint: &str, name: &str) -> String {
+    let out = aws_cli(
+        endpoint,
+        &["ec2", "describe-security-groups", "--group-names", name],
+    );
+    json(&out, "describe-security-groups")["SecurityGroups"][0]["GroupId"]
+        .as_str()
+        .expect("GroupId")
+        .to_owned()
+}
+
+fn assert_script(out: &std::process::Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("checks passed"), "{what} said: {stdout}");
+    eprintln!("{}", stdout.trim());
+}
+
+#[test]
+fn every_call_answers_as_ec2_does() {
+    let lab = SeedLab::new("ea", SEED, &[]);
+    let state = StateDir::new();
+    let (_agent, endpoint) = start(&lab, &state);
+    let aws_bin = aws::venv().join("bin/aws");
+    let out = python(
+        &script("api_calls.py"),
+        &[&endpoint, aws_bin.to_str().expect("utf-8")],
+    );
+    assert_script(&out, "api_calls.py");
+    // Every file the API wrote is one `check` accepts, and the seed's
+    // comments are still there.
+    let check = std::process::Command::new(binary())
+        .arg("check")
+        .arg(&lab.config)
+        .output()
+        .expect("sg-agent check");
+    assert!(
+        check.status.success(),
+        "check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let text = std::fs::read_to_string(&lab.config).expect("rules file");
+    assert!(
+        text.contains("# The seed architecture: a load balancer"),
+        "comments kept:\n{text}"
+    );
+    assert!(
+        text.contains("# A prefix list holds one address family, as in AWS."),
+        "comments kept"
+    );
+}
+
+#[test]
+fn a_change_is_in_force_on_the_wire_when_it_is_answered() {
+    let lab = SeedLab::new("ew", SEED, &[]);
+    let state = StateDir::new();
+    let (agent, endpoint) = start(&lab, &state);
+    let server = group_id(&endpoint, "instagram-server-security-group");
+    let elb = group_id(&endpoint, "instagram-elb-security-group");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+        "before: blocked"
+    );
+
+    // Authorized: the very next connection passes (no wait: the answer
+    // means the kernel enforces it).
+    let cidr = format!("{OUTSIDER}/32");
+    let rule = [
+        "--group-id",
+        &server,
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        &cidr,
+    ];
+    let out = aws_cli(
+        &endpoint,
+        &[&["ec2", "authorize-security-group-ingress"][..], &rule].concat(),
+    );
+    let answer = json(&out, "authorize");
+    assert_eq!(answer["SecurityGroupRules"][0]["CidrIpv4"], cidr.as_str());
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "authorized through the API"
+    );
+
+    // Revoked: new connections time out at once.
+    let out = aws_cli(
+        &endpoint,
+        &[&["ec2", "revoke-security-group-ingress"][..], &rule].concat(),
+    );
+    json(&out, "revoke");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+        "revoked through the API"
+    );
+
+    // A membership changed: the app server joins the load balancer's group
+    // (HTTP from anywhere), then leaves it.
+    let app = json(
+        &aws_cli(
+            &endpoint,
+            &[
+                "ec2",
+                "describe-instances",
+                "--filters",
+                &format!("Name=instance.group-id,Values={server}"),
+            ],
+        ),
+        "describe-instances",
+    )["Reservations"][0]["Instances"][0]["InstanceId"]
+        .as_str()
+        .expect("InstanceId")
+        .to_owned();
+    ok(
+        &aws_cli(
+            &endpoint,
+            &[
+                "ec2",
+                "modify-instance-attribute",
+                "--instance-id",
+                &app,
+                "--groups",
+                &server,
+                &elb,
+            ],
+        ),
+        "modify-instance-attribute",
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "in the load balancer's group"
+    );
+    ok(
+        &aws_cli(
+            &endpoint,
+            &[
+                "ec2",
+                "modify-instance-attribute",
+                "--instance-id",
+                &app,
+                "--groups",
+                &server,
+            ],
+        ),
+        "modify-instance-attribute",
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+        "out of it again"
+    );
+    assert!(
+        agent.log_text().contains("trigger=EC2 API") || agent.log_text().contains("(EC2 API)"),
+        "the reloads say they came from the API"
+    );
+}
+
+#[test]
+fn the_file_stays_the_source_of_truth() {
+    let lab = SeedLab::new("ef", SEED, &[]);
+    let state = StateDir::new();
+    let (agent, endpoint) = start(&lab, &state);
+    let before = std::fs::metadata(&lab.config).expect("stat");
+    let created = json(
+        &aws_cli(
+            &endpoint,
+            &[
+                "ec2",
+                "create-security-group",
+                "--group-name",
+                "from-api",
+                "--description",
+                "kept",
+            ],
+        ),
+        "create-security-group",
+    );
+    let gid = created["GroupId"].as_str().expect("GroupId").to_owned();
+    let text = std::fs::read_to_string(&lab.config).expect("read");
+    assert!(
+        text.contains(&format!("id = \"{gid}\"")),
+        "the new group is in the file:\n{text}"
+    );
+    assert!(
+        text.starts_with("# The seed architecture"),
+        "the file's head is untouched"
+    );
+    let after = std::fs::metadata(&lab.config).expect("stat");
+    assert_eq!(
+        (before.mode(), before.uid()),
+        (after.mode(), after.uid()),
+        "owner and mode kept"
+    );
+
+    // A hand edit shows in the API at the next reload.
+    let edited = text.replace(
+        "description = \"MySQL from the app servers\"",
+        "description = \"MySQL from the app servers\"\ntags = { Owner = \"dba\" }",
+    );
+    assert_ne!(edited, text, "the seed's rds group has that description");
+    let tmp = lab.config.with_extension("edit");
+    std::fs::write(&tmp, &edited).expect("write");
+    std::fs::rename(&tmp, &lab.config).expect("rename");
+    assert!(
+        sg_tests::probe::eventually(Duration::from_secs(5), || {
+            let out = aws_cli(
+                &endpoint,
+                &["ec2", "describe-tags", "--filters", "Name=key,Values=Owner"],
+            );
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"dba\"")
+        }),
+        "the hand edit's tag is answered"
+    );
+
+    // A restart keeps every change.
+    drop(agent);
+    let (_agent, endpoint) = start(&lab, &state);
+    let out = aws_cli(
+        &endpoint,
+        &["ec2", "describe-security-groups", "--group-ids", &gid],
+    );
+    assert_eq!(
+        json(&out, "describe after restart")["SecurityGroups"][0]["Description"],
+        "kept"
+    );
+}
+
+#[test]
+fn an_endpoint_off_loopback_needs_credentials_and_checks_signatures() {
+    let lab = SeedLab::new("ec", SEED, &[]);
+    let state = StateDir::new();
+    // Off loopback without credentials: refused before anything listens.
+    let port = free_port().to_string();
+    let out = std::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&lab.config)
+        .args(["--state-dir"])
+        .arg(&state.path)
+        .args(["--control-socket"])
+        .arg(state.control_socket())
+        .args(["--ec2-api", &format!("0.0.0.0:{port}")])
+        .output()
+        .expect("sg-agent run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ec2-api-credentials"));
+
+    // With credentials: a signature by another secret is AuthFailure.
+    let creds = lab.config.with_file_name("ec2-credentials");
+    std::fs::write(
+        &creds,
+        "# the test's key\nAKIDSGAGENTTEST sg-agent-test-secret\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let agent = AgentProcess::start_in(
+        &state,
+        &lab.config,
+        &[
+            "--ec2-api",
+            &listen,
+            "--ec2-api-credentials",
+            creds.to_str().expect("utf-8"),
+        ],
+        "info",
+    );
+    agent.expect_log("ready: enforcing", 0, START);
+    let endpoint = format!("http://{listen}");
+    let out = aws_cli(&endpoint, &["ec2", "describe-vpcs"]);
+    assert!(
+        out.status.success(),
+        "the right key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = std::process::Command::new(aws::venv().join("bin/aws"))
+        .args(["--endpoint-url", &endpoint, "ec2", "describe-vpcs"])
+        .envs(aws::test_credentials())
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .output()
+        .expect("aws");
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("AuthFailure"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let unknown = std::process::Command::new(aws::venv().join("bin/aws"))
+        .args(["--endpoint-url", &endpoint, "ec2", "describe-vpcs"])
+        .envs(aws::test_credentials())
+        .env("AWS_ACCESS_KEY_ID", "AKIDSOMEONEELSE")
+        .output()
+        .expect("aws");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("AuthFailure"));
+}
+
+#[test]
+fn terraforms_call_sequences_replayed_leave_nothing_to_plan() {
+    let lab = SeedLab::new("et", SEED, &[]);
+    let state = StateDir::new();
+    let (_agent, endpoint) = start(&lab, &state);
+    let out = python(&script("terraform_replay.py"), &[&endpoint]);
+    assert_script(&out, "terraform_replay.py");
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+        "what Terraform destroyed lets nothing in"
+    );
+}
+
+#[test]
+fn responses_have_the_shape_moto_gives_where_moto_follows_aws() {
+    let lab = SeedLab::new("em", SEED, &[]);
+    let state = StateDir::new();
+    let (_agent, endpoint) = start(&lab, &state);
+    let moto = aws::Moto::start();
+    let out = python(&script("differential.py"), &[&moto.endpoint, &endpoint]);
+    assert_script(&out, "differential.py");
+}
