@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: runs every measurement in one go and writes
 //! BENCHMARKS.md (`--smoke`: tiny counts, written under target/ instead).
-//! `--only kernel|profile|e2e|tap|reload|memory|etcd|many` runs one part and
+//! `--only kernel|profile|e2e|tap|reload|memory|etcd|many|ec2` runs one part and
 //! prints it (BENCHMARKS.md is written only by a run of every part).
 //!
 //! A benchmark, never a test: it asserts that each measurement took the
@@ -10,6 +10,7 @@
 
 mod connrate;
 mod e2e;
+mod ec2;
 mod etcd;
 mod floor;
 mod kernel;
@@ -92,9 +93,10 @@ fn main() {
         }
     });
 
+    let ec2_rows = ec2::run(part("ec2"), smoke);
+
     let Some(kernel) = kernel else {
-        print_parts(&profiles, &e2e_rows, &reload_rows);
-        tap::print(&tap_rows);
+        print_parts(&profiles, &e2e_rows, &tap_rows, &reload_rows, &ec2_rows);
         if let Some(e) = &etcd {
             println!("{e:?}");
         }
@@ -113,6 +115,7 @@ fn main() {
         memory,
         etcd,
         many,
+        ec2: ec2_rows,
         smoke,
     };
     let text = report::render(&all);
@@ -133,7 +136,17 @@ fn main() {
 }
 
 /// `--only` without the kernel part: what was measured, without a report.
-fn print_parts(profiles: &[profile::Profile], e2e_rows: &[e2e::Row], reload_rows: &[reload::Row]) {
+fn print_parts(
+    profiles: &[profile::Profile],
+    e2e_rows: &[e2e::Row],
+    tap_rows: &[tap::Row],
+    reload_rows: &[reload::Row],
+    ec2_rows: &[ec2::Row],
+) {
+    tap::print(tap_rows);
+    let mut text = String::new();
+    ec2::render(&mut text, ec2_rows);
+    println!("{text}");
     for p in profiles {
         println!("profile {} ({} samples):", p.path, p.samples);
         for (g, share) in profile::GROUPS.iter().zip(p.shares) {

@@ -14,6 +14,7 @@ pub struct All {
     pub memory: Vec<memory::Report>,
     pub etcd: Option<etcd::Results>,
     pub many: Option<crate::many::Report>,
+    pub ec2: Vec<crate::ec2::Row>,
     pub smoke: bool,
 }
 
@@ -449,6 +450,7 @@ pub fn render(all: &All) -> String {
     if let Some(m) = &all.many {
         out.push_str(&many_text(m));
     }
+    crate::ec2::render(&mut out, &all.ec2);
     crate::targets::render(&mut out, all);
     out.push_str(FINDINGS);
     out

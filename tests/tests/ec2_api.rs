@@ -374,3 +374,149 @@ fn responses_have_the_shape_moto_gives_where_moto_follows_aws() {
     let out = python(&script("differential.py"), &[&moto.endpoint, &endpoint]);
     assert_script(&out, "differential.py");
 }
+
+/// The options `push` uses for the description at `url`.
+fn etcd_options(url: &str) -> sg_agent::source::etcd::EtcdOptions {
+    sg_agent::source::etcd::EtcdOptions {
+        endpoints: vec![url.to_owned()],
+        prefix: "/sg-agent".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The description in etcd now.
+fn etcd_text(url: &str) -> String {
+    let opts = etcd_options(url);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let mut client = sg_agent::source::etcd::connect(&opts).await.expect("etcd");
+            let (current, _) = sg_agent::source::etcd::read(&mut client, &opts)
+                .await
+                .expect("read");
+            current.expect("a description").text
+        })
+}
+
+/// An authorize through the AWS CLI, made again while the description
+/// changed under it (`IncorrectState`, as a client retries it).
+fn authorize_until_done(endpoint: &str, group: &str, port: u16) {
+    let port = port.to_string();
+    for _ in 0..20 {
+        let out = aws_cli(
+            endpoint,
+            &[
+                "ec2",
+                "authorize-security-group-ingress",
+                "--group-id",
+                group,
+                "--protocol",
+                "tcp",
+                "--port",
+                &port,
+                "--cidr",
+                "192.168.0.0/16",
+            ],
+        );
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("IncorrectState"),
+            "authorize port {port}: {err}"
+        );
+    }
+    panic!("authorize port {port}: still IncorrectState after 20 tries");
+}
+
+#[test]
+fn with_etcd_the_api_writes_the_description_and_no_writer_loses_anothers_change() {
+    let lab = SeedLab::new("ee", SEED, &[]);
+    let etcd = sg_tests::etcd::EtcdServer::start("ec2-api");
+    let url = etcd.url();
+    let pushed = std::process::Command::new(binary())
+        .args(["push"])
+        .arg(&lab.config)
+        .args(["--etcd", &url])
+        .output()
+        .expect("sg-agent push");
+    assert!(pushed.status.success(), "push: {pushed:?}");
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    // Two agents on one description, each with its endpoint: this host's
+    // (enforcing the lab), and another node's (enforcing nothing here).
+    let here = AgentProcess::start_without_file(&["--etcd", &url, "--ec2-api", &a]);
+    here.expect_log("ready: enforcing", 0, START);
+    let there = AgentProcess::start_without_file(&[
+        "--etcd",
+        &url,
+        "--node",
+        "elsewhere",
+        "--allow-empty",
+        "--ec2-api",
+        &b,
+    ]);
+    there.expect_log("ready", 0, START);
+    let (a, b) = (format!("http://{a}"), format!("http://{b}"));
+
+    // A change through the API is in etcd, and in force here when answered.
+    let server = group_id(&a, "instagram-server-security-group");
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    let cidr = format!("{OUTSIDER}/32");
+    let out = aws_cli(
+        &a,
+        &[
+            "ec2",
+            "authorize-security-group-ingress",
+            "--group-id",
+            &server,
+            "--protocol",
+            "tcp",
+            "--port",
+            "80",
+            "--cidr",
+            &cidr,
+        ],
+    );
+    let id = json(&out, "authorize")["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+        .as_str()
+        .expect("rule id")
+        .to_owned();
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "in force when answered"
+    );
+    assert!(
+        etcd_text(&url).contains(&id),
+        "the rule is in etcd's description"
+    );
+
+    // Both endpoints at once: every change lands, none overwrites another.
+    std::thread::scope(|s| {
+        for (endpoint, base) in [(&a, 10_000), (&b, 20_000)] {
+            let server = &server;
+            s.spawn(move || {
+                for i in 0..8 {
+                    authorize_until_done(endpoint, server, base + i);
+                }
+            });
+        }
+    });
+    let text = etcd_text(&url);
+    for base in [10_000, 20_000] {
+        for i in 0..8 {
+            assert!(
+                text.contains(&format!("from_port = {}", base + i)),
+                "port {} is in the description:\n{text}",
+                base + i
+            );
+        }
+    }
+    drop(etcd);
+}

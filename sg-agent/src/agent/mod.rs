@@ -402,10 +402,19 @@ async fn bind_ec2_api(
 fn serve_ec2_api(
     listener: tokio::net::TcpListener,
     api: &crate::ec2::ApiOptions,
-    path: PathBuf,
+    source: &Source,
     (node, allow_empty, max_bytes): &(Option<String>, bool, u64),
     commands: &std_mpsc::Sender<Command>,
 ) {
+    let backend = match source {
+        Source::File(path) => crate::ec2::store::Backend::File(path.clone()),
+        Source::Etcd { opts, .. } => {
+            crate::ec2::store::Backend::Etcd(Box::new(crate::ec2::store::EtcdBackend {
+                opts: opts.clone(),
+                client: tokio::sync::Mutex::new(None),
+            }))
+        }
+    };
     let apply: crate::ec2::AskApply = {
         let commands = commands.clone();
         Arc::new(move |reply| {
@@ -413,7 +422,7 @@ fn serve_ec2_api(
         })
     };
     let store = crate::ec2::Store::new(
-        path,
+        backend,
         node.clone(),
         *allow_empty,
         *max_bytes,
@@ -502,8 +511,8 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
         follow_etcd(etcd, &commands);
     }
     serve_observers(listeners, &commands, records);
-    if let (Some(listener), Some(api), Source::File(path)) = (ec2_listener, &ec2_api, source) {
-        serve_ec2_api(listener, api, path.clone(), &ec2_store_opts, &commands);
+    if let (Some(listener), Some(api)) = (ec2_listener, &ec2_api) {
+        serve_ec2_api(listener, api, source, &ec2_store_opts, &commands);
     }
     let send = |c: Command| {
         // The enforcement thread only goes away by returning, which `done`

@@ -173,7 +173,9 @@ pub struct RunArgs {
     /// the AWS CLI, the SDKs and Terraform's AWS provider: every change is
     /// written into the rules file and answered once in force. Off
     /// loopback it needs --ec2-api-credentials.
-    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "etcd")]
+    /// With --etcd, changes are written to etcd's description
+    /// (compare-and-swap) and answered once this host enforces them.
+    #[arg(long, value_name = "ADDR:PORT")]
     ec2_api: Option<std::net::SocketAddr>,
     /// The access keys the EC2 API accepts (one `KEY_ID SECRET` per line,
     /// mode 600); with it every request's `SigV4` signature is checked.

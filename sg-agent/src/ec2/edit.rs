@@ -110,6 +110,53 @@ impl Doc {
         self.0.to_string()
     }
 
+    /// How the file indents its rule tables: before the header, before
+    /// each key (the first rule table found; none: no indentation).
+    fn rule_style(&self) -> (String, String) {
+        let indent = |raw: Option<&toml_edit::RawString>| -> String {
+            raw.and_then(toml_edit::RawString::as_str)
+                .and_then(|s| s.rsplit('\n').next())
+                .map(|s| s.chars().take_while(|c| *c == ' ' || *c == '\t').collect())
+                .unwrap_or_default()
+        };
+        let groups = self
+            .0
+            .get("security_group")
+            .and_then(Item::as_array_of_tables);
+        for g in groups.into_iter().flat_map(ArrayOfTables::iter) {
+            for dir in ["ingress", "egress"] {
+                let Some(t) = g
+                    .get(dir)
+                    .and_then(Item::as_array_of_tables)
+                    .and_then(|a| a.iter().next())
+                else {
+                    continue;
+                };
+                let key = t
+                    .iter()
+                    .next()
+                    .and_then(|(k, _)| t.key(k))
+                    .map(|k| indent(k.leaf_decor().prefix()))
+                    .unwrap_or_default();
+                return (indent(t.decor().prefix()), key);
+            }
+        }
+        (String::new(), String::new())
+    }
+
+    /// A rule table written as the file writes its others.
+    fn styled(&self, mut t: Table) -> Table {
+        let (header, key) = self.rule_style();
+        t.decor_mut().set_prefix(format!("\n{header}"));
+        let keys: Vec<String> = t.iter().map(|(k, _)| k.to_owned()).collect();
+        for k in keys {
+            if let Some(mut km) = t.key_mut(&k) {
+                km.leaf_decor_mut().set_prefix(key.clone());
+            }
+        }
+        t
+    }
+
     /// `[[name]]` tables of the root.
     fn array(&mut self, name: &str) -> Option<&mut ArrayOfTables> {
         self.0.get_mut(name)?.as_array_of_tables_mut()
@@ -209,15 +256,14 @@ impl Doc {
         implicit: &[ApiRule],
         pl: &dyn Fn(&str) -> String,
     ) -> Result<(), ApiError> {
-        let g = self.group(group)?;
-        if g.contains_key("egress") {
+        if self.group(group)?.contains_key("egress") {
             return Ok(());
         }
         let mut a = ArrayOfTables::new();
         for r in implicit {
-            a.push(RuleSpec::of(r).table(pl));
+            a.push(self.styled(RuleSpec::of(r).table(pl)));
         }
-        g.insert("egress", Item::ArrayOfTables(a));
+        self.group(group)?.insert("egress", Item::ArrayOfTables(a));
         Ok(())
     }
 
@@ -232,6 +278,10 @@ impl Doc {
         rules: &[ApiRule],
         pl: &dyn Fn(&str) -> String,
     ) -> Result<(), ApiError> {
+        let pieces: Vec<Table> = rules
+            .iter()
+            .map(|r| self.styled(RuleSpec::of(r).table(pl)))
+            .collect();
         let a = self.blocks(group, dir)?;
         let original = a
             .get(block)
@@ -249,8 +299,8 @@ impl Doc {
                 rebuilt.push(t);
                 continue;
             }
-            for r in rules {
-                let mut piece = RuleSpec::of(r).table(pl);
+            for piece in &pieces {
+                let mut piece = piece.clone();
                 piece.set_position(original.position());
                 rebuilt.push(piece);
             }
@@ -267,9 +317,10 @@ impl Doc {
         rules: &[RuleSpec],
         pl: &dyn Fn(&str) -> String,
     ) -> Result<(), ApiError> {
+        let tables: Vec<Table> = rules.iter().map(|r| self.styled(r.table(pl))).collect();
         let a = self.blocks(group, dir)?;
-        for r in rules {
-            a.push(r.table(pl));
+        for t in tables {
+            a.push(t);
         }
         Ok(())
     }
@@ -326,10 +377,11 @@ impl Doc {
         spec: &RuleSpec,
         pl: &dyn Fn(&str) -> String,
     ) -> Result<(), ApiError> {
+        let new = self.styled(spec.table(pl));
         let t = self.rule_block(group, dir, &spec.id)?;
         let position = t.position();
         let decor = t.decor().clone();
-        *t = spec.table(pl);
+        *t = new;
         t.set_position(position);
         *t.decor_mut() = decor;
         Ok(())
@@ -427,4 +479,86 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::view::{Account, View};
+
+    const FILE: &str = r#"# The lab's rules: kept as written.
+[[security_group]]
+name = "web"                # the web tier
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 22
+  to_port = 22
+  cidr_blocks = ["10.0.0.0/24", "10.1.0.0/24"]   # two sources, one block
+
+  [[security_group.ingress]]
+  protocol = "tcp"          # HTTP
+  from_port = 80
+  to_port = 80
+  cidr_blocks = ["0.0.0.0/0"]
+
+[[instance]]
+name = "web"
+addresses = ["10.0.0.1"]
+security_groups = ["web"]
+"#;
+
+    fn account() -> Account {
+        Account {
+            id: "000000000000".to_owned(),
+            region: "us-east-1".to_owned(),
+        }
+    }
+
+    #[test]
+    fn one_source_split_out_and_removed_leaves_the_rest_as_written() {
+        let vpc = crate::config::from_str("vpc.toml".as_ref(), FILE).expect("valid");
+        let account = account();
+        let view = View::new(&vpc, &account);
+        let rules = view.rules(0, Direction::Ingress);
+        let first: Vec<ApiRule> = rules.iter().filter(|r| r.block == 0).cloned().collect();
+        let gone = first[1].id.clone();
+        let mut doc = Doc::parse(FILE).expect("TOML");
+        doc.split("web", Direction::Ingress, 0, &first, &|s| s.to_owned())
+            .expect("split");
+        doc.remove_rules("web", Direction::Ingress, std::slice::from_ref(&gone))
+            .expect("remove");
+        let out = doc.render();
+        let kept = format!(
+            "  [[security_group.ingress]]\n  id = \"{}\"\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  cidr_blocks = [\"10.0.0.0/24\"]\n",
+            first[0].id
+        );
+        assert!(
+            out.contains(&kept),
+            "the split block in the file's style:\n{out}"
+        );
+        assert!(
+            !out.contains("10.1.0.0/24"),
+            "the revoked source is gone:\n{out}"
+        );
+        assert!(
+            out.contains("  protocol = \"tcp\"          # HTTP\n"),
+            "the untouched block keeps its comment:\n{out}"
+        );
+        assert!(out.starts_with("# The lab's rules: kept as written.\n"));
+        assert!(out.contains("name = \"web\"                # the web tier\n"));
+        // The result is a file that validates, with the same ids.
+        let again = crate::config::from_str("vpc.toml".as_ref(), &out).expect("still valid");
+        let view = View::new(&again, &account);
+        let ids: Vec<String> = view
+            .rules(0, Direction::Ingress)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let want: Vec<String> = rules
+            .iter()
+            .filter(|r| r.id != gone)
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(ids, want, "every other rule keeps its id");
+    }
 }

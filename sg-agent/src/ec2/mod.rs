@@ -60,7 +60,7 @@ impl ApiOptions {
 
 /// What a request handler has.
 pub struct Api {
-    pub store: Store,
+    pub store: Arc<Store>,
     pub credentials: Option<sigv4::Credentials>,
 }
 

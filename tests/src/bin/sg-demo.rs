@@ -27,6 +27,8 @@ use sg_tests::{
 
 /// Where the demo's agent serves its metrics.
 const METRICS: &str = "127.0.0.1:9477";
+/// Where it serves EC2's API.
+const EC2_API: &str = "127.0.0.1:4566";
 /// Its flow-log interval: the shortest allowed, so records show soon.
 const FLOW_LOG_INTERVAL: &str = "10";
 
@@ -214,6 +216,7 @@ fn finish(demo: &Demo, agent: sg_tests::agent::AgentProcess) -> ExitCode {
     println!("  GET http://{ALB}/ from the internet: {back}");
     wrong += usize::from(back != Outcome::Connected);
 
+    wrong += with_the_aws_cli(&internet);
     wrong += observe(&agent, &internet);
 
     println!("\n==> tearing down");
@@ -283,12 +286,76 @@ fn hanging_request(ns: &str) -> Outcome {
     })
 }
 
+/// One rule authorized with the real AWS CLI, in force on the wire when it
+/// answers, and revoked. Returns how many results were not as expected.
+fn with_the_aws_cli(internet: &str) -> usize {
+    let endpoint = format!("http://{EC2_API}");
+    println!(
+        "\n==> the AWS CLI against sg-agent's EC2 API (PyPI's awscli, installed into target/aws-venv on \
+         the first run)"
+    );
+    let cli = |args: &[&str]| {
+        println!("  $ aws --endpoint-url {endpoint} ec2 {}", args.join(" "));
+        let mut all = vec!["ec2"];
+        all.extend_from_slice(args);
+        let out = sg_tests::aws::aws_cli(&endpoint, &all);
+        if !out.status.success() {
+            println!("  failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        out
+    };
+    let out = cli(&[
+        "describe-security-groups",
+        "--group-names",
+        "instagram-server-security-group",
+        "--query",
+        "SecurityGroups[0].GroupId",
+    ]);
+    let group = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    println!("  {group}");
+    let before = tcp(internet, ip(OUTSIDER), at(APP, 80));
+    println!("  GET http://{APP}/ from the internet ({OUTSIDER}): {before}");
+    let cidr = format!("{OUTSIDER}/32");
+    let rule = [
+        "--group-id",
+        group.as_str(),
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        cidr.as_str(),
+    ];
+    let out = cli(&[
+        &["authorize-security-group-ingress"][..],
+        &rule[..],
+        &["--query", "SecurityGroupRules[0].SecurityGroupRuleId"],
+    ]
+    .concat());
+    println!("  {}", String::from_utf8_lossy(&out.stdout).trim());
+    let during = tcp(internet, ip(OUTSIDER), at(APP, 80));
+    println!("  GET http://{APP}/ from the internet, as soon as the CLI returned: {during}");
+    cli(&[&["revoke-security-group-ingress"][..], &rule[..]].concat());
+    let after = tcp(internet, ip(OUTSIDER), at(APP, 80));
+    println!("  GET http://{APP}/ from the internet after the revoke: {after}");
+    println!(
+        "  (each call was written into the rules file, comments kept, and answered once in force)"
+    );
+    usize::from(before != Outcome::TimedOut)
+        + usize::from(during != Outcome::Connected)
+        + usize::from(after != Outcome::TimedOut)
+}
+
 /// `sg-agent run` with flow logs and metrics, on the default control
 /// socket (so a user's `sg-agent status` finds it), and how to watch it.
 fn start_observed_agent(config: &std::path::Path, ready: &[&str]) -> sg_tests::agent::AgentProcess {
     println!(
         "\n==> sg-agent run --config examples/seed-vpc.toml --flow-log flows.log --flow-log-interval \
-         {FLOW_LOG_INTERVAL} --metrics-listen {METRICS} (namespaces renamed for this run)"
+         {FLOW_LOG_INTERVAL} --metrics-listen {METRICS} --ec2-api {EC2_API} (namespaces renamed for \
+         this run)"
     );
     let flow_log = config.with_file_name("flows.log");
     let flow_log_arg = flow_log.to_string_lossy().into_owned();
@@ -301,6 +368,8 @@ fn start_observed_agent(config: &std::path::Path, ready: &[&str]) -> sg_tests::a
             FLOW_LOG_INTERVAL,
             "--metrics-listen",
             METRICS,
+            "--ec2-api",
+            EC2_API,
             "--control-socket",
             sg_agent::observe::control::DEFAULT_SOCKET,
         ],

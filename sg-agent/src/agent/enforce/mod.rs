@@ -417,6 +417,7 @@ impl Agent<'_> {
                 for reply in applies.drain(..) {
                     let _ = reply.send(crate::ec2::Applied {
                         in_force: self.in_force,
+                        revision: self.in_force_revision,
                         error: error.clone(),
                     });
                 }
