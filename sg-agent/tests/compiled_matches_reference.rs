@@ -184,6 +184,8 @@ fn the_prefix_list(entries: Vec<ipnet::IpNet>) -> PrefixList {
         id: None,
         description: None,
         tags: Vec::new(),
+        version: None,
+        ipv6: None,
         name: "pl".to_owned(),
         entries,
         span: 0..0,

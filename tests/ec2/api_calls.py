@@ -184,6 +184,37 @@ check(lists["admins"]["AddressFamily"] == "IPv4" and lists["admins-v6"]["Address
 entries = ec2.get_managed_prefix_list_entries(PrefixListId=lists["admins"]["PrefixListId"])["Entries"]
 check(entries == [{"Cidr": "203.0.113.0/28"}], "GetManagedPrefixListEntries")
 
+# Managed prefix lists: created, referenced, changed with versions, deleted.
+pl = ec2.create_managed_prefix_list(
+    PrefixListName="partners", MaxEntries=5, AddressFamily="IPv4",
+    Entries=[{"Cidr": "198.51.100.0/24"}, {"Cidr": "192.0.2.0/28"}],
+    TagSpecifications=[{"ResourceType": "prefix-list", "Tags": [{"Key": "team", "Value": "edge"}]}])["PrefixList"]
+check(pl["PrefixListId"].startswith("pl-") and pl["Version"] == 1 and pl["MaxEntries"] == 5, "CreateManagedPrefixList")
+plid = pl["PrefixListId"]
+entries = ec2.get_managed_prefix_list_entries(PrefixListId=plid)["Entries"]
+check(sorted(e["Cidr"] for e in entries) == ["192.0.2.0/28", "198.51.100.0/24"], "its entries")
+rds_id = groups["instagram-rds-security-group"]["GroupId"]
+ec2.authorize_security_group_ingress(GroupId=rds_id, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 3306, "ToPort": 3306, "PrefixListIds": [{"PrefixListId": plid}]}])
+changed = ec2.modify_managed_prefix_list(PrefixListId=plid, CurrentVersion=1, PrefixListName="partners-eu",
+                                         AddEntries=[{"Cidr": "203.0.113.64/26"}],
+                                         RemoveEntries=[{"Cidr": "192.0.2.0/28"}])["PrefixList"]
+check(changed["Version"] == 2 and changed["PrefixListName"] == "partners-eu", "ModifyManagedPrefixList: version 2, renamed")
+entries = ec2.get_managed_prefix_list_entries(PrefixListId=plid)["Entries"]
+check(sorted(e["Cidr"] for e in entries) == ["198.51.100.0/24", "203.0.113.64/26"], "entries added and removed")
+refs = [r for r in ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [rds_id]}])["SecurityGroupRules"]
+        if r.get("PrefixListId") == plid]
+check(len(refs) == 1, "the rule still references the renamed list")
+fails("PrefixListVersionMismatch", "a change from an old version", ec2.modify_managed_prefix_list,
+      PrefixListId=plid, CurrentVersion=1, AddEntries=[{"Cidr": "10.0.0.0/8"}])
+fails("PrefixListMaxEntriesExceeded", "more entries than MaxEntries", ec2.modify_managed_prefix_list,
+      PrefixListId=plid, AddEntries=[{"Cidr": f"10.{i}.0.0/16"} for i in range(4)])
+fails("DependencyViolation", "deleting a list a rule references", ec2.delete_managed_prefix_list, PrefixListId=plid)
+ec2.revoke_security_group_ingress(GroupId=rds_id, SecurityGroupRuleIds=[refs[0]["SecurityGroupRuleId"]])
+gone = ec2.delete_managed_prefix_list(PrefixListId=plid)["PrefixList"]
+check(gone["PrefixListId"] == plid, "DeleteManagedPrefixList")
+fails("InvalidPrefixListID.NotFound", "a deleted list", ec2.get_managed_prefix_list_entries, PrefixListId=plid)
+
 # The AWS CLI, as users type it.
 def cli(*args):
     out = subprocess.run([aws, "--endpoint-url", endpoint, "--output", "json", "ec2", *args],

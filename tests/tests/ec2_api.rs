@@ -162,6 +162,18 @@ fn a_change_is_in_force_on_the_wire_when_it_is_answered() {
         .as_str()
         .expect("InstanceId")
         .to_owned();
+    let status = agent.status_json();
+    let shown = status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["name"] == "app-1")
+        .map(|i| i["id"].clone());
+    assert_eq!(
+        shown,
+        Some(serde_json::Value::from(app.clone())),
+        "status shows the id the API answers"
+    );
     ok(
         &aws_cli(
             &endpoint,

@@ -39,6 +39,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "/usr/bin/openssl"),
     // Local VMs from the host side: real QEMU guests (TCG: no KVM needed)
     // and a real libvirtd running them.
+    // The EC2 API's tests drive it with PyPI's AWS CLI and boto3 (and
+    // moto's server beside it), in a virtual environment they make.
+    ("python3-venv", "/usr/share/doc/python3-venv/copyright"),
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("libvirt-daemon-system", "/usr/sbin/libvirtd"),
     ("libvirt-clients", "/usr/bin/virsh"),

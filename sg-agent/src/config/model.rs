@@ -60,10 +60,22 @@ pub struct PrefixList {
     pub max_entries: Option<(u32, Span)>,
     /// `tags`: AWS's tags, in the file's order.
     pub tags: Vec<(String, String)>,
+    /// `version`: AWS's version of the list (the EC2 API counts its
+    /// changes); absent: 1.
+    pub version: Option<u64>,
+    /// `address_family`: `Some(true)` for `"IPv6"`; absent: the entries'.
+    pub ipv6: Option<bool>,
     pub span: Span,
 }
 
 impl PrefixList {
+    /// Whether it holds IPv6 ranges (as `address_family` says, or its
+    /// first entry).
+    pub fn is_ipv6(&self) -> bool {
+        self.ipv6
+            .unwrap_or_else(|| matches!(self.entries.first(), Some(IpNet::V6(_))))
+    }
+
     /// How many rules a reference to this list counts as (AWS: its maximum
     /// entries).
     pub fn weight(&self) -> usize {
@@ -289,7 +301,29 @@ pub struct Instance {
 /// AWS's default `TcpEstablishedTimeout` on Nitro v6 instance types.
 pub const NITRO_V6_TCP_ESTABLISHED_TIMEOUT: u64 = 350;
 
+/// `prefix-` and 17 hex digits from a hash of `parts`: the AWS id of what
+/// the file gives none (stable across reloads, restarts and hosts reading
+/// the same file).
+pub fn derived_id(prefix: &str, parts: &[&str]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"sg-agent id\0");
+    h.update(prefix.as_bytes());
+    for p in parts {
+        h.update(b"\0");
+        h.update(p.as_bytes());
+    }
+    let hex = super::hex(&h.finalize());
+    format!("{prefix}-{}", &hex[..17])
+}
+
 impl Instance {
+    /// Its AWS id: the file's `id`, or one derived from its name.
+    pub fn aws_id(&self) -> String {
+        self.id
+            .as_ref()
+            .map_or_else(|| derived_id("i", &[&self.name]), |(id, _)| id.clone())
+    }
     /// The default established-TCP timeout AWS gives its instance type,
     /// when the file says enough to know it, and why: 350 s on Nitro v6
     /// (and later) types, except P6e-GB200 (AWS's

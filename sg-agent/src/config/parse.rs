@@ -616,10 +616,28 @@ impl Parser {
                 "description",
                 "max_entries",
                 "tags",
+                "version",
+                "address_family",
             ],
             "a prefix_list",
         );
         let description = self.description(t);
+        let version =
+            Self::get(t, "version").map(|_| self.bounded(t, "version", 1..=i64::MAX, 1, ""));
+        let ipv6 = match self.opt_string(t, "address_family").as_deref() {
+            None => None,
+            Some("IPv4") => Some(false),
+            Some("IPv6") => Some(true),
+            Some(other) => {
+                let span = Self::get(t, "address_family").map_or(span.clone(), toml::Spanned::span);
+                self.err_hint(
+                    span,
+                    format!("address_family \"{other}\" is not one AWS has"),
+                    "write \"IPv4\" or \"IPv6\"",
+                );
+                None
+            }
+        };
         let id = self.aws_id(t, "pl", "pl-0123456789abcdef0");
         let tags = self.tags(t);
         let max_entries = Self::get(t, "max_entries").map(|v| {
@@ -641,6 +659,8 @@ impl Parser {
             entries,
             max_entries,
             tags,
+            version,
+            ipv6,
             span,
         })
     }

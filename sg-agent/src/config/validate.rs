@@ -235,6 +235,21 @@ fn prefix_list(out: &mut Vec<Diagnostic>, list: &PrefixList) {
             )),
         );
     }
+    if let Some(ipv6) = list.ipv6
+        && list.entries.iter().any(|e| e.addr().is_ipv6() != ipv6)
+    {
+        out.push(
+            Diagnostic::new(
+                list.span.clone(),
+                format!(
+                    "prefix list \"{}\" is an {} list with entries of the other family",
+                    list.name,
+                    if ipv6 { "IPv6" } else { "IPv4" }
+                ),
+            )
+            .hint("a prefix list holds its address_family's ranges only, as in AWS"),
+        );
+    }
     if let Some((max, span)) = &list.max_entries
         && list.entries.len() > *max as usize
     {

@@ -424,6 +424,33 @@ impl Doc {
         }
     }
 
+    /// Renames `old` to `new` in every rule block's `key` list (a prefix
+    /// list or group renamed: the file names them by name).
+    pub fn rename_in_rules(&mut self, key: &str, old: &str, new: &str) {
+        let Some(groups) = self.array("security_group") else {
+            return;
+        };
+        for g in groups.iter_mut() {
+            for dir in ["ingress", "egress"] {
+                let Some(blocks) = g.get_mut(dir).and_then(Item::as_array_of_tables_mut) else {
+                    continue;
+                };
+                for b in blocks.iter_mut() {
+                    let Some(list) = b.get_mut(key).and_then(Item::as_array_mut) else {
+                        continue;
+                    };
+                    for v in list.iter_mut() {
+                        if v.as_str() == Some(old) {
+                            let decor = v.decor().clone();
+                            *v = Value::from(new);
+                            *v.decor_mut() = decor;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Sets a string array key of the `[[kind]]` table named `name`.
     pub fn set_strings(
         &mut self,

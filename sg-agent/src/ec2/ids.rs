@@ -3,20 +3,7 @@
 //! across reloads and restarts, the same on every host reading the same
 //! file); new ones for what the API creates, random as AWS's.
 
-use sha2::{Digest as _, Sha256};
-
-/// `prefix-` and 17 hex digits from a hash of `parts`.
-pub fn derived(prefix: &str, parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"sg-agent id\0");
-    h.update(prefix.as_bytes());
-    for p in parts {
-        h.update(b"\0");
-        h.update(p.as_bytes());
-    }
-    let hex = crate::config::hex(&h.finalize());
-    format!("{prefix}-{}", &hex[..17])
-}
+pub use crate::config::derived_id as derived;
 
 /// `prefix-` and 17 random hex digits (the kernel's random source).
 pub fn fresh(prefix: &str) -> String {

@@ -132,10 +132,7 @@ impl<'a> View<'a> {
     }
 
     pub fn instance_id(&self, i: &Instance) -> String {
-        match &i.id {
-            Some((id, _)) => id.clone(),
-            None => ids::derived("i", &[&i.name]),
-        }
+        i.aws_id()
     }
 
     /// An instance's one network interface (AWS's primary one).

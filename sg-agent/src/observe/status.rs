@@ -97,6 +97,10 @@ pub struct FlowLogStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub name: String,
+    /// Its AWS id (the file's, or derived from its name: what the EC2 API
+    /// answers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub netns: Option<String>,
     /// The interface it is enforced on (empty while a libvirt domain is
     /// not running: its tap is not known).
@@ -316,6 +320,9 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         place.push_str(", host side");
     }
     let _ = writeln!(out, "\ninstance {} ({place}): {}", i.name, i.state);
+    if !i.id.is_empty() {
+        let _ = writeln!(out, "  id: {}", i.id);
+    }
     if let Some(why) = &i.waiting_reason {
         let _ = writeln!(out, "  {why}");
     }

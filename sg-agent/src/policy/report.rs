@@ -53,6 +53,9 @@ pub struct ServiceReport {
 #[derive(Debug, Serialize)]
 pub struct InstanceReport {
     pub name: String,
+    /// Its AWS id (the file's, or derived from its name: what the EC2 API
+    /// answers).
+    pub id: String,
     /// The interface it is enforced on (`interface` or `host_interface`;
     /// a libvirt domain's is found when it runs).
     pub interface: Option<String>,
@@ -160,6 +163,7 @@ pub fn report(vpc: &Vpc) -> Report {
             }
             InstanceReport {
                 name: inst.name.clone(),
+                id: inst.aws_id(),
                 interface: inst.link.as_ref().and_then(Link::ifname).map(str::to_owned),
                 netns: inst.netns.clone(),
                 side: inst
@@ -410,6 +414,7 @@ fn instance_header(out: &mut String, inst: &InstanceReport) {
         .map_or_else(String::new, |v| format!(", VPC {v}"));
     let _ = writeln!(out, "instance {} ({place}{node}{in_vpc})", inst.name);
     let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
+    let _ = writeln!(out, "  id: {}", inst.id);
     let _ = writeln!(
         out,
         "  security groups: {}",

@@ -142,6 +142,11 @@ impl Agent<'_> {
             let link = self.vpc.instance(name).and_then(|i| i.link.as_ref());
             instances.push(status::InstanceStatus {
                 name: name.clone(),
+                id: self
+                    .vpc
+                    .instance(name)
+                    .map(crate::config::Instance::aws_id)
+                    .unwrap_or_default(),
                 netns: p.place.as_ref().and_then(|p| p.netns.clone()),
                 interface: p
                     .place
@@ -194,6 +199,11 @@ impl Agent<'_> {
         let link = self.vpc.instance(name).and_then(|i| i.link.as_ref());
         status::InstanceStatus {
             name: name.to_owned(),
+            id: self
+                .vpc
+                .instance(name)
+                .map(crate::config::Instance::aws_id)
+                .unwrap_or_default(),
             netns: e.place.netns.clone(),
             interface: e.place.ifname.clone(),
             side: side_name(e.place.side == Side::Host).into(),

@@ -4,6 +4,7 @@
 mod groups;
 mod instances;
 mod permissions;
+mod prefix_lists;
 mod rules;
 mod tags;
 mod vpcs;
@@ -87,8 +88,11 @@ pub async fn dispatch(action: &str, p: &Params, api: &Shared) -> Result<Answer, 
         "ModifyNetworkInterfaceAttribute" => instances::modify_interface(p, store).await,
         "DescribeVpcs" => vpcs::describe(p, store).await,
         "DescribeSubnets" => vpcs::subnets(p, store).await,
-        "DescribeManagedPrefixLists" => vpcs::prefix_lists(p, store).await,
-        "GetManagedPrefixListEntries" => vpcs::prefix_list_entries(p, store).await,
+        "DescribeManagedPrefixLists" => prefix_lists::describe(p, store).await,
+        "GetManagedPrefixListEntries" => prefix_lists::entries(p, store).await,
+        "CreateManagedPrefixList" => prefix_lists::create(p, store).await,
+        "ModifyManagedPrefixList" => prefix_lists::modify(p, store).await,
+        "DeleteManagedPrefixList" => prefix_lists::delete(p, store).await,
         "RunInstances" | "TerminateInstances" | "StartInstances" | "StopInstances" => {
             Err(ApiError::new(
                 "UnsupportedOperation",
