@@ -42,6 +42,29 @@ fn ok(out: &std::process::Output, what: &str) {
     );
 }
 
+/// The one instance in `group`, by the API.
+fn the_instance_in(endpoint: &str, group: &str) -> String {
+    let filter = format!("Name=instance.group-id,Values={group}");
+    let out = aws_cli(
+        endpoint,
+        &["ec2", "describe-instances", "--filters", &filter],
+    );
+    json(&out, "describe-instances")["Reservations"][0]["Instances"][0]["InstanceId"]
+        .as_str()
+        .expect("InstanceId")
+        .to_owned()
+}
+
+/// The id `status` shows for instance `name`.
+fn status_id(agent: &AgentProcess, name: &str) -> Option<String> {
+    let status = agent.status_json();
+    status["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == name)
+        .and_then(|i| i["id"].as_str().map(str::to_owned))
+}
+
 fn group_id(endpoint: &str, name: &str) -> String {
     let out = aws_cli(
         endpoint,
@@ -147,31 +170,10 @@ fn a_change_is_in_force_on_the_wire_when_it_is_answered() {
 
     // A membership changed: the app server joins the load balancer's group
     // (HTTP from anywhere), then leaves it.
-    let app = json(
-        &aws_cli(
-            &endpoint,
-            &[
-                "ec2",
-                "describe-instances",
-                "--filters",
-                &format!("Name=instance.group-id,Values={server}"),
-            ],
-        ),
-        "describe-instances",
-    )["Reservations"][0]["Instances"][0]["InstanceId"]
-        .as_str()
-        .expect("InstanceId")
-        .to_owned();
-    let status = agent.status_json();
-    let shown = status["instances"]
-        .as_array()
-        .expect("instances")
-        .iter()
-        .find(|i| i["name"] == "app-1")
-        .map(|i| i["id"].clone());
+    let app = the_instance_in(&endpoint, &server);
     assert_eq!(
-        shown,
-        Some(serde_json::Value::from(app.clone())),
+        status_id(&agent, "app-1"),
+        Some(app.clone()),
         "status shows the id the API answers"
     );
     ok(
