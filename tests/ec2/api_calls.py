@@ -174,6 +174,12 @@ ec2.delete_security_group(GroupId=peer)
 ec2.delete_security_group(GroupId=gid)
 fails("InvalidGroup.NotFound", "a deleted group", ec2.describe_security_groups, GroupIds=[gid])
 
+# Stale groups and references across VPCs: the seed has one VPC, so none.
+stale = ec2.describe_stale_security_groups(VpcId=vpc_id)
+check(stale["StaleSecurityGroupSet"] == [], "DescribeStaleSecurityGroups: none in one VPC")
+refs = ec2.describe_security_group_references(GroupId=[elb["GroupId"]])
+check(refs["SecurityGroupReferenceSet"] == [], "DescribeSecurityGroupReferences: no other VPC references it")
+
 # The VPC, its subnets, the prefix lists.
 vpcs = ec2.describe_vpcs()["Vpcs"]
 check([v["CidrBlock"] for v in vpcs] == ["10.0.0.0/16"] and vpcs[0]["VpcId"] == vpc_id and vpcs[0]["IsDefault"], "DescribeVpcs")

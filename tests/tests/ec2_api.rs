@@ -10,7 +10,7 @@ use sg_tests::{
     agent::{AgentProcess, StateDir, binary},
     aws::{self, aws_cli, free_port, python, script},
     probe::Outcome::{Connected, TimedOut},
-    seed::{APP, OUTSIDER, SEED, START, SeedLab},
+    seed::{ALB, APP, OUTSIDER, SEED, START, SeedLab},
 };
 
 /// The agent on the seed lab with the EC2 API on a loopback port of its own.
@@ -533,4 +533,174 @@ fn with_etcd_the_api_writes_the_description_and_no_writer_loses_anothers_change(
         }
     }
     drop(etcd);
+}
+
+#[test]
+fn follow_ec2_enforces_the_groups_another_endpoint_has() {
+    let moto = aws::Moto::start();
+    let out = python(&script("moto_setup.py"), &[&moto.endpoint, OUTSIDER]);
+    let made = json(&out, "moto_setup.py");
+    let (instance, group) = (
+        made["instance"].as_str().expect("instance").to_owned(),
+        made["group"].as_str().expect("group").to_owned(),
+    );
+    // The seed's hosts; app-1 is the instance moto has, by its id.
+    let rules = SEED.replace(
+        "name = \"app-1\"\n",
+        &format!("name = \"app-1\"\nid = \"{instance}\"\n"),
+    );
+    assert_ne!(rules, SEED);
+    let lab = SeedLab::new("eo", &rules, &[]);
+    let state = StateDir::new();
+    let agent = AgentProcess::start_in(
+        &state,
+        &lab.config,
+        &["--follow-ec2", &moto.endpoint, "--follow-interval", "1"],
+        "info",
+    );
+    agent.expect_log("ready: enforcing", 0, START);
+    // moto's group, not the file's, decides: HTTP from the one address.
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "moto's rule in force"
+    );
+    assert_eq!(
+        lab.tcp("alb", ALB, APP, 80),
+        TimedOut,
+        "the file's rule (HTTP from the load balancer's group) is not"
+    );
+
+    // A change made in moto is in force here within a few intervals.
+    let out = python(
+        &script("moto_revoke.py"),
+        &[&moto.endpoint, &group, OUTSIDER],
+    );
+    assert!(out.status.success(), "revoke in moto: {out:?}");
+    assert!(
+        sg_tests::probe::eventually(Duration::from_secs(15), || {
+            lab.tcp("internet", OUTSIDER, APP, 80) == TimedOut
+        }),
+        "moto's revoke is enforced"
+    );
+
+    // moto gone: the policy in force stays, and status says since when.
+    drop(moto);
+    assert!(
+        sg_tests::probe::eventually(Duration::from_secs(15), || {
+            agent.status_json()["agent"]["follow"]["failing_since"].is_u64()
+        }),
+        "status says the endpoint is not answering"
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        TimedOut,
+        "still enforced"
+    );
+    assert_eq!(
+        lab.tcp("alb", ALB, APP, 80),
+        TimedOut,
+        "the file's groups stay out"
+    );
+}
+
+#[test]
+fn an_answered_change_survives_kill_9_and_the_file_stays_valid() {
+    let lab = SeedLab::new("ek", SEED, &[]);
+    let state = StateDir::new();
+    let (agent, endpoint) = start(&lab, &state);
+    let server = group_id(&endpoint, "instagram-server-security-group");
+    // Calls from four clients at once, the agent killed in their midst:
+    // every call answered before the kill is in the file after it.
+    let answered = std::sync::Mutex::new(Vec::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for c in 0..4u16 {
+            let (endpoint, server, answered, stop) = (&endpoint, &server, &answered, &stop);
+            s.spawn(move || {
+                for i in 0..50u16 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let port = (30_000 + c * 100 + i).to_string();
+                    let out = aws_cli(
+                        endpoint,
+                        &[
+                            "ec2",
+                            "authorize-security-group-ingress",
+                            "--group-id",
+                            server,
+                            "--protocol",
+                            "tcp",
+                            "--port",
+                            &port,
+                            "--cidr",
+                            "10.0.0.0/16",
+                        ],
+                    );
+                    if out.status.success() {
+                        answered.lock().expect("answered").push(port);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        agent.kill9();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let answered = answered.into_inner().expect("answered");
+    assert!(
+        !answered.is_empty(),
+        "some calls were answered before the kill"
+    );
+    let check = std::process::Command::new(binary())
+        .arg("check")
+        .arg(&lab.config)
+        .output()
+        .expect("sg-agent check");
+    assert!(
+        check.status.success(),
+        "the file is valid after kill -9: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let text = std::fs::read_to_string(&lab.config).expect("rules file");
+    for port in &answered {
+        assert!(
+            text.contains(&format!("from_port = {port}")),
+            "answered port {port} is in the file"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(lab.config.parent().expect("dir"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".sg-agent-"))
+        .collect();
+    assert!(
+        leftovers.is_empty() || leftovers.len() == 1,
+        "at most the one temporary file of the write the kill cut short"
+    );
+    // The restarted agent enforces them all.
+    let (_agent, endpoint) = start(&lab, &state);
+    let out = aws_cli(
+        &endpoint,
+        &[
+            "ec2",
+            "describe-security-group-rules",
+            "--filters",
+            &format!("Name=group-id,Values={server}"),
+        ],
+    );
+    let rules = json(&out, "describe-security-group-rules");
+    let ports: Vec<String> = rules["SecurityGroupRules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| r["FromPort"].to_string())
+        .collect();
+    for port in &answered {
+        assert!(
+            ports.contains(port),
+            "answered port {port} is a rule after the restart"
+        );
+    }
 }

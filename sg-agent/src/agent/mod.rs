@@ -108,6 +108,8 @@ pub enum AgentError {
     Panicked(PathBuf),
     #[error(transparent)]
     Etcd(crate::source::etcd::EtcdError),
+    #[error("--follow-ec2: {0}")]
+    Follow(String),
 }
 
 /// How the agent runs, from the command line.
@@ -138,6 +140,8 @@ pub struct Options {
     pub remote: Option<remote::RemoteLimits>,
     /// `--ec2-api`: EC2's Query API, changing the rules file.
     pub ec2_api: Option<crate::ec2::ApiOptions>,
+    /// `--follow-ec2`: the groups come from another EC2 endpoint.
+    pub follow: Option<crate::source::follow::FollowOptions>,
 }
 
 /// Refusals the operator lifts (`run --allow-empty`, `--force`).
@@ -368,6 +372,59 @@ fn serve_observers(
     }
 }
 
+/// `--follow-ec2`: the endpoint and its first answer, before anything is
+/// attached (an agent that cannot read it does not start).
+type Followed = (
+    crate::source::follow::FollowOptions,
+    crate::source::follow::Shared,
+);
+
+async fn first_answer(
+    follow: Option<&crate::source::follow::FollowOptions>,
+) -> Result<Option<Followed>, AgentError> {
+    let Some(f) = follow else {
+        return Ok(None);
+    };
+    let state = crate::source::follow::first_fetch(f)
+        .await
+        .map_err(AgentError::Follow)?;
+    Ok(Some((f.clone(), state)))
+}
+
+/// Where the enforcement thread reads the rules.
+fn rules_of(
+    etcd: Option<&EtcdStart>,
+    source: &Source,
+    followed: Option<&Followed>,
+) -> enforce::Rules {
+    match (etcd, source) {
+        (Some((e, _, _, state)), _) => enforce::Rules::Etcd {
+            opts: e.clone(),
+            state: Arc::clone(state),
+        },
+        (None, Source::File(path)) => match followed {
+            Some((f, state)) => enforce::Rules::Follow {
+                path: path.clone(),
+                opts: f.clone(),
+                state: Arc::clone(state),
+            },
+            None => enforce::Rules::File(path.clone()),
+        },
+        (None, Source::Etcd { .. }) => unreachable!("read above"),
+    }
+}
+
+/// `--follow-ec2`: each changed answer of the endpoint is a reload.
+fn follow_endpoint((f, state): Followed, commands: &std_mpsc::Sender<Command>) {
+    let commands = commands.clone();
+    tokio::spawn(crate::source::follow::follow(f, state, move || {
+        let _ = commands.send(Command::Reload {
+            why: "followed endpoint",
+            forced: false,
+        });
+    }));
+}
+
 /// etcd: each committed change is a reload (validated and swapped in
 /// exactly as a changed file is).
 fn follow_etcd((e, client, revision, state): EtcdStart, commands: &std_mpsc::Sender<Command>) {
@@ -467,6 +524,7 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     drop(held);
 
     let etcd = first_description(source).await?;
+    let followed = first_answer(opts.follow.as_ref()).await?;
     let mut changes = watch_rules_file(source, opts.watch);
 
     // Bound before anything is attached: an agent that cannot serve its
@@ -488,14 +546,7 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
     let state_dir = opts.state_dir.clone();
     let keep_on_exit = opts.keep_on_exit;
-    let rules = match (&etcd, source) {
-        (Some((e, _, _, state)), _) => enforce::Rules::Etcd {
-            opts: e.clone(),
-            state: Arc::clone(state),
-        },
-        (None, Source::File(path)) => enforce::Rules::File(path.clone()),
-        (None, Source::Etcd { .. }) => unreachable!("read above"),
-    };
+    let rules = rules_of(etcd.as_ref(), source, followed.as_ref());
     let links_tx = watch_links(commands.clone());
     {
         let stop = Arc::clone(&stop);
@@ -509,6 +560,9 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     }
     if let Some(etcd) = etcd {
         follow_etcd(etcd, &commands);
+    }
+    if let Some(followed) = followed {
+        follow_endpoint(followed, &commands);
     }
     serve_observers(listeners, &commands, records);
     if let (Some(listener), Some(api)) = (ec2_listener, &ec2_api) {

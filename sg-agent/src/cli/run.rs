@@ -190,6 +190,23 @@ pub struct RunArgs {
         requires = "ec2_api"
     )]
     ec2_api_account: String,
+    /// Take the security groups, their rules, the prefix lists and each
+    /// instance's groups from another EC2 endpoint (moto's server,
+    /// `LocalStack`, another sg-agent: `http://HOST:PORT`), asked every
+    /// --follow-interval, and enforce them on the rules file's instances
+    /// (matched by their `id`). Requests are signed with `AWS_ACCESS_KEY_ID`
+    /// and `AWS_SECRET_ACCESS_KEY` (`test` where unset).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "config",
+        conflicts_with = "ec2_api"
+    )]
+    follow_ec2: Option<String>,
+    /// How often --follow-ec2 asks, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "follow_ec2",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    follow_interval: u64,
     /// The region the EC2 API answers in (ARNs, availability zones).
     #[arg(
         long,
@@ -334,6 +351,7 @@ impl RunArgs {
                 strict_owner: !self.insecure_config,
             },
             ec2_api: None,
+            follow: None,
         }
     }
 
@@ -433,6 +451,18 @@ pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(url) = &args.follow_ec2 {
+        match crate::source::follow::FollowOptions::new(
+            url,
+            std::time::Duration::from_secs(args.follow_interval),
+        ) {
+            Ok(f) => options.follow = Some(f),
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     match agent::run(&source, options, held) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -43,10 +43,24 @@ pub struct AgentStatus {
     /// With `run --etcd`: where the rules come from and how that goes.
     #[serde(default)]
     pub etcd: Option<EtcdStatus>,
+    /// With `run --follow-ec2`: the endpoint whose groups are enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowStatus>,
     /// With `run --confirm-within`: seconds left before the policy in
     /// force is rolled back unless `sg-agent confirm` confirms it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_in_seconds: Option<u64>,
+}
+
+/// `run --follow-ec2`: the endpoint, its last answer, its failures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowStatus {
+    pub url: String,
+    /// Unix time of its last answer.
+    pub last_ok: Option<u64>,
+    /// Unix time of the first failure since (`None`: answering).
+    pub failing_since: Option<u64>,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +222,21 @@ pub fn ago(now: u64, then: u64) -> String {
 }
 
 /// The human table of `sg-agent status`.
+/// `--follow-ec2`'s line.
+fn render_follow(out: &mut String, f: &FollowStatus, now: u64) {
+    let _ = match (f.failing_since, f.last_ok) {
+        (Some(since), _) => writeln!(
+            out,
+            "following   {}: NOT ANSWERING {} ({}); the policy in force stays",
+            f.url,
+            ago(now, since),
+            f.error.as_deref().unwrap_or("unknown")
+        ),
+        (None, Some(ok)) => writeln!(out, "following   {}: answered {}", f.url, ago(now, ok)),
+        (None, None) => writeln!(out, "following   {}", f.url),
+    };
+}
+
 pub fn render(status: &Status, now: u64, rules: bool) -> String {
     let a = &status.agent;
     let mut out = String::new();
@@ -226,6 +255,9 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
     );
     if let Some(node) = &a.node {
         let _ = writeln!(out, "node        {node}");
+    }
+    if let Some(f) = &a.follow {
+        render_follow(&mut out, f, now);
     }
     if let Some(e) = &a.etcd {
         let rev = |r: Option<i64>| r.map_or_else(|| "-".to_owned(), |r| r.to_string());

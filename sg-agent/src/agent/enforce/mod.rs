@@ -267,13 +267,20 @@ pub enum Rules {
         opts: crate::source::etcd::EtcdOptions,
         state: crate::source::etcd::Shared,
     },
+    /// A rules file whose groups and prefix lists come from another EC2
+    /// endpoint (`--follow-ec2`): the follower keeps its last answer.
+    Follow {
+        path: PathBuf,
+        opts: crate::source::follow::FollowOptions,
+        state: crate::source::follow::Shared,
+    },
 }
 
 impl Rules {
     /// How diagnostics name the rules.
     pub fn path(&self) -> PathBuf {
         match self {
-            Self::File(path) => path.clone(),
+            Self::File(path) | Self::Follow { path, .. } => path.clone(),
             Self::Etcd { opts, .. } => PathBuf::from(opts.display()),
         }
     }
@@ -287,6 +294,30 @@ impl Rules {
         use sha2::Digest as _;
         match self {
             Self::File(path) => config::read_with(path, policy).map(|f| (f, None)),
+            Self::Follow { path, opts, state } => {
+                let file = config::read_with(path, policy)?;
+                let latest = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .latest
+                    .clone()
+                    .unwrap_or_default();
+                let text = crate::source::follow::compose(&file.text, &latest).map_err(|e| {
+                    config::ConfigError::Read {
+                        path: path.clone(),
+                        source: std::io::Error::other(format!("with {}'s groups: {e}", opts.url)),
+                    }
+                })?;
+                let sha256 = sha2::Sha256::digest(text.as_bytes()).into();
+                Ok((
+                    RulesFile {
+                        text,
+                        stamp: file.stamp,
+                        sha256,
+                    },
+                    None,
+                ))
+            }
             Self::Etcd { opts, state } => {
                 let latest = state.lock().expect("etcd state").latest.clone();
                 let Some(snapshot) = latest else {

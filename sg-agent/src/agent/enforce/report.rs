@@ -117,8 +117,22 @@ impl Agent<'_> {
             flow_log,
             lapses: self.lapses,
             node: self.opts.node.clone(),
+            follow: match &self.rules {
+                Rules::Follow { opts, state, .. } => {
+                    let state = state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    Some(status::FollowStatus {
+                        url: opts.url.clone(),
+                        last_ok: state.last_ok,
+                        failing_since: state.failing_since,
+                        error: state.error.clone(),
+                    })
+                }
+                _ => None,
+            },
             etcd: match &self.rules {
-                Rules::File(_) => None,
+                Rules::File(_) | Rules::Follow { .. } => None,
                 Rules::Etcd { opts, state } => {
                     let state = state.lock().expect("etcd state");
                     Some(status::EtcdStatus {
