@@ -464,7 +464,10 @@ fn serve_ec2_api(
     commands: &std_mpsc::Sender<Command>,
 ) {
     let backend = match source {
-        Source::File(path) => crate::ec2::store::Backend::File(path.clone()),
+        Source::File(path) => {
+            crate::ec2::edit::remove_stale_temporaries(path);
+            crate::ec2::store::Backend::File(path.clone())
+        }
         Source::Etcd { opts, .. } => {
             crate::ec2::store::Backend::Etcd(Box::new(crate::ec2::store::EtcdBackend {
                 opts: opts.clone(),

@@ -471,6 +471,36 @@ impl Doc {
     }
 }
 
+/// Removes what a write cut short left beside `path` (its temporary file,
+/// `.NAME.sg-agent-PID`, of a process that is gone).
+pub fn remove_stale_temporaries(path: &std::path::Path) {
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return;
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.sg-agent-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => log::info!("removed {}, left by a write cut short", e.path().display()),
+                Err(err) => log::warn!("{}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 /// Writes `text` over `path` atomically: a temporary file in the same
 /// directory with the original's owner and mode, fsync, rename, fsync of
 /// the directory.

@@ -77,6 +77,26 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
+/// The signature of a canonical request: the string to sign (with the
+/// credential scope `date/region/service/aws4_request`) under the key
+/// derived from `secret`.
+fn signature_of(
+    secret: &str,
+    amz_date: &str,
+    (date, region, service): (&str, &str, &str),
+    canonical: &str,
+) -> Vec<u8> {
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
+        crate::config::hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k = hmac(&k, region.as_bytes());
+    let k = hmac(&k, service.as_bytes());
+    let k = hmac(&k, b"aws4_request");
+    hmac(&k, to_sign.as_bytes())
+}
+
 /// Checks the request's signature against `keys`.
 pub fn verify(req: &Signed<'_>, keys: &Credentials) -> Result<(), ApiError> {
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
@@ -138,18 +158,15 @@ pub fn verify(req: &Signed<'_>, keys: &Credentials) -> Result<(), ApiError> {
         canonical_path(req.path),
         canonical_query(req.query)
     );
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        crate::config::hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, service.as_bytes());
-    let k = hmac(&k, b"aws4_request");
-    let mut m = <Hmac<Sha256>>::new_from_slice(&k).expect("HMAC takes any key length");
-    m.update(to_sign.as_bytes());
+    let ours = signature_of(secret, amz_date, (date, region, service), &canonical);
     let theirs = hex_decode(signature).ok_or_else(|| auth_failure("a malformed signature"))?;
-    m.verify_slice(&theirs).map_err(|_| {
+    let mut m = <Hmac<Sha256>>::new_from_slice(b"compare").expect("HMAC takes any key length");
+    m.update(&ours);
+    let expected = m.finalize().into_bytes();
+    let mut m = <Hmac<Sha256>>::new_from_slice(b"compare").expect("HMAC takes any key length");
+    m.update(&theirs);
+    // Compared as HMACs of both: constant time whatever their lengths.
+    m.verify_slice(&expected).map_err(|_| {
         ApiError::new(
             "AuthFailure",
             "The request signature we calculated does not match the signature you provided",
@@ -178,15 +195,12 @@ pub fn sign(
         crate::config::hex(&Sha256::digest(body))
     );
     let scope = format!("{date}/{region}/{service}/aws4_request");
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        crate::config::hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, service.as_bytes());
-    let k = hmac(&k, b"aws4_request");
-    let signature = crate::config::hex(&hmac(&k, to_sign.as_bytes()));
+    let signature = crate::config::hex(&signature_of(
+        secret,
+        &amz_date,
+        (date, region, service),
+        &canonical,
+    ));
     [
         ("x-amz-date", amz_date),
         (
