@@ -231,7 +231,7 @@ pub fn render(out: &mut String, rows: &[Row]) {
         "\n## 8. The EC2 API: from a call to its answer, in force\n\n\
          `run --ec2-api` on loopback, one instance enforced on a veth, its group holding the rules below. A call's answer is sent only once the change is in force: the call edits the rules file (`toml_edit`, written atomically), the agent admits it as `run` admits a file, reloads, and answers. \
          *One at a time*: `AuthorizeSecurityGroupIngress` and `RevokeSecurityGroupIngress` of one rule in turn on one keep-alive connection (the bench checks each was one reload of the agent). \
-         *Burst*: new rules from several connections at once; changes are made one after another (each reads what the one before wrote), so a burst's calls wait for each other, and the bench checks that every one is a rule in force after it.\n\n\
+         *Burst*: new rules from several connections at once: the changes that arrive while one is being put in force are made together (each on top of the one before, each admitted on its own) and put in force with one reload, which the *reloads* column counts; the bench checks that every call is a rule in force after it.\n\n\
          | rules in the group | one at a time: p50 (ms) | p99 (ms) | calls | burst: calls | connections | reloads | wall time (s) | calls/s | per call p50 (ms) | p99 (ms) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {

@@ -450,8 +450,8 @@ pub fn render(all: &All) -> String {
     if let Some(m) = &all.many {
         out.push_str(&many_text(m));
     }
-    crate::ec2::render(&mut out, &all.ec2);
     crate::targets::render(&mut out, all);
+    crate::ec2::render(&mut out, &all.ec2);
     out.push_str(FINDINGS);
     out
 }
