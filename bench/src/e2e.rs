@@ -474,12 +474,7 @@ fn install(
         Some((&pair.sink_ns.name, "eth0")),
     );
     let vpc = sg_agent::config::from_str("bench.toml".as_ref(), &text).expect("bench policy valid");
-    let rules = vpc
-        .groups
-        .iter()
-        .flat_map(|g| &g.ingress)
-        .map(|r| sg_agent::config::rule_count(&vpc, r))
-        .sum();
+    let rules = crate::policies::ingress_rules(&vpc);
     let sink = &pair.sink_ns.name;
     match filter {
         Filter::None => (Installed::Nothing, rules),

@@ -134,12 +134,7 @@ pub fn measure(sizes: &[usize], calls: usize, burst: usize, connections: usize) 
         );
         std::fs::write(&path, &text).expect("write");
         let vpc = sg_agent::config::from_str("b.toml".as_ref(), &text).expect("valid");
-        let rules = vpc
-            .groups
-            .iter()
-            .flat_map(|g| &g.ingress)
-            .map(|r| sg_agent::config::rule_count(&vpc, r))
-            .sum();
+        let rules = crate::policies::ingress_rules(&vpc);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let agent = AgentProcess::start_logging(&path, &["--ec2-api", &listen], "info");

@@ -8,7 +8,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use sg_agent::{
-    config::{self, Vpc, rule_count},
+    config::{self, Vpc},
     dataplane::{Dataplane, Observe, netns::NetnsGuard},
     policy::compile::compile,
 };
@@ -245,12 +245,7 @@ pub fn measure(cfg: &Config) -> Report {
                 &rules_file_with(fillers, shape, false, None, UNTRACKED_RULE),
             )
             .expect("bench policy valid");
-            let rules: usize = vpc
-                .groups
-                .iter()
-                .flat_map(|g| &g.ingress)
-                .map(|r| rule_count(&vpc, r))
-                .sum();
+            let rules: usize = crate::policies::ingress_rules(&vpc);
             let compiled = compile(&vpc);
             let tables = &compiled.instances[0].tables;
             let mut fresh = Dataplane::load().expect("load");

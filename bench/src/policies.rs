@@ -70,6 +70,16 @@ fn rule(out: &mut String, proto: &str, port: u16, key: &str, cidr: &str) {
     );
 }
 
+/// The inbound rules of a policy, as AWS counts them (one per source, a
+/// prefix list as its entries): what each bench's tables call its size.
+pub fn ingress_rules(vpc: &sg_agent::config::Vpc) -> usize {
+    vpc.groups
+        .iter()
+        .flat_map(|g| &g.ingress)
+        .map(|r| sg_agent::config::rule_count(vpc, r))
+        .sum()
+}
+
 /// A rules file whose instance "bench" (enforced on `place`, netns and
 /// interface, when given) has the base rules (tcp/80 from the client's /24
 /// and /48, tcp/5201 from its /24: 3 rules as AWS counts them) plus

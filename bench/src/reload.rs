@@ -167,12 +167,7 @@ pub fn measure(sizes: &[usize], runs: usize) -> Vec<Row> {
             let off = policy(fillers, &pair.sink_ns.name, false);
             if run == 0 {
                 let vpc = sg_agent::config::from_str("b.toml".as_ref(), &off).expect("valid");
-                rules = vpc
-                    .groups
-                    .iter()
-                    .flat_map(|g| &g.ingress)
-                    .map(|r| sg_agent::config::rule_count(&vpc, r))
-                    .sum();
+                rules = crate::policies::ingress_rules(&vpc);
             }
             write_atomically(&path, &off);
             // Start: probes run before the agent exists, so the first
