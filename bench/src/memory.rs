@@ -116,7 +116,7 @@ fn fill_conntrack(dp: &mut Dataplane) -> u64 {
             last_seen_ns: 1,
             state: 3,
             flags: 1,
-            pad16: 0,
+            nacl: 0,
             ..CtEntry::default()
         };
         table.insert(key, entry, 0).expect("insert flow");

@@ -310,6 +310,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         instance_type: None,
                         nitro_version: None,
                         vpc: None,
+                        subnet: None,
                         span: 0..0,
                     });
                 }

@@ -102,9 +102,9 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     pub state: u8,
     pub flags: u8,
-    /// Padding as integers, not byte arrays: clearing a byte array becomes
-    /// a byte loop in eBPF.
-    pub pad16: u16,
+    /// The flow's network-ACL passes, per direction, under the tables'
+    /// epoch (`nacl::with_pass`): 0 until a network ACL judged it.
+    pub nacl: u16,
     /// TCP: the sequence number endpoint a / b last sent (valid with
     /// [`FLAG_SEQ_A`] / [`FLAG_SEQ_B`]).
     pub seq_a: u32,
@@ -340,7 +340,7 @@ pub fn open(flow: &Flow, from_a: bool, now_ns: u64) -> CtEntry {
             } else {
                 0
             },
-        pad16: 0,
+        nacl: 0,
         seq_a: if tcp && from_a { flow.tcp_seq } else { 0 },
         seq_b: if tcp && !from_a { flow.tcp_seq } else { 0 },
         packets_a: 0,
@@ -451,7 +451,7 @@ pub fn advance(entry: &CtEntry, flow: &Flow, from_a: bool, now_ns: u64) -> CtEnt
         last_seen_ns: now_ns,
         state,
         flags,
-        pad16: 0,
+        nacl: entry.nacl,
         seq_a,
         seq_b,
         packets_a: entry.packets_a,

@@ -58,9 +58,13 @@ pub const DROP_ARP_SPOOFED: u32 = 16;
 /// claims an address or a link-layer address not its own, or that only a
 /// router sends (router advertisement, redirect).
 pub const DROP_ND_SPOOFED: u32 = 17;
+/// The instance's subnet's network ACL denied the packet (an entry that
+/// denies, or the `*` rule): inbound before the security group, outbound
+/// after it, every packet (network ACLs track nothing).
+pub const DROP_NETWORK_ACL: u32 = 18;
 
 /// One past the highest code in use: the number of the next new reason.
-pub const CODES: u32 = 18;
+pub const CODES: u32 = 19;
 
 /// Room for reasons per direction (`passes` reads a 32-bit mask).
 pub const REASONS: u32 = 32;
@@ -91,6 +95,7 @@ pub const NAMES: [&str; CODES as usize] = [
     "drop_mac_spoofed",
     "drop_arp_spoofed",
     "drop_nd_spoofed",
+    "drop_network_acl",
 ];
 
 /// Each code in words, by code: what the drop log and flow logs say.
@@ -113,6 +118,7 @@ pub const WORDS: [&str; CODES as usize] = [
     "source MAC address not the instance's (host side)",
     "ARP for an address or MAC address not the instance's (host side)",
     "neighbour discovery for an address or MAC address not the instance's, or a router's message (host side)",
+    "denied by the subnet's network ACL",
 ];
 
 /// Whether the parser had read the packet's addresses and ports when it

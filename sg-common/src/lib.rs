@@ -21,6 +21,7 @@ pub mod events;
 pub mod flow;
 pub mod guard;
 pub mod maps;
+pub mod nacl;
 pub mod parse;
 pub mod policy;
 #[cfg(not(target_arch = "bpf"))]

@@ -52,6 +52,11 @@ pub const SERVICE_MAC: &str = "SG_SERVICE_MAC";
 /// Hash of [`crate::guard::MacKey`]s: MAC addresses the instance may not be
 /// taught by its first frame (the link's host end, every other instance's).
 pub const MAC_RESERVED: &str = "SG_MAC_RESERVED";
+/// Array of four [`crate::nacl::NaclTable`]s, index `generation * 2 +
+/// direction`: the instance's subnet's network ACL, each direction's
+/// entries in rule-number order; all zeros (inactive) where no network ACL
+/// filters the instance.
+pub const NACL: &str = "SG_NACL";
 /// How many the agent may reserve per instance.
 pub const MAC_RESERVED_MAX_ENTRIES: u32 = 4_096;
 /// Ring buffer of [`crate::events::FlowEvent`]s for the agent. Not pinned:

@@ -1,6 +1,6 @@
 //! `aya::Pod` for every map key and value. Each type is `#[repr(C)]` with
 //! explicit padding, so every byte is initialised and any bit pattern is valid.
-use crate::{conntrack, events, guard, policy};
+use crate::{conntrack, events, guard, nacl, policy};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -27,4 +27,5 @@ pod!(
     events::EventBudget,
     guard::MacEntry,
     guard::MacKey,
+    nacl::NaclTable,
 );

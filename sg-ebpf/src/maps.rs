@@ -13,6 +13,7 @@ use sg_common::{
     flow::{FAMILY_V4, Flow},
     guard::{MAC_LEARNED, MacEntry, MacKey, MacStore},
     maps as m,
+    nacl::NaclTable,
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, PORT_PROTO_BITS, PolicyMaps, PortKey,
         PortValue, Settings, Shortcuts,
@@ -78,6 +79,16 @@ pub static SERVICE_MAC: Array<MacEntry> = Array::with_max_entries(1, 0);
 pub fn service_mac() -> Option<[u8; 6]> {
     let e = SERVICE_MAC.get(0)?;
     (e.mac != [0; 6]).then_some(e.mac)
+}
+
+/// The instance's subnet's network ACL, per generation and direction.
+#[map(name = "SG_NACL")]
+pub static NACL: Array<NaclTable> = Array::with_max_entries(4, 0);
+
+/// The network ACL that judges `direction`'s packets under `generation`.
+#[inline(always)]
+pub fn nacl(generation: u8, direction: u8) -> Option<&'static NaclTable> {
+    NACL.get(u32::from(generation & 1) * 2 + u32::from(direction & 1))
 }
 
 #[map(name = "SG_EVENTS")]

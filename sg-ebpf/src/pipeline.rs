@@ -1,13 +1,16 @@
 //! parse -> neighbour discovery -> fragments -> conntrack -> policy ->
 //! record, with one exit where the verdict is counted.
 
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_loop},
+};
 use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
-        self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NO_POLICY, DROP_NO_RULE,
-        DROP_SOURCE_DEST_CHECK, PASS_AWS_SERVICE, PASS_FRAGMENT, PASS_NEIGHBOUR_DISCOVERY,
-        PASS_NOT_IP, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
+        self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NETWORK_ACL, DROP_NO_POLICY,
+        DROP_NO_RULE, DROP_SOURCE_DEST_CHECK, PASS_AWS_SERVICE, PASS_FRAGMENT,
+        PASS_NEIGHBOUR_DISCOVERY, PASS_NOT_IP, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
     events::{
         EVENT_DROP, EVENT_NEW_FLOW, EVENT_UNTRACKED, OBSERVE_DROPS, OBSERVE_FLOW_COUNTS,
@@ -15,6 +18,7 @@ use sg_common::{
     },
     flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
     guard,
+    nacl::{self, NACL_ACTIVE, NaclTable},
     policy::{self, AddrValue, Settings, allowing_class},
 };
 
@@ -160,6 +164,9 @@ fn reason<const GUARDED: bool>(
         return PASS_NEIGHBOUR_DISCOVERY;
     }
     let now = clock(settings);
+    // The subnet's network ACL for this direction (inactive where none
+    // filters the instance: then one flag is all it costs).
+    let acl = crate::maps::nacl(generation, direction).filter(|t| t.flags & NACL_ACTIVE != 0);
 
     if flow.frag == FRAG_LATER {
         frag_key.fill(flow);
@@ -169,11 +176,12 @@ fn reason<const GUARDED: bool>(
         {
             return PASS_FRAGMENT;
         }
-        return match by_rules(generation, direction, flow, guest_mac) {
+        let by_group = match by_rules(generation, direction, flow, guest_mac) {
             Ok(_) => PASS_RULE,
             Err(DROP_NO_RULE) => DROP_FRAGMENT,
             Err(drop) => drop,
         };
+        return with_acl(acl, direction, flow, by_group);
     }
 
     // An error the instance's own end sends or receives (not one sent as
@@ -182,20 +190,22 @@ fn reason<const GUARDED: bool>(
         && policy::own_address(&KernelPolicy, generation, direction, flow, guest_mac)
         && related_to_tracked(flow, inner, ct_key, now, settings)
     {
-        return PASS_TRACKED;
+        // A network ACL tracks nothing: the error is a packet of its own.
+        return with_acl(acl, direction, flow, PASS_TRACKED);
     }
     // Any other ICMP error is no flow of its own: the rules decide, and it
     // opens no entry (that would let the other way's errors and queries
     // ride on it).
     if flow.proto_is_icmp() && icmp::is_error(flow.family, flow.icmp_type) {
-        return match by_rules(generation, direction, flow, guest_mac) {
+        let by_group = match by_rules(generation, direction, flow, guest_mac) {
             Ok(_) => PASS_RULE,
             Err(drop) => drop,
         };
+        return with_acl(acl, direction, flow, by_group);
     }
 
     let verdict = track(
-        ctx, flow, ct_key, now, settings, generation, direction, guest_mac,
+        ctx, flow, ct_key, now, settings, generation, direction, guest_mac, acl,
     );
     if flow.frag == FRAG_FIRST && counters::passes(verdict) {
         frag_key.fill(flow);
@@ -225,6 +235,7 @@ fn track(
     generation: u8,
     direction: u8,
     guest_mac: Option<[u8; 6]>,
+    acl: Option<&NaclTable>,
 ) -> u32 {
     let from_a = conntrack::fill_key(flow, key);
     let expired = match CONNS.get_ptr_mut(&*key) {
@@ -233,15 +244,36 @@ fn track(
             let old = unsafe { *entry };
             if conntrack::is_live(&old, flow.proto, now, settings) && conntrack::admits(&old, flow)
             {
-                let next = conntrack::advance(&old, flow, from_a, now);
+                // The subnet's network ACL judges every packet, answers
+                // included; the flow keeps its pass per direction under
+                // the tables' epoch, so only the first packet of each way
+                // after a change walks the entries. A denied packet moves
+                // nothing.
+                let mut cache = old.nacl;
+                if let Some(t) = acl
+                    && !nacl::cached_pass(old.nacl, t.epoch, direction)
+                {
+                    if acl_denies(t, direction, flow) {
+                        return DROP_NETWORK_ACL;
+                    }
+                    cache = nacl::with_pass(old.nacl, t.epoch, direction);
+                }
+                let mut next = conntrack::advance(&old, flow, from_a, now);
+                next.nacl = cache;
                 if conntrack::needs_write(&old, &next) {
                     // SAFETY: as above.
                     unsafe { *entry = next };
-                } else if next.seq_a != old.seq_a || next.seq_b != old.seq_b {
-                    // SAFETY: as above; two stores into the live value.
-                    unsafe {
-                        (*entry).seq_a = next.seq_a;
-                        (*entry).seq_b = next.seq_b;
+                } else {
+                    if next.seq_a != old.seq_a || next.seq_b != old.seq_b {
+                        // SAFETY: as above; two stores into the live value.
+                        unsafe {
+                            (*entry).seq_a = next.seq_a;
+                            (*entry).seq_b = next.seq_b;
+                        }
+                    }
+                    if cache != old.nacl {
+                        // SAFETY: as above; one store into the live value.
+                        unsafe { (*entry).nacl = cache };
                     }
                 }
                 // Flow logs only: the verifier removes this otherwise.
@@ -282,9 +314,21 @@ fn track(
             if expired {
                 let _ = CONNS.remove(&*key);
             }
-            return drop;
+            // Inbound the network ACL judges before the security group:
+            // its deny is the reason.
+            return with_acl(acl, direction, flow, drop);
         }
     };
+    // Allowed by the group: the network ACL still judges (outbound it
+    // comes after the group, inbound before; either way both must pass).
+    if let Some(t) = acl
+        && acl_denies(t, direction, flow)
+    {
+        if expired {
+            let _ = CONNS.remove(&*key);
+        }
+        return DROP_NETWORK_ACL;
+    }
     // AWS tracks no flow that a whole-space rule allows with every port
     // open the other way: judged by the rules, packet by packet.
     if policy::untracked(&KernelPolicy, generation, direction, flow, remote) {
@@ -308,6 +352,10 @@ fn track(
         return PASS_RULE;
     }
     let mut entry: CtEntry = conntrack::open(flow, from_a, now);
+    // It passed the network ACL just now (or none filters it).
+    if let Some(t) = acl {
+        entry.nacl = nacl::with_pass(0, t.epoch, direction);
+    }
     // Through a Network Load Balancer: its idle timeouts, not the instance's.
     entry.idle_s = policy::service_idle_s(remote, flow.proto);
     if observe::on(OBSERVE_FLOW_COUNTS) {
@@ -403,6 +451,83 @@ unsafe fn atomic_add_u64(p: *mut u64, v: u64) {
             v = in(reg) v,
             options(nostack),
         );
+    }
+}
+
+/// Whether the subnet's network ACL denies `flow`: its entries walked in
+/// order by `bpf_loop`, whose callback the verifier checks once, not once
+/// per entry and per path that reaches the walk (an unrolled walk of 40
+/// entries on every path of the pipeline is past its limit).
+#[inline(always)]
+fn acl_denies(table: &NaclTable, direction: u8, flow: &Flow) -> bool {
+    if !nacl::crosses(table, direction, flow) {
+        return false;
+    }
+    let mut walk = AclWalk {
+        table,
+        flow,
+        direction: u64::from(direction),
+        // The `*` rule's, unless an entry matches.
+        denied: 1,
+    };
+    // SAFETY: `acl_step` is a callback of bpf_loop's signature; `walk`
+    // outlives the call, which runs the callback synchronously.
+    unsafe {
+        bpf_loop(
+            table.len.min(NACL_ENTRIES_U32),
+            acl_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    walk.denied != 0
+}
+
+#[expect(clippy::cast_possible_truncation, reason = "40")]
+const NACL_ENTRIES_U32: u32 = nacl::NACL_ENTRIES as u32;
+
+/// What [`acl_step`] reads and writes.
+#[repr(C)]
+struct AclWalk {
+    table: *const NaclTable,
+    flow: *const Flow,
+    direction: u64,
+    denied: u64,
+}
+
+/// One entry of the walk: stops (returns 1) at the first that matches,
+/// with its action.
+extern "C" fn acl_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the `AclWalk` `acl_denies` gave it, whose
+    // pointers are to live map values (the table, the per-CPU scratch).
+    let walk = unsafe { &mut *ctx.cast::<AclWalk>() };
+    let (table, flow) = unsafe { (&*walk.table, &*walk.flow) };
+    let Some(entry) = usize::try_from(index)
+        .ok()
+        .and_then(|i| table.entries.get(i))
+    else {
+        return 1;
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "0 or 1")]
+    if nacl::matches(entry, walk.direction as u8, flow) {
+        walk.denied = u64::from(entry.flags & nacl::ENTRY_ALLOW == 0);
+        return 1;
+    }
+    0
+}
+
+/// The verdict where the security group's is `by_group` and the subnet's
+/// network ACL (if one filters) judges too: inbound the network ACL comes
+/// first (its deny is the reason), outbound after the group (a packet the
+/// group refuses is the group's drop).
+#[inline(always)]
+fn with_acl(acl: Option<&NaclTable>, direction: u8, flow: &Flow, by_group: u32) -> u32 {
+    if direction == policy::EGRESS && !counters::passes(by_group) {
+        return by_group;
+    }
+    match acl {
+        Some(t) if acl_denies(t, direction, flow) => DROP_NETWORK_ACL,
+        _ => by_group,
     }
 }
 

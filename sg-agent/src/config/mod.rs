@@ -2,7 +2,9 @@
 
 pub mod diagnostics;
 pub mod model;
+pub mod network_acl;
 mod parse;
+mod place;
 pub(crate) use parse::PROTOCOL_NAMES;
 mod validate;
 
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use model::*;
+pub use network_acl::{AclEntry, NetworkAcl, Subnet};
 pub use parse::{DEFAULT_GROUP, is_aws_id};
+pub use place::{describe_kind, not_a_namespace_file};
 pub use validate::rule_count;
 
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,9 @@ pub struct Vpc {
     pub peerings: Vec<(String, String)>,
     /// `[[subnet]]`: the VPC's subnets (their reserved addresses are never
     /// filtered); none: each IPv4 range of `cidr_blocks` counts as one.
-    pub subnets: Vec<IpNet>,
+    pub subnets: Vec<super::Subnet>,
+    /// `[[network_acl]]`: the subnets' network ACLs.
+    pub network_acls: Vec<super::NetworkAcl>,
     /// `[vpc] service_mac`: the MAC address the AWS services answer from
     /// (the lab's router, DHCP and DNS host). Traffic with them is exempt
     /// from the rules only from (to) there; instances on the host side
@@ -295,6 +297,9 @@ pub struct Instance {
     pub nitro_version: Option<u8>,
     /// `vpc`: the VPC it is in (`[[vpc]]`); `None`: the default one.
     pub vpc: Option<String>,
+    /// `subnet`: the subnet it is in, by name; absent: the one holding its
+    /// address (if any).
+    pub subnet: Option<(String, Span)>,
     pub span: Span,
 }
 
@@ -502,6 +507,8 @@ pub struct Limits {
     /// list counting as its number of entries.
     pub rules_per_group: u32,
     pub groups_per_instance: u32,
+    /// AWS's "Rules per network ACL" (per direction): 20, adjustable to 40.
+    pub rules_per_network_acl: u32,
     /// Lifts AWS's ceilings (1,000 rules per group; rules x groups at most
     /// 1,000 per interface): for labs and benchmarks larger than AWS allows.
     pub beyond_aws: bool,
@@ -512,6 +519,7 @@ impl Default for Limits {
         Self {
             rules_per_group: 60,
             groups_per_instance: 5,
+            rules_per_network_acl: 20,
             beyond_aws: false,
         }
     }
@@ -784,7 +792,7 @@ impl Vpc {
         let subnets: Vec<&IpNet> = if self.subnets.is_empty() {
             self.cidr_blocks.iter().collect()
         } else {
-            self.subnets.iter().collect()
+            self.subnets.iter().map(|s| &s.cidr).collect()
         };
         for net in subnets {
             let IpNet::V4(n) = net else { continue };

@@ -108,6 +108,7 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
 
     instances(vpc, &group_names, &mut out);
     vpcs(vpc, &mut out);
+    network_acls(vpc, &mut out);
     out.sort_by_key(|d| d.span.start);
     out
 }
@@ -459,6 +460,121 @@ fn references(out: &mut Vec<Diagnostic>, rule: &Rule, groups: &[&str], lists: &[
                 out.push(unknown(s.span.clone(), "prefix list", name, lists));
             }
             _ => {}
+        }
+    }
+}
+
+/// Subnets and network ACLs: names that resolve, a subnet in one network
+/// ACL at most, one default network ACL per VPC, AWS's quota of rules per
+/// direction, and each instance in the subnet it names.
+fn network_acls(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
+    let subnet_names: Vec<&str> = vpc
+        .subnets
+        .iter()
+        .filter_map(|s| s.name.as_deref())
+        .collect();
+    unique(
+        out,
+        "subnet",
+        vpc.subnets
+            .iter()
+            .filter_map(|s| s.name.as_deref().map(|n| (n, s.span.clone()))),
+    );
+    unique(
+        out,
+        "network ACL",
+        vpc.network_acls
+            .iter()
+            .map(|a| (a.name.as_str(), a.span.clone())),
+    );
+    let mut in_acl: HashMap<&str, &str> = HashMap::new();
+    let mut defaults: HashMap<&str, &str> = HashMap::new();
+    for acl in &vpc.network_acls {
+        let acl_vpc = acl.vpc.as_deref().unwrap_or_else(|| vpc.default_vpc());
+        if acl.default
+            && let Some(other) = defaults.insert(acl_vpc, &acl.name)
+        {
+            out.push(
+                Diagnostic::new(
+                    acl.span.clone(),
+                    format!(
+                        "network ACLs \"{other}\" and \"{}\" are both default = true",
+                        acl.name
+                    ),
+                )
+                .hint("a VPC has one default network ACL"),
+            );
+        }
+        for (name, span) in &acl.subnets {
+            let Some(subnet) = vpc.subnets.iter().find(|s| s.name.as_deref() == Some(name)) else {
+                out.push(unknown(span.clone(), "subnet", name, &subnet_names));
+                continue;
+            };
+            if subnet.vpc.as_deref().unwrap_or_else(|| vpc.default_vpc()) != acl_vpc {
+                out.push(
+                    Diagnostic::new(
+                        span.clone(),
+                        format!(
+                            "subnet \"{name}\" is not in network ACL \"{}\"'s VPC",
+                            acl.name
+                        ),
+                    )
+                    .hint("a network ACL filters subnets of its own VPC"),
+                );
+            }
+            if let Some(other) = in_acl.insert(name, &acl.name) {
+                out.push(
+                    Diagnostic::new(
+                        span.clone(),
+                        format!(
+                            "subnet \"{name}\" is in network ACLs \"{other}\" and \"{}\"",
+                            acl.name
+                        ),
+                    )
+                    .hint("a subnet is associated with one network ACL at a time"),
+                );
+            }
+        }
+        let limit = vpc.limits.rules_per_network_acl as usize;
+        for (entries, direction) in [(&acl.ingress, "inbound"), (&acl.egress, "outbound")] {
+            if entries.len() > limit {
+                out.push(
+                    Diagnostic::new(
+                        acl.span.clone(),
+                        format!(
+                            "network ACL \"{}\" has {} {direction} rules, more than the limit of {limit}",
+                            acl.name,
+                            entries.len()
+                        ),
+                    )
+                    .hint("AWS allows 20 per direction; [limits] rules_per_network_acl raises it to 40"),
+                );
+            }
+        }
+    }
+    for inst in &vpc.instances {
+        let Some((name, span)) = &inst.subnet else {
+            continue;
+        };
+        let Some(subnet) = vpc.subnets.iter().find(|s| s.name.as_deref() == Some(name)) else {
+            out.push(unknown(span.clone(), "subnet", name, &subnet_names));
+            continue;
+        };
+        if let Some(a) = inst
+            .addresses
+            .iter()
+            .find(|a| !subnet.contains(**a) && !a.is_ipv6())
+        {
+            out.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!(
+                        "instance {}'s address {a} is not in subnet \"{name}\" ({})",
+                        inst.name, subnet.cidr
+                    ),
+                )
+                .hint("an instance's private IPv4 addresses are in its subnet's range"),
+            );
         }
     }
 }

@@ -260,7 +260,9 @@ impl Dataplane {
                 found.1.len(),
                 found.0.map(|s| s.generation)
             );
-            PolicyEncoder::adopt(found.0, &found.1)
+            let mut encoder = PolicyEncoder::adopt(found.0, &found.1);
+            encoder.continue_nacl_epoch(policy_maps::nacl_epoch(&ebpf)?);
+            encoder
         } else {
             PolicyEncoder::default()
         };

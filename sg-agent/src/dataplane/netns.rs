@@ -37,31 +37,6 @@ pub enum NetnsError {
     NotANamespace { path: PathBuf, why: String },
 }
 
-/// Why `path`, as it stands on this host, cannot be a namespace file
-/// (a FIFO, a socket, a device, a directory), without opening it; `None`
-/// when it is a regular file (namespace files are) or is not there (yet).
-/// `check` and `run` both refuse what this names.
-pub fn not_a_namespace_file(path: &Path) -> Option<String> {
-    let meta = std::fs::metadata(path).ok()?;
-    let kind = meta.file_type();
-    (!kind.is_file()).then(|| format!("{} (not a namespace file)", describe_kind(kind)))
-}
-
-fn describe_kind(kind: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
-    } else if kind.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// `ioctl(NS_GET_NSTYPE)`: the type of namespace a namespace file refers to.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
@@ -85,7 +60,7 @@ fn open_net_namespace(path: &Path, follow: bool) -> Result<File, NetnsError> {
             return Err(not("a symlink (give the namespace file itself)".to_owned()));
         }
     }
-    if let Some(why) = not_a_namespace_file(path) {
+    if let Some(why) = crate::config::not_a_namespace_file(path) {
         return Err(not(why));
     }
     // Never blocking: a FIFO (or a device) must not hold the enforcement
@@ -102,7 +77,7 @@ fn open_net_namespace(path: &Path, follow: bool) -> Result<File, NetnsError> {
     if !kind.is_file() {
         return Err(not(format!(
             "{} (not a namespace file)",
-            describe_kind(kind)
+            crate::config::describe_kind(kind)
         )));
     }
     // SAFETY: an ioctl without argument on a descriptor this function owns.

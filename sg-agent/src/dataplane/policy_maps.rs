@@ -9,6 +9,7 @@ use aya::{
 };
 use sg_common::{
     maps as m,
+    nacl::NaclTable,
     policy::{PortValue, Settings, Shortcuts},
 };
 
@@ -56,6 +57,17 @@ impl PolicyStore for KernelPolicyMaps<'_> {
         write_shortcuts(self.ebpf, generation, shortcuts)
     }
 
+    fn set_nacl(&mut self, generation: u8, tables: &[NaclTable; 2]) -> Result<(), DataplaneError> {
+        let mut array: Array<&mut MapData, NaclTable> =
+            Array::try_from(policy_map(self.ebpf, m::NACL)).map_err(map_err(m::NACL))?;
+        for (direction, table) in (0u32..).zip(tables) {
+            array
+                .set(u32::from(generation & 1) * 2 + direction, *table, 0)
+                .map_err(map_err(m::NACL))?;
+        }
+        Ok(())
+    }
+
     fn set_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
         let mut array: Array<&mut MapData, Settings> =
             Array::try_from(policy_map(self.ebpf, m::SETTINGS)).map_err(map_err(m::SETTINGS))?;
@@ -65,6 +77,19 @@ impl PolicyStore for KernelPolicyMaps<'_> {
     fn grace(&mut self) {
         std::thread::sleep(GRACE);
     }
+}
+
+/// The highest epoch of the network ACL tables an earlier agent wrote.
+pub(super) fn nacl_epoch(ebpf: &Ebpf) -> Result<u32, DataplaneError> {
+    let map = ebpf
+        .map(m::NACL)
+        .unwrap_or_else(|| panic!("the object defines map {}", m::NACL));
+    let array: Array<&MapData, NaclTable> = Array::try_from(map).map_err(map_err(m::NACL))?;
+    let mut epoch = 0;
+    for i in 0..4 {
+        epoch = epoch.max(array.get(&i, 0).map_err(map_err(m::NACL))?.epoch);
+    }
+    Ok(epoch)
 }
 
 /// Writes one generation's slot of the shortcuts array.

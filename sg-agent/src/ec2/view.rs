@@ -162,7 +162,7 @@ impl<'a> View<'a> {
                 .copied()
                 .collect()
         } else {
-            self.vpc.subnets.clone()
+            self.vpc.subnets.iter().map(|s| s.cidr).collect()
         }
     }
 

@@ -16,7 +16,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use sg_common::policy::Settings;
+use sg_common::{
+    flow::{FAMILY_V4, FAMILY_V6},
+    nacl::{
+        ENTRY_ALLOW, ENTRY_ANY_PORT, ENTRY_ANY_PROTO, NACL_ACTIVE, NACL_SUBNET_V4, NACL_SUBNET_V6,
+        NaclEntry, NaclTable,
+    },
+    policy::{OwnV4, OwnV6, Settings},
+};
 
 use crate::{
     config::{
@@ -61,6 +68,10 @@ pub struct PolicyTables {
     pub v6: Vec<AddrEntry<Ipv6Net>>,
     pub ports: Vec<PortEntry>,
     pub classes: u32,
+    /// The subnet's network ACL, inbound and outbound (by direction code;
+    /// epoch 0: the encoder numbers each change). Inactive where none
+    /// filters the instance.
+    pub nacl: [NaclTable; 2],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +216,77 @@ pub fn settings(ct: &ConntrackSettings) -> Settings {
     }
 }
 
+/// The network ACL that filters `inst`'s subnet, as the programs read it:
+/// both directions inactive where none does (AWS's default network ACL
+/// allows everything).
+pub fn network_acl_tables(vpc: &Vpc, inst: &Instance) -> [NaclTable; 2] {
+    let mut out = [NaclTable::default(), NaclTable::default()];
+    let Some((subnet, acl)) = vpc.network_acl_for(inst) else {
+        return out;
+    };
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let t = &mut out[usize::from(direction.code())];
+        t.flags = NACL_ACTIVE;
+        if let IpNet::V4(n) = subnet.cidr {
+            t.flags |= NACL_SUBNET_V4;
+            t.subnet_v4 = OwnV4 {
+                net: u32::from(n.network()).to_be(),
+                mask: u32::from(n.netmask()).to_be(),
+            };
+        }
+        if let Some(IpNet::V6(n)) = subnet.ipv6 {
+            t.flags |= NACL_SUBNET_V6;
+            t.subnet_v6 = OwnV6 {
+                net: sg_common::flow::addr_from_octets(&n.network().octets()),
+                mask: sg_common::flow::addr_from_octets(&n.netmask().octets()),
+            };
+        }
+        let entries = acl.entries(direction);
+        for (slot, e) in t.entries.iter_mut().zip(entries) {
+            *slot = nacl_entry(e);
+        }
+        t.len = u32::try_from(entries.len().min(t.entries.len())).expect("at most 40");
+    }
+    out
+}
+
+fn nacl_entry(e: &crate::config::AclEntry) -> NaclEntry {
+    let (family, net, mask) = match e.cidr {
+        IpNet::V4(n) => (
+            FAMILY_V4,
+            [u32::from(n.network()).to_be(), 0, 0, 0],
+            [u32::from(n.netmask()).to_be(), 0, 0, 0],
+        ),
+        IpNet::V6(n) => (
+            FAMILY_V6,
+            sg_common::flow::addr_from_octets(&n.network().octets()),
+            sg_common::flow::addr_from_octets(&n.netmask().octets()),
+        ),
+    };
+    let mut flags = if e.allow { ENTRY_ALLOW } else { 0 };
+    let proto = match e.protocol {
+        Protocol::All => {
+            flags |= ENTRY_ANY_PROTO;
+            0
+        }
+        Protocol::Number(n) => n,
+    };
+    let (port_lo, port_hi) = e.ports.port_interval();
+    if e.protocol == Protocol::All || (port_lo, port_hi) == (0, u16::MAX) {
+        flags |= ENTRY_ANY_PORT;
+    }
+    NaclEntry {
+        net,
+        mask,
+        port_lo,
+        port_hi,
+        family,
+        proto,
+        flags,
+        pad: 0,
+    }
+}
+
 /// (protocol, port interval) of one rule.
 type Matcher = (Option<u8>, (u16, u16));
 
@@ -277,6 +359,7 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
     }
     own_addresses(inst, &mut tables);
     aws_services(vpc, &mut tables);
+    tables.nacl = network_acl_tables(vpc, inst);
     for (i, key) in class_order.iter().enumerate() {
         let class = u32::try_from(i + 1).expect("fewer than 2^31 classes");
         for (proto, intervals) in key {

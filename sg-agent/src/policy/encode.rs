@@ -20,6 +20,7 @@ use sg_common::{
     flow::addr_from_octets,
     flow::{FAMILY_V4, FAMILY_V6},
     maps as m,
+    nacl::NaclTable,
     policy::{
         ADDR_TAG_BITS, AddrKeyV4, AddrKeyV6, AddrValue, CLASS_ALL_PROTOCOLS, EGRESS, INGRESS, OWN,
         OwnV4, OwnV6, PORT_CLASS_BITS, PORT_FLAG_ALL_PORTS, PORT_PROTO_BITS, PortKey, PortValue,
@@ -238,6 +239,9 @@ pub struct Swap {
     pub fill: KernelEntries,
     /// The new generation's shortcuts, written before the flip.
     pub shortcuts: Shortcuts,
+    /// The new generation's network ACL tables (inbound, outbound), with
+    /// their epoch, written before the flip.
+    pub nacl: [NaclTable; 2],
     pub settings: Settings,
     pub retire: KernelEntries,
 }
@@ -262,6 +266,9 @@ pub struct PolicyEncoder {
     pending: Option<(PolicyTables, Settings)>,
     /// The port hash's capacity (the kernel map's `max_entries`).
     port_exact_capacity: u32,
+    /// The network ACL tables' epoch: counts every change of what they
+    /// say, so a connection's cached pass of an earlier one is void.
+    nacl_epoch: u32,
 }
 
 impl PolicyEncoder {
@@ -273,6 +280,13 @@ impl PolicyEncoder {
     /// The port hash holds this many entries (its map's size).
     pub fn set_port_exact_capacity(&mut self, capacity: u32) {
         self.port_exact_capacity = capacity;
+    }
+
+    /// Maps adopted from an earlier agent hold network ACL tables of this
+    /// epoch (the highest found): numbering goes on from there, so no
+    /// connection's cached pass of theirs holds after the next swap.
+    pub fn continue_nacl_epoch(&mut self, found: u32) {
+        self.nacl_epoch = self.nacl_epoch.max(found);
     }
 }
 
@@ -288,6 +302,7 @@ impl Default for PolicyEncoder {
             in_force: None,
             pending: None,
             port_exact_capacity: m::PORT_EXACT_MAX_ENTRIES,
+            nacl_epoch: 0,
         }
     }
 }
@@ -435,12 +450,26 @@ impl PolicyEncoder {
             .generation
             .map(|g| self.retiring(g))
             .unwrap_or_default();
+        // A new epoch whenever the network ACL changed (or nothing is known
+        // to be in force): the cached passes of tracked flows are void.
+        if self
+            .in_force
+            .as_ref()
+            .is_none_or(|(t, _)| t.nacl != tables.nacl)
+        {
+            self.nacl_epoch = self.nacl_epoch.wrapping_add(1).max(1);
+        }
+        let mut nacl = tables.nacl;
+        for t in &mut nacl {
+            t.epoch = self.nacl_epoch;
+        }
         self.pending = Some((tables.clone(), settings));
         Ok(Some(Swap {
             generation: next,
             clear,
             fill,
             shortcuts,
+            nacl,
             settings: Settings {
                 generation: u32::from(next),
                 ready: sg_common::policy::READY
@@ -542,6 +571,9 @@ pub trait PolicyStore {
     fn delete(&mut self, entries: &KernelEntries) -> Result<(), Self::Error>;
     /// Writes one generation's shortcuts (before the flip to it).
     fn set_shortcuts(&mut self, generation: u8, shortcuts: &Shortcuts) -> Result<(), Self::Error>;
+    /// Writes one generation's network ACL tables, inbound and outbound
+    /// (before the flip to it).
+    fn set_nacl(&mut self, generation: u8, tables: &[NaclTable; 2]) -> Result<(), Self::Error>;
     /// Writes the settings: the flip.
     fn set_settings(&mut self, settings: Settings) -> Result<(), Self::Error>;
     /// Waits until no packet can still be judged by the old generation.
@@ -588,6 +620,7 @@ where
     store.delete(&swap.clear)?;
     store.insert(&swap.fill)?;
     store.set_shortcuts(swap.generation, &swap.shortcuts)?;
+    store.set_nacl(swap.generation, &swap.nacl)?;
     store.set_settings(swap.settings)?;
     // Flipped: from here on every packet is judged by `swap.generation`.
     encoder.flipped(&swap);

@@ -57,6 +57,11 @@ pub struct Side {
     pub tracked_through: Option<String>,
     /// For a refusal: what the closest rules lack.
     pub hints: Vec<String>,
+    /// The subnet's network ACL entries that judged the flow and its
+    /// answers (stateless: both ways), e.g. "network ACL public, inbound
+    /// rule 100: allow"; empty where no network ACL judges it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_acl: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -118,8 +123,68 @@ fn describe(group: &SecurityGroup, number: usize, rule: &Rule, direction: Direct
     )
 }
 
-/// How `inst` judges `packet` in `direction`.
+/// How `inst` judges `packet` in `direction`: its security groups, then its
+/// subnet's network ACL, which judges the packet and, being stateless, each
+/// of its answers on their own.
 fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Side {
+    let mut side = group_side(vpc, inst, direction, packet);
+    if side.because.starts_with("AWS service") {
+        return side;
+    }
+    let answer = answer_to(packet);
+    for (d, p, what) in [
+        (direction, packet, ""),
+        (direction.other(), &answer, " (its answers)"),
+    ] {
+        let Some((at, allow)) = reference::network_acl(vpc, inst, d, p) else {
+            continue;
+        };
+        let verdict = if allow { "allow" } else { "deny" };
+        side.network_acl.push(format!("{at}: {verdict}{what}"));
+        // Inbound the network ACL judges first: its deny is the reason
+        // even where no rule allows the flow either.
+        let first = what.is_empty() && d == Direction::Ingress;
+        if !allow && (side.allowed || first) {
+            if first && !side.allowed {
+                side.hints.clear();
+            }
+            side.allowed = false;
+            side.because = if what.is_empty() {
+                format!("denied by {at}")
+            } else {
+                let port = match p.l4 {
+                    L4::Ports { dst, .. } => format!(" to port {dst}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "its answers{port} are denied by {at}: network ACLs are stateless, so the \
+                     other way must allow them too (the ephemeral ports, 1024-65535)"
+                )
+            };
+        }
+    }
+    side
+}
+
+/// The first answer to `packet`: the ends and ports swapped, an echo
+/// request's reply.
+fn answer_to(packet: &Packet) -> Packet {
+    let l4 = match packet.l4 {
+        L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
+        L4::Icmp { ty: 8, code } => L4::Icmp { ty: 0, code },
+        L4::Icmp { ty: 128, code } => L4::Icmp { ty: 129, code },
+        other => other,
+    };
+    Packet {
+        src: packet.dst,
+        dst: packet.src,
+        l4,
+        ..*packet
+    }
+}
+
+/// How `inst`'s security groups judge `packet` in `direction`.
+fn group_side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Side {
     let mut side = Side {
         instance: inst.name.clone(),
         direction,
@@ -129,6 +194,7 @@ fn side(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet) -> Si
         tracked: None,
         tracked_through: None,
         hints: Vec::new(),
+        network_acl: Vec::new(),
     };
     let not_own = "not its own address (source/destination check)";
     // Traffic with an AWS service's address is taken to come from (go to)
@@ -300,6 +366,7 @@ pub fn render(e: &Explanation) -> String {
         e.src,
         e.dst
     );
+    let acl_judged = e.sides.iter().any(|s| !s.network_acl.is_empty());
     for s in &e.sides {
         let tracked = match (s.tracked, &s.tracked_through) {
             (Some(true), Some(through)) => format!(", automatically tracked (through {through})"),
@@ -318,9 +385,18 @@ pub fn render(e: &Explanation) -> String {
         for r in &s.rules {
             let _ = writeln!(out, "    allowed by {r}");
         }
+        for a in &s.network_acl {
+            let _ = writeln!(out, "    {a}");
+        }
         for h in &s.hints {
             let _ = writeln!(out, "    {h}");
         }
+    }
+    if acl_judged {
+        out.push_str(
+            "  (security groups and network ACLs only: routes, gateways and Block Public Access \
+             are outside what explain judges)\n",
+        );
     }
     out
 }

@@ -99,7 +99,7 @@ pub fn admit_as(
     }
     for inst in vpc.instances.iter().filter(|i| i.enforced_here()) {
         if let Some(netns) = inst.netns.as_deref().filter(|n| n.starts_with('/'))
-            && let Some(why) = crate::dataplane::netns::not_a_namespace_file(Path::new(netns))
+            && let Some(why) = config::not_a_namespace_file(Path::new(netns))
         {
             return Err(Refusal::Place {
                 instance: inst.name.clone(),

@@ -47,6 +47,33 @@ pub struct RuleRef {
     pub rule_number: usize,
 }
 
+/// Which network ACL entry decided a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclRef {
+    /// The network ACL's name.
+    pub acl: String,
+    pub direction: Direction,
+    /// The entry's rule number; `None`: the `*` rule (no entry matched).
+    pub rule_no: Option<u16>,
+}
+
+impl std::fmt::Display for AclRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let way = match self.direction {
+            Direction::Ingress => "inbound",
+            Direction::Egress => "outbound",
+        };
+        match self.rule_no {
+            Some(n) => write!(f, "network ACL {}, {way} rule {n}", self.acl),
+            None => write!(
+                f,
+                "network ACL {}, {way} rule * (no rule matched)",
+                self.acl
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Part of a tracked connection: passes whatever the rules say.
@@ -55,11 +82,63 @@ pub enum Decision {
     /// Traffic with an AWS service security groups never filter (named).
     Service(&'static str),
     Denied,
+    /// The subnet's network ACL denied it (whatever the group says).
+    DeniedByNetworkAcl(AclRef),
 }
 
 impl Decision {
     pub fn passes(&self) -> bool {
-        !matches!(self, Self::Denied)
+        !matches!(self, Self::Denied | Self::DeniedByNetworkAcl(_))
+    }
+}
+
+/// What the network ACL of `instance`'s subnet says of `packet` in
+/// `direction`: `None` when none judges it (no network ACL, AWS's default
+/// allowing everything, or traffic that does not cross the subnet's
+/// boundary: its remote end in the subnet, or link-local); else the entry
+/// that decided and whether it allows. First match in rule-number order;
+/// none: the `*` rule denies. Stateless: answers are judged like any packet.
+pub fn network_acl(
+    vpc: &Vpc,
+    instance: &Instance,
+    direction: Direction,
+    packet: &Packet,
+) -> Option<(AclRef, bool)> {
+    let (subnet, acl) = vpc.network_acl_for(instance)?;
+    let remote = remote_of(direction, packet);
+    let link_local = match remote {
+        IpAddr::V4(a) => a.is_link_local() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    };
+    if link_local || subnet.contains(remote) {
+        return None;
+    }
+    let found = |rule_no| AclRef {
+        acl: acl.name.clone(),
+        direction,
+        rule_no,
+    };
+    for e in acl.entries(direction) {
+        let every_port = e.protocol == Protocol::All || e.ports.port_interval() == (0, u16::MAX);
+        let port_ok =
+            every_port || (!packet.later_fragment && ports_match(e.protocol, e.ports, packet));
+        if e.cidr.contains(&remote) && e.protocol.matches(packet.proto) && port_ok {
+            return Some((found(Some(e.rule_no)), e.allow));
+        }
+    }
+    Some((found(None), false))
+}
+
+/// The network ACL's deny of `packet`, if it denies it.
+fn acl_denies(
+    vpc: &Vpc,
+    instance: &Instance,
+    direction: Direction,
+    packet: &Packet,
+) -> Option<Decision> {
+    match network_acl(vpc, instance, direction, packet) {
+        Some((at, false)) => Some(Decision::DeniedByNetworkAcl(at)),
+        _ => None,
     }
 }
 
@@ -121,15 +200,36 @@ pub fn evaluate(
     packet: &Packet,
     tracked: bool,
 ) -> Decision {
-    if tracked {
-        return Decision::Tracked;
-    }
-    if let Some(service) = aws_service(vpc, direction, packet) {
+    if let Some(service) = aws_service(vpc, direction, packet).filter(|_| !tracked) {
         if service_source_dest_ok(instance, direction, packet) {
             return Decision::Service(service);
         }
         return Decision::Denied;
     }
+    // Inbound the subnet's network ACL judges first; it tracks nothing, so
+    // it judges a tracked connection's packets too.
+    if (tracked || direction == Direction::Ingress)
+        && let Some(deny) = acl_denies(vpc, instance, direction, packet)
+    {
+        return deny;
+    }
+    if tracked {
+        return Decision::Tracked;
+    }
+    let by_group = by_group(vpc, instance, direction, packet);
+    // Outbound it judges what the group let out.
+    if direction == Direction::Egress
+        && by_group.passes()
+        && let Some(deny) = acl_denies(vpc, instance, direction, packet)
+    {
+        return deny;
+    }
+    by_group
+}
+
+/// The security groups' verdict alone (`evaluate` past the services and
+/// the network ACL's inbound check).
+fn by_group(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packet) -> Decision {
     if !source_dest_ok(instance, direction, packet) {
         return Decision::Denied;
     }

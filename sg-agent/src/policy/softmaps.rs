@@ -73,6 +73,8 @@ pub struct SoftMaps {
     port_exact: HashMap<PortKey, PortValue>,
     settings: Settings,
     shortcuts: [Shortcuts; 2],
+    /// Network ACL tables by generation, inbound and outbound.
+    nacl: [[sg_common::nacl::NaclTable; 2]; 2],
     /// Every entry as written, so the maps can be read back whole as the
     /// agent reads pinned maps after a restart.
     written: Written,
@@ -89,6 +91,11 @@ impl SoftMaps {
     /// The settings last written (generation in force, timeouts).
     pub fn settings(&self) -> Settings {
         self.settings
+    }
+
+    /// The network ACL table of `generation` and `direction`, as written.
+    pub fn nacl(&self, generation: u8, direction: u8) -> &sg_common::nacl::NaclTable {
+        &self.nacl[usize::from(generation & 1)][usize::from(direction & 1)]
     }
 
     /// Address entries whose key is tagged with `generation`.
@@ -175,6 +182,14 @@ impl PolicyStore for SoftMaps {
     }
     fn set_shortcuts(&mut self, generation: u8, shortcuts: &Shortcuts) -> Result<(), TooLarge> {
         self.shortcuts[usize::from(generation & 1)] = *shortcuts;
+        Ok(())
+    }
+    fn set_nacl(
+        &mut self,
+        generation: u8,
+        tables: &[sg_common::nacl::NaclTable; 2],
+    ) -> Result<(), TooLarge> {
+        self.nacl[usize::from(generation & 1)] = *tables;
         Ok(())
     }
     fn set_settings(&mut self, settings: Settings) -> Result<(), TooLarge> {

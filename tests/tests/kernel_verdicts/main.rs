@@ -8,7 +8,8 @@
 //! [`source_dest`]: the source/destination check; [`untracked`]: AWS's
 //! untracked flows; [`allowance`]: the connection allowance; [`services`]:
 //! the AWS services security groups never filter; [`hostile_guest`]:
-//! what root in a guest sends on the host side to get past them.
+//! what root in a guest sends on the host side to get past them;
+//! [`network_acls`]: subnets' stateless network ACLs.
 
 mod allowance;
 mod conntrack;
@@ -18,6 +19,7 @@ mod frame_table;
 mod host_side;
 mod hostile_guest;
 mod logging;
+mod network_acls;
 mod reloads;
 mod services;
 mod source_dest;
