@@ -134,8 +134,8 @@ fn in_v6(addr: &Addr, net: &Addr, mask: &Addr) -> bool {
         && addr[3] & mask[3] == net[3]
 }
 
-/// Whether `addr` (network byte order) is link-local: 169.254.0.0/16 or
-/// fe80::/10. Security groups never filter what AWS's link-local services
+/// Whether `addr` (network byte order) is link-local: `169.254.0.0/16` or
+/// `fe80::/10`. Security groups never filter what AWS's link-local services
 /// answer, nor do network ACLs; and link-local traffic never leaves the
 /// subnet.
 #[inline(always)]
@@ -232,8 +232,7 @@ const CACHE_EPOCH_SHIFT: u32 = 2;
 /// The cache value's epoch part for `epoch` (its low 14 bits, never 0).
 #[inline(always)]
 pub fn cache_epoch(epoch: u32) -> u16 {
-    #[expect(clippy::cast_possible_truncation, reason = "masked to 14 bits")]
-    let e = (epoch & 0x3fff) as u16;
+    let e = u16::try_from(epoch & 0x3fff).unwrap_or(1);
     (if e == 0 { 1 } else { e }) << CACHE_EPOCH_SHIFT
 }
 

@@ -552,12 +552,18 @@ fn network_acls(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    instance_subnets(vpc, &subnet_names, out);
+}
+
+/// Each instance that names its subnet: a subnet of the file, holding its
+/// IPv4 addresses.
+fn instance_subnets(vpc: &Vpc, subnet_names: &[&str], out: &mut Vec<Diagnostic>) {
     for inst in &vpc.instances {
         let Some((name, span)) = &inst.subnet else {
             continue;
         };
         let Some(subnet) = vpc.subnets.iter().find(|s| s.name.as_deref() == Some(name)) else {
-            out.push(unknown(span.clone(), "subnet", name, &subnet_names));
+            out.push(unknown(span.clone(), "subnet", name, subnet_names));
             continue;
         };
         if let Some(a) = inst

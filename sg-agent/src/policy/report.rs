@@ -20,7 +20,36 @@ pub struct Report {
     pub service_mac: Option<String>,
     /// `[[aws_service]]`: services AWS tracks every connection through.
     pub tracked_services: Vec<TrackedServiceReport>,
+    /// `[[network_acl]]`: each with its subnets and entries in the order
+    /// they are judged (the `*` rule last).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_acls: Vec<NetworkAclReport>,
     pub instances: Vec<InstanceReport>,
+}
+
+/// One network ACL as `check` shows it.
+#[derive(Debug, Serialize)]
+pub struct NetworkAclReport {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The VPC's default network ACL (subnets no other one names).
+    pub default: bool,
+    /// Its subnets, as "NAME (CIDR[, IPV6 CIDR])".
+    pub subnets: Vec<String>,
+    pub inbound: Vec<AclEntryReport>,
+    pub outbound: Vec<AclEntryReport>,
+}
+
+/// One entry, in rule-number order; the last is the `*` rule.
+#[derive(Debug, Serialize)]
+pub struct AclEntryReport {
+    /// The rule number, or `*`.
+    pub rule: String,
+    pub action: &'static str,
+    pub protocol: String,
+    pub ports: String,
+    pub cidr: String,
 }
 
 /// A service every connection through which is tracked, whatever the
@@ -76,6 +105,13 @@ pub struct InstanceReport {
     /// Its VPC, when the file names several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc: Option<String>,
+    /// Its subnet (named in the file, or holding its address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// The network ACL that filters its traffic across the subnet's
+    /// boundary; absent: none (AWS's default allows everything).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_acl: Option<String>,
     pub security_groups: Vec<String>,
     /// AWS's source/destination check (`source_dest_check`, on unless the
     /// file turns it off): only its own addresses send and receive.
@@ -184,6 +220,8 @@ pub fn report(vpc: &Vpc) -> Report {
                 node: inst.node.clone(),
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
                 vpc: (vpc.vpcs.len() > 1).then(|| vpc.vpc_of_instance(inst).to_owned()),
+                subnet: vpc.subnet_of(inst).map(subnet_text),
+                network_acl: vpc.network_acl_for(inst).map(|(_, a)| a.name.clone()),
                 security_groups: inst.groups.iter().map(|(g, _)| g.clone()).collect(),
                 source_dest_check: inst.source_dest_check,
                 conntrack: {
@@ -226,7 +264,88 @@ pub fn report(vpc: &Vpc) -> Report {
         aws_services,
         service_mac: vpc.service_mac.map(|m| m.to_string()),
         tracked_services,
+        network_acls: vpc.network_acls.iter().map(|a| network_acl(vpc, a)).collect(),
         instances,
+    }
+}
+
+fn subnet_text(s: &crate::config::Subnet) -> String {
+    let ranges = std::iter::once(s.cidr.to_string())
+        .chain(s.ipv6.map(|n| n.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match &s.name {
+        Some(n) => format!("{n} ({ranges})"),
+        None => ranges,
+    }
+}
+
+fn network_acl(vpc: &Vpc, acl: &crate::config::NetworkAcl) -> NetworkAclReport {
+    let rows = |entries: &[crate::config::AclEntry]| {
+        let mut rows: Vec<AclEntryReport> = entries
+            .iter()
+            .map(|e| AclEntryReport {
+                rule: e.rule_no.to_string(),
+                action: e.action(),
+                protocol: e.protocol.to_string(),
+                ports: e.ports.to_string(),
+                cidr: e.cidr.to_string(),
+            })
+            .collect();
+        rows.push(AclEntryReport {
+            rule: "*".to_owned(),
+            action: "deny",
+            protocol: "all".to_owned(),
+            ports: "all".to_owned(),
+            cidr: "everything else".to_owned(),
+        });
+        rows
+    };
+    NetworkAclReport {
+        name: acl.name.clone(),
+        id: acl.id.as_ref().map(|(id, _)| id.clone()),
+        default: acl.default,
+        subnets: vpc
+            .subnets
+            .iter()
+            .filter(|s| vpc.network_acl_of(s).is_some_and(|a| a.name == acl.name))
+            .map(subnet_text)
+            .collect(),
+        inbound: rows(&acl.ingress),
+        outbound: rows(&acl.egress),
+    }
+}
+
+/// The network ACLs, once, before the instances: each direction's
+/// entries in the order they are judged.
+fn render_network_acls(out: &mut String, acls: &[NetworkAclReport]) {
+    for acl in acls {
+        let id = acl
+            .id
+            .as_ref()
+            .map_or_else(String::new, |id| format!(" ({id})"));
+        let default = if acl.default { ", the VPC's default" } else { "" };
+        let subnets = if acl.subnets.is_empty() {
+            "no subnet".to_owned()
+        } else {
+            acl.subnets.join("; ")
+        };
+        let _ = writeln!(
+            out,
+            "network ACL {}{id}{default}: stateless, first match, across the boundary of {subnets}",
+            acl.name
+        );
+        for (title, rows) in [("inbound", &acl.inbound), ("outbound", &acl.outbound)] {
+            let _ = writeln!(out, "  {title}:");
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "    {:<6} {:<6} {:<7} {:<22} {}",
+                    r.rule, r.action, r.protocol, r.ports, r.cidr
+                );
+            }
+        }
+        let _ = writeln!(out);
     }
 }
 
@@ -415,6 +534,13 @@ fn instance_header(out: &mut String, inst: &InstanceReport) {
     let _ = writeln!(out, "instance {} ({place}{node}{in_vpc})", inst.name);
     let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
     let _ = writeln!(out, "  id: {}", inst.id);
+    if let Some(subnet) = &inst.subnet {
+        let acl = inst.network_acl.as_ref().map_or_else(
+            || "no network ACL (AWS's default: everything allowed)".to_owned(),
+            |a| format!("network ACL {a}"),
+        );
+        let _ = writeln!(out, "  subnet: {subnet}, {acl}");
+    }
     let _ = writeln!(
         out,
         "  security groups: {}",
@@ -440,6 +566,7 @@ pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     render_services(&mut out, report);
     render_tracked_services(&mut out, &report.tracked_services);
+    render_network_acls(&mut out, &report.network_acls);
     for inst in &report.instances {
         instance_header(&mut out, inst);
         if inst.side.is_none() {

@@ -1,6 +1,7 @@
-//! Differential testing at scale: random policies x random packets through
-//! the loaded programs (`BPF_PROG_TEST_RUN`, XDP inbound and TC outbound),
-//! each verdict compared with the reference evaluator's.
+//! Differential testing at scale: random policies (network ACLs among
+//! them) x random packets through the loaded programs
+//! (`BPF_PROG_TEST_RUN`, XDP inbound and TC outbound), each verdict
+//! compared with the reference evaluator's.
 //!
 //! Packets come in every shape the parser must see through (VLAN and `QinQ`
 //! tags, IPv4 options, IPv6 extension chains, first and later fragments,
@@ -139,10 +140,68 @@ fn rule(r: &mut Rng, groups: usize, out: &mut String, direction: &str) {
     }
 }
 
-/// A random rules file: a few groups, "me" enforced, two members.
+/// One network ACL entry: a random protocol, ports and range, allow or
+/// deny.
+fn acl_entry(r: &mut Rng, out: &mut String, direction: &str, rule_no: u64) {
+    let _ = writeln!(
+        out,
+        "  [[network_acl.{direction}]]\n  rule_no = {rule_no}\n  action = \"{}\"",
+        r.pick(&["allow", "deny"])
+    );
+    match r.below(6) {
+        0 => out.push_str("  protocol = \"all\"\n"),
+        1 | 2 => {
+            let (a, b) = (*r.pick(&PORTS), *r.pick(&PORTS));
+            let _ = writeln!(
+                out,
+                "  protocol = \"{}\"\n  from_port = {}\n  to_port = {}",
+                r.pick(&["tcp", "udp"]),
+                a.min(b),
+                a.max(b)
+            );
+        }
+        3 => {
+            let ty = *r.pick(&[-1i32, 0, 3, 8]);
+            let _ = writeln!(out, "  protocol = \"icmp\"\n  icmp_type = {ty}");
+        }
+        4 => out.push_str("  protocol = \"icmpv6\"\n  icmp_type = 128\n  icmp_code = -1\n"),
+        _ => out.push_str("  protocol = \"gre\"\n"),
+    }
+    let c = cidr(r)
+        .replace("ipv6_cidr_blocks = [", "ipv6_cidr_block = ")
+        .replace("cidr_blocks = [", "cidr_block = ")
+        .replace(']', "");
+    let _ = writeln!(out, "  {c}");
+}
+
+/// Half the time: "me"'s subnet (`10.0.0.0/24`, `2001:db8::/64`), and a
+/// network ACL of a few random entries in random order (or none: the
+/// `*` rule alone).
+fn network_acl(r: &mut Rng, out: &mut String) {
+    if r.chance(50) {
+        return;
+    }
+    out.push_str(
+        "[[subnet]]\nname = \"mine\"\ncidr_block = \"10.0.0.0/24\"\nipv6_cidr_block = \"2001:db8::/64\"\n\n[[network_acl]]\nname = \"acl\"\nsubnets = [\"mine\"]\n",
+    );
+    for direction in ["ingress", "egress"] {
+        let mut numbers: Vec<u64> = (0..r.below(7)).map(|_| 1 + r.below(300)).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        // Written out of order: the rule number orders them.
+        numbers.reverse();
+        for n in numbers {
+            acl_entry(r, out, direction, n);
+        }
+    }
+}
+
+/// A random rules file: a few groups, "me" enforced, two members, and
+/// now and then a network ACL on "me"'s subnet.
 fn policy(r: &mut Rng) -> String {
     let groups = 1 + usize::try_from(r.below(3)).expect("small");
     let mut out = String::new();
+    network_acl(r, &mut out);
     for g in 0..groups {
         let _ = writeln!(out, "[[security_group]]\nname = \"g{g}\"");
         // Egress: AWS's default (no key), none at all, or rules.

@@ -1,6 +1,9 @@
 //! `[[security_group]]` and its rules: protocols, ports, sources.
 
-use super::*;
+use super::{
+    DeTable, DeValue, FromStr, IpAddr, IpNet, PROTOCOL_NAMES, Parser, Ports, Protocol, Rule,
+    SecurityGroup, Source, SourceRef, Span, TextKind, Value, default_egress, did_you_mean,
+};
 
 impl Parser {
     pub(super) fn not_a_cidr(&mut self, text: &str, span: Span) -> Option<IpNet> {

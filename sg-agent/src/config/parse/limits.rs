@@ -1,6 +1,6 @@
 //! `[limits]` and `[conntrack]` (file-wide and per instance).
 
-use super::*;
+use super::{ConntrackOverrides, DeTable, Limits, Parser, Value, m};
 
 impl Parser {
     pub(super) fn table<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t DeTable<'i>> {

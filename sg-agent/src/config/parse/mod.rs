@@ -517,6 +517,22 @@ impl Parser {
             .collect()
     }
 
+    /// `[[aws_service]]`, each name once.
+    fn tracked_services(&mut self, v: &Value, vpc: &mut Vpc) {
+        for (t, span) in self.tables(v, "aws_service") {
+            if let Some(service) = self.tracked_service(t, span) {
+                if vpc.tracked_services.iter().any(|s| s.name == service.name) {
+                    self.err(
+                        service.span.clone(),
+                        format!("a second aws_service named {}", service.name),
+                    );
+                    continue;
+                }
+                vpc.tracked_services.push(service);
+            }
+        }
+    }
+
     fn vpc(&mut self, root: &DeTable) -> Vpc {
         self.misplaced(root);
         self.known_keys(
@@ -604,18 +620,7 @@ impl Parser {
             }
         }
         if let Some(v) = Self::get(root, "aws_service") {
-            for (t, span) in self.tables(v, "aws_service") {
-                if let Some(service) = self.tracked_service(t, span) {
-                    if vpc.tracked_services.iter().any(|s| s.name == service.name) {
-                        self.err(
-                            service.span.clone(),
-                            format!("a second aws_service named {}", service.name),
-                        );
-                        continue;
-                    }
-                    vpc.tracked_services.push(service);
-                }
-            }
+            self.tracked_services(v, &mut vpc);
         }
         by_id(&mut vpc);
         default_group(&mut vpc);

@@ -1,6 +1,9 @@
 //! `[[prefix_list]]` and `[[aws_service]]`.
 
-use super::*;
+use super::{
+    DeTable, FromStr, IpAddr, IpNet, Parser, PrefixList, ServiceKind, Span, TextKind,
+    TrackedService, did_you_mean,
+};
 
 impl Parser {
     pub(super) fn prefix_list(&mut self, t: &DeTable, span: Span) -> Option<PrefixList> {

@@ -1,6 +1,6 @@
 //! `[vpc]`, `[[vpc]]` and `[[subnet]]`: the VPCs' and subnets' ranges.
 
-use super::*;
+use super::{DeTable, IpNet, Parser, Span, Subnet, TextKind, Value, Vpc};
 
 impl Parser {
     /// `[[subnet]]`: a subnet's IPv4 range (AWS: /16 to /28), whose five
