@@ -323,3 +323,105 @@ nitro_version = 6
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const NETWORK_ACLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/network-acls.toml");
+
+#[test]
+fn network_acls_in_check_explain_matrix_and_diff() {
+    let (code, text) = sg_agent(&["check", NETWORK_ACLS]);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "network ACL db-acl: stateless, first match, across the boundary of db (10.0.2.0/24)",
+        "    100    allow  tcp     3306                   10.0.1.0/24",
+        "    *      deny   all     all                    everything else",
+        "  subnet: db (10.0.2.0/24), network ACL db-acl",
+        "  subnet: app (10.0.1.0/24), no network ACL (AWS's default: everything allowed)",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+
+    // The ephemeral-port trap, as a newcomer writes it: the public
+    // subnet's answers to the internet's clients left out.
+    let dir = std::env::temp_dir().join(format!("sg-offline-nacl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let good = std::fs::read_to_string(NETWORK_ACLS).expect("example");
+    let (head, tail) = good
+        .split_once("# without these, every connection from outside hangs.")
+        .expect("the example's outbound rule 110");
+    let trap = format!(
+        "{head}{}",
+        tail.replacen("to_port = 65535", "to_port = 32767", 1)
+    );
+    assert_ne!(trap, good);
+    let trap_file = dir.join("trap.toml");
+    std::fs::write(&trap_file, &trap).expect("write");
+    let trap_path = trap_file.to_str().expect("utf-8");
+    let (code, text) = sg_agent(&[
+        "explain",
+        trap_path,
+        "--to",
+        "alb",
+        "--from",
+        "198.51.100.7",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("because: its answers to port 49152 are denied by network ACL public-acl, outbound rule * (no rule matched): network ACLs are stateless"),
+        "{text}"
+    );
+    assert!(
+        text.contains("routes, gateways and Block Public Access are outside"),
+        "{text}"
+    );
+    let (code, text) = sg_agent(&[
+        "explain",
+        NETWORK_ACLS,
+        "--to",
+        "alb",
+        "--from",
+        "198.51.100.7",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("network ACL public-acl, outbound rule 110: allow (its answers)"),
+        "{text}"
+    );
+
+    // matrix: db's network ACL lets the app subnet in, nothing else.
+    let (_, text) = sg_agent(&["matrix", NETWORK_ACLS]);
+    let row = |text: &str, from: &str, to: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().take(2).eq([from, to]))
+            .unwrap_or_else(|| panic!("{from} -> {to} in:\n{text}"))
+            .to_owned()
+    };
+    assert!(row(&text, "app-1", "rds").ends_with("allow"), "{text}");
+    let closed = good.replace(
+        "cidr_block = \"10.0.1.0/24\"",
+        "cidr_block = \"10.0.9.0/24\"",
+    );
+    let closed_file = dir.join("closed.toml");
+    std::fs::write(&closed_file, closed).expect("write");
+    let (_, text) = sg_agent(&["matrix", closed_file.to_str().expect("utf-8")]);
+    assert!(
+        !row(&text, "app-1", "rds").contains("allow"),
+        "db's network ACL no longer lets the app subnet in:\n{text}"
+    );
+
+    // diff: entries added and removed.
+    let (code, text) = sg_agent(&["diff", NETWORK_ACLS, trap_path]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("- network ACL public-acl outbound rule 110: allow tcp 1024-65535 0.0.0.0/0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+ network ACL public-acl outbound rule 110: allow tcp 1024-32767 0.0.0.0/0"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

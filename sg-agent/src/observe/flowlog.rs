@@ -82,6 +82,11 @@ pub struct Record {
     /// same record as `rules`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracked_through: Option<String>,
+    /// JSON format only: on a `REJECT` record, the network ACL entry that
+    /// denied the flow (`network ACL NAME, inbound rule N`), where the
+    /// subnet's network ACL, not a security group, refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_acl: Option<String>,
 }
 
 impl Record {
@@ -136,6 +141,7 @@ impl Record {
             instance: instance.to_owned(),
             rules: None,
             tracked_through: None,
+            network_acl: None,
         }
     }
 
@@ -271,6 +277,8 @@ pub struct Window {
     lost_at_start: u64,
     /// The rules that allowed each flow that started in this interval.
     attributed: HashMap<FlowKey, (Vec<String>, Option<String>)>,
+    /// The network ACL entry that denied each rejected flow it denied.
+    denied_by_acl: HashMap<FlowKey, String>,
     /// Packets and bytes of the flows past [`MAX_FLOWS_PER_INTERVAL`], per
     /// action (accepted, rejected).
     overflow: [Tally; 2],
@@ -284,6 +292,13 @@ impl Window {
     pub fn attribute(&mut self, key: FlowKey, rules: Vec<String>, through: Option<String>) {
         if self.attributed.len() < MAX_FLOWS_PER_INTERVAL {
             self.attributed.insert(key, (rules, through));
+        }
+    }
+
+    /// Names the network ACL entry that denied a rejected flow.
+    pub fn denied_by_acl(&mut self, key: FlowKey, entry: String) {
+        if self.denied_by_acl.len() < MAX_FLOWS_PER_INTERVAL {
+            self.denied_by_acl.insert(key, entry);
         }
     }
 
@@ -394,6 +409,7 @@ impl Window {
         let mut flows: Vec<(FlowKey, Tally)> = self.flows.drain().collect();
         flows.sort_by_key(|(k, t)| (t.start, *k));
         let mut attributed = std::mem::take(&mut self.attributed);
+        let mut denied_by_acl = std::mem::take(&mut self.denied_by_acl);
         let mut out: Vec<Record> = flows
             .into_iter()
             .map(|(k, t)| {
@@ -418,6 +434,7 @@ impl Window {
                     instance: instance.to_owned(),
                     rules,
                     tracked_through,
+                    network_acl: denied_by_acl.remove(&k),
                 }
             })
             .collect();

@@ -368,6 +368,14 @@ impl Observer {
                     if flow_logs && counters::has_addresses(u32::from(e.reason)) {
                         view.window
                             .add_packet(key(Action::Reject), u64::from(e.len), at);
+                        if u32::from(e.reason) == counters::DROP_NETWORK_ACL
+                            && let Some(inst) = instance
+                            && let Some((entry, false)) =
+                                reference::network_acl(vpc, inst, direction, &packet)
+                        {
+                            view.window
+                                .denied_by_acl(key(Action::Reject), entry.to_string());
+                        }
                     }
                     if self.drop_log {
                         log::info!(

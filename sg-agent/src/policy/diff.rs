@@ -45,16 +45,46 @@ pub struct Diff {
     pub instances: Vec<InstanceDiff>,
 }
 
+/// Each instance's effective rules, and the entries of the network ACL
+/// that filters its subnet (each entry a line, the `*` rule included: a
+/// network ACL given to a subnet that had none shows as its entries added).
 fn rules_of(vpc: &Vpc) -> Vec<(String, BTreeSet<String>)> {
-    report::report(vpc)
+    let report = report::report(vpc);
+    let acls = &report.network_acls;
+    report
         .instances
         .into_iter()
         .map(|i| {
+            let acl_lines = i
+                .network_acl
+                .as_ref()
+                .and_then(|name| acls.iter().find(|a| &a.name == name))
+                .into_iter()
+                .flat_map(|a| {
+                    let entry = |way: &'static str| {
+                        move |e: &report::AclEntryReport| {
+                            let ports = if e.ports == "all" {
+                                String::new()
+                            } else {
+                                format!(" {}", e.ports)
+                            };
+                            format!(
+                                "network ACL {} {way} rule {}: {} {}{ports} {}",
+                                a.name, e.rule, e.action, e.protocol, e.cidr
+                            )
+                        }
+                    };
+                    a.inbound
+                        .iter()
+                        .map(entry("inbound"))
+                        .chain(a.outbound.iter().map(entry("outbound")))
+                });
             let lines = i
                 .inbound
                 .iter()
                 .map(|r| line("ingress", r))
                 .chain(i.outbound.iter().map(|r| line("egress", r)))
+                .chain(acl_lines)
                 .collect();
             (i.name, lines)
         })

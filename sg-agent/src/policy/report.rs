@@ -264,7 +264,11 @@ pub fn report(vpc: &Vpc) -> Report {
         aws_services,
         service_mac: vpc.service_mac.map(|m| m.to_string()),
         tracked_services,
-        network_acls: vpc.network_acls.iter().map(|a| network_acl(vpc, a)).collect(),
+        network_acls: vpc
+            .network_acls
+            .iter()
+            .map(|a| network_acl(vpc, a))
+            .collect(),
         instances,
     }
 }
@@ -324,7 +328,11 @@ fn render_network_acls(out: &mut String, acls: &[NetworkAclReport]) {
             .id
             .as_ref()
             .map_or_else(String::new, |id| format!(" ({id})"));
-        let default = if acl.default { ", the VPC's default" } else { "" };
+        let default = if acl.default {
+            ", the VPC's default"
+        } else {
+            ""
+        };
         let subnets = if acl.subnets.is_empty() {
             "no subnet".to_owned()
         } else {

@@ -1,6 +1,8 @@
 //! `[[instance]]`: addresses, links, MAC addresses, where it is enforced.
 
-use super::{DeTable, FromStr, Instance, IpAddr, IpNet, Link, MacAddr, Parser, Span, TextKind, Value};
+use super::{
+    DeTable, FromStr, Instance, IpAddr, IpNet, Link, MacAddr, Parser, Span, TextKind, Value,
+};
 
 impl Parser {
     pub(super) fn instance(&mut self, t: &DeTable, span: Span) -> Option<Instance> {

@@ -84,6 +84,7 @@ impl Parser {
                 i += 1;
             }
         }
+        self.shadowed(entries, key);
         if let Some(e) = entries.get(MAX_RULES_PER_NETWORK_ACL) {
             self.err_hint(
                 e.span.clone(),
@@ -91,6 +92,29 @@ impl Parser {
                 "AWS allows 20 per direction, 40 with a quota increase",
             );
             entries.truncate(MAX_RULES_PER_NETWORK_ACL);
+        }
+    }
+
+    /// Warns of an entry an earlier one covers entirely: it never matches
+    /// (the classic: a deny numbered after an allow for everyone).
+    fn shadowed(&mut self, entries: &[AclEntry], key: &str) {
+        for (j, later) in entries.iter().enumerate() {
+            let Some(first) = entries[..j].iter().find(|e| covers(e, later)) else {
+                continue;
+            };
+            self.warn_hint(
+                later.span.clone(),
+                format!(
+                    "{key} rule {} never matches: rule {} ({}) matches everything it does first",
+                    later.rule_no,
+                    first.rule_no,
+                    first.action()
+                ),
+                format!(
+                    "the lowest-numbered rule that matches decides: number it below {}",
+                    first.rule_no
+                ),
+            );
         }
     }
 
@@ -256,4 +280,15 @@ impl Parser {
             _ => Some(Ports::All),
         }
     }
+}
+
+/// Whether every packet `later` matches, `earlier` matches too.
+fn covers(earlier: &AclEntry, later: &AclEntry) -> bool {
+    let (lo, hi) = earlier.ports.port_interval();
+    let (l, h) = later.ports.port_interval();
+    let protocol = earlier.protocol == Protocol::All || earlier.protocol == later.protocol;
+    let ports = earlier.protocol == Protocol::All
+        || (lo, hi) == (0, u16::MAX)
+        || (later.protocol != Protocol::All && lo <= l && h <= hi);
+    earlier.cidr.contains(&later.cidr) && protocol && ports
 }
