@@ -33,6 +33,8 @@ fn import() -> (String, Vec<String>) {
         instances: Some(&instances),
         prefix_lists: Some(&pls),
         entries_dir: Some(&entries),
+        network_acls: None,
+        subnets: None,
     };
     let mut warnings = Vec::new();
     let text = aws::import(&inputs, &mut warnings).expect("imports");
@@ -60,19 +62,33 @@ fn the_import_is_the_golden_file_and_check_accepts_it() {
     );
     let app = vpc.group("app").expect("app");
     assert_eq!(app.ingress.len(), 2, "the peered group's rule is left out");
-    // The CLI as a user runs it, then `check --allow-empty` on the output.
+    // The CLI as a user runs it: the group pair of another account cannot
+    // be carried over, so nothing is written unless the user accepts that.
     let f = fixtures();
-    let out = Command::new(env!("CARGO_BIN_EXE_sg-agent"))
-        .args(["import", "aws", "--security-groups"])
-        .arg(f.join("security-groups.json"))
-        .arg("--instances")
-        .arg(f.join("instances.json"))
-        .arg("--prefix-lists")
-        .arg(f.join("prefix-lists.json"))
-        .arg("--entries-dir")
-        .arg(f.join("entries"))
-        .output()
-        .expect("runs");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sg-agent"))
+            .args(["import", "aws", "--security-groups"])
+            .arg(f.join("security-groups.json"))
+            .arg("--instances")
+            .arg(f.join("instances.json"))
+            .arg("--prefix-lists")
+            .arg(f.join("prefix-lists.json"))
+            .arg("--entries-dir")
+            .arg(f.join("entries"))
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("error: not carried over: app ingress: group sg-0fedcba9876540099")
+            && said.contains("--allow-partial"),
+        "{said}"
+    );
+    let out = run(&["--allow-partial"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), golden);
     let missing = Command::new(env!("CARGO_BIN_EXE_sg-agent"))
@@ -199,6 +215,8 @@ fn a_reference_to_a_peered_vpcs_group_in_the_input_is_kept() {
         instances: None,
         prefix_lists: None,
         entries_dir: None,
+        network_acls: None,
+        subnets: None,
     };
     let mut warnings = Vec::new();
     let text = aws::import(&inputs, &mut warnings).expect("imports");
@@ -220,6 +238,179 @@ fn a_reference_to_a_peered_vpcs_group_in_the_input_is_kept() {
         vpc.stale_reference("db", "app"),
         None,
         "the peering holds the reference"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--network-acls` and `--subnets`: the subnets and their network ACLs
+/// (AWS's `*` rules implicit, the default network ACL as `default =
+/// true`), enforced as AWS would (a deny numbered before the allow wins),
+/// and `export aws --network-acls` gives back the entries it read.
+#[test]
+fn network_acls_and_subnets_are_imported_enforced_and_exported() {
+    use sg_agent::{
+        config::Direction,
+        policy::reference::{Decision, L4, Packet, evaluate},
+    };
+    let f = fixtures();
+    let (sgs, instances, acls, subnets) = (
+        f.join("security-groups.json"),
+        f.join("instances.json"),
+        f.join("network-acls.json"),
+        f.join("subnets.json"),
+    );
+    let pls = f.join("prefix-lists.json");
+    let entries = f.join("entries");
+    let inputs = Inputs {
+        security_groups: &sgs,
+        network_interfaces: None,
+        instances: Some(&instances),
+        prefix_lists: Some(&pls),
+        entries_dir: Some(&entries),
+        network_acls: Some(&acls),
+        subnets: Some(&subnets),
+    };
+    let mut warnings = Vec::new();
+    let text = aws::import(&inputs, &mut warnings).expect("imports");
+    for line in [
+        "[[subnet]]\nname = \"public-a\"\nid = \"subnet-0a1b2c3d4e5f60001\"\ncidr_block = \"10.0.1.0/24\"\nipv6_cidr_block = \"2001:db8:0:1::/64\"",
+        "[[subnet]]\nname = \"subnet-0a1b2c3d4e5f60003\"",
+        "[[network_acl]]\nname = \"acl-0a1b2c3d4e5f60000\"\nid = \"acl-0a1b2c3d4e5f60000\"\ndefault = true\nsubnets = [\"app-a\", \"subnet-0a1b2c3d4e5f60003\"]",
+        "[[network_acl]]\nname = \"public\"\nid = \"acl-0a1b2c3d4e5f60001\"\nsubnets = [\"public-a\"]",
+        "  rule_no = 110\n  action = \"allow\"\n  protocol = \"icmp\"\n  icmp_type = 8\n  cidr_block = \"10.0.0.0/16\"",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    assert!(!text.contains("32767"), "the * rules are implicit");
+    let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    let web = vpc.instance("web-1").expect("web-1");
+    let https = |src: &str| Packet {
+        src: src.parse().expect("address"),
+        dst: "10.0.1.10".parse().expect("address"),
+        proto: 6,
+        l4: L4::Ports {
+            src: 40000,
+            dst: 443,
+        },
+        later_fragment: false,
+        via_ah: false,
+        service_place: false,
+    };
+    match evaluate(&vpc, web, Direction::Ingress, &https("203.0.113.9"), false) {
+        Decision::DeniedByNetworkAcl(at) => {
+            assert_eq!(at.to_string(), "network ACL public, inbound rule 90");
+        }
+        other => panic!("the network ACL's rule 90 denies it, not {other:?}"),
+    }
+    assert!(evaluate(&vpc, web, Direction::Ingress, &https("198.51.100.9"), false).passes());
+
+    // Back out: the same entries, the same associations.
+    assert_exported_as_read(&vpc, &acls);
+
+    // A network ACL associated with a subnet the input does not describe:
+    // named as not carried over (its instances would go unfiltered).
+    let dir = std::env::temp_dir().join(format!("sg-import-acl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let partial = dir.join("subnets.json");
+    let all = std::fs::read_to_string(&subnets).expect("fixture");
+    let (head, _) = all.split_once("        {\n            \"AvailabilityZone\": \"eu-west-1a\",\n            \"CidrBlock\": \"10.0.2.0/24\"").expect("second subnet");
+    std::fs::write(
+        &partial,
+        format!("{}]}}", head.trim_end().trim_end_matches(',')),
+    )
+    .expect("write");
+    let inputs = Inputs {
+        subnets: Some(&partial),
+        ..inputs
+    };
+    let mut warnings = Vec::new();
+    aws::import(&inputs, &mut warnings).expect("imports");
+    let lost: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.starts_with("network ACL"))
+        .collect();
+    // Only public-a is described now: app-a's and the third subnet's
+    // associations are lost.
+    assert_eq!(lost.len(), 2, "{warnings:?}");
+    assert!(
+        lost[0].contains("its association with subnet subnet-0a1b2c3d4e5f60002"),
+        "{warnings:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `export aws --network-acls` of `vpc` holds exactly the entries and
+/// associations of the `describe-network-acls` output at `acls`.
+fn assert_exported_as_read(vpc: &sg_agent::config::Vpc, acls: &Path) {
+    use sg_agent::import::network_acls;
+    let exported = network_acls::export(vpc);
+    let read: network_acls::NetworkAcls =
+        serde_json::from_str(&std::fs::read_to_string(acls).expect("fixture")).expect("json");
+    for (mine, theirs) in exported.network_acls.iter().zip(&read.network_acls) {
+        assert_eq!(mine.network_acl_id, theirs.network_acl_id);
+        assert_eq!(mine.is_default, theirs.is_default);
+        let key = |e: &network_acls::Entry| {
+            (
+                e.egress,
+                e.rule_number,
+                e.protocol.clone(),
+                e.rule_action.clone(),
+                e.cidr_block.clone(),
+                e.ipv6_cidr_block.clone(),
+                e.port_range.map(|p| (p.from, p.to)),
+                e.icmp_type_code.map(|i| (i.ty, i.code)),
+            )
+        };
+        let mut a: Vec<_> = mine.entries.iter().map(key).collect();
+        let mut b: Vec<_> = theirs.entries.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{}", mine.network_acl_id);
+        let subnets = |n: &network_acls::NetworkAcl| {
+            let mut s: Vec<String> = n.associations.iter().map(|a| a.subnet_id.clone()).collect();
+            s.sort();
+            s
+        };
+        assert_eq!(subnets(mine), subnets(theirs));
+    }
+    assert_eq!(exported.network_acls.len(), read.network_acls.len());
+}
+
+/// A reference through a peering that is gone (`PeeringStatus`
+/// `deleted`) is stale on AWS: it matches nothing, and stays so imported.
+#[test]
+fn a_reference_through_a_deleted_peering_stays_stale() {
+    let dir = std::env::temp_dir().join(format!("sg-import-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sgs = dir.join("sgs.json");
+    std::fs::write(
+        &sgs,
+        r#"{"SecurityGroups": [
+  {"GroupId": "sg-0a000000000000001", "GroupName": "app", "VpcId": "vpc-0aaa",
+   "IpPermissions": [], "IpPermissionsEgress": []},
+  {"GroupId": "sg-0b000000000000002", "GroupName": "bastion-access", "VpcId": "vpc-0bbb",
+   "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+     "UserIdGroupPairs": [{"GroupId": "sg-0a000000000000001", "VpcId": "vpc-0aaa", "PeeringStatus": "deleted"}]}],
+   "IpPermissionsEgress": []}
+]}"#,
+    )
+    .expect("write");
+    let inputs = Inputs {
+        security_groups: &sgs,
+        network_interfaces: None,
+        instances: None,
+        prefix_lists: None,
+        entries_dir: None,
+        network_acls: None,
+        subnets: None,
+    };
+    let mut warnings = Vec::new();
+    let text = aws::import(&inputs, &mut warnings).expect("imports");
+    assert!(!text.contains("[[vpc_peering]]"), "{text}");
+    let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    assert!(
+        vpc.stale_reference("bastion-access", "app").is_some(),
+        "the reference is stale, as on AWS"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

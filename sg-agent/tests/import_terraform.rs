@@ -101,3 +101,77 @@ fn aws_ids_are_kept_shown_by_check_and_exported() {
     group_ids.sort_unstable();
     assert_eq!(group_ids, ["sg-0b000000000000001", "sg-0b000000000000002"]);
 }
+
+/// A state with subnets and network ACLs (inline rules, a standalone
+/// `aws_network_acl_rule`, the default network ACL): the network ACL that
+/// denies 203.0.113.0/24 on 443 is carried over and enforced as AWS would
+/// (rule 90 before the allow at 100); what sg-agent does not model
+/// (`aws_vpc`, a security group's VPC association) is named, and nothing
+/// is written unless `--allow-partial`.
+#[test]
+fn network_acls_are_carried_over_and_the_rest_is_named() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sg-agent"))
+            .args(args)
+            .output()
+            .expect("sg-agent runs")
+    };
+    let state = fixture("network-acls.json");
+    let state = state.to_str().expect("utf-8");
+    let refused = run(&["import", "terraform", state]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for name in [
+        "not carried over: aws_vpc.main (aws_vpc)",
+        "not carried over: aws_vpc_security_group_vpc_association.shared",
+    ] {
+        assert!(said.contains(name), "{name:?} in:\n{said}");
+    }
+    assert!(
+        !said.contains("aws_ami"),
+        "a data source is no resource: {said}"
+    );
+
+    let out = run(&["import", "terraform", "--allow-partial", state]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    let public = vpc
+        .network_acls
+        .iter()
+        .find(|a| a.name == "public")
+        .expect("the public network ACL");
+    let numbers: Vec<u16> = public.ingress.iter().map(|e| e.rule_no).collect();
+    assert_eq!(
+        numbers,
+        [90, 100, 110, 120],
+        "inline and standalone, in order"
+    );
+    let default = vpc
+        .network_acls
+        .iter()
+        .find(|a| a.default)
+        .expect("the default network ACL");
+    assert_eq!(default.subnets.len(), 1);
+
+    let dir = std::env::temp_dir().join(format!("sg-tf-nacl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("imported.toml");
+    std::fs::write(&file, &text).expect("write");
+    let file = file.to_str().expect("utf-8");
+    let explain = |from: &str| {
+        run(&[
+            "explain", file, "--to", "web-1", "--from", from, "--port", "443",
+        ])
+    };
+    let denied = explain("203.0.113.5");
+    assert_eq!(denied.status.code(), Some(4), "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stdout)
+            .contains("because: denied by network ACL public, inbound rule 90"),
+        "{denied:?}"
+    );
+    assert_eq!(explain("198.51.100.5").status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

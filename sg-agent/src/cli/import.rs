@@ -11,10 +11,15 @@ pub enum ImportCommand {
     Aws(ImportAwsArgs),
     /// From `terraform show -json` (state or plan): `aws_security_group`,
     /// its standalone rule resources, prefix lists, instances and
-    /// interfaces; writes a rules file to standard output.
+    /// interfaces, subnets and network ACLs; writes a rules file to
+    /// standard output.
     Terraform {
         /// `terraform show -json > STATE.json`.
         state: PathBuf,
+        /// Write the file even though some resources or fields cannot be
+        /// carried over (each is named on standard error).
+        #[arg(long)]
+        allow_partial: bool,
     },
 }
 
@@ -38,21 +43,39 @@ pub struct ImportAwsArgs {
     /// one per list, named `pl-....json`.
     #[arg(long, value_name = "DIR")]
     entries_dir: Option<PathBuf>,
+    /// `aws ec2 describe-network-acls` output: the subnets' network ACLs
+    /// (with --subnets, which gives their ranges).
+    #[arg(long, value_name = "ACLS.json", requires = "subnets")]
+    network_acls: Option<PathBuf>,
+    /// `aws ec2 describe-subnets` output.
+    #[arg(long, value_name = "SUBNETS.json")]
+    subnets: Option<PathBuf>,
+    /// Write the file even though some of the input cannot be carried over
+    /// (each is named on standard error).
+    #[arg(long)]
+    allow_partial: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExportCommand {
     /// As `aws ec2 describe-security-groups` prints them (JSON, to standard
-    /// output).
+    /// output); with --network-acls or --subnets, as `describe-network-acls`
+    /// or `describe-subnets` print those.
     Aws {
         /// The rules file.
         file: PathBuf,
+        /// The network ACLs instead (`describe-network-acls`).
+        #[arg(long, conflicts_with = "subnets")]
+        network_acls: bool,
+        /// The subnets instead (`describe-subnets`).
+        #[arg(long)]
+        subnets: bool,
     },
 }
 
 pub fn import(command: &ImportCommand) -> ExitCode {
     let mut warnings = Vec::new();
-    let result = match command {
+    let (result, allow_partial) = match command {
         ImportCommand::Aws(args) => {
             let inputs = aws::Inputs {
                 security_groups: &args.security_groups,
@@ -60,15 +83,33 @@ pub fn import(command: &ImportCommand) -> ExitCode {
                 instances: args.instances.as_deref(),
                 prefix_lists: args.prefix_lists.as_deref(),
                 entries_dir: args.entries_dir.as_deref(),
+                network_acls: args.network_acls.as_deref(),
+                subnets: args.subnets.as_deref(),
             };
-            aws::import(&inputs, &mut warnings)
+            (aws::import(&inputs, &mut warnings), args.allow_partial)
         }
-        ImportCommand::Terraform { state } => terraform::import(state, &mut warnings),
+        ImportCommand::Terraform {
+            state,
+            allow_partial,
+        } => (terraform::import(state, &mut warnings), *allow_partial),
     };
     match result {
+        // A design must never import more open than it is: what is left
+        // out is named, and nothing is written unless that is what the
+        // user asked for.
+        Ok(_) if !warnings.is_empty() && !allow_partial => {
+            for w in &warnings {
+                eprintln!("error: not carried over: {w}");
+            }
+            eprintln!(
+                "hint: --allow-partial writes the rules file without them ({} left out)",
+                warnings.len()
+            );
+            ExitCode::from(1)
+        }
         Ok(text) => {
             for w in warnings {
-                eprintln!("warning: {w}");
+                eprintln!("warning: not carried over: {w}");
             }
             print!("{text}");
             ExitCode::SUCCESS
@@ -81,14 +122,22 @@ pub fn import(command: &ImportCommand) -> ExitCode {
 }
 
 pub fn export(command: &ExportCommand) -> ExitCode {
-    let ExportCommand::Aws { file } = command;
+    let ExportCommand::Aws {
+        file,
+        network_acls,
+        subnets,
+    } = command;
     let (vpc, _) = match super::check::load(file, crate::config::MAX_BYTES, true) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&aws::export(&vpc)).expect("serialisable")
-    );
+    let json = if *network_acls {
+        serde_json::to_string_pretty(&crate::import::network_acls::export(&vpc))
+    } else if *subnets {
+        serde_json::to_string_pretty(&crate::import::network_acls::export_subnets(&vpc))
+    } else {
+        serde_json::to_string_pretty(&aws::export(&vpc))
+    };
+    println!("{}", json.expect("serialisable"));
     ExitCode::SUCCESS
 }

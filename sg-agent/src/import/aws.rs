@@ -24,7 +24,12 @@
 //! * Group ids (`sg-`) and rule ids (`sgr-`, which Terraform's standalone
 //!   rules carry) become `id` keys, shown by `check`, `status` and flow
 //!   logs; other identifiers (`pl-`, `i-`, `eni-`) are kept as comments.
+//! * A reference whose `PeeringStatus` is not `active` (the peering was
+//!   deleted, failed...) is stale on AWS and matches nothing: no
+//!   `[[vpc_peering]]` is written for it, so it stays stale here.
 //! * Output is stable: groups, lists and instances sorted by name.
+//! * What cannot be carried over is named (`warnings`): `sg-agent import`
+//!   then exits 1 unless `--allow-partial`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -142,6 +147,10 @@ pub struct UserIdGroupPair {
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,
+    /// `active`, or `deleted`, `failed`... for a reference through a
+    /// peering that is gone: AWS keeps such a rule, stale, matching nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peering_status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -221,7 +230,7 @@ pub struct GroupRef {
     pub group_id: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Tag {
     pub key: String,
@@ -250,7 +259,7 @@ pub struct Ec2Instance {
     pub tags: Vec<Tag>,
 }
 
-fn read<T: serde::de::DeserializeOwned>(
+pub(super) fn read<T: serde::de::DeserializeOwned>(
     path: &Path,
     command: &'static str,
 ) -> Result<T, ImportError> {
@@ -273,6 +282,10 @@ pub struct Inputs<'a> {
     pub instances: Option<&'a Path>,
     pub prefix_lists: Option<&'a Path>,
     pub entries_dir: Option<&'a Path>,
+    /// `describe-network-acls` output (needs `subnets`).
+    pub network_acls: Option<&'a Path>,
+    /// `describe-subnets` output.
+    pub subnets: Option<&'a Path>,
 }
 
 /// An instance to write: name, ids, addresses, group ids.
@@ -399,13 +412,42 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
             cidrs: entries.entries.into_iter().map(|e| e.cidr).collect(),
         });
     }
-    render(
+    let mut text = render(
         "`sg-agent import aws` from the AWS CLI's JSON",
         &groups,
         &lists,
         &members(inputs)?,
         warnings,
-    )
+    )?;
+    let acls: super::network_acls::NetworkAcls = match inputs.network_acls {
+        Some(p) => read(p, "describe-network-acls")?,
+        None => super::network_acls::NetworkAcls::default(),
+    };
+    let subnets: super::network_acls::Subnets = match inputs.subnets {
+        Some(p) => read(p, "describe-subnets")?,
+        None => super::network_acls::Subnets::default(),
+    };
+    let vpcs = declared_vpcs(&groups);
+    let vpcs: Vec<&str> = vpcs.iter().map(String::as_str).collect();
+    text.push_str(&super::network_acls::render(
+        &acls, &subnets, &vpcs, warnings,
+    ));
+    Ok(text)
+}
+
+/// The VPC ids the renderer declares as `[[vpc]]`: those of the groups,
+/// when there are several (one VPC stays unnamed).
+pub fn declared_vpcs(groups: &SecurityGroups) -> Vec<String> {
+    let ids: BTreeSet<&str> = groups
+        .security_groups
+        .iter()
+        .filter_map(|g| g.vpc_id.as_deref())
+        .collect();
+    if ids.len() > 1 {
+        ids.into_iter().map(str::to_owned).collect()
+    } else {
+        Vec::new()
+    }
 }
 
 /// The prefix lists the groups' rules use, by id.
@@ -489,7 +531,14 @@ pub fn render(
                 continue;
             };
             for p in g.ip_permissions.iter().chain(&g.ip_permissions_egress) {
-                for pair in &p.user_id_group_pairs {
+                // A reference through a peering that is gone stays stale
+                // (AWS keeps the rule, matching nothing): no peering for it.
+                let live = |pair: &&UserIdGroupPair| {
+                    pair.peering_status
+                        .as_deref()
+                        .is_none_or(|s| s.eq_ignore_ascii_case("active"))
+                };
+                for pair in p.user_id_group_pairs.iter().filter(live) {
                     if let Some(there) = vpc_of.get(pair.group_id.as_str())
                         && there != here
                     {

@@ -3,4 +3,5 @@
 //! by one renderer.
 
 pub mod aws;
+pub mod network_acls;
 pub mod terraform;

@@ -16,15 +16,45 @@
 //!   `ipv6_addresses`, `vpc_security_group_ids`, named by its `Name` tag or
 //!   its address) and `aws_network_interface` (`private_ips`,
 //!   `ipv6_addresses`, `security_groups`).
+//! * `aws_subnet`, `aws_network_acl` (inline `ingress`/`egress`,
+//!   `subnet_ids`), `aws_default_network_acl`, `aws_network_acl_rule` and
+//!   `aws_network_acl_association`, read into the AWS CLI's shapes and
+//!   rendered as `import aws --network-acls` renders them.
+//!
+//! Every other managed resource is named as not carried over (`import`
+//! then exits 1 unless `--allow-partial`): a design must never import
+//! more open than it is.
 
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::aws::{
-    self, ImportError, IpPermission, IpRange, Ipv6Range, ListData, Member, PrefixListId,
-    SecurityGroup, SecurityGroups, UserIdGroupPair,
+use super::{
+    aws::{
+        self, ImportError, IpPermission, IpRange, Ipv6Range, ListData, Member, PrefixListId,
+        SecurityGroup, SecurityGroups, Tag, UserIdGroupPair,
+    },
+    network_acls::{
+        Association, Entry, IcmpTypeCode, Ipv6Association, NetworkAcl, NetworkAcls, PortRange,
+        Subnet, Subnets,
+    },
 };
+
+/// The resource types this importer carries over.
+const CARRIED: &[&str] = &[
+    "aws_security_group",
+    "aws_vpc_security_group_ingress_rule",
+    "aws_vpc_security_group_egress_rule",
+    "aws_security_group_rule",
+    "aws_ec2_managed_prefix_list",
+    "aws_instance",
+    "aws_network_interface",
+    "aws_subnet",
+    "aws_network_acl",
+    "aws_default_network_acl",
+    "aws_network_acl_rule",
+    "aws_network_acl_association",
+];
 
 /// Every resource of the state: the root module's and its children's.
 fn resources(module: &Value, out: &mut Vec<Value>) {
@@ -327,14 +357,185 @@ pub fn import(path: &Path, warnings: &mut Vec<String>) -> Result<String, ImportE
     };
     let mut all = Vec::new();
     resources(root, &mut all);
+    for r in all
+        .iter()
+        .filter(|r| r["mode"] != "data" && !CARRIED.contains(&r["type"].as_str().unwrap_or("")))
+    {
+        warnings.push(format!(
+            "{} ({}): not something sg-agent models",
+            r["address"].as_str().unwrap_or("?"),
+            r["type"].as_str().unwrap_or("?")
+        ));
+    }
     let groups = groups_of(&all, warnings);
     let lists = lists_of(&all);
     let members = members_of(&all);
-    aws::render(
+    let mut text = aws::render(
         "`sg-agent import terraform` from `terraform show -json`",
         &groups,
         &lists,
         &members,
         warnings,
-    )
+    )?;
+    let (acls, subnets) = network_acls_of(&all, warnings);
+    let vpcs = aws::declared_vpcs(&groups);
+    let vpcs: Vec<&str> = vpcs.iter().map(String::as_str).collect();
+    text.push_str(&super::network_acls::render(
+        &acls, &subnets, &vpcs, warnings,
+    ));
+    Ok(text)
+}
+
+fn tags(v: &Value) -> Vec<Tag> {
+    v["tags"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    Some(Tag {
+                        key: k.clone(),
+                        value: v.as_str()?.to_owned(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An integer Terraform may keep as a number or a string.
+fn int(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// One network ACL rule, inline (`rule_no`, `action`) or standalone
+/// (`rule_number`, `rule_action`, `egress`).
+fn acl_entry(v: &Value, egress: bool) -> Entry {
+    let protocol = text(&v["protocol"]).unwrap_or_else(|| "-1".into());
+    let (port_range, icmp_type_code) = match protocol.to_ascii_lowercase().as_str() {
+        "6" | "17" | "tcp" | "udp" => (
+            Some(PortRange {
+                from: int(&v["from_port"]).unwrap_or(0),
+                to: int(&v["to_port"]).unwrap_or(65535),
+            }),
+            None,
+        ),
+        "1" | "58" | "icmp" | "icmpv6" => (
+            None,
+            Some(IcmpTypeCode {
+                ty: int(&v["icmp_type"]).unwrap_or(-1),
+                code: int(&v["icmp_code"]).unwrap_or(-1),
+            }),
+        ),
+        _ => (None, None),
+    };
+    Entry {
+        rule_number: int(&v["rule_no"])
+            .or_else(|| int(&v["rule_number"]))
+            .unwrap_or(0),
+        protocol,
+        rule_action: text(&v["action"])
+            .or_else(|| text(&v["rule_action"]))
+            .unwrap_or_default(),
+        egress,
+        cidr_block: text(&v["cidr_block"]),
+        ipv6_cidr_block: text(&v["ipv6_cidr_block"]),
+        port_range,
+        icmp_type_code,
+    }
+}
+
+/// Subnets and network ACLs (with their inline and standalone rules and
+/// associations), as the AWS CLI would describe them.
+fn network_acls_of(all: &[Value], warnings: &mut Vec<String>) -> (NetworkAcls, Subnets) {
+    let subnets = Subnets {
+        subnets: of(all, "aws_subnet")
+            .map(|v| Subnet {
+                subnet_id: text(&v["id"]).unwrap_or_default(),
+                vpc_id: text(&v["vpc_id"]),
+                cidr_block: text(&v["cidr_block"]).unwrap_or_default(),
+                ipv6_cidr_block_association_set: text(&v["ipv6_cidr_block"])
+                    .map(|c| Ipv6Association { ipv6_cidr_block: c })
+                    .into_iter()
+                    .collect(),
+                tags: tags(v),
+            })
+            .collect(),
+    };
+    let mut acls = NetworkAcls::default();
+    for (ty, is_default) in [
+        ("aws_network_acl", false),
+        ("aws_default_network_acl", true),
+    ] {
+        for v in of(all, ty) {
+            let id = text(&v["id"])
+                .or_else(|| text(&v["default_network_acl_id"]))
+                .unwrap_or_default();
+            let mut entries = Vec::new();
+            for (key, egress) in [("ingress", false), ("egress", true)] {
+                for e in v[key].as_array().into_iter().flatten() {
+                    entries.push(acl_entry(e, egress));
+                }
+            }
+            acls.network_acls.push(NetworkAcl {
+                associations: strings(&v["subnet_ids"])
+                    .into_iter()
+                    .map(|subnet_id| Association {
+                        network_acl_association_id: None,
+                        network_acl_id: id.clone(),
+                        subnet_id,
+                    })
+                    .collect(),
+                network_acl_id: id,
+                vpc_id: text(&v["vpc_id"]),
+                is_default,
+                entries,
+                tags: tags(v),
+            });
+        }
+    }
+    let mut find = |id: Option<String>, what: &str| -> Option<usize> {
+        let found = id.as_deref().and_then(|id| {
+            acls.network_acls
+                .iter()
+                .position(|a| a.network_acl_id == id)
+        });
+        if found.is_none() {
+            warnings.push(format!(
+                "{what} for network ACL {} not in the state",
+                id.as_deref().unwrap_or("?")
+            ));
+        }
+        found
+    };
+    let mut rules = Vec::new();
+    for v in of(all, "aws_network_acl_rule") {
+        if let Some(i) = find(text(&v["network_acl_id"]), "aws_network_acl_rule") {
+            rules.push((i, acl_entry(v, v["egress"].as_bool() == Some(true))));
+        }
+    }
+    let mut moves = Vec::new();
+    for v in of(all, "aws_network_acl_association") {
+        if let (Some(i), Some(subnet)) = (
+            find(text(&v["network_acl_id"]), "aws_network_acl_association"),
+            text(&v["subnet_id"]),
+        ) {
+            moves.push((i, subnet));
+        }
+    }
+    for (i, e) in rules {
+        acls.network_acls[i].entries.push(e);
+    }
+    // An association moves the subnet from whichever network ACL had it.
+    for (i, subnet) in moves {
+        for a in &mut acls.network_acls {
+            a.associations.retain(|s| s.subnet_id != subnet);
+        }
+        let id = acls.network_acls[i].network_acl_id.clone();
+        acls.network_acls[i].associations.push(Association {
+            network_acl_association_id: None,
+            network_acl_id: id,
+            subnet_id: subnet,
+        });
+    }
+    (acls, subnets)
 }
