@@ -36,7 +36,43 @@ pub const POLICIES: &[(&str, usize, Shape)] = &[
         10_000,
         Shape::GroupsOnePort,
     ),
+    ("base rules, 20-entry network ACL", 0, Shape::OneGroup),
+    (
+        "10,000 over 16 groups, 20-entry network ACL",
+        10_000,
+        Shape::Groups,
+    ),
 ];
+
+/// Whether a policy of [`POLICIES`] has the server's subnet filtered by a
+/// network ACL of AWS's default quota ([`network_acl_20`]).
+pub fn with_network_acl(label: &str) -> bool {
+    label.ends_with("20-entry network ACL")
+}
+
+/// The server's subnet (`10.0.0.0/24`, `2001:db8::/64`; the client is
+/// outside it) and its network ACL: 20 entries each way, AWS's default
+/// quota, the 18 first denying addresses the client is not (every one is
+/// tried before the allow-all entries at 190 and 200 match).
+pub fn network_acl_20() -> String {
+    let mut out = String::from(
+        "\n[[subnet]]\nname = \"bench\"\ncidr_block = \"10.0.0.0/24\"\nipv6_cidr_block = \"2001:db8::/64\"\n\n[[network_acl]]\nname = \"bench\"\nsubnets = [\"bench\"]\n",
+    );
+    for direction in ["ingress", "egress"] {
+        for i in 1..=18 {
+            let _ = writeln!(
+                out,
+                "  [[network_acl.{direction}]]\n  rule_no = {}\n  action = \"deny\"\n  protocol = \"tcp\"\n  from_port = 80\n  to_port = 80\n  cidr_block = \"203.0.113.{i}/32\"",
+                i * 10
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  [[network_acl.{direction}]]\n  rule_no = 190\n  action = \"allow\"\n  protocol = \"all\"\n  cidr_block = \"0.0.0.0/0\"\n  [[network_acl.{direction}]]\n  rule_no = 200\n  action = \"allow\"\n  protocol = \"all\"\n  ipv6_cidr_block = \"::/0\""
+        );
+    }
+    out
+}
 
 pub struct Config {
     pub repeat: u32,
@@ -240,11 +276,12 @@ pub fn measure(cfg: &Config) -> Report {
                 .is_none_or(|o| o.split('/').next() == Some(*label))
         })
         .flat_map(|&(label, fillers, shape)| {
-            let vpc: Vpc = config::from_str(
-                "bench.toml".as_ref(),
-                &rules_file_with(fillers, shape, false, None, UNTRACKED_RULE),
-            )
-            .expect("bench policy valid");
+            let mut text = rules_file_with(fillers, shape, false, None, UNTRACKED_RULE);
+            if with_network_acl(label) {
+                text.push_str(&network_acl_20());
+            }
+            let vpc: Vpc =
+                config::from_str("bench.toml".as_ref(), &text).expect("bench policy valid");
             let rules: usize = crate::policies::ingress_rules(&vpc);
             let compiled = compile(&vpc);
             let tables = &compiled.instances[0].tables;

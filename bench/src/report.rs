@@ -104,7 +104,8 @@ pub fn render(all: &All) -> String {
          - *tracked*: an ACK of a flow already in the table (normal timeouts).\n\
          - *dropped*: a SYN from an address the rules know, to a port they do not allow (the address trie and the port hash are consulted).\n\
          - *tracked, flow logs on* and *dropped, flow logs on* (smallest policy): the same packets through a copy of the object loaded as `run --flow-log` loads it: the tracked path adds its packet and bytes to the flow's entry (two atomic adds), a dropped packet is reported through the ring buffer within the per-CPU bound and counted as lost beyond it (a flood is beyond it after its first few thousand packets a second, as here).\n\n\
-         Policy sizes count rules as AWS does (one per source, a prefix list as its entries); each policy has the 3 base rules that allow the test client, the untracked path's rule (2 more: IPv4 and IPv6) and filler CIDR rules on assorted TCP and UDP ports.\n",
+         Policy sizes count rules as AWS does (one per source, a prefix list as its entries); each policy has the 3 base rules that allow the test client, the untracked path's rule (2 more: IPv4 and IPv6) and filler CIDR rules on assorted TCP and UDP ports. \
+         The *20-entry network ACL* policies are their namesakes with the server's subnet filtered by a network ACL of AWS's default quota, 20 entries each way: 18 denying other addresses, then allow-all entries for IPv4 and IPv6, so every packet walks all the entries before it (the network ACL judges every packet, answers included; a tracked flow keeps its pass in its connection entry until the network ACL changes).\n",
         k.repeat,
         k.rows.first().map_or(0, |r| r.ns.runs),
         k.ifindex
@@ -206,6 +207,38 @@ pub fn render(all: &All) -> String {
         "| tracked, flow logs on <= 1.10x off | worst {t:.2}x | {} |",
         verdict(t <= 1.10)
     );
+    // A 20-entry network ACL against none, same path and family, side by
+    // side: the smallest policy and 10,000 rules.
+    for (with, without) in [
+        ("base rules, 20-entry network ACL", "base rules only"),
+        (
+            "10,000 over 16 groups, 20-entry network ACL",
+            "10,000 over 16 groups",
+        ),
+    ] {
+        let acl = |path: &str| {
+            k.rows
+                .iter()
+                .filter(|r| r.policy == with && r.path == path)
+                .filter_map(|on| {
+                    k.rows
+                        .iter()
+                        .find(|off| {
+                            off.policy == without && off.path == path && off.family == on.family
+                        })
+                        .map(|off| on.ns.median / off.ns.median)
+                })
+                .fold(f64::NAN, f64::max)
+        };
+        let t = acl("tracked");
+        if !t.is_nan() {
+            let _ = writeln!(
+                out,
+                "| tracked, 20-entry network ACL <= 1.10x none ({without}) | worst {t:.2}x | {} |",
+                verdict(t <= 1.10)
+            );
+        }
+    }
     let d = on_off("dropped");
     let _ = writeln!(
         out,

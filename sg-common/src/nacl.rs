@@ -21,6 +21,12 @@ use crate::{
 /// ACL and direction, raised to its maximum (40).
 pub const NACL_ENTRIES: usize = 40;
 
+/// Slots of [`NaclTable::entries`]: [`NACL_ENTRIES`] in use at most, the
+/// rest padding, so that the programs may index the array with a masked
+/// index (`& (NACL_SLOTS - 1)`) the verifier can bound without a compare.
+pub const NACL_SLOTS: usize = 64;
+const _: () = assert!(NACL_SLOTS.is_power_of_two() && NACL_SLOTS >= NACL_ENTRIES);
+
 /// [`NaclTable::flags`]: the instance's subnet has a network ACL that
 /// filters this direction. Clear: nothing to judge (no network ACL, or the
 /// VPC's default allowing everything), the table is not read further.
@@ -73,9 +79,9 @@ pub struct NaclTable {
     /// the subnet's boundary and is not judged.
     pub subnet_v4: OwnV4,
     pub subnet_v6: OwnV6,
-    pub entries: [NaclEntry; NACL_ENTRIES],
+    pub entries: [NaclEntry; NACL_SLOTS],
 }
-const _: () = assert!(size_of::<NaclTable>() == 56 + 40 * NACL_ENTRIES);
+const _: () = assert!(size_of::<NaclTable>() == 56 + 40 * NACL_SLOTS);
 
 impl Default for NaclTable {
     fn default() -> Self {
@@ -86,7 +92,7 @@ impl Default for NaclTable {
             pad: 0,
             subnet_v4: OwnV4::default(),
             subnet_v6: OwnV6::default(),
-            entries: [NaclEntry::default(); NACL_ENTRIES],
+            entries: [NaclEntry::default(); NACL_SLOTS],
         }
     }
 }

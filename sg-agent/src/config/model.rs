@@ -78,13 +78,37 @@ impl PrefixList {
             .unwrap_or_else(|| matches!(self.entries.first(), Some(IpNet::V6(_))))
     }
 
-    /// How many rules a reference to this list counts as (AWS: its maximum
-    /// entries).
+    /// How many rules a reference to this list counts as: an AWS-managed
+    /// list's weight (known by its name), else its maximum entries (AWS's
+    /// `MaxEntries`), else its number of entries.
     pub fn weight(&self) -> usize {
+        if let Some(w) = aws_managed_weight(&self.name) {
+            return w;
+        }
         self.max_entries
             .as_ref()
             .map_or(self.entries.len(), |(n, _)| *n as usize)
     }
+}
+
+/// The weight of an AWS-managed prefix list, by its name (VPC User Guide,
+/// "AWS-managed prefix list weight"): what a rule referencing it counts as
+/// in the rules quota, whatever its number of entries.
+pub fn aws_managed_weight(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("com.amazonaws.")?;
+    let (place, service) = rest.split_once('.')?;
+    let global = place == "global";
+    let weight = match (global, service.strip_prefix("ipv6.").unwrap_or(service)) {
+        (true, "cloudfront.origin-facing") => 55,
+        (true, "groundstation") => 5,
+        (false, "s3" | "dynamodb") if !service.starts_with("ipv6.") => 1,
+        (false, "s3express") if !service.starts_with("ipv6.") => 6,
+        (false, "ec2-instance-connect") => 2,
+        (false, "route53-healthchecks") => 25,
+        (false, "vpc-lattice") => 10,
+        _ => return None,
+    };
+    Some(weight)
 }
 
 #[derive(Clone, Debug)]

@@ -77,6 +77,7 @@ pub fn validate(vpc: &Vpc) -> Vec<Diagnostic> {
             for rule in rules {
                 references(&mut out, rule, &group_names, &list_names);
             }
+            duplicates(&mut out, group, rules, direction);
             // AWS enforces the quota "separately for IPv4 rules and IPv6
             // rules": 60 of each per direction by default.
             let (v4, v6) = rules
@@ -464,6 +465,50 @@ fn references(out: &mut Vec<Diagnostic>, rule: &Rule, groups: &[&str], lists: &[
     }
 }
 
+/// AWS refuses a rule a group already has (`InvalidPermission.Duplicate`):
+/// one source of one rule that another rule of the same group and direction
+/// already names with the same protocol and ports (`self` and the group's
+/// own name are one source).
+fn duplicates(
+    out: &mut Vec<Diagnostic>,
+    group: &super::SecurityGroup,
+    rules: &[Rule],
+    direction: &str,
+) {
+    let mut seen: HashMap<(String, String, Source), usize> = HashMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for s in &rule.sources {
+            let source = match &s.source {
+                Source::SelfGroup => Source::Group(group.name.clone()),
+                Source::Cidr(net) => Source::Cidr(net.trunc()),
+                other => other.clone(),
+            };
+            let key = (rule.protocol.to_string(), rule.ports.to_string(), source);
+            let Some(first) = seen.get(&key) else {
+                seen.insert(key, i);
+                continue;
+            };
+            out.push(
+                Diagnostic::new(
+                    s.span.clone(),
+                    format!(
+                        "security group \"{}\" already allows {direction} {} {} {} {} (rule {})",
+                        group.name,
+                        rule.protocol,
+                        rule.ports,
+                        if direction == "inbound" { "from" } else { "to" },
+                        key.2,
+                        first + 1
+                    ),
+                )
+                .hint(
+                    "AWS refuses a rule a group already has (InvalidPermission.Duplicate): remove one",
+                ),
+            );
+        }
+    }
+}
+
 /// Subnets and network ACLs: names that resolve, a subnet in one network
 /// ACL at most, one default network ACL per VPC, AWS's quota of rules per
 /// direction, and each instance in the subnet it names.
@@ -647,5 +692,62 @@ mod tests {
                 .contains("has 61 inbound IPv4 rules, more than the limit of 60"),
             "{err}"
         );
+    }
+
+    /// A group with an AWS-managed prefix list and `others` CIDR rules.
+    fn with_managed_list(name: &str, entries: usize, others: usize) -> String {
+        let entries: Vec<String> = (0..entries).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+        let others: Vec<String> = (0..others)
+            .map(|i| format!("\"192.168.{i}.0/24\""))
+            .collect();
+        format!(
+            "[[prefix_list]]\nname = \"{name}\"\nentries = [{}]\n\n[[security_group]]\nname = \"g\"\n  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 443\n  to_port = 443\n  prefix_list_ids = [\"{name}\"]\n  [[security_group.ingress]]\n  protocol = \"tcp\"\n  from_port = 22\n  to_port = 22\n  cidr_blocks = [{}]\n",
+            entries.join(", "),
+            others.join(", ")
+        )
+    }
+
+    /// AWS-managed prefix lists count by their weight, not their entries:
+    /// S3's 54 ranges weigh 1 (54 + 10 rules fit the 60), the origin-facing list's 10
+    /// weigh 55 (55 + 10 do not).
+    #[test]
+    fn aws_managed_prefix_lists_count_by_their_weight() {
+        let s3 = with_managed_list("com.amazonaws.eu-west-1.s3", 54, 10);
+        let vpc = crate::config::from_str("t.toml".as_ref(), &s3)
+            .unwrap_or_else(|d| panic!("S3 weighs 1:\n{d}"));
+        assert_eq!(rule_count(&vpc, &vpc.groups[0].ingress[0]), 1);
+        let cf = with_managed_list("com.amazonaws.global.cloudfront.origin-facing", 10, 10);
+        let err =
+            crate::config::from_str("t.toml".as_ref(), &cf).expect_err("CloudFront weighs 55");
+        assert!(
+            err.to_string()
+                .contains("has 65 inbound IPv4 rules, more than the limit of 60"),
+            "{err}"
+        );
+        // A customer-managed list of the same size counts its entries.
+        let own = with_managed_list("my-services", 54, 10);
+        assert!(crate::config::from_str("t.toml".as_ref(), &own).is_err());
+        for (name, weight) in [
+            ("com.amazonaws.us-east-1.dynamodb", Some(1)),
+            (
+                "com.amazonaws.us-east-1.ipv6.route53-healthchecks",
+                Some(25),
+            ),
+            ("com.amazonaws.us-east-1.ec2-instance-connect", Some(2)),
+            ("com.amazonaws.us-east-1.s3express", Some(6)),
+            ("com.amazonaws.us-east-1.ipv6.vpc-lattice", Some(10)),
+            (
+                "com.amazonaws.global.ipv6.cloudfront.origin-facing",
+                Some(55),
+            ),
+            ("com.amazonaws.us-east-1.ipv6.s3", None),
+            ("com.amazonaws.global.s3", None),
+        ] {
+            assert_eq!(
+                crate::config::model::aws_managed_weight(name),
+                weight,
+                "{name}"
+            );
+        }
     }
 }

@@ -209,11 +209,23 @@ fn policy(r: &mut Rng) -> String {
         if egress == Some(0) {
             out.push_str("egress = []\n");
         }
+        // A rule the group already has is refused, as AWS refuses it
+        // (`InvalidPermission.Duplicate`): drawn again instead.
+        let mut seen = HashSet::new();
+        let mut add = |r: &mut Rng, out: &mut String, direction: &str| {
+            let mut one = String::new();
+            rule(r, groups, &mut one, direction);
+            let own = format!("  security_groups = [\"g{g}\"]\n");
+            let one = one.replace(&own, "  self = true\n");
+            if seen.insert(one.clone()) {
+                out.push_str(&one);
+            }
+        };
         for _ in 0..r.below(5) {
-            rule(r, groups, &mut out, "ingress");
+            add(r, &mut out, "ingress");
         }
         for _ in 0..egress.unwrap_or(0) {
-            rule(r, groups, &mut out, "egress");
+            add(r, &mut out, "egress");
         }
     }
     let member_groups = |r: &mut Rng| {

@@ -24,6 +24,24 @@ impl Parser {
         None
     }
 
+    /// A security group rule's CIDR block: one with host bits set is taken
+    /// as its network, with a warning, as AWS takes it (its API reference:
+    /// `100.68.0.18/18` is stored and returned as `100.68.0.0/18`).
+    fn rule_cidr(&mut self, text: &str, span: Span, family: Option<(u8, &str)>) -> Option<IpNet> {
+        if let Ok(net) = IpNet::from_str(text)
+            && net.network() != net.addr()
+        {
+            let fixed = net.trunc();
+            self.warn_hint(
+                span.clone(),
+                format!("{net} has host bits set: taken as {fixed}, as AWS takes it"),
+                format!("write {fixed} (AWS stores and shows the rule as {fixed})"),
+            );
+            return self.cidr(&fixed.to_string(), span, family);
+        }
+        self.cidr(text, span, family)
+    }
+
     /// A CIDR block; `family` 4 or 6 restricts it (with a hint to move it).
     pub(super) fn cidr(
         &mut self,
@@ -147,7 +165,7 @@ impl Parser {
 
         let mut sources = Vec::new();
         for (s, sp) in self.string_array(t, "cidr_blocks") {
-            if let Some(net) = self.cidr(&s, sp.clone(), Some((4, "cidr_blocks"))) {
+            if let Some(net) = self.rule_cidr(&s, sp.clone(), Some((4, "cidr_blocks"))) {
                 sources.push(SourceRef {
                     source: Source::Cidr(net),
                     span: sp,
@@ -155,7 +173,7 @@ impl Parser {
             }
         }
         for (s, sp) in self.string_array(t, "ipv6_cidr_blocks") {
-            if let Some(net) = self.cidr(&s, sp.clone(), Some((6, "ipv6_cidr_blocks"))) {
+            if let Some(net) = self.rule_cidr(&s, sp.clone(), Some((6, "ipv6_cidr_blocks"))) {
                 sources.push(SourceRef {
                     source: Source::Cidr(net),
                     span: sp,
