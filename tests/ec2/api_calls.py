@@ -53,8 +53,9 @@ gid = created["GroupId"]
 check(gid.startswith("sg-"), "CreateSecurityGroup returns the GroupId")
 g = ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]
 check(g["IpPermissions"] == [], "a new group lets nothing in")
-check([(p["IpProtocol"], [r["CidrIp"] for r in p["IpRanges"]]) for p in g["IpPermissionsEgress"]] == [("-1", ["0.0.0.0/0"])],
-      "a new group has AWS's default egress rule (IPv4: the VPC has no IPv6 range)")
+check([(p["IpProtocol"], [r["CidrIp"] for r in p["IpRanges"]], [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])])
+       for p in g["IpPermissionsEgress"]] == [("-1", ["0.0.0.0/0"], ["::/0"])],
+      "a new group has AWS's default egress rules (IPv4, and IPv6: the VPC has an IPv6 range)")
 check(g["Tags"] == [{"Key": "Name", "Value": "api-web"}], "TagSpecifications kept")
 fails("InvalidGroup.Duplicate", "a second group of the same name", ec2.create_security_group,
       GroupName="API-WEB", Description="x", VpcId=vpc_id)
@@ -81,7 +82,7 @@ fails("InvalidPermission.Duplicate", "a new rule beside an existing one: all or 
       IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
                       "IpRanges": [{"CidrIp": "192.0.2.128/25"}, {"CidrIp": "203.0.113.0/24"}]}])
 now = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [gid]}])["SecurityGroupRules"]
-check(len(now) == 5, "DescribeSecurityGroupRules by group-id: 4 ingress and the default egress")
+check(len(now) == 6, "DescribeSecurityGroupRules by group-id: 4 ingress and the default egress (IPv4, IPv6)")
 check(not any(x.get("CidrIpv4") == "192.0.2.128/25" for x in now), "a refused call changed nothing")
 fails("InvalidParameterValue", "a malformed CIDR", ec2.authorize_security_group_ingress, GroupId=gid,
       IpPermissions=[{"IpProtocol": "tcp", "FromPort": 1, "ToPort": 1, "IpRanges": [{"CidrIp": "10.0.0.1/8"}]}])
@@ -130,7 +131,7 @@ fails("InvalidPermission.NotFound", "revoking a rule that does not exist", ec2.r
 ec2.revoke_security_group_ingress(GroupId=gid, IpPermissions=[
     {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/32"}]}])
 left = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [gid]}])["SecurityGroupRules"]
-check(len(left) == 3, "revoked by permission: 2 ingress and the egress left")
+check(len(left) == 4, "revoked by permission: 2 ingress and the egress (IPv4, IPv6) left")
 
 # Quotas: the file's [limits] (60 rules per group by default).
 fails("RulesPerSecurityGroupLimitExceeded", "61 rules in a group", ec2.authorize_security_group_ingress, GroupId=gid,

@@ -123,12 +123,19 @@ fn a_full_disk_tears_no_record_and_the_loss_is_counted_and_marked() {
     fill(&filler);
 
     // Rejected flows, each its own record, until the agent has failed to
-    // write an interval's records.
+    // write an interval's records. Four at a time: the flow log's last page
+    // (tmpfs allocates 4 KiB pages) takes about 45 records before a write
+    // fails, and one probe a second would need more than two intervals.
     let mut port = 3000;
     assert!(
         eventually(Duration::from_secs(25), || {
-            port += 1;
-            let _ = lab.tcp("internet", OUTSIDER, BASTION, port);
+            std::thread::scope(|s| {
+                for p in port + 1..=port + 4 {
+                    let lab = &lab;
+                    s.spawn(move || lab.tcp("internet", OUTSIDER, BASTION, p));
+                }
+            });
+            port += 4;
             agent.status_json()["agent"]["flow_log"]["records_lost"].as_u64() > Some(0)
         }),
         "the failed write is counted: {}",

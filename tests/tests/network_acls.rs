@@ -182,3 +182,102 @@ fn a_new_deny_cuts_a_held_connection_at_once() {
         "rule 90 still denies the admins"
     );
 }
+
+/// The first JSON record `follower` prints that `wanted` accepts, within
+/// `deadline`; the follower is stopped either way.
+fn next_record(
+    follower: &mut std::process::Child,
+    wanted: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+    deadline: Duration,
+) -> Option<serde_json::Value> {
+    use std::io::BufRead as _;
+    let out = follower.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(record) = serde_json::from_str::<serde_json::Value>(&line)
+                && wanted(&record)
+            {
+                let _ = tx.send(record);
+                return;
+            }
+        }
+    });
+    let found = rx.recv_timeout(deadline).ok();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    found
+}
+
+#[test]
+fn flow_logs_and_status_name_the_network_acl_entry() {
+    let lab = SeedLab::new("nacl-log", &rules(TRAP), &[]);
+    let dir = lab.config.parent().expect("lab dir").to_owned();
+    let flow_log = dir.join("flows.log");
+    let agent = sg_tests::seed::start_agent_logging_flows(
+        &lab,
+        &flow_log,
+        10,
+        &["--flow-log-format", "json"],
+    );
+    let mut follower = agent.follow_flows(&[
+        "--action",
+        "REJECT",
+        "--instance",
+        "alb",
+        "--count",
+        "100",
+        "--format",
+        "json",
+    ]);
+    // The SYN-ACK meets the outbound * rule (the trap).
+    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), TimedOut);
+    let record = next_record(
+        &mut follower,
+        |r| r["srcaddr"] == ALB && r["dstaddr"] == OUTSIDER,
+        Duration::from_secs(30),
+    )
+    .expect("a REJECT record for the answer, within the interval");
+    assert_eq!(
+        record["network-acl"], "network ACL public-acl, outbound rule * (no rule matched)",
+        "{record}"
+    );
+    assert_eq!(record["srcport"], 80, "{record}");
+
+    let status = agent.status_json();
+    let alb = status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["name"] == "alb")
+        .expect("alb");
+    let acl = &alb["network_acl"];
+    assert_eq!(acl["name"], "public-acl", "{alb}");
+    let entry = |direction: &str, rule: &str| {
+        acl["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["direction"] == direction && e["rule"] == rule)
+            .unwrap_or_else(|| panic!("{direction} {rule} in {acl}"))
+            .clone()
+    };
+    assert!(
+        entry("ingress", "100")["flows"].as_u64() >= Some(1),
+        "the SYN came in by rule 100: {acl}"
+    );
+    assert!(
+        entry("egress", "*")["denied"].as_u64() >= Some(1),
+        "the answer was denied by the * rule: {acl}"
+    );
+    let text = std::process::Command::new(sg_tests::agent::binary())
+        .args(["status", "--rules", "--control-socket"])
+        .arg(&agent.control_socket)
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("network ACL public-acl (stateless, first match):"),
+        "{text}"
+    );
+}

@@ -80,15 +80,59 @@ pub struct Hits {
 /// A rule as `check` numbers it: group, direction, 1-based number.
 pub type RuleId = (String, Direction, usize);
 
+/// A network ACL entry: network ACL, direction, rule number (`None`: the
+/// `*` rule).
+pub type AclEntryId = (String, Direction, Option<u16>);
+
+/// What a network ACL entry decided: flows whose first packet it allowed,
+/// packets it denied (seen as drop events: with flow logs or the drop log,
+/// within their bound), and when last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclHits {
+    pub flows: u64,
+    pub denied: u64,
+    pub last: Option<u64>,
+}
+
 /// What is observed of one enforced instance.
 #[derive(Debug, Default)]
 pub struct InstanceView {
     pub hits: BTreeMap<RuleId, Hits>,
+    /// Its subnet's network ACL's entries, by what they decided.
+    pub acl_hits: BTreeMap<AclEntryId, AclHits>,
     pub new_flows: u64,
     window: Window,
     /// Untracked flows already counted against their rules this interval.
     untracked_seen: HashSet<FlowKey>,
     primed: bool,
+}
+
+impl InstanceView {
+    /// A packet the subnet's network ACL denied: the entry that did, in
+    /// its hits and (with flow logs, `record`) on the interval's `REJECT`
+    /// record.
+    fn denied_by_acl(
+        &mut self,
+        vpc: &Vpc,
+        inst: &crate::config::Instance,
+        direction: Direction,
+        packet: &Packet,
+        record: Option<FlowKey>,
+        at: u64,
+    ) {
+        let Some((entry, false)) = reference::network_acl(vpc, inst, direction, packet) else {
+            return;
+        };
+        if let Some(key) = record {
+            self.window.denied_by_acl(key, entry.to_string());
+        }
+        let hits = self
+            .acl_hits
+            .entry((entry.acl, direction, entry.rule_no))
+            .or_default();
+        hits.denied += 1;
+        hits.last = Some(at);
+    }
 }
 
 /// The observer's state, owned by the enforcement thread.
@@ -348,6 +392,18 @@ impl Observer {
                             .map(|s| format!("{} {}", s.kind, s.name));
                         view.window.attribute(key(Action::Accept), labels, through);
                     }
+                    // The network ACL entry that let the flow's first
+                    // packet across the subnet's boundary.
+                    if let Some((entry, true)) =
+                        reference::network_acl(vpc, inst, direction, &packet)
+                    {
+                        let hits = view
+                            .acl_hits
+                            .entry((entry.acl, direction, entry.rule_no))
+                            .or_default();
+                        hits.flows += 1;
+                        hits.last = Some(at);
+                    }
                 }
             };
             match e.kind {
@@ -368,14 +424,12 @@ impl Observer {
                     if flow_logs && counters::has_addresses(u32::from(e.reason)) {
                         view.window
                             .add_packet(key(Action::Reject), u64::from(e.len), at);
-                        if u32::from(e.reason) == counters::DROP_NETWORK_ACL
-                            && let Some(inst) = instance
-                            && let Some((entry, false)) =
-                                reference::network_acl(vpc, inst, direction, &packet)
-                        {
-                            view.window
-                                .denied_by_acl(key(Action::Reject), entry.to_string());
-                        }
+                    }
+                    if u32::from(e.reason) == counters::DROP_NETWORK_ACL
+                        && let Some(inst) = instance
+                    {
+                        let record = flow_logs.then(|| key(Action::Reject));
+                        view.denied_by_acl(vpc, inst, direction, &packet, record, at);
                     }
                     if self.drop_log {
                         log::info!(

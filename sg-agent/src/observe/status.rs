@@ -159,6 +159,35 @@ pub struct InstanceStatus {
     /// New tracked flows seen (events).
     pub new_flows: u64,
     pub rules: Vec<RuleHits>,
+    /// Its subnet's network ACL, each entry with what it decided; absent
+    /// where no network ACL filters it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_acl: Option<NetworkAclHits>,
+}
+
+/// `status --rules`: the network ACL that filters an instance's subnet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAclHits {
+    pub name: String,
+    pub entries: Vec<AclEntryHits>,
+}
+
+/// One network ACL entry, in the order it is judged (the `*` rule last).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclEntryHits {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// The rule number, or `*`.
+    pub rule: String,
+    /// `allow` or `deny`, and what it matches, as `check` prints it.
+    pub summary: String,
+    /// New flows whose first packet it allowed across the boundary.
+    pub flows: u64,
+    /// Packets it denied, as drop events show them (with flow logs or the
+    /// drop log on, within their bound; `packets` counts them all).
+    pub denied: u64,
+    /// Unix seconds of the last of either.
+    pub last: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +447,30 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
     }
     if rules {
         render_rule_hits(out, i, now);
+        if let Some(acl) = &i.network_acl {
+            render_acl_hits(out, acl, now);
+        }
+    }
+}
+
+/// `status --rules`: the subnet's network ACL, entry by entry.
+fn render_acl_hits(out: &mut String, acl: &NetworkAclHits, now: u64) {
+    let _ = writeln!(
+        out,
+        "  network ACL {} (stateless, first match):\n  {:>8}  {:>8}  {:<12} {:<7} {:>5}  entry",
+        acl.name, "flows", "denied", "last", "way", "rule"
+    );
+    for e in &acl.entries {
+        let _ = writeln!(
+            out,
+            "  {:>8}  {:>8}  {:<12} {:<7} {:>5}  {}",
+            e.flows,
+            e.denied,
+            e.last.map_or_else(|| "never".into(), |t| ago(now, t)),
+            e.direction,
+            e.rule,
+            e.summary
+        );
     }
 }
 

@@ -209,6 +209,10 @@ impl Agent<'_> {
             .instance(name)
             .map(|inst| rule_rows(&self.vpc, inst, view))
             .unwrap_or_default();
+        let network_acl = self
+            .vpc
+            .instance(name)
+            .and_then(|inst| acl_rows(&self.vpc, inst, view));
         let mac = dp.mac().ok().flatten();
         let link = self.vpc.instance(name).and_then(|i| i.link.as_ref());
         status::InstanceStatus {
@@ -259,6 +263,7 @@ impl Agent<'_> {
             events_lost: dp.events_lost().unwrap_or(0),
             new_flows: view.map_or(0, |v| v.new_flows),
             rules,
+            network_acl,
         }
     }
 }
@@ -272,6 +277,49 @@ fn libvirt_domain(link: Option<&Link>) -> Option<String> {
         Some(Link::Libvirt { domain, .. }) => Some(domain.clone()),
         _ => None,
     }
+}
+
+/// The network ACL of `inst`'s subnet, entry by entry in the order they are
+/// judged (the `*` rule last), with what each decided.
+fn acl_rows(
+    vpc: &Vpc,
+    inst: &config::Instance,
+    view: Option<&crate::observe::InstanceView>,
+) -> Option<status::NetworkAclHits> {
+    let (_, acl) = vpc.network_acl_for(inst)?;
+    let mut entries = Vec::new();
+    for direction in [config::Direction::Ingress, config::Direction::Egress] {
+        let numbered = acl.entries(direction).iter().map(|e| {
+            let ports = if e.ports == config::Ports::All {
+                String::new()
+            } else {
+                format!(" {}", e.ports)
+            };
+            (
+                Some(e.rule_no),
+                format!("{} {}{ports} {}", e.action(), e.protocol, e.cidr),
+            )
+        });
+        for (rule_no, summary) in numbered.chain([(None, "deny all (no rule matched)".to_owned())])
+        {
+            let hits = view
+                .and_then(|v| v.acl_hits.get(&(acl.name.clone(), direction, rule_no)))
+                .copied()
+                .unwrap_or_default();
+            entries.push(status::AclEntryHits {
+                direction: direction.as_str().to_owned(),
+                rule: rule_no.map_or_else(|| "*".to_owned(), |n| n.to_string()),
+                summary,
+                flows: hits.flows,
+                denied: hits.denied,
+                last: hits.last,
+            });
+        }
+    }
+    Some(status::NetworkAclHits {
+        name: acl.name.clone(),
+        entries,
+    })
 }
 
 /// Every rule of `inst`'s groups, as `check` numbers them, with its hits

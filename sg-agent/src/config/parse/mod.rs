@@ -624,6 +624,7 @@ impl Parser {
         }
         by_id(&mut vpc);
         default_group(&mut vpc);
+        default_egress_families(&mut vpc);
         vpc
     }
 }
@@ -684,6 +685,45 @@ fn default_group(vpc: &mut Vpc) {
         tags: Vec::new(),
         span,
     });
+}
+
+/// AWS's default outbound rule allows `::/0` only in a VPC with an IPv6
+/// range: where the file gives a group's VPC its ranges and none of them is
+/// IPv6, the implicit rule allows `0.0.0.0/0` alone. A VPC whose ranges the
+/// file does not give (a lab without `[vpc]`) is taken to have both.
+fn default_egress_families(vpc: &mut Vpc) {
+    let ranges: Vec<(Option<String>, bool, bool)> = if vpc.vpcs.is_empty() {
+        vec![(
+            None,
+            !vpc.cidr_blocks.is_empty(),
+            vpc.cidr_blocks.iter().any(|n| n.addr().is_ipv6()),
+        )]
+    } else {
+        vpc.vpcs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                (
+                    (i > 0).then(|| d.name.clone()),
+                    !d.cidr_blocks.is_empty(),
+                    d.cidr_blocks.iter().any(|n| n.addr().is_ipv6()),
+                )
+            })
+            .collect()
+    };
+    let default = vpc.default_vpc().to_owned();
+    for g in &mut vpc.groups {
+        let name = g.vpc.clone().filter(|v| *v != default);
+        let Some((_, given, ipv6)) = ranges.iter().find(|(n, _, _)| *n == name) else {
+            continue;
+        };
+        if *given && !ipv6 {
+            for rule in g.egress.iter_mut().filter(|r| r.implicit) {
+                rule.sources
+                    .retain(|s| !matches!(s.source, Source::Cidr(IpNet::V6(_))));
+            }
+        }
+    }
 }
 
 /// The name of the VPC's default security group.
