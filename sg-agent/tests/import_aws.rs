@@ -62,6 +62,16 @@ fn the_import_is_the_golden_file_and_check_accepts_it() {
     );
     let app = vpc.group("app").expect("app");
     assert_eq!(app.ingress.len(), 2, "the peered group's rule is left out");
+    // AWS keeps a description per source: HTTP's IPv4 range has one, its
+    // IPv6 range none, so they are two rules here.
+    let web = vpc.group("web").expect("web");
+    let http: Vec<Option<&str>> = web
+        .ingress
+        .iter()
+        .filter(|r| r.ports == sg_agent::config::Ports::Range { from: 80, to: 80 })
+        .map(|r| r.description.as_deref())
+        .collect();
+    assert_eq!(http, [Some("HTTP from the internet"), None]);
     // The CLI as a user runs it: the group pair of another account cannot
     // be carried over, so nothing is written unless the user accepts that.
     let f = fixtures();

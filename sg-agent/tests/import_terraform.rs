@@ -33,6 +33,11 @@ fn the_import_is_the_golden_file_and_check_accepts_it() {
     assert_eq!(app.egress.len(), 1, "only the explicit HTTPS egress rule");
     let lb = vpc.group("lb").expect("lb");
     assert_eq!((lb.ingress.len(), lb.egress.len()), (1, 1));
+    assert_eq!(
+        app.tags,
+        [("Name".to_owned(), "app".to_owned())],
+        "the group's tags (its Name among them) are kept"
+    );
     let names: Vec<&str> = vpc.instances.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(
         names,

@@ -5,8 +5,10 @@
 //!
 //! Decisions:
 //! * One rule per `IpPermission`, as AWS groups them (its ranges, prefix
-//!   lists and group pairs become the rule's sources); the description is
-//!   the first one given.
+//!   lists and group pairs become the rule's sources), split by
+//!   description where its sources carry different ones (AWS keeps one per
+//!   source, a rule of the file one for all its sources). A group's tags
+//!   (its `Name` among them) become its `tags`.
 //! * A group with no outbound permission gets `egress = []`: AWS allows no
 //!   outbound traffic then, where a rules file without `egress` means AWS's
 //!   default all-traffic rule.
@@ -91,9 +93,12 @@ pub struct SecurityGroup {
     pub ip_permissions: Vec<IpPermission>,
     #[serde(default)]
     pub ip_permissions_egress: Vec<IpPermission>,
+    /// The group's tags (its `Name` among them), kept as `tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IpPermission {
     pub ip_protocol: String,
@@ -115,7 +120,7 @@ pub struct IpPermission {
     pub rule_id: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IpRange {
     pub cidr_ip: String,
@@ -123,7 +128,7 @@ pub struct IpRange {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Ipv6Range {
     pub cidr_ipv6: String,
@@ -131,7 +136,7 @@ pub struct Ipv6Range {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PrefixListId {
     pub prefix_list_id: String,
@@ -139,7 +144,7 @@ pub struct PrefixListId {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserIdGroupPair {
     pub group_id: String,
@@ -230,7 +235,7 @@ pub struct GroupRef {
     pub group_id: String,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Tag {
     pub key: String,
@@ -572,6 +577,14 @@ pub fn render(
         if let Some(d) = &g.description {
             let _ = writeln!(out, "description = {}", quote(d));
         }
+        if !g.tags.is_empty() {
+            let tags: Vec<String> = g
+                .tags
+                .iter()
+                .map(|t| format!("{} = {}", quote(&t.key), quote(&t.value)))
+                .collect();
+            let _ = writeln!(out, "tags = {{ {} }}", tags.join(", "));
+        }
         if g.ip_permissions_egress.is_empty() {
             out.push_str(
                 "# No outbound permission: AWS allows no outbound traffic.\negress = []\n",
@@ -581,7 +594,8 @@ pub fn render(
             ("ingress", &g.ip_permissions),
             ("egress", &g.ip_permissions_egress),
         ] {
-            for p in perms {
+            for p in perms.iter().flat_map(by_description) {
+                let p = &p;
                 let mut rule = format!("\n  [[security_group.{direction}]]\n");
                 if let Some(id) = p
                     .rule_id
@@ -713,6 +727,63 @@ pub fn render(
     Ok(out)
 }
 
+/// One permission per description its sources carry: AWS keeps a
+/// description per source (per CIDR, prefix list, group pair), a rule of
+/// the file one for all its sources. A permission whose sources share one
+/// (most) stays whole.
+fn by_description(p: &IpPermission) -> Vec<IpPermission> {
+    let descriptions: Vec<Option<&String>> = p
+        .ip_ranges
+        .iter()
+        .map(|r| r.description.as_ref())
+        .chain(p.ipv6_ranges.iter().map(|r| r.description.as_ref()))
+        .chain(p.prefix_list_ids.iter().map(|r| r.description.as_ref()))
+        .chain(p.user_id_group_pairs.iter().map(|r| r.description.as_ref()))
+        .collect();
+    let mut distinct: Vec<Option<&String>> = Vec::new();
+    for d in &descriptions {
+        if !distinct.contains(d) {
+            distinct.push(*d);
+        }
+    }
+    if distinct.len() <= 1 {
+        return vec![p.clone()];
+    }
+    distinct
+        .into_iter()
+        .map(|d| IpPermission {
+            ip_protocol: p.ip_protocol.clone(),
+            from_port: p.from_port,
+            to_port: p.to_port,
+            ip_ranges: p
+                .ip_ranges
+                .iter()
+                .filter(|r| r.description.as_ref() == d)
+                .cloned()
+                .collect(),
+            ipv6_ranges: p
+                .ipv6_ranges
+                .iter()
+                .filter(|r| r.description.as_ref() == d)
+                .cloned()
+                .collect(),
+            prefix_list_ids: p
+                .prefix_list_ids
+                .iter()
+                .filter(|r| r.description.as_ref() == d)
+                .cloned()
+                .collect(),
+            user_id_group_pairs: p
+                .user_id_group_pairs
+                .iter()
+                .filter(|r| r.description.as_ref() == d)
+                .cloned()
+                .collect(),
+            rule_id: None,
+        })
+        .collect()
+}
+
 /// A stable id for a name of the file (`export` has no AWS ids to give).
 pub fn made_up_id(prefix: &str, name: &str) -> String {
     use sha2::Digest as _;
@@ -799,6 +870,14 @@ pub fn export(vpc: &Vpc) -> SecurityGroups {
                 vpc_id: (vpc.vpcs.len() > 1).then(|| vpc.vpc_of_group(g).to_owned()),
                 ip_permissions: g.ingress.iter().map(|r| permission(r, &g.name)).collect(),
                 ip_permissions_egress: g.egress.iter().map(|r| permission(r, &g.name)).collect(),
+                tags: g
+                    .tags
+                    .iter()
+                    .map(|(key, value)| Tag {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
     }

@@ -238,6 +238,7 @@ fn groups_of(all: &[Value], warnings: &mut Vec<String>) -> SecurityGroups {
             description: text(&v["description"]),
             ip_permissions: inline("ingress"),
             ip_permissions_egress: inline("egress"),
+            tags: tags(v),
             ..SecurityGroup::default()
         });
     }
