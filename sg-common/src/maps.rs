@@ -169,10 +169,11 @@ const fn lpm<T>() -> u32 {
 /// The maps that outlive the agent (pinned per instance): policy, settings,
 /// connection and fragment tables, counters. The per-packet scratch space
 /// and the event ring belong to one process and are not pinned.
-pub const PINNED: [Layout; 12] = {
+pub const PINNED: [Layout; 13] = {
     use crate::{
         conntrack::{CtEntry, CtKey, FragEntry, FragKey},
         guard::{MacEntry, MacKey},
+        nacl::NaclTable,
         policy::{AddrKeyV4, AddrKeyV6, AddrValue, PortKey, PortValue, Settings, Shortcuts},
     };
     const fn l(name: &'static str, key_size: u32, value_size: u32, max_entries: u32) -> Layout {
@@ -226,5 +227,6 @@ pub const PINNED: [Layout; 12] = {
         l(MAC, 4, size::<MacEntry>(), 1),
         l(SERVICE_MAC, 4, size::<MacEntry>(), 1),
         l(MAC_RESERVED, size::<MacKey>(), 1, MAC_RESERVED_MAX_ENTRIES),
+        l(NACL, 4, size::<NaclTable>(), 4),
     ]
 };

@@ -89,8 +89,14 @@ pub struct Settings {
     /// reads the timekeeper (6% of a tracked packet). Both have the tick's
     /// resolution. Zero: the programs use the coarse clock.
     pub ns_per_tick: u64,
+    /// Per direction (inbound, outbound): the epoch of the generation's
+    /// network ACL table (`crate::nacl::NaclTable::epoch`), or 0 where no
+    /// network ACL filters the instance. Read with the generation, so a
+    /// packet of an instance without one never reads the table, and a
+    /// tracked flow's cached pass is compared without it.
+    pub nacl: [u32; 2],
 }
-const _: () = assert!(size_of::<Settings>() == 88);
+const _: () = assert!(size_of::<Settings>() == 96);
 
 /// How many of the instance's own prefixes per family [`Shortcuts`] lists:
 /// an instance with more (secondary addresses, delegated prefixes) has

@@ -213,6 +213,7 @@ pub fn settings(ct: &ConntrackSettings) -> Settings {
         other_ns: 600 * SEC,
         fragment_ns: 30 * SEC,
         ns_per_tick: 0,
+        nacl: [0; 2],
     }
 }
 

@@ -312,10 +312,12 @@ fn same_settings(a: &Settings, b: &Settings) -> bool {
     Settings {
         generation: 0,
         ready: 0,
+        nacl: [0; 2],
         ..*a
     } == Settings {
         generation: 0,
         ready: 0,
+        nacl: [0; 2],
         ..*b
     }
 }
@@ -472,6 +474,13 @@ impl PolicyEncoder {
             nacl,
             settings: Settings {
                 generation: u32::from(next),
+                nacl: nacl.map(|t| {
+                    if t.flags & sg_common::nacl::NACL_ACTIVE != 0 {
+                        t.epoch
+                    } else {
+                        0
+                    }
+                }),
                 ready: sg_common::policy::READY
                     | (settings.ready & sg_common::policy::REFUSING_NEW_FLOWS),
                 ..settings
