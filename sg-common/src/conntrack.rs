@@ -494,6 +494,7 @@ mod tests {
             other_ns: 600 * SEC,
             fragment_ns: 30 * SEC,
             ns_per_tick: 0,
+            nacl: [0; 2],
         }
     }
 

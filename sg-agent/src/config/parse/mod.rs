@@ -858,4 +858,40 @@ mod tests {
             "{text}"
         );
     }
+
+    /// AWS's default egress allows `::/0` only in a VPC with an IPv6
+    /// range: a file that gives its VPC only IPv4 ranges gets the IPv4
+    /// rule alone; one that gives none keeps both (a lab without `[vpc]`).
+    #[test]
+    fn the_default_egress_allows_ipv6_only_where_the_vpc_has_an_ipv6_range() {
+        let egress = |head: &str| {
+            let text = format!("{head}[[security_group]]\nname = \"web\"\n");
+            let vpc = crate::config::from_str("vpc.toml".as_ref(), &text)
+                .unwrap_or_else(|d| panic!("{d}"));
+            let rule = &vpc.groups[0].egress[0];
+            assert!(rule.implicit);
+            rule.sources
+                .iter()
+                .map(|s| s.source.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            egress("[vpc]\ncidr_blocks = [\"10.0.0.0/16\"]\n\n"),
+            ["0.0.0.0/0"]
+        );
+        assert_eq!(
+            egress("[vpc]\ncidr_blocks = [\"10.0.0.0/16\", \"2001:db8::/56\"]\n\n"),
+            ["0.0.0.0/0", "::/0"]
+        );
+        assert_eq!(egress(""), ["0.0.0.0/0", "::/0"]);
+        // Several VPCs: each group's own.
+        let two = "[[vpc]]\nname = \"a\"\ncidr_blocks = [\"10.0.0.0/16\"]\n\n[[vpc]]\nname = \"b\"\ncidr_blocks = [\"10.1.0.0/16\", \"2001:db8:1::/56\"]\n\n";
+        let text = format!(
+            "{two}[[security_group]]\nname = \"x\"\n\n[[security_group]]\nname = \"y\"\nvpc = \"b\"\n"
+        );
+        let vpc =
+            crate::config::from_str("vpc.toml".as_ref(), &text).unwrap_or_else(|d| panic!("{d}"));
+        let count = |name: &str| vpc.group(name).expect("group").egress[0].sources.len();
+        assert_eq!((count("x"), count("y")), (1, 2));
+    }
 }
