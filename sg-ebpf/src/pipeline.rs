@@ -265,9 +265,8 @@ fn track(
                 // included; the flow keeps its pass per direction under
                 // the tables' epoch, so only the first packet of each way
                 // after a change walks the entries. A denied packet moves
-                // nothing. Read from the settings here, not carried in: a
-                // value kept across the table's lookup cost every tracked
-                // packet 10 ns (measured side by side).
+                // nothing. The epoch comes with the settings: an instance
+                // without a network ACL never reads its table.
                 let acl = AclRef::of(settings, generation, direction);
                 if acl.epoch != 0 && !nacl::cached_pass(old.nacl, acl.epoch, direction) {
                     if acl_denies(acl, direction, flow) {
