@@ -4,7 +4,10 @@
 //! evaluator, on policies and packets the fuzzer builds from its input.
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -48,8 +51,18 @@ fn v6(u: &mut Unstructured) -> Result<Ipv6Addr> {
 
 const PORTS: [u16; 10] = [0, 22, 53, 67, 68, 80, 123, 443, 5000, 65535];
 
-fn rule(u: &mut Unstructured, groups: u8, out: &mut String, dir: &str) -> Result<()> {
-    out.push_str(&format!("  [[security_group.{dir}]]\n"));
+/// One rule of group `g`, unless the group's rules so far (`seen`, each as
+/// its protocol, ports and source) already have it: AWS refuses a duplicate
+/// (`InvalidPermission.Duplicate`), and so does `check`.
+fn rule(
+    u: &mut Unstructured,
+    (g, groups): (u8, u8),
+    seen: &mut HashSet<String>,
+    file: &mut String,
+    dir: &str,
+) -> Result<()> {
+    let mut body = String::new();
+    let out = &mut body;
     match u.int_in_range(0..=4)? {
         0 => out.push_str("  protocol = \"all\"\n"),
         1 => {
@@ -92,6 +105,11 @@ fn rule(u: &mut Unstructured, groups: u8, out: &mut String, dir: &str) -> Result
             out.push_str(&format!("  ipv6_cidr_blocks = [\"{net}\"]\n"));
         }
     }
+    // `self` and the group's own name are one source.
+    let key = body.replace("  self = true\n", &format!("  security_groups = [\"g{g}\"]\n"));
+    if seen.insert(format!("{dir}\n{key}")) {
+        file.push_str(&format!("  [[security_group.{dir}]]\n{body}"));
+    }
     Ok(())
 }
 
@@ -111,11 +129,12 @@ fn rules_file(u: &mut Unstructured) -> Result<String> {
         if egress == Some(0) {
             out.push_str("egress = []\n");
         }
+        let mut seen = HashSet::new();
         for _ in 0..u.int_in_range(0..=4)? {
-            rule(u, groups, &mut out, "ingress")?;
+            rule(u, (g, groups), &mut seen, &mut out, "ingress")?;
         }
         for _ in 0..egress.unwrap_or(0) {
-            rule(u, groups, &mut out, "egress")?;
+            rule(u, (g, groups), &mut seen, &mut out, "egress")?;
         }
     }
     out.push_str(&format!(

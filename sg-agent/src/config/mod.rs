@@ -5,6 +5,7 @@ pub mod model;
 pub mod network_acl;
 mod parse;
 mod place;
+#[cfg(feature = "daemon")]
 pub(crate) use parse::PROTOCOL_NAMES;
 mod validate;
 
