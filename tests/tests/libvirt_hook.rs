@@ -6,13 +6,16 @@
 
 use std::{
     io::Write as _,
+    net::IpAddr,
+    path::Path,
     process::{Command, Output, Stdio},
 };
 
 use sg_tests::{
-    agent::{AgentProcess, binary},
+    agent::{AgentProcess, StateDir, binary},
     attached::tcx_on,
-    lab::{Lab, RulesFile, ip},
+    lab::{Lab, Netns, RulesFile, ip},
+    probe::{Outcome, ping},
     seed::START,
 };
 
@@ -25,7 +28,19 @@ fn domain_xml(name: &str, tap: &str, mac: &str) -> String {
 }
 
 /// `sg-agent libvirt-hook DOMAIN OPERATION SUB -` with `xml` on stdin.
-fn hook(socket: &std::path::Path, domain: &str, operation: &str, sub: &str, xml: &str) -> Output {
+fn hook(socket: &Path, domain: &str, operation: &str, sub: &str, xml: &str) -> Output {
+    hook_on(socket, None, domain, operation, sub, xml)
+}
+
+/// [`hook`], told the agent's state directory too.
+fn hook_on(
+    socket: &Path,
+    state: Option<&Path>,
+    domain: &str,
+    operation: &str,
+    sub: &str,
+    xml: &str,
+) -> Output {
     let mut child = Command::new(binary())
         .args([
             "libvirt-hook",
@@ -36,6 +51,7 @@ fn hook(socket: &std::path::Path, domain: &str, operation: &str, sub: &str, xml:
             "--control-socket",
         ])
         .arg(socket)
+        .args(state.map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()]).into_iter().flatten())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,5 +170,101 @@ security_groups = ["vm"]
         "what its hook attached is taken off as it stops"
     );
     assert_eq!(tcx_on(&sw, "tapv"), victim_programs, "the victim's stay");
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+/// A guest's tap as libvirt makes it: `tap` in the lab's switch namespace
+/// (the host side, with the host's address), its peer in `guest` with the
+/// guest's MAC and address.
+fn guest_tap(sw: &str, guest: &str, tap: &str, mac: &str) {
+    let peer = format!("{tap}-p");
+    ip(&[
+        "-n", sw, "link", "add", tap, "type", "veth", "peer", "name", &peer, "netns", guest,
+    ]);
+    ip(&["-n", sw, "addr", "add", "10.0.0.254/24", "dev", tap]);
+    ip(&["-n", sw, "link", "set", tap, "up"]);
+    ip(&["-n", guest, "link", "set", &peer, "address", mac]);
+    ip(&["-n", guest, "addr", "add", "10.0.0.1/24", "dev", &peer]);
+    ip(&["-n", guest, "link", "set", &peer, "up"]);
+}
+
+/// The "also seen" point of hardening round four: a domain restarted while
+/// no agent runs (its instance's programs pinned with `--keep-on-exit`)
+/// got a new, open tap. The hook now puts the pinned programs on it, and
+/// the next agent adopts them.
+#[test]
+fn a_domain_restarted_with_no_agent_keeps_its_pinned_programs() {
+    let lab = Lab::new("lvr");
+    let sw = lab.switch_netns().to_owned();
+    let guest = Netns::create(&format!("{}-g", lab.prefix));
+    let (mac, tap) = ("52:54:00:00:00:11", "tapr");
+    guest_tap(&sw, &guest.name, tap, mac);
+    let domain = format!("{}-vm", lab.prefix);
+    let xml = domain_xml(&domain, tap, mac);
+    // The group allows nothing in: the host's ping into the guest is dropped
+    // where the instance is enforced.
+    let rules = RulesFile::new(
+        &lab.prefix,
+        &format!(
+            r#"
+[[security_group]]
+name = "vm"
+
+[[instance]]
+name = "vm"
+libvirt_domain = "{domain}"
+netns = "{sw}"
+addresses = ["10.0.0.1"]
+security_groups = ["vm"]
+"#
+        ),
+    );
+    let (host, vm): (IpAddr, IpAddr) = ("10.0.0.254".parse().unwrap(), "10.0.0.1".parse().unwrap());
+    let state = StateDir::new();
+    let socket = state.control_socket();
+    let agent = AgentProcess::start_in(&state, &rules.path, &["--allow-empty", "--keep-on-exit"], "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    assert!(hook(&socket, &domain, "start", "begin", &xml).status.success());
+    assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "enforced");
+    assert_eq!(agent.terminate().code(), Some(0));
+    assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "kept on exit");
+
+    // The domain restarts: its tap goes and comes back, a new interface.
+    ip(&["-n", &sw, "link", "del", tap]);
+    guest_tap(&sw, &guest.name, tap, mac);
+    assert_eq!(ping(&sw, host, vm), Outcome::Connected, "the new tap is open");
+
+    // Another domain's start finds nothing of its own pinned: as before.
+    let other = hook_on(
+        &socket,
+        Some(&state.path),
+        "other",
+        "start",
+        "begin",
+        &domain_xml("other", "tapo", "52:54:00:00:00:12"),
+    );
+    assert!(other.status.success(), "{other:?}");
+    assert!(String::from_utf8_lossy(&other.stderr).contains("starts unfiltered"));
+
+    let out = hook_on(&socket, Some(&state.path), &domain, "start", "begin", &xml);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        err.contains(&format!("instance vm of domain {domain} is enforced on its new tap {tap}")),
+        "{err}"
+    );
+    let programs = tcx_on(&sw, tap);
+    assert_eq!((programs.0.len(), programs.1.len()), (1, 1), "{programs:?}");
+    assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "enforced with no agent");
+
+    // The next agent adopts those links (no second program on the tap).
+    let agent = AgentProcess::start_in(&state, &rules.path, &["--allow-empty"], "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    assert!(hook(&socket, &domain, "start", "begin", &xml).status.success());
+    let status = agent.status_json();
+    assert_eq!(status["instances"][0]["state"], "enforced", "{status}");
+    let adopted = tcx_on(&sw, tap);
+    assert_eq!((adopted.0.len(), adopted.1.len()), (1, 1), "{adopted:?}");
+    assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "enforced by the agent");
     assert_eq!(agent.terminate().code(), Some(0));
 }

@@ -11,7 +11,8 @@
 use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
 use crate::{
-    libvirt,
+    dataplane::{StateDir, pins, rescue},
+    libvirt::{self, DomainNic},
     observe::control::{self, ControlError},
 };
 
@@ -34,6 +35,11 @@ pub struct LibvirtHookArgs {
     /// The control socket the agent was started with.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
+    /// The state directory the agent was started with: with no agent
+    /// running, the domain's instances' pinned programs are put on its new
+    /// taps from there.
+    #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 /// The longest domain XML read from standard input.
@@ -67,7 +73,7 @@ pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
     } else {
         None
     };
-    match control::libvirt(&args.control_socket, &args.domain, nics) {
+    match control::libvirt(&args.control_socket, &args.domain, nics.clone()) {
         Ok(enforced) if starting => {
             if !enforced.is_empty() {
                 eprintln!(
@@ -79,15 +85,36 @@ pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(_) => ExitCode::SUCCESS,
-        Err(ControlError::NotRunning(path)) if !args.require_agent || stopped => {
-            if starting {
-                eprintln!(
-                    "sg-agent: no agent answers on {}: domain {} starts unfiltered by sg-agent",
-                    path.display(),
-                    args.domain
-                );
+        Err(ControlError::NotRunning(_)) if stopped => ExitCode::SUCCESS,
+        Err(ControlError::NotRunning(path)) => {
+            match without_agent(args, nics.as_deref().unwrap_or_default()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) if !args.require_agent => {
+                    eprintln!(
+                        "sg-agent: no agent answers on {}: domain {} starts unfiltered by sg-agent",
+                        path.display(),
+                        args.domain
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!(
+                        "sg-agent: domain {} refused to start: no agent answers on {}",
+                        args.domain,
+                        path.display()
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "sg-agent: domain {} refused to start: no agent runs, and its instances' \
+                         pinned programs could not be put on its new taps: {}",
+                        args.domain,
+                        super::error_chain(&e)
+                    );
+                    ExitCode::from(1)
+                }
             }
-            ExitCode::SUCCESS
         }
         Err(e) if stopped => {
             eprintln!(
@@ -106,4 +133,31 @@ pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A domain starting while no agent runs: its instances' programs, pinned
+/// by an earlier agent, are put on its new taps (see
+/// [`rescue`]). True when every one of those instances is in force
+/// (none is pinned: false, and the caller says what it always said).
+fn without_agent(args: &LibvirtHookArgs, nics: &[DomainNic]) -> Result<bool, rescue::RescueError> {
+    if nics.is_empty() || !args.state_dir.is_dir() {
+        return Ok(false);
+    }
+    // The lock keeps an agent that starts meanwhile off the pins until
+    // they are moved; one that holds it runs on another control socket
+    // (and attaches the domain from libvirt's state itself).
+    let state = match StateDir::open_locked(&args.state_dir) {
+        Ok(state) => state,
+        Err(pins::PinError::Held { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let moved = rescue::reattach(&state, nics)?;
+    for r in &moved {
+        eprintln!(
+            "sg-agent: no agent runs: instance {} of domain {} is enforced on its new tap {} by the \
+             programs an earlier agent left pinned (an agent that starts adopts them)",
+            r.instance, args.domain, r.tap
+        );
+    }
+    Ok(!moved.is_empty())
 }

@@ -11,61 +11,11 @@
 //! is the same call. aya 0.14 exposes neither the call nor a link's
 //! descriptor, so the link is reached by its id or its pin.
 
-use std::{
-    ffi::CString,
-    io,
-    os::fd::{FromRawFd, OwnedFd},
-    path::Path,
-};
+use std::{io, os::fd::OwnedFd, path::Path};
 
-/// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+use super::sys::{Attr, BPF_LINK_GET_FD_BY_ID, bpf, link_info, obj_get, owned};
+
 const BPF_LINK_DETACH: libc::c_long = 34;
-
-/// Room for the largest of the `union bpf_attr` members used here; the
-/// kernel requires the bytes it does not read to be zero.
-#[repr(C, align(8))]
-#[derive(Default)]
-struct Attr([u8; 24]);
-
-impl Attr {
-    fn u32_at(mut self, offset: usize, v: u32) -> Self {
-        self.0[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-
-    fn u64_at(mut self, offset: usize, v: u64) -> Self {
-        self.0[offset..offset + 8].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-}
-
-fn bpf(cmd: libc::c_long, attr: &Attr) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a zeroed `union bpf_attr` prefix of the size passed,
-    // filled with the fields `cmd` reads; the kernel only reads it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_ref(attr),
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("descriptor out of range"))?;
-    // SAFETY: the kernel just returned this new descriptor; nothing else
-    // owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 fn detach_fd(fd: &OwnedFd) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
@@ -89,16 +39,10 @@ pub(super) fn by_id(id: u32) -> io::Result<()> {
 /// Detaches the link pinned at `path` from its hook now (the pin stays:
 /// the caller removes it). No pin there is not an error.
 pub(super) fn by_pin(path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let ptr = u64::try_from(c.as_ptr().addr()).expect("64-bit pointers");
-    // pathname; bpf_fd, file_flags (read only) zero
-    let fd = match bpf(BPF_OBJ_GET, &Attr::default().u64_at(0, ptr)) {
-        Ok(fd) => owned(fd)?,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    detach_fd(&fd)
+    match obj_get(path)? {
+        Some(fd) => detach_fd(&fd),
+        None => Ok(()),
+    }
 }
 
 /// Whether the link with this id still has its program on a hook: a TCX
@@ -116,32 +60,13 @@ pub(super) fn attached(id: u32) -> io::Result<bool> {
 
 /// [`attached`] for the link pinned at `path` (no pin: not attached).
 pub fn pin_attached(path: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let ptr = u64::try_from(c.as_ptr().addr()).expect("64-bit pointers");
-    match bpf(BPF_OBJ_GET, &Attr::default().u64_at(0, ptr)) {
-        Ok(fd) => on_a_hook(&owned(fd)?),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
+    match obj_get(path)? {
+        Some(fd) => on_a_hook(&fd),
+        None => Ok(false),
     }
 }
 
 /// Whether the link `fd` holds reports an interface (see [`attached`]).
 fn on_a_hook(fd: &OwnedFd) -> io::Result<bool> {
-    use std::os::fd::AsRawFd as _;
-    /// `struct bpf_link_info`: type, id, `prog_id`, then (at 16) the union
-    /// whose `tcx` and `xdp` members both start with the ifindex. Room for
-    /// all of it; the kernel wants the bytes it does not know zero.
-    #[repr(C, align(8))]
-    struct Info([u8; 128]);
-    let mut info = Info([0; 128]);
-    let fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("bad descriptor"))?;
-    let ptr = u64::try_from((&raw mut info).addr()).expect("64-bit pointers");
-    // info.bpf_fd, info.info_len, info.info
-    bpf(
-        BPF_OBJ_GET_INFO_BY_FD,
-        &Attr::default().u32_at(0, fd).u32_at(4, 128).u64_at(8, ptr),
-    )?;
-    let ifindex = u32::from_ne_bytes(info.0[16..20].try_into().expect("four bytes"));
-    Ok(ifindex != 0)
+    Ok(link_info(fd)?.ifindex != 0)
 }

@@ -18,7 +18,9 @@ pub mod events;
 mod mac;
 pub mod netns;
 pub mod pins;
+pub mod rescue;
 mod policy_maps;
+mod sys;
 
 use aya::{
     Ebpf, EbpfLoader,
