@@ -135,6 +135,19 @@ pub fn has_addresses(reason: u32) -> bool {
     )
 }
 
+/// Reasons for which the host side tells the agent the source address of
+/// what the guest sent, flow logs or not (a cold path: drops only): an
+/// address the guest uses (in its ARP, its neighbour discovery, its IP
+/// packets) that its instance's `addresses` may not list, which the agent
+/// warns of by name.
+#[inline(always)]
+pub fn names_guest_address(reason: u32) -> bool {
+    matches!(
+        reason,
+        DROP_ARP_SPOOFED | DROP_ND_SPOOFED | DROP_SOURCE_DEST_CHECK
+    )
+}
+
 /// Bit `code` set: that reason lets the packet through; clear: it drops it.
 pub const PASS_MASK: u32 = 1 << PASS_TRACKED
     | 1 << PASS_RULE

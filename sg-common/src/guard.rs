@@ -246,6 +246,44 @@ fn arp<M: PolicyMaps>(
     }
 }
 
+/// The address an ARP packet from the instance speaks for (its sender's,
+/// or a probe's target), written into `flow` as if from that address (the
+/// family, both addresses, no protocol or ports): called once
+/// [`outbound_frame`] dropped the packet as [`DROP_ARP_SPOOFED`], so the
+/// event the agent gets names the address the guest uses (the agent warns
+/// of one its instance's `addresses` do not list). A packet that is no
+/// Ethernet/IPv4 ARP leaves `flow` as it is.
+#[inline(always)]
+pub fn arp_claim(ctx: &impl PacketView, off: usize, flow: &mut Flow) {
+    let Some(arp) = ptr_at::<ArpHdr>(ctx, off) else {
+        return;
+    };
+    // SAFETY: the header pointer comes from `ptr_at`, which checked the whole header against data_end.
+    let (htype, ptype, hlen, plen, spa, tpa) = unsafe {
+        (
+            ctx.load_be16(addr_of!((*arp).htype).cast()),
+            ctx.load_be16(addr_of!((*arp).ptype).cast()),
+            (*arp).hlen,
+            (*arp).plen,
+            ctx.load_u32(addr_of!((*arp).spa).cast()),
+            ctx.load_u32(addr_of!((*arp).tpa).cast()),
+        )
+    };
+    if htype != 1 || ptype != ETH_P_IP || hlen != 6 || plen != 4 {
+        return;
+    }
+    flow.family = crate::flow::FAMILY_V4;
+    flow.src = [if spa == 0 { tpa } else { spa }, 0, 0, 0];
+    flow.dst = [tpa, 0, 0, 0];
+    flow.proto = 0;
+    flow.sport = 0;
+    flow.dport = 0;
+    flow.icmp_type = 0;
+    flow.icmp_code = 0;
+    flow.frag = crate::flow::FRAG_NONE;
+    flow.ipv6_ah = 0;
+}
+
 /// Options of a neighbour-discovery message walked; a message with more is
 /// dropped (an option past the walk could carry a forged address).
 pub const ND_OPTIONS_MAX: usize = 6;
@@ -285,7 +323,7 @@ pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
     ctx: &impl PacketView,
     l4_off: usize,
     l3_end: usize,
-    flow: &Flow,
+    flow: &mut Flow,
     maps: &M,
     generation: u8,
     store: &S,
@@ -339,6 +377,9 @@ pub fn outbound_nd<M: PolicyMaps, S: MacStore>(
         // that address give it up.
         let claims = ty == ND_NEIGHBOUR_ADVERT || unspecified;
         if claims && !own_or_link_local(maps, generation, &target, mac) {
+            // The event the agent gets names the address claimed (see
+            // `arp_claim`): `flow` is read no further.
+            flow.src = target;
             return DROP_ND_SPOOFED;
         }
     }
@@ -550,6 +591,36 @@ mod tests {
             check(&SliceView::new(&neighbours), &store),
             Some(DROP_ARP_SPOOFED)
         );
+    }
+
+    #[test]
+    fn a_dropped_arp_names_the_address_it_speaks_for() {
+        let arp = |spa: [u8; 4], tpa: [u8; 4]| {
+            let mut f = eth(GUEST, 0x0806, 42);
+            f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            f[22..28].copy_from_slice(&GUEST);
+            f[28..32].copy_from_slice(&spa);
+            f[38..42].copy_from_slice(&tpa);
+            f
+        };
+        let v4 = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
+        for (spa, tpa, named) in [
+            // A request from an address not its own, and a probe for one.
+            ([10, 0, 0, 9], [10, 0, 0, 254], [10, 0, 0, 9]),
+            ([0; 4], [10, 0, 0, 2], [10, 0, 0, 2]),
+        ] {
+            let frame = arp(spa, tpa);
+            let mut flow = Flow::default();
+            arp_claim(&SliceView::new(&frame), ETH_HLEN, &mut flow);
+            assert_eq!(flow.family, crate::flow::FAMILY_V4);
+            assert_eq!((flow.src, flow.dst), (v4(named), v4(tpa)));
+        }
+        // Not Ethernet/IPv4 ARP: nothing to name.
+        let mut frame = arp([10, 0, 0, 9], [10, 0, 0, 254]);
+        frame[19] = 16;
+        let mut flow = Flow::default();
+        arp_claim(&SliceView::new(&frame), ETH_HLEN, &mut flow);
+        assert_eq!(flow, Flow::default());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use sg_common::{
     conntrack::{self, CtEntry, CtKey, FragEntry},
     counters::{
-        self, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NETWORK_ACL, DROP_NO_POLICY,
+        self, DROP_ARP_SPOOFED, DROP_CONNTRACK_ALLOWANCE, DROP_FRAGMENT, DROP_NETWORK_ACL, DROP_NO_POLICY,
         DROP_NO_RULE, DROP_SOURCE_DEST_CHECK, PASS_AWS_SERVICE, PASS_FRAGMENT,
         PASS_NEIGHBOUR_DISCOVERY, PASS_NOT_IP, PASS_RULE, PASS_TRACKED, PASS_UNTRACKED,
     },
@@ -59,8 +59,13 @@ pub fn judge<const GUARDED: bool>(ctx: &impl Packet, direction: u8) -> bool {
     }
     let passes = counters::passes(reason);
     // Off unless the agent runs with flow logs or the drop log: then the
-    // verifier removes this branch altogether.
-    if !passes && observe::on(OBSERVE_DROPS) {
+    // verifier removes this branch altogether. On the host side, a drop
+    // that names an address the guest uses is told whatever the settings
+    // (the agent warns of one the file does not give).
+    if !passes
+        && (observe::on(OBSERVE_DROPS)
+            || (GUARDED && direction == policy::EGRESS && counters::names_guest_address(reason)))
+    {
         report_drop(ctx, settings, direction, reason, generation);
     }
     passes
@@ -131,6 +136,11 @@ fn reason<const GUARDED: bool>(
     if GUARDED
         && let Some(r) = guard::outbound_frame(ctx, &parsed, &KernelPolicy, generation, &KernelMac)
     {
+        if r == DROP_ARP_SPOOFED
+            && let Next::Arp { off } = parsed.next
+        {
+            guard::arp_claim(ctx, off, flow);
+        }
         return r;
     }
     let (has_inner, l4_off, l3_end) = match parsed.next {

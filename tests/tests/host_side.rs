@@ -211,6 +211,41 @@ fn a_container_that_takes_another_instances_address_gets_nowhere() {
         Connected,
         "the app server still reaches it"
     );
+
+    // The agent says which address the alb's guest uses that its
+    // instance's addresses do not include (hardening round four, also
+    // seen): in the log, naming both, and in status.
+    agent.expect_log(
+        &format!(
+            "instance alb: its guest uses {APP} (seen in its IP), which its addresses ({ALB}"
+        ),
+        0,
+        RELOAD,
+    );
+    let unlisted = || instance(&agent, "alb")["guest_addresses_unlisted"].clone();
+    let packets = |seen: &serde_json::Value| {
+        seen.as_array()
+            .and_then(|a| a.iter().find(|g| g["address"] == APP))
+            .and_then(|g| g["packets"].as_u64())
+            .unwrap_or(0)
+    };
+    // Its SYN, then three ARPs (events are read on the agent's next tick).
+    assert!(
+        eventually(RELOAD, || packets(&unlisted()) >= 4),
+        "{}",
+        unlisted()
+    );
+    let seen = unlisted();
+    assert_eq!(seen[0]["seen_in"], "IP", "{seen}");
+    assert_eq!(
+        seen.as_array().map(Vec::len),
+        Some(1),
+        "nothing else it sent was another's: {seen}"
+    );
+    assert!(
+        instance(&agent, "app-1")["guest_addresses_unlisted"].is_null(),
+        "an instance that uses its own addresses has none"
+    );
 }
 
 /// A container that changes its MAC address: the one the file gives (rds),

@@ -105,9 +105,83 @@ pub struct InstanceView {
     /// Untracked flows already counted against their rules this interval.
     untracked_seen: HashSet<FlowKey>,
     primed: bool,
+    /// The host side: addresses its guest was seen using (in its ARP, its
+    /// neighbour discovery, as its packets' source) that its `addresses`
+    /// do not list, the first [`GUEST_ADDRESSES_KEPT`] of them.
+    pub guest_addresses: BTreeMap<IpAddr, GuestAddress>,
+}
+
+/// How many addresses a guest uses beyond its instance's are kept (a guest
+/// spoofing many makes no list without end; the rest are counted).
+pub const GUEST_ADDRESSES_KEPT: usize = 16;
+
+/// An address a guest used that its instance's `addresses` do not list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestAddress {
+    /// Where it was seen: `ARP`, `neighbour discovery`, `IP`.
+    pub seen_in: &'static str,
+    /// When first (Unix seconds).
+    pub first: u64,
+    /// Packets dropped for it since.
+    pub packets: u64,
 }
 
 impl InstanceView {
+    /// A drop on the host side that names an address the guest uses: one
+    /// its instance's `addresses` do not list is kept, and said in the
+    /// log (with both) the first time. Link-local and unspecified
+    /// addresses are no instance's `addresses` and are left out.
+    fn guest_address(
+        &mut self,
+        name: &str,
+        inst: &crate::config::Instance,
+        direction: Direction,
+        e: &FlowEvent,
+        src: IpAddr,
+        at: u64,
+    ) {
+        let reason = u32::from(e.reason);
+        if direction != Direction::Egress
+            || !counters::names_guest_address(reason)
+            || src.is_unspecified()
+            || inst.owns(src)
+            || match src {
+                IpAddr::V4(a) => a.is_link_local() || a.is_broadcast() || a.is_multicast(),
+                IpAddr::V6(a) => a.is_unicast_link_local() || a.is_multicast(),
+            }
+        {
+            return;
+        }
+        if let Some(seen) = self.guest_addresses.get_mut(&src) {
+            seen.packets += 1;
+            return;
+        }
+        if self.guest_addresses.len() >= GUEST_ADDRESSES_KEPT {
+            return;
+        }
+        let seen_in = match reason {
+            counters::DROP_ARP_SPOOFED => "ARP",
+            counters::DROP_ND_SPOOFED => "neighbour discovery",
+            _ => "IP",
+        };
+        log::warn!(
+            instance = name;
+            "instance {name}: its guest uses {src} (seen in its {seen_in}), which its addresses \
+             ({}) do not include: what it sends from there is dropped, as the source/destination \
+             check and the host side's guard drop it on AWS; add it to the instance's addresses \
+             if it is the guest's",
+            show_addresses(&inst.addresses)
+        );
+        self.guest_addresses.insert(
+            src,
+            GuestAddress {
+                seen_in,
+                first: at,
+                packets: 1,
+            },
+        );
+    }
+
     /// A packet the subnet's network ACL denied: the entry that did, in
     /// its hits and (with flow logs, `record`) on the interval's `REJECT`
     /// record.
@@ -182,6 +256,18 @@ fn packet_of(e: &FlowEvent) -> (Packet, IpAddr, IpAddr) {
         service_place: false,
     };
     (packet, src, dst)
+}
+
+/// An instance's addresses as the log shows them.
+pub fn show_addresses(addresses: &[IpAddr]) -> String {
+    if addresses.is_empty() {
+        return "none".to_owned();
+    }
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn direction_of(code: u8) -> Direction {
@@ -321,6 +407,21 @@ impl Observer {
         self.instances.get(name)
     }
 
+    /// The addresses `name`'s guest was seen using that `inst` (as the
+    /// file now gives it) still does not list; those it lists now are
+    /// forgotten.
+    pub fn guest_addresses_unlisted(
+        &mut self,
+        name: &str,
+        inst: &crate::config::Instance,
+    ) -> Vec<IpAddr> {
+        let Some(view) = self.instances.get_mut(name) else {
+            return Vec::new();
+        };
+        view.guest_addresses.retain(|a, _| !inst.owns(*a));
+        view.guest_addresses.keys().copied().collect()
+    }
+
     /// Forgets instances no longer enforced.
     pub fn retain(&mut self, enforced: &dyn Fn(&str) -> bool) {
         self.instances.retain(|name, _| enforced(name));
@@ -421,6 +522,9 @@ impl Observer {
                     }
                 }
                 EVENT_DROP => {
+                    if let Some(inst) = instance {
+                        view.guest_address(name, inst, direction, e, src, at);
+                    }
                     if flow_logs && counters::has_addresses(u32::from(e.reason)) {
                         view.window
                             .add_packet(key(Action::Reject), u64::from(e.len), at);

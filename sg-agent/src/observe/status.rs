@@ -108,6 +108,18 @@ pub struct FlowLogStatus {
     pub packets_summed: u64,
 }
 
+/// An address a guest uses that its instance's `addresses` do not list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestAddressStatus {
+    pub address: String,
+    /// `ARP`, `neighbour discovery` or `IP`.
+    pub seen_in: String,
+    /// Unix seconds.
+    pub first_seen: u64,
+    /// Its packets dropped since.
+    pub packets: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub name: String,
@@ -136,6 +148,11 @@ pub struct InstanceStatus {
     /// A learned MAC address: when the agent saw it learned (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_learned_at: Option<u64>,
+    /// The host side: addresses its guest was seen using (in its ARP, its
+    /// neighbour discovery, as its packets' source) that its `addresses`
+    /// do not list; what it sends from them is dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_addresses_unlisted: Vec<GuestAddressStatus>,
     /// `enforced`, `waiting` (its interface or namespace does not exist
     /// yet, its libvirt domain is not running, or loading failed: see
     /// `waiting_reason`) or `lost` (its interface was recreated;
@@ -397,6 +414,16 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         let _ = writeln!(
             out,
             "  MAC address {mac} ({source}): every frame it sends must come from it"
+        );
+    }
+    for g in &i.guest_addresses_unlisted {
+        let _ = writeln!(
+            out,
+            "  its guest uses {} (seen in its {} {}, {} packets dropped): not in its addresses",
+            g.address,
+            g.seen_in,
+            ago(now, g.first_seen),
+            g.packets
         );
     }
     if let Some(hook) = &i.ingress_hook {

@@ -601,15 +601,27 @@ impl Agent<'_> {
     /// the interface's: what it sends from an unlisted address is dropped
     /// by the source/destination check, and a listed address it does not
     /// have is never reached, both silently, as on AWS. Said with both
-    /// sets, at start and on every reload.
-    fn warn_address_mismatches(&self) {
+    /// sets, at start and on every reload. On the host side, where the
+    /// guest's interface cannot be read, the addresses its guest was seen
+    /// using (`observe`) that the file still does not list are said again.
+    fn warn_address_mismatches(&mut self) {
         for (name, e) in &self.enforced {
-            if e.place.side != Side::Instance {
-                continue;
-            }
             let Some(inst) = self.vpc.instance(name) else {
                 continue;
             };
+            if e.place.side != Side::Instance {
+                let still = self.observer.guest_addresses_unlisted(name, inst);
+                if !still.is_empty() {
+                    log::warn!(
+                        instance = name;
+                        "instance {name}: its guest was seen using {}, which its addresses ({}) \
+                         do not include: what it sends from there is dropped",
+                        still.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                        crate::observe::show_addresses(&inst.addresses)
+                    );
+                }
+                continue;
+            }
             let Ok(actual) = e.place.addresses() else {
                 continue;
             };

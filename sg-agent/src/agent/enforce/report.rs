@@ -233,6 +233,19 @@ impl Agent<'_> {
                 .learned
                 .filter(|l| mac.is_some_and(|m| m.learned && m.mac == l.mac))
                 .map(|l| l.since),
+            guest_addresses_unlisted: view
+                .map(|v| {
+                    v.guest_addresses
+                        .iter()
+                        .map(|(a, g)| status::GuestAddressStatus {
+                            address: a.to_string(),
+                            seen_in: g.seen_in.to_owned(),
+                            first_seen: g.first,
+                            packets: g.packets,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             state: if e.stopped.is_some() {
                 "waiting".into()
             } else if e.lost_since.is_some() {
