@@ -14,7 +14,7 @@ use std::{
 };
 
 use sg_agent::{
-    policy::{Enforcer, admit_as},
+    policy::{Enforcer, admit_as, validate_as},
     source::etcd::{EtcdOptions, compare_and_put, connect, read},
 };
 use sg_tests::{agent::AgentProcess, etcd::EtcdServer};
@@ -30,25 +30,30 @@ pub struct Config {
     pub pushes: usize,
     /// Simulated watchers.
     pub watchers: usize,
-    /// Pushes of 10,000 rules measured.
+    /// Pushes of 10,000 rules measured (and validations of the fleet's
+    /// description).
     pub big_pushes: usize,
+    /// Instances in the fleet's description.
+    pub fleet_instances: usize,
 }
 
 impl Config {
-    /// 100 pushes, 100 watchers, 5 pushes of 10,000 rules; a handful in
-    /// the smoke run.
+    /// 100 pushes, 100 watchers, 5 pushes of 10,000 rules, a fleet of
+    /// 4,000 instances; a handful in the smoke run.
     pub fn new(smoke: bool) -> Self {
         if smoke {
             Self {
                 pushes: 3,
                 watchers: 10,
                 big_pushes: 1,
+                fleet_instances: 400,
             }
         } else {
             Self {
                 pushes: 100,
                 watchers: 100,
                 big_pushes: 5,
+                fleet_instances: 4_000,
             }
         }
     }
@@ -68,6 +73,43 @@ pub struct Results {
     pub big_txn_ms: Stat,
     pub big_bytes: usize,
     pub big_rules: usize,
+    /// Validating (as `push` does) a description of many instances on many
+    /// nodes, in groups that reference themselves and each other: (ms, its
+    /// size in bytes, instances).
+    pub fleet_validate_ms: Stat,
+    pub fleet_bytes: usize,
+    pub fleet_instances: usize,
+}
+
+/// A fleet's description: `instances` on 50 nodes, each in two of 20
+/// groups; each group admits SSH from itself and HTTPS from the next
+/// group, so every instance's policy holds a tenth of the fleet's addresses.
+pub fn fleet(instances: usize) -> String {
+    use std::fmt::Write as _;
+    const GROUPS: usize = 20;
+    let mut out = String::new();
+    for g in 0..GROUPS {
+        let _ = write!(
+            out,
+            "[[security_group]]\nname = \"g{g}\"\n  [[security_group.ingress]]\n  protocol = \"tcp\"\n  \
+             from_port = 22\n  to_port = 22\n  self = true\n  [[security_group.ingress]]\n  protocol = \
+             \"tcp\"\n  from_port = 443\n  to_port = 443\n  security_groups = [\"g{}\"]\n",
+            (g + 1) % GROUPS
+        );
+    }
+    for i in 0..instances {
+        let _ = write!(
+            out,
+            "[[instance]]\nname = \"i{i}\"\nnode = \"n{}\"\nnetns = \"ns{i}\"\ninterface = \"eth0\"\n\
+             addresses = [\"10.{}.{}.1\"]\nsecurity_groups = [\"g{}\", \"g{}\"]\n",
+            i % 50,
+            1 + i / 250,
+            i % 250 + 1,
+            i % GROUPS,
+            (i + 7) % GROUPS
+        );
+    }
+    out
 }
 
 fn percentile(samples: &[f64], p: f64) -> f64 {
@@ -182,6 +224,21 @@ pub fn measure(cfg: &Config) -> Results {
         push(&text);
         txn.push(t0.elapsed().as_secs_f64() * 1e3);
     }
+    // A fleet's description, validated as `push` validates it.
+    let fleet_instances = cfg.fleet_instances;
+    let fleet_text = fleet(fleet_instances);
+    let mut fleet_ms = Vec::new();
+    for _ in 0..cfg.big_pushes {
+        let t0 = Instant::now();
+        validate_as(
+            "fleet.toml".as_ref(),
+            &fleet_text,
+            false,
+            Enforcer::Everyone,
+        )
+        .expect("valid");
+        fleet_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
     eprintln!(
         "etcd: agents p50 {:.1} ms, watchers p50 {:.1} ms, 10k push {:.1} + {:.1} ms",
         percentile(&agent_ms, 0.5),
@@ -201,6 +258,9 @@ pub fn measure(cfg: &Config) -> Results {
         big_txn_ms: Stat::of(&txn),
         big_bytes: big.len(),
         big_rules,
+        fleet_validate_ms: Stat::of(&fleet_ms),
+        fleet_bytes: fleet_text.len(),
+        fleet_instances,
     }
 }
 

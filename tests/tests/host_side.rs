@@ -216,9 +216,7 @@ fn a_container_that_takes_another_instances_address_gets_nowhere() {
     // instance's addresses do not include (hardening round four, also
     // seen): in the log, naming both, and in status.
     agent.expect_log(
-        &format!(
-            "instance alb: its guest uses {APP} (seen in its IP), which its addresses ({ALB}"
-        ),
+        &format!("instance alb: its guest uses {APP} (seen in its IP), which its addresses ({ALB}"),
         0,
         RELOAD,
     );

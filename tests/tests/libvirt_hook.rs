@@ -51,7 +51,12 @@ fn hook_on(
             "--control-socket",
         ])
         .arg(socket)
-        .args(state.map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()]).into_iter().flatten())
+        .args(
+            state
+                .map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -222,9 +227,18 @@ security_groups = ["vm"]
     let (host, vm): (IpAddr, IpAddr) = ("10.0.0.254".parse().unwrap(), "10.0.0.1".parse().unwrap());
     let state = StateDir::new();
     let socket = state.control_socket();
-    let agent = AgentProcess::start_in(&state, &rules.path, &["--allow-empty", "--keep-on-exit"], "info");
+    let agent = AgentProcess::start_in(
+        &state,
+        &rules.path,
+        &["--allow-empty", "--keep-on-exit"],
+        "info",
+    );
     agent.expect_log("ready: enforcing", 0, START);
-    assert!(hook(&socket, &domain, "start", "begin", &xml).status.success());
+    assert!(
+        hook(&socket, &domain, "start", "begin", &xml)
+            .status
+            .success()
+    );
     assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "enforced");
     assert_eq!(agent.terminate().code(), Some(0));
     assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "kept on exit");
@@ -232,7 +246,11 @@ security_groups = ["vm"]
     // The domain restarts: its tap goes and comes back, a new interface.
     ip(&["-n", &sw, "link", "del", tap]);
     guest_tap(&sw, &guest.name, tap, mac);
-    assert_eq!(ping(&sw, host, vm), Outcome::Connected, "the new tap is open");
+    assert_eq!(
+        ping(&sw, host, vm),
+        Outcome::Connected,
+        "the new tap is open"
+    );
 
     // Another domain's start finds nothing of its own pinned: as before.
     let other = hook_on(
@@ -250,21 +268,35 @@ security_groups = ["vm"]
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        err.contains(&format!("instance vm of domain {domain} is enforced on its new tap {tap}")),
+        err.contains(&format!(
+            "instance vm of domain {domain} is enforced on its new tap {tap}"
+        )),
         "{err}"
     );
     let programs = tcx_on(&sw, tap);
     assert_eq!((programs.0.len(), programs.1.len()), (1, 1), "{programs:?}");
-    assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "enforced with no agent");
+    assert_eq!(
+        ping(&sw, host, vm),
+        Outcome::TimedOut,
+        "enforced with no agent"
+    );
 
     // The next agent adopts those links (no second program on the tap).
     let agent = AgentProcess::start_in(&state, &rules.path, &["--allow-empty"], "info");
     agent.expect_log("ready: enforcing", 0, START);
-    assert!(hook(&socket, &domain, "start", "begin", &xml).status.success());
+    assert!(
+        hook(&socket, &domain, "start", "begin", &xml)
+            .status
+            .success()
+    );
     let status = agent.status_json();
     assert_eq!(status["instances"][0]["state"], "enforced", "{status}");
     let adopted = tcx_on(&sw, tap);
     assert_eq!((adopted.0.len(), adopted.1.len()), (1, 1), "{adopted:?}");
-    assert_eq!(ping(&sw, host, vm), Outcome::TimedOut, "enforced by the agent");
+    assert_eq!(
+        ping(&sw, host, vm),
+        Outcome::TimedOut,
+        "enforced by the agent"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
 }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
     config,
-    policy::{Enforcer, admit_as, report},
+    policy::{Enforcer, report, validate_as},
 };
 
 #[derive(Debug, clap::Args)]
@@ -57,8 +57,8 @@ pub fn load_as(
         }
     };
     // The very question `run` asks of the file, at start and on reload.
-    match admit_as(file, &text, allow_empty, enforcer) {
-        Ok((vpc, _compiled)) => Ok((vpc, text)),
+    match validate_as(file, &text, allow_empty, enforcer) {
+        Ok(vpc) => Ok((vpc, text)),
         Err(e) => {
             eprintln!("{e}");
             Err(ExitCode::from(1))

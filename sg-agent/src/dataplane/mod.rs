@@ -18,8 +18,8 @@ pub mod events;
 mod mac;
 pub mod netns;
 pub mod pins;
-pub mod rescue;
 mod policy_maps;
+pub mod rescue;
 mod sys;
 
 use aya::{

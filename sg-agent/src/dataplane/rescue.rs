@@ -45,7 +45,10 @@ pub enum RescueError {
     #[error(
         "instance {instance}: its link {hook} is not a host-side TC link, which this hook cannot move"
     )]
-    NotMovable { instance: String, hook: &'static str },
+    NotMovable {
+        instance: String,
+        hook: &'static str,
+    },
     #[error(
         "instance {instance}: its old tap's namespace (inode {inode}) is neither this host's nor one \
          under /run/netns"
@@ -116,7 +119,8 @@ pub fn reattach(state: &StateDir, nics: &[DomainNic]) -> Result<Vec<Reattached>,
 /// file's), if its maps are pinned here.
 fn configured_mac(pins: &InstancePins) -> Option<MacAddr> {
     let data = MapData::from_pin(pins.map(m::MAC)).ok()?;
-    let map: HashMap<MapData, u32, MacEntry> = HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
+    let map: HashMap<MapData, u32, MacEntry> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
     let entry = map.get(&0, 0).ok()?;
     (entry.learned == MAC_CONFIGURED).then_some(MacAddr(entry.mac))
 }
@@ -145,20 +149,25 @@ fn move_links(p: &Pinned, tap: &str) -> Result<(), RescueError> {
                 });
             }
         };
-        let Some(old) = sys::obj_get(old_pin).map_err(io(format!("{}", old_pin.display())))?
-        else {
+        let Some(old) = sys::obj_get(old_pin).map_err(io(format!("{}", old_pin.display())))? else {
             continue;
         };
         let info = sys::link_info(&old).map_err(io(format!("{}", old_pin.display())))?;
-        let prog = sys::prog_by_id(info.prog_id)
-            .map_err(io(format!("program {} of {}", info.prog_id, old_pin.display())))?;
+        let prog = sys::prog_by_id(info.prog_id).map_err(io(format!(
+            "program {} of {}",
+            info.prog_id,
+            old_pin.display()
+        )))?;
         let netns = namespace_named(old_place.netns_inode).ok_or(RescueError::NoNamespace {
             instance: p.name.clone(),
             inode: old_place.netns_inode,
         })?;
         let _in_ns = NetnsGuard::enter_opt(netns.as_deref()).map_err(|e| RescueError::Io {
             instance: p.name.clone(),
-            what: format!("entering namespace {}", netns.as_deref().unwrap_or_default()),
+            what: format!(
+                "entering namespace {}",
+                netns.as_deref().unwrap_or_default()
+            ),
             source: io::Error::other(e.to_string()),
         })?;
         let place = place_here(tap).map_err(io(format!("tap {tap}")))?;

@@ -29,7 +29,7 @@ use crate::{
     config::{
         ConntrackSettings, Direction, Instance, Link, MacAddr, Protocol, TrackedService, Vpc,
     },
-    policy::resolve::effective_rules,
+    policy::resolve::{Members, effective_rules_with},
 };
 
 /// The whole compiled policy.
@@ -115,6 +115,42 @@ pub fn compile_enforced(vpc: &Vpc) -> Result<CompiledPolicy, InstanceTooLarge> {
     compile_where(vpc, Instance::enforced_here)
 }
 
+/// Whether every instance this host would enforce fits the maps, as
+/// [`compile_enforced`] finds, without keeping any instance's tables:
+/// `check` and `push` judge a whole description of many nodes, whose
+/// tables together can be gigabytes (each instance's holds its groups'
+/// members). The instances are compiled on every CPU, one at a time each.
+pub fn fits_enforced(vpc: &Vpc) -> Result<(), InstanceTooLarge> {
+    let members = Members::of(vpc);
+    let wanted: Vec<&Instance> = vpc.instances.iter().filter(|i| i.enforced_here()).collect();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let chunk = wanted.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = wanted
+            .chunks(chunk)
+            .map(|part| {
+                let members = &members;
+                scope.spawn(move || {
+                    for inst in part {
+                        compile_instance_with(vpc, inst, Some(members)).map_err(|source| {
+                            InstanceTooLarge {
+                                instance: inst.name.clone(),
+                                source,
+                            }
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        // The first refusal in file order.
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 /// An instance whose policy would not fit the maps.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error(
@@ -130,16 +166,18 @@ fn compile_where(
     vpc: &Vpc,
     wanted: impl Fn(&Instance) -> bool,
 ) -> Result<CompiledPolicy, InstanceTooLarge> {
+    let members = Members::of(vpc);
     let instances = vpc
         .instances
         .iter()
         .filter(|i| wanted(i))
         .map(|inst| {
-            let tables =
-                compile_instance_bounded(vpc, inst).map_err(|source| InstanceTooLarge {
+            let tables = compile_instance_with(vpc, inst, Some(&members)).map_err(|source| {
+                InstanceTooLarge {
                     instance: inst.name.clone(),
                     source,
-                })?;
+                }
+            })?;
             let single_ports = tables
                 .class_contents()
                 .values()
@@ -300,9 +338,18 @@ pub fn compile_instance(vpc: &Vpc, inst: &Instance) -> PolicyTables {
 /// policy whose address entries, copied-down rules or port entries would
 /// exceed what the maps hold.
 pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTables, TooLarge> {
+    compile_instance_with(vpc, inst, None)
+}
+
+/// [`compile_instance_bounded`], with the groups' members gathered already.
+fn compile_instance_with(
+    vpc: &Vpc,
+    inst: &Instance,
+    members: Option<&Members>,
+) -> Result<PolicyTables, TooLarge> {
     // direction -> prefix -> matchers of rules naming exactly that prefix.
     let mut by_prefix: BTreeMap<(Direction, IpNet), Vec<Matcher>> = BTreeMap::new();
-    for r in effective_rules(vpc, inst) {
+    for r in effective_rules_with(vpc, inst, members) {
         let proto = match r.rule.protocol {
             Protocol::All => None,
             Protocol::Number(n) => Some(n),
@@ -321,17 +368,14 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
     let mut classes: HashMap<ClassKey, u32> = HashMap::new();
     let mut class_order: Vec<ClassKey> = Vec::new();
     let mut tables = PolicyTables::default();
+    let lengths = PrefixLengths::of(&by_prefix);
+    let untrack = Untrack::of(&by_prefix);
     for &(direction, net) in by_prefix.keys() {
         // Union with every broader prefix present (prefixes containing a
         // common address are nested, so these are all of them).
         let mut matchers: Vec<Matcher> = Vec::new();
-        for len in 0..=net.prefix_len() {
-            let Ok(wider) = IpNet::new(net.addr(), len) else {
-                continue;
-            };
-            if let Some(m) = by_prefix.get(&(direction, wider.trunc())) {
-                matchers.extend_from_slice(m);
-            }
+        for m in lengths.wider(&by_prefix, direction, net) {
+            matchers.extend_from_slice(m);
         }
         let key = class_key(matchers);
         let class = *classes.entry(key.clone()).or_insert_with(|| {
@@ -339,7 +383,7 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
             u32::try_from(class_order.len()).expect("fewer than 2^31 classes")
         });
         let d = direction.code();
-        let flags = untrack_flags(&by_prefix, direction, net)
+        let flags = untrack.flags(direction, net)
             | vpc
                 .tracked_service_of_net(&net)
                 .map_or(0, TrackedService::flags);
@@ -395,18 +439,55 @@ pub fn compile_instance_bounded(vpc: &Vpc, inst: &Instance) -> Result<PolicyTabl
 /// service's flags, so a flow with the service is always tracked. Rule
 /// prefixes inside a service's range get its flags as they are.
 fn tracked_service_entries(vpc: &Vpc, by_prefix: &mut BTreeMap<(Direction, IpNet), Vec<Matcher>>) {
+    // The rules' prefixes alone (not those this adds) decide what is covered.
+    let lengths = PrefixLengths::of(by_prefix);
     for service in &vpc.tracked_services {
         for &net in &service.addresses {
             for direction in [Direction::Ingress, Direction::Egress] {
-                let covered = (0..=net.prefix_len()).any(|len| {
-                    IpNet::new(net.addr(), len)
-                        .is_ok_and(|wider| by_prefix.contains_key(&(direction, wider.trunc())))
-                });
+                let covered = lengths.wider(by_prefix, direction, net).next().is_some();
                 if covered {
                     by_prefix.entry((direction, net.trunc())).or_default();
                 }
             }
         }
+    }
+}
+
+/// The prefix lengths present, per direction and family: a prefix's broader
+/// ones are looked up at those lengths only (a policy has a few: /32 and
+/// /128 members, /0, a VPC's /16...), not at every length up to its own
+/// (33 or 129 lookups per prefix made a description of thousands of
+/// instances take minutes to check).
+struct PrefixLengths([[bool; 129]; 4]);
+
+impl PrefixLengths {
+    fn slot(direction: Direction, net: &IpNet) -> usize {
+        usize::from(direction.code()) * 2 + usize::from(net.addr().is_ipv6())
+    }
+
+    fn of(by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>) -> Self {
+        let mut present = [[false; 129]; 4];
+        for (direction, net) in by_prefix.keys() {
+            present[Self::slot(*direction, net)][usize::from(net.prefix_len())] = true;
+        }
+        Self(present)
+    }
+
+    /// The matchers of `net` and of every broader prefix in `by_prefix`
+    /// for `direction`, broadest first.
+    fn wider<'a>(
+        &self,
+        by_prefix: &'a BTreeMap<(Direction, IpNet), Vec<Matcher>>,
+        direction: Direction,
+        net: IpNet,
+    ) -> impl Iterator<Item = &'a Vec<Matcher>> + 'a {
+        let present = self.0[Self::slot(direction, &net)];
+        (0..=net.prefix_len())
+            .filter(move |&len| present[usize::from(len)])
+            .filter_map(move |len| {
+                let wider = IpNet::new(net.addr(), len).ok()?.trunc();
+                by_prefix.get(&(direction, wider))
+            })
     }
 }
 
@@ -429,14 +510,12 @@ fn expansion_fits(by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>) -> Res
         }
     }
     let mut gathered = 0usize;
+    let lengths = PrefixLengths::of(by_prefix);
     for &(direction, net) in by_prefix.keys() {
-        for len in 0..=net.prefix_len() {
-            if let Ok(wider) = IpNet::new(net.addr(), len)
-                && let Some(m) = by_prefix.get(&(direction, wider.trunc()))
-            {
-                gathered += m.len();
-            }
-        }
+        gathered += lengths
+            .wider(by_prefix, direction, net)
+            .map(Vec::len)
+            .sum::<usize>();
         if gathered > EXPANSION_LIMIT {
             return Err(TooLarge {
                 what: "copied-down rule (rules of broader prefixes repeated in narrower ones)",
@@ -505,51 +584,55 @@ fn aws_services(vpc: &Vpc, tables: &mut PolicyTables) {
 /// protocol is untracked); on every entry, `CLASS_MAY_UNTRACK_*` when
 /// either direction's whole-space entry has that bit, so the data plane
 /// looks the whole-space entries up only when a flow may be untracked.
-fn untrack_flags(
-    by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>,
-    direction: Direction,
-    net: IpNet,
-) -> u32 {
-    use sg_common::policy::{
-        CLASS_MAY_UNTRACK_TCP, CLASS_MAY_UNTRACK_UDP, CLASS_REVERSE_OPEN_TCP,
-        CLASS_REVERSE_OPEN_UDP,
-    };
-    let whole = match net {
-        IpNet::V4(_) => IpNet::V4(Ipv4Net::default()),
-        IpNet::V6(_) => IpNet::V6(Ipv6Net::default()),
-    };
-    // The REVERSE_OPEN bits of `d`'s whole-space entry, if it has one.
-    let reverse_open = |d: Direction| {
-        if !by_prefix.contains_key(&(d, whole)) {
-            return 0;
+/// Computed once per instance: the `CLASS_REVERSE_OPEN_*` bits of each
+/// direction's whole-space entry, per family (they depend on nothing else).
+struct Untrack([u32; 4]);
+
+impl Untrack {
+    fn of(by_prefix: &BTreeMap<(Direction, IpNet), Vec<Matcher>>) -> Self {
+        use sg_common::policy::{CLASS_REVERSE_OPEN_TCP, CLASS_REVERSE_OPEN_UDP};
+        let mut bits = [0u32; 4];
+        for whole in [IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())] {
+            for d in [Direction::Ingress, Direction::Egress] {
+                if !by_prefix.contains_key(&(d, whole)) {
+                    continue;
+                }
+                let Some(matchers) = by_prefix.get(&(d.other(), whole)) else {
+                    continue;
+                };
+                let open = |proto: u8| {
+                    matchers
+                        .iter()
+                        .any(|&(p, iv)| p.is_none() || (p == Some(proto) && iv == (0, u16::MAX)))
+                };
+                let slot = &mut bits[PrefixLengths::slot(d, &whole)];
+                if open(sg_common::flow::proto::TCP) {
+                    *slot |= CLASS_REVERSE_OPEN_TCP;
+                }
+                if open(sg_common::flow::proto::UDP) {
+                    *slot |= CLASS_REVERSE_OPEN_UDP;
+                }
+            }
         }
-        let Some(matchers) = by_prefix.get(&(d.other(), whole)) else {
-            return 0;
+        Self(bits)
+    }
+
+    fn flags(&self, direction: Direction, net: IpNet) -> u32 {
+        use sg_common::policy::{
+            CLASS_MAY_UNTRACK_TCP, CLASS_MAY_UNTRACK_UDP, CLASS_REVERSE_OPEN_TCP,
+            CLASS_REVERSE_OPEN_UDP,
         };
-        let open = |proto: u8| {
-            matchers
-                .iter()
-                .any(|&(p, iv)| p.is_none() || (p == Some(proto) && iv == (0, u16::MAX)))
-        };
-        let mut flags = 0;
-        if open(sg_common::flow::proto::TCP) {
-            flags |= CLASS_REVERSE_OPEN_TCP;
+        let here = self.0[PrefixLengths::slot(direction, &net)];
+        let either = here | self.0[PrefixLengths::slot(direction.other(), &net)];
+        let mut flags = if net.prefix_len() == 0 { here } else { 0 };
+        if either & CLASS_REVERSE_OPEN_TCP != 0 {
+            flags |= CLASS_MAY_UNTRACK_TCP;
         }
-        if open(sg_common::flow::proto::UDP) {
-            flags |= CLASS_REVERSE_OPEN_UDP;
+        if either & CLASS_REVERSE_OPEN_UDP != 0 {
+            flags |= CLASS_MAY_UNTRACK_UDP;
         }
         flags
-    };
-    let here = reverse_open(direction);
-    let either = here | reverse_open(direction.other());
-    let mut flags = if net.prefix_len() == 0 { here } else { 0 };
-    if either & CLASS_REVERSE_OPEN_TCP != 0 {
-        flags |= CLASS_MAY_UNTRACK_TCP;
     }
-    if either & CLASS_REVERSE_OPEN_UDP != 0 {
-        flags |= CLASS_MAY_UNTRACK_UDP;
-    }
-    flags
 }
 
 /// Canonical form of a set of matchers: every-protocol absorbs the rest;
@@ -627,6 +710,63 @@ impl PolicyTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fleet: 300 instances in 6 groups admitting themselves and the next.
+    fn fleet() -> Vpc {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for g in 0..6 {
+            let _ = write!(
+                text,
+                "[[security_group]]\nname = \"g{g}\"\n[[security_group.ingress]]\nprotocol = \"tcp\"\n\
+                 from_port = 22\nto_port = 22\nself = true\n[[security_group.ingress]]\nprotocol = \"all\"\n\
+                 security_groups = [\"g{}\"]\n",
+                (g + 1) % 6
+            );
+        }
+        for i in 0..300 {
+            let _ = write!(
+                text,
+                "[[instance]]\nname = \"i{i}\"\nnetns = \"ns{i}\"\ninterface = \"eth0\"\n\
+                 addresses = [\"10.{}.{}.1\"]\nsecurity_groups = [\"g{}\", \"g{}\"]\n",
+                1 + i / 250,
+                i % 250 + 1,
+                i % 6,
+                (i + 2) % 6
+            );
+        }
+        crate::config::from_str("fleet.toml".as_ref(), &text).expect("valid")
+    }
+
+    #[test]
+    fn members_gathered_once_are_each_groups_members() {
+        let vpc = fleet();
+        let all = Members::of(&vpc);
+        for g in &vpc.groups {
+            assert_eq!(
+                all.get(&g.name),
+                crate::policy::resolve::members(&vpc, &g.name),
+                "{}",
+                g.name
+            );
+        }
+    }
+
+    #[test]
+    fn fits_compiles_each_instance_as_compile_does() {
+        let vpc = fleet();
+        assert!(fits_enforced(&vpc).is_ok());
+        let compiled = compile_enforced(&vpc).expect("fits");
+        assert_eq!(compiled.instances.len(), 300);
+        for (inst, c) in vpc.instances.iter().zip(&compiled.instances) {
+            assert_eq!(
+                c.tables,
+                compile_instance_bounded(&vpc, inst).expect("fits"),
+                "{}: with the members gathered once, the same tables",
+                inst.name
+            );
+        }
+    }
 
     #[test]
     fn port_ranges_become_covering_prefixes() {

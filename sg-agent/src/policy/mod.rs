@@ -85,6 +85,22 @@ pub fn admit_as(
     allow_empty: bool,
     enforcer: Enforcer<'_>,
 ) -> Result<(Vpc, compile::CompiledPolicy), Refusal> {
+    let vpc = placed(path, text, allow_empty, enforcer)?;
+    let compiled = compile::compile_enforced(&vpc).map_err(|source| Refusal::TooLarge {
+        source,
+        path: path.to_owned(),
+    })?;
+    Ok((vpc, compiled))
+}
+
+/// The description parsed and validated as `enforcer` takes it, with the
+/// places its instances name checked.
+fn placed(
+    path: &Path,
+    text: &str,
+    allow_empty: bool,
+    enforcer: Enforcer<'_>,
+) -> Result<Vpc, Refusal> {
     let mut vpc = config::from_str(path, text).map_err(Refusal::Invalid)?;
     if let Enforcer::Node(node) = enforcer {
         vpc.select_node(node);
@@ -108,9 +124,21 @@ pub fn admit_as(
             });
         }
     }
-    let compiled = compile::compile_enforced(&vpc).map_err(|source| Refusal::TooLarge {
+    Ok(vpc)
+}
+
+/// [`admit_as`] where the tables are not wanted (`check`, `push`): the same
+/// answer, without holding every instance's tables at once.
+pub fn validate_as(
+    path: &Path,
+    text: &str,
+    allow_empty: bool,
+    enforcer: Enforcer<'_>,
+) -> Result<Vpc, Refusal> {
+    let vpc = placed(path, text, allow_empty, enforcer)?;
+    compile::fits_enforced(&vpc).map_err(|source| Refusal::TooLarge {
         source,
         path: path.to_owned(),
     })?;
-    Ok((vpc, compiled))
+    Ok(vpc)
 }

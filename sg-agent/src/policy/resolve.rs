@@ -1,6 +1,8 @@
 //! Each instance's effective rules: the union of its groups' rules, one per
 //! source, with group references and prefix lists resolved to addresses.
 
+use std::collections::HashMap;
+
 use ipnet::IpNet;
 
 use crate::config::{Direction, Instance, Rule, SecurityGroup, Source, Vpc};
@@ -29,8 +31,50 @@ pub fn members(vpc: &Vpc, group: &str) -> Vec<IpNet> {
         .collect()
 }
 
+/// Every group's members' prefixes (see [`members`]), gathered in one pass
+/// over the instances: compiling thousands of instances asks for the same
+/// groups' members thousands of times.
+#[derive(Debug, Default)]
+pub struct Members(HashMap<String, Vec<IpNet>>);
+
+impl Members {
+    pub fn of(vpc: &Vpc) -> Self {
+        let mut out: HashMap<String, Vec<IpNet>> = HashMap::new();
+        for inst in &vpc.instances {
+            // An instance that names a group twice is one member.
+            let mut named: Vec<&str> = Vec::new();
+            for (group, _) in &inst.groups {
+                if named.contains(&group.as_str()) {
+                    continue;
+                }
+                named.push(group);
+                out.entry(group.clone()).or_default().extend(inst.nets());
+            }
+        }
+        Self(out)
+    }
+
+    pub fn get(&self, group: &str) -> Vec<IpNet> {
+        self.0.get(group).cloned().unwrap_or_default()
+    }
+}
+
 /// What one source of a rule of `group` stands for.
 pub fn resolve_source(vpc: &Vpc, group: &str, source: &Source) -> Vec<IpNet> {
+    resolve_source_with(vpc, group, source, None)
+}
+
+/// [`resolve_source`], with the members gathered already.
+fn resolve_source_with(
+    vpc: &Vpc,
+    group: &str,
+    source: &Source,
+    members_of: Option<&Members>,
+) -> Vec<IpNet> {
+    let members = |name: &str| match members_of {
+        Some(m) => m.get(name),
+        None => members(vpc, name),
+    };
     match source {
         Source::Cidr(net) => vec![*net],
         Source::PrefixList(name) => vpc
@@ -40,14 +84,23 @@ pub fn resolve_source(vpc: &Vpc, group: &str, source: &Source) -> Vec<IpNet> {
         // A group of a VPC not peered with this group's: a stale
         // reference, which stands for nothing.
         Source::Group(name) if vpc.stale_reference(group, name).is_some() => Vec::new(),
-        Source::Group(name) => members(vpc, name),
-        Source::SelfGroup => members(vpc, group),
+        Source::Group(name) => members(name),
+        Source::SelfGroup => members(group),
     }
 }
 
 /// The effective rules of `instance` in both directions, in file order of
 /// its groups, their rules and the rules' sources.
 pub fn effective_rules<'a>(vpc: &'a Vpc, instance: &Instance) -> Vec<EffectiveRule<'a>> {
+    effective_rules_with(vpc, instance, None)
+}
+
+/// [`effective_rules`], with the members gathered already.
+pub fn effective_rules_with<'a>(
+    vpc: &'a Vpc,
+    instance: &Instance,
+    members_of: Option<&Members>,
+) -> Vec<EffectiveRule<'a>> {
     let mut out = Vec::new();
     for (name, _) in &instance.groups {
         let Some(group) = vpc.group(name) else {
@@ -65,7 +118,7 @@ pub fn effective_rules<'a>(vpc: &'a Vpc, instance: &Instance) -> Vec<EffectiveRu
                         rule_number: i + 1,
                         rule,
                         source: &s.source,
-                        prefixes: resolve_source(vpc, &group.name, &s.source),
+                        prefixes: resolve_source_with(vpc, &group.name, &s.source, members_of),
                     });
                 }
             }
