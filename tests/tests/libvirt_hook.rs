@@ -300,3 +300,64 @@ security_groups = ["vm"]
     );
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// libvirt round two, item 2: a hook refused for a `libvirt_mac` the domain
+/// has no NIC with says so (it said the domain was not running), as the
+/// domain first starts and as it starts again after a reload.
+#[test]
+fn a_refused_start_gives_the_real_reason() {
+    let lab = Lab::new("lvm");
+    let sw = lab.switch_netns().to_owned();
+    ip(&[
+        "-n", &sw, "link", "add", "tapm", "type", "veth", "peer", "name", "tapm-p",
+    ]);
+    ip(&["-n", &sw, "link", "set", "tapm", "up"]);
+    let domain = format!("{}-vm", lab.prefix);
+    let file = |mac: &str| {
+        format!(
+            r#"
+[[security_group]]
+name = "vm"
+
+[[instance]]
+name = "vm"
+libvirt_domain = "{domain}"
+libvirt_mac = "{mac}"
+netns = "{sw}"
+addresses = ["10.0.0.1"]
+security_groups = ["vm"]
+"#
+        )
+    };
+    let rules = RulesFile::new(&lab.prefix, &file("52:54:00:00:00:99"));
+    let agent = AgentProcess::start_with(&rules.path, &["--allow-empty"]);
+    agent.expect_log("ready: enforcing", 0, START);
+    let socket = agent.control_socket.clone();
+    let xml = domain_xml(&domain, "tapm", "52:54:00:00:00:21");
+    let refused = |out: &Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "libvirt domain {domain} has no NIC with MAC address 52:54:00:00:00:99"
+            )),
+            "the real reason: {err}"
+        );
+        assert!(!err.contains("is not running"), "{err}");
+    };
+    refused(&hook(&socket, &domain, "start", "begin", &xml));
+
+    // Started with the right MAC, stopped, then the file names a wrong one.
+    std::fs::write(&rules.path, file("52:54:00:00:00:21")).expect("rewrite");
+    let mark = agent.log_lines();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.expect_log("applied in", mark, START);
+    assert!(hook(&socket, &domain, "start", "begin", &xml).status.success());
+    assert!(hook(&socket, &domain, "stopped", "end", "").status.success());
+    std::fs::write(&rules.path, file("52:54:00:00:00:99")).expect("rewrite");
+    let mark = agent.log_lines();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.expect_log("applied in", mark, START);
+    refused(&hook(&socket, &domain, "start", "begin", &xml));
+    assert_eq!(agent.terminate().code(), Some(0));
+}

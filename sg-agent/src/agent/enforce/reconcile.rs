@@ -83,8 +83,10 @@ impl Agent<'_> {
             Ok(wanted) => wanted,
             Err(why) => {
                 // A libvirt domain that stopped: its tap went with it, and
-                // nothing is unprotected until it starts again.
-                if e.stopped.is_none() {
+                // nothing is unprotected until it starts again. The reason
+                // is kept current (a domain that starts with no NIC of the
+                // file's `libvirt_mac` is not "not running").
+                if e.stopped.as_ref() != Some(&why) {
                     log::info!(
                         instance = name;
                         "instance {name}: {why}; enforced again as it starts"
@@ -298,10 +300,17 @@ impl Agent<'_> {
                     self.enforced[&name].place.describe()
                 ));
             } else {
-                let why = self
-                    .pending
-                    .get(&name)
-                    .map_or_else(|| "not attached".to_owned(), |p| p.reason.clone());
+                // Why now, with the NICs the hook gave (not what was said
+                // of it before the domain started).
+                let why = match self.domains.wanted(inst) {
+                    Err(why) => why,
+                    Ok(_) => self
+                        .enforced
+                        .get(&name)
+                        .and_then(|e| e.stopped.clone())
+                        .or_else(|| self.pending.get(&name).map(|p| p.reason.clone()))
+                        .unwrap_or_else(|| "not attached".to_owned()),
+                };
                 failed.push(format!("{name}: {why}"));
             }
         }
