@@ -352,12 +352,89 @@ security_groups = ["vm"]
     let mark = agent.log_lines();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     agent.expect_log("applied in", mark, START);
-    assert!(hook(&socket, &domain, "start", "begin", &xml).status.success());
-    assert!(hook(&socket, &domain, "stopped", "end", "").status.success());
+    assert!(
+        hook(&socket, &domain, "start", "begin", &xml)
+            .status
+            .success()
+    );
+    assert!(
+        hook(&socket, &domain, "stopped", "end", "")
+            .status
+            .success()
+    );
     std::fs::write(&rules.path, file("52:54:00:00:00:99")).expect("rewrite");
     let mark = agent.log_lines();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     agent.expect_log("applied in", mark, START);
     refused(&hook(&socket, &domain, "start", "begin", &xml));
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+/// libvirt round two, item 3: a domain stopped and started again on a tap
+/// of the same name (made anew) is attached before its guest runs, and
+/// that is no lapse (it was logged as an ERROR "was recreated").
+#[test]
+fn a_restarted_domain_on_a_fixed_tap_name_is_no_lapse() {
+    let lab = Lab::new("lvf");
+    let sw = lab.switch_netns().to_owned();
+    let tap = |make: bool| {
+        if make {
+            ip(&[
+                "-n", &sw, "link", "add", "tapf", "type", "veth", "peer", "name", "tapf-p",
+            ]);
+            ip(&["-n", &sw, "link", "set", "tapf", "up"]);
+        } else {
+            ip(&["-n", &sw, "link", "del", "tapf"]);
+        }
+    };
+    tap(true);
+    let domain = format!("{}-vm", lab.prefix);
+    let rules = RulesFile::new(
+        &lab.prefix,
+        &format!(
+            r#"
+[[security_group]]
+name = "vm"
+
+[[instance]]
+name = "vm"
+libvirt_domain = "{domain}"
+netns = "{sw}"
+addresses = ["10.0.0.1"]
+security_groups = ["vm"]
+"#
+        ),
+    );
+    let agent = AgentProcess::start_with(&rules.path, &["--allow-empty"]);
+    agent.expect_log("ready: enforcing", 0, START);
+    let socket = agent.control_socket.clone();
+    let xml = domain_xml(&domain, "tapf", "52:54:00:00:00:31");
+    assert!(
+        hook(&socket, &domain, "start", "begin", &xml)
+            .status
+            .success()
+    );
+    for _ in 0..2 {
+        assert!(
+            hook(&socket, &domain, "stopped", "end", "")
+                .status
+                .success()
+        );
+        tap(false);
+        tap(true);
+        // The new tap's link event may reach the agent first.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            hook(&socket, &domain, "start", "begin", &xml)
+                .status
+                .success()
+        );
+        assert_eq!(tcx_on(&sw, "tapf").0.len(), 1, "enforced again");
+    }
+    let log = agent.log_text();
+    assert!(!log.contains("was recreated"), "{log}");
+    assert!(log.contains("started again on"), "{log}");
+    let status = agent.status_json();
+    assert_eq!(status["agent"]["lapses"], 0, "{status}");
     assert_eq!(agent.terminate().code(), Some(0));
 }

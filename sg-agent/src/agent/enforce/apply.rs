@@ -572,6 +572,7 @@ impl Agent<'_> {
                         dataplane: dp,
                         lost_since: None,
                         stopped: None,
+                        hook_stopped: false,
                         checked: Instant::now(),
                         allowance: capacity,
                         shrinking_to,

@@ -64,6 +64,11 @@ struct Enforced {
     /// interface is gone (a VM stopped, a container removed), or its
     /// libvirt domain is not running; enforced again as it comes back.
     stopped: Option<String>,
+    /// Its libvirt domain stopped as its hook said: the hook is installed,
+    /// so its next start is announced and attached before the guest runs,
+    /// whichever of the hook and the tap's link event comes first (no
+    /// lapse).
+    hook_stopped: bool,
     /// When its interface was last found enforced (or gone): a recreated
     /// interface was unprotected for at most the time since.
     checked: Instant,

@@ -36,7 +36,7 @@ impl Agent<'_> {
         let names: Vec<String> = self.enforced.keys().cloned().collect();
         for name in names {
             if let Some(inst) = compiled.instances.iter().find(|i| i.name == name) {
-                self.keep_attached(&name, inst);
+                self.keep_attached(&name, inst, false);
             }
         }
         let due: Vec<String> = self
@@ -75,7 +75,7 @@ impl Agent<'_> {
     /// An enforced instance whose place is gone, recreated, or now another
     /// (a libvirt domain started again on a new tap): attached again where
     /// it is to be.
-    fn keep_attached(&mut self, name: &str, inst: &CompiledInstance) {
+    fn keep_attached(&mut self, name: &str, inst: &CompiledInstance, announced: bool) {
         let wanted = self.domains.wanted(inst);
         let ingress = self.opts.ingress;
         let e = self.enforced.get_mut(name).expect("enforced");
@@ -86,13 +86,13 @@ impl Agent<'_> {
                 // nothing is unprotected until it starts again. The reason
                 // is kept current (a domain that starts with no NIC of the
                 // file's `libvirt_mac` is not "not running").
-                if e.stopped.as_ref() != Some(&why) {
+                if e.stopped.is_none() {
                     log::info!(
                         instance = name;
                         "instance {name}: {why}; enforced again as it starts"
                     );
-                    e.stopped = Some(why);
                 }
+                e.stopped = Some(why);
                 e.checked = Instant::now();
                 return;
             }
@@ -107,6 +107,7 @@ impl Agent<'_> {
                 Some(true) if e.dataplane.links_attached() => {
                     e.checked = Instant::now();
                     e.stopped = None;
+                    e.hook_stopped = false;
                     return;
                 }
                 Some(true) => {
@@ -137,7 +138,11 @@ impl Agent<'_> {
         // new interface; the tick within RECONCILE). A domain started again
         // on another tap is attached as that tap comes, not counted.
         let since = e.checked;
-        if !moved && e.lost_since.is_none() {
+        // A libvirt domain's start its hook announced (its CPUs wait for
+        // the answer) on the tap it stopped on, made again: nothing passed
+        // unjudged, so it is no lapse.
+        let restarted = (announced || e.hook_stopped) && e.stopped.is_some();
+        if !moved && !restarted && e.lost_since.is_none() {
             self.lapses += 1;
         }
         e.lost_since.get_or_insert(since);
@@ -157,6 +162,14 @@ impl Agent<'_> {
                     e.place.describe()
                 );
                 e.place = place;
+            }
+            Ok(()) if restarted => {
+                log::info!(
+                    instance = name;
+                    "instance {name}: started again on {} (made anew); attached before its \
+                     guest runs",
+                    place.describe()
+                );
             }
             Ok(()) => {
                 let unprotected = now.duration_since(e.lost_since.unwrap_or(since));
@@ -183,6 +196,7 @@ impl Agent<'_> {
         }
         e.lost_since = None;
         e.stopped = None;
+        e.hook_stopped = false;
         e.checked = now;
     }
 
@@ -288,7 +302,7 @@ impl Agent<'_> {
         }) {
             let name = inst.name.clone();
             let ok = if self.enforced.contains_key(&name) {
-                self.keep_attached(&name, inst);
+                self.keep_attached(&name, inst, true);
                 let e = &self.enforced[&name];
                 e.lost_since.is_none() && e.stopped.is_none()
             } else {
@@ -345,6 +359,7 @@ impl Agent<'_> {
                     e.place.describe()
                 );
                 e.stopped = Some(format!("libvirt domain {domain} stopped"));
+                e.hook_stopped = true;
             }
         }
     }
