@@ -438,3 +438,107 @@ security_groups = ["vm"]
     assert_eq!(status["agent"]["lapses"], 0, "{status}");
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// libvirt round two, item 1: `libvirt-hook install` writes the hook with
+/// the binary's real path (here a copy outside /usr/bin) and the agent's
+/// socket and state directory; the script runs as libvirtd runs it and the
+/// domain is enforced; a binary gone since blocks no domain; `uninstall`
+/// removes the script, and never one that is not sg-agent's.
+#[test]
+fn the_hook_installed_by_install_runs_this_binary_against_this_agent() {
+    let lab = Lab::new("lvi");
+    let sw = lab.switch_netns().to_owned();
+    ip(&[
+        "-n", &sw, "link", "add", "tapi", "type", "veth", "peer", "name", "tapi-p",
+    ]);
+    ip(&["-n", &sw, "link", "set", "tapi", "up"]);
+    let domain = format!("{}-vm", lab.prefix);
+    let rules = RulesFile::new(
+        &lab.prefix,
+        &format!(
+            r#"
+[[security_group]]
+name = "vm"
+
+[[instance]]
+name = "vm"
+libvirt_domain = "{domain}"
+netns = "{sw}"
+addresses = ["10.0.0.1"]
+security_groups = ["vm"]
+"#
+        ),
+    );
+    let state = StateDir::new();
+    let agent = AgentProcess::start_in(&state, &rules.path, &["--allow-empty"], "info");
+    agent.expect_log("ready: enforcing", 0, START);
+    let dir = std::env::temp_dir().join(format!("sg-tests-{}-hooks", lab.prefix));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The binary where a hand install puts it, not /usr/bin.
+    let copy = dir.join("sbin").join("sg-agent");
+    std::fs::create_dir_all(copy.parent().expect("sbin")).expect("sbin");
+    std::fs::copy(binary(), &copy).expect("copy the binary");
+    let hooks = dir.join("qemu.d");
+    let install = Command::new(&copy)
+        .args(["libvirt-hook", "install", "--hook-dir"])
+        .arg(&hooks)
+        .arg("--control-socket")
+        .arg(&agent.control_socket)
+        .arg("--state-dir")
+        .arg(&state.path)
+        .output()
+        .expect("install runs");
+    let said = String::from_utf8_lossy(&install.stdout).into_owned();
+    assert!(install.status.success(), "{install:?}");
+    assert!(said.contains(&format!("runs {}", copy.display())), "{said}");
+    let script_path = hooks.join("sg-agent");
+    let script = std::fs::read_to_string(&script_path).expect("the hook");
+    assert!(
+        script.contains(&agent.control_socket.display().to_string()),
+        "{script}"
+    );
+
+    // As libvirtd runs it.
+    let run = |xml: &str, op: &str| {
+        let mut child = Command::new(&script_path)
+            .args([domain.as_str(), op, "begin", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hook runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(xml.as_bytes())
+            .expect("write the XML");
+        child.wait_with_output().expect("the hook ends")
+    };
+    let out = run(&domain_xml(&domain, "tapi", "52:54:00:00:00:41"), "start");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(tcx_on(&sw, "tapi").0.len(), 1, "enforced through the hook");
+
+    // The binary removed: the script blocks no domain.
+    std::fs::remove_file(&copy).expect("remove the copy");
+    let out = run(&domain_xml("another", "tapx", "52:54:00:00:00:42"), "start");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is gone"));
+
+    let uninstall = |bin: &Path| {
+        Command::new(bin)
+            .args(["libvirt-hook", "uninstall", "--hook-dir"])
+            .arg(&hooks)
+            .output()
+            .expect("uninstall runs")
+    };
+    assert!(uninstall(&binary()).status.success());
+    assert!(!script_path.exists(), "removed");
+    std::fs::write(&script_path, "#!/bin/sh\nexit 0\n").expect("someone else's hook");
+    let out = uninstall(&binary());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(script_path.exists(), "another's hook is left alone");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(agent.terminate().code(), Some(0));
+}

@@ -16,15 +16,25 @@ use crate::{
     observe::control::{self, ControlError},
 };
 
+mod install;
+
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Install it: `sg-agent libvirt-hook install [--control-socket PATH] \
+                        [--state-dir DIR] [--require-agent]` writes \
+                        /etc/libvirt/hooks/qemu.d/sg-agent running this very binary with \
+                        those options, checks it runs, and says whether libvirtd must be \
+                        restarted; `sg-agent libvirt-hook uninstall` removes it."
+)]
 pub struct LibvirtHookArgs {
-    /// The domain's name.
+    /// The domain's name (libvirtd gives it); or `install` / `uninstall`
+    /// alone: write (remove) the hook script.
     domain: String,
     /// libvirt's operation: `prepare`, `start`, `started`, `stopped`,
     /// `release`, `reconnect`, `migrate`, `restore`, `attach`.
-    operation: String,
+    operation: Option<String>,
     /// `begin` or `end`.
-    sub_operation: String,
+    sub_operation: Option<String>,
     /// libvirt's extra argument (`-` mostly).
     extra: Option<String>,
     /// Refuse a domain's start when no agent runs (by default it starts:
@@ -40,20 +50,36 @@ pub struct LibvirtHookArgs {
     /// taps from there.
     #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// `install`/`uninstall`: where libvirtd looks for QEMU hooks.
+    #[arg(long, value_name = "DIR", default_value = install::HOOK_DIR)]
+    hook_dir: PathBuf,
 }
 
 /// The longest domain XML read from standard input.
 const MAX_XML: u64 = 4 << 20;
 
 pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
+    let (operation, sub_operation) = match (&args.operation, &args.sub_operation) {
+        (Some(op), Some(sub)) => (op.as_str(), sub.as_str()),
+        // libvirtd always gives the three: one word alone is ours.
+        (None, None) if args.domain == "install" => return install::install(args),
+        (None, None) if args.domain == "uninstall" => return install::uninstall(args),
+        _ => {
+            eprintln!(
+                "sg-agent libvirt-hook: give DOMAIN OPERATION SUB-OPERATION (as libvirtd runs \
+                 it), or `install` or `uninstall` alone"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let starting = matches!(
-        (args.operation.as_str(), args.sub_operation.as_str()),
+        (operation, sub_operation),
         (
             "start" | "started" | "reconnect" | "restore" | "attach",
             "begin"
         )
     );
-    let stopped = matches!(args.operation.as_str(), "stopped" | "release");
+    let stopped = matches!(operation, "stopped" | "release");
     if !starting && !stopped {
         return ExitCode::SUCCESS;
     }
