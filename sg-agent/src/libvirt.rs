@@ -104,6 +104,15 @@ pub fn state_file(state_dir: &Path, domain: &str) -> PathBuf {
     state_dir.join(format!("{domain}.xml"))
 }
 
+/// What [`running_nics`] says of a domain that is not running.
+const NOT_RUNNING: &str = "is not running";
+
+/// Whether `reason` (from [`running_nics`]) says only that the domain is not
+/// running: a shut-off domain is nothing to alarm anyone about.
+pub fn only_not_running(reason: &str) -> bool {
+    reason.starts_with("libvirt domain ") && reason.contains(&format!(" {NOT_RUNNING} (no "))
+}
+
 /// The NICs of `domain` while it runs, from libvirt's live state; an error
 /// that says why not (not running: no state file).
 pub fn running_nics(state_dir: &Path, domain: &str) -> Result<Vec<DomainNic>, String> {
@@ -111,7 +120,7 @@ pub fn running_nics(state_dir: &Path, domain: &str) -> Result<Vec<DomainNic>, St
     let xml = read_state(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             format!(
-                "libvirt domain {domain} is not running (no {})",
+                "libvirt domain {domain} {NOT_RUNNING} (no {})",
                 path.display()
             )
         }

@@ -138,6 +138,23 @@ fn diff_exits_0_for_the_same_rules_3_for_a_change_1_for_an_invalid_file() {
     );
     let (code, text) = sg_agent(&["diff", SEED, invalid.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{text}");
+    // Where an instance is enforced is a change too (libvirt round two:
+    // a libvirt domain's NIC made a host interface said "no change").
+    let (libvirt, host) = (dir.join("libvirt.toml"), dir.join("host.toml"));
+    let vm = |link: &str| {
+        format!(
+            "[[security_group]]\nname = \"vm\"\n[[instance]]\nname = \"vm\"\n{link}\n\
+             addresses = [\"10.0.0.1\"]\nsecurity_groups = [\"vm\"]\n"
+        )
+    };
+    std::fs::write(&libvirt, vm("libvirt_domain = \"web\"")).expect("write");
+    std::fs::write(&host, vm("host_interface = \"vnet3\"")).expect("write");
+    let (code, text) = sg_agent(&["diff", libvirt.to_str().unwrap(), host.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("  - enforced on libvirt domain web\n  + enforced on host side of vnet3"),
+        "{text}"
+    );
     let (code, text) = sg_agent(&["matrix", SEED, "--ports", "3306"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
@@ -424,4 +441,21 @@ fn network_acls_in_check_explain_matrix_and_diff() {
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// libvirt round two, item 6: the control socket (and the state directory)
+/// can come from the environment, for every verb that takes them.
+#[test]
+fn the_control_socket_comes_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sg-agent"))
+        .arg("status")
+        .env("SG_AGENT_CONTROL_SOCKET", "/run/sg-offline-test-none.sock")
+        .output()
+        .expect("sg-agent runs");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/run/sg-offline-test-none.sock"), "{err}");
+    let (_, help) = sg_agent(&["run", "--help"]);
+    assert!(help.contains("[env: SG_AGENT_CONTROL_SOCKET="), "{help}");
+    assert!(help.contains("[env: SG_AGENT_STATE_DIR="), "{help}");
 }

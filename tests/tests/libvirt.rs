@@ -146,7 +146,7 @@ fn libvirt_domains_are_enforced_before_their_first_frame() {
         assert_eq!(i["state"], "enforced", "{i}");
         assert_eq!(i["side"], "host");
         assert_eq!(i["mac"], mac, "the MAC libvirt gives: {i}");
-        assert_eq!(i["mac_source"], "configured");
+        assert_eq!(i["mac_source"], "libvirt", "from the domain's XML: {i}");
     }
     let alb_tap = libvirtd.tap(&alb);
     assert_eq!(instance(&agent, "alb")["interface"], alb_tap.as_str());

@@ -14,7 +14,7 @@ pub struct DetachArgs {
     #[arg(long)]
     all: bool,
     /// The state directory the agent ran with.
-    #[arg(long, default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
+    #[arg(long, env = "SG_AGENT_STATE_DIR", default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 

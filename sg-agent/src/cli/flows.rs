@@ -34,7 +34,7 @@ pub struct FlowsArgs {
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// The control socket the agent was started with.
-    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "SG_AGENT_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
 }
 

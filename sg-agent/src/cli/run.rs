@@ -126,7 +126,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = sg_common::events::EVENTS_PER_CPU_DEFAULT)]
     events_per_cpu: u32,
     /// The control socket `sg-agent status` and `sg-agent flows` ask.
-    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "SG_AGENT_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
     /// How log records are written.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
@@ -137,7 +137,7 @@ pub struct RunArgs {
     /// Where each instance's maps and links are pinned (on bpffs, mounted
     /// on /sys/fs/bpf if nothing is). State found there is adopted:
     /// enforcement and connection tables carry over a restart.
-    #[arg(long, default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
+    #[arg(long, env = "SG_AGENT_STATE_DIR", default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// On SIGINT/SIGTERM leave every instance enforced and pinned, for the
     /// next sg-agent to adopt (restarts and upgrades without a gap).

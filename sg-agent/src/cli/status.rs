@@ -22,11 +22,11 @@ pub struct StatusArgs {
     #[arg(long)]
     rules: bool,
     /// The control socket the agent was started with.
-    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "SG_AGENT_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
     /// The state directory the agent runs with: with no agent running,
     /// what is still enforced from its pins.
-    #[arg(long, value_name = "DIR", default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", env = "SG_AGENT_STATE_DIR", default_value = crate::dataplane::pins::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 
@@ -148,7 +148,7 @@ fn left_enforced(state_dir: &std::path::Path) {
 #[derive(Debug, clap::Args)]
 pub struct ConfirmArgs {
     /// The control socket the agent was started with.
-    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "SG_AGENT_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
 }
 

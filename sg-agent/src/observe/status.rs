@@ -141,8 +141,8 @@ pub struct InstanceStatus {
     /// The host side: the MAC address every frame it sends must come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-    /// How that MAC address was found: `configured` (the rules file or
-    /// libvirt) or `learned` (its first frame).
+    /// How that MAC address was found: `configured` (the rules file),
+    /// `libvirt` (the domain's XML) or `learned` (its first frame).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_source: Option<String>,
     /// A learned MAC address: when the agent saw it learned (Unix seconds).
@@ -409,6 +409,7 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
             (Some("learned"), Some(at)) => {
                 format!("learned from its first frame {}", ago(now, at))
             }
+            (Some("libvirt"), _) => "from the domain's XML".to_owned(),
             (source, _) => source.unwrap_or("configured").to_owned(),
         };
         let _ = writeln!(

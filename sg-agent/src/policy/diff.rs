@@ -79,12 +79,26 @@ fn rules_of(vpc: &Vpc) -> Vec<(String, BTreeSet<String>)> {
                         .map(entry("inbound"))
                         .chain(a.outbound.iter().map(entry("outbound")))
                 });
+            // Where it is enforced: a move (a libvirt domain's NIC to a
+            // host interface, another namespace) is a change too.
+            let place = vpc
+                .instances
+                .iter()
+                .find(|inst| inst.name == i.name)
+                .and_then(|inst| {
+                    let link = inst.link.as_ref()?;
+                    Some(match &inst.netns {
+                        Some(ns) => format!("enforced on {link} in netns {ns}"),
+                        None => format!("enforced on {link}"),
+                    })
+                });
             let lines = i
                 .inbound
                 .iter()
                 .map(|r| line("ingress", r))
                 .chain(i.outbound.iter().map(|r| line("egress", r)))
                 .chain(acl_lines)
+                .chain(place)
                 .collect();
             (i.name, lines)
         })

@@ -747,7 +747,10 @@ impl Agent<'_> {
             backoff: RECONCILE,
             prepared: None,
         });
-        if first || p.reason != reason {
+        if (first || p.reason != reason) && crate::libvirt::only_not_running(&reason) {
+            // A shut-off domain: nothing of it runs unfiltered.
+            log::info!(instance = name; "instance {name}: {reason}; enforced as it starts");
+        } else if first || p.reason != reason {
             let on = place
                 .as_ref()
                 .map_or_else(String::new, |p| format!(" on {}", p.describe()));

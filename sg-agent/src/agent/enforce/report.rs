@@ -227,7 +227,14 @@ impl Agent<'_> {
             side: side_name(e.place.side == Side::Host).into(),
             libvirt_domain: libvirt_domain(link),
             mac: mac.map(|m| crate::config::MacAddr(m.mac).to_string()),
-            mac_source: mac.map(|m| if m.learned { "learned" } else { "configured" }.into()),
+            mac_source: mac.map(|m| {
+                match (m.learned, link) {
+                    (true, _) => "learned",
+                    (false, Some(Link::Libvirt { .. })) => "libvirt",
+                    (false, _) => "configured",
+                }
+                .into()
+            }),
             mac_learned_at: e
                 .macs
                 .learned

@@ -43,12 +43,12 @@ pub struct LibvirtHookArgs {
     #[arg(long)]
     require_agent: bool,
     /// The control socket the agent was started with.
-    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "SG_AGENT_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
     /// The state directory the agent was started with: with no agent
     /// running, the domain's instances' pinned programs are put on its new
     /// taps from there.
-    #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", env = "SG_AGENT_STATE_DIR", default_value = pins::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// `install`/`uninstall`: where libvirtd looks for QEMU hooks.
     #[arg(long, value_name = "DIR", default_value = install::HOOK_DIR)]
