@@ -542,3 +542,67 @@ security_groups = ["vm"]
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(agent.terminate().code(), Some(0));
 }
+
+/// libvirt round two, item 4: with no agent running, a domain the rules
+/// file names (and of which nothing is pinned) is refused its start, saying
+/// why; `--allow-unfiltered` lets it start; a domain the file does not
+/// name starts, as before.
+#[test]
+fn with_no_agent_a_domain_the_rules_file_names_is_refused() {
+    let state = StateDir::new();
+    let dir = std::env::temp_dir().join(format!("sg-tests-lvn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rules = dir.join("vpc.toml");
+    std::fs::write(
+        &rules,
+        "[[security_group]]\nname = \"vm\"\n[[instance]]\nname = \"db\"\n\
+         libvirt_domain = \"named-db\"\naddresses = [\"10.0.0.1\"]\nsecurity_groups = [\"vm\"]\n",
+    )
+    .expect("rules");
+    let socket = state.control_socket();
+    let start = |domain: &str, extra: &[&str]| {
+        let mut child = Command::new(binary())
+            .args([
+                "libvirt-hook",
+                domain,
+                "start",
+                "begin",
+                "-",
+                "--control-socket",
+            ])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state.path)
+            .arg("--rules")
+            .arg(&rules)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hook runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(domain_xml(domain, "vnet90", "52:54:00:00:00:51").as_bytes())
+            .expect("write the XML");
+        child.wait_with_output().expect("the hook ends")
+    };
+    let out = start("named-db", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("domain named-db refused to start: no agent answers on")
+            && err.contains("(instance db)"),
+        "{err}"
+    );
+    let out = start("named-db", &["--allow-unfiltered"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("starts unfiltered"));
+    let out = start("unnamed", &[]);
+    assert!(out.status.success(), "{out:?}");
+    let out = start("unnamed", &["--require-agent"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

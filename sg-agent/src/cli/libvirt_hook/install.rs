@@ -30,12 +30,16 @@ fn quoted(text: &str) -> String {
 fn script(binary: &Path, args: &LibvirtHookArgs) -> String {
     let bin = quoted(&binary.to_string_lossy());
     let mut options = format!(
-        "--control-socket {} --state-dir {}",
+        "--control-socket {} --state-dir {} --rules {}",
         quoted(&args.control_socket.to_string_lossy()),
-        quoted(&args.state_dir.to_string_lossy())
+        quoted(&args.state_dir.to_string_lossy()),
+        quoted(&args.rules.to_string_lossy())
     );
     if args.require_agent {
         options.push_str(" --require-agent");
+    }
+    if args.allow_unfiltered {
+        options.push_str(" --allow-unfiltered");
     }
     format!(
         "#!/bin/sh\n\
@@ -108,15 +112,17 @@ fn try_install(args: &LibvirtHookArgs) -> Result<(), String> {
     }
     check_runs(&path)?;
     println!(
-        "installed {} (runs {}, control socket {}, state directory {}{})",
+        "installed {} (runs {}, control socket {}, state directory {}, rules file {}; while no \
+         agent runs, {})",
         path.display(),
         binary.display(),
         args.control_socket.display(),
         args.state_dir.display(),
-        if args.require_agent {
-            ", refusing domains while no agent runs"
-        } else {
-            ""
+        args.rules.display(),
+        match (args.require_agent, args.allow_unfiltered) {
+            (true, _) => "every domain is refused",
+            (false, true) => "every domain starts unfiltered",
+            (false, false) => "a domain the rules file names is refused, others start",
         }
     );
     match (before, libvirtd_running()) {

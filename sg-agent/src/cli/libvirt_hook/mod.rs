@@ -8,9 +8,14 @@
 //! address) to the running agent, which attaches the instances on them
 //! before answering, so the guest's first frame is judged.
 
-use std::{io::Read as _, path::PathBuf, process::ExitCode};
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use crate::{
+    config::{self, Link},
     dataplane::{StateDir, pins, rescue},
     libvirt::{self, DomainNic},
     observe::control::{self, ControlError},
@@ -37,11 +42,21 @@ pub struct LibvirtHookArgs {
     sub_operation: Option<String>,
     /// libvirt's extra argument (`-` mostly).
     extra: Option<String>,
-    /// Refuse a domain's start when no agent runs (by default it starts:
-    /// with no agent nothing on this host is enforced, and the hook says so
-    /// in libvirt's log).
-    #[arg(long)]
+    /// Refuse every domain's start when no agent runs (by default only a
+    /// domain the rules file names is refused, unless an earlier agent's
+    /// pinned programs are put on its taps; others start, and the hook
+    /// says so in the journal and the domain's log).
+    #[arg(long, conflicts_with = "allow_unfiltered")]
     require_agent: bool,
+    /// Let a domain the rules file names start unfiltered when no agent
+    /// runs and nothing of it is pinned (refused by default).
+    #[arg(long)]
+    allow_unfiltered: bool,
+    /// The rules file the agent runs with: which domains it names (with no
+    /// agent running, those are refused their start). Unreadable (an agent
+    /// of `run --etcd`): no domain counts as named.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_RULES)]
+    rules: PathBuf,
     /// The control socket the agent was started with.
     #[arg(long, value_name = "PATH", env = "SG_AGENT_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
@@ -54,6 +69,9 @@ pub struct LibvirtHookArgs {
     #[arg(long, value_name = "DIR", default_value = install::HOOK_DIR)]
     hook_dir: PathBuf,
 }
+
+/// The rules file of the packaged agent (its systemd unit's `--config`).
+pub const DEFAULT_RULES: &str = "/etc/sg-agent/vpc.toml";
 
 /// The longest domain XML read from standard input.
 const MAX_XML: u64 = 4 << 20;
@@ -115,28 +133,45 @@ pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
         Err(ControlError::NotRunning(path)) => {
             match without_agent(args, nics.as_deref().unwrap_or_default()) {
                 Ok(true) => ExitCode::SUCCESS,
-                Ok(false) if !args.require_agent => {
-                    eprintln!(
-                        "sg-agent: no agent answers on {}: domain {} starts unfiltered by sg-agent",
-                        path.display(),
-                        args.domain
-                    );
-                    ExitCode::SUCCESS
-                }
                 Ok(false) => {
-                    eprintln!(
-                        "sg-agent: domain {} refused to start: no agent answers on {}",
-                        args.domain,
-                        path.display()
-                    );
-                    ExitCode::from(1)
+                    let named = named_in_rules(args);
+                    let refuse = args.require_agent || (named.is_some() && !args.allow_unfiltered);
+                    if refuse {
+                        tell(
+                            &args.domain,
+                            &format!(
+                                "domain {} refused to start: no agent answers on {}{}",
+                                args.domain,
+                                path.display(),
+                                named.map_or_else(String::new, |n| format!(
+                                    ", and {} names it (instance {n}): start sg-agent, or give \
+                                     the hook --allow-unfiltered",
+                                    args.rules.display()
+                                ))
+                            ),
+                        );
+                        ExitCode::from(1)
+                    } else {
+                        tell(
+                            &args.domain,
+                            &format!(
+                                "no agent answers on {}: domain {} starts unfiltered by sg-agent",
+                                path.display(),
+                                args.domain
+                            ),
+                        );
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
-                    eprintln!(
-                        "sg-agent: domain {} refused to start: no agent runs, and its instances' \
-                         pinned programs could not be put on its new taps: {}",
-                        args.domain,
-                        super::error_chain(&e)
+                    tell(
+                        &args.domain,
+                        &format!(
+                            "domain {} refused to start: no agent runs, and its instances' pinned \
+                             programs could not be put on its new taps: {}",
+                            args.domain,
+                            super::error_chain(&e)
+                        ),
                     );
                     ExitCode::from(1)
                 }
@@ -179,11 +214,80 @@ fn without_agent(args: &LibvirtHookArgs, nics: &[DomainNic]) -> Result<bool, res
     };
     let moved = rescue::reattach(&state, nics)?;
     for r in &moved {
-        eprintln!(
-            "sg-agent: no agent runs: instance {} of domain {} is enforced on its new tap {} by the \
-             programs an earlier agent left pinned (an agent that starts adopts them)",
-            r.instance, args.domain, r.tap
+        tell(
+            &args.domain,
+            &format!(
+                "no agent runs: instance {} of domain {} is enforced on its new tap {} by the \
+                 programs an earlier agent left pinned (an agent that starts adopts them)",
+                r.instance, args.domain, r.tap
+            ),
         );
     }
     Ok(!moved.is_empty())
+}
+
+/// The instance of the rules file on `args.domain`, if the file (as the
+/// agent would read it) names the domain; `None` too when it cannot be
+/// read or is invalid (said on standard error).
+fn named_in_rules(args: &LibvirtHookArgs) -> Option<String> {
+    // Read as `run` reads it: a file anyone but root may write is not
+    // taken at its word.
+    let policy = config::ReadPolicy {
+        strict_owner: true,
+        ..config::ReadPolicy::default()
+    };
+    let file = config::read_with(&args.rules, policy).ok()?;
+    match config::from_str(&args.rules, &file.text) {
+        Ok(vpc) => vpc
+            .instances
+            .iter()
+            .find(
+                |i| matches!(&i.link, Some(Link::Libvirt { domain, .. }) if *domain == args.domain),
+            )
+            .map(|i| i.name.clone()),
+        Err(_) => {
+            eprintln!(
+                "sg-agent: {} is not valid: which domains it names is not known",
+                args.rules.display()
+            );
+            None
+        }
+    }
+}
+
+/// What the hook says of a domain where someone will read it: libvirt
+/// keeps a hook's standard error only when it fails, so the journal
+/// (syslog) and the domain's own log (`/var/log/libvirt/qemu/NAME.log`,
+/// where `virsh start`'s users look) get it too.
+fn tell(domain: &str, message: &str) {
+    eprintln!("sg-agent: {message}");
+    syslog(message);
+    let log = Path::new(DOMAIN_LOGS).join(format!("{domain}.log"));
+    // Only a log libvirt made (a domain name is no path to write to).
+    if !domain.contains('/')
+        && log.is_file()
+        && let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log)
+    {
+        let _ = writeln!(f, "sg-agent libvirt-hook: {message}");
+    }
+}
+
+/// Where libvirt keeps each QEMU domain's log.
+const DOMAIN_LOGS: &str = "/var/log/libvirt/qemu";
+
+fn syslog(message: &str) {
+    let Ok(text) = std::ffi::CString::new(message.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: a static NUL-terminated identity (openlog keeps the pointer),
+    // and a "%s" format with one NUL-terminated argument.
+    unsafe {
+        libc::openlog(
+            c"sg-agent-libvirt-hook".as_ptr(),
+            libc::LOG_PID,
+            libc::LOG_DAEMON,
+        );
+        libc::syslog(libc::LOG_WARNING, c"%s".as_ptr(), text.as_ptr());
+        libc::closelog();
+    }
 }
