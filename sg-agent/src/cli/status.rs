@@ -1,7 +1,11 @@
 //! `sg-agent status`: what the running agent enforces, asked through its
 //! control socket.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use crate::observe::{
     control::{self, ControlError},
@@ -83,7 +87,7 @@ pub fn failed(e: &ControlError) -> ExitCode {
 /// With no agent running: the instances its pins still enforce (an agent
 /// stopped with `--keep-on-exit`, or killed), since when, and what to do,
 /// as `nft list ruleset` shows what is loaded whether a daemon runs or not.
-fn left_enforced(state_dir: &std::path::Path) {
+fn left_enforced(state_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(state_dir) else {
         return;
     };
@@ -141,7 +145,16 @@ fn left_enforced(state_dir: &std::path::Path) {
         };
         out.push_str(&line);
     }
-    out.push_str("`sg-agent run` adopts them (no gap); `sg-agent detach --all` removes them\n");
+    // The hints name this state directory when it is not the default.
+    let state = if state_dir == Path::new(crate::dataplane::pins::DEFAULT_STATE_DIR) {
+        String::new()
+    } else {
+        format!(" --state-dir {}", state_dir.display())
+    };
+    let _ = writeln!(
+        out,
+        "`sg-agent run{state}` adopts them (no gap); `sg-agent detach --all{state}` removes them"
+    );
     eprint!("{}", crate::config::diagnostics::printable_lines(&out));
 }
 

@@ -273,10 +273,7 @@ impl Dataplane {
                 (
                     Hook::HostTcEgress,
                     Hook::HostTcIngress,
-                    "the host side of the instance's link: what the host sends into it is the \
-                     instance's inbound (TC egress), what comes out of it its outbound (TC \
-                     ingress)"
-                        .to_owned(),
+                    "inbound at TC egress, outbound at TC ingress".to_owned(),
                     adopted,
                 )
             }

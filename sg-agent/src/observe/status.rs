@@ -458,6 +458,13 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
         );
     }
     for (direction, reasons) in &i.packets {
+        // The instance's directions, as AWS names them (on the host side
+        // of its link the hooks' own directions are the other way round).
+        let direction = match direction.as_str() {
+            "ingress" => "inbound",
+            "egress" => "outbound",
+            other => other,
+        };
         let shown: Vec<String> = reasons
             .iter()
             .filter(|(_, n)| **n > 0)
@@ -465,7 +472,7 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
             .collect();
         let _ = writeln!(
             out,
-            "  {direction:<7} {}",
+            "  {direction:<8} {}",
             if shown.is_empty() {
                 "no packets".into()
             } else {
