@@ -22,6 +22,10 @@ MOTO_DIFFERS = {
     # referenced by another security group in the same VPC ... the
     # operation fails with DependencyViolation." moto deletes it.
     "DeleteSecurityGroup (referenced)": ("ok", "DependencyViolation"),
+    # AWS's DescribeNetworkAcls of an id that is not there:
+    # InvalidNetworkAclID.NotFound ("The network ACL ID ... does not
+    # exist"); moto answers with the route tables' code.
+    "DescribeNetworkAcls (deleted)": ("InvalidRouteTableID.NotFound", "InvalidNetworkAclID.NotFound"),
 }
 
 
@@ -88,6 +92,31 @@ def sequence(endpoint):
     call(ec2, "delete_security_group", GroupId=b)
     steps.append(("DescribeVpcs", *call(ec2, "describe_vpcs", VpcIds=[vpc])))
     steps.append(("DescribeSubnets", *call(ec2, "describe_subnets", Filters=[{"Name": "vpc-id", "Values": [vpc]}])))
+    # Network ACLs, as Terraform's aws_network_acl drives them.
+    subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"][0]["SubnetId"]
+    steps.append(("DescribeNetworkAcls (default)", *call(ec2, "describe_network_acls", Filters=[
+        {"Name": "default", "Values": ["true"]}, {"Name": "vpc-id", "Values": [vpc]}])))
+    code, r = call(ec2, "create_network_acl", VpcId=vpc, TagSpecifications=[
+        {"ResourceType": "network-acl", "Tags": [{"Key": "Name", "Value": "diff"}]}])
+    steps.append(("CreateNetworkAcl", code, r))
+    acl = r["NetworkAcl"]["NetworkAclId"]
+    entry = dict(NetworkAclId=acl, RuleNumber=100, Egress=False, RuleAction="allow", Protocol="6",
+                 CidrBlock="0.0.0.0/0", PortRange={"From": 80, "To": 80})
+    steps.append(("CreateNetworkAclEntry", *call(ec2, "create_network_acl_entry", **entry)))
+    steps.append(("CreateNetworkAclEntry (duplicate)", *call(ec2, "create_network_acl_entry", **entry)))
+    steps.append(("ReplaceNetworkAclEntry", *call(ec2, "replace_network_acl_entry", **{**entry, "RuleAction": "deny"})))
+    current = ec2.describe_network_acls(Filters=[{"Name": "association.subnet-id", "Values": [subnet]}])["NetworkAcls"][0]
+    old = [a for a in current["Associations"] if a["SubnetId"] == subnet][0]["NetworkAclAssociationId"]
+    code, r = call(ec2, "replace_network_acl_association", AssociationId=old, NetworkAclId=acl)
+    steps.append(("ReplaceNetworkAclAssociation", code, r))
+    steps.append(("DescribeNetworkAcls", *call(ec2, "describe_network_acls", NetworkAclIds=[acl])))
+    steps.append(("DeleteNetworkAcl (associated)", *call(ec2, "delete_network_acl", NetworkAclId=acl)))
+    call(ec2, "replace_network_acl_association", AssociationId=r.get("NewAssociationId", ""),
+         NetworkAclId=current["NetworkAclId"])
+    steps.append(("DeleteNetworkAclEntry", *call(ec2, "delete_network_acl_entry", NetworkAclId=acl, RuleNumber=100,
+                                                  Egress=False)))
+    steps.append(("DeleteNetworkAcl", *call(ec2, "delete_network_acl", NetworkAclId=acl)))
+    steps.append(("DescribeNetworkAcls (deleted)", *call(ec2, "describe_network_acls", NetworkAclIds=[acl])))
     return steps
 
 
@@ -109,5 +138,5 @@ for (name, mcode, mresp), (_, acode, aresp) in zip(moto, agent):
 for d in differences:
     print("DIFF", d)
 check(not differences, f"{len(differences)} differences from moto not explained")
-check(len(moto) == len(agent) == 14, "every step ran on both")
+check(len(moto) == len(agent) == 25, "every step ran on both")
 done("differential")

@@ -699,3 +699,103 @@ fn an_answered_change_survives_kill_9_and_the_file_stays_valid() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// Network ACLs through the API (network ACLs and fidelity round four, the
+/// EC2 API's calls for them): the calls answer as EC2 does (boto3, with
+/// Terraform's `aws_network_acl` sequences), the file stays one `check`
+/// accepts, and an entry is in force on the wire when its call answers.
+#[test]
+fn network_acls_answer_as_ec2_and_each_entry_is_in_force_when_answered() {
+    let lab = SeedLab::new("en", SEED, &[]);
+    let state = StateDir::new();
+    let (_agent, endpoint) = start(&lab, &state);
+    let out = python(&script("network_acls.py"), &[&endpoint]);
+    assert_script(&out, "network_acls.py");
+    assert_check_accepts(&lab.config, "after the network ACL calls");
+
+    // A network ACL allowing everything, on the seed's subnet.
+    let ec2 = |args: &[&str]| aws_cli(&endpoint, &[&["ec2"][..], args].concat());
+    let vpc = json(&ec2(&["describe-vpcs"]), "describe-vpcs")["Vpcs"][0]["VpcId"]
+        .as_str()
+        .expect("VpcId")
+        .to_owned();
+    let acl = json(
+        &ec2(&["create-network-acl", "--vpc-id", &vpc]),
+        "create-network-acl",
+    )["NetworkAcl"]["NetworkAclId"]
+        .as_str()
+        .expect("NetworkAclId")
+        .to_owned();
+    let entry = |rule: &str, way: &str, action: &str, extra: &[&str]| {
+        let out = ec2(&[
+            &[
+                "create-network-acl-entry",
+                "--network-acl-id",
+                &acl,
+                "--rule-number",
+                rule,
+                way,
+                "--rule-action",
+                action,
+                "--cidr-block",
+                "0.0.0.0/0",
+            ][..],
+            extra,
+        ]
+        .concat());
+        ok(&out, "create-network-acl-entry");
+    };
+    entry("200", "--ingress", "allow", &["--protocol", "-1"]);
+    entry("100", "--egress", "allow", &["--protocol", "-1"]);
+    let current = json(&ec2(&["describe-network-acls"]), "describe-network-acls");
+    let assoc = current["NetworkAcls"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .flat_map(|acl| acl["Associations"].as_array().cloned().unwrap_or_default())
+                .next()
+        })
+        .and_then(|a| a["NetworkAclAssociationId"].as_str().map(str::to_owned))
+        .expect("the subnet's association");
+    json(
+        &ec2(&[
+            "replace-network-acl-association",
+            "--association-id",
+            &assoc,
+            "--network-acl-id",
+            &acl,
+        ]),
+        "replace-network-acl-association",
+    );
+    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), Connected, "allowed");
+
+    // A deny numbered before the allow: in force as the call answers.
+    entry(
+        "100",
+        "--ingress",
+        "deny",
+        &["--protocol", "6", "--port-range", "From=80,To=80"],
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 80),
+        TimedOut,
+        "denied by the network ACL's rule 100"
+    );
+    ok(
+        &ec2(&[
+            "delete-network-acl-entry",
+            "--network-acl-id",
+            &acl,
+            "--rule-number",
+            "100",
+            "--ingress",
+        ]),
+        "delete-network-acl-entry",
+    );
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, ALB, 80),
+        Connected,
+        "the deny gone"
+    );
+    assert_check_accepts(&lab.config, "after the wire test");
+}

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use super::ids;
 use crate::config::{
-    Direction, Instance, Ports, PrefixList, Protocol, Rule, SecurityGroup, Source, Vpc,
+    AclEntry, Direction, Instance, Ports, PrefixList, Protocol, Rule, SecurityGroup, Source, Vpc,
 };
 
 /// Who owns everything here (EC2's `OwnerId`), and where it is.
@@ -166,8 +166,144 @@ impl<'a> View<'a> {
         }
     }
 
+    /// A subnet's id: the one the file keeps (an importer's), else one
+    /// derived from its range.
     pub fn subnet_id(&self, net: &IpNet) -> String {
-        ids::derived("subnet", &[&net.to_string()])
+        self.vpc
+            .subnets
+            .iter()
+            .find(|s| s.cidr == *net)
+            .and_then(|s| s.id.as_ref().map(|(id, _)| id.clone()))
+            .unwrap_or_else(|| ids::derived("subnet", &[&net.to_string()]))
+    }
+
+    /// The VPC a subnet (by its range) is in: its `vpc`, else the VPC
+    /// whose ranges hold it, else the default one.
+    pub fn vpc_of_subnet(&self, net: &IpNet) -> String {
+        if let Some(s) = self.vpc.subnets.iter().find(|s| s.cidr == *net) {
+            return s
+                .vpc
+                .clone()
+                .unwrap_or_else(|| self.vpc.default_vpc().to_owned());
+        }
+        self.vpc
+            .vpcs
+            .iter()
+            .find(|v| v.cidr_blocks.iter().any(|b| b.contains(net)))
+            .map_or_else(|| self.vpc.default_vpc().to_owned(), |v| v.name.clone())
+    }
+
+    /// The VPCs by name ("" for the file's single unnamed one).
+    pub fn vpc_names(&self) -> Vec<String> {
+        if self.vpc.vpcs.is_empty() {
+            vec![String::new()]
+        } else {
+            self.vpc.vpcs.iter().map(|v| v.name.clone()).collect()
+        }
+    }
+
+    /// Whether VPC `name` has an IPv6 range (its default network ACL then
+    /// allows `::/0` too).
+    pub fn vpc_has_ipv6(&self, name: &str) -> bool {
+        let ranges: &[IpNet] = if self.vpc.vpcs.is_empty() {
+            &self.vpc.cidr_blocks
+        } else {
+            self.vpc
+                .vpcs
+                .iter()
+                .find(|v| v.name == name)
+                .map_or(&[], |v| v.cidr_blocks.as_slice())
+        };
+        ranges.iter().any(|r| r.addr().is_ipv6())
+    }
+
+    /// Every network ACL as the API shows it: the file's, and for each VPC
+    /// whose default the file does not declare, AWS's default one (every
+    /// packet allowed), holding the subnets no other network ACL names.
+    pub fn network_acls(&self) -> Vec<ApiAcl> {
+        let mut out = Vec::new();
+        let vpc_of = |a: &crate::config::NetworkAcl| {
+            a.vpc
+                .clone()
+                .unwrap_or_else(|| self.vpc.default_vpc().to_owned())
+        };
+        let subnets = self.subnets();
+        let named = |n: &str| {
+            self.vpc
+                .subnets
+                .iter()
+                .find(|s| s.name.as_deref() == Some(n))
+                .map(|s| s.cidr)
+        };
+        // Subnets some non-default network ACL names.
+        let taken: Vec<IpNet> = self
+            .vpc
+            .network_acls
+            .iter()
+            .filter(|a| !a.default)
+            .flat_map(|a| a.subnets.iter().filter_map(|(n, _)| named(n)))
+            .collect();
+        let rest_of = |vpc: &str| -> Vec<IpNet> {
+            subnets
+                .iter()
+                .filter(|s| !taken.contains(s) && self.vpc_of_subnet(s) == vpc)
+                .copied()
+                .collect()
+        };
+        for a in &self.vpc.network_acls {
+            let vpc = vpc_of(a);
+            let subnets = if a.default {
+                rest_of(&vpc)
+            } else {
+                a.subnets.iter().filter_map(|(n, _)| named(n)).collect()
+            };
+            let entries = a
+                .ingress
+                .iter()
+                .map(|e| (false, e.clone()))
+                .chain(a.egress.iter().map(|e| (true, e.clone())))
+                .collect();
+            out.push(ApiAcl {
+                id: a.id.as_ref().map_or_else(
+                    || ids::derived("acl", &[&vpc, &a.name]),
+                    |(id, _)| id.clone(),
+                ),
+                name: Some(a.name.clone()),
+                has_ipv6: self.vpc_has_ipv6(&vpc),
+                vpc,
+                default: a.default,
+                entries,
+                subnets,
+                tags: a.tags.clone(),
+            });
+        }
+        for vpc in self.vpc_names() {
+            if out.iter().any(|a| a.default && a.vpc == vpc) {
+                continue;
+            }
+            let has_ipv6 = self.vpc_has_ipv6(&vpc);
+            out.push(ApiAcl {
+                id: default_acl_id(&vpc),
+                name: None,
+                default: true,
+                entries: default_entries(has_ipv6),
+                subnets: rest_of(&vpc),
+                tags: Vec::new(),
+                has_ipv6,
+                vpc,
+            });
+        }
+        out
+    }
+
+    pub fn network_acl(&self, id: &str) -> Option<ApiAcl> {
+        self.network_acls().into_iter().find(|a| a.id == id)
+    }
+
+    /// A subnet's association id with its network ACL (one per subnet:
+    /// AWS gives a new one as the subnet changes network ACL).
+    pub fn acl_association_id(&self, acl: &ApiAcl, subnet: &IpNet) -> String {
+        ids::derived("aclassoc", &[&acl.id, &self.subnet_id(subnet)])
     }
 
     /// The subnet holding an instance's first IPv4 address.
@@ -288,6 +424,53 @@ impl<'a> View<'a> {
             .collect();
         (instances, referencing)
     }
+}
+
+/// A network ACL as the API shows it.
+#[derive(Clone, Debug)]
+pub struct ApiAcl {
+    pub id: String,
+    /// Its `[[network_acl]]` table's name; `None`: AWS's default one, which
+    /// the file does not declare.
+    pub name: Option<String>,
+    /// Its VPC's name.
+    pub vpc: String,
+    pub default: bool,
+    /// `(egress, entry)`, in the file's order.
+    pub entries: Vec<(bool, AclEntry)>,
+    pub subnets: Vec<IpNet>,
+    pub tags: Vec<(String, String)>,
+    /// Its VPC has an IPv6 range: the `*` rules cover `::/0` too.
+    pub has_ipv6: bool,
+}
+
+/// The id of the default network ACL of VPC `vpc` the file does not declare.
+pub fn default_acl_id(vpc: &str) -> String {
+    ids::derived(
+        "acl",
+        &[if vpc.is_empty() { "default" } else { vpc }, "default"],
+    )
+}
+
+/// AWS's default network ACL's entries: rule 100 allows everything, in
+/// each direction (rule 101 for IPv6 where the VPC has it).
+pub fn default_entries(has_ipv6: bool) -> Vec<(bool, AclEntry)> {
+    let mut out = Vec::new();
+    for egress in [false, true] {
+        let all = |rule_no, cidr: &str| AclEntry {
+            rule_no,
+            allow: true,
+            protocol: Protocol::All,
+            ports: Ports::All,
+            cidr: cidr.parse().expect("a constant range"),
+            span: 0..0,
+        };
+        out.push((egress, all(100, "0.0.0.0/0")));
+        if has_ipv6 {
+            out.push((egress, all(101, "::/0")));
+        }
+    }
+    out
 }
 
 /// The API's protocol name for a rule: `-1`, `tcp`, `udp`, `icmp`,

@@ -3,6 +3,7 @@
 
 mod groups;
 mod instances;
+mod network_acls;
 mod permissions;
 mod prefix_lists;
 mod rules;
@@ -88,6 +89,13 @@ pub async fn dispatch(action: &str, p: &Params, api: &Shared) -> Result<Answer, 
         "ModifyNetworkInterfaceAttribute" => instances::modify_interface(p, store).await,
         "DescribeVpcs" => vpcs::describe(p, store).await,
         "DescribeSubnets" => vpcs::subnets(p, store).await,
+        "DescribeNetworkAcls" => network_acls::describe(p, store).await,
+        "CreateNetworkAcl" => network_acls::create(p, store).await,
+        "DeleteNetworkAcl" => network_acls::delete(p, store).await,
+        "CreateNetworkAclEntry" => network_acls::create_entry(p, store).await,
+        "ReplaceNetworkAclEntry" => network_acls::replace_entry(p, store).await,
+        "DeleteNetworkAclEntry" => network_acls::delete_entry(p, store).await,
+        "ReplaceNetworkAclAssociation" => network_acls::replace_association(p, store).await,
         "DescribeManagedPrefixLists" => prefix_lists::describe(p, store).await,
         "GetManagedPrefixListEntries" => prefix_lists::entries(p, store).await,
         "CreateManagedPrefixList" => prefix_lists::create(p, store).await,
@@ -106,7 +114,7 @@ pub async fn dispatch(action: &str, p: &Params, api: &Shared) -> Result<Answer, 
         other => Err(ApiError::new(
             "InvalidAction",
             format!(
-                "The action {other} is not valid for this web service (sg-agent answers EC2's security-group, instance-group, tag, VPC and prefix-list calls)."
+                "The action {other} is not valid for this web service (sg-agent answers EC2's security-group, instance-group, tag, VPC, subnet, network-ACL and prefix-list calls)."
             ),
         )),
     }
