@@ -31,6 +31,7 @@ check(entries[(False, 100, "0.0.0.0/0")]["RuleAction"] == "allow" and entries[(F
       "rule 100 allows everything in")
 check((True, 101, "::/0") in entries, "rule 101 for IPv6, the VPC having an IPv6 range")
 check(entries[(True, 32767, "0.0.0.0/0")]["RuleAction"] == "deny", "the * rule (32767) denies")
+check(entries[(False, 32768, "::/0")]["RuleAction"] == "deny", "and for IPv6, rule 32768")
 assoc = [a for a in default["Associations"] if a["SubnetId"] == subnet_id]
 check(len(assoc) == 1 and assoc[0]["NetworkAclAssociationId"].startswith("aclassoc-"),
       "the default holds the subnet no other network ACL names")
@@ -58,12 +59,14 @@ for rule, egress, action, proto, cidr, ports in [
     (120, False, "deny", "17", "10.9.0.0/16", (53, 53)),
     (100, True, "allow", "-1", "0.0.0.0/0", None),
 ]:
-    kwargs = dict(NetworkAclId=acl_id, RuleNumber=rule, Egress=egress, RuleAction=action, Protocol=proto, CidrBlock=cidr)
-    if ports:
-        kwargs["PortRange"] = {"From": ports[0], "To": ports[1]}
+    # As the provider sends them: a PortRange always (0-0 where the
+    # protocol has no ports).
+    kwargs = dict(NetworkAclId=acl_id, RuleNumber=rule, Egress=egress, RuleAction=action, Protocol=proto,
+                  CidrBlock=cidr, PortRange={"From": ports[0], "To": ports[1]} if ports else {"From": 0, "To": 0})
     ec2.create_network_acl_entry(**kwargs)
 ec2.create_network_acl_entry(NetworkAclId=acl_id, RuleNumber=130, Egress=False, RuleAction="allow",
-                             Protocol="1", CidrBlock="0.0.0.0/0", IcmpTypeCode={"Type": 8, "Code": -1})
+                             Protocol="1", CidrBlock="0.0.0.0/0", IcmpTypeCode={"Type": 8, "Code": -1},
+                             PortRange={"From": 0, "To": 0})
 ec2.create_network_acl_entry(NetworkAclId=acl_id, RuleNumber=140, Egress=False, RuleAction="allow",
                              Protocol="6", Ipv6CidrBlock="::/0", PortRange={"From": 80, "To": 80})
 current = ec2.describe_network_acls(Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])["NetworkAcls"][0]
@@ -76,6 +79,7 @@ check([a["SubnetId"] for a in acl["Associations"]] == [subnet_id], "the subnet i
 check(ec2.describe_network_acls(NetworkAclIds=[default["NetworkAclId"]])["NetworkAcls"][0]["Associations"] == [],
       "and no longer the default's")
 got = {(e["Egress"], e["RuleNumber"]): e for e in acl["Entries"]}
+check("PortRange" not in got[(True, 100)], "protocol -1: no PortRange (the provider reads 0-0 from its absence)")
 check(got[(False, 100)]["PortRange"] == {"From": 80, "To": 80} and got[(False, 100)]["Protocol"] == "6",
       "entries answered with protocol numbers and port ranges")
 check(got[(False, 130)]["IcmpTypeCode"] == {"Type": 8, "Code": -1}, "an ICMP entry's type and code")

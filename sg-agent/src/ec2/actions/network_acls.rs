@@ -32,14 +32,15 @@ fn acl(view: &View<'_>, id: &str) -> Result<ApiAcl, ApiError> {
     view.network_acl(id).ok_or_else(|| not_found(id))
 }
 
-/// AWS's `*` rule: the last of each direction, denying what no entry
-/// matched (for `::/0` too where the VPC has IPv6).
-fn star_entries(has_ipv6: bool) -> Vec<(bool, &'static str)> {
+/// AWS's `*` rules: the last of each direction, denying what no entry
+/// matched, numbered 32767 (and 32768 for `::/0` where the VPC has IPv6:
+/// Terraform's provider skips both numbers as AWS's own).
+fn star_entries(has_ipv6: bool) -> Vec<(bool, u16, &'static str)> {
     let mut out = Vec::new();
     for egress in [false, true] {
-        out.push((egress, "0.0.0.0/0"));
+        out.push((egress, 32767, "0.0.0.0/0"));
         if has_ipv6 {
-            out.push((egress, "::/0"));
+            out.push((egress, 32768, "::/0"));
         }
     }
     out
@@ -88,19 +89,23 @@ fn write(x: &mut Xml, view: &View<'_>, a: &ApiAcl) {
             a.entries
                 .iter()
                 .map(|(egress, e)| (*egress, e.clone()))
-                .chain(star_entries(a.has_ipv6).into_iter().map(|(egress, cidr)| {
-                    (
-                        egress,
-                        AclEntry {
-                            rule_no: 32767,
-                            allow: false,
-                            protocol: Protocol::All,
-                            ports: Ports::All,
-                            cidr: cidr.parse().expect("a constant range"),
-                            span: 0..0,
-                        },
-                    )
-                })),
+                .chain(
+                    star_entries(a.has_ipv6)
+                        .into_iter()
+                        .map(|(egress, rule_no, cidr)| {
+                            (
+                                egress,
+                                AclEntry {
+                                    rule_no,
+                                    allow: false,
+                                    protocol: Protocol::All,
+                                    ports: Ports::All,
+                                    cidr: cidr.parse().expect("a constant range"),
+                                    span: 0..0,
+                                },
+                            )
+                        }),
+                ),
             |x, (egress, e)| write_entry(x, egress, &e),
         )
         .list("associationSet", &a.subnets, |x, s| {
