@@ -5,6 +5,7 @@ pub mod agent;
 pub mod attached;
 pub mod aws;
 pub mod chaos;
+pub mod contained;
 pub mod etcd;
 pub mod frames;
 pub mod guest;

@@ -10,6 +10,7 @@
 //!   of fresh flows that one policy allows and the other does not, counted
 //!   in the kernel per policy generation (every packet, not a sample).
 
+mod namespaces;
 mod traffic;
 mod vm_start;
 
@@ -118,6 +119,7 @@ pub struct Report {
     pub flood: FloodResult,
     pub vm_start: vm_start::VmStart,
     pub records: Records,
+    pub namespaces: namespaces::Namespaces,
 }
 
 /// Faults whose cost is a record or a refusal rather than a lapse.
@@ -153,6 +155,20 @@ impl Report {
                     f.lost
                 ));
             }
+        }
+        let n = &self.namespaces;
+        if !n.reused_pid_refused || n.reused_pid_programs > 0 {
+            out.push(format!(
+                "reused PID: refused {}, {} of our programs on the newcomer's eth0",
+                n.reused_pid_refused, n.reused_pid_programs
+            ));
+        }
+        if !n.own_namespace_refused || n.own_namespace_programs > 0 {
+            out.push(format!(
+                "a description from etcd naming the host's own namespace: refused {}, {} of our \
+                 programs on its interface",
+                n.own_namespace_refused, n.own_namespace_programs
+            ));
         }
         if self.flood.misjudged > 0 {
             out.push(format!(
@@ -311,6 +327,35 @@ impl Report {
                 "MISSED"
             },
         );
+        let n = &self.namespaces;
+        let _ = writeln!(
+            s,
+            "| reused PID | an instance on `/proc/PID/ns/net`: the container dies, a process in a namespace of its own with an eth0 takes its PID | {} after {} ms, {} of our programs on the newcomer's eth0 | {} |\n\
+             | etcd names the host | a description pushed to etcd naming `netns_path = \"/proc/self/ns/net\"` and an interface of the host's own namespace | {}, {} of our programs on that interface | {} |",
+            if n.reused_pid_refused {
+                "refused (the path names another namespace now)"
+            } else {
+                "NOT REFUSED"
+            },
+            n.reused_pid_detected_ms,
+            n.reused_pid_programs,
+            if n.reused_pid_refused && n.reused_pid_programs == 0 {
+                "met (must be 0)"
+            } else {
+                "MISSED"
+            },
+            if n.own_namespace_refused {
+                "refused (neither --allow-netns nor --allow-interface allows it)"
+            } else {
+                "NOT REFUSED"
+            },
+            n.own_namespace_programs,
+            if n.own_namespace_refused && n.own_namespace_programs == 0 {
+                "met (must be 0)"
+            } else {
+                "MISSED"
+            },
+        );
     }
 
     fn vm_start_markdown(&self, s: &mut String) {
@@ -419,7 +464,18 @@ const METHOD: &str = "
   before an agent starts on it: the agent must set it aside, make its own,
   and start, pinning nothing into the user's (an earlier build pinned into
   it, and the user could remove the pins; the build after refused to
-  start, enforcing nothing).
+  start, enforcing nothing). *reused PID*: an agent of its own enforces an
+  instance on `/proc/PID/ns/net` of a process in a namespace of its own
+  (a container); the process is killed and another, in a namespace of
+  its own with an `eth0`, is started with the same PID (the kernel's next
+  PID set through `ns_last_pid`, as a user forking in a loop gets it): the
+  agent must say the path names another namespace and put nothing on the
+  newcomer's `eth0` (an earlier build attached the container's policy
+  there within 1.5 s and called it a recreated interface). *etcd names the
+  host*: a real etcd, a description pushed to it naming the agent's own
+  namespace by path and a dummy interface there, an agent run with
+  `--etcd`: refused unless `--allow-interface` allows the interface, and
+  nothing attached to it (an earlier build attached to the host's NIC).
 * **VM start.** An instance waits for its tap (`host_interface`); the tap
   is made with `ip tuntap add` (as QEMU and libvirt make theirs) and the
   time until both programs are on it is measured by querying TCX every half
@@ -757,6 +813,7 @@ pub fn run(options: Options) -> Report {
     faults.push(hardening_metrics_flood(&mut c));
     faults.push(hardening_fifo(&mut c, &dir, &s1, &s1_ns));
     let records = records_and_refusals(&mut c, &dir);
+    let namespaces = namespaces::measure(&c.lab.prefix, c.lab.switch_netns(), &dir);
 
     let flood = flood(&mut c, &s1, &s1_ns, options);
     if let Some(agent) = c.agent.take() {
@@ -771,6 +828,7 @@ pub fn run(options: Options) -> Report {
         flood,
         vm_start,
         records,
+        namespaces,
     }
 }
 
