@@ -81,6 +81,19 @@ pub struct Results {
     pub fleet_instances: usize,
 }
 
+/// A fleet's description validated as `push` validates it, `big_pushes`
+/// times: the times (ms) and its size.
+fn fleet_validation(cfg: &Config) -> (Vec<f64>, usize) {
+    let text = fleet(cfg.fleet_instances);
+    let mut ms = Vec::new();
+    for _ in 0..cfg.big_pushes {
+        let t0 = Instant::now();
+        validate_as("fleet.toml".as_ref(), &text, false, Enforcer::Everyone).expect("valid");
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    (ms, text.len())
+}
+
 /// A fleet's description: `instances` on 50 nodes, each in two of 20
 /// groups; each group admits SSH from itself and HTTPS from the next
 /// group, so every instance's policy holds a tenth of the fleet's addresses.
@@ -224,21 +237,7 @@ pub fn measure(cfg: &Config) -> Results {
         push(&text);
         txn.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    // A fleet's description, validated as `push` validates it.
-    let fleet_instances = cfg.fleet_instances;
-    let fleet_text = fleet(fleet_instances);
-    let mut fleet_ms = Vec::new();
-    for _ in 0..cfg.big_pushes {
-        let t0 = Instant::now();
-        validate_as(
-            "fleet.toml".as_ref(),
-            &fleet_text,
-            false,
-            Enforcer::Everyone,
-        )
-        .expect("valid");
-        fleet_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    let (fleet_ms, fleet_bytes) = fleet_validation(cfg);
     eprintln!(
         "etcd: agents p50 {:.1} ms, watchers p50 {:.1} ms, 10k push {:.1} + {:.1} ms",
         percentile(&agent_ms, 0.5),
@@ -259,8 +258,8 @@ pub fn measure(cfg: &Config) -> Results {
         big_bytes: big.len(),
         big_rules,
         fleet_validate_ms: Stat::of(&fleet_ms),
-        fleet_bytes: fleet_text.len(),
-        fleet_instances,
+        fleet_bytes,
+        fleet_instances: cfg.fleet_instances,
     }
 }
 

@@ -162,12 +162,13 @@ fn move_links(p: &Pinned, tap: &str) -> Result<(), RescueError> {
             instance: p.name.clone(),
             inode: old_place.netns_inode,
         })?;
-        let _in_ns = NetnsGuard::enter_opt(netns.as_deref()).map_err(|e| RescueError::Io {
+        let name = match &netns {
+            Netns::Own => None,
+            Netns::Named(n) => Some(n.as_str()),
+        };
+        let _in_ns = NetnsGuard::enter_opt(name).map_err(|e| RescueError::Io {
             instance: p.name.clone(),
-            what: format!(
-                "entering namespace {}",
-                netns.as_deref().unwrap_or_default()
-            ),
+            what: format!("entering namespace {}", name.unwrap_or_default()),
             source: io::Error::other(e.to_string()),
         })?;
         let place = place_here(tap).map_err(io(format!("tap {tap}")))?;
@@ -185,16 +186,24 @@ fn move_links(p: &Pinned, tap: &str) -> Result<(), RescueError> {
     Ok(())
 }
 
-/// The name to enter the network namespace with this inode by: `None` for
-/// this process's own, a name under /run/netns otherwise.
-fn namespace_named(inode: u64) -> Option<Option<String>> {
+/// A network namespace the hook can enter.
+enum Netns {
+    /// This process's own.
+    Own,
+    /// One under /run/netns, by name.
+    Named(String),
+}
+
+/// The namespace with this inode, as the hook can enter it (`None`: not
+/// one it can name).
+fn namespace_named(inode: u64) -> Option<Netns> {
     let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
     if own == inode {
-        return Some(None);
+        return Some(Netns::Own);
     }
     std::fs::read_dir("/run/netns")
         .ok()?
         .flatten()
         .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
-        .map(|e| Some(e.file_name().to_string_lossy().into_owned()))
+        .map(|e| Netns::Named(e.file_name().to_string_lossy().into_owned()))
 }

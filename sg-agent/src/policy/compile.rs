@@ -146,8 +146,7 @@ pub fn fits_enforced(vpc: &Vpc) -> Result<(), InstanceTooLarge> {
         // The first refusal in file order.
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+            .try_for_each(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
     })
 }
 

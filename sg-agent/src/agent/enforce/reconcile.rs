@@ -82,18 +82,7 @@ impl Agent<'_> {
         let (place, mac) = match wanted {
             Ok(wanted) => wanted,
             Err(why) => {
-                // A libvirt domain that stopped: its tap went with it, and
-                // nothing is unprotected until it starts again. The reason
-                // is kept current (a domain that starts with no NIC of the
-                // file's `libvirt_mac` is not "not running").
-                if e.stopped.is_none() {
-                    log::info!(
-                        instance = name;
-                        "instance {name}: {why}; enforced again as it starts"
-                    );
-                }
-                e.stopped = Some(why);
-                e.checked = Instant::now();
+                stopped(name, e, why);
                 return;
             }
         };
@@ -514,6 +503,18 @@ fn namespace_replaced(name: &str, e: &mut super::Enforced, place: &super::place:
     }
     e.checked = Instant::now();
     true
+}
+
+/// An enforced instance whose place cannot be known now: a libvirt domain
+/// that stopped (its tap went with it, and nothing is unprotected until it
+/// starts again). The reason is kept current (a domain that starts with no
+/// NIC of the file's `libvirt_mac` is not "not running").
+fn stopped(name: &str, e: &mut super::Enforced, why: String) {
+    if e.stopped.is_none() {
+        log::info!(instance = name; "instance {name}: {why}; enforced again as it starts");
+    }
+    e.stopped = Some(why);
+    e.checked = Instant::now();
 }
 
 /// What a lapse found at `place`: programs taken off (`taken_off` of them),

@@ -240,19 +240,7 @@ impl Agent<'_> {
                 .learned
                 .filter(|l| mac.is_some_and(|m| m.learned && m.mac == l.mac))
                 .map(|l| l.since),
-            guest_addresses_unlisted: view
-                .map(|v| {
-                    v.guest_addresses
-                        .iter()
-                        .map(|(a, g)| status::GuestAddressStatus {
-                            address: a.to_string(),
-                            seen_in: g.seen_in.to_owned(),
-                            first_seen: g.first,
-                            packets: g.packets,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            guest_addresses_unlisted: view.map(guest_addresses).unwrap_or_default(),
             state: if e.stopped.is_some() {
                 "waiting".into()
             } else if e.lost_since.is_some() {
@@ -290,6 +278,20 @@ impl Agent<'_> {
 
 fn side_name(host: bool) -> &'static str {
     if host { "host" } else { "instance" }
+}
+
+/// The addresses an instance's guest used that its `addresses` do not
+/// list, as status shows them.
+fn guest_addresses(v: &crate::observe::InstanceView) -> Vec<status::GuestAddressStatus> {
+    v.guest_addresses
+        .iter()
+        .map(|(a, g)| status::GuestAddressStatus {
+            address: a.to_string(),
+            seen_in: g.seen_in.to_owned(),
+            first_seen: g.first,
+            packets: g.packets,
+        })
+        .collect()
 }
 
 fn libvirt_domain(link: Option<&Link>) -> Option<String> {

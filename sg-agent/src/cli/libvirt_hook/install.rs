@@ -127,7 +127,7 @@ fn try_install(args: &LibvirtHookArgs) -> Result<(), String> {
     );
     match (before, libvirtd_running()) {
         (Some(_), _) => {
-            println!("it replaced the earlier one: libvirtd runs it from the next call")
+            println!("it replaced the earlier one: libvirtd runs it from the next call");
         }
         (None, true) => println!(
             "libvirtd reads its hooks as it starts: restart it once (systemctl restart libvirtd) \

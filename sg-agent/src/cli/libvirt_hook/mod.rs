@@ -131,51 +131,7 @@ pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(ControlError::NotRunning(_)) if stopped => ExitCode::SUCCESS,
         Err(ControlError::NotRunning(path)) => {
-            match without_agent(args, nics.as_deref().unwrap_or_default()) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => {
-                    let named = named_in_rules(args);
-                    let refuse = args.require_agent || (named.is_some() && !args.allow_unfiltered);
-                    if refuse {
-                        tell(
-                            &args.domain,
-                            &format!(
-                                "domain {} refused to start: no agent answers on {}{}",
-                                args.domain,
-                                path.display(),
-                                named.map_or_else(String::new, |n| format!(
-                                    ", and {} names it (instance {n}): start sg-agent, or give \
-                                     the hook --allow-unfiltered",
-                                    args.rules.display()
-                                ))
-                            ),
-                        );
-                        ExitCode::from(1)
-                    } else {
-                        tell(
-                            &args.domain,
-                            &format!(
-                                "no agent answers on {}: domain {} starts unfiltered by sg-agent",
-                                path.display(),
-                                args.domain
-                            ),
-                        );
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    tell(
-                        &args.domain,
-                        &format!(
-                            "domain {} refused to start: no agent runs, and its instances' pinned \
-                             programs could not be put on its new taps: {}",
-                            args.domain,
-                            super::error_chain(&e)
-                        ),
-                    );
-                    ExitCode::from(1)
-                }
-            }
+            no_agent(args, &path, nics.as_deref().unwrap_or_default())
         }
         Err(e) if stopped => {
             eprintln!(
@@ -190,6 +146,56 @@ pub fn libvirt_hook(args: &LibvirtHookArgs) -> ExitCode {
                 "sg-agent: domain {} refused to start, its security groups are not in force: {}",
                 args.domain,
                 super::error_chain(&e)
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A domain starting while no agent answers on `path`: its pinned
+/// programs put on its taps, or it is refused (the rules file names it, or
+/// `--require-agent`), or it starts unfiltered, saying so.
+fn no_agent(args: &LibvirtHookArgs, path: &Path, nics: &[DomainNic]) -> ExitCode {
+    match without_agent(args, nics) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            let named = named_in_rules(args);
+            if args.require_agent || (named.is_some() && !args.allow_unfiltered) {
+                tell(
+                    &args.domain,
+                    &format!(
+                        "domain {} refused to start: no agent answers on {}{}",
+                        args.domain,
+                        path.display(),
+                        named.map_or_else(String::new, |n| format!(
+                            ", and {} names it (instance {n}): start sg-agent, or give the hook \
+                             --allow-unfiltered",
+                            args.rules.display()
+                        ))
+                    ),
+                );
+                ExitCode::from(1)
+            } else {
+                tell(
+                    &args.domain,
+                    &format!(
+                        "no agent answers on {}: domain {} starts unfiltered by sg-agent",
+                        path.display(),
+                        args.domain
+                    ),
+                );
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            tell(
+                &args.domain,
+                &format!(
+                    "domain {} refused to start: no agent runs, and its instances' pinned \
+                     programs could not be put on its new taps: {}",
+                    args.domain,
+                    super::error_chain(&e)
+                ),
             );
             ExitCode::from(1)
         }
@@ -237,22 +243,17 @@ fn named_in_rules(args: &LibvirtHookArgs) -> Option<String> {
         ..config::ReadPolicy::default()
     };
     let file = config::read_with(&args.rules, policy).ok()?;
-    match config::from_str(&args.rules, &file.text) {
-        Ok(vpc) => vpc
-            .instances
-            .iter()
-            .find(
-                |i| matches!(&i.link, Some(Link::Libvirt { domain, .. }) if *domain == args.domain),
-            )
-            .map(|i| i.name.clone()),
-        Err(_) => {
-            eprintln!(
-                "sg-agent: {} is not valid: which domains it names is not known",
-                args.rules.display()
-            );
-            None
-        }
-    }
+    let Ok(vpc) = config::from_str(&args.rules, &file.text) else {
+        eprintln!(
+            "sg-agent: {} is not valid: which domains it names is not known",
+            args.rules.display()
+        );
+        return None;
+    };
+    vpc.instances
+        .iter()
+        .find(|i| matches!(&i.link, Some(Link::Libvirt { domain, .. }) if *domain == args.domain))
+        .map(|i| i.name.clone())
 }
 
 /// What the hook says of a domain where someone will read it: libvirt

@@ -400,38 +400,35 @@ impl EntrySpec {
 /// the file does not declare (with AWS's default entries, so the VPC's
 /// other subnets keep allowing everything until an entry says otherwise).
 fn table_of<'d>(view: &View<'_>, doc: &'d mut Doc, a: &ApiAcl) -> Result<&'d mut Table, ApiError> {
-    let name = match &a.name {
-        Some(name) => name.clone(),
-        None => {
-            // Its subnets become the file's, so the file's default holds
-            // what the API's does.
-            for s in &a.subnets {
-                subnet_name(view, doc, s)?;
-            }
-            let mut t = Table::new();
-            t.insert("name", value(&a.id));
-            t.insert("id", value(&a.id));
-            t.insert("default", value(true));
-            vpc_key(view, &mut t, &a.vpc);
-            doc.push("network_acl", t);
-            for (egress, e) in &a.entries {
-                push_entry(
-                    doc,
-                    &a.id,
-                    &EntrySpec {
-                        egress: *egress,
-                        rule_no: e.rule_no,
-                        allow: e.allow,
-                        protocol: e.protocol,
-                        ports: e.ports,
-                        cidr: e.cidr,
-                    },
-                )?;
-            }
-            a.id.clone()
+    if a.name.is_none() {
+        // Its subnets become the file's, so the file's default holds what
+        // the API's does.
+        for s in &a.subnets {
+            subnet_name(view, doc, s)?;
         }
-    };
-    doc.named("network_acl", &name)
+        let mut t = Table::new();
+        t.insert("name", value(&a.id));
+        t.insert("id", value(&a.id));
+        t.insert("default", value(true));
+        vpc_key(view, &mut t, &a.vpc);
+        doc.push("network_acl", t);
+        for (egress, e) in &a.entries {
+            push_entry(
+                doc,
+                &a.id,
+                &EntrySpec {
+                    egress: *egress,
+                    rule_no: e.rule_no,
+                    allow: e.allow,
+                    protocol: e.protocol,
+                    ports: e.ports,
+                    cidr: e.cidr,
+                },
+            )?;
+        }
+    }
+    let name = a.name.as_deref().unwrap_or(&a.id);
+    doc.named("network_acl", name)
         .ok_or_else(|| ApiError::internal("the network ACL is not in the rules file"))
 }
 
