@@ -27,6 +27,35 @@ fn domain_xml(name: &str, tap: &str, mac: &str) -> String {
     )
 }
 
+/// The rules of one instance `vm` on libvirt domain `domain` (its NIC
+/// `libvirt_mac` when given), its taps in namespace `sw`, in a group that
+/// allows nothing in.
+fn vm_rules(domain: &str, sw: &str, mac: Option<&str>) -> String {
+    let mac = mac.map_or_else(String::new, |m| format!("libvirt_mac = \"{m}\"\n"));
+    format!(
+        "[[security_group]]\nname = \"vm\"\n\n[[instance]]\nname = \"vm\"\n\
+         libvirt_domain = \"{domain}\"\n{mac}netns = \"{sw}\"\naddresses = [\"10.0.0.1\"]\n\
+         security_groups = [\"vm\"]\n"
+    )
+}
+
+/// Runs `cmd` as libvirtd runs a hook: `xml` on its standard input.
+fn with_xml(cmd: &mut Command, xml: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the hook runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(xml.as_bytes())
+        .expect("write the XML");
+    child.wait_with_output().expect("the hook ends")
+}
+
 /// `sg-agent libvirt-hook DOMAIN OPERATION SUB -` with `xml` on stdin.
 fn hook(socket: &Path, domain: &str, operation: &str, sub: &str, xml: &str) -> Output {
     hook_on(socket, None, domain, operation, sub, xml)
@@ -41,34 +70,25 @@ fn hook_on(
     sub: &str,
     xml: &str,
 ) -> Output {
-    let mut child = Command::new(binary())
-        .args([
-            "libvirt-hook",
-            domain,
-            operation,
-            sub,
-            "-",
-            "--control-socket",
-        ])
-        .arg(socket)
-        .args(
-            state
-                .map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()])
-                .into_iter()
-                .flatten(),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the hook runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(xml.as_bytes())
-        .expect("write the XML");
-    child.wait_with_output().expect("the hook ends")
+    with_xml(
+        Command::new(binary())
+            .args([
+                "libvirt-hook",
+                domain,
+                operation,
+                sub,
+                "-",
+                "--control-socket",
+            ])
+            .arg(socket)
+            .args(
+                state
+                    .map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            ),
+        xml,
+    )
 }
 
 #[test]
@@ -208,22 +228,7 @@ fn a_domain_restarted_with_no_agent_keeps_its_pinned_programs() {
     let xml = domain_xml(&domain, tap, mac);
     // The group allows nothing in: the host's ping into the guest is dropped
     // where the instance is enforced.
-    let rules = RulesFile::new(
-        &lab.prefix,
-        &format!(
-            r#"
-[[security_group]]
-name = "vm"
-
-[[instance]]
-name = "vm"
-libvirt_domain = "{domain}"
-netns = "{sw}"
-addresses = ["10.0.0.1"]
-security_groups = ["vm"]
-"#
-        ),
-    );
+    let rules = RulesFile::new(&lab.prefix, &vm_rules(&domain, &sw, None));
     let (host, vm): (IpAddr, IpAddr) = ("10.0.0.254".parse().unwrap(), "10.0.0.1".parse().unwrap());
     let state = StateDir::new();
     let socket = state.control_socket();
@@ -313,22 +318,7 @@ fn a_refused_start_gives_the_real_reason() {
     ]);
     ip(&["-n", &sw, "link", "set", "tapm", "up"]);
     let domain = format!("{}-vm", lab.prefix);
-    let file = |mac: &str| {
-        format!(
-            r#"
-[[security_group]]
-name = "vm"
-
-[[instance]]
-name = "vm"
-libvirt_domain = "{domain}"
-libvirt_mac = "{mac}"
-netns = "{sw}"
-addresses = ["10.0.0.1"]
-security_groups = ["vm"]
-"#
-        )
-    };
+    let file = |mac: &str| vm_rules(&domain, &sw, Some(mac));
     let rules = RulesFile::new(&lab.prefix, &file("52:54:00:00:00:99"));
     let agent = AgentProcess::start_with(&rules.path, &["--allow-empty"]);
     agent.expect_log("ready: enforcing", 0, START);
@@ -389,22 +379,7 @@ fn a_restarted_domain_on_a_fixed_tap_name_is_no_lapse() {
     };
     tap(true);
     let domain = format!("{}-vm", lab.prefix);
-    let rules = RulesFile::new(
-        &lab.prefix,
-        &format!(
-            r#"
-[[security_group]]
-name = "vm"
-
-[[instance]]
-name = "vm"
-libvirt_domain = "{domain}"
-netns = "{sw}"
-addresses = ["10.0.0.1"]
-security_groups = ["vm"]
-"#
-        ),
-    );
+    let rules = RulesFile::new(&lab.prefix, &vm_rules(&domain, &sw, None));
     let agent = AgentProcess::start_with(&rules.path, &["--allow-empty"]);
     agent.expect_log("ready: enforcing", 0, START);
     let socket = agent.control_socket.clone();
@@ -453,22 +428,7 @@ fn the_hook_installed_by_install_runs_this_binary_against_this_agent() {
     ]);
     ip(&["-n", &sw, "link", "set", "tapi", "up"]);
     let domain = format!("{}-vm", lab.prefix);
-    let rules = RulesFile::new(
-        &lab.prefix,
-        &format!(
-            r#"
-[[security_group]]
-name = "vm"
-
-[[instance]]
-name = "vm"
-libvirt_domain = "{domain}"
-netns = "{sw}"
-addresses = ["10.0.0.1"]
-security_groups = ["vm"]
-"#
-        ),
-    );
+    let rules = RulesFile::new(&lab.prefix, &vm_rules(&domain, &sw, None));
     let state = StateDir::new();
     let agent = AgentProcess::start_in(&state, &rules.path, &["--allow-empty"], "info");
     agent.expect_log("ready: enforcing", 0, START);
@@ -501,20 +461,10 @@ security_groups = ["vm"]
 
     // As libvirtd runs it.
     let run = |xml: &str, op: &str| {
-        let mut child = Command::new(&script_path)
-            .args([domain.as_str(), op, "begin", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hook runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(xml.as_bytes())
-            .expect("write the XML");
-        child.wait_with_output().expect("the hook ends")
+        with_xml(
+            Command::new(&script_path).args([domain.as_str(), op, "begin", "-"]),
+            xml,
+        )
     };
     let out = run(&domain_xml(&domain, "tapi", "52:54:00:00:00:41"), "start");
     assert!(out.status.success(), "{out:?}");
@@ -561,33 +511,24 @@ fn with_no_agent_a_domain_the_rules_file_names_is_refused() {
     .expect("rules");
     let socket = state.control_socket();
     let start = |domain: &str, extra: &[&str]| {
-        let mut child = Command::new(binary())
-            .args([
-                "libvirt-hook",
-                domain,
-                "start",
-                "begin",
-                "-",
-                "--control-socket",
-            ])
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state.path)
-            .arg("--rules")
-            .arg(&rules)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hook runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(domain_xml(domain, "vnet90", "52:54:00:00:00:51").as_bytes())
-            .expect("write the XML");
-        child.wait_with_output().expect("the hook ends")
+        with_xml(
+            Command::new(binary())
+                .args([
+                    "libvirt-hook",
+                    domain,
+                    "start",
+                    "begin",
+                    "-",
+                    "--control-socket",
+                ])
+                .arg(&socket)
+                .arg("--state-dir")
+                .arg(&state.path)
+                .arg("--rules")
+                .arg(&rules)
+                .args(extra),
+            &domain_xml(domain, "vnet90", "52:54:00:00:00:51"),
+        )
     };
     let out = start("named-db", &[]);
     let err = String::from_utf8_lossy(&out.stderr);

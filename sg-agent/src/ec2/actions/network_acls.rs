@@ -183,19 +183,6 @@ pub async fn describe(p: &Params, store: &Store) -> Result<Answer, ApiError> {
     Ok(Answer::Ec2(x))
 }
 
-/// The VPC (by name) whose id is `id`.
-fn vpc_named(view: &View<'_>, id: &str) -> Result<String, ApiError> {
-    view.vpc_names()
-        .into_iter()
-        .find(|n| view.vpc_id(n) == id)
-        .ok_or_else(|| {
-            ApiError::new(
-                "InvalidVpcID.NotFound",
-                format!("The vpc ID '{id}' does not exist"),
-            )
-        })
-}
-
 /// The `vpc` key a table of VPC `vpc` needs (none for the default one).
 fn vpc_key(view: &View<'_>, t: &mut Table, vpc: &str) {
     if !vpc.is_empty() && vpc != view.vpc.default_vpc() {
@@ -211,7 +198,7 @@ pub async fn create(p: &Params, store: &Store) -> Result<Answer, ApiError> {
     let account = store.account.clone();
     let created = store
         .change(move |view, doc| {
-            let vpc = vpc_named(view, &vpc_id)?;
+            let vpc = super::groups::vpc_by_id(view, Some(&vpc_id))?;
             let mut t = Table::new();
             t.insert("name", value(&id));
             t.insert("id", value(&id));
@@ -497,22 +484,7 @@ pub async fn replace_entry(p: &Params, store: &Store) -> Result<Answer, ApiError
     let spec = entry_spec(p)?;
     store
         .change(move |view, doc| {
-            let a = acl(view, &id)?;
-            if !a
-                .entries
-                .iter()
-                .any(|(egress, e)| *egress == spec.egress && e.rule_no == spec.rule_no)
-            {
-                return Err(entry_not_found(spec.rule_no));
-            }
-            let t = table_of(view, doc, &a)?;
-            let dir = spec.direction();
-            let i =
-                entry_index(t, dir, spec.rule_no).ok_or_else(|| entry_not_found(spec.rule_no))?;
-            let entries = t
-                .get_mut(dir)
-                .and_then(Item::as_array_of_tables_mut)
-                .ok_or_else(|| entry_not_found(spec.rule_no))?;
+            let (entries, i) = entry_of(view, doc, &id, spec.egress, spec.rule_no)?;
             let old = entries
                 .get_mut(i)
                 .ok_or_else(|| entry_not_found(spec.rule_no))?;
@@ -535,29 +507,46 @@ pub async fn delete_entry(p: &Params, store: &Store) -> Result<Answer, ApiError>
     let egress = p.bool("Egress").unwrap_or(false);
     store
         .change(move |view, doc| {
-            let a = acl(view, &id)?;
-            if !a
-                .entries
-                .iter()
-                .any(|(eg, e)| *eg == egress && e.rule_no == rule_no)
-            {
-                return Err(entry_not_found(rule_no));
-            }
-            let t = table_of(view, doc, &a)?;
-            let dir = if egress { "egress" } else { "ingress" };
-            let i = entry_index(t, dir, rule_no).ok_or_else(|| entry_not_found(rule_no))?;
-            let entries = t
-                .get_mut(dir)
-                .and_then(Item::as_array_of_tables_mut)
-                .ok_or_else(|| entry_not_found(rule_no))?;
+            let (entries, i) = entry_of(view, doc, &id, egress, rule_no)?;
             entries.remove(i);
             if entries.is_empty() {
-                t.remove(dir);
+                let dir = if egress { "egress" } else { "ingress" };
+                let a = acl(view, &id)?;
+                table_of(view, doc, &a)?.remove(dir);
             }
             Ok(())
         })
         .await?;
     Ok(done())
+}
+
+/// The entry `rule_no` of direction `egress` of network ACL `id`, as its
+/// direction's tables in the file and its index there (the table of a
+/// default network ACL the file does not declare made first); an entry
+/// that is not there is `InvalidNetworkAclEntry.NotFound`.
+fn entry_of<'d>(
+    view: &View<'_>,
+    doc: &'d mut Doc,
+    id: &str,
+    egress: bool,
+    rule_no: u16,
+) -> Result<(&'d mut toml_edit::ArrayOfTables, usize), ApiError> {
+    let a = acl(view, id)?;
+    if !a
+        .entries
+        .iter()
+        .any(|(eg, e)| *eg == egress && e.rule_no == rule_no)
+    {
+        return Err(entry_not_found(rule_no));
+    }
+    let t = table_of(view, doc, &a)?;
+    let dir = if egress { "egress" } else { "ingress" };
+    let i = entry_index(t, dir, rule_no).ok_or_else(|| entry_not_found(rule_no))?;
+    let entries = t
+        .get_mut(dir)
+        .and_then(Item::as_array_of_tables_mut)
+        .ok_or_else(|| entry_not_found(rule_no))?;
+    Ok((entries, i))
 }
 
 /// `ReplaceNetworkAclAssociation`: the subnet of association `AssociationId`
