@@ -433,12 +433,13 @@ fn a_remote_description_is_limited_on_each_host() {
         out.status.success(),
         "push validates the file, not a host's limits: {out:?}"
     );
-    let at = agent.expect_log("rejected", mark, PROPAGATE);
-    let line = agent.log_text();
-    assert!(
-        line.contains("interface \"sgl-none0\" is an interface of this host's own namespace"),
-        "{}\n{line}",
-        agent.log_line(at)
+    // The refusal's reasons come as lines after the one that says it:
+    // waited for, not read at once.
+    agent.expect_log("rejected", mark, PROPAGATE);
+    agent.expect_log(
+        "interface \"sgl-none0\" is an interface of this host's own namespace",
+        mark,
+        PROPAGATE,
     );
     assert_eq!(names(&agent.status_json()).len(), 4);
 
