@@ -39,6 +39,25 @@ impl Contained {
         self.0.id()
     }
 
+    /// Its `eth0`: a veth whose other end, `port`, is in namespace `sw` (as
+    /// a container runtime plugs a container into its bridge's namespace).
+    pub fn plug(&self, sw: &str, port: &str) {
+        crate::lab::ip(&[
+            "-n",
+            sw,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.pid().to_string(),
+        ]);
+    }
+
     /// Started so that it gets PID `pid` (the kernel's next PID set just
     /// before it, as a user forking in a loop would get it in time).
     pub fn start_as(pid: u32, setup: &str) -> Self {

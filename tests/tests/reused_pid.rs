@@ -22,20 +22,7 @@ fn a_reused_pid_does_not_carry_the_containers_policy() {
     let sw = lab.switch_netns().to_owned();
     let container = Contained::start("");
     let pid = container.pid();
-    ip(&[
-        "-n",
-        &sw,
-        "link",
-        "add",
-        "pr0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &pid.to_string(),
-    ]);
+    container.plug(&sw, "pr0");
     let path = format!("/proc/{pid}/ns/net");
     let rules = RulesFile::new(
         &lab.prefix,

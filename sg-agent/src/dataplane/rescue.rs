@@ -12,11 +12,7 @@
 //! that are off their hooks: a live one is some running tap's, not this
 //! start's to move.
 
-use std::{
-    io,
-    os::{fd::OwnedFd, unix::fs::MetadataExt as _},
-    path::PathBuf,
-};
+use std::{io, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use aya::maps::{HashMap, MapData};
 use sg_common::{
@@ -137,7 +133,8 @@ fn move_links(p: &Pinned, tap: &str) -> Result<(), RescueError> {
             source,
         }
     };
-    let mut made: Vec<(OwnedFd, PathBuf, PathBuf)> = Vec::new();
+    // The old pins, removed once every link is moved.
+    let mut moved: Vec<PathBuf> = Vec::new();
     for (old_pin, hook, old_place) in &p.links {
         let ingress = match hook {
             Hook::HostTcIngress => true,
@@ -176,9 +173,9 @@ fn move_links(p: &Pinned, tap: &str) -> Result<(), RescueError> {
             .map_err(io(format!("attaching {} to {tap}", hook.as_str())))?;
         let new_pin = p.pins.link(*hook, place);
         sys::obj_pin(&link, &new_pin).map_err(io(format!("pinning {}", new_pin.display())))?;
-        made.push((link, new_pin, old_pin.clone()));
+        moved.push(old_pin.clone());
     }
-    for (_, _, old_pin) in &made {
+    for old_pin in &moved {
         if let Err(e) = std::fs::remove_file(old_pin) {
             log::warn!("removing the old pin {}: {e}", old_pin.display());
         }

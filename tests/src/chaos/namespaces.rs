@@ -48,20 +48,7 @@ fn reused_pid(prefix: &str, sw: &str, dir: &Path, out: &mut Namespaces) {
     let container = Contained::start("");
     let pid = container.pid();
     let port = format!("{}-rp", &prefix[..prefix.len().min(9)]);
-    ip(&[
-        "-n",
-        sw,
-        "link",
-        "add",
-        &port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &pid.to_string(),
-    ]);
+    container.plug(sw, &port);
     let path = format!("/proc/{pid}/ns/net");
     let config = dir.join("reused-pid.toml");
     std::fs::write(
