@@ -22,9 +22,7 @@ use sg_agent::{
 };
 use sg_common::{
     flow::{FAMILY_V4, FAMILY_V6, FRAG_LATER, FRAG_NONE, Flow, addr_from_octets},
-    policy::{
-        allowing_class, aws_service, classify, own_address, service_own_address, untracked,
-    },
+    policy::{allowing_class, aws_service, classify, own_address, service_own_address, untracked},
 };
 
 fn v4(u: &mut Unstructured) -> Result<Ipv4Addr> {
@@ -106,7 +104,10 @@ fn rule(
         }
     }
     // `self` and the group's own name are one source.
-    let key = body.replace("  self = true\n", &format!("  security_groups = [\"g{g}\"]\n"));
+    let key = body.replace(
+        "  self = true\n",
+        &format!("  security_groups = [\"g{g}\"]\n"),
+    );
     if seen.insert(format!("{dir}\n{key}")) {
         file.push_str(&format!("  [[security_group.{dir}]]\n{body}"));
     }

@@ -16,7 +16,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
-#[cfg(feature = "daemon")]
+#[cfg(feature = "api")]
 pub mod ec2;
 pub mod errors;
 pub mod import;

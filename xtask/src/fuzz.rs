@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{step, workspace_root};
 
-pub const TARGETS: [&str; 3] = ["rules_file", "policy_lookup", "packet_parser"];
+pub const TARGETS: [&str; 4] = ["rules_file", "policy_lookup", "packet_parser", "ec2_api"];
 
 /// The flags cargo-fuzz builds libFuzzer targets with (`--sanitizer none`).
 const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -86,7 +86,8 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u32,
-        /// Only this target: `rules_file`, `policy_lookup` or `packet_parser`.
+        /// Only this target: `rules_file`, `policy_lookup`, `packet_parser` or
+        /// `ec2_api`.
         #[arg(long)]
         target: Option<String>,
     },

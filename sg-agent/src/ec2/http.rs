@@ -107,30 +107,54 @@ async fn handle(req: Request<hyper::body::Incoming>, api: &Shared) -> Response<F
         }
     };
     let query = parts.uri.query().unwrap_or_default();
+    let (status, body) = answer(
+        api,
+        parts.method.as_str(),
+        parts.uri.path(),
+        query,
+        &parts.headers,
+        &body,
+    )
+    .await;
+    response(status, body)
+}
+
+/// A request's answer, once its body is read: its HTTP status and XML.
+/// What the server runs for every request (and the fuzz target `ec2_api`
+/// on arbitrary ones).
+pub async fn answer(
+    api: &Shared,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> (u16, String) {
+    let fail = |e: &ApiError| (e.status, xml::error(e.code, &e.message, &ids::request_id()));
     if let Some(keys) = &api.credentials {
         let signed = sigv4::Signed {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
+            method,
+            path,
             query,
-            headers: &parts.headers,
-            body: &body,
+            headers,
+            body,
         };
         if let Err(e) = sigv4::verify(&signed, keys) {
-            return error_response(&e);
+            return fail(&e);
         }
     }
-    let params = match (parts.method.as_str(), Params::parse(query.as_bytes())) {
-        (_, Err(e)) => return error_response(&e),
+    let params = match (method, Params::parse(query.as_bytes())) {
+        (_, Err(e)) => return fail(&e),
         ("GET", Ok(p)) => p,
-        ("POST", Ok(q)) => match Params::parse(&body) {
+        ("POST", Ok(q)) => match Params::parse(body) {
             Ok(mut p) => {
                 p.merge(q);
                 p
             }
-            Err(e) => return error_response(&e),
+            Err(e) => return fail(&e),
         },
         _ => {
-            return error_response(&ApiError::new(
+            return fail(&ApiError::new(
                 "UnsupportedProtocol",
                 "EC2's Query API takes GET and POST",
             ));
@@ -144,11 +168,11 @@ async fn handle(req: Request<hyper::body::Incoming>, api: &Shared) -> Response<F
     match result {
         Ok(answer) => {
             log::debug!("EC2 API {action}: answered in {took} ms");
-            response(200, answer.render(&action, &request_id))
+            (200, answer.render(&action, &request_id))
         }
         Err(e) => {
             log::info!("EC2 API {action}: {} ({}) in {took} ms", e.code, e.message);
-            response(e.status, xml::error(e.code, &e.message, &request_id))
+            (e.status, xml::error(e.code, &e.message, &request_id))
         }
     }
 }

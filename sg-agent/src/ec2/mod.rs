@@ -20,7 +20,7 @@ pub mod xml;
 
 use std::{net::SocketAddr, sync::Arc};
 
-pub use http::{bind, serve};
+pub use http::{answer, bind, serve};
 pub use store::{Applied, AskApply, Store};
 pub use view::Account;
 

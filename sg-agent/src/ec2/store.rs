@@ -40,10 +40,12 @@ pub enum Backend {
     File(PathBuf),
     /// etcd's key (`run --etcd`): changes are compare-and-swapped on the
     /// revision read, so two writers never lose each other's change.
+    #[cfg(feature = "daemon")]
     Etcd(Box<EtcdBackend>),
 }
 
 /// etcd's description, and a client connected on first use.
+#[cfg(feature = "daemon")]
 pub struct EtcdBackend {
     pub opts: crate::source::etcd::EtcdOptions,
     pub client: tokio::sync::Mutex<Option<etcd_client::Client>>,
@@ -91,12 +93,14 @@ impl Store {
     ) -> Arc<Self> {
         let path = match &backend {
             Backend::File(p) => p.clone(),
+            #[cfg(feature = "daemon")]
             Backend::Etcd(e) => PathBuf::from(e.opts.key()),
         };
         // An etcd description is every host's: judged whole, as `push`
         // judges it.
         let (node, allow_empty) = match backend {
             Backend::File(_) => (node, allow_empty),
+            #[cfg(feature = "daemon")]
             Backend::Etcd(_) => (None, true),
         };
         Arc::new_cyclic(|me| Self {
@@ -140,6 +144,7 @@ impl Store {
                 .await
                 .map_err(|e| ApiError::internal(format!("reading the rules file: {e}")))?
             }
+            #[cfg(feature = "daemon")]
             Backend::Etcd(e) => {
                 let opts = &e.opts;
                 let mut client = self.etcd(opts, &e.client).await?;
@@ -160,6 +165,7 @@ impl Store {
     }
 
     /// The etcd client, connected on first use (and again after an error).
+    #[cfg(feature = "daemon")]
     async fn etcd<'a>(
         &self,
         opts: &crate::source::etcd::EtcdOptions,
@@ -179,6 +185,10 @@ impl Store {
     /// Writes `new` where `old` (read at `revision`) was; `IncorrectState`
     /// if someone else changed it since.
     /// The revision written (etcd; 0 for the file).
+    #[cfg_attr(
+        not(feature = "daemon"),
+        expect(unused_variables, reason = "etcd's revision")
+    )]
     async fn write(&self, old: &str, revision: i64, new: &str) -> Result<i64, ApiError> {
         let changed = || {
             ApiError::new(
@@ -201,6 +211,7 @@ impl Store {
                 .await
                 .map_err(|e| ApiError::internal(format!("writing the rules file: {e}")))?
             }
+            #[cfg(feature = "daemon")]
             Backend::Etcd(e) => {
                 let opts = &e.opts;
                 let mut client = self.etcd(opts, &e.client).await?;
@@ -346,6 +357,10 @@ impl Store {
 
     /// Has the agent reload, and checks that what it enforces is `text`
     /// (etcd: the revision `written`, or a later one, which holds it).
+    #[cfg_attr(
+        not(feature = "daemon"),
+        expect(unused_variables, reason = "etcd's revision")
+    )]
     async fn put_in_force(&self, text: &str, written: i64) -> Result<(), String> {
         use sha2::Digest as _;
         let want: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
@@ -354,6 +369,7 @@ impl Store {
             let applied = self.put_in_force_any().await?;
             let holds_it = match self.backend {
                 Backend::File(_) => applied.in_force == want,
+                #[cfg(feature = "daemon")]
                 Backend::Etcd(_) => applied.revision.is_some_and(|r| r >= written),
             };
             if holds_it {

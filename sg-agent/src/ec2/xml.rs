@@ -1,7 +1,27 @@
 //! EC2's XML responses: elements in the API's `locationName`s, text
 //! escaped by quick-xml.
 
+use std::borrow::Cow;
+
 use quick_xml::escape::escape;
+
+/// `text` escaped, with each character XML 1.0 does not allow at all
+/// (control characters but tab and line ends, U+FFFE, U+FFFF) replaced by
+/// U+FFFD: a request's value echoed in an error message must not make the
+/// answer unreadable to the client (the fuzz target found `\u{3}`).
+fn escaped(text: &str) -> Cow<'_, str> {
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    };
+    if text.chars().all(allowed) {
+        return escape(text);
+    }
+    let clean: String = text
+        .chars()
+        .map(|c| if allowed(c) { c } else { '\u{FFFD}' })
+        .collect();
+    Cow::Owned(escape(&clean).into_owned())
+}
 
 /// EC2's namespace for API version 2016-11-15 (the only one).
 pub const EC2_NS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
@@ -20,7 +40,7 @@ impl Xml {
         self.0.push('<');
         self.0.push_str(name);
         self.0.push('>');
-        self.0.push_str(&escape(text));
+        self.0.push_str(&escaped(text));
         self.0.push_str("</");
         self.0.push_str(name);
         self.0.push('>');
@@ -94,7 +114,27 @@ impl Xml {
 pub fn error(code: &str, message: &str, request_id: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>",
-        escape(code),
-        escape(message)
+        escaped(code),
+        escaped(message)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_xml_forbids_never_reaches_an_answer() {
+        let doc = error("InvalidParameterValue", "bad \u{3}value\u{FFFF} <&>\t", "r");
+        let parsed = roxmltree::Document::parse(&doc).expect("XML");
+        let message = parsed
+            .descendants()
+            .find(|n| n.has_tag_name("Message"))
+            .and_then(|n| n.text())
+            .expect("a message");
+        assert_eq!(message, "bad \u{FFFD}value\u{FFFD} <&>\t");
+        let mut x = Xml::new();
+        x.text("description", "a\u{0}b");
+        assert!(roxmltree::Document::parse(&x.response("Describe", "r", EC2_NS)).is_ok());
+    }
 }
