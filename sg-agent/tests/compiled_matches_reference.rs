@@ -188,6 +188,7 @@ fn the_prefix_list(entries: Vec<ipnet::IpNet>) -> PrefixList {
         ipv6: None,
         name: "pl".to_owned(),
         entries,
+        entry_descriptions: std::collections::BTreeMap::new(),
         span: 0..0,
     }
 }

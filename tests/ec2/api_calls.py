@@ -194,26 +194,40 @@ check(entries == [{"Cidr": "203.0.113.0/28"}], "GetManagedPrefixListEntries")
 # Managed prefix lists: created, referenced, changed with versions, deleted.
 pl = ec2.create_managed_prefix_list(
     PrefixListName="partners", MaxEntries=5, AddressFamily="IPv4",
-    Entries=[{"Cidr": "198.51.100.0/24"}, {"Cidr": "192.0.2.0/28"}],
+    Entries=[{"Cidr": "198.51.100.0/24", "Description": "partner A"}, {"Cidr": "192.0.2.0/28"}],
     TagSpecifications=[{"ResourceType": "prefix-list", "Tags": [{"Key": "team", "Value": "edge"}]}])["PrefixList"]
 check(pl["PrefixListId"].startswith("pl-") and pl["Version"] == 1 and pl["MaxEntries"] == 5, "CreateManagedPrefixList")
 plid = pl["PrefixListId"]
 entries = ec2.get_managed_prefix_list_entries(PrefixListId=plid)["Entries"]
-check(sorted(e["Cidr"] for e in entries) == ["192.0.2.0/28", "198.51.100.0/24"], "its entries")
+check(sorted(entries, key=lambda e: e["Cidr"]) == [{"Cidr": "192.0.2.0/28"},
+                                                    {"Cidr": "198.51.100.0/24", "Description": "partner A"}],
+      "its entries, each with its description")
+# Terraform's description-only change: AWS refuses a range both added and
+# removed in one call, so the provider removes it, then adds it back.
+fails("InvalidParameterValue", "a range both added and removed", ec2.modify_managed_prefix_list,
+      PrefixListId=plid, AddEntries=[{"Cidr": "198.51.100.0/24", "Description": "partner B"}],
+      RemoveEntries=[{"Cidr": "198.51.100.0/24"}])
+v = ec2.modify_managed_prefix_list(PrefixListId=plid, CurrentVersion=1,
+                                   RemoveEntries=[{"Cidr": "198.51.100.0/24"}])["PrefixList"]["Version"]
+v = ec2.modify_managed_prefix_list(PrefixListId=plid, CurrentVersion=v,
+                                   AddEntries=[{"Cidr": "198.51.100.0/24", "Description": "partner B"}])["PrefixList"]["Version"]
+entries = ec2.get_managed_prefix_list_entries(PrefixListId=plid)["Entries"]
+check({"Cidr": "198.51.100.0/24", "Description": "partner B"} in entries and v == 3,
+      "a description changed as Terraform changes it (version 3)")
 rds_id = groups["instagram-rds-security-group"]["GroupId"]
 ec2.authorize_security_group_ingress(GroupId=rds_id, IpPermissions=[
     {"IpProtocol": "tcp", "FromPort": 3306, "ToPort": 3306, "PrefixListIds": [{"PrefixListId": plid}]}])
-changed = ec2.modify_managed_prefix_list(PrefixListId=plid, CurrentVersion=1, PrefixListName="partners-eu",
+changed = ec2.modify_managed_prefix_list(PrefixListId=plid, CurrentVersion=3, PrefixListName="partners-eu",
                                          AddEntries=[{"Cidr": "203.0.113.64/26"}],
                                          RemoveEntries=[{"Cidr": "192.0.2.0/28"}])["PrefixList"]
-check(changed["Version"] == 2 and changed["PrefixListName"] == "partners-eu", "ModifyManagedPrefixList: version 2, renamed")
+check(changed["Version"] == 4 and changed["PrefixListName"] == "partners-eu", "ModifyManagedPrefixList: version 4, renamed")
 entries = ec2.get_managed_prefix_list_entries(PrefixListId=plid)["Entries"]
 check(sorted(e["Cidr"] for e in entries) == ["198.51.100.0/24", "203.0.113.64/26"], "entries added and removed")
 refs = [r for r in ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [rds_id]}])["SecurityGroupRules"]
         if r.get("PrefixListId") == plid]
 check(len(refs) == 1, "the rule still references the renamed list")
 fails("PrefixListVersionMismatch", "a change from an old version", ec2.modify_managed_prefix_list,
-      PrefixListId=plid, CurrentVersion=1, AddEntries=[{"Cidr": "10.0.0.0/8"}])
+      PrefixListId=plid, CurrentVersion=3, AddEntries=[{"Cidr": "10.0.0.0/8"}])
 fails("PrefixListMaxEntriesExceeded", "more entries than MaxEntries", ec2.modify_managed_prefix_list,
       PrefixListId=plid, AddEntries=[{"Cidr": f"10.{i}.0.0/16"} for i in range(4)])
 fails("DependencyViolation", "deleting a list a rule references", ec2.delete_managed_prefix_list, PrefixListId=plid)

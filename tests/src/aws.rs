@@ -121,19 +121,44 @@ pub fn free_port() -> u16 {
 /// moto's EC2 server on a loopback port of its own, stopped on drop.
 pub struct Moto {
     pub endpoint: String,
+    /// Over https: the CA its certificate chains to (clients are told it
+    /// with `AWS_CA_BUNDLE`), and the directory holding it.
+    pub ca: Option<PathBuf>,
+    dir: Option<PathBuf>,
     child: std::process::Child,
 }
 
 impl Moto {
     pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// moto over https, with a certificate for 127.0.0.1 from a CA made
+    /// for the test (openssl).
+    pub fn start_tls() -> Self {
+        let dir = std::env::temp_dir().join(format!("sg-moto-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tls, _, _) = crate::etcd::make_certificates(&dir);
+        let mut me = Self::spawn(Some((&tls.cert, &tls.key)));
+        me.ca = Some(tls.ca);
+        me.dir = Some(dir);
+        me
+    }
+
+    fn spawn(tls: Option<(&Path, &Path)>) -> Self {
         let port = free_port();
-        let child = Command::new(venv().join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(venv().join("bin/moto_server"));
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--ssl-cert").arg(cert).arg("--ssl-key").arg(key);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting moto_server");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -142,7 +167,22 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self { endpoint, child }
+        Self {
+            endpoint,
+            ca: None,
+            dir: None,
+            child,
+        }
+    }
+
+    /// [`python`] with `script` talking to this server (trusting its CA).
+    pub fn python(&self, script: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(venv().join("bin/python"));
+        cmd.arg(script).args(args).envs(test_credentials());
+        if let Some(ca) = &self.ca {
+            cmd.env("AWS_CA_BUNDLE", ca);
+        }
+        cmd.output().expect("running python")
     }
 }
 
@@ -150,5 +190,8 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

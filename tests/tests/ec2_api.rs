@@ -609,6 +609,74 @@ fn follow_ec2_enforces_the_groups_another_endpoint_has() {
     );
 }
 
+/// `--follow-ec2 https://...`: the endpoint's certificate is checked (a
+/// CA that did not sign it: the agent does not start), and with the CA
+/// that did, its groups are enforced.
+#[test]
+fn follow_ec2_over_https_checks_the_certificate() {
+    let moto = aws::Moto::start_tls();
+    let out = moto.python(&script("moto_setup.py"), &[&moto.endpoint, OUTSIDER]);
+    let made = json(&out, "moto_setup.py (over https)");
+    let instance = made["instance"].as_str().expect("instance").to_owned();
+    let rules = SEED.replace(
+        "name = \"app-1\"\n",
+        &format!("name = \"app-1\"\nid = \"{instance}\"\n"),
+    );
+    let lab = SeedLab::new("es", &rules, &[]);
+    let state = StateDir::new();
+    let ca = moto.ca.clone().expect("moto's CA");
+
+    let other = std::env::temp_dir().join(format!("sg-other-ca-{}", std::process::id()));
+    let (stranger, _, _) = sg_tests::etcd::make_certificates(&other);
+    let out = std::process::Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&lab.config)
+        .args(["--state-dir"])
+        .arg(&state.path)
+        .args(["--control-socket"])
+        .arg(state.control_socket())
+        .args(["--follow-ec2", &moto.endpoint, "--follow-ec2-ca"])
+        .arg(&stranger.ca)
+        .output()
+        .expect("sg-agent run");
+    let _ = std::fs::remove_dir_all(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "refused: {stderr}");
+    assert!(
+        // The stranger CA has the same name as moto's (both are the test
+        // helper's): rustls finds the issuer by name, and its signature
+        // does not check out (BadSignature; UnknownIssuer for another name).
+        stderr.contains("invalid peer certificate") && stderr.contains("--follow-ec2-ca"),
+        "says why: {stderr}"
+    );
+    // Nothing was attached: what the followed groups will refuse passes.
+    assert_eq!(lab.tcp("alb", ALB, APP, 80), Connected, "not attached");
+
+    let ca = ca.to_string_lossy();
+    let agent = AgentProcess::start_in(
+        &state,
+        &lab.config,
+        &["--follow-ec2", &moto.endpoint, "--follow-ec2-ca", &ca],
+        "info",
+    );
+    agent.expect_log("ready: enforcing", 0, START);
+    assert_eq!(
+        lab.tcp("internet", OUTSIDER, APP, 80),
+        Connected,
+        "moto's rule, read over https, in force"
+    );
+    assert_eq!(
+        lab.tcp("alb", ALB, APP, 80),
+        TimedOut,
+        "the file's rule is not"
+    );
+    assert_eq!(
+        agent.status_json()["agent"]["follow"]["url"],
+        moto.endpoint.as_str(),
+        "status names the endpoint"
+    );
+}
+
 #[test]
 fn an_answered_change_survives_kill_9_and_the_file_stays_valid() {
     let lab = SeedLab::new("ek", SEED, &[]);

@@ -192,10 +192,12 @@ pub struct RunArgs {
     ec2_api_account: String,
     /// Take the security groups, their rules, the prefix lists and each
     /// instance's groups from another EC2 endpoint (moto's server,
-    /// `LocalStack`, another sg-agent: `http://HOST:PORT`), asked every
-    /// --follow-interval, and enforce them on the rules file's instances
-    /// (matched by their `id`). Requests are signed with `AWS_ACCESS_KEY_ID`
-    /// and `AWS_SECRET_ACCESS_KEY` (`test` where unset).
+    /// `LocalStack`, another sg-agent: `http://HOST:PORT`; AWS itself:
+    /// `https://ec2.REGION.amazonaws.com`), asked every --follow-interval,
+    /// and enforce them on the rules file's instances (matched by their
+    /// `id`). Requests are signed with `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` (`test` where unset) and `AWS_SESSION_TOKEN`,
+    /// for `AWS_REGION`.
     #[arg(
         long,
         value_name = "URL",
@@ -203,6 +205,10 @@ pub struct RunArgs {
         conflicts_with = "ec2_api"
     )]
     follow_ec2: Option<String>,
+    /// The CA certificates (PEM) an https:// --follow-ec2 endpoint's
+    /// certificate must chain to, instead of the system's.
+    #[arg(long, value_name = "FILE", requires = "follow_ec2")]
+    follow_ec2_ca: Option<std::path::PathBuf>,
     /// How often --follow-ec2 asks, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "follow_ec2",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -455,6 +461,7 @@ pub fn run(args: &RunArgs, held: agent::HeldSignals) -> ExitCode {
         match crate::source::follow::FollowOptions::new(
             url,
             std::time::Duration::from_secs(args.follow_interval),
+            args.follow_ec2_ca.as_deref(),
         ) {
             Ok(f) => options.follow = Some(f),
             Err(e) => {

@@ -56,6 +56,9 @@ pub struct PrefixList {
     pub id: Option<(String, Span)>,
     pub description: Option<String>,
     pub entries: Vec<IpNet>,
+    /// Each entry's description, where it has one (`{ cidr = ...,
+    /// description = ... }`).
+    pub entry_descriptions: std::collections::BTreeMap<IpNet, String>,
     /// AWS's `MaxEntries`, and where it is written: a rule referencing the
     /// list counts as this many rules, however many entries it holds now.
     /// Absent: its number of entries.

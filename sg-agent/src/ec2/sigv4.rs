@@ -174,42 +174,74 @@ pub fn verify(req: &Signed<'_>, keys: &Credentials) -> Result<(), ApiError> {
     })
 }
 
-/// Signs a request (AWS's Signature Version 4, headers `host` and
-/// `x-amz-date`): the headers to add, `x-amz-date` and `authorization`.
+/// Signs a request (AWS's Signature Version 4, headers `host`,
+/// `x-amz-date` and, with temporary credentials, `x-amz-security-token`):
+/// the headers to add, `authorization` last.
 #[allow(clippy::too_many_arguments)]
 pub fn sign(
     method: &str,
     host: &str,
     path: &str,
     body: &[u8],
-    (key_id, secret): (&str, &str),
+    key: &Key,
     region: &str,
     service: &str,
     now: u64,
-) -> [(&'static str, String); 2] {
+) -> Vec<(&'static str, String)> {
     let amz_date = amz_date(now);
     let date = &amz_date[..8];
+    let mut headers = vec![("x-amz-date", amz_date.clone())];
+    if let Some(token) = &key.token {
+        headers.push(("x-amz-security-token", token.clone()));
+    }
+    let mut canonical_headers = String::new();
+    for (k, v) in
+        std::iter::once(("host", host)).chain(headers.iter().map(|(k, v)| (*k, v.as_str())))
+    {
+        let _ = writeln!(canonical_headers, "{k}:{}", v.trim());
+    }
+    let signed_headers = std::iter::once("host")
+        .chain(headers.iter().map(|(k, _)| *k))
+        .collect::<Vec<_>>()
+        .join(";");
     let canonical = format!(
-        "{method}\n{}\n\nhost:{host}\nx-amz-date:{amz_date}\n\nhost;x-amz-date\n{}",
+        "{method}\n{}\n\n{canonical_headers}\n{signed_headers}\n{}",
         canonical_path(path),
         crate::config::hex(&Sha256::digest(body))
     );
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let signature = crate::config::hex(&signature_of(
-        secret,
+        &key.secret,
         &amz_date,
         (date, region, service),
         &canonical,
     ));
-    [
-        ("x-amz-date", amz_date),
-        (
-            "authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders=host;x-amz-date, Signature={signature}"
-            ),
+    headers.push((
+        "authorization",
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            key.id
         ),
-    ]
+    ));
+    headers
+}
+
+/// The credentials a request is signed with.
+#[derive(Clone)]
+pub struct Key {
+    pub id: String,
+    pub secret: String,
+    /// A session token (temporary credentials: `AWS_SESSION_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Key {
+    /// The access key id only: the secret and the token stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `YYYYMMDDTHHMMSSZ` for a Unix time (the civil date by Howard
@@ -340,12 +372,17 @@ mod tests {
         let now = crate::observe::unix_now();
         assert_eq!(amz_date(1_449_014_400), "20151202T000000Z");
         let body = b"Action=DescribeVpcs&Version=2016-11-15";
+        let key = Key {
+            id: "AKID".to_owned(),
+            secret: "s3cret".to_owned(),
+            token: None,
+        };
         let headers = sign(
             "POST",
             "127.0.0.1:4566",
             "/",
             body,
-            ("AKID", "s3cret"),
+            &key,
             "us-east-1",
             "ec2",
             now,
@@ -379,6 +416,55 @@ mod tests {
             ..req
         };
         assert_eq!(verify(&tampered, &keys).unwrap_err().code, "AuthFailure");
+    }
+
+    /// Temporary credentials: the session token is sent and signed, so
+    /// a verifier that reads `SignedHeaders` checks it too.
+    #[test]
+    fn a_session_token_is_signed() {
+        let body = b"Action=DescribeVpcs&Version=2016-11-15";
+        let key = Key {
+            id: "ASIA".to_owned(),
+            secret: "s3cret".to_owned(),
+            token: Some("session".to_owned()),
+        };
+        let now = crate::observe::unix_now();
+        let headers = sign("POST", "h:1", "/", body, &key, "us-east-1", "ec2", now);
+        let names: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            ["x-amz-date", "x-amz-security-token", "authorization"]
+        );
+        assert!(
+            headers[2]
+                .1
+                .contains("SignedHeaders=host;x-amz-date;x-amz-security-token,")
+        );
+        let mut map = hyper::HeaderMap::new();
+        map.insert("host", "h:1".parse().unwrap());
+        for (k, v) in &headers {
+            map.insert(*k, v.parse().unwrap());
+        }
+        let keys = Credentials(
+            [("ASIA".to_owned(), "s3cret".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        let req = Signed {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &map,
+            body,
+        };
+        assert!(verify(&req, &keys).is_ok());
+        let mut forged = map.clone();
+        forged.insert("x-amz-security-token", "forged".parse().unwrap());
+        let req = Signed {
+            headers: &forged,
+            ..req
+        };
+        assert_eq!(verify(&req, &keys).unwrap_err().code, "AuthFailure");
     }
 
     #[test]

@@ -186,6 +186,7 @@ pub struct PrefixListEntries {
 #[serde(rename_all = "PascalCase")]
 pub struct PrefixListEntry {
     pub cidr: String,
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -414,7 +415,11 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
             id: l.prefix_list_id.clone(),
             name,
             max_entries: l.max_entries,
-            cidrs: entries.entries.into_iter().map(|e| e.cidr).collect(),
+            entries: entries
+                .entries
+                .into_iter()
+                .map(|e| (e.cidr, e.description.filter(|d| !d.is_empty())))
+                .collect(),
         });
     }
     let mut text = render(
@@ -472,7 +477,8 @@ pub struct ListData {
     pub id: String,
     pub name: String,
     pub max_entries: Option<u32>,
-    pub cidrs: Vec<String>,
+    /// Each entry's range and description.
+    pub entries: Vec<(String, Option<String>)>,
 }
 
 /// The rules file for `groups`, the prefix lists they use and `members`;
@@ -506,11 +512,18 @@ pub fn render(
     let mut sorted_lists: Vec<&ListData> = lists.iter().collect();
     sorted_lists.sort_by(|a, b| a.name.cmp(&b.name));
     for l in sorted_lists {
-        let mut cidrs = l.cidrs.clone();
-        cidrs.sort();
+        let mut entries = l.entries.clone();
+        entries.sort();
+        let entries: Vec<String> = entries
+            .iter()
+            .map(|(cidr, d)| match d {
+                None => quote(cidr),
+                Some(d) => format!("{{ cidr = {}, description = {} }}", quote(cidr), quote(d)),
+            })
+            .collect();
         let _ = writeln!(out, "\n# {}\n[[prefix_list]]", l.id);
         let _ = writeln!(out, "name = {}", quote(&l.name));
-        let _ = writeln!(out, "entries = {}", list(&cidrs));
+        let _ = writeln!(out, "entries = [{}]", entries.join(", "));
         if let Some(max) = l.max_entries {
             let _ = writeln!(out, "max_entries = {max}");
         }

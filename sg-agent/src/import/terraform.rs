@@ -304,9 +304,18 @@ fn lists_of(all: &[Value]) -> Vec<ListData> {
             max_entries: v["max_entries"]
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok()),
-            cidrs: v["entry"]
+            entries: v["entry"]
                 .as_array()
-                .map(|es| es.iter().filter_map(|e| text(&e["cidr"])).collect())
+                .map(|es| {
+                    es.iter()
+                        .filter_map(|e| {
+                            Some((
+                                text(&e["cidr"])?,
+                                text(&e["description"]).filter(|d| !d.is_empty()),
+                            ))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
         .collect()

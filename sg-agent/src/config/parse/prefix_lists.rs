@@ -1,7 +1,9 @@
 //! `[[prefix_list]]` and `[[aws_service]]`.
 
+use std::collections::BTreeMap;
+
 use super::{
-    DeTable, FromStr, IpAddr, IpNet, Parser, PrefixList, ServiceKind, Span, TextKind,
+    DeTable, DeValue, FromStr, IpAddr, IpNet, Parser, PrefixList, ServiceKind, Span, TextKind,
     TrackedService, did_you_mean,
 };
 
@@ -47,22 +49,50 @@ impl Parser {
         let name = self
             .req_string(t, &span, "name", "this prefix_list")
             .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other));
-        let entries = self
-            .string_array(t, "entries")
-            .into_iter()
-            .filter_map(|(s, span)| self.cidr(&s, span, None))
-            .collect();
+        let (entries, entry_descriptions) = self.prefix_list_entries(t);
         Some(PrefixList {
             name: name?.0,
             id,
             description,
             entries,
+            entry_descriptions,
             max_entries,
             tags,
             version,
             ipv6,
             span,
         })
+    }
+
+    /// A list's `entries`: each a range (`"10.0.0.0/8"`) or a range with
+    /// its description, as AWS keeps one per entry (`{ cidr =
+    /// "10.0.0.0/8", description = "office" }`).
+    fn prefix_list_entries(&mut self, t: &DeTable) -> (Vec<IpNet>, BTreeMap<IpNet, String>) {
+        let (mut entries, mut descriptions) = (Vec::new(), BTreeMap::new());
+        let Some(items) = Self::get(t, "entries").and_then(|v| self.array(v, "entries")) else {
+            return (entries, descriptions);
+        };
+        for item in items {
+            let (net, description) = if let DeValue::Table(e) = item.get_ref() {
+                self.known_keys(e, &["cidr", "description"], "a prefix list entry");
+                let net = self
+                    .req_string(e, &item.span(), "cidr", "this entry")
+                    .and_then(|(text, span)| self.cidr(&text, span, None));
+                (net, self.description(e))
+            } else {
+                let net = self
+                    .string(item, "entries")
+                    .and_then(|text| self.cidr(&text, item.span(), None));
+                (net, None)
+            };
+            if let Some(net) = net {
+                entries.push(net);
+                if let Some(d) = description {
+                    descriptions.insert(net, d);
+                }
+            }
+        }
+        (entries, descriptions)
     }
 
     /// `[[aws_service]]`: a service AWS tracks every connection through

@@ -89,15 +89,20 @@ pub async fn entries(p: &Params, store: &Store) -> Result<Answer, ApiError> {
     let view = snap.view(&store.account);
     let id = p.required("PrefixListId")?;
     let i = view.prefix_list(id).ok_or_else(|| not_found(id))?;
+    let pl = &view.vpc.prefix_lists[i];
     let mut x = Xml::new();
-    x.list("entrySet", &view.vpc.prefix_lists[i].entries, |x, e| {
+    x.list("entrySet", &pl.entries, |x, e| {
         x.text("cidr", &e.to_string());
+        if let Some(d) = pl.entry_descriptions.get(e) {
+            x.text("description", d);
+        }
     });
     Ok(Answer::Ec2(x))
 }
 
-/// `PREFIX.N.Cidr` ranges, in the list's family.
-fn cidrs(p: &Params, prefix: &str, ipv6: bool) -> Result<Vec<IpNet>, ApiError> {
+/// `PREFIX.N.Cidr` ranges, in the list's family, each with its
+/// `PREFIX.N.Description`.
+fn cidrs(p: &Params, prefix: &str, ipv6: bool) -> Result<Vec<(IpNet, Option<String>)>, ApiError> {
     p.indices(prefix)
         .into_iter()
         .map(|n| {
@@ -111,13 +116,32 @@ fn cidrs(p: &Params, prefix: &str, ipv6: bool) -> Result<Vec<IpNet>, ApiError> {
                     if ipv6 { "IPv6" } else { "IPv4" }
                 )));
             }
-            Ok(net)
+            // Its characters and length are checked where every
+            // description in the file is: when the change is admitted.
+            let description = p.get(&format!("{prefix}.{n}.Description"));
+            Ok((
+                net,
+                description.filter(|d| !d.is_empty()).map(str::to_owned),
+            ))
         })
         .collect()
 }
 
-fn strings(nets: &[IpNet]) -> toml_edit::Array {
-    nets.iter().map(ToString::to_string).collect()
+/// The `entries` array: a range alone, or with its description as an
+/// inline table.
+fn entries_array(entries: &[(IpNet, Option<String>)]) -> toml_edit::Array {
+    entries
+        .iter()
+        .map(|(net, d)| match d {
+            None => toml_edit::Value::from(net.to_string()),
+            Some(d) => {
+                let mut t = toml_edit::InlineTable::new();
+                t.insert("cidr", net.to_string().into());
+                t.insert("description", d.as_str().into());
+                toml_edit::Value::InlineTable(t)
+            }
+        })
+        .collect()
 }
 
 pub async fn create(p: &Params, store: &Store) -> Result<Answer, ApiError> {
@@ -159,7 +183,7 @@ pub async fn create(p: &Params, store: &Store) -> Result<Answer, ApiError> {
             t.insert("id", value(&id));
             t.insert("address_family", value(if ipv6 { "IPv6" } else { "IPv4" }));
             t.insert("max_entries", value(max_entries));
-            t.insert("entries", value(strings(&entries)));
+            t.insert("entries", value(entries_array(&entries)));
             if !tags.is_empty() {
                 let mut it = toml_edit::InlineTable::new();
                 for (k, v) in &tags {
@@ -206,21 +230,32 @@ pub async fn modify(p: &Params, store: &Store) -> Result<Answer, ApiError> {
             }
             let ipv6 = pl.is_ipv6();
             let add = cidrs(&params, "AddEntry", ipv6)?;
-            let remove = cidrs(&params, "RemoveEntry", ipv6)?;
+            let remove: Vec<IpNet> = cidrs(&params, "RemoveEntry", ipv6)?
+                .into_iter()
+                .map(|(net, _)| net)
+                .collect();
+            if let Some((both, _)) = add.iter().find(|(a, _)| remove.contains(a)) {
+                return Err(ApiError::invalid_value(format!(
+                    "Request cannot contain Cidr {both} in both AddPrefixListEntries and \
+                     RemovePrefixListEntries"
+                )));
+            }
             if let Some(gone) = remove.iter().find(|r| !pl.entries.contains(r)) {
                 return Err(ApiError::invalid_value(format!(
                     "The prefix list {id} has no entry {gone} to remove"
                 )));
             }
-            let mut entries: Vec<IpNet> = pl
+            let mut entries: Vec<(IpNet, Option<String>)> = pl
                 .entries
                 .iter()
                 .filter(|e| !remove.contains(e))
-                .copied()
+                .map(|e| (*e, pl.entry_descriptions.get(e).cloned()))
                 .collect();
-            for a in add {
-                if !entries.contains(&a) {
-                    entries.push(a);
+            // An entry added again takes the description it is added with.
+            for (net, d) in add {
+                match entries.iter_mut().find(|(e, _)| *e == net) {
+                    Some(kept) => kept.1 = d,
+                    None => entries.push((net, d)),
                 }
             }
             let max = max_entries.map_or(pl.weight(), |m| usize::try_from(m).unwrap_or(0));
@@ -241,7 +276,7 @@ pub async fn modify(p: &Params, store: &Store) -> Result<Answer, ApiError> {
                 .named("prefix_list", &old_name)
                 .ok_or_else(|| ApiError::internal("the prefix list is not in the rules file"))?;
             t.insert("id", value(view.prefix_list_id(pl)));
-            t.insert("entries", value(strings(&entries)));
+            t.insert("entries", value(entries_array(&entries)));
             t.insert("address_family", value(if ipv6 { "IPv6" } else { "IPv4" }));
             t.insert(
                 "version",
