@@ -177,6 +177,30 @@ fn rule(groups: usize) -> impl Strategy<Value = Rule> {
         })
 }
 
+/// VPCs `a` and `b`, peered (`way` 0), joined by a transit gateway that
+/// carries group references (1), or neither.
+fn two_vpcs_joined(vpc: &mut Vpc, way: u8) {
+    for name in ["a", "b"] {
+        vpc.vpcs.push(sg_agent::config::VpcDecl {
+            name: name.to_owned(),
+            cidr_blocks: Vec::new(),
+            region: None,
+            account: None,
+            span: 0..0,
+        });
+    }
+    match way {
+        0 => vpc.peerings.push(("a".to_owned(), "b".to_owned())),
+        1 => vpc.transit_gateways.push(sg_agent::config::TransitGateway {
+            name: "tgw".to_owned(),
+            referencing: true,
+            attachments: vec![("a".to_owned(), true), ("b".to_owned(), true)],
+            span: 0..0,
+        }),
+        _ => {}
+    }
+}
+
 /// The prefix list `pl` the generated rules may reference.
 fn the_prefix_list(entries: Vec<ipnet::IpNet>) -> PrefixList {
     PrefixList {
@@ -235,26 +259,19 @@ fn vpc() -> impl Strategy<Value = Vpc> {
         // NLB), at random prefixes: its flows are never untracked.
         let tracked =
             prop::collection::vec(cidr().prop_filter("not /0", |n| n.prefix_len() > 0), 0..3);
-        // Now and then the last group is in a second VPC, peered or not:
-        // references to it from the others are stale without the peering.
-        let vpcs = (prop::bool::weighted(0.3), prop::bool::ANY);
+        // Now and then the last group is in a second VPC, peered, joined
+        // by a transit gateway that carries group references (inbound
+        // rules only), or neither: references to it from the others are
+        // stale without a way, and in outbound rules across the gateway.
+        let vpcs = (prop::bool::weighted(0.3), 0..3u8);
         (groups, instances, prefix_list, vpc_blocks, tracked, vpcs).prop_map(
-            move |(groups, instances, pl, blocks, tracked, (two_vpcs, peered))| {
+            move |(groups, instances, pl, blocks, tracked, (two_vpcs, way))| {
                 let mut vpc = Vpc {
                     cidr_blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
                     ..Vpc::default()
                 };
                 if two_vpcs {
-                    for name in ["a", "b"] {
-                        vpc.vpcs.push(sg_agent::config::VpcDecl {
-                            name: name.to_owned(),
-                            cidr_blocks: Vec::new(),
-                            span: 0..0,
-                        });
-                    }
-                    if peered {
-                        vpc.peerings.push(("a".to_owned(), "b".to_owned()));
-                    }
+                    two_vpcs_joined(&mut vpc, way);
                 }
                 if !tracked.is_empty() {
                     vpc.tracked_services.push(sg_agent::config::TrackedService {
@@ -275,6 +292,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         ingress,
                         egress,
                         vpc: (two_vpcs && i + 1 == n_groups).then(|| "b".to_owned()),
+                        associated_vpcs: Vec::new(),
                         tags: Vec::new(),
                         span: 0..0,
                     });

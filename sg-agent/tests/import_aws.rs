@@ -245,7 +245,7 @@ fn a_reference_to_a_peered_vpcs_group_in_the_input_is_kept() {
     let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
     assert!(vpc.warnings.is_empty(), "not stale: {:?}", vpc.warnings);
     assert_eq!(
-        vpc.stale_reference("db", "app"),
+        vpc.stale_reference("db", "app", sg_agent::config::Direction::Ingress),
         None,
         "the peering holds the reference"
     );
@@ -419,7 +419,12 @@ fn a_reference_through_a_deleted_peering_stays_stale() {
     assert!(!text.contains("[[vpc_peering]]"), "{text}");
     let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
     assert!(
-        vpc.stale_reference("bastion-access", "app").is_some(),
+        vpc.stale_reference(
+            "bastion-access",
+            "app",
+            sg_agent::config::Direction::Ingress
+        )
+        .is_some(),
         "the reference is stale, as on AWS"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -27,9 +27,13 @@ pub struct Vpc {
     /// (groups and instances without `vpc` are in it). Empty: one unnamed
     /// VPC (`[vpc]`, or none at all), as in files before several VPCs.
     pub vpcs: Vec<VpcDecl>,
-    /// `[[vpc_peering]]`: pairs of VPCs peered (in one region): a rule may
-    /// reference a group of a peered VPC.
+    /// `[[vpc_peering]]`: pairs of VPCs peered: a rule may reference a
+    /// group of a peered VPC of the same Region.
     pub peerings: Vec<(String, String)>,
+    /// `[[transit_gateway]]`: transit gateways and the VPCs attached to
+    /// them: an inbound rule may reference a group of another attached VPC
+    /// where the gateway and both attachments carry group references.
+    pub transit_gateways: Vec<TransitGateway>,
     /// `[[subnet]]`: the VPC's subnets (their reserved addresses are never
     /// filtered); none: each IPv4 range of `cidr_blocks` counts as one.
     pub subnets: Vec<super::Subnet>,
@@ -125,6 +129,10 @@ pub struct SecurityGroup {
     pub egress: Vec<Rule>,
     /// `vpc`: the VPC it belongs to (`[[vpc]]`); `None`: the default one.
     pub vpc: Option<String>,
+    /// `associated_vpcs`: the other VPCs (same Region and account) it is
+    /// associated with (AWS's `AssociateSecurityGroupVpc`, 2024): their
+    /// instances may use it, their groups may reference it.
+    pub associated_vpcs: Vec<(String, Span)>,
     /// `tags`: AWS's tags, in the file's order.
     pub tags: Vec<(String, String)>,
     pub span: Span,
@@ -607,6 +615,22 @@ pub struct ConntrackOverrides {
 pub struct VpcDecl {
     pub name: String,
     pub cidr_blocks: Vec<IpNet>,
+    /// `region`: its Region (absent: the file's one Region).
+    pub region: Option<String>,
+    /// `account`: its owner's account id (absent: the file's one account).
+    pub account: Option<String>,
+    pub span: Span,
+}
+
+/// `[[transit_gateway]]`: a transit gateway and its VPC attachments.
+#[derive(Clone, Debug)]
+pub struct TransitGateway {
+    pub name: String,
+    /// `security_group_referencing` (AWS: disabled unless enabled).
+    pub referencing: bool,
+    /// Each attached VPC, and whether its attachment carries group
+    /// references (AWS: enabled unless disabled).
+    pub attachments: Vec<(String, bool)>,
     pub span: Span,
 }
 
@@ -748,21 +772,103 @@ impl Vpc {
                 .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
     }
 
-    /// Why a rule of group `from` that references group `to` is stale, if
-    /// it is: `to` is in another VPC, not peered with `from`'s (AWS: the
-    /// reference turns stale when the peering goes, and matches nothing).
-    pub fn stale_reference(&self, from: &str, to: &str) -> Option<String> {
+    /// The VPCs a group is in: its own, and those it is associated with.
+    pub fn vpcs_of_group<'a>(&'a self, g: &'a SecurityGroup) -> impl Iterator<Item = &'a str> {
+        std::iter::once(self.vpc_of_group(g))
+            .chain(g.associated_vpcs.iter().map(|(v, _)| v.as_str()))
+    }
+
+    /// A VPC's Region (`""`: the file's one Region).
+    pub fn region_of(&self, vpc: &str) -> &str {
+        self.vpcs
+            .iter()
+            .find(|v| v.name == vpc)
+            .and_then(|v| v.region.as_deref())
+            .unwrap_or("")
+    }
+
+    /// A VPC's owner account (`""`: the file's one account).
+    pub fn account_of(&self, vpc: &str) -> &str {
+        self.vpcs
+            .iter()
+            .find(|v| v.name == vpc)
+            .and_then(|v| v.account.as_deref())
+            .unwrap_or("")
+    }
+
+    /// How VPC `a` reaches VPC `b` for a group reference, as AWS decides
+    /// it: `Ok` where the reference holds, else why it is stale.
+    fn reference_path(&self, a: &str, b: &str, direction: Direction) -> Result<(), String> {
+        if a == b {
+            return Ok(());
+        }
+        let cross_region = self.region_of(a) != self.region_of(b);
+        if self.peered(a, b) {
+            if cross_region {
+                return Err(format!(
+                    "VPCs {a} and {b} are peered across Regions, and a cross-Region peering \
+                     carries no group references (AWS)"
+                ));
+            }
+            return Ok(());
+        }
+        let mut why = None;
+        for t in &self.transit_gateways {
+            let attached = |v: &str| {
+                t.attachments
+                    .iter()
+                    .find(|(n, _)| n == v)
+                    .map(|(_, on)| *on)
+            };
+            let (Some(on_a), Some(on_b)) = (attached(a), attached(b)) else {
+                continue;
+            };
+            why = Some(if !t.referencing {
+                format!(
+                    "transit gateway {} joins VPCs {a} and {b} without security_group_referencing \
+                     (AWS's default: off)",
+                    t.name
+                )
+            } else if !(on_a && on_b) {
+                format!(
+                    "an attachment of transit gateway {} has security_group_referencing off",
+                    t.name
+                )
+            } else if direction == Direction::Egress {
+                format!(
+                    "VPCs {a} and {b} are joined by transit gateway {}, which carries group \
+                     references in inbound rules only (AWS)",
+                    t.name
+                )
+            } else {
+                return Ok(());
+            });
+        }
+        Err(why.unwrap_or_else(|| format!("VPC {b} is not peered with VPC {a}")))
+    }
+
+    /// Why a `direction` rule of group `from` that references group `to`
+    /// is stale, if it is: no VPC of `from` reaches a VPC of `to` the way
+    /// AWS carries group references (the same VPC or one it is associated
+    /// with, a peering in one Region, a transit gateway with referencing
+    /// on, for inbound rules). AWS keeps such a rule; it matches nothing.
+    pub fn stale_reference(&self, from: &str, to: &str, direction: Direction) -> Option<String> {
         if self.vpcs.len() < 2 {
             return None;
         }
         let (from, to) = (self.group(from)?, self.group(to)?);
-        let (a, b) = (self.vpc_of_group(from), self.vpc_of_group(to));
-        (!self.peered(a, b)).then(|| {
-            format!(
-                "group {} is in VPC {b}, which is not peered with VPC {a}: stale, matches nothing",
-                to.name
-            )
-        })
+        let mut why = None;
+        for a in self.vpcs_of_group(from) {
+            for b in self.vpcs_of_group(to) {
+                match self.reference_path(a, b, direction) {
+                    Ok(()) => return None,
+                    Err(e) => {
+                        why.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        why.map(|why| format!("group {}: {why}: stale, matches nothing", to.name))
     }
 
     /// The automatically tracked service `addr` belongs to, if any (the

@@ -146,7 +146,7 @@ fn vpcs(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
         let here = vpc.vpc_of_instance(inst);
         for (g, span) in &inst.groups {
             if let Some(group) = vpc.group(g)
-                && vpc.vpc_of_group(group) != here
+                && !vpc.vpcs_of_group(group).any(|v| v == here)
             {
                 out.push(
                     Diagnostic::new(
@@ -157,11 +157,17 @@ fn vpcs(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
                             inst.name
                         ),
                     )
-                    .hint("an instance's groups are of its own VPC, as in AWS"),
+                    .hint(format!(
+                        "an instance's groups are of its own VPC, or associated with it (AWS, \
+                         2024): add associated_vpcs = [\"{here}\"] to group \"{g}\" (same Region \
+                         and account; not a default group, not one of the default VPC)"
+                    )),
                 );
             }
         }
     }
+    associations(vpc, out, &known);
+    transit_gateways(vpc, out, &known);
     for (a, b) in &vpc.peerings {
         let span = vpc.vpcs.first().map(|v| v.span.clone()).unwrap_or(0..0);
         if !(known(out, a, &span) && known(out, b, &span)) {
@@ -191,6 +197,81 @@ fn vpcs(vpc: &Vpc, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// `associated_vpcs`, as AWS's `AssociateSecurityGroupVpc` allows them:
+/// another VPC of the same Region and account; not for the default group,
+/// nor for a group of the default VPC.
+fn associations(
+    vpc: &Vpc,
+    out: &mut Vec<Diagnostic>,
+    known: &dyn Fn(&mut Vec<Diagnostic>, &str, &Span) -> bool,
+) {
+    for g in &vpc.groups {
+        let own = vpc.vpc_of_group(g);
+        for (other, span) in &g.associated_vpcs {
+            if !known(out, other, span) {
+                continue;
+            }
+            let why = if other == own {
+                Some(format!("group \"{}\" is in VPC {own} already", g.name))
+            } else if g.name == crate::config::DEFAULT_GROUP {
+                Some("a VPC's default group cannot be associated with another VPC (AWS)".to_owned())
+            } else if own == vpc.default_vpc() {
+                Some(format!(
+                    "group \"{}\" is of the default VPC ({own}), whose groups cannot be associated \
+                     with other VPCs (AWS)",
+                    g.name
+                ))
+            } else if vpc.region_of(own) != vpc.region_of(other) {
+                Some(format!(
+                    "VPC {other} is in another Region than {own} (AWS associates within one Region)"
+                ))
+            } else if vpc.account_of(own) != vpc.account_of(other) {
+                Some(format!(
+                    "VPC {other} is of another account than {own} (AWS associates within one account)"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                out.push(Diagnostic::new(
+                    span.clone(),
+                    format!("associated_vpcs: {why}"),
+                ));
+            }
+        }
+    }
+}
+
+/// `[[transit_gateway]]`: VPCs that exist, all of the gateway's Region (a
+/// transit gateway attaches the VPCs of its own Region).
+fn transit_gateways(
+    vpc: &Vpc,
+    out: &mut Vec<Diagnostic>,
+    known: &dyn Fn(&mut Vec<Diagnostic>, &str, &Span) -> bool,
+) {
+    for t in &vpc.transit_gateways {
+        let mut regions = std::collections::BTreeSet::new();
+        for (name, _) in &t.attachments {
+            if known(out, name, &t.span) {
+                regions.insert(vpc.region_of(name));
+            }
+        }
+        if regions.len() > 1 {
+            out.push(
+                Diagnostic::new(
+                    t.span.clone(),
+                    format!(
+                        "transit gateway {} attaches VPCs of several Regions ({})",
+                        t.name,
+                        regions.into_iter().map(|r| if r.is_empty() { "the file's" } else { r }).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .hint("a transit gateway attaches the VPCs of its own Region (across Regions AWS peers transit gateways, which carry no group references)"),
+            );
+        }
+    }
+}
+
 /// Rules that reference a group of a VPC not peered with their own
 /// group's: AWS keeps them as stale rules that match nothing (as when a
 /// peering is deleted); a warning each.
@@ -200,15 +281,20 @@ pub fn stale_references(vpc: &Vpc) -> Vec<Diagnostic> {
         return out;
     }
     for g in &vpc.groups {
-        for rule in g.ingress.iter().chain(&g.egress) {
-            for s in &rule.sources {
-                if let Source::Group(to) = &s.source
-                    && let Some(why) = vpc.stale_reference(&g.name, to)
-                {
-                    out.push(
-                        Diagnostic::warning(s.span.clone(), format!("a rule of group \"{}\": {why}", g.name))
-                            .hint("peer the VPCs with [[vpc_peering]] vpcs = [...], or list the members' addresses as cidr_blocks"),
-                    );
+        for (direction, rules) in [
+            (crate::config::Direction::Ingress, &g.ingress),
+            (crate::config::Direction::Egress, &g.egress),
+        ] {
+            for rule in rules {
+                for s in &rule.sources {
+                    if let Source::Group(to) = &s.source
+                        && let Some(why) = vpc.stale_reference(&g.name, to, direction)
+                    {
+                        out.push(
+                            Diagnostic::warning(s.span.clone(), format!("a rule of group \"{}\": {why}", g.name))
+                                .hint("peer the VPCs (one Region) with [[vpc_peering]] vpcs = [...], join them with a [[transit_gateway]] with security_group_referencing = true (inbound rules), or list the members' addresses as cidr_blocks"),
+                        );
+                    }
                 }
             }
         }

@@ -410,7 +410,11 @@ impl<'a> View<'a> {
             .instances
             .iter()
             .filter(|i| {
-                i.in_group(&g.name) && self.vpc.vpc_of_instance(i) == self.vpc.vpc_of_group(g)
+                i.in_group(&g.name)
+                    && self
+                        .vpc
+                        .vpcs_of_group(g)
+                        .any(|v| v == self.vpc.vpc_of_instance(i))
             })
             .collect();
         let gid = self.group_id(g);

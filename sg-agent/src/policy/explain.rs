@@ -262,7 +262,7 @@ fn near_misses(vpc: &Vpc, inst: &Instance, direction: Direction, packet: &Packet
         let source_ok = rule
             .sources
             .iter()
-            .any(|s| reference::source_contains(vpc, &group.name, &s.source, remote));
+            .any(|s| reference::source_contains(vpc, (&group.name, direction), &s.source, remote));
         let what = describe(group, number, rule, direction);
         if ports_ok && !source_ok {
             let not_in: Vec<String> = rule

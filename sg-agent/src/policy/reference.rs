@@ -180,7 +180,7 @@ pub fn remote_of(direction: Direction, packet: &Packet) -> IpAddr {
 fn protocol_and_source(
     vpc: &Vpc,
     group: &SecurityGroup,
-    rule: &Rule,
+    (direction, rule): (Direction, &Rule),
     packet: &Packet,
     remote: IpAddr,
 ) -> bool {
@@ -189,7 +189,7 @@ fn protocol_and_source(
         && rule
             .sources
             .iter()
-            .any(|s| source_contains(vpc, &group.name, &s.source, remote))
+            .any(|s| source_contains(vpc, (&group.name, direction), &s.source, remote))
 }
 
 /// Whether `instance` lets `packet` pass in `direction`, and why.
@@ -238,7 +238,7 @@ fn by_group(vpc: &Vpc, instance: &Instance, direction: Direction, packet: &Packe
     // address and protocol; the fragment passes if together they cover all.
     let mut fragment_cover: Vec<(u16, u16)> = Vec::new();
     for (group, number, rule) in rules_of(vpc, instance, direction) {
-        if !protocol_and_source(vpc, group, rule, packet, remote) {
+        if !protocol_and_source(vpc, group, (direction, rule), packet, remote) {
             continue;
         }
         let found = RuleRef {
@@ -275,7 +275,7 @@ pub fn allowing_rules(
     let remote = remote_of(direction, packet);
     rules_of(vpc, instance, direction)
         .filter(|(group, _, rule)| {
-            protocol_and_source(vpc, group, rule, packet, remote)
+            protocol_and_source(vpc, group, (direction, rule), packet, remote)
                 && ports_match(rule.protocol, rule.ports, packet)
         })
         .map(|(group, number, _)| RuleRef {
@@ -540,7 +540,14 @@ fn is_whole_space(vpc: &Vpc, source: &Source, v6: bool) -> bool {
     }
 }
 
-pub(crate) fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr: IpAddr) -> bool {
+/// Whether `addr` is in `source`, a source of a `direction` rule of group
+/// `own_group`.
+pub(crate) fn source_contains(
+    vpc: &Vpc,
+    (own_group, direction): (&str, Direction),
+    source: &Source,
+    addr: IpAddr,
+) -> bool {
     let member_of = |group: &str| {
         vpc.instances
             .iter()
@@ -551,7 +558,9 @@ pub(crate) fn source_contains(vpc: &Vpc, own_group: &str, source: &Source, addr:
         Source::PrefixList(name) => vpc
             .prefix_list(name)
             .is_some_and(|p| p.entries.iter().any(|net| net.contains(&addr))),
-        Source::Group(name) => vpc.stale_reference(own_group, name).is_none() && member_of(name),
+        Source::Group(name) => {
+            vpc.stale_reference(own_group, name, direction).is_none() && member_of(name)
+        }
         Source::SelfGroup => member_of(own_group),
     }
 }

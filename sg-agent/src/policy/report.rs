@@ -378,7 +378,7 @@ fn rule_row(
         tracking: tracking(vpc, r.rule, &r.prefixes, &untracked),
         untracked,
         stale: match r.source {
-            crate::config::Source::Group(to) => vpc.stale_reference(&r.group.name, to),
+            crate::config::Source::Group(to) => vpc.stale_reference(&r.group.name, to, r.direction),
             _ => None,
         },
     }
@@ -599,7 +599,7 @@ pub fn render_table(report: &Report) -> String {
                 .iter()
                 .map(|r| {
                     let addrs = if r.stale.is_some() {
-                        "(stale: VPC not peered)".to_owned()
+                        "(stale: matches nothing)".to_owned()
                     } else if r.addresses.is_empty() {
                         "(no addresses)".to_owned()
                     } else {

@@ -60,14 +60,14 @@ impl Members {
 }
 
 /// What one source of a rule of `group` stands for.
-pub fn resolve_source(vpc: &Vpc, group: &str, source: &Source) -> Vec<IpNet> {
+pub fn resolve_source(vpc: &Vpc, group: (&str, Direction), source: &Source) -> Vec<IpNet> {
     resolve_source_with(vpc, group, source, None)
 }
 
 /// [`resolve_source`], with the members gathered already.
 fn resolve_source_with(
     vpc: &Vpc,
-    group: &str,
+    (group, direction): (&str, Direction),
     source: &Source,
     members_of: Option<&Members>,
 ) -> Vec<IpNet> {
@@ -83,7 +83,7 @@ fn resolve_source_with(
             .unwrap_or_default(),
         // A group of a VPC not peered with this group's: a stale
         // reference, which stands for nothing.
-        Source::Group(name) if vpc.stale_reference(group, name).is_some() => Vec::new(),
+        Source::Group(name) if vpc.stale_reference(group, name, direction).is_some() => Vec::new(),
         Source::Group(name) => members(name),
         Source::SelfGroup => members(group),
     }
@@ -118,7 +118,12 @@ pub fn effective_rules_with<'a>(
                         rule_number: i + 1,
                         rule,
                         source: &s.source,
-                        prefixes: resolve_source_with(vpc, &group.name, &s.source, members_of),
+                        prefixes: resolve_source_with(
+                            vpc,
+                            (&group.name, direction),
+                            &s.source,
+                            members_of,
+                        ),
                     });
                 }
             }

@@ -24,6 +24,7 @@ mod reloads;
 mod services;
 mod source_dest;
 mod untracked;
+mod vpc_links;
 mod vpcs;
 
 use std::net::IpAddr;

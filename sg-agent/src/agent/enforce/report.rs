@@ -390,7 +390,9 @@ fn rule_rows(
                     flows: hits.flows,
                     last: hits.last,
                     stale: rule.sources.iter().find_map(|s| match &s.source {
-                        config::Source::Group(to) => vpc.stale_reference(&group.name, to),
+                        config::Source::Group(to) => {
+                            vpc.stale_reference(&group.name, to, direction)
+                        }
                         _ => None,
                     }),
                 });

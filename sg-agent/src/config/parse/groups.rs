@@ -92,6 +92,7 @@ impl Parser {
                 "ingress",
                 "egress",
                 "vpc",
+                "associated_vpcs",
                 "tags",
             ],
             "a security_group",
@@ -117,6 +118,7 @@ impl Parser {
             vec![default_egress(span.clone())]
         };
         let vpc = self.opt_string(t, "vpc");
+        let associated_vpcs = self.string_array(t, "associated_vpcs");
         let tags = self.tags(t);
         Some(SecurityGroup {
             name: name?.0,
@@ -125,6 +127,7 @@ impl Parser {
             ingress,
             egress,
             vpc,
+            associated_vpcs,
             tags,
             span,
         })

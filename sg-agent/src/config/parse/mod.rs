@@ -470,6 +470,18 @@ impl Parser {
         parsed
     }
 
+    fn boolean(&mut self, v: &Value, key: &str) -> Option<bool> {
+        let b = v.get_ref().as_bool();
+        if b.is_none() {
+            let ty = v.get_ref().type_str();
+            self.err(
+                v.span(),
+                format!("\"{key}\" must be true or false, found {ty}"),
+            );
+        }
+        b
+    }
+
     fn array<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t DeArray<'i>> {
         let a = v.get_ref().as_array();
         if a.is_none() {
@@ -545,6 +557,7 @@ impl Parser {
                 "conntrack",
                 "vpc",
                 "vpc_peering",
+                "transit_gateway",
                 "subnet",
                 "network_acl",
                 "aws_service",
@@ -604,6 +617,9 @@ impl Parser {
                     ),
                 }
             }
+        }
+        if let Some(v) = Self::get(root, "transit_gateway") {
+            self.transit_gateways(v, &mut vpc);
         }
         if let Some(v) = Self::get(root, "subnet") {
             for (t, span) in self.tables(v, "subnet") {
@@ -667,6 +683,7 @@ fn default_group(vpc: &mut Vpc) {
         name: DEFAULT_GROUP.to_owned(),
         id: None,
         description: Some("default VPC security group".to_owned()),
+        associated_vpcs: Vec::new(),
         ingress: vec![Rule {
             id: None,
             protocol: Protocol::All,

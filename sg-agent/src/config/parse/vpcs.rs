@@ -1,6 +1,6 @@
 //! `[vpc]`, `[[vpc]]` and `[[subnet]]`: the VPCs' and subnets' ranges.
 
-use super::{DeTable, IpNet, Parser, Span, Subnet, TextKind, Value, Vpc};
+use super::{DeTable, DeValue, IpNet, Parser, Span, Subnet, TextKind, Value, Vpc};
 
 impl Parser {
     /// `[[subnet]]`: a subnet's IPv4 range (AWS: /16 to /28), whose five
@@ -76,7 +76,14 @@ impl Parser {
         for (t, span) in self.tables(v, "vpc") {
             self.known_keys(
                 t,
-                &["name", "cidr_blocks", "service_mac", "description"],
+                &[
+                    "name",
+                    "cidr_blocks",
+                    "service_mac",
+                    "description",
+                    "region",
+                    "account",
+                ],
                 "a vpc",
             );
             self.description(t);
@@ -95,9 +102,101 @@ impl Parser {
                 vpc.service_mac.get_or_insert(mac);
             }
             vpc.cidr_blocks.extend(blocks.iter().copied());
+            let region = self.opt_string(t, "region").filter(|r| {
+                let ok = !r.is_empty()
+                    && r.len() <= 32
+                    && r.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !ok {
+                    let sp = Self::get(t, "region").map_or(span.clone(), toml::Spanned::span);
+                    self.err_hint(
+                        sp,
+                        format!("\"{r}\" is not a Region"),
+                        "write AWS's code, as \"eu-west-1\"",
+                    );
+                }
+                ok
+            });
+            let account = self.opt_string(t, "account").filter(|a| {
+                let ok = a.len() == 12 && a.chars().all(|c| c.is_ascii_digit());
+                if !ok {
+                    let sp = Self::get(t, "account").map_or(span.clone(), toml::Spanned::span);
+                    self.err_hint(
+                        sp,
+                        format!("\"{a}\" is not an account id"),
+                        "an AWS account id is 12 digits",
+                    );
+                }
+                ok
+            });
             vpc.vpcs.push(crate::config::VpcDecl {
                 name,
                 cidr_blocks: blocks,
+                region,
+                account,
+                span,
+            });
+        }
+    }
+
+    /// `[[transit_gateway]]`: a transit gateway, whether it carries group
+    /// references (`security_group_referencing`, AWS's default off), and
+    /// its VPC attachments (`vpcs`: names, or `{ vpc = NAME,
+    /// security_group_referencing = false }` for an attachment with the
+    /// option off; AWS's default for an attachment is on).
+    pub(super) fn transit_gateways(&mut self, v: &Value, vpc: &mut Vpc) {
+        for (t, span) in self.tables(v, "transit_gateway") {
+            self.known_keys(
+                t,
+                &[
+                    "name",
+                    "id",
+                    "security_group_referencing",
+                    "vpcs",
+                    "description",
+                ],
+                "a transit_gateway",
+            );
+            self.description(t);
+            let _ = self.aws_id(t, "tgw", "tgw-0123456789abcdef0");
+            let Some((name, name_span)) = self
+                .req_string(t, &span, "name", "this transit_gateway")
+                .filter(|(n, _)| self.text_ok(t, "name", n, TextKind::Other))
+            else {
+                continue;
+            };
+            if vpc.transit_gateways.iter().any(|g| g.name == name) {
+                self.err(name_span, format!("a second transit_gateway named {name}"));
+                continue;
+            }
+            let referencing = Self::get(t, "security_group_referencing")
+                .and_then(|v| self.boolean(v, "security_group_referencing"))
+                .unwrap_or(false);
+            let mut attachments = Vec::new();
+            let items = Self::get(t, "vpcs").and_then(|v| self.array(v, "vpcs"));
+            for item in items.into_iter().flatten() {
+                let attachment = if let DeValue::Table(a) = item.get_ref() {
+                    self.known_keys(a, &["vpc", "security_group_referencing"], "an attachment");
+                    let vpc_name = self.req_string(a, &item.span(), "vpc", "this attachment");
+                    let on = Self::get(a, "security_group_referencing")
+                        .and_then(|v| self.boolean(v, "security_group_referencing"))
+                        .unwrap_or(true);
+                    vpc_name.map(|(n, _)| (n, on))
+                } else {
+                    self.string(item, "vpcs").map(|n| (n, true))
+                };
+                if let Some(a) = attachment {
+                    if attachments.iter().any(|(n, _): &(String, bool)| *n == a.0) {
+                        self.err(item.span(), format!("VPC {} is attached twice", a.0));
+                    } else {
+                        attachments.push(a);
+                    }
+                }
+            }
+            vpc.transit_gateways.push(crate::config::TransitGateway {
+                name,
+                referencing,
+                attachments,
                 span,
             });
         }

@@ -307,16 +307,14 @@ pub async fn stale(p: &Params, store: &Store) -> Result<Answer, ApiError> {
 
 fn stale_rules(view: &View<'_>, gi: usize, dir: Direction) -> Vec<crate::ec2::view::ApiRule> {
     let g = &view.vpc.groups[gi];
-    let own = view.vpc.vpc_of_group(g);
     view.rules(gi, dir)
         .into_iter()
         .filter(|r| match &r.target {
-            Target::Group { id, .. } => match view.group_by_id(id) {
-                None => true,
-                Some(o) => !view
-                    .vpc
-                    .peered(own, view.vpc.vpc_of_group(&view.vpc.groups[o])),
-            },
+            Target::Group { id, .. } => view.group_by_id(id).is_none_or(|o| {
+                view.vpc
+                    .stale_reference(&g.name, &view.vpc.groups[o].name, dir)
+                    .is_some()
+            }),
             _ => false,
         })
         .collect()

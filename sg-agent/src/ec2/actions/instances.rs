@@ -208,7 +208,7 @@ async fn set_groups(
             for id in &ids {
                 let gi = view.group_by_id(id).ok_or_else(|| ApiError::group_not_found(id))?;
                 let g = &view.vpc.groups[gi];
-                if view.vpc.vpc_of_group(g) != vpc {
+                if !view.vpc.vpcs_of_group(g).any(|v| v == vpc) {
                     return Err(ApiError::invalid_value(format!(
                         "Security group {id} and instance {} belong to different networks.",
                         view.instance_id(inst)
