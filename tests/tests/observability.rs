@@ -218,6 +218,7 @@ fn status_rule_hits_flow_logs_metrics_and_the_drop_log_show_the_traffic_sent() {
 
     check_metrics(metrics, &s);
     check_follower(&mut follower, traffic_done);
+    check_recent(&socket_arg);
     check_rule_attribution(&mut accepted);
     check_flow_log(&lab, &flow_log, &socket, &before);
     assert_eq!(agent.terminate().code(), Some(0));
@@ -341,6 +342,46 @@ fn check_follower(follower: &mut std::process::Child, traffic_done: Instant) {
     assert!(
         traffic_done.elapsed() < Duration::from_secs(INTERVAL + 5),
         "records come at the interval's end"
+    );
+}
+
+/// `flows` without `--follow`: the latest records the agent holds, filtered
+/// as a follower's, then exit 0; `--count N` keeps the latest N.
+fn check_recent(socket: &str) {
+    let out = sg_agent(&[
+        "flows",
+        "--action",
+        "REJECT",
+        "--instance",
+        "app-1",
+        "--format",
+        "json",
+        "--control-socket",
+        socket,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .all(|r| r["instance"] == "app-1" && r["action"] == "REJECT"),
+        "filtered: {records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["srcaddr"] == OUTSIDER && r["dstaddr"] == APP && r["dstport"] == 80),
+        "the blocked attempts are among the latest records: {records:?}"
+    );
+    let out = sg_agent(&["flows", "--count", "1", "--control-socket", socket]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{out:?}"
     );
 }
 

@@ -1,5 +1,6 @@
-//! `sg-agent flows --follow`: the running agent's flow-log records as each
-//! aggregation interval ends, through its control socket.
+//! `sg-agent flows`: the running agent's latest flow-log records (the last
+//! 1,000 it holds), or with `--follow` each as its aggregation interval
+//! ends, through its control socket.
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
@@ -18,8 +19,9 @@ enum ActionArg {
 
 #[derive(Debug, clap::Args)]
 pub struct FlowsArgs {
-    /// Keep following (required: records exist only as intervals end).
-    #[arg(long, required = true)]
+    /// Keep following: each record as its interval ends (without it: the
+    /// latest records the agent holds, at most 1,000, then exit).
+    #[arg(long)]
     follow: bool,
     /// One instance only.
     #[arg(long)]
@@ -30,7 +32,7 @@ pub struct FlowsArgs {
     /// Records as JSON objects, one per line.
     #[arg(long, value_enum, default_value_t = flowlog::Format::Text)]
     format: flowlog::Format,
-    /// Stop after this many records.
+    /// Stop after this many records (without --follow: the latest N).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// The control socket the agent was started with.
@@ -45,16 +47,45 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
     });
     let mut shown = 0u64;
     let mut out = std::io::stdout().lock();
+    let render = |r: &flowlog::Record| match args.format {
+        flowlog::Format::Text => r.to_text(),
+        flowlog::Format::Json => r.to_json(),
+    };
+    if !args.follow {
+        let mut held = Vec::new();
+        let result = control::follow(
+            &args.control_socket,
+            (args.instance.clone(), action),
+            true,
+            |reply| {
+                if let Reply::Record(r) = reply {
+                    held.push(render(r));
+                }
+                true
+            },
+        );
+        if let Err(e) = result {
+            return super::status::failed(&e);
+        }
+        let skip = args.count.map_or(0, |n| {
+            held.len()
+                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))
+        });
+        for line in &held[skip..] {
+            let line = crate::config::diagnostics::printable_lines(line);
+            if writeln!(out, "{line}").is_err() {
+                break;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let result = control::follow(
         &args.control_socket,
-        args.instance.clone(),
-        action,
+        (args.instance.clone(), action),
+        false,
         |reply| {
             let line = match reply {
-                Reply::Record(r) => match args.format {
-                    flowlog::Format::Text => r.to_text(),
-                    flowlog::Format::Json => r.to_json(),
-                },
+                Reply::Record(r) => render(r),
                 Reply::Skipped(n) => {
                     eprintln!("warning: {n} records skipped (this reader fell behind)");
                     return true;

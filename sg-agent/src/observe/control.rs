@@ -37,10 +37,13 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    /// Flow-log records as each interval ends, filtered.
+    /// Flow-log records as each interval ends, filtered; with `recent`,
+    /// the last ones the agent holds (at most [`RECENT`]), then the end.
     Flows {
         instance: Option<String>,
         action: Option<Action>,
+        #[serde(default)]
+        recent: bool,
     },
     /// libvirt's hook (`sg-agent libvirt-hook`): a domain is starting, its
     /// CPUs not yet running (`nics`: its taps and MAC addresses; the
@@ -153,6 +156,32 @@ pub type AskConfirm = std::sync::Arc<dyn Fn(oneshot::Sender<Result<String, Strin
 /// and attached (a domain's start waits for it).
 const DOMAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The flow-log records the agent keeps for `sg-agent flows` (without
+/// `--follow`): the last this many, whatever their instance.
+pub const RECENT: usize = 1000;
+
+/// The last [`RECENT`] records.
+type Recent = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Record>>>;
+
+/// Keeps the last [`RECENT`] records of `records` in `recent`.
+async fn keep_recent(mut records: broadcast::Receiver<Record>, recent: Recent) {
+    loop {
+        match records.recv().await {
+            Ok(r) => {
+                let mut held = recent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if held.len() == RECENT {
+                    held.pop_front();
+                }
+                held.push_back(r);
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Serves connections until the runtime stops.
 pub async fn serve(
     listener: UnixListener,
@@ -162,12 +191,14 @@ pub async fn serve(
     records: broadcast::Sender<Record>,
 ) {
     let mut gate = super::listen::Gate::new("control socket", super::listen::MAX_CONNECTIONS);
+    let recent = Recent::default();
+    tokio::spawn(keep_recent(records.subscribe(), recent.clone()));
     loop {
         let ((stream, _), permit) = gate.next(|| listener.accept()).await;
         let ask = ask.clone();
         let domain = domain.clone();
         let confirm = confirm.clone();
-        let records = records.subscribe();
+        let records = (records.subscribe(), recent.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = answer(stream, &ask, &domain, &confirm, records).await {
@@ -188,7 +219,7 @@ async fn answer(
     ask: &AskStatus,
     ask_domain: &AskDomain,
     ask_confirm: &AskConfirm,
-    mut records: broadcast::Receiver<Record>,
+    (records, recent): (broadcast::Receiver<Record>, Recent),
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64));
@@ -241,52 +272,85 @@ async fn answer(
             };
             send(&mut write, &reply).await
         }
-        Request::Flows { instance, action } => {
-            // A status first: whether flow logs are on, which instances run.
-            let (tx, rx) = oneshot::channel();
-            ask(tx);
-            let Ok(Ok(status)) = tokio::time::timeout(TIMEOUT, rx).await else {
-                let e = "the agent did not answer within 5 s (a reload running?)";
-                return send(&mut write, &Reply::Error(e.into())).await;
-            };
-            if status.agent.flow_log.is_none() {
-                let e = "this agent runs without flow logs: restart it with --flow-log PATH (or \
-                         `-` for its standard output) to follow flows";
-                return send(&mut write, &Reply::Error(e.into())).await;
-            }
-            if let Some(name) = &instance
-                && !status.instances.iter().any(|i| i.name == *name)
-            {
-                let e = format!("no instance {name} is enforced by this agent");
-                return send(&mut write, &Reply::Error(e)).await;
-            }
-            // Until the follower goes: its end closing (a read returns
-            // nothing) ends this at once, not at the next matching record.
-            let mut gone = [0u8; 1];
-            let mut reader = reader.into_inner().into_inner();
-            loop {
-                let record = tokio::select! {
-                    r = records.recv() => r,
-                    read = reader.read(&mut gone) => match read {
-                        Ok(0) | Err(_) => return Ok(()),
-                        Ok(_) => continue,
-                    },
-                };
-                let reply = match record {
-                    Ok(r) => {
-                        if instance.as_ref().is_some_and(|i| *i != r.instance)
-                            || action.is_some_and(|a| Some(a) != r.action)
-                        {
-                            continue;
-                        }
-                        Reply::Record(Box::new(r))
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => Reply::Skipped(n),
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                };
-                send(&mut write, &reply).await?;
-            }
+        Request::Flows {
+            instance,
+            action,
+            recent: want_recent,
+        } => {
+            let reader = reader.into_inner().into_inner();
+            let held = want_recent.then_some(&recent);
+            flows(reader, write, ask, (instance, action), held, records).await
         }
+    }
+}
+
+/// `sg-agent flows`: the records `instance` and `action` select, those the
+/// agent holds (`recent`) or, until the follower goes, each as it comes.
+async fn flows(
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    ask: &AskStatus,
+    (instance, action): (Option<String>, Option<Action>),
+    recent: Option<&Recent>,
+    mut records: broadcast::Receiver<Record>,
+) -> std::io::Result<()> {
+    // A status first: whether flow logs are on, which instances run.
+    let (tx, rx) = oneshot::channel();
+    ask(tx);
+    let Ok(Ok(status)) = tokio::time::timeout(TIMEOUT, rx).await else {
+        let e = "the agent did not answer within 5 s (a reload running?)";
+        return send(&mut write, &Reply::Error(e.into())).await;
+    };
+    if status.agent.flow_log.is_none() {
+        let e = "this agent runs without flow logs: restart it with --flow-log PATH (or \
+                 `-` for its standard output) to follow flows";
+        return send(&mut write, &Reply::Error(e.into())).await;
+    }
+    if let Some(name) = &instance
+        && !status.instances.iter().any(|i| i.name == *name)
+    {
+        let e = format!("no instance {name} is enforced by this agent");
+        return send(&mut write, &Reply::Error(e)).await;
+    }
+    let wanted = |r: &Record| {
+        instance.as_ref().is_none_or(|i| *i == r.instance)
+            && action.is_none_or(|a| Some(a) == r.action)
+    };
+    if let Some(recent) = recent {
+        let held: Vec<Record> = recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|r| wanted(r))
+            .cloned()
+            .collect();
+        for r in held {
+            send(&mut write, &Reply::Record(Box::new(r))).await?;
+        }
+        return Ok(());
+    }
+    // Until the follower goes: its end closing (a read returns nothing)
+    // ends this at once, not at the next matching record.
+    let mut gone = [0u8; 1];
+    loop {
+        let record = tokio::select! {
+            r = records.recv() => r,
+            read = reader.read(&mut gone) => match read {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+        };
+        let reply = match record {
+            Ok(r) => {
+                if !wanted(&r) {
+                    continue;
+                }
+                Reply::Record(Box::new(r))
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => Reply::Skipped(n),
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        send(&mut write, &reply).await?;
     }
 }
 
@@ -338,15 +402,21 @@ pub fn status(path: &Path) -> Result<Status, ControlError> {
     }
 }
 
-/// Follows flow-log records, calling `each` until it returns false or the
-/// agent goes.
+/// Follows flow-log records (with `recent`: reads the last ones the agent
+/// holds), calling `each` until it returns false or the agent goes (or has
+/// sent them all).
 pub fn follow(
     path: &Path,
-    instance: Option<String>,
-    action: Option<Action>,
+    (instance, action): (Option<String>, Option<Action>),
+    recent: bool,
     mut each: impl FnMut(&Reply) -> bool,
 ) -> Result<(), ControlError> {
-    let mut reader = request(path, &Request::Flows { instance, action })?;
+    let request_flows = Request::Flows {
+        instance,
+        action,
+        recent,
+    };
+    let mut reader = request(path, &request_flows)?;
     while let Some(reply) = read_reply(path, &mut reader)? {
         if let Reply::Error(e) = reply {
             return Err(ControlError::Refused(e));
