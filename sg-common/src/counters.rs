@@ -10,7 +10,8 @@ pub const PASS_TRACKED: u32 = 0;
 pub const PASS_RULE: u32 = 1;
 /// ARP and other link-layer traffic a security group never sees.
 pub const PASS_NOT_IP: u32 = 2;
-/// IPv6 router and neighbour discovery.
+/// IPv6 router and neighbour discovery, and multicast listener messages on
+/// the link.
 pub const PASS_NEIGHBOUR_DISCOVERY: u32 = 3;
 /// A later fragment of a datagram whose first fragment passed.
 pub const PASS_FRAGMENT: u32 = 4;
@@ -103,7 +104,7 @@ pub const WORDS: [&str; CODES as usize] = [
     "tracked connection",
     "allowed by a rule",
     "not IP (ARP)",
-    "IPv6 neighbour discovery",
+    "IPv6 neighbour or multicast listener discovery",
     "later fragment of an allowed datagram",
     "no rule allows it",
     "malformed or truncated header",

@@ -51,6 +51,10 @@ pub mod icmp {
     pub const V6_ECHO_REPLY: u8 = 129;
     pub const V6_ROUTER_SOLICIT: u8 = 133;
     pub const V6_REDIRECT: u8 = 137;
+    /// Multicast listener query, MLDv1 report and done, MLDv2 report.
+    pub const V6_LISTENER_QUERY: u8 = 130;
+    pub const V6_LISTENER_DONE: u8 = 132;
+    pub const V6_LISTENER_REPORT_V2: u8 = 143;
 
     /// An error that quotes the header of the packet that caused it: it
     /// passes when that quoted packet belongs to a tracked flow.
@@ -104,6 +108,12 @@ pub mod icmp {
     #[inline(always)]
     pub fn is_neighbour_discovery(ty: u8) -> bool {
         (V6_ROUTER_SOLICIT..=V6_REDIRECT).contains(&ty)
+    }
+
+    /// Multicast listener discovery (RFC 3810: queries, reports, done).
+    #[inline(always)]
+    pub fn is_listener_discovery(ty: u8) -> bool {
+        (V6_LISTENER_QUERY..=V6_LISTENER_DONE).contains(&ty) || ty == V6_LISTENER_REPORT_V2
     }
 }
 
@@ -180,5 +190,23 @@ impl Flow {
     #[inline(always)]
     pub fn proto_is_icmp(&self) -> bool {
         self.proto == proto::ICMP || self.proto == proto::ICMPV6
+    }
+
+    /// A multicast listener message as RFC 3810 has nodes send it: from a
+    /// link-local address (or `::`, before it has one) to a link-scope
+    /// group (`ff02::/16`). Link plumbing, like neighbour discovery: a
+    /// security group never sees it (a host's tap sends its own reports
+    /// as it comes up, which filled the drop log).
+    #[inline(always)]
+    pub fn is_link_listener_message(&self) -> bool {
+        let w = |b: [u8; 4]| u32::from_ne_bytes(b);
+        let src_ok = self.src[0] & w([0xff, 0xc0, 0, 0]) == w([0xfe, 0x80, 0, 0])
+            || (self.src[0] | self.src[1] | self.src[2] | self.src[3]) == 0;
+        self.family == FAMILY_V6
+            && self.proto == proto::ICMPV6
+            && self.frag != FRAG_LATER
+            && icmp::is_listener_discovery(self.icmp_type)
+            && src_ok
+            && self.dst[0] & w([0xff, 0xff, 0, 0]) == w([0xff, 0x02, 0, 0])
     }
 }

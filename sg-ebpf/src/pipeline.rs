@@ -155,6 +155,13 @@ fn reason<const GUARDED: bool>(
     // The guest's MAC address, where its link-local addresses must be the
     // ones it gives: the frame's, which the guard just found to be its.
     let guest_mac = if GUARDED { Some(parsed.src_mac) } else { None };
+    // Multicast listener messages on the link (a host's tap sends its own
+    // reports as it comes up): plumbing no security group sees, counted
+    // with neighbour discovery. They claim no address, so the host side
+    // lets the guest's through too.
+    if flow.is_link_listener_message() {
+        return PASS_NEIGHBOUR_DISCOVERY;
+    }
     if flow.family == FAMILY_V6
         && flow.proto == proto::ICMPV6
         && flow.frag != FRAG_LATER

@@ -18,6 +18,7 @@ mod fragments;
 mod frame_table;
 mod host_side;
 mod hostile_guest;
+mod listeners;
 mod logging;
 mod network_acls;
 mod reloads;
