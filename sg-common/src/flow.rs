@@ -51,7 +51,7 @@ pub mod icmp {
     pub const V6_ECHO_REPLY: u8 = 129;
     pub const V6_ROUTER_SOLICIT: u8 = 133;
     pub const V6_REDIRECT: u8 = 137;
-    /// Multicast listener query, MLDv1 report and done, MLDv2 report.
+    /// Multicast listener query, version 1 report and done, version 2 report.
     pub const V6_LISTENER_QUERY: u8 = 130;
     pub const V6_LISTENER_DONE: u8 = 132;
     pub const V6_LISTENER_REPORT_V2: u8 = 143;
