@@ -23,7 +23,7 @@ fn listener(ty: u8) -> Transport {
     }
 }
 
-/// An MLDv2 report (143) from `src` to `dst`.
+/// A version 2 listener report (143) from `src` to `dst`.
 fn report(src: &str, dst: &str) -> Vec<u8> {
     frame(ip(src), ip(dst), &listener(143), &Shape::default())
 }
