@@ -117,6 +117,19 @@ def sequence(endpoint):
                                                   Egress=False)))
     steps.append(("DeleteNetworkAcl", *call(ec2, "delete_network_acl", NetworkAclId=acl)))
     steps.append(("DescribeNetworkAcls (deleted)", *call(ec2, "describe_network_acls", NetworkAclIds=[acl])))
+    # Managed prefix lists, each entry with its description (Terraform's
+    # aws_ec2_managed_prefix_list reads them back).
+    code, r = call(ec2, "create_managed_prefix_list", PrefixListName="diff-pl", MaxEntries=5, AddressFamily="IPv4",
+                   Entries=[{"Cidr": "198.51.100.0/24", "Description": "partner"}, {"Cidr": "203.0.113.0/28"}])
+    steps.append(("CreateManagedPrefixList", code, r))
+    pl = r["PrefixList"]["PrefixListId"]
+    steps.append(("GetManagedPrefixListEntries", *call(ec2, "get_managed_prefix_list_entries", PrefixListId=pl)))
+    steps.append(("ModifyManagedPrefixList", *call(ec2, "modify_managed_prefix_list", PrefixListId=pl,
+                                                     CurrentVersion=1,
+                                                     AddEntries=[{"Cidr": "100.64.0.0/28", "Description": "lab"}],
+                                                     RemoveEntries=[{"Cidr": "203.0.113.0/28"}])))
+    steps.append(("DescribeManagedPrefixLists", *call(ec2, "describe_managed_prefix_lists", PrefixListIds=[pl])))
+    steps.append(("DeleteManagedPrefixList", *call(ec2, "delete_managed_prefix_list", PrefixListId=pl)))
     return steps
 
 

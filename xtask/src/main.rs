@@ -246,7 +246,10 @@ fn test(debug_only: bool, long: bool) -> anyhow::Result<()> {
     )?;
     if !debug_only {
         step("sg-common's tests, release build (the kernel's arithmetic)");
-        cargo_test(&["test", "--release", "--package", "sg-common"], &mut totals)?;
+        cargo_test(
+            &["test", "--release", "--package", "sg-common"],
+            &mut totals,
+        )?;
     }
     // One closing line over every test binary of every build.
     println!(

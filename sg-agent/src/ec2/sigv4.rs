@@ -364,6 +364,21 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// A request's headers: `host`, and those `sign` gave.
+    fn header_map(host: &str, signed: &[(&'static str, String)]) -> hyper::HeaderMap {
+        let mut map = hyper::HeaderMap::new();
+        map.insert("host", host.parse().unwrap());
+        for (k, v) in signed {
+            map.insert(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    /// A verifier that accepts one key.
+    fn accepting(id: &str, secret: &str) -> Credentials {
+        Credentials([(id.to_owned(), secret.to_owned())].into_iter().collect())
+    }
+
     /// AWS's published example (the GET `ListUsers` request of the `SigV4`
     /// documentation's "Examples of the complete Signature Version 4
     /// signing process"), key and signature as published.
@@ -387,16 +402,8 @@ mod tests {
             "ec2",
             now,
         );
-        let mut map = hyper::HeaderMap::new();
-        map.insert("host", "127.0.0.1:4566".parse().unwrap());
-        for (k, v) in &headers {
-            map.insert(*k, v.parse().unwrap());
-        }
-        let keys = Credentials(
-            [("AKID".to_owned(), "s3cret".to_owned())]
-                .into_iter()
-                .collect(),
-        );
+        let map = header_map("127.0.0.1:4566", &headers);
+        let keys = accepting("AKID", "s3cret");
         let req = Signed {
             method: "POST",
             path: "/",
@@ -405,11 +412,7 @@ mod tests {
             body,
         };
         assert!(verify(&req, &keys).is_ok());
-        let wrong = Credentials(
-            [("AKID".to_owned(), "other".to_owned())]
-                .into_iter()
-                .collect(),
-        );
+        let wrong = accepting("AKID", "other");
         assert_eq!(verify(&req, &wrong).unwrap_err().code, "AuthFailure");
         let tampered = Signed {
             body: b"Action=DeleteSecurityGroup",
@@ -440,16 +443,8 @@ mod tests {
                 .1
                 .contains("SignedHeaders=host;x-amz-date;x-amz-security-token,")
         );
-        let mut map = hyper::HeaderMap::new();
-        map.insert("host", "h:1".parse().unwrap());
-        for (k, v) in &headers {
-            map.insert(*k, v.parse().unwrap());
-        }
-        let keys = Credentials(
-            [("ASIA".to_owned(), "s3cret".to_owned())]
-                .into_iter()
-                .collect(),
-        );
+        let map = header_map("h:1", &headers);
+        let keys = accepting("ASIA", "s3cret");
         let req = Signed {
             method: "POST",
             path: "/",

@@ -59,6 +59,16 @@ addresses = ["10.1.0.10"]
 security_groups = ["app"]
 "#;
 
+/// [`LINKED`] with a peering where the transit gateway was.
+fn peered() -> String {
+    let text = LINKED.replace(
+        "[[transit_gateway]]\nname = \"core\"\nsecurity_group_referencing = true\nvpcs = [\"shop\", \"data\"]\n",
+        "[[vpc_peering]]\nvpcs = [\"shop\", \"data\"]\n",
+    );
+    assert_ne!(text, LINKED);
+    text
+}
+
 fn syn() -> Vec<u8> {
     frame(
         ip("10.1.0.10"),
@@ -113,19 +123,13 @@ fn a_transit_gateway_carries_group_references_in_inbound_rules_only() {
     );
     assert_eq!(verdicts(&attachment_off), (false, false));
     // A peering carries them both ways.
-    let peered = LINKED.replace(
-        "[[transit_gateway]]\nname = \"core\"\nsecurity_group_referencing = true\nvpcs = [\"shop\", \"data\"]\n",
-        "[[vpc_peering]]\nvpcs = [\"shop\", \"data\"]\n",
-    );
+    let peered = peered();
     assert_eq!(verdicts(&peered), (true, true));
 }
 
 #[test]
 fn a_peering_across_regions_carries_no_group_references() {
-    let peered = LINKED.replace(
-        "[[transit_gateway]]\nname = \"core\"\nsecurity_group_referencing = true\nvpcs = [\"shop\", \"data\"]\n",
-        "[[vpc_peering]]\nvpcs = [\"shop\", \"data\"]\n",
-    );
+    let peered = peered();
     let two_regions = peered.replace(
         "name = \"data\"\ncidr_blocks",
         "name = \"data\"\nregion = \"eu-west-1\"\ncidr_blocks",
