@@ -151,5 +151,5 @@ for (name, mcode, mresp), (_, acode, aresp) in zip(moto, agent):
 for d in differences:
     print("DIFF", d)
 check(not differences, f"{len(differences)} differences from moto not explained")
-check(len(moto) == len(agent) == 25, "every step ran on both")
+check(len(moto) == len(agent) == 30, "every step ran on both")
 done("differential")
