@@ -17,26 +17,33 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ec2").join(name)
 }
 
+/// Where the virtual environment is kept: beside the user's other caches
+/// (`$XDG_CACHE_HOME`, or `~/.cache`), as pip keeps its downloads, so that
+/// a fresh checkout (CI's) does not install it again; what is installed is
+/// checked by its marker, so a change of [`PACKAGES`] makes it anew.
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sg-agent-tests")
+}
+
 /// The virtual environment's directory (made on first use: `python3 -m
 /// venv` and `pip install` of [`PACKAGES`], under a lock so that test
 /// binaries running at once make it once).
 pub fn venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        let target = std::env::current_exe()
-            .ok()
-            .and_then(|e| {
-                e.ancestors()
-                    .find(|a| a.file_name().is_some_and(|n| n == "target"))
-                    .map(Path::to_path_buf)
-            })
-            .unwrap_or_else(std::env::temp_dir);
-        let dir = target.join("aws-venv");
+        let cache = cache_dir();
+        std::fs::create_dir_all(&cache).expect("the tests' cache directory");
+        let dir = cache.join("aws-venv");
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(target.join("aws-venv.lock"))
+            .open(cache.join("aws-venv.lock"))
             .expect("venv lock file");
         let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .unwrap_or_else(|(_, e)| panic!("locking the venv: {e}"));

@@ -291,7 +291,7 @@ fn hanging_request(ns: &str) -> Outcome {
 fn with_the_aws_cli(internet: &str) -> usize {
     let endpoint = format!("http://{EC2_API}");
     println!(
-        "\n==> the AWS CLI against sg-agent's EC2 API (PyPI's awscli, installed into target/aws-venv on \
+        "\n==> the AWS CLI against sg-agent's EC2 API (PyPI's awscli, installed into ~/.cache/sg-agent-tests/aws-venv on \
          the first run)"
     );
     let cli = |args: &[&str]| {
