@@ -192,6 +192,16 @@ impl Flow {
         self.proto == proto::ICMP || self.proto == proto::ICMPV6
     }
 
+    /// Router or neighbour discovery (not a later fragment, which carries
+    /// no type).
+    #[inline(always)]
+    pub fn is_neighbour_discovery(&self) -> bool {
+        self.family == FAMILY_V6
+            && self.proto == proto::ICMPV6
+            && self.frag != FRAG_LATER
+            && icmp::is_neighbour_discovery(self.icmp_type)
+    }
+
     /// A multicast listener message as RFC 3810 has nodes send it: from a
     /// link-local address (or `::`, before it has one) to a link-scope
     /// group (`ff02::/16`). Link plumbing, like neighbour discovery: a

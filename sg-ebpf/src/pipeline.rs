@@ -16,7 +16,7 @@ use sg_common::{
         EVENT_DROP, EVENT_NEW_FLOW, EVENT_UNTRACKED, OBSERVE_DROPS, OBSERVE_FLOW_COUNTS,
         OBSERVE_UNTRACKED,
     },
-    flow::{FAMILY_V6, FRAG_FIRST, FRAG_LATER, Flow, icmp, proto},
+    flow::{FRAG_FIRST, FRAG_LATER, Flow, icmp},
     guard,
     nacl::{self, NACL_ACTIVE, NaclTable},
     policy::{self, AddrValue, Settings, allowing_class},
@@ -162,11 +162,7 @@ fn reason<const GUARDED: bool>(
     if flow.is_link_listener_message() {
         return PASS_NEIGHBOUR_DISCOVERY;
     }
-    if flow.family == FAMILY_V6
-        && flow.proto == proto::ICMPV6
-        && flow.frag != FRAG_LATER
-        && icmp::is_neighbour_discovery(flow.icmp_type)
-    {
+    if flow.is_neighbour_discovery() {
         if GUARDED {
             return guard::outbound_nd(
                 ctx,
