@@ -733,9 +733,10 @@ fn file_vpcs(doc: &DocumentMut, theirs: &[FollowedVpc]) -> BTreeMap<String, Stri
         return BTreeMap::new();
     }
     let same_range = |a: &str, b: &str| {
-        a.parse::<ipnet::IpNet>().ok().map(|n| n.trunc())
-            == b.parse::<ipnet::IpNet>().ok().map(|n| n.trunc())
-            && a.parse::<ipnet::IpNet>().is_ok()
+        matches!(
+            (a.parse::<ipnet::IpNet>(), b.parse::<ipnet::IpNet>()),
+            (Ok(x), Ok(y)) if x.trunc() == y.trunc()
+        )
     };
     theirs
         .iter()
