@@ -35,6 +35,9 @@ fn import() -> (String, Vec<String>) {
         entries_dir: Some(&entries),
         network_acls: None,
         subnets: None,
+        transit_gateways: None,
+        transit_gateway_attachments: None,
+        vpc_associations: None,
     };
     let mut warnings = Vec::new();
     let text = aws::import(&inputs, &mut warnings).expect("imports");
@@ -227,6 +230,9 @@ fn a_reference_to_a_peered_vpcs_group_in_the_input_is_kept() {
         entries_dir: None,
         network_acls: None,
         subnets: None,
+        transit_gateways: None,
+        transit_gateway_attachments: None,
+        vpc_associations: None,
     };
     let mut warnings = Vec::new();
     let text = aws::import(&inputs, &mut warnings).expect("imports");
@@ -279,6 +285,9 @@ fn network_acls_and_subnets_are_imported_enforced_and_exported() {
         entries_dir: Some(&entries),
         network_acls: Some(&acls),
         subnets: Some(&subnets),
+        transit_gateways: None,
+        transit_gateway_attachments: None,
+        vpc_associations: None,
     };
     let mut warnings = Vec::new();
     let text = aws::import(&inputs, &mut warnings).expect("imports");
@@ -413,6 +422,9 @@ fn a_reference_through_a_deleted_peering_stays_stale() {
         entries_dir: None,
         network_acls: None,
         subnets: None,
+        transit_gateways: None,
+        transit_gateway_attachments: None,
+        vpc_associations: None,
     };
     let mut warnings = Vec::new();
     let text = aws::import(&inputs, &mut warnings).expect("imports");
@@ -426,6 +438,111 @@ fn a_reference_through_a_deleted_peering_stays_stale() {
         )
         .is_some(),
         "the reference is stale, as on AWS"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--transit-gateways`, `--transit-gateway-attachments` and
+/// `--vpc-associations`: two VPCs a transit gateway attaches (group
+/// referencing on) are not taken as peered, so the inbound reference
+/// across it holds and the outbound one is stale, as on AWS; a group
+/// associated with a third VPC keeps the association, and that VPC's
+/// instance may use it.
+#[test]
+fn transit_gateways_and_vpc_associations_are_imported() {
+    let dir = std::env::temp_dir().join(format!("sg-import-tgw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let sgs = write(
+        "sgs.json",
+        r#"{"SecurityGroups": [
+  {"GroupId": "sg-0a000000000000001", "GroupName": "app", "VpcId": "vpc-0aaa",
+   "IpPermissions": [],
+   "IpPermissionsEgress": [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
+     "UserIdGroupPairs": [{"GroupId": "sg-0b000000000000002", "VpcId": "vpc-0bbb"}]}]},
+  {"GroupId": "sg-0b000000000000002", "GroupName": "db", "VpcId": "vpc-0bbb",
+   "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
+     "UserIdGroupPairs": [{"GroupId": "sg-0a000000000000001", "VpcId": "vpc-0aaa"}]}],
+   "IpPermissionsEgress": []},
+  {"GroupId": "sg-0c000000000000003", "GroupName": "shared", "VpcId": "vpc-0bbb",
+   "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+     "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}],
+   "IpPermissionsEgress": []}
+]}"#,
+    );
+    let tgws = write(
+        "tgws.json",
+        r#"{"TransitGateways": [{"TransitGatewayId": "tgw-0123456789abcdef0", "State": "available",
+  "Options": {"SecurityGroupReferencingSupport": "enable"},
+  "Tags": [{"Key": "Name", "Value": "core"}]}]}"#,
+    );
+    let attachments = write(
+        "attachments.json",
+        r#"{"TransitGatewayVpcAttachments": [
+  {"TransitGatewayId": "tgw-0123456789abcdef0", "VpcId": "vpc-0aaa", "State": "available",
+   "Options": {"SecurityGroupReferencingSupport": "enable"}},
+  {"TransitGatewayId": "tgw-0123456789abcdef0", "VpcId": "vpc-0bbb", "State": "available",
+   "Options": {"SecurityGroupReferencingSupport": "enable"}}]}"#,
+    );
+    let associations = write(
+        "associations.json",
+        r#"{"SecurityGroupVpcAssociations": [
+  {"GroupId": "sg-0c000000000000003", "VpcId": "vpc-0ccc", "VpcOwnerId": "111122223333", "State": "associated"},
+  {"GroupId": "sg-0c000000000000003", "VpcId": "vpc-0ddd", "State": "disassociated"}]}"#,
+    );
+    let instances = write(
+        "instances.json",
+        r#"{"Reservations": [{"Instances": [{"InstanceId": "i-0c", "VpcId": "vpc-0ccc",
+  "Tags": [{"Key": "Name", "Value": "jump"}],
+  "NetworkInterfaces": [{"NetworkInterfaceId": "eni-0c", "VpcId": "vpc-0ccc",
+    "PrivateIpAddresses": [{"PrivateIpAddress": "10.3.0.10"}],
+    "Groups": [{"GroupId": "sg-0c000000000000003"}]}]}]}]}"#,
+    );
+    let inputs = Inputs {
+        security_groups: &sgs,
+        network_interfaces: None,
+        instances: Some(&instances),
+        prefix_lists: None,
+        entries_dir: None,
+        network_acls: None,
+        subnets: None,
+        transit_gateways: Some(&tgws),
+        transit_gateway_attachments: Some(&attachments),
+        vpc_associations: Some(&associations),
+    };
+    let mut warnings = Vec::new();
+    let text = aws::import(&inputs, &mut warnings).expect("imports");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(
+        !text.contains("[[vpc_peering]]"),
+        "no peering made up:\n{text}"
+    );
+    for line in [
+        "[[transit_gateway]]\nname = \"core\"\nid = \"tgw-0123456789abcdef0\"\n\
+         security_group_referencing = true\nvpcs = [\"vpc-0aaa\", \"vpc-0bbb\"]",
+        "name = \"shared\"\nvpc = \"vpc-0bbb\"\nassociated_vpcs = [\"vpc-0ccc\"]",
+        "name = \"jump\"\nvpc = \"vpc-0ccc\"",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    assert!(
+        text.find("name = \"vpc-0aaa\"") < text.find("name = \"vpc-0bbb\""),
+        "the VPC with an associated group is not the default (first) one:\n{text}"
+    );
+    let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    assert_eq!(
+        vpc.stale_reference("db", "app", sg_agent::config::Direction::Ingress),
+        None,
+        "the transit gateway carries the inbound reference"
+    );
+    assert!(
+        vpc.stale_reference("app", "db", sg_agent::config::Direction::Egress)
+            .is_some(),
+        "an outbound reference across a transit gateway is stale, as on AWS"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -127,12 +127,14 @@ fn network_acls_are_carried_over_and_the_rest_is_named() {
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(refused.stdout.is_empty());
     let said = String::from_utf8_lossy(&refused.stderr);
-    for name in [
-        "not carried over: aws_vpc.main (aws_vpc)",
-        "not carried over: aws_vpc_security_group_vpc_association.shared",
-    ] {
-        assert!(said.contains(name), "{name:?} in:\n{said}");
-    }
+    assert!(
+        said.contains("not carried over: aws_vpc.main (aws_vpc)"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("aws_vpc_security_group_vpc_association"),
+        "the association is carried over: {said}"
+    );
     assert!(
         !said.contains("aws_ami"),
         "a data source is no resource: {said}"
@@ -142,6 +144,17 @@ fn network_acls_are_carried_over_and_the_rest_is_named() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    let web = vpc.group("web").expect("web");
+    let associated: Vec<&str> = web
+        .associated_vpcs
+        .iter()
+        .map(|(v, _)| v.as_str())
+        .collect();
+    assert_eq!(
+        associated,
+        ["vpc-0aaaaaaaaaaaaaaaa"],
+        "aws_vpc_security_group_vpc_association:\n{text}"
+    );
     let public = vpc
         .network_acls
         .iter()
@@ -178,5 +191,118 @@ fn network_acls_are_carried_over_and_the_rest_is_named() {
         "{denied:?}"
     );
     assert_eq!(explain("198.51.100.5").status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A managed resource of `terraform show -json`.
+fn resource(ty: &str, name: &str, values: &str) -> String {
+    format!(
+        r#"{{"address": "{ty}.{name}", "mode": "managed", "type": "{ty}", "name": "{name}",
+            "provider_name": "registry.terraform.io/hashicorp/aws", "values": {values}}}"#
+    )
+}
+
+/// `aws_ec2_transit_gateway` with its `aws_ec2_transit_gateway_vpc_attachment`s
+/// and an `aws_vpc_peering_connection`: the transit gateway's VPCs are not
+/// taken as peered (an outbound reference across it stays stale, as on
+/// AWS), the peering is written, and an attachment with
+/// `security_group_referencing_support = "disable"` keeps it off.
+#[test]
+fn transit_gateways_and_peerings_are_carried_over() {
+    let group = |name: &str, id: &str, vpc: &str, ingress: &str, egress: &str| {
+        resource(
+            "aws_security_group",
+            name,
+            &format!(
+                r#"{{"id": "{id}", "name": "{name}", "vpc_id": "{vpc}", "ingress": [{ingress}], "egress": [{egress}]}}"#
+            ),
+        )
+    };
+    let rule = |from: u16, groups: &str| {
+        format!(
+            r#"{{"from_port": {from}, "to_port": {from}, "protocol": "tcp", "cidr_blocks": [],
+                "ipv6_cidr_blocks": [], "prefix_list_ids": [], "security_groups": [{groups}], "self": false}}"#
+        )
+    };
+    let (app, db, ops) = (
+        "sg-0a000000000000001",
+        "sg-0b000000000000002",
+        "sg-0c000000000000003",
+    );
+    let resources = [
+        group(
+            "app",
+            app,
+            "vpc-0aaa",
+            "",
+            &rule(5432, &format!("\"{db}\"")),
+        ),
+        group("db", db, "vpc-0bbb", &rule(5432, &format!("\"{app}\"")), ""),
+        group("ops", ops, "vpc-0ccc", &rule(22, &format!("\"{app}\"")), ""),
+        resource(
+            "aws_ec2_transit_gateway",
+            "core",
+            r#"{"id": "tgw-0123456789abcdef0", "security_group_referencing_support": "enable", "tags": {"Name": "core"}}"#,
+        ),
+        resource(
+            "aws_ec2_transit_gateway_vpc_attachment",
+            "a",
+            r#"{"id": "tgw-attach-0a", "transit_gateway_id": "tgw-0123456789abcdef0", "vpc_id": "vpc-0aaa"}"#,
+        ),
+        resource(
+            "aws_ec2_transit_gateway_vpc_attachment",
+            "b",
+            r#"{"id": "tgw-attach-0b", "transit_gateway_id": "tgw-0123456789abcdef0", "vpc_id": "vpc-0bbb",
+                "security_group_referencing_support": "enable"}"#,
+        ),
+        resource(
+            "aws_ec2_transit_gateway_vpc_attachment",
+            "c",
+            r#"{"id": "tgw-attach-0c", "transit_gateway_id": "tgw-0123456789abcdef0", "vpc_id": "vpc-0ccc",
+                "security_group_referencing_support": "disable"}"#,
+        ),
+        resource(
+            "aws_vpc_peering_connection",
+            "ops",
+            r#"{"id": "pcx-0c", "vpc_id": "vpc-0aaa", "peer_vpc_id": "vpc-0ccc", "accept_status": "active"}"#,
+        ),
+    ];
+    let state = format!(
+        r#"{{"format_version": "1.0", "values": {{"root_module": {{"resources": [{}]}}}}}}"#,
+        resources.join(",")
+    );
+    let dir = std::env::temp_dir().join(format!("sg-tf-tgw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("state.json");
+    std::fs::write(&path, state).expect("write");
+    let mut warnings = Vec::new();
+    let text = terraform::import(&path, &mut warnings).expect("imports");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for line in [
+        "[[vpc_peering]]\nvpcs = [\"vpc-0aaa\", \"vpc-0ccc\"]",
+        "[[transit_gateway]]\nname = \"core\"\nid = \"tgw-0123456789abcdef0\"\n\
+         security_group_referencing = true\nvpcs = [\"vpc-0aaa\", \"vpc-0bbb\", \
+         { vpc = \"vpc-0ccc\", security_group_referencing = false }]",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("vpcs = [\"vpc-0aaa\", \"vpc-0bbb\"]\n"),
+        "no peering made up across the transit gateway:\n{text}"
+    );
+    let (vpc, _) = admit("imported.toml".as_ref(), &text, true).expect("check accepts it");
+    assert_eq!(
+        vpc.stale_reference("db", "app", sg_agent::config::Direction::Ingress),
+        None
+    );
+    assert!(
+        vpc.stale_reference("app", "db", sg_agent::config::Direction::Egress)
+            .is_some()
+    );
+    assert_eq!(
+        vpc.stale_reference("ops", "app", sg_agent::config::Direction::Ingress),
+        None,
+        "the peering carries it (the attachment's option is off)"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

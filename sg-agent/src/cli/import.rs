@@ -8,10 +8,11 @@ use crate::import::{aws, terraform};
 pub enum ImportCommand {
     /// From the JSON the AWS CLI prints (`aws ec2 describe-security-groups`
     /// and friends); writes a rules file to standard output.
-    Aws(ImportAwsArgs),
+    Aws(Box<ImportAwsArgs>),
     /// From `terraform show -json` (state or plan): `aws_security_group`,
     /// its standalone rule resources, prefix lists, instances and
-    /// interfaces, subnets and network ACLs; writes a rules file to
+    /// interfaces, subnets and network ACLs, transit gateways, VPC
+    /// associations and peerings; writes a rules file to
     /// standard output.
     Terraform {
         /// `terraform show -json > STATE.json`.
@@ -50,6 +51,22 @@ pub struct ImportAwsArgs {
     /// `aws ec2 describe-subnets` output.
     #[arg(long, value_name = "SUBNETS.json")]
     subnets: Option<PathBuf>,
+    /// `aws ec2 describe-transit-gateways` output: transit gateways and
+    /// whether they carry group references (with
+    /// --transit-gateway-attachments, which gives the VPCs they attach).
+    #[arg(
+        long,
+        value_name = "TGWS.json",
+        requires = "transit_gateway_attachments"
+    )]
+    transit_gateways: Option<PathBuf>,
+    /// `aws ec2 describe-transit-gateway-vpc-attachments` output.
+    #[arg(long, value_name = "ATTACHMENTS.json", requires = "transit_gateways")]
+    transit_gateway_attachments: Option<PathBuf>,
+    /// `aws ec2 describe-security-group-vpc-associations` output: the
+    /// groups associated with other VPCs.
+    #[arg(long, value_name = "ASSOCIATIONS.json")]
+    vpc_associations: Option<PathBuf>,
     /// Write the file even though some of the input cannot be carried over
     /// (each is named on standard error).
     #[arg(long)]
@@ -85,6 +102,9 @@ pub fn import(command: &ImportCommand) -> ExitCode {
                 entries_dir: args.entries_dir.as_deref(),
                 network_acls: args.network_acls.as_deref(),
                 subnets: args.subnets.as_deref(),
+                transit_gateways: args.transit_gateways.as_deref(),
+                transit_gateway_attachments: args.transit_gateway_attachments.as_deref(),
+                vpc_associations: args.vpc_associations.as_deref(),
             };
             (aws::import(&inputs, &mut warnings), args.allow_partial)
         }

@@ -15,7 +15,9 @@
 //! * Groups of several VPCs: each VPC becomes a `[[vpc]]` named by its id,
 //!   each group and instance names its own, and a rule that references a
 //!   group of another VPC in the input keeps it, with a `[[vpc_peering]]`
-//!   between the two (AWS allows such a reference only through one).
+//!   between the two (AWS allows such a reference only through one) unless
+//!   a transit gateway attaches both (`--transit-gateways`: see
+//!   [`super::vpc_links`], which also carries VPC associations).
 //! * A group pair naming a group that is not in the input (another
 //!   account's or VPC's, by peering) cannot be resolved here: that source
 //!   is left out and a comment in the file says so, with the hint to list
@@ -156,6 +158,9 @@ pub struct UserIdGroupPair {
     /// peering that is gone: AWS keeps such a rule, stale, matching nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peering_status: Option<String>,
+    /// The peering the reference goes through, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_peering_connection_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -199,6 +204,8 @@ pub struct NetworkInterfaces {
 #[serde(rename_all = "PascalCase")]
 pub struct NetworkInterface {
     pub network_interface_id: String,
+    #[serde(default)]
+    pub vpc_id: Option<String>,
     #[serde(default)]
     pub private_ip_addresses: Vec<PrivateIp>,
     #[serde(default)]
@@ -260,9 +267,19 @@ pub struct Reservation {
 pub struct Ec2Instance {
     pub instance_id: String,
     #[serde(default)]
+    pub vpc_id: Option<String>,
+    #[serde(default)]
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default)]
     pub tags: Vec<Tag>,
+}
+
+/// [`read`] where the input may be absent (then: nothing).
+fn optional<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    command: &'static str,
+) -> Result<T, ImportError> {
+    path.map_or_else(|| Ok(T::default()), |p| read(p, command))
 }
 
 pub(super) fn read<T: serde::de::DeserializeOwned>(
@@ -292,6 +309,12 @@ pub struct Inputs<'a> {
     pub network_acls: Option<&'a Path>,
     /// `describe-subnets` output.
     pub subnets: Option<&'a Path>,
+    /// `describe-transit-gateways` output (with `transit_gateway_attachments`).
+    pub transit_gateways: Option<&'a Path>,
+    /// `describe-transit-gateway-vpc-attachments` output.
+    pub transit_gateway_attachments: Option<&'a Path>,
+    /// `describe-security-group-vpc-associations` output.
+    pub vpc_associations: Option<&'a Path>,
 }
 
 /// An instance to write: name, ids, addresses, group ids.
@@ -301,6 +324,8 @@ pub struct Member {
     pub ids: Vec<String>,
     pub addresses: Vec<String>,
     pub groups: Vec<String>,
+    /// Its VPC, where the input says (else its groups').
+    pub vpc: Option<String>,
 }
 
 fn tag_name(tags: &[Tag]) -> Option<&str> {
@@ -320,6 +345,7 @@ fn interface_member(eni: &NetworkInterface, name: String, ids: Vec<String>) -> M
             .chain(eni.ipv6_addresses.iter().map(|a| a.ipv6_address.clone()))
             .collect(),
         groups: eni.groups.iter().map(|g| g.group_id.clone()).collect(),
+        vpc: eni.vpc_id.clone(),
     }
 }
 
@@ -337,7 +363,9 @@ fn members(inputs: &Inputs) -> Result<Vec<Member>, ImportError> {
                     base.clone()
                 };
                 let ids = vec![i.instance_id.clone(), eni.network_interface_id.clone()];
-                out.push(interface_member(eni, name, ids));
+                let mut member = interface_member(eni, name, ids);
+                member.vpc = member.vpc.or_else(|| i.vpc_id.clone());
+                out.push(member);
             }
         }
     }
@@ -422,11 +450,24 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
                 .collect(),
         });
     }
+    let links = super::vpc_links::VpcLinks::described(
+        &optional(inputs.transit_gateways, "describe-transit-gateways")?,
+        &optional(
+            inputs.transit_gateway_attachments,
+            "describe-transit-gateway-vpc-attachments",
+        )?,
+        &optional(
+            inputs.vpc_associations,
+            "describe-security-group-vpc-associations",
+        )?,
+    );
+    let members = members(inputs)?;
     let mut text = render(
         "`sg-agent import aws` from the AWS CLI's JSON",
         &groups,
         &lists,
-        &members(inputs)?,
+        &members,
+        &links,
         warnings,
     )?;
     let acls: super::network_acls::NetworkAcls = match inputs.network_acls {
@@ -437,7 +478,7 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
         Some(p) => read(p, "describe-subnets")?,
         None => super::network_acls::Subnets::default(),
     };
-    let vpcs = declared_vpcs(&groups);
+    let vpcs = declared_vpcs(&groups, &members, &links);
     let vpcs: Vec<&str> = vpcs.iter().map(String::as_str).collect();
     text.push_str(&super::network_acls::render(
         &acls, &subnets, &vpcs, warnings,
@@ -446,18 +487,34 @@ pub fn import(inputs: &Inputs, warnings: &mut Vec<String>) -> Result<String, Imp
 }
 
 /// The VPC ids the renderer declares as `[[vpc]]`: those of the groups,
-/// when there are several (one VPC stays unnamed).
-pub fn declared_vpcs(groups: &SecurityGroups) -> Vec<String> {
+/// the instances and the links, when there are several (one VPC stays
+/// unnamed). The first is the file's default VPC, so a VPC whose groups
+/// are associated with others (which AWS allows only outside the default
+/// VPC) is not put first.
+pub fn declared_vpcs(
+    groups: &SecurityGroups,
+    members: &[Member],
+    links: &super::vpc_links::VpcLinks,
+) -> Vec<String> {
     let ids: BTreeSet<&str> = groups
         .security_groups
         .iter()
         .filter_map(|g| g.vpc_id.as_deref())
+        .chain(members.iter().filter_map(|m| m.vpc.as_deref()))
+        .chain(links.vpcs())
         .collect();
-    if ids.len() > 1 {
-        ids.into_iter().map(str::to_owned).collect()
-    } else {
-        Vec::new()
+    if ids.len() < 2 {
+        return Vec::new();
     }
+    let associated: BTreeSet<&str> = groups
+        .security_groups
+        .iter()
+        .filter(|g| !links.associated_vpcs(&g.group_id).is_empty())
+        .filter_map(|g| g.vpc_id.as_deref())
+        .collect();
+    let (last, first): (Vec<&str>, Vec<&str>) =
+        ids.into_iter().partition(|id| associated.contains(id));
+    first.into_iter().chain(last).map(str::to_owned).collect()
 }
 
 /// The prefix lists the groups' rules use, by id.
@@ -492,6 +549,7 @@ pub fn render(
     groups: &SecurityGroups,
     lists: &[ListData],
     members: &[Member],
+    links: &super::vpc_links::VpcLinks,
     warnings: &mut Vec<String>,
 ) -> Result<String, ImportError> {
     let group_names: BTreeMap<&str, &str> = groups
@@ -531,19 +589,24 @@ pub fn render(
     }
     // Groups of several VPCs: each VPC a [[vpc]] (named by its id), each
     // group in its own, and a peering for each pair of VPCs a rule reaches
-    // across (AWS allows such a reference only through one).
+    // across (AWS allows such a reference only through one) unless a
+    // transit gateway attaches both (see `vpc_links`).
     let vpc_of: BTreeMap<&str, &str> = groups
         .security_groups
         .iter()
         .filter_map(|g| g.vpc_id.as_deref().map(|v| (g.group_id.as_str(), v)))
         .collect();
-    let vpc_ids: BTreeSet<&str> = vpc_of.values().copied().collect();
-    let several_vpcs = vpc_ids.len() > 1;
+    let declared = declared_vpcs(groups, members, links);
+    let several_vpcs = !declared.is_empty();
     if several_vpcs {
-        for id in &vpc_ids {
+        for id in &declared {
             let _ = writeln!(out, "\n[[vpc]]\nname = {}", quote(id));
         }
-        let mut peerings = BTreeSet::new();
+        let mut peerings: BTreeSet<(&str, &str)> = links
+            .peerings
+            .iter()
+            .map(|(a, b)| (a.as_str().min(b.as_str()), a.as_str().max(b.as_str())))
+            .collect();
         for g in &groups.security_groups {
             let Some(here) = vpc_of.get(g.group_id.as_str()) else {
                 continue;
@@ -559,6 +622,8 @@ pub fn render(
                 for pair in p.user_id_group_pairs.iter().filter(live) {
                     if let Some(there) = vpc_of.get(pair.group_id.as_str())
                         && there != here
+                        && (pair.vpc_peering_connection_id.is_some()
+                            || !links.attached_together(here, there))
                     {
                         peerings.insert((*here.min(there), *here.max(there)));
                     }
@@ -573,6 +638,8 @@ pub fn render(
                 list(&[a.to_owned(), b.to_owned()])
             );
         }
+        let declared: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
+        links.render_transit_gateways(&declared, &mut out);
     }
     let mut sorted: Vec<&SecurityGroup> = groups.security_groups.iter().collect();
     sorted.sort_by(|a, b| a.group_name.cmp(&b.group_name));
@@ -581,6 +648,10 @@ pub fn render(
         let _ = writeln!(out, "name = {}", quote(&g.group_name));
         if let (true, Some(v)) = (several_vpcs, &g.vpc_id) {
             let _ = writeln!(out, "vpc = {}", quote(v));
+            let associated = links.associated_vpcs(&g.group_id);
+            if !associated.is_empty() {
+                let _ = writeln!(out, "associated_vpcs = {}", list(&associated));
+            }
         }
         if crate::config::is_aws_id("sg", &g.group_id) {
             let _ = writeln!(out, "id = {}", quote(&g.group_id));
@@ -721,7 +792,11 @@ pub fn render(
         let _ = writeln!(out, "name = {}", quote(&m.name));
         if let (true, Some(v)) = (
             several_vpcs,
-            m.groups.iter().find_map(|g| vpc_of.get(g.as_str())),
+            m.vpc.as_deref().or_else(|| {
+                m.groups
+                    .iter()
+                    .find_map(|g| vpc_of.get(g.as_str()).copied())
+            }),
         ) {
             let _ = writeln!(out, "vpc = {}", quote(v));
         }

@@ -5,3 +5,4 @@
 pub mod aws;
 pub mod network_acls;
 pub mod terraform;
+pub mod vpc_links;

@@ -20,6 +20,11 @@
 //!   `subnet_ids`), `aws_default_network_acl`, `aws_network_acl_rule` and
 //!   `aws_network_acl_association`, read into the AWS CLI's shapes and
 //!   rendered as `import aws --network-acls` renders them.
+//! * `aws_ec2_transit_gateway` and `aws_ec2_transit_gateway_vpc_attachment`
+//!   (`security_group_referencing_support`), as `[[transit_gateway]]`;
+//!   `aws_vpc_security_group_vpc_association` as the group's
+//!   `associated_vpcs`; `aws_vpc_peering_connection` (accepted) as
+//!   `[[vpc_peering]]` (see [`super::vpc_links`]).
 //!
 //! Every other managed resource is named as not carried over (`import`
 //! then exits 1 unless `--allow-partial`): a design must never import
@@ -38,6 +43,7 @@ use super::{
         Association, Entry, IcmpTypeCode, Ipv6Association, NetworkAcl, NetworkAcls, PortRange,
         Subnet, Subnets,
     },
+    vpc_links::{self, TransitGateway, VpcLinks},
 };
 
 /// The resource types this importer carries over.
@@ -54,6 +60,10 @@ const CARRIED: &[&str] = &[
     "aws_default_network_acl",
     "aws_network_acl_rule",
     "aws_network_acl_association",
+    "aws_ec2_transit_gateway",
+    "aws_ec2_transit_gateway_vpc_attachment",
+    "aws_vpc_security_group_vpc_association",
+    "aws_vpc_peering_connection",
 ];
 
 /// Every resource of the state: the root module's and its children's.
@@ -236,6 +246,7 @@ fn groups_of(all: &[Value], warnings: &mut Vec<String>) -> SecurityGroups {
             group_id: id.clone(),
             group_name: name,
             description: text(&v["description"]),
+            vpc_id: text(&v["vpc_id"]),
             ip_permissions: inline("ingress"),
             ip_permissions_egress: inline("egress"),
             tags: tags(v),
@@ -324,6 +335,13 @@ fn lists_of(all: &[Value]) -> Vec<ListData> {
 fn members_of(all: &[Value]) -> Vec<Member> {
     let mut members: Vec<Member> = Vec::new();
     let name_of = |v: &Value, fallback: String| text(&v["tags"]["Name"]).unwrap_or(fallback);
+    // An instance's VPC is its subnet's.
+    let vpc_of = |v: &Value| {
+        let subnet = text(&v["subnet_id"])?;
+        of(all, "aws_subnet")
+            .find(|s| text(&s["id"]).as_deref() == Some(subnet.as_str()))
+            .and_then(|s| text(&s["vpc_id"]))
+    };
     for v in of(all, "aws_instance") {
         let id = text(&v["id"]).unwrap_or_default();
         members.push(Member {
@@ -334,6 +352,7 @@ fn members_of(all: &[Value]) -> Vec<Member> {
                 &["private_ip", "secondary_private_ips", "ipv6_addresses"],
             ),
             groups: strings(&v["vpc_security_group_ids"]),
+            vpc: vpc_of(v),
         });
     }
     for v in of(all, "aws_network_interface") {
@@ -343,6 +362,7 @@ fn members_of(all: &[Value]) -> Vec<Member> {
             ids: vec![id],
             addresses: addresses(v, &["private_ips", "ipv6_addresses"]),
             groups: strings(&v["security_groups"]),
+            vpc: vpc_of(v),
         });
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -380,20 +400,66 @@ pub fn import(path: &Path, warnings: &mut Vec<String>) -> Result<String, ImportE
     let groups = groups_of(&all, warnings);
     let lists = lists_of(&all);
     let members = members_of(&all);
+    let links = links_of(&all);
     let mut text = aws::render(
         "`sg-agent import terraform` from `terraform show -json`",
         &groups,
         &lists,
         &members,
+        &links,
         warnings,
     )?;
     let (acls, subnets) = network_acls_of(&all, warnings);
-    let vpcs = aws::declared_vpcs(&groups);
+    let vpcs = aws::declared_vpcs(&groups, &members, &links);
     let vpcs: Vec<&str> = vpcs.iter().map(String::as_str).collect();
     text.push_str(&super::network_acls::render(
         &acls, &subnets, &vpcs, warnings,
     ));
     Ok(text)
+}
+
+/// Transit gateways with their VPC attachments, security group VPC
+/// associations and peerings (an accepted `aws_vpc_peering_connection`),
+/// with AWS's defaults where the state leaves an option out.
+fn links_of(all: &[Value]) -> VpcLinks {
+    let transit_gateways = of(all, "aws_ec2_transit_gateway")
+        .map(|g| {
+            let id = text(&g["id"]).unwrap_or_default();
+            TransitGateway {
+                name: text(&g["tags"]["Name"]),
+                referencing: vpc_links::enabled(
+                    text(&g["security_group_referencing_support"]).as_deref(),
+                    false,
+                ),
+                vpcs: of(all, "aws_ec2_transit_gateway_vpc_attachment")
+                    .filter(|a| text(&a["transit_gateway_id"]).as_deref() == Some(id.as_str()))
+                    .filter_map(|a| {
+                        Some((
+                            text(&a["vpc_id"])?,
+                            vpc_links::enabled(
+                                text(&a["security_group_referencing_support"]).as_deref(),
+                                true,
+                            ),
+                        ))
+                    })
+                    .collect(),
+                id,
+            }
+        })
+        .collect();
+    let associations = of(all, "aws_vpc_security_group_vpc_association")
+        .filter(|a| vpc_links::association_live(text(&a["state"]).as_deref()))
+        .filter_map(|a| Some((text(&a["security_group_id"])?, text(&a["vpc_id"])?)))
+        .collect();
+    let peerings = of(all, "aws_vpc_peering_connection")
+        .filter(|p| text(&p["accept_status"]).is_none_or(|s| s == "active"))
+        .filter_map(|p| Some((text(&p["vpc_id"])?, text(&p["peer_vpc_id"])?)))
+        .collect();
+    VpcLinks {
+        transit_gateways,
+        associations,
+        peerings,
+    }
 }
 
 fn tags(v: &Value) -> Vec<Tag> {
