@@ -368,6 +368,94 @@ fn sigterm_during_a_long_start_up_is_answered_at_once() {
     assert!(!state.path.exists(), "nothing left pinned");
 }
 
+/// A start of many instances (#32 item 14): each instance is attached as
+/// soon as its object is loaded, not once every object is (300 instances
+/// took 49 s with none attached until the last was loaded), so a start cut
+/// short by `kill -9` keeps what it attached, pinned, and the next agent
+/// resumes from it.
+#[test]
+fn a_long_start_up_attaches_each_instance_as_it_is_loaded() {
+    const EXTRA: usize = 24;
+    let names: Vec<String> = (0..EXTRA).map(|i| format!("extra-{i}")).collect();
+    let addrs: Vec<[String; 1]> = (0..EXTRA).map(|i| [format!("10.0.3.{}", i + 10)]).collect();
+    let addr_refs: Vec<[&str; 1]> = addrs.iter().map(|[a]| [a.as_str()]).collect();
+    let hosts: Vec<HostSpec> = names
+        .iter()
+        .zip(&addr_refs)
+        .map(|(n, a)| (n.as_str(), &a[..], &[][..], &[][..]))
+        .collect();
+    let mut rules = SEED.to_owned();
+    for (n, [a]) in names.iter().zip(&addrs) {
+        let _ = write!(
+            rules,
+            "\n[[instance]]\nname = \"{n}\"\nnetns = \"sg-{n}\"\ninterface = \"eth0\"\naddresses = [\"{a}\"]\nsecurity_groups = [\"instagram-server-security-group\"]\n"
+        );
+    }
+    let lab = SeedLab::new("sal", &rules, &hosts);
+    let instances: Vec<String> = ["alb", "bastion", "app-1", "rds"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(names.iter().cloned())
+        .collect();
+    let total = instances.len();
+    let state = StateDir::new();
+    let agent = AgentProcess::start_in(&state, &lab.config, &["--keep-on-exit"], "info");
+    let enforced = |host: &str| {
+        let (ingress, egress) = sg_tests::attached::tcx_on(&lab.ns(host), "eth0");
+        !ingress.is_empty() && !egress.is_empty()
+    };
+    let deadline = Instant::now() + START;
+    let first = loop {
+        if let Some(host) = instances.iter().find(|h| enforced(h)) {
+            break host.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance attached within {START:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // The programs the agent has loaded (verified) by now: each instance
+    // needs two.
+    let loaded = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .expect("the agent's descriptors")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
+        .count();
+    agent.kill9();
+    eprintln!(
+        "{first} enforced with {loaded} of {} programs loaded",
+        2 * total
+    );
+    assert!(
+        loaded < total,
+        "{first} was attached with {loaded} of {} programs loaded: not as soon as its own were",
+        2 * total
+    );
+    assert!(
+        enforced(&first),
+        "{first}: still enforced after kill -9 (pinned)"
+    );
+
+    // The next agent resumes: what was attached is adopted, the rest
+    // attached, everything enforced.
+    let agent = start_in(&state, &lab);
+    assert!(
+        agent.log_text().contains(&format!(
+            "attached instance {first} to eth0 in netns {}",
+            lab.ns(&first)
+        )) && agent.log_text().contains("adopted its pinned links"),
+        "log:\n{}",
+        agent.log_text()
+    );
+    assert_enforced(&lab, "after a start cut short and a restart");
+    for host in &instances {
+        assert!(enforced(host), "{host}: enforced after the restart");
+    }
+    assert_eq!(agent.terminate().code(), Some(0));
+    assert!(!state.path.exists(), "nothing left pinned");
+}
+
 /// Waits for a reload after log line `mark` and checks that the watch saw
 /// the change (polling would have found it too, a little later).
 fn expect_reload_seen_by_the_watch(agent: &AgentProcess, mark: usize, what: &str) {

@@ -45,6 +45,9 @@ enum Step {
     /// cannot be known yet (a libvirt domain that is not running): waited
     /// for, its object prepared meanwhile (when that worked).
     Wait(Option<Place>, String, Option<Box<Dataplane>>),
+    /// A new instance attached as soon as it was loaded (at start, see
+    /// [`Agent::load_all`]): only its bookkeeping is left.
+    Attached(Box<Attached>),
 }
 
 impl Agent<'_> {
@@ -64,9 +67,89 @@ impl Agent<'_> {
             .collect();
 
         // Prepare.
+        let (mut steps, renamed_from) = self.plan(&wanted);
+        self.keep_prepared_waiting(&wanted, &mut steps);
+        // At start nothing is enforced that a failed change would have to
+        // keep as it was: each new instance is attached as soon as its
+        // object is loaded (a host of hundreds is enforced progressively,
+        // and a start cut short keeps what it attached: see `load_all`).
+        let attach_as_loaded = self.enforced.is_empty();
+        if attach_as_loaded {
+            self.configured_macs = macs::configured(&compiled.instances);
+        }
+        if let Err(e) = self.load_all(&wanted, &mut steps, attach_as_loaded) {
+            // Nothing changed: the instances that were to drain take new
+            // flows again (unless they were draining already).
+            for (name, e) in &mut self.enforced {
+                if let Err(err) = e.dataplane.refuse_new_flows(e.shrinking_to.is_some()) {
+                    log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&err));
+                }
+            }
+            return Err(e);
+        }
+
+        // Commit: each step is atomic for the instance it concerns. New
+        // instances are attached together, last.
+        self.configured_macs = macs::configured(&compiled.instances);
+        let mut failures = Vec::new();
+        let mut new = Vec::new();
+        let mut attached = Vec::new();
+        for (name, step) in steps {
+            let (inst, want) = &wanted[&name];
+            if let Step::Attached(outcome) = step {
+                let Ok((place, _)) = want else {
+                    unreachable!("attached where it is to be");
+                };
+                attached.push((name, place.clone(), *inst, *outcome));
+                continue;
+            }
+            let (place, mac) = match want {
+                Ok((place, mac)) => (Some(place), place.with_services(*mac)),
+                Err(_) => (None, Macs::default()),
+            };
+            if let Step::New(dp) = step {
+                let place = place.expect("a new instance is prepared for its place");
+                let reserved = self.reserved_for(&name, place);
+                new.push((name, place.clone(), mac, reserved, *dp, *inst));
+                continue;
+            }
+            let result = self.commit(&name, inst, mac, step);
+            if let Err(e) = result {
+                log::error!("{}", crate::errors::chain(&e));
+                failures.push(name);
+            }
+        }
+        for (name, place, inst, outcome) in attached {
+            self.attached(&name, &place, inst, outcome);
+        }
+        self.attach_many(new);
+        self.retire_and_remove(|n| wanted.contains_key(n) || renamed_from.iter().any(|r| r == n));
+        self.forget_pending_but(|n| wanted.contains_key(n));
+        self.vpc = vpc;
+        self.compiled = Some(compiled);
+        self.watch_namespaces();
+        self.guard_macs();
+        self.warn_address_mismatches();
+        // A failed switch leaves that instance as it was (each switch is
+        // atomic); the others are in force, so the reload itself stands.
+        if !failures.is_empty() {
+            log::error!(
+                "instances not updated, keeping their previous policy: {}",
+                failures.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// What the change does to each instance it names (see [`Step`]),
+    /// and the instances renamed by it.
+    fn plan(
+        &mut self,
+        wanted: &BTreeMap<String, (&CompiledInstance, Wanted)>,
+    ) -> (Vec<(String, Step)>, Vec<String>) {
         let mut steps: Vec<(String, Step)> = Vec::new();
         let mut renamed_from: Vec<String> = Vec::new();
-        for (name, (inst, want)) in &wanted {
+        for (name, (inst, want)) in wanted {
             let place = match want {
                 Ok((place, _)) => place,
                 Err(why) => {
@@ -108,58 +191,7 @@ impl Agent<'_> {
             };
             steps.push((name.clone(), step));
         }
-        self.keep_prepared_waiting(&wanted, &mut steps);
-        if let Err(e) = self.load_all(&wanted, &mut steps) {
-            // Nothing changed: the instances that were to drain take new
-            // flows again (unless they were draining already).
-            for (name, e) in &mut self.enforced {
-                if let Err(err) = e.dataplane.refuse_new_flows(e.shrinking_to.is_some()) {
-                    log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&err));
-                }
-            }
-            return Err(e);
-        }
-
-        // Commit: each step is atomic for the instance it concerns. New
-        // instances are attached together, last.
-        self.configured_macs = macs::configured(&compiled.instances);
-        let mut failures = Vec::new();
-        let mut new = Vec::new();
-        for (name, step) in steps {
-            let (inst, want) = &wanted[&name];
-            let (place, mac) = match want {
-                Ok((place, mac)) => (Some(place), place.with_services(*mac)),
-                Err(_) => (None, Macs::default()),
-            };
-            if let Step::New(dp) = step {
-                let place = place.expect("a new instance is prepared for its place");
-                let reserved = self.reserved_for(&name, place);
-                new.push((name, place.clone(), mac, reserved, *dp, *inst));
-                continue;
-            }
-            let result = self.commit(&name, inst, mac, step);
-            if let Err(e) = result {
-                log::error!("{}", crate::errors::chain(&e));
-                failures.push(name);
-            }
-        }
-        self.attach_many(new);
-        self.retire_and_remove(|n| wanted.contains_key(n) || renamed_from.iter().any(|r| r == n));
-        self.forget_pending_but(|n| wanted.contains_key(n));
-        self.vpc = vpc;
-        self.compiled = Some(compiled);
-        self.watch_namespaces();
-        self.guard_macs();
-        self.warn_address_mismatches();
-        // A failed switch leaves that instance as it was (each switch is
-        // atomic); the others are in force, so the reload itself stands.
-        if !failures.is_empty() {
-            log::error!(
-                "instances not updated, keeping their previous policy: {}",
-                failures.join(", ")
-            );
-        }
-        Ok(())
+        (steps, renamed_from)
     }
 
     /// After a change is committed: the old policy generations go, one
@@ -199,11 +231,22 @@ impl Agent<'_> {
     /// programs is most of an instance's start: a host of hundreds of
     /// instances starts as many times faster as it has CPUs). A stop asked
     /// for meanwhile, or any failure, abandons the whole change: what was
-    /// prepared is dropped (nothing has changed yet).
+    /// prepared is dropped.
+    ///
+    /// With `attach_as_loaded` (at start, when nothing is enforced yet),
+    /// each new instance is attached as its object comes from the loading
+    /// threads, while the others are still verified: the first is enforced
+    /// after one load rather than after all of them, the attaches (each
+    /// waits for an RCU grace period in the kernel) overlap the loads, and a
+    /// start cut short keeps what it attached: with `--keep-on-exit` (the
+    /// service's) pinned, for the next agent to adopt. A failure then
+    /// detaches what this start attached (unless the stop is one that keeps
+    /// it), so that the start still changes nothing it does not finish.
     fn load_all(
         &self,
         wanted: &BTreeMap<String, (&CompiledInstance, Wanted)>,
         steps: &mut [(String, Step)],
+        attach_as_loaded: bool,
     ) -> Result<(), AgentError> {
         // Instances waiting for their interface are prepared too, so that
         // it is enforced as soon as it appears; their failure is no
@@ -212,7 +255,10 @@ impl Agent<'_> {
             .iter()
             .enumerate()
             .filter(|(_, (_, step))| matches!(step, Step::Load { .. } | Step::Wait(_, _, None)))
-            .map(|(i, (name, _))| (i, name.as_str(), wanted[name].0))
+            .map(|(i, (name, _))| {
+                let (name, (inst, _)) = wanted.get_key_value(name).expect("wanted");
+                (i, name.as_str(), *inst)
+            })
             .collect();
         if jobs.is_empty() {
             return Ok(());
@@ -229,83 +275,101 @@ impl Agent<'_> {
             stop: self.stop,
             ingress: self.opts.ingress,
         };
-        let results: Vec<(usize, Result<Dataplane, AgentError>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(&(i, name, inst)) = jobs.get(k) else {
-                                break;
-                            };
-                            done.push((i, loader.prepare(name, inst)));
-                            progress.one_more();
-                        }
-                        done
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a loading thread panicked"))
-                .collect()
-        });
-        log::debug!(
-            "loaded {} instance object(s) in {} ms on {threads} thread(s)",
-            jobs.len(),
-            started.elapsed().as_millis()
-        );
         let mut failure = None;
-        for (i, result) in results {
-            if let Step::Wait(_, _, prepared) = &mut steps[i].1 {
-                match result {
-                    Ok(dp) => *prepared = Some(Box::new(dp)),
-                    Err(e) => log::debug!(
-                        "instance {}: not prepared while it waits: {}",
-                        steps[i].0,
+        let mut attached = 0;
+        std::thread::scope(|scope| {
+            let (done, results) = std::sync::mpsc::channel();
+            for _ in 0..threads {
+                let done = done.clone();
+                let (next, jobs, loader, progress) = (&next, &jobs, &loader, &progress);
+                scope.spawn(move || {
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(i, name, inst)) = jobs.get(k) else {
+                            break;
+                        };
+                        let result = loader.prepare(name, inst);
+                        progress.one_more();
+                        if done.send((i, result)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done);
+            for (i, result) in results {
+                let (name, step) = &mut steps[i];
+                match (result, &mut *step) {
+                    (Ok(dp), Step::Wait(_, _, prepared)) => *prepared = Some(Box::new(dp)),
+                    (Err(e), Step::Wait(..)) => log::debug!(
+                        "instance {name}: not prepared while it waits: {}",
                         crate::errors::chain(&e)
                     ),
-                }
-                continue;
-            }
-            match result {
-                Ok(dp) => {
-                    let resize = matches!(steps[i].1, Step::Load { resize: true });
-                    let dp = Box::new(dp);
-                    steps[i].1 = if resize {
-                        Step::Resize(dp)
-                    } else {
-                        Step::New(dp)
-                    };
-                }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = failure {
-            for (name, step) in steps.iter_mut() {
-                match step {
-                    Step::New(_) | Step::Resize(_) => {
-                        let (Step::New(dp) | Step::Resize(dp)) =
-                            std::mem::replace(step, Step::Load { resize: false })
-                        else {
-                            unreachable!("matched above");
+                    (Ok(dp), Step::Load { resize: true }) => *step = Step::Resize(Box::new(dp)),
+                    (Ok(dp), _) if attach_as_loaded && failure.is_none() => {
+                        let Ok((place, mac)) = &wanted[name.as_str()].1 else {
+                            unreachable!("loaded for its place");
                         };
+                        let reserved = self.reserved_for(name, place);
+                        let outcome = attach_prepared(
+                            dp,
+                            place,
+                            place.with_services(*mac),
+                            &reserved,
+                            self.opts.ingress,
+                        );
+                        attached += usize::from(outcome.result.is_ok());
+                        *step = Step::Attached(Box::new(outcome));
+                    }
+                    (Ok(dp), _) => *step = Step::New(Box::new(dp)),
+                    (Err(e), _) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        log::debug!(
+            "loaded {} instance object(s) in {} ms on {threads} thread(s){}",
+            jobs.len(),
+            started.elapsed().as_millis(),
+            if attach_as_loaded {
+                format!(", {attached} attached as they were loaded")
+            } else {
+                String::new()
+            }
+        );
+        let Some(e) = failure else {
+            return Ok(());
+        };
+        self.abandon(steps, &e);
+        Err(e)
+    }
+
+    /// Drops what an abandoned change prepared (`failure` says why). A stop
+    /// that keeps what is enforced (`--keep-on-exit`) keeps what a start
+    /// attached, pinned; anything else undoes it.
+    fn abandon(&self, steps: &mut [(String, Step)], failure: &AgentError) {
+        let stopping = matches!(failure, AgentError::Stopping);
+        if stopping {
+            // Undoing is the stop's own bounded work (detaching, each link
+            // an RCU grace period): the stop has begun.
+            self.stop.begun.notify_one();
+        }
+        let keep = stopping && self.opts.keep_on_exit;
+        for (name, step) in steps.iter_mut() {
+            match std::mem::replace(step, Step::Load { resize: false }) {
+                Step::New(dp) | Step::Resize(dp) => Self::forget_prepared(name, *dp),
+                Step::Attached(outcome) if keep => drop(outcome),
+                Step::Attached(outcome) => Self::forget_prepared(name, outcome.dp),
+                Step::Wait(place, why, prepared) => {
+                    if let Some(dp) = prepared {
                         Self::forget_prepared(name, *dp);
                     }
-                    Step::Wait(_, _, prepared) => {
-                        if let Some(dp) = prepared.take() {
-                            Self::forget_prepared(name, *dp);
-                        }
-                    }
-                    _ => {}
+                    *step = Step::Wait(place, why, None);
                 }
+                other => *step = other,
             }
-            return Err(e);
         }
-        Ok(())
     }
 
     /// Loads a new instance's object (see [`Loader::prepare`]).
@@ -428,7 +492,7 @@ impl Agent<'_> {
                     "renamed instance {old} to {name} on {place}: links and connections kept"
                 );
             }
-            Step::New(_) | Step::Load { .. } => {
+            Step::New(_) | Step::Load { .. } | Step::Attached(_) => {
                 unreachable!("new instances are attached together; load_all replaced every Load")
             }
             Step::Resize(dp) => {

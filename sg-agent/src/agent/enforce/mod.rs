@@ -214,7 +214,14 @@ pub(super) fn run(
     match agent.apply(vpc, compiled) {
         Ok(()) => {}
         Err(AgentError::Stopping) => {
-            log::info!("stopped during start-up, before anything was attached");
+            if agent.opts.keep_on_exit {
+                log::info!(
+                    "stopped during start-up: the instances attached so far stay enforced \
+                     (pinned, --keep-on-exit) for the next agent"
+                );
+            } else {
+                log::info!("stopped during start-up: nothing it attached is left attached");
+            }
             agent.stop();
             return Ok(());
         }
