@@ -504,7 +504,7 @@ pub fn many_text(m: &crate::many::Report) -> String {
          | of which maps / programs | {maps:.1} / {progs:.1} MiB | |\n\
          | start to every instance attached | {attach:.0} ms | within 10 s |\n\
          | of which loading and verifying the {n} objects ({threads} threads), as the agent logs it | {load:.0} ms | |\n\
-         | of which attaching them: two TCX links each, as the agent logs it | {links:.0} ms ({per_link:.1} ms per link) | |\n\
+         | attaching them: two TCX links each, as the agent logs it (each instance as its object is loaded, while the others load) | {links:.0} ms ({per_link:.1} ms per link) | |\n\
          | membership change (`vm0` joins `clients`) to in force on every instance | {member} ms ({runs} changes) | within 1 s |\n\
          | the same, as the agent logs it (read, compile, swap) | {agent} ms | |\n\
          | the agent's resident memory | {rss:.1} MiB | |\n\n\

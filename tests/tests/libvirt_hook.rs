@@ -352,6 +352,57 @@ fn a_refused_start_gives_the_real_reason() {
             .status
             .success()
     );
+
+    // libvirt round two, item 5: a reload naming a NIC the running domain
+    // does not have leaves the NIC it is on enforced (it was shown as
+    // waiting, NOT ENFORCED, while its programs stayed on the tap), and
+    // status says exactly that, after reconcile ticks too.
+    let on_tap = |when: &str| {
+        let (ingress, egress) = tcx_on(&sw, "tapm");
+        assert!(
+            !ingress.is_empty() && !egress.is_empty(),
+            "{when}: the tap keeps its programs"
+        );
+        let status = agent.status_json();
+        status["instances"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == "vm").cloned())
+            .expect("vm in status")
+    };
+    std::fs::write(&rules.path, file("52:54:00:00:00:99")).expect("rewrite");
+    let mark = agent.log_lines();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.expect_log("applied in", mark, START);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let vm = on_tap("a wrong libvirt_mac");
+    assert_eq!(vm["state"], "enforced", "{vm}");
+    assert_eq!(vm["interface"], "tapm", "{vm}");
+    assert!(
+        vm["unapplied"]
+            .as_str()
+            .is_some_and(|w| w.contains("no NIC with MAC address 52:54:00:00:00:99")),
+        "{vm}"
+    );
+    let since: Vec<String> = (mark..agent.log_lines())
+        .map(|i| agent.log_line(i))
+        .collect();
+    assert!(
+        !since.iter().any(|l| l.contains("NOT ENFORCED")),
+        "{since:#?}"
+    );
+    assert!(
+        since
+            .iter()
+            .any(|l| l.contains("it stays enforced on tapm")),
+        "{since:#?}"
+    );
+    std::fs::write(&rules.path, file("52:54:00:00:00:21")).expect("rewrite");
+    let mark = agent.log_lines();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.expect_log("applied in", mark, START);
+    let vm = on_tap("the right libvirt_mac again");
+    assert_eq!(vm["state"], "enforced", "{vm}");
+    assert!(vm["unapplied"].is_null(), "{vm}");
     assert!(
         hook(&socket, &domain, "stopped", "end", "")
             .status

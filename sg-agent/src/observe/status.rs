@@ -159,6 +159,11 @@ pub struct InstanceStatus {
     /// re-attaching).
     pub state: String,
     pub waiting_reason: Option<String>,
+    /// Enforced, but not where the rules now place it: why that place
+    /// cannot be used (it stays enforced where `interface` says, with the
+    /// rules in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unapplied: Option<String>,
     /// The hook that judges its inbound: `XDP (driver mode)`, `XDP
     /// (generic mode)`, `TC` or `TC egress of the host side`.
     pub ingress_hook: Option<String>,
@@ -384,6 +389,21 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
     out
 }
 
+/// Why an instance waits, or why it is enforced where it is rather than
+/// where the rules now place it.
+fn render_why(out: &mut String, i: &InstanceStatus) {
+    if let Some(why) = &i.waiting_reason {
+        let _ = writeln!(out, "  {why}");
+    }
+    if let Some(why) = &i.unapplied {
+        let _ = writeln!(
+            out,
+            "  still enforced here, with the rules in force: the place the rules now give cannot \
+             be used ({why})"
+        );
+    }
+}
+
 fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) {
     let mut place = match (&i.libvirt_domain, i.interface.is_empty()) {
         (Some(d), true) => format!("libvirt domain {d}"),
@@ -401,9 +421,7 @@ fn render_instance(out: &mut String, i: &InstanceStatus, now: u64, rules: bool) 
     if !i.id.is_empty() {
         let _ = writeln!(out, "  id: {}", i.id);
     }
-    if let Some(why) = &i.waiting_reason {
-        let _ = writeln!(out, "  {why}");
-    }
+    render_why(out, i);
     if let Some(mac) = &i.mac {
         let source = match (i.mac_source.as_deref(), i.mac_learned_at) {
             (Some("learned"), Some(at)) => {

@@ -48,6 +48,9 @@ enum Step {
     /// A new instance attached as soon as it was loaded (at start, see
     /// [`Agent::load_all`]): only its bookkeeping is left.
     Attached(Box<Attached>),
+    /// An enforced instance whose new place cannot be used (why): it keeps
+    /// its place, its MAC addresses and links, and takes the new policy.
+    Keep(String),
 }
 
 impl Agent<'_> {
@@ -152,6 +155,18 @@ impl Agent<'_> {
         for (name, (inst, want)) in wanted {
             let place = match want {
                 Ok((place, _)) => place,
+                // Enforced where it is, which is still there: it stays so
+                // (a reload naming a NIC its running domain does not have
+                // leaves the NIC it is on as it was, with the new rules).
+                Err(why)
+                    if self
+                        .enforced
+                        .get(name)
+                        .is_some_and(|e| e.stopped.is_none() && e.place.exists().is_ok()) =>
+                {
+                    steps.push((name.clone(), Step::Keep(why.clone())));
+                    continue;
+                }
                 Err(why) => {
                     steps.push((name.clone(), Step::Wait(None, why.clone(), None)));
                     continue;
@@ -166,13 +181,7 @@ impl Agent<'_> {
                 } else if &e.place == place {
                     Step::Publish
                 } else if let Err(why) = place.exists() {
-                    log::error!(
-                        instance = name;
-                        "instance {name}: cannot move to {} ({why}); it stays enforced on {}",
-                        place.describe(),
-                        e.place.describe()
-                    );
-                    Step::Publish
+                    Step::Keep(format!("cannot move to {} ({why})", place.describe()))
                 } else {
                     Step::Move(place.clone())
                 }
@@ -276,7 +285,7 @@ impl Agent<'_> {
             ingress: self.opts.ingress,
         };
         let mut failure = None;
-        let mut attached = 0;
+        let (mut attached, mut attaching) = (0, std::time::Duration::ZERO);
         std::thread::scope(|scope| {
             let (done, results) = std::sync::mpsc::channel();
             for _ in 0..threads {
@@ -311,6 +320,7 @@ impl Agent<'_> {
                             unreachable!("loaded for its place");
                         };
                         let reserved = self.reserved_for(name, place);
+                        let began = Instant::now();
                         let outcome = attach_prepared(
                             dp,
                             place,
@@ -318,6 +328,7 @@ impl Agent<'_> {
                             &reserved,
                             self.opts.ingress,
                         );
+                        attaching += began.elapsed();
                         attached += usize::from(outcome.result.is_ok());
                         *step = Step::Attached(Box::new(outcome));
                     }
@@ -329,15 +340,17 @@ impl Agent<'_> {
             }
         });
         log::debug!(
-            "loaded {} instance object(s) in {} ms on {threads} thread(s){}",
+            "loaded {} instance object(s) in {} ms on {threads} thread(s)",
             jobs.len(),
             started.elapsed().as_millis(),
-            if attach_as_loaded {
-                format!(", {attached} attached as they were loaded")
-            } else {
-                String::new()
-            }
         );
+        if attached > 0 {
+            log::debug!(
+                "attached {attached} instance(s) in {} ms, each as it was loaded (while the \
+                 others loaded)",
+                attaching.as_millis()
+            );
+        }
         let Some(e) = failure else {
             return Ok(());
         };
@@ -445,7 +458,28 @@ impl Agent<'_> {
     ) -> Result<(), AgentError> {
         let settings = inst.settings;
         match step {
-            Step::Publish => self.publish_in_place(name, inst, mac)?,
+            Step::Publish => {
+                self.publish_in_place(name, inst, mac)?;
+                self.enforced.get_mut(name).expect("enforced").unapplied = None;
+            }
+            Step::Keep(why) => {
+                let e = self.enforced.get_mut(name).expect("enforced");
+                // Its MAC addresses as they are (a learned one is kept).
+                let known = e.dataplane.mac().map_err(on_instance(name))?;
+                let kept = Macs {
+                    instance: known.filter(|k| !k.learned).map(|k| k.mac),
+                    services: e.dataplane.service_mac().map_err(on_instance(name))?,
+                };
+                if e.unapplied.as_deref() != Some(why.as_str()) {
+                    log::error!(
+                        instance = name;
+                        "instance {name}: {why}; it stays enforced on {}, with the new rules",
+                        e.place.describe()
+                    );
+                }
+                e.unapplied = Some(why);
+                self.publish_in_place(name, inst, kept)?;
+            }
             Step::Move(to) => {
                 let e = self.enforced.get_mut(name).expect("enforced");
                 e.dataplane
@@ -543,6 +577,9 @@ impl Agent<'_> {
     /// synchronises on every link change), so they overlap on threads.
     pub(super) fn attach_many(&mut self, jobs: Vec<NewJob<'_>>) {
         const THREADS: usize = 16;
+        if jobs.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let ingress = self.opts.ingress;
         let queue = std::sync::Mutex::new(
@@ -636,6 +673,7 @@ impl Agent<'_> {
                         dataplane: dp,
                         lost_since: None,
                         stopped: None,
+                        unapplied: None,
                         hook_stopped: false,
                         checked: Instant::now(),
                         allowance: capacity,

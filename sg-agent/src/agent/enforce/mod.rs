@@ -88,6 +88,11 @@ struct Enforced {
     /// that one is enforced again (a PID reused after its container died
     /// names another).
     netns_id: Option<crate::dataplane::netns::NetnsId>,
+    /// Why the place the rules now give it cannot be used (a libvirt
+    /// domain with no NIC of the file's `libvirt_mac`, a namespace that
+    /// does not exist): it stays enforced where it is, with the new rules,
+    /// and status says so.
+    unapplied: Option<String>,
 }
 
 /// An instance the file asks for that is not enforced yet: its namespace or

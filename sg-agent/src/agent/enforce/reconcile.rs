@@ -81,10 +81,7 @@ impl Agent<'_> {
         let e = self.enforced.get_mut(name).expect("enforced");
         let (place, mac) = match wanted {
             Ok(wanted) => wanted,
-            Err(why) => {
-                stopped(name, e, why);
-                return;
-            }
+            Err(why) => return place_unknown(name, e, why),
         };
         let moved = place != e.place;
         let state = e.dataplane.attached_place_current();
@@ -144,6 +141,7 @@ impl Agent<'_> {
         let now = Instant::now();
         match attached {
             Ok(()) if moved => {
+                e.unapplied = None;
                 log::info!(
                     instance = name;
                     "instance {name}: now on {} (was {}): attached",
@@ -503,6 +501,20 @@ fn namespace_replaced(name: &str, e: &mut super::Enforced, place: &super::place:
     }
     e.checked = Instant::now();
     true
+}
+
+/// An enforced instance whose place the rules give cannot be known now
+/// (`why`): one kept where it is because the rules' place could not be
+/// used stays there while that is still there (see `Step::Keep`); any
+/// other has stopped.
+fn place_unknown(name: &str, e: &mut super::Enforced, why: String) {
+    if e.stopped.is_none() && e.unapplied.is_some() && e.place.exists().is_ok() {
+        e.unapplied = Some(why);
+        e.checked = Instant::now();
+    } else {
+        e.unapplied = None;
+        stopped(name, e, why);
+    }
 }
 
 /// An enforced instance whose place cannot be known now: a libvirt domain

@@ -249,6 +249,7 @@ impl Agent<'_> {
                 "enforced".into()
             },
             waiting_reason: e.stopped.clone(),
+            unapplied: e.unapplied.clone(),
             ingress_hook: dp.attachment.as_ref().map(|a| a.ingress.to_owned()),
             ingress_reason: dp.attachment.as_ref().map(|a| a.ingress_reason.clone()),
             links: dp
