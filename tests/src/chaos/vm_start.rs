@@ -39,11 +39,37 @@ pub struct VmStart {
     /// [`MANY`] taps of waiting instances made at once (a container runtime
     /// starting that many) to every one of them enforced, ms.
     pub many_ms: f64,
+    /// The same taps deleted and made again at once (their instances
+    /// enforced, only attached anew), ms: with the kernel's default RCU,
+    /// and with expedited grace periods (`/sys/kernel/rcu_expedited`).
+    pub many_again_ms: f64,
+    pub many_again_expedited_ms: f64,
+    /// A start of [`MANY`] instances cut short by `kill -9` as soon as the
+    /// first is enforced: see [`CutShort`].
+    pub cut_short: CutShort,
     /// Frames a QEMU guest sent into its tap (made by QEMU, attached from
     /// the link event), and how many of them no program judged.
     pub qemu: (u64, u64),
     /// The same for a libvirt domain attached by the QEMU hook.
     pub libvirt: (u64, u64),
+}
+
+/// A start of [`MANY`] instances (their taps there) cut short by `kill -9`
+/// as soon as the first is enforced (hardening round four, item 14: an
+/// agent attached nothing until every object was loaded, so a start
+/// killed before its end had made no progress).
+#[derive(Debug, Default)]
+pub struct CutShort {
+    /// Agent started -> the first instance enforced, ms.
+    pub first_ms: f64,
+    /// Instances enforced when the agent was killed, and still enforced
+    /// (pinned) after it died.
+    pub enforced_at_kill: usize,
+    pub enforced_after_kill: usize,
+    /// The next agent: started -> every instance enforced, ms, and how
+    /// many it adopted (their pinned links, program replaced in place).
+    pub restart_all_ms: f64,
+    pub adopted: usize,
 }
 
 fn attached_count(netns: &str, tap: &str) -> usize {
@@ -92,6 +118,74 @@ fn time_to_all_enforced(netns: &str) -> f64 {
         std::thread::sleep(Duration::from_millis(1));
     }
     f64::INFINITY
+}
+
+/// Deletes the [`MANY`] taps, waits for the agent to see them gone, and
+/// returns how long until all are enforced again once made again at once.
+fn time_to_all_enforced_again(netns: &str) -> f64 {
+    let mut batch = String::new();
+    for i in 0..MANY {
+        let _ = writeln!(batch, "link del tm{i}");
+    }
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip runs");
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(batch.as_bytes())
+            .expect("the batch");
+    }
+    assert!(child.wait().expect("ip ends").success(), "ip -batch");
+    std::thread::sleep(Duration::from_millis(600));
+    time_to_all_enforced(netns)
+}
+
+/// Runs `f` with the kernel's RCU grace periods expedited
+/// (`/sys/kernel/rcu_expedited`), the setting restored after.
+fn with_expedited_rcu<T>(f: impl FnOnce() -> T) -> T {
+    const KNOB: &str = "/sys/kernel/rcu_expedited";
+    let before = std::fs::read_to_string(KNOB).expect("rcu_expedited");
+    std::fs::write(KNOB, "1").expect("expedite RCU");
+    let out = f();
+    std::fs::write(KNOB, before.trim()).expect("restore rcu_expedited");
+    out
+}
+
+/// [`CutShort`]: the [`MANY`] taps `tm0..` exist in `netns` (no agent on
+/// them), `rules` names their instances.
+fn cut_short(netns: &str, rules: &std::path::Path) -> CutShort {
+    let state = StateDir::new();
+    let enforced = || {
+        (0..MANY)
+            .filter(|i| attached_count(netns, &format!("tm{i}")) == 2)
+            .count()
+    };
+    let started = Instant::now();
+    let agent = AgentProcess::start_quiet_in(&state, rules, &["--keep-on-exit"]);
+    let mut out = CutShort::default();
+    let end = started + Duration::from_mins(2);
+    while Instant::now() < end && (0..MANY).all(|i| attached_count(netns, &format!("tm{i}")) != 2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out.first_ms = started.elapsed().as_secs_f64() * 1e3;
+    agent.kill9();
+    out.enforced_at_kill = enforced();
+    std::thread::sleep(Duration::from_millis(200));
+    out.enforced_after_kill = enforced();
+    let started = Instant::now();
+    let agent = AgentProcess::start_quiet_in(&state, rules, &["--keep-on-exit"]);
+    agent.expect_log("ready: enforcing", 0, Duration::from_mins(2));
+    out.restart_all_ms = started.elapsed().as_secs_f64() * 1e3;
+    out.adopted = agent.log_text().matches("adopted its pinned links").count();
+    // Stopped with --keep-on-exit: dropping `state` unpins what it left.
+    let _ = agent.terminate();
+    out
 }
 
 /// Makes `tap` in `netns` and returns how long until both programs are on
@@ -204,6 +298,8 @@ pub fn measure(recreations: usize) -> VmStart {
         out.again_ms.push(time_to_enforced(&sw, "tchaos0"));
     }
     out.many_ms = time_to_all_enforced(&sw);
+    out.many_again_ms = time_to_all_enforced_again(&sw);
+    out.many_again_expedited_ms = with_expedited_rcu(|| time_to_all_enforced_again(&sw));
 
     // A QEMU guest: its tap made by QEMU, attached from the link event.
     let vm = Vm::start(&sw, SeedVms::spec("app-1"));
@@ -235,6 +331,11 @@ pub fn measure(recreations: usize) -> VmStart {
     drop(libvirtd);
     drop(hook);
     let _ = agent.terminate();
+
+    // The taps stay: a start of their instances alone, cut short.
+    let only_many = dir.join("many.toml");
+    std::fs::write(&only_many, format!("{RULES}{many}")).expect("rules");
+    out.cut_short = cut_short(&sw, &only_many);
     let _ = std::fs::remove_dir_all(&dir);
     out
 }
