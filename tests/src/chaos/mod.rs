@@ -200,11 +200,11 @@ impl Report {
                 c.enforced_after_kill, c.enforced_at_kill
             ));
         }
-        if c.enforced_at_kill == vm_start::MANY {
+        if c.enforced_at_kill == vm_start::CUT {
             out.push(format!(
                 "a start of {} instances had all enforced before its first: nothing is attached \
                  as it is loaded",
-                vm_start::MANY
+                vm_start::CUT
             ));
         }
         if c.adopted < c.enforced_after_kill || !c.restart_all_ms.is_finite() {
@@ -426,7 +426,7 @@ impl Report {
         let _ = writeln!(
             s,
             "| a start of {} instances (taps there): agent started to its first instance enforced | {:.1} ms | reported |",
-            vm_start::MANY,
+            vm_start::CUT,
             c.first_ms
         );
         let _ = writeln!(
@@ -434,7 +434,7 @@ impl Report {
             "| that start cut short by `kill -9` then: instances enforced at the kill, and still enforced after it | {} and {} of {} | met (none lost, fewer than all) |",
             c.enforced_at_kill,
             c.enforced_after_kill,
-            vm_start::MANY
+            vm_start::CUT
         );
         let _ = writeln!(
             s,
@@ -541,7 +541,7 @@ const METHOD: &str = "
   under RTNL and waits for an RCU grace period before it returns (several
   ticks of a 250 Hz kernel here), so the 120 links queue one grace period
   each whatever the agent does; expedited grace periods take microseconds.
-  Then a start of the 60 instances alone (their taps there, `--keep-on-exit`,
+  Then a start of 16 of those instances alone (their taps there, `--keep-on-exit`,
   as the service runs) is cut short by `kill -9` as soon as its first
   instance is enforced: each instance is attached as its object is loaded,
   so what was enforced by then stays enforced (pinned), and the next agent
