@@ -63,6 +63,12 @@ pub const READY: u32 = 1;
 /// are kept, as AWS keeps them when an allowance is reached, and none is
 /// evicted to make the table smaller.
 pub const REFUSING_NEW_FLOWS: u32 = 2;
+/// [`Settings::ready`]: someone follows this instance's flows live
+/// (`sg-agent flows --live`): dropped and untracked packets are reported
+/// as events even when neither flow logs nor the drop log asked for them
+/// (a load and a test on a dropped or untracked packet, nothing on the
+/// tracked path).
+pub const LIVE: u32 = 4;
 
 /// Runtime settings, at index 0 of the settings array.
 #[repr(C)]

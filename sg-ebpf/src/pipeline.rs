@@ -58,12 +58,13 @@ pub fn judge<const GUARDED: bool>(ctx: &impl Packet, direction: u8) -> bool {
         unsafe { *c += 1 };
     }
     let passes = counters::passes(reason);
-    // Off unless the agent runs with flow logs or the drop log: then the
-    // verifier removes this branch altogether. On the host side, a drop
-    // that names an address the guest uses is told whatever the settings
-    // (the agent warns of one the file does not give).
+    // Told when the agent runs with flow logs or the drop log, or while
+    // someone follows the instance live (`policy::LIVE`). On the host
+    // side, a drop that names an address the guest uses is told whatever
+    // the settings (the agent warns of one the file does not give).
     if !passes
         && (observe::on(OBSERVE_DROPS)
+            || settings.is_some_and(|s| s.ready & policy::LIVE != 0)
             || (GUARDED && direction == policy::EGRESS && counters::names_guest_address(reason)))
     {
         report_drop(ctx, settings, direction, reason, generation);
@@ -363,7 +364,7 @@ fn track(
         if expired {
             let _ = CONNS.remove(&*key);
         }
-        if observe::on(OBSERVE_UNTRACKED) {
+        if observe::on(OBSERVE_UNTRACKED) || settings.ready & policy::LIVE != 0 {
             observe::emit(
                 ctx,
                 flow,

@@ -1,6 +1,6 @@
 //! What the running agent tells its users, checked against known traffic in
 //! the seed lab: `sg-agent status` (counters, connection tables, rule hits),
-//! `sg-agent flows --follow`, the flow-log file, the drop log and the
+//! `sg-agent flows --follow` and `--live`, the flow-log file, the drop log and the
 //! metrics endpoint, each number checked exactly, or against a second,
 //! independent count of the same packets (the programs' counters against
 //! the flow records built from events and connection-table counts).
@@ -17,7 +17,7 @@ use serde_json::Value;
 use sg_tests::{
     agent::binary,
     probe::Outcome::{Connected, TimedOut},
-    seed::{ALB, APP, OUTSIDER, RDS, SEED, SeedLab, start_agent_logging_flows},
+    seed::{ALB, APP, OUTSIDER, RDS, SEED, SeedLab, start_agent, start_agent_logging_flows},
 };
 
 /// The flow-log interval the test runs with (the shortest allowed).
@@ -499,4 +499,69 @@ fn status_says_when_no_agent_runs() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no sg-agent is running here"), "{err}");
+}
+
+/// `sg-agent flows --live` (libvirt round two): an agent started without
+/// flow logs or the drop log streams each allowed new flow and each
+/// dropped packet, with its reason, to a live follower, and stops
+/// reporting drops when the follower goes.
+#[test]
+fn flows_live_streams_allowed_and_dropped_packets_without_flow_logs() {
+    let lab = SeedLab::new("sgl", SEED, &[]);
+    let agent = start_agent(&lab);
+    let socket = agent.control_socket.clone();
+    let followers = || status(&socket)["agent"]["live_followers"].as_u64();
+    assert_eq!(followers(), Some(0));
+    let mut follower = Command::new(binary())
+        .args(["flows", "--live", "--format", "json", "--control-socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sg-agent flows --live starts");
+    let lines = {
+        let out = follower.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    assert!(
+        sg_tests::probe::eventually(Duration::from_secs(5), || followers() == Some(1)),
+        "the agent counts the live follower"
+    );
+    // Its next tick (100 ms) turns every instance's drop reports on.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.tcp("internet", OUTSIDER, APP, 80), TimedOut);
+    assert_eq!(lab.tcp("app-1", APP, RDS, 3306), Connected);
+    let (mut rejected, mut accepted) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (rejected.is_none() || accepted.is_none()) && Instant::now() < deadline {
+        let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let r: Value = serde_json::from_str(&line).expect("a JSON record");
+        let to = |inst: &str, port: u64| r["instance"] == inst && r["dstport"] == port;
+        if r["action"] == "REJECT" && to("app-1", 80) && r["srcaddr"] == OUTSIDER {
+            rejected = Some(r);
+        } else if r["action"] == "ACCEPT" && to("rds", 3306) && r["srcaddr"] == APP {
+            accepted = Some(r);
+        }
+    }
+    let rejected = rejected.expect("the dropped SYN to app-1:80, live");
+    assert_eq!(rejected["reason"], "no rule allows it", "{rejected}");
+    assert_eq!(rejected["packets"], 1, "{rejected}");
+    let accepted = accepted.expect("the new flow to rds:3306, live");
+    assert_eq!(accepted["protocol"], 6, "{accepted}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        sg_tests::probe::eventually(Duration::from_secs(5), || followers() == Some(0)),
+        "the follower gone, the agent stops counting it"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
 }

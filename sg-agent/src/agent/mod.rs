@@ -166,6 +166,8 @@ pub struct ObserveOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Flow-log records for `flows --follow`; made by the signal loop.
     pub records: Option<tokio::sync::broadcast::Sender<flowlog::Record>>,
+    /// Records as they come for `flows --live`; made by the signal loop.
+    pub live: Option<crate::observe::LiveFeed>,
 }
 
 impl ObserveOptions {
@@ -340,7 +342,10 @@ async fn bind_observers(
 fn serve_observers(
     (control, metrics): Listeners,
     commands: &std_mpsc::Sender<Command>,
-    records: tokio::sync::broadcast::Sender<flowlog::Record>,
+    records: (
+        tokio::sync::broadcast::Sender<flowlog::Record>,
+        crate::observe::LiveFeed,
+    ),
 ) {
     let ask: AskStatus = {
         let commands = commands.clone();
@@ -538,6 +543,8 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     let _socket = control::RemoveOnDrop(opts.observe.control_socket.clone());
     let mut opts = opts;
     opts.observe.records = Some(records.clone());
+    let live = crate::observe::LiveFeed::default();
+    opts.observe.live = Some(live.clone());
     let ec2_api = opts.ec2_api.take();
     let ec2_store_opts = (opts.node.clone(), opts.accept.empty, opts.read.max_bytes);
 
@@ -567,7 +574,7 @@ async fn signal_loop(source: &Source, opts: Options, held: HeldSignals) -> Resul
     if let Some(followed) = followed {
         follow_endpoint(followed, &commands);
     }
-    serve_observers(listeners, &commands, records);
+    serve_observers(listeners, &commands, (records, live));
     if let (Some(listener), Some(api)) = (ec2_listener, &ec2_api) {
         serve_ec2_api(listener, api, source, &ec2_store_opts, &commands);
     }

@@ -1,6 +1,8 @@
 //! `sg-agent flows`: the running agent's latest flow-log records (the last
-//! 1,000 it holds), or with `--follow` each as its aggregation interval
-//! ends, through its control socket.
+//! 1,000 it holds), with `--follow` each as its aggregation interval ends,
+//! or with `--live` each packet event as the agent drains it (allowed new
+//! flows and dropped packets, flow logs or not), through its control
+//! socket.
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
@@ -23,6 +25,13 @@ pub struct FlowsArgs {
     /// latest records the agent holds, at most 1,000, then exit).
     #[arg(long)]
     follow: bool,
+    /// Follow packet events as they happen (within a tenth of a second): a
+    /// record for each new or untracked flow allowed and each packet
+    /// dropped, with the reason, whatever the agent was started with
+    /// (no --flow-log or --ebpf-log needed; while someone follows live,
+    /// every instance reports its drops). Bounded by --events-per-cpu.
+    #[arg(long, conflicts_with = "follow")]
+    live: bool,
     /// One instance only.
     #[arg(long)]
     instance: Option<String>,
@@ -47,16 +56,18 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
     });
     let mut shown = 0u64;
     let mut out = std::io::stdout().lock();
-    let render = |r: &flowlog::Record| match args.format {
-        flowlog::Format::Text => r.to_text(),
-        flowlog::Format::Json => r.to_json(),
+    let render = |r: &flowlog::Record| match (args.format, &r.reason) {
+        // A live record's reason after AWS's fields, as a comment.
+        (flowlog::Format::Text, Some(why)) => format!("{}  # {why}", r.to_text()),
+        (flowlog::Format::Text, None) => r.to_text(),
+        (flowlog::Format::Json, _) => r.to_json(),
     };
-    if !args.follow {
+    if !args.follow && !args.live {
         let mut held = Vec::new();
         let result = control::follow(
             &args.control_socket,
             (args.instance.clone(), action),
-            true,
+            control::Following::Recent,
             |reply| {
                 if let Reply::Record(r) = reply {
                     held.push(render(r));
@@ -82,7 +93,11 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
     let result = control::follow(
         &args.control_socket,
         (args.instance.clone(), action),
-        false,
+        if args.live {
+            control::Following::Live
+        } else {
+            control::Following::Intervals
+        },
         |reply| {
             let line = match reply {
                 Reply::Record(r) => render(r),

@@ -319,6 +319,7 @@ impl RunArgs {
             node: self.node.clone(),
             ingress,
             observe: agent::ObserveOptions {
+                live: None,
                 flow_log: self.flow_log.as_ref().map(|p| flowlog::Settings {
                     sink: if p.as_os_str() == "-" {
                         flowlog::Sink::Stdout

@@ -100,6 +100,9 @@ pub struct Dataplane {
     /// Whether new flows are refused while the connection table drains to
     /// a smaller allowance ([`Dataplane::refuse_new_flows`]).
     refusing_new_flows: bool,
+    /// Whether its dropped and untracked packets are reported for a live
+    /// follower ([`Dataplane::set_live`]).
+    live: bool,
     /// The links this value holds, with where they are pinned.
     links: Vec<attach::HeldLink>,
     pub attachment: Option<Attachment>,
@@ -286,6 +289,7 @@ impl Dataplane {
             adopted,
             conns_capacity: allowance,
             refusing_new_flows: false,
+            live: false,
             links: Vec::new(),
             attachment: None,
         };
@@ -426,6 +430,10 @@ impl Dataplane {
                 sg_common::policy::REFUSING_NEW_FLOWS
             } else {
                 0
+            } | if self.live {
+                sg_common::policy::LIVE
+            } else {
+                0
             },
             ..settings
         })
@@ -437,8 +445,28 @@ impl Dataplane {
     /// make it smaller. Written into the policy in force at once (and kept
     /// by every later swap); nothing to write before a policy is published.
     pub fn refuse_new_flows(&mut self, on: bool) -> Result<(), DataplaneError> {
-        use sg_common::policy::{READY, REFUSING_NEW_FLOWS};
         self.refusing_new_flows = on;
+        self.set_flag(sg_common::policy::REFUSING_NEW_FLOWS, on)
+    }
+
+    /// Reports its dropped and untracked packets as events (`on`), for
+    /// `sg-agent flows --live`, whatever the agent was started with; or
+    /// stops (then only what flow logs and the drop log ask for).
+    pub fn set_live(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.live = on;
+        self.set_flag(sg_common::policy::LIVE, on)
+    }
+
+    /// Whether it reports for a live follower.
+    pub fn live(&self) -> bool {
+        self.live
+    }
+
+    /// Sets or clears one of [`Settings::ready`]'s flags besides `READY`
+    /// in the settings in force (nothing before a policy is published:
+    /// the publish writes the flags).
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DataplaneError> {
+        use sg_common::policy::READY;
         let map = self
             .ebpf
             .map_mut(m::SETTINGS)
@@ -450,9 +478,9 @@ impl Dataplane {
             return Ok(());
         }
         let ready = if on {
-            settings.ready | REFUSING_NEW_FLOWS
+            settings.ready | flag
         } else {
-            settings.ready & !REFUSING_NEW_FLOWS
+            settings.ready & !flag
         };
         if ready != settings.ready {
             settings.ready = ready;

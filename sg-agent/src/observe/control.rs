@@ -44,6 +44,11 @@ pub enum Request {
         action: Option<Action>,
         #[serde(default)]
         recent: bool,
+        /// A record per packet event as the agent drains it (`flows
+        /// --live`), flow logs or not; every instance reports its drops
+        /// while a live follower is there.
+        #[serde(default)]
+        live: bool,
     },
     /// libvirt's hook (`sg-agent libvirt-hook`): a domain is starting, its
     /// CPUs not yet running (`nics`: its taps and MAC addresses; the
@@ -188,7 +193,7 @@ pub async fn serve(
     ask: AskStatus,
     domain: AskDomain,
     confirm: AskConfirm,
-    records: broadcast::Sender<Record>,
+    (records, live): (broadcast::Sender<Record>, super::LiveFeed),
 ) {
     let mut gate = super::listen::Gate::new("control socket", super::listen::MAX_CONNECTIONS);
     let recent = Recent::default();
@@ -198,7 +203,7 @@ pub async fn serve(
         let ask = ask.clone();
         let domain = domain.clone();
         let confirm = confirm.clone();
-        let records = (records.subscribe(), recent.clone());
+        let records = (records.subscribe(), recent.clone(), live.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = answer(stream, &ask, &domain, &confirm, records).await {
@@ -219,7 +224,7 @@ async fn answer(
     ask: &AskStatus,
     ask_domain: &AskDomain,
     ask_confirm: &AskConfirm,
-    (records, recent): (broadcast::Receiver<Record>, Recent),
+    (records, recent, feed): (broadcast::Receiver<Record>, Recent, super::LiveFeed),
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64));
@@ -276,11 +281,58 @@ async fn answer(
             instance,
             action,
             recent: want_recent,
+            live: false,
         } => {
             let reader = reader.into_inner().into_inner();
             let held = want_recent.then_some(&recent);
-            flows(reader, write, ask, (instance, action), held, records).await
+            flows(
+                reader,
+                write,
+                ask,
+                (instance, action),
+                held,
+                (records, false),
+            )
+            .await
         }
+        Request::Flows {
+            instance,
+            action,
+            live: true,
+            ..
+        } => {
+            let reader = reader.into_inner().into_inner();
+            // Counted while it follows: the enforcement thread turns every
+            // instance's drop reports on within its next tick.
+            let _following = LiveFollower::new(&feed);
+            let records = feed.records.subscribe();
+            flows(
+                reader,
+                write,
+                ask,
+                (instance, action),
+                None,
+                (records, true),
+            )
+            .await
+        }
+    }
+}
+
+/// A live follower, counted for as long as it is there.
+struct LiveFollower(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl LiveFollower {
+    fn new(feed: &super::LiveFeed) -> Self {
+        feed.followers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(std::sync::Arc::clone(&feed.followers))
+    }
+}
+
+impl Drop for LiveFollower {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -292,7 +344,7 @@ async fn flows(
     ask: &AskStatus,
     (instance, action): (Option<String>, Option<Action>),
     recent: Option<&Recent>,
-    mut records: broadcast::Receiver<Record>,
+    (mut records, live): (broadcast::Receiver<Record>, bool),
 ) -> std::io::Result<()> {
     // A status first: whether flow logs are on, which instances run.
     let (tx, rx) = oneshot::channel();
@@ -301,9 +353,9 @@ async fn flows(
         let e = "the agent did not answer within 5 s (a reload running?)";
         return send(&mut write, &Reply::Error(e.into())).await;
     };
-    if status.agent.flow_log.is_none() {
+    if status.agent.flow_log.is_none() && !live {
         let e = "this agent runs without flow logs: restart it with --flow-log PATH (or \
-                 `-` for its standard output) to follow flows";
+                 `-` for its standard output) to follow flows, or follow them live (--live)";
         return send(&mut write, &Reply::Error(e.into())).await;
     }
     if let Some(name) = &instance
@@ -402,19 +454,30 @@ pub fn status(path: &Path) -> Result<Status, ControlError> {
     }
 }
 
-/// Follows flow-log records (with `recent`: reads the last ones the agent
-/// holds), calling `each` until it returns false or the agent goes (or has
-/// sent them all).
+/// How `sg-agent flows` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Following {
+    /// The last records the agent holds, then the end.
+    Recent,
+    /// Flow-log records as each interval ends.
+    Intervals,
+    /// A record per packet event, as the agent drains them.
+    Live,
+}
+
+/// Follows flow-log records as `how` says, calling `each` until it returns
+/// false or the agent goes (or has sent them all).
 pub fn follow(
     path: &Path,
     (instance, action): (Option<String>, Option<Action>),
-    recent: bool,
+    how: Following,
     mut each: impl FnMut(&Reply) -> bool,
 ) -> Result<(), ControlError> {
     let request_flows = Request::Flows {
         instance,
         action,
-        recent,
+        recent: how == Following::Recent,
+        live: how == Following::Live,
     };
     let mut reader = request(path, &request_flows)?;
     while let Some(reply) = read_reply(path, &mut reader)? {

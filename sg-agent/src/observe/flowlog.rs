@@ -87,6 +87,10 @@ pub struct Record {
     /// subnet's network ACL, not a security group, refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_acl: Option<String>,
+    /// `flows --live` only: why the packet passed or was dropped, in
+    /// words (`pass_rule`, `drop_no_rule`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Record {
@@ -142,6 +146,7 @@ impl Record {
             rules: None,
             tracked_through: None,
             network_acl: None,
+            reason: None,
         }
     }
 
@@ -435,6 +440,7 @@ impl Window {
                     rules,
                     tracked_through,
                     network_acl: denied_by_acl.remove(&k),
+                    reason: None,
                 }
             })
             .collect();

@@ -209,6 +209,32 @@ impl InstanceView {
     }
 }
 
+/// `sg-agent flows --live`: a record per event as the agent drains it,
+/// to the followers the control socket counts. While there is one, every
+/// instance reports its dropped and untracked packets too
+/// (`sg_common::policy::LIVE`), whatever the agent was started with.
+#[derive(Clone, Debug)]
+pub struct LiveFeed {
+    pub records: tokio::sync::broadcast::Sender<Record>,
+    pub followers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for LiveFeed {
+    fn default() -> Self {
+        Self {
+            records: tokio::sync::broadcast::channel(4096).0,
+            followers: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl LiveFeed {
+    /// How many follow live now.
+    pub fn followers(&self) -> usize {
+        self.followers.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The observer's state, owned by the enforcement thread.
 pub struct Observer {
     flow_log: Option<(flowlog::Settings, flowlog::Writer)>,
@@ -217,6 +243,46 @@ pub struct Observer {
     window_started: (Instant, u64),
     /// Flow-log records for `sg-agent flows --follow`.
     pub followers: tokio::sync::broadcast::Sender<Record>,
+    /// A record per event for `sg-agent flows --live`.
+    pub live: LiveFeed,
+}
+
+/// One event as a record for `flows --live`: a new or untracked flow's
+/// packet `ACCEPT`, a dropped one `REJECT` with the reason (a drop the
+/// parser judged before it read the addresses has none to show).
+fn live_record(name: &str, interface_id: &str, e: &FlowEvent, clock: &WallClock) -> Option<Record> {
+    let action = match e.kind {
+        EVENT_NEW_FLOW | EVENT_UNTRACKED => Action::Accept,
+        EVENT_DROP if counters::has_addresses(u32::from(e.reason)) => Action::Reject,
+        _ => return None,
+    };
+    let at = clock.unix(e.time_ns);
+    let (packet, src, dst) = packet_of(e);
+    let (sport, dport) = match packet.l4 {
+        L4::Ports { src, dst } => (Some(src), Some(dst)),
+        _ => (None, None),
+    };
+    Some(Record {
+        version: 2,
+        account_id: "-".into(),
+        interface_id: interface_id.to_owned(),
+        srcaddr: Some(src),
+        dstaddr: Some(dst),
+        srcport: sport,
+        dstport: dport,
+        protocol: Some(e.proto),
+        packets: Some(1),
+        bytes: Some(u64::from(e.len)),
+        start: at,
+        end: at,
+        action: Some(action),
+        log_status: flowlog::LogStatus::Ok,
+        instance: name.to_owned(),
+        rules: None,
+        tracked_through: None,
+        network_acl: None,
+        reason: Some(reason_words(e.reason).to_owned()),
+    })
 }
 
 /// The event as the reference evaluator takes a packet.
@@ -353,6 +419,7 @@ impl Observer {
         flow_log: Option<flowlog::Settings>,
         drop_log: bool,
         followers: Option<tokio::sync::broadcast::Sender<Record>>,
+        live: Option<LiveFeed>,
     ) -> std::io::Result<Self> {
         let flow_log = match flow_log {
             Some(s) => {
@@ -367,6 +434,7 @@ impl Observer {
             instances: BTreeMap::new(),
             window_started: (Instant::now(), unix_now()),
             followers: followers.unwrap_or_else(|| tokio::sync::broadcast::channel(16).0),
+            live: live.unwrap_or_default(),
         })
     }
 
@@ -450,8 +518,23 @@ impl Observer {
         view.primed = true;
     }
 
-    /// Takes one instance's drained events.
-    pub fn ingest(&mut self, vpc: &Vpc, name: &str, events: &[FlowEvent], clock: &WallClock) {
+    /// Takes one instance's drained events (`interface_id`: where it is,
+    /// as its records name it).
+    pub fn ingest(
+        &mut self,
+        vpc: &Vpc,
+        (name, interface_id): (&str, &str),
+        events: &[FlowEvent],
+        clock: &WallClock,
+    ) {
+        if self.live.followers() > 0 {
+            for e in events {
+                if let Some(r) = live_record(name, interface_id, e, clock) {
+                    // No follower left meanwhile is not an error.
+                    let _ = self.live.records.send(r);
+                }
+            }
+        }
         let instance = vpc.instance(name);
         let flow_logs = self.flow_log.is_some();
         let view = self.instances.entry(name.to_owned()).or_default();

@@ -37,6 +37,10 @@ pub struct AgentStatus {
     pub flow_log: Option<FlowLogStatus>,
     /// Times an enforced instance was found with nothing attached.
     pub lapses: u64,
+    /// `sg-agent flows --live` followers now (while there is one, every
+    /// instance reports its dropped packets).
+    #[serde(default)]
+    pub live_followers: u64,
     /// `run --node`: whose instances this agent enforces.
     #[serde(default)]
     pub node: Option<String>,

@@ -187,6 +187,7 @@ pub(super) fn run(
         opts.observe.flow_log.clone(),
         opts.observe.drop_log,
         opts.observe.records.clone(),
+        opts.observe.live.clone(),
     )
     .map_err(|e| AgentError::Start("flow log", e))?;
     let mut agent = Agent {

@@ -19,6 +19,15 @@ impl Agent<'_> {
     pub(super) fn observe(&mut self) {
         let enforced = &self.enforced;
         self.observer.retain(&|name| enforced.contains_key(name));
+        // Someone follows live: every instance tells its drops too.
+        let live = self.observer.live.followers() > 0;
+        for (name, e) in &mut self.enforced {
+            if e.dataplane.live() != live
+                && let Err(err) = e.dataplane.set_live(live)
+            {
+                log::warn!(instance = name; "instance {name}: {}", crate::errors::chain(&err));
+            }
+        }
         let clock = WallClock::now(conns::program_now());
         let mut events = Vec::new();
         for (name, e) in &mut self.enforced {
@@ -34,7 +43,8 @@ impl Agent<'_> {
             }
             events.clear();
             e.dataplane.drain_events(&mut events);
-            self.observer.ingest(&self.vpc, name, &events, &clock);
+            self.observer
+                .ingest(&self.vpc, (name, &e.place.interface_id()), &events, &clock);
         }
         if !self.observer.window_due() {
             return;
@@ -75,7 +85,8 @@ impl Agent<'_> {
             }
             events.clear();
             e.dataplane.drain_events(&mut events);
-            self.observer.ingest(&self.vpc, name, &events, &clock);
+            self.observer
+                .ingest(&self.vpc, (name, &e.place.interface_id()), &events, &clock);
             if let Ok(entries) = e.dataplane.connections() {
                 self.observer.collect(name, &entries, &clock);
             }
@@ -116,6 +127,7 @@ impl Agent<'_> {
             last_apply_seconds: self.last_apply.as_secs_f64(),
             flow_log,
             lapses: self.lapses,
+            live_followers: self.observer.live.followers() as u64,
             node: self.opts.node.clone(),
             follow: match &self.rules {
                 Rules::Follow { opts, state, .. } => {
