@@ -222,6 +222,12 @@ pub fn domain_xml(name: &str, mac: &str, bridge: &str, cmdline: &str, console: &
     <serial type='file'>
       <source path='{console}'/>
     </serial>
+    <!-- Ports to spare: a NIC can be hot-plugged (`virsh attach-interface`). -->
+    <controller type='pci' index='0' model='pcie-root'/>
+    <controller type='pci' index='1' model='pcie-root-port'/>
+    <controller type='pci' index='2' model='pcie-root-port'/>
+    <controller type='pci' index='3' model='pcie-root-port'/>
+    <controller type='pci' index='4' model='pcie-root-port'/>
   </devices>
 </domain>
 ",

@@ -87,6 +87,65 @@ fn rules(sw: &str, alb: &str, app: &str, bad: &str) -> String {
         )
 }
 
+/// libvirt round two, item 5: a NIC hot-plugged into running domain `alb`
+/// (whose instance names no `libvirt_mac`) is shown bare by `status
+/// --domain`, not passed over in silence, and the instance stays enforced
+/// on its NIC (it was shown waiting), saying why.
+fn hot_plugged_nic_is_shown_bare(agent: &AgentProcess, state: &StateDir, alb: &str, alb_tap: &str) {
+    virsh(&[
+        "attach-interface",
+        alb,
+        "bridge",
+        "br0",
+        "--mac",
+        "52:54:00:00:00:19",
+        "--model",
+        "virtio",
+        "--live",
+    ])
+    .expect("a NIC hot-plugged");
+    let listed = std::process::Command::new(binary())
+        .args(["status", "--json", "--domain", alb, "--control-socket"])
+        .arg(state.control_socket())
+        .output()
+        .expect("sg-agent status runs");
+    assert_eq!(
+        listed.status.code(),
+        Some(1),
+        "a NIC is not enforced: {listed:?}"
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let nics = listed["domain"]["nics"]
+        .as_array()
+        .expect("the domain's NICs");
+    assert_eq!(nics.len(), 2, "{listed}");
+    let by_mac = |mac: &str| {
+        nics.iter()
+            .find(|n| n["mac"] == mac)
+            .unwrap_or_else(|| panic!("NIC {mac} in {listed}"))
+    };
+    assert_eq!(by_mac("52:54:00:00:00:10")["instance"], "alb", "{listed}");
+    assert_eq!(by_mac("52:54:00:00:00:10")["interface"], alb_tap);
+    assert!(
+        by_mac("52:54:00:00:00:19")["instance"].is_null(),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert!(
+        eventually(RELOAD, || instance(agent, "alb")["unapplied"]
+            .as_str()
+            .is_some_and(|w| w.contains("name one with libvirt_mac"))),
+        "{}",
+        instance(agent, "alb")
+    );
+    assert_eq!(instance(agent, "alb")["state"], "enforced");
+    assert_eq!(instance(agent, "alb")["interface"], alb_tap);
+}
+
 #[test]
 fn libvirt_domains_are_enforced_before_their_first_frame() {
     sg_tests::kernel::require_root();
@@ -192,6 +251,8 @@ fn libvirt_domains_are_enforced_before_their_first_frame() {
     assert!(err.contains("52:54:00:00:09:01"), "libvirt says why: {err}");
     assert!(virsh(&["domstate", &bad]).is_err(), "{bad} is not running");
     assert_eq!(instance(&agent, "bad")["state"], "waiting");
+    let alb_tap = libvirtd.tap(&alb);
+    hot_plugged_nic_is_shown_bare(&agent, &state, &alb, &alb_tap);
     drop(libvirtd);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,6 +32,7 @@ Exit status:
   2  usage error (unknown option, missing argument)
   3  status, flows: no agent answers on the control socket; diff: the files differ
   4  explain: the flow is denied
+  status --domain: 1 a NIC of the domain is not enforced
   libvirt-hook: 1 refuses the domain's start (an instance on its NICs could not
      be enforced, or no agent runs with --require-agent)
 
@@ -70,7 +71,7 @@ const EXIT_AGENT: &str = "\
 Exit status:
   0  done
   1  the agent answered with an error (an instance it does not enforce, flow logs
-     off, nothing to confirm)
+     off, nothing to confirm); status --domain: a NIC of the domain is not enforced
   2  usage error
   3  no agent answers on the control socket";
 

@@ -15,8 +15,14 @@ use crate::observe::{
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// One instance only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "domain")]
     instance: Option<String>,
+    /// One libvirt domain: every NIC libvirt's live state lists for it
+    /// (hot-plugged ones included), each with the instance enforced on it
+    /// or NOT ENFORCED, then those instances (as `virsh nwfilter-binding-list`
+    /// shows libvirt's own filters). Exit status 1 if a NIC is not enforced.
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
     /// The stable JSON form (schema version in its `schema` field; see
     /// docs/observability.md).
     #[arg(long)]
@@ -55,6 +61,12 @@ pub fn status(args: &StatusArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    let mut bare = false;
+    if let Some(name) = &args.domain {
+        let d = domain_status(name, &mut status);
+        bare = d.nics.iter().any(|n| n.instance.is_none());
+        status.domain = Some(d);
+    }
     if args.json {
         println!(
             "{}",
@@ -70,7 +82,41 @@ pub fn status(args: &StatusArgs) -> ExitCode {
             ))
         );
     }
-    ExitCode::SUCCESS
+    if bare {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Each NIC of libvirt domain `name` with the instance enforced on it; the
+/// status keeps only that domain's instances.
+fn domain_status(name: &str, status: &mut status::Status) -> status::DomainStatus {
+    status
+        .instances
+        .retain(|i| i.libvirt_domain.as_deref() == Some(name));
+    let mut d = status::DomainStatus {
+        name: name.to_owned(),
+        ..status::DomainStatus::default()
+    };
+    match crate::libvirt::running_nics(Path::new(crate::libvirt::QEMU_STATE_DIR), name) {
+        Ok(nics) => {
+            d.nics = nics
+                .into_iter()
+                .map(|n| status::DomainNicStatus {
+                    instance: status
+                        .instances
+                        .iter()
+                        .find(|i| i.interface == n.ifname && i.state == "enforced")
+                        .map(|i| i.name.clone()),
+                    mac: n.mac.to_string(),
+                    interface: n.ifname,
+                })
+                .collect();
+        }
+        Err(e) => d.error = Some(e),
+    }
+    d
 }
 
 pub fn failed(e: &ControlError) -> ExitCode {

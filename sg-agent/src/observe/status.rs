@@ -16,6 +16,29 @@ pub struct Status {
     pub schema: u32,
     pub agent: AgentStatus,
     pub instances: Vec<InstanceStatus>,
+    /// `status --domain NAME`: every NIC of that running libvirt domain,
+    /// and the instance enforced on it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainStatus>,
+}
+
+/// A libvirt domain's NICs as libvirt's live state lists them (hot-plugged
+/// ones included), each with the instance enforced on its tap.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DomainStatus {
+    pub name: String,
+    /// Why its NICs cannot be listed (not running), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub nics: Vec<DomainNicStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DomainNicStatus {
+    pub mac: String,
+    pub interface: String,
+    /// The instance enforced on it; `None`: nothing filters it.
+    pub instance: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -364,33 +387,60 @@ pub fn render(status: &Status, now: u64, rules: bool) -> String {
         );
     }
     if let Some(f) = &a.flow_log {
-        let _ = writeln!(
-            out,
-            "flow log    {} ({}, every {} s), {} records",
-            f.destination, f.format, f.interval_seconds, f.records_written
-        );
-        if f.records_lost > 0 {
-            let _ = writeln!(
-                out,
-                "            {} records LOST (could not be written; a SKIPDATA record marks \
-                 them once writing works again)",
-                f.records_lost
-            );
-        }
-        if f.packets_summed > 0 {
-            let _ = writeln!(
-                out,
-                "            {} packets summed into SKIPDATA records (more than {} flows in \
-                 an instance's interval)",
-                f.packets_summed,
-                crate::observe::flowlog::MAX_FLOWS_PER_INTERVAL
-            );
-        }
+        render_flow_log(&mut out, f);
+    }
+    if let Some(d) = &status.domain {
+        render_domain(&mut out, d);
     }
     for i in &status.instances {
         render_instance(&mut out, i, now, rules);
     }
     out
+}
+
+/// The flow log's line (and what it lost or summed).
+fn render_flow_log(out: &mut String, f: &FlowLogStatus) {
+    let _ = writeln!(
+        out,
+        "flow log    {} ({}, every {} s), {} records",
+        f.destination, f.format, f.interval_seconds, f.records_written
+    );
+    if f.records_lost > 0 {
+        let _ = writeln!(
+            out,
+            "            {} records LOST (could not be written; a SKIPDATA record marks \
+             them once writing works again)",
+            f.records_lost
+        );
+    }
+    if f.packets_summed > 0 {
+        let _ = writeln!(
+            out,
+            "            {} packets summed into SKIPDATA records (more than {} flows in \
+             an instance's interval)",
+            f.packets_summed,
+            crate::observe::flowlog::MAX_FLOWS_PER_INTERVAL
+        );
+    }
+}
+
+/// `status --domain`: each NIC of the domain and what filters it.
+fn render_domain(out: &mut String, d: &DomainStatus) {
+    let _ = writeln!(out, "\nlibvirt domain {}", d.name);
+    if let Some(e) = &d.error {
+        let _ = writeln!(out, "  {e}");
+    }
+    for n in &d.nics {
+        let _ = match &n.instance {
+            Some(i) => writeln!(out, "  NIC {} on {}: instance {i}", n.mac, n.interface),
+            None => writeln!(
+                out,
+                "  NIC {} on {}: NOT ENFORCED (no instance of the rules file names it; \
+                 `libvirt_domain` with `libvirt_mac = \"{}\"` would)",
+                n.mac, n.interface, n.mac
+            ),
+        };
+    }
 }
 
 /// Why an instance waits, or why it is enforced where it is rather than

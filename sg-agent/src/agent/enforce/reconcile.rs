@@ -504,11 +504,23 @@ fn namespace_replaced(name: &str, e: &mut super::Enforced, place: &super::place:
 }
 
 /// An enforced instance whose place the rules give cannot be known now
-/// (`why`): one kept where it is because the rules' place could not be
-/// used stays there while that is still there (see `Step::Keep`); any
-/// other has stopped.
+/// (`why`): while the interface it is attached to is still there with its
+/// programs on it (a NIC hot-plugged into its domain makes `libvirt_mac`
+/// necessary; the rules' place could not be used), it stays enforced
+/// there and status says why (see `Step::Keep`); otherwise (its domain
+/// stopped) it has stopped.
 fn place_unknown(name: &str, e: &mut super::Enforced, why: String) {
-    if e.stopped.is_none() && e.unapplied.is_some() && e.place.exists().is_ok() {
+    let still_on = e.stopped.is_none()
+        && e.dataplane.attached_place_current() == Some(true)
+        && e.dataplane.links_attached();
+    if still_on {
+        if e.unapplied.as_deref() != Some(why.as_str()) {
+            log::warn!(
+                instance = name;
+                "instance {name}: {why}; it stays enforced on {}",
+                e.place.describe()
+            );
+        }
         e.unapplied = Some(why);
         e.checked = Instant::now();
     } else {

@@ -192,6 +192,7 @@ impl Agent<'_> {
             schema: status::SCHEMA,
             agent,
             instances,
+            domain: None,
         }
     }
 
