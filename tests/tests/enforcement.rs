@@ -375,7 +375,7 @@ fn sigterm_during_a_long_start_up_is_answered_at_once() {
 /// resumes from it.
 #[test]
 fn a_long_start_up_attaches_each_instance_as_it_is_loaded() {
-    const EXTRA: usize = 24;
+    const EXTRA: usize = 8;
     let names: Vec<String> = (0..EXTRA).map(|i| format!("extra-{i}")).collect();
     let addrs: Vec<[String; 1]> = (0..EXTRA).map(|i| [format!("10.0.3.{}", i + 10)]).collect();
     let addr_refs: Vec<[&str; 1]> = addrs.iter().map(|[a]| [a.as_str()]).collect();

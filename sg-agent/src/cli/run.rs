@@ -96,8 +96,9 @@ pub struct RunArgs {
     ingress_hook: Option<IngressHookArg>,
     /// Log every packet the programs drop: instance, direction, protocol,
     /// addresses, ports and the reason in words (target `sg_agent::drops`,
-    /// bounded by --events-per-cpu). Off by default: then the code that
-    /// reports drops is removed from the programs at load time.
+    /// bounded by --events-per-cpu). Off by default: then dropped packets
+    /// are reported only while `sg-agent flows --live` follows (a flag's
+    /// test on the dropped path).
     #[arg(long)]
     ebpf_log: bool,
     /// Write VPC Flow Logs (version 2 default format) to PATH, or `-` for

@@ -140,8 +140,9 @@ impl Dataplane {
 
     /// [`Dataplane::load`], observing what `observe` asks for: per-flow
     /// counts and events for dropped and untracked packets. What is off is
-    /// removed from the programs by the verifier: it costs nothing per
-    /// packet.
+    /// removed from the programs by the verifier, except the report of a
+    /// dropped packet, which a live follower turns on at run time
+    /// ([`Dataplane::set_live`]): a flag's test on the dropped path.
     pub fn load_observing(observe: Observe) -> Result<Self, DataplaneError> {
         Self::load_with(observe, None, Capacity::default())
     }
