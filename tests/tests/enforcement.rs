@@ -306,11 +306,11 @@ fn a_sighup_during_start_up_is_a_reload_not_a_death() {
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
-#[test]
-fn sigterm_during_a_long_start_up_is_answered_at_once() {
-    const EXTRA: usize = 24;
-    let names: Vec<String> = (0..EXTRA).map(|i| format!("extra-{i}")).collect();
-    let addrs: Vec<[String; 1]> = (0..EXTRA).map(|i| [format!("10.0.3.{}", i + 10)]).collect();
+/// The seed lab with `extra` more instances (`extra-N`, each in a
+/// namespace of its own, in the server group): a long start-up.
+fn seed_with_extra(tag: &str, extra: usize) -> SeedLab {
+    let names: Vec<String> = (0..extra).map(|i| format!("extra-{i}")).collect();
+    let addrs: Vec<[String; 1]> = (0..extra).map(|i| [format!("10.0.3.{}", i + 10)]).collect();
     let addr_refs: Vec<[&str; 1]> = addrs.iter().map(|[a]| [a.as_str()]).collect();
     let hosts: Vec<HostSpec> = names
         .iter()
@@ -324,7 +324,13 @@ fn sigterm_during_a_long_start_up_is_answered_at_once() {
             "\n[[instance]]\nname = \"{n}\"\nnetns = \"sg-{n}\"\ninterface = \"eth0\"\naddresses = [\"{a}\"]\nsecurity_groups = [\"instagram-server-security-group\"]\n"
         );
     }
-    let lab = SeedLab::new("set", &rules, &hosts);
+    SeedLab::new(tag, &rules, &hosts)
+}
+
+#[test]
+fn sigterm_during_a_long_start_up_is_answered_at_once() {
+    const EXTRA: usize = 24;
+    let lab = seed_with_extra("set", EXTRA);
 
     // How long a whole start-up takes here, for comparison.
     let state = StateDir::new();
@@ -376,22 +382,8 @@ fn sigterm_during_a_long_start_up_is_answered_at_once() {
 #[test]
 fn a_long_start_up_attaches_each_instance_as_it_is_loaded() {
     const EXTRA: usize = 8;
+    let lab = seed_with_extra("sal", EXTRA);
     let names: Vec<String> = (0..EXTRA).map(|i| format!("extra-{i}")).collect();
-    let addrs: Vec<[String; 1]> = (0..EXTRA).map(|i| [format!("10.0.3.{}", i + 10)]).collect();
-    let addr_refs: Vec<[&str; 1]> = addrs.iter().map(|[a]| [a.as_str()]).collect();
-    let hosts: Vec<HostSpec> = names
-        .iter()
-        .zip(&addr_refs)
-        .map(|(n, a)| (n.as_str(), &a[..], &[][..], &[][..]))
-        .collect();
-    let mut rules = SEED.to_owned();
-    for (n, [a]) in names.iter().zip(&addrs) {
-        let _ = write!(
-            rules,
-            "\n[[instance]]\nname = \"{n}\"\nnetns = \"sg-{n}\"\ninterface = \"eth0\"\naddresses = [\"{a}\"]\nsecurity_groups = [\"instagram-server-security-group\"]\n"
-        );
-    }
-    let lab = SeedLab::new("sal", &rules, &hosts);
     let instances: Vec<String> = ["alb", "bastion", "app-1", "rds"]
         .into_iter()
         .map(str::to_owned)

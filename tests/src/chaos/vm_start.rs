@@ -89,14 +89,8 @@ pub const MANY: usize = 60;
 /// [`MANY`] (each object takes the verifier most of a second here).
 pub const CUT: usize = 16;
 
-/// Makes [`MANY`] taps `tm0..` in `netns` with one `ip -batch` and returns
-/// how long until both programs are on every one (bounded: 30 s).
-fn time_to_all_enforced(netns: &str) -> f64 {
-    let mut batch = String::new();
-    for i in 0..MANY {
-        let _ = write!(batch, "tuntap add dev tm{i} mode tap\nlink set tm{i} up\n");
-    }
-    let made = Instant::now();
+/// Runs `batch` (lines of `ip` commands) in `netns` with one `ip -batch`.
+fn ip_batch(netns: &str, batch: &str) {
     let mut child = Command::new("ip")
         .args(["-n", netns, "-batch", "-"])
         .stdin(std::process::Stdio::piped())
@@ -112,6 +106,17 @@ fn time_to_all_enforced(netns: &str) -> f64 {
             .expect("the batch");
     }
     assert!(child.wait().expect("ip ends").success(), "ip -batch");
+}
+
+/// Makes [`MANY`] taps `tm0..` in `netns` with one `ip -batch` and returns
+/// how long until both programs are on every one (bounded: 30 s).
+fn time_to_all_enforced(netns: &str) -> f64 {
+    let mut batch = String::new();
+    for i in 0..MANY {
+        let _ = write!(batch, "tuntap add dev tm{i} mode tap\nlink set tm{i} up\n");
+    }
+    let made = Instant::now();
+    ip_batch(netns, &batch);
     let end = made + Duration::from_secs(30);
     let mut left: Vec<usize> = (0..MANY).collect();
     while Instant::now() < end {
@@ -131,21 +136,7 @@ fn time_to_all_enforced_again(netns: &str) -> f64 {
     for i in 0..MANY {
         let _ = writeln!(batch, "link del tm{i}");
     }
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip runs");
-    {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(batch.as_bytes())
-            .expect("the batch");
-    }
-    assert!(child.wait().expect("ip ends").success(), "ip -batch");
+    ip_batch(netns, &batch);
     std::thread::sleep(Duration::from_millis(600));
     time_to_all_enforced(netns)
 }
