@@ -241,6 +241,20 @@ fn instance(name: &str, link: &str, netns: &str) -> String {
     )
 }
 
+/// Instances `many-0..n` waiting for taps `tm0..` in `netns`.
+fn waiting_instances(n: usize, netns: &str) -> String {
+    (0..n)
+        .map(|i| {
+            instance(
+                &format!("many-{i}"),
+                &format!("host_interface = \"tm{i}\""),
+                netns,
+            )
+            .replace("10.0.1.10", &format!("10.0.2.{}", i + 1))
+        })
+        .collect()
+}
+
 pub fn measure(recreations: usize) -> VmStart {
     let lab = Lab::new("chv");
     let sw = lab.switch_netns().to_owned();
@@ -248,16 +262,7 @@ pub fn measure(recreations: usize) -> VmStart {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("vpc.toml");
     let domain = format!("{}-vm", lab.prefix);
-    let many: String = (0..MANY)
-        .map(|i| {
-            instance(
-                &format!("many-{i}"),
-                &format!("host_interface = \"tm{i}\""),
-                &sw,
-            )
-            .replace("10.0.1.10", &format!("10.0.2.{}", i + 1))
-        })
-        .collect();
+    let many = waiting_instances(MANY, &sw);
     let rules = format!(
         "{RULES}{many}{}{}{}",
         instance("tapped", "host_interface = \"tchaos0\"", &sw),
@@ -329,16 +334,7 @@ pub fn measure(recreations: usize) -> VmStart {
 
     // The taps stay: a start of their instances alone, cut short.
     let only_many = dir.join("many.toml");
-    let cut: String = (0..CUT)
-        .map(|i| {
-            instance(
-                &format!("many-{i}"),
-                &format!("host_interface = \"tm{i}\""),
-                &sw,
-            )
-            .replace("10.0.1.10", &format!("10.0.2.{}", i + 1))
-        })
-        .collect();
+    let cut = waiting_instances(CUT, &sw);
     std::fs::write(&only_many, format!("{RULES}{cut}")).expect("rules");
     out.cut_short = cut_short(&sw, &only_many);
     let _ = std::fs::remove_dir_all(&dir);
