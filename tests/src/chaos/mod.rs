@@ -671,6 +671,12 @@ impl Chaos {
         fault: impl FnOnce(&mut Self),
     ) -> Fault {
         eprintln!("chaos: {name}");
+        // Each held connection echoes first: its server closes one idle
+        // for 5 s, and that clock must start with this fault, not run on
+        // from the previous row (the restart before the unconfirmed
+        // reload's kill -9 used some 1.5 s of it, and a slow start of the
+        // next agent once crossed 5 s and lost every connection).
+        let _ = self.tracked_lost();
         let probe = LeakProbe::start(
             &self.ns("client"),
             CLIENT,
