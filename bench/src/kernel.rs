@@ -9,7 +9,7 @@ use aya::{
 };
 use sg_agent::{
     config::{self, Vpc},
-    dataplane::{Dataplane, Observe, netns::NetnsGuard},
+    dataplane::{Dataplane, Observe, Variant, netns::NetnsGuard},
     policy::compile::compile,
 };
 use sg_common::policy::Settings;
@@ -37,12 +37,19 @@ pub const POLICIES: &[(&str, usize, Shape)] = &[
         Shape::GroupsOnePort,
     ),
     ("base rules, 20-entry network ACL", 0, Shape::OneGroup),
+    (ACL_CODE_ONLY, 0, Shape::OneGroup),
     (
         "10,000 over 16 groups, 20-entry network ACL",
         10_000,
         Shape::Groups,
     ),
 ];
+
+/// The smallest policy (no network ACL) judged by the programs built with
+/// network-ACL code, as every instance was before the agent chose the
+/// variant without it for instances that have none: what that code's mere
+/// presence costs, side by side with *base rules only*.
+pub const ACL_CODE_ONLY: &str = "base rules, programs with network-ACL code";
 
 /// Whether a policy of [`POLICIES`] has the server's subnet filtered by a
 /// network ACL of AWS's default quota ([`network_acl_20`]).
@@ -293,6 +300,12 @@ pub fn measure(cfg: &Config) -> Report {
             normal
                 .publish(tables, compiled.instances[0].settings)
                 .expect("publish");
+            if label == ACL_CODE_ONLY {
+                for dp in [&mut fresh, &mut normal] {
+                    dp.use_variant(Variant::NetworkAcl)
+                        .expect("the programs with network-ACL code load");
+                }
+            }
             let fresh = std::rc::Rc::new(fresh);
             let normal = std::rc::Rc::new(normal);
             // The same policy with flow logs on (per-flow counts, an event

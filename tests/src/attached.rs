@@ -39,6 +39,23 @@ pub fn tcx_on(ns: &str, ifname: &str) -> (Vec<u64>, Vec<u64>) {
     (tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
 }
 
+/// Names of the TCX ingress and egress programs on `ifname` in `ns`, as the
+/// kernel keeps them (the first 15 bytes).
+pub fn tcx_names(ns: &str, ifname: &str) -> (Vec<String>, Vec<String>) {
+    let tcx = |at| {
+        let ifname = ifname.to_owned();
+        in_netns(ns, move || {
+            SchedClassifier::query_tcx(&ifname, at)
+                .expect("TCX query")
+                .1
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        })
+    };
+    (tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
+}
+
 /// IDs of the XDP program on `ifname` in `ns` (from `bpftool net show`).
 fn xdp_on(ns: &str, ifname: &str) -> Vec<u64> {
     let out = std::process::Command::new("ip")

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use sg_tests::{
+    attached::tcx_names,
     probe::{Outcome::*, echo, eventually, tcp_open},
     seed::{ADMIN, ALB, APP, BASTION, OUTSIDER, RDS, RELOAD, SEED, SeedLab, at, ip, start_agent},
 };
@@ -181,6 +182,71 @@ fn a_new_deny_cuts_a_held_connection_at_once() {
         TimedOut,
         "rule 90 still denies the admins"
     );
+}
+
+/// An instance runs the programs without network-ACL code until its subnet
+/// gets a network ACL: then the other build goes on its live links in place
+/// (its connections kept: the maps are the same), and back again when the
+/// network ACL goes.
+#[test]
+fn a_subnet_gaining_a_network_acl_gets_the_programs_that_walk_it_in_place() {
+    let lab = SeedLab::new("nacl-swap", &rules(""), &[]);
+    let agent = start_agent(&lab);
+    let names = || {
+        let (ingress, egress) = tcx_names(&lab.ns("alb"), "eth0");
+        [ingress, egress].concat()
+    };
+    assert_eq!(
+        names(),
+        ["sg_ingress_tc", "sg_egress"],
+        "no network ACL: the programs without its code"
+    );
+    let mut outsider = tcp_open(&lab.ns("internet"), ip(OUTSIDER), at(ALB, 80))
+        .expect("the outsider connects to alb:80");
+    let mut admin =
+        tcp_open(&lab.ns("internet"), ip(ADMIN), at(ALB, 80)).expect("an admin connects to alb:80");
+    echo(&mut outsider).expect("echo");
+    echo(&mut admin).expect("echo");
+    let deny_outsiders = r#"
+[[network_acl]]
+name = "public-acl"
+subnets = ["public"]
+  [[network_acl.ingress]]
+  rule_no = 50
+  action = "deny"
+  protocol = "all"
+  cidr_block = "198.51.100.0/24"
+  [[network_acl.ingress]]
+  rule_no = 100
+  action = "allow"
+  protocol = "all"
+  cidr_block = "0.0.0.0/0"
+  [[network_acl.egress]]
+  rule_no = 100
+  action = "allow"
+  protocol = "all"
+  cidr_block = "0.0.0.0/0"
+"#;
+    let mark = agent.log_lines();
+    lab.rewrite(&rules(deny_outsiders));
+    agent.expect_log("its programs walk network ACLs now", mark, RELOAD);
+    agent.expect_log("applied in", mark, RELOAD);
+    assert_eq!(
+        names(),
+        ["sg_ingress_tc_a", "sg_egress_acl"],
+        "the programs that walk it, on the same links (one each way)"
+    );
+    assert!(
+        echo(&mut outsider).is_err(),
+        "the new deny is in force on the held connection at once"
+    );
+    echo(&mut admin).expect("a connection the network ACL allows is kept through the swap");
+    let mark = agent.log_lines();
+    lab.rewrite(&rules(""));
+    agent.expect_log("its programs carry no network ACLs now", mark, RELOAD);
+    assert_eq!(names(), ["sg_ingress_tc", "sg_egress"]);
+    echo(&mut admin).expect("kept through the swap back");
+    assert_eq!(lab.tcp("internet", OUTSIDER, ALB, 80), Connected);
 }
 
 /// The first JSON record `follower` prints that `wanted` accepts, within

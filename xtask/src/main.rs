@@ -110,7 +110,7 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         Cmd::Test { debug_only, long } => test(debug_only, long),
         Cmd::Demo { vms } => beside_the_agent(
             "the demo creates network namespaces and attaches eBPF programs",
-            &["--package", "sg-tests", "--bin", "sg-demo"],
+            ("sg-tests", "sg-demo"),
             if vms { &["--vms"] } else { &[] },
         ),
         Cmd::Chaos { smoke } => {
@@ -123,7 +123,7 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
             };
             beside_the_agent(
                 "the chaos suite creates network namespaces and attaches eBPF programs",
-                &["--package", "sg-tests", "--bin", "sg-chaos"],
+                ("sg-tests", "sg-chaos"),
                 args,
             )
         }
@@ -152,7 +152,7 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
         }
         Cmd::Bench { smoke } => beside_the_agent(
             "the benchmarks load eBPF programs and create network namespaces",
-            &["--package", "sg-bench"],
+            ("sg-bench", "sg-bench"),
             if smoke { &["--smoke"] } else { &[] },
         ),
     }
@@ -160,12 +160,42 @@ fn run(cmd: &Cmd) -> anyhow::Result<()> {
 
 /// Runs a harness that starts the real sg-agent binary beside it (demo,
 /// chaos, bench): as root, after the bootstrap and a release build of the
-/// agent; `target` picks the harness, `args` go to it.
-fn beside_the_agent(why_root: &str, target: &[&str], args: &[&str]) -> anyhow::Result<()> {
+/// agent; `harness` (package, binary) picks the harness, `args` go to it.
+///
+/// The agent and the harness are built by one cargo: cargo unifies the
+/// dependencies' features over the packages it builds together, and the
+/// harnesses' own dependencies turn on features of crates the agent shares
+/// (regex's Unicode tables, through prometheus-parse), so the agent built
+/// alone and the agent library the harness links were two release builds
+/// of sg-agent. Built together they are one, and the next harness (sg-tests
+/// and sg-bench unify alike) finds it built: a minute of CI each.
+fn beside_the_agent(why_root: &str, harness: (&str, &str), args: &[&str]) -> anyhow::Result<()> {
     require_root(why_root)?;
     bootstrap::all()?;
-    cargo(&["build", "--release", "--package", "sg-agent"])?;
-    cargo(&[&["run", "--release"], target, &["--"], args].concat())
+    let (package, bin) = harness;
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "sg-agent",
+        "--package",
+        package,
+        "--bin",
+        "sg-agent",
+        "--bin",
+        bin,
+    ])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let path = target.join("release").join(bin);
+    let status = Command::new(&path)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", path.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", path.display());
+    }
+    Ok(())
 }
 
 /// The eBPF crates: built for the BPF target with the nightly toolchain
@@ -236,8 +266,19 @@ fn test(debug_only: bool, long: bool) -> anyhow::Result<()> {
     ];
     let mut totals = Totals::default();
     step("tests, debug build");
-    // The network tests start the sg-agent binary of the same profile.
-    cargo(&["build"])?;
+    // The network tests start the sg-agent binary of the same profile:
+    // built with sg-tests, as `cargo test --package sg-tests` will link the
+    // agent's library (one debug build of it, not one for each feature set:
+    // see `beside_the_agent`).
+    cargo(&[
+        "build",
+        "--package",
+        "sg-agent",
+        "--package",
+        "sg-tests",
+        "--bin",
+        "sg-agent",
+    ])?;
     cargo_test(&[&["test"], unit].concat(), &mut totals)?;
     // One test at a time: kernel state is shared.
     cargo_test(

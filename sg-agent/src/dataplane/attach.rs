@@ -19,7 +19,7 @@ use super::{
     INGRESS_TC_PROGRAM,
     netns::NetnsGuard,
     pins::{Hook, InstancePins, PlaceId, place_here},
-    program,
+    program, variant,
 };
 
 /// Where inbound packets are judged.
@@ -142,6 +142,16 @@ impl super::Dataplane {
 }
 
 impl HeldLink {
+    pub(super) fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// Puts `prog` on this live link in place of its program.
+    pub(super) fn swap_program(&self, prog: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+        let id = self.link.info().map_err(std::io::Error::other)?.id();
+        super::sys::link_update(&super::sys::link_by_id(id)?, prog)
+    }
+
     /// Whether its program is still on its hook (an error reading it is
     /// taken as yes: only a link seen detached is let go).
     fn attached(&self) -> bool {
@@ -190,6 +200,14 @@ pub(super) fn remove_pinned_link(path: &std::path::Path) {
 /// program at the own interface's ingress or the host side's egress, the
 /// outbound program at the own interface's egress or the host side's
 /// ingress.
+/// The program (of the four kinds) `hook` runs.
+pub(super) fn hook_program(hook: Hook) -> &'static str {
+    match hook {
+        Hook::XdpNative | Hook::XdpGeneric => INGRESS_PROGRAM,
+        tc => tc_program(tc).0,
+    }
+}
+
 fn tc_program(hook: Hook) -> (&'static str, TcAttachType) {
     match hook {
         Hook::TcIngress => (INGRESS_TC_PROGRAM, TcAttachType::Ingress),
@@ -564,7 +582,7 @@ impl Dataplane {
                 };
                 self.load_ingress_xdp()
                     .map_err(|e| aya::programs::ProgramError::IOError(std::io::Error::other(e)))?;
-                let xdp = program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM);
+                let xdp = program::<Xdp>(&mut self.ebpf, variant(INGRESS_PROGRAM, self.variant));
                 let id = xdp.attach(ifname, mode)?;
                 FdLink::try_from(xdp.take_link(id)?).map_err(invalid)
             }
@@ -572,7 +590,7 @@ impl Dataplane {
                 let (name, at) = tc_program(hook);
                 self.load_program(name)
                     .map_err(|e| aya::programs::ProgramError::IOError(std::io::Error::other(e)))?;
-                let tc = program::<SchedClassifier>(&mut self.ebpf, name);
+                let tc = program::<SchedClassifier>(&mut self.ebpf, variant(name, self.variant));
                 let id = tc.attach(ifname, at)?;
                 FdLink::try_from(tc.take_link(id)?).map_err(invalid)
             }
@@ -589,14 +607,14 @@ impl Dataplane {
         match hook {
             Hook::XdpNative | Hook::XdpGeneric => {
                 self.load_ingress_xdp()?;
-                let xdp = program::<Xdp>(&mut self.ebpf, INGRESS_PROGRAM);
+                let xdp = program::<Xdp>(&mut self.ebpf, variant(INGRESS_PROGRAM, self.variant));
                 let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
                 Ok(FdLink::try_from(xdp.take_link(id)?)?)
             }
             Hook::TcIngress | Hook::TcEgress | Hook::HostTcEgress | Hook::HostTcIngress => {
                 let (name, _) = tc_program(hook);
                 self.load_program(name)?;
-                let tc = program::<SchedClassifier>(&mut self.ebpf, name);
+                let tc = program::<SchedClassifier>(&mut self.ebpf, variant(name, self.variant));
                 let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
                 Ok(FdLink::try_from(tc.take_link(id)?)?)
             }

@@ -30,6 +30,12 @@ pub enum DataplaneError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("putting eBPF program {name} on a live link: {source}")]
+    Swap {
+        name: &'static str,
+        #[source]
+        source: Box<std::io::Error>,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,

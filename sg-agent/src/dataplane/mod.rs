@@ -54,6 +54,60 @@ pub const EGRESS_HOST_PROGRAM: &str = "sg_egress_host";
 /// The same inbound judgement as a TC program, for `IngressHook::Tc`.
 pub const INGRESS_TC_PROGRAM: &str = "sg_ingress_tc";
 
+/// Which build of its programs an instance runs: sg-ebpf builds each
+/// program both ways, so an instance whose subnet has no network ACL runs
+/// none of its code (BENCHMARKS.md measured what its mere presence cost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Without network-ACL code.
+    Plain,
+    /// Also walks the subnet's network ACL.
+    NetworkAcl,
+}
+
+impl Variant {
+    /// The variant `tables` need: with network ACLs where the instance's
+    /// subnet has one, either way.
+    pub fn for_tables(tables: &PolicyTables) -> Self {
+        if tables
+            .nacl
+            .iter()
+            .any(|t| t.flags & sg_common::nacl::NACL_ACTIVE != 0)
+        {
+            Self::NetworkAcl
+        } else {
+            Self::Plain
+        }
+    }
+}
+
+/// The name of `program`'s (one of the four above) variant `v`.
+pub fn variant(program: &'static str, v: Variant) -> &'static str {
+    if v == Variant::Plain {
+        return program;
+    }
+    match program {
+        INGRESS_PROGRAM => "sg_ingress_acl",
+        EGRESS_PROGRAM => "sg_egress_acl",
+        EGRESS_HOST_PROGRAM => "sg_egress_host_acl",
+        INGRESS_TC_PROGRAM => "sg_ingress_tc_acl",
+        other => panic!("sg-ebpf defines no program {other}"),
+    }
+}
+
+/// The program (one of the four above) whose variant `name` is.
+fn kind_of(name: &'static str) -> &'static str {
+    [
+        INGRESS_PROGRAM,
+        EGRESS_PROGRAM,
+        EGRESS_HOST_PROGRAM,
+        INGRESS_TC_PROGRAM,
+    ]
+    .into_iter()
+    .find(|&kind| variant(kind, Variant::NetworkAcl) == name || kind == name)
+    .unwrap_or_else(|| panic!("sg-ebpf defines no program {name}"))
+}
+
 /// How large an instance's sized maps are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -74,10 +128,14 @@ impl Default for Capacity {
 
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// The programs loaded into the kernel (verified) so far: each is
-    /// loaded when first attached (verification is most of the time to
-    /// start an instance, and each instance needs two of the four).
+    /// The programs loaded into the kernel (verified) so far, by their
+    /// variant's name: each is loaded when first attached (verification
+    /// is most of the time to start an instance, and each instance needs
+    /// two of the four).
     loaded: Vec<&'static str>,
+    /// Which build of its programs it runs: what the policy published
+    /// last needs.
+    variant: Variant,
     /// The capacity of its single-port hash.
     port_exact_capacity: u32,
     /// A flipped swap whose old generation is still to be deleted.
@@ -116,8 +174,11 @@ impl Dataplane {
         Self::load_with(Observe::default(), None, Capacity::default())
     }
 
-    /// Loads `name` into the kernel (once): the verifier checks it then.
-    pub fn load_program(&mut self, name: &'static str) -> Result<(), DataplaneError> {
+    /// Loads program `kind` (one of the four) into the kernel (once), in
+    /// the variant the policy needs (see [`Dataplane::use_programs_for`]):
+    /// the verifier checks it then.
+    pub fn load_program(&mut self, kind: &'static str) -> Result<(), DataplaneError> {
+        let name = variant(kind, self.variant);
         if self.loaded.contains(&name) {
             return Ok(());
         }
@@ -283,6 +344,7 @@ impl Dataplane {
             ebpf,
             events,
             loaded,
+            variant: Variant::Plain,
             port_exact_capacity,
             retiring: None,
             encoder,
@@ -352,7 +414,7 @@ impl Dataplane {
     /// The XDP program, loaded ([`Dataplane::load_ingress_xdp`]; the plain
     /// `load*` constructors load it).
     pub fn ingress(&self) -> &Xdp {
-        program_ref(&self.ebpf, INGRESS_PROGRAM)
+        program_ref(&self.ebpf, variant(INGRESS_PROGRAM, self.variant))
     }
 
     /// Loads the TC ingress program into the kernel (once): `attach` does
@@ -364,17 +426,95 @@ impl Dataplane {
     /// The inbound judgement as a TC program (`IngressHook::Tc`), once
     /// loaded with [`Dataplane::load_ingress_tc`].
     pub fn ingress_tc(&self) -> &SchedClassifier {
-        program_ref(&self.ebpf, INGRESS_TC_PROGRAM)
+        program_ref(&self.ebpf, variant(INGRESS_TC_PROGRAM, self.variant))
     }
 
     pub fn egress(&self) -> &SchedClassifier {
-        program_ref(&self.ebpf, EGRESS_PROGRAM)
+        program_ref(&self.ebpf, variant(EGRESS_PROGRAM, self.variant))
     }
 
     /// The host side's outbound program, once loaded
     /// (`load_program(EGRESS_HOST_PROGRAM)`).
     pub fn egress_host(&self) -> &SchedClassifier {
-        program_ref(&self.ebpf, EGRESS_HOST_PROGRAM)
+        program_ref(&self.ebpf, variant(EGRESS_HOST_PROGRAM, self.variant))
+    }
+
+    /// Which build of its programs it runs.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Makes its programs the variant `tables` need ([`Variant::for_tables`]):
+    /// the other variant of each program it has loaded is loaded (verified)
+    /// and put on its live links in place of the one there
+    /// (`BPF_LINK_UPDATE`: every packet meets one or the other), then the
+    /// old one is unloaded. Before anything is loaded this only chooses.
+    /// Both variants judge by the same maps; the one without network ACLs
+    /// reads no network ACL, so it must go before a policy that has one is
+    /// published ([`Dataplane::publish`] and [`Dataplane::flip`] see to
+    /// that) and may stay until after one without is.
+    pub fn use_programs_for(&mut self, tables: &PolicyTables) -> Result<(), DataplaneError> {
+        self.use_variant(Variant::for_tables(tables))
+    }
+
+    /// Makes its programs variant `to` whatever the policy needs (the
+    /// benchmark measures what the network-ACL code costs an instance that
+    /// has none); the next publish chooses again.
+    pub fn use_variant(&mut self, to: Variant) -> Result<(), DataplaneError> {
+        if self.variant == to {
+            return Ok(());
+        }
+        let old: Vec<&'static str> = std::mem::take(&mut self.loaded);
+        let was = std::mem::replace(&mut self.variant, to);
+        let kinds: Vec<&'static str> = old.iter().map(|&n| kind_of(n)).collect();
+        if let Err(e) = kinds.iter().try_for_each(|&k| self.load_program(k)) {
+            self.variant = was;
+            self.loaded.extend(old);
+            return Err(e);
+        }
+        for held in &self.links {
+            let name = variant(attach::hook_program(held.hook()), to);
+            let program = self
+                .ebpf
+                .program(name)
+                .unwrap_or_else(|| panic!("the object defines program {name}"));
+            let swapped = program
+                .fd()
+                .map_err(std::io::Error::other)
+                .and_then(|prog| held.swap_program(std::os::fd::AsFd::as_fd(prog)));
+            if let Err(source) = swapped {
+                // Links swapped so far run the new variant, the others the
+                // old: both judge by these maps. Kept loaded, and tried
+                // again by the next publish.
+                self.loaded.extend(old);
+                return Err(DataplaneError::Swap {
+                    name,
+                    source: Box::new(source),
+                });
+            }
+        }
+        for name in old {
+            let unloaded = match self.ebpf.program_mut(name) {
+                Some(aya::programs::Program::Xdp(p)) => p.unload(),
+                Some(aya::programs::Program::SchedClassifier(p)) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = unloaded {
+                log::debug!("unloading {name}: {e}");
+            }
+        }
+        if let Some(at) = &self.attachment {
+            log::info!(
+                "{}: its programs {} network ACLs now",
+                at.ifname,
+                if to == Variant::NetworkAcl {
+                    "walk"
+                } else {
+                    "carry no"
+                }
+            );
+        }
+        Ok(())
     }
 
     /// Makes `tables` the policy in force, atomically: every packet is
@@ -387,11 +527,15 @@ impl Dataplane {
     ) -> Result<bool, DataplaneError> {
         let started = std::time::Instant::now();
         let settings = self.settle(settings)?;
+        if Variant::for_tables(tables) == Variant::NetworkAcl {
+            self.use_variant(Variant::NetworkAcl)?;
+        }
         let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
         let changed = encode::publish(&mut self.encoder, &mut maps, tables, settings)?;
         if changed {
             log_swap(started, tables);
         }
+        self.shed_network_acls(tables);
         Ok(changed)
     }
 
@@ -407,6 +551,9 @@ impl Dataplane {
     ) -> Result<bool, DataplaneError> {
         let started = std::time::Instant::now();
         let settings = self.settle(settings)?;
+        if Variant::for_tables(tables) == Variant::NetworkAcl {
+            self.use_variant(Variant::NetworkAcl)?;
+        }
         let mut maps = policy_maps::KernelPolicyMaps::new(&mut self.ebpf);
         let swap = encode::flip(&mut self.encoder, &mut maps, tables, settings)?;
         let changed = swap.is_some();
@@ -414,7 +561,20 @@ impl Dataplane {
         if changed {
             log_swap(started, tables);
         }
+        self.shed_network_acls(tables);
         Ok(changed)
+    }
+
+    /// Once `tables` (without network ACLs) are in force: the programs
+    /// that walk network ACLs give way to those that do not. Failing that
+    /// costs only the walk's presence (they judge by the same policy), so
+    /// it is said, not returned.
+    fn shed_network_acls(&mut self, tables: &PolicyTables) {
+        if Variant::for_tables(tables) == Variant::Plain
+            && let Err(e) = self.use_variant(Variant::Plain)
+        {
+            log::warn!("the programs without network ACLs could not replace those with: {e}");
+        }
     }
 
     /// Before a swap: an earlier flip's old generation goes (a grace period

@@ -2,13 +2,15 @@
 //! detaching a link whoever holds it, asking a link what it attaches and
 //! where, and putting an already loaded program on a TCX hook (the libvirt
 //! hook does it with no agent running, from the programs an earlier agent
-//! left pinned). cilium/ebpf and libbpf make the same calls.
+//! left pinned), and swapping the program of a link aya does not hold
+//! (the network-ACL variant, see `Dataplane::use_programs_for`).
+//! cilium/ebpf and libbpf make the same calls.
 
 use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -20,6 +22,7 @@ pub(super) const BPF_OBJ_GET: libc::c_long = 7;
 pub(super) const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 pub(super) const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 pub(super) const BPF_LINK_CREATE: libc::c_long = 28;
+pub(super) const BPF_LINK_UPDATE: libc::c_long = 29;
 pub(super) const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 /// `enum bpf_attach_type`: the TCX hooks (Linux 6.6).
@@ -70,7 +73,7 @@ pub(super) fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn raw(fd: &OwnedFd) -> io::Result<u32> {
+fn raw(fd: &impl AsRawFd) -> io::Result<u32> {
     u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("bad descriptor"))
 }
 
@@ -160,4 +163,22 @@ pub(super) fn tcx_link(prog: &OwnedFd, ifindex: u32, ingress: bool) -> io::Resul
             .u32_at(4, ifindex)
             .u32_at(8, attach_type),
     )?)
+}
+
+/// The link with this id.
+pub(super) fn link_by_id(id: u32) -> io::Result<OwnedFd> {
+    // link_id
+    owned(bpf(BPF_LINK_GET_FD_BY_ID, &Attr::default().u32_at(0, id))?)
+}
+
+/// Puts `prog` on the live link `link` in place of its program: each
+/// packet meets one or the other, none meets neither.
+pub(super) fn link_update(link: &OwnedFd, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // link_update: link_fd, new_prog_fd, flags (0: whatever it ran),
+    // old_prog_fd (unused without BPF_F_REPLACE)
+    bpf(
+        BPF_LINK_UPDATE,
+        &Attr::default().u32_at(0, raw(link)?).u32_at(4, raw(&prog)?),
+    )
+    .map(|_| ())
 }

@@ -1012,10 +1012,14 @@ impl Loader<'_> {
         })?;
         // The programs it will attach, verified here (in parallel with the
         // other instances' at start) rather than one by one as they attach.
-        let loaded = self
-            .programs(inst)
-            .into_iter()
-            .try_for_each(|p| dp.load_program(p))
+        // In the variant its policy needs (with or without network ACLs).
+        let loaded = dp
+            .use_programs_for(&inst.tables)
+            .and_then(|()| {
+                self.programs(inst)
+                    .into_iter()
+                    .try_for_each(|p| dp.load_program(p))
+            })
             .and_then(|()| dp.publish(&inst.tables, settings).map(|_| ()));
         if let Err(e) = loaded {
             if !existed {
