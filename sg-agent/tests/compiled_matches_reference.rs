@@ -316,6 +316,7 @@ fn vpc() -> impl Strategy<Value = Vpc> {
                         tags: Vec::new(),
                         name: format!("i{i}"),
                         addresses,
+                        addresses_from_libvirt: false,
                         prefixes,
                         groups: groups
                             .into_iter()

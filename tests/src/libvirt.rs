@@ -87,6 +87,7 @@ impl Drop for Hook {
 pub struct Libvirtd {
     daemons: Vec<Child>,
     domains: Vec<String>,
+    networks: Vec<String>,
     /// The node bound over /dev/kvm in the daemons' mount namespace.
     nokvm: PathBuf,
 }
@@ -138,6 +139,7 @@ impl Libvirtd {
         let mut me = Self {
             daemons,
             domains: Vec::new(),
+            networks: Vec::new(),
             nokvm,
         };
         if !up {
@@ -160,6 +162,16 @@ impl Libvirtd {
         result
     }
 
+    /// `virsh net-create` of a transient network (destroyed on drop).
+    pub fn create_network(&mut self, name: &str, xml: &str) {
+        let path = std::env::temp_dir().join(format!("{name}-net.xml"));
+        std::fs::write(&path, xml).expect("network XML");
+        self.networks.push(name.to_owned());
+        let created = virsh(&["net-create", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        created.unwrap_or_else(|e| panic!("virsh net-create {name}: {e}"));
+    }
+
     pub fn destroy(&self, name: &str) {
         let _ = virsh(&["destroy", name]);
     }
@@ -177,6 +189,9 @@ impl Libvirtd {
     fn stop(&mut self) {
         for d in &self.domains {
             let _ = virsh(&["destroy", d]);
+        }
+        for n in &self.networks {
+            let _ = virsh(&["net-destroy", n]);
         }
         for child in self.daemons.iter_mut().rev() {
             let _ = nix::sys::signal::kill(
@@ -199,10 +214,31 @@ impl Drop for Libvirtd {
 /// A transient QEMU (TCG) domain booting the VM tests' kernel and initramfs,
 /// its NIC on `bridge` with `mac`, its console written to `console`.
 pub fn domain_xml(name: &str, mac: &str, bridge: &str, cmdline: &str, console: &Path) -> String {
+    let nic = format!(
+        "<interface type='bridge'>
+      <source bridge='{bridge}'/>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+      <rom enabled='no'/>
+    </interface>"
+    );
+    domain_xml_with(name, &nic, "", cmdline, console)
+}
+
+/// [`domain_xml`] with the NIC as `nic` (an `<interface>` element) and
+/// `metadata` (elements of `<metadata>`).
+pub fn domain_xml_with(
+    name: &str,
+    nic: &str,
+    metadata: &str,
+    cmdline: &str,
+    console: &Path,
+) -> String {
     let image = crate::vm::image();
     format!(
         "<domain type='qemu'>
   <name>{name}</name>
+  <metadata>{metadata}</metadata>
   <memory unit='MiB'>192</memory>
   <vcpu>1</vcpu>
   <os>
@@ -213,12 +249,7 @@ pub fn domain_xml(name: &str, mac: &str, bridge: &str, cmdline: &str, console: &
   </os>
   <on_reboot>destroy</on_reboot>
   <devices>
-    <interface type='bridge'>
-      <source bridge='{bridge}'/>
-      <mac address='{mac}'/>
-      <model type='virtio'/>
-      <rom enabled='no'/>
-    </interface>
+    {nic}
     <serial type='file'>
       <source path='{console}'/>
     </serial>

@@ -42,7 +42,8 @@ pub const MODULES: [&str; 8] = [
 pub const BOOT: Duration = Duration::from_secs(90);
 
 /// The guest's init: loads the virtio modules, configures `eth0` from the
-/// kernel command line (`sg.addr=A/P,...`, `sg.routes=N/P,...`), starts an
+/// kernel command line (`sg.addr=A/P,...`, `sg.routes=N/P,...`, `sg.dhcp`
+/// for a DHCP lease), starts an
 /// echo server per `sg.tcp=PORT,...` (busybox nc), then serves commands
 /// from the serial console: one line each, answered by its output and a
 /// `__SG_RC__ <status>` line.
@@ -57,6 +58,7 @@ for arg in $(cat /proc/cmdline); do
     sg.addr=*) ADDR="${arg#sg.addr=}" ;;
     sg.routes=*) ROUTES="${arg#sg.routes=}" ;;
     sg.tcp=*) TCP="${arg#sg.tcp=}" ;;
+    sg.dhcp) DHCP=1 ;;
   esac
 done
 ip link set lo up
@@ -65,6 +67,8 @@ echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad
 ip link set eth0 up
 for a in $(echo "$ADDR" | tr , ' '); do ip addr add "$a" dev eth0; done
 for r in $(echo "$ROUTES" | tr , ' '); do ip route add "$r" dev eth0; done
+# sg.dhcp: the address from the network's DHCP server (busybox udhcpc).
+[ -n "$DHCP" ] && udhcpc -i eth0 -s /bin/sg-dhcp -q -n -t 30 -T 1 >/dev/null 2>&1
 for p in $(echo "$TCP" | tr , ' '); do nc -ll -p "$p" -e /bin/cat & done
 stty -echo -onlcr 2>/dev/null
 echo "SGVM READY"
@@ -76,6 +80,12 @@ echo "SGVM CONSOLE CLOSED"
 # A console that gives no input (libvirt's file console): keep running.
 while true; do sleep 3600; done
 "#;
+
+/// udhcpc's script: the lease's address on the interface, no route (the
+/// labs have no default route out).
+const DHCP_SCRIPT: &str = "#!/bin/busybox sh
+case \"$1\" in bound|renew) ip addr add \"$ip/${mask:-24}\" dev \"$interface\" ;; esac
+";
 
 /// The guest's kernel and an initramfs built for this test process.
 pub struct Image {
@@ -120,6 +130,11 @@ fn build_image() -> Image {
         std::fs::copy(&from, root.join("modules").join(format!("{m}.ko")))
             .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask bootstrap`)", from.display()));
     }
+    let dhcp = root.join("bin/sg-dhcp");
+    std::fs::write(&dhcp, DHCP_SCRIPT).expect("dhcp script");
+    let mut perms = std::fs::metadata(&dhcp).expect("dhcp script").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&dhcp, perms).expect("chmod the dhcp script");
     let init = root.join("init");
     std::fs::write(&init, INIT.replace("MODULES", &MODULES.join(" "))).expect("init");
     let mut perms = std::fs::metadata(&init).expect("init").permissions();

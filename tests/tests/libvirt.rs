@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use sg_tests::{
     agent::{AgentProcess, StateDir, binary},
     lab::Lab,
-    libvirt::{Hook, Libvirtd, domain_xml, virsh},
+    libvirt::{Hook, Libvirtd, domain_xml, domain_xml_with, virsh},
     probe::{Outcome::*, eventually, tcp},
     seed::{ADMIN, ALB, APP, OUTSIDER, RELOAD, SEED, START, at, ip},
 };
@@ -255,4 +255,190 @@ fn libvirt_domains_are_enforced_before_their_first_frame() {
     hot_plugged_nic_is_shown_bare(&agent, &state, &alb, &alb_tap);
     drop(libvirtd);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two groups and no instance: the domain joins a group by its own
+/// metadata, and its address is the lease libvirt's network gave it.
+const BY_METADATA: &str = r#"
+[vpc]
+cidr_blocks = ["10.9.0.0/16"]
+
+[[security_group]]
+name = "web"
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 80
+  to_port = 80
+  cidr_blocks = ["10.9.0.0/24"]
+
+[[security_group]]
+name = "alt"
+  [[security_group.ingress]]
+  protocol = "tcp"
+  from_port = 8080
+  to_port = 8080
+  cidr_blocks = ["10.9.0.0/24"]
+"#;
+
+/// libvirt round two: groups in the domain, addresses from libvirt. A
+/// libvirt network with DHCP (its dnsmasq, in the lab's namespace) and a
+/// domain whose `<metadata>` names group `web`; the rules file names no
+/// instance. The hook makes it an instance and enforces it before its CPU
+/// runs; its guest takes a lease, which becomes the instance's address;
+/// `virsh metadata --live` moves it to group `alt`, in force at once.
+#[test]
+fn a_domain_joins_groups_by_its_metadata_with_the_address_libvirts_dhcp_gave() {
+    sg_tests::kernel::require_root();
+    let lab = Lab::new("slm");
+    let sw = lab.switch_netns().to_owned();
+    let prefix = lab.prefix.clone();
+    let (net, bridge, web) = (
+        format!("{prefix}-net"),
+        format!("{prefix}-vb"),
+        format!("{prefix}-web"),
+    );
+    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("vpc.toml");
+    std::fs::write(&config, BY_METADATA).expect("rules");
+    let state = StateDir::new();
+    let _hook = Hook::install(
+        &format!("sg-agent-test-{prefix}"),
+        &binary(),
+        &state.control_socket(),
+    );
+    let agent = AgentProcess::start_in(
+        &state,
+        &config,
+        &["--allow-empty", "--libvirt-netns", &sw],
+        "info",
+    );
+    agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
+    let mut libvirtd = Libvirtd::start(&sw);
+    // The host end (10.9.0.7, dnsmasq's) is no AWS service address.
+    libvirtd.create_network(
+        &net,
+        &format!(
+            "<network><name>{net}</name><bridge name='{bridge}' stp='off'/>\
+             <ip address='10.9.0.7' netmask='255.255.255.0'><dhcp>\
+             <range start='10.9.0.100' end='10.9.0.199'/></dhcp></ip></network>"
+        ),
+    );
+    let ns = sg_agent::libvirt::METADATA_NS;
+    let console = dir.join("web.console");
+    let xml = domain_xml_with(
+        &web,
+        &format!(
+            "<interface type='network'><source network='{net}'/>\
+             <mac address='52:54:00:00:09:10'/><model type='virtio'/><rom enabled='no'/>\
+             </interface>"
+        ),
+        &format!(
+            "<sg:instance xmlns:sg='{ns}'><sg:security-group>web</sg:security-group></sg:instance>"
+        ),
+        "sg.dhcp sg.tcp=80,8080",
+        &console,
+    );
+    libvirtd.create(&web, &xml).expect("the domain starts");
+    // Enforced when `virsh create` returned: its metadata made it an
+    // instance as it started, and the hook's answer came first.
+    let i = instance(&agent, &web);
+    assert_eq!(i["state"], "enforced", "{i}");
+    assert_eq!(i["interface"], libvirtd.tap(&web).as_str());
+    assert_eq!(i["addresses_from"], "libvirt", "{i}");
+    wait_booted(&console);
+    let leased = || {
+        instance(&agent, &web)["addresses"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .map(str::to_owned)
+    };
+    assert!(
+        eventually(RELOAD, || leased().is_some()),
+        "the lease became its address: {}\nthe leases: {}",
+        instance(&agent, &web),
+        std::fs::read_to_string(format!("/var/lib/libvirt/dnsmasq/{bridge}.status"))
+            .unwrap_or_default()
+    );
+    let addr = leased().expect("leased");
+    assert!(addr.starts_with("10.9.0.1"), "from the DHCP range: {addr}");
+    let client = ip("10.9.0.7");
+    assert_eq!(tcp(&sw, client, at(&addr, 80)), Connected, "web allows 80");
+    assert_eq!(tcp(&sw, client, at(&addr, 8080)), TimedOut);
+    // `virsh metadata` on the running domain: its live XML changes, and
+    // the agent puts the new group in force.
+    virsh(&[
+        "metadata",
+        &web,
+        "--uri",
+        ns,
+        "--key",
+        "sg",
+        "--set",
+        "<instance><security-group>alt</security-group></instance>",
+        "--live",
+    ])
+    .expect("virsh metadata");
+    assert!(
+        eventually(RELOAD, || tcp(&sw, client, at(&addr, 8080)) == Connected),
+        "in group alt now: {}",
+        instance(&agent, &web)
+    );
+    assert_eq!(
+        tcp(&sw, client, at(&addr, 80)),
+        TimedOut,
+        "no longer in web"
+    );
+    hot_plugged_nic_is_an_instance(&agent, &state, &web, &net);
+    drop(libvirtd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A NIC hot-plugged into domain `web` (whose metadata puts it in group
+/// `alt`) on network `net`: an instance of its own, in the domain's groups;
+/// the first NIC's keeps its name and stays enforced, and `status --domain`
+/// shows no NIC bare.
+fn hot_plugged_nic_is_an_instance(agent: &AgentProcess, state: &StateDir, web: &str, net: &str) {
+    // A NIC hot-plugged: an instance of its own, in the domain's groups;
+    // the first NIC's keeps its name and stays enforced.
+    virsh(&[
+        "attach-interface",
+        web,
+        "network",
+        net,
+        "--mac",
+        "52:54:00:00:09:11",
+        "--model",
+        "virtio",
+        "--live",
+    ])
+    .expect("a NIC hot-plugged");
+    let second = format!("{web}:52:54:00:00:09:11");
+    let enforced = |name: &str| {
+        agent.status_json()["instances"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|i| i["name"] == name && i["state"] == "enforced")
+            })
+    };
+    assert!(
+        eventually(RELOAD, || enforced(&second)),
+        "the hot-plugged NIC is an instance: {}",
+        agent.status_json()
+    );
+    assert_eq!(instance(agent, &second)["rules"][0]["group"], "alt");
+    assert!(enforced(web), "{}", instance(agent, web));
+    let listed = std::process::Command::new(binary())
+        .args(["status", "--json", "--domain", web, "--control-socket"])
+        .arg(state.control_socket())
+        .output()
+        .expect("sg-agent status runs");
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "every NIC enforced: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
 }

@@ -128,6 +128,9 @@ pub struct Options {
     /// On SIGINT/SIGTERM leave everything attached and pinned (for
     /// restarts and upgrades without a gap).
     pub keep_on_exit: bool,
+    /// `--libvirt-netns`: where libvirtd's taps are (`None`: the agent's
+    /// own namespace).
+    pub libvirt_netns: Option<String>,
     /// What the operator told the agent to accept that it refuses by
     /// default.
     pub accept: Accept,

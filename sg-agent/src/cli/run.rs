@@ -147,9 +147,15 @@ pub struct RunArgs {
     keep_on_exit: bool,
     /// Accept a rules file that enforces no instance (by default such a
     /// file is refused: an empty or half-written file would otherwise
-    /// unfilter every interface).
+    /// unfilter every interface). A host whose instances all come from
+    /// libvirt domains' metadata starts with none.
     #[arg(long)]
     allow_empty: bool,
+    /// The network namespace libvirtd's taps are in, where it runs in a
+    /// namespace of its own (the instances domains' metadata makes are
+    /// enforced there; the rules file's say their own `netns`).
+    #[arg(long, value_name = "NAME")]
+    libvirt_netns: Option<String>,
     /// Start even though an instance holds the address of an SSH session
     /// (the one that started the agent, or another of the host's sshd) and
     /// no rule allows it: by default that is refused, as it would lock the
@@ -349,6 +355,7 @@ impl RunArgs {
             }),
             state_dir: self.state_dir.clone(),
             keep_on_exit: self.keep_on_exit,
+            libvirt_netns: self.libvirt_netns.clone(),
             confirm_within: self.confirm_within.map(std::time::Duration::from_secs),
             accept: agent::Accept {
                 empty: self.allow_empty,

@@ -7,7 +7,7 @@ mod parse;
 mod place;
 #[cfg(feature = "daemon")]
 pub(crate) use parse::PROTOCOL_NAMES;
-mod validate;
+pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -314,8 +314,20 @@ fn open_walked(path: &Path, strict: bool) -> std::io::Result<Result<std::fs::Fil
 
 /// Parses and validates rules-file text; every error is reported.
 pub fn from_str(path: &Path, text: &str) -> Result<Vpc, Box<Diagnostics>> {
+    from_str_overlaid(path, text, |_| {})
+}
+
+/// [`from_str`], with `overlay` laid over the parsed description before it
+/// is validated (the instances libvirt's domains bring: see
+/// `libvirt::overlay`).
+pub fn from_str_overlaid(
+    path: &Path,
+    text: &str,
+    overlay: impl FnOnce(&mut Vpc),
+) -> Result<Vpc, Box<Diagnostics>> {
     diagnostics::reset_suggestions();
     let (mut vpc, mut items) = parse::parse(text);
+    overlay(&mut vpc);
     let stale = validate::stale_references(&vpc);
     vpc.warnings.extend(stale);
     if items.is_empty() {

@@ -300,6 +300,11 @@ pub struct Instance {
     /// `tags`: AWS's tags, in the file's order.
     pub tags: Vec<(String, String)>,
     pub addresses: Vec<IpAddr>,
+    /// A libvirt domain's NIC with no `addresses` in the file: libvirt's
+    /// are its own (the domain's `<ip>`, its network's DHCP reservation
+    /// and leases), filled in by the agent as they change
+    /// (`source::libvirt`); none yet, its programs let only DHCP through.
+    pub addresses_from_libvirt: bool,
     /// Prefixes delegated to its interface (AWS's prefix delegation: IPv4
     /// /28, IPv6 /80): every address in them is the instance's, for the
     /// source/destination check and for group membership.

@@ -398,7 +398,7 @@ fn instances(vpc: &Vpc, group_names: &[&str], out: &mut Vec<Diagnostic>) {
                 out.push(unknown(span.clone(), "security group", g, group_names));
             }
         }
-        if inst.addresses.is_empty() {
+        if inst.addresses.is_empty() && !inst.addresses_from_libvirt {
             out.push(
                 Diagnostic::new(
                     inst.span.clone(),

@@ -155,6 +155,14 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     pub netns: Option<String>,
+    /// Its addresses as enforced: the rules file's, or libvirt's for a
+    /// libvirt instance the file gives none (`addresses_from`).
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+    /// `libvirt` when its addresses are libvirt's (the domain's `<ip>`,
+    /// its network's reservation and leases), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses_from: Option<String>,
     /// The interface it is enforced on (empty while a libvirt domain is
     /// not running: its tap is not known).
     pub interface: String,

@@ -85,7 +85,19 @@ pub fn admit_as(
     allow_empty: bool,
     enforcer: Enforcer<'_>,
 ) -> Result<(Vpc, compile::CompiledPolicy), Refusal> {
-    let vpc = placed(path, text, allow_empty, enforcer)?;
+    admit_overlaid(path, text, allow_empty, enforcer, |_| {})
+}
+
+/// [`admit_as`], with `overlay` laid over the parsed description before it
+/// is validated (what libvirt's domains bring: `libvirt::overlay`).
+pub fn admit_overlaid(
+    path: &Path,
+    text: &str,
+    allow_empty: bool,
+    enforcer: Enforcer<'_>,
+    overlay: impl FnOnce(&mut Vpc),
+) -> Result<(Vpc, compile::CompiledPolicy), Refusal> {
+    let vpc = placed(path, text, allow_empty, enforcer, overlay)?;
     let compiled = compile::compile_enforced(&vpc).map_err(|source| Refusal::TooLarge {
         source,
         path: path.to_owned(),
@@ -100,8 +112,9 @@ fn placed(
     text: &str,
     allow_empty: bool,
     enforcer: Enforcer<'_>,
+    overlay: impl FnOnce(&mut Vpc),
 ) -> Result<Vpc, Refusal> {
-    let mut vpc = config::from_str(path, text).map_err(Refusal::Invalid)?;
+    let mut vpc = config::from_str_overlaid(path, text, overlay).map_err(Refusal::Invalid)?;
     if let Enforcer::Node(node) = enforcer {
         vpc.select_node(node);
     }
@@ -135,7 +148,7 @@ pub fn validate_as(
     allow_empty: bool,
     enforcer: Enforcer<'_>,
 ) -> Result<Vpc, Refusal> {
-    let vpc = placed(path, text, allow_empty, enforcer)?;
+    let vpc = placed(path, text, allow_empty, enforcer, |_| {})?;
     compile::fits_enforced(&vpc).map_err(|source| Refusal::TooLarge {
         source,
         path: path.to_owned(),

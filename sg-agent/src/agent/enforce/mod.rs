@@ -31,8 +31,9 @@ use super::{AgentError, Command, Options, StopFlag, service};
 use crate::{
     config::{self, FileStamp, RulesFile, Vpc},
     dataplane::{Dataplane, DataplaneError, StateDir, pins::PinError},
+    libvirt::overlay::{self, Running},
     observe::{Observer, status::ReloadStatus, unix_now},
-    policy::{Refusal, admit_as, compile::CompiledPolicy},
+    policy::{Refusal, admit_overlaid, compile::CompiledPolicy},
     source::links::Namespace,
 };
 pub use confirm::store_path as confirmed_policy_path;
@@ -95,6 +96,17 @@ struct Enforced {
     unapplied: Option<String>,
 }
 
+/// What of libvirt is in force: the files read, their stamp when last
+/// read, the signature of what they said, and the domains whose metadata
+/// made no instance (why).
+#[derive(Default)]
+struct Libvirt {
+    dirs: overlay::Dirs,
+    stamp: overlay::Stamp,
+    in_force: String,
+    problems: BTreeMap<String, String>,
+}
+
 /// An instance the file asks for that is not enforced yet: its namespace or
 /// interface does not exist (a VM that boots later), its libvirt domain is
 /// not running (`place` unknown), or loading failed.
@@ -148,6 +160,9 @@ struct Agent<'a> {
     last_apply: Duration,
     /// What libvirt's hook told of domains as they started.
     domains: Domains,
+    /// What libvirt's domains bring to the description (their metadata's
+    /// instances, libvirt's addresses), as in force.
+    libvirt: Libvirt,
     /// A start or reload that `--confirm-within` rolls back unless
     /// confirmed.
     unconfirmed: Option<confirm::Unconfirmed>,
@@ -171,7 +186,10 @@ pub(super) fn run(
     let path = rules.path();
     let path = path.as_path();
     let (file, revision) = rules.read(opts.read).map_err(AgentError::Config)?;
-    let (vpc, compiled) = acceptable(path, &file, &opts)?;
+    let mut libvirt = Libvirt::default();
+    let running = Running::read(&libvirt.dirs, &BTreeMap::new());
+    let (vpc, compiled) = acceptable(path, &file, &opts, &running, &mut libvirt.problems)?;
+    libvirt.in_force = running.signature();
     let cut = crate::agent::lockout::cut(&vpc, &crate::agent::lockout::sessions());
     if !cut.is_empty() {
         if !opts.accept.cut_ssh {
@@ -213,6 +231,7 @@ pub(super) fn run(
         last_reload: None,
         last_apply: Duration::ZERO,
         domains: Domains::default(),
+        libvirt,
         unconfirmed: None,
         configured_macs: BTreeMap::new(),
         links: Some(links),
@@ -246,23 +265,40 @@ pub(super) fn run(
 /// `allow_empty`) enforcing at least one instance. The same test at start
 /// and on every reload.
 /// `check` asks the very same question ([`crate::policy::admit`]).
+///
+/// `running`: what libvirt says of the domains on this host, laid over the
+/// file (`libvirt::overlay`); the domains whose metadata made no instance
+/// are said, and kept in `problems`.
 fn acceptable(
     path: &Path,
     file: &RulesFile,
     opts: &Options,
+    running: &Running,
+    problems: &mut BTreeMap<String, String>,
 ) -> Result<(Vpc, CompiledPolicy), AgentError> {
     let started = Instant::now();
     let enforcer = crate::policy::Enforcer::Node(opts.node.as_deref());
-    let (vpc, compiled) =
-        admit_as(path, &file.text, opts.accept.empty, enforcer).map_err(|r| match r {
-            // The daemon's log names file:line:col, the message and the hint,
-            // never the file's lines (`check` shows them to the file's owner).
-            Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
-            Refusal::Empty(p) => AgentError::Empty(p),
-            other @ (Refusal::TooLarge { .. } | Refusal::Place { .. }) => {
-                AgentError::Refused(other)
-            }
-        })?;
+    let at = overlay::Place {
+        node: opts.node.as_deref(),
+        netns: opts.libvirt_netns.as_deref(),
+    };
+    let mut found = BTreeMap::new();
+    let admitted = admit_overlaid(path, &file.text, opts.accept.empty, enforcer, |vpc| {
+        found = overlay::overlay(vpc, running, &at);
+    });
+    for (domain, why) in &found {
+        if problems.get(domain) != Some(why) {
+            log::error!("libvirt domain {domain} is no instance: {why}");
+        }
+    }
+    *problems = found;
+    let (vpc, compiled) = admitted.map_err(|r| match r {
+        // The daemon's log names file:line:col, the message and the hint,
+        // never the file's lines (`check` shows them to the file's owner).
+        Refusal::Invalid(d) => AgentError::Config(config::ConfigError::Invalid(d.brief())),
+        Refusal::Empty(p) => AgentError::Empty(p),
+        other @ (Refusal::TooLarge { .. } | Refusal::Place { .. }) => AgentError::Refused(other),
+    })?;
     log::debug!(
         "parsed, validated and compiled in {} ms",
         started.elapsed().as_millis()
@@ -487,6 +523,7 @@ impl Agent<'_> {
                 if self.opts.watch {
                     self.poll(watched);
                 }
+                self.poll_libvirt();
             }
             if observe {
                 self.observe();

@@ -247,6 +247,20 @@ impl Agent<'_> {
         domain: &str,
         nics: Vec<DomainNic>,
     ) -> Result<Vec<String>, String> {
+        // Its metadata may make instances of its NICs (or its addresses
+        // changed): admitted first, so they are attached below.
+        if nics.iter().any(|n| n.instance.is_some()) || self.libvirt.problems.contains_key(domain) {
+            let mut from_hook = self.domains.from_hook.clone();
+            from_hook.insert(domain.to_owned(), nics.clone());
+            let running = crate::libvirt::overlay::Running::read(&self.libvirt.dirs, &from_hook);
+            if running.signature() != self.libvirt.in_force {
+                self.domains.from_hook = from_hook;
+                self.reload(&format!("libvirt domain {domain} starts"), false);
+            }
+            if let Some(why) = self.libvirt.problems.get(domain) {
+                return Err(why.clone());
+            }
+        }
         let Some(compiled) = self.compiled.take() else {
             return Err("the agent has no policy yet".to_owned());
         };

@@ -8,6 +8,7 @@ use super::{Agent, DIFF_LINES_LOGGED, DIFF_RULES_RECORDED, Rules, acceptable};
 use crate::{
     agent::{AgentError, service},
     config::{self, FileStamp},
+    libvirt::overlay::{self, Running},
     observe::{status::ReloadStatus, unix_now},
     policy::summary,
 };
@@ -51,13 +52,23 @@ impl Agent<'_> {
             }
         };
         self.seen = Some(file.stamp);
-        if !forced && file.sha256 == self.in_force {
+        self.libvirt.stamp = overlay::Stamp::of(&self.libvirt.dirs);
+        let running = Running::read(&self.libvirt.dirs, &self.domains.from_hook);
+        let libvirt = running.signature();
+        if !forced && file.sha256 == self.in_force && libvirt == self.libvirt.in_force {
             log::debug!("{why}: same content as the policy in force, nothing to do");
             return;
         }
         self.reloads += 1;
         let n = self.reloads;
-        let (vpc, compiled) = match acceptable(&self.path, &file, &self.opts) {
+        let accepted = acceptable(
+            &self.path,
+            &file,
+            &self.opts,
+            &running,
+            &mut self.libvirt.problems,
+        );
+        let (vpc, compiled) = match accepted {
             Ok(v) => v,
             Err(e) => {
                 // Diagnostics start on a line of their own.
@@ -89,34 +100,14 @@ impl Agent<'_> {
         let before = self.in_force_now();
         match self.apply(vpc, compiled) {
             Ok(()) => {
-                let result = if self.in_force == file.sha256 {
-                    "unchanged"
-                } else {
-                    "applied"
+                let reload = Reloaded {
+                    n,
+                    why,
+                    started,
+                    old: &old,
+                    before,
                 };
-                if result == "applied" {
-                    self.await_confirmation(before);
-                }
-                self.in_force = file.sha256;
-                self.in_force_text.clone_from(&file.text);
-                self.in_force_revision = revision;
-                self.last_apply = started.elapsed();
-                let took = started.elapsed().as_millis();
-                // Summarised after the swap: the log record never delays
-                // enforcement. It carries the effective-rule diff that
-                // `sg-agent diff OLD NEW` prints (a bounded excerpt in the
-                // message, all of it in the JSON record's `diff` field).
-                let changes = summary::changes(&old, &self.vpc);
-                let effective = crate::policy::diff::diff(&old, &self.vpc);
-                let excerpt = crate::policy::diff::excerpt(&effective, DIFF_LINES_LOGGED);
-                let (diff, diff_omitted) =
-                    crate::policy::diff::bounded(&effective, DIFF_RULES_RECORDED);
-                log::info!(
-                    reload = n, trigger = why, result = result, duration_ms = took,
-                    diff:serde = diff, diff_omitted = diff_omitted;
-                    "reload #{n} ({why}) applied in {took} ms: {changes}{excerpt}"
-                );
-                self.note_reload(why, started, result, None);
+                self.applied(reload, &file, revision, libvirt);
             }
             Err(AgentError::Stopping) => {
                 log::info!("reload #{n} ({why}) abandoned to stop: nothing changed");
@@ -130,6 +121,51 @@ impl Agent<'_> {
                 self.note_reload(why, started, "rejected", Some(e));
             }
         }
+    }
+
+    /// Notes a reload's change as in force, and says what changed.
+    fn applied(
+        &mut self,
+        reload: Reloaded<'_>,
+        file: &config::RulesFile,
+        revision: Option<i64>,
+        libvirt: String,
+    ) {
+        let Reloaded {
+            n,
+            why,
+            started,
+            old,
+            before,
+        } = reload;
+        let result = if self.in_force == file.sha256 {
+            "unchanged"
+        } else {
+            "applied"
+        };
+        if result == "applied" {
+            self.await_confirmation(before);
+        }
+        self.in_force = file.sha256;
+        self.libvirt.in_force = libvirt;
+        self.in_force_text.clone_from(&file.text);
+        self.in_force_revision = revision;
+        self.last_apply = started.elapsed();
+        let took = started.elapsed().as_millis();
+        // Summarised after the swap: the log record never delays
+        // enforcement. It carries the effective-rule diff that
+        // `sg-agent diff OLD NEW` prints (a bounded excerpt in the
+        // message, all of it in the JSON record's `diff` field).
+        let changes = summary::changes(old, &self.vpc);
+        let effective = crate::policy::diff::diff(old, &self.vpc);
+        let excerpt = crate::policy::diff::excerpt(&effective, DIFF_LINES_LOGGED);
+        let (diff, diff_omitted) = crate::policy::diff::bounded(&effective, DIFF_RULES_RECORDED);
+        log::info!(
+            reload = n, trigger = why, result = result, duration_ms = took,
+            diff:serde = diff, diff_omitted = diff_omitted;
+            "reload #{n} ({why}) applied in {took} ms: {changes}{excerpt}"
+        );
+        self.note_reload(why, started, result, None);
     }
 
     /// A description from etcd may stop enforcing only a share of the
@@ -183,6 +219,21 @@ impl Agent<'_> {
         });
     }
 
+    /// Whether what libvirt says of the domains changed since it was last
+    /// read (their metadata, a lease): then the description is admitted
+    /// again. Read only when one of its files changed.
+    pub(super) fn poll_libvirt(&mut self) {
+        let stamp = overlay::Stamp::of(&self.libvirt.dirs);
+        if stamp == self.libvirt.stamp {
+            return;
+        }
+        self.libvirt.stamp = stamp;
+        let running = Running::read(&self.libvirt.dirs, &self.domains.from_hook);
+        if running.signature() != self.libvirt.in_force {
+            self.reload("libvirt's domains changed", false);
+        }
+    }
+
     /// Polls the rules file. With the watch running, polling is only its
     /// fallback: a change is reloaded from here when it is still not
     /// applied a tick after polling first saw it (the watch, debounced,
@@ -202,4 +253,14 @@ impl Agent<'_> {
             self.reload("file changed (seen by polling)", false);
         }
     }
+}
+
+/// A reload whose change was put in force: what [`Agent::applied`] says
+/// of it.
+struct Reloaded<'a> {
+    n: u64,
+    why: &'a str,
+    started: Instant,
+    old: &'a crate::config::Vpc,
+    before: Option<super::confirm::Confirmed>,
 }

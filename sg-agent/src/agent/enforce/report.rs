@@ -174,6 +174,8 @@ impl Agent<'_> {
                     .map(crate::config::Instance::aws_id)
                     .unwrap_or_default(),
                 netns: p.place.as_ref().and_then(|p| p.netns.clone()),
+                addresses: self.addresses_of(name),
+                addresses_from: self.addresses_from(name),
                 interface: p
                     .place
                     .as_ref()
@@ -194,6 +196,20 @@ impl Agent<'_> {
             instances,
             domain: None,
         }
+    }
+
+    fn addresses_of(&self, name: &str) -> Vec<std::net::IpAddr> {
+        self.vpc
+            .instance(name)
+            .map(|i| i.addresses.clone())
+            .unwrap_or_default()
+    }
+
+    fn addresses_from(&self, name: &str) -> Option<String> {
+        self.vpc
+            .instance(name)
+            .filter(|i| i.addresses_from_libvirt)
+            .map(|_| "libvirt".to_owned())
     }
 
     fn instance_status(&self, name: &str, e: &Enforced) -> status::InstanceStatus {
@@ -236,6 +252,8 @@ impl Agent<'_> {
                 .map(crate::config::Instance::aws_id)
                 .unwrap_or_default(),
             netns: e.place.netns.clone(),
+            addresses: self.addresses_of(name),
+            addresses_from: self.addresses_from(name),
             interface: e.place.ifname.clone(),
             side: side_name(e.place.side == Side::Host).into(),
             libvirt_domain: libvirt_domain(link),

@@ -159,7 +159,12 @@ fn no_agent(args: &LibvirtHookArgs, path: &Path, nics: &[DomainNic]) -> ExitCode
     match without_agent(args, nics) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            let named = named_in_rules(args);
+            // Named by the rules file, or by its own metadata (which asks
+            // sg-agent for its groups): not started bare.
+            let named = named_in_rules(args).or_else(|| {
+                nics.iter()
+                    .find_map(|n| n.instance.as_ref().map(|i| i.name.clone()))
+            });
             if args.require_agent || (named.is_some() && !args.allow_unfiltered) {
                 tell(
                     &args.domain,
@@ -168,8 +173,8 @@ fn no_agent(args: &LibvirtHookArgs, path: &Path, nics: &[DomainNic]) -> ExitCode
                         args.domain,
                         path.display(),
                         named.map_or_else(String::new, |n| format!(
-                            ", and {} names it (instance {n}): start sg-agent, or give the hook \
-                             --allow-unfiltered",
+                            ", and {} or its sg-agent metadata names it (instance {n}): start \
+                             sg-agent, or give the hook --allow-unfiltered",
                             args.rules.display()
                         ))
                     ),

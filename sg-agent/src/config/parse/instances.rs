@@ -78,11 +78,14 @@ impl Parser {
         let vpc = self.opt_string(t, "vpc");
         let subnet =
             Self::get(t, "subnet").and_then(|v| self.string(v, "subnet").map(|s| (s, v.span())));
+        let addresses_from_libvirt =
+            matches!(link, Some(Link::Libvirt { .. })) && Self::get(t, "addresses").is_none();
         Some(Instance {
             name: name?.0,
             id,
             tags,
             addresses,
+            addresses_from_libvirt,
             prefixes,
             groups,
             link,

@@ -17,6 +17,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod addresses;
+pub mod overlay;
+
 use crate::config::MacAddr;
 
 /// Where libvirtd keeps the live state of running QEMU domains.
@@ -25,12 +28,58 @@ pub const QEMU_STATE_DIR: &str = "/run/libvirt/qemu";
 /// The largest domain XML read (a domain's is a few tens of KiB).
 const MAX_XML: u64 = 4 << 20;
 
-/// One NIC of a running domain: its tap on this host and the guest's MAC.
+/// One NIC of a running domain: its tap on this host and the guest's MAC;
+/// what the domain's own `<metadata>` says of it (see [`METADATA_NS`]),
+/// and where libvirt knows its addresses from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainNic {
     /// The tap (`vnetN`, or the `<target dev>` the domain names).
     pub ifname: String,
     pub mac: MacAddr,
+    /// The instance the domain's metadata makes of this NIC, if any.
+    #[serde(default)]
+    pub instance: Option<NicInstance>,
+    /// Addresses the domain's XML gives the NIC (`<ip address>`).
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The libvirt network it is on (`<source network>`), whose DHCP
+    /// reservations and leases name its addresses.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The bridge it is a port of (`<source bridge>`, which libvirt also
+    /// fills in for a network's NIC): a network's leases are kept by it.
+    #[serde(default)]
+    pub bridge: Option<String>,
+}
+
+/// The XML namespace of sg-agent's element in a domain's `<metadata>`:
+///
+/// ```xml
+/// <metadata>
+///   <sg:instance xmlns:sg="https://github.com/sg-agent/sg-agent/libvirt/1">
+///     <sg:security-group>web</sg:security-group>
+///     <!-- per NIC, where a domain has several (groups of its own, a name) -->
+///     <sg:interface mac="52:54:00:00:00:02" name="web-backend">
+///       <sg:security-group>backend</sg:security-group>
+///     </sg:interface>
+///   </sg:instance>
+/// </metadata>
+/// ```
+///
+/// `virsh metadata DOMAIN --uri URI --key sg --set '<instance>...</instance>'`
+/// writes it (`--live`: on the running domain too); `name`, `vpc` and
+/// `subnet` attributes of `<sg:instance>` are optional.
+pub const METADATA_NS: &str = "https://github.com/sg-agent/sg-agent/libvirt/1";
+
+/// The instance a domain's metadata makes of one of its NICs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicInstance {
+    /// The instance's name: the metadata's, else the domain's (with the
+    /// NIC's MAC address where the domain has several).
+    pub name: String,
+    pub groups: Vec<String>,
+    pub vpc: Option<String>,
+    pub subnet: Option<String>,
 }
 
 /// Interface types whose host side is a tap this host owns. `direct`
@@ -47,6 +96,11 @@ pub fn nics(xml: &str) -> Result<Vec<DomainNic>, String> {
         .descendants()
         .find(|n| n.has_tag_name("domain"))
         .ok_or("no <domain> element")?;
+    let name = domain
+        .children()
+        .find(|n| n.has_tag_name("name"))
+        .and_then(|n| n.text())
+        .unwrap_or_default();
     let devices = domain
         .children()
         .find(|n| n.has_tag_name("devices"))
@@ -67,12 +121,116 @@ pub fn nics(xml: &str) -> Result<Vec<DomainNic>, String> {
         let mac = mac
             .parse()
             .map_err(|why| format!("interface {ifname}: MAC address {mac:?} {why}"))?;
+        let mut addresses = Vec::new();
+        for ip in iface.children().filter(|n| n.has_tag_name("ip")) {
+            let text = ip.attribute("address").unwrap_or_default();
+            addresses.push(
+                text.parse().map_err(|_| {
+                    format!("interface {ifname}: <ip address={text:?}> is no address")
+                })?,
+            );
+        }
+        let source = child("source");
+        // A network's NIC: its bridge is in the `<actual>` device libvirt
+        // resolved it to (live XML only).
+        let actual = child("actual")
+            .and_then(|a| a.children().find(|n| n.has_tag_name("source")))
+            .and_then(|s| s.attribute("bridge"));
         out.push(DomainNic {
             ifname: ifname.to_owned(),
             mac,
+            instance: None,
+            addresses,
+            network: source
+                .and_then(|s| s.attribute("network"))
+                .map(str::to_owned),
+            bridge: source
+                .and_then(|s| s.attribute("bridge"))
+                .or(actual)
+                .map(str::to_owned),
         });
     }
+    if let Some(meta) = domain
+        .children()
+        .find(|n| n.has_tag_name("metadata"))
+        .and_then(|m| {
+            m.children()
+                .find(|n| n.has_tag_name((METADATA_NS, "instance")))
+        })
+    {
+        instances_of(name, meta, &mut out)?;
+    }
     Ok(out)
+}
+
+/// Gives each NIC the instance `meta` (sg-agent's metadata element) makes
+/// of it: its own `<sg:interface>`'s groups where it has one, else the
+/// domain's. A domain whose metadata gives no group to a NIC leaves that
+/// NIC to the rules file.
+fn instances_of(
+    domain: &str,
+    meta: roxmltree::Node<'_, '_>,
+    nics: &mut [DomainNic],
+) -> Result<(), String> {
+    let groups_in = |node: roxmltree::Node<'_, '_>| -> Vec<String> {
+        node.children()
+            .filter(|n| n.has_tag_name((METADATA_NS, "security-group")))
+            .filter_map(|n| n.text())
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let attr = |node: roxmltree::Node<'_, '_>, key: &str| node.attribute(key).map(str::to_owned);
+    let base = attr(meta, "name").unwrap_or_else(|| domain.to_owned());
+    let mut per_nic = Vec::new();
+    for iface in meta
+        .children()
+        .filter(|n| n.has_tag_name((METADATA_NS, "interface")))
+    {
+        let text = iface.attribute("mac").unwrap_or_default();
+        let mac: MacAddr = text.parse().map_err(|why| {
+            format!("its sg-agent metadata: <interface mac={text:?}>: MAC address {why}")
+        })?;
+        per_nic.push((mac, iface));
+    }
+    if let Some((mac, _)) = per_nic
+        .iter()
+        .find(|(m, _)| !nics.iter().any(|n| n.mac == *m))
+    {
+        return Err(format!(
+            "its sg-agent metadata names NIC {mac}, which the domain does not have"
+        ));
+    }
+    let domain_groups = groups_in(meta);
+    for (index, nic) in nics.iter_mut().enumerate() {
+        let own = per_nic.iter().find(|(m, _)| *m == nic.mac).map(|(_, n)| *n);
+        let groups = own
+            .map(groups_in)
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| domain_groups.clone());
+        if groups.is_empty() {
+            continue;
+        }
+        // The first NIC is the domain's instance; another (hot-plugged,
+        // say) is named by its MAC address too, so the first keeps its
+        // name (and its connections) whatever is plugged in after it.
+        let name = own.and_then(|n| attr(n, "name")).unwrap_or_else(|| {
+            if index == 0 {
+                base.clone()
+            } else {
+                format!("{base}:{}", nic.mac)
+            }
+        });
+        nic.instance = Some(NicInstance {
+            name,
+            groups,
+            vpc: attr(meta, "vpc"),
+            subnet: own
+                .and_then(|n| attr(n, "subnet"))
+                .or_else(|| attr(meta, "subnet")),
+        });
+    }
+    Ok(())
 }
 
 /// The NIC an instance names: the domain's only NIC, or the one whose MAC
@@ -171,7 +329,10 @@ WARNING: THIS IS AN AUTO-GENERATED FILE.
       </interface>
       <interface type='network'>
         <mac address='52:54:00:aa:00:02'/>
-        <source network='default'/>
+        <source network='default' portid='a03a4fbc-82cd-4930-8c34-84a7990cc1b7'/>
+        <actual type='bridge'>
+          <source bridge='virbr0'/>
+        </actual>
         <target dev='vnet4'/>
       </interface>
       <interface type='direct'>
@@ -198,14 +359,73 @@ WARNING: THIS IS AN AUTO-GENERATED FILE.
             vec![
                 DomainNic {
                     ifname: "vnet3".into(),
-                    mac: mac("52:54:00:aa:00:01")
+                    mac: mac("52:54:00:aa:00:01"),
+                    instance: None,
+                    addresses: Vec::new(),
+                    network: None,
+                    bridge: Some("br0".into()),
                 },
                 DomainNic {
                     ifname: "vnet4".into(),
-                    mac: mac("52:54:00:aa:00:02")
+                    mac: mac("52:54:00:aa:00:02"),
+                    instance: None,
+                    addresses: Vec::new(),
+                    network: Some("default".into()),
+                    bridge: Some("virbr0".into()),
                 },
             ],
             "bridge and network NICs have taps; macvtap and user networking do not"
+        );
+    }
+
+    #[test]
+    fn metadata_gives_each_nic_its_instance() {
+        let xml = format!(
+            "<domain><name>web</name><metadata><sg:instance xmlns:sg='{METADATA_NS}' \
+             subnet='public'><sg:security-group>web</sg:security-group>\
+             <sg:security-group>ssh</sg:security-group>\
+             <sg:interface mac='52:54:00:aa:00:02' name='web-back'>\
+             <sg:security-group>backend</sg:security-group></sg:interface>\
+             </sg:instance><other:x xmlns:other='urn:other'/></metadata><devices>\
+             <interface type='bridge'><mac address='52:54:00:aa:00:01'/>\
+             <source bridge='br0'/><target dev='vnet1'/><ip address='10.0.0.5'/></interface>\
+             <interface type='bridge'><mac address='52:54:00:aa:00:02'/>\
+             <source bridge='br1'/><target dev='vnet2'/></interface>\
+             <interface type='bridge'><mac address='52:54:00:aa:00:03'/>\
+             <source bridge='br1'/><target dev='vnet3'/></interface>\
+             </devices></domain>"
+        );
+        let found = nics(&xml).expect("parses");
+        let inst = |i: usize| found[i].instance.clone().expect("an instance");
+        assert_eq!(
+            inst(0).name,
+            "web",
+            "the first NIC is the domain's instance"
+        );
+        assert_eq!(inst(0).groups, ["web", "ssh"]);
+        assert_eq!(inst(0).subnet.as_deref(), Some("public"));
+        assert_eq!(
+            found[0].addresses,
+            ["10.0.0.5".parse::<std::net::IpAddr>().expect("ip")]
+        );
+        assert_eq!(inst(1).name, "web-back", "named by its own element");
+        assert_eq!(inst(1).groups, ["backend"]);
+        assert_eq!(
+            inst(2).name,
+            "web:52:54:00:aa:00:03",
+            "another NIC: the domain's groups, named by its MAC address"
+        );
+        assert_eq!(inst(2).groups, ["web", "ssh"]);
+        let wrong = xml.replace(
+            "mac='52:54:00:aa:00:02' name",
+            "mac='52:54:00:aa:00:09' name",
+        );
+        let err = nics(&wrong).expect_err("metadata naming a NIC the domain lacks");
+        assert!(err.contains("52:54:00:aa:00:09"), "{err}");
+        let plain = nics(&xml.replace(METADATA_NS, "urn:someone-else")).expect("parses");
+        assert!(
+            plain.iter().all(|n| n.instance.is_none()),
+            "only sg-agent's namespace counts"
         );
     }
 
