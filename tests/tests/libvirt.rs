@@ -365,7 +365,11 @@ fn a_domain_joins_groups_by_its_metadata_with_the_address_libvirts_dhcp_gave() {
     assert!(addr.starts_with("10.9.0.1"), "from the DHCP range: {addr}");
     let client = ip("10.9.0.7");
     assert_eq!(tcp(&sw, client, at(&addr, 80)), Connected, "web allows 80");
-    assert_eq!(tcp(&sw, client, at(&addr, 8080)), TimedOut);
+    let dropped = live_record(&state, &web, || {
+        assert_eq!(tcp(&sw, client, at(&addr, 8080)), TimedOut);
+    });
+    assert_eq!(dropped["instance"], web.as_str(), "{dropped}");
+    assert_eq!(dropped["dstport"], 8080, "{dropped}");
     // `virsh metadata` on the running domain: its live XML changes, and
     // the agent puts the new group in force.
     virsh(&[
@@ -441,4 +445,37 @@ fn hot_plugged_nic_is_an_instance(agent: &AgentProcess, state: &StateDir, web: &
         "every NIC enforced: {}",
         String::from_utf8_lossy(&listed.stdout)
     );
+}
+
+/// The first REJECT record `sg-agent flows --live --domain DOMAIN` prints
+/// while `probe` runs.
+fn live_record(state: &StateDir, domain: &str, probe: impl FnOnce()) -> serde_json::Value {
+    let mut follower = std::process::Command::new(binary())
+        .args([
+            "flows",
+            "--live",
+            "--domain",
+            domain,
+            "--action",
+            "REJECT",
+            "--format",
+            "json",
+            "--count",
+            "1",
+            "--control-socket",
+        ])
+        .arg(state.control_socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sg-agent flows runs");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    probe();
+    let done = eventually(RELOAD, || matches!(follower.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = follower.kill();
+    }
+    let out = follower.wait_with_output().expect("flows' output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("a live record ({e}): {text:?}"))
 }

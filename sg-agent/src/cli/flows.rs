@@ -33,8 +33,12 @@ pub struct FlowsArgs {
     #[arg(long, conflicts_with = "follow")]
     live: bool,
     /// One instance only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "domain")]
     instance: Option<String>,
+    /// The instances of one libvirt domain only (every NIC's, as the agent
+    /// enforces them when asked; records name the instance).
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
     /// Only ACCEPT or only REJECT records.
     #[arg(long, value_enum)]
     action: Option<ActionArg>,
@@ -54,6 +58,31 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
         ActionArg::Accept => Action::Accept,
         ActionArg::Reject => Action::Reject,
     });
+    // A domain's instances, by name (a NIC hot-plugged later is not among
+    // them: asked once).
+    let of_domain: Option<Vec<String>> = match &args.domain {
+        None => None,
+        Some(domain) => match control::status(&args.control_socket) {
+            Ok(status) => {
+                let names: Vec<String> = status
+                    .instances
+                    .into_iter()
+                    .filter(|i| i.libvirt_domain.as_deref() == Some(domain.as_str()))
+                    .map(|i| i.name)
+                    .collect();
+                if names.is_empty() {
+                    eprintln!(
+                        "sg-agent flows: the agent enforces no instance of libvirt domain \
+                         {domain} (`sg-agent status --domain {domain}` shows its NICs)"
+                    );
+                    return ExitCode::from(1);
+                }
+                Some(names)
+            }
+            Err(e) => return super::status::failed(&e),
+        },
+    };
+    let wanted = |r: &flowlog::Record| of_domain.as_ref().is_none_or(|n| n.contains(&r.instance));
     let mut shown = 0u64;
     let mut out = std::io::stdout().lock();
     let render = |r: &flowlog::Record| match (args.format, &r.reason) {
@@ -69,7 +98,9 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
             (args.instance.clone(), action),
             control::Following::Recent,
             |reply| {
-                if let Reply::Record(r) = reply {
+                if let Reply::Record(r) = reply
+                    && wanted(r)
+                {
                     held.push(render(r));
                 }
                 true
@@ -100,6 +131,7 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
         },
         |reply| {
             let line = match reply {
+                Reply::Record(r) if !wanted(r) => return true,
                 Reply::Record(r) => render(r),
                 Reply::Skipped(n) => {
                     eprintln!("warning: {n} records skipped (this reader fell behind)");
