@@ -315,15 +315,7 @@ fn a_domain_joins_groups_by_its_metadata_with_the_address_libvirts_dhcp_gave() {
     );
     agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
     let mut libvirtd = Libvirtd::start(&sw);
-    // The host end (10.9.0.7, dnsmasq's) is no AWS service address.
-    libvirtd.create_network(
-        &net,
-        &format!(
-            "<network><name>{net}</name><bridge name='{bridge}' stp='off'/>\
-             <ip address='10.9.0.7' netmask='255.255.255.0'><dhcp>\
-             <range start='10.9.0.100' end='10.9.0.199'/></dhcp></ip></network>"
-        ),
-    );
+    dhcp_network(&mut libvirtd, &net, &bridge);
     let ns = sg_agent::libvirt::METADATA_NS;
     let console = dir.join("web.console");
     let xml = domain_xml_with(
@@ -478,4 +470,18 @@ fn live_record(state: &StateDir, domain: &str, probe: impl FnOnce()) -> serde_js
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().next().unwrap_or_default())
         .unwrap_or_else(|e| panic!("a live record ({e}): {text:?}"))
+}
+
+/// A libvirt network `net` on bridge `bridge` whose dnsmasq leases
+/// 10.9.0.100-199; the host end (10.9.0.7, dnsmasq's) is no AWS service
+/// address.
+fn dhcp_network(libvirtd: &mut Libvirtd, net: &str, bridge: &str) {
+    libvirtd.create_network(
+        net,
+        &format!(
+            "<network><name>{net}</name><bridge name='{bridge}' stp='off'/>\
+             <ip address='10.9.0.7' netmask='255.255.255.0'><dhcp>\
+             <range start='10.9.0.100' end='10.9.0.199'/></dhcp></ip></network>"
+        ),
+    );
 }
