@@ -88,6 +88,7 @@ pub struct Libvirtd {
     daemons: Vec<Child>,
     domains: Vec<String>,
     networks: Vec<String>,
+    nwfilters: Vec<String>,
     /// The node bound over /dev/kvm in the daemons' mount namespace.
     nokvm: PathBuf,
 }
@@ -140,6 +141,7 @@ impl Libvirtd {
             daemons,
             domains: Vec::new(),
             networks: Vec::new(),
+            nwfilters: Vec::new(),
             nokvm,
         };
         if !up {
@@ -172,6 +174,16 @@ impl Libvirtd {
         created.unwrap_or_else(|e| panic!("virsh net-create {name}: {e}"));
     }
 
+    /// `virsh nwfilter-define` of a filter (undefined on drop).
+    pub fn define_nwfilter(&mut self, name: &str, xml: &str) {
+        let path = std::env::temp_dir().join(format!("{name}-nwfilter.xml"));
+        std::fs::write(&path, xml).expect("nwfilter XML");
+        self.nwfilters.push(name.to_owned());
+        let defined = virsh(&["nwfilter-define", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        defined.unwrap_or_else(|e| panic!("virsh nwfilter-define {name}: {e}"));
+    }
+
     pub fn destroy(&self, name: &str) {
         let _ = virsh(&["destroy", name]);
     }
@@ -192,6 +204,10 @@ impl Libvirtd {
         }
         for n in &self.networks {
             let _ = virsh(&["net-destroy", n]);
+        }
+        // Defined filters are persistent (/etc/libvirt/nwfilter): gone.
+        for f in &self.nwfilters {
+            let _ = virsh(&["nwfilter-undefine", f]);
         }
         for child in self.daemons.iter_mut().rev() {
             let _ = nix::sys::signal::kill(

@@ -485,3 +485,119 @@ fn dhcp_network(libvirtd: &mut Libvirtd, net: &str, bridge: &str) {
         ),
     );
 }
+
+/// A domain filtered by libvirt's nwfilter (a `<filterref>` dropping TCP
+/// to port 8080 on its way in) and by sg-agent (its metadata's group
+/// allows 80 and 8080, not 9090): a packet reaches the guest only if both
+/// let it. Inbound, nwfilter judges first (its ebtables rules run on the
+/// bridge, before the frame leaves through the tap, where sg-agent's
+/// program is): the SYN nwfilter drops never reaches sg-agent's rule.
+#[test]
+fn nwfilter_and_sg_agent_both_judge_a_domain() {
+    sg_tests::kernel::require_root();
+    let lab = Lab::new("snf");
+    let sw = lab.switch_netns().to_owned();
+    let prefix = lab.prefix.clone();
+    let (net, bridge, vm, filter) = (
+        format!("{prefix}-net"),
+        format!("{prefix}-vb"),
+        format!("{prefix}-vm"),
+        format!("{prefix}-no8080"),
+    );
+    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("vpc.toml");
+    let rules = BY_METADATA.replace(
+        "from_port = 80\n  to_port = 80",
+        "from_port = 80\n  to_port = 8080",
+    );
+    std::fs::write(&config, rules).expect("rules");
+    let state = StateDir::new();
+    let _hook = Hook::install(
+        &format!("sg-agent-test-{prefix}"),
+        &binary(),
+        &state.control_socket(),
+    );
+    let agent = AgentProcess::start_in(
+        &state,
+        &config,
+        &["--allow-empty", "--libvirt-netns", &sw],
+        "info",
+    );
+    agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
+    let mut libvirtd = Libvirtd::start(&sw);
+    dhcp_network(&mut libvirtd, &net, &bridge);
+    libvirtd.define_nwfilter(
+        &filter,
+        &format!(
+            "<filter name='{filter}' chain='ipv4'><rule action='drop' direction='in' \
+             priority='500'><ip protocol='tcp' dstportstart='8080'/></rule></filter>"
+        ),
+    );
+    let ns = sg_agent::libvirt::METADATA_NS;
+    let console = dir.join("vm.console");
+    let xml = domain_xml_with(
+        &vm,
+        &format!(
+            "<interface type='network'><source network='{net}'/>\
+             <mac address='52:54:00:00:0a:10'/><model type='virtio'/><rom enabled='no'/>\
+             <filterref filter='{filter}'/></interface>"
+        ),
+        &format!(
+            "<sg:instance xmlns:sg='{ns}'><sg:security-group>web</sg:security-group></sg:instance>"
+        ),
+        "sg.dhcp sg.tcp=80,8080,9090",
+        &console,
+    );
+    libvirtd.create(&vm, &xml).expect("the domain starts");
+    assert_eq!(instance(&agent, &vm)["state"], "enforced");
+    wait_booted(&console);
+    let addr = || {
+        instance(&agent, &vm)["addresses"][0]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert!(
+        eventually(RELOAD, || addr().is_some()),
+        "{}",
+        instance(&agent, &vm)
+    );
+    let addr = addr().expect("leased");
+    let client = ip("10.9.0.7");
+    let rule_flows = || {
+        instance(&agent, &vm)["rules"][0]["flows"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let dropped = || {
+        instance(&agent, &vm)["packets"]["ingress"]["drop_no_rule"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(tcp(&sw, client, at(&addr, 80)), Connected, "both allow 80");
+    let (flows, drops) = (rule_flows(), dropped());
+    assert_eq!(
+        flows,
+        1,
+        "sg-agent's rule let it in: {}",
+        instance(&agent, &vm)
+    );
+    assert_eq!(
+        tcp(&sw, client, at(&addr, 8080)),
+        TimedOut,
+        "nwfilter drops 8080, which sg-agent allows"
+    );
+    assert_eq!(
+        (rule_flows(), dropped()),
+        (flows, drops),
+        "nwfilter dropped it on the bridge: sg-agent never saw it"
+    );
+    assert_eq!(
+        tcp(&sw, client, at(&addr, 9090)),
+        TimedOut,
+        "sg-agent drops 9090, which nwfilter allows"
+    );
+    assert!(dropped() > drops, "{}", instance(&agent, &vm));
+    drop(libvirtd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
