@@ -16,6 +16,9 @@ use std::{
 
 use crate::probe::eventually;
 
+/// The QEMU driver's settings.
+const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
+
 /// libvirtd's socket for `qemu:///system`.
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
 /// Where libvirtd looks for QEMU hook scripts (libvirt 6.5 and later).
@@ -91,6 +94,8 @@ pub struct Libvirtd {
     nwfilters: Vec<String>,
     /// The node bound over /dev/kvm in the daemons' mount namespace.
     nokvm: PathBuf,
+    /// The qemu.conf bound over the host's there.
+    conf: PathBuf,
 }
 
 impl Libvirtd {
@@ -109,13 +114,22 @@ impl Libvirtd {
         // open), it probes QEMU again (about 2 s a probe, a dozen a domain)
         // on every domain start. A node of mode 000 makes KVM unusable to
         // the QEMU user, which is what the cache then records; a device
-        // node, since libvirt copies /dev/kvm into each domain's own /dev.
+        // node. And QEMU runs in that mount namespace's /dev, not in one
+        // libvirt makes per domain (`namespaces = []` in a qemu.conf bound
+        // over the host's there): building one moves each mount under /dev
+        // (the bound node) through /run/libvirt/qemu, which failed now and
+        // then with ENOENT when a test started a second libvirtd.
         let nokvm = std::env::temp_dir().join(format!("sg-tests-no-kvm-{}", std::process::id()));
+        let conf = std::env::temp_dir().join(format!("sg-tests-qemu-{}.conf", std::process::id()));
+        let host_conf = std::fs::read_to_string(QEMU_CONF).unwrap_or_default();
+        std::fs::write(&conf, format!("{host_conf}\nnamespaces = []\n")).expect("qemu.conf");
         let script = format!(
             "if [ -e /dev/kvm ]; then rm -f {n}; mknod -m 000 {n} c 1 3 && \
              mount --bind {n} /dev/kvm; fi; \
+             if [ -e {QEMU_CONF} ]; then mount --bind {c} {QEMU_CONF}; fi; \
              exec nsenter --net=/run/netns/{netns} \"$0\"",
-            n = nokvm.display()
+            n = nokvm.display(),
+            c = conf.display(),
         );
         let mut daemons = Vec::new();
         for daemon in ["virtlogd", "libvirtd"] {
@@ -143,6 +157,7 @@ impl Libvirtd {
             networks: Vec::new(),
             nwfilters: Vec::new(),
             nokvm,
+            conf,
         };
         if !up {
             me.stop();
@@ -218,6 +233,7 @@ impl Libvirtd {
         }
         self.daemons.clear();
         let _ = std::fs::remove_file(&self.nokvm);
+        let _ = std::fs::remove_file(&self.conf);
     }
 }
 

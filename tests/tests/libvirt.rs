@@ -288,76 +288,20 @@ name = "alt"
 /// `virsh metadata --live` moves it to group `alt`, in force at once.
 #[test]
 fn a_domain_joins_groups_by_its_metadata_with_the_address_libvirts_dhcp_gave() {
-    sg_tests::kernel::require_root();
-    let lab = Lab::new("slm");
-    let sw = lab.switch_netns().to_owned();
-    let prefix = lab.prefix.clone();
-    let (net, bridge, web) = (
-        format!("{prefix}-net"),
-        format!("{prefix}-vb"),
-        format!("{prefix}-web"),
-    );
-    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("vpc.toml");
-    std::fs::write(&config, BY_METADATA).expect("rules");
-    let state = StateDir::new();
-    let _hook = Hook::install(
-        &format!("sg-agent-test-{prefix}"),
-        &binary(),
-        &state.control_socket(),
-    );
-    let agent = AgentProcess::start_in(
-        &state,
-        &config,
-        &["--allow-empty", "--libvirt-netns", &sw],
-        "info",
-    );
-    agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
-    let mut libvirtd = Libvirtd::start(&sw);
-    dhcp_network(&mut libvirtd, &net, &bridge);
-    let ns = sg_agent::libvirt::METADATA_NS;
-    let console = dir.join("web.console");
-    let xml = domain_xml_with(
-        &web,
-        &format!(
-            "<interface type='network'><source network='{net}'/>\
-             <mac address='52:54:00:00:09:10'/><model type='virtio'/><rom enabled='no'/>\
-             </interface>"
-        ),
-        &format!(
-            "<sg:instance xmlns:sg='{ns}'><sg:security-group>web</sg:security-group></sg:instance>"
-        ),
-        "sg.dhcp sg.tcp=80,8080",
-        &console,
-    );
-    libvirtd.create(&web, &xml).expect("the domain starts");
+    let mut m = MetadataLab::new("slm", BY_METADATA);
+    let web = format!("{}-web", m.prefix);
+    let console = m.domain(&web, "52:54:00:00:09:10", "", "80,8080");
     // Enforced when `virsh create` returned: its metadata made it an
     // instance as it started, and the hook's answer came first.
-    let i = instance(&agent, &web);
+    let i = instance(&m.agent, &web);
     assert_eq!(i["state"], "enforced", "{i}");
-    assert_eq!(i["interface"], libvirtd.tap(&web).as_str());
+    assert_eq!(i["interface"], m.libvirtd.tap(&web).as_str());
     assert_eq!(i["addresses_from"], "libvirt", "{i}");
-    wait_booted(&console);
-    let leased = || {
-        instance(&agent, &web)["addresses"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str())
-            .map(str::to_owned)
-    };
-    assert!(
-        eventually(RELOAD, || leased().is_some()),
-        "the lease became its address: {}\nthe leases: {}",
-        instance(&agent, &web),
-        std::fs::read_to_string(format!("/var/lib/libvirt/dnsmasq/{bridge}.status"))
-            .unwrap_or_default()
-    );
-    let addr = leased().expect("leased");
+    let addr = m.leased(&web, &console);
     assert!(addr.starts_with("10.9.0.1"), "from the DHCP range: {addr}");
-    let client = ip("10.9.0.7");
+    let (sw, client) = (m.sw.clone(), ip("10.9.0.7"));
     assert_eq!(tcp(&sw, client, at(&addr, 80)), Connected, "web allows 80");
-    let dropped = live_record(&state, &web, || {
+    let dropped = live_record(&m.state, &web, || {
         assert_eq!(tcp(&sw, client, at(&addr, 8080)), TimedOut);
     });
     assert_eq!(dropped["instance"], web.as_str(), "{dropped}");
@@ -368,7 +312,7 @@ fn a_domain_joins_groups_by_its_metadata_with_the_address_libvirts_dhcp_gave() {
         "metadata",
         &web,
         "--uri",
-        ns,
+        sg_agent::libvirt::METADATA_NS,
         "--key",
         "sg",
         "--set",
@@ -379,16 +323,125 @@ fn a_domain_joins_groups_by_its_metadata_with_the_address_libvirts_dhcp_gave() {
     assert!(
         eventually(RELOAD, || tcp(&sw, client, at(&addr, 8080)) == Connected),
         "in group alt now: {}",
-        instance(&agent, &web)
+        instance(&m.agent, &web)
     );
     assert_eq!(
         tcp(&sw, client, at(&addr, 80)),
         TimedOut,
         "no longer in web"
     );
-    hot_plugged_nic_is_an_instance(&agent, &state, &web, &net);
-    drop(libvirtd);
-    let _ = std::fs::remove_dir_all(&dir);
+    hot_plugged_nic_is_an_instance(&m.agent, &m.state, &web, &m.net);
+}
+
+/// A lab for the domains that join groups by their metadata: an agent on
+/// `rules` (no instance: `--allow-empty`), the hook, a libvirtd in the
+/// lab's namespace with a DHCP network (10.9.0.0/24, leases from .100, the
+/// host end .7 is no AWS service address). Dropped in that order.
+struct MetadataLab {
+    libvirtd: Libvirtd,
+    agent: AgentProcess,
+    _hook: Hook,
+    state: StateDir,
+    dir: PathBuf,
+    net: String,
+    sw: String,
+    prefix: String,
+    _lab: Lab,
+}
+
+impl MetadataLab {
+    fn new(tag: &str, rules: &str) -> Self {
+        sg_tests::kernel::require_root();
+        let lab = Lab::new(tag);
+        let sw = lab.switch_netns().to_owned();
+        let prefix = lab.prefix.clone();
+        let (net, bridge) = (format!("{prefix}-net"), format!("{prefix}-vb"));
+        let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("vpc.toml");
+        std::fs::write(&config, rules).expect("rules");
+        let state = StateDir::new();
+        let hook = Hook::install(
+            &format!("sg-agent-test-{prefix}"),
+            &binary(),
+            &state.control_socket(),
+        );
+        let agent = AgentProcess::start_in(
+            &state,
+            &config,
+            &["--allow-empty", "--libvirt-netns", &sw],
+            "info",
+        );
+        agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
+        let mut libvirtd = Libvirtd::start(&sw);
+        libvirtd.create_network(
+            &net,
+            &format!(
+                "<network><name>{net}</name><bridge name='{bridge}' stp='off'/>\
+                 <ip address='10.9.0.7' netmask='255.255.255.0'><dhcp>\
+                 <range start='10.9.0.100' end='10.9.0.199'/></dhcp></ip></network>"
+            ),
+        );
+        Self {
+            libvirtd,
+            agent,
+            _hook: hook,
+            state,
+            dir,
+            net,
+            sw,
+            prefix,
+            _lab: lab,
+        }
+    }
+
+    /// Starts domain `name` on the network with `mac` (and `nic_extra` in
+    /// its `<interface>`), in group `web` by its metadata, its guest taking
+    /// a lease and listening on `ports`: its console file.
+    fn domain(&mut self, name: &str, mac: &str, nic_extra: &str, ports: &str) -> PathBuf {
+        let console = self.dir.join(format!("{name}.console"));
+        let xml = domain_xml_with(
+            name,
+            &format!(
+                "<interface type='network'><source network='{}'/>\
+                 <mac address='{mac}'/><model type='virtio'/><rom enabled='no'/>{nic_extra}\
+                 </interface>",
+                self.net
+            ),
+            &format!(
+                "<sg:instance xmlns:sg='{}'><sg:security-group>web</sg:security-group>\
+                 </sg:instance>",
+                sg_agent::libvirt::METADATA_NS
+            ),
+            &format!("sg.dhcp sg.tcp={ports}"),
+            &console,
+        );
+        self.libvirtd.create(name, &xml).expect("the domain starts");
+        console
+    }
+
+    /// Once domain `name` booted: its address, the lease its guest took,
+    /// as the agent enforces it.
+    fn leased(&self, name: &str, console: &PathBuf) -> String {
+        wait_booted(console);
+        let leased = || {
+            instance(&self.agent, name)["addresses"][0]
+                .as_str()
+                .map(str::to_owned)
+        };
+        assert!(
+            eventually(RELOAD, || leased().is_some()),
+            "the lease became its address: {}",
+            instance(&self.agent, name)
+        );
+        leased().expect("leased")
+    }
+}
+
+impl Drop for MetadataLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A NIC hot-plugged into domain `web` (whose metadata puts it in group
@@ -472,20 +525,6 @@ fn live_record(state: &StateDir, domain: &str, probe: impl FnOnce()) -> serde_js
         .unwrap_or_else(|e| panic!("a live record ({e}): {text:?}"))
 }
 
-/// A libvirt network `net` on bridge `bridge` whose dnsmasq leases
-/// 10.9.0.100-199; the host end (10.9.0.7, dnsmasq's) is no AWS service
-/// address.
-fn dhcp_network(libvirtd: &mut Libvirtd, net: &str, bridge: &str) {
-    libvirtd.create_network(
-        net,
-        &format!(
-            "<network><name>{net}</name><bridge name='{bridge}' stp='off'/>\
-             <ip address='10.9.0.7' netmask='255.255.255.0'><dhcp>\
-             <range start='10.9.0.100' end='10.9.0.199'/></dhcp></ip></network>"
-        ),
-    );
-}
-
 /// A domain filtered by libvirt's nwfilter (a `<filterref>` dropping TCP
 /// to port 8080 on its way in) and by sg-agent (its metadata's group
 /// allows 80 and 8080, not 9090): a packet reaches the guest only if both
@@ -494,110 +533,62 @@ fn dhcp_network(libvirtd: &mut Libvirtd, net: &str, bridge: &str) {
 /// program is): the SYN nwfilter drops never reaches sg-agent's rule.
 #[test]
 fn nwfilter_and_sg_agent_both_judge_a_domain() {
-    sg_tests::kernel::require_root();
-    let lab = Lab::new("snf");
-    let sw = lab.switch_netns().to_owned();
-    let prefix = lab.prefix.clone();
-    let (net, bridge, vm, filter) = (
-        format!("{prefix}-net"),
-        format!("{prefix}-vb"),
-        format!("{prefix}-vm"),
-        format!("{prefix}-no8080"),
-    );
-    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("vpc.toml");
     let rules = BY_METADATA.replace(
         "from_port = 80\n  to_port = 80",
         "from_port = 80\n  to_port = 8080",
     );
-    std::fs::write(&config, rules).expect("rules");
-    let state = StateDir::new();
-    let _hook = Hook::install(
-        &format!("sg-agent-test-{prefix}"),
-        &binary(),
-        &state.control_socket(),
-    );
-    let agent = AgentProcess::start_in(
-        &state,
-        &config,
-        &["--allow-empty", "--libvirt-netns", &sw],
-        "info",
-    );
-    agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
-    let mut libvirtd = Libvirtd::start(&sw);
-    dhcp_network(&mut libvirtd, &net, &bridge);
-    libvirtd.define_nwfilter(
+    let mut m = MetadataLab::new("snf", &rules);
+    let (vm, filter) = (format!("{}-vm", m.prefix), format!("{}-no8080", m.prefix));
+    m.libvirtd.define_nwfilter(
         &filter,
         &format!(
             "<filter name='{filter}' chain='ipv4'><rule action='drop' direction='in' \
              priority='500'><ip protocol='tcp' dstportstart='8080'/></rule></filter>"
         ),
     );
-    let ns = sg_agent::libvirt::METADATA_NS;
-    let console = dir.join("vm.console");
-    let xml = domain_xml_with(
+    let console = m.domain(
         &vm,
-        &format!(
-            "<interface type='network'><source network='{net}'/>\
-             <mac address='52:54:00:00:0a:10'/><model type='virtio'/><rom enabled='no'/>\
-             <filterref filter='{filter}'/></interface>"
-        ),
-        &format!(
-            "<sg:instance xmlns:sg='{ns}'><sg:security-group>web</sg:security-group></sg:instance>"
-        ),
-        "sg.dhcp sg.tcp=80,8080,9090",
-        &console,
+        "52:54:00:00:0a:10",
+        &format!("<filterref filter='{filter}'/>"),
+        "80,8080,9090",
     );
-    libvirtd.create(&vm, &xml).expect("the domain starts");
-    assert_eq!(instance(&agent, &vm)["state"], "enforced");
-    wait_booted(&console);
-    let addr = || {
-        instance(&agent, &vm)["addresses"][0]
-            .as_str()
-            .map(str::to_owned)
-    };
-    assert!(
-        eventually(RELOAD, || addr().is_some()),
-        "{}",
-        instance(&agent, &vm)
-    );
-    let addr = addr().expect("leased");
-    let client = ip("10.9.0.7");
+    assert_eq!(instance(&m.agent, &vm)["state"], "enforced");
+    let addr = m.leased(&vm, &console);
+    let (sw, client, agent) = (&m.sw, ip("10.9.0.7"), &m.agent);
     let rule_flows = || {
-        instance(&agent, &vm)["rules"][0]["flows"]
+        instance(agent, &vm)["rules"][0]["flows"]
             .as_u64()
             .unwrap_or(0)
     };
     let dropped = || {
-        instance(&agent, &vm)["packets"]["ingress"]["drop_no_rule"]
+        instance(agent, &vm)["packets"]["ingress"]["drop_no_rule"]
             .as_u64()
             .unwrap_or(0)
     };
-    assert_eq!(tcp(&sw, client, at(&addr, 80)), Connected, "both allow 80");
+    assert_eq!(tcp(sw, client, at(&addr, 80)), Connected, "both allow 80");
+    // Rule hits come from the programs' events, drained every tenth of a
+    // second or so.
+    assert!(
+        eventually(RELOAD, || rule_flows() == 1),
+        "sg-agent's rule let it in: {}",
+        instance(agent, &vm)
+    );
     let (flows, drops) = (rule_flows(), dropped());
     assert_eq!(
-        flows,
-        1,
-        "sg-agent's rule let it in: {}",
-        instance(&agent, &vm)
-    );
-    assert_eq!(
-        tcp(&sw, client, at(&addr, 8080)),
+        tcp(sw, client, at(&addr, 8080)),
         TimedOut,
         "nwfilter drops 8080, which sg-agent allows"
     );
+    std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(
         (rule_flows(), dropped()),
         (flows, drops),
         "nwfilter dropped it on the bridge: sg-agent never saw it"
     );
     assert_eq!(
-        tcp(&sw, client, at(&addr, 9090)),
+        tcp(sw, client, at(&addr, 9090)),
         TimedOut,
         "sg-agent drops 9090, which nwfilter allows"
     );
-    assert!(dropped() > drops, "{}", instance(&agent, &vm));
-    drop(libvirtd);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(dropped() > drops, "{}", instance(agent, &vm));
 }
