@@ -8,11 +8,14 @@
 //! A lease is the guest's word (DHCP is unauthenticated): dnsmasq gives it
 //! only a free address of the range, never one leased to another MAC
 //! address, and a lease counts only for the MAC address it names, which is
-//! the NIC's own (the host side drops every frame from another). A guest
-//! can still ask in another MAC address's name (DHCP's client hardware
-//! address is not checked) and move that NIC's lease within the range. A
-//! reservation is the host's word, and known before the guest boots:
-//! prefer one.
+//! the NIC's own (the host side drops every frame from another). A lease
+//! whose Ethernet client identifier names another MAC address than its own
+//! (a guest asking in another NIC's name, which dnsmasq would answer with
+//! that NIC's address) is no one's address. A guest can still ask with
+//! another NIC's MAC address as its client hardware address (the programs
+//! do not read DHCP's fields) and move that NIC's lease within the range: a
+//! denial of service, never an address of its own. A reservation is the
+//! host's word, and known before the guest boots: prefer one.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -100,6 +103,8 @@ impl NetworkAddresses {
             mac: Option<String>,
             #[serde(rename = "expiry-time")]
             expiry: Option<u64>,
+            #[serde(rename = "client-id")]
+            client_id: Option<String>,
         }
         if json.trim().is_empty() {
             return Ok(());
@@ -113,6 +118,21 @@ impl NetworkAddresses {
             let Some(mac) = lease.mac.and_then(|m| m.parse::<MacAddr>().ok()) else {
                 continue;
             };
+            // dnsmasq finds a lease by the client identifier first: one of
+            // Ethernet's type (01:MAC) naming another MAC address than the
+            // frame's is a guest asking in another NIC's name (which would
+            // hand it that NIC's address). Not an address of either.
+            if let Some(id) = lease.client_id.as_deref()
+                && let Some(named) = id.strip_prefix("01:")
+                && named.parse::<MacAddr>().is_ok_and(|m| m != mac)
+            {
+                log::warn!(
+                    "{bridge}: the lease of {} to {mac} was asked for in {named}'s name \
+                     (DHCP client identifier {id}): not taken as anyone's address",
+                    lease.ip
+                );
+                continue;
+            }
             self.leased
                 .entry((bridge.to_owned(), mac))
                 .or_default()
@@ -199,7 +219,8 @@ mod tests {
         found
             .leases(
                 "virbr7",
-                r#"[{"ip-address":"10.9.0.150","mac-address":"52:54:00:00:00:02","expiry-time":2000},
+                r#"[{"ip-address":"10.9.0.150","mac-address":"52:54:00:00:00:02","expiry-time":2000,"client-id":"01:52:54:00:00:00:02"},
+                    {"ip-address":"10.9.0.160","mac-address":"52:54:00:00:00:04","expiry-time":2000,"client-id":"01:52:54:00:00:00:02"},
                     {"ip-address":"10.9.0.151","mac-address":"52:54:00:00:00:03","expiry-time":900},
                     {"ip-address":"10.9.0.10","mac-address":"52:54:00:00:00:01","expiry-time":2000}]"#,
                 1000,
@@ -223,6 +244,10 @@ mod tests {
         assert!(
             of(Some("other"), Some("virbr8"), "52:54:00:00:00:02").is_empty(),
             "another network's lease is not this NIC's"
+        );
+        assert!(
+            of(Some("lab"), Some("virbr7"), "52:54:00:00:00:04").is_empty(),
+            "a lease asked for in another NIC's name is no one's"
         );
         assert!(found.leases("virbr7", "not json", 0).is_err());
     }
