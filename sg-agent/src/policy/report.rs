@@ -102,6 +102,10 @@ pub struct InstanceReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     pub addresses: Vec<String>,
+    /// `libvirt` when its addresses are libvirt's (a libvirt instance with
+    /// no `addresses`: filled in by the running agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses_from: Option<&'static str>,
     /// Its VPC, when the file names several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc: Option<String>,
@@ -219,6 +223,7 @@ pub fn report(vpc: &Vpc) -> Report {
                     .map(|m| m.to_string()),
                 node: inst.node.clone(),
                 addresses: inst.addresses.iter().map(ToString::to_string).collect(),
+                addresses_from: inst.addresses_from_libvirt.then_some("libvirt"),
                 vpc: (vpc.vpcs.len() > 1).then(|| vpc.vpc_of_instance(inst).to_owned()),
                 subnet: vpc.subnet_of(inst).map(subnet_text),
                 network_acl: vpc.network_acl_for(inst).map(|(_, a)| a.name.clone()),
@@ -540,7 +545,19 @@ fn instance_header(out: &mut String, inst: &InstanceReport) {
         .as_ref()
         .map_or_else(String::new, |v| format!(", VPC {v}"));
     let _ = writeln!(out, "instance {} ({place}{node}{in_vpc})", inst.name);
-    let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
+    if inst.addresses_from.is_some() {
+        let _ = writeln!(
+            out,
+            "  addresses: libvirt's (its <ip>, its network's DHCP reservation and leases){}",
+            if inst.addresses.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", inst.addresses.join(", "))
+            }
+        );
+    } else {
+        let _ = writeln!(out, "  addresses: {}", inst.addresses.join(", "));
+    }
     let _ = writeln!(out, "  id: {}", inst.id);
     if let Some(subnet) = &inst.subnet {
         let acl = inst.network_acl.as_ref().map_or_else(
