@@ -121,9 +121,20 @@ pub fn nics(xml: &str) -> Result<Vec<DomainNic>, String> {
         let mac = mac
             .parse()
             .map_err(|why| format!("interface {ifname}: MAC address {mac:?} {why}"))?;
+        // The guest's own addresses where the XML gives them: `<ip
+        // address>` (LXC's, and QEMU's user networking), but on an
+        // `ethernet` tap that is the host end's, and the guest's is `peer`.
         let mut addresses = Vec::new();
+        let key = if kind == "ethernet" {
+            "peer"
+        } else {
+            "address"
+        };
         for ip in iface.children().filter(|n| n.has_tag_name("ip")) {
-            let text = ip.attribute("address").unwrap_or_default();
+            let Some(text) = ip.attribute(key) else {
+                continue;
+            };
+            let text = text.split('/').next().unwrap_or_default();
             addresses.push(
                 text.parse().map_err(|_| {
                     format!("interface {ifname}: <ip address={text:?}> is no address")
@@ -446,10 +457,16 @@ WARNING: THIS IS AN AUTO-GENERATED FILE.
                    <interface type='bridge'><mac address='52:54:00:00:00:07'/>\
                    <source bridge='br0'/></interface>\
                    <interface type='ethernet'><mac address='52:54:00:00:00:08'/>\
+                   <ip address='192.168.9.1' prefix='24' peer='10.0.0.8/24'/>\
                    <target dev='tap-db' managed='no'/></interface></devices></domain>";
         let found = nics(xml).expect("parses");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].ifname, "tap-db");
+        assert_eq!(
+            found[0].addresses,
+            ["10.0.0.8".parse::<std::net::IpAddr>().expect("ip")],
+            "an ethernet tap's <ip address> is the host end's; the guest's is its peer"
+        );
         assert!(nics("<notxml").is_err());
         assert!(nics("<domain><name>x</name></domain>").is_err());
     }
