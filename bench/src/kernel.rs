@@ -105,6 +105,23 @@ pub struct Row {
     pub family: &'static str,
     pub path: &'static str,
     pub ns: Stat,
+    /// Each run's figure, in run order: every cell is measured once per
+    /// run, one after another, so two rows' samples of one run are side by
+    /// side (see [`paired_ratio`]).
+    pub samples: Vec<f64>,
+}
+
+/// The median over runs of `a`'s figure over `b`'s in the same run: a
+/// slow moment of the machine weighs on both of a run's figures, so this
+/// reads a small difference that the medians' spread (run to run) hides.
+pub fn paired_ratio(a: &Row, b: &Row) -> f64 {
+    let ratios: Vec<f64> = a
+        .samples
+        .iter()
+        .zip(&b.samples)
+        .map(|(x, y)| x / y)
+        .collect();
+    Stat::of(&ratios).median
 }
 
 pub struct Report {
@@ -316,6 +333,10 @@ pub fn measure(cfg: &Config) -> Report {
                     .expect("load with flow logs");
                 dp.publish(tables, compiled.instances[0].settings)
                     .expect("publish");
+                if label == ACL_CODE_ONLY {
+                    dp.use_variant(Variant::NetworkAcl)
+                        .expect("the programs with network-ACL code load");
+                }
                 std::rc::Rc::new(dp)
             });
             [false, true].into_iter().flat_map(move |v6| {
@@ -425,6 +446,7 @@ pub fn measure(cfg: &Config) -> Report {
             family: c.family,
             path: c.path,
             ns: Stat::of(&c.samples),
+            samples: c.samples.clone(),
         })
         .collect();
     drop(inside);

@@ -240,8 +240,10 @@ pub fn render(all: &All) -> String {
         }
     }
     // No network ACL on the path: the programs without its code against
-    // those with it, same policy, side by side (the issue's "costs nothing
-    // more": within 2%, the run-to-run noise of a median here).
+    // those with it, same policy, side by side: each run's pair of figures
+    // (measured one after the other) as a ratio, the median of those (a
+    // median's spread from run to run on this shared machine is wider than
+    // the difference asked about). "Costs nothing more": at most 1.0x.
     for path in ["tracked", "dropped", "new flow allowed"] {
         let worst = k
             .rows
@@ -255,14 +257,14 @@ pub fn render(all: &All) -> String {
                             && with.path == path
                             && with.family == plain.family
                     })
-                    .map(|with| plain.ns.median / with.ns.median)
+                    .map(|with| crate::kernel::paired_ratio(plain, with))
             })
             .fold(f64::NAN, f64::max);
         if !worst.is_nan() {
             let _ = writeln!(
                 out,
-                "| {path}, no network ACL: programs without its code <= 1.02x those with it | worst {worst:.2}x | {} |",
-                verdict(worst <= 1.02)
+                "| {path}, no network ACL: programs without its code <= 1.0x those with it (median of per-run ratios) | worst {worst:.2}x | {} |",
+                verdict(worst <= 1.0)
             );
         }
     }
