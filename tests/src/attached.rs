@@ -25,23 +25,23 @@ pub fn attached(ns: &str) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
 
 /// IDs of the TCX ingress and egress programs on `ifname` in `ns`.
 pub fn tcx_on(ns: &str, ifname: &str) -> (Vec<u64>, Vec<u64>) {
-    let tcx = |at| {
-        let ifname = ifname.to_owned();
-        in_netns(ns, move || {
-            SchedClassifier::query_tcx(&ifname, at)
-                .expect("TCX query")
-                .1
-                .iter()
-                .map(|p| u64::from(p.id()))
-                .collect::<Vec<_>>()
-        })
-    };
-    (tcx(TcAttachType::Ingress), tcx(TcAttachType::Egress))
+    tcx_query(ns, ifname, |p| u64::from(p.id()))
 }
 
 /// Names of the TCX ingress and egress programs on `ifname` in `ns`, as the
 /// kernel keeps them (the first 15 bytes).
 pub fn tcx_names(ns: &str, ifname: &str) -> (Vec<String>, Vec<String>) {
+    tcx_query(ns, ifname, |p| {
+        p.name_as_str().unwrap_or_default().to_owned()
+    })
+}
+
+/// `what` of each TCX ingress and egress program on `ifname` in `ns`.
+fn tcx_query<T: Send + 'static>(
+    ns: &str,
+    ifname: &str,
+    what: fn(&aya::programs::ProgramInfo) -> T,
+) -> (Vec<T>, Vec<T>) {
     let tcx = |at| {
         let ifname = ifname.to_owned();
         in_netns(ns, move || {
@@ -49,7 +49,7 @@ pub fn tcx_names(ns: &str, ifname: &str) -> (Vec<String>, Vec<String>) {
                 .expect("TCX query")
                 .1
                 .iter()
-                .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+                .map(what)
                 .collect::<Vec<_>>()
         })
     };

@@ -66,6 +66,24 @@ fn wait_booted(console: &PathBuf) {
     );
 }
 
+/// A test's rules file `rules` (in a directory of its own, `sg-tests-PREFIX`,
+/// removed by the test), a state directory, and the QEMU hook against the
+/// control socket of the agent that will run there: (directory, rules
+/// file, state, hook).
+fn rules_and_hook(prefix: &str, rules: &str) -> (PathBuf, PathBuf, StateDir, Hook) {
+    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("vpc.toml");
+    std::fs::write(&config, rules).expect("rules");
+    let state = StateDir::new();
+    let hook = Hook::install(
+        &format!("sg-agent-test-{prefix}"),
+        &binary(),
+        &state.control_socket(),
+    );
+    (dir, config, state, hook)
+}
+
 /// The seed with the load balancer and the app server as libvirt domains,
 /// the bastion and the database as group members only, and a third domain
 /// whose `libvirt_mac` names a NIC its XML does not have.
@@ -159,18 +177,7 @@ fn libvirt_domains_are_enforced_before_their_first_frame() {
         format!("{prefix}-app"),
         format!("{prefix}-bad"),
     );
-    let rules = rules(&sw, &alb, &app, &bad);
-    let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("vpc.toml");
-    std::fs::write(&config, rules).expect("rules");
-
-    let state = StateDir::new();
-    let hook = Hook::install(
-        &format!("sg-agent-test-{prefix}"),
-        &binary(),
-        &state.control_socket(),
-    );
+    let (dir, config, state, hook) = rules_and_hook(&prefix, &rules(&sw, &alb, &app, &bad));
     let agent = AgentProcess::start_in(&state, &config, &[], "info");
     agent.expect_log("ready: enforcing 0 instance(s)", 0, START);
     assert_eq!(instance(&agent, "alb")["state"], "waiting");
@@ -356,16 +363,7 @@ impl MetadataLab {
         let sw = lab.switch_netns().to_owned();
         let prefix = lab.prefix.clone();
         let (net, bridge) = (format!("{prefix}-net"), format!("{prefix}-vb"));
-        let dir = std::env::temp_dir().join(format!("sg-tests-{prefix}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("vpc.toml");
-        std::fs::write(&config, rules).expect("rules");
-        let state = StateDir::new();
-        let hook = Hook::install(
-            &format!("sg-agent-test-{prefix}"),
-            &binary(),
-            &state.control_socket(),
-        );
+        let (dir, config, state, hook) = rules_and_hook(&prefix, rules);
         let agent = AgentProcess::start_in(
             &state,
             &config,
