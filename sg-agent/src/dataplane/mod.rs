@@ -464,35 +464,29 @@ impl Dataplane {
         if self.variant == to {
             return Ok(());
         }
-        let old: Vec<&'static str> = std::mem::take(&mut self.loaded);
+        // The kinds loaded so far, in the variant wanted (loading skips
+        // those loaded already: a swap that failed halfway is retried by
+        // the next publish from where it stopped).
+        let mut kinds: Vec<&'static str> = self.loaded.iter().map(|&n| kind_of(n)).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
         let was = std::mem::replace(&mut self.variant, to);
-        let kinds: Vec<&'static str> = old.iter().map(|&n| kind_of(n)).collect();
-        if let Err(e) = kinds.iter().try_for_each(|&k| self.load_program(k)) {
+        let swapped = kinds
+            .iter()
+            .try_for_each(|&k| self.load_program(k))
+            .and_then(|()| self.swap_links(to));
+        if let Err(e) = swapped {
+            // Links swapped so far run the new variant, the others the
+            // old: both judge by these maps, and both stay loaded.
             self.variant = was;
-            self.loaded.extend(old);
             return Err(e);
         }
-        for held in &self.links {
-            let name = variant(attach::hook_program(held.hook()), to);
-            let program = self
-                .ebpf
-                .program(name)
-                .unwrap_or_else(|| panic!("the object defines program {name}"));
-            let swapped = program
-                .fd()
-                .map_err(std::io::Error::other)
-                .and_then(|prog| held.swap_program(std::os::fd::AsFd::as_fd(prog)));
-            if let Err(source) = swapped {
-                // Links swapped so far run the new variant, the others the
-                // old: both judge by these maps. Kept loaded, and tried
-                // again by the next publish.
-                self.loaded.extend(old);
-                return Err(DataplaneError::Swap {
-                    name,
-                    source: Box::new(source),
-                });
-            }
-        }
+        // Nothing runs the other variant now: unloaded.
+        let (keep, old): (Vec<&'static str>, Vec<&'static str>) = self
+            .loaded
+            .iter()
+            .partition(|&&n| variant(kind_of(n), to) == n);
+        self.loaded = keep;
         for name in old {
             let unloaded = match self.ebpf.program_mut(name) {
                 Some(aya::programs::Program::Xdp(p)) => p.unload(),
@@ -513,6 +507,26 @@ impl Dataplane {
                     "carry no"
                 }
             );
+        }
+        Ok(())
+    }
+
+    /// Puts variant `to` of each link's program on it (loaded already).
+    fn swap_links(&self, to: Variant) -> Result<(), DataplaneError> {
+        for held in &self.links {
+            let name = variant(attach::hook_program(held.hook()), to);
+            let program = self
+                .ebpf
+                .program(name)
+                .unwrap_or_else(|| panic!("the object defines program {name}"));
+            program
+                .fd()
+                .map_err(std::io::Error::other)
+                .and_then(|prog| held.swap_program(std::os::fd::AsFd::as_fd(prog)))
+                .map_err(|source| DataplaneError::Swap {
+                    name,
+                    source: Box::new(source),
+                })?;
         }
         Ok(())
     }
